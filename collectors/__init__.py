@@ -1,0 +1,1 @@
+"""Collectors: IPMI, GPU (DCGM, ROCm), Kubernetes and OpenCost samples."""

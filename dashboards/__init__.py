@@ -1,0 +1,1 @@
+"""The Dash console, mounted into the same server as the API."""

@@ -1,0 +1,1 @@
+"""Fleet: inventory, provisioning drivers (Ironic, Metal3, fake) and tenancy (VDCs, leases, quotas)."""

@@ -1,0 +1,1 @@
+"""HTTP routers of Kiln's shell (tenants, users, tokens, audit, health)."""

@@ -1,0 +1,60 @@
+"""FastAPI dependencies: the request's database session and the authenticated caller."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlmodel import Session
+
+from kiln.auth import Principal, principal_for_user
+from kiln.errors import Unauthorized
+from kiln.oidc import OIDCVerifier, principal_from_claims
+from kiln.security import TOKEN_PREFIX
+from kiln.tokens import resolve_token
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """One session per request, committed when the endpoint returns.
+
+    An exception anywhere in the endpoint rolls everything back, so a failed request writes
+    nothing. The commit runs before the response is sent (`scope="function"` below), so a
+    failed commit is reported to the caller instead of being lost.
+    """
+    with Session(request.app.state.engine, expire_on_commit=False) as session:
+        yield session
+        session.commit()
+
+
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+
+def _principal_from_oidc(session: Session, request: Request, token: str) -> Principal:
+    verifier: OIDCVerifier | None = request.app.state.oidc
+    if verifier is None:
+        raise Unauthorized("bearer token is not a Kiln API token, and OIDC sign-in is not configured")
+    claims = verifier.verify(token)
+    return principal_from_claims(session, claims, request.app.state.settings, source=_client_address(request))
+
+
+def _client_address(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+def get_principal(request: Request, session: SessionDep) -> Principal:
+    """Authenticate the caller from `Authorization: Bearer TOKEN`."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized(
+            "authentication required: send `Authorization: Bearer TOKEN` (create a token with `kiln tokens create USER`)"
+        )
+    token = token.strip()
+    if token.startswith(TOKEN_PREFIX):
+        user = resolve_token(session, token)
+        return principal_for_user(session, user, source=_client_address(request))
+    return _principal_from_oidc(session, request, token)
+
+
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]

@@ -1,0 +1,54 @@
+"""Assemble the FastAPI application: settings, database, auth, error handling, routers.
+
+Routers are listed here once, at build time (no registry that changes after start-up).
+Domain packages contribute theirs through `DOMAIN_ROUTERS` as they grow.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, FastAPI
+from prometheus_client import CollectorRegistry
+from sqlalchemy import Engine
+
+from kiln import __version__
+from kiln.api import audit, health, tenants, tokens, users
+from kiln.db import create_db_engine
+from kiln.api.problems import install_error_handlers
+from kiln.limits import BodySizeLimitMiddleware
+from kiln.metrics import HttpMetrics, MetricsMiddleware
+from kiln.oidc import OIDCVerifier
+from kiln.settings import Settings
+
+SHELL_ROUTERS: tuple[APIRouter, ...] = (
+    health.router,
+    tenants.router,
+    users.router,
+    tokens.router,
+    audit.router,
+)
+DOMAIN_ROUTERS: tuple[APIRouter, ...] = ()
+
+
+def create_app(settings: Settings, engine: Engine | None = None, oidc: OIDCVerifier | None = None) -> FastAPI:
+    """A ready-to-serve Kiln application. The schema is checked by the caller (`kiln serve`)."""
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = FastAPI(
+        title="Kiln",
+        version=__version__,
+        summary="Provision, watch, meter, price and show a bare-metal GPU fleet.",
+        openapi_url="/api/v1/openapi.json",
+        docs_url="/api/v1/docs",
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.engine = engine or create_db_engine(settings.resolved_database_url)
+    app.state.oidc = oidc or (OIDCVerifier(settings) if settings.oidc_enabled else None)
+    app.state.registry = CollectorRegistry()
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(app.state.registry))
+    for router in SHELL_ROUTERS + DOMAIN_ROUTERS:
+        app.include_router(router)
+    return app

@@ -1,0 +1,127 @@
+"""`kiln tenants`, `kiln users`, `kiln tokens`: manage identities from the appliance itself.
+
+The CLI talks to the database directly and acts as the local operator (infra-admin); every
+change is in the audit log as `cli:<os user>`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from kiln.auth import Principal
+from kiln.cli.common import OutputFormat, OutputOption, db_session, print_rows, settings
+from kiln.errors import BadRequest
+from kiln.roles import Role
+from kiln.tenants import TenantCreate, TenantPublic, create_tenant, delete_tenant, list_tenants, tenants_by_slug
+from kiln.tokens import find_token_id, issue_token, list_tokens, revoke_token
+from kiln.users import UserCreate, create_user, delete_user, get_user_by_username, list_users, to_public
+from kiln.validation import parse_model
+
+tenants_app = typer.Typer(help="Create and list tenants.", no_args_is_help=True)
+users_app = typer.Typer(help="Create, list and delete local users.", no_args_is_help=True)
+tokens_app = typer.Typer(help="Create, list and revoke personal API tokens.", no_args_is_help=True)
+
+
+@tenants_app.command("create")
+def tenants_create(
+    slug: str = typer.Argument(..., help="Short permanent id: lower-case letters, digits, hyphens."),
+    name: str = typer.Option(None, help="Display name (default: the slug)."),
+    cost_centre: str = typer.Option(None, "--cost-centre", help="Finance cost centre for chargeback."),
+) -> None:
+    """Create a tenant."""
+    data = parse_model(TenantCreate, {"slug": slug, "name": name, "cost_centre": cost_centre})
+    with db_session() as session:
+        tenant = create_tenant(session, Principal.system(), data)
+    typer.echo(f"created tenant {tenant.slug} (id {tenant.id})")
+
+
+@tenants_app.command("list")
+def tenants_list(output: OutputFormat = OutputOption) -> None:
+    """List tenants."""
+    with db_session() as session:
+        rows = [TenantPublic.model_validate(t.model_dump()) for t in list_tenants(session, Principal.system())]
+    print_rows(rows, ["id", "slug", "name", "cost_centre", "created_at"], output, "Tenants")
+
+
+@tenants_app.command("delete")
+def tenants_delete(slug: str = typer.Argument(..., help="The tenant's slug.")) -> None:
+    """Delete a tenant that has no members."""
+    with db_session() as session:
+        (tenant,) = tenants_by_slug(session, [slug])
+        delete_tenant(session, Principal.system(), tenant.id)
+    typer.echo(f"deleted tenant {slug}")
+
+
+@users_app.command("create")
+def users_create(
+    username: str = typer.Argument(..., help="Login name."),
+    role: Role = typer.Option(..., help="infra-admin, finance, tenant-admin or tenant-member."),
+    tenant: list[str] = typer.Option([], "--tenant", help="Tenant slug (repeat for several); tenant roles only."),
+    password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the password from standard input."),
+    full_name: str = typer.Option("", help="Display name."),
+    email: str = typer.Option(None, help="E-mail address."),
+) -> None:
+    """Create a user (without --password-stdin the user signs in with tokens only)."""
+    password = None
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise BadRequest("--password-stdin was given but standard input held no password")
+    fields = {"username": username, "role": role, "tenants": tenant, "password": password}
+    data = parse_model(UserCreate, {**fields, "full_name": full_name, "email": email})
+    with db_session() as session:
+        user = create_user(session, Principal.system(), data)
+    typer.echo(f"created user {user.username} ({user.role})")
+
+
+@users_app.command("list")
+def users_list(output: OutputFormat = OutputOption) -> None:
+    """List users with their roles and tenants."""
+    with db_session() as session:
+        principal = Principal.system()
+        rows = to_public(session, principal, list_users(session, principal))
+    print_rows(rows, ["id", "username", "role", "tenants", "full_name", "is_active"], output, "Users")
+
+
+@users_app.command("delete")
+def users_delete(username: str = typer.Argument(..., help="Login name.")) -> None:
+    """Delete a user and their tokens."""
+    with db_session() as session:
+        user = get_user_by_username(session, username)
+        delete_user(session, Principal.system(), user.id)
+    typer.echo(f"deleted user {username}")
+
+
+@tokens_app.command("create")
+def tokens_create(
+    username: str = typer.Argument(..., help="Whose token."),
+    expires_in: int = typer.Option(None, "--expires-in", min=1, max=3650, help="Days until it expires."),
+    name: str = typer.Option("cli", help="What the token is for."),
+) -> None:
+    """Create an API token and print it alone on stdout (it is not shown again)."""
+    days = expires_in or settings().token_default_days
+    with db_session() as session:
+        user = get_user_by_username(session, username)
+        created = issue_token(session, Principal.system(), user, name=name, days=days)
+    typer.echo(created.token)
+
+
+@tokens_app.command("list")
+def tokens_list(
+    username: str = typer.Option(None, "--user", help="Only this user's tokens."),
+    output: OutputFormat = OutputOption,
+) -> None:
+    """List tokens (never the tokens themselves)."""
+    with db_session() as session:
+        rows = list_tokens(session, Principal.system(), username)
+    print_rows(rows, ["id", "username", "name", "prefix", "expires_at", "revoked_at", "last_used_at"], output, "Tokens")
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(token: str = typer.Argument(..., help="Token id or prefix, as `kiln tokens list` shows.")) -> None:
+    """Revoke a token; requests with it are refused from now on."""
+    with db_session() as session:
+        revoked = revoke_token(session, Principal.system(), find_token_id(session, token))
+    typer.echo(f"revoked token {revoked.id} ({revoked.prefix}…) of {revoked.username}")

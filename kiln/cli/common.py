@@ -1,0 +1,78 @@
+"""What every CLI command shares: settings, a database session, output as a table or JSON."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from enum import StrEnum
+from typing import Any
+
+import typer
+from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from kiln.db import create_db_engine
+from kiln.schema import ensure_current
+from kiln.settings import Settings, load_settings
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class OutputFormat(StrEnum):
+    """How list commands print their results."""
+
+    table = "table"
+    json = "json"
+
+
+OutputOption = typer.Option(OutputFormat.table, "--output", "-o", help="table (for people) or json (for scripts).")
+
+
+def settings() -> Settings:
+    """Settings from the environment and config file (ConfigError explains what is wrong)."""
+    return load_settings()
+
+
+def engine_for(config: Settings) -> Engine:
+    """A database engine for the configured database."""
+    return create_db_engine(config.resolved_database_url)
+
+
+@contextmanager
+def db_session() -> Iterator[Session]:
+    """A session on a database whose schema is current, committed when the block succeeds."""
+    engine = engine_for(settings())
+    try:
+        ensure_current(engine)
+        with Session(engine, expire_on_commit=False) as session:
+            yield session
+            session.commit()
+    finally:
+        engine.dispose()
+
+
+def print_rows(rows: Sequence[BaseModel], columns: Sequence[str], output: OutputFormat, title: str = "") -> None:
+    """Print models as a rich table, or as a JSON array on stdout for scripts."""
+    if output == OutputFormat.json:
+        typer.echo(json.dumps([row.model_dump(mode="json") for row in rows], indent=2))
+        return
+    table = Table(title=title or None)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        data = row.model_dump(mode="json")
+        table.add_row(*(_cell(data.get(column)) for column in columns))
+    console.print(table)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return str(value)

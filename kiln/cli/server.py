@@ -1,0 +1,52 @@
+"""`kiln serve`, `kiln migrate`, `kiln version`."""
+
+from __future__ import annotations
+
+import typer
+
+from kiln import __version__
+from kiln.cli.common import engine_for, settings
+from kiln.schema import ensure_current, migrate_to, schema_status, upgrade
+from kiln.settings import load_settings, resolve_secret_key
+
+
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, min=1, max=65535, help="TCP port to listen on."),
+    dev: bool = typer.Option(False, "--dev", help="Development mode: generated secret key, migrate on start."),
+) -> None:
+    """Serve the API (and console) until interrupted."""
+    config = load_settings(dev=dev or None)
+    resolve_secret_key(config)
+    engine = engine_for(config)
+    if config.dev:
+        upgrade(engine)
+    ensure_current(engine)
+    import uvicorn  # imported here so other commands start quickly
+
+    from kiln.app import create_app
+
+    typer.echo(f"Kiln {__version__} serving on http://{host}:{port} (API docs: /api/v1/docs)")
+    uvicorn.run(create_app(config, engine=engine), host=host, port=port, log_level=config.log_level.lower())
+
+
+def migrate(
+    to: str = typer.Option("head", "--to", help="Target revision (`base` removes everything); older ones migrate down."),
+    status: bool = typer.Option(False, "--status", help="Only print where the schema stands."),
+) -> None:
+    """Create or upgrade the database schema (or move it to a given revision)."""
+    engine = engine_for(settings())
+    try:
+        if status:
+            current = schema_status(engine)
+            typer.echo(f"current: {current.current or 'none'}  head: {current.head}")
+            typer.echo(current.problem() or "schema is current")
+            return
+        typer.echo(f"database schema at {migrate_to(engine, to) or 'base'}")
+    finally:
+        engine.dispose()
+
+
+def version() -> None:
+    """Print Kiln's version."""
+    typer.echo(f"kiln {__version__}")

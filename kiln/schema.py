@@ -1,0 +1,128 @@
+"""Schema management: run Alembic migrations and check that a database is current.
+
+Kiln refuses to start against a database that is not migrated, or that was migrated by a
+newer Kiln; `kiln migrate` is the one way to change the schema.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.util import CommandError
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, MetaData
+from sqlmodel import SQLModel
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+# Every module that defines tables; domain packages add theirs here as they grow.
+MODEL_MODULES = ("kiln.models",)
+
+
+class SchemaError(Exception):
+    """The database schema is not the one this Kiln expects; the message says what to run."""
+
+
+def target_metadata() -> MetaData:
+    """The metadata of every Kiln table (imports each model module once)."""
+    for module in MODEL_MODULES:
+        importlib.import_module(module)
+    return SQLModel.metadata
+
+
+def _config(connection: object | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str:
+    """The newest revision this Kiln knows."""
+    return ScriptDirectory.from_config(_config()).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at, or None when it was never migrated."""
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Migrate the database up to `revision` (default: the newest)."""
+    with engine.begin() as connection:
+        command.upgrade(_config(connection), revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Migrate the database down to `revision` (`base` removes every table)."""
+    with engine.begin() as connection:
+        command.downgrade(_config(connection), revision)
+
+
+@dataclass(frozen=True)
+class SchemaStatus:
+    """Where a database's schema stands against this Kiln's migrations."""
+
+    current: str | None
+    head: str
+    known: bool
+
+    @property
+    def is_current(self) -> bool:
+        """True when the database is at this Kiln's newest revision."""
+        return self.current == self.head
+
+    def problem(self) -> str | None:
+        """A one-line explanation with the fix, or None when the schema is current."""
+        if self.current is None:
+            return "the database has no Kiln schema yet: run `kiln migrate`"
+        if not self.known:
+            return (
+                f"the database schema ({self.current}) is newer than this Kiln knows (head {self.head}): "
+                "upgrade Kiln, or restore a backup made by this version"
+            )
+        if not self.is_current:
+            return f"the database schema is at {self.current}, this Kiln needs {self.head}: run `kiln migrate`"
+        return None
+
+
+def schema_status(engine: Engine) -> SchemaStatus:
+    """Compare the database's revision with this Kiln's migrations."""
+    script = ScriptDirectory.from_config(_config())
+    current = current_revision(engine)
+    known = current is None or any(rev.revision == current for rev in script.walk_revisions())
+    return SchemaStatus(current=current, head=script.get_current_head(), known=known)
+
+
+def migrate_to(engine: Engine, target: str = "head") -> str | None:
+    """Move the schema up or down to `target` (`head`, `base` or a revision); returns where it ends."""
+    status = schema_status(engine)
+    if not status.known:
+        raise SchemaError(status.problem())
+    script = ScriptDirectory.from_config(_config())
+    try:
+        older = target == "base" or (
+            status.current is not None
+            and target != status.current
+            and target in {rev.revision for rev in script.iterate_revisions(status.current, "base")}
+        )
+        if older:
+            downgrade(engine, target)
+        else:
+            upgrade(engine, target)
+    except CommandError as exc:
+        raise SchemaError(f"cannot migrate to {target!r}: {exc}") from None
+    return current_revision(engine)
+
+
+def ensure_current(engine: Engine) -> None:
+    """Raise SchemaError unless the database is at this Kiln's newest revision."""
+    problem = schema_status(engine).problem()
+    if problem:
+        raise SchemaError(problem)

@@ -1,0 +1,241 @@
+"""Kiln's settings: `KILN_*` environment variables over an optional TOML/YAML config file.
+
+Precedence, highest first: values passed in code (the CLI's flags), `KILN_*` environment
+variables, the config file named by `KILN_CONFIG`, the defaults below. Every option is
+documented by its `description`, which `kiln config show` and README.md repeat.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "KILN_"
+CONFIG_ENV = "KILN_CONFIG"
+SECRET_KEY_FILE = "secret.key"
+MIN_SECRET_KEY_LENGTH = 32
+KNOWN_WEAK_SECRETS = {"changeme", "change-me", "secret", "kiln", "password", "dev", "default"}
+
+
+class ConfigError(Exception):
+    """A setting or config file is wrong; the message says which and how to fix it."""
+
+
+def default_data_dir() -> Path:
+    """Where the embedded database and generated files live when `KILN_DATA_DIR` is unset."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "kiln"
+
+
+class Settings(BaseSettings):
+    """All of Kiln's settings. Environment: `KILN_<NAME>`; config file: `<name> = value`."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="Directory for the embedded SQLite database, the generated secret key and other state.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the database. Unset: SQLite file `kiln.db` in the data dir. "
+        "Production: `postgresql://USER:PASSWORD@HOST:5432/DB` (psycopg 3).",
+    )
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="Key that encrypts secrets at rest (BMC passwords) and signs sessions; at least 32 "
+        "random characters. Required outside --dev/demo mode, where one is generated into the data dir.",
+    )
+    dev: bool = Field(default=False, description="Development mode: generate a secret key, migrate on start-up.")
+    log_level: str = Field(default="INFO", description="Log level: DEBUG, INFO, WARNING or ERROR.")
+    max_body_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="Largest accepted HTTP request body in bytes (larger: 413)."
+    )
+    token_default_days: int = Field(
+        default=90, ge=1, le=3650, description="Lifetime of a personal API token when none is asked for."
+    )
+    oidc_issuer: str | None = Field(
+        default=None,
+        description="OIDC issuer URL (e.g. Keycloak `https://kc/realms/NAME`). Set to accept its bearer tokens.",
+    )
+    oidc_audience: str | None = Field(default=None, description="Required `aud` of OIDC tokens (the client id).")
+    oidc_jwks_url: str | None = Field(
+        default=None, description="JWKS URL; unset: taken from the issuer's /.well-known/openid-configuration."
+    )
+    oidc_roles_claim: str = Field(
+        default="realm_access.roles", description="Dotted path of the claim that lists the caller's roles."
+    )
+    oidc_role_prefix: str = Field(
+        default="", description="Prefix of role names in the roles claim (e.g. `kiln-` for `kiln-finance`)."
+    )
+    oidc_tenants_claim: str = Field(
+        default="groups", description="Dotted path of the claim that lists tenant slugs (a leading `/` is ignored)."
+    )
+    oidc_username_claim: str = Field(
+        default="preferred_username", description="Claim used as the caller's name in the audit log."
+    )
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
+        return level
+
+    @field_validator("database_url")
+    @classmethod
+    def _psycopg3(cls, value: str | None) -> str | None:
+        if value and re.match(r"^postgres(ql)?://", value):
+            return re.sub(r"^postgres(ql)?://", "postgresql+psycopg://", value)
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL to connect to (the embedded SQLite file when none is set)."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'kiln.db'}"
+
+    @property
+    def oidc_enabled(self) -> bool:
+        """Whether bearer JWTs from an OIDC issuer are accepted."""
+        return bool(self.oidc_issuer)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, ConfigFileSource(settings_cls))
+
+
+class ConfigFileSource(PydanticBaseSettingsSource):
+    """Reads the TOML or YAML file named by `KILN_CONFIG`; unknown keys are errors with a line number."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        raise NotImplementedError  # __call__ below returns all values at once
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get(CONFIG_ENV)
+        return read_config_file(Path(path)).values if path else {}
+
+
+class ConfigFile:
+    """A parsed config file: its values and the line each key was found on."""
+
+    def __init__(self, path: Path, values: dict[str, Any], lines: dict[str, int]):
+        self.path, self.values, self.lines = path, values, lines
+
+    def where(self, key: str) -> str:
+        """`FILE line N` for a key, for error messages."""
+        line = self.lines.get(key)
+        return f"{self.path} line {line}" if line else str(self.path)
+
+
+def read_config_file(path: Path) -> ConfigFile:
+    """Parse a TOML (`.toml`) or YAML (`.yaml`/`.yml`) config file and reject unknown keys."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    if path.suffix == ".toml":
+        try:
+            values = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        lines = _toml_key_lines(text)
+    elif path.suffix in {".yaml", ".yml"}:
+        try:
+            node = yaml.compose(text)
+            values = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}".replace("\n", " ")) from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file {path} must be a mapping of setting names to values")
+        lines = {k.value: k.start_mark.line + 1 for k, _ in (node.value if node else [])}
+    else:
+        raise ConfigError(f"config file {path} must end in .toml, .yaml or .yml")
+    config = ConfigFile(path, values, lines)
+    for key in values:
+        if key not in Settings.model_fields:
+            known = ", ".join(sorted(Settings.model_fields))
+            raise ConfigError(f"{config.where(key)}: unknown setting '{key}' (known: {known})")
+    return config
+
+
+def _toml_key_lines(text: str) -> dict[str, int]:
+    lines = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        match = re.match(r"\s*([A-Za-z0-9_]+)\s*=", line)
+        if match:
+            lines.setdefault(match.group(1), number)
+    return lines
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build Settings from code overrides, the environment and the config file; errors name their source."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe_validation_error(exc, overrides)) from None
+
+
+def _describe_validation_error(exc: ValidationError, overrides: dict[str, Any]) -> str:
+    config_path = os.environ.get(CONFIG_ENV)
+    config = read_config_file(Path(config_path)) if config_path else None
+    problems = []
+    for error in exc.errors():
+        key = str(error["loc"][0]) if error["loc"] else "?"
+        if key in overrides:
+            origin = f"option --{key.replace('_', '-')}"
+        elif ENV_PREFIX + key.upper() in os.environ:
+            origin = f"environment {ENV_PREFIX}{key.upper()}"
+        elif config and key in config.values:
+            origin = f"{config.where(key)}: setting '{key}'"
+        else:
+            origin = f"setting '{key}'"
+        problems.append(f"{origin}: {error['msg']}")
+    return "invalid settings: " + "; ".join(problems)
+
+
+def resolve_secret_key(settings: Settings) -> str:
+    """Return the secret key, refusing a missing or weak one outside development mode.
+
+    Order: `KILN_SECRET_KEY`; the generated `secret.key` in the data dir; in dev mode a new
+    random key written there (mode 0600).
+    """
+    if settings.secret_key is not None:
+        key = settings.secret_key.get_secret_value()
+        weak = len(key) < MIN_SECRET_KEY_LENGTH or key.lower() in KNOWN_WEAK_SECRETS
+        if weak and not settings.dev:
+            raise ConfigError(
+                f"KILN_SECRET_KEY is too weak: use at least {MIN_SECRET_KEY_LENGTH} random characters, "
+                "e.g. `python3 -c 'import secrets; print(secrets.token_urlsafe(48))'`"
+            )
+        return key
+    key_file = settings.data_dir / SECRET_KEY_FILE
+    if key_file.exists():
+        return key_file.read_text().strip()
+    if not settings.dev:
+        raise ConfigError(
+            "KILN_SECRET_KEY is not set: set it to at least 32 random characters "
+            "(`python3 -c 'import secrets; print(secrets.token_urlsafe(48))'`), or run with --dev for a local trial"
+        )
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key + "\n")
+    return key

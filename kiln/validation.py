@@ -1,0 +1,21 @@
+"""Validate input that does not arrive through FastAPI (CLI flags, import files) the same way."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from kiln.errors import ValidationFailed
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def parse_model(model: type[Model], values: dict[str, Any]) -> Model:
+    """`model` built from `values` (None values left out); ValidationFailed naming the first bad field."""
+    try:
+        return model.model_validate({k: v for k, v in values.items() if v is not None})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(part) for part in error["loc"]) or "input"
+        raise ValidationFailed(field, error["msg"]) from None

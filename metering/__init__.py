@@ -1,0 +1,1 @@
+"""Metering: usage records, price cards, rating, bills, budgets and FOCUS exports."""

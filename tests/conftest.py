@@ -1,0 +1,93 @@
+"""Shared fixtures: a migrated database on SQLite and on PostgreSQL, an app, and callers by role."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
+from sqlmodel import Session
+
+from kiln.app import create_app
+from kiln.db import create_db_engine
+from kiln.schema import target_metadata, upgrade
+from kiln.settings import Settings
+from tests.factories import World
+from tests.peers.harness import running_peer
+
+TEST_SECRET_KEY = "test-secret-key-" + "x" * 32
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of the real PostgreSQL server's maintenance database (started if it was stopped)."""
+    with running_peer("postgres", tmp_path_factory.mktemp("postgres")) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def postgres_database(postgres_server: str) -> Iterator[str]:
+    """A fresh database for this test session, dropped afterwards."""
+    name = f"kiln_test_{secrets.token_hex(4)}"
+    admin_url = make_url(postgres_server)
+    dsn = admin_url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    yield admin_url.set(drivername="postgresql+psycopg", database=name).render_as_string(hide_password=False)
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.peer("postgresql"))])
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Every DB-touching test runs once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'kiln.db'}"
+    return request.getfixturevalue("postgres_database")
+
+
+@pytest.fixture(scope="session")
+def migrated_engine(database_url: str) -> Iterator[Engine]:
+    """An engine on a database migrated to head, shared by the session."""
+    engine = create_db_engine(database_url)
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def engine(migrated_engine: Engine) -> Engine:
+    """The migrated database, emptied before each test."""
+    with migrated_engine.begin() as connection:
+        for table in reversed(target_metadata().sorted_tables):
+            connection.execute(text(f'DELETE FROM "{table.name}"'))
+    return migrated_engine
+
+
+@pytest.fixture
+def settings(engine: Engine, tmp_path: Path) -> Settings:
+    """Settings for an app on the test database."""
+    return Settings(
+        data_dir=tmp_path,
+        database_url=engine.url.render_as_string(hide_password=False),
+        secret_key=TEST_SECRET_KEY,
+    )
+
+
+@pytest.fixture
+def client(settings: Settings, engine: Engine) -> Iterator[TestClient]:
+    """A TestClient on a fresh app over the test database."""
+    with TestClient(create_app(settings, engine=engine), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def world(engine: Engine) -> Iterator[World]:
+    """Tenants A and B and callers of every role, each with a bearer token."""
+    with Session(engine, expire_on_commit=False) as session:
+        yield World.build(session)

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# PostgreSQL test peer: the machine's Debian cluster, started on loopback if it is stopped.
+#   postgres.sh install            install the server package if it is missing
+#   postgres.sh start STATE_DIR    start the cluster (if stopped), ensure role `kiln`, print its URL
+#   postgres.sh stop STATE_DIR     stop the cluster again if this script started it
+set -euo pipefail
+
+cmd=${1:-}
+state=${2:-}
+
+cluster() {  # prints "VERSION NAME PORT STATUS" of the first cluster
+  pg_lsclusters --no-header 2>/dev/null | awk 'NR==1 {print $1, $2, $3, $4}'
+}
+
+case "$cmd" in
+  install)
+    if ! command -v pg_ctlcluster >/dev/null 2>&1 || [ -z "$(cluster)" ]; then
+      echo "installing postgresql (apt-get)" >&2
+      export DEBIAN_FRONTEND=noninteractive
+      apt-get install -y -q postgresql >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q postgresql >/dev/null; }
+    fi
+    ;;
+  start)
+    [ -n "$state" ] || { echo "usage: $0 start STATE_DIR" >&2; exit 2; }
+    mkdir -p "$state"
+    read -r version name port status <<<"$(cluster)" || true
+    [ -n "${version:-}" ] || { echo "no PostgreSQL cluster on this machine: run $0 install" >&2; exit 1; }
+    if [ "$status" != "online" ]; then
+      pg_ctlcluster --skip-systemctl-redirect "$version" "$name" start
+      echo "$version $name" > "$state/started-by-us"
+    fi
+    for _ in $(seq 1 60); do
+      pg_isready -q -h 127.0.0.1 -p "$port" && break
+      sleep 0.5
+    done
+    pg_isready -q -h 127.0.0.1 -p "$port" || { echo "PostgreSQL did not become ready on 127.0.0.1:$port" >&2; exit 1; }
+    password_file="$state/password"
+    [ -s "$password_file" ] || python3 -c 'import secrets; print(secrets.token_hex(16))' > "$password_file"
+    password=$(cat "$password_file")
+    su postgres -c "psql -q -v ON_ERROR_STOP=1 -p $port" >/dev/null <<SQL
+DO \$\$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'kiln') THEN
+    CREATE ROLE kiln LOGIN SUPERUSER PASSWORD '$password';
+  ELSE
+    ALTER ROLE kiln LOGIN SUPERUSER PASSWORD '$password';
+  END IF;
+END \$\$;
+SQL
+    url="postgresql://kiln:$password@127.0.0.1:$port/postgres"
+    echo "$url" > "$state/url"
+    echo "$url"
+    ;;
+  stop)
+    [ -n "$state" ] || { echo "usage: $0 stop STATE_DIR" >&2; exit 2; }
+    if [ -f "$state/started-by-us" ]; then
+      read -r version name < "$state/started-by-us"
+      pg_ctlcluster --skip-systemctl-redirect "$version" "$name" stop || true
+      rm -f "$state/started-by-us"
+    fi
+    ;;
+  *)
+    echo "usage: $0 install | start STATE_DIR | stop STATE_DIR" >&2
+    exit 2
+    ;;
+esac
