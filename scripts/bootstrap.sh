@@ -13,11 +13,15 @@ kiln_bootstrap() {  # kiln_bootstrap EXTRAS   e.g. kiln_bootstrap "test"
     echo "creating virtual environment $KILN_VENV" >&2
     "$python" -m venv "$KILN_VENV"
   fi
-  local stamp="$KILN_VENV/.kiln-installed" want
-  want="$(sha256sum "$KILN_ROOT/pyproject.toml" | cut -c1-16) [$extras]"
-  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  local stamp="$KILN_VENV/.kiln-installed" hash have_hash have_extras
+  hash=$(sha256sum "$KILN_ROOT/pyproject.toml" | cut -c1-16)
+  read -r have_hash have_extras < "$stamp" 2>/dev/null || true
+  # Up to date when pyproject.toml is unchanged and the installed extras include the asked ones.
+  if [ "${have_hash:-}" != "$hash" ] || { [ -n "$extras" ] && [ "${have_extras:-}" != "$extras" ]; }; then
     echo "installing Kiln and its dependencies into $KILN_VENV (first time: a few minutes)" >&2
-    "$KILN_VENV/bin/pip" install -q --disable-pip-version-check -e "$KILN_ROOT${extras:+[$extras]}"
-    echo "$want" > "$stamp"
+    # (this machine's pip config names local mirrors that may be absent: drop those warnings)
+    "$KILN_VENV/bin/pip" install -q --disable-pip-version-check -e "$KILN_ROOT${extras:+[$extras]}" \
+      2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+    echo "$hash ${extras:-${have_extras:-}}" > "$stamp"
   fi
 }
