@@ -72,7 +72,8 @@ def _checksum(data):
 class Session:
     __slots__ = ('managed_id', 'console_id', 'suite', 'priv', 'max_priv',
                  'rm', 'rc', 'role', 'uname', 'kuid', 'k1', 'ecb_enc',
-                 'ecb_dec', 'ihash', 'ilen', 'established', 'last', 'out_seq')
+                 'ecb_dec', 'ihash', 'ilen', 'established', 'last', 'out_seq',
+                 'rakp2', 'rakp3', 'rakp4')
 
     def __init__(self, managed_id, console_id, suite, max_priv):
         self.managed_id = managed_id
@@ -86,6 +87,7 @@ class Session:
         self.rm = self.rc = self.uname = self.kuid = None
         self.role = 0
         self.k1 = self.ecb_enc = self.ecb_dec = None
+        self.rakp2 = self.rakp3 = self.rakp4 = None   # for retransmissions
 
     # AES-CBC-128 on top of cached AES-ECB contexts: creating a CBC context
     # per packet costs ~25 us, this ~2-5 us
@@ -370,10 +372,12 @@ class BmcServer:
         tag = p[0]
         managed_id = struct.unpack('<I', p[4:8])[0]
         s = self.sessions.get(managed_id)
+        rm = bytes(p[8:24])
+        if s is not None and s.rakp2 is not None and s.rm == rm:
+            return self._send_plus(None, 0x13, s.rakp2, addr)   # retransmit
         if s is None or s.established:
             out = bytes([tag, MSC_INVALID_SESSION_ID, 0, 0, 0, 0, 0, 0])
             return self._send_plus(None, 0x13, out, addr)
-        rm = bytes(p[8:24])
         role = p[24]
         ulen = p[27]
         uname = bytes(p[28:28 + ulen])
@@ -398,8 +402,8 @@ class BmcServer:
         s.last = time.monotonic()
         code = hmac.new(password, cid + struct.pack('<I', managed_id) + rm + s.rc
                         + self.guid + bytes([role, ulen]) + uname, digest).digest()
-        out = bytes([tag, 0, 0, 0]) + cid + s.rc + self.guid + code
-        self._send_plus(None, 0x13, out, addr)
+        s.rakp2 = bytes([tag, 0, 0, 0]) + cid + s.rc + self.guid + code
+        self._send_plus(None, 0x13, s.rakp2, addr)
 
     def _rakp3(self, p, addr):
         if len(p) < 8:
@@ -407,7 +411,9 @@ class BmcServer:
         tag, status = p[0], p[1]
         managed_id = struct.unpack('<I', p[4:8])[0]
         s = self.sessions.get(managed_id)
-        if s is None or s.rc is None:
+        if s is not None and s.rakp4 is not None and s.rakp3 == bytes(p):
+            return self._send_plus(None, 0x15, s.rakp4, addr)   # retransmit
+        if s is None or s.rc is None or s.established:
             out = bytes([tag, MSC_INVALID_SESSION_ID, 0, 0, 0, 0, 0, 0])
             return self._send_plus(None, 0x15, out, addr)
         cid = struct.pack('<I', s.console_id)
@@ -436,7 +442,8 @@ class BmcServer:
                        digest).digest()[:icv_len]
         s.established = True
         s.last = time.monotonic()
-        self._send_plus(None, 0x15, bytes([tag, 0, 0, 0]) + cid + icv, addr)
+        s.rakp3, s.rakp4 = bytes(p), bytes([tag, 0, 0, 0]) + cid + icv
+        self._send_plus(None, 0x15, s.rakp4, addr)
 
     # ------------------------------------------------------------------
     # App commands

@@ -5,6 +5,7 @@ Usage (from the repository root)::
     python3 -m tests.peers.bmcsim.sim start --state-dir D --count N [options]
     python3 -m tests.peers.bmcsim.sim run   --state-dir D --count N [options]
     python3 -m tests.peers.bmcsim.sim stop  --state-dir D
+    python3 -m tests.peers.bmcsim.sim status --state-dir D
     python3 -m tests.peers.bmcsim.sim fault --state-dir D NAME freeze|authfail|normal
     python3 -m tests.peers.bmcsim.sim power --state-dir D NAME on|off
 
@@ -165,9 +166,11 @@ def worker_main(config_path):
     httpd.daemon_threads = True
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
 
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
-    signal.signal(signal.SIGINT, lambda *a: stop.append(1))
+    def _exit(*_):
+        raise SystemExit(0)     # interrupts select() at once
+
+    signal.signal(signal.SIGTERM, _exit)
+    signal.signal(signal.SIGINT, _exit)
 
     ready = {'pid': os.getpid(),
              'control_url': 'http://%s:%d' % (HOST, httpd.server_address[1]),
@@ -176,8 +179,8 @@ def worker_main(config_path):
     tmp.write_text(json.dumps(ready))
     tmp.rename(cfg['ready_file'])
 
-    while not stop:
-        for key, _ in sel.select(timeout=0.5):
+    while True:
+        for key, _ in sel.select(timeout=5.0):
             sock, server = key.fileobj, key.data
             for _ in range(64):
                 try:
@@ -191,7 +194,6 @@ def worker_main(config_path):
                 except Exception as e:    # never let one packet kill a worker
                     print('bmcsim %s: %r' % (server.bmc.name, e),
                           file=sys.stderr, flush=True)
-    httpd.shutdown()
 
 
 # ----------------------------------------------------------------------
@@ -337,8 +339,23 @@ def start(state_dir, count, base_port=0, ports=None, names=None,
                        'bmcs': len(i['ports'])} for i in infos],
         'bmcs': bmcs,
     }
-    _write_atomic(state / 'bmcs.json', json.dumps(doc, indent=1))
+    _write_atomic(state / 'bmcs.json',
+                  json.dumps(doc, indent=1 if count <= 50 else None))
     return doc
+
+
+def status(state_dir, timeout=3.0):
+    """(workers alive, workers listed, BMCs answering the ping, BMCs)."""
+    state = Path(state_dir)
+    pids = ([int(x) for x in (state / 'pids').read_text().split()]
+            if (state / 'pids').exists() else [])
+    alive = [p for p in pids if _is_ours(p) and _alive(p)]
+    doc = json.loads((state / 'bmcs.json').read_text()) \
+        if (state / 'bmcs.json').exists() else {'bmcs': []}
+    targets = [(b['host'], b['port']) for b in doc['bmcs']]
+    missing = _ping_all(targets, timeout) if alive and targets else \
+        {p for _, p in targets}
+    return len(alive), len(pids), len(targets) - len(missing), len(targets)
 
 
 def _is_ours(pid):
@@ -388,7 +405,7 @@ def stop(state_dir, timeout=5.0):
     return len(pids)
 
 
-def control(state_dir, name, action, **params):
+def control(state_dir, name, action, /, **params):
     """POST a control action (fault, power, sensor, watts) to BMC ``name``
     (or '*' for all BMCs); returns the new state."""
     doc = json.loads((Path(state_dir) / 'bmcs.json').read_text())
@@ -432,8 +449,9 @@ def main(argv=None):
         p.add_argument('--off-every', type=int, default=0)
         p.add_argument('--per-process', type=int, default=250)
         p.add_argument('--timeout', type=float, default=60.0)
-    p = sub.add_parser('stop')
-    p.add_argument('--state-dir', required=True)
+    for name in ('stop', 'status'):
+        p = sub.add_parser(name)
+        p.add_argument('--state-dir', required=True)
     for name, choices in (('fault', FAULTS), ('power', ('on', 'off'))):
         p = sub.add_parser(name)
         p.add_argument('--state-dir', required=True)
@@ -476,6 +494,11 @@ def main(argv=None):
         n = stop(args.state_dir)
         print('bmcsim: stopped %d worker processes' % n)
         return 0
+    if args.cmd == 'status':
+        alive, npids, up, total = status(args.state_dir)
+        print('bmcsim: %d/%d workers alive, %d/%d BMCs answer'
+              % (alive, npids, up, total))
+        return 0 if npids and alive == npids and up == total else 1
     if args.cmd == 'fault':
         r = control(args.state_dir, args.name, 'fault', mode=args.value)
     else:
