@@ -12,6 +12,7 @@ from fastapi import APIRouter, FastAPI
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 
+from fleet import api as fleet_api
 from kiln import __version__
 from kiln.api import audit, health, tenants, tokens, users
 from kiln.db import create_db_engine
@@ -28,7 +29,7 @@ SHELL_ROUTERS: tuple[APIRouter, ...] = (
     tokens.router,
     audit.router,
 )
-DOMAIN_ROUTERS: tuple[APIRouter, ...] = ()
+DOMAIN_ROUTERS: tuple[APIRouter, ...] = (fleet_api.router,)
 
 
 def create_app(settings: Settings, engine: Engine | None = None, oidc: OIDCVerifier | None = None) -> FastAPI:

@@ -59,5 +59,11 @@ class ValidationFailed(KilnError):
         super().__init__(f"{field}: {message}", errors=[{"field": field, "message": message}])
 
 
+class BadGateway(KilnError):
+    """A backend Kiln depends on (Ironic, Kubernetes, Prometheus) failed or is unreachable."""
+
+    status, title = 502, "Bad gateway"
+
+
 class ServiceUnavailable(KilnError):
     status, title = 503, "Service unavailable"

@@ -62,6 +62,22 @@ class Settings(BaseSettings):
     token_default_days: int = Field(
         default=90, ge=1, le=3650, description="Lifetime of a personal API token when none is asked for."
     )
+    ironic_url: str | None = Field(
+        default=None, description="Ironic API endpoint (e.g. `http://ironic:6385`); noauth unless Keystone is configured."
+    )
+    kubeconfig: str | None = Field(
+        default=None, description="Kubeconfig file for the Metal3 driver and the Kubernetes collector."
+    )
+    metal3_namespace: str = Field(default="metal3", description="Namespace of Kiln's BareMetalHosts and BMC secrets.")
+    bulk_concurrency: int = Field(
+        default=20, ge=1, le=200, description="How many nodes a bulk action works on at once."
+    )
+    operation_timeout: int = Field(
+        default=3600, ge=5, description="Seconds an action may take before Kiln reports it as failed (timed out)."
+    )
+    sync_interval: int = Field(
+        default=60, ge=5, description="Seconds between syncs of provision and power state from the drivers."
+    )
     oidc_issuer: str | None = Field(
         default=None,
         description="OIDC issuer URL (e.g. Keycloak `https://kc/realms/NAME`). Set to accept its bearer tokens.",

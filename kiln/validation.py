@@ -11,6 +11,11 @@ from kiln.errors import ValidationFailed
 Model = TypeVar("Model", bound=BaseModel)
 
 
+def clean_message(message: str) -> str:
+    """A pydantic error message without pydantic's `Value error, ` prefix."""
+    return message.removeprefix("Value error, ")
+
+
 def parse_model(model: type[Model], values: dict[str, Any]) -> Model:
     """`model` built from `values` (None values left out); ValidationFailed naming the first bad field."""
     try:
@@ -18,4 +23,4 @@ def parse_model(model: type[Model], values: dict[str, Any]) -> Model:
     except ValidationError as exc:
         error = exc.errors()[0]
         field = ".".join(str(part) for part in error["loc"]) or "input"
-        raise ValidationFailed(field, error["msg"]) from None
+        raise ValidationFailed(field, clean_message(error["msg"])) from None

@@ -4,9 +4,10 @@
 #   KILN_REQUIRE_PEERS=1 ./scripts/test.sh   a missing peer fails its tests (what CI does)
 #   ./scripts/test.sh -k tenants       any pytest arguments
 source "$(dirname "$0")/bootstrap.sh"
-kiln_bootstrap "test"
+kiln_bootstrap "test,ironic,k8s"
 cd "$KILN_ROOT"
-for peer in postgres; do  # peers the suite starts; each script's `install` is idempotent
+export PYTHON="$KILN_VENV/bin/python"  # peers written in Python (bmcsim) run in Kiln's venv
+for peer in postgres ironic bmcsim kube; do  # peers the suite starts; each script's `install` is idempotent
   bash "tests/peers/$peer.sh" install
 done
 exec "$KILN_VENV/bin/python" -m pytest "$@"

@@ -55,6 +55,14 @@ class PowerState(StrEnum):
     ERROR = "error"
 
 
+class PowerRequest(StrEnum):
+    """What a driver's `set_power` is asked for (Ironic's `target` values)."""
+
+    ON = "power on"
+    OFF = "power off"
+    REBOOT = "rebooting"
+
+
 S = ProvisionState
 
 # States in which Ironic is still working: the node is busy until it leaves them.

@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kiln.errors import KilnError
+from kiln.validation import clean_message
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
         return problem_response(request, 400, "Malformed JSON", f"request body is not valid JSON: {ctx.get('error', '')}")
     items = []
     for error in errors:
-        message = error["msg"]
+        message = clean_message(error["msg"])
         if error.get("type") == "extra_forbidden":
             message = "unknown field; remove it"
         items.append({"field": _field_name(tuple(error["loc"])), "message": message})

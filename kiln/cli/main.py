@@ -8,6 +8,7 @@ import sys
 import typer
 from typer._click import exceptions as click  # Typer vendors its own click
 
+from fleet.cli import nodes_app
 from kiln.cli import accounts, server
 from kiln.errors import KilnError
 from kiln.schema import SchemaError
@@ -26,6 +27,7 @@ app.command()(server.version)
 app.add_typer(accounts.tenants_app, name="tenants")
 app.add_typer(accounts.users_app, name="users")
 app.add_typer(accounts.tokens_app, name="tokens")
+app.add_typer(nodes_app, name="nodes")
 
 
 @app.callback()

@@ -1,0 +1,56 @@
+"""BMC addresses: `ipmi://HOST[:PORT]` or `redfish://HOST[:PORT]/PATH`, parsed and checked."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+IPMI_DEFAULT_PORT = 623
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+
+
+@dataclass(frozen=True)
+class BmcAddress:
+    """A parsed BMC address."""
+
+    driver: str  # ipmi | redfish
+    host: str
+    port: int | None
+    path: str = ""
+
+    @property
+    def effective_port(self) -> int:
+        """The port to connect to (IPMI's 623 or HTTPS's 443 when none is given)."""
+        return self.port or (IPMI_DEFAULT_PORT if self.driver == "ipmi" else 443)
+
+
+def parse_bmc_address(text: str) -> BmcAddress:
+    """Parse and validate a BMC address; ValueError says what is wrong and what is expected."""
+    expected = "expected ipmi://HOST[:PORT] or redfish://HOST[:PORT]/SYSTEM-PATH"
+    parts = urlsplit(text.strip())
+    if parts.scheme not in {"ipmi", "redfish"}:
+        raise ValueError(f"unsupported BMC address {text!r}: {expected}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"BMC address {text!r} has an invalid port: {expected}") from None
+    host = parts.hostname or ""
+    if not host or not _valid_host(host):
+        raise ValueError(f"BMC address {text!r} has no valid host: {expected}")
+    if parts.scheme == "ipmi" and parts.path not in {"", "/"}:
+        raise ValueError(f"IPMI BMC address {text!r} cannot have a path: expected ipmi://HOST[:PORT]")
+    if parts.scheme == "redfish" and parts.path in {"", "/"}:
+        raise ValueError(f"Redfish BMC address {text!r} needs the system path, e.g. redfish://HOST/redfish/v1/Systems/1")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ValueError(f"BMC address {text!r} must not carry credentials, a query or a fragment")
+    return BmcAddress(parts.scheme, host, port, parts.path if parts.scheme == "redfish" else "")
+
+
+def _valid_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return bool(_HOSTNAME.match(host))

@@ -1,0 +1,265 @@
+"""Node inventory: enroll (Kiln row + backend node, all or nothing), read, change, delete.
+
+Tenants see a node only while one of their tenants holds an open lease on it; global roles
+see every node. BMC passwords are encrypted with the secret box and never leave this module
+except inside a `NodeTarget` handed to a driver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, or_, select
+
+from fleet.bmc import parse_bmc_address
+from fleet.errors import backend_error
+from fleet.models import Gpu, Node, NodeEvent, NodeTag
+from fleet.provisioning.base import BackendNode, DriverError, NodeTarget
+from fleet.provisioning.registry import Drivers
+from fleet.provisioning.states import PowerState, ProvisionState
+from fleet.schemas import GpuSpec, NodeCreate, NodePublic, NodeUpdate
+from fleet.tenancy_models import Lease
+from kiln import audit
+from kiln.auth import Principal
+from kiln.db import utcnow
+from kiln.errors import Conflict, NotFound
+from kiln.roles import Role
+from kiln.security import SecretBox
+
+READ_ROLES = tuple(Role)
+
+
+def open_lease_condition(at: datetime | None = None):
+    """SQL condition: the lease is in force at `at` (default now)."""
+    at = at or utcnow()
+    return (col(Lease.starts_at) <= at) & or_(col(Lease.ends_at).is_(None), col(Lease.ends_at) > at)
+
+
+def visible(statement, principal: Principal):
+    """Restrict a SELECT over Node to nodes the caller may see (leased to one of its tenants)."""
+    if principal.sees_all_tenants:
+        return statement
+    leased = principal.scope(select(Lease.node_id).where(open_lease_condition()), Lease.tenant_id)
+    return statement.where(col(Node.id).in_(leased))
+
+
+def list_nodes(
+    session: Session,
+    principal: Principal,
+    *,
+    names: Iterable[str] = (),
+    tag: str | None = None,
+    rack: str | None = None,
+    state: str | None = None,
+    provisioner: str | None = None,
+) -> list[Node]:
+    """Nodes the caller may see, by name, optionally filtered."""
+    statement = visible(select(Node).order_by(Node.name), principal)
+    names = list(names)
+    if names:
+        statement = statement.where(col(Node.name).in_(names))
+    if tag:
+        statement = statement.where(col(Node.id).in_(select(NodeTag.node_id).where(NodeTag.tag == tag)))
+    if rack:
+        statement = statement.where(Node.rack == rack)
+    if state:
+        statement = statement.where(Node.provision_state == state)
+    if provisioner:
+        statement = statement.where(Node.provisioner == provisioner)
+    return list(session.exec(statement).all())
+
+
+def get_node(session: Session, principal: Principal, node_id: int) -> Node:
+    """One node the caller may see; NotFound otherwise."""
+    node = session.exec(visible(select(Node).where(Node.id == node_id), principal)).first()
+    if node is None:
+        raise NotFound(f"node {node_id} not found")
+    return node
+
+
+def get_node_by_name(session: Session, principal: Principal, name: str) -> Node:
+    """The node called `name`, if the caller may see it."""
+    node = session.exec(visible(select(Node).where(Node.name == name), principal)).first()
+    if node is None:
+        raise NotFound(f"no such node: {name}")
+    return node
+
+
+def tags_of(session: Session, node_ids: list[int]) -> dict[int, list[str]]:
+    """Tags per node id."""
+    tags: dict[int, list[str]] = {}
+    rows = session.exec(select(NodeTag).where(col(NodeTag.node_id).in_(node_ids)).order_by(NodeTag.tag)).all()
+    for row in rows:
+        tags.setdefault(row.node_id, []).append(row.tag)
+    return tags
+
+
+def to_public(session: Session, nodes: list[Node]) -> list[NodePublic]:
+    """Nodes with their GPUs and tags, for the API (two queries for any number of nodes)."""
+    ids = [n.id for n in nodes]
+    gpus: dict[int, list[GpuSpec]] = {}
+    for gpu in session.exec(select(Gpu).where(col(Gpu.node_id).in_(ids)).order_by(Gpu.node_id, Gpu.index)).all():
+        gpus.setdefault(gpu.node_id, []).append(GpuSpec.model_validate(gpu))
+    tags = tags_of(session, ids)
+    return [
+        NodePublic(
+            **node.model_dump(exclude={"bmc_password_encrypted"}),
+            bmc_password_set=node.bmc_password_encrypted is not None,
+            tags=tags.get(node.id, []),
+            gpus=gpus.get(node.id, []),
+        )
+        for node in nodes
+    ]
+
+
+def node_target(node: Node, box: SecretBox, tags: list[str]) -> NodeTarget:
+    """What a driver needs to act on `node`, with its BMC password decrypted."""
+    password = box.decrypt(node.bmc_password_encrypted) if node.bmc_password_encrypted else None
+    known = BackendNode(
+        external_id=node.external_id or "",
+        provision_state=ProvisionState(node.provision_state),
+        power_state=PowerState(node.power_state) if node.power_state else None,
+        maintenance=node.maintenance,
+        maintenance_reason=node.maintenance_reason,
+        last_error=node.last_error,
+    )
+    properties = {"ipmi_cipher_suite": node.ipmi_cipher_suite} if node.ipmi_cipher_suite is not None else {}
+    return NodeTarget(
+        name=node.name,
+        external_id=node.external_id,
+        bmc_driver=node.bmc_driver,
+        bmc_address=node.bmc_address,
+        bmc_username=node.bmc_username,
+        bmc_password=password,
+        boot_mac=node.boot_mac,
+        resource_class=node.resource_class,
+        hardware_type=node.hardware_type,
+        properties=properties,
+        tags=tuple(tags),
+        known=known if node.external_id else None,
+    )
+
+
+def apply_backend_state(node: Node, backend: BackendNode) -> bool:
+    """Copy the backend's view onto Kiln's mirror; True when anything changed."""
+    values = {
+        "external_id": backend.external_id,
+        "provision_state": backend.provision_state.value,
+        "target_provision_state": backend.target_provision_state or None,
+        "power_state": backend.power_state.value if backend.power_state else None,
+        "maintenance": backend.maintenance,
+        "maintenance_reason": backend.maintenance_reason,
+        "last_error": (backend.last_error or "")[:2000] or None,
+    }
+    changed = any(getattr(node, key) != value for key, value in values.items())
+    node.sqlmodel_update(values)
+    node.synced_at = utcnow()
+    if changed:
+        node.updated_at = node.synced_at
+    return changed
+
+
+def add_event(session: Session, node: Node, kind: str, message: str, actor: str = "", operation_id: int | None = None) -> None:
+    """Append a line to the node's history."""
+    session.add(NodeEvent(node_id=node.id, kind=kind, message=message[:2000], actor=actor, operation_id=operation_id))
+
+
+def _check_unique(session: Session, data: NodeCreate) -> None:
+    if session.exec(select(Node.id).where(Node.name == data.name)).first():
+        raise Conflict(f"a node named '{data.name}' already exists")
+    if data.boot_mac and session.exec(select(Node.name).where(Node.boot_mac == data.boot_mac)).first():
+        owner = session.exec(select(Node.name).where(Node.boot_mac == data.boot_mac)).first()
+        raise Conflict(f"node '{data.name}': boot MAC {data.boot_mac} already belongs to node '{owner}'")
+
+
+def _set_gpus_and_tags(session: Session, node: Node, gpus: list[GpuSpec] | None, tags: list[str] | None) -> None:
+    if gpus is not None:
+        for gpu in session.exec(select(Gpu).where(Gpu.node_id == node.id)).all():
+            session.delete(gpu)
+        session.flush()
+        for spec in gpus:
+            session.add(Gpu(node_id=node.id, **spec.model_dump()))
+    if tags is not None:
+        for tag in session.exec(select(NodeTag).where(NodeTag.node_id == node.id)).all():
+            session.delete(tag)
+        session.flush()
+        for tag in dict.fromkeys(tags):
+            session.add(NodeTag(node_id=node.id, tag=tag))
+
+
+def create_node(session: Session, principal: Principal, data: NodeCreate, drivers: Drivers, box: SecretBox) -> Node:
+    """Enroll a node with its backend and record it; on any failure neither side keeps it."""
+    principal.require_role(Role.INFRA_ADMIN, action="enroll nodes")
+    _check_unique(session, data)
+    address = parse_bmc_address(data.bmc_address)
+    node = Node(
+        name=data.name,
+        provisioner=data.provisioner,
+        hardware_type=data.ironic_driver,
+        bmc_driver=address.driver,
+        bmc_address=data.bmc_address,
+        bmc_username=data.bmc_username,
+        bmc_password_encrypted=box.encrypt(data.bmc_password.get_secret_value()) if data.bmc_password else None,
+        ipmi_cipher_suite=data.ipmi_cipher_suite,
+        boot_mac=data.boot_mac,
+        resource_class=data.resource_class,
+        rack=data.rack,
+        facts=data.facts.model_dump(exclude_defaults=True),
+        provision_state=ProvisionState.ENROLL.value,
+    )
+    driver = drivers.get(data.provisioner)
+    target = node_target(node, box, data.tags)
+    try:
+        backend = driver.enroll(target)
+    except DriverError as exc:
+        raise backend_error(data.name, "enroll", exc) from None
+    apply_backend_state(node, backend)
+    try:
+        session.add(node)
+        session.flush()
+        _set_gpus_and_tags(session, node, data.gpus, data.tags)
+        session.flush()
+    except IntegrityError:
+        session.rollback()
+        driver.remove(node_target(node, box, data.tags))
+        raise Conflict(f"node '{data.name}' conflicts with an existing node (name or boot MAC)") from None
+    add_event(session, node, "enrolled", f"enrolled with {data.provisioner} as {backend.external_id}", principal.username)
+    audit.record(session, principal, "create", "node", node.id, detail={"name": node.name, "provisioner": node.provisioner})
+    return node
+
+
+def update_node(session: Session, principal: Principal, node_id: int, data: NodeUpdate) -> Node:
+    """Change Kiln-owned fields of a node: resource class, rack, tags, facts, GPUs."""
+    node = get_node(session, principal, node_id)
+    principal.require_role(Role.INFRA_ADMIN, action="change nodes")
+    changes = data.model_dump(exclude_unset=True)
+    for key in ("resource_class", "rack"):
+        if key in changes:
+            setattr(node, key, changes[key])
+    if data.facts is not None:
+        node.facts = data.facts.model_dump(exclude_defaults=True)
+    _set_gpus_and_tags(session, node, data.gpus, data.tags)
+    node.updated_at = utcnow()
+    session.add(node)
+    session.flush()
+    add_event(session, node, "edit", f"changed {', '.join(sorted(changes)) or 'nothing'}", principal.username)
+    audit.record(session, principal, "update", "node", node.id, detail={"fields": sorted(changes)})
+    return node
+
+
+def delete_node(session: Session, principal: Principal, node_id: int, drivers: Drivers, box: SecretBox) -> None:
+    """Remove a node from its backend and from Kiln; refused while it has lease history."""
+    node = get_node(session, principal, node_id)
+    principal.require_role(Role.INFRA_ADMIN, action="delete nodes")
+    if session.exec(select(Lease.id).where(Lease.node_id == node.id)).first():
+        raise Conflict(f"node '{node.name}' has lease history that billing needs: it cannot be deleted")
+    if node.external_id:
+        try:
+            drivers.get(node.provisioner).remove(node_target(node, box, tags_of(session, [node.id]).get(node.id, [])))
+        except DriverError as exc:
+            raise backend_error(node.name, "delete", exc) from None
+    audit.record(session, principal, "delete", "node", node.id, detail={"name": node.name})
+    session.delete(node)
+    session.flush()

@@ -1,0 +1,1 @@
+"""Provisioning drivers (Ironic, Metal3, fake) behind one protocol, and Ironic's state machine."""

@@ -1,0 +1,307 @@
+"""The OpenStack Ironic provisioning driver, through openstacksdk's baremetal proxy.
+
+Every call makes one or two short HTTP requests and returns: state changes are started
+(`wait=False`) and Kiln polls `get`. The SDK's wait helpers (2 s polling) and its built-in
+409 retries (~16 s) are not used; a locked node (409 NodeLocked) is retried here for about
+3 s. Errors become `DriverError` carrying Ironic's own message (see `ironic_errors`).
+
+Needs the `ironic` extra (openstacksdk).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import openstack.connection
+
+from fleet.bmc import IPMI_DEFAULT_PORT, BmcAddress, parse_bmc_address
+from fleet.provisioning.actions import TRANSITIONS
+from fleet.provisioning.base import BackendNode, DriverError, Image, NodeTarget
+from fleet.provisioning.ironic_errors import SDK_ERRORS, is_conflict, is_not_found, translate
+from fleet.provisioning.states import PowerRequest, PowerState, ProvisionState
+
+T = TypeVar("T")
+
+DEFAULT_HARDWARE_TYPE = {"ipmi": "ipmi", "redfish": "redfish"}
+FAKE_HARDWARE = "fake-hardware"
+DEFAULT_IPMI_CIPHER_SUITE = "3"
+# NodeTarget.properties keys that steer this driver and are not sent to Ironic.
+KILN_PRIVATE_PROPERTIES = frozenset({"ipmi_cipher_suite", "fake_power"})
+# Targets of PUT /v1/nodes/{id}/states/power that Kiln uses.
+POWER_TARGETS = frozenset(PowerRequest)
+# Provision verbs that deploy an image (instance_info and config drive apply).
+IMAGE_VERBS = frozenset({"active", "rebuild"})
+# The node fields Kiln reads; `get` and `list_all` ask Ironic for these only.
+NODE_FIELDS = [
+    "uuid", "name", "provision_state", "power_state", "target_provision_state",
+    "maintenance", "maintenance_reason", "last_error",
+]
+# instance_info keys this driver owns; stale ones are removed when the image changes.
+CHECKSUM_KEYS = ("image_checksum", "image_os_hash_algo", "image_os_hash_value")
+# Ironic itself waits ~2 s for a node lock before answering 409; retry that for ~3 s more.
+LOCKED_RETRY_SECONDS = 3.0
+
+
+class IronicDriver:
+    """`ProvisioningDriver` for OpenStack Ironic.
+
+    `IronicDriver("http://ironic:6385")` talks to a standalone, noauth Ironic.
+    For a Keystone-authenticated cloud pass openstacksdk `Connection` keyword arguments
+    (`cloud="mycloud"`, or `auth={...}` with `auth_type`, `region_name`, ...), with or without
+    `endpoint` (which then overrides the catalogue's baremetal endpoint), or pass a ready
+    `connection` (build it with `baremetal_status_code_retries=0`, or every 409 is retried
+    for ~16 s). `timeout` bounds every HTTP request; connecting gives up after at most 5 s.
+    Constructing does no I/O: an unreachable Ironic is reported by the first call.
+    """
+
+    name = "ironic"
+    transitions = TRANSITIONS
+
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        *,
+        connection: openstack.connection.Connection | None = None,
+        timeout: float = 30,
+        **connection_kwargs: Any,
+    ) -> None:
+        if connection is not None and (endpoint or connection_kwargs):
+            raise ValueError("pass either a ready connection or endpoint/connection arguments, not both")
+        if connection is None and not endpoint and not connection_kwargs:
+            raise ValueError("IronicDriver needs an endpoint, openstacksdk connection arguments or a connection")
+        if connection is None:
+            kwargs: dict[str, Any] = {"baremetal_status_code_retries": 0, "api_timeout": timeout}
+            if endpoint:
+                kwargs["baremetal_endpoint_override"] = endpoint
+                if not {"cloud", "auth", "auth_type", "session"} & connection_kwargs.keys():
+                    kwargs["auth_type"] = "none"
+            kwargs.update(connection_kwargs)
+            try:
+                connection = openstack.connection.Connection(**kwargs)
+            except SDK_ERRORS as exc:
+                raise translate(exc, where=endpoint or str(connection_kwargs.get("cloud", "the configured cloud"))) from exc
+            # keystoneauth takes one float; requests also takes (connect, read).
+            connection.session.timeout = (min(5.0, timeout), timeout)
+        self._conn = connection
+        self._where = endpoint or _configured_endpoint(connection)
+
+    # -- ProvisioningDriver -------------------------------------------------------------
+
+    def enroll(self, node: NodeTarget) -> BackendNode:
+        """Create the node in Ironic (it starts in `enroll`) and its boot port.
+
+        If creating the port fails, the new Ironic node is deleted before the error is
+        raised, so nothing is left half-enrolled.
+        """
+        attrs = ironic_node_attributes(node)
+        created = self._call(node, lambda bm: bm.create_node(**attrs))
+        if node.boot_mac:
+            try:
+                self._call(node, lambda bm: bm.create_port(node_uuid=created.id, address=node.boot_mac),
+                           uuid=created.id)
+            except DriverError as exc:
+                leftover = self._delete_orphan(node, created.id)
+                if leftover:
+                    raise DriverError(f"{exc}; {leftover}", status=exc.status) from exc
+                raise
+        return _backend_node(node.name, created)
+
+    def remove(self, node: NodeTarget) -> None:
+        """Delete the node (and its ports) from Ironic; a node already gone is fine.
+
+        Ironic refuses to delete a node that is deployed or busy; its message is raised.
+        """
+        self._call(node, lambda bm: bm.delete_node(_ident(node), ignore_missing=True))
+
+    def get(self, node: NodeTarget) -> BackendNode:
+        """The node's current state (one GET of the fields Kiln reads)."""
+        found = self._call(node, lambda bm: bm.get_node(_ident(node), fields=NODE_FIELDS))
+        return _backend_node(node.name, found)
+
+    def list_all(self) -> list[BackendNode]:
+        """Every node in Ironic: one paginated listing limited to the fields Kiln reads."""
+        listed = self._call(None, lambda bm: list(bm.nodes(fields=NODE_FIELDS)))
+        return [_backend_node(item.name or item.id, item) for item in listed]
+
+    def set_provision_state(self, node: NodeTarget, verb: str, image: Image | None = None) -> None:
+        """Start a provision-state change with Ironic's verb (`manage`, `provide`, `active`, ...).
+
+        For `active` and `rebuild` with an image, the node's instance_info gets the image
+        URL and checksum first, and the image's config drive is passed along.
+        """
+        if image is not None and verb not in IMAGE_VERBS:
+            raise DriverError(f"an image can be given only to deploy or rebuild a node, not to {verb!r}", status=400)
+        if image is not None:
+            self._set_instance_info(node, image)
+        config_drive = config_drive_value(image.config_drive) if image is not None else None
+        self._call_retrying_locked(
+            node, lambda bm: bm.set_node_provision_state(_ident(node), verb, config_drive=config_drive, wait=False)
+        )
+
+    def set_power(self, node: NodeTarget, state: str) -> None:
+        """Start a power change: `power on`, `power off` or `rebooting` (not awaited)."""
+        if state not in POWER_TARGETS:
+            raise ValueError(f"unknown power target {state!r}; expected one of {sorted(POWER_TARGETS)}")
+        self._call_retrying_locked(node, lambda bm: bm.set_node_power_state(_ident(node), state, wait=False))
+
+    def set_maintenance(self, node: NodeTarget, on: bool, reason: str | None = None) -> None:
+        """Put the node in maintenance (with `reason`) or take it out."""
+        if on:
+            self._call_retrying_locked(node, lambda bm: bm.set_node_maintenance(_ident(node), reason=reason))
+        else:
+            self._call_retrying_locked(node, lambda bm: bm.unset_node_maintenance(_ident(node)))
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _set_instance_info(self, node: NodeTarget, image: Image) -> None:
+        """PATCH instance_info with the image, removing checksum keys of a previous image."""
+        wanted = {"image_source": image.url, **image_checksum_fields(image.checksum)}
+        current = self._call(node, lambda bm: bm.get_node(_ident(node), fields=["uuid", "instance_info"]))
+        existing = current.instance_info or {}
+        patch = [{"op": "add", "path": f"/instance_info/{key}", "value": value} for key, value in wanted.items()]
+        patch += [{"op": "remove", "path": f"/instance_info/{key}"}
+                  for key in CHECKSUM_KEYS if key in existing and key not in wanted]
+        self._call_retrying_locked(node, lambda bm: bm.patch_node(_ident(node), patch), uuid=current.id)
+
+    def _call(self, node: NodeTarget | None, call: Callable[[Any], T], uuid: str | None = None) -> T:
+        """Run `call(baremetal_proxy)`, turning SDK errors into `DriverError`."""
+        try:
+            return call(self._conn.baremetal)
+        except SDK_ERRORS as exc:
+            name = node.name if node else None
+            raise translate(exc, where=self._where, uuid=uuid or (node.external_id if node else None),
+                            name=name) from exc
+
+    def _call_retrying_locked(self, node: NodeTarget, call: Callable[[Any], T], uuid: str | None = None) -> T:
+        """`_call`, retrying Ironic's 409 (NodeLocked: another operation holds the node) for
+        about `LOCKED_RETRY_SECONDS`, then raising it as DriverError(status=409)."""
+        deadline = time.monotonic() + LOCKED_RETRY_SECONDS
+        delay = 0.1
+        while True:
+            try:
+                return self._call(node, call, uuid)
+            except DriverError as exc:
+                if not is_conflict(exc.__cause__) or time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    def _delete_orphan(self, node: NodeTarget, uuid: str) -> str | None:
+        """Delete a node whose enrollment failed half-way; what went wrong if that failed too."""
+        try:
+            self._conn.baremetal.delete_node(uuid, ignore_missing=True)
+        except SDK_ERRORS as exc:
+            failure = translate(exc, where=self._where, uuid=uuid, name=node.name)
+            return f"removing the half-enrolled Ironic node {uuid} also failed: {failure}"
+        return None
+
+
+def ironic_node_attributes(node: NodeTarget) -> dict[str, Any]:
+    """The attributes of Ironic's POST /v1/nodes for `node` (driver, interfaces, driver_info)."""
+    try:
+        address = parse_bmc_address(node.bmc_address)
+    except ValueError as exc:
+        raise DriverError(str(exc), status=400) from exc
+    hardware_type = node.hardware_type or DEFAULT_HARDWARE_TYPE[address.driver]
+    attrs: dict[str, Any] = {
+        "name": node.name,
+        "driver": hardware_type,
+        "driver_info": {},
+        "properties": {k: v for k, v in node.properties.items() if k not in KILN_PRIVATE_PROPERTIES},
+    }
+    if node.resource_class:
+        attrs["resource_class"] = node.resource_class
+    fake_power = hardware_type == FAKE_HARDWARE and bool(node.properties.get("fake_power"))
+    if address.driver == "ipmi" and not fake_power:
+        attrs["driver_info"] = _ipmi_driver_info(node, address)
+        if hardware_type == FAKE_HARDWARE:
+            attrs["power_interface"] = attrs["management_interface"] = "ipmitool"
+    elif address.driver == "redfish" and hardware_type != FAKE_HARDWARE:
+        attrs["driver_info"] = _redfish_driver_info(node, address)
+    return attrs
+
+
+def image_checksum_fields(checksum: str) -> dict[str, str]:
+    """instance_info checksum keys: `algo:hex` → os_hash algo/value; md5 hex or URL → image_checksum."""
+    algo, sep, value = checksum.partition(":")
+    if sep and algo.lower() in {"md5", "sha256", "sha512"}:
+        return {"image_os_hash_algo": algo.lower(), "image_os_hash_value": value}
+    return {"image_checksum": checksum}
+
+
+def config_drive_value(config_drive: str | None) -> str | dict[str, Any] | None:
+    """Ironic's `configdrive`: JSON object text becomes a dict (Ironic builds the ISO from its
+    meta_data/user_data/network_data); a URL or base64 gzipped ISO is passed as it is."""
+    if not config_drive:
+        return None
+    if config_drive.lstrip().startswith("{"):
+        try:
+            parsed = json.loads(config_drive)
+        except json.JSONDecodeError as exc:
+            raise DriverError(f"the config drive is not valid JSON: {exc}", status=400) from exc
+        if isinstance(parsed, dict):
+            return parsed
+    return config_drive
+
+
+def _ipmi_driver_info(node: NodeTarget, address: BmcAddress) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "ipmi_address": address.host,
+        "ipmi_port": address.port or IPMI_DEFAULT_PORT,
+        "ipmi_cipher_suite": str(node.properties.get("ipmi_cipher_suite", DEFAULT_IPMI_CIPHER_SUITE)),
+    }
+    if node.bmc_username:
+        info["ipmi_username"] = node.bmc_username
+    if node.bmc_password:
+        info["ipmi_password"] = node.bmc_password
+    return info
+
+
+def _redfish_driver_info(node: NodeTarget, address: BmcAddress) -> dict[str, Any]:
+    host = f"[{address.host}]" if ":" in address.host else address.host
+    info: dict[str, Any] = {
+        "redfish_address": f"https://{host}" + (f":{address.port}" if address.port else ""),
+        "redfish_system_id": address.path,
+    }
+    if node.bmc_username:
+        info["redfish_username"] = node.bmc_username
+    if node.bmc_password:
+        info["redfish_password"] = node.bmc_password
+    return info
+
+
+def _ident(node: NodeTarget) -> str:
+    """How Ironic knows the node: its UUID once enrolled, else its name."""
+    return node.external_id or node.name
+
+
+def _backend_node(name: str, found: Any) -> BackendNode:
+    """A `BackendNode` from the SDK's Node; unknown states from a newer Ironic are a DriverError."""
+    try:
+        provision_state = ProvisionState(found.provision_state)
+        power_state = PowerState(found.power_state) if found.power_state else None
+    except ValueError as exc:
+        raise DriverError(
+            f"Ironic reports node {name} in provision state {found.provision_state!r} / power state "
+            f"{found.power_state!r}, which this version of Kiln does not know (is Ironic newer than Kiln?)",
+            status=502,
+        ) from exc
+    return BackendNode(
+        external_id=found.id,
+        provision_state=provision_state,
+        power_state=power_state,
+        target_provision_state=found.target_provision_state or None,
+        maintenance=bool(found.is_maintenance),
+        maintenance_reason=found.maintenance_reason or None,
+        last_error=found.last_error or None,
+        name=found.name or None,
+    )
+
+
+def _configured_endpoint(connection: openstack.connection.Connection) -> str:
+    """The baremetal endpoint a connection was configured with, for error messages."""
+    override = connection.config.get_endpoint("baremetal")
+    return override or f"cloud {connection.config.name!r}"
