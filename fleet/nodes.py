@@ -8,10 +8,8 @@ except inside a `NodeTarget` handed to a driver.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
-
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, or_, select
+from sqlmodel import Session, col, select
 
 from fleet.bmc import parse_bmc_address
 from fleet.errors import backend_error
@@ -21,6 +19,7 @@ from fleet.provisioning.registry import Drivers
 from fleet.provisioning.states import PowerState, ProvisionState
 from fleet.schemas import GpuSpec, NodeCreate, NodePublic, NodeUpdate
 from fleet.tenancy_models import Lease
+from fleet.usage import in_force
 from kiln import audit
 from kiln.auth import Principal
 from kiln.db import utcnow
@@ -31,17 +30,11 @@ from kiln.security import SecretBox
 READ_ROLES = tuple(Role)
 
 
-def open_lease_condition(at: datetime | None = None):
-    """SQL condition: the lease is in force at `at` (default now)."""
-    at = at or utcnow()
-    return (col(Lease.starts_at) <= at) & or_(col(Lease.ends_at).is_(None), col(Lease.ends_at) > at)
-
-
 def visible(statement, principal: Principal):
     """Restrict a SELECT over Node to nodes the caller may see (leased to one of its tenants)."""
     if principal.sees_all_tenants:
         return statement
-    leased = principal.scope(select(Lease.node_id).where(open_lease_condition()), Lease.tenant_id)
+    leased = principal.scope(select(Lease.node_id).where(in_force(utcnow())), Lease.tenant_id)
     return statement.where(col(Node.id).in_(leased))
 
 

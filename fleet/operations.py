@@ -37,7 +37,7 @@ from fleet.provisioning.states import PowerRequest, PowerState
 from kiln import audit
 from kiln.auth import Principal
 from kiln.db import utcnow
-from kiln.errors import ValidationFailed
+from kiln.errors import KilnError, ValidationFailed
 from kiln.roles import Role
 from kiln.security import SecretBox
 
@@ -110,7 +110,7 @@ def plan_action(
         session.add(operation)
         operations.append(operation)
     session.flush()
-    for node, operation in zip(nodes, operations):
+    for node, operation in zip(nodes, operations, strict=True):
         audit.record(session, principal, action.value, "node", node.id, detail={"operation": operation.id})
     return operations
 
@@ -168,6 +168,7 @@ class OperationRunner:
             session.commit()
         action = Action(operation.action)
         backend: BackendNode | None = None
+        driver: ProvisioningDriver | None = None
         error: str | None = None
         try:
             driver = self.drivers.get(node.provisioner)
@@ -175,10 +176,23 @@ class OperationRunner:
             error = self._failure(driver.transitions[action], action, backend)
         except DriverError as exc:
             error = str(exc)
+            backend = self._refresh(driver, target)
+        except KilnError as exc:  # e.g. the node's provisioner is not configured in this process
+            error = exc.detail
         except Exception as exc:  # the outermost job runner: record, log the traceback, carry on
             log.exception("operation %s (%s on %s) crashed", operation_id, action.value, node.name)
             error = f"internal error: {type(exc).__name__}: {exc}"
         return self._finish(operation_id, backend, error, started)
+
+    @staticmethod
+    def _refresh(driver: ProvisioningDriver | None, target: NodeTarget) -> BackendNode | None:
+        """The node's state after a refused or failed request (it may say why: maintenance, last_error)."""
+        if driver is None:
+            return None
+        try:
+            return driver.get(target)
+        except DriverError:
+            return None
 
     def _execute(self, driver: ProvisioningDriver, target: NodeTarget, action: Action, params: ActionParams) -> BackendNode:
         transition = driver.transitions[action]

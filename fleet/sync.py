@@ -72,7 +72,7 @@ def sync_nodes(engine: Engine, drivers: Drivers, box: SecretBox) -> SyncReport:
 
 def _describe(before: tuple, after: tuple) -> str:
     labels = ("provision state", "power", "maintenance")
-    parts = [f"{label} {old} → {new}" for label, old, new in zip(labels, before, after) if old != new]
+    parts = [f"{label} {old} → {new}" for label, old, new in zip(labels, before, after, strict=True) if old != new]
     return "changed outside Kiln: " + ", ".join(parts)
 
 

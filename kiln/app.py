@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 
 from fleet import api as fleet_api
+from fleet import tenancy_api
 from kiln import __version__
 from kiln.api import audit, health, tenants, tokens, users
 from kiln.db import create_db_engine
@@ -29,12 +30,13 @@ SHELL_ROUTERS: tuple[APIRouter, ...] = (
     tokens.router,
     audit.router,
 )
-DOMAIN_ROUTERS: tuple[APIRouter, ...] = (fleet_api.router,)
+DOMAIN_ROUTERS: tuple[APIRouter, ...] = (fleet_api.router, tenancy_api.router)
 
 
 def create_app(settings: Settings, engine: Engine | None = None, oidc: OIDCVerifier | None = None) -> FastAPI:
     """A ready-to-serve Kiln application. The schema is checked by the caller (`kiln serve`)."""
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     app = FastAPI(
         title="Kiln",
         version=__version__,

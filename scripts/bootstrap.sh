@@ -15,7 +15,7 @@ kiln_bootstrap() {  # kiln_bootstrap EXTRAS   e.g. kiln_bootstrap "test"
   fi
   local stamp="$KILN_VENV/.kiln-installed" hash have_hash have_extras
   hash=$(sha256sum "$KILN_ROOT/pyproject.toml" | cut -c1-16)
-  read -r have_hash have_extras < "$stamp" 2>/dev/null || true
+  if [ -f "$stamp" ]; then read -r have_hash have_extras < "$stamp" || true; fi
   # Up to date when pyproject.toml is unchanged and the installed extras include the asked ones.
   if [ "${have_hash:-}" != "$hash" ] || { [ -n "$extras" ] && [ "${have_extras:-}" != "$extras" ]; }; then
     echo "installing Kiln and its dependencies into $KILN_VENV (first time: a few minutes)" >&2

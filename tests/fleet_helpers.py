@@ -9,7 +9,11 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
+from fleet.models import Gpu, Node
 from fleet.tenancy_models import Lease
+from fleet.tenancy_schemas import VdcCreate
+from fleet.vdcs import create_vdc
+from kiln.auth import Principal
 from kiln.db import utcnow
 from tests.factories import World
 
@@ -56,3 +60,27 @@ def wait_operations(client: TestClient, headers: dict[str, str], timeout: float 
             return operations
         assert time.monotonic() < deadline, f"operations still running: {operations}"
         time.sleep(0.05)
+
+
+def make_node_row(world: World, gpus: int = 8, **fields: Any) -> Node:
+    """A node row straight in the database (no driver), with `gpus` H100s."""
+    n = next(_numbers)
+    node = Node(
+        name=fields.pop("name", f"row-node-{n:04d}"), provisioner="fake", bmc_driver="ipmi",
+        bmc_address=f"ipmi://10.9.{n // 250}.{n % 250 + 1}", provision_state="active", **fields,
+    )
+    world.session.add(node)
+    world.session.flush()
+    for index in range(gpus):
+        world.session.add(Gpu(node_id=node.id, index=index, model="NVIDIA H100 80GB HBM3"))
+    world.session.commit()
+    return node
+
+
+def make_vdc(world: World, name: str, nodes: list[str], grants: dict[str, dict[str, Any]], **quotas: Any) -> None:
+    """A VDC over explicit nodes granted to tenants `a`/`b` with per-tenant quotas."""
+    data = VdcCreate(
+        name=name, nodes=nodes, tenants=[{"tenant": world.tenant(t).slug, **q} for t, q in grants.items()], **quotas
+    )
+    create_vdc(world.session, Principal.system("test"), data)
+    world.session.commit()

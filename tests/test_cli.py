@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,17 +12,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-KILN = str(Path(sys.executable).parent / "kiln")
-
-
-def run(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([KILN, *args], env=env, input=stdin, capture_output=True, text=True, timeout=60)
-
-
-def base_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
-    return {**env, "KILN_DATA_DIR": str(tmp_path / "data"), **extra}
-
+from tests.cli_helpers import KILN, base_env, run
 
 @pytest.fixture
 def cli_env(engine, tmp_path: Path) -> dict[str, str]:

@@ -6,9 +6,11 @@ import os
 import sys
 
 import typer
+from sqlalchemy.exc import OperationalError
 from typer._click import exceptions as click  # Typer vendors its own click
 
 from fleet.cli import nodes_app
+from fleet.tenancy_cli import leases_app, vdcs_app
 from kiln.cli import accounts, server
 from kiln.errors import KilnError
 from kiln.schema import SchemaError
@@ -23,11 +25,14 @@ app = typer.Typer(
 )
 app.command()(server.serve)
 app.command()(server.migrate)
+app.command()(server.worker)
 app.command()(server.version)
 app.add_typer(accounts.tenants_app, name="tenants")
 app.add_typer(accounts.users_app, name="users")
 app.add_typer(accounts.tokens_app, name="tokens")
 app.add_typer(nodes_app, name="nodes")
+app.add_typer(vdcs_app, name="vdcs")
+app.add_typer(leases_app, name="leases")
 
 
 @app.callback()
@@ -60,6 +65,9 @@ def main(argv: list[str] | None = None) -> None:
         _fail("aborted", 130)
     except (KilnError, ConfigError, SchemaError) as exc:
         _fail(str(exc), 1)
+    except OperationalError as exc:
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        _fail(f"cannot use the database ({reason}): check KILN_DATABASE_URL and that the server is up", 1)
     sys.exit(result if isinstance(result, int) else 0)
 
 

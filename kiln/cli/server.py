@@ -47,6 +47,21 @@ def migrate(
         engine.dispose()
 
 
+def worker() -> None:
+    """Run the periodic jobs (node state sync; collectors as they arrive) until interrupted."""
+    from kiln.worker import run_forever
+
+    import logging
+
+    config = load_settings()
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    engine = engine_for(config)
+    ensure_current(engine)
+    typer.echo(f"Kiln {__version__} worker started")
+    run_forever(config, engine)
+
+
 def version() -> None:
     """Print Kiln's version."""
     typer.echo(f"kiln {__version__}")

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # PostgreSQL test peer: the machine's Debian cluster, started on loopback if it is stopped.
 #   postgres.sh install            install the server package if it is missing
-#   postgres.sh start STATE_DIR    start the cluster (if stopped), ensure role `kiln`, print its URL
-#   postgres.sh stop STATE_DIR     stop the cluster again if this script started it
+#   postgres.sh start STATE_DIR    start the cluster (if stopped), create a login role for this run, print its URL
+#   postgres.sh stop STATE_DIR     drop the run's role; stop the cluster if this run started it and no other run is using it
 set -euo pipefail
 
 cmd=${1:-}
@@ -34,27 +34,37 @@ case "$cmd" in
       sleep 0.5
     done
     pg_isready -q -h 127.0.0.1 -p "$port" || { echo "PostgreSQL did not become ready on 127.0.0.1:$port" >&2; exit 1; }
-    password_file="$state/password"
-    [ -s "$password_file" ] || python3 -c 'import secrets; print(secrets.token_hex(16))' > "$password_file"
-    password=$(cat "$password_file")
+    # One login role per run (kiln_test_<random>): concurrent test runs on one machine never
+    # change each other's credentials.
+    [ -s "$state/role" ] || echo "kiln_test_$(python3 -c 'import secrets; print(secrets.token_hex(4))')" > "$state/role"
+    [ -s "$state/password" ] || python3 -c 'import secrets; print(secrets.token_hex(16))' > "$state/password"
+    role=$(cat "$state/role")
+    password=$(cat "$state/password")
+    echo "$port" > "$state/port"
     su postgres -c "psql -q -v ON_ERROR_STOP=1 -p $port" >/dev/null <<SQL
 DO \$\$ BEGIN
-  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'kiln') THEN
-    CREATE ROLE kiln LOGIN SUPERUSER PASSWORD '$password';
-  ELSE
-    ALTER ROLE kiln LOGIN SUPERUSER PASSWORD '$password';
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$role') THEN
+    CREATE ROLE $role LOGIN SUPERUSER PASSWORD '$password';
   END IF;
 END \$\$;
 SQL
-    url="postgresql://kiln:$password@127.0.0.1:$port/postgres"
+    url="postgresql://$role:$password@127.0.0.1:$port/postgres"
     echo "$url" > "$state/url"
     echo "$url"
     ;;
   stop)
     [ -n "$state" ] || { echo "usage: $0 stop STATE_DIR" >&2; exit 2; }
+    port=$(cat "$state/port" 2>/dev/null || echo 5432)
+    if [ -s "$state/role" ]; then
+      su postgres -c "psql -q -p $port -c 'DROP ROLE IF EXISTS $(cat "$state/role")'" >/dev/null 2>&1 || true
+    fi
+    # Stop the cluster only if this run started it and no other run's role is still there.
     if [ -f "$state/started-by-us" ]; then
-      read -r version name < "$state/started-by-us"
-      pg_ctlcluster --skip-systemctl-redirect "$version" "$name" stop || true
+      others=$(su postgres -c "psql -tA -p $port -c \"SELECT count(*) FROM pg_roles WHERE rolname LIKE 'kiln_test_%'\"" 2>/dev/null || echo 0)
+      if [ "${others:-0}" = "0" ]; then
+        read -r version name < "$state/started-by-us"
+        pg_ctlcluster --skip-systemctl-redirect "$version" "$name" stop || true
+      fi
       rm -f "$state/started-by-us"
     fi
     ;;

@@ -1,0 +1,81 @@
+"""`/api/v1/vdcs` and `/api/v1/leases`."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from sqlmodel import select
+
+from fleet import leases as lease_service
+from fleet import vdcs as vdc_service
+from fleet.models import Node
+from fleet.tenancy_schemas import LeaseCreate, LeasePublic, LeaseUpdate, VdcCreate, VdcPublic, VdcUpdate
+from kiln.api.deps import CurrentPrincipal, SessionDep
+from kiln.models import Tenant
+
+router = APIRouter(prefix="/api/v1")
+
+
+@router.get("/vdcs", response_model=list[VdcPublic], tags=["vdcs"], summary="List VDCs")
+def list_vdcs_endpoint(session: SessionDep, principal: CurrentPrincipal):
+    """All VDCs for global roles; the VDCs granted to your tenants otherwise, with quota use."""
+    return vdc_service.to_public(session, principal, vdc_service.list_vdcs(session, principal))
+
+
+@router.post("/vdcs", response_model=VdcPublic, status_code=201, tags=["vdcs"], summary="Create a VDC (infra-admin)")
+def create_vdc_endpoint(data: VdcCreate, session: SessionDep, principal: CurrentPrincipal):
+    """A named slice of the fleet (explicit nodes and selectors) granted to tenants with quotas."""
+    return vdc_service.to_public(session, principal, [vdc_service.create_vdc(session, principal, data)])[0]
+
+
+@router.get("/vdcs/{vdc_id}", response_model=VdcPublic, tags=["vdcs"], summary="Read a VDC")
+def read_vdc_endpoint(vdc_id: int, session: SessionDep, principal: CurrentPrincipal):
+    """One VDC; 404 when it is not granted to your tenants."""
+    return vdc_service.to_public(session, principal, [vdc_service.get_vdc(session, principal, vdc_id)])[0]
+
+
+@router.patch("/vdcs/{vdc_id}", response_model=VdcPublic, tags=["vdcs"], summary="Change a VDC (infra-admin)")
+def update_vdc_endpoint(vdc_id: int, data: VdcUpdate, session: SessionDep, principal: CurrentPrincipal):
+    """Change description, members, quotas or grants; given lists replace the current ones."""
+    return vdc_service.to_public(session, principal, [vdc_service.update_vdc(session, principal, vdc_id, data)])[0]
+
+
+@router.delete("/vdcs/{vdc_id}", status_code=204, tags=["vdcs"], summary="Delete a VDC (infra-admin)")
+def delete_vdc_endpoint(vdc_id: int, session: SessionDep, principal: CurrentPrincipal) -> Response:
+    """Delete a VDC with no leases in force."""
+    vdc_service.delete_vdc(session, principal, vdc_id)
+    return Response(status_code=204)
+
+
+@router.get("/leases", response_model=list[LeasePublic], tags=["leases"], summary="List leases")
+def list_leases_endpoint(
+    session: SessionDep,
+    principal: CurrentPrincipal,
+    node: str | None = None,
+    tenant: str | None = None,
+    active: bool = False,
+):
+    """Your tenants' leases (all for global roles), newest first; `active=true` for those in force now."""
+    node_id = session.exec(select(Node.id).where(Node.name == node)).first() if node else None
+    tenant_id = session.exec(select(Tenant.id).where(Tenant.slug == tenant)).first() if tenant else None
+    if (node and node_id is None) or (tenant and tenant_id is None):
+        return []
+    found = lease_service.list_leases(session, principal, node_id=node_id, tenant_id=tenant_id, active=active)
+    return lease_service.to_public(session, found)
+
+
+@router.post("/leases", response_model=LeasePublic, status_code=201, tags=["leases"], summary="Lease a node to a tenant")
+def create_lease_endpoint(data: LeaseCreate, session: SessionDep, principal: CurrentPrincipal):
+    """Infra-admins lease any node; tenant admins lease nodes of their VDCs to their tenant. 409 on overlap or quota."""
+    return lease_service.to_public(session, [lease_service.create_lease(session, principal, data)])[0]
+
+
+@router.get("/leases/{lease_id}", response_model=LeasePublic, tags=["leases"], summary="Read a lease")
+def read_lease_endpoint(lease_id: int, session: SessionDep, principal: CurrentPrincipal):
+    """One lease; 404 when it is not your tenant's."""
+    return lease_service.to_public(session, [lease_service.get_lease(session, principal, lease_id)])[0]
+
+
+@router.patch("/leases/{lease_id}", response_model=LeasePublic, tags=["leases"], summary="End a lease")
+def update_lease_endpoint(lease_id: int, data: LeaseUpdate, session: SessionDep, principal: CurrentPrincipal):
+    """Set the lease's end. Leases are never deleted: billing needs their history."""
+    return lease_service.to_public(session, [lease_service.update_lease(session, principal, lease_id, data)])[0]

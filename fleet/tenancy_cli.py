@@ -1,0 +1,143 @@
+"""`kiln vdcs …` and `kiln leases …`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import typer
+
+from fleet import leases as lease_service
+from fleet import vdcs as vdc_service
+from fleet.nodes import get_node_by_name
+from fleet.tenancy_schemas import Grant, LeaseCreate, LeaseUpdate, VdcCreate, VdcUpdate
+from kiln.auth import Principal
+from kiln.cli.common import OutputFormat, OutputOption, db_session, print_rows
+from kiln.db import utcnow
+from kiln.errors import ValidationFailed
+from kiln.tenants import tenants_by_slug
+from kiln.validation import parse_model
+
+vdcs_app = typer.Typer(help="Slices of the fleet (VDCs) granted to tenants, with quotas.", no_args_is_help=True)
+leases_app = typer.Typer(help="Lease nodes to tenants; the timeline billing uses.", no_args_is_help=True)
+
+MaxNodes = typer.Option(None, "--max-nodes", min=0, help="Most nodes held at once.")
+MaxGpus = typer.Option(None, "--max-gpus", min=0, help="Most GPUs held at once.")
+MaxGpuHours = typer.Option(None, "--max-gpu-hours", min=0, help="Most GPU-hours per calendar month.")
+Budget = typer.Option(None, "--budget", help="Spend budget per month (metering alerts on it).")
+
+
+def _selectors(values: list[str]) -> list[dict[str, str]]:
+    selectors = []
+    for value in values:
+        kind, sep, match = value.partition("=")
+        if not sep:
+            raise ValidationFailed("selector", f"{value!r} must look like KIND=VALUE, e.g. rack=r1 or tag=train")
+        selectors.append({"kind": kind, "value": match})
+    return selectors
+
+
+@vdcs_app.command("create")
+def vdcs_create(
+    name: str = typer.Argument(..., help="VDC name (lower-case, digits, hyphens)."),
+    node: list[str] = typer.Option([], "--node", help="A node to include (repeat)."),
+    selector: list[str] = typer.Option([], "--selector", help="KIND=VALUE with KIND tag, rack, resource_class or gpu_model."),
+    description: str = typer.Option("", help="What the slice is for."),
+    max_nodes: int = MaxNodes, max_gpus: int = MaxGpus, max_gpu_hours: int = MaxGpuHours, budget: str = Budget,
+) -> None:
+    """Create a VDC with VDC-wide quotas."""
+    data = parse_model(VdcCreate, {
+        "name": name, "description": description, "nodes": node, "selectors": _selectors(selector),
+        "max_nodes": max_nodes, "max_gpus": max_gpus, "max_gpu_hours": max_gpu_hours, "budget": budget,
+    })
+    with db_session() as session:
+        vdc = vdc_service.create_vdc(session, Principal.system(), data)
+        members = vdc_service.to_public(session, Principal.system(), [vdc])[0].member_nodes
+    typer.echo(f"created VDC {name} with {len(members)} node(s)")
+
+
+@vdcs_app.command("grant")
+def vdcs_grant(
+    name: str = typer.Argument(..., help="VDC name."),
+    tenant: str = typer.Argument(..., help="Tenant slug."),
+    max_nodes: int = MaxNodes, max_gpus: int = MaxGpus, max_gpu_hours: int = MaxGpuHours, budget: str = Budget,
+) -> None:
+    """Grant a VDC to a tenant with that tenant's quotas (re-granting updates them)."""
+    grant = parse_model(Grant, {"tenant": tenant, "max_nodes": max_nodes, "max_gpus": max_gpus,
+                                "max_gpu_hours": max_gpu_hours, "budget": budget})
+    with db_session() as session:
+        principal = Principal.system()
+        vdc = vdc_service.get_vdc_by_name(session, principal, name)
+        current = vdc_service.to_public(session, principal, [vdc])[0].tenants
+        grants = [Grant(**g.model_dump(exclude={"used"})) for g in current if g.tenant != tenant] + [grant]
+        tenants_by_slug(session, [tenant])
+        vdc_service.update_vdc(session, principal, vdc.id, VdcUpdate(tenants=grants))
+    typer.echo(f"granted VDC {name} to {tenant}")
+
+
+@vdcs_app.command("list")
+def vdcs_list(output: OutputFormat = OutputOption) -> None:
+    """List VDCs with their tenants and quota use."""
+    with db_session() as session:
+        principal = Principal.system()
+        rows = vdc_service.to_public(session, principal, vdc_service.list_vdcs(session, principal))
+    print_rows(rows, ["name", "member_nodes", "max_nodes", "max_gpus", "max_gpu_hours", "budget", "used"], output, "VDCs")
+
+
+def _when(value: str | None, field: str) -> datetime | None:
+    if value is None:
+        return None
+    if value == "now":
+        return utcnow()
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValidationFailed(field, f"{value!r} is not an ISO 8601 time like 2026-10-01T00:00:00Z") from None
+    if parsed.tzinfo is None:
+        raise ValidationFailed(field, f"{value!r} needs a time zone, e.g. a trailing Z for UTC")
+    return parsed
+
+
+@leases_app.command("create")
+def leases_create(
+    node: str = typer.Argument(..., help="Node name."),
+    tenant: str = typer.Argument(..., help="Tenant slug."),
+    vdc: str = typer.Option(None, help="VDC, when the node is in several of the tenant's VDCs."),
+    start: str = typer.Option(None, help="ISO 8601 start (default now)."),
+    end: str = typer.Option(None, help="ISO 8601 end (default open-ended)."),
+    note: str = typer.Option("", help="Free text."),
+) -> None:
+    """Lease a node to a tenant; refused beyond quota or when the node is taken."""
+    data = parse_model(LeaseCreate, {"node": node, "tenant": tenant, "vdc": vdc, "note": note,
+                                     "starts_at": _when(start, "start"), "ends_at": _when(end, "end")})
+    with db_session() as session:
+        lease = lease_service.create_lease(session, Principal.system(), data)
+    typer.echo(f"lease {lease.id}: {node} → {tenant} from {lease.starts_at:%Y-%m-%dT%H:%M:%SZ}")
+
+
+@leases_app.command("end")
+def leases_end(
+    lease_id: int = typer.Argument(..., help="Lease id (see `kiln leases list`)."),
+    at: str = typer.Option("now", help="ISO 8601 end time, or now."),
+) -> None:
+    """End a lease."""
+    data = LeaseUpdate(ends_at=_when(at, "at"))
+    with db_session() as session:
+        lease = lease_service.update_lease(session, Principal.system(), lease_id, data)
+    typer.echo(f"lease {lease.id} ends {lease.ends_at:%Y-%m-%dT%H:%M:%SZ}")
+
+
+@leases_app.command("list")
+def leases_list(
+    node: str = typer.Option(None, help="Only this node's leases."),
+    tenant: str = typer.Option(None, help="Only this tenant's leases."),
+    active: bool = typer.Option(False, "--active", help="Only leases in force now."),
+    output: OutputFormat = OutputOption,
+) -> None:
+    """List leases, newest first."""
+    with db_session() as session:
+        principal = Principal.system()
+        node_id = get_node_by_name(session, principal, node).id if node else None
+        tenant_id = tenants_by_slug(session, [tenant])[0].id if tenant else None
+        found = lease_service.list_leases(session, principal, node_id=node_id, tenant_id=tenant_id, active=active)
+        rows = lease_service.to_public(session, found)
+    print_rows(rows, ["id", "node", "tenant", "vdc", "starts_at", "ends_at", "created_by"], output, "Leases")

@@ -1,0 +1,68 @@
+"""`kiln worker`: the scheduler that runs Kiln's periodic jobs (APScheduler).
+
+Jobs are declared here once with their purpose and spacing; each runs at most once at a
+time, missed runs coalesce, and a failing run is logged with its traceback and retried on
+the next tick without stopping the others.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from apscheduler.schedulers.blocking import BlockingScheduler
+from sqlalchemy import Engine
+
+from fleet.runtime import FleetRuntime
+from fleet.sync import sync_nodes
+from kiln.db import utcnow
+from kiln.settings import Settings
+
+log = logging.getLogger("kiln.worker")
+
+
+@dataclass(frozen=True)
+class Job:
+    """A periodic job: what it does and how often."""
+
+    name: str
+    seconds: int
+    run: Callable[[], None]
+
+
+def jobs_for(settings: Settings, engine: Engine, fleet: FleetRuntime | None = None) -> list[Job]:
+    """Every periodic job of this Kiln, bound to its settings and database."""
+    fleet = fleet or FleetRuntime.build(settings, engine)
+    last_summary = {"sync": ""}
+
+    def sync() -> None:
+        report = sync_nodes(engine, fleet.drivers, fleet.box)
+        summary = report.summary()
+        noteworthy = report.changed or report.missing or report.errors
+        if noteworthy and summary != last_summary["sync"]:
+            log.info("node sync: %s", summary)
+        last_summary["sync"] = summary if noteworthy else ""
+
+    return [Job("node-state-sync", settings.sync_interval, sync)]
+
+
+def run_forever(settings: Settings, engine: Engine) -> None:
+    """Run every job on its interval until interrupted."""
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it logs every run at INFO
+    scheduler = BlockingScheduler(timezone="UTC")
+    for job in jobs_for(settings, engine):
+        scheduler.add_job(_guarded(job), "interval", seconds=job.seconds, id=job.name, name=job.name, max_instances=1, coalesce=True,
+                          next_run_time=utcnow())
+        log.info("scheduled %s every %d s", job.name, job.seconds)
+    scheduler.start()
+
+
+def _guarded(job: Job) -> Callable[[], None]:
+    def run() -> None:
+        try:
+            job.run()
+        except Exception:  # the outermost job runner: log the traceback, try again next tick
+            log.exception("job %s failed", job.name)
+
+    return run
