@@ -1,0 +1,50 @@
+"""The collector contract: a collector returns Samples and never touches the database.
+
+Modelled on prometheus/client_python's `Collector.collect()`: each source is one module
+whose client or endpoint is injected, so it can be tested against its real peer alone; the
+scheduler persists what collectors return (health snapshots, rollups, usage inputs).
+Metric names follow the exporters people already graph (ipmi_exporter, dcgm-exporter, AMD
+device-metrics-exporter), mapped by declarative tables, not `if` chains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import NamedTuple, Protocol
+
+
+class Sample(NamedTuple):
+    """One reading: `metric` of `entity` (a node name, a GPU UUID, a namespace) at `ts`."""
+
+    source: str  # collector name: ipmi, redfish, dcgm, rocm, kubernetes, opencost
+    entity: str
+    metric: str
+    value: float
+    unit: str  # watts, celsius, rpm, volts, percent, bytes, joules, count, state, ...
+    labels: Mapping[str, str]
+    ts: datetime
+
+
+@dataclass(frozen=True)
+class TargetResult:
+    """What one target (a BMC, a Prometheus query, an API) gave in one collection."""
+
+    target: str
+    ok: bool
+    samples: list[Sample] = field(default_factory=list)
+    error: str | None = None
+    seconds: float = 0.0
+    timed_out: bool = False
+
+
+class Collector(Protocol):
+    """A source of samples. `collect` returns a result per target; a failing target is a
+    result with `ok=False` and a readable `error`, never an exception that stops the others."""
+
+    name: str
+
+    def collect(self) -> Iterable[TargetResult]:
+        """Collect from every target once."""
+        ...
