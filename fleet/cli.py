@@ -18,7 +18,7 @@ from fleet.runtime import FleetRuntime
 from fleet.sync import sync_nodes
 from kiln.auth import Principal
 from kiln.cli.common import OutputFormat, OutputOption, console, db_session, engine_for, print_rows, settings
-from kiln.errors import NotFound, ValidationFailed
+from kiln.errors import BadGateway, NotFound, ValidationFailed
 from kiln.schema import ensure_current
 
 nodes_app = typer.Typer(help="Enroll, list, act on and sync bare-metal nodes.", no_args_is_help=True)
@@ -144,10 +144,12 @@ def _print_outcomes(outcomes: list[Outcome], output: OutputFormat) -> None:
 
 @nodes_app.command("sync")
 def sync_command() -> None:
-    """Pull provision and power state from every configured driver now."""
+    """Pull provision and power state from every configured driver now; exit 1 if a backend failed."""
     runtime, engine = _runtime()
     report = sync_nodes(engine, runtime.drivers, runtime.box)
     typer.echo(report.summary())
+    if report.errors:
+        raise BadGateway("sync incomplete: " + "; ".join(f"{p}: {e}" for p, e in sorted(report.errors.items())))
 
 
 @nodes_app.command("delete")

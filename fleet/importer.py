@@ -39,7 +39,12 @@ OPTIONAL_COLUMNS = (
     "boot_mac", "resource_class", "rack", "tags", "ironic_driver", "ipmi_cipher_suite",
     "gpu_model", "gpu_count", "gpu_memory_mib",
 )
-COMPARED_FIELDS = ("provisioner", "bmc_address", "bmc_username", "boot_mac", "resource_class", "rack")
+COMPARED_FIELDS = (
+    "provisioner", "bmc_address", "bmc_username", "boot_mac", "resource_class", "rack", "ipmi_cipher_suite",
+)
+# Text fields: a plain YAML scalar that YAML 1.1 would read as a number or boolean keeps its text
+# (an unquoted MAC like 52:54:00:12:34:56 is a base-60 integer to PyYAML).
+TEXT_FIELDS = REQUIRED_COLUMNS + ("boot_mac", "resource_class", "rack", "ironic_driver", "gpu_model")
 
 
 @dataclass
@@ -81,7 +86,7 @@ class InvalidImport(BadRequest):
 def read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """(row number, raw mapping) for each node in a CSV or YAML file."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # spreadsheets write a BOM
     except OSError as exc:
         raise BadRequest(f"cannot read {path}: {exc.strerror}") from None
     if path.suffix.lower() in {".yaml", ".yml"}:
@@ -104,7 +109,11 @@ def _csv_rows(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
     rows = []
     for raw in reader:
         values = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
-        rows.append((reader.line_num, {k: v for k, v in values.items() if v != ""}))
+        row = {k: v for k, v in values.items() if v != ""}
+        if None in raw:  # more fields than columns: an unquoted comma shifted the values
+            problem = f"{len(header) + len(raw[None])} fields, but the header has {len(header)} columns"
+            row = {"name": values.get("name", ""), "__invalid__": problem}
+        rows.append((reader.line_num, row))
     return rows
 
 
@@ -120,22 +129,34 @@ def _yaml_rows(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
     rows = []
     for item in root.value:
         value = yaml.safe_load(yaml.serialize(item))
-        rows.append((item.start_mark.line + 1, value if isinstance(value, dict) else {"__invalid__": value}))
+        if not isinstance(value, dict):
+            value = {"__invalid__": "each entry must be a mapping of node fields"}
+        for key, node in item.value if isinstance(item, yaml.MappingNode) else []:
+            plain = isinstance(node, yaml.ScalarNode) and node.style is None
+            if key.value in TEXT_FIELDS and plain and isinstance(value.get(key.value), (int, float, bool)):
+                value[key.value] = node.value
+        rows.append((item.start_mark.line + 1, value))
     return rows
 
 
 def _to_create(raw: dict[str, Any]) -> NodeCreate:
     values = dict(raw)
     if "__invalid__" in values:
-        raise ValueError("each entry must be a mapping of node fields")
+        raise ValueError(values["__invalid__"])
     if isinstance(values.get("tags"), str):
         values["tags"] = [t for t in values["tags"].replace(";", " ").split() if t]
     if "gpu_model" in values or "gpu_count" in values:
         model = values.pop("gpu_model", None)
-        count = int(values.pop("gpu_count", 0) or 0)
+        count = values.pop("gpu_count", 0) or 0
         memory = values.pop("gpu_memory_mib", None)
+        try:
+            count = int(count)
+        except ValueError:
+            raise ValueError(f"gpu_count must be a whole number, not {count!r}") from None
         if count and not model:
             raise ValueError("gpu_count needs gpu_model")
+        if model and not count:
+            raise ValueError("gpu_model needs gpu_count")
         values["gpus"] = [{"index": i, "model": model, "memory_mib": memory} for i in range(count)]
     values.pop("gpu_memory_mib", None)
     return NodeCreate.model_validate(values)
@@ -146,7 +167,11 @@ def _describe(error: ValidationError) -> str:
 
 
 def _same(node: Node, tags: list[str], data: NodeCreate) -> bool:
-    return all(getattr(node, f) == getattr(data, f) for f in COMPARED_FIELDS) and sorted(tags) == sorted(set(data.tags))
+    return (
+        all(getattr(node, f) == getattr(data, f) for f in COMPARED_FIELDS)
+        and node.hardware_type == data.ironic_driver
+        and sorted(tags) == sorted(set(data.tags))
+    )
 
 
 def validate_rows(session: Session, rows: list[tuple[int, dict[str, Any]]]) -> tuple[list[tuple[int, NodeCreate]], ImportReport]:

@@ -27,7 +27,6 @@ from kiln.errors import Conflict, NotFound
 from kiln.roles import Role
 from kiln.security import SecretBox
 
-READ_ROLES = tuple(Role)
 
 
 def visible(statement, principal: Principal):

@@ -196,7 +196,12 @@ class OperationRunner:
 
     def _execute(self, driver: ProvisioningDriver, target: NodeTarget, action: Action, params: ActionParams) -> BackendNode:
         transition = driver.transitions[action]
-        current = driver.get(target)
+        # Kiln's mirror (written by the last operation or sync) is enough to go ahead: the backend
+        # checks the request again itself, and a GET per node would only load it (Ironic is the
+        # bottleneck of a bulk action). A refusal is confirmed first, as the mirror may be stale.
+        current = target.known
+        if current is None or current.provision_state not in transition.sources:
+            current = driver.get(target)
         if current.provision_state not in transition.sources:
             legal = ", ".join(sorted(s.value for s in transition.sources)) or "none: this backend cannot do it"
             raise DriverError(
@@ -219,8 +224,10 @@ class OperationRunner:
         while True:
             backend = driver.get(target)
             if action in POWER_ACTIONS:
-                if backend.power_state == POWER_RESULTS[action]:
+                if backend.power_state == POWER_RESULTS[action] and not backend.target_power_state:
                     return backend
+                if not backend.target_power_state and backend.last_error:
+                    raise DriverError(backend.last_error, 502)  # the backend gave up (e.g. BMC refused)
             elif is_settled(backend.provision_state, backend.target_provision_state):
                 return backend
             if time.monotonic() > deadline:

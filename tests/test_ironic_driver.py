@@ -8,7 +8,7 @@ import json
 import socket
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import pytest
@@ -16,7 +16,7 @@ import pytest
 from fleet.provisioning.actions import is_settled
 from fleet.provisioning.base import BackendNode, DriverError, Image, NodeTarget
 from fleet.provisioning.states import PowerState, ProvisionState
-from tests.peers.harness import peers_required, running_peer
+from tests.peers.harness import peers_required
 
 try:
     import openstack.connection
@@ -26,6 +26,7 @@ except ImportError:
     pytest.skip("openstacksdk (Kiln's `ironic` extra) is not installed", allow_module_level=True)
 
 from fleet.provisioning.ironic import IronicDriver, _backend_node, ironic_node_attributes  # noqa: E402
+from tests.peer_fixtures import bmcs, ironic_url, sdk  # noqa: E402, F401 (fixtures)
 
 pytestmark = [
     pytest.mark.peer("ironic"),
@@ -40,31 +41,8 @@ MD5 = "d41d8cd98f00b204e9800998ecf8427e"
 
 
 @pytest.fixture(scope="module")
-def ironic_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """URL of a fresh real Ironic (noauth, fake-hardware + ipmi) for this module."""
-    with running_peer("ironic", tmp_path_factory.mktemp("ironic")) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
 def driver(ironic_url: str) -> IronicDriver:
     return IronicDriver(ironic_url)
-
-
-@pytest.fixture(scope="module")
-def sdk(ironic_url: str) -> openstack.connection.Connection:
-    """A plain openstacksdk connection, to check what the driver wrote into Ironic."""
-    return openstack.connection.Connection(
-        auth_type="none", baremetal_endpoint_override=ironic_url, baremetal_status_code_retries=0
-    )
-
-
-@pytest.fixture(scope="module")
-def bmcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[dict]]:
-    """Two simulated IPMI BMCs; their bmcs.json entries."""
-    state = tmp_path_factory.mktemp("bmcsim")
-    with running_peer("bmcsim", state, "2"):
-        yield json.loads((state / "bmcs.json").read_text())["bmcs"]
 
 
 def fake_node(name: str, **changes) -> NodeTarget:

@@ -48,6 +48,7 @@ class BackendNode:
     provision_state: ProvisionState
     power_state: PowerState | None
     target_provision_state: str | None = None
+    target_power_state: str | None = None  # a power change the backend is still carrying out
     maintenance: bool = False
     maintenance_reason: str | None = None
     last_error: str | None = None

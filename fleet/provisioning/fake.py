@@ -107,7 +107,8 @@ class FakeDriver:
         with self._lock:
             current = self._current(node)
             wanted = PowerState.OFF if state == PowerRequest.OFF else PowerState.ON
-            self._start(current, current, replace(current, power_state=wanted))
+            working = replace(current, target_power_state=wanted.value)
+            self._start(current, working, replace(current, power_state=wanted, target_power_state=None))
 
     def set_maintenance(self, node: NodeTarget, on: bool, reason: str | None = None) -> None:
         """Set or clear maintenance."""

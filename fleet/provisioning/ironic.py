@@ -36,7 +36,7 @@ POWER_TARGETS = frozenset(PowerRequest)
 IMAGE_VERBS = frozenset({"active", "rebuild"})
 # The node fields Kiln reads; `get` and `list_all` ask Ironic for these only.
 NODE_FIELDS = [
-    "uuid", "name", "provision_state", "power_state", "target_provision_state",
+    "uuid", "name", "provision_state", "power_state", "target_provision_state", "target_power_state",
     "maintenance", "maintenance_reason", "last_error",
 ]
 # instance_info keys this driver owns; stale ones are removed when the image changes.
@@ -294,6 +294,7 @@ def _backend_node(name: str, found: Any) -> BackendNode:
         provision_state=provision_state,
         power_state=power_state,
         target_provision_state=found.target_provision_state or None,
+        target_power_state=found.target_power_state or None,
         maintenance=bool(found.is_maintenance),
         maintenance_reason=found.maintenance_reason or None,
         last_error=found.last_error or None,

@@ -71,7 +71,7 @@ from kubernetes.config.config_exception import ConfigException
 
 from fleet.provisioning.actions import TRANSITIONS, Action, Transition
 from fleet.provisioning.base import BackendNode, DriverError, Image, NodeTarget
-from fleet.provisioning.states import TRANSIENT_STATES, PowerState, ProvisionState
+from fleet.provisioning.states import PowerRequest, PowerState, ProvisionState, TRANSIENT_STATES
 
 S = ProvisionState
 T = TypeVar("T")
@@ -176,10 +176,18 @@ def backend_node(bmh: dict[str, Any]) -> BackendNode:
         provision_state=state,
         power_state=power,
         target_provision_state=_target(state, has_image, being_deleted),
+        target_power_state=_power_target(spec.get("online"), powered, power_fault),
         maintenance=paused is not None or detached,
         maintenance_reason=reason,
         last_error=last_error,
     )
+
+
+def _power_target(online: bool | None, powered: bool | None, fault: bool) -> str | None:
+    """The power state Metal3 is still driving the host to (spec.online not yet reached)."""
+    if fault or online is None or powered is None or bool(online) == bool(powered):
+        return None
+    return PowerRequest.ON.value if online else PowerRequest.OFF.value
 
 
 def _provision_state(status: dict[str, Any], failed: bool) -> tuple[ProvisionState, str | None]:
