@@ -20,7 +20,7 @@ import openstack.connection
 from fleet.bmc import IPMI_DEFAULT_PORT, BmcAddress, parse_bmc_address
 from fleet.provisioning.actions import TRANSITIONS
 from fleet.provisioning.base import BackendNode, DriverError, Image, NodeTarget
-from fleet.provisioning.ironic_errors import SDK_ERRORS, is_conflict, is_not_found, translate
+from fleet.provisioning.ironic_errors import SDK_ERRORS, is_conflict, translate
 from fleet.provisioning.states import PowerRequest, PowerState, ProvisionState
 
 T = TypeVar("T")
