@@ -1,0 +1,296 @@
+"""IPMI 2.0 (RMCP+, "lanplus") sessions to one BMC, kept open between polls.
+
+`BmcConnection` keeps one session per BMC (over `KilnRmcpPlus`, see ipmi_rmcpplus.py for the
+cipher suite 17 fix), reads the SDR repository once (checked against Get SDR Repository Info
+whenever a session opens, dropped when a sensor disappears), reads the BMC's device id and
+FRU once, and returns plain readings (`PollResult`); `collectors/ipmi.py` makes samples of them.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyipmi
+from pyipmi.errors import CompletionCodeError, DecodingError, RetryError
+from pyipmi.sdr import SDR_TYPE_FULL_SENSOR_RECORD
+
+from collectors.ipmi_rmcpplus import BMC_ADDRESS, KilnRmcpPlus
+
+# "try 17, then 3": the strongest suite BMCs commonly offer, then the one every BMC has
+DEFAULT_CIPHER_SUITES = (17, 3)
+# IPMI 2.0 section 6.12.15: a BMC drops a session after 60 s (+/- 3) without traffic; an
+# older session is replaced before use instead of costing a timeout
+SESSION_IDLE_LIMIT_S = 50.0
+NETFN_CHASSIS, NETFN_SENSOR, NETFN_DCMI = 0x00, 0x04, 0x2C
+CMD_CHASSIS_STATUS, CMD_SENSOR_READING, CMD_POWER_READING = 0x01, 0x2D, 0x02
+DCMI_GROUP = 0xDC
+CC_SENSOR_NOT_PRESENT = 0xCB
+# sensor reading byte 2: bit 6 scanning enabled, bit 5 reading unavailable
+SCANNING_ENABLED, READING_UNAVAILABLE = 0x40, 0x20
+EVENT_READING_THRESHOLD = 0x01
+DCMI_MEASUREMENT_ACTIVE = 0x40
+# parts of a poll, named like ipmi_exporter's collectors (its `ipmi_up{collector=...}`)
+PARTS = ("chassis", "dcmi", "ipmi", "bmc", "fru")
+# errors that fail one part of a poll; anything else (no answer, session lost) fails the target
+PART_ERRORS = (CompletionCodeError, DecodingError)
+
+
+@dataclass(frozen=True)
+class SensorRecord:
+    """What Kiln keeps of one full sensor record of the SDR repository."""
+
+    record_id: int
+    number: int
+    lun: int
+    name: str
+    sensor_type: int
+    unit: int  # IPMI 2.0 table 43-15 base unit code
+    percentage: bool
+    threshold_based: bool
+    convert: Callable[[int], float] = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One sensor reading: value in the record's unit (NaN when unavailable) and threshold
+    comparison bits (lnc, lc, lnr, unc, uc, unr in bits 0-5; None when not threshold-based)."""
+
+    record: SensorRecord
+    value: float
+    threshold_bits: int | None
+
+
+@dataclass
+class PollResult:
+    """What one poll of a BMC read; `errors` names the parts (PARTS) that failed, and why."""
+
+    power_on: bool | None = None
+    watts: int | None = None
+    readings: list[Reading] = field(default_factory=list)
+    device: dict[str, str] | None = None
+    fru: dict[str, str] | None = None
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def sensor_record(sdr: Any) -> SensorRecord:
+    """Keep what a poll needs of a python-ipmi full sensor record."""
+    name = sdr.device_id_string
+    if isinstance(name, bytes):
+        name = name.decode("latin-1")
+    # value = (M * raw + B * 10^K1) * 10^K2: a linear reading is a multiple of 10^min(K2, K1+K2)
+    digits = max(0, -sdr.k2, -(sdr.k1 + sdr.k2)) if sdr.linearization == 0 else None
+
+    def convert(raw: int) -> float:
+        value = sdr.convert_sensor_raw_to_value(raw)
+        return round(value, digits) if digits is not None else value
+
+    return SensorRecord(
+        record_id=sdr.id, number=sdr.number, lun=sdr.owner_lun, name=name.strip(),
+        sensor_type=sdr.sensor_type_code, unit=sdr.units_2, percentage=bool(sdr.percentage),
+        threshold_based=sdr.event_reading_type_code == EVENT_READING_THRESHOLD, convert=convert,
+    )
+
+
+def _text(value: Any) -> str:
+    text = str(value).strip() if value is not None else ""
+    return text or "N/A"
+
+
+class BmcConnection:
+    """One BMC: its session (kept open between polls), its cached SDR and facts.
+
+    Not thread-safe by itself: the collector holds `lock` around `poll`.
+    """
+
+    def __init__(self, host: str, port: int, username: str, password: str, *,
+                 cipher_suites: tuple[int, ...], timeout: float, retries: int) -> None:
+        """Nothing is sent until the first `poll`."""
+        self.host, self.port = host, port
+        self._username, self._password = username, password
+        self.cipher_suites, self.timeout, self.retries = tuple(cipher_suites), timeout, retries
+        self.lock = threading.Lock()
+        self.cipher_suite: int | None = None  # the suite that worked; tried first next time
+        self.sessions_opened = 0
+        self.sdr_reads = 0
+        self._intf: KilnRmcpPlus | None = None
+        self._ipmi: Any = None
+        self._last_used = 0.0
+        self._sdr_stamp: tuple[int, int] | None = None
+        self._sensors: list[SensorRecord] | None = None
+        self._device: dict[str, str] | None = None
+        self._fru: dict[str, str] | None = None
+
+    # ----- session ----------------------------------------------------------------------
+
+    def _open(self) -> None:
+        order = self.cipher_suites
+        if self.cipher_suite in order:
+            order = (self.cipher_suite,) + tuple(s for s in order if s != self.cipher_suite)
+        intf = KilnRmcpPlus(order, self.retries)
+        ipmi = pyipmi.create_connection(intf)
+        ipmi.session.set_session_type_rmcp(self.host, self.port)
+        ipmi.session.set_auth_type_user(self._username, self._password)
+        ipmi.session.set_priv_level("user")  # read-only polling needs no more
+        ipmi.target = pyipmi.Target(ipmb_address=BMC_ADDRESS)
+        intf.open()
+        intf.set_timeout(self.timeout)
+        try:
+            ipmi.session.establish()
+        except BaseException:
+            intf.close()
+            raise
+        self._intf, self._ipmi = intf, ipmi
+        self.cipher_suite = intf.negotiated_suite
+        self.sessions_opened += 1
+        self._last_used = time.monotonic()
+
+    def close(self) -> None:
+        """Close the session (without waiting for the BMC) and its socket."""
+        if self._intf is not None:
+            self._intf.close_session_nowait()
+            self._intf.close()
+        self._intf = self._ipmi = None
+
+    def _raw(self, netfn: int, cmd: int, data: bytes = b"", lun: int = 0) -> bytes:
+        """Send one request; returns the response data after a good completion code."""
+        assert self._intf is not None
+        rsp = self._intf.request(netfn, cmd, data, lun)
+        self._last_used = time.monotonic()
+        if not rsp:
+            raise DecodingError("empty response")
+        if rsp[0] != 0:
+            raise CompletionCodeError(rsp[0], cmd, netfn)
+        return rsp[1:]
+
+    # ----- poll -------------------------------------------------------------------------
+
+    def poll(self) -> PollResult:
+        """Read power state, DCMI watts and every sensor (SDR, device id and FRU on first contact).
+
+        A part answering with an error completion code is recorded in `errors`; no answer,
+        a refused connection or failed authentication raise (and drop the session).
+        """
+        if self._intf is not None and time.monotonic() - self._last_used > SESSION_IDLE_LIMIT_S:
+            self.close()
+        result = PollResult()
+        try:
+            self._first_request(result)
+            self._part(result, "dcmi", self._read_dcmi)
+            if self._sensors is None:
+                self._part(result, "ipmi", self._read_sdr)
+            if self._sensors is not None:
+                self._part(result, "ipmi", self._read_sensors)
+            if self._device is None:
+                self._part(result, "bmc", self._read_device_id)
+            if self._fru is None:
+                self._part(result, "fru", self._read_fru)
+        except BaseException:
+            self.close()
+            raise
+        result.device, result.fru = self._device, self._fru
+        return result
+
+    def _first_request(self, result: PollResult) -> None:
+        """Chassis status, the first request: on a reused session one try, and if it goes
+        unanswered while the BMC still answers a ping, the BMC lost the session (reset,
+        expiry): open a new one. A BMC that answers nothing costs one timeout + the ping's."""
+        if self._intf is None:
+            self._open_checked()
+            self._part(result, "chassis", self._read_chassis)
+            return
+        self._intf.max_retries = 0
+        try:
+            self._part(result, "chassis", self._read_chassis)
+            return
+        except (TimeoutError, RetryError):
+            self._intf.ping()
+        finally:
+            if self._intf is not None:
+                self._intf.max_retries = self.retries
+        self.close()
+        self._open_checked()
+        self._part(result, "chassis", self._read_chassis)
+
+    def _open_checked(self) -> None:
+        """Open a session and drop the SDR cache if the repository changed meanwhile."""
+        self._open()
+        try:
+            info = self._ipmi.get_sdr_repository_info()
+        except PART_ERRORS:
+            return
+        stamp = (info.record_count, info.most_recent_addition)
+        if stamp != self._sdr_stamp:
+            self._sensors, self._sdr_stamp = None, stamp
+
+    @staticmethod
+    def _part(result: PollResult, name: str, read: Callable[[PollResult], None]) -> None:
+        try:
+            read(result)
+        except PART_ERRORS as exc:
+            result.errors[name] = f"{type(exc).__name__}: {exc}"
+
+    def _read_chassis(self, result: PollResult) -> None:
+        result.power_on = bool(self._raw(NETFN_CHASSIS, CMD_CHASSIS_STATUS)[0] & 0x01)
+
+    def _read_dcmi(self, result: PollResult) -> None:
+        data = self._raw(NETFN_DCMI, CMD_POWER_READING, bytes([DCMI_GROUP, 0x01, 0x00, 0x00]))
+        if len(data) < 18 or data[0] != DCMI_GROUP:
+            raise DecodingError(f"short DCMI power reading ({len(data)} bytes)")
+        current = struct.unpack_from("<H", data, 1)[0]
+        # no reading while the measurement is inactive (ipmi_exporter omits the metric too)
+        result.watts = current if data[17] & DCMI_MEASUREMENT_ACTIVE else None
+
+    def _read_sdr(self, result: PollResult) -> None:
+        records = self._ipmi.get_repository_sdr_list()
+        self._last_used = time.monotonic()
+        self.sdr_reads += 1
+        self._sensors = [sensor_record(r) for r in records
+                         if r.type == SDR_TYPE_FULL_SENSOR_RECORD and r.owner_id == BMC_ADDRESS]
+
+    def _read_sensors(self, result: PollResult) -> None:
+        failed = []
+        for record in self._sensors or ():
+            try:
+                data = self._raw(NETFN_SENSOR, CMD_SENSOR_READING, bytes([record.number]), record.lun)
+            except CompletionCodeError as exc:
+                if exc.cc == CC_SENSOR_NOT_PRESENT:
+                    self._sensors = None  # the repository changed: read it again next poll
+                failed.append(f"{record.name}: {exc}")
+                continue
+            value, bits = math.nan, None
+            if len(data) >= 2 and data[1] & SCANNING_ENABLED and not data[1] & READING_UNAVAILABLE:
+                value = record.convert(data[0])
+                if record.threshold_based and len(data) >= 3:
+                    bits = data[2] & 0x3F  # bits 6-7 are reserved (some BMCs set them)
+            result.readings.append(Reading(record, value, bits))
+        if failed and not result.readings:
+            raise DecodingError("no sensor could be read: " + "; ".join(failed[:3]))
+
+    def _read_device_id(self, result: PollResult) -> None:
+        dev = self._ipmi.get_device_id()
+        self._device = {
+            "firmware_revision": str(dev.fw_revision), "ipmi_version": str(dev.ipmi_version),
+            "manufacturer_id": str(dev.manufacturer_id), "product_id": str(dev.product_id),
+            "device_id": str(dev.device_id),
+        }
+
+    def _read_fru(self, result: PollResult) -> None:
+        fru = self._ipmi.get_fru_inventory()
+        board, product = fru.board_info_area, fru.product_info_area
+        self._fru = {
+            "product_manufacturer": _text(getattr(product, "manufacturer", None)),
+            "product_name": _text(getattr(product, "name", None)),
+            "product_part_number": _text(getattr(product, "part_number", None)),
+            "product_serial": _text(getattr(product, "serial_number", None)),
+            "board_manufacturer": _text(getattr(board, "manufacturer", None)),
+            "board_product_name": _text(getattr(board, "product_name", None)),
+            "board_serial": _text(getattr(board, "serial_number", None)),
+            "asset_tag": _text(getattr(product, "asset_tag", None)),
+        }
+        self._last_used = time.monotonic()
