@@ -1,0 +1,65 @@
+"""AMD GPUs through the ROCm device-metrics-exporter's series in Prometheus.
+
+Metric names are the exporter's (docs/configuration/metricslist.md, lower-cased as it
+exports them); a GPU is its `serial_number` (with `gpu_id`, `card_model` and the partition
+labels kept), the host label is `hostname`. GPU-hours count `gpu_gfx_activity` samples (one
+per GPU per scrape, with `namespace`, `pod`, `container` while a pod holds the GPU). MI3xx
+report junction temperature and package power, MI2xx edge temperature: whichever exists.
+
+    RocmCollector(PrometheusClient("http://prometheus:9090")).collect()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from collectors.prometheus import (
+    ExporterMetric,
+    GpuCollector,
+    GpuExporter,
+    GpuUsage,
+    PrometheusClient,
+)
+
+MIB = 1024 * 1024  # the exporter's "MB" are MiB (an MI300X reports 196592 of them)
+
+ROCM_METRICS = (
+    ExporterMetric("gpu_gfx_activity", "gpu_util", "percent"),
+    ExporterMetric("gpu_used_vram", "gpu_memory_used", "bytes", MIB),
+    ExporterMetric("gpu_free_vram", "gpu_memory_free", "bytes", MIB),
+    ExporterMetric("gpu_total_vram", "gpu_memory_total", "bytes", MIB),
+    ExporterMetric("gpu_power_usage", "gpu_power", "watts"),
+    ExporterMetric("gpu_package_power", "gpu_package_power", "watts"),
+    ExporterMetric("gpu_energy_consumed", "gpu_energy", "joules", 1e-6),  # µJ, accumulated
+    ExporterMetric("gpu_junction_temperature", "gpu_temperature", "celsius"),  # hotspot (MI3xx)
+    ExporterMetric("gpu_edge_temperature", "gpu_edge_temperature", "celsius"),  # MI2xx
+    ExporterMetric("gpu_memory_temperature", "gpu_memory_temperature", "celsius"),
+    ExporterMetric("gpu_ecc_uncorrect_total", "gpu_ecc_uncorrectable", "count"),
+)
+
+ROCM = GpuExporter(
+    source="rocm",
+    metrics=ROCM_METRICS,
+    presence="gpu_gfx_activity",
+    entity_label="serial_number",
+    host_labels=("hostname",),
+    instance_label="gpu_partition_id",  # compute partitions (CPX, ...); "0" on an unpartitioned GPU
+    whole_gpu_instance="0",
+    keep_labels=("gpu_id", "card_model", "gpu_partition_id", "gpu_compute_partition_type", "namespace", "pod",
+                 "container"),
+)
+
+
+class RocmCollector(GpuCollector):
+    """Current values of every AMD GPU that the device-metrics-exporter reports to Prometheus."""
+
+    def __init__(self, client: PrometheusClient, *, clock: Callable[[], datetime] | None = None,
+                 lookback: timedelta = timedelta(minutes=5)) -> None:
+        super().__init__(client, ROCM, clock=clock, lookback=lookback)
+
+
+def rocm_usage(client: PrometheusClient, *, scrape_interval: timedelta) -> GpuUsage:
+    """Metering queries (GPU-hours, utilisation per namespace or host) over AMD GPUs;
+    `scrape_interval` is how often Prometheus scrapes the exporter."""
+    return GpuUsage(client, ROCM, scrape_interval=scrape_interval)
