@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import col, select
 
 from fleet import nodes as node_service
-from fleet.models import Node, NodeEvent, Operation
+from fleet.models import Node, Operation
 from fleet.operations import ActionParams, OperationPublic, plan_action
 from fleet.operations import to_public as operations_public
 from fleet.provisioning.actions import Action
@@ -109,8 +109,7 @@ def events_endpoint(
 ):
     """Newest first: enrolment, actions and their results, state changes seen by the sync."""
     node = node_service.get_node(session, principal, node_id)
-    statement = select(NodeEvent).where(NodeEvent.node_id == node.id).order_by(col(NodeEvent.id).desc()).limit(limit)
-    return [EventPublic(**e.model_dump()) for e in session.exec(statement).all()]
+    return [EventPublic(**e.model_dump()) for e in node_service.recent_events(session, node.id, limit)]
 
 
 def _start(background: BackgroundTasks, runtime: FleetRuntime, operations: list[Operation]) -> None:

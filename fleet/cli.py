@@ -54,6 +54,29 @@ def list_command(
     print_rows(rows, NODE_COLUMNS, output, "Nodes")
 
 
+@nodes_app.command("show")
+def show_command(name: str = typer.Argument(..., help="Node name."), output: OutputFormat = OutputOption) -> None:
+    """Show one node: BMC, state, hardware facts, GPUs and its latest events."""
+    with db_session() as session:
+        principal = Principal.system()
+        node = node_service.get_node_by_name(session, principal, name)
+        public = node_service.to_public(session, [node])[0]
+        events = node_service.recent_events(session, node.id, limit=10)
+    if output == OutputFormat.json:
+        typer.echo(json.dumps({**public.model_dump(mode="json"), "events": [e.model_dump(mode="json") for e in events]}, indent=2))
+        return
+    table = Table(show_header=False, title=f"Node {public.name}")
+    for key, value in public.model_dump(mode="json", exclude={"gpus", "facts"}).items():
+        table.add_row(key, "-" if value is None else str(value))
+    table.add_row("facts", json.dumps(public.facts) if public.facts else "-")
+    table.add_row("gpus", "; ".join(f"{g.index}: {g.model}" for g in public.gpus) or "-")
+    console.print(table)
+    history = Table("at", "kind", "message", "actor", title="Latest events")
+    for event in events:
+        history.add_row(f"{event.at:%Y-%m-%d %H:%M:%S}", event.kind, event.message, event.actor)
+    console.print(history)
+
+
 @nodes_app.command("import")
 def import_command(
     path: Path = typer.Argument(..., help="CSV or YAML file of nodes."),

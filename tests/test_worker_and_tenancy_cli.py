@@ -53,6 +53,9 @@ def test_vdc_and_lease_commands(engine, tmp_path: Path) -> None:
     assert refused.returncode == 1 and refused.stderr.startswith("kiln: error: quota exceeded: tenant 'acme'")
     leases = json.loads(run(env, "leases", "list", "--output", "json").stdout)
     assert [(l["node"], l["tenant"], l["vdc"], l["ends_at"]) for l in leases] == [("n1", "acme", "train", None)]
+    shown = json.loads(run(env, "nodes", "show", "n1", "--output", "json").stdout)
+    assert len(shown["gpus"]) == 8 and shown["bmc_password_set"] and "bmc_password" not in shown
+    assert [e["kind"] for e in shown["events"]][:2] == ["lease", "enrolled"]
     assert run(env, "leases", "end", str(leases[0]["id"])).returncode == 0
     assert json.loads(run(env, "leases", "list", "--active", "--output", "json").stdout) == []
     vdcs = json.loads(run(env, "vdcs", "list", "--output", "json").stdout)
