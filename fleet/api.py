@@ -74,26 +74,26 @@ def list_endpoint(
 ):
     """All nodes for global roles; the nodes leased to your tenants otherwise."""
     found = node_service.list_nodes(session, principal, tag=tag, rack=rack, state=state, provisioner=provisioner)
-    return node_service.to_public(session, found)
+    return node_service.to_public(session, principal, found)
 
 
 @router.post("/nodes", response_model=NodePublic, status_code=201, summary="Enroll a node (infra-admin)")
 def create_endpoint(data: NodeCreate, session: SessionDep, principal: CurrentPrincipal, runtime: Runtime):
     """Register the node with its provisioner and in Kiln; on failure neither keeps it."""
     node = node_service.create_node(session, principal, data, runtime.drivers, runtime.box)
-    return node_service.to_public(session, [node])[0]
+    return node_service.to_public(session, principal, [node])[0]
 
 
 @router.get("/nodes/{node_id}", response_model=NodePublic, summary="Read a node")
 def read_endpoint(node_id: int, session: SessionDep, principal: CurrentPrincipal):
     """One node; 404 when it does not exist or is not leased to you."""
-    return node_service.to_public(session, [node_service.get_node(session, principal, node_id)])[0]
+    return node_service.to_public(session, principal, [node_service.get_node(session, principal, node_id)])[0]
 
 
 @router.patch("/nodes/{node_id}", response_model=NodePublic, summary="Change a node (infra-admin)")
 def update_endpoint(node_id: int, data: NodeUpdate, session: SessionDep, principal: CurrentPrincipal):
     """Change resource class, rack, tags, facts or GPUs."""
-    return node_service.to_public(session, [node_service.update_node(session, principal, node_id, data)])[0]
+    return node_service.to_public(session, principal, [node_service.update_node(session, principal, node_id, data)])[0]
 
 
 @router.delete("/nodes/{node_id}", status_code=204, summary="Delete a node (infra-admin)")

@@ -50,7 +50,7 @@ def list_command(
     """List nodes with their provision and power state."""
     with db_session() as session:
         principal = Principal.system()
-        rows = node_service.to_public(session, node_service.list_nodes(session, principal, tag=tag, rack=rack, state=state))
+        rows = node_service.to_public(session, principal, node_service.list_nodes(session, principal, tag=tag, rack=rack, state=state))
     print_rows(rows, NODE_COLUMNS, output, "Nodes")
 
 
@@ -60,7 +60,7 @@ def show_command(name: str = typer.Argument(..., help="Node name."), output: Out
     with db_session() as session:
         principal = Principal.system()
         node = node_service.get_node_by_name(session, principal, name)
-        public = node_service.to_public(session, [node])[0]
+        public = node_service.to_public(session, principal, [node])[0]
         events = node_service.recent_events(session, node.id, limit=10)
     if output == OutputFormat.json:
         typer.echo(json.dumps({**public.model_dump(mode="json"), "events": [e.model_dump(mode="json") for e in events]}, indent=2))

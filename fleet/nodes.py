@@ -29,6 +29,9 @@ from kiln.security import SecretBox
 
 
 
+INFRA_ONLY_FIELDS = {"bmc_address", "bmc_username", "external_id", "last_error"}
+
+
 def visible(statement, principal: Principal):
     """Restrict a SELECT over Node to nodes the caller may see (leased to one of its tenants)."""
     if principal.sees_all_tenants:
@@ -88,16 +91,20 @@ def tags_of(session: Session, node_ids: list[int]) -> dict[int, list[str]]:
     return tags
 
 
-def to_public(session: Session, nodes: list[Node]) -> list[NodePublic]:
-    """Nodes with their GPUs and tags, for the API (two queries for any number of nodes)."""
+def to_public(session: Session, principal: Principal, nodes: list[Node]) -> list[NodePublic]:
+    """Nodes with their GPUs and tags (two queries for any number of nodes).
+
+    Tenants see the nodes they lease but not how they are managed: BMC address and user,
+    backend id and last backend error are blank for tenant roles."""
     ids = [n.id for n in nodes]
     gpus: dict[int, list[GpuSpec]] = {}
     for gpu in session.exec(select(Gpu).where(col(Gpu.node_id).in_(ids)).order_by(Gpu.node_id, Gpu.index)).all():
         gpus.setdefault(gpu.node_id, []).append(GpuSpec.model_validate(gpu))
     tags = tags_of(session, ids)
+    hidden = set() if principal.sees_all_tenants else INFRA_ONLY_FIELDS
     return [
         NodePublic(
-            **node.model_dump(exclude={"bmc_password_encrypted"}),
+            **node.model_dump(exclude={"bmc_password_encrypted"} | hidden),
             bmc_password_set=node.bmc_password_encrypted is not None,
             tags=tags.get(node.id, []),
             gpus=gpus.get(node.id, []),

@@ -119,11 +119,11 @@ class NodePublic(BaseModel):
     id: int
     name: str
     provisioner: str
-    external_id: str | None
+    external_id: str | None = None
     hardware_type: str
     bmc_driver: str
-    bmc_address: str
-    bmc_username: str | None
+    bmc_address: str | None = Field(default=None, description="Blank for tenant roles.")
+    bmc_username: str | None = None
     bmc_password_set: bool
     boot_mac: str | None
     resource_class: str | None
@@ -136,7 +136,7 @@ class NodePublic(BaseModel):
     power_state: str | None
     maintenance: bool
     maintenance_reason: str | None
-    last_error: str | None
+    last_error: str | None = None
     created_at: datetime
     updated_at: datetime
     synced_at: datetime | None

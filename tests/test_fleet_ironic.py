@@ -107,7 +107,7 @@ def kiln_view(engine: Engine) -> dict[str, dict]:
     """Kiln's nodes as `kiln nodes list --output json` shows them, read straight from the database."""
     with Session(engine) as session:
         nodes = node_service.list_nodes(session, Principal.system("test"))
-        return {n.name: n.model_dump(mode="json") for n in node_service.to_public(session, nodes)}
+        return {n.name: n.model_dump(mode="json") for n in node_service.to_public(session, Principal.system("test"), nodes)}
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:

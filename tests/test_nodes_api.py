@@ -127,3 +127,13 @@ def test_leased_node_cannot_be_deleted(client: TestClient, world: World) -> None
     lease_node(world, node["id"], "a")
     assert "lease history" in assert_problem(client.delete(f"/api/v1/nodes/{node['id']}", headers=admin), 409)["detail"]
     assert world.session.exec(select(NodeEvent).where(NodeEvent.node_id == node["id"])).first().kind == "enrolled"
+
+
+def test_tenants_do_not_see_how_their_nodes_are_managed(client: TestClient, world: World) -> None:
+    admin = world.headers("admin")
+    node = client.post("/api/v1/nodes", json=node_payload(), headers=admin).json()
+    lease_node(world, node["id"], "a")
+    seen = client.get(f"/api/v1/nodes/{node['id']}", headers=world.headers("a_member")).json()
+    assert seen["name"] == node["name"] and seen["gpus"] == node["gpus"]
+    assert seen["bmc_address"] is None and seen["bmc_username"] is None and seen["external_id"] is None
+    assert node["bmc_address"].startswith("ipmi://") and node["external_id"]
