@@ -18,6 +18,8 @@ VENV="$PEERS_DIR/ironic"
 PIN='ironic>=39,<40'
 
 die() { echo "ironic.sh: $*" >&2; exit 1; }
+# shellcheck source=tests/peers/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 cmd_install() {
     if [ ! -x "$VENV/bin/ironic" ]; then
@@ -69,45 +71,15 @@ cmd_start() {
     local url="http://127.0.0.1:$port"
     echo "$url" > "$state/url"
 
-    local deadline=$(( $(date +%s) + ${IRONIC_START_TIMEOUT:-60} ))
-    while :; do
-        if python3 - "$url/v1" <<'PY' 2>/dev/null
-import sys, urllib.request
-with urllib.request.urlopen(sys.argv[1], timeout=2) as r:
-    sys.exit(0 if r.status == 200 else 1)
-PY
-        then break; fi
-        if ! kill -0 "$pid" 2>/dev/null; then
-            tail -n 40 "$state/ironic.log" >&2
-            die "ironic exited during startup"
-        fi
-        if [ "$(date +%s)" -ge "$deadline" ]; then
-            tail -n 40 "$state/ironic.log" >&2
-            kill -TERM "$pid" 2>/dev/null || true
-            die "ironic API did not answer at $url/v1 within ${IRONIC_START_TIMEOUT:-60} s"
-        fi
-        sleep 0.2
-    done
+    peer_wait_ready ironic "$url/v1" "$pid" "$state/ironic.log" "${IRONIC_START_TIMEOUT:-60}" \
+        || die "start-up failed"
     echo "$url"
 }
 
 cmd_stop() {
     local state="${1:-}"
     [ -n "$state" ] || die "usage: ironic.sh stop STATE_DIR"
-    [ -f "$state/pid" ] || return 0
-    local pid; pid="$(cat "$state/pid")"
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        local i
-        for i in $(seq 1 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.2
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-    fi
-    rm -f "$state/pid"
+    peer_stop_pidfile "$state/pid"
 }
 
 case "${1:-}" in

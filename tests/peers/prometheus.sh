@@ -14,6 +14,8 @@
 set -euo pipefail
 
 die() { echo "prometheus.sh: $*" >&2; exit 1; }
+# shellcheck source=tests/peers/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 cmd_install() {
     if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
@@ -57,45 +59,15 @@ cmd_start() {
     local url="http://127.0.0.1:$port"
     echo "$url" > "$state/url"
 
-    local deadline=$(( $(date +%s) + ${PROMETHEUS_START_TIMEOUT:-60} ))
-    while :; do
-        if python3 - "$url/-/ready" <<'PY' 2>/dev/null
-import sys, urllib.request
-with urllib.request.urlopen(sys.argv[1], timeout=2) as r:
-    sys.exit(0 if r.status == 200 else 1)
-PY
-        then break; fi
-        if ! kill -0 "$pid" 2>/dev/null; then
-            tail -n 40 "$state/prometheus.log" >&2
-            die "prometheus exited during start-up"
-        fi
-        if [ "$(date +%s)" -ge "$deadline" ]; then
-            tail -n 40 "$state/prometheus.log" >&2
-            kill -TERM "$pid" 2>/dev/null || true
-            die "prometheus did not become ready at $url within ${PROMETHEUS_START_TIMEOUT:-60} s"
-        fi
-        sleep 0.1
-    done
+    peer_wait_ready prometheus "$url/-/ready" "$pid" "$state/prometheus.log" "${PROMETHEUS_START_TIMEOUT:-60}" \
+        || die "start-up failed"
     echo "$url"
 }
 
 cmd_stop() {
     local state="${1:-}"
     [ -n "$state" ] || die "usage: prometheus.sh stop STATE_DIR"
-    [ -f "$state/pid" ] || return 0
-    local pid; pid="$(cat "$state/pid")"
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        local i
-        for i in $(seq 1 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.2
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-    fi
-    rm -f "$state/pid"
+    peer_stop_pidfile "$state/pid"
 }
 
 case "${1:-}" in

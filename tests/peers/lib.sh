@@ -1,0 +1,44 @@
+# Shared by the peer scripts (source it): wait for a started server, stop one by its PID file.
+
+# peer_wait_ready NAME URL PID LOG TIMEOUT_S: poll URL until it answers 200; on the server's
+# exit or the timeout, print the log's tail, stop the server, and fail naming NAME.
+peer_wait_ready() {
+    local name=$1 url=$2 pid=$3 log=$4 timeout=$5
+    local deadline=$(( $(date +%s) + timeout ))
+    while :; do
+        if python3 - "$url" <<'PY' 2>/dev/null
+import sys, urllib.request
+with urllib.request.urlopen(sys.argv[1], timeout=2) as r:
+    sys.exit(0 if r.status == 200 else 1)
+PY
+        then return 0; fi
+        if ! kill -0 "$pid" 2>/dev/null; then
+            tail -n 40 "$log" >&2
+            echo "$name exited during start-up" >&2
+            return 1
+        fi
+        if [ "$(date +%s)" -ge "$deadline" ]; then
+            tail -n 40 "$log" >&2
+            kill -TERM "$pid" 2>/dev/null || true
+            echo "$name did not answer at $url within $timeout s" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+}
+
+# peer_stop_pidfile PIDFILE: SIGTERM the process, wait up to 10 s, then SIGKILL; remove the file.
+peer_stop_pidfile() {
+    local pidfile=$1 pid i
+    [ -f "$pidfile" ] || return 0
+    pid="$(cat "$pidfile")"
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for i in $(seq 1 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.2
+        done
+        kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$pidfile"
+}
