@@ -22,8 +22,8 @@ from fleet.tenancy_models import Lease
 from fleet.usage import in_force
 from kiln import audit
 from kiln.auth import Principal
-from kiln.db import utcnow
-from kiln.errors import Conflict, NotFound
+from kiln.db import first_or_not_found, utcnow
+from kiln.errors import Conflict
 from kiln.roles import Role
 from kiln.security import SecretBox
 
@@ -68,18 +68,12 @@ def list_nodes(
 
 def get_node(session: Session, principal: Principal, node_id: int) -> Node:
     """One node the caller may see; NotFound otherwise."""
-    node = session.exec(visible(select(Node).where(Node.id == node_id), principal)).first()
-    if node is None:
-        raise NotFound(f"node {node_id} not found")
-    return node
+    return first_or_not_found(session, visible(select(Node).where(Node.id == node_id), principal), f"node {node_id} not found")
 
 
 def get_node_by_name(session: Session, principal: Principal, name: str) -> Node:
     """The node called `name`, if the caller may see it."""
-    node = session.exec(visible(select(Node).where(Node.name == name), principal)).first()
-    if node is None:
-        raise NotFound(f"no such node: {name}")
-    return node
+    return first_or_not_found(session, visible(select(Node).where(Node.name == name), principal), f"no such node: {name}")
 
 
 def tags_of(session: Session, node_ids: list[int]) -> dict[int, list[str]]:

@@ -18,7 +18,7 @@ from fleet.tenancy_schemas import GrantPublic, QuotaUse, Selector, VdcCreate, Vd
 from fleet.usage import gpu_hours_in_period, leases_in_force
 from kiln import audit
 from kiln.auth import Principal
-from kiln.db import utcnow
+from kiln.db import first_or_not_found, utcnow
 from kiln.errors import Conflict, NotFound
 from kiln.models import Tenant
 from kiln.roles import Role
@@ -73,18 +73,12 @@ def list_vdcs(session: Session, principal: Principal) -> list[Vdc]:
 
 def get_vdc(session: Session, principal: Principal, vdc_id: int) -> Vdc:
     """One VDC the caller may see; NotFound otherwise."""
-    vdc = session.exec(_visible(select(Vdc).where(Vdc.id == vdc_id), principal)).first()
-    if vdc is None:
-        raise NotFound(f"VDC {vdc_id} not found")
-    return vdc
+    return first_or_not_found(session, _visible(select(Vdc).where(Vdc.id == vdc_id), principal), f"VDC {vdc_id} not found")
 
 
 def get_vdc_by_name(session: Session, principal: Principal, name: str) -> Vdc:
     """The VDC called `name`, if the caller may see it."""
-    vdc = session.exec(_visible(select(Vdc).where(Vdc.name == name), principal)).first()
-    if vdc is None:
-        raise NotFound(f"no such VDC: {name}")
-    return vdc
+    return first_or_not_found(session, _visible(select(Vdc).where(Vdc.name == name), principal), f"no such VDC: {name}")
 
 
 def to_public(session: Session, principal: Principal, vdcs: list[Vdc]) -> list[VdcPublic]:

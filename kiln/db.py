@@ -13,6 +13,9 @@ from typing import Any
 from sqlalchemy import DateTime, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.types import TypeDecorator
+from sqlmodel import Session
+
+from kiln.errors import NotFound
 
 
 def utcnow() -> datetime:
@@ -61,3 +64,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+def first_or_not_found(session: Session, statement: Any, message: str) -> Any:
+    """The first row of `statement`, or NotFound with `message` (e.g. a scoped lookup by id)."""
+    row = session.exec(statement).first()
+    if row is None:
+        raise NotFound(message)
+    return row

@@ -38,16 +38,9 @@ from tests.cli_helpers import run as kiln
 from tests.conftest import TEST_SECRET_KEY
 from tests.factories import World
 from tests.fleet_helpers import wait_operations
-from tests.peers.harness import peers_required
-
-try:
-    import openstack.connection
-except ImportError:
-    if peers_required():
-        raise
-    pytest.skip("openstacksdk (Kiln's `ironic` extra) is not installed", allow_module_level=True)
 
 from tests.peer_fixtures import bmcs, delete_all_nodes, ironic_url, sdk  # noqa: E402, F401 (fixtures)
+import openstack.connection  # noqa: E402 (after peer_fixtures, which skips without openstacksdk)
 
 pytestmark = [
     pytest.mark.peer("ironic"),

@@ -16,17 +16,10 @@ import pytest
 from fleet.provisioning.actions import is_settled
 from fleet.provisioning.base import BackendNode, DriverError, Image, NodeTarget
 from fleet.provisioning.states import PowerState, ProvisionState
-from tests.peers.harness import peers_required
 
-try:
-    import openstack.connection
-except ImportError:
-    if peers_required():
-        raise
-    pytest.skip("openstacksdk (Kiln's `ironic` extra) is not installed", allow_module_level=True)
-
-from fleet.provisioning.ironic import IronicDriver, _backend_node, ironic_node_attributes  # noqa: E402
 from tests.peer_fixtures import bmcs, ironic_url, sdk  # noqa: E402, F401 (fixtures)
+import openstack.connection  # noqa: E402 (after peer_fixtures, which skips without openstacksdk)
+from fleet.provisioning.ironic import IronicDriver, _backend_node, ironic_node_attributes  # noqa: E402
 
 pytestmark = [
     pytest.mark.peer("ironic"),
