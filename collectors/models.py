@@ -1,0 +1,143 @@
+"""Collector tables: what the scheduler persists from collectors' samples.
+
+- `collector_worker`: live worker replicas (heartbeats), to split targets evenly between them.
+- `collector_target_state`: per (collector, target) up / last success / last error, and the
+  lease that shards targets between worker replicas (owner + expiry, taken with
+  `FOR UPDATE SKIP LOCKED` on PostgreSQL).
+- `health_snapshot`: the latest reading per (entity, metric, labels) — what the console and
+  the API show as a node's or GPU's health now.
+- `rollup_5m`: 5-minute aggregates of a few chart series, for when no Prometheus is configured.
+- `node_energy_hour`: kWh per node-hour integrated from DCMI watts (metering's energy input).
+- `k8s_allocation`: pod resource requests as intervals per namespace (metering's Kubernetes input).
+- `opencost_allocation`: OpenCost's own figures per namespace and window (for reconciliation).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import JSON, Column, ForeignKey, Integer, Numeric, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from kiln.db import UTCDateTime
+
+
+class CollectorTargetState(SQLModel, table=True):
+    """Whether one target of one collector answers, since when, and which worker polls it."""
+
+    __tablename__ = "collector_target_state"
+    __table_args__ = (UniqueConstraint("collector", "target"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    collector: str = Field(max_length=32)
+    target: str = Field(max_length=255)
+    up: bool = Field(default=False)
+    last_attempt_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_success_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_error: str | None = Field(default=None, max_length=2000)
+    consecutive_failures: int = Field(default=0)
+    lease_owner: str | None = Field(default=None, max_length=128)
+    lease_expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class HealthSnapshot(SQLModel, table=True):
+    """The latest value of one series (entity + metric + labels)."""
+
+    __tablename__ = "health_snapshot"
+    __table_args__ = (UniqueConstraint("entity", "metric", "labels_key"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    entity: str = Field(max_length=255, index=True)  # node name or GPU UUID
+    node_id: int | None = Field(
+        default=None, sa_column=Column(Integer, ForeignKey("node.id", ondelete="CASCADE"), nullable=True, index=True)
+    )
+    source: str = Field(max_length=32)
+    metric: str = Field(max_length=128)
+    labels_key: str = Field(max_length=512)  # sorted `k=v` pairs joined by ","; "" for none
+    labels: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    value: float | None = Field(default=None)  # NaN is stored as NULL
+    unit: str = Field(max_length=32)
+    state: int | None = Field(default=None)  # 0 nominal, 1 warning, 2 critical
+    observed_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+
+
+class Rollup5m(SQLModel, table=True):
+    """Count/sum/min/max of one chart series over one 5-minute bucket."""
+
+    __tablename__ = "rollup_5m"
+    __table_args__ = (UniqueConstraint("entity", "metric", "bucket"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    entity: str = Field(max_length=255)
+    metric: str = Field(max_length=128)
+    bucket: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
+    count: int = Field(default=0)
+    sum: float = Field(default=0.0)
+    min: float = Field(default=0.0)
+    max: float = Field(default=0.0)
+
+
+class NodeEnergyHour(SQLModel, table=True):
+    """Energy one node drew in one hour, integrated from its DCMI power readings."""
+
+    __tablename__ = "node_energy_hour"
+    __table_args__ = (UniqueConstraint("node_id", "hour"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    node_id: int = Field(sa_column=Column(Integer, ForeignKey("node.id", ondelete="CASCADE"), nullable=False, index=True))
+    hour: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
+    kwh: Decimal = Field(default=Decimal(0), sa_column=Column(Numeric(18, 6), nullable=False))
+    covered_seconds: int = Field(default=0)  # how much of the hour the readings cover
+
+
+class K8sAllocation(SQLModel, table=True):
+    """One pod's request of one resource, as an interval (end NULL while it runs)."""
+
+    __tablename__ = "k8s_allocation"
+    __table_args__ = (UniqueConstraint("pod_uid", "resource"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    namespace: str = Field(max_length=253, index=True)
+    tenant_slug: str | None = Field(default=None, max_length=63, index=True)
+    pod: str = Field(max_length=253)
+    pod_uid: str = Field(max_length=64)
+    node_name: str | None = Field(default=None, max_length=253)
+    resource: str = Field(max_length=64)  # nvidia.com/gpu, amd.com/gpu, cpu, memory
+    quantity: Decimal = Field(sa_column=Column(Numeric(24, 6), nullable=False))  # GPUs, cores, bytes
+    starts_at: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
+    ends_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class OpenCostAllocation(SQLModel, table=True):
+    """OpenCost's allocation of one namespace over one window, as OpenCost reported it."""
+
+    __tablename__ = "opencost_allocation"
+    __table_args__ = (UniqueConstraint("namespace", "window_start", "window_end"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    namespace: str = Field(max_length=253)
+    window_start: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
+    window_end: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    cpu_core_hours: Decimal = Field(default=Decimal(0), sa_column=Column(Numeric(24, 6), nullable=False))
+    gpu_hours: Decimal = Field(default=Decimal(0), sa_column=Column(Numeric(24, 6), nullable=False))
+    ram_byte_hours: Decimal = Field(default=Decimal(0), sa_column=Column(Numeric(30, 6), nullable=False))
+    cpu_cost: Decimal = Field(default=Decimal(0), sa_column=Column(Numeric(18, 6), nullable=False))
+    gpu_cost: Decimal = Field(default=Decimal(0), sa_column=Column(Numeric(18, 6), nullable=False))
+    ram_cost: Decimal = Field(default=Decimal(0), sa_column=Column(Numeric(18, 6), nullable=False))
+    pv_cost: Decimal = Field(default=Decimal(0), sa_column=Column(Numeric(18, 6), nullable=False))
+    network_cost: Decimal = Field(default=Decimal(0), sa_column=Column(Numeric(18, 6), nullable=False))
+    shared_cost: Decimal = Field(default=Decimal(0), sa_column=Column(Numeric(18, 6), nullable=False))
+    total_cost: Decimal = Field(default=Decimal(0), sa_column=Column(Numeric(18, 6), nullable=False))
+    total_efficiency: float | None = Field(default=None)
+
+
+class CollectorWorker(SQLModel, table=True):
+    """A running `kiln worker` replica; live ones (seen within a lease) share the targets."""
+
+    __tablename__ = "collector_worker"
+
+    owner: str = Field(max_length=128, primary_key=True)
+    started_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    last_seen_at: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
