@@ -38,7 +38,7 @@ import logging
 import math
 import socket
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -223,14 +223,17 @@ class IpmiCollector:
         }
         self._pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(self.targets))),
                                         thread_name_prefix="kiln-ipmi")
-        self._healthy: dict[str, bool] = {}
         self._closed = False
 
-    def collect(self) -> list[TargetResult]:
-        """Poll every target concurrently; one result per target, in target order. Never raises."""
+    def collect(self, progress: Callable[[TargetResult], None] | None = None) -> list[TargetResult]:
+        """Poll every target concurrently; one result per target, in target order. Never raises.
+        `progress` is called with each result as it arrives (from the pool's threads)."""
         if self._closed:
             return [TargetResult(t.node, ok=False, error="the IPMI collector is closed") for t in self.targets]
         futures = [self._pool.submit(self._collect_one, t) for t in self.targets]
+        if progress is not None:
+            for future in futures:
+                future.add_done_callback(lambda done: progress(done.result()))
         return [f.result() for f in futures]
 
     def cipher_suite_of(self, node: str) -> int | None:
@@ -267,25 +270,14 @@ class IpmiCollector:
             reason, timed_out = describe_failure(exc, conn)
             if not isinstance(exc, FAILURES_EXPECTED):
                 log.exception("IPMI poll of %s (%s:%s) failed unexpectedly", target.node, target.host, target.port)
-            self._transition(target.node, False, reason)
             now = datetime.now(UTC)
             samples = [Sample(self.name, target.node, "ipmi_up", 0.0, "state", UP_LABELS[p], now) for p in PARTS]
             return TargetResult(target.node, ok=False, samples=samples, error=reason,
                                 seconds=time.monotonic() - started, timed_out=timed_out)
         finally:
             conn.lock.release()
-        self._transition(target.node, True, "")
         return TargetResult(target.node, ok=True, samples=self._samples(target.node, poll),
                             seconds=time.monotonic() - started)
-
-    def _transition(self, node: str, healthy: bool, reason: str) -> None:
-        """Log when a target starts failing and when it recovers, not on every poll."""
-        if self._healthy.get(node, True) != healthy:
-            if healthy:
-                log.info("IPMI: %s answers again", node)
-            else:
-                log.warning("IPMI: %s failed: %s", node, reason)
-        self._healthy[node] = healthy
 
     def _samples(self, node: str, poll: PollResult) -> list[Sample]:
         now = datetime.now(UTC)

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlmodel import Session
 
@@ -17,7 +16,16 @@ from fleet.provisioning.actions import Action
 from fleet.runtime import FleetRuntime
 from fleet.sync import sync_nodes
 from kiln.auth import Principal
-from kiln.cli.common import OutputFormat, OutputOption, console, db_session, engine_for, print_rows, settings
+from kiln.cli.common import (
+    OutputFormat,
+    OutputOption,
+    console,
+    db_session,
+    engine_for,
+    print_rows,
+    progress_bar,
+    settings,
+)
 from kiln.errors import BadGateway, NotFound, ValidationFailed
 from kiln.schema import ensure_current
 
@@ -31,13 +39,6 @@ def _runtime() -> tuple[FleetRuntime, object]:
     engine = engine_for(config)
     ensure_current(engine)
     return FleetRuntime.build(config, engine), engine
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True,
-    )
 
 
 @nodes_app.command("list")
@@ -86,7 +87,7 @@ def import_command(
 ) -> None:
     """Validate a whole file, then enroll its new nodes; re-importing the same file changes nothing."""
     runtime, engine = _runtime()
-    with _progress() as progress:
+    with progress_bar() as progress:
         task = progress.add_task("enrolling", total=None)
         report = import_nodes(
             engine, path, Principal.system(), runtime.drivers, runtime.box, skip_invalid=skip_invalid,
@@ -139,7 +140,7 @@ def action_command(
         selected = _select(session, names or [], all_nodes, tag, rack, state)
         operations = plan_action(session, Principal.system(), selected, action, params)
         session.commit()
-    with _progress() as progress:
+    with progress_bar() as progress:
         task = progress.add_task(f"{action.value} ×{len(operations)}", total=len(operations))
 
         def done(outcome: Outcome) -> None:

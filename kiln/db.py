@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import DateTime, Engine, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Session
@@ -72,3 +74,28 @@ def first_or_not_found(session: Session, statement: Any, message: str) -> Any:
     if row is None:
         raise NotFound(message)
     return row
+
+
+def upsert(
+    session: Session,
+    model: Any,
+    rows: Sequence[Mapping[str, Any]],
+    keys: Sequence[str],
+    update: Sequence[str] | Callable[[Any, Any], Mapping[str, Any]] | None,
+) -> None:
+    """Insert `rows` into `model`'s table; on a clash of the unique `keys`, update the
+    `update` columns from the new row (a callable gets (table, excluded) and returns the SET
+    expressions, e.g. to add to a counter), or keep the old row when `update` is None.
+    One statement for all rows, on SQLite and PostgreSQL alike."""
+    if not rows:
+        return
+    table = model.__table__
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    statement = insert(table)
+    if update is None:
+        statement = statement.on_conflict_do_nothing(index_elements=list(keys))
+    else:
+        values = update(table.c, statement.excluded) if callable(update) else {
+            name: statement.excluded[name] for name in update}
+        statement = statement.on_conflict_do_update(index_elements=list(keys), set_=dict(values))
+    session.execute(statement, list(rows))

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from apscheduler.schedulers.blocking import BlockingScheduler
 from sqlalchemy import Engine
 
+from collectors.cycle import run_cycle
+from collectors.sharding import default_worker_name, lease_length, retire_worker
+from collectors.sources import Source, build_sources
 from fleet.runtime import FleetRuntime
 from fleet.sync import sync_nodes
 from kiln.db import utcnow
@@ -44,7 +47,21 @@ def jobs_for(settings: Settings, engine: Engine, fleet: FleetRuntime | None = No
             log.info("node sync: %s", summary)
         last_summary["sync"] = summary if noteworthy else ""
 
-    return [Job("node-state-sync", settings.sync_interval, sync)]
+    jobs = [Job("node-state-sync", settings.sync_interval, sync)]
+    owner = settings.worker_name or default_worker_name()
+    for source in build_sources(settings, engine, fleet.box).values():
+        jobs.append(Job(f"collect-{source.name}", source.interval, _collect(engine, source, owner)))
+    return jobs
+
+
+def _collect(engine: Engine, source: Source, owner: str) -> Callable[[], None]:
+    lease = lease_length(source.interval)
+
+    def run() -> None:
+        report = run_cycle(engine, source, owner=owner, lease=lease)
+        log.debug("%s: %s of %d targets polled here", source.name, report.counts(), report.total_targets)
+
+    return run
 
 
 def run_forever(settings: Settings, engine: Engine) -> None:
@@ -55,7 +72,10 @@ def run_forever(settings: Settings, engine: Engine) -> None:
         scheduler.add_job(_guarded(job), "interval", seconds=job.seconds, id=job.name, name=job.name, max_instances=1, coalesce=True,
                           next_run_time=utcnow())
         log.info("scheduled %s every %d s", job.name, job.seconds)
-    scheduler.start()
+    try:
+        scheduler.start()
+    finally:
+        retire_worker(engine, settings.worker_name or default_worker_name())
 
 
 def _guarded(job: Job) -> Callable[[], None]:

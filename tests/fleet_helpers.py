@@ -67,7 +67,8 @@ def make_node_row(world: World, gpus: int = 8, **fields: Any) -> Node:
     n = next(_numbers)
     node = Node(
         name=fields.pop("name", f"row-node-{n:04d}"), provisioner="fake", bmc_driver="ipmi",
-        bmc_address=f"ipmi://10.9.{n // 250}.{n % 250 + 1}", provision_state="active", **fields,
+        bmc_address=fields.pop("bmc_address", f"ipmi://10.9.{n // 250}.{n % 250 + 1}"), provision_state="active",
+        **fields,
     )
     world.session.add(node)
     world.session.flush()

@@ -11,6 +11,7 @@ from typing import Any
 import typer
 from pydantic import BaseModel
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy import Engine
 from sqlmodel import Session
@@ -54,6 +55,14 @@ def db_session() -> Iterator[Session]:
             session.commit()
     finally:
         engine.dispose()
+
+
+def progress_bar() -> Progress:
+    """A transient progress bar (description, bar, done/total, elapsed) for long CLI work."""
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=True,
+    )
 
 
 def print_rows(rows: Sequence[BaseModel], columns: Sequence[str], output: OutputFormat, title: str = "") -> None:

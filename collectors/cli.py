@@ -1,0 +1,83 @@
+"""`kiln collect once`: run one collector now, persist what it got, report each target.
+
+    kiln collect once --collector ipmi --nodes gpu-001,gpu-002
+    kiln collect once --collector dcgm --output json     # one JSON object per target per line
+"""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.table import Table
+
+from collectors.cycle import CycleReport, UnknownTargets, pick_targets, run_cycle
+from collectors.sources import build_sources
+from fleet.runtime import FleetRuntime
+from kiln.cli.common import OutputFormat, OutputOption, console, engine_for, progress_bar, settings
+from kiln.errors import ValidationFailed
+from kiln.schema import ensure_current
+
+collect_app = typer.Typer(help="Run collectors by hand (the worker runs them on a schedule).", no_args_is_help=True)
+
+# what each collector needs before it can run, for the error when it is not configured
+REQUIREMENTS = {"ipmi": "", "dcgm": "KILN_PROMETHEUS_URL", "rocm": "KILN_PROMETHEUS_URL",
+                "kubernetes": "KILN_KUBECONFIG", "opencost": "KILN_OPENCOST_URL"}
+
+
+@collect_app.command("once")
+def once(
+    collector: str = typer.Option("ipmi", "--collector", "-c", help=f"One of: {', '.join(REQUIREMENTS)}."),
+    nodes: list[str] = typer.Option(None, "--nodes", "-n",
+                                    help="Only these targets (node names for ipmi); repeat or separate with commas."),
+    output: OutputFormat = OutputOption,
+) -> None:
+    """Collect once from every target (or the named ones); exit 1 if any target failed."""
+    if collector not in REQUIREMENTS:
+        raise ValidationFailed("--collector", f"unknown collector {collector!r}: expected one of {', '.join(REQUIREMENTS)}")
+    config = settings()
+    engine = engine_for(config)
+    try:
+        ensure_current(engine)
+        sources = build_sources(config, engine, FleetRuntime.build(config, engine).box)
+        source = sources.get(collector)
+        if source is None:
+            raise ValidationFailed("--collector", f"collector {collector} is not configured: set {REQUIREMENTS[collector]}")
+        only = [name.strip() for item in nodes or [] for name in item.split(",") if name.strip()]
+        try:
+            report = _run(engine, source, only, show_progress=output == OutputFormat.table)
+        except UnknownTargets as exc:
+            raise ValidationFailed("--nodes", str(exc)) from None
+        finally:
+            source.close()
+    finally:
+        engine.dispose()
+    _print(report, output)
+    if any(not r.ok for r in report.results):
+        raise typer.Exit(1)
+
+
+def _run(engine, source, only, *, show_progress: bool) -> CycleReport:  # noqa: ANN001
+    if not show_progress:
+        return run_cycle(engine, source, only=only or None)
+    targets = pick_targets(engine, source, only or None)
+    with progress_bar() as bar:
+        task = bar.add_task(f"{source.name}: collecting", total=len(targets))
+        return run_cycle(engine, source, only=targets, progress=lambda _result: bar.advance(task))
+
+
+def _print(report: CycleReport, output: OutputFormat) -> None:
+    if output == OutputFormat.json:
+        for r in report.results:
+            typer.echo(json.dumps({"target": r.target, "ok": r.ok, "error": r.error, "samples": len(r.samples),
+                                   "seconds": round(r.seconds, 3), "timed_out": r.timed_out}))
+        return
+    table = Table(title=f"{report.collector}: {len(report.results)} target(s)")
+    for column in ("target", "result", "samples", "seconds", "error"):
+        table.add_column(column)
+    for r in report.results:
+        result = "ok" if r.ok else "timed out" if r.timed_out else "failed"
+        table.add_row(r.target, result, str(len(r.samples)), f"{r.seconds:.2f}", r.error or "-")
+    console.print(table)
+    counts = report.counts()
+    console.print(f"ok {counts['ok']}, failed {counts['failed']}, timed out {counts['timed_out']}")

@@ -1,0 +1,126 @@
+"""The configured collectors of this Kiln, each with its targets, as the worker runs them.
+
+A `Source` names what one collector polls (`targets`, read from the database or the settings)
+and runs the collector on a subset of them (`collect`, the targets this replica claimed), so
+replicas can share the work (collectors/sharding.py). `extra_persist` stores what only that
+source produces (Kubernetes allocations, OpenCost figures) beside the common persistence in
+collectors/store.py. Sources are long-lived: IPMI sessions survive between cycles.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from sqlalchemy import Engine
+from sqlmodel import Session, select
+
+from collectors.base import TargetResult
+from collectors.dcgm import DcgmCollector
+from collectors.ipmi import IpmiCollector, IpmiTarget
+from collectors.prometheus import GpuCollector, PrometheusClient
+from collectors.rocm import RocmCollector
+from fleet.bmc import parse_bmc_address
+from fleet.models import Node
+from kiln.security import SecretBox
+from kiln.settings import Settings
+
+log = logging.getLogger(__name__)
+Progress = Callable[[TargetResult], None]
+
+
+@dataclass
+class Source:
+    """One collector as the scheduler sees it."""
+
+    name: str
+    interval: int
+    targets: Callable[[Session], list[str]]
+    collect: Callable[[Sequence[str], Progress | None], list[TargetResult]]
+    extra_persist: Callable[[Session, Sequence[TargetResult]], None] | None = None
+    close: Callable[[], None] = field(default=lambda: None)
+
+
+class IpmiSource:
+    """Every node with an `ipmi://` BMC, polled with its decrypted credentials."""
+
+    name = "ipmi"
+
+    def __init__(self, settings: Settings, box: SecretBox) -> None:
+        self.settings, self.box = settings, box
+        self._collector: IpmiCollector | None = None
+        self._key: tuple[IpmiTarget, ...] = ()
+
+    def targets(self, session: Session) -> list[str]:
+        """Names of the nodes whose BMC speaks IPMI."""
+        return list(session.exec(select(Node.name).where(Node.bmc_driver == "ipmi").order_by(Node.name)))
+
+    def collect(self, names: Sequence[str], progress: Progress | None = None, *,
+                session: Session) -> list[TargetResult]:
+        """Poll the named nodes' BMCs; a node whose credentials cannot be read fails alone."""
+        nodes = session.exec(select(Node).where(Node.name.in_(list(names))).order_by(Node.name)).all()
+        targets, failed = [], []
+        for node in nodes:
+            try:
+                targets.append(self._target(node))
+            except ValueError as exc:
+                failed.append(TargetResult(node.name, ok=False, error=str(exc)))
+        results = self._collector_for(tuple(targets)).collect(progress) if targets else []
+        for result in failed:
+            if progress:
+                progress(result)
+        return results + failed
+
+    def _target(self, node: Node) -> IpmiTarget:
+        address = parse_bmc_address(node.bmc_address)
+        password = self.box.decrypt(node.bmc_password_encrypted) if node.bmc_password_encrypted else ""
+        return IpmiTarget(node.name, address.host, address.effective_port, node.bmc_username or "", password,
+                          node.ipmi_cipher_suite)
+
+    def _collector_for(self, targets: tuple[IpmiTarget, ...]) -> IpmiCollector:
+        if self._collector is None or targets != self._key:
+            self.close()
+            s = self.settings
+            self._collector = IpmiCollector(targets, workers=s.ipmi_workers, timeout=s.ipmi_timeout,
+                                            retries=s.ipmi_retries, cipher_suite=s.ipmi_cipher_suite)
+            self._key = targets
+        return self._collector
+
+    def close(self) -> None:
+        """Close the BMC sessions."""
+        if self._collector is not None:
+            self._collector.close()
+            self._collector = None
+
+
+def gpu_source(collector: GpuCollector, interval: int) -> Source:
+    """A Prometheus-backed GPU collector: one target, the Prometheus query."""
+    target = f"{collector.client.url} ({collector.name})"
+
+    def collect(_names: Sequence[str], progress: Progress | None) -> list[TargetResult]:
+        results = collector.collect()
+        for result in results:
+            if progress:
+                progress(result)
+        return results
+
+    return Source(collector.name, interval, lambda _session: [target], collect)
+
+
+def build_sources(settings: Settings, engine: Engine, box: SecretBox) -> dict[str, Source]:
+    """Every collector this Kiln's settings configure, by name (IPMI always)."""
+    ipmi = IpmiSource(settings, box)
+
+    def ipmi_collect(names: Sequence[str], progress: Progress | None) -> list[TargetResult]:
+        with Session(engine) as session:
+            return ipmi.collect(names, progress, session=session)
+
+    sources = {"ipmi": Source("ipmi", settings.ipmi_interval, ipmi.targets, ipmi_collect, close=ipmi.close)}
+    if settings.prometheus_url:
+        client = PrometheusClient(settings.prometheus_url)
+        lookback = timedelta(seconds=max(300, 3 * settings.prometheus_scrape_interval))
+        for collector in (DcgmCollector(client, lookback=lookback), RocmCollector(client, lookback=lookback)):
+            sources[collector.name] = gpu_source(collector, settings.gpu_interval)
+    return sources

@@ -1,0 +1,244 @@
+"""Persist what collectors return: target states, health snapshots, 5-minute rollups, energy.
+
+The scheduler calls `persist_results` once per collector cycle, inside one transaction.
+Collectors themselves never touch the database (collectors/base.py).
+
+- Target state: `up`, last attempt/success/error per (collector, target). A change of `up`
+  is returned as a `Transition` so the worker logs failing/recovered once, not every cycle.
+- Health snapshot: the newest value per (entity, metric, labels); NaN is stored as NULL.
+  `*_state` samples of IPMI sensors also set `state` on their value's row.
+- Rollups: a few chart series, aggregated per 5-minute bucket (count/sum/min/max).
+- Energy: DCMI watts of consecutive polls of a node are integrated as trapezoids, split at
+  hour boundaries, into `node_energy_hour` (kWh to 6 decimal places, i.e. 1 mWh, each
+  addition rounded half-even). Gaps longer than `max_gap` are not integrated (unknown draw):
+  `covered_seconds` says how much of the hour the readings cover.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+
+from sqlalchemy import case
+from sqlmodel import Session, select
+
+from collectors.base import Sample, TargetResult
+from collectors.models import CollectorTargetState, HealthSnapshot, NodeEnergyHour, Rollup5m
+from fleet.models import Gpu, Node
+from kiln.db import upsert
+
+BUCKET = timedelta(minutes=5)
+KWH = Decimal("0.000001")
+POWER_METRIC = "ipmi_dcmi_power_consumption_watts"
+# sample metric -> rollup metric; `max` series keep the node's hottest sensor per poll
+ROLLUPS = {POWER_METRIC: "ipmi_dcmi_power_consumption_watts", "gpu_util": "gpu_util_percent"}
+MAX_ROLLUPS = {"ipmi_temperature_celsius": "ipmi_temperature_celsius_max"}
+FACT_METRICS = {"ipmi_bmc_info": "bmc", "ipmi_fru_info": "fru"}
+ERROR_LIMIT = 2000
+GPU_SOURCES = frozenset({"dcgm", "rocm"})
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A target that started failing (`up` False) or recovered (`up` True)."""
+
+    collector: str
+    target: str
+    up: bool
+    error: str | None
+
+
+def labels_key(labels: Mapping[str, str]) -> str:
+    """A stable key for a label set: sorted `k=v` pairs joined by commas."""
+    return ",".join(f"{k}={labels[k]}" for k in sorted(labels))[:512]
+
+
+def persist_results(session: Session, collector: str, results: Sequence[TargetResult], *,
+                    now: datetime | None = None, max_gap: timedelta = timedelta(minutes=10)) -> list[Transition]:
+    """Store one cycle of `collector`: target states, snapshots, rollups, energy and facts."""
+    now = now or datetime.now(UTC)
+    transitions = record_target_states(session, collector, results, now)
+    samples = [s for r in results for s in r.samples]
+    if samples:
+        node_ids = _node_ids(session, samples)
+        integrate_energy(session, [s for s in samples if s.metric == POWER_METRIC], node_ids, max_gap)
+        write_snapshots(session, samples, node_ids)
+        add_rollups(session, samples)
+        update_facts(session, samples, node_ids)
+    return transitions
+
+
+def record_target_states(session: Session, collector: str, results: Sequence[TargetResult],
+                         now: datetime) -> list[Transition]:
+    """Update each target's up/last success/last error; return the targets whose `up` changed."""
+    if not results:
+        return []
+    names = [r.target for r in results]
+    before = {row.target: row for row in session.exec(
+        select(CollectorTargetState).where(CollectorTargetState.collector == collector,
+                                           CollectorTargetState.target.in_(names)))}
+    transitions = []
+    for result in results:
+        row = before.get(result.target) or CollectorTargetState(collector=collector, target=result.target)
+        was_up = row.up if row.last_attempt_at is not None else True  # a new target that fails is news
+        row.up = result.ok
+        row.last_attempt_at = now
+        row.last_error = (result.error or None) and result.error[:ERROR_LIMIT]
+        if result.ok:
+            row.last_success_at = now
+            row.consecutive_failures = 0
+        else:
+            row.consecutive_failures += 1
+        if was_up != result.ok:
+            transitions.append(Transition(collector, result.target, result.ok, result.error))
+        session.add(row)
+    session.flush()
+    return transitions
+
+
+def write_snapshots(session: Session, samples: Iterable[Sample], node_ids: Mapping[str, int]) -> None:
+    """Upsert the newest value of every series; sensor `*_state` samples fill `state`."""
+    rows: dict[tuple[str, str, str], dict] = {}
+    states: dict[tuple[str, str, str], int | None] = {}
+    for s in samples:
+        key = labels_key(s.labels)
+        value = s.value if math.isfinite(s.value) else None
+        if s.metric.endswith("_state") and s.unit == "state" and s.labels.get("id"):
+            states[(s.entity, s.metric.removesuffix("_state"), key)] = None if value is None else int(value)
+        rows[(s.entity, s.metric, key)] = {
+            "entity": s.entity, "node_id": _node_of(s, node_ids), "source": s.source, "metric": s.metric,
+            "labels_key": key, "labels": dict(s.labels), "value": value, "unit": s.unit, "state": None,
+            "observed_at": s.ts,
+        }
+    for (entity, base, key), state in states.items():
+        for metric in _value_metrics(base):
+            if (entity, metric, key) in rows:
+                rows[(entity, metric, key)]["state"] = state
+    upsert(session, HealthSnapshot, list(rows.values()), ("entity", "metric", "labels_key"),
+           ("node_id", "source", "labels", "value", "unit", "state", "observed_at"))
+
+
+def _value_metrics(state_base: str) -> tuple[str, ...]:
+    # ipmi_temperature_state -> ipmi_temperature_celsius, ipmi_fan_speed_state -> _rpm/_ratio, ...
+    suffixes = ("_celsius", "_rpm", "_ratio", "_volts", "_amperes", "_watts", "_value")
+    return tuple(state_base + suffix for suffix in suffixes)
+
+
+def add_rollups(session: Session, samples: Iterable[Sample]) -> None:
+    """Fold chart series into their 5-minute buckets."""
+    points: dict[tuple[str, str, datetime], list[float]] = {}
+    hottest: dict[tuple[str, str, datetime], float] = {}
+    for s in samples:
+        if not math.isfinite(s.value):
+            continue
+        bucket = bucket_of(s.ts)
+        if s.metric in ROLLUPS:
+            points.setdefault((s.entity, ROLLUPS[s.metric], bucket), []).append(s.value)
+        elif s.metric in MAX_ROLLUPS:
+            key = (s.entity, MAX_ROLLUPS[s.metric], bucket)
+            hottest[key] = max(hottest.get(key, -math.inf), s.value)
+    for key, value in hottest.items():
+        points.setdefault(key, []).append(value)
+    rows = [{"entity": e, "metric": m, "bucket": b, "count": len(v), "sum": sum(v), "min": min(v), "max": max(v)}
+            for (e, m, b), v in points.items()]
+
+    def fold(current, new):  # noqa: ANN001, ANN202 - SQLAlchemy column collections
+        return {"count": current.count + new.count, "sum": current.sum + new.sum,
+                "min": _least(current.min, new.min), "max": _greatest(current.max, new.max)}
+
+    upsert(session, Rollup5m, rows, ("entity", "metric", "bucket"), fold)
+
+
+def _least(a, b):  # noqa: ANN001, ANN202
+    return case((a < b, a), else_=b)
+
+
+def _greatest(a, b):  # noqa: ANN001, ANN202
+    return case((a > b, a), else_=b)
+
+
+def bucket_of(ts: datetime) -> datetime:
+    """Start of the 5-minute bucket holding `ts` (UTC)."""
+    ts = ts.astimezone(UTC)
+    return ts.replace(minute=ts.minute - ts.minute % 5, second=0, microsecond=0)
+
+
+def integrate_energy(session: Session, power: Sequence[Sample], node_ids: Mapping[str, int],
+                     max_gap: timedelta) -> None:
+    """Add the energy between each node's previous DCMI reading and this one to its hours."""
+    if not power:
+        return
+    previous = {row.entity: row for row in session.exec(
+        select(HealthSnapshot).where(HealthSnapshot.metric == POWER_METRIC, HealthSnapshot.labels_key == "",
+                                     HealthSnapshot.entity.in_([s.entity for s in power])))}
+    totals: dict[tuple[int, datetime], list] = {}
+    for s in power:
+        node_id, before = node_ids.get(s.entity), previous.get(s.entity)
+        if node_id is None or before is None or before.value is None or not math.isfinite(s.value):
+            continue
+        for hour, kwh, seconds in energy_by_hour(before.observed_at, before.value, s.ts, s.value, max_gap):
+            slot = totals.setdefault((node_id, hour), [Decimal(0), 0])
+            slot[0] += kwh
+            slot[1] += seconds
+    rows = [{"node_id": n, "hour": h, "kwh": kwh, "covered_seconds": secs} for (n, h), (kwh, secs) in totals.items()]
+    upsert(session, NodeEnergyHour, rows, ("node_id", "hour"),
+           lambda current, new: {"kwh": current.kwh + new.kwh,
+                                 "covered_seconds": current.covered_seconds + new.covered_seconds})
+
+
+def energy_by_hour(t0: datetime, w0: float, t1: datetime, w1: float,
+                   max_gap: timedelta) -> list[tuple[datetime, Decimal, int]]:
+    """kWh per hour (and seconds covered) of a linear draw from w0 watts at t0 to w1 at t1;
+    nothing when the readings are out of order or further apart than `max_gap`."""
+    span = (t1 - t0).total_seconds()
+    if span <= 0 or t1 - t0 > max_gap:
+        return []
+    out = []
+    start = t0
+    while start < t1:
+        hour = start.replace(minute=0, second=0, microsecond=0)
+        end = min(t1, hour + timedelta(hours=1))
+        a, b = (start - t0).total_seconds(), (end - t0).total_seconds()
+        watts_a, watts_b = w0 + (w1 - w0) * a / span, w0 + (w1 - w0) * b / span
+        joules = (watts_a + watts_b) / 2 * (b - a)
+        out.append((hour, (Decimal(repr(joules)) / Decimal(3_600_000)).quantize(KWH, ROUND_HALF_EVEN),
+                    round(b - a)))
+        start = end
+    return out
+
+
+def update_facts(session: Session, samples: Iterable[Sample], node_ids: Mapping[str, int]) -> None:
+    """BMC device id and FRU into the node's hardware facts (`facts["bmc"]`, `facts["fru"]`)."""
+    found: dict[int, dict[str, dict[str, str]]] = {}
+    for s in samples:
+        if s.metric in FACT_METRICS and s.entity in node_ids:
+            found.setdefault(node_ids[s.entity], {})[FACT_METRICS[s.metric]] = dict(s.labels)
+    if not found:
+        return
+    for node in session.exec(select(Node).where(Node.id.in_(list(found)))):
+        facts = dict(node.facts)
+        if any(facts.get(k) != v for k, v in found[node.id].items()):
+            facts.update(found[node.id])
+            node.facts = facts
+            session.add(node)
+
+
+def _host_of(sample: Sample) -> str:
+    return sample.labels.get("host", sample.entity) if sample.source in GPU_SOURCES else sample.entity
+
+
+def _node_of(sample: Sample, node_ids: Mapping[str, int]) -> int | None:
+    return node_ids.get(_host_of(sample)) or node_ids.get(sample.entity)
+
+
+def _node_ids(session: Session, samples: Sequence[Sample]) -> dict[str, int]:
+    """Node id by node name, and by GPU UUID for GPUs Kiln knows (they need no host label)."""
+    names = {_host_of(s) for s in samples}
+    ids: dict[str, int] = dict(session.exec(select(Node.name, Node.id).where(Node.name.in_(names))).all())
+    uuids = {s.entity for s in samples if s.source in GPU_SOURCES}
+    if uuids:
+        ids.update(session.exec(select(Gpu.uuid, Gpu.node_id).where(Gpu.uuid.in_(uuids))).all())
+    return ids
