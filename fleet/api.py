@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import col, select
 
 from fleet import nodes as node_service
+from fleet.health import NodeHealth, node_health
 from fleet.models import Node, Operation
 from fleet.operations import ActionParams, OperationPublic, plan_action
 from fleet.operations import to_public as operations_public
@@ -110,6 +111,12 @@ def events_endpoint(
     """Newest first: enrolment, actions and their results, state changes seen by the sync."""
     node = node_service.get_node(session, principal, node_id)
     return [EventPublic(**e.model_dump()) for e in node_service.recent_events(session, node.id, limit)]
+
+
+@router.get("/nodes/{node_id}/health", response_model=NodeHealth, summary="A node's health now")
+def health_endpoint(node_id: int, session: SessionDep, principal: CurrentPrincipal):
+    """BMC reachability, power, sensors with threshold state and GPUs, as last collected."""
+    return node_health(session, principal, node_id)
 
 
 def _start(background: BackgroundTasks, runtime: FleetRuntime, operations: list[Operation]) -> None:
