@@ -1,4 +1,4 @@
-"""IpmiCollector against the real IPMI 2.0 BMC simulator (tests/peers/bmcsim), ipmitool as referee.
+"""IpmiCollector against the real IPMI 2.0 BMC simulator (collectors/sim/bmc, started by tests/peers/bmcsim.sh), ipmitool as referee.
 
 Expected values come from the simulator's bmcs.json; faults and power changes go through its
 control port. Session reuse is observed on the wire, through a UDP relay in front of a BMC.
@@ -31,7 +31,7 @@ from collectors.base import Sample, TargetResult
 from collectors.ipmi import IpmiCollector, IpmiTarget, describe_failure, severity
 from collectors.ipmi_rmcpplus import SpecSessionKeys
 from collectors.ipmi_session import BmcConnection
-from tests.peers.bmcsim.sim import control
+from collectors.sim.bmc.sim import control
 from tests.peers.harness import running_peer
 
 pytestmark = pytest.mark.peer("bmcsim")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Kiln's IPMI 2.0 / DCMI BMC simulator (tests/peers/bmcsim/), see its README.md.
+# Kiln's IPMI 2.0 / DCMI BMC simulator (collectors/sim/bmc/), see its README.md.
 #
 #   bmcsim.sh install                  pip deps into the current python3,
 #                                      ipmitool from apt if missing
@@ -24,7 +24,7 @@ PY="${PYTHON:-python3}"
 
 usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
-sim() { cd "$ROOT" && PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m tests.peers.bmcsim.sim "$@"; }
+sim() { cd "$ROOT" && PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m collectors.sim.bmc.sim "$@"; }
 
 cmd="${1:-}"
 [ -n "$cmd" ] || usage

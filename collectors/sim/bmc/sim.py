@@ -2,12 +2,12 @@
 
 Usage (from the repository root)::
 
-    python3 -m tests.peers.bmcsim.sim start --state-dir D --count N [options]
-    python3 -m tests.peers.bmcsim.sim run   --state-dir D --count N [options]
-    python3 -m tests.peers.bmcsim.sim stop  --state-dir D
-    python3 -m tests.peers.bmcsim.sim status --state-dir D
-    python3 -m tests.peers.bmcsim.sim fault --state-dir D NAME freeze|authfail|normal
-    python3 -m tests.peers.bmcsim.sim power --state-dir D NAME on|off
+    python3 -m collectors.sim.bmc.sim start --state-dir D --count N [options]
+    python3 -m collectors.sim.bmc.sim run   --state-dir D --count N [options]
+    python3 -m collectors.sim.bmc.sim stop  --state-dir D
+    python3 -m collectors.sim.bmc.sim status --state-dir D
+    python3 -m collectors.sim.bmc.sim fault --state-dir D NAME freeze|authfail|normal
+    python3 -m collectors.sim.bmc.sim power --state-dir D NAME on|off
 
 ``start`` spawns the worker processes (at most --per-process BMCs each, one
 UDP socket per BMC on 127.0.0.1), waits until every BMC answers an RMCP
@@ -279,7 +279,7 @@ def start(state_dir, count, base_port=0, ports=None, names=None,
         cfg.write_text(json.dumps({'bmcs': chunk, 'ready_file': str(ready)}))
         log = open(state / ('worker-%d.log' % k), 'ab')
         proc = subprocess.Popen(
-            [sys.executable, '-m', 'tests.peers.bmcsim.sim', 'worker', str(cfg)],
+            [sys.executable, '-m', 'collectors.sim.bmc.sim', 'worker', str(cfg)],
             cwd=str(REPO_ROOT), env=env, stdin=subprocess.DEVNULL,
             stdout=log, stderr=subprocess.STDOUT, start_new_session=detach)
         log.close()
@@ -363,7 +363,7 @@ def _is_ours(pid):
         cmd = Path('/proc/%d/cmdline' % pid).read_bytes()
     except OSError:
         return False
-    return b'tests.peers.bmcsim.sim' in cmd
+    return b'collectors.sim.bmc.sim' in cmd
 
 
 def _alive(pid):
@@ -430,7 +430,7 @@ def control(state_dir, name, action, /, **params):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog='python3 -m tests.peers.bmcsim.sim')
+    ap = argparse.ArgumentParser(prog='python3 -m collectors.sim.bmc.sim')
     sub = ap.add_subparsers(dest='cmd', required=True)
     for name in ('start', 'run'):
         p = sub.add_parser(name)

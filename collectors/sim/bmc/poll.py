@@ -1,8 +1,8 @@
 """Reference python-ipmi client for the simulator: checks and benchmark.
 
-    python3 -m tests.peers.bmcsim.poll STATE_DIR check   [--name bmc-0000]
-    python3 -m tests.peers.bmcsim.poll STATE_DIR bench   [--threads 64] [--sdr]
-    python3 -m tests.peers.bmcsim.poll STATE_DIR faults  [--name bmc-0001]
+    python3 -m collectors.sim.bmc.poll STATE_DIR check   [--name bmc-0000]
+    python3 -m collectors.sim.bmc.poll STATE_DIR bench   [--threads 64] [--sdr]
+    python3 -m collectors.sim.bmc.poll STATE_DIR faults  [--name bmc-0001]
 
 ``check`` reads everything from one BMC with python-ipmi and compares it
 with the expected values in bmcs.json. ``bench`` polls every BMC once
@@ -196,7 +196,7 @@ def faults(doc, state_dir, name):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog='python3 -m tests.peers.bmcsim.poll')
+    ap = argparse.ArgumentParser(prog='python3 -m collectors.sim.bmc.poll')
     ap.add_argument('state_dir')
     ap.add_argument('what', choices=('check', 'bench', 'faults'))
     ap.add_argument('--name')
