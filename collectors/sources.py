@@ -17,10 +17,12 @@ from datetime import timedelta
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from collectors.base import TargetResult
+from collectors import kubernetes, opencost
+from collectors.base import Collector, TargetResult
+from collectors.cluster_store import persist_kubernetes, persist_opencost
 from collectors.dcgm import DcgmCollector
 from collectors.ipmi import IpmiCollector, IpmiTarget
-from collectors.prometheus import GpuCollector, PrometheusClient
+from collectors.prometheus import PrometheusClient
 from collectors.rocm import RocmCollector
 from fleet.bmc import parse_bmc_address
 from fleet.models import Node
@@ -29,6 +31,7 @@ from kiln.settings import Settings
 
 log = logging.getLogger(__name__)
 Progress = Callable[[TargetResult], None]
+Persist = Callable[[Session, Sequence[TargetResult]], object]
 
 
 @dataclass
@@ -39,7 +42,7 @@ class Source:
     interval: int
     targets: Callable[[Session], list[str]]
     collect: Callable[[Sequence[str], Progress | None], list[TargetResult]]
-    extra_persist: Callable[[Session, Sequence[TargetResult]], None] | None = None
+    extra_persist: Persist | None = None
     close: Callable[[], None] = field(default=lambda: None)
 
 
@@ -95,9 +98,10 @@ class IpmiSource:
             self._collector = None
 
 
-def gpu_source(collector: GpuCollector, interval: int) -> Source:
-    """A Prometheus-backed GPU collector: one target, the Prometheus query."""
-    target = f"{collector.client.url} ({collector.name})"
+def single_target_source(collector: Collector, interval: int, persist: Persist | None = None, *,
+                         target: str | None = None) -> Source:
+    """A collector with one target (a Prometheus query, an API server): no sharing to do."""
+    name = target or collector.target
 
     def collect(_names: Sequence[str], progress: Progress | None) -> list[TargetResult]:
         results = collector.collect()
@@ -106,7 +110,8 @@ def gpu_source(collector: GpuCollector, interval: int) -> Source:
                 progress(result)
         return results
 
-    return Source(collector.name, interval, lambda _session: [target], collect)
+    return Source(collector.name, interval, lambda _session: [name], collect, persist,
+                  getattr(collector, "close", lambda: None))
 
 
 def build_sources(settings: Settings, engine: Engine, box: SecretBox) -> dict[str, Source]:
@@ -118,9 +123,15 @@ def build_sources(settings: Settings, engine: Engine, box: SecretBox) -> dict[st
             return ipmi.collect(names, progress, session=session)
 
     sources = {"ipmi": Source("ipmi", settings.ipmi_interval, ipmi.targets, ipmi_collect, close=ipmi.close)}
+    for module, persist, interval in ((kubernetes, persist_kubernetes, settings.kube_interval),
+                                      (opencost, persist_opencost, settings.opencost_interval)):
+        collector = module.build(settings)
+        if collector is not None:
+            sources[collector.name] = single_target_source(collector, interval, persist)
     if settings.prometheus_url:
         client = PrometheusClient(settings.prometheus_url)
         lookback = timedelta(seconds=max(300, 3 * settings.prometheus_scrape_interval))
         for collector in (DcgmCollector(client, lookback=lookback), RocmCollector(client, lookback=lookback)):
-            sources[collector.name] = gpu_source(collector, settings.gpu_interval)
+            target = f"{collector.client.url} ({collector.name})"
+            sources[collector.name] = single_target_source(collector, settings.gpu_interval, target=target)
     return sources

@@ -38,7 +38,9 @@ ROLLUPS = {POWER_METRIC: "ipmi_dcmi_power_consumption_watts", "gpu_util": "gpu_u
 MAX_ROLLUPS = {"ipmi_temperature_celsius": "ipmi_temperature_celsius_max"}
 FACT_METRICS = {"ipmi_bmc_info": "bmc", "ipmi_fru_info": "fru"}
 ERROR_LIMIT = 2000
-GPU_SOURCES = frozenset({"dcgm", "rocm"})
+GPU_SOURCES = frozenset({"dcgm", "rocm", "dcgm-exporter"})
+# samples that are records, not health: stored by their own source's persistence (cluster_store)
+NOT_HEALTH = ("kiln_k8s_pod_allocation", "opencost_allocation_")
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,7 @@ def persist_results(session: Session, collector: str, results: Sequence[TargetRe
     """Store one cycle of `collector`: target states, snapshots, rollups, energy and facts."""
     now = now or datetime.now(UTC)
     transitions = record_target_states(session, collector, results, now)
-    samples = [s for r in results for s in r.samples]
+    samples = [s for r in results for s in r.samples if not s.metric.startswith(NOT_HEALTH)]
     if samples:
         node_ids = _node_ids(session, samples)
         integrate_energy(session, [s for s in samples if s.metric == POWER_METRIC], node_ids, max_gap)

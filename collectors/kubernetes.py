@@ -1,0 +1,397 @@
+"""Kubernetes collector: GPU nodes, tenant namespaces and pods' resource requests as intervals.
+
+One target, the cluster's API server. The first `collect()` lists nodes, namespaces and pods
+(paged); later ones only watch each kind from the last resourceVersion for `watch_seconds`
+(the three watches run at once), and list again when the API server answers 410 Gone (the
+version left its watch cache). The collector instance keeps that state between cycles, so
+the worker must keep it too. API errors, expired or invalid tokens and unreachable servers
+give a failed TargetResult with a readable reason, never an exception.
+
+Samples (source `kubernetes`); node metrics use kube-state-metrics' names and labels:
+
+| metric | entity | unit | labels |
+| --- | --- | --- | --- |
+| `kube_node_status_capacity`, `kube_node_status_allocatable` | node | count, cores, bytes | resource (`nvidia_com_gpu`, `amd_com_gpu`, `cpu`, `memory`), unit (`integer`, `core`, `byte`) |
+| `kube_node_status_condition` | node | state | condition (Ready, MemoryPressure, ...), status (`true`/`false`/`unknown`): 1 for the current status, 0 for the others |
+| `kube_node_spec_unschedulable` | node | state | |
+| `kiln_k8s_namespace_tenant` | namespace | info (1) | namespace, tenant (the `kube_tenant_label` label's value, "" when unlabelled) |
+| `kiln_k8s_pod_allocation` | namespace | count, cores, bytes | namespace, tenant, pod, pod_uid, node, resource, quantity, limit (exact decimals), starts_at, ends_at (ISO-8601, "" while running); value = the request |
+| `kiln_k8s_pods_tracked` | the API server URL | count | marks a complete result: every live pod's intervals are in it |
+
+A pod's request of a resource is Kubernetes' effective request: max(sum over app containers
+and sidecars, largest init container) + pod overhead (a missing request defaults to the
+limit). It becomes an interval once the pod is bound to a node: it starts at
+`status.startTime` (else when the pod was scheduled) and ends when the pod finished (latest
+container `finishedAt`; else when Kiln first saw phase Succeeded/Failed) or when it
+disappeared from the API (the time Kiln saw it go). Ended intervals of deleted pods are
+still reported for `ended_retention`, so a failed persist does not lose them.
+`collectors.cluster_store.persist_kubernetes` turns the samples into `k8s_allocation` rows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import urllib3
+import yaml
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.rest import ApiException
+from kubernetes.config.config_exception import ConfigException
+from kubernetes.utils.quantity import parse_quantity
+from kubernetes.watch.watch import iter_resp_lines
+
+from collectors.base import Sample, TargetResult
+from kiln.db import utcnow
+from kiln.settings import ConfigError, Settings
+
+log = logging.getLogger(__name__)
+
+SOURCE = "kubernetes"
+GPU_RESOURCES = ("nvidia.com/gpu", "amd.com/gpu")
+# resource -> (kube-state-metrics unit label, Sample unit)
+RESOURCES: dict[str, tuple[str, str]] = {"nvidia.com/gpu": ("integer", "count"), "amd.com/gpu": ("integer", "count"),
+                                         "cpu": ("core", "cores"), "memory": ("byte", "bytes")}
+TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+CONDITION_STATUSES = ("true", "false", "unknown")
+ALLOCATION_METRIC = "kiln_k8s_pod_allocation"
+TRACKED_METRIC = "kiln_k8s_pods_tracked"
+KINDS = ("nodes", "namespaces", "pods")
+LISTERS: dict[str, str] = {"nodes": "list_node", "namespaces": "list_namespace",
+                           "pods": "list_pod_for_all_namespaces"}
+
+
+class ResourceExpired(Exception):
+    """The watch's resourceVersion is gone from the API server's cache (410): list again."""
+
+
+@dataclass(frozen=True)
+class PodInterval:
+    """One pod's request of one resource over [starts_at, ends_at); ends_at None while it runs."""
+
+    namespace: str
+    pod: str
+    pod_uid: str
+    node: str | None
+    resource: str
+    quantity: Decimal
+    limit: Decimal | None
+    starts_at: datetime
+    ends_at: datetime | None
+    tenant: str | None = None
+
+
+@dataclass
+class _TrackedPod:  # a pod as last seen, and when Kiln saw it finish or go
+    raw: dict[str, Any]
+    terminal_seen_at: datetime | None = None
+    deleted_at: datetime | None = None
+
+
+def parse_time(value: str | None) -> datetime | None:
+    """A Kubernetes RFC 3339 timestamp as an aware datetime (None for none)."""
+    return datetime.fromisoformat(value) if value else None
+
+
+def _container_amount(container: Mapping[str, Any], key: str, resource: str) -> Decimal:
+    resources = container.get("resources") or {}
+    value = (resources.get(key) or {}).get(resource)
+    if value is None and key == "requests":  # a request left out defaults to the limit
+        value = (resources.get("limits") or {}).get(resource)
+    return Decimal(0) if value is None else parse_quantity(value)
+
+
+def effective_resources(spec: Mapping[str, Any], key: str) -> dict[str, Decimal]:
+    """The pod's effective `requests` or `limits` per tracked resource, as the scheduler counts them."""
+    inits = spec.get("initContainers") or []
+    running = [*(spec.get("containers") or []), *(c for c in inits if c.get("restartPolicy") == "Always")]
+    one_shot = [c for c in inits if c.get("restartPolicy") != "Always"]
+    out: dict[str, Decimal] = {}
+    for resource in RESOURCES:
+        app = sum((_container_amount(c, key, resource) for c in running), Decimal(0))
+        init = max((_container_amount(c, key, resource) for c in one_shot), default=Decimal(0))
+        overhead = (spec.get("overhead") or {}).get(resource)
+        total = max(app, init) + (parse_quantity(overhead) if overhead is not None else Decimal(0))
+        if total > 0:
+            out[resource] = total
+    return out
+
+
+def pod_started_at(pod: Mapping[str, Any]) -> datetime | None:
+    """When the pod began to hold its node's resources: startTime, else its PodScheduled time."""
+    status = pod.get("status") or {}
+    if status.get("startTime"):
+        return parse_time(status["startTime"])
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "True":
+            return parse_time(condition.get("lastTransitionTime"))
+    return None
+
+
+def pod_finished_at(pod: Mapping[str, Any]) -> datetime | None:
+    """The latest container `terminated.finishedAt` of a pod (None if none terminated)."""
+    status = pod.get("status") or {}
+    ends = [parse_time(((s.get("state") or {}).get("terminated") or {}).get("finishedAt"))
+            for s in status.get("containerStatuses") or []]
+    return max((e for e in ends if e is not None), default=None)
+
+
+def pod_intervals(pod: Mapping[str, Any], *, ended_at: datetime | None = None,
+                  tenant: str | None = None) -> list[PodInterval]:
+    """A bound pod's intervals, one per requested resource; `ended_at`: when Kiln saw it end."""
+    meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
+    node, start = spec.get("nodeName"), pod_started_at(pod)
+    if not node or start is None:
+        return []  # not holding anything yet
+    finished = (pod.get("status") or {}).get("phase") in TERMINAL_PHASES
+    end = (pod_finished_at(pod) if finished else None) or ended_at
+    end = None if end is None else max(end, start)
+    limits = effective_resources(spec, "limits")
+    return [PodInterval(meta.get("namespace", ""), meta.get("name", ""), meta.get("uid", ""), node, resource,
+                        quantity, limits.get(resource), start, end, tenant)
+            for resource, quantity in effective_resources(spec, "requests").items()]
+
+
+def interval_sample(interval: PodInterval, ts: datetime) -> Sample:
+    """The `kiln_k8s_pod_allocation` sample carrying one interval (exact values in labels)."""
+    labels = {
+        "namespace": interval.namespace, "tenant": interval.tenant or "", "pod": interval.pod,
+        "pod_uid": interval.pod_uid, "node": interval.node or "", "resource": interval.resource,
+        "quantity": format(interval.quantity.normalize(), "f"),
+        "limit": "" if interval.limit is None else format(interval.limit.normalize(), "f"),
+        "starts_at": interval.starts_at.isoformat(), "ends_at": interval.ends_at.isoformat() if interval.ends_at else "",
+    }
+    return Sample(SOURCE, interval.namespace, ALLOCATION_METRIC, float(interval.quantity),
+                  RESOURCES[interval.resource][1], labels, ts)
+
+
+def describe_api_error(exc: BaseException, host: str) -> str:
+    """A readable one-line reason for a failed Kubernetes API call."""
+    if isinstance(exc, ApiException):
+        try:
+            message = str((json.loads(exc.body or "") or {}).get("message") or "")
+        except (ValueError, AttributeError):
+            message = ""
+        if exc.status == 401:
+            return f"Kubernetes API {host} rejected the credentials (401 Unauthorized): the token is invalid or expired"
+        if exc.status == 403:
+            return f"Kubernetes API {host} refused access (403 Forbidden): {message or exc.reason}"
+        if not exc.status:  # TLS and other client-side failures
+            return f"Kubernetes API {host}: " + " ".join(str(exc.reason or exc).split())
+        return f"Kubernetes API {host} answered HTTP {exc.status} {exc.reason or ''}".rstrip() + \
+            (f": {message}" if message else "")
+    if isinstance(exc, urllib3.exceptions.HTTPError):
+        reason = getattr(exc, "reason", None) or exc
+        return f"cannot reach Kubernetes API {host}: {reason}"
+    return f"Kubernetes API {host}: unreadable answer: {exc}"
+
+
+def _timed_out(exc: BaseException) -> bool:
+    return any(isinstance(e, urllib3.exceptions.TimeoutError) for e in (exc, getattr(exc, "reason", None)))
+
+
+class KubernetesCollector:
+    """Nodes, tenant namespaces and pod allocation intervals of one cluster, list-then-watch."""
+
+    name = SOURCE
+
+    def __init__(self, core: k8s.CoreV1Api, *, tenant_label: str = "kiln.io/tenant", watch_seconds: int = 1,
+                 page_size: int = 500, request_timeout: float = 30.0,
+                 ended_retention: timedelta = timedelta(hours=1),
+                 clock: Callable[[], datetime] = utcnow) -> None:
+        self.core, self.tenant_label, self.clock = core, tenant_label, clock
+        self.watch_seconds, self.page_size, self.request_timeout = watch_seconds, page_size, request_timeout
+        self.ended_retention = ended_retention
+        self.target = core.api_client.configuration.host
+        self.resource_versions: dict[str, str | None] = dict.fromkeys(KINDS)
+        self.calls: Counter[tuple[str, str]] = Counter()  # ("list"|"watch"|"gone", kind) -> count
+        self._nodes: dict[str, dict[str, Any]] = {}
+        self._namespaces: dict[str, dict[str, Any]] = {}
+        self._pods: dict[str, _TrackedPod] = {}
+        self._healthy = True
+
+    def collect(self) -> list[TargetResult]:
+        """Bring the cluster view up to date (list or watch) and report it as samples."""
+        started = time.monotonic()
+        try:
+            with ThreadPoolExecutor(len(KINDS), thread_name_prefix="kiln-k8s") as pool:
+                for _ in pool.map(self._sync, KINDS):
+                    pass
+            samples = self._samples(self.clock())
+        except (ApiException, urllib3.exceptions.HTTPError, ValueError, KeyError, TypeError) as exc:
+            reason = describe_api_error(exc, self.target)
+            self._transition(False, reason)
+            return [TargetResult(self.target, ok=False, error=reason, seconds=time.monotonic() - started,
+                                 timed_out=_timed_out(exc))]
+        self._transition(True, "")
+        return [TargetResult(self.target, ok=True, samples=samples, seconds=time.monotonic() - started)]
+
+    def intervals(self) -> list[PodInterval]:
+        """Every interval the collector currently knows (live pods and recently deleted ones)."""
+        out = []
+        for tracked in self._pods.values():
+            meta = tracked.raw.get("metadata") or {}
+            namespace = self._namespaces.get(meta.get("namespace", "")) or {}
+            tenant = ((namespace.get("metadata") or {}).get("labels") or {}).get(self.tenant_label)
+            ended = tracked.terminal_seen_at or tracked.deleted_at
+            out.extend(pod_intervals(tracked.raw, ended_at=ended, tenant=tenant))
+        return out
+
+    def close(self) -> None:
+        """Close the API client's connections."""
+        self.core.api_client.close()
+
+    def _sync(self, kind: str) -> None:
+        since = self.resource_versions[kind]
+        if since is None:
+            self._list(kind)
+            return
+        try:
+            self._watch(kind, since)
+        except (ResourceExpired, ApiException) as exc:
+            if isinstance(exc, ApiException) and exc.status != 410:
+                raise
+            self._gone(kind)
+
+    def _gone(self, kind: str) -> None:
+        self.calls[("gone", kind)] += 1
+        log.info("Kubernetes: %s watch expired (410 Gone); listing again", kind)
+        self._list(kind)
+
+    def _list(self, kind: str) -> None:
+        self.calls[("list", kind)] += 1
+        items: list[dict[str, Any]] = []
+        token, version = None, None
+        while True:
+            resp = getattr(self.core, LISTERS[kind])(limit=self.page_size, _continue=token, _preload_content=False,
+                                                     _request_timeout=self.request_timeout)
+            try:
+                page = json.loads(resp.data)
+            finally:
+                resp.release_conn()
+            items.extend(page.get("items") or [])
+            version = page["metadata"].get("resourceVersion")
+            token = page["metadata"].get("continue")
+            if not token:
+                break
+        now = self.clock()
+        if kind == "pods":
+            seen: dict[str, _TrackedPod] = {}
+            for raw in items:
+                uid = raw["metadata"]["uid"]
+                seen[uid] = self._pods.get(uid) or _TrackedPod(raw)
+                self._update_pod(seen[uid], raw, now)
+            for uid, gone in self._pods.items():  # deleted while we were not watching
+                if uid not in seen:
+                    gone.deleted_at = gone.deleted_at or now
+                    seen[uid] = gone
+            self._pods = seen
+        else:
+            setattr(self, f"_{kind}", {raw["metadata"]["name"]: raw for raw in items})
+        self.resource_versions[kind] = version
+
+    def _watch(self, kind: str, since: str) -> None:
+        self.calls[("watch", kind)] += 1
+        resp = getattr(self.core, LISTERS[kind])(
+            watch=True, resource_version=since, allow_watch_bookmarks=True, timeout_seconds=self.watch_seconds,
+            _preload_content=False, _request_timeout=(self.request_timeout, self.watch_seconds + self.request_timeout))
+        try:
+            for line in iter_resp_lines(resp):
+                if line.strip():
+                    self._apply(kind, json.loads(line))
+        finally:
+            resp.close()
+            resp.release_conn()
+
+    def _apply(self, kind: str, event: Mapping[str, Any]) -> None:
+        kind_of_event, raw = event.get("type"), event.get("object") or {}
+        if kind_of_event == "ERROR":
+            if raw.get("code") == 410:
+                raise ResourceExpired(raw.get("message"))
+            raise ApiException(status=raw.get("code"), reason=raw.get("message"))
+        meta = raw.get("metadata") or {}
+        now = self.clock()
+        if kind_of_event in ("ADDED", "MODIFIED", "DELETED"):
+            if kind == "pods":
+                tracked = self._pods.setdefault(meta["uid"], _TrackedPod(raw))
+                self._update_pod(tracked, raw, now)
+                if kind_of_event == "DELETED":
+                    tracked.deleted_at = tracked.deleted_at or now
+            else:
+                objects = getattr(self, f"_{kind}")
+                if kind_of_event == "DELETED":
+                    objects.pop(meta["name"], None)
+                else:
+                    objects[meta["name"]] = raw
+        if meta.get("resourceVersion"):
+            self.resource_versions[kind] = meta["resourceVersion"]
+
+    @staticmethod
+    def _update_pod(tracked: _TrackedPod, raw: dict[str, Any], now: datetime) -> None:
+        tracked.raw = raw
+        if (raw.get("status") or {}).get("phase") in TERMINAL_PHASES and tracked.terminal_seen_at is None:
+            tracked.terminal_seen_at = now
+
+    def _samples(self, now: datetime) -> list[Sample]:
+        cutoff = now - self.ended_retention
+        self._pods = {uid: p for uid, p in self._pods.items() if p.deleted_at is None or p.deleted_at >= cutoff}
+        out: list[Sample] = []
+        for name, node in self._nodes.items():
+            out.extend(node_samples(name, node, now))
+        for name, namespace in self._namespaces.items():
+            tenant = ((namespace.get("metadata") or {}).get("labels") or {}).get(self.tenant_label) or ""
+            out.append(Sample(SOURCE, name, "kiln_k8s_namespace_tenant", 1.0, "info",
+                              {"namespace": name, "tenant": tenant}, now))
+        out.extend(interval_sample(interval, now) for interval in self.intervals())
+        out.append(Sample(SOURCE, self.target, TRACKED_METRIC, float(len(self._pods)), "count", {}, now))
+        return out
+
+    def _transition(self, healthy: bool, reason: str) -> None:
+        """Log when the API starts failing and when it recovers, not on every cycle."""
+        if self._healthy != healthy:
+            if healthy:
+                log.info("Kubernetes: %s answers again", self.target)
+            else:
+                log.warning("Kubernetes: %s failed: %s", self.target, reason)
+        self._healthy = healthy
+
+
+def node_samples(name: str, node: Mapping[str, Any], ts: datetime) -> list[Sample]:
+    """kube-state-metrics-style capacity, allocatable, condition and unschedulable samples of one node."""
+    status, out = node.get("status") or {}, []
+    for metric, key in (("kube_node_status_capacity", "capacity"), ("kube_node_status_allocatable", "allocatable")):
+        amounts = status.get(key) or {}
+        for resource, (unit_label, unit) in RESOURCES.items():
+            if resource in amounts:
+                labels = {"resource": resource.replace(".", "_").replace("/", "_"), "unit": unit_label}
+                out.append(Sample(SOURCE, name, metric, float(parse_quantity(amounts[resource])), unit, labels, ts))
+    for condition in status.get("conditions") or []:
+        current = str(condition.get("status", "Unknown")).lower()
+        for value in CONDITION_STATUSES:
+            labels = {"condition": condition.get("type", ""), "status": value}
+            out.append(Sample(SOURCE, name, "kube_node_status_condition", float(current == value), "state", labels, ts))
+    unschedulable = bool((node.get("spec") or {}).get("unschedulable"))
+    out.append(Sample(SOURCE, name, "kube_node_spec_unschedulable", float(unschedulable), "state", {}, ts))
+    return out
+
+
+def build(settings: Settings) -> KubernetesCollector | None:
+    """The collector for the cluster in `KILN_KUBECONFIG`, or None when that is unset."""
+    if not settings.kubeconfig:
+        return None
+    configuration = k8s.Configuration()
+    try:
+        k8s_config.load_kube_config(config_file=settings.kubeconfig, client_configuration=configuration)
+    except (ConfigException, OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"KILN_KUBECONFIG {settings.kubeconfig}: cannot load it: {exc}") from None
+    configuration.retries = 1  # fail fast: the next cycle tries again
+    return KubernetesCollector(k8s.CoreV1Api(k8s.ApiClient(configuration)), tenant_label=settings.kube_tenant_label)
