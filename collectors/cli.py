@@ -22,7 +22,8 @@ collect_app = typer.Typer(help="Run collectors by hand (the worker runs them on 
 
 # what each collector needs before it can run, for the error when it is not configured
 REQUIREMENTS = {"ipmi": "", "dcgm": "KILN_PROMETHEUS_URL", "rocm": "KILN_PROMETHEUS_URL",
-                "kubernetes": "KILN_KUBECONFIG", "opencost": "KILN_OPENCOST_URL"}
+                "kubernetes": "KILN_KUBECONFIG", "opencost": "KILN_OPENCOST_URL",
+                "dcgm-exporter": "KILN_DCGM_EXPORTER_URLS", "rocm-exporter": "KILN_ROCM_EXPORTER_URLS"}
 
 
 @collect_app.command("once")

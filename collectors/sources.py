@@ -20,10 +20,11 @@ from sqlmodel import Session, select
 from collectors import kubernetes, opencost
 from collectors.base import Collector, TargetResult
 from collectors.cluster_store import persist_kubernetes, persist_opencost
-from collectors.dcgm import DcgmCollector
+from collectors.dcgm import DCGM, DcgmCollector
+from collectors.exporter_scrape import ExporterScrapeCollector
 from collectors.ipmi import IpmiCollector, IpmiTarget
 from collectors.prometheus import PrometheusClient
-from collectors.rocm import RocmCollector
+from collectors.rocm import ROCM, RocmCollector
 from fleet.bmc import parse_bmc_address
 from fleet.models import Node
 from kiln.security import SecretBox
@@ -98,20 +99,25 @@ class IpmiSource:
             self._collector = None
 
 
-def single_target_source(collector: Collector, interval: int, persist: Persist | None = None, *,
-                         target: str | None = None) -> Source:
-    """A collector with one target (a Prometheus query, an API server): no sharing to do."""
-    name = target or collector.target
-
-    def collect(_names: Sequence[str], progress: Progress | None) -> list[TargetResult]:
-        results = collector.collect()
+def _reporting(collect: Callable[[Sequence[str]], list[TargetResult]]
+               ) -> Callable[[Sequence[str], Progress | None], list[TargetResult]]:
+    """`collect(names)` that also reports each result to the progress callback."""
+    def run(names: Sequence[str], progress: Progress | None) -> list[TargetResult]:
+        results = collect(names)
         for result in results:
             if progress:
                 progress(result)
         return results
 
-    return Source(collector.name, interval, lambda _session: [name], collect, persist,
-                  getattr(collector, "close", lambda: None))
+    return run
+
+
+def single_target_source(collector: Collector, interval: int, persist: Persist | None = None, *,
+                         target: str | None = None) -> Source:
+    """A collector with one target (a Prometheus query, an API server): no sharing to do."""
+    name = target or collector.target
+    return Source(collector.name, interval, lambda _session: [name], _reporting(lambda _names: collector.collect()),
+                  persist, getattr(collector, "close", lambda: None))
 
 
 def build_sources(settings: Settings, engine: Engine, box: SecretBox) -> dict[str, Source]:
@@ -128,6 +134,11 @@ def build_sources(settings: Settings, engine: Engine, box: SecretBox) -> dict[st
         collector = module.build(settings)
         if collector is not None:
             sources[collector.name] = single_target_source(collector, interval, persist)
+    for urls, table in ((settings.dcgm_exporter_urls, DCGM), (settings.rocm_exporter_urls, ROCM)):
+        if urls:
+            scrape = ExporterScrapeCollector([u.strip() for u in urls.split(",") if u.strip()], table)
+            sources[scrape.name] = Source(scrape.name, settings.gpu_interval, lambda _s, c=scrape: list(c.urls),
+                                          _reporting(lambda names, c=scrape: c.collect(names)), close=scrape.close)
     if settings.prometheus_url:
         client = PrometheusClient(settings.prometheus_url)
         lookback = timedelta(seconds=max(300, 3 * settings.prometheus_scrape_interval))
