@@ -1,0 +1,185 @@
+"""The node table (AG Grid) and its bulk actions, with live per-node progress.
+
+Starting an action is what `POST /api/v1/nodes/actions` does: `fleet.operations.plan_action`
+records one operation per selected node in the caller's transaction (infra admins only;
+bad parameters are explained next to their field), then each operation is handed to the
+process's `FleetRuntime` pool to run through its driver. A polling interval then reads
+the operations back (only on nodes the caller may see, as `GET /api/v1/operations`
+does) until every node has finished, and refreshes the table.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dash
+import dash_ag_grid as dag
+from dash import Input, Output, State, dcc, html, no_update
+from sqlmodel import col, select
+
+from dashboards.context import console_context, current_principal, db_session
+from dashboards.fleet_data import node_rows
+from fleet.models import Node, Operation
+from fleet.nodes import list_nodes, visible
+from fleet.operations import ActionParams, OpStatus, plan_action
+from fleet.operations import to_public as operations_public
+from fleet.provisioning.actions import Action
+from fleet.runtime import runtime_of
+from kiln.errors import KilnError, ValidationFailed
+
+BULK_ACTIONS = {
+    Action.POWER_ON: "Power on",
+    Action.POWER_OFF: "Power off",
+    Action.MAINTENANCE_ON: "Maintenance on",
+    Action.MAINTENANCE_OFF: "Maintenance off",
+    Action.PROVIDE: "Provide (clean → available)",
+    Action.DEPLOY: "Deploy an image",
+}
+FIELD_IDS = {"image_url": "bulk-image-url", "image_checksum": "bulk-image-checksum", "reason": "bulk-reason"}
+FINISHED = {OpStatus.SUCCEEDED.value, OpStatus.FAILED.value}
+POLL_MS = 600
+
+COLUMNS = [
+    {"field": "link", "headerName": "Node", "cellRenderer": "markdown", "minWidth": 150, "pinned": "left"},
+    {"field": "provision_state", "headerName": "Provision state"},
+    {"field": "power_state", "headerName": "Power"},
+    {"field": "maintenance", "headerName": "Maint."},
+    {"field": "health", "headerName": "Health"},
+    {"field": "power_watts", "headerName": "Power (W)", "filter": "agNumberColumnFilter", "type": "numericColumn"},
+    {"field": "max_temp_c", "headerName": "Max temp (°C)", "filter": "agNumberColumnFilter", "type": "numericColumn"},
+    {"field": "gpus", "headerName": "GPUs", "filter": "agNumberColumnFilter", "type": "numericColumn"},
+    {"field": "gpu_model", "headerName": "GPU model"},
+    {"field": "rack", "headerName": "Rack"},
+    {"field": "tenant", "headerName": "Leased to"},
+    {"field": "last_error", "headerName": "Last error", "tooltipField": "last_error"},
+]
+
+
+def grid_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Node rows with a markdown link to each node's page."""
+    return [{**row, "link": f"[{row['name']}](/nodes/{row['name']})"} for row in rows]
+
+
+def node_grid(rows: list[dict[str, Any]]) -> html.Div:
+    """The sortable, filterable node table with multi-row selection."""
+    grid = dag.AgGrid(
+        id="node-grid",
+        rowData=grid_rows(rows),
+        columnDefs=COLUMNS,
+        defaultColDef={"sortable": True, "filter": True, "floatingFilter": True, "resizable": True, "minWidth": 90},
+        getRowId="params.data.name",
+        dashGridOptions={
+            "rowSelection": {"mode": "multiRow", "checkboxes": True, "headerCheckbox": True, "enableClickSelection": False},
+            "pagination": True, "paginationPageSize": 50, "animateRows": False,
+        },
+        columnSize="responsiveSizeToFit",
+        style={"height": "460px"},
+        className="ag-theme-quartz",
+    )
+    return html.Div(grid, className="grid-wrap")
+
+
+def action_panel() -> html.Div:
+    """Action chooser, its parameters with room for per-field errors, and the progress area."""
+    def field(label: str, name: str, placeholder: str) -> html.Div:
+        return html.Div([
+            html.Label(label, htmlFor=FIELD_IDS[name]),
+            dcc.Input(id=FIELD_IDS[name], type="text", placeholder=placeholder, debounce=True),
+            html.Div(id=f"{FIELD_IDS[name]}-error", className="field-error"),
+        ], className="field")
+
+    return html.Div([
+        html.Div([
+            html.Label("Action", htmlFor="bulk-action"),
+            dcc.Dropdown(id="bulk-action", options=[{"label": v, "value": k.value} for k, v in BULK_ACTIONS.items()],
+                         placeholder="Choose an action", clearable=False),
+        ], className="field"),
+        field("Image URL (deploy)", "image_url", "http://images/ubuntu-22.04.qcow2"),
+        field("Image checksum (deploy)", "image_checksum", "sha256:…"),
+        field("Reason (maintenance)", "reason", "fan replacement"),
+        html.Button("Run on selected nodes", id="bulk-run", n_clicks=0, className="button"),
+        html.Div(id="bulk-message", className="message", role="status"),
+        dcc.Store(id="bulk-operations"),
+        dcc.Interval(id="bulk-poll", interval=POLL_MS, disabled=True),
+        html.Div(id="bulk-progress"),
+    ], className="bulk-panel")
+
+
+def start_bulk(n_clicks: int, selected: list[dict] | None, action: str | None, image_url: str | None,
+               checksum: str | None, reason: str | None) -> tuple:
+    """Plan the action on the selected nodes and start it; explain bad input next to its field."""
+    no_errors = ("", "", "")
+    if not n_clicks:
+        return no_update, no_update, no_update, *no_errors
+    names = sorted(row["name"] for row in selected or [])
+    if not names:
+        return no_update, no_update, "Select at least one node in the table.", *no_errors
+    if not action:
+        return no_update, no_update, "Choose an action.", *no_errors
+    principal = current_principal()
+    params = ActionParams(image_url=image_url or None, image_checksum=checksum or None, reason=reason or None)
+    try:
+        with db_session() as session:
+            nodes = list_nodes(session, principal, names=names)
+            operations = plan_action(session, principal, nodes, Action(action), params)
+            ids = [o.id for o in operations]
+    except ValidationFailed as exc:
+        problem = exc.extensions["errors"][0]
+        hint = "Required to deploy: enter the image's URL and its checksum." if problem["field"].startswith("image") else problem["message"]
+        errors = {f: hint if f == problem["field"] else "" for f in FIELD_IDS}
+        return no_update, no_update, "Fix the field marked below.", errors["image_url"], errors["image_checksum"], errors["reason"]
+    except KilnError as exc:
+        return no_update, no_update, exc.detail, *no_errors
+    runtime = runtime_of(console_context().state)
+    for operation_id in ids:
+        runtime.pool.submit(runtime.runner.run, operation_id)
+    message = f"{BULK_ACTIONS[Action(action)]}: started on {len(ids)} node(s)."
+    return {"ids": ids}, False, message, *no_errors
+
+
+def _progress(operations: list) -> html.Div:
+    done = [o for o in operations if o.status in FINISHED]
+    failed = [o for o in done if o.status == OpStatus.FAILED.value]
+    summary = f"{len(done)} of {len(operations)} finished: {len(done) - len(failed)} succeeded, {len(failed)} failed"
+    rows = [
+        html.Tr([html.Td(o.node), html.Td(o.action), html.Td(o.status, className=f"status-{o.status}"),
+                 html.Td(o.result_state or "—"), html.Td(o.error or "")], id=f"op-{o.node}")
+        for o in sorted(operations, key=lambda o: o.node)
+    ]
+    return html.Div([
+        html.Progress(value=str(len(done)), max=str(len(operations)), id="bulk-progress-bar"),
+        html.P(summary, id="bulk-summary"),
+        html.Table([html.Thead(html.Tr([html.Th(h) for h in ("Node", "Action", "Status", "State", "Error")])),
+                    html.Tbody(rows)], className="table", id="bulk-results"),
+    ])
+
+
+def poll_bulk(_: int, store: dict | None) -> tuple:
+    """Show each node's operation; stop polling and refresh the table when all have finished."""
+    if not store or not store.get("ids"):
+        return no_update, True, no_update
+    principal = current_principal()
+    with db_session() as session:
+        statement = select(Operation).where(col(Operation.id).in_(store["ids"]))
+        statement = statement.where(col(Operation.node_id).in_(visible(select(Node.id), principal)))
+        operations = operations_public(session, session.exec(statement).all())
+        finished = all(o.status in FINISHED for o in operations)
+        rows = grid_rows(node_rows(session, principal)) if finished else no_update
+    return _progress(operations), finished, rows
+
+
+def register(app: dash.Dash) -> None:
+    """Register the bulk-action callbacks on the console app."""
+    app.callback(
+        Output("bulk-operations", "data"), Output("bulk-poll", "disabled", allow_duplicate=True),
+        Output("bulk-message", "children"), Output("bulk-image-url-error", "children"),
+        Output("bulk-image-checksum-error", "children"), Output("bulk-reason-error", "children"),
+        Input("bulk-run", "n_clicks"), State("node-grid", "selectedRows"), State("bulk-action", "value"),
+        State("bulk-image-url", "value"), State("bulk-image-checksum", "value"), State("bulk-reason", "value"),
+        prevent_initial_call=True,
+    )(start_bulk)
+    app.callback(
+        Output("bulk-progress", "children"), Output("bulk-poll", "disabled"), Output("node-grid", "rowData"),
+        Input("bulk-poll", "n_intervals"), State("bulk-operations", "data"),
+        prevent_initial_call=True,
+    )(poll_bulk)

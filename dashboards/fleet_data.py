@@ -1,0 +1,156 @@
+"""Data for the fleet overview: node rows, counts, power, heat, unreachable BMCs, XID errors.
+
+Every query over nodes goes through `fleet.nodes.visible()` (tenants see only the nodes
+they lease), so these functions are safe for any caller; the page itself is infra-admin.
+Health comes from the collectors' tables: `health_snapshot` (latest reading per series),
+`rollup_5m` (5-minute aggregates for charts) and `collector_target_state` (BMC reachability).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import Session, col, func, select
+
+from collectors.models import CollectorTargetState, HealthSnapshot, Rollup5m
+from fleet.models import Gpu, Node
+from fleet.nodes import list_nodes, visible
+from fleet.tenancy_models import Lease
+from fleet.usage import in_force
+from kiln.auth import Principal
+from kiln.db import utcnow
+from kiln.models import Tenant
+
+POWER_METRIC = "ipmi_dcmi_power_consumption_watts"
+TEMPERATURE_METRIC = "ipmi_temperature_celsius"
+TEMPERATURE_MAX_ROLLUP = "ipmi_temperature_celsius_max"
+GPU_UTIL_ROLLUP = "gpu_util_percent"
+XID_METRIC = "gpu_last_xid"
+IPMI_COLLECTOR = "ipmi"
+HEALTH_NAMES = {None: "unknown", 0: "ok", 1: "warning", 2: "critical"}
+
+
+@dataclass(frozen=True)
+class Point:
+    """One value of a chart series at a bucket's start."""
+
+    at: datetime
+    value: float
+
+
+def node_rows(session: Session, principal: Principal) -> list[dict[str, Any]]:
+    """One row per visible node for the node table: state, power, health, GPUs, lease holder."""
+    nodes = list_nodes(session, principal)
+    ids = [n.id for n in nodes]
+    gpus: dict[int, list[str]] = defaultdict(list)
+    for node_id, model in session.exec(select(Gpu.node_id, Gpu.model).where(col(Gpu.node_id).in_(ids))):
+        gpus[node_id].append(model)
+    watts = latest_values(session, ids, POWER_METRIC)
+    hottest = hottest_by_node(session, ids)
+    health = worst_state_by_node(session, ids)
+    holders = dict(session.exec(
+        select(Lease.node_id, Tenant.slug).join(Tenant, Tenant.id == Lease.tenant_id)
+        .where(in_force(utcnow()), col(Lease.node_id).in_(ids))
+    ).all())
+    return [
+        {
+            "name": n.name,
+            "provision_state": n.provision_state,
+            "power_state": n.power_state or "unknown",
+            "maintenance": "yes" if n.maintenance else "no",
+            "health": HEALTH_NAMES.get(health.get(n.id)),
+            "power_watts": watts.get(n.id),
+            "max_temp_c": hottest.get(n.id),
+            "gpus": len(gpus[n.id]),
+            "gpu_model": ", ".join(sorted(set(gpus[n.id]))) or "—",
+            "rack": n.rack or "—",
+            "resource_class": n.resource_class or "—",
+            "tenant": holders.get(n.id, "—") if principal.sees_all_tenants else "",
+            "last_error": (n.last_error or "") if principal.sees_all_tenants else "",
+        }
+        for n in nodes
+    ]
+
+
+def latest_values(session: Session, node_ids: list[int], metric: str) -> dict[int, float]:
+    """The newest value of an unlabelled node metric (e.g. DCMI watts) per node."""
+    rows = session.exec(
+        select(HealthSnapshot.node_id, HealthSnapshot.value)
+        .where(HealthSnapshot.metric == metric, HealthSnapshot.labels_key == "", col(HealthSnapshot.node_id).in_(node_ids))
+    ).all()
+    return {node_id: value for node_id, value in rows if value is not None}
+
+
+def hottest_by_node(session: Session, node_ids: list[int]) -> dict[int, float]:
+    """The hottest temperature sensor reading per node (°C)."""
+    rows = session.exec(
+        select(HealthSnapshot.node_id, func.max(HealthSnapshot.value))
+        .where(HealthSnapshot.metric == TEMPERATURE_METRIC, col(HealthSnapshot.node_id).in_(node_ids))
+        .group_by(HealthSnapshot.node_id)
+    ).all()
+    return {node_id: value for node_id, value in rows if value is not None}
+
+
+def worst_state_by_node(session: Session, node_ids: list[int]) -> dict[int, int]:
+    """The worst sensor state per node (0 ok, 1 warning, 2 critical); nodes without readings are absent."""
+    rows = session.exec(
+        select(HealthSnapshot.node_id, func.max(HealthSnapshot.state))
+        .where(col(HealthSnapshot.node_id).in_(node_ids), col(HealthSnapshot.state).is_not(None))
+        .group_by(HealthSnapshot.node_id)
+    ).all()
+    return {node_id: state for node_id, state in rows if state is not None}
+
+
+def counts(rows: list[dict[str, Any]], key: str) -> dict[str, int]:
+    """How many rows have each value of `key`, most common first."""
+    return dict(Counter(row[key] for row in rows).most_common())
+
+
+def fleet_power(session: Session, principal: Principal, start: datetime, end: datetime) -> list[Point]:
+    """Total DCMI power of the visible nodes per 5-minute bucket (sum of each node's bucket mean)."""
+    names = session.exec(visible(select(Node.name), principal)).all()
+    rows = session.exec(
+        select(Rollup5m.bucket, func.sum(Rollup5m.sum / Rollup5m.count))
+        .where(Rollup5m.metric == POWER_METRIC, col(Rollup5m.entity).in_(names),
+               Rollup5m.bucket >= start, Rollup5m.bucket < end, Rollup5m.count > 0)
+        .group_by(Rollup5m.bucket).order_by(Rollup5m.bucket)
+    ).all()
+    return [Point(bucket, round(float(watts), 1)) for bucket, watts in rows]
+
+
+def hottest_nodes(rows: list[dict[str, Any]], limit: int = 10) -> list[dict[str, Any]]:
+    """The `limit` node rows with the highest temperature reading."""
+    with_temp = [r for r in rows if r["max_temp_c"] is not None]
+    return sorted(with_temp, key=lambda r: r["max_temp_c"], reverse=True)[:limit]
+
+
+def unreachable_bmcs(session: Session, principal: Principal) -> list[CollectorTargetState]:
+    """IPMI targets whose last poll failed (infra admins only: BMCs are not tenant data)."""
+    if not principal.sees_all_tenants:
+        return []
+    statement = (
+        select(CollectorTargetState)
+        .where(CollectorTargetState.collector == IPMI_COLLECTOR, col(CollectorTargetState.up).is_(False))
+        .order_by(col(CollectorTargetState.consecutive_failures).desc(), CollectorTargetState.target)
+    )
+    return list(session.exec(statement).all())
+
+
+def gpus_with_xid(session: Session, principal: Principal) -> list[dict[str, Any]]:
+    """GPUs of visible nodes whose last XID error code is non-zero, newest first."""
+    node_names = dict(session.exec(visible(select(Node.id, Node.name), principal)).all())
+    rows = session.exec(
+        select(HealthSnapshot, Gpu.index, Gpu.model)
+        .join(Gpu, Gpu.uuid == HealthSnapshot.entity, isouter=True)
+        .where(HealthSnapshot.metric == XID_METRIC, HealthSnapshot.value > 0,
+               col(HealthSnapshot.node_id).in_(list(node_names)))
+        .order_by(col(HealthSnapshot.observed_at).desc())
+    ).all()
+    return [
+        {"node": node_names[s.node_id], "gpu": s.entity, "index": index, "model": model or "—",
+         "xid": int(s.value), "observed_at": s.observed_at}
+        for s, index, model in rows
+    ]

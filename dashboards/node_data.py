@@ -1,0 +1,118 @@
+"""Data for a node's page: facts and GPUs, sensors with their states, history, events, lease.
+
+The node is looked up with `fleet.nodes.get_node_by_name` (visible nodes only) and shaped
+with `fleet.nodes.to_public`, so tenants get exactly what the API gives them (no BMC
+address, user, backend id or backend errors). Tenants see the node's events from the start
+of their current lease only (its start, or when it was recorded if later), without actors:
+earlier lines belong to earlier holders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from collectors.models import HealthSnapshot, Rollup5m
+from dashboards.fleet_data import (
+    GPU_UTIL_ROLLUP,
+    POWER_METRIC,
+    TEMPERATURE_MAX_ROLLUP,
+    Point,
+)
+from fleet import leases as lease_service
+from fleet.models import NodeEvent
+from fleet.nodes import get_node_by_name, to_public
+from fleet.schemas import NodePublic
+from fleet.tenancy_schemas import LeasePublic
+from kiln.auth import Principal
+
+STATE_NAMES = {None: "no thresholds", 0: "ok", 1: "warning", 2: "critical"}
+SENSOR_SOURCES = ("ipmi", "redfish", "dcgm", "rocm")
+
+
+@dataclass
+class NodeDetail:
+    """Everything the node page shows."""
+
+    node: NodePublic
+    lease: LeasePublic | None
+    sensors: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+def node_detail(session: Session, principal: Principal, name: str, event_limit: int = 50) -> NodeDetail:
+    """The node called `name` as the caller may see it; NotFound when it may not."""
+    node = get_node_by_name(session, principal, name)
+    public = to_public(session, principal, [node])[0]
+    leases = lease_service.list_leases(session, principal, node_id=node.id, active=True)
+    lease = lease_service.to_public(session, leases[:1])[0] if leases else None
+    return NodeDetail(public, lease, sensors(session, node.id, public), events(session, principal, node.id, lease, event_limit))
+
+
+def sensors(session: Session, node_id: int, node: NodePublic) -> list[dict[str, Any]]:
+    """The node's and its GPUs' latest readings, worst state first, with units and states."""
+    uuids = [g.uuid for g in node.gpus if g.uuid]
+    statement = select(HealthSnapshot).where(
+        (HealthSnapshot.node_id == node_id) | col(HealthSnapshot.entity).in_(uuids),
+        col(HealthSnapshot.unit).not_in(["info", "state"]),
+    )
+    rows = session.exec(statement).all()
+    out = [
+        {
+            "entity": "node" if s.entity == node.name else s.entity,
+            "sensor": s.labels.get("name") or s.metric,
+            "metric": s.metric,
+            "value": s.value,
+            "unit": s.unit,
+            "state": STATE_NAMES.get(s.state, str(s.state)),
+            "state_code": s.state,
+            "observed_at": s.observed_at,
+        }
+        for s in rows
+    ]
+    return sorted(out, key=lambda r: (-(r["state_code"] if r["state_code"] is not None else -1), r["entity"], r["sensor"]))
+
+
+def events(
+    session: Session, principal: Principal, node_id: int, lease: LeasePublic | None, limit: int
+) -> list[dict[str, Any]]:
+    """The node's history, newest first; for tenants only since their lease began, without actors."""
+    statement = select(NodeEvent).where(NodeEvent.node_id == node_id).order_by(col(NodeEvent.id).desc()).limit(limit)
+    if not principal.sees_all_tenants:
+        if lease is None:
+            return []
+        # From when the lease both began and was recorded: a backdated lease must not reveal the
+        # lines written while the node was still another tenant's.
+        statement = statement.where(NodeEvent.at >= max(lease.starts_at, lease.created_at))
+    return [
+        {"at": e.at, "kind": e.kind, "message": e.message, "actor": e.actor if principal.sees_all_tenants else ""}
+        for e in session.exec(statement).all()
+    ]
+
+
+def series(session: Session, entities: list[str], metric: str, start: datetime, end: datetime,
+           *, peak: bool = False) -> dict[str, list[Point]]:
+    """Per-entity 5-minute series of a rolled-up metric: bucket mean, or bucket maximum with `peak`."""
+    rows = session.exec(
+        select(Rollup5m)
+        .where(Rollup5m.metric == metric, col(Rollup5m.entity).in_(entities), Rollup5m.bucket >= start,
+               Rollup5m.bucket < end, Rollup5m.count > 0)
+        .order_by(Rollup5m.entity, Rollup5m.bucket)
+    ).all()
+    out: dict[str, list[Point]] = {e: [] for e in entities}
+    for r in rows:
+        out[r.entity].append(Point(r.bucket, round(r.max if peak else r.sum / r.count, 2)))
+    return out
+
+
+def history(session: Session, node: NodePublic, start: datetime, end: datetime) -> dict[str, dict[str, list[Point]]]:
+    """Power (W), hottest sensor (°C) and GPU utilisation (%) of a node over [start, end)."""
+    uuids = [g.uuid for g in node.gpus if g.uuid]
+    return {
+        "power": series(session, [node.name], POWER_METRIC, start, end),
+        "temperature": series(session, [node.name], TEMPERATURE_MAX_ROLLUP, start, end, peak=True),
+        "gpu_util": series(session, uuids, GPU_UTIL_ROLLUP, start, end) if uuids else {},
+    }

@@ -1,0 +1,106 @@
+"""Fleet overview (infra admins): states and health, power now and over time, hottest nodes,
+unreachable BMCs, GPUs with XID errors, and the node table with bulk actions."""
+
+from __future__ import annotations
+
+import dash
+import plotly.graph_objects as go
+from dash import Input, Output, dcc, html
+
+from dashboards import bulk
+from dashboards.components import (
+    allowed,
+    forbidden,
+    range_bounds,
+    range_picker,
+    section,
+    stat,
+    table,
+    when,
+)
+from dashboards.context import current_principal, db_session
+from dashboards.figures import bars, time_series
+from dashboards.fleet_data import (
+    counts,
+    fleet_power,
+    gpus_with_xid,
+    hottest_nodes,
+    node_rows,
+    unreachable_bmcs,
+)
+from kiln.roles import Role
+
+PATH = "/fleet"
+ROLES = (Role.INFRA_ADMIN,)
+HEALTH_COLORS = {"ok": "#6a994e", "warning": "#e09f3e", "critical": "#9e2a2b", "unknown": "#999999"}
+
+
+def layout(**_: str) -> html.Div:
+    """The page, filled for the signed-in infra admin (a 403 panel for anyone else)."""
+    principal = current_principal()
+    if not allowed(principal, ROLES):
+        return forbidden(principal, "The fleet overview")
+    with db_session() as session:
+        rows = node_rows(session, principal)
+        bmcs = unreachable_bmcs(session, principal)
+        xids = gpus_with_xid(session, principal)
+    states, health = counts(rows, "provision_state"), counts(rows, "health")
+    watts = [r["power_watts"] for r in rows if r["power_watts"] is not None]
+    hot = hottest_nodes(rows)
+    return html.Div([
+        html.Div([html.H1("Fleet overview"), range_picker("fleet-range")], className="page-head"),
+        html.Div([
+            stat("nodes", len(rows), "stat-nodes"),
+            stat("active", states.get("active", 0), "stat-active"),
+            stat("power now", f"{sum(watts) / 1000:.1f} kW" if watts else "no reading", "stat-power"),
+            stat("BMCs unreachable", len(bmcs), "stat-bmcs", "bad" if bmcs else ""),
+            stat("GPUs with XID errors", len(xids), "stat-xid", "bad" if xids else ""),
+        ], className="stats"),
+        html.Div([
+            dcc.Graph(id="fleet-states", figure=bars(
+                "Nodes by provision state", "provision state", "nodes", list(states), list(states.values()),
+                empty_reason="No nodes are enrolled yet: import some with `kiln nodes import`.")),
+            dcc.Graph(id="fleet-health", figure=bars(
+                "Nodes by sensor health", "worst sensor state", "nodes", list(health), list(health.values()),
+                colors=[HEALTH_COLORS.get(h, "#999") for h in health],
+                empty_reason="No nodes are enrolled yet.")),
+        ], className="grid-2"),
+        html.Div([
+            dcc.Graph(id="fleet-power"),
+            dcc.Graph(id="fleet-hottest", figure=bars(
+                "Hottest nodes", "hottest sensor (°C)", "node", [r["name"] for r in hot], [r["max_temp_c"] for r in hot],
+                horizontal=True, empty_reason="No temperature readings: the IPMI collector has not polled any BMC yet.")),
+        ], className="grid-2"),
+        html.Div([
+            section("BMCs unreachable", table(
+                ("target", "failures in a row", "last success", "last error"),
+                [(b.target, b.consecutive_failures, when(b.last_success_at), b.last_error or "") for b in bmcs],
+                empty="Every polled BMC answered its last poll.", element_id="bmc-table")),
+            section("GPUs with XID errors", table(
+                ("node", "GPU", "model", "last XID", "seen"),
+                [(x["node"], x["gpu"] if x["index"] is None else f"#{x['index']} {x['gpu']}", x["model"], x["xid"],
+                  when(x["observed_at"])) for x in xids],
+                empty="No GPU has reported an XID error.", element_id="xid-table")),
+        ], className="grid-2"),
+        section("Nodes", html.P("Select nodes, choose an action, run it: each node's result appears below.",
+                                className="hint"), bulk.node_grid(rows), bulk.action_panel(), element_id="nodes"),
+    ])
+
+
+def power_figure(choice: str | None) -> go.Figure:
+    """Fleet power over the chosen range, from the 5-minute rollups."""
+    principal = current_principal()
+    start, end = range_bounds(choice)
+    with db_session() as session:
+        points = fleet_power(session, principal, start, end) if allowed(principal, ROLES) else []
+    return time_series(
+        "Fleet power draw", "power (W)", {"all nodes": [(p.at, p.value) for p in points]},
+        empty_reason="No DCMI power readings in this range: is the IPMI collector running (kiln worker)?",
+    )
+
+
+def register(app: dash.Dash) -> None:
+    """Register the page and its callbacks on the console app."""
+    dash.register_page(__name__, path=PATH, name="Fleet", title="Fleet — Kiln", layout=layout, order=1)
+    app.callback(Output("fleet-power", "figure"), Input("fleet-range", "value"))(power_figure)
+    bulk.register(app)

@@ -1,0 +1,114 @@
+"""Node detail: hardware facts and GPUs, sensors with their states, power and temperature
+history, provisioning events and the current lease. Tenants see only nodes they lease."""
+
+from __future__ import annotations
+
+import dash
+from dash import Input, Output, State, dcc, html
+
+from dashboards.components import (
+    range_bounds,
+    range_picker,
+    section,
+    table,
+    when,
+)
+from dashboards.context import current_principal, db_session
+from dashboards.figures import empty_figure, time_series
+from dashboards.node_data import history, node_detail
+from fleet.nodes import get_node_by_name, to_public
+from fleet.schemas import NodePublic
+from kiln.errors import NotFound
+
+PATH_TEMPLATE = "/nodes/<name>"
+
+
+def _value(value: float | None, unit: str) -> str:
+    return "no reading" if value is None else f"{value:g} {unit}"
+
+
+def _facts(node: NodePublic) -> html.Div:
+    facts = node.facts or {}
+    rows = [
+        ("provision state", node.provision_state), ("power", node.power_state or "unknown"),
+        ("maintenance", f"yes — {node.maintenance_reason or 'no reason given'}" if node.maintenance else "no"),
+        ("provisioner", node.provisioner), ("resource class", node.resource_class or "—"), ("rack", node.rack or "—"),
+        ("tags", ", ".join(node.tags) or "—"), ("CPU", f"{facts.get('cpu_model', '—')} ({facts.get('cpu_cores', '?')} cores)"),
+        ("memory", f"{facts['ram_mib'] / 1024:.0f} GiB" if facts.get("ram_mib") else "—"),
+    ]
+    if node.bmc_address:  # infra admins only (to_public blanks it for tenants)
+        rows.append(("BMC", f"{node.bmc_address} as {node.bmc_username or '—'}"))
+    if node.last_error:
+        rows.append(("last backend error", node.last_error))
+    return table(("fact", "value"), rows, empty="", element_id="node-facts")
+
+
+def _events(events: list[dict], with_actor: bool) -> html.Div:
+    columns = ("when", "kind", "message", "by") if with_actor else ("when", "kind", "message")
+    rows = [(when(e["at"]), e["kind"], e["message"], e["actor"])[: len(columns)] for e in events]
+    return table(columns, rows, empty="No events (tenants see those since their lease began).", element_id="node-events")
+
+
+def layout(name: str | None = None, **_: str) -> html.Div:
+    """The node's page, or a not-found panel when the caller may not see it."""
+    principal = current_principal()
+    try:
+        with db_session() as session:
+            detail = node_detail(session, principal, name or "")
+    except NotFound:
+        return html.Div([html.H1("Node not found", id="node-missing"),
+                         html.P(f"There is no node called {name!r} that you can see."), html.A("Back", href="/")])
+    node, lease = detail.node, detail.lease
+    gpus = [(g.index, g.model, g.vendor, g.uuid or "—", f"{g.memory_mib / 1024:.0f} GiB" if g.memory_mib else "—")
+            for g in node.gpus]
+    lease_text = (f"Leased to {lease.tenant} through VDC {lease.vdc or '—'} since {when(lease.starts_at)}"
+                  + (f" until {when(lease.ends_at)}" if lease.ends_at else " (open-ended)")) if lease else "Not leased now."
+    return html.Div([
+        dcc.Store(id="node-name", data=node.name),
+        html.Div([html.H1(node.name, id="node-title"), range_picker("node-range")], className="page-head"),
+        html.P(lease_text, id="node-lease", className="lead"),
+        html.Div([
+            section("Hardware", _facts(node)),
+            section("GPUs", table(("#", "model", "vendor", "UUID", "memory"), gpus, empty="This node has no GPUs recorded.",
+                                  element_id="node-gpus")),
+        ], className="grid-2"),
+        html.Div([dcc.Graph(id="node-power"), dcc.Graph(id="node-temperature")], className="grid-2"),
+        dcc.Graph(id="node-gpu-util"),
+        section("Sensors", table(
+            ("entity", "sensor", "value", "state", "read at"),
+            [(s["entity"], s["sensor"], _value(s["value"], s["unit"]), html.Span(s["state"], className=f"state-{s['state_code']}"),
+              when(s["observed_at"])) for s in detail.sensors],
+            empty="No sensor readings: the IPMI collector has not polled this node's BMC yet.", element_id="node-sensors")),
+        section("Events", _events(detail.events, with_actor=principal.sees_all_tenants)),
+    ])
+
+
+def history_figures(choice: str | None, name: str | None) -> tuple:
+    """Power, hottest sensor and GPU utilisation of the node over the chosen range."""
+    principal = current_principal()
+    start, end = range_bounds(choice)
+    with db_session() as session:
+        try:
+            node = to_public(session, principal, [get_node_by_name(session, principal, name or "")])[0]
+        except NotFound:
+            missing = empty_figure("History", "This node is not visible to you.")
+            return missing, missing, missing
+        data = history(session, node, start, end)
+    power = time_series("Power draw (DCMI)", "power (W)", {n: [(p.at, p.value) for p in pts] for n, pts in data["power"].items()},
+                        empty_reason="No DCMI power readings in this range.")
+    temperature = time_series("Hottest sensor", "temperature (°C)",
+                              {n: [(p.at, p.value) for p in pts] for n, pts in data["temperature"].items()},
+                              empty_reason="No temperature readings in this range.")
+    util = time_series("GPU utilisation", "utilisation (%)",
+                       {uuid: [(p.at, p.value) for p in pts] for uuid, pts in data["gpu_util"].items()},
+                       empty_reason="No GPU utilisation in this range (DCGM/ROCm exporter through Prometheus).")
+    return power, temperature, util
+
+
+def register(app: dash.Dash) -> None:
+    """Register the page and its callbacks on the console app."""
+    dash.register_page(__name__, path_template=PATH_TEMPLATE, name="Node", title="Node — Kiln", layout=layout)
+    app.callback(
+        Output("node-power", "figure"), Output("node-temperature", "figure"), Output("node-gpu-util", "figure"),
+        Input("node-range", "value"), State("node-name", "data"),
+    )(history_figures)

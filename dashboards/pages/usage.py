@@ -1,0 +1,109 @@
+"""Tenant usage: GPU-hours allocated (from leases) vs used (utilisation), by day, VDC and GPU
+model; quotas used; running nodes and namespaces. Tenants see their own tenants only."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import dash
+from dash import Input, Output, dcc, html
+
+from dashboards.components import range_bounds, range_picker, section, stat, table, when
+from dashboards.context import current_principal, db_session
+from dashboards.figures import bars, stacked_bars
+from dashboards.tenancy_data import (
+    gpu_hours,
+    quota_rows,
+    running_namespaces,
+    running_nodes,
+    stacked_by_day,
+    total_by,
+    used_gpu_hours,
+    visible_tenants,
+)
+
+PATH = "/usage"
+ALL = "all"
+
+
+def layout(**_: str) -> html.Div:
+    """Filters (tenant, range) and the blocks the callback fills."""
+    principal = current_principal()
+    with db_session() as session:
+        tenants = visible_tenants(session, principal)
+    options = [{"label": "All tenants" if principal.sees_all_tenants else "All my tenants", "value": ALL}]
+    options += [{"label": f"{t.name} ({t.slug})", "value": t.slug} for t in tenants]
+    return html.Div([
+        html.Div([
+            html.H1("GPU usage"),
+            dcc.Dropdown(id="usage-tenant", options=options, value=ALL, clearable=False, className="tenant-picker"),
+            range_picker("usage-range", default="7d"),
+        ], className="page-head"),
+        html.Div(id="usage-stats", className="stats"),
+        dcc.Graph(id="usage-by-day"),
+        html.Div([dcc.Graph(id="usage-by-vdc"), dcc.Graph(id="usage-by-model")], className="grid-2"),
+        section("Quotas this month", html.Div(id="usage-quotas")),
+        html.Div([section("Running nodes", html.Div(id="usage-nodes")),
+                  section("Kubernetes namespaces with GPUs", html.Div(id="usage-namespaces"))], className="grid-2"),
+    ])
+
+
+def _hours(value: Decimal | None) -> str:
+    return "no data" if value is None else f"{value:,.1f}"
+
+
+def _limit(used: int | Decimal, limit: int | None) -> str:
+    shown = f"{used:,.1f}" if isinstance(used, Decimal) else f"{used:,}"
+    return f"{shown} of {limit:,}" if limit is not None else shown
+
+
+def update(tenant_slug: str | None, choice: str | None) -> tuple:
+    """Every block of the page for the chosen tenant (within the caller's) and range."""
+    principal = current_principal()
+    start, end = range_bounds(choice)
+    with db_session() as session:
+        tenants = {t.slug: t for t in visible_tenants(session, principal)}
+        tenant = tenants.get(tenant_slug or "")
+        tenant_id = tenant.id if tenant else None
+        if tenant_slug not in (None, ALL) and tenant is None:
+            tenant_id = -1  # not one of the caller's tenants: show nothing rather than everything
+        slices = gpu_hours(session, principal, start, end, tenant_id)
+        used = used_gpu_hours(session, principal, start, end, tenant_id)
+        quotas = [q for q in quota_rows(session, principal) if tenant is None or q["tenant"] == tenant.slug]
+        nodes = running_nodes(session, principal, tenant_id)
+        namespaces = running_namespaces(session, principal, tenant_id)
+    allocated = sum((s.gpu_hours for s in slices), Decimal(0))
+    efficiency = f"{used / allocated * 100:.0f} %" if used is not None and allocated else "no data"
+    stats = [stat("GPU-hours allocated", _hours(allocated), "stat-allocated"), stat("GPU-hours used", _hours(used), "stat-used"),
+             stat("efficiency (used / allocated)", efficiency, "stat-efficiency"), stat("nodes running", len(nodes), "stat-running")]
+    why = "No leases in this range: nothing was allocated to these tenants."
+    by_day = stacked_bars("GPU-hours allocated per day, by VDC", "day (UTC)", "GPU-hours", stacked_by_day(slices, "vdc"),
+                          empty_reason=why)
+    vdc_totals, model_totals = total_by(slices, "vdc"), total_by(slices, "gpu_model")
+    by_vdc = bars("GPU-hours by VDC", "VDC", "GPU-hours", list(vdc_totals), list(vdc_totals.values()), empty_reason=why)
+    by_model = bars("GPU-hours by GPU model", "GPU model", "GPU-hours", list(model_totals), list(model_totals.values()),
+                    empty_reason=why)
+    quota_table = table(("VDC", "tenant", "nodes", "GPUs", "GPU-hours"),
+                        [(q["vdc"], q["tenant"], _limit(q["nodes"], q["max_nodes"]), _limit(q["gpus"], q["max_gpus"]),
+                          _limit(q["gpu_hours"], q["max_gpu_hours"])) for q in quotas],
+                        empty="No VDC is granted to these tenants.", element_id="quota-table")
+    node_table = table(("node", "tenant", "VDC", "GPUs", "state", "since"),
+                       [(dcc.Link(n["node"], href=f"/nodes/{n['node']}"), n["tenant"], n["vdc"], n["gpus"], n["state"],
+                         when(n["since"])) for n in nodes],
+                       empty="No node is leased to these tenants now.", element_id="running-nodes")
+    namespace_table = table(("namespace", "tenant", "GPUs requested", "pods"),
+                            [(n["namespace"], n["tenant"], f"{n['gpus']:g}", n["pods"]) for n in namespaces],
+                            empty="No pod of these tenants requests GPUs now (or the Kubernetes collector is off).",
+                            element_id="running-namespaces")
+    return stats, by_day, by_vdc, by_model, quota_table, node_table, namespace_table
+
+
+def register(app: dash.Dash) -> None:
+    """Register the page and its callback on the console app."""
+    dash.register_page(__name__, path=PATH, name="Usage", title="Usage — Kiln", layout=layout, order=3)
+    app.callback(
+        Output("usage-stats", "children"), Output("usage-by-day", "figure"), Output("usage-by-vdc", "figure"),
+        Output("usage-by-model", "figure"), Output("usage-quotas", "children"), Output("usage-nodes", "children"),
+        Output("usage-namespaces", "children"),
+        Input("usage-tenant", "value"), Input("usage-range", "value"),
+    )(update)

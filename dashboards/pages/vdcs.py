@@ -1,0 +1,71 @@
+"""VDCs and quotas (infra admins): the slices of the fleet, who they are granted to, and quota use."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import dash
+import plotly.graph_objects as go
+from dash import dcc, html
+
+from dashboards.components import allowed, forbidden, section, table
+from dashboards.context import current_principal, db_session
+from dashboards.figures import empty_figure
+from dashboards.tenancy_data import quota_rows, vdc_summaries
+from kiln.roles import Role
+
+PATH = "/vdcs"
+ROLES = (Role.INFRA_ADMIN,)
+
+
+def _limit(used: int | Decimal, limit: int | None) -> str:
+    shown = f"{used:,.1f}" if isinstance(used, Decimal) else f"{used:,}"
+    return f"{shown} of {limit:,}" if limit is not None else f"{shown} (no limit)"
+
+
+def quota_figure(rows: list[dict]) -> go.Figure:
+    """Per-grant use as a share of each limit (GPUs, nodes, GPU-hours), bars with thresholds."""
+    limited = [(r, kind) for r in rows for kind in ("gpus", "nodes", "gpu_hours") if r[f"max_{kind}"]]
+    if not limited:
+        return empty_figure("Quota use", "No grant has a quota set: `kiln vdcs grant VDC TENANT --max-gpus N`.")
+    labels = [f"{r['vdc']} / {r['tenant']} · {kind.replace('_', '-')}" for r, kind in limited]
+    shares = [round(float(r[kind]) / float(r[f"max_{kind}"]) * 100, 1) for r, kind in limited]
+    colors = ["#9e2a2b" if s >= 100 else "#e09f3e" if s >= 80 else "#6a994e" for s in shares]
+    figure = go.Figure(go.Bar(y=labels, x=shares, orientation="h", marker={"color": colors}, text=[f"{s}%" for s in shares]))
+    figure.update_layout(template="plotly_white", title={"text": "Quota use (share of limit)", "x": 0.01},
+                         height=max(260, 40 * len(labels) + 100), margin={"l": 220, "r": 20, "t": 50, "b": 50})
+    figure.update_xaxes(title_text="used (% of limit)", range=[0, max(110, *shares)])
+    figure.update_yaxes(autorange="reversed")
+    figure.add_vline(x=80, line_dash="dot", line_color="#e09f3e", annotation_text="80%")
+    figure.add_vline(x=100, line_dash="dash", line_color="#9e2a2b", annotation_text="limit")
+    return figure
+
+
+def layout(**_: str) -> html.Div:
+    """The VDC page for infra admins (a 403 panel for anyone else)."""
+    principal = current_principal()
+    if not allowed(principal, ROLES):
+        return forbidden(principal, "The VDC and quota page")
+    with db_session() as session:
+        vdcs = vdc_summaries(session, principal)
+        grants = quota_rows(session, principal)
+    return html.Div([
+        html.Div(html.H1("VDCs and quotas"), className="page-head"),
+        section("Slices of the fleet", table(
+            ("VDC", "members", "selectors", "tenants", "nodes leased", "GPUs leased", "GPU-hours this month"),
+            [(v["name"], len(v["member_nodes"]), ", ".join(v["selectors"]) or "—", ", ".join(v["tenants"]) or "—",
+              _limit(v["nodes"], v["max_nodes"]), _limit(v["gpus"], v["max_gpus"]), _limit(v["gpu_hours"], v["max_gpu_hours"]))
+             for v in vdcs],
+            empty="No VDCs yet: create one with `kiln vdcs create NAME --selector rack=r1`.", element_id="vdc-table")),
+        dcc.Graph(id="vdc-quota-use", figure=quota_figure(grants)),
+        section("Grants", table(
+            ("VDC", "tenant", "nodes", "GPUs", "GPU-hours this month"),
+            [(g["vdc"], g["tenant"], _limit(g["nodes"], g["max_nodes"]), _limit(g["gpus"], g["max_gpus"]),
+              _limit(g["gpu_hours"], g["max_gpu_hours"])) for g in grants],
+            empty="No VDC is granted to a tenant yet: `kiln vdcs grant VDC TENANT`.", element_id="grant-table")),
+    ])
+
+
+def register(app: dash.Dash) -> None:
+    """Register the page on the console app."""
+    dash.register_page(__name__, path=PATH, name="VDCs", title="VDCs — Kiln", layout=layout, order=2)

@@ -1,0 +1,191 @@
+"""Data for the usage and VDC pages: GPU-hours from leases, utilisation, quotas, running nodes.
+
+Leases are read through `Principal.scope` (a tenant sees only its own), VDCs through
+`fleet.vdcs.list_vdcs`/`to_public` (grants of other tenants are left out for tenant roles),
+and quota use is `fleet.vdcs.quota_use`, the figure quotas are enforced against.
+GPU-hours are exact Decimals: GPUs × leased seconds / 3600, split at UTC midnights.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from collectors.models import K8sAllocation, Rollup5m
+from dashboards.fleet_data import GPU_UTIL_ROLLUP
+from fleet import leases as lease_service
+from fleet.models import Gpu, Node
+from fleet.tenancy_models import Lease, Vdc
+from fleet.usage import HOURS_QUANTUM, overlapping
+from fleet.vdcs import list_vdcs, to_public
+from kiln.auth import Principal
+from kiln.db import utcnow
+from kiln.models import Tenant
+
+BUCKET_HOURS = Decimal(5) / Decimal(60)
+GPU_RESOURCES = ("nvidia.com/gpu", "amd.com/gpu")
+
+
+@dataclass(frozen=True)
+class UsageSlice:
+    """GPU-hours a tenant held on one day, through one VDC, on one GPU model."""
+
+    day: date
+    tenant: str
+    vdc: str
+    gpu_model: str
+    gpu_hours: Decimal
+
+
+def visible_tenants(session: Session, principal: Principal) -> list[Tenant]:
+    """The tenants the caller may see, by slug."""
+    return list(session.exec(principal.scope(select(Tenant).order_by(Tenant.slug), Tenant.id)).all())
+
+
+def _leases(session: Session, principal: Principal, start: datetime, end: datetime, tenant_id: int | None) -> list[Lease]:
+    statement = principal.scope(select(Lease).where(overlapping(start, end)), Lease.tenant_id)
+    if tenant_id is not None:
+        statement = statement.where(Lease.tenant_id == tenant_id)
+    return list(session.exec(statement.order_by(Lease.id)).all())
+
+
+def _day_segments(start: datetime, end: datetime) -> list[tuple[date, Decimal]]:
+    """(day, hours) pieces of [start, end) split at UTC midnights."""
+    pieces = []
+    cursor = start
+    while cursor < end:
+        midnight = datetime.combine(cursor.date() + timedelta(days=1), time(), tzinfo=UTC)
+        stop = min(midnight, end)
+        micros = int((stop - cursor) / timedelta(microseconds=1))
+        pieces.append((cursor.date(), Decimal(micros) / Decimal(3_600_000_000)))
+        cursor = stop
+    return pieces
+
+
+def gpu_hours(
+    session: Session, principal: Principal, start: datetime, end: datetime, tenant_id: int | None = None,
+    now: datetime | None = None,
+) -> list[UsageSlice]:
+    """GPU-hours allocated by lease over [start, end) (open leases count up to now), per day/VDC/model."""
+    now = now or utcnow()
+    leases = _leases(session, principal, start, end, tenant_id)
+    models: dict[int, Counter[str]] = defaultdict(Counter)
+    node_ids = sorted({lease.node_id for lease in leases})
+    for node_id, model in session.exec(select(Gpu.node_id, Gpu.model).where(col(Gpu.node_id).in_(node_ids))):
+        models[node_id][model] += 1
+    slugs = dict(session.exec(select(Tenant.id, Tenant.slug)).all())
+    vdcs = dict(session.exec(select(Vdc.id, Vdc.name)).all())
+    totals: dict[tuple[date, str, str, str], Decimal] = defaultdict(Decimal)
+    for lease in leases:
+        held_from, held_to = max(lease.starts_at, start), min(lease.ends_at or now, end, now)
+        for day, hours in _day_segments(held_from, held_to):
+            for model, count in models[lease.node_id].items():
+                key = (day, slugs.get(lease.tenant_id, "?"), vdcs.get(lease.vdc_id, "no VDC"), model)
+                totals[key] += hours * count
+    return [UsageSlice(*key, value.quantize(HOURS_QUANTUM)) for key, value in sorted(totals.items()) if value > 0]
+
+
+def total_by(slices: list[UsageSlice], attribute: str) -> dict[Any, Decimal]:
+    """GPU-hours summed by one attribute of the slices (day, tenant, vdc or gpu_model)."""
+    out: dict[Any, Decimal] = defaultdict(Decimal)
+    for s in slices:
+        out[getattr(s, attribute)] += s.gpu_hours
+    return dict(sorted(out.items()))
+
+
+def stacked_by_day(slices: list[UsageSlice], attribute: str) -> dict[str, dict[str, Decimal]]:
+    """`{value of attribute: {ISO day: GPU-hours}}` for a stacked daily chart."""
+    out: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
+    for s in slices:
+        out[str(getattr(s, attribute))][s.day.isoformat()] += s.gpu_hours
+    return {k: dict(v) for k, v in out.items()}
+
+
+def used_gpu_hours(
+    session: Session, principal: Principal, start: datetime, end: datetime, tenant_id: int | None = None,
+    now: datetime | None = None,
+) -> Decimal | None:
+    """Utilisation-weighted GPU-hours over the caller's leases (Σ mean utilisation × 5 min), or
+    None when no utilisation was collected for those GPUs in the range."""
+    now = now or utcnow()
+    leases = _leases(session, principal, start, end, tenant_id)
+    uuids: dict[str, int] = dict(session.exec(
+        select(Gpu.uuid, Gpu.node_id).where(col(Gpu.node_id).in_({l.node_id for l in leases}), col(Gpu.uuid).is_not(None))
+    ).all())
+    if not uuids:
+        return None
+    rows = session.exec(
+        select(Rollup5m).where(Rollup5m.metric == GPU_UTIL_ROLLUP, col(Rollup5m.entity).in_(list(uuids)),
+                               Rollup5m.bucket >= start, Rollup5m.bucket < end, Rollup5m.count > 0)
+    ).all()
+    if not rows:
+        return None
+    total = Decimal(0)
+    for row in rows:
+        node_id = uuids[row.entity]
+        held = any(l.node_id == node_id and l.starts_at <= row.bucket < min(l.ends_at or now, now) for l in leases)
+        if held:
+            total += Decimal(str(row.sum / row.count)) / 100 * BUCKET_HOURS
+    return total.quantize(HOURS_QUANTUM)
+
+
+def running_nodes(session: Session, principal: Principal, tenant_id: int | None = None) -> list[dict[str, Any]]:
+    """Leases in force now (the caller's tenants only), with node, GPUs, VDC and start."""
+    leases = lease_service.list_leases(session, principal, tenant_id=tenant_id, active=True)
+    public = lease_service.to_public(session, leases)
+    node_ids = [l.node_id for l in leases]
+    gpus: dict[int, Counter[str]] = defaultdict(Counter)
+    for node_id, model in session.exec(select(Gpu.node_id, Gpu.model).where(col(Gpu.node_id).in_(node_ids))):
+        gpus[node_id][model] += 1
+    states = dict(session.exec(select(Node.id, Node.provision_state).where(col(Node.id).in_(node_ids))).all())
+    return [
+        {"node": p.node, "tenant": p.tenant, "vdc": p.vdc or "—", "since": p.starts_at, "state": states.get(lease.node_id),
+         "gpus": ", ".join(f"{n} × {m}" for m, n in sorted(gpus[lease.node_id].items())) or "none"}
+        for lease, p in zip(leases, public, strict=True)
+    ]
+
+
+def running_namespaces(session: Session, principal: Principal, tenant_id: int | None = None) -> list[dict[str, Any]]:
+    """Kubernetes namespaces of the caller's tenants with GPU requests running now."""
+    tenants = visible_tenants(session, principal)
+    slugs = [t.slug for t in tenants if tenant_id is None or t.id == tenant_id]
+    rows = session.exec(
+        select(K8sAllocation).where(col(K8sAllocation.tenant_slug).in_(slugs), col(K8sAllocation.ends_at).is_(None),
+                                    col(K8sAllocation.resource).in_(GPU_RESOURCES))
+    ).all()
+    totals: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
+    pods: dict[tuple[str, str], int] = Counter()
+    for row in rows:
+        totals[(row.tenant_slug, row.namespace)] += row.quantity
+        pods[(row.tenant_slug, row.namespace)] += 1
+    return [{"tenant": t, "namespace": ns, "gpus": totals[(t, ns)], "pods": pods[(t, ns)]} for t, ns in sorted(totals)]
+
+
+def quota_rows(session: Session, principal: Principal) -> list[dict[str, Any]]:
+    """One row per (VDC, tenant grant) the caller may see, with limits and use this period."""
+    rows = []
+    for vdc in to_public(session, principal, list_vdcs(session, principal)):
+        for grant in vdc.tenants:
+            rows.append({
+                "vdc": vdc.name, "tenant": grant.tenant,
+                "nodes": grant.used.nodes, "max_nodes": grant.max_nodes,
+                "gpus": grant.used.gpus, "max_gpus": grant.max_gpus,
+                "gpu_hours": grant.used.gpu_hours, "max_gpu_hours": grant.max_gpu_hours,
+            })
+    return rows
+
+
+def vdc_summaries(session: Session, principal: Principal) -> list[dict[str, Any]]:
+    """One row per visible VDC: members, selectors, grants, limits and use across its tenants."""
+    return [
+        {"name": v.name, "description": v.description, "member_nodes": v.member_nodes,
+         "selectors": [f"{s.kind}={s.value}" for s in v.selectors], "tenants": [g.tenant for g in v.tenants],
+         "nodes": v.used.nodes, "max_nodes": v.max_nodes, "gpus": v.used.gpus, "max_gpus": v.max_gpus,
+         "gpu_hours": v.used.gpu_hours, "max_gpu_hours": v.max_gpu_hours}
+        for v in to_public(session, principal, list_vdcs(session, principal))
+    ]

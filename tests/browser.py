@@ -1,0 +1,224 @@
+"""Browser-test harness: the real Kiln app on a loopback port, driven by Debian's Chromium.
+
+Playwright for Python drives `/usr/bin/chromium` (executable_path; no browser download, see
+shared/PEERS.md). A missing Chromium or Playwright goes through `missing_peer`, so CI
+(KILN_REQUIRE_PEERS=1) fails instead of skipping. Screenshots go to `test-artifacts/console/` (git-ignored).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tests.peers.harness import missing_peer
+
+ARTIFACTS = Path(__file__).parents[1] / "test-artifacts" / "console"  # git-ignored
+CHROMIUM_ARGS = [
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+]
+# A chart is drawn when it has marks (lines, bars, points) or says why it has none (annotation).
+CHARTS_DRAWN_JS = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(el => ({
+  id: el.parentElement ? el.parentElement.id : '',
+  marks: el.querySelectorAll('.scatterlayer path.js-line, .barlayer path, .scatterlayer .point').length,
+  annotation: (el.querySelector('.annotation-text') || {}).textContent || '',
+  width: el.getBoundingClientRect().width,
+}))"""
+
+
+def chromium_path() -> str:
+    """Debian's Chromium binary (`apt-get install chromium`), or a missing-peer skip/failure."""
+    path = os.environ.get("KILN_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        missing_peer("chromium", "no chromium binary: run `bash tests/peers/chromium.sh install`")
+    return path
+
+
+def launch_browser(playwright: Any) -> Any:
+    """Headless Chromium through Playwright with the flags PEERS.md lists."""
+    return playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+
+
+@contextmanager
+def playwright_session() -> Iterator[Any]:
+    """Playwright's sync API, or a missing-peer skip/failure when the package is absent."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing_peer("playwright", "the playwright package is not installed (pip install -e '.[test]')")
+    with sync_playwright() as playwright:
+        yield playwright
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """Serve an ASGI app with uvicorn in a thread on a loopback port; yield its base URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, name="kiln-console-test-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start serving the Kiln app")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+class ConsoleErrors:
+    """Collects a page's console errors and uncaught exceptions."""
+
+    def __init__(self, page: Any):
+        self.messages: list[str] = []
+        page.on("console", lambda message: message.type == "error" and self.messages.append(message.text))
+        page.on("pageerror", lambda error: self.messages.append(f"uncaught: {error}"))
+
+
+def sign_in(page: Any, base_url: str, username: str, password: str, path: str = "/") -> None:
+    """Fill and submit the sign-in form for `path`."""
+    page.goto(f"{base_url}/signin?next={path}")
+    page.fill("#username", username)
+    page.fill("#password", password)
+    page.click("#signin-button")
+
+
+def wait_for_charts(page: Any, minimum: int, timeout_ms: int = 15000) -> list[dict[str, Any]]:
+    """Wait until at least `minimum` Plotly charts are drawn on the page; return what each shows."""
+    page.wait_for_function(
+        "() => Array.from(document.querySelectorAll('.js-plotly-plot'))"
+        f".filter(el => el.querySelector('.main-svg')).length >= {minimum} && "
+        "!document.querySelector('[data-dash-is-loading=\"true\"]')",
+        timeout=timeout_ms,
+    )
+    page.wait_for_timeout(300)  # let the last callback's figure render
+    return page.evaluate(CHARTS_DRAWN_JS)
+
+
+def screenshot(page: Any, name: str) -> Path:
+    """A full-page screenshot kept as a test artifact; returns its path."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+# --- the seeded fleet the browser tests look at ------------------------------------------
+
+PASSWORD = "console-test-password"
+TENANT_A_NODES = ("gpu-a01", "gpu-a02")
+TENANT_B_NODES = ("gpu-b01",)
+FREE_NODES = ("gpu-free1", "gpu-free2", "gpu-free3")  # gpu-free3 fails `provide` and its BMC is down
+HISTORY_STEPS = 72  # 6 hours of 5-minute polls
+
+
+def seed_fleet(session: Any, engine: Any, settings: Any, driver: Any) -> Any:
+    """Tenants, users with passwords, fake-driver nodes, a VDC, leases and 6 h of collector data.
+
+    Everything goes through Kiln's own services (users, nodes, operations, VDCs, leases,
+    and `collectors.store.persist_results` for health data), as the running system would."""
+    from datetime import timedelta
+
+    from fleet.leases import create_lease
+    from fleet.nodes import create_node, list_nodes
+    from fleet.operations import ActionParams, OperationRunner, plan_action
+    from fleet.provisioning.actions import Action
+    from fleet.provisioning.registry import Drivers
+    from fleet.schemas import NodeCreate
+    from fleet.tenancy_schemas import LeaseCreate, VdcCreate
+    from fleet.vdcs import create_vdc
+    from kiln.auth import Principal
+    from kiln.db import utcnow
+    from kiln.roles import Role
+    from kiln.security import SecretBox
+    from kiln.settings import resolve_secret_key
+    from kiln.users import UserCreate, create_user
+    from tests.factories import World
+    from tests.fleet_helpers import node_payload
+
+    world = World.build(session)
+    system = Principal.system("test")
+    for username, role, tenants in (("ops-admin", Role.INFRA_ADMIN, []), ("alice", Role.TENANT_MEMBER, ["tenant-a"]),
+                                    ("bob", Role.TENANT_MEMBER, ["tenant-b"])):
+        create_user(session, system, UserCreate(username=username, role=role, tenants=tenants, password=PASSWORD))
+    drivers, box = Drivers(settings, fake=driver), SecretBox(resolve_secret_key(settings))
+    for name in TENANT_A_NODES + TENANT_B_NODES + FREE_NODES:
+        tags = ["train", "fake-fail-provide"] if name == "gpu-free3" else ["train"]
+        create_node(session, system, NodeCreate(**node_payload(name=name, tags=tags)), drivers, box)
+    session.commit()
+    runner = OperationRunner(engine, drivers, box, timeout=30)
+    for action, names in ((Action.MANAGE, None), (Action.PROVIDE, TENANT_A_NODES + TENANT_B_NODES)):
+        nodes = [n for n in list_nodes(session, system) if names is None or n.name in names]
+        operations = plan_action(session, system, nodes, action, ActionParams())
+        session.commit()
+        runner.run_many([o.id for o in operations], concurrency=8)
+    session.expire_all()
+    grants = [{"tenant": "tenant-a", "max_nodes": 4, "max_gpus": 4, "max_gpu_hours": 5000},
+              {"tenant": "tenant-b", "max_gpus": 8}]
+    create_vdc(session, system, VdcCreate(name="train", nodes=list(TENANT_A_NODES + TENANT_B_NODES), tenants=grants,
+                                          max_gpus=32))
+    now = utcnow()
+    for node, tenant, start, end in (("gpu-a02", "tenant-b", 72, 48), ("gpu-a02", "tenant-a", 24, None),
+                                     ("gpu-a01", "tenant-a", 72, None), ("gpu-b01", "tenant-b", 48, None)):
+        create_lease(session, system, LeaseCreate(node=node, tenant=tenant, starts_at=now - timedelta(hours=start),
+                                                  ends_at=now - timedelta(hours=end) if end else None))
+    session.commit()
+    persist_history(session, now)
+    return world
+
+
+def persist_history(session: Any, now: Any) -> None:
+    """Six hours of IPMI and DCGM samples through the collectors' store, one BMC unreachable,
+    one GPU with an XID error, gpu-a01 running warm (a warning-state sensor)."""
+    import math
+    from datetime import timedelta
+
+    from sqlmodel import select
+
+    from collectors.base import Sample, TargetResult
+    from collectors.store import persist_results
+    from fleet.models import Gpu, Node
+
+    names = dict(session.exec(select(Node.id, Node.name)).all())
+    uuids = [(names[node_id], uuid) for node_id, uuid in session.exec(select(Gpu.node_id, Gpu.uuid)).all()]
+    healthy = [n for n in sorted(names.values()) if n != "gpu-free3"]
+    for step in range(HISTORY_STEPS, -1, -1):
+        ts = now - timedelta(minutes=5 * step)
+        wave = math.sin(step / 6)
+        results = []
+        for i, node in enumerate(healthy):
+            temp = 86.0 if node == "gpu-a01" else 55.0 + 3 * i + 4 * wave
+            sensor = {"id": "3", "name": "CPU Temp"}
+            results.append(TargetResult(node, ok=True, samples=[
+                Sample("ipmi", node, "ipmi_dcmi_power_consumption_watts", 2400.0 + 150 * i + 200 * wave, "watts", {}, ts),
+                Sample("ipmi", node, "ipmi_temperature_celsius", temp, "celsius", sensor, ts),
+                Sample("ipmi", node, "ipmi_temperature_state", 1.0 if temp > 80 else 0.0, "state", sensor, ts),
+            ]))
+        results.append(TargetResult("gpu-free3", ok=False, error="no answer from the BMC within 2.0 s"))
+        persist_results(session, "ipmi", results, now=ts)
+        gpu_samples = [Sample("dcgm", uuid, "gpu_util", 40.0 + 30 * wave if node != "gpu-b01" else 90.0, "percent", {}, ts)
+                       for node, uuid in uuids]
+        if step == 0:
+            first = min(uuid for node, uuid in uuids if node == "gpu-a01")
+            gpu_samples.append(Sample("dcgm", first, "gpu_last_xid", 79.0, "code", {}, ts))
+        persist_results(session, "dcgm", [TargetResult("prometheus", ok=True, samples=gpu_samples)], now=ts)
+        session.commit()

@@ -1,0 +1,153 @@
+"""The console's data functions: exact numbers and tenant scoping, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from sqlmodel import select
+
+from collectors.models import CollectorTargetState, HealthSnapshot, Rollup5m
+from dashboards.fleet_data import (
+    fleet_power,
+    gpus_with_xid,
+    node_rows,
+    unreachable_bmcs,
+)
+from dashboards.node_data import node_detail
+from dashboards.tenancy_data import (
+    gpu_hours,
+    quota_rows,
+    running_nodes,
+    stacked_by_day,
+    total_by,
+    used_gpu_hours,
+)
+from fleet.models import Gpu, Node
+from fleet.nodes import add_event
+from fleet.tenancy_models import Lease, Vdc
+from kiln.auth import Principal, principal_for_user
+from tests.factories import World
+from tests.fleet_helpers import make_node_row, make_vdc
+
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+NOW = T0 + timedelta(days=1, hours=12)  # 2026-03-02 12:00
+
+
+def principal(world: World, name: str) -> Principal:
+    """The Principal of one of the world's callers (`admin`, `a_member`, ...)."""
+    return principal_for_user(world.session, world.callers[name].user)
+
+
+def lease(world: World, node: Node, tenant: str, start: datetime, end: datetime | None, vdc: str = "train") -> Lease:
+    """A lease row through the named VDC."""
+    vdc_id = world.session.exec(select(Vdc.id).where(Vdc.name == vdc)).one()
+    row = Lease(tenant_id=world.tenant(tenant).id, node_id=node.id, vdc_id=vdc_id, starts_at=start, ends_at=end, created_by="t")
+    world.session.add(row)
+    world.session.commit()
+    return row
+
+
+def two_tenants(world: World) -> tuple[Node, Node]:
+    """Node A (8 H100s, tenant a, 22:00-03:00 across midnight) and node B (4 B200s, tenant b, open)."""
+    node_a = make_node_row(world, name="node-a", gpus=8)
+    node_b = make_node_row(world, name="node-b", gpus=0)
+    for index in range(4):
+        world.session.add(Gpu(node_id=node_b.id, index=index, model="NVIDIA B200", uuid=f"GPU-B-{index}"))
+    world.session.commit()
+    make_vdc(world, "train", ["node-a", "node-b"], {"a": {"max_gpus": 16}, "b": {}})
+    lease(world, node_a, "a", T0 + timedelta(hours=22), T0 + timedelta(days=1, hours=3))
+    lease(world, node_b, "b", T0 + timedelta(hours=10), None)
+    return node_a, node_b
+
+
+def test_gpu_hours_split_at_midnight_and_scoped_to_the_tenant(world: World) -> None:
+    two_tenants(world)
+    start, end = T0, T0 + timedelta(days=2)
+    mine = gpu_hours(world.session, principal(world, "a_member"), start, end, now=NOW)
+    assert total_by(mine, "day") == {T0.date(): Decimal("16.000000"), (T0 + timedelta(days=1)).date(): Decimal("24.000000")}
+    assert total_by(mine, "tenant") == {"tenant-a": Decimal("40.000000")}
+    everyone = gpu_hours(world.session, principal(world, "admin"), start, end, now=NOW)
+    # node B: 14 h on day 1 and 12 h (up to now) on day 2, 4 GPUs each
+    assert total_by(everyone, "gpu_model") == {"NVIDIA B200": Decimal("104.000000"), "NVIDIA H100 80GB HBM3": Decimal("40.000000")}
+    assert stacked_by_day(everyone, "tenant")["tenant-b"] == {"2026-03-01": Decimal("56.000000"), "2026-03-02": Decimal("48.000000")}
+    only_b = gpu_hours(world.session, principal(world, "admin"), start, end, world.b.id, now=NOW)
+    assert total_by(only_b, "tenant") == {"tenant-b": Decimal("104.000000")}
+    clipped = gpu_hours(world.session, principal(world, "a_member"), T0 + timedelta(days=1), end, now=NOW)
+    assert total_by(clipped, "vdc") == {"train": Decimal("24.000000")}
+
+
+def test_used_gpu_hours_weigh_utilisation_inside_leases_only(world: World) -> None:
+    two_tenants(world)
+    start = T0 + timedelta(hours=9)
+    for minute in range(0, 120, 5):  # 09:00-11:00: only 10:00-11:00 is leased to b
+        bucket = start + timedelta(minutes=minute)
+        world.session.add(Rollup5m(entity="GPU-B-0", metric="gpu_util_percent", bucket=bucket, count=2, sum=100.0, min=50, max=50))
+    world.session.commit()
+    used = used_gpu_hours(world.session, principal(world, "b_member"), T0, T0 + timedelta(days=2), now=NOW)
+    assert used == Decimal("0.500000")  # 12 buckets × 50 % × 5 min
+    assert used_gpu_hours(world.session, principal(world, "a_member"), T0, T0 + timedelta(days=2), now=NOW) is None
+
+
+def test_node_rows_and_power_show_tenants_only_their_nodes(world: World) -> None:
+    node_a, node_b = two_tenants(world)
+    world.session.add(Lease(tenant_id=world.a.id, node_id=node_a.id, starts_at=NOW, created_by="t"))  # in force now
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    for node, watts in ((node_a, 1000.0), (node_b, 3000.0)):
+        world.session.add(Rollup5m(entity=node.name, metric="ipmi_dcmi_power_consumption_watts",
+                                   bucket=now - timedelta(minutes=10), count=2, sum=2 * watts, min=watts, max=watts))
+    node_a.last_error = "BMC said no"
+    world.session.add(node_a)
+    world.session.commit()
+    admin, member = principal(world, "admin"), principal(world, "a_member")
+    assert [r["name"] for r in node_rows(world.session, admin)] == ["node-a", "node-b"]
+    rows = node_rows(world.session, member)
+    assert [(r["name"], r["tenant"], r["last_error"], r["gpus"]) for r in rows] == [("node-a", "", "", 8)]
+    window = (now - timedelta(hours=1), now + timedelta(minutes=5))
+    assert [p.value for p in fleet_power(world.session, admin, *window)] == [4000.0]
+    assert [p.value for p in fleet_power(world.session, member, *window)] == [1000.0]
+
+
+def test_bmcs_and_xid_errors_are_for_the_right_eyes(world: World) -> None:
+    node_a, node_b = two_tenants(world)
+    world.session.add(Lease(tenant_id=world.a.id, node_id=node_a.id, starts_at=NOW, created_by="t"))
+    world.session.add(CollectorTargetState(collector="ipmi", target="node-b", up=False, consecutive_failures=3, last_error="timeout"))
+    world.session.add(CollectorTargetState(collector="ipmi", target="node-a", up=True))
+    world.session.add(HealthSnapshot(entity="GPU-B-1", node_id=node_b.id, source="dcgm", metric="gpu_last_xid", labels_key="",
+                                     value=48.0, unit="code", observed_at=NOW))
+    world.session.commit()
+    admin, member = principal(world, "admin"), principal(world, "a_member")
+    assert [(b.target, b.consecutive_failures) for b in unreachable_bmcs(world.session, admin)] == [("node-b", 3)]
+    assert unreachable_bmcs(world.session, member) == []
+    assert [(x["node"], x["index"], x["model"], x["xid"]) for x in gpus_with_xid(world.session, admin)] == [
+        ("node-b", 1, "NVIDIA B200", 48)]
+    assert gpus_with_xid(world.session, member) == []
+
+
+def test_a_tenant_sees_a_nodes_events_only_from_its_own_lease(world: World) -> None:
+    node = make_node_row(world, name="node-x", gpus=2)
+    make_vdc(world, "train", ["node-x"], {"a": {}, "b": {}})
+    add_event(world.session, node, "lease", "leased to tenant-b via VDC train", "ops")
+    world.session.commit()
+    # tenant A's lease is backdated to before tenant B's line was written: that line must stay hidden
+    lease(world, node, "a", datetime.now(UTC) - timedelta(days=1), None)
+    add_event(world.session, node, "lease", "leased to tenant-a via VDC train", "ops")
+    world.session.commit()
+    mine = node_detail(world.session, principal(world, "a_member"), "node-x")
+    assert [e["message"] for e in mine.events] == ["leased to tenant-a via VDC train"]
+    assert mine.events[0]["actor"] == "" and mine.node.bmc_address is None and mine.lease.tenant == "tenant-a"
+    everything = node_detail(world.session, principal(world, "admin"), "node-x")
+    assert [e["message"] for e in everything.events] == ["leased to tenant-a via VDC train", "leased to tenant-b via VDC train"]
+
+
+def test_quota_rows_and_running_nodes_are_scoped(world: World) -> None:
+    node_a, _ = two_tenants(world)
+    world.session.add(Lease(tenant_id=world.a.id, node_id=node_a.id, vdc_id=world.session.exec(select(Vdc.id)).one(),
+                            starts_at=NOW, created_by="t"))
+    world.session.commit()
+    member = principal(world, "a_member")
+    assert [(q["vdc"], q["tenant"], q["max_gpus"]) for q in quota_rows(world.session, member)] == [("train", "tenant-a", 16)]
+    assert {q["tenant"] for q in quota_rows(world.session, principal(world, "admin"))} == {"tenant-a", "tenant-b"}
+    running = running_nodes(world.session, member)
+    assert [(r["node"], r["tenant"], r["gpus"]) for r in running] == [("node-a", "tenant-a", "8 × NVIDIA H100 80GB HBM3")]
+    assert {r["node"] for r in running_nodes(world.session, principal(world, "admin"))} == {"node-a", "node-b"}
