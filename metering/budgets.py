@@ -1,0 +1,290 @@
+"""Budgets per tenant (or tenant within a VDC) per period, and alerts sent once per threshold.
+
+`check_alerts` compares each budget's spend in a period (the tenant's bill total; for a VDC
+budget, the tenant's usage in that VDC rated like the bill) with its thresholds (e.g. 50, 80,
+100 %), and each VDC GPU-hours quota (`max_gpu_hours` of a VDC or of a tenant's grant) with
+`QUOTA_THRESHOLDS`. A crossed threshold becomes one `budget_alert` row — unique per subject,
+period and threshold, so it is raised once — and is POSTed as JSON to `budget_webhook_url`.
+An alert whose delivery failed is retried on the next check until the webhook answers 2xx.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
+from fleet.tenancy_models import Vdc, VdcTenant
+from kiln import audit
+from kiln.auth import Principal
+from kiln.db import utcnow
+from kiln.errors import NotFound
+from kiln.models import Tenant
+from kiln.roles import Role
+from kiln.tenants import Slug
+from metering import skus
+from metering.bills import billing_currency, card_views, current_discounts, usage_by_segment
+from metering.models import Bill, Budget, BudgetAlert, UsageRecord
+from metering.money import check_currency, parse_decimal, plain
+from metering.periods import parse_period, period_bounds
+from metering.price_cards import cards_overlapping
+from metering.rating import rate, segments
+
+WRITE_ROLES = (Role.INFRA_ADMIN, Role.FINANCE, Role.TENANT_ADMIN)
+DEFAULT_THRESHOLDS = [50, 80, 100]
+QUOTA_THRESHOLDS = (80, 100)
+
+
+def _thresholds(value: list[int]) -> list[int]:
+    if not value:
+        raise ValueError("give at least one threshold, e.g. [50, 80, 100]")
+    if any(t < 1 or t > 1000 for t in value):
+        raise ValueError("thresholds are percentages between 1 and 1000")
+    if len(set(value)) != len(value):
+        raise ValueError("thresholds must not repeat")
+    return sorted(value)
+
+
+class BudgetCreate(BaseModel):
+    """A budget: an amount per period for a tenant (or the tenant's use of one VDC)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: Slug
+    vdc: str | None = Field(default=None, description="Limit the budget to the tenant's usage in this VDC.")
+    name: str = Field(min_length=1, max_length=100)
+    amount: Decimal = Field(description="Spend per period (calendar month) in `currency`.")
+    currency: str
+    thresholds: list[int] = Field(default_factory=lambda: list(DEFAULT_THRESHOLDS), description="Percent of the amount.")
+
+    _amount = field_validator("amount", mode="before")(lambda cls, v: _positive(v))
+    _currency = field_validator("currency")(lambda cls, v: check_currency(v))
+    _levels = field_validator("thresholds")(lambda cls, v: _thresholds(v))
+
+
+class BudgetUpdate(BaseModel):
+    """A budget's name, amount or thresholds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=100)
+    amount: Decimal | None = None
+    thresholds: list[int] | None = None
+
+    _amount = field_validator("amount", mode="before")(lambda cls, v: None if v is None else _positive(v))
+    _levels = field_validator("thresholds")(lambda cls, v: None if v is None else _thresholds(v))
+
+
+def _positive(value: Any) -> Decimal:
+    amount = parse_decimal(value, "amount", places=6)
+    if amount <= 0:
+        raise ValueError("amount must be more than 0")
+    return amount
+
+
+class BudgetPublic(BaseModel):
+    """A budget as the API returns it."""
+
+    id: int
+    tenant: str
+    vdc: str | None
+    name: str
+    amount: Decimal
+    currency: str
+    thresholds: list[int]
+
+
+class AlertPublic(BaseModel):
+    """A raised alert and whether the webhook has it."""
+
+    id: int
+    kind: str
+    subject: str
+    tenant: str | None
+    period: str
+    threshold: int
+    value: Decimal
+    limit_value: Decimal
+    message: str
+    created_at: datetime
+    delivered_at: datetime | None
+    attempts: int
+    last_error: str | None
+
+
+def to_public(session: Session, budgets: list[Budget]) -> list[BudgetPublic]:
+    """Budgets with tenant slugs and VDC names."""
+    slugs = dict(session.exec(select(Tenant.id, Tenant.slug)).all())
+    vdcs = dict(session.exec(select(Vdc.id, Vdc.name)).all())
+    return [BudgetPublic(id=b.id, tenant=slugs.get(b.tenant_id, "?"), vdc=vdcs.get(b.vdc_id), name=b.name,
+                         amount=plain(b.amount), currency=b.currency, thresholds=b.thresholds) for b in budgets]
+
+
+def alerts_public(session: Session, alerts: list[BudgetAlert]) -> list[AlertPublic]:
+    """Alerts with tenant slugs."""
+    slugs = dict(session.exec(select(Tenant.id, Tenant.slug)).all())
+    return [AlertPublic(**a.model_dump(exclude={"tenant_id", "budget_id", "vdc_id", "payload"}),
+                        tenant=slugs.get(a.tenant_id)) for a in alerts]
+
+
+def list_budgets(session: Session, principal: Principal) -> list[Budget]:
+    """Budgets of the caller's tenants."""
+    return list(session.exec(principal.scope(select(Budget).order_by(Budget.id), Budget.tenant_id)).all())
+
+
+def get_budget(session: Session, principal: Principal, budget_id: int) -> Budget:
+    """One budget of the caller's tenants; NotFound otherwise."""
+    budget = session.get(Budget, budget_id)
+    if budget is None or not principal.can_see(budget.tenant_id):
+        raise NotFound(f"budget {budget_id} not found")
+    return budget
+
+
+def create_budget(session: Session, principal: Principal, data: BudgetCreate) -> Budget:
+    """Create a budget (infra-admin, finance, or a tenant admin for their tenant)."""
+    tenant = session.exec(select(Tenant).where(Tenant.slug == data.tenant)).first()
+    if tenant is None or not principal.can_see(tenant.id):
+        raise NotFound(f"no such tenant: {data.tenant}")
+    principal.require_role(*WRITE_ROLES, action="set budgets")
+    vdc_id = None
+    if data.vdc:
+        vdc_id = session.exec(select(Vdc.id).join(VdcTenant, col(VdcTenant.vdc_id) == Vdc.id)
+                              .where(Vdc.name == data.vdc, VdcTenant.tenant_id == tenant.id)).first()
+        if vdc_id is None:
+            raise NotFound(f"VDC '{data.vdc}' is not granted to tenant '{tenant.slug}'")
+    budget = Budget(tenant_id=tenant.id, vdc_id=vdc_id, **data.model_dump(exclude={"tenant", "vdc"}))
+    session.add(budget)
+    session.flush()
+    audit.record(session, principal, "create", "budget", budget.id, tenant_id=tenant.id, detail={"amount": str(data.amount)})
+    return budget
+
+
+def update_budget(session: Session, principal: Principal, budget_id: int, data: BudgetUpdate) -> Budget:
+    """Change a budget's name, amount or thresholds."""
+    budget = get_budget(session, principal, budget_id)
+    principal.require_role(*WRITE_ROLES, action="set budgets")
+    budget.sqlmodel_update({k: v for k, v in data.model_dump(exclude_unset=True).items() if v is not None})
+    session.add(budget)
+    session.flush()
+    audit.record(session, principal, "update", "budget", budget.id, tenant_id=budget.tenant_id)
+    return budget
+
+
+def delete_budget(session: Session, principal: Principal, budget_id: int) -> None:
+    """Delete a budget and its alerts."""
+    budget = get_budget(session, principal, budget_id)
+    principal.require_role(*WRITE_ROLES, action="set budgets")
+    audit.record(session, principal, "delete", "budget", budget.id, tenant_id=budget.tenant_id)
+    session.delete(budget)
+    session.flush()
+
+
+def list_alerts(session: Session, principal: Principal, period: str | None = None) -> list[BudgetAlert]:
+    """Alerts of the caller's tenants (VDC-wide quota alerts to global roles only), newest first."""
+    statement = principal.scope(select(BudgetAlert), BudgetAlert.tenant_id).order_by(col(BudgetAlert.id).desc())
+    if period:
+        statement = statement.where(BudgetAlert.period == period)
+    return list(session.exec(statement).all())
+
+
+def spend(session: Session, budget: Budget, period: str) -> Decimal:
+    """What the budget's tenant spent in the period: the bill total, or its rated usage in the VDC."""
+    if budget.vdc_id is None:
+        total = session.exec(select(Bill.total).where(Bill.tenant_id == budget.tenant_id, Bill.period == period)).first()
+        return Decimal(total or 0)
+    start, end = period_bounds(period)
+    cards = card_views(cards_overlapping(session, start, end))
+    usage = usage_by_segment(session, segments(cards, start, end), tenant_id=budget.tenant_id, vdc_id=budget.vdc_id)
+    charges = rate(usage, cards, current_discounts(session), billing_currency(session, cards))
+    return sum((c.contracted_cost for c in charges), Decimal(0))
+
+
+def _gpu_hours(session: Session, period: str, vdc_id: int, tenant_id: int | None) -> Decimal:
+    start, end = period_bounds(period)
+    statement = select(func.coalesce(func.sum(UsageRecord.quantity), 0)).where(
+        UsageRecord.vdc_id == vdc_id, col(UsageRecord.hour) >= start, col(UsageRecord.hour) < end,
+        col(UsageRecord.sku).startswith(skus.GPU_HOUR + ":"))
+    if tenant_id is not None:
+        statement = statement.where(UsageRecord.tenant_id == tenant_id)
+    return Decimal(session.exec(statement).one())
+
+
+def _raise(session: Session, period: str, subject: str, kind: str, thresholds: list[int] | tuple[int, ...],
+           value: Decimal, limit: Decimal, describe: str, **ids: Any) -> list[BudgetAlert]:
+    raised = []
+    percent = value * 100 / limit
+    for threshold in thresholds:
+        if percent < threshold:
+            continue
+        if session.exec(select(BudgetAlert.id).where(BudgetAlert.subject == subject, BudgetAlert.period == period,
+                                                     BudgetAlert.threshold == threshold)).first():
+            continue
+        message = f"{describe}: {plain(value)} of {plain(limit)} used in {period} ({percent:.1f} %, threshold {threshold} %)"
+        alert = BudgetAlert(subject=subject, kind=kind, period=period, threshold=threshold, value=value, limit_value=limit,
+                            message=message, **ids)
+        session.add(alert)
+        raised.append(alert)
+    return raised
+
+
+def _payload(session: Session, alert: BudgetAlert) -> dict[str, Any]:
+    tenant = session.get(Tenant, alert.tenant_id) if alert.tenant_id else None
+    vdc = session.get(Vdc, alert.vdc_id) if alert.vdc_id else None
+    return {"kind": alert.kind, "period": alert.period, "threshold_percent": alert.threshold,
+            "tenant": tenant.slug if tenant else None, "vdc": vdc.name if vdc else None,
+            "value": str(plain(alert.value)), "limit": str(plain(alert.limit_value)), "message": alert.message,
+            "alert_id": alert.id}
+
+
+def check_alerts(session: Session, principal: Principal, period: str, *, now: datetime | None = None) -> list[BudgetAlert]:
+    """Raise every newly crossed budget and GPU-hours quota threshold of `period`; returns the new alerts."""
+    principal.require_role(Role.INFRA_ADMIN, Role.FINANCE, action="check budgets")
+    parse_period(period, now=now)
+    raised = []
+    for budget in session.exec(select(Budget).order_by(Budget.id)).all():
+        where = f" in VDC {budget.vdc_id}" if budget.vdc_id else ""
+        raised += _raise(session, period, f"budget:{budget.id}", "budget", budget.thresholds, spend(session, budget, period),
+                         Decimal(budget.amount), f"budget '{budget.name}'{where} ({budget.currency})",
+                         tenant_id=budget.tenant_id, budget_id=budget.id, vdc_id=budget.vdc_id)
+    for vdc in session.exec(select(Vdc).where(col(Vdc.max_gpu_hours).is_not(None))).all():
+        raised += _raise(session, period, f"quota:{vdc.id}", "gpu-hours", QUOTA_THRESHOLDS, _gpu_hours(session, period, vdc.id, None),
+                         Decimal(vdc.max_gpu_hours), f"GPU-hours quota of VDC '{vdc.name}'", vdc_id=vdc.id)
+    for grant in session.exec(select(VdcTenant).where(col(VdcTenant.max_gpu_hours).is_not(None))).all():
+        vdc = session.get(Vdc, grant.vdc_id)
+        raised += _raise(session, period, f"quota:{grant.vdc_id}:{grant.tenant_id}", "gpu-hours", QUOTA_THRESHOLDS,
+                         _gpu_hours(session, period, grant.vdc_id, grant.tenant_id), Decimal(grant.max_gpu_hours),
+                         f"GPU-hours quota of the tenant in VDC '{vdc.name}'", vdc_id=grant.vdc_id, tenant_id=grant.tenant_id)
+    session.flush()
+    for alert in raised:
+        alert.payload = _payload(session, alert)
+        audit.record(session, principal, "raise", "budget_alert", alert.id, tenant_id=alert.tenant_id,
+                     detail={"subject": alert.subject, "threshold": alert.threshold})
+    return raised
+
+
+def deliver_alerts(session: Session, url: str | None, timeout: float, *, client: httpx.Client | None = None) -> int:
+    """POST every undelivered alert to the webhook; returns how many it accepted (2xx)."""
+    if not url:
+        return 0
+    delivered = 0
+    pending = session.exec(select(BudgetAlert).where(col(BudgetAlert.delivered_at).is_(None)).order_by(BudgetAlert.id)).all()
+    with client or httpx.Client(timeout=timeout) as http:
+        for alert in pending:
+            alert.attempts += 1
+            try:
+                response = http.post(url, json=alert.payload)
+                ok = 200 <= response.status_code < 300
+                alert.last_error = None if ok else f"webhook answered HTTP {response.status_code}"
+            except httpx.HTTPError as exc:  # never log the URL: it may carry a token
+                ok, alert.last_error = False, f"webhook unreachable: {type(exc).__name__}"
+            if ok:
+                alert.delivered_at = utcnow()
+                delivered += 1
+            session.add(alert)
+    session.flush()
+    return delivered

@@ -1,0 +1,120 @@
+"""Exports for finance: FOCUS 1.2 (CSV or Parquet) and the per-cost-centre chargeback CSV.
+
+Both read the bills of one period (drafts and finalised, the status is a column) line by
+line from the database (`yield_per`), so a large period streams instead of loading at once.
+Each bill line is one FOCUS row: BillingAccount = the operator (`billing_account_name`),
+SubAccount = the tenant, ServiceCategory "Compute", SkuId = Kiln's SKU, SkuPriceId = the
+price card, ListCost/ContractedCost/EffectiveCost/BilledCost from the line; corrections of
+a finalised period carry ChargeClass "Correction" and the corrected window as ChargePeriod.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+from sqlmodel import Session, col, select
+
+from kiln.auth import Principal
+from kiln.errors import NotFound
+from kiln.models import Tenant
+from metering import skus
+from metering.focus import FocusRow, write_focus
+from metering.bills import FINALISED
+from metering.chargeback import cost_centres_of, write_chargeback
+from metering.models import Bill, BillLine
+from metering.money import round_amount
+from metering.periods import parse_period, period_bounds
+from metering.rating import KIND_CORRECTION
+
+EXTRA_COLUMNS = ["x_BillId", "x_BillLineId", "x_BillStatus", "x_ChargeKind", "x_CostCentre", "x_CorrectsPeriod"]
+SKU_METERS = {
+    skus.NODE_HOUR: ("Node Hours", "Other (Compute)", "Bare-metal nodes"),
+    skus.GPU_HOUR: ("GPU Hours", "Other (Compute)", "GPU compute"),
+    skus.CPU_CORE_HOUR: ("CPU Core Hours", "Containers", "Kubernetes"),
+    skus.RAM_GIB_HOUR: ("RAM GiB Hours", "Containers", "Kubernetes"),
+    skus.KWH: ("Energy", "Other (Compute)", "Metered energy"),
+    skus.STORAGE_GIB_MONTH: ("Storage GiB Months", "Other (Compute)", "Storage"),
+    skus.IDLE_SHARE: ("Idle Capacity Share", "Other (Compute)", "Idle capacity"),
+}
+YIELD_ROWS = 2000
+
+
+def _bills_query(session: Session, principal: Principal, period: str):
+    statement = (
+        select(BillLine, Bill, Tenant)
+        .join(Bill, col(Bill.id) == BillLine.bill_id)
+        .join(Tenant, col(Tenant.id) == Bill.tenant_id)
+        .where(Bill.period == period)
+        .order_by(Tenant.slug, BillLine.id)
+    )
+    return principal.scope(statement, Bill.tenant_id).execution_options(yield_per=YIELD_ROWS)
+
+
+def check_exportable(session: Session, principal: Principal, period: str) -> None:
+    """NotFound unless the period is valid and has bills the caller may see."""
+    parse_period(period)
+    if session.exec(principal.scope(select(Bill.id).where(Bill.period == period), Bill.tenant_id).limit(1)).first() is None:
+        raise NotFound(f"no bills for period {period}: run `kiln bills run --period {period}` first")
+
+
+def _account_id(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "kiln"
+
+
+def _whole_seconds(at: datetime) -> datetime:
+    return at.replace(microsecond=0)
+
+
+def focus_row(line: BillLine, bill: Bill, tenant: Tenant, account_name: str) -> FocusRow:
+    """One bill line as a FOCUS 1.2 row."""
+    meter, subcategory, service = SKU_METERS[skus.family(line.sku)]
+    start, end = period_bounds(bill.period)
+    quantity = Decimal(line.quantity).normalize() + 0  # `+ 0` turns -0 into 0
+    if line.kind == KIND_CORRECTION:
+        price_id = f"price-card-{line.price_card_id}" if line.price_card_id else None
+    else:
+        price_id = f"price-card-{line.price_card_id}" if line.price_card_id else f"{line.sku}:unpriced"
+    contracted = round_amount(Decimal(line.contracted_cost), line.currency)
+    return FocusRow(
+        billing_period_start=start, billing_period_end=end,
+        charge_period_start=_whole_seconds(line.window_start), charge_period_end=_whole_seconds(line.window_end),
+        billing_account_id=_account_id(account_name), billing_account_name=account_name, provider_name=account_name,
+        tenant_slug=tenant.slug, tenant_name=tenant.name, charge_category="Usage",
+        charge_description=line.description or None, service_name=service, resource_id=None, resource_name=None,
+        resource_type=None, sku_id=line.sku, sku_price_id=price_id, pricing_unit=line.unit, pricing_quantity=quantity,
+        consumed_unit=line.unit, consumed_quantity=quantity,
+        list_unit_price=Decimal(line.list_unit_price).normalize() + 0,
+        contracted_unit_price=Decimal(line.contracted_unit_price).normalize() + 0,
+        list_cost=round_amount(Decimal(line.list_cost), line.currency), contracted_cost=contracted,
+        effective_cost=contracted, billed_cost=contracted,
+        currency=line.currency, charge_class=line.charge_class, service_subcategory=subcategory, sku_meter=meter,
+        invoice_id=f"kiln-{bill.period}-{bill.id}" if bill.status == FINALISED else None,
+        extra={"x_BillId": str(bill.id), "x_BillLineId": str(line.id), "x_BillStatus": bill.status,
+               "x_ChargeKind": line.kind, "x_CostCentre": tenant.cost_centre or None, "x_CorrectsPeriod": line.corrects_period},
+    )
+
+
+def focus_rows(session: Session, principal: Principal, period: str, account_name: str) -> Iterator[FocusRow]:
+    """The period's bill lines as FOCUS rows, streamed from the database."""
+    for line, bill, tenant in session.exec(_bills_query(session, principal, period)):
+        yield focus_row(line, bill, tenant, account_name)
+
+
+def export_focus(
+    session: Session, principal: Principal, period: str, fmt: Literal["csv", "parquet"], out: BinaryIO | Path, account_name: str
+) -> int:
+    """Write the period's FOCUS export to `out`; NotFound for a period without bills. Returns rows written."""
+    check_exportable(session, principal, period)
+    return write_focus(focus_rows(session, principal, period, account_name), fmt, out, extra_columns=EXTRA_COLUMNS)
+
+
+def export_chargeback(session: Session, principal: Principal, period: str, out: BinaryIO | Path, account_name: str) -> int:
+    """Write the period's per-cost-centre chargeback CSV (`metering.chargeback`) to `out`; returns rows read."""
+    check_exportable(session, principal, period)
+    centres = cost_centres_of(session.exec(principal.scope(select(Tenant), Tenant.id)).all())
+    return write_chargeback(focus_rows(session, principal, period, account_name), out, cost_centres=centres).rows_read
