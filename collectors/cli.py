@@ -14,7 +14,14 @@ from rich.table import Table
 from collectors.cycle import CycleReport, UnknownTargets, pick_targets, run_cycle
 from collectors.sources import build_sources
 from fleet.runtime import FleetRuntime
-from kiln.cli.common import OutputFormat, OutputOption, console, engine_for, progress_bar, settings
+from kiln.cli.common import (
+    OutputFormat,
+    OutputOption,
+    console,
+    engine_for,
+    progress_bar,
+    settings,
+)
 from kiln.errors import ValidationFailed
 from kiln.schema import ensure_current
 
@@ -58,7 +65,7 @@ def once(
         raise typer.Exit(1)
 
 
-def _run(engine, source, only, *, show_progress: bool) -> CycleReport:  # noqa: ANN001
+def _run(engine, source, only, *, show_progress: bool) -> CycleReport:
     if not show_progress:
         return run_cycle(engine, source, only=only or None)
     targets = pick_targets(engine, source, only or None)

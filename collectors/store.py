@@ -26,7 +26,12 @@ from sqlalchemy import case
 from sqlmodel import Session, select
 
 from collectors.base import Sample, TargetResult
-from collectors.models import CollectorTargetState, HealthSnapshot, NodeEnergyHour, Rollup5m
+from collectors.models import (
+    CollectorTargetState,
+    HealthSnapshot,
+    NodeEnergyHour,
+    Rollup5m,
+)
 from fleet.models import Gpu, Node
 from kiln.db import upsert
 
@@ -65,7 +70,7 @@ def persist_results(session: Session, collector: str, results: Sequence[TargetRe
     transitions = record_target_states(session, collector, results, now)
     samples = [s for r in results for s in r.samples if not s.metric.startswith(NOT_HEALTH)]
     if samples:
-        node_ids = _node_ids(session, samples)
+        node_ids = node_ids_of(session, samples)
         integrate_energy(session, [s for s in samples if s.metric == POWER_METRIC], node_ids, max_gap)
         write_snapshots(session, samples, node_ids)
         add_rollups(session, samples)
@@ -147,18 +152,18 @@ def add_rollups(session: Session, samples: Iterable[Sample]) -> None:
     rows = [{"entity": e, "metric": m, "bucket": b, "count": len(v), "sum": sum(v), "min": min(v), "max": max(v)}
             for (e, m, b), v in points.items()]
 
-    def fold(current, new):  # noqa: ANN001, ANN202 - SQLAlchemy column collections
+    def fold(current, new):
         return {"count": current.count + new.count, "sum": current.sum + new.sum,
                 "min": _least(current.min, new.min), "max": _greatest(current.max, new.max)}
 
     upsert(session, Rollup5m, rows, ("entity", "metric", "bucket"), fold)
 
 
-def _least(a, b):  # noqa: ANN001, ANN202
+def _least(a, b):
     return case((a < b, a), else_=b)
 
 
-def _greatest(a, b):  # noqa: ANN001, ANN202
+def _greatest(a, b):
     return case((a > b, a), else_=b)
 
 
@@ -169,19 +174,22 @@ def bucket_of(ts: datetime) -> datetime:
 
 
 def integrate_energy(session: Session, power: Sequence[Sample], node_ids: Mapping[str, int],
-                     max_gap: timedelta) -> None:
-    """Add the energy between each node's previous DCMI reading and this one to its hours."""
+                     max_gap: timedelta, previous: Mapping[str, tuple[datetime, float]] | None = None) -> None:
+    """Add the energy between each node's previous DCMI reading (from its snapshot, or
+    `previous`: node → (time, watts)) and this one to its hours."""
     if not power:
         return
-    previous = {row.entity: row for row in session.exec(
-        select(HealthSnapshot).where(HealthSnapshot.metric == POWER_METRIC, HealthSnapshot.labels_key == "",
-                                     HealthSnapshot.entity.in_([s.entity for s in power])))}
+    if previous is None:
+        previous = {row.entity: (row.observed_at, row.value) for row in session.exec(
+            select(HealthSnapshot).where(HealthSnapshot.metric == POWER_METRIC, HealthSnapshot.labels_key == "",
+                                         HealthSnapshot.entity.in_([s.entity for s in power])))
+            if row.value is not None}
     totals: dict[tuple[int, datetime], list] = {}
     for s in power:
         node_id, before = node_ids.get(s.entity), previous.get(s.entity)
-        if node_id is None or before is None or before.value is None or not math.isfinite(s.value):
+        if node_id is None or before is None or not math.isfinite(s.value):
             continue
-        for hour, kwh, seconds in energy_by_hour(before.observed_at, before.value, s.ts, s.value, max_gap):
+        for hour, kwh, seconds in energy_by_hour(before[0], before[1], s.ts, s.value, max_gap):
             slot = totals.setdefault((node_id, hour), [Decimal(0), 0])
             slot[0] += kwh
             slot[1] += seconds
@@ -236,7 +244,7 @@ def _node_of(sample: Sample, node_ids: Mapping[str, int]) -> int | None:
     return node_ids.get(_host_of(sample)) or node_ids.get(sample.entity)
 
 
-def _node_ids(session: Session, samples: Sequence[Sample]) -> dict[str, int]:
+def node_ids_of(session: Session, samples: Sequence[Sample]) -> dict[str, int]:
     """Node id by node name, and by GPU UUID for GPUs Kiln knows (they need no host label)."""
     names = {_host_of(s) for s in samples}
     ids: dict[str, int] = dict(session.exec(select(Node.name, Node.id).where(Node.name.in_(names))).all())

@@ -1,13 +1,15 @@
-"""`kiln serve`, `kiln migrate`, `kiln version`."""
+"""`kiln serve`, `kiln migrate`, `kiln worker`, `kiln demo`, `kiln version`."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 from kiln import __version__
 from kiln.cli.common import engine_for, settings
 from kiln.schema import ensure_current, migrate_to, schema_status, upgrade
-from kiln.settings import load_settings, resolve_secret_key
+from kiln.settings import default_data_dir, load_settings, resolve_secret_key
 
 
 def serve(
@@ -60,6 +62,23 @@ def worker() -> None:
     ensure_current(engine)
     typer.echo(f"Kiln {__version__} worker started")
     run_forever(config, engine)
+
+
+def demo(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8080, min=1, max=65535, help="TCP port to listen on."),
+    data_dir: Path = typer.Option(None, "--data-dir", help="Where the demo keeps its database (default: DATA_DIR/demo)."),
+) -> None:
+    """Run the whole appliance on a simulated fleet (no external services) until Ctrl-C."""
+    import logging
+
+    from dashboards.demo.run import run_demo
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        run_demo(host, port, (data_dir or default_data_dir() / "demo").resolve(), say=typer.echo)
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C once it has shut down
+        typer.echo("demo stopped")
 
 
 def version() -> None:

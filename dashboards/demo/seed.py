@@ -1,0 +1,162 @@
+"""The demo's fleet, tenants, users, VDCs, leases, price cards and budgets, made through Kiln's
+own services (the same validation, audit log and quota checks as the API).
+
+3 racks × 16 nodes × 8 GPUs (H100 in racks r1-r2, A100 in r3), 6 tenants, two VDCs, a month
+of leases (some starting mid-hour, some handed from one tenant to another, a few nodes idle so
+idle cost shows), effective-dated price cards with a mid-period price change, one contract
+discount, and budgets. Seeding is idempotent: a second run only refreshes the BMC addresses
+(the simulators get new ports on every start).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from pydantic import SecretStr
+from sqlmodel import Session, select
+
+from fleet.leases import create_lease
+from fleet.models import Node
+from fleet.nodes import create_node
+from fleet.runtime import FleetRuntime
+from fleet.schemas import NodeCreate
+from fleet.tenancy_schemas import LeaseCreate, VdcCreate
+from fleet.vdcs import create_vdc
+from kiln.auth import Principal
+from kiln.models import Tenant
+from kiln.roles import Role
+from kiln.tenants import TenantCreate, create_tenant
+from kiln.users import UserCreate, create_user
+from metering.budgets import BudgetCreate, create_budget
+from metering.discounts import DiscountCreate, create_discount
+from metering.price_cards import import_cards
+
+DEMO_PASSWORD = "kiln-demo-password"
+H100, A100 = "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB"
+RACKS = {"r1": ("gpu.h100", H100), "r2": ("gpu.h100", H100), "r3": ("gpu.a100", A100)}
+NODES_PER_RACK = 16
+GPUS_PER_NODE = 8
+TENANTS = {  # slug: (name, cost centre)
+    "acme": ("Acme Robotics", "CC-1010"), "globex": ("Globex Research", "CC-1020"),
+    "initech": ("Initech AI", "CC-1030"), "umbrella": ("Umbrella Labs", "CC-1040"),
+    "hooli": ("Hooli Search", "CC-2010"), "stark": ("Stark Vision", "CC-2020"),
+}
+VDCS = {"training": (("r1", "r2"), ("acme", "globex", "initech", "umbrella")), "inference": (("r3",), ("hooli", "stark"))}
+MEMBERS = {"alice": "acme", "bob": "globex"}  # tenant members named in the banner
+
+
+@dataclass(frozen=True)
+class DemoLogin:
+    """A demo user and what it is."""
+
+    username: str
+    role: str
+    tenant: str | None
+
+
+def node_names() -> list[str]:
+    """Every demo node's name, rack by rack."""
+    return [f"{rack}-n{i:02d}" for rack in RACKS for i in range(1, NODES_PER_RACK + 1)]
+
+
+def gpu_uuid(node: str, index: int) -> str:
+    """The demo GPU's UUID, as dcgm-exporter would label it."""
+    return f"GPU-{node}-{index}"
+
+
+def logins() -> list[DemoLogin]:
+    """The demo's users."""
+    users = [DemoLogin("admin", Role.INFRA_ADMIN.value, None), DemoLogin("finance", Role.FINANCE.value, None)]
+    users += [DemoLogin(f"{slug}-admin", Role.TENANT_ADMIN.value, slug) for slug in TENANTS]
+    users += [DemoLogin(name, Role.TENANT_MEMBER.value, slug) for name, slug in MEMBERS.items()]
+    return users
+
+
+def seeded(session: Session) -> bool:
+    """True when the demo data is already there."""
+    return session.exec(select(Tenant).where(Tenant.slug == "acme")).first() is not None
+
+
+def seed(session: Session, runtime: FleetRuntime, bmcs: dict[str, dict], now: datetime) -> None:
+    """Create everything (call once, on an empty database); `bmcs` maps node name → its BMC."""
+    system = Principal.system("kiln-demo")
+    for slug, (name, cost_centre) in TENANTS.items():
+        create_tenant(session, system, TenantCreate(slug=slug, name=name, cost_centre=cost_centre))
+    for login in logins():
+        create_user(session, system, UserCreate(username=login.username, role=Role(login.role),
+                                                tenants=[login.tenant] if login.tenant else [],
+                                                password=SecretStr(DEMO_PASSWORD)))
+    for number, name in enumerate(node_names()):
+        rack = name.split("-")[0]
+        resource_class, model = RACKS[rack]
+        bmc = bmcs[name]
+        node = create_node(session, system, NodeCreate(
+            name=name, provisioner="fake", bmc_address=f"ipmi://{bmc['host']}:{bmc['port']}",
+            bmc_username=bmc["username"], bmc_password=bmc["password"],
+            boot_mac=f"52:54:00:de:{number // 256:02x}:{number % 256:02x}", resource_class=resource_class, rack=rack,
+            tags=["demo", "train" if rack != "r3" else "infer"],
+            facts={"cpu_model": "AMD EPYC 9454", "cpu_cores": 96, "ram_mib": 1536 * 1024},
+            gpus=[{"index": i, "model": model, "vendor": "nvidia", "uuid": gpu_uuid(name, i), "memory_mib": 81559}
+                  for i in range(GPUS_PER_NODE)],
+        ), runtime.drivers, runtime.box)
+        # a fleet in service since before the history starts (idle capacity counts from enrolment)
+        node.provision_state, node.power_state = ("active", "power on")
+        node.created_at = now - timedelta(days=90)
+        session.add(node)
+    session.flush()
+    for vdc, (racks, tenants) in VDCS.items():
+        create_vdc(session, system, VdcCreate(
+            name=vdc, description=f"racks {', '.join(racks)}", selectors=[{"kind": "rack", "value": r} for r in racks],
+            tenants=[{"tenant": t, "max_nodes": 12, "max_gpus": 96} for t in tenants]))
+    _lease_month(session, system, now)
+    _price_cards(session, system, now)
+    create_discount(session, system, DiscountCreate(tenant="acme", percent=Decimal("12.5")))
+    for slug, amount in (("acme", "60000"), ("globex", "25000"), ("hooli", "40000")):
+        create_budget(session, system, BudgetCreate(tenant=slug, name=f"{slug} monthly", amount=Decimal(amount),
+                                                    currency="USD", thresholds=[50, 80, 100]))
+
+
+def refresh_bmcs(session: Session, runtime: FleetRuntime, bmcs: dict[str, dict]) -> None:
+    """Point every demo node at its simulator's current port."""
+    for node in session.exec(select(Node).where(Node.name.in_(list(bmcs)))):
+        bmc = bmcs[node.name]
+        node.bmc_address = f"ipmi://{bmc['host']}:{bmc['port']}"
+        node.bmc_password_encrypted = runtime.box.encrypt(bmc["password"])
+        session.add(node)
+
+
+def _lease_month(session: Session, system: Principal, now: datetime) -> None:
+    """Leases over the last 30 days: most nodes held, some handed over mid-month, a few idle."""
+    month_ago = (now - timedelta(days=30)).replace(minute=0, second=0, microsecond=0)
+    for vdc, (racks, tenants) in VDCS.items():
+        nodes = [n for n in node_names() if n.split("-")[0] in racks]
+        for k, node in enumerate(nodes):
+            if k % 8 == 7:
+                continue  # idle capacity: priced as idle cost
+            tenant = tenants[k % len(tenants)]
+            start = month_ago + timedelta(hours=(k * 7) % 48, minutes=17 if k % 3 == 0 else 0)
+            if k % 5 == 0:  # handed to the next tenant after 18 days
+                handover = month_ago + timedelta(days=18, hours=k % 6)
+                create_lease(session, system, LeaseCreate(node=node, tenant=tenant, vdc=vdc, starts_at=start,
+                                                          ends_at=handover, note="demo"))
+                tenant, start = tenants[(k + 1) % len(tenants)], handover + timedelta(hours=5)
+            create_lease(session, system, LeaseCreate(node=node, tenant=tenant, vdc=vdc, starts_at=start, note="demo"))
+
+
+def _price_cards(session: Session, system: Principal, now: datetime) -> None:
+    """List prices in USD; the H100 GPU-hour gets cheaper 12 days ago (a mid-period change)."""
+    since = (now - timedelta(days=90)).strftime("%Y-%m-%dT00:00:00Z")
+    change = (now - timedelta(days=12)).strftime("%Y-%m-%dT00:00:00Z")
+    rows = [
+        f"gpu-hour:{H100},,2.4900,USD,{since},{change}",
+        f"gpu-hour:{H100},,2.1900,USD,{change},",
+        f"gpu-hour:{A100},,1.2900,USD,{since},",
+        f"node-hour:gpu.h100,,1.8500,USD,{since},",
+        f"node-hour:gpu.a100,,1.1000,USD,{since},",
+        f"kwh,,0.1420,USD,{since},",
+        f"cpu-core-hour,,0.0310,USD,{since},",
+        f"ram-gib-hour,,0.0042,USD,{since},",
+    ]
+    import_cards(session, system, "sku,unit,unit_price,currency,effective_from,effective_to\n" + "\n".join(rows) + "\n")

@@ -1,0 +1,132 @@
+"""`kiln demo` end to end: one command brings up the simulated fleet, collects from it for
+real, bills a month of history, serves the API, and honours its scripting contract."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.cli_helpers import KILN, base_env, run
+
+pytestmark = pytest.mark.peer("bmcsim")  # the demo starts the BMC simulator itself
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Demo:
+    """A running `kiln demo`: its URL, data dir and banner."""
+
+    def __init__(self, process: subprocess.Popen, url: str, data_dir: Path, banner: str) -> None:
+        self.process, self.url, self.data_dir, self.banner = process, url, data_dir, banner
+
+    def token(self, user: str, env: dict[str, str]) -> str:
+        done = run({**env, "KILN_DATA_DIR": str(self.data_dir)}, "tokens", "create", user)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    def get(self, path: str, token: str | None = None) -> tuple[int, str]:
+        request = urllib.request.Request(self.url.rstrip("/") + path,
+                                         headers={"Authorization": f"Bearer {token}"} if token else {})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+    data_dir = tmp_path_factory.mktemp("demo")
+    env = base_env(data_dir)
+    port = free_port()
+    process = subprocess.Popen([KILN, "demo", "--port", str(port), "--data-dir", str(data_dir / "d")], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                pytest.fail("kiln demo exited before it was ready:\n" + "".join(lines))
+            lines.append(line)
+            if "ready" in line:
+                break
+        else:
+            pytest.fail("kiln demo was not ready within 300 s:\n" + "".join(lines))
+        while "Ctrl-C" not in lines[-1]:  # the rest of the banner
+            lines.append(process.stdout.readline())
+            assert lines[-1], "".join(lines)
+        url = re.search(r"http://\S+", next(line for line in lines if "ready" in line)).group(0)
+        yield Demo(process, url, data_dir / "d", "".join(lines))
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def test_banner_names_logins_and_tenants(demo: Demo) -> None:
+    assert "ready at http://127.0.0.1:" in demo.banner
+    for name in ("admin (infra-admin)", "finance (finance)", "alice (tenant acme)", "bob (tenant globex)"):
+        assert name in demo.banner
+    assert "tenants: acme, globex, initech, umbrella, hooli, stark" in demo.banner
+
+
+def test_tokens_work_for_every_demo_user_and_tenancy_holds(demo: Demo, tmp_path: Path) -> None:
+    env = base_env(tmp_path)
+    tokens = {user: demo.token(user, env) for user in ("admin", "finance", "alice", "bob")}
+    status, body = demo.get("/api/v1/nodes", tokens["admin"])
+    nodes = json.loads(body)
+    assert status == 200 and len(nodes) == 48
+    _, alice_body = demo.get("/api/v1/nodes", tokens["alice"])
+    _, bob_body = demo.get("/api/v1/nodes", tokens["bob"])
+    alice_nodes = {n["name"] for n in json.loads(alice_body)}
+    bob_nodes = {n["name"] for n in json.loads(bob_body)}
+    assert alice_nodes and bob_nodes and not alice_nodes & bob_nodes
+    _, bills = demo.get("/api/v1/bills", tokens["alice"])
+    assert {b["tenant"] for b in json.loads(bills)} == {"acme"}
+    _, all_bills = demo.get("/api/v1/bills", tokens["finance"])
+    assert {b["tenant"] for b in json.loads(all_bills)} == {"acme", "globex", "initech", "umbrella", "hooli", "stark"}
+    assert all(Decimal(b["total"]) > 0 for b in json.loads(all_bills))
+
+
+def test_collectors_read_the_simulators_for_real(demo: Demo, tmp_path: Path) -> None:
+    token = demo.token("admin", base_env(tmp_path))
+    _, text = demo.get("/metrics")
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    watts = {s.labels["node"]: s.value for s in families["ipmi_dcmi_power_consumption_watts"].samples}
+    assert len(watts) == 48 and all(v >= 40 for v in watts.values())
+    state = {s.labels["target"]: s.value for s in families["kiln_collector_target_up"].samples}
+    assert sum(state.values()) == len(state) == 49  # 48 BMCs and the dcgm-exporter
+    nodes = {n["name"]: n for n in json.loads(demo.get("/api/v1/nodes", token)[1])}
+    leased = next(n for n in nodes.values() if n["power_state"] == "power on")
+    health = json.loads(demo.get(f"/api/v1/nodes/{leased['id']}/health", token)[1])
+    assert health["bmc_up"] is True and health["power_on"] is True
+    assert len(health["gpus"]) == 8 and all(g["values"]["gpu_util"] is not None for g in health["gpus"])
+
+
+def test_ctrl_c_stops_everything(demo: Demo) -> None:
+    demo.process.send_signal(signal.SIGINT)
+    assert demo.process.wait(30) == 0
+    state = json.loads((demo.data_dir / "bmcsim" / "bmcs.json").read_text())
+    for process in state["processes"]:
+        with pytest.raises(ProcessLookupError):
+            os.kill(process["pid"], 0)
