@@ -5,7 +5,8 @@ IPMI series keep ipmi_exporter's names and labels, with `node` naming the node
 `ipmi_chassis_power_state{node}`, `ipmi_dcmi_power_consumption_watts{node}`,
 `ipmi_temperature_celsius{node,id,name}`, `ipmi_fan_speed_rpm`, `ipmi_sensor_state`, ... Only
 readings from the last `stale_after` are exported, as ipmi_exporter exports only what the
-current scrape read. Per (collector, target) state: `kiln_collector_target_up`,
+current scrape read. `kiln_namespace_tenant_info{namespace,tenant}` joins dcgm-exporter's
+`namespace` label to tenants in PromQL. Per (collector, target) state: `kiln_collector_target_up`,
 `kiln_collector_last_success_timestamp_seconds`, `kiln_collector_consecutive_failures`.
 The values are read from the database at scrape time, so the API process exports what any
 worker replica collected.
@@ -25,6 +26,7 @@ from sqlmodel import Session, select
 
 from collectors.models import CollectorTargetState, HealthSnapshot
 
+NAMESPACE_TENANT = "kiln_k8s_namespace_tenant"  # the Kubernetes collector's namespace → tenant sample
 HELP = {
     "ipmi_up": "1 if the part (collector label) of the node's BMC could be read",
     "ipmi_chassis_power_state": "Chassis power: 1 on, 0 off",
@@ -51,11 +53,19 @@ class CollectorExposition(Collector):
             snapshots = session.exec(select(HealthSnapshot).where(HealthSnapshot.source == "ipmi",
                                                                   HealthSnapshot.observed_at >= since)
                                      .order_by(HealthSnapshot.metric, HealthSnapshot.entity)).all()
+            namespaces = session.exec(select(HealthSnapshot).where(HealthSnapshot.metric == NAMESPACE_TENANT,
+                                                                   HealthSnapshot.observed_at >= since)).all()
             states = session.exec(select(CollectorTargetState)
                                   .where(CollectorTargetState.last_attempt_at.is_not(None))
                                   .order_by(CollectorTargetState.collector, CollectorTargetState.target)).all()
         yield from _ipmi_families(snapshots)
         yield from _state_families(states)
+        info = GaugeMetricFamily("kiln_namespace_tenant_info", "A Kubernetes namespace and the tenant its label names",
+                                 labels=["namespace", "tenant"])
+        for row in namespaces:
+            if row.labels.get("tenant"):
+                info.add_metric([row.entity, row.labels["tenant"]], 1.0)
+        yield info
 
 
 def _ipmi_families(snapshots: list[HealthSnapshot]) -> Iterator[Metric]:

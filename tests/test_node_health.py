@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 from sqlmodel import Session
 
@@ -70,3 +71,18 @@ def test_tenants_see_only_their_leased_nodes_health(engine: Engine, world: World
         assert refused.headers["content-type"] == "application/problem+json"
     assert client.get(f"/api/v1/nodes/{theirs.id}/health", headers=world.headers("b_admin")).json()["power_watts"] == 3200.0
     assert client.get(f"/api/v1/nodes/{mine.id}/health").status_code == 401
+
+
+def test_metrics_name_lease_holders_and_namespace_tenants(engine: Engine, world: World, client: TestClient) -> None:
+    leased = make_node_row(world, gpus=8, name="gpu-401")
+    make_node_row(world, gpus=8, name="gpu-402")  # not leased: not exported
+    lease_node(world, leased.id, "a")
+    namespaces = [Sample("kubernetes", ns, "kiln_k8s_namespace_tenant", 1.0, "info", {"namespace": ns, "tenant": t}, NOW)
+                  for ns, t in (("team-a", "tenant-a"), ("scratch", ""))]
+    with Session(engine) as session, session.begin():
+        persist_results(session, "kubernetes", [TargetResult("https://kube:6443", ok=True, samples=namespaces)])
+    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+    assert [(s.labels, s.value) for s in families["kiln_lease_gpus"].samples] == [
+        ({"tenant": "tenant-a", "node": "gpu-401"}, 8.0)]
+    assert [s.labels for s in families["kiln_namespace_tenant_info"].samples] == [
+        {"namespace": "team-a", "tenant": "tenant-a"}]
