@@ -7,13 +7,17 @@ Domain packages contribute theirs through `DOMAIN_ROUTERS` as they grow.
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 from fastapi import APIRouter, FastAPI
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 
+from collectors.exposition import CollectorExposition
+from dashboards.mount import mount_console
 from fleet import api as fleet_api
 from fleet import tenancy_api
+from fleet.exposition import LeaseExposition
 from kiln import __version__
 from kiln.api import audit, health, tenants, tokens, users
 from kiln.db import create_db_engine
@@ -22,6 +26,8 @@ from kiln.limits import BodySizeLimitMiddleware
 from kiln.metrics import HttpMetrics, MetricsMiddleware
 from kiln.oidc import OIDCVerifier
 from kiln.settings import Settings
+from metering import api as metering_api
+from metering.exposition import BudgetExposition
 
 SHELL_ROUTERS: tuple[APIRouter, ...] = (
     health.router,
@@ -30,7 +36,7 @@ SHELL_ROUTERS: tuple[APIRouter, ...] = (
     tokens.router,
     audit.router,
 )
-DOMAIN_ROUTERS: tuple[APIRouter, ...] = (fleet_api.router, tenancy_api.router)
+DOMAIN_ROUTERS: tuple[APIRouter, ...] = (fleet_api.router, tenancy_api.router, metering_api.router)
 
 
 def create_app(settings: Settings, engine: Engine | None = None, oidc: OIDCVerifier | None = None) -> FastAPI:
@@ -49,9 +55,14 @@ def create_app(settings: Settings, engine: Engine | None = None, oidc: OIDCVerif
     app.state.engine = engine or create_db_engine(settings.resolved_database_url)
     app.state.oidc = oidc or (OIDCVerifier(settings) if settings.oidc_enabled else None)
     app.state.registry = CollectorRegistry()
+    stale_after = timedelta(seconds=3 * settings.ipmi_interval)
+    for exposition in (CollectorExposition(app.state.engine, stale_after=stale_after),
+                       LeaseExposition(app.state.engine), BudgetExposition(app.state.engine)):
+        app.state.registry.register(exposition)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(app.state.registry))
     for router in SHELL_ROUTERS + DOMAIN_ROUTERS:
         app.include_router(router)
+    mount_console(app)  # the Dash console at `/`, after the API routes (built on its first request)
     return app

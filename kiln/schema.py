@@ -21,7 +21,7 @@ from sqlmodel import SQLModel
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 # Every module that defines tables; domain packages add theirs here as they grow.
-MODEL_MODULES = ("kiln.models", "fleet.models", "fleet.tenancy_models", "collectors.models")
+MODEL_MODULES = ("kiln.models", "fleet.models", "fleet.tenancy_models", "collectors.models", "metering.models")
 
 
 class SchemaError(Exception):

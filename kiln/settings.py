@@ -12,7 +12,7 @@ import re
 import secrets
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     token_default_days: int = Field(
         default=90, ge=1, le=3650, description="Lifetime of a personal API token when none is asked for."
     )
+    console_session_hours: float = Field(
+        default=8, gt=0, le=720, description="Hours a console sign-in lasts (from sign-in; then sign in again)."
+    )
     ironic_url: str | None = Field(
         default=None, description="Ironic API endpoint (e.g. `http://ironic:6385`); noauth unless Keystone is configured."
     )
@@ -69,6 +72,14 @@ class Settings(BaseSettings):
         default=None, description="Kubeconfig file for the Metal3 driver and the Kubernetes collector."
     )
     metal3_namespace: str = Field(default="metal3", description="Namespace of Kiln's BareMetalHosts and BMC secrets.")
+    kube_tenant_label: str = Field(
+        default="kiln.io/tenant",
+        description="Namespace label whose value is the Kiln tenant slug that the namespace's pods are charged to.",
+    )
+    opencost_url: str | None = Field(
+        default=None,
+        description="OpenCost API URL (e.g. `http://opencost.opencost:9003`); unset: no OpenCost collector.",
+    )
     bulk_concurrency: int = Field(
         default=20, ge=1, le=200, description="How many nodes a bulk action works on at once."
     )
@@ -78,11 +89,69 @@ class Settings(BaseSettings):
     sync_interval: int = Field(
         default=60, ge=5, description="Seconds between syncs of provision and power state from the drivers."
     )
+    prometheus_url: str | None = Field(
+        default=None,
+        description="Prometheus (or Thanos/Mimir) query URL holding dcgm-exporter / AMD exporter series; "
+        "unset: no GPU collectors, charts from Kiln's own 5-minute rollups.",
+    )
+    prometheus_scrape_interval: int = Field(
+        default=30, ge=1, description="Seconds between Prometheus' scrapes of the GPU exporters (for GPU-hours)."
+    )
+    dcgm_exporter_urls: str | None = Field(
+        default=None,
+        description="Comma-separated dcgm-exporter `/metrics` URLs Kiln scrapes itself (sites without Prometheus).",
+    )
+    rocm_exporter_urls: str | None = Field(
+        default=None,
+        description="Comma-separated AMD device-metrics-exporter `/metrics` URLs Kiln scrapes itself.",
+    )
+    gpu_interval: int = Field(default=60, ge=5, description="Seconds between GPU collector cycles (dcgm, rocm).")
+    kube_interval: int = Field(
+        default=60, ge=5, description="Seconds between Kubernetes collector cycles (watches in between lists)."
+    )
+    opencost_interval: int = Field(default=3600, ge=60, description="Seconds between imports from OpenCost.")
+    billing_interval: int = Field(
+        default=3600, ge=60, description="Seconds between rebuilds of the running period's usage and draft bills "
+        "(and budget alert checks) by `kiln worker`.",
+    )
+    ipmi_interval: int = Field(default=60, ge=5, description="Seconds between IPMI polls of every node's BMC.")
+    ipmi_timeout: float = Field(
+        default=2.0, gt=0, le=60, description="Seconds to wait for each BMC answer before retrying."
+    )
+    ipmi_retries: int = Field(default=1, ge=0, le=5, description="Times an unanswered IPMI request is sent again.")
+    ipmi_workers: int = Field(default=64, ge=1, le=512, description="BMCs polled at once by one worker.")
+    ipmi_cipher_suite: int | None = Field(
+        default=None,
+        description="RMCP+ cipher suite for IPMI sessions (3 or 17); unset: try 17, then 3. "
+        "A node's own `ipmi_cipher_suite` wins.",
+    )
+    worker_name: str | None = Field(
+        default=None, description="Name of this `kiln worker` replica in target leases; unset: HOSTNAME-PID."
+    )
+    idle_cost_policy: Literal["platform", "share"] = Field(
+        default="platform",
+        description="Who pays for capacity nobody leased: `platform` (the operator absorbs it) or `share` "
+        "(spread over tenants in proportion to their usage cost). Idle cost is shown either way.",
+    )
+    billing_account_name: str = Field(
+        default="Kiln", min_length=1, max_length=200,
+        description="The operator's name in FOCUS exports (BillingAccountName, ProviderName, InvoiceIssuerName).",
+    )
+    budget_webhook_url: str | None = Field(
+        default=None, description="URL that budget and GPU-hours quota alerts are POSTed to as JSON; unset: alerts are only shown."
+    )
+    budget_webhook_timeout: float = Field(
+        default=5.0, gt=0, le=60, description="Seconds to wait for the budget webhook before retrying on the next check."
+    )
     oidc_issuer: str | None = Field(
         default=None,
         description="OIDC issuer URL (e.g. Keycloak `https://kc/realms/NAME`). Set to accept its bearer tokens.",
     )
     oidc_audience: str | None = Field(default=None, description="Required `aud` of OIDC tokens (the client id).")
+    oidc_client_secret: SecretStr | None = Field(
+        default=None,
+        description="Client secret of the console's OIDC client (confidential clients); unset: public client with PKCE.",
+    )
     oidc_jwks_url: str | None = Field(
         default=None, description="JWKS URL; unset: taken from the issuer's /.well-known/openid-configuration."
     )
@@ -98,6 +167,13 @@ class Settings(BaseSettings):
     oidc_username_claim: str = Field(
         default="preferred_username", description="Claim used as the caller's name in the audit log."
     )
+
+    @field_validator("ipmi_cipher_suite")
+    @classmethod
+    def _known_suite(cls, value: int | None) -> int | None:
+        if value is not None and value not in {3, 17}:
+            raise ValueError("Kiln speaks RMCP+ cipher suites 3 and 17; leave unset to try 17, then 3")
+        return value
 
     @field_validator("log_level")
     @classmethod

@@ -7,7 +7,7 @@ source "$(dirname "$0")/bootstrap.sh"
 kiln_bootstrap "test,ironic,k8s"
 cd "$KILN_ROOT"
 export PYTHON="$KILN_VENV/bin/python"  # peers written in Python (bmcsim) run in Kiln's venv
-for peer in postgres ironic bmcsim kube prometheus; do  # peers the suite starts; each script's `install` is idempotent
+for peer in postgres ironic bmcsim kube prometheus helm focus chromium; do  # peers the suite starts; each script's `install` is idempotent
   bash "tests/peers/$peer.sh" install
 done
 exec "$KILN_VENV/bin/python" -m pytest "$@"

@@ -23,6 +23,14 @@ from tests.peers.harness import running_peer
 TEST_SECRET_KEY = "test-secret-key-" + "x" * 32
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect (not skip) the SQLite variant of tests marked `postgresql_only`."""
+    dropped = [item for item in items if item.get_closest_marker("postgresql_only") and "[sqlite" in item.name]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if item not in dropped]
+
+
 @pytest.fixture(scope="session")
 def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of the real PostgreSQL server's maintenance database (started if it was stopped)."""

@@ -4,10 +4,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -157,7 +155,7 @@ def polled_at(engine: Engine) -> dict:
             select(CollectorTargetState).where(CollectorTargetState.collector == "ipmi"))}
 
 
-def wait_for(engine: Engine, condition, timeout: float) -> dict[str, str | None]:  # noqa: ANN001
+def wait_for(engine: Engine, condition, timeout: float) -> dict[str, str | None]:
     deadline = time.monotonic() + timeout
     while True:
         owners = lease_owners(engine)

@@ -10,7 +10,12 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from collectors.base import Sample, TargetResult
-from collectors.models import CollectorTargetState, HealthSnapshot, NodeEnergyHour, Rollup5m
+from collectors.models import (
+    CollectorTargetState,
+    HealthSnapshot,
+    NodeEnergyHour,
+    Rollup5m,
+)
 from collectors.sharding import claim_targets, retire_worker
 from collectors.store import energy_by_hour, persist_results
 from fleet.models import Gpu, Node

@@ -77,7 +77,7 @@ def test_worker_cycle_stores_gpu_health_and_rollups(engine: Engine, world: World
 
 
 class _Broken(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         if self.path == "/500":
             self.send_error(500)
             return
@@ -87,7 +87,7 @@ class _Broken(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         return
 
 

@@ -9,12 +9,14 @@ import typer
 from sqlalchemy.exc import OperationalError
 from typer._click import exceptions as click  # Typer vendors its own click
 
+from collectors.cli import collect_app
 from fleet.cli import nodes_app
 from fleet.tenancy_cli import leases_app, vdcs_app
-from kiln.cli import accounts, server
+from kiln.cli import accounts, ops, server
 from kiln.errors import KilnError
 from kiln.schema import SchemaError
 from kiln.settings import CONFIG_ENV, ConfigError
+from metering.cli import bills_app, budgets_app, export_app, price_cards_app
 
 app = typer.Typer(
     name="kiln",
@@ -26,13 +28,22 @@ app = typer.Typer(
 app.command()(server.serve)
 app.command()(server.migrate)
 app.command()(server.worker)
+app.command()(server.demo)
 app.command()(server.version)
+app.command()(ops.backup)
+app.command()(ops.restore)
+app.command()(ops.doctor)
 app.add_typer(accounts.tenants_app, name="tenants")
 app.add_typer(accounts.users_app, name="users")
 app.add_typer(accounts.tokens_app, name="tokens")
 app.add_typer(nodes_app, name="nodes")
 app.add_typer(vdcs_app, name="vdcs")
 app.add_typer(leases_app, name="leases")
+app.add_typer(bills_app, name="bills")
+app.add_typer(price_cards_app, name="price-cards")
+app.add_typer(budgets_app, name="budgets")
+app.add_typer(export_app, name="export")
+app.add_typer(collect_app, name="collect")
 
 
 @app.callback()
