@@ -7,13 +7,11 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
-from collectors.cycle import CycleReport, UnknownTargets, pick_targets, run_cycle
-from collectors.sources import build_sources
-from fleet.runtime import FleetRuntime
 from kiln.cli.common import (
     OutputFormat,
     OutputOption,
@@ -24,6 +22,9 @@ from kiln.cli.common import (
 )
 from kiln.errors import ValidationFailed
 from kiln.schema import ensure_current
+
+if TYPE_CHECKING:
+    from collectors.cycle import CycleReport
 
 collect_app = typer.Typer(help="Run collectors by hand (the worker runs them on a schedule).", no_args_is_help=True)
 
@@ -43,6 +44,12 @@ def once(
     """Collect once from every target (or the named ones); exit 1 if any target failed."""
     if collector not in REQUIREMENTS:
         raise ValidationFailed("--collector", f"unknown collector {collector!r}: expected one of {', '.join(REQUIREMENTS)}")
+    # imported here: the collectors' clients (kubernetes, prometheus-api-client) load slowly,
+    # and every other `kiln` command would pay for them
+    from collectors.cycle import UnknownTargets
+    from collectors.sources import build_sources
+    from fleet.runtime import FleetRuntime
+
     config = settings()
     engine = engine_for(config)
     try:

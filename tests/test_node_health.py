@@ -77,7 +77,8 @@ def test_metrics_name_lease_holders_and_namespace_tenants(engine: Engine, world:
     leased = make_node_row(world, gpus=8, name="gpu-401")
     make_node_row(world, gpus=8, name="gpu-402")  # not leased: not exported
     lease_node(world, leased.id, "a")
-    namespaces = [Sample("kubernetes", ns, "kiln_k8s_namespace_tenant", 1.0, "info", {"namespace": ns, "tenant": t}, NOW)
+    now = datetime.now(UTC)  # fresh: /metrics leaves out readings older than three IPMI intervals
+    namespaces = [Sample("kubernetes", ns, "kiln_k8s_namespace_tenant", 1.0, "info", {"namespace": ns, "tenant": t}, now)
                   for ns, t in (("team-a", "tenant-a"), ("scratch", ""))]
     with Session(engine) as session, session.begin():
         persist_results(session, "kubernetes", [TargetResult("https://kube:6443", ok=True, samples=namespaces)])

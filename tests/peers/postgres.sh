@@ -26,8 +26,14 @@ case "$cmd" in
     read -r version name port status <<<"$(cluster)" || true
     [ -n "${version:-}" ] || { echo "no PostgreSQL cluster on this machine: run $0 install" >&2; exit 1; }
     if [ "$status" != "online" ]; then
-      pg_ctlcluster --skip-systemctl-redirect "$version" "$name" start
-      echo "$version $name" > "$state/started-by-us"
+      # another test process may be starting it at this very moment: then its start wins
+      if pg_ctlcluster --skip-systemctl-redirect "$version" "$name" start 2>"$state/start.err"; then
+        echo "$version $name" > "$state/started-by-us"
+      else
+        sleep 2
+        read -r _ _ _ status <<<"$(cluster)" || true
+        [ "$status" = "online" ] || { cat "$state/start.err" >&2; exit 1; }
+      fi
     fi
     for _ in $(seq 1 60); do
       pg_isready -q -h 127.0.0.1 -p "$port" && break
