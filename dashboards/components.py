@@ -6,6 +6,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+import dash_ag_grid as dag
 from dash import dcc, html
 
 from kiln.auth import Principal
@@ -16,12 +17,12 @@ RANGES = {"6h": timedelta(hours=6), "24h": timedelta(hours=24), "7d": timedelta(
 RANGE_LABELS = {"6h": "Last 6 hours", "24h": "Last 24 hours", "7d": "Last 7 days", "30d": "Last 30 days"}
 
 
-def forbidden(principal: Principal, what: str) -> html.Div:
-    """The 403 panel a caller sees on a page their role may not open."""
+def forbidden(principal: Principal, what: str, who: str = "infra admins") -> html.Div:
+    """The 403 panel a caller sees on a page their role may not open (`who` may open it)."""
     return html.Div(
         [
             html.H1("403 — Forbidden", id="forbidden-title"),
-            html.P(f"{what} is for infra admins; you are signed in as {principal.username} ({principal.role.value})."),
+            html.P(f"{what} is for {who}; you are signed in as {principal.username} ({principal.role.value})."),
             html.A("Back to your overview", href="/"),
         ],
         className="forbidden",
@@ -54,6 +55,32 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, empty: str, 
     head = html.Thead(html.Tr([html.Th(c) for c in columns]))
     body = html.Tbody([html.Tr([html.Td(cell) for cell in row]) for row in rows])
     return html.Div(html.Table([head, body], className="table"), **attrs)
+
+
+def data_grid(element_id: str, columns: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]], *, empty: str,
+              max_height: int = 440) -> html.Div:
+    """A long list as a sortable, filterable, virtualised table (AG Grid: the browser draws only the
+    visible rows, so hundreds of rows stay fast); the empty-state sentence when there are no rows.
+    A column with `"numeric": True` holds decimal strings, sorted and filtered as numbers."""
+    if not rows:
+        return html.Div(empty_state(empty), id=element_id)
+    defs = []
+    for column in columns:
+        numeric = column.get("numeric", False)
+        spec = {k: v for k, v in column.items() if k != "numeric"}
+        if numeric:  # sorted and filtered by the number, shown as the exact decimal string
+            field = column["field"]
+            spec.update(type="numericColumn", filter="agNumberColumnFilter",
+                        valueGetter={"function": f"params.data['{field}'] === '' ? null : Number(params.data['{field}'])"},
+                        valueFormatter={"function": f"params.data['{field}']"})
+        defs.append(spec)
+    grid = dag.AgGrid(
+        id=f"{element_id}-grid", rowData=list(rows), columnDefs=defs, columnSize="responsiveSizeToFit",
+        defaultColDef={"sortable": True, "filter": True, "resizable": True, "minWidth": 80},
+        dashGridOptions={"animateRows": False, "pagination": len(rows) > 100, "paginationPageSize": 100},
+        style={"height": f"{min(max_height, 60 + 42 * len(rows))}px"}, className="ag-theme-quartz",
+    )
+    return html.Div(grid, id=element_id, className="grid-wrap")
 
 
 def range_picker(element_id: str, default: str = "24h") -> dcc.Dropdown:

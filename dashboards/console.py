@@ -15,14 +15,14 @@ import dash
 import flask
 from dash import _callback_context
 
-from dashboards import gate, shell, signin
+from dashboards import downloads, gate, shell, signin
 from dashboards.context import ConsoleContext
-from dashboards.pages import fleet, node, not_found_404, usage, vdcs
+from dashboards.pages import costs, finance, fleet, node, not_found_404, usage, vdcs
 from dashboards.session import SessionCodec
 from kiln.settings import resolve_secret_key
 
 ASSETS = Path(__file__).parent / "assets"
-PAGES = (fleet, vdcs, usage, node, not_found_404)
+PAGES = (fleet, vdcs, usage, costs, finance, node, not_found_404)
 ADMIN_PATHS = (fleet.PATH, vdcs.PATH)
 
 
@@ -58,6 +58,7 @@ def create_console(state: Any) -> flask.Flask:
     app.layout = shell.layout
     gate.install(server)
     signin.install(server)
+    downloads.install(server)
     if context.oidc is not None:
         context.oidc.install(server)
     return server

@@ -1,0 +1,265 @@
+"""The console at fleet scale: time from navigation to charts drawn, page by page, in headless Chromium.
+
+    python -m benchmarks.console [--nodes 1000 --tenants 200 --months 12 | --quick] [--repeat N]
+
+Set-up (not timed): a fresh SQLite data dir gets a year of a fleet (`benchmarks.console_seed`:
+bulk inserts into Kiln's tables, then metering's own bills run for every period), cached under
+`~/.cache/kiln/console-bench/` by the parameters, the month and the seeding code (a re-run in
+the same month starts in seconds). `kiln serve --dev` serves it on a loopback port.
+
+Timed: for each page, in Debian's Chromium through Playwright (signed in once per persona),
+a fresh tab's `goto(url)` until every chart of the page is drawn (a Plotly SVG with marks or
+an empty-state note) and Dash has no callback in flight — the first of `--repeat + 1` loads is
+a warm-up, the median of the rest is reported. Baseline: the same page's data from the HTTP
+API alone (the GETs a client would make for it, one after the other, bearer token, JSON
+decoded), median of as many runs. Target: every page ≤ 1.5 s. One JSON line on stdout:
+`kiln_s` is the slowest page, `baseline_s` that page's API time, `ratio` their quotient, and
+`pages` every page's figures; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kiln" / "console-bench"
+TARGET_S = 1.5
+# Time the server took for the page's Dash requests (page layout and callbacks): request start to response end.
+SERVER_JS = """() => performance.getEntriesByType('resource')
+  .filter(e => e.name.includes('/_dash-update-component'))
+  .reduce((total, e) => total + (e.responseEnd - e.requestStart), 0) / 1000"""
+DRAWN_JS = """(minimum) => {
+  const charts = Array.from(document.querySelectorAll('.js-plotly-plot'));
+  const drawn = charts.filter(el => el.querySelector('.main-svg') &&
+    (el.querySelectorAll('.scatterlayer path.js-line, .barlayer path, .scatterlayer .point').length ||
+     el.querySelector('.annotation-text')));
+  return drawn.length >= minimum && !document.querySelector('[data-dash-is-loading="true"]');
+}"""
+
+
+def log(message: str) -> None:
+    """Progress on stderr."""
+    print(f"[console] {message}", file=sys.stderr, flush=True)
+
+
+def pages(seeded: dict) -> list[dict[str, Any]]:
+    """Every console page, who opens it, how many charts it draws, and the API calls that give its data."""
+    current, previous, node = seeded["periods"][-1], seeded["periods"][-2], seeded["node_name"]
+    bill, node_id = seeded["bill_id"], seeded["node_id"]
+    costs_api = [f"/api/v1/bills?period={current}", "/api/v1/budgets", f"/api/v1/budgets/alerts?period={current}",
+                 f"/api/v1/usage/totals?period={current}"]
+    return [
+        {"page": "fleet", "user": "admin", "path": "/fleet", "charts": 4, "api": ["/api/v1/nodes"]},
+        {"page": "node", "user": "admin", "path": f"/nodes/{node}", "charts": 3,
+         "api": [f"/api/v1/nodes/{node_id}", f"/api/v1/nodes/{node_id}/events", f"/api/v1/nodes/{node_id}/health"]},
+        {"page": "vdcs", "user": "admin", "path": "/vdcs", "charts": 1, "api": ["/api/v1/vdcs"]},
+        {"page": "usage", "user": "member", "path": "/usage", "charts": 3,
+         "api": ["/api/v1/leases?active=true", "/api/v1/vdcs", f"/api/v1/usage/efficiency?period={current}"]},
+        {"page": "costs (tenant)", "user": "member", "path": "/costs", "charts": 3, "api": costs_api},
+        {"page": "bill detail", "user": "member", "path": f"/costs?bill={bill}", "charts": 3, "api": [f"/api/v1/bills/{bill}"]},
+        {"page": "costs (all tenants)", "user": "admin", "path": "/costs", "charts": 3, "api": costs_api},
+        {"page": "finance", "user": "finance", "path": "/finance", "charts": 4,
+         "api": [f"/api/v1/bills?period={previous}", f"/api/v1/bills/idle?period={previous}",
+                 f"/api/v1/usage/reconciliation?period={previous}"]},
+    ]
+
+
+def prepare(nodes: int, tenants: int, months: int) -> tuple[Path, dict]:
+    """A seeded data dir from the cache, or a new one (seeded and billed, then cached)."""
+    from kiln.db import utcnow
+
+    now = utcnow().replace(minute=0, second=0, microsecond=0)
+    code = hashlib.sha256((REPO / "benchmarks" / "console_seed.py").read_bytes()).hexdigest()[:12]
+    key = f"{nodes}n-{tenants}t-{months}m-{now:%Y-%m}-{code}"
+    cached = CACHE / key
+    if (cached / "seeded.json").exists():
+        log(f"using the cached data set {cached}")
+        return cached, json.loads((cached / "seeded.json").read_text())
+    from dataclasses import asdict
+
+    from benchmarks.console_seed import run_bills, seed
+    from kiln.db import create_db_engine
+    from kiln.schema import upgrade
+
+    building = CACHE / f"{key}.partial"
+    shutil.rmtree(building, ignore_errors=True)
+    building.mkdir(parents=True)
+    engine = create_db_engine(f"sqlite:///{building / 'kiln.db'}")
+    upgrade(engine)
+    began = time.monotonic()
+    data = seed(engine, nodes=nodes, tenants=tenants, months=months, now=now)
+    log(f"seeded in {time.monotonic() - began:.0f} s: {data.rows}")
+    began = time.monotonic()
+    run_bills(engine, data, now, log)
+    engine.dispose()
+    seeded = {**asdict(data), "seed_s": round(time.monotonic() - began, 1)}
+    (building / "seeded.json").write_text(json.dumps(seeded))
+    for stale in CACHE.glob(f"{nodes}n-{tenants}t-{months}m-*"):
+        if stale != building:  # older months or seeding code
+            shutil.rmtree(stale, ignore_errors=True)
+    building.rename(cached)
+    return cached, seeded
+
+
+def start_server(data_dir: Path, port: int) -> subprocess.Popen:
+    """`kiln serve --dev` on the data dir (its own process, so its memory is Kiln's alone)."""
+    env = {**os.environ, "KILN_DATA_DIR": str(data_dir), "KILN_LOG_LEVEL": "WARNING"}
+    env.pop("KILN_DATABASE_URL", None)
+    process = subprocess.Popen([sys.executable, "-m", "kiln.cli.main", "serve", "--dev", "--port", str(port)], cwd=REPO,
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    import httpx
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"kiln serve exited: {process.stderr.read()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("kiln serve did not become ready in 60 s")
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident set (VmHWM) in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+def time_pages(base: str, plan: list[dict], repeat: int, password: str) -> tuple[dict, dict, dict]:
+    """Per page: seconds from navigation to charts drawn (warm-up excluded), the warm-up's seconds,
+    and the seconds the server spent answering the page's Dash requests (layout and callbacks)."""
+    from tests.browser import launch_browser, playwright_session, sign_in
+
+    times: dict[str, list[float]] = {p["page"]: [] for p in plan}
+    server: dict[str, list[float]] = {p["page"]: [] for p in plan}
+    cold: dict[str, float] = {}
+    with playwright_session() as playwright:
+        browser = launch_browser(playwright)
+        contexts = {}
+        for user in sorted({p["user"] for p in plan}):
+            contexts[user] = browser.new_context(viewport={"width": 1400, "height": 1000})
+            page = contexts[user].new_page()
+            sign_in(page, base, user, password, "/usage")
+            page.wait_for_url(f"{base}/usage")
+            page.close()
+        for round_ in range(repeat + 1):
+            for item in plan:
+                page = contexts[item["user"]].new_page()
+                errors: list[str] = []
+                page.on("pageerror", lambda error: errors.append(str(error)))
+                began = time.perf_counter()
+                page.goto(f"{base}{item['path']}", wait_until="commit")
+                page.wait_for_function(DRAWN_JS, arg=item["charts"], timeout=60_000, polling="raf")
+                seconds = time.perf_counter() - began
+                if errors:
+                    raise RuntimeError(f"{item['page']}: {errors}")
+                server[item["page"]].append(page.evaluate(SERVER_JS))
+                if round_:
+                    times[item["page"]].append(seconds)
+                else:
+                    cold[item["page"]] = seconds
+                page.close()
+            log(f"round {round_}: " + ", ".join(f"{p}={t[-1]:.2f}s" for p, t in times.items() if t and round_))
+        browser.close()
+    return times, cold, {page: values[1:] or values for page, values in server.items()}
+
+
+def time_api(base: str, plan: list[dict], repeat: int, tokens: dict[str, str]) -> dict[str, list[float]]:
+    """Seconds the same data takes from the HTTP API alone, per page (warm-up excluded)."""
+    import httpx
+
+    times: dict[str, list[float]] = {p["page"]: [] for p in plan}
+    with httpx.Client(base_url=base, timeout=120) as client:
+        for round_ in range(repeat + 1):
+            for item in plan:
+                headers = {"Authorization": f"Bearer {tokens[item['user']]}"}
+                began = time.perf_counter()
+                for path in item["api"]:
+                    response = client.get(path, headers=headers)
+                    response.raise_for_status()
+                    response.json()
+                if round_:
+                    times[item["page"]].append(time.perf_counter() - began)
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; print one JSON line."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nodes", type=int, default=1000)
+    parser.add_argument("--tenants", type=int, default=200)
+    parser.add_argument("--months", type=int, default=12, help="ended months before the running one")
+    parser.add_argument("--quick", action="store_true", help="50 nodes, 20 tenants, 2 months, one timed round")
+    parser.add_argument("--repeat", type=int, help="timed rounds after the warm-up (default 3; 1 with --quick)")
+    args = parser.parse_args(argv)
+    from benchmarks.console_seed import GPUS_PER_NODE, PASSWORD
+    from tests.browser import free_port
+
+    nodes, tenants, months = (50, 20, 2) if args.quick else (args.nodes, args.tenants, args.months)
+    args.repeat = args.repeat or (1 if args.quick else 3)
+    scale = f"{nodes} nodes x {GPUS_PER_NODE} GPUs, {tenants} tenants, {months} months + the running one"
+    log(scale)
+    cached, seeded = prepare(nodes, tenants, months)
+    with tempfile.TemporaryDirectory(prefix="kiln-console-bench-") as tmp:
+        data_dir = Path(tmp)
+        shutil.copy(cached / "kiln.db", data_dir / "kiln.db")  # the server may write (sessions, audit): never to the cache
+        port = free_port()
+        server = start_server(data_dir, port)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            plan = pages(seeded)
+            browser_times, cold_times, server_times = time_pages(base, plan, args.repeat, PASSWORD)
+            api_times = time_api(base, plan, args.repeat, seeded["tokens"])
+            peak = peak_rss_mb(server.pid)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    report = {p["page"]: {"path": p["path"], "as": p["user"], "kiln_s": round(statistics.median(browser_times[p["page"]]), 3),
+                          "baseline_s": round(statistics.median(api_times[p["page"]]), 3), "api_calls": len(p["api"]),
+                          "first_load_s": round(cold_times[p["page"]], 3),
+                          "callbacks_s": round(statistics.median(server_times[p["page"]]), 3)}
+              for p in plan}
+    for figures in report.values():
+        figures["ratio"] = round(figures["kiln_s"] / figures["baseline_s"], 2)
+    slowest = max(report, key=lambda name: report[name]["kiln_s"])
+    worst = report[slowest]
+    print(json.dumps({
+        "benchmark": "console",
+        "scale": scale,
+        "kiln_s": worst["kiln_s"],
+        "baseline": f"the same page's data from the HTTP API alone ({slowest}: {worst['api_calls']} GETs)",
+        "baseline_s": worst["baseline_s"],
+        "ratio": worst["ratio"],
+        "peak_rss_mb": peak,
+        "slowest_page": slowest,
+        "target_s": TARGET_S,
+        "target_met": all(f["kiln_s"] <= TARGET_S for f in report.values()),
+        "pages": report,
+        "usage_rows": seeded["rows"].get("usage_record"),
+        "seed_rows": seeded["rows"],
+        "bills_run_s": seeded.get("seed_s"),
+        "repeat": args.repeat,
+        "load_avg_1m": round(os.getloadavg()[0], 1),
+    }))
+    return 0 if report else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

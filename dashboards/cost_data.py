@@ -1,0 +1,263 @@
+"""Data for the costs page: spend to date and forecast, by SKU and by day, budgets, bills and the
+usage behind a bill line.
+
+Everything goes through metering's own functions, scoped to the caller (`Principal.scope`,
+`metering.bills.get_bill_for`): bills and forecasts (`metering.views`), budgets and what they
+have spent (`metering.budgets.spend`), and the daily figures are priced by `metering.rating.rate`
+with the period's price cards and discounts, one day at a time. Heavy sums run in SQL (one row
+per tenant, SKU and day), never per usage record in Python. Money stays Decimal.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import threading
+from collections import OrderedDict, defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
+from kiln.auth import Principal
+from metering import budgets as budget_service
+from metering import views
+from metering.bills import billing_currency, card_views, get_bill_for
+from metering.models import Bill, BillLine, UsageRecord
+from metering.money import plain, round_amount
+from metering.periods import period_bounds
+from metering.price_cards import cards_overlapping
+from metering.rating import KIND_IDLE_SHARE, CardView, UsageTotal, rate, segments
+
+ZERO = Decimal(0)
+DAY = timedelta(days=1)
+USAGE_PREVIEW_ROWS = 48
+CACHE_ENTRIES = 64
+_CACHE: OrderedDict[tuple, Any] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+T = TypeVar("T")
+
+
+@dataclass
+class SpendSummary:
+    """The bills of one period the caller chose: what was spent, the forecast, and the bills themselves."""
+
+    period: str
+    currency: str
+    to_date: Decimal = ZERO
+    list_total: Decimal = ZERO
+    forecast: Decimal = ZERO
+    bills: list[views.BillPublic] = field(default_factory=list)
+
+
+def day_of(session: Session, column: Any) -> Any:
+    """SQL for the UTC day (`YYYY-MM-DD`) of a timestamp column, on SQLite and PostgreSQL."""
+    if session.get_bind().dialect.name == "postgresql":
+        return func.to_char(func.timezone("UTC", column), "YYYY-MM-DD")
+    return func.substr(column, 1, 10)  # SQLite keeps UTC timestamps as ISO text
+
+
+def bill_periods(session: Session, principal: Principal) -> list[str]:
+    """Periods in which the caller's tenants have bills, newest first."""
+    statement = principal.scope(select(Bill.period).distinct(), Bill.tenant_id)
+    return sorted(session.exec(statement).all(), reverse=True)
+
+
+def _bills(session: Session, principal: Principal, period: str, tenant_id: int | None) -> list[Bill]:
+    return views.list_bills(session, principal, period=period, tenant_id=tenant_id)
+
+
+def spend_summary(
+    session: Session, principal: Principal, period: str, tenant_id: int | None = None, now: datetime | None = None
+) -> SpendSummary:
+    """The period's bills of the caller's tenants (or one of them) with totals and forecasts.
+
+    Lines are read in one query for all bills and handed to `metering.views.forecast_total`."""
+    bills = _bills(session, principal, period, tenant_id)
+    lines: dict[int, list[BillLine]] = defaultdict(list)
+    if bills:
+        for line in session.exec(select(BillLine).where(col(BillLine.bill_id).in_([b.id for b in bills]))).all():
+            lines[line.bill_id].append(line)
+    slugs = views.tenant_slugs(session, {b.tenant_id for b in bills})
+    summary = SpendSummary(period=period, currency=bills[0].currency if bills else billing_currency(session, []))
+    for bill in bills:
+        forecast = round_amount(views.forecast_total(bill, lines[bill.id], now), bill.currency)
+        fields = bill.model_dump(exclude={"tenant_id", "list_total", "total", "discount_percent"})
+        public = views.BillPublic(**fields, tenant=slugs.get(bill.tenant_id, "?"), forecast_total=forecast,
+                                  list_total=round_amount(Decimal(bill.list_total), bill.currency),
+                                  total=round_amount(Decimal(bill.total), bill.currency),
+                                  discount_percent=plain(bill.discount_percent))
+        summary.bills.append(public)
+        summary.to_date += Decimal(bill.total)
+        summary.list_total += Decimal(bill.list_total)
+        summary.forecast += forecast
+    return summary
+
+
+def spend_by_sku(session: Session, principal: Principal, period: str, tenant_id: int | None = None) -> dict[str, Decimal]:
+    """Billed amount (after discounts) per SKU on the period's bills, summed in SQL, largest first."""
+    statement = (
+        select(BillLine.sku, func.sum(BillLine.contracted_cost))
+        .join(Bill, col(Bill.id) == BillLine.bill_id)
+        .where(Bill.period == period)
+        .group_by(BillLine.sku)
+    )
+    statement = principal.scope(statement, Bill.tenant_id)
+    if tenant_id is not None:
+        statement = statement.where(Bill.tenant_id == tenant_id)
+    totals = {sku: Decimal(amount) for sku, amount in session.exec(statement).all()}
+    return dict(sorted(totals.items(), key=lambda item: (-item[1], item[0])))
+
+
+def bill_discounts(session: Session, period: str) -> dict[int, Decimal]:
+    """Each tenant's discount as its bill of the period has it (frozen once finalised)."""
+    statement = select(Bill.tenant_id, Bill.discount_percent).where(Bill.period == period)
+    return {tenant_id: Decimal(percent) for tenant_id, percent in session.exec(statement).all()}
+
+
+def _bills_version(session: Session) -> tuple:
+    """Changes whenever a bills run rewrites usage: it touches (or adds, or drops) a draft bill."""
+    return tuple(session.exec(select(func.count(), func.max(Bill.updated_at)).select_from(Bill)).one())
+
+
+def caller_scope(principal: Principal) -> Any:
+    """What a caller may see, as a cache key part: all tenants, or their tenant ids."""
+    return "all" if principal.sees_all_tenants else tuple(sorted(principal.tenant_ids))
+
+
+def remembered(session: Session, name: str, parts: tuple, compute: Callable[[], T]) -> T:
+    """`compute()`, or its result from an earlier call with the same parts and unchanged bills.
+
+    For sums over a month of hourly usage records (a million rows for 1,000 nodes): the key
+    holds the database, `name`, the caller's `parts` (scope, period, filters, price cards...)
+    and the bills' version, which every bills run that rewrites usage changes."""
+    key = (str(session.get_bind().url), name, parts, _bills_version(session))
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+    result = compute()
+    with _CACHE_LOCK:
+        _CACHE[key] = result
+        while len(_CACHE) > CACHE_ENTRIES:
+            _CACHE.popitem(last=False)
+    return result
+
+
+def spend_by_day(
+    session: Session, principal: Principal, period: str, tenant_id: int | None = None
+) -> dict[str, dict[str, Decimal]]:
+    """`{SKU: {YYYY-MM-DD: amount}}`: each day's usage rated on its own by `metering.rating.rate`.
+
+    The day's quantities are summed in SQL per tenant and SKU; each day is priced with the price
+    card in force and the tenant's discount on its bill. Idle shares and corrections are not usage
+    of a day, so they are left out; each day is rounded on its own. Remembered until the next
+    bills run (`remembered`)."""
+    start, end = period_bounds(period)
+    cards = card_views(cards_overlapping(session, start, end))
+    return remembered(session, "spend_by_day", (caller_scope(principal), period, tenant_id, tuple(cards)),
+                      lambda: _rate_days(session, principal, period, tenant_id, cards))
+
+
+def _rate_days(session: Session, principal: Principal, period: str, tenant_id: int | None, cards: list[CardView]
+               ) -> dict[str, dict[str, Decimal]]:
+    start, end = period_bounds(period)
+    currency = billing_currency(session, cards)
+    discounts = bill_discounts(session, period)
+    day = day_of(session, UsageRecord.hour)
+    by_day: dict[str, list[UsageTotal]] = defaultdict(list)
+    for seg_start, seg_end in segments(cards, start, end):
+        statement = (
+            select(UsageRecord.tenant_id, UsageRecord.sku, UsageRecord.unit, day, func.sum(UsageRecord.quantity))
+            .where(col(UsageRecord.hour) >= seg_start, col(UsageRecord.hour) < seg_end)
+            .group_by(UsageRecord.tenant_id, UsageRecord.sku, UsageRecord.unit, day)
+        )
+        statement = principal.scope(statement, UsageRecord.tenant_id)
+        if tenant_id is not None:
+            statement = statement.where(UsageRecord.tenant_id == tenant_id)
+        for tenant, sku, unit, iso_day, quantity in session.exec(statement).all():
+            day_start = datetime.fromisoformat(iso_day).replace(tzinfo=UTC)
+            window = (max(day_start, seg_start), min(day_start + DAY, seg_end))
+            by_day[iso_day].append(UsageTotal(tenant, sku, unit, *window, Decimal(quantity)))
+    out: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
+    for iso_day, totals in sorted(by_day.items()):
+        for charge in rate(totals, cards, discounts, currency):
+            out[charge.sku][iso_day] += charge.contracted_cost
+    return {sku: dict(days) for sku, days in sorted(out.items())}
+
+
+def budget_rows(session: Session, principal: Principal, period: str, tenant_id: int | None = None) -> list[dict[str, Any]]:
+    """The caller's budgets with what each has spent in the period (`metering.budgets.spend`) and its thresholds."""
+    budgets = [b for b in budget_service.list_budgets(session, principal) if tenant_id is None or b.tenant_id == tenant_id]
+    rows = []
+    for budget, public in zip(budgets, budget_service.to_public(session, budgets), strict=True):
+        spent = budget_service.spend(session, budget, period)
+        amount = Decimal(budget.amount)
+        rows.append({"name": public.name, "tenant": public.tenant, "vdc": public.vdc, "currency": public.currency,
+                     "amount": public.amount, "spent": spent, "percent": (spent * 100 / amount).quantize(Decimal("0.1")),
+                     "thresholds": list(public.thresholds)})
+    return rows
+
+
+def budget_alerts(
+    session: Session, principal: Principal, period: str, tenant_id: int | None = None
+) -> list[budget_service.AlertPublic]:
+    """Budget and quota alerts of the caller's tenants raised in the period, newest first."""
+    alerts = [a for a in budget_service.list_alerts(session, principal, period) if tenant_id is None or a.tenant_id == tenant_id]
+    return budget_service.alerts_public(session, alerts)
+
+
+def bill_detail(session: Session, principal: Principal, bill_id: int, now: datetime | None = None) -> views.BillDetail:
+    """One bill of the caller's tenants with its lines; NotFound otherwise."""
+    bill = get_bill_for(session, principal, bill_id)
+    return views.bill_public(session, [bill], now, with_lines=True)[0]
+
+
+@dataclass
+class LineUsage:
+    """What a bill line was rated from: totals per resource and the first hourly records."""
+
+    line: views.BillLinePublic
+    by_resource: list[tuple[str, str, Decimal]]  # (resource id, source, quantity)
+    hours: list[views.UsagePublic]
+    hour_count: int
+
+
+def line_usage(session: Session, principal: Principal, bill_id: int, line_id: int) -> LineUsage:
+    """Drill-down from a bill line (NotFound unless the bill is the caller's tenants'): the usage behind it."""
+    bill, line = views.get_line(session, principal, bill_id, line_id)
+    rows = views.line_usage(session, principal, bill_id, line_id, limit=USAGE_PREVIEW_ROWS)
+    by_resource: list[tuple[str, str, Decimal]] = []
+    count = 0
+    if line.kind != KIND_IDLE_SHARE:
+        where = (UsageRecord.tenant_id == bill.tenant_id, UsageRecord.sku == line.sku,
+                 col(UsageRecord.hour) >= line.window_start, col(UsageRecord.hour) < line.window_end)
+        statement = (select(UsageRecord.resource_id, UsageRecord.source, func.sum(UsageRecord.quantity), func.count())
+                     .where(*where).group_by(UsageRecord.resource_id, UsageRecord.source).order_by(UsageRecord.resource_id))
+        for resource_id, source, quantity, hours in session.exec(statement).all():
+            by_resource.append((resource_id, source, Decimal(quantity)))
+            count += hours
+    return LineUsage(views.line_public(line), by_resource, views.usage_public(session, rows), count)
+
+
+BILL_CSV_HEADER = ("bill_id", "tenant", "period", "status", "line_id", "kind", "sku", "description", "quantity", "unit",
+                   "list_unit_price", "list_cost", "contracted_unit_price", "contracted_cost", "currency",
+                   "window_start", "window_end")
+
+
+def bill_csv(detail: views.BillDetail) -> bytes:
+    """A bill as CSV: one row per line, then a `total` row with the bill's list total and total."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(BILL_CSV_HEADER)
+    head = (detail.id, detail.tenant, detail.period, detail.status)
+    for line in detail.lines:
+        writer.writerow((*head, line.id, line.kind, line.sku, line.description, line.quantity, line.unit,
+                         line.list_unit_price, line.list_cost, line.contracted_unit_price, line.contracted_cost,
+                         line.currency, f"{line.window_start:%Y-%m-%dT%H:%M:%SZ}", f"{line.window_end:%Y-%m-%dT%H:%M:%SZ}"))
+    writer.writerow((*head, "", "total", "", "", "", "", "", detail.list_total, "", detail.total, detail.currency, "", ""))
+    return out.getvalue().encode()
