@@ -64,14 +64,18 @@ def gpu_hours_in_period(
     gpus: dict[int, int] = {}
     for node_id in session.exec(select(Gpu.node_id).where(col(Gpu.node_id).in_(node_ids))).all():
         gpus[node_id] = gpus.get(node_id, 0) + 1
-    total = Decimal(0)
-    for lease in leases:
-        held_from = max(lease.starts_at, start)
-        held_to = min(lease.ends_at or at, at)
-        if held_to > held_from and gpus.get(lease.node_id):
-            seconds = Decimal(int((held_to - held_from).total_seconds() * 1_000_000)) / 1_000_000
-            total += seconds / 3600 * gpus[lease.node_id]
+    total = sum((lease_gpu_hours(lease, gpus.get(lease.node_id, 0), start, at) for lease in leases), Decimal(0))
     return total.quantize(HOURS_QUANTUM)
+
+
+def lease_gpu_hours(lease: Lease, gpus: int, start: datetime, at: datetime) -> Decimal:
+    """GPU-hours a lease of a node with `gpus` GPUs held within [start, at) (to the microsecond, unrounded)."""
+    held_from = max(lease.starts_at, start)
+    held_to = min(lease.ends_at or at, at)
+    if held_to <= held_from or not gpus:
+        return Decimal(0)
+    seconds = Decimal(int((held_to - held_from).total_seconds() * 1_000_000)) / 1_000_000
+    return seconds / 3600 * gpus
 
 
 def planned_gpu_hours(gpus: int, starts_at: datetime, ends_at: datetime | None, period_end: datetime) -> Decimal:
