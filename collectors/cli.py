@@ -73,6 +73,8 @@ def once(
 
 
 def _run(engine, source, only, *, show_progress: bool) -> CycleReport:
+    from collectors.cycle import pick_targets, run_cycle
+
     if not show_progress:
         return run_cycle(engine, source, only=only or None)
     targets = pick_targets(engine, source, only or None)
