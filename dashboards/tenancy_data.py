@@ -21,6 +21,7 @@ from dashboards.fleet_data import GPU_UTIL_ROLLUP
 from fleet import leases as lease_service
 from fleet.models import Gpu, Node
 from fleet.tenancy_models import Lease, Vdc
+from fleet.tenancy_schemas import VdcPublic
 from fleet.usage import HOURS_QUANTUM, overlapping
 from fleet.vdcs import list_vdcs, to_public
 from kiln.auth import Principal
@@ -166,10 +167,11 @@ def running_namespaces(session: Session, principal: Principal, tenant_id: int | 
     return [{"tenant": t, "namespace": ns, "gpus": totals[(t, ns)], "pods": pods[(t, ns)]} for t, ns in sorted(totals)]
 
 
-def quota_rows(session: Session, principal: Principal) -> list[dict[str, Any]]:
-    """One row per (VDC, tenant grant) the caller may see, with limits and use this period."""
+def quota_rows(session: Session, principal: Principal, vdcs: list[VdcPublic] | None = None) -> list[dict[str, Any]]:
+    """One row per (VDC, tenant grant) the caller may see, with limits and use this period
+    (`vdcs`: the caller's VDCs when already loaded)."""
     rows = []
-    for vdc in to_public(session, principal, list_vdcs(session, principal)):
+    for vdc in vdcs if vdcs is not None else visible_vdcs(session, principal):
         for grant in vdc.tenants:
             rows.append({
                 "vdc": vdc.name, "tenant": grant.tenant,
@@ -180,12 +182,17 @@ def quota_rows(session: Session, principal: Principal) -> list[dict[str, Any]]:
     return rows
 
 
-def vdc_summaries(session: Session, principal: Principal) -> list[dict[str, Any]]:
+def visible_vdcs(session: Session, principal: Principal) -> list[VdcPublic]:
+    """The caller's VDCs with grants and quota use (what the VDC API returns)."""
+    return to_public(session, principal, list_vdcs(session, principal))
+
+
+def vdc_summaries(session: Session, principal: Principal, vdcs: list[VdcPublic] | None = None) -> list[dict[str, Any]]:
     """One row per visible VDC: members, selectors, grants, limits and use across its tenants."""
     return [
         {"name": v.name, "description": v.description, "member_nodes": v.member_nodes,
          "selectors": [f"{s.kind}={s.value}" for s in v.selectors], "tenants": [g.tenant for g in v.tenants],
          "nodes": v.used.nodes, "max_nodes": v.max_nodes, "gpus": v.used.gpus, "max_gpus": v.max_gpus,
          "gpu_hours": v.used.gpu_hours, "max_gpu_hours": v.max_gpu_hours}
-        for v in to_public(session, principal, list_vdcs(session, principal))
+        for v in (vdcs if vdcs is not None else visible_vdcs(session, principal))
     ]

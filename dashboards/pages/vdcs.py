@@ -11,7 +11,7 @@ from dash import dcc, html
 from dashboards.components import allowed, forbidden, section, table
 from dashboards.context import current_principal, db_session
 from dashboards.figures import empty_figure
-from dashboards.tenancy_data import quota_rows, vdc_summaries
+from dashboards.tenancy_data import quota_rows, vdc_summaries, visible_vdcs
 from kiln.roles import Role
 
 PATH = "/vdcs"
@@ -47,8 +47,9 @@ def layout(**_: str) -> html.Div:
     if not allowed(principal, ROLES):
         return forbidden(principal, "The VDC and quota page")
     with db_session() as session:
-        vdcs = vdc_summaries(session, principal)
-        grants = quota_rows(session, principal)
+        loaded = visible_vdcs(session, principal)
+        vdcs = vdc_summaries(session, principal, loaded)
+        grants = quota_rows(session, principal, loaded)
     return html.Div([
         html.Div(html.H1("VDCs and quotas"), className="page-head"),
         section("Slices of the fleet", table(
