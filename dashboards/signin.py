@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import html
 import secrets
+from datetime import UTC, datetime
 from string import Template
 
 import flask
+from sqlalchemy import delete
 from sqlmodel import Session
 
 from dashboards.context import ConsoleContext, console_context
@@ -26,6 +28,8 @@ from dashboards.session import (
 )
 from kiln import audit
 from kiln.auth import principal_for_user
+from kiln.db import upsert, utcnow
+from kiln.models import RevokedConsoleSession
 from kiln.users import authenticate
 
 MESSAGES = {
@@ -151,7 +155,13 @@ def submit_signin() -> flask.Response:
 
 
 def submit_signout() -> flask.Response:
-    """POST /signout (the gate has checked the session and CSRF token): clear the cookies."""
+    """POST /signout (the gate has checked the session and CSRF token): revoke the session
+    until its cookie would have expired (so a copied cookie stops working too) and clear the cookies."""
+    console_session = flask.g.console_session
+    expires_at = datetime.fromtimestamp(console_session.expires_at, UTC)
+    with Session(console_context().engine) as session, session.begin():
+        session.execute(delete(RevokedConsoleSession).where(RevokedConsoleSession.expires_at < utcnow()))
+        upsert(session, RevokedConsoleSession, [{"sid": console_session.sid, "expires_at": expires_at}], ("sid",), None)
     response = flask.redirect("/signin?reason=signedout", code=303)
     for name in (SESSION_COOKIE, CSRF_COOKIE):
         response.delete_cookie(name, path="/")

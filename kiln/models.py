@@ -86,3 +86,12 @@ class AuditEvent(SQLModel, table=True):
     tenant_id: int | None = Field(default=None, index=True)
     source: str = Field(default="", max_length=64)
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class RevokedConsoleSession(SQLModel, table=True):
+    """A console session signed out before its cookie expired: refused until then."""
+
+    __tablename__ = "revoked_console_session"
+
+    sid: str = Field(max_length=64, primary_key=True)
+    expires_at: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)

@@ -169,12 +169,15 @@ def with_manifest(**fields: object) -> callable:
 
 
 def damaged_with_a_valid_checksum(archive: Path, out: Path, database_member: str) -> Path:
-    """A backup whose database dump is damaged in the middle and whose manifest lists the
+    """A backup whose database dump is damaged and whose manifest lists the
     damaged file's checksum: only the dump's own check can catch it."""
     with tarfile.open(archive, "r:gz") as tar:
         dump = bytearray(tar.extractfile(database_member).read())
-    middle = len(dump) // 2
-    dump[middle:middle + 64] = os.urandom(64)
+    # SQLite: the schema table's b-tree page header (right after the 100-byte file header), which
+    # every open reads — a page in the middle may be free space that no check looks at;
+    # PostgreSQL: the middle of the compressed custom-format dump
+    start = 100 if database_member.endswith(".sqlite") else len(dump) // 2
+    dump[start:start + 64] = os.urandom(64)
     manifest_fix = with_manifest(members={**json.loads(_member(archive, "manifest.json"))["members"],
                                           database_member: hashlib.sha256(dump).hexdigest()})
     return rewrite_archive(archive, out, lambda n, d: bytes(dump) if n == database_member else manifest_fix(n, d))

@@ -146,6 +146,19 @@ def test_sign_out_needs_the_token_and_ends_the_session(https_client: TestClient,
     assert https_client.get("/vdcs", follow_redirects=False).status_code == 302
 
 
+def test_a_copied_cookie_stops_working_at_sign_out(https_client: TestClient, users: dict) -> None:
+    sign_in(https_client, "ops")
+    copied = https_client.cookies[SESSION_COOKIE]
+    https_client.post("/signout", data={"csrf_token": https_client.cookies[CSRF_COOKIE]}, follow_redirects=False)
+    https_client.cookies.set(SESSION_COOKIE, copied)  # e.g. taken from the browser before signing out
+    refused = https_client.get("/vdcs", follow_redirects=False)
+    assert refused.status_code == 302 and "reason=signedout" in refused.headers["location"]
+    assert https_client.get("/_dash-layout").json()["reason"] == "signedout"
+    https_client.cookies.clear()
+    sign_in(https_client, "ops")  # a new sign-in is a new session: not affected
+    assert https_client.get("/vdcs", follow_redirects=False).status_code == 200
+
+
 def test_expired_altered_and_revoked_sessions_go_back_to_sign_in(https_client: TestClient, users: dict, world: World) -> None:
     codec = SessionCodec(TEST_SECRET_KEY, 3600)
     admin = users["admin"]
