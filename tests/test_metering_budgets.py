@@ -98,7 +98,8 @@ def test_thresholds_alert_once_and_undelivered_alerts_are_retried(world: World, 
     _lease(world, n1.id, vdc_id, "2026-10-03T00:00", "2026-10-03T02:00")  # +6.00 → 51.00: the 100 % threshold
     run(world)
     raised, sent = _check(world, webhook.url)
-    assert [(a.subject, a.threshold) for a in raised] == [(stored[0].subject, 100)] and sent == 1
+    october = next(a.subject for a in stored if a.subject.startswith("budget:") and a.threshold == 80)
+    assert [(a.subject, a.threshold) for a in raised] == [(october, 100)] and sent == 1
     assert len(webhook.received) == 6
 
 
