@@ -12,8 +12,9 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,50 @@ def serving(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@dataclass
+class RunningConsole:
+    """A served console: its URL, a headless browser, the database, the settings."""
+
+    base_url: str
+    browser: Any
+    engine: Any
+    settings: Any
+    seeded: Any  # what `seed` returned
+
+
+@contextmanager
+def running_console(data_dir: Path, driver: Any, seed: Callable[[Any, Any, Any], Any]) -> Iterator[RunningConsole]:
+    """The real app on a fresh migrated SQLite database in `data_dir` (dev mode: cookies over
+    plain http), seeded by `seed(session, engine, settings)`, with the fake `driver` behind its fleet runtime,
+    served on loopback and opened in Debian's Chromium."""
+    from sqlmodel import Session
+
+    from fleet.provisioning.registry import Drivers
+    from fleet.runtime import FleetRuntime
+    from kiln.app import create_app
+    from kiln.db import create_db_engine
+    from kiln.schema import upgrade
+    from kiln.settings import Settings
+    from tests.conftest import TEST_SECRET_KEY
+
+    settings = Settings(data_dir=data_dir, secret_key=TEST_SECRET_KEY, dev=True)
+    engine = create_db_engine(settings.resolved_database_url)
+    upgrade(engine)
+    with Session(engine, expire_on_commit=False) as session:
+        seeded = seed(session, engine, settings)
+    app = create_app(settings, engine=engine)
+    app.state.fleet = FleetRuntime.build(settings, engine, drivers=Drivers(settings, fake=driver))
+    try:
+        with serving(app) as base_url, playwright_session() as playwright:
+            browser = launch_browser(playwright)
+            try:
+                yield RunningConsole(base_url, browser, engine, settings, seeded)
+            finally:
+                browser.close()
+    finally:
+        engine.dispose()
 
 
 class ConsoleErrors:

@@ -15,22 +15,14 @@ from sqlmodel import Session, select
 from dashboards.session import SESSION_COOKIE, ConsoleSession, SessionCodec
 from fleet.models import Node
 from fleet.provisioning.fake import FakeDriver
-from fleet.provisioning.registry import Drivers
-from fleet.runtime import FleetRuntime
-from kiln.app import create_app
-from kiln.db import create_db_engine
-from kiln.schema import upgrade
-from kiln.settings import Settings
 from tests.browser import (
     PASSWORD,
     TENANT_A_NODES,
     TENANT_B_NODES,
     ConsoleErrors,
-    launch_browser,
-    playwright_session,
+    running_console,
     screenshot,
     seed_fleet,
-    serving,
     sign_in,
     wait_for_charts,
 )
@@ -58,21 +50,11 @@ class Console:
 
 @pytest.fixture(scope="module")
 def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
-    data_dir = tmp_path_factory.mktemp("console")
-    settings = Settings(data_dir=data_dir, secret_key=TEST_SECRET_KEY, dev=True)  # dev: cookies over plain http
-    engine = create_db_engine(settings.resolved_database_url)
-    upgrade(engine)
     driver = FakeDriver(delay=0.3)
-    with Session(engine, expire_on_commit=False) as session:
-        seed_fleet(session, engine, settings, driver)
-    app = create_app(settings, engine=engine)
-    app.state.fleet = FleetRuntime.build(settings, engine, drivers=Drivers(settings, fake=driver))
-    codec = SessionCodec(TEST_SECRET_KEY, settings.console_session_hours * 3600)
-    with serving(app) as base_url, playwright_session() as playwright:
-        browser = launch_browser(playwright)
-        yield Console(base_url, browser, engine, driver, codec)
-        browser.close()
-    engine.dispose()
+    with running_console(tmp_path_factory.mktemp("console"), driver,
+                         lambda session, engine, settings: seed_fleet(session, engine, settings, driver)) as running:
+        codec = SessionCodec(TEST_SECRET_KEY, running.settings.console_session_hours * 3600)
+        yield Console(running.base_url, running.browser, running.engine, driver, codec)
 
 
 def test_sign_in_wrong_password_and_sign_out(console: Console) -> None:

@@ -20,16 +20,11 @@ from sqlmodel import Session, select
 from collectors.models import K8sAllocation, OpenCostAllocation
 from fleet.models import Gpu, Node
 from fleet.provisioning.fake import FakeDriver
-from fleet.provisioning.registry import Drivers
-from fleet.runtime import FleetRuntime
 from fleet.tenancy_models import Lease
-from kiln.app import create_app
 from kiln.auth import Principal
-from kiln.db import create_db_engine, utcnow
+from kiln.db import utcnow
 from kiln.models import Tenant, User
 from kiln.roles import Role
-from kiln.schema import upgrade
-from kiln.settings import Settings
 from kiln.tokens import issue_token
 from kiln.users import UserCreate, create_user
 from metering import skus
@@ -42,15 +37,12 @@ from tests.browser import (
     ARTIFACTS,
     PASSWORD,
     ConsoleErrors,
-    launch_browser,
-    playwright_session,
+    running_console,
     screenshot,
     seed_fleet,
-    serving,
     sign_in,
     wait_for_charts,
 )
-from tests.conftest import TEST_SECRET_KEY
 
 TENANT_B_WORDS = ("tenant-b", "Tenant B", "bob", "gpu-b01", "ns-b")
 BLANK_CHART_PNG_BYTES = 8_000
@@ -111,8 +103,8 @@ def seed_costs(session: Session, now: datetime) -> tuple[str, str]:
                                        window_end=start + timedelta(days=11), gpu_hours=Decimal(18), total_cost=Decimal("41.20")))
     create_user(session, SYSTEM, UserCreate(username="fiona", role=Role.FINANCE, password=PASSWORD))
     session.commit()
-    create_budget(session, SYSTEM, BudgetCreate(tenant="tenant-a", name="tenant-a monthly", amount=Decimal("400"), currency="EUR"))
-    create_budget(session, SYSTEM, BudgetCreate(tenant="tenant-b", name="tenant-b monthly", amount=Decimal("900"), currency="EUR"))
+    create_budget(session, SYSTEM, BudgetCreate(tenant="tenant-a", name="tenant-a monthly", amount=Decimal(400), currency="EUR"))
+    create_budget(session, SYSTEM, BudgetCreate(tenant="tenant-b", name="tenant-b monthly", amount=Decimal(900), currency="EUR"))
     for period in (previous, current):
         run_period(session, SYSTEM, period, policy="platform", now=now)
         check_alerts(session, SYSTEM, period)
@@ -122,24 +114,19 @@ def seed_costs(session: Session, now: datetime) -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CostConsole]:
-    data_dir = tmp_path_factory.mktemp("console-costs")
-    settings = Settings(data_dir=data_dir, secret_key=TEST_SECRET_KEY, dev=True)  # dev: cookies over plain http
-    engine = create_db_engine(settings.resolved_database_url)
-    upgrade(engine)
     driver = FakeDriver(delay=0.05)
-    with Session(engine, expire_on_commit=False) as session:
+
+    def seed(session: Session, engine: Any, settings: Any) -> tuple:
         seed_fleet(session, engine, settings, driver)
         previous, current = seed_costs(session, utcnow())
         tokens = {name: issue_token(session, SYSTEM, session.exec(select(User).where(User.username == name)).one(), days=1).token
                   for name in ("alice", "fiona")}
         session.commit()
-    app = create_app(settings, engine=engine)
-    app.state.fleet = FleetRuntime.build(settings, engine, drivers=Drivers(settings, fake=driver))
-    with serving(app) as base_url, playwright_session() as playwright:
-        browser = launch_browser(playwright)
-        yield CostConsole(base_url, browser, engine, previous, current, tokens)
-        browser.close()
-    engine.dispose()
+        return previous, current, tokens
+
+    with running_console(tmp_path_factory.mktemp("console-costs"), driver, seed) as running:
+        previous, current, tokens = running.seeded
+        yield CostConsole(running.base_url, running.browser, running.engine, previous, current, tokens)
 
 
 def _charts_have_marks(page: Any, minimum: int) -> None:
