@@ -1,96 +1,130 @@
-"""Plotly figures for the console: titled axes with units, one look, and explicit empty states."""
+"""Plotly figures for the console: titled axes with units, one look, and explicit empty states.
+
+Figures are plain plotly.js JSON (`{"data": [...], "layout": {...}}`), which dcc.Graph takes
+as is: building plotly graph-object figures validates every property against the schema
+and deep-copies the template each time, ~50 ms a figure, most of a page's server time. Trace
+types are limited to those of the plotly.js basic bundle the console loads (see `trace`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
+from functools import cache
+from typing import Any
 
-import plotly.graph_objects as go
+Figure = dict[str, Any]
 
-TEMPLATE = "plotly_white"
 HEIGHT = 320
 PALETTE = ("#b4441c", "#2a6f97", "#6a994e", "#7b2cbf", "#e09f3e", "#335c67", "#9e2a2b", "#588157")
+# The trace types of dashboards/assets/vendor/plotly-basic.min.js (scripts/vendor_plotly.py).
+BASIC_TRACES = frozenset({"scatter", "bar", "pie"})
+MARGIN = {"l": 60, "r": 20, "t": 50, "b": 50}
+WARNING_COLOR, LIMIT_COLOR, OK_COLOR = "#e09f3e", "#9e2a2b", "#6a994e"
 
 
-def _base(title: str, x_title: str, y_title: str) -> go.Figure:
-    figure = go.Figure()
-    figure.update_layout(
-        template=TEMPLATE,
-        title={"text": title, "x": 0.01, "font": {"size": 15}},
-        height=HEIGHT,
-        margin={"l": 60, "r": 20, "t": 50, "b": 50},
-        legend={"orientation": "h", "y": -0.25},
-        colorway=PALETTE,
-    )
-    figure.update_xaxes(title_text=x_title)
-    figure.update_yaxes(title_text=y_title, rangemode="tozero")
-    return figure
+@cache
+def template() -> dict[str, Any]:
+    """Plotly's `plotly_white` template as JSON, trimmed to the trace types the console draws."""
+    import plotly.io as pio
+
+    full = pio.templates["plotly_white"].to_plotly_json()
+    return {"layout": full["layout"], "data": {kind: full["data"][kind] for kind in BASIC_TRACES if kind in full["data"]}}
 
 
-def empty_figure(title: str, reason: str) -> go.Figure:
+def trace(kind: str, **properties: Any) -> dict[str, Any]:
+    """One trace of a type the console's plotly.js bundle can draw."""
+    if kind not in BASIC_TRACES:
+        raise ValueError(f"trace type {kind!r} is not in the console's plotly.js basic bundle ({sorted(BASIC_TRACES)})")
+    return {"type": kind, **properties}
+
+
+def chart(title: str, data: list[dict[str, Any]], *, x_title: str = "", y_title: str = "", xaxis: dict | None = None,
+          yaxis: dict | None = None, **layout: Any) -> Figure:
+    """A figure with the console's look: title, fixed height, palette, titled axes starting at zero."""
+    return {"data": data, "layout": {
+        "template": template(), "title": {"text": title, "x": 0.01, "font": {"size": 15}}, "height": HEIGHT,
+        "margin": MARGIN, "legend": {"orientation": "h", "y": -0.25}, "colorway": list(PALETTE),
+        "xaxis": {"title": {"text": x_title}, **(xaxis or {})},
+        "yaxis": {"title": {"text": y_title}, "rangemode": "tozero", **(yaxis or {})},
+        **layout,
+    }}
+
+
+def empty_figure(title: str, reason: str) -> Figure:
     """A chart frame that says why there is nothing to draw (instead of blank axes)."""
-    figure = go.Figure()
-    figure.update_layout(
-        template=TEMPLATE,
-        title={"text": title, "x": 0.01, "font": {"size": 15}},
-        height=HEIGHT,
-        margin={"l": 20, "r": 20, "t": 50, "b": 20},
-        xaxis={"visible": False},
-        yaxis={"visible": False},
-        annotations=[
-            {"text": reason, "showarrow": False, "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5,
-             "font": {"size": 13, "color": "#555"}}
-        ],
-    )
-    return figure
+    return chart(title, [], xaxis={"visible": False}, yaxis={"visible": False},
+                 margin={"l": 20, "r": 20, "t": 50, "b": 20},
+                 annotations=[{"text": reason, "showarrow": False, "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5,
+                               "font": {"size": 13, "color": "#555"}}])
 
 
 def time_series(
     title: str, y_title: str, series: dict[str, Sequence[tuple[datetime, float]]], *, empty_reason: str
-) -> go.Figure:
+) -> Figure:
     """Lines over time, one per named series of (time, value) points; the empty state when none has points."""
     if not any(series.values()):
         return empty_figure(title, empty_reason)
-    figure = _base(title, "time (UTC)", y_title)
-    for name, points in series.items():
-        if points:
-            xs, ys = zip(*points, strict=True)
-            figure.add_trace(go.Scatter(x=list(xs), y=list(ys), mode="lines", name=name))
-    figure.update_layout(showlegend=len(series) > 1, hovermode="x unified")
-    return figure
+    lines = [trace("scatter", x=[x for x, _ in points], y=[float(y) for _, y in points], mode="lines", name=name)
+             for name, points in series.items() if points]
+    return chart(title, lines, x_title="time (UTC)", y_title=y_title, showlegend=len(series) > 1, hovermode="x unified")
 
 
 def bars(
     title: str, x_title: str, y_title: str, categories: Sequence[str], values: Sequence[float | int | Decimal],
     *, empty_reason: str, horizontal: bool = False, colors: Sequence[str] | None = None,
-) -> go.Figure:
+) -> Figure:
     """One bar per category; the empty state when there are none."""
     if not categories:
         return empty_figure(title, empty_reason)
     numbers = [float(v) for v in values]
-    figure = _base(title, y_title if horizontal else x_title, x_title if horizontal else y_title)
-    marker = {"color": list(colors)} if colors else None
+    look = {"text": numbers, "texttemplate": "%{text:.3~f}", "textposition": "auto"}
+    if colors:
+        look["marker"] = {"color": list(colors)}
     if horizontal:
-        figure.add_trace(go.Bar(y=list(categories), x=numbers, orientation="h", marker=marker, text=numbers))
-        figure.update_yaxes(autorange="reversed", rangemode=None)
-    else:
-        figure.add_trace(go.Bar(x=list(categories), y=numbers, marker=marker, text=numbers))
-    figure.update_traces(texttemplate="%{text:.3~f}", textposition="auto")
-    figure.update_layout(showlegend=False)
-    return figure
+        return chart(title, [trace("bar", y=list(categories), x=numbers, orientation="h", **look)],
+                     x_title=y_title, y_title=x_title, yaxis={"autorange": "reversed", "rangemode": "normal"},
+                     showlegend=False)
+    return chart(title, [trace("bar", x=list(categories), y=numbers, **look)], x_title=x_title, y_title=y_title,
+                 showlegend=False)
 
 
 def stacked_bars(
     title: str, x_title: str, y_title: str, stacks: dict[str, dict[str, float | Decimal]], *, empty_reason: str
-) -> go.Figure:
+) -> Figure:
     """Stacked bars: `stacks[series][category] = value`; the empty state when there is nothing."""
     if not any(stacks.values()):
         return empty_figure(title, empty_reason)
-    figure = _base(title, x_title, y_title)
     categories = sorted({c for values in stacks.values() for c in values})
-    for name, values in sorted(stacks.items()):
-        figure.add_trace(go.Bar(x=categories, y=[float(values.get(c, 0)) for c in categories], name=name))
-    figure.update_layout(barmode="stack", showlegend=True)
-    figure.update_xaxes(type="category")  # one bar per day or name, not a continuous time axis
-    return figure
+    data = [trace("bar", x=categories, y=[float(values.get(c, 0)) for c in categories], name=name)
+            for name, values in sorted(stacks.items())]
+    # type=category: one bar per day or name, not a continuous time axis
+    return chart(title, data, x_title=x_title, y_title=y_title, xaxis={"type": "category"}, barmode="stack",
+                 showlegend=True)
+
+
+def grouped_bars(title: str, x_title: str, y_title: str, categories: Sequence[str],
+                 groups: dict[str, Sequence[float | Decimal]]) -> Figure:
+    """Side-by-side bars per category, one colour per named group."""
+    data = [trace("bar", x=list(categories), y=[float(v) for v in values], name=name) for name, values in groups.items()]
+    return chart(title, data, x_title=x_title, y_title=y_title, xaxis={"type": "category"}, barmode="group")
+
+
+def share_bars(title: str, x_title: str, labels: Sequence[str], shares: Sequence[float], text: Sequence[str],
+               thresholds: Sequence[float], *, warn_at: Sequence[float]) -> Figure:
+    """Horizontal bars of shares in percent (green, amber from each bar's `warn_at`, red from
+    100 %), one dashed line per threshold: quota use, budget spend."""
+    colors = [LIMIT_COLOR if s >= 100 else WARNING_COLOR if s >= w else OK_COLOR for s, w in zip(shares, warn_at, strict=True)]
+    bar = trace("bar", y=list(labels), x=list(shares), orientation="h", marker={"color": colors}, text=list(text),
+                textposition="auto")
+    shapes, notes = [], []
+    for at in sorted(set(thresholds)):
+        color = LIMIT_COLOR if at >= 100 else WARNING_COLOR
+        shapes.append({"type": "line", "xref": "x", "x0": at, "x1": at, "yref": "y domain", "y0": 0, "y1": 1,
+                       "line": {"dash": "dash" if at >= 100 else "dot", "color": color}})
+        notes.append({"text": f"{at:g} %", "x": at, "xref": "x", "y": 1, "yref": "y domain", "showarrow": False,
+                      "xanchor": "left", "yanchor": "bottom", "font": {"color": color}})
+    return chart(title, [bar], x_title=x_title, xaxis={"range": [0, max(110.0, *shares) * 1.05]},
+                 yaxis={"autorange": "reversed", "rangemode": "normal"}, height=max(HEIGHT - 80, 40 * len(labels) + 110),
+                 margin={**MARGIN, "l": 220}, showlegend=False, shapes=shapes, annotations=notes)

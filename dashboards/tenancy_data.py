@@ -16,8 +16,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from collectors.models import K8sAllocation, Rollup5m
-from dashboards.fleet_data import GPU_UTIL_ROLLUP
+from collectors.models import K8sAllocation
 from fleet import leases as lease_service
 from fleet.models import Gpu, Node
 from fleet.tenancy_models import Lease, Vdc
@@ -27,8 +26,8 @@ from fleet.vdcs import list_vdcs, to_public
 from kiln.auth import Principal
 from kiln.db import utcnow
 from kiln.models import Tenant
+from metering.efficiency import lease_utilisation, used_hours
 
-BUCKET_HOURS = Decimal(5) / Decimal(60)
 GPU_RESOURCES = ("nvidia.com/gpu", "amd.com/gpu")
 
 
@@ -113,26 +112,12 @@ def used_gpu_hours(
 ) -> Decimal | None:
     """Utilisation-weighted GPU-hours over the caller's leases (Σ mean utilisation × 5 min), or
     None when no utilisation was collected for those GPUs in the range."""
-    now = now or utcnow()
-    leases = _leases(session, principal, start, end, tenant_id)
-    uuids: dict[str, int] = dict(session.exec(
-        select(Gpu.uuid, Gpu.node_id).where(col(Gpu.node_id).in_({l.node_id for l in leases}), col(Gpu.uuid).is_not(None))
-    ).all())
-    if not uuids:
+    stop = min(end, now or utcnow())
+    leases = _leases(session, principal, start, stop, tenant_id)
+    measured = lease_utilisation(session, [lease.id for lease in leases], start, stop)
+    if not measured:
         return None
-    rows = session.exec(
-        select(Rollup5m).where(Rollup5m.metric == GPU_UTIL_ROLLUP, col(Rollup5m.entity).in_(list(uuids)),
-                               Rollup5m.bucket >= start, Rollup5m.bucket < end, Rollup5m.count > 0)
-    ).all()
-    if not rows:
-        return None
-    total = Decimal(0)
-    for row in rows:
-        node_id = uuids[row.entity]
-        held = any(l.node_id == node_id and l.starts_at <= row.bucket < min(l.ends_at or now, now) for l in leases)
-        if held:
-            total += Decimal(str(row.sum / row.count)) / 100 * BUCKET_HOURS
-    return total.quantize(HOURS_QUANTUM)
+    return sum((used_hours(percent) for _, percent in measured.values()), Decimal(0)).quantize(HOURS_QUANTUM)
 
 
 def running_nodes(session: Session, principal: Principal, tenant_id: int | None = None) -> list[dict[str, Any]]:

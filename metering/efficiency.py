@@ -31,6 +31,7 @@ from metering.usage import SOURCE_LEASE
 UTIL_METRIC = "gpu_util_percent"
 BUCKET_HOURS = Decimal(5) / 60
 PLACES = Decimal("0.0001")
+LEASES_PER_QUERY = 500
 
 
 class EfficiencyRow(BaseModel):
@@ -43,26 +44,43 @@ class EfficiencyRow(BaseModel):
     efficiency: Decimal | None  # used ÷ measured; None without measurements
 
 
+def lease_utilisation(
+    session: Session, lease_ids: list[int], start: datetime, stop: datetime,
+) -> dict[int, tuple[int, Decimal]]:
+    """Per lease with data: how many 5-minute GPU-utilisation buckets of its node's GPUs fall
+    inside both the lease and [start, stop), and the sum of their mean utilisation (percent)."""
+    out: dict[int, tuple[int, Decimal]] = {}
+    for chunk in range(0, len(lease_ids), LEASES_PER_QUERY):
+        rows = session.exec(
+            select(Lease.id, func.count(), func.sum(Rollup5m.sum / Rollup5m.count))
+            .join(Gpu, col(Gpu.uuid) == Rollup5m.entity).join(Lease, col(Lease.node_id) == Gpu.node_id)
+            .where(col(Lease.id).in_(lease_ids[chunk:chunk + LEASES_PER_QUERY]))
+            .where(Rollup5m.metric == UTIL_METRIC, Rollup5m.count > 0)
+            .where(col(Rollup5m.bucket) >= start, col(Rollup5m.bucket) < stop, col(Rollup5m.bucket) >= Lease.starts_at)
+            .where(or_(col(Lease.ends_at).is_(None), col(Rollup5m.bucket) < Lease.ends_at))
+            .group_by(Lease.id)
+        ).all()
+        out.update({lease_id: (buckets, Decimal(str(total))) for lease_id, buckets, total in rows})
+    return out
+
+
+def used_hours(percent_sum: Decimal) -> Decimal:
+    """GPU-hours used from a sum of 5-minute mean utilisations in percent."""
+    return percent_sum / 100 * BUCKET_HOURS
+
+
 def efficiency(session: Session, principal: Principal, period: str, now: datetime | None = None) -> list[EfficiencyRow]:
     """Per tenant the caller may see: allocated, measured and used GPU-hours of leased nodes in the period."""
     start, end = period_bounds(period)
     stop = min(end, now or utcnow())
     measured: dict[int, Decimal] = defaultdict(Decimal)
     used: dict[int, Decimal] = defaultdict(Decimal)
-    leases = session.exec(principal.scope(select(Lease).where(
+    leases = session.exec(principal.scope(select(Lease.id, Lease.tenant_id).where(
         col(Lease.starts_at) < stop, or_(col(Lease.ends_at).is_(None), col(Lease.ends_at) > start)), Lease.tenant_id)).all()
-    for lease in leases:
-        uuids = [u for u in session.exec(select(Gpu.uuid).where(Gpu.node_id == lease.node_id)).all() if u]
-        if not uuids:
-            continue
-        lo, hi = max(lease.starts_at, start), min(lease.ends_at or stop, stop)
-        count, mean_sum = session.exec(
-            select(func.count(), func.coalesce(func.sum(Rollup5m.sum / Rollup5m.count), 0))
-            .where(Rollup5m.metric == UTIL_METRIC, col(Rollup5m.entity).in_(uuids), Rollup5m.count > 0)
-            .where(col(Rollup5m.bucket) >= lo, col(Rollup5m.bucket) < hi)
-        ).one()
-        measured[lease.tenant_id] += count * BUCKET_HOURS
-        used[lease.tenant_id] += Decimal(str(mean_sum)) / 100 * BUCKET_HOURS
+    tenant_of = dict(leases)
+    for lease_id, (buckets, percent_sum) in lease_utilisation(session, list(tenant_of), start, stop).items():
+        measured[tenant_of[lease_id]] += buckets * BUCKET_HOURS
+        used[tenant_of[lease_id]] += used_hours(percent_sum)
     allocated = dict(session.exec(principal.scope(
         select(UsageRecord.tenant_id, func.sum(UsageRecord.quantity))
         .where(UsageRecord.source == SOURCE_LEASE, col(UsageRecord.sku).startswith(skus.GPU_HOUR + ":"))

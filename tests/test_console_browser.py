@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from plotly.offline import get_plotlyjs_version
 from sqlmodel import Session, select
 
 from dashboards.session import SESSION_COOKIE, ConsoleSession, SessionCodec
@@ -96,6 +97,9 @@ def test_every_page_renders_with_drawn_charts_and_no_console_errors(console: Con
         assert len(graph.screenshot()) > BLANK_CHART_PNG_BYTES
     assert "Traceback" not in page.content()
     assert errors.messages == []
+    scripts = page.evaluate("() => performance.getEntriesByType('resource').map(e => e.name)")
+    assert not [url for url in scripts if "plotly.min.js" in url]  # the vendored basic bundle drew every chart
+    assert page.evaluate("() => window.Plotly.version") == get_plotlyjs_version()
     page.context.close()
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 from decimal import Decimal
 
 import dash
-import plotly.graph_objects as go
 from sqlmodel import Session
 from dash import ALL, Input, Output, State, ctx, dcc, html, no_update
 
@@ -25,7 +24,7 @@ from dashboards.cost_data import (
     spend_by_sku,
     spend_summary,
 )
-from dashboards.figures import HEIGHT, TEMPLATE, bars, empty_figure, stacked_bars
+from dashboards.figures import Figure, bars, empty_figure, share_bars, stacked_bars
 from dashboards.tenancy_data import visible_tenants
 from kiln.auth import Principal
 from kiln.db import utcnow
@@ -107,25 +106,15 @@ def _bill_section(session: Session, principal: Principal, bill: str) -> tuple[ht
                    element_id="bill-detail"), detail.period
 
 
-def budget_figure(rows: list[dict]) -> go.Figure:
+def budget_figure(rows: list[dict]) -> Figure:
     """Each budget's spend as a share of its amount, with a line at every threshold."""
     if not rows:
         return empty_figure("Budgets", "No budget is set for these tenants: `POST /api/v1/budgets` or ask finance.")
     labels = [f"{r['tenant']} · {r['name']}" for r in rows]
-    shares = [float(r["percent"]) for r in rows]
-    colors = ["#9e2a2b" if s >= 100 else "#e09f3e" if s >= min(r["thresholds"]) else "#6a994e" for s, r in zip(shares, rows)]
     text = [f"{r['spent']:,.2f} of {r['amount']:,.2f} {r['currency']} ({r['percent']} %)" for r in rows]
-    figure = go.Figure(go.Bar(y=labels, x=shares, orientation="h", marker={"color": colors}, text=text, textposition="auto"))
-    title = {"text": "Budgets: spend this period (% of budget)", "x": 0.01, "font": {"size": 15}}
-    figure.update_layout(template=TEMPLATE, title=title,
-                         height=max(HEIGHT - 80, 40 * len(labels) + 110), margin={"l": 220, "r": 20, "t": 50, "b": 50},
-                         showlegend=False)
-    figure.update_xaxes(title_text="spent (% of budget)", range=[0, max(110.0, *shares) * 1.05])
-    figure.update_yaxes(autorange="reversed")
-    for threshold in sorted({t for r in rows for t in r["thresholds"]}):
-        figure.add_vline(x=threshold, line_dash="dash" if threshold >= 100 else "dot",
-                         line_color="#9e2a2b" if threshold >= 100 else "#e09f3e", annotation_text=f"{threshold} %")
-    return figure
+    return share_bars("Budgets: spend this period (% of budget)", "spent (% of budget)", labels,
+                      [float(r["percent"]) for r in rows], text, [t for r in rows for t in r["thresholds"]],
+                      warn_at=[min(r["thresholds"]) for r in rows])
 
 
 ALERT_COLUMNS = (

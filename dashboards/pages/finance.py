@@ -8,14 +8,13 @@ from decimal import Decimal
 
 import dash
 import flask
-import plotly.graph_objects as go
 from dash import Input, Output, State, dcc, html, no_update
 
 from dashboards import downloads
 from dashboards.components import allowed, data_grid, empty_state, forbidden, section, stat
 from dashboards.context import console_context, current_principal, db_session
 from dashboards.cost_data import bill_periods, spend_by_sku
-from dashboards.figures import HEIGHT, PALETTE, TEMPLATE, bars, empty_figure
+from dashboards.figures import Figure, bars, empty_figure, grouped_bars
 from dashboards.finance_data import (
     FINANCE_ROLES,
     closable,
@@ -69,20 +68,14 @@ def layout(**_: str) -> html.Div:
     ])
 
 
-def _reconciliation_figure(rows: list, currency: str) -> go.Figure:
+def _reconciliation_figure(rows: list, currency: str) -> Figure:
     compared = sorted((r for r in rows if r.opencost_cost is not None), key=lambda r: -abs(r.difference))[:TOP_NAMESPACES]
     if not compared:
         return empty_figure("Kiln vs OpenCost by namespace",
                             "No OpenCost allocation in this period: is KILN_OPENCOST_URL set and the worker running?")
-    names = [r.namespace for r in compared]
-    figure = go.Figure([go.Bar(x=names, y=[float(r.kiln_cost) for r in compared], name="Kiln"),
-                        go.Bar(x=names, y=[float(r.opencost_cost) for r in compared], name="OpenCost")])
-    figure.update_layout(template=TEMPLATE, barmode="group", height=HEIGHT, colorway=PALETTE, title={
-        "text": "Kiln vs OpenCost by namespace (largest differences)", "x": 0.01, "font": {"size": 15}},
-        margin={"l": 60, "r": 20, "t": 50, "b": 50}, legend={"orientation": "h", "y": -0.25})
-    figure.update_xaxes(title_text="namespace", type="category")
-    figure.update_yaxes(title_text=f"cost ({currency})", rangemode="tozero")
-    return figure
+    return grouped_bars("Kiln vs OpenCost by namespace (largest differences)", "namespace", f"cost ({currency})",
+                        [r.namespace for r in compared],
+                        {"Kiln": [r.kiln_cost for r in compared], "OpenCost": [r.opencost_cost for r in compared]})
 
 
 def update(period: str | None) -> tuple:

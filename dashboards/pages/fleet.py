@@ -4,7 +4,6 @@ unreachable BMCs, GPUs with XID errors, and the node table with bulk actions."""
 from __future__ import annotations
 
 import dash
-import plotly.graph_objects as go
 from dash import Input, Output, dcc, html
 
 from dashboards import bulk
@@ -19,7 +18,7 @@ from dashboards.components import (
     when,
 )
 from dashboards.context import current_principal, db_session
-from dashboards.figures import bars, time_series
+from dashboards.figures import Figure, bars, time_series
 from dashboards.fleet_data import (
     counts,
     fleet_power,
@@ -87,7 +86,7 @@ def layout(**_: str) -> html.Div:
     ])
 
 
-def power_figure(choice: str | None) -> go.Figure:
+def power_figure(choice: str | None) -> Figure:
     """Fleet power over the chosen range, from the 5-minute rollups."""
     principal = current_principal()
     start, end = range_bounds(choice)

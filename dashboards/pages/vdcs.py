@@ -5,16 +5,16 @@ from __future__ import annotations
 from decimal import Decimal
 
 import dash
-import plotly.graph_objects as go
 from dash import dcc, html
 
 from dashboards.components import allowed, forbidden, section, table
 from dashboards.context import current_principal, db_session
-from dashboards.figures import empty_figure
+from dashboards.figures import Figure, empty_figure, share_bars
 from dashboards.tenancy_data import quota_rows, vdc_summaries, visible_vdcs
 from kiln.roles import Role
 
 PATH = "/vdcs"
+QUOTA_WARNING_PERCENT = 80
 ROLES = (Role.INFRA_ADMIN,)
 
 
@@ -23,22 +23,15 @@ def _limit(used: int | Decimal, limit: int | None) -> str:
     return f"{shown} of {limit:,}" if limit is not None else f"{shown} (no limit)"
 
 
-def quota_figure(rows: list[dict]) -> go.Figure:
+def quota_figure(rows: list[dict]) -> Figure:
     """Per-grant use as a share of each limit (GPUs, nodes, GPU-hours), bars with thresholds."""
     limited = [(r, kind) for r in rows for kind in ("gpus", "nodes", "gpu_hours") if r[f"max_{kind}"]]
     if not limited:
         return empty_figure("Quota use", "No grant has a quota set: `kiln vdcs grant VDC TENANT --max-gpus N`.")
     labels = [f"{r['vdc']} / {r['tenant']} · {kind.replace('_', '-')}" for r, kind in limited]
     shares = [round(float(r[kind]) / float(r[f"max_{kind}"]) * 100, 1) for r, kind in limited]
-    colors = ["#9e2a2b" if s >= 100 else "#e09f3e" if s >= 80 else "#6a994e" for s in shares]
-    figure = go.Figure(go.Bar(y=labels, x=shares, orientation="h", marker={"color": colors}, text=[f"{s}%" for s in shares]))
-    figure.update_layout(template="plotly_white", title={"text": "Quota use (share of limit)", "x": 0.01},
-                         height=max(260, 40 * len(labels) + 100), margin={"l": 220, "r": 20, "t": 50, "b": 50})
-    figure.update_xaxes(title_text="used (% of limit)", range=[0, max(110, *shares)])
-    figure.update_yaxes(autorange="reversed")
-    figure.add_vline(x=80, line_dash="dot", line_color="#e09f3e", annotation_text="80%")
-    figure.add_vline(x=100, line_dash="dash", line_color="#9e2a2b", annotation_text="limit")
-    return figure
+    return share_bars("Quota use (share of limit)", "used (% of limit)", labels, shares, [f"{s}%" for s in shares],
+                      (QUOTA_WARNING_PERCENT, 100), warn_at=[QUOTA_WARNING_PERCENT] * len(shares))
 
 
 def layout(**_: str) -> html.Div:

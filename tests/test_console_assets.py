@@ -1,0 +1,37 @@
+"""The console's vendored plotly.js basic bundle: same version as the plotly package, and enough for every chart."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from plotly.offline import get_plotlyjs_version
+
+from dashboards.figures import BASIC_TRACES, bars, trace
+
+DASHBOARDS = Path(__file__).parents[1] / "dashboards"
+BUNDLE = DASHBOARDS / "assets" / "vendor" / "plotly-basic.min.js"
+
+
+def test_the_vendored_bundle_is_the_basic_build_of_the_installed_plotly_js() -> None:
+    header = BUNDLE.read_text(encoding="utf-8")[:200]
+    match = re.search(r"plotly\.js \(basic - minified\) v(\S+)", header)
+    assert match, f"{BUNDLE} is not plotly.js's basic bundle: run `python scripts/vendor_plotly.py`"
+    assert match.group(1) == get_plotlyjs_version(), "plotly was upgraded: run `python scripts/vendor_plotly.py`"
+    assert (BUNDLE.parent / "plotly-basic.LICENSE.txt").read_text().startswith("MIT License")
+
+
+def test_figures_are_limited_to_the_basic_bundles_trace_types() -> None:
+    assert BASIC_TRACES == {"scatter", "bar", "pie"}  # what plotly.js-basic-dist contains
+    assert bars("t", "x", "y", ["a"], [Decimal("1.5")], empty_reason="none")["data"][0]["type"] == "bar"
+    with pytest.raises(ValueError, match="not in the console's plotly.js basic bundle"):
+        trace("heatmap", z=[[1]])
+
+
+def test_console_code_builds_traces_only_through_the_checked_helper() -> None:
+    sources = {module.relative_to(DASHBOARDS): module.read_text() for module in DASHBOARDS.rglob("*.py")}
+    assert [name for name, text in sources.items() if re.search(r"plotly\.graph_objects|\bgo\.[A-Z]", text)] == []
+    kinds = {kind for text in sources.values() for kind in re.findall(r"\btrace\(\"(\w+)\"", text)}
+    assert kinds and kinds <= BASIC_TRACES
