@@ -18,7 +18,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, Column, ForeignKey, Integer, Numeric, UniqueConstraint
+from sqlalchemy import JSON, Column, ForeignKey, Index, Integer, Numeric, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from kiln.db import UTCDateTime
@@ -67,7 +67,11 @@ class Rollup5m(SQLModel, table=True):
     """Count/sum/min/max of one chart series over one 5-minute bucket."""
 
     __tablename__ = "rollup_5m"
-    __table_args__ = (UniqueConstraint("entity", "metric", "bucket"),)
+    __table_args__ = (
+        UniqueConstraint("entity", "metric", "bucket"),
+        # Covering one metric's buckets over a range for every entity (fleet-wide charts).
+        Index("ix_rollup_5m_metric_bucket", "metric", "bucket", "entity", "count", "sum"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     entity: str = Field(max_length=255)

@@ -7,7 +7,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import dash_ag_grid as dag
-from dash import dcc, html
+from dash import Output, dcc, html
+from dash.development.base_component import Component
 
 from kiln.auth import Principal
 from kiln.db import utcnow
@@ -109,3 +110,20 @@ def section(title: str, *children: Any, element_id: str | None = None) -> html.S
     """A titled block of a page."""
     attrs = {"id": element_id} if element_id else {}
     return html.Section([html.H2(title), *children], className="card", **attrs)
+
+
+def prefilled(page: Component, outputs: Sequence[Output], values: Sequence[Any]) -> Component:
+    """`page` with each output's property already set to its value, so the page arrives drawn in
+    the response that brings its layout (one round trip, not two). The callback that fills those
+    outputs is registered with `prevent_initial_call=True` and runs when a filter changes."""
+    wanted: dict[str, list[tuple[str, Any]]] = {}
+    for output, value in zip(outputs, values, strict=True):
+        wanted.setdefault(output.component_id, []).append((output.component_property, value))
+    for component in [page, *page._traverse()]:  # listed before any property changes
+        component_id = getattr(component, "id", None)
+        if isinstance(component_id, str):
+            for prop, value in wanted.pop(component_id, []):
+                setattr(component, prop, value)
+    if wanted:
+        raise ValueError(f"the page has no component with id {sorted(wanted)}")
+    return page

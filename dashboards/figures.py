@@ -22,6 +22,7 @@ PALETTE = ("#b4441c", "#2a6f97", "#6a994e", "#7b2cbf", "#e09f3e", "#335c67", "#9
 BASIC_TRACES = frozenset({"scatter", "bar", "pie"})
 MARGIN = {"l": 60, "r": 20, "t": 50, "b": 50}
 WARNING_COLOR, LIMIT_COLOR, OK_COLOR = "#e09f3e", "#9e2a2b", "#6a994e"
+SHARE_BARS_SHOWN = 25  # bars in a share chart; more would be a wall of bars in a page-high chart
 
 
 @cache
@@ -112,12 +113,17 @@ def grouped_bars(title: str, x_title: str, y_title: str, categories: Sequence[st
 
 
 def share_bars(title: str, x_title: str, labels: Sequence[str], shares: Sequence[float], text: Sequence[str],
-               thresholds: Sequence[float], *, warn_at: Sequence[float]) -> Figure:
+               thresholds: Sequence[float], *, warn_at: Sequence[float], limit: int = SHARE_BARS_SHOWN) -> Figure:
     """Horizontal bars of shares in percent (green, amber from each bar's `warn_at`, red from
-    100 %), one dashed line per threshold: quota use, budget spend."""
+    100 %), one dashed line per threshold: quota use, budget spend. Only the `limit` largest
+    shares are drawn (the title says so): the full list is in the page's table."""
+    bars_ = sorted(zip(shares, labels, text, warn_at, strict=True), key=lambda bar: -bar[0])
+    if len(bars_) > limit:
+        title = f"{title}: the {limit} highest of {len(bars_)}"
+        bars_ = bars_[:limit]
+    shares, labels, text, warn_at = (list(column) for column in zip(*bars_, strict=True))
     colors = [LIMIT_COLOR if s >= 100 else WARNING_COLOR if s >= w else OK_COLOR for s, w in zip(shares, warn_at, strict=True)]
-    bar = trace("bar", y=list(labels), x=list(shares), orientation="h", marker={"color": colors}, text=list(text),
-                textposition="auto")
+    bar = trace("bar", y=labels, x=shares, orientation="h", marker={"color": colors}, text=text, textposition="auto")
     shapes, notes = [], []
     for at in sorted(set(thresholds)):
         color = LIMIT_COLOR if at >= 100 else WARNING_COLOR

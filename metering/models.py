@@ -66,7 +66,8 @@ class UsageRecord(SQLModel, table=True):
     __tablename__ = "usage_record"
     __table_args__ = (
         UniqueConstraint("tenant_id", "resource_id", "sku", "hour", "source", name="uq_usage_record_key"),
-        Index("ix_usage_record_hour_source", "hour", "source"),
+        # Covering the period sums (hour range → tenant, SKU, unit, quantity): index-only scans of a month.
+        Index("ix_usage_record_hour_source", "hour", "source", "tenant_id", "sku", "unit", "quantity"),
         Index("ix_usage_record_tenant_hour", "tenant_id", "hour"),
     )
 

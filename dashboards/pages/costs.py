@@ -12,7 +12,7 @@ from sqlmodel import Session
 from dash import ALL, Input, Output, State, ctx, dcc, html, no_update
 
 from dashboards import downloads
-from dashboards.components import data_grid, empty_state, section, stat, table, when
+from dashboards.components import data_grid, empty_state, prefilled, section, stat, table, when
 from dashboards.context import current_principal, db_session
 from dashboards.cost_data import (
     bill_detail,
@@ -33,6 +33,10 @@ from metering.periods import period_of
 
 PATH = "/costs"
 ALL_TENANTS = "all"
+OUTPUTS = (
+    Output("costs-stats", "children"), Output("costs-by-sku", "figure"), Output("costs-by-day", "figure"),
+    Output("costs-budgets", "figure"), Output("costs-alerts", "children"), Output("costs-bills", "children"),
+)
 
 
 def money(amount: Decimal | None, currency: str) -> str:
@@ -51,7 +55,8 @@ def _period_options(periods: list[str]) -> list[dict[str, str]]:
 
 
 def layout(bill: str | None = None, **_: str) -> html.Div:
-    """Filters (tenant, period), the overview the callback fills, and a bill's detail when `?bill=ID`."""
+    """Filters (tenant, period), the overview (all the caller's tenants, the running period or the
+    bill's), and a bill's detail when `?bill=ID`."""
     principal = current_principal()
     with db_session() as session:
         tenants = visible_tenants(session, principal)
@@ -60,7 +65,7 @@ def layout(bill: str | None = None, **_: str) -> html.Div:
     options = [{"label": "All tenants" if principal.sees_all_tenants else "All my tenants", "value": ALL_TENANTS}]
     options += [{"label": f"{t.name} ({t.slug})", "value": t.slug} for t in tenants]
     period = detail[1] if detail else period_of(utcnow())
-    return html.Div([
+    page = html.Div([
         html.Div([
             html.H1("Costs and bills"),
             dcc.Dropdown(id="costs-tenant", options=options, value=ALL_TENANTS, clearable=False, className="tenant-picker"),
@@ -74,6 +79,7 @@ def layout(bill: str | None = None, **_: str) -> html.Div:
         section("Bills", html.Div(id="costs-bills"), element_id="bills"),
         detail[0] if detail else html.Div(id="bill-detail"),
     ])
+    return prefilled(page, OUTPUTS, update(ALL_TENANTS, period))
 
 
 def _bill_section(session: Session, principal: Principal, bill: str) -> tuple[html.Section, str]:
@@ -205,11 +211,7 @@ def show_line_usage(clicks: list[int | None], bill_id: int | None) -> html.Div:
 def register(app: dash.Dash) -> None:
     """Register the page and its callbacks on the console app."""
     dash.register_page(__name__, path=PATH, name="Costs", title="Costs — Kiln", layout=layout, order=4)
-    app.callback(
-        Output("costs-stats", "children"), Output("costs-by-sku", "figure"), Output("costs-by-day", "figure"),
-        Output("costs-budgets", "figure"), Output("costs-alerts", "children"), Output("costs-bills", "children"),
-        Input("costs-tenant", "value"), Input("costs-period", "value"),
-    )(update)
+    app.callback(*OUTPUTS, Input("costs-tenant", "value"), Input("costs-period", "value"), prevent_initial_call=True)(update)
     app.callback(
         Output("costs-line-usage", "children"),
         Input({"type": "costs-line", "line": ALL}, "n_clicks"), State("costs-bill-id", "data"),

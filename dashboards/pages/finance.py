@@ -11,7 +11,7 @@ import flask
 from dash import Input, Output, State, dcc, html, no_update
 
 from dashboards import downloads
-from dashboards.components import allowed, data_grid, empty_state, forbidden, section, stat
+from dashboards.components import allowed, data_grid, empty_state, forbidden, prefilled, section, stat
 from dashboards.context import console_context, current_principal, db_session
 from dashboards.cost_data import bill_periods, spend_by_sku
 from dashboards.figures import Figure, bars, empty_figure, grouped_bars
@@ -33,6 +33,13 @@ PATH = "/finance"
 TOP_TENANTS = 25
 TOP_NAMESPACES = 20
 
+OUTPUTS = (
+    Output("finance-stats", "children"), Output("finance-by-tenant", "figure"), Output("finance-by-sku", "figure"),
+    Output("finance-idle", "figure"), Output("finance-reconciliation", "figure"), Output("finance-close-hint", "children"),
+    Output("finance-close", "disabled"), Output("finance-exports", "children"), Output("finance-tenants", "children"),
+    Output("finance-reconciliation-table", "children"), Output("finance-close-confirm", "message"),
+)
+
 
 def _periods() -> tuple[list[dict[str, str]], str]:
     principal = current_principal()
@@ -51,7 +58,7 @@ def layout(**_: str) -> html.Div:
     if not allowed(principal, FINANCE_ROLES):
         return forbidden(principal, "The finance page", who="finance and infra admins")
     options, default = _periods()
-    return html.Div([
+    page = html.Div([
         html.Div([html.H1("Finance"),
                   dcc.Dropdown(id="finance-period", options=options, value=default, clearable=False, className="range-picker")],
                  className="page-head"),
@@ -66,6 +73,7 @@ def layout(**_: str) -> html.Div:
         section("Charges by tenant", html.Div(id="finance-tenants")),
         section("Reconciliation with OpenCost", html.Div(id="finance-reconciliation-table")),
     ])
+    return prefilled(page, OUTPUTS, update(default))
 
 
 def _reconciliation_figure(rows: list, currency: str) -> Figure:
@@ -167,13 +175,7 @@ def confirm_close(submitted: int | None, period: str | None) -> tuple:
 def register(app: dash.Dash) -> None:
     """Register the page and its callbacks on the console app, and its 403 status for tenant roles."""
     dash.register_page(__name__, path=PATH, name="Finance", title="Finance — Kiln", layout=layout, order=5)
-    app.callback(
-        Output("finance-stats", "children"), Output("finance-by-tenant", "figure"), Output("finance-by-sku", "figure"),
-        Output("finance-idle", "figure"), Output("finance-reconciliation", "figure"), Output("finance-close-hint", "children"),
-        Output("finance-close", "disabled"), Output("finance-exports", "children"), Output("finance-tenants", "children"),
-        Output("finance-reconciliation-table", "children"), Output("finance-close-confirm", "message"),
-        Input("finance-period", "value"),
-    )(update)
+    app.callback(*OUTPUTS, Input("finance-period", "value"), prevent_initial_call=True)(update)
     app.callback(Output("finance-close-confirm", "displayed"), Input("finance-close", "n_clicks"),
                  prevent_initial_call=True)(ask_to_close)
     app.callback(Output("finance-close-message", "children"), Output("finance-period", "value"),

@@ -31,6 +31,7 @@ from kiln.roles import Role
 
 PATH = "/fleet"
 ROLES = (Role.INFRA_ADMIN,)
+DEFAULT_RANGE = "24h"
 HEALTH_COLORS = {"ok": "#6a994e", "warning": "#e09f3e", "critical": "#9e2a2b", "unknown": "#999999"}
 
 
@@ -47,7 +48,7 @@ def layout(**_: str) -> html.Div:
     watts = [r["power_watts"] for r in rows if r["power_watts"] is not None]
     hot = hottest_nodes(rows)
     return html.Div([
-        html.Div([html.H1("Fleet overview"), range_picker("fleet-range")], className="page-head"),
+        html.Div([html.H1("Fleet overview"), range_picker("fleet-range", DEFAULT_RANGE)], className="page-head"),
         html.Div([
             stat("nodes", len(rows), "stat-nodes"),
             stat("active", states.get("active", 0), "stat-active"),
@@ -65,7 +66,7 @@ def layout(**_: str) -> html.Div:
                 empty_reason="No nodes are enrolled yet.")),
         ], className="grid-2"),
         html.Div([
-            dcc.Graph(id="fleet-power"),
+            dcc.Graph(id="fleet-power", figure=power_figure(DEFAULT_RANGE)),
             dcc.Graph(id="fleet-hottest", figure=bars(
                 "Hottest nodes", "hottest sensor (°C)", "node", [r["name"] for r in hot], [r["max_temp_c"] for r in hot],
                 horizontal=True, empty_reason="No temperature readings: the IPMI collector has not polled any BMC yet.")),
@@ -101,5 +102,5 @@ def power_figure(choice: str | None) -> Figure:
 def register(app: dash.Dash) -> None:
     """Register the page and its callbacks on the console app."""
     dash.register_page(__name__, path=PATH, name="Fleet", title="Fleet — Kiln", layout=layout, order=1)
-    app.callback(Output("fleet-power", "figure"), Input("fleet-range", "value"))(power_figure)
+    app.callback(Output("fleet-power", "figure"), Input("fleet-range", "value"), prevent_initial_call=True)(power_figure)
     bulk.register(app)

@@ -21,6 +21,7 @@ from fleet.schemas import NodePublic
 from kiln.errors import NotFound
 
 PATH_TEMPLATE = "/nodes/<name>"
+DEFAULT_RANGE = "24h"
 
 
 def _value(value: float | None, unit: str) -> str:
@@ -63,17 +64,19 @@ def layout(name: str | None = None, **_: str) -> html.Div:
             for g in node.gpus]
     lease_text = (f"Leased to {lease.tenant} through VDC {lease.vdc or '—'} since {when(lease.starts_at)}"
                   + (f" until {when(lease.ends_at)}" if lease.ends_at else " (open-ended)")) if lease else "Not leased now."
+    power, temperature, util = history_figures(DEFAULT_RANGE, node.name)
     return html.Div([
         dcc.Store(id="node-name", data=node.name),
-        html.Div([html.H1(node.name, id="node-title"), range_picker("node-range")], className="page-head"),
+        html.Div([html.H1(node.name, id="node-title"), range_picker("node-range", DEFAULT_RANGE)], className="page-head"),
         html.P(lease_text, id="node-lease", className="lead"),
         html.Div([
             section("Hardware", _facts(node)),
             section("GPUs", table(("#", "model", "vendor", "UUID", "memory"), gpus, empty="This node has no GPUs recorded.",
                                   element_id="node-gpus")),
         ], className="grid-2"),
-        html.Div([dcc.Graph(id="node-power"), dcc.Graph(id="node-temperature")], className="grid-2"),
-        dcc.Graph(id="node-gpu-util"),
+        html.Div([dcc.Graph(id="node-power", figure=power), dcc.Graph(id="node-temperature", figure=temperature)],
+                 className="grid-2"),
+        dcc.Graph(id="node-gpu-util", figure=util),
         section("Sensors", table(
             ("entity", "sensor", "value", "state", "read at"),
             [(s["entity"], s["sensor"], _value(s["value"], s["unit"]), html.Span(s["state"], className=f"state-{s['state_code']}"),
@@ -110,5 +113,5 @@ def register(app: dash.Dash) -> None:
     dash.register_page(__name__, path_template=PATH_TEMPLATE, name="Node", title="Node — Kiln", layout=layout)
     app.callback(
         Output("node-power", "figure"), Output("node-temperature", "figure"), Output("node-gpu-util", "figure"),
-        Input("node-range", "value"), State("node-name", "data"),
+        Input("node-range", "value"), State("node-name", "data"), prevent_initial_call=True,
     )(history_figures)

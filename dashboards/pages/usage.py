@@ -8,7 +8,7 @@ from decimal import Decimal
 import dash
 from dash import Input, Output, dcc, html
 
-from dashboards.components import range_bounds, range_picker, section, stat, table, when
+from dashboards.components import prefilled, range_bounds, range_picker, section, stat, table, when
 from dashboards.context import current_principal, db_session
 from dashboards.figures import bars, stacked_bars
 from dashboards.tenancy_data import (
@@ -24,20 +24,26 @@ from dashboards.tenancy_data import (
 
 PATH = "/usage"
 ALL = "all"
+DEFAULT_RANGE = "7d"
+OUTPUTS = (
+    Output("usage-stats", "children"), Output("usage-by-day", "figure"), Output("usage-by-vdc", "figure"),
+    Output("usage-by-model", "figure"), Output("usage-quotas", "children"), Output("usage-nodes", "children"),
+    Output("usage-namespaces", "children"),
+)
 
 
 def layout(**_: str) -> html.Div:
-    """Filters (tenant, range) and the blocks the callback fills."""
+    """Filters (tenant, range) and every block, filled for all the caller's tenants over the default range."""
     principal = current_principal()
     with db_session() as session:
         tenants = visible_tenants(session, principal)
     options = [{"label": "All tenants" if principal.sees_all_tenants else "All my tenants", "value": ALL}]
     options += [{"label": f"{t.name} ({t.slug})", "value": t.slug} for t in tenants]
-    return html.Div([
+    page = html.Div([
         html.Div([
             html.H1("GPU usage"),
             dcc.Dropdown(id="usage-tenant", options=options, value=ALL, clearable=False, className="tenant-picker"),
-            range_picker("usage-range", default="7d"),
+            range_picker("usage-range", default=DEFAULT_RANGE),
         ], className="page-head"),
         html.Div(id="usage-stats", className="stats"),
         dcc.Graph(id="usage-by-day"),
@@ -46,6 +52,7 @@ def layout(**_: str) -> html.Div:
         html.Div([section("Running nodes", html.Div(id="usage-nodes")),
                   section("Kubernetes namespaces with GPUs", html.Div(id="usage-namespaces"))], className="grid-2"),
     ])
+    return prefilled(page, OUTPUTS, update(ALL, DEFAULT_RANGE))
 
 
 def _hours(value: Decimal | None) -> str:
@@ -101,9 +108,4 @@ def update(tenant_slug: str | None, choice: str | None) -> tuple:
 def register(app: dash.Dash) -> None:
     """Register the page and its callback on the console app."""
     dash.register_page(__name__, path=PATH, name="Usage", title="Usage — Kiln", layout=layout, order=3)
-    app.callback(
-        Output("usage-stats", "children"), Output("usage-by-day", "figure"), Output("usage-by-vdc", "figure"),
-        Output("usage-by-model", "figure"), Output("usage-quotas", "children"), Output("usage-nodes", "children"),
-        Output("usage-namespaces", "children"),
-        Input("usage-tenant", "value"), Input("usage-range", "value"),
-    )(update)
+    app.callback(*OUTPUTS, Input("usage-tenant", "value"), Input("usage-range", "value"), prevent_initial_call=True)(update)

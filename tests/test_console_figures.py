@@ -1,4 +1,5 @@
-"""The console's vendored plotly.js basic bundle: same version as the plotly package, and enough for every chart."""
+"""The console's figures and the vendored plotly.js basic bundle that draws them (same version as
+the plotly package, and enough for every chart)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 from plotly.offline import get_plotlyjs_version
 
-from dashboards.figures import BASIC_TRACES, bars, trace
+from dashboards.figures import BASIC_TRACES, bars, share_bars, trace
 
 DASHBOARDS = Path(__file__).parents[1] / "dashboards"
 BUNDLE = DASHBOARDS / "assets" / "vendor" / "plotly-basic.min.js"
@@ -35,3 +36,17 @@ def test_console_code_builds_traces_only_through_the_checked_helper() -> None:
     assert [name for name, text in sources.items() if re.search(r"plotly\.graph_objects|\bgo\.[A-Z]", text)] == []
     kinds = {kind for text in sources.values() for kind in re.findall(r"\btrace\(\"(\w+)\"", text)}
     assert kinds and kinds <= BASIC_TRACES
+
+
+def test_share_bars_draw_the_largest_shares_coloured_by_threshold() -> None:
+    shares = [float(share) for share in range(0, 300, 10)]  # 30 bars: 0 % ... 290 %
+    labels = [f"grant {share:g}" for share in shares]
+    figure = share_bars("Quota use", "used (%)", labels, shares, labels, (80, 100), warn_at=[80] * 30, limit=25)
+    bar = figure["data"][0]
+    assert figure["layout"]["title"]["text"] == "Quota use: the 25 highest of 30"
+    assert bar["x"] == shares[::-1][:25] and bar["y"][0] == "grant 290"
+    colours = dict(zip(bar["x"], bar["marker"]["color"], strict=True))
+    assert (colours[290.0], colours[90.0], colours[50.0]) == ("#9e2a2b", "#e09f3e", "#6a994e")
+    assert [shape["x0"] for shape in figure["layout"]["shapes"]] == [80, 100]
+    few = share_bars("Budgets", "spent (%)", ["a", "b"], [10.0, 20.0], ["a", "b"], (50,), warn_at=[50, 50])
+    assert few["layout"]["title"]["text"] == "Budgets" and few["data"][0]["y"] == ["b", "a"]
