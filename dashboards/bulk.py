@@ -17,6 +17,7 @@ import dash_ag_grid as dag
 from dash import Input, Output, State, dcc, html, no_update
 from sqlmodel import col, select
 
+from dashboards.components import GRID_COLUMN_DEFAULTS
 from dashboards.context import console_context, current_principal, db_session
 from dashboards.fleet_data import node_rows
 from fleet.models import Node, Operation
@@ -66,13 +67,12 @@ def node_grid(rows: list[dict[str, Any]]) -> html.Div:
         id="node-grid",
         rowData=grid_rows(rows),
         columnDefs=COLUMNS,
-        defaultColDef={"sortable": True, "filter": True, "floatingFilter": True, "resizable": True, "minWidth": 90},
+        defaultColDef={**GRID_COLUMN_DEFAULTS, "floatingFilter": True, "minWidth": 90},
         getRowId="params.data.name",
         dashGridOptions={
             "rowSelection": {"mode": "multiRow", "checkboxes": True, "headerCheckbox": True, "enableClickSelection": False},
             "pagination": True, "paginationPageSize": 50, "animateRows": False,
         },
-        columnSize="responsiveSizeToFit",
         style={"height": "460px"},
         className="ag-theme-quartz",
     )
