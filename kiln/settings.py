@@ -7,10 +7,13 @@ documented by its `description`, which `kiln config show` and README.md repeat.
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
 import re
 import secrets
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +26,15 @@ CONFIG_ENV = "KILN_CONFIG"
 SECRET_KEY_FILE = "secret.key"
 MIN_SECRET_KEY_LENGTH = 32
 KNOWN_WEAK_SECRETS = {"changeme", "change-me", "secret", "kiln", "password", "dev", "default"}
+# `KILN_*` variables that are not settings, so no warning about them (README "Configuration"):
+# the config file's name, and the test/CI tooling's knobs (.ci/run, scripts/, tests/peers/).
+NON_SETTING_VARIABLES = frozenset({
+    CONFIG_ENV, "KILN_REQUIRE_PEERS", "KILN_TEST_WORKERS", "KILN_VENV", "KILN_PYTHON", "KILN_CACHE",
+    "KILN_CACHE_DIR", "KILN_PEERS_DIR", "KILN_HELM", "KILN_ETCD", "KILN_CHROMIUM", "KILN_KUBE_APISERVER",
+    "KILN_KUBE_BUILD_TIMEOUT", "KILN_KUBE_KEEP_SRC", "KILN_KUBE_READY_TIMEOUT", "KILN_GO_PARALLEL",
+})
+log = logging.getLogger(__name__)
+_warned_variables: set[str] = set()
 
 
 class ConfigError(Exception):
@@ -275,9 +287,31 @@ def _toml_key_lines(text: str) -> dict[str, int]:
     return lines
 
 
+def unknown_environment_variables(environ: Mapping[str, str]) -> dict[str, str | None]:
+    """`KILN_*` variables that are neither settings nor NON_SETTING_VARIABLES, each with the
+    closest setting's variable (None when nothing is close)."""
+    known = [ENV_PREFIX + name.upper() for name in Settings.model_fields]
+    unknown = {}
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and name not in known and name not in NON_SETTING_VARIABLES:
+            unknown[name] = next(iter(difflib.get_close_matches(name, known, n=1, cutoff=0.8)), None)
+    return unknown
+
+
+def warn_unknown_environment(environ: Mapping[str, str] | None = None) -> None:
+    """Log a warning, once per variable and process, for each unknown `KILN_*` variable (Kiln
+    ignores them: a misspelt name would otherwise go unnoticed). Values are never logged."""
+    for name, closest in unknown_environment_variables(os.environ if environ is None else environ).items():
+        if name not in _warned_variables:
+            _warned_variables.add(name)
+            hint = f" (did you mean {closest}?)" if closest else ""
+            log.warning("environment variable %s is not a Kiln setting and is ignored%s", name, hint)
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Build Settings from code overrides, the environment and the config file; errors name their source."""
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    warn_unknown_environment()
     try:
         return Settings(**overrides)
     except ValidationError as exc:

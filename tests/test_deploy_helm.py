@@ -170,7 +170,11 @@ def test_rendered_settings_are_valid_kiln_settings(helm: str, tmp_path: Path,
 
 @pytest.mark.parametrize(("values", "message"), [
     ({"secretKey": "short"}, "secretKey must be at least 32 characters"),
-    ({"config": {"secret_key": "x" * 40}}, "config.secret_key is not allowed"),
+    ({"config": {"secret_key": "x" * 40}}, "secret_key is not allowed"),
+    ({"config": {"log_levl": "INFO"}}, "Additional property log_levl is not allowed"),
+    ({"config": {"sync_interval": "often"}}, "config.sync_interval"),
+    ({"config": {"ipmi_workers": 0}}, "config.ipmi_workers"),
+    ({"config": {"idle_cost_policy": "nobody"}}, "config.idle_cost_policy"),
     ({"database": {"url": ""}}, "database.url is required"),
     ({"worker": {"replicaCount": "many"}}, "replicaCount"),
     ({"tenants": 3}, "tenants"),
@@ -180,6 +184,53 @@ def test_bad_values_are_refused_naming_the_value(helm: str, tmp_path: Path, valu
     result = run_helm(helm, "template", "kiln", str(CHART), "--values", str(tmp_path / "bad.yaml"))
     assert result.returncode != 0
     assert message in result.stderr
+
+
+def test_template_refuses_secrets_in_config_without_the_schema(helm: str, tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"config": {"oidc_client_secret": "s3cret"}}))
+    result = run_helm(helm, "template", "kiln", str(CHART), "--skip-schema-validation",
+                      "--values", str(tmp_path / "bad.yaml"))
+    assert result.returncode != 0
+    assert "config.oidc_client_secret is not allowed" in result.stderr and "KILN_OIDC_CLIENT_SECRET" in result.stderr
+    assert "s3cret" not in result.stderr
+
+
+def load_config_schema_module():
+    """deploy/helm/config_schema.py (not a package), which writes the chart's `config` schema."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("config_schema", CHART.parent / "config_schema.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_config_schema_lists_exactly_the_settings() -> None:
+    """`config:` keys are Kiln's settings less the reserved ones, so no setting can drift out of it."""
+    import json
+    import re
+
+    from kiln.settings import Settings
+
+    config_schema = load_config_schema_module()
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]["config"]
+    assert schema["additionalProperties"] is False
+    assert set(schema["properties"]) == set(Settings.model_fields) - set(config_schema.RESERVED), (
+        "values.schema.json is out of date: run .venv/bin/python deploy/helm/config_schema.py")
+    assert schema == config_schema.config_schema(), "run .venv/bin/python deploy/helm/config_schema.py"
+    template = (CHART / "templates" / "configmap.yaml").read_text()
+    reserved = re.search(r"\$reserved := list ((?:\"\w+\" ?)+)", template).group(1)
+    assert reserved.replace('"', "").split() == list(config_schema.RESERVED)
+
+
+def test_every_setting_is_accepted_under_config(helm: str, tmp_path: Path) -> None:
+    """Each allowed key with its default value passes the schema and lands in the ConfigMap."""
+    from kiln.settings import Settings
+
+    allowed = {name: field.default for name, field in Settings.model_fields.items()
+               if name not in load_config_schema_module().RESERVED and field.default is not None}
+    data = by_kind(render(helm, tmp_path, {"config": allowed}))["ConfigMap"][0]["data"]
+    assert {f"KILN_{name.upper()}" for name in allowed} <= set(data)
 
 
 # --- the rendered objects on a real kube-apiserver --------------------------------------------
