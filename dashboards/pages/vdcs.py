@@ -7,7 +7,7 @@ from decimal import Decimal
 import dash
 from dash import dcc, html
 
-from dashboards.components import allowed, forbidden, section, table
+from dashboards.components import allowed, data_grid, forbidden, section, table
 from dashboards.context import current_principal, db_session
 from dashboards.figures import Figure, empty_figure, share_bars
 from dashboards.tenancy_data import quota_rows, vdc_summaries, visible_vdcs
@@ -15,6 +15,11 @@ from kiln.roles import Role
 
 PATH = "/vdcs"
 QUOTA_WARNING_PERCENT = 80
+GRANT_COLUMNS = (  # a virtualised grid: one row per (VDC, tenant) grant, hundreds at fleet scale
+    {"field": "vdc", "headerName": "VDC"}, {"field": "tenant", "headerName": "Tenant"},
+    {"field": "nodes", "headerName": "Nodes leased"}, {"field": "gpus", "headerName": "GPUs leased"},
+    {"field": "gpu_hours", "headerName": "GPU-hours this month"},
+)
 ROLES = (Role.INFRA_ADMIN,)
 
 
@@ -52,11 +57,10 @@ def layout(**_: str) -> html.Div:
              for v in vdcs],
             empty="No VDCs yet: create one with `kiln vdcs create NAME --selector rack=r1`.", element_id="vdc-table")),
         dcc.Graph(id="vdc-quota-use", figure=quota_figure(grants)),
-        section("Grants", table(
-            ("VDC", "tenant", "nodes", "GPUs", "GPU-hours this month"),
-            [(g["vdc"], g["tenant"], _limit(g["nodes"], g["max_nodes"]), _limit(g["gpus"], g["max_gpus"]),
-              _limit(g["gpu_hours"], g["max_gpu_hours"])) for g in grants],
-            empty="No VDC is granted to a tenant yet: `kiln vdcs grant VDC TENANT`.", element_id="grant-table")),
+        section("Grants", data_grid("grant-table", GRANT_COLUMNS, [
+            {"vdc": g["vdc"], "tenant": g["tenant"], "nodes": _limit(g["nodes"], g["max_nodes"]),
+             "gpus": _limit(g["gpus"], g["max_gpus"]), "gpu_hours": _limit(g["gpu_hours"], g["max_gpu_hours"])}
+            for g in grants], empty="No VDC is granted to a tenant yet: `kiln vdcs grant VDC TENANT`.")),
     ])
 
 
