@@ -102,7 +102,8 @@ cmd_install() {
         || { $sudo apt-get -q update >/dev/null && $sudo env DEBIAN_FRONTEND=noninteractive \
              apt-get -q -o DPkg::Lock::Timeout=600 install -y --no-install-recommends etcd-server >/dev/null; }
     fi
-    "$ETCD" --version | head -n1 >&2
+    local version; version="$("$ETCD" --version)"  # not `| head -n1`: with pipefail, etcd's SIGPIPE failed the install now and then
+    printf '%s\n' "${version%%$'\n'*}" >&2
     "$APISERVER" --version >&2
 }
 
