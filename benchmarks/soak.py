@@ -24,8 +24,11 @@ again under the same name (as systemd restarts it); at 60 % PostgreSQL is restar
   row per SKU and, where energy was measured, one energy row whose kWh equals the node's
   `node_energy_hour` kWh — `hours_lost` and `hours_doubled` count the exceptions.
 
-`ok` is true when no energy second or usage hour was lost or doubled and at least 90 % of the
-expected polls completed. One JSON line on stdout, progress on stderr.
+`ok` is true when no energy second or usage hour was lost or doubled and the polls missed are
+at most two per node on average (`polls.min_ratio`): the killed worker's nodes go unpolled for
+up to two cycles (until it is back or its leases lapse), and every node may miss the cycle that
+meets the PostgreSQL restart — 0.905 of the expected polls for 10 minutes at a 30 s interval.
+One JSON line on stdout, progress on stderr.
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ REPO = Path(__file__).resolve().parent.parent
 KILN = str(Path(sys.executable).parent / "kiln")
 SECRET_KEY = "soak-secret-key-" + "k" * 40
 TENANTS = 10
+# Polls a node may miss on average (see `ok` above): the kill window and the PostgreSQL restart.
+MISSED_POLLS_PER_NODE = 2
 
 
 def log(message: str) -> None:
@@ -252,9 +257,10 @@ def main() -> None:
             event("load and workers stopped")
             result = check(pg.url, bmcs, first, args.interval, (window_start, window_end))
         api = api_summary(load.samples)
+        result["polls"]["min_ratio"] = round(1 - MISSED_POLLS_PER_NODE / (duration / args.interval + 1), 4)
         ok = (result["energy"]["lost_s"] == 0 and result["energy"]["doubled_s"] == 0
               and result["usage"]["hours_lost"] == 0 and result["usage"]["hours_doubled"] == 0
-              and result["polls"]["ratio"] >= 0.9)
+              and result["polls"]["ratio"] >= result["polls"]["min_ratio"])
         print(json.dumps({"benchmark": "soak", "scale": f"{len(bmcs)} BMCs, 2 workers, {args.minutes:g} min",
                           "kiln_s": round(duration, 1), "baseline": None, "baseline_s": None, "ratio": None,
                           "api": api, **result, "events": events, "ok": ok}))
