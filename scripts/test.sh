@@ -17,21 +17,10 @@ printf '#!/bin/sh\nexec flock %s/apt.lock /usr/bin/apt-get "$@"\n' "$work" > "$w
 chmod +x "$work/bin/apt-get"
 export PATH="$work/bin:$PATH"
 declare -A installing
-for peer in kube ironic postgres prometheus helm focus chromium; do  # each script's `install` is idempotent
+for peer in kube ironic postgres prometheus helm focus chromium buildah; do  # each script's `install` is idempotent
   bash "tests/peers/$peer.sh" install >"$work/$peer.log" 2>&1 &
   installing[$peer]=$!
 done
-# Building the container image that tests/test_deploy_image.py runs is mostly downloads: for a
-# full run (no arguments, or CI), start it now beside the CPU-bound peer builds, so the test
-# finds its layers cached (if it fails here, the test builds again and says why).
-full_run=$({ [ $# -eq 0 ] || [ -n "${CI:-}" ]; } && echo yes || true)
-{
-  bash tests/peers/buildah.sh install || exit 1
-  if [ -n "$full_run" ] && ! bash tests/peers/buildah.sh build localhost/kiln:test; then
-    echo "pre-building the image failed: tests/test_deploy_image.py will build it again and say why"
-  fi
-} >"$work/buildah.log" 2>&1 &
-installing[buildah]=$!
 kiln_bootstrap "test,ironic,k8s"
 export PYTHON="$KILN_VENV/bin/python"  # peers written in Python (bmcsim) run in Kiln's venv
 bash tests/peers/bmcsim.sh install
@@ -46,4 +35,4 @@ for peer in "${!installing[@]}"; do
   fi
 done
 [ -z "$failed" ] || { echo "peers not installed:$failed" >&2; exit 1; }
-exec "$KILN_VENV/bin/python" -m pytest -n "${KILN_TEST_WORKERS:-2}" --dist loadfile "$@"
+exec "$KILN_VENV/bin/python" -m pytest -n "${KILN_TEST_WORKERS:-2}" --dist loadfile --durations=15 "$@"
