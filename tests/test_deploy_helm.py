@@ -10,7 +10,6 @@ would store: a misspelt or misplaced field fails the test too.
 from __future__ import annotations
 
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.kube_helpers import install_crd
 from tests.peers.harness import missing_peer, running_peer
 
 CHART = Path(__file__).parent.parent / "deploy" / "helm" / "kiln"
@@ -248,16 +248,7 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[k8s.ApiClient]:
     state = tmp_path_factory.mktemp("kube")
     with running_peer("kube", state):
         api = k8s_config.new_client_from_config(config_file=str(state / "kubeconfig"))
-        extensions = k8s.ApiextensionsV1Api(api)
-        extensions.create_custom_resource_definition(yaml.safe_load(SERVICEMONITOR_CRD.read_text()))
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            crd = extensions.read_custom_resource_definition("servicemonitors.monitoring.coreos.com")
-            if any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or []):
-                break
-            time.sleep(0.1)
-        else:
-            pytest.fail("ServiceMonitor CRD never became Established")
+        install_crd(api, SERVICEMONITOR_CRD)
         yield api
         api.close()
 

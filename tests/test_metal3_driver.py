@@ -19,6 +19,7 @@ import yaml
 
 from fleet.provisioning.base import DriverError, Image, NodeTarget
 from fleet.provisioning.states import PowerState, ProvisionState
+from tests.kube_helpers import install_crd
 from tests.peers.harness import running_peer
 
 kubernetes = pytest.importorskip("kubernetes")
@@ -49,16 +50,7 @@ def kubeconfig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with running_peer("kube", state):
         path = str(state / "kubeconfig")
         api = k8s_config.new_client_from_config(config_file=path)
-        extensions = k8s.ApiextensionsV1Api(api)
-        extensions.create_custom_resource_definition(yaml.safe_load(CRD.read_text()))
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            crd = extensions.read_custom_resource_definition("baremetalhosts.metal3.io")
-            if any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or []):
-                break
-            time.sleep(0.1)
-        else:
-            pytest.fail("BareMetalHost CRD never became Established")
+        install_crd(api, CRD)
         api.close()
         yield path
 
