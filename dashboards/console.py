@@ -24,12 +24,16 @@ from kiln.settings import resolve_secret_key
 ASSETS = Path(__file__).parent / "assets"
 PAGES = (fleet, vdcs, usage, costs, finance, node, not_found_404)
 ADMIN_PATHS = (fleet.PATH, vdcs.PATH)
+ASSET_MAX_AGE_S = 365 * 24 * 3600
 
 
 def create_console(state: Any) -> flask.Flask:
     """The console's WSGI server for a Kiln app whose `state` has settings and engine."""
     settings = state.settings
     server = flask.Flask("kiln.console")
+    # Dash links every asset with `?m=<mtime>`, so a changed file gets a new URL: browsers may keep
+    # them (plotly.js, the console's CSS and script) instead of revalidating each on every tab.
+    server.config["SEND_FILE_MAX_AGE_DEFAULT"] = ASSET_MAX_AGE_S
     codec = SessionCodec(resolve_secret_key(settings), settings.console_session_hours * 3600)
     context = ConsoleContext(settings=settings, engine=state.engine, state=state, codec=codec, admin_paths=ADMIN_PATHS)
     if settings.oidc_enabled:

@@ -47,6 +47,13 @@ def launch_browser(playwright: Any) -> Any:
     return playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
 
 
+def launch_profile(playwright: Any, user_data_dir: Path, **options: Any) -> Any:
+    """Headless Chromium with a persistent profile (disk cache, V8 code cache: a user's own browser,
+    unlike `launch_browser`'s contexts, which are private windows); returns its one context."""
+    return playwright.chromium.launch_persistent_context(
+        str(user_data_dir), executable_path=chromium_path(), args=CHROMIUM_ARGS, **options)
+
+
 @contextmanager
 def playwright_session() -> Iterator[Any]:
     """Playwright's sync API, or a missing-peer skip/failure when the package is absent."""

@@ -79,7 +79,11 @@ def test_pages_need_a_session(https_client: TestClient) -> None:
     layout = https_client.get("/_dash-layout")
     assert layout.status_code == 401 and layout.json()["reason"] == "required"
     assert https_client.post(CALLBACK, json=POWER_CALLBACK).status_code == 401
-    assert https_client.get("/assets/console.js").status_code == 200  # static files are public
+    asset = https_client.get("/assets/console.js")
+    assert asset.status_code == 200  # static files are public
+    # Dash links assets with ?m=<mtime>: browsers may keep them for a year (a changed file is a new URL).
+    assert asset.headers["cache-control"] == "public, max-age=31536000"
+    assert https_client.get("/usage", follow_redirects=False).headers["cache-control"] == "no-store"
 
 
 def test_sign_in_sets_hardened_cookies_and_records_it(https_client: TestClient, users: dict, world: World) -> None:
