@@ -38,9 +38,13 @@ from kiln.db import upsert
 BUCKET = timedelta(minutes=5)
 KWH = Decimal("0.000001")
 POWER_METRIC = "ipmi_dcmi_power_consumption_watts"
+TEMPERATURE_METRIC = "ipmi_temperature_celsius"
+# The rollup series the console and metering read (rollup_5m.metric).
+GPU_UTIL_ROLLUP = "gpu_util_percent"
+TEMPERATURE_MAX_ROLLUP = "ipmi_temperature_celsius_max"
 # sample metric -> rollup metric; `max` series keep the node's hottest sensor per poll
-ROLLUPS = {POWER_METRIC: "ipmi_dcmi_power_consumption_watts", "gpu_util": "gpu_util_percent"}
-MAX_ROLLUPS = {"ipmi_temperature_celsius": "ipmi_temperature_celsius_max"}
+ROLLUPS = {POWER_METRIC: POWER_METRIC, "gpu_util": GPU_UTIL_ROLLUP}
+MAX_ROLLUPS = {TEMPERATURE_METRIC: TEMPERATURE_MAX_ROLLUP}
 FACT_METRICS = {"ipmi_bmc_info": "bmc", "ipmi_fru_info": "fru"}
 ERROR_LIMIT = 2000
 GPU_SOURCES = frozenset({"dcgm", "rocm", "dcgm-exporter"})

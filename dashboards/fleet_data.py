@@ -16,6 +16,7 @@ from typing import Any
 from sqlmodel import Session, col, func, select
 
 from collectors.models import CollectorTargetState, HealthSnapshot, Rollup5m
+from collectors.store import POWER_METRIC, TEMPERATURE_METRIC
 from fleet.models import Gpu, Node
 from fleet.nodes import list_nodes, visible
 from fleet.tenancy_models import Lease
@@ -24,10 +25,6 @@ from kiln.auth import Principal
 from kiln.db import utcnow
 from kiln.models import Tenant
 
-POWER_METRIC = "ipmi_dcmi_power_consumption_watts"
-TEMPERATURE_METRIC = "ipmi_temperature_celsius"
-TEMPERATURE_MAX_ROLLUP = "ipmi_temperature_celsius_max"
-GPU_UTIL_ROLLUP = "gpu_util_percent"
 XID_METRIC = "gpu_last_xid"
 IPMI_COLLECTOR = "ipmi"
 HEALTH_NAMES = {None: "unknown", 0: "ok", 1: "warning", 2: "critical"}

@@ -16,12 +16,8 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from collectors.models import HealthSnapshot, Rollup5m
-from dashboards.fleet_data import (
-    GPU_UTIL_ROLLUP,
-    POWER_METRIC,
-    TEMPERATURE_MAX_ROLLUP,
-    Point,
-)
+from collectors.store import GPU_UTIL_ROLLUP, POWER_METRIC, TEMPERATURE_MAX_ROLLUP
+from dashboards.fleet_data import Point
 from fleet import leases as lease_service
 from fleet.models import NodeEvent
 from fleet.nodes import get_node_by_name, to_public

@@ -18,6 +18,7 @@ from sqlalchemy import func
 from sqlmodel import Session, col, or_, select
 
 from collectors.models import Rollup5m
+from collectors.store import GPU_UTIL_ROLLUP
 from fleet.models import Gpu
 from fleet.tenancy_models import Lease
 from kiln.auth import Principal
@@ -28,7 +29,6 @@ from metering.models import UsageRecord
 from metering.periods import period_bounds
 from metering.usage import SOURCE_LEASE
 
-UTIL_METRIC = "gpu_util_percent"
 BUCKET_HOURS = Decimal(5) / 60
 PLACES = Decimal("0.0001")
 LEASES_PER_QUERY = 500
@@ -55,7 +55,7 @@ def lease_utilisation(
             select(Lease.id, func.count(), func.sum(Rollup5m.sum / Rollup5m.count))
             .join(Gpu, col(Gpu.uuid) == Rollup5m.entity).join(Lease, col(Lease.node_id) == Gpu.node_id)
             .where(col(Lease.id).in_(lease_ids[chunk:chunk + LEASES_PER_QUERY]))
-            .where(Rollup5m.metric == UTIL_METRIC, Rollup5m.count > 0)
+            .where(Rollup5m.metric == GPU_UTIL_ROLLUP, Rollup5m.count > 0)
             .where(col(Rollup5m.bucket) >= start, col(Rollup5m.bucket) < stop, col(Rollup5m.bucket) >= Lease.starts_at)
             .where(or_(col(Lease.ends_at).is_(None), col(Rollup5m.bucket) < Lease.ends_at))
             .group_by(Lease.id)
