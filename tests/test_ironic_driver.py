@@ -17,6 +17,7 @@ from fleet.provisioning.actions import is_settled
 from fleet.provisioning.base import BackendNode, DriverError, Image, NodeTarget
 from fleet.provisioning.states import PowerState, ProvisionState
 
+from tests.flaky_proxy import flaky_proxy
 from tests.peer_fixtures import bmcs, ironic_url, sdk  # noqa: E402, F401 (fixtures)
 import openstack.connection  # noqa: E402 (after peer_fixtures, which skips without openstacksdk)
 from fleet.provisioning.ironic import IronicDriver, _backend_node, ironic_node_attributes  # noqa: E402
@@ -198,6 +199,30 @@ def test_unreachable_ironic_is_502_quickly() -> None:
         assert unreachable.value.status == 502
         assert str(unreachable.value).startswith(f"Ironic at {url} is unreachable: ")
     assert time.monotonic() - started < 5
+
+
+def test_broken_connections_are_resent_only_when_that_is_harmless(driver: IronicDriver, ironic_url: str) -> None:
+    node = enrolled(driver, fake_node("kiln-flaky"))
+    with flaky_proxy(ironic_url) as proxy:
+        flaky = IronicDriver(f"http://127.0.0.1:{proxy.port}", timeout=10)
+        assert flaky.get(node).provision_state is S.ENROLL  # version discovery and the connection pool settle
+        proxy.breaks = 2  # a read survives two broken connections in a row
+        assert flaky.get(node).provision_state is S.ENROLL and proxy.broken == 2
+        proxy.breaks = 1
+        flaky.set_maintenance(node, True, "resent")
+        assert proxy.broken == 3 and driver.get(node).maintenance_reason == "resent"
+        flaky.set_maintenance(node, False)
+        proxy.breaks, seen = 1, proxy.requests
+        with pytest.raises(DriverError) as broken:  # Ironic may have acted on it: not sent again
+            flaky.set_provision_state(node, "manage")
+        assert broken.value.status == 502 and "is unreachable" in str(broken.value)
+        assert proxy.requests == seen + 1 and proxy.broken == 4
+        assert driver.get(node).provision_state is S.ENROLL
+        proxy.breaks = 3  # more broken connections than resends: the read fails after three tries
+        with pytest.raises(DriverError) as still_broken:
+            flaky.list_all()
+        assert still_broken.value.status == 502 and proxy.broken == 7
+    driver.remove(node)
 
 
 def test_real_ipmi_power_through_ironic(ironic_url: str, bmcs: list[dict]) -> None:

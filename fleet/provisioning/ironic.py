@@ -3,7 +3,13 @@
 Every call makes one or two short HTTP requests and returns: state changes are started
 (`wait=False`) and Kiln polls `get`. The SDK's wait helpers (2 s polling) and its built-in
 409 retries (~16 s) are not used; a locked node (409 NodeLocked) is retried here for about
-3 s. Errors become `DriverError` carrying Ironic's own message (see `ironic_errors`).
+3 s. A request whose connection was refused (nothing reached Ironic) is sent again up to
+twice, 0.2 s and 0.6 s later; so is one whose connection broke (reset by a saturated API
+server, a keep-alive connection closed under it) when sending it twice does no harm: reads,
+power on/off, maintenance, delete. Creating nodes and ports, provision-state changes,
+reboots and instance_info patches are not resent after a broken connection, since Ironic may
+have acted on them; their error says Ironic is unreachable. Errors become `DriverError`
+carrying Ironic's own message (see `ironic_errors`).
 
 Needs the `ironic` extra (openstacksdk).
 """
@@ -20,7 +26,7 @@ import openstack.connection
 from fleet.bmc import IPMI_DEFAULT_PORT, BmcAddress, parse_bmc_address
 from fleet.provisioning.actions import TRANSITIONS
 from fleet.provisioning.base import BackendNode, DriverError, Image, NodeTarget
-from fleet.provisioning.ironic_errors import SDK_ERRORS, is_conflict, translate
+from fleet.provisioning.ironic_errors import SDK_ERRORS, is_conflict, may_resend, translate
 from fleet.provisioning.states import PowerRequest, PowerState, ProvisionState
 
 T = TypeVar("T")
@@ -43,6 +49,10 @@ NODE_FIELDS = [
 CHECKSUM_KEYS = ("image_checksum", "image_os_hash_algo", "image_os_hash_value")
 # Ironic itself waits ~2 s for a node lock before answering 409; retry that for ~3 s more.
 LOCKED_RETRY_SECONDS = 3.0
+# Seconds to wait before each resend of a request whose connection failed (see the module docstring).
+RESEND_DELAYS = (0.2, 0.6)
+# Power targets that can be sent twice with the same result (a second reboot would reboot again).
+REPEATABLE_POWER_TARGETS = frozenset({PowerRequest.ON, PowerRequest.OFF})
 
 
 class IronicDriver:
@@ -114,16 +124,16 @@ class IronicDriver:
 
         Ironic refuses to delete a node that is deployed or busy; its message is raised.
         """
-        self._call(node, lambda bm: bm.delete_node(_ident(node), ignore_missing=True))
+        self._call(node, lambda bm: bm.delete_node(_ident(node), ignore_missing=True), idempotent=True)
 
     def get(self, node: NodeTarget) -> BackendNode:
         """The node's current state (one GET of the fields Kiln reads)."""
-        found = self._call(node, lambda bm: bm.get_node(_ident(node), fields=NODE_FIELDS))
+        found = self._call(node, lambda bm: bm.get_node(_ident(node), fields=NODE_FIELDS), idempotent=True)
         return _backend_node(node.name, found)
 
     def list_all(self) -> list[BackendNode]:
         """Every node in Ironic: one paginated listing limited to the fields Kiln reads."""
-        listed = self._call(None, lambda bm: list(bm.nodes(fields=NODE_FIELDS)))
+        listed = self._call(None, lambda bm: list(bm.nodes(fields=NODE_FIELDS)), idempotent=True)
         return [_backend_node(item.name or item.id, item) for item in listed]
 
     def set_provision_state(self, node: NodeTarget, verb: str, image: Image | None = None) -> None:
@@ -145,44 +155,55 @@ class IronicDriver:
         """Start a power change: `power on`, `power off` or `rebooting` (not awaited)."""
         if state not in POWER_TARGETS:
             raise ValueError(f"unknown power target {state!r}; expected one of {sorted(POWER_TARGETS)}")
-        self._call_retrying_locked(node, lambda bm: bm.set_node_power_state(_ident(node), state, wait=False))
+        self._call_retrying_locked(node, lambda bm: bm.set_node_power_state(_ident(node), state, wait=False),
+                                   idempotent=state in REPEATABLE_POWER_TARGETS)
 
     def set_maintenance(self, node: NodeTarget, on: bool, reason: str | None = None) -> None:
         """Put the node in maintenance (with `reason`) or take it out."""
         if on:
-            self._call_retrying_locked(node, lambda bm: bm.set_node_maintenance(_ident(node), reason=reason))
+            self._call_retrying_locked(node, lambda bm: bm.set_node_maintenance(_ident(node), reason=reason),
+                                       idempotent=True)
         else:
-            self._call_retrying_locked(node, lambda bm: bm.unset_node_maintenance(_ident(node)))
+            self._call_retrying_locked(node, lambda bm: bm.unset_node_maintenance(_ident(node)), idempotent=True)
 
     # -- helpers --------------------------------------------------------------------------
 
     def _set_instance_info(self, node: NodeTarget, image: Image) -> None:
         """PATCH instance_info with the image, removing checksum keys of a previous image."""
         wanted = {"image_source": image.url, **image_checksum_fields(image.checksum)}
-        current = self._call(node, lambda bm: bm.get_node(_ident(node), fields=["uuid", "instance_info"]))
+        current = self._call(node, lambda bm: bm.get_node(_ident(node), fields=["uuid", "instance_info"]),
+                             idempotent=True)
         existing = current.instance_info or {}
         patch = [{"op": "add", "path": f"/instance_info/{key}", "value": value} for key, value in wanted.items()]
         patch += [{"op": "remove", "path": f"/instance_info/{key}"}
                   for key in CHECKSUM_KEYS if key in existing and key not in wanted]
         self._call_retrying_locked(node, lambda bm: bm.patch_node(_ident(node), patch), uuid=current.id)
 
-    def _call(self, node: NodeTarget | None, call: Callable[[Any], T], uuid: str | None = None) -> T:
-        """Run `call(baremetal_proxy)`, turning SDK errors into `DriverError`."""
-        try:
-            return call(self._conn.baremetal)
-        except SDK_ERRORS as exc:
-            name = node.name if node else None
-            raise translate(exc, where=self._where, uuid=uuid or (node.external_id if node else None),
-                            name=name) from exc
+    def _call(self, node: NodeTarget | None, call: Callable[[Any], T], uuid: str | None = None, *,
+              idempotent: bool = False) -> T:
+        """Run `call(baremetal_proxy)`, turning SDK errors into `DriverError`; a failed connection
+        is tried again after each of `RESEND_DELAYS` when `may_resend` allows it."""
+        for attempt in range(len(RESEND_DELAYS) + 1):
+            try:
+                return call(self._conn.baremetal)
+            except SDK_ERRORS as exc:
+                if attempt < len(RESEND_DELAYS) and may_resend(exc, idempotent):
+                    time.sleep(RESEND_DELAYS[attempt])
+                    continue
+                name = node.name if node else None
+                raise translate(exc, where=self._where, uuid=uuid or (node.external_id if node else None),
+                                name=name) from exc
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
-    def _call_retrying_locked(self, node: NodeTarget, call: Callable[[Any], T], uuid: str | None = None) -> T:
+    def _call_retrying_locked(self, node: NodeTarget, call: Callable[[Any], T], uuid: str | None = None, *,
+                              idempotent: bool = False) -> T:
         """`_call`, retrying Ironic's 409 (NodeLocked: another operation holds the node) for
         about `LOCKED_RETRY_SECONDS`, then raising it as DriverError(status=409)."""
         deadline = time.monotonic() + LOCKED_RETRY_SECONDS
         delay = 0.1
         while True:
             try:
-                return self._call(node, call, uuid)
+                return self._call(node, call, uuid, idempotent=idempotent)
             except DriverError as exc:
                 if not is_conflict(exc.__cause__) or time.monotonic() + delay > deadline:
                     raise

@@ -53,6 +53,15 @@ def is_conflict(exc: Exception) -> bool:
     return isinstance(exc, sdk_exceptions.ConflictException)
 
 
+def may_resend(exc: Exception, idempotent: bool) -> bool:
+    """Whether a request that failed with `exc` may be sent again: its connection was refused
+    (the request never reached Ironic), or the connection broke and sending the request twice
+    does no harm (`idempotent`). Timeouts are not resent: Ironic may still be working on it."""
+    if not isinstance(exc, ks_exceptions.ConnectFailure):
+        return False
+    return idempotent or _connection_reason(exc) == "Connection refused"
+
+
 def is_not_found(exc: Exception) -> bool:
     """Whether `exc` is Ironic's HTTP 404."""
     return isinstance(exc, sdk_exceptions.NotFoundException)
