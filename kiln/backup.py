@@ -10,7 +10,8 @@ writes) or `database/kiln.pgdump` (`pg_dump --format=custom`: one snapshot); `se
 The secret key is never stored in clear; BMC passwords are encrypted with it, so a restore
 needs the target's `KILN_SECRET_KEY` to be the same key, or the passphrase. A restore checks
 everything (archive, checksums, schema revision, database kind, key, the dump itself) before
-it touches the target, refuses a non-empty one unless forced, and replaces it in one transaction.
+it touches the target, refuses a non-empty one unless forced (one holding tables that are not
+Kiln's always), and replaces it in one transaction.
 
 The archive format lives in `kiln.backup_archive`, the database snapshots in `kiln.backup_dump`;
 this module puts them together.
@@ -57,7 +58,7 @@ from kiln.backup_dump import (
     sqlite_path,
 )
 from kiln.db import create_db_engine
-from kiln.schema import MIGRATIONS_DIR, head_revision, schema_status
+from kiln.schema import MIGRATIONS_DIR, head_revision, schema_status, target_metadata
 from kiln.settings import CONFIG_ENV, SECRET_KEY_FILE, ConfigError, Settings, resolve_secret_key
 
 __all__ = ["BackupError", "Manifest", "RestoreReport", "create_backup", "read_backup", "restore_backup"]
@@ -148,6 +149,17 @@ def _target_key(settings: Settings, manifest: Manifest, paths: dict[str, Path],
     return decrypt_secret_key(paths[KEY_MEMBER].read_bytes(), passphrase), True
 
 
+def _kiln_tables() -> set[str]:
+    """Every table name Kiln's schema has (its models' tables and alembic's version table)."""
+    return set(target_metadata().tables) | {"alembic_version"}
+
+
+def _some(names: list[str], shown: int = 5) -> str:
+    """`a, b, c` or `a, b, c, d, e and 3 more`."""
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
+
+
 def _configured_key(settings: Settings) -> str | None:
     try:
         return resolve_secret_key(settings)
@@ -180,6 +192,10 @@ def restore_backup(settings: Settings, archive: Path, *, force: bool = False,
             tables = sorted(inspect(engine).get_table_names())
         finally:
             engine.dispose()
+        foreign = sorted(set(tables) - _kiln_tables())
+        if foreign:  # even with --force: a restore replaces the whole database (PostgreSQL: its public schema)
+            raise BackupError(f"the target database holds tables that are not Kiln's ({_some(foreign)}): a restore "
+                              "replaces the whole database, so restore into a database of Kiln's own")
         if tables and not force:
             raise BackupError(f"the target database is not empty ({len(tables)} tables, e.g. {tables[0]}): "
                               "restore into an empty database, or pass --force to replace its contents")

@@ -149,6 +149,25 @@ def test_non_empty_target_is_refused_unless_forced(populated: Engine, new_databa
     assert not any("precious" in repr(row) for row in after["tenant"])
 
 
+def test_a_database_shared_with_other_tables_is_refused_even_when_forced(populated: Engine, new_database: callable,
+                                                                        tmp_path: Path) -> None:
+    archive = tmp_path / "b.tar.gz"
+    create_backup(settings_for(url_of(populated), tmp_path), archive)
+    target = new_database()
+    engine = create_db_engine(target)
+    migrate_to(engine)
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE invoices (id INTEGER PRIMARY KEY, amount TEXT)"))
+        connection.execute(text("INSERT INTO invoices VALUES (1, '12.50')"))
+    engine.dispose()
+    before = contents(target)
+    env = base_env(tmp_path, KILN_DATABASE_URL=target, KILN_SECRET_KEY=TEST_SECRET_KEY)
+    refused = run(env, "restore", str(archive), "--force")
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1
+    assert refused.stderr.startswith("kiln: error: the target database holds tables that are not Kiln's (invoices)")
+    assert contents(target) == before and before["invoices"] == [(1, "12.50")]
+
+
 def rewrite_archive(archive: Path, out: Path, change: callable) -> Path:
     """Copy a backup, letting `change(name, bytes)` alter (or drop, with None) each member."""
     with tarfile.open(archive, "r:gz") as source, tarfile.open(out, "w:gz") as target:
