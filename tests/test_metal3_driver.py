@@ -26,13 +26,8 @@ kubernetes = pytest.importorskip("kubernetes")
 from kubernetes import client as k8s  # noqa: E402
 from kubernetes import config as k8s_config  # noqa: E402
 
-from fleet.provisioning.metal3 import (  # noqa: E402
-    DETACHED_ANNOTATION,
-    PAUSED_ANNOTATION,
-    Metal3Driver,
-    backend_node,
-    image_spec,
-)
+from fleet.provisioning.metal3 import Metal3Driver  # noqa: E402
+from fleet.provisioning.metal3_hosts import DETACHED_ANNOTATION, PAUSED_ANNOTATION, backend_node, image_spec  # noqa: E402
 
 pytestmark = pytest.mark.peer("kube")
 
