@@ -7,7 +7,7 @@
 | `cpu-core-hour` | `Core-Hours` | one requested CPU core for an hour (Kubernetes) |
 | `ram-gib-hour` | `GiB-Hours` | one requested GiB of memory for an hour (Kubernetes) |
 | `kwh` | `kWh` | metered energy of a node (BMC power integrated per hour) |
-| `storage-gib-month` | `GiB-Months` | storage, per GiB and month |
+| `storage-gib-month` | `GiB-Months` | storage, per GiB and month (no usage source yet: never charged) |
 
 Units follow FOCUS 1.2's UnitFormat (they become PricingUnit and ConsumedUnit in exports).
 
