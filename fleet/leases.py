@@ -26,6 +26,7 @@ from kiln.db import utcnow
 from kiln.errors import BadRequest, Conflict, NotFound, ValidationFailed
 from kiln.models import Tenant
 from kiln.roles import Role
+from kiln.tenants import get_tenant_owned, visible_tenant
 
 WRITE_ROLES = (Role.INFRA_ADMIN, Role.TENANT_ADMIN)
 
@@ -66,10 +67,7 @@ def list_leases(
 
 def get_lease(session: Session, principal: Principal, lease_id: int) -> Lease:
     """One lease of the caller's tenants; NotFound otherwise."""
-    lease = session.get(Lease, lease_id)
-    if lease is None or not principal.can_see(lease.tenant_id):
-        raise NotFound(f"lease {lease_id} not found")
-    return lease
+    return get_tenant_owned(session, principal, Lease, lease_id, "lease")
 
 
 def _check_limit(scope: str, what: str, limit: int | Decimal | None, used: int | Decimal, needed: int | Decimal) -> None:
@@ -117,9 +115,7 @@ def _holder_message(session: Session, node: Node, data: LeaseCreate) -> str | No
 def create_lease(session: Session, principal: Principal, data: LeaseCreate) -> Lease:
     """Lease a node to a tenant through a VDC granted to it, within every quota."""
     principal.require_role(*WRITE_ROLES, action="lease nodes")
-    tenant = session.exec(select(Tenant).where(Tenant.slug == data.tenant)).first()
-    if tenant is None or not principal.can_see(tenant.id):
-        raise NotFound(f"no such tenant: {data.tenant}")
+    tenant = visible_tenant(session, principal, data.tenant)
     node = session.exec(select(Node).where(Node.name == data.node)).first()
     candidates = vdcs_of_tenant_with_node(session, tenant.id, node.id) if node else []
     if node is None or (not candidates and not principal.sees_all_tenants):

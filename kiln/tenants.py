@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session, func, select
@@ -13,6 +13,8 @@ from kiln.auth import Principal
 from kiln.errors import Conflict, NotFound
 from kiln.models import Membership, Tenant
 from kiln.roles import Role
+
+TenantOwned = TypeVar("TenantOwned")  # a table model with a `tenant_id`
 
 SLUG_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 Slug = Annotated[
@@ -66,6 +68,25 @@ def get_tenant(session: Session, principal: Principal, tenant_id: int) -> Tenant
     if tenant is None:
         raise NotFound(f"tenant {tenant_id} not found")
     return tenant
+
+
+def visible_tenant(session: Session, principal: Principal, slug: str) -> Tenant:
+    """The tenant with `slug` if the caller may see it; NotFound ("no such tenant") otherwise,
+    the same answer for a tenant that exists but is someone else's."""
+    tenant = session.exec(select(Tenant).where(Tenant.slug == slug)).first()
+    if tenant is None or not principal.can_see(tenant.id):
+        raise NotFound(f"no such tenant: {slug}")
+    return tenant
+
+
+def get_tenant_owned(session: Session, principal: Principal, model: type[TenantOwned], object_id: int,
+                     noun: str) -> TenantOwned:
+    """Row `object_id` of `model` if it belongs to one of the caller's tenants; NotFound
+    ("<noun> <id> not found") otherwise, the same answer for another tenant's row."""
+    row = session.get(model, object_id)
+    if row is None or not principal.can_see(row.tenant_id):
+        raise NotFound(f"{noun} {object_id} not found")
+    return row
 
 
 def tenants_by_slug(session: Session, slugs: list[str]) -> list[Tenant]:

@@ -26,7 +26,7 @@ from kiln.auth import Principal
 from kiln.db import utcnow
 from kiln.errors import Conflict, NotFound
 from kiln.roles import Role
-from kiln.tenants import tenants_by_slug
+from kiln.tenants import get_tenant_owned, tenants_by_slug
 from metering.idle import idle_usage
 from metering.models import Bill, BillLine, IdleCharge, PriceCard, TenantDiscount, UsageRecord
 from metering.periods import has_ended, next_period, parse_period, period_bounds
@@ -313,7 +313,4 @@ def finalise_period(
 
 def get_bill_for(session: Session, principal: Principal, bill_id: int) -> Bill:
     """One bill of the caller's tenants; NotFound otherwise."""
-    bill = session.get(Bill, bill_id)
-    if bill is None or not principal.can_see(bill.tenant_id):
-        raise NotFound(f"bill {bill_id} not found")
-    return bill
+    return get_tenant_owned(session, principal, Bill, bill_id, "bill")

@@ -26,7 +26,7 @@ from kiln.db import utcnow
 from kiln.errors import NotFound
 from kiln.models import Tenant
 from kiln.roles import Role
-from kiln.tenants import Slug
+from kiln.tenants import Slug, get_tenant_owned, visible_tenant
 from metering import skus
 from metering.bills import billing_currency, card_views, current_discounts, usage_by_segment
 from metering.models import Bill, Budget, BudgetAlert, UsageRecord
@@ -139,17 +139,12 @@ def list_budgets(session: Session, principal: Principal) -> list[Budget]:
 
 def get_budget(session: Session, principal: Principal, budget_id: int) -> Budget:
     """One budget of the caller's tenants; NotFound otherwise."""
-    budget = session.get(Budget, budget_id)
-    if budget is None or not principal.can_see(budget.tenant_id):
-        raise NotFound(f"budget {budget_id} not found")
-    return budget
+    return get_tenant_owned(session, principal, Budget, budget_id, "budget")
 
 
 def create_budget(session: Session, principal: Principal, data: BudgetCreate) -> Budget:
     """Create a budget (infra-admin, finance, or a tenant admin for their tenant)."""
-    tenant = session.exec(select(Tenant).where(Tenant.slug == data.tenant)).first()
-    if tenant is None or not principal.can_see(tenant.id):
-        raise NotFound(f"no such tenant: {data.tenant}")
+    tenant = visible_tenant(session, principal, data.tenant)
     principal.require_role(*WRITE_ROLES, action="set budgets")
     vdc_id = None
     if data.vdc:

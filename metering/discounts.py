@@ -14,10 +14,10 @@ from sqlmodel import Session, select
 
 from kiln import audit
 from kiln.auth import Principal
-from kiln.errors import Conflict, NotFound
+from kiln.errors import Conflict
 from kiln.models import Tenant
 from kiln.roles import Role
-from kiln.tenants import Slug
+from kiln.tenants import Slug, get_tenant_owned, visible_tenant
 from metering.models import TenantDiscount
 from metering.money import parse_decimal, plain
 
@@ -76,17 +76,12 @@ def list_discounts(session: Session, principal: Principal) -> list[TenantDiscoun
 
 def get_discount(session: Session, principal: Principal, discount_id: int) -> TenantDiscount:
     """One discount of the caller's tenants; NotFound otherwise."""
-    discount = session.get(TenantDiscount, discount_id)
-    if discount is None or not principal.can_see(discount.tenant_id):
-        raise NotFound(f"discount {discount_id} not found")
-    return discount
+    return get_tenant_owned(session, principal, TenantDiscount, discount_id, "discount")
 
 
 def create_discount(session: Session, principal: Principal, data: DiscountCreate) -> TenantDiscount:
     """Give a tenant a discount (one per tenant; Conflict when it has one)."""
-    tenant = session.exec(select(Tenant).where(Tenant.slug == data.tenant)).first()
-    if tenant is None or not principal.can_see(tenant.id):
-        raise NotFound(f"no such tenant: {data.tenant}")
+    tenant = visible_tenant(session, principal, data.tenant)
     principal.require_role(*WRITE_ROLES, action="set discounts")
     if session.exec(select(TenantDiscount).where(TenantDiscount.tenant_id == tenant.id)).first():
         raise Conflict(f"tenant '{tenant.slug}' already has a discount: change that one")
