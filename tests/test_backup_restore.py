@@ -122,13 +122,19 @@ def test_round_trip_through_the_cli(populated: Engine, new_database: callable, t
         engine.dispose()
 
 
-def test_non_empty_target_is_refused_unless_forced(populated: Engine, new_database: callable,
-                                                   tmp_path: Path) -> None:
+def backup_and_migrated_target(populated: Engine, new_database: callable, tmp_path: Path) -> tuple[Path, str, Engine]:
+    """A backup of `populated`, and a new database migrated to head with an engine to fill it (dispose it)."""
     archive = tmp_path / "b.tar.gz"
     create_backup(settings_for(url_of(populated), tmp_path), archive)
     target = new_database()
     engine = create_db_engine(target)
     migrate_to(engine)
+    return archive, target, engine
+
+
+def test_non_empty_target_is_refused_unless_forced(populated: Engine, new_database: callable,
+                                                   tmp_path: Path) -> None:
+    archive, target, engine = backup_and_migrated_target(populated, new_database, tmp_path)
     with Session(engine) as session:
         create_tenant(session, Principal.system("test"), TenantCreate(slug="precious", name="Precious"))
         session.commit()
@@ -151,11 +157,7 @@ def test_non_empty_target_is_refused_unless_forced(populated: Engine, new_databa
 
 def test_a_database_shared_with_other_tables_is_refused_even_when_forced(populated: Engine, new_database: callable,
                                                                         tmp_path: Path) -> None:
-    archive = tmp_path / "b.tar.gz"
-    create_backup(settings_for(url_of(populated), tmp_path), archive)
-    target = new_database()
-    engine = create_db_engine(target)
-    migrate_to(engine)
+    archive, target, engine = backup_and_migrated_target(populated, new_database, tmp_path)
     with engine.begin() as connection:
         connection.execute(text("CREATE TABLE invoices (id INTEGER PRIMARY KEY, amount TEXT)"))
         connection.execute(text("INSERT INTO invoices VALUES (1, '12.50')"))
