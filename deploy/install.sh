@@ -13,7 +13,6 @@
 #   --database KIND    sqlite (default) or postgresql (local server, through `su postgres`)
 #   --db-url URL       an existing PostgreSQL database (implies --database postgresql)
 #   --python PATH      Python 3.11 interpreter for the virtual environment (default: python3.11 or python3)
-#   --extras LIST      Kiln extras to install (default: ironic,k8s)
 #   --pip-args ARGS    extra arguments for `pip install` (e.g. a local wheelhouse)
 #   --no-start         enable the services but do not (re)start them
 #
@@ -24,7 +23,7 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ROOT=/ DRY_RUN=0 SOURCE="$(cd "$HERE/.." && pwd)" DATABASE=sqlite DB_URL="" PYTHON="" EXTRAS="ironic,k8s"
+ROOT=/ DRY_RUN=0 SOURCE="$(cd "$HERE/.." && pwd)" DATABASE=sqlite DB_URL="" PYTHON=""
 PIP_ARGS="" START=1
 KILN_USER=kiln PREFIX=/opt/kiln CONF_DIR=/etc/kiln DATA_DIR=/var/lib/kiln UNIT_DIR=/etc/systemd/system
 WRAPPER=/usr/local/bin/kiln UNITS=(kiln-api.service kiln-worker.service)
@@ -38,10 +37,9 @@ while (($#)); do
         --database) DATABASE="${2:?--database needs sqlite or postgresql}"; shift 2 ;;
         --db-url) DB_URL="${2:?--db-url needs a URL}"; DATABASE=postgresql; shift 2 ;;
         --python) PYTHON="${2:?--python needs a path}"; shift 2 ;;
-        --extras) EXTRAS="${2?}"; shift 2 ;;
         --pip-args) PIP_ARGS="${2?}"; shift 2 ;;
         --no-start) START=0; shift ;;
-        -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
 done
@@ -108,7 +106,7 @@ source_hash() {  # what is installed: pyproject and every source file's content
         \( -name '*.py' -o -name '*.mako' -o -name '*.ini' \) -print0 2>/dev/null | sort -z | xargs -0 sha256sum; } \
         | sha256sum | cut -c1-32)
 }
-WANT_HASH="$(source_hash) extras=$EXTRAS"
+WANT_HASH="$(source_hash)"
 if [[ -f "$VENV/.kiln-source" && "$(cat "$VENV/.kiln-source")" == "$WANT_HASH" ]]; then
     unchanged "Kiln $(sed -n 's/^version = "\(.*\)"/\1/p' "$SOURCE/pyproject.toml") in $PREFIX/venv"
 else
@@ -119,7 +117,7 @@ else
     done
     find "$build" -name __pycache__ -prune -exec rm -rf {} +
     # shellcheck disable=SC2086  # PIP_ARGS is a list of words on purpose
-    run "$VENV/bin/pip" install --quiet --disable-pip-version-check $PIP_ARGS "$build${EXTRAS:+[$EXTRAS]}"
+    run "$VENV/bin/pip" install --quiet --disable-pip-version-check $PIP_ARGS "$build"
     rm -rf "$build"
     run sh -c 'printf "%s\n" "$1" > "$2"' _ "$WANT_HASH" "$VENV/.kiln-source"
     changed "installed Kiln from $SOURCE into $PREFIX/venv"

@@ -142,12 +142,10 @@ def check_oidc(client: httpx.Client, issuer: str) -> str:
 
 def check_kubernetes(kubeconfig: str, timeout: float) -> str:
     """The API server's /version, with the kubeconfig's credentials."""
-    try:
-        from kubernetes import client as k8s
-        from kubernetes import config as k8s_config
-        from kubernetes.config.config_exception import ConfigException
-    except ImportError:
-        raise PeerFailed("the Kubernetes client is not installed: pip install 'kiln[k8s]'") from None
+    from kubernetes import client as k8s  # imported when used: the client loads slowly
+    from kubernetes import config as k8s_config
+    from kubernetes.config.config_exception import ConfigException
+
     try:
         api = k8s_config.new_client_from_config(config_file=kubeconfig)
     except (ConfigException, OSError) as exc:

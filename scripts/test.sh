@@ -21,7 +21,7 @@ for peer in kube ironic postgres prometheus helm focus chromium buildah; do  # e
   bash "tests/peers/$peer.sh" install >"$work/$peer.log" 2>&1 &
   installing[$peer]=$!
 done
-kiln_bootstrap "test,ironic,k8s"
+kiln_bootstrap "test"
 export PYTHON="$KILN_VENV/bin/python"  # peers written in Python (bmcsim) run in Kiln's venv
 bash tests/peers/bmcsim.sh install
 failed=""

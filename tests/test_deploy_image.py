@@ -103,8 +103,8 @@ def test_kiln_runs_as_the_non_root_user(image: str, volumes: dict[str, Path]) ->
     assert who.stdout.strip() == "uid=10001(kiln) gid=10001(kiln) groups=10001(kiln)"
 
 
-def test_the_drivers_extras_are_installed(image: str, volumes: dict[str, Path]) -> None:
-    """The Ironic and Metal3/Kubernetes clients (extras `ironic,k8s`) are in the image."""
+def test_the_drivers_clients_are_installed(image: str, volumes: dict[str, Path]) -> None:
+    """The Ironic and Metal3/Kubernetes clients (Kiln dependencies) are in the image."""
     probe = chart_like_run(image, volumes, "-c", "import openstack, kubernetes, kiln; print(kiln.__file__)",
                            entrypoint="python3")
     assert probe.returncode == 0, probe.stderr

@@ -51,7 +51,7 @@ def source_copy(path: Path) -> Path:
 
 def install(root: Path, source: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Run install.sh into `root`."""
-    return subprocess.run(["bash", str(INSTALL), "--root", str(root), "--source", str(source), "--extras", "",
+    return subprocess.run(["bash", str(INSTALL), "--root", str(root), "--source", str(source),
                            "--pip-args", PIP_ARGS, *args], capture_output=True, text=True, timeout=300)
 
 

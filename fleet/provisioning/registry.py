@@ -38,17 +38,13 @@ class Drivers:
         if provisioner == "ironic":
             if not self._settings.ironic_url:
                 raise BadRequest("provisioner 'ironic' is not configured: set KILN_IRONIC_URL to the Ironic API endpoint")
-            try:
-                from fleet.provisioning.ironic import IronicDriver
-            except ImportError:
-                raise BadRequest("the Ironic driver needs openstacksdk: pip install 'kiln[ironic]'") from None
+            from fleet.provisioning.ironic import IronicDriver  # imported when used: openstacksdk loads slowly
+
             return IronicDriver(self._settings.ironic_url)
         if provisioner == "metal3":
             if not self._settings.kubeconfig:
                 raise BadRequest("provisioner 'metal3' is not configured: set KILN_KUBECONFIG to a kubeconfig file")
-            try:
-                from fleet.provisioning.metal3 import Metal3Driver
-            except ImportError:
-                raise BadRequest("the Metal3 driver needs the kubernetes client: pip install 'kiln[k8s]'") from None
+            from fleet.provisioning.metal3 import Metal3Driver
+
             return Metal3Driver(self._settings.kubeconfig, namespace=self._settings.metal3_namespace)
         raise BadRequest(f"unknown provisioner {provisioner!r}: use ironic, metal3 or fake")
