@@ -56,11 +56,9 @@ def launch_profile(playwright: Any, user_data_dir: Path, **options: Any) -> Any:
 
 @contextmanager
 def playwright_session() -> Iterator[Any]:
-    """Playwright's sync API, or a missing-peer skip/failure when the package is absent."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        missing_peer("playwright", "the playwright package is not installed (pip install -e '.[test]')")
+    """Playwright's sync API (the `test` extra installs the package; Chromium is a peer)."""
+    from playwright.sync_api import sync_playwright
+
     with sync_playwright() as playwright:
         yield playwright
 

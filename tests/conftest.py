@@ -18,7 +18,7 @@ from kiln.db import create_db_engine
 from kiln.schema import target_metadata, upgrade
 from kiln.settings import Settings
 from tests.factories import World
-from tests.peers.harness import running_peer
+from tests.peers.harness import peers_required, running_peer
 
 TEST_SECRET_KEY = "test-secret-key-" + "x" * 32
 
@@ -29,6 +29,30 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = [item for item in items if item not in dropped]
+
+
+def _forbid_skip(report: pytest.TestReport | pytest.CollectReport) -> None:
+    """With KILN_REQUIRE_PEERS=1 (CI) a skip, whatever made it, becomes a failure."""
+    if report.skipped and peers_required() and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under KILN_REQUIRE_PEERS=1, which forbids skips: {reason}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[pytest.TestReport]:
+    """A skipped test fails when peers are required."""
+    report = yield
+    _forbid_skip(report)
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[pytest.CollectReport]:
+    """So does a module skipped at import (`pytest.skip(allow_module_level=True)`)."""
+    report = yield
+    _forbid_skip(report)
+    return report
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +75,7 @@ def postgres_database(postgres_server: str) -> Iterator[str]:
         connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture(scope="session", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.peer("postgresql"))])
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
     """Every DB-touching test runs once on SQLite and once on PostgreSQL."""
     if request.param == "sqlite":
@@ -68,13 +92,18 @@ def migrated_engine(database_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
+def empty_database(engine: Engine) -> Engine:
+    """Delete every row of every Kiln table; returns the engine."""
+    with engine.begin() as connection:
+        for table in reversed(target_metadata().sorted_tables):
+            connection.execute(text(f'DELETE FROM "{table.name}"'))
+    return engine
+
+
 @pytest.fixture
 def engine(migrated_engine: Engine) -> Engine:
     """The migrated database, emptied before each test."""
-    with migrated_engine.begin() as connection:
-        for table in reversed(target_metadata().sorted_tables):
-            connection.execute(text(f'DELETE FROM "{table.name}"'))
-    return migrated_engine
+    return empty_database(migrated_engine)
 
 
 @pytest.fixture

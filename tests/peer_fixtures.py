@@ -1,8 +1,7 @@
 """Fixtures for tests against a real Ironic and the BMC simulator, shared by test modules.
 
 Import them into a test module (`from tests.peer_fixtures import bmcs, ironic_url, sdk`);
-each importing module gets its own Ironic. Without openstacksdk (Kiln's `ironic` extra) the
-importing module is skipped, or fails when peers are required.
+each importing module gets its own Ironic.
 """
 
 from __future__ import annotations
@@ -11,17 +10,11 @@ import json
 import time
 from collections.abc import Iterator
 
+import openstack.connection
+import openstack.exceptions
 import pytest
 
-from tests.peers.harness import peers_required, running_peer
-
-try:
-    import openstack.connection
-    import openstack.exceptions
-except ImportError:
-    if peers_required():
-        raise
-    pytest.skip("openstacksdk (Kiln's `ironic` extra) is not installed", allow_module_level=True)
+from tests.peers.harness import running_peer
 
 # Provision states in which Ironic deletes a node that is not in maintenance.
 DELETABLE_STATES = frozenset({"enroll", "manageable", "available", "adopt failed"})

@@ -25,8 +25,6 @@ from tests.factories import World
 from tests.fleet_helpers import make_node_row
 from tests.peers.harness import running_peer
 
-pytestmark = pytest.mark.peer("bmcsim")
-
 
 @pytest.fixture(scope="module")
 def bmcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[dict]]:

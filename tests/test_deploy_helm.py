@@ -17,6 +17,10 @@ from typing import Any
 
 import pytest
 import yaml
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import ApiException as DynamicApiException
 
 from tests.kube_helpers import install_crd
 from tests.peers.harness import missing_peer, running_peer
@@ -235,12 +239,6 @@ def test_every_setting_is_accepted_under_config(helm: str, tmp_path: Path) -> No
 
 # --- the rendered objects on a real kube-apiserver --------------------------------------------
 
-kubernetes = pytest.importorskip("kubernetes")
-from kubernetes import client as k8s  # noqa: E402
-from kubernetes import config as k8s_config  # noqa: E402
-from kubernetes.dynamic import DynamicClient  # noqa: E402
-from kubernetes.dynamic.exceptions import ApiException as DynamicApiException  # noqa: E402
-
 
 @pytest.fixture(scope="module")
 def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[k8s.ApiClient]:
@@ -285,7 +283,6 @@ def dry_run_create(kube: k8s.ApiClient, namespace: str, objects: list[dict]) -> 
     return problems
 
 
-@pytest.mark.peer("kube")
 @pytest.mark.parametrize("values", [None, CUSTOM_VALUES], ids=["default", "custom"])
 def test_rendered_objects_pass_the_apiserver(helm: str, kube: k8s.ApiClient, tmp_path: Path,
                                              values: dict | None) -> None:
@@ -297,7 +294,6 @@ def test_rendered_objects_pass_the_apiserver(helm: str, kube: k8s.ApiClient, tmp
     assert k8s.AppsV1Api(kube).list_namespaced_deployment(namespace).items == []
 
 
-@pytest.mark.peer("kube")
 def test_a_schema_error_is_caught(helm: str, kube: k8s.ApiClient, tmp_path: Path) -> None:
     """The check itself can fail: a wrong type is refused, a misspelt field is reported as dropped."""
     namespace = f"kiln-{uuid.uuid4().hex[:8]}"

@@ -23,9 +23,6 @@ from tests.opencost_fixture import OpenCostFixture, opencost_server
 from tests.peers.harness import running_peer
 from tests.test_oidc import Issuer
 
-pytestmark = [pytest.mark.peer("prometheus"), pytest.mark.peer("ironic"), pytest.mark.peer("kube"),
-              pytest.mark.peer("bmcsim")]
-
 
 def closed_port() -> int:
     """A loopback port where nothing listens (bound, then released)."""

@@ -40,10 +40,9 @@ from tests.factories import World
 from tests.fleet_helpers import wait_operations
 
 from tests.peer_fixtures import bmcs, delete_all_nodes, ironic_url, sdk  # noqa: E402, F401 (fixtures)
-import openstack.connection  # noqa: E402 (after peer_fixtures, which skips without openstacksdk)
+import openstack.connection
 
 pytestmark = [
-    pytest.mark.peer("ironic"),
     pytest.mark.parametrize("database_url", ["postgresql"], indirect=True),
     pytest.mark.filterwarnings("ignore::openstack.warnings.RemovedInSDK50Warning"),
     pytest.mark.filterwarnings("ignore::openstack.warnings.RemovedInSDK60Warning"),

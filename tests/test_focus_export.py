@@ -156,7 +156,6 @@ def broken_rules(results: dict[str, str], model: dict[str, dict]) -> list[str]:
             if outcome in ("failed", "errored") and rule not in VALIDATOR_MODEL_DEFECTS]
 
 
-@pytest.mark.peer("focus-validator")
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
 def test_the_official_validator_accepts_the_export(fmt: str, tmp_path: Path) -> None:
     data = tmp_path / f"focus.{fmt}"
@@ -174,7 +173,6 @@ def test_the_official_validator_accepts_the_export(fmt: str, tmp_path: Path) -> 
     assert sum(outcome == "passed" for outcome in results.values()) > 200
 
 
-@pytest.mark.peer("focus-validator")
 def test_the_validator_run_reports_a_broken_file(tmp_path: Path) -> None:
     """The harness reads per-rule results: whole-number costs are not of type Decimal and must fail."""
     data = tmp_path / "focus.csv"

@@ -21,7 +21,6 @@ from collectors.rocm import ROCM, RocmCollector, rocm_usage
 from tests.peers import gpu_history as history
 from tests.peers.harness import missing_peer, running_peer
 
-pytestmark = pytest.mark.peer("prometheus")
 
 SPEC = history.FleetSpec(nodes=4, gpus_per_node=8, days=30, amd_nodes=1)
 STEP = timedelta(seconds=SPEC.step_s)

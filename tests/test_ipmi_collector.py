@@ -34,7 +34,6 @@ from collectors.ipmi_session import BmcConnection
 from collectors.sim.bmc.sim import control
 from tests.peers.harness import running_peer
 
-pytestmark = pytest.mark.peer("bmcsim")
 
 # bmcs.json unit -> (value metric, Sample.unit), as ipmi_exporter names them
 EXPECTED_METRIC = {

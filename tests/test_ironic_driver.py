@@ -19,11 +19,10 @@ from fleet.provisioning.states import PowerState, ProvisionState
 
 from tests.flaky_proxy import flaky_proxy
 from tests.peer_fixtures import bmcs, ironic_url, sdk  # noqa: E402, F401 (fixtures)
-import openstack.connection  # noqa: E402 (after peer_fixtures, which skips without openstacksdk)
+import openstack.connection
 from fleet.provisioning.ironic import IronicDriver, _backend_node, ironic_node_attributes  # noqa: E402
 
 pytestmark = [
-    pytest.mark.peer("ironic"),
     # openstacksdk's own internals warn about its future removals; nothing Kiln calls.
     pytest.mark.filterwarnings("ignore::openstack.warnings.RemovedInSDK50Warning"),
     pytest.mark.filterwarnings("ignore::openstack.warnings.RemovedInSDK60Warning"),

@@ -18,15 +18,10 @@ from typing import Any
 import pytest
 import urllib3
 import yaml
-from sqlalchemy import Engine
-from sqlmodel import Session, select
-
-from kiln.settings import ConfigError, Settings
-from tests.peers.harness import running_peer
-
-kubernetes = pytest.importorskip("kubernetes")
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
+from sqlalchemy import Engine
+from sqlmodel import Session, select
 
 from collectors.base import TargetResult
 from collectors.cluster_store import gpu_hours_by_tenant, persist_kubernetes
@@ -37,8 +32,9 @@ from collectors.kubernetes import (
     effective_resources,
 )
 from collectors.models import K8sAllocation
+from kiln.settings import ConfigError, Settings
+from tests.peers.harness import running_peer
 
-pytestmark = pytest.mark.peer("kube")
 
 T0 = datetime(2026, 1, 5, tzinfo=UTC)
 LABEL = "kiln.io/tenant"

@@ -16,20 +16,17 @@ from typing import Any
 
 import pytest
 import yaml
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
 
 from fleet.provisioning.base import DriverError, Image, NodeTarget
 from fleet.provisioning.states import PowerState, ProvisionState
 from tests.kube_helpers import install_crd
 from tests.peers.harness import running_peer
 
-kubernetes = pytest.importorskip("kubernetes")
-from kubernetes import client as k8s  # noqa: E402
-from kubernetes import config as k8s_config  # noqa: E402
+from fleet.provisioning.metal3 import Metal3Driver
+from fleet.provisioning.metal3_hosts import DETACHED_ANNOTATION, PAUSED_ANNOTATION, backend_node, image_spec
 
-from fleet.provisioning.metal3 import Metal3Driver  # noqa: E402
-from fleet.provisioning.metal3_hosts import DETACHED_ANNOTATION, PAUSED_ANNOTATION, backend_node, image_spec  # noqa: E402
-
-pytestmark = pytest.mark.peer("kube")
 
 S = ProvisionState
 GROUP, VERSION, PLURAL = "metal3.io", "v1alpha1", "baremetalhosts"

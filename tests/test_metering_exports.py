@@ -37,7 +37,6 @@ def _period_with_everything(world: World) -> None:
     run(world, period="2026-10", now="2026-11-05T00:00", policy="share")
 
 
-@pytest.mark.peer("focus-validator")
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
 def test_the_official_validator_accepts_a_real_periods_export(world: World, fmt: str, tmp_path: Path) -> None:
     _period_with_everything(world)
