@@ -20,8 +20,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.browser import free_port
 from tests.cli_helpers import KILN, base_env, run
 
-pytestmark = pytest.mark.peer("bmcsim")  # the demo starts the BMC simulator itself
-
 
 class Demo:
     """A running `kiln demo`: its URL, data dir and banner."""
@@ -44,15 +42,17 @@ class Demo:
             return exc.code, exc.read().decode()
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
-    data_dir = tmp_path_factory.mktemp("demo")
-    env = base_env(data_dir)
+SYNC_INTERVAL = 5  # seconds: the state sync runs several times while this module's tests run
+
+
+def start_demo(data_dir: Path, env: dict[str, str], timeout: float = 300) -> Demo:
+    """`kiln demo` on a free port, returned once its banner is printed."""
     port = free_port()
-    process = subprocess.Popen([KILN, "demo", "--port", str(port), "--data-dir", str(data_dir / "d")], env=env,
+    process = subprocess.Popen([KILN, "demo", "--port", str(port), "--data-dir", str(data_dir)],
+                               env={**env, "KILN_SYNC_INTERVAL": str(SYNC_INTERVAL)},
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
             line = process.stdout.readline()
@@ -62,19 +62,44 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
             if "ready" in line:
                 break
         else:
-            pytest.fail("kiln demo was not ready within 300 s:\n" + "".join(lines))
+            pytest.fail(f"kiln demo was not ready within {timeout} s:\n" + "".join(lines))
         while "Ctrl-C" not in lines[-1]:  # the rest of the banner
             lines.append(process.stdout.readline())
             assert lines[-1], "".join(lines)
-        url = re.search(r"http://\S+", next(line for line in lines if "ready" in line)).group(0)
-        yield Demo(process, url, data_dir / "d", "".join(lines))
+    except BaseException:
+        process.kill()
+        raise
+    url = re.search(r"http://\S+", next(line for line in lines if "ready" in line)).group(0)
+    return Demo(process, url, data_dir, "".join(lines))
+
+
+def stop(demo: Demo, sig: int = signal.SIGINT) -> int:
+    """Stop the demo with `sig`; its exit status."""
+    if demo.process.poll() is None:
+        demo.process.send_signal(sig)
+        try:
+            return demo.process.wait(30)
+        except subprocess.TimeoutExpired:
+            demo.process.kill()
+            raise
+    return demo.process.returncode
+
+
+def simulators_gone(demo: Demo) -> None:
+    state = json.loads((demo.data_dir / "bmcsim" / "bmcs.json").read_text())
+    for process in state["processes"]:
+        with pytest.raises(ProcessLookupError):
+            os.kill(process["pid"], 0)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+    data_dir = tmp_path_factory.mktemp("demo")
+    running = start_demo(data_dir / "d", base_env(data_dir))
+    try:
+        yield running
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop(running)
 
 
 def test_banner_names_logins_and_tenants(demo: Demo) -> None:
@@ -117,10 +142,45 @@ def test_collectors_read_the_simulators_for_real(demo: Demo, tmp_path: Path) -> 
     assert len(health["gpus"]) == 8 and all(g["values"]["gpu_util"] is not None for g in health["gpus"])
 
 
+def test_the_fleet_stays_as_provisioned_and_physically_plausible_through_several_syncs(
+        demo: Demo, tmp_path: Path) -> None:
+    token = demo.token("admin", base_env(tmp_path))
+    leased = {lease["node"] for lease in json.loads(demo.get("/api/v1/leases?active=true", token)[1])}
+    time.sleep(4 * SYNC_INTERVAL)  # the module's other tests took a while too: at least three syncs by now
+    nodes = json.loads(demo.get("/api/v1/nodes", token)[1])
+    assert len(nodes) == 48 and {n["provision_state"] for n in nodes} == {"active"}
+    assert {n["name"] for n in nodes if n["power_state"] == "power on"} == leased  # idle nodes are off
+    assert 0 < len(leased) < 48
+    for node in nodes:
+        events = json.loads(demo.get(f"/api/v1/nodes/{node['id']}/events", token)[1])
+        assert not [e for e in events if "changed outside Kiln" in e["message"]], (node["name"], events[:3])
+        actions = [e["message"].split(" (")[0] for e in reversed(events) if e["kind"] == "action"]
+        assert actions[:3] == ["manage succeeded", "provide succeeded", "deploy succeeded"]  # through Kiln's operations
+        health = json.loads(demo.get(f"/api/v1/nodes/{node['id']}/health", token)[1])
+        gpu_watts = sum(g["values"]["gpu_power"] for g in health["gpus"])
+        if node["power_state"] == "power on":
+            assert len(health["gpus"]) == 8 and health["power_watts"] > gpu_watts > 8 * 50, (node["name"], health)
+        else:
+            assert health["gpus"] == [] and health["power_watts"] == 40, (node["name"], health)
+            assert max(s["value"] for s in health["sensors"] if s["unit"] == "celsius") < 30
+
+
 def test_ctrl_c_stops_everything(demo: Demo) -> None:
-    demo.process.send_signal(signal.SIGINT)
-    assert demo.process.wait(30) == 0
-    state = json.loads((demo.data_dir / "bmcsim" / "bmcs.json").read_text())
-    for process in state["processes"]:
-        with pytest.raises(ProcessLookupError):
-            os.kill(process["pid"], 0)
+    assert stop(demo, signal.SIGINT) == 0
+    simulators_gone(demo)
+
+
+def test_a_restart_keeps_the_fleet_and_sigterm_stops_everything(demo: Demo, tmp_path: Path) -> None:
+    """The same data dir again (as after a reboot): no new seed, the same states; SIGTERM (systemd,
+    a container runtime, `kill`) stops the demo and its simulators like Ctrl-C."""
+    again = start_demo(demo.data_dir, base_env(tmp_path), timeout=180)
+    try:
+        assert "creating the demo fleet" not in again.banner
+        token = again.token("admin", base_env(tmp_path))
+        nodes = json.loads(again.get("/api/v1/nodes", token)[1])
+        assert {n["provision_state"] for n in nodes} == {"active"}
+        assert sum(n["power_state"] == "power off" for n in nodes) == 6
+    finally:
+        status = stop(again, signal.SIGTERM)
+    assert status == 0
+    simulators_gone(again)

@@ -4,8 +4,10 @@ Series names, labels and units are dcgm-exporter's (`etc/default-counters.csv`; 
 `Hostname` as before 4.x): DCGM_FI_DEV_GPU_UTIL (%), DCGM_FI_PROF_GR_ENGINE_ACTIVE (ratio),
 DCGM_FI_DEV_FB_USED / _FB_FREE (MiB), DCGM_FI_DEV_POWER_USAGE (W), DCGM_FI_DEV_GPU_TEMP (°C),
 DCGM_FI_DEV_XID_ERRORS (last XID). Values are deterministic functions of the GPU and the time
-(`utilisation`), so a demo's backfilled history and its live scrapes agree. One endpoint can
-serve a whole fleet, like a federating proxy would.
+(`utilisation`), so a demo's backfilled history and its live scrapes agree. Power follows
+utilisation between the model's idle draw and its board power limit (`POWER_RANGE`). A GPU
+whose host is powered off serves nothing, as a real exporter on a dark node would. One
+endpoint can serve a whole fleet, like a federating proxy would.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 FB_TOTAL_MIB = 81559  # an H100 80GB HBM3 as dcgm-exporter reports it
+# (idle watts, board power limit) by model family: H100 SXM5 700 W, A100 SXM4 400 W
+POWER_RANGE = {"H100": (70.0, 700.0), "A100": (55.0, 400.0)}
 
 
 @dataclass(frozen=True)
@@ -48,8 +52,14 @@ def utilisation(gpu: SimGpu, at: datetime, busy: bool) -> float:
     return float(round(min(100.0, max(0.0, value))))
 
 
+def power_watts(gpu: SimGpu, util: float) -> float:
+    """The GPU's board power at `util` percent: idle draw plus a linear share of the rest."""
+    idle, limit = next((r for family, r in POWER_RANGE.items() if family in gpu.model), POWER_RANGE["H100"])
+    return round(idle + (limit - idle) * util / 100, 3)
+
+
 def readings(gpu: SimGpu, at: datetime, busy: bool) -> dict[str, float]:
-    """Every served series' value for `gpu` at `at`."""
+    """Every served series' value for `gpu` at `at` (its host powered on)."""
     util = utilisation(gpu, at, busy)
     used = round(FB_TOTAL_MIB * (0.15 + 0.8 * util / 100)) if busy else 0
     return {
@@ -57,15 +67,17 @@ def readings(gpu: SimGpu, at: datetime, busy: bool) -> dict[str, float]:
         "DCGM_FI_PROF_GR_ENGINE_ACTIVE": round(util / 100 * 0.93, 4),
         "DCGM_FI_DEV_FB_USED": float(used),
         "DCGM_FI_DEV_FB_FREE": float(FB_TOTAL_MIB - used),
-        "DCGM_FI_DEV_POWER_USAGE": round(70 + 6.3 * util, 3),
+        "DCGM_FI_DEV_POWER_USAGE": power_watts(gpu, util),
         "DCGM_FI_DEV_GPU_TEMP": float(round(31 + 0.45 * util)),
         "DCGM_FI_DEV_XID_ERRORS": float(gpu.xid),
     }
 
 
-def render(gpus: Sequence[SimGpu], at: datetime, busy: Callable[[str], bool]) -> str:
-    """The exposition text dcgm-exporter would serve for `gpus` at `at`."""
-    per_gpu = [(gpu, readings(gpu, at, busy(gpu.host))) for gpu in gpus]
+def render(gpus: Sequence[SimGpu], at: datetime, busy: Callable[[str], bool],
+           powered: Callable[[str], bool] = lambda host: True) -> str:
+    """The exposition text dcgm-exporter would serve for `gpus` at `at` (the GPUs of hosts
+    that are not `powered` left out)."""
+    per_gpu = [(gpu, readings(gpu, at, busy(gpu.host))) for gpu in gpus if powered(gpu.host)]
     lines = []
     for name in per_gpu[0][1] if per_gpu else ():
         lines += [f"# HELP {name} {name}.", f"# TYPE {name} gauge"]
@@ -80,8 +92,9 @@ def render(gpus: Sequence[SimGpu], at: datetime, busy: Callable[[str], bool]) ->
 class DcgmExporterSim:
     """Serves `render(...)` at `/metrics` on a loopback port until `stop()`."""
 
-    def __init__(self, gpus: Sequence[SimGpu], busy: Callable[[str], bool], clock: Callable[[], datetime]) -> None:
-        self.gpus, self.busy, self.clock = list(gpus), busy, clock
+    def __init__(self, gpus: Sequence[SimGpu], busy: Callable[[str], bool], clock: Callable[[], datetime],
+                 powered: Callable[[str], bool] = lambda host: True) -> None:
+        self.gpus, self.busy, self.clock, self.powered = list(gpus), busy, clock, powered
         sim = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -89,7 +102,7 @@ class DcgmExporterSim:
                 if self.path.split("?")[0] != "/metrics":
                     self.send_error(404)
                     return
-                body = render(sim.gpus, sim.clock(), sim.busy).encode()
+                body = render(sim.gpus, sim.clock(), sim.busy, sim.powered).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
                 self.send_header("Content-Length", str(len(body)))

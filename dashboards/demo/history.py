@@ -1,10 +1,12 @@
 """Backfill the demo's past month through the collectors' store, so charts and bills have data.
 
-Each step (an hour by default) produces the samples the collectors would have returned then —
-DCMI watts from each node's simulated BMC (its reading while leased, standby while idle), the
-node's hottest temperature, and every GPU's utilisation from the simulated dcgm-exporter's own
-formula — and folds them into 5-minute rollups and kWh per node-hour with the same functions
-the worker uses (`collectors.store`). Nothing is written around that path.
+Each step (an hour by default) produces the samples the collectors would have returned then,
+from the demo's one physical model (`dashboards.demo.physics`): a node is powered on while
+leased and off otherwise; DCMI watts are its base load plus its GPUs' board power at their
+utilisation (standby when off), its BMC temperature sensors follow the same load, and its GPUs
+report utilisation only while it is on. The samples are folded into 5-minute rollups and kWh
+per node-hour with the same functions the worker uses (`collectors.store`). Nothing is written
+around that path.
 """
 
 from __future__ import annotations
@@ -18,19 +20,26 @@ from sqlmodel import Session, select
 
 from collectors.base import Sample
 from collectors.models import Rollup5m
-from collectors.sim.dcgm_exporter import SimGpu, utilisation
 from collectors.store import (
     POWER_METRIC,
+    TEMPERATURE_METRIC,
     add_rollups,
     integrate_energy,
     node_ids_of,
     write_snapshots,
 )
-from fleet.models import Gpu, Node
+from dashboards.demo.physics import (
+    TEMPERATURE_SENSORS,
+    DemoNode,
+    demo_nodes,
+    gpu_utilisations,
+    node_temperatures,
+    node_watts,
+)
+from fleet.models import Node
 from fleet.tenancy_models import Lease
 
 log = logging.getLogger("kiln.demo")
-STANDBY_WATTS = 40.0  # what the simulated BMC reads with the chassis off
 
 
 def last_backfilled(engine: Engine) -> datetime | None:
@@ -42,10 +51,9 @@ def last_backfilled(engine: Engine) -> datetime | None:
 def backfill(engine: Engine, bmcs: dict[str, dict], since: datetime, until: datetime, *,
              step: timedelta = timedelta(hours=1), progress: Callable[[int, int], None] | None = None) -> int:
     """Store simulated readings from `since` to `until` every `step`; returns the steps done."""
+    fleet = demo_nodes(engine, bmcs)
     with Session(engine) as session:
         nodes = {n.name: n for n in session.exec(select(Node).where(Node.name.in_(list(bmcs))))}
-        gpus = [SimGpu(node.name, g.index, g.uuid, g.model) for node in nodes.values()
-                for g in session.exec(select(Gpu).where(Gpu.node_id == node.id).order_by(Gpu.index)) if g.uuid]
         leases = session.exec(select(Lease)).all()
     held: dict[int, list[tuple[datetime, datetime | None]]] = {}
     for lease in leases:
@@ -62,7 +70,7 @@ def backfill(engine: Engine, bmcs: dict[str, dict], since: datetime, until: date
         for i in range(steps + 1):
             at = since + i * step
             busy_now = {name: busy(name, at) for name in nodes}
-            samples = _readings(bmcs, gpus, busy_now, at)
+            samples = _readings(fleet, busy_now, at)
             power = [s for s in samples if s.metric == POWER_METRIC]
             integrate_energy(session, power, node_ids, step + timedelta(minutes=1), previous)
             previous = {s.entity: (s.ts, s.value) for s in power}
@@ -76,18 +84,16 @@ def backfill(engine: Engine, bmcs: dict[str, dict], since: datetime, until: date
     return steps
 
 
-def _readings(bmcs: dict[str, dict], gpus: list[SimGpu], busy: dict[str, bool], at: datetime) -> list[Sample]:
+def _readings(fleet: list[DemoNode], busy: dict[str, bool], at: datetime) -> list[Sample]:
     out = []
-    util_by_node: dict[str, list[float]] = {}
-    for gpu in gpus:
-        util = utilisation(gpu, at, busy[gpu.host])
-        util_by_node.setdefault(gpu.host, []).append(util)
-        out.append(Sample("dcgm", gpu.uuid, "gpu_util", util, "percent",
-                          {"host": gpu.host, "gpu": str(gpu.index), "modelName": gpu.model}, at))
-    for name, bmc in bmcs.items():
-        watts = float(bmc["expected"]["dcmi"]["current_watts"]) if busy[name] else STANDBY_WATTS
-        out.append(Sample("ipmi", name, POWER_METRIC, watts, "watts", {}, at))
-        mean = sum(util_by_node.get(name, [0.0])) / max(1, len(util_by_node.get(name, [])))
-        out.append(Sample("ipmi", name, "ipmi_temperature_celsius", float(round(30 + 0.5 * mean)), "celsius",
-                          {"id": "4", "name": "GPU1 Temp"}, at))
+    for node in fleet:
+        on = busy[node.name]  # the demo's nodes run while leased and are off otherwise
+        if on:
+            for gpu, util in zip(node.gpus, gpu_utilisations(node, at, True), strict=True):
+                out.append(Sample("dcgm", gpu.uuid, "gpu_util", util, "percent",
+                                  {"host": gpu.host, "gpu": str(gpu.index), "modelName": gpu.model}, at))
+        out.append(Sample("ipmi", node.name, POWER_METRIC, float(node_watts(node, at, on, on)), "watts", {}, at))
+        for sensor, celsius in node_temperatures(node, at, on, on).items():
+            out.append(Sample("ipmi", node.name, TEMPERATURE_METRIC, celsius, "celsius",
+                              {"id": str(TEMPERATURE_SENSORS[sensor]), "name": sensor}, at))
     return out

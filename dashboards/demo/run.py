@@ -4,12 +4,15 @@ Embedded SQLite in the data dir; 48 simulated BMCs (IPMI 2.0 on loopback) that t
 collector polls; a simulated dcgm-exporter that the real exporter-scrape collector reads; a
 month of history backfilled through the collectors' store; usage, rating and bills run by
 metering; the API and console served by the same app as `kiln serve`; the worker's jobs in
-this process. Runs until Ctrl-C.
+this process. The fleet is provisioned through Kiln's own operations on the fake driver (whose
+power actions switch the simulated BMCs), and its watts, temperatures and GPU readings come
+from one physical model (`dashboards.demo.physics`). Runs until Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +30,14 @@ from collectors.sim.dcgm_exporter import DcgmExporterSim, SimGpu
 from collectors.sources import build_sources
 from dashboards.demo import seed
 from dashboards.demo.history import backfill, last_backfilled
+from dashboards.demo.physics import LiveFleet, demo_nodes
 from fleet.models import Gpu, Node
+from fleet.nodes import list_nodes
+from fleet.operations import ActionParams, plan_action
+from fleet.provisioning.actions import Action
+from fleet.provisioning.fake import FakeDriver
+from fleet.provisioning.registry import Drivers
+from fleet.provisioning.states import PowerState
 from fleet.runtime import FleetRuntime
 from fleet.tenancy_models import Lease
 from fleet.usage import in_force
@@ -35,7 +45,7 @@ from kiln.app import create_app
 from kiln.auth import Principal
 from kiln.db import create_db_engine
 from kiln.schema import upgrade
-from kiln.settings import Settings
+from kiln.settings import Settings, load_settings
 from kiln.worker import jobs_for
 from metering.bills import run_period
 from metering.budgets import check_alerts
@@ -45,12 +55,19 @@ log = logging.getLogger("kiln.demo")
 Say = Callable[[str], None]
 
 
-def run_demo(host: str, port: int, data_dir: Path, *, say: Say = print, days: int = 30,
+# Demo defaults: collect often so the console moves while you watch. A KILN_* variable wins.
+DEMO_INTERVALS = {"ipmi_interval": 15, "gpu_interval": 15, "sync_interval": 60}
+PHYSICS_INTERVAL = 5  # seconds between pushes of GPU-driven watts and temperatures to the BMCs
+DEMO_IMAGE = ActionParams(image_url="http://images.demo.invalid/ubuntu-22.04-cuda-12.4.qcow2",
+                          image_checksum="sha256:" + "5e" * 32)
+
+
+def run_demo(host: str, port: int, data_dir: Path, *, say: Say = print, days: int = seed.HISTORY_DAYS,
              stop: threading.Event | None = None) -> None:
     """Start everything, print the ready banner, and serve until interrupted (or `stop` is set)."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    base = Settings(data_dir=data_dir, database_url=None, dev=True)
-    engine = create_db_engine(base.resolved_database_url)
+    settings = demo_settings(data_dir)
+    engine = create_db_engine(settings.resolved_database_url)
     upgrade(engine)
     say(f"starting {len(seed.node_names())} simulated BMCs on 127.0.0.1 ...")
     bmc_state = data_dir / "bmcsim"
@@ -60,24 +77,33 @@ def run_demo(host: str, port: int, data_dir: Path, *, say: Say = print, days: in
     exporter = None
     try:
         bmcs = {b["name"]: b for b in doc["bmcs"]}
-        runtime = FleetRuntime.build(base, engine)
+        # One runtime for the API, the console and the worker's jobs: one fake driver, one truth.
+        # Its power actions switch the simulated BMCs, as Ironic's IPMI power interface would.
+        fake = FakeDriver(on_power=lambda name, state: bmc_sim.control(
+            bmc_state, name, "power", state="on" if state == PowerState.ON else "off"))
+        runtime = FleetRuntime.build(settings, engine, Drivers(settings, fake=fake))
         now = datetime.now(UTC)
         with Session(engine) as session:
-            if seed.seeded(session):
-                seed.refresh_bmcs(session, runtime, bmcs)
-            else:
+            first_run = not seed.seeded(session)
+            if first_run:
                 say("creating the demo fleet, tenants, VDCs, leases and price cards ...")
                 seed.seed(session, runtime, bmcs, now)
+            else:
+                seed.refresh_bmcs(session, runtime, bmcs)
             session.commit()
-        _power_idle_nodes_off(engine, bmc_state, now)
+        if first_run:
+            _bring_up(engine, runtime, settings.bulk_concurrency, now, say)
+        _match_bmc_power(engine, bmc_state)
         _backfill(engine, bmcs, now, days, say)
-        exporter = DcgmExporterSim(_gpus(engine), busy=_lease_checker(engine), clock=lambda: datetime.now(UTC)).start()
-        settings = Settings(data_dir=data_dir, dev=True, dcgm_exporter_urls=exporter.url, ipmi_interval=15,
-                            gpu_interval=15, sync_interval=300)
+        fleet = LiveFleet(engine, bmc_state, demo_nodes(engine, bmcs))
+        fleet.tick()
+        exporter = DcgmExporterSim(_gpus(engine), busy=fleet.busy, clock=lambda: datetime.now(UTC),
+                                   powered=fleet.powered).start()
+        settings = settings.model_copy(update={"dcgm_exporter_urls": exporter.url})
         _bill(engine, settings, now, say)
-        scheduler = _start_worker(settings, engine, runtime, say)
+        scheduler = _start_worker(settings, engine, runtime, fleet, say)
         try:
-            _serve(settings, engine, host, port, data_dir, exporter.url, say, stop)
+            _serve(settings, engine, runtime, host, port, data_dir, exporter.url, say, stop)
         finally:
             scheduler.shutdown(wait=False)
     finally:
@@ -87,16 +113,39 @@ def run_demo(host: str, port: int, data_dir: Path, *, say: Say = print, days: in
         engine.dispose()
 
 
-def _power_idle_nodes_off(engine: Engine, bmc_state: Path, now: datetime) -> None:
-    """Nodes nobody leases are powered off (their BMCs then read standby watts)."""
+def demo_settings(data_dir: Path) -> Settings:
+    """The demo's settings: its own SQLite database in `data_dir`, development mode, and the
+    demo's collection intervals unless a KILN_* variable sets them."""
+    intervals = {k: v for k, v in DEMO_INTERVALS.items() if f"KILN_{k.upper()}" not in os.environ}
+    return load_settings(data_dir=data_dir, dev=True, **intervals).model_copy(update={"database_url": None})
+
+
+def _bring_up(engine: Engine, runtime: FleetRuntime, concurrency: int, now: datetime, say: Say) -> None:
+    """Provision the new fleet through Kiln, as an operator would: manage, provide (cleaning) and
+    deploy every node, then power off the nodes nobody leases."""
+    system = Principal.system("kiln-demo")
+    steps = [(Action.MANAGE, ActionParams()), (Action.PROVIDE, ActionParams()), (Action.DEPLOY, DEMO_IMAGE)]
     with Session(engine) as session:
         leased = set(session.exec(select(Lease.node_id).where(in_force(now))).all())
-        for node in session.exec(select(Node).where(Node.name.in_(seed.node_names()))):
-            on = node.id in leased
-            bmc_sim.control(bmc_state, node.name, "power", state="on" if on else "off")
-            node.power_state = "power on" if on else "power off"
-            session.add(node)
-        session.commit()
+    for action, params in steps + [(Action.POWER_OFF, ActionParams())]:
+        with Session(engine, expire_on_commit=False) as session:
+            nodes = list_nodes(session, system, names=seed.node_names())
+            if action == Action.POWER_OFF:
+                nodes = [n for n in nodes if n.id not in leased]
+            operations = plan_action(session, system, nodes, action, params)
+            session.commit()
+        outcomes = runtime.runner.run_many([o.id for o in operations], concurrency)
+        failed = [o for o in outcomes if not o.ok]
+        if failed:
+            raise RuntimeError(f"demo bring-up: {action.value} failed on {failed[0].node}: {failed[0].error}")
+        say(f"{action.value}: {len(outcomes)} nodes")
+
+
+def _match_bmc_power(engine: Engine, bmc_state: Path) -> None:
+    """Each simulated BMC's chassis as Kiln last knew the node (the simulators start powered on)."""
+    with Session(engine) as session:
+        for name, power in session.exec(select(Node.name, Node.power_state).where(Node.name.in_(seed.node_names()))):
+            bmc_sim.control(bmc_state, name, "power", state="on" if power == PowerState.ON else "off")
 
 
 def _backfill(engine: Engine, bmcs: dict[str, dict], now: datetime, days: int, say: Say) -> None:
@@ -129,25 +178,10 @@ def _gpus(engine: Engine) -> list[SimGpu]:
         return [SimGpu(name, gpu.index, gpu.uuid, gpu.model) for gpu, name in rows if gpu.uuid]
 
 
-def _lease_checker(engine: Engine) -> Callable[[str], bool]:
-    """busy(node name): is the node leased now (cached for 10 s)."""
-    cache: dict[str, object] = {"at": 0.0, "busy": set()}
-    lock = threading.Lock()
-
-    def busy(node: str) -> bool:
-        with lock:
-            if time.monotonic() - cache["at"] > 10:
-                with Session(engine) as session:
-                    cache["busy"] = set(session.exec(select(Node.name).join(Lease, Lease.node_id == Node.id)
-                                                     .where(in_force(datetime.now(UTC)))).all())
-                cache["at"] = time.monotonic()
-            return node in cache["busy"]
-
-    return busy
-
-
-def _start_worker(settings: Settings, engine: Engine, runtime: FleetRuntime, say: Say) -> BackgroundScheduler:
-    """The worker's jobs in this process; one collection cycle first so the console has data now."""
+def _start_worker(settings: Settings, engine: Engine, runtime: FleetRuntime, fleet: LiveFleet,
+                  say: Say) -> BackgroundScheduler:
+    """The worker's jobs and the fleet's physics in this process; one collection cycle first so
+    the console has data now."""
     for source in build_sources(settings, engine, runtime.box).values():
         report = run_cycle(engine, source)
         source.close()
@@ -155,14 +189,16 @@ def _start_worker(settings: Settings, engine: Engine, runtime: FleetRuntime, say
     scheduler = BackgroundScheduler(timezone="UTC")
     for job in jobs_for(settings, engine, runtime):
         scheduler.add_job(job.run, "interval", seconds=job.seconds, id=job.name, max_instances=1, coalesce=True)
+    scheduler.add_job(fleet.tick, "interval", seconds=PHYSICS_INTERVAL, id="demo-physics", max_instances=1, coalesce=True)
     scheduler.start()
     return scheduler
 
 
-def _serve(settings: Settings, engine: Engine, host: str, port: int, data_dir: Path, exporter_url: str, say: Say,
-           stop: threading.Event | None) -> None:
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, engine=engine), host=host, port=port,
-                                           log_level="warning", lifespan="off"))
+def _serve(settings: Settings, engine: Engine, runtime: FleetRuntime, host: str, port: int, data_dir: Path,
+           exporter_url: str, say: Say, stop: threading.Event | None) -> None:
+    app = create_app(settings, engine=engine)
+    app.state.fleet = runtime  # the API's actions go through the same fake driver as the worker's sync
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
     url = f"http://{host}:{port}/"
 
     def announce() -> None:

@@ -1,7 +1,8 @@
 """The demo's fleet, tenants, users, VDCs, leases, price cards and budgets, made through Kiln's
 own services (the same validation, audit log and quota checks as the API).
 
-3 racks × 16 nodes × 8 GPUs (H100 in racks r1-r2, A100 in r3), 6 tenants, two VDCs, a month
+3 racks × 16 nodes × 8 GPUs (H100 in racks r1-r2, A100 in r3), enrolled 30 days ago (when the
+history starts; `kiln demo` then provisions them through the fake driver), 6 tenants, two VDCs, a month
 of leases (some starting mid-hour, some handed from one tenant to another, a few nodes idle so
 idle cost shows), effective-dated price cards with a mid-period price change, one contract
 discount, and budgets. Seeding is idempotent: a second run only refreshes the BMC addresses
@@ -34,6 +35,7 @@ from metering.discounts import DiscountCreate, create_discount
 from metering.price_cards import import_cards
 
 DEMO_PASSWORD = "kiln-demo-password"
+HISTORY_DAYS = 30
 H100, A100 = "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB"
 RACKS = {"r1": ("gpu.h100", H100), "r2": ("gpu.h100", H100), "r3": ("gpu.a100", A100)}
 NODES_PER_RACK = 16
@@ -101,9 +103,8 @@ def seed(session: Session, runtime: FleetRuntime, bmcs: dict[str, dict], now: da
             gpus=[{"index": i, "model": model, "vendor": "nvidia", "uuid": gpu_uuid(name, i), "memory_mib": 81559}
                   for i in range(GPUS_PER_NODE)],
         ), runtime.drivers, runtime.box)
-        # a fleet in service since before the history starts (idle capacity counts from enrolment)
-        node.provision_state, node.power_state = ("active", "power on")
-        node.created_at = now - timedelta(days=90)
+        # enrolled when the demo's history starts: capacity (and idle cost) counts from here on
+        node.created_at = history_start(now)
         session.add(node)
     session.flush()
     for vdc, (racks, tenants) in VDCS.items():
@@ -127,9 +128,14 @@ def refresh_bmcs(session: Session, runtime: FleetRuntime, bmcs: dict[str, dict])
         session.add(node)
 
 
+def history_start(now: datetime) -> datetime:
+    """The hour the demo's fleet was enrolled and its 30 days of history begin."""
+    return (now - timedelta(days=HISTORY_DAYS)).replace(minute=0, second=0, microsecond=0)
+
+
 def _lease_month(session: Session, system: Principal, now: datetime) -> None:
     """Leases over the last 30 days: most nodes held, some handed over mid-month, a few idle."""
-    month_ago = (now - timedelta(days=30)).replace(minute=0, second=0, microsecond=0)
+    month_ago = history_start(now)
     for vdc, (racks, tenants) in VDCS.items():
         nodes = [n for n in node_names() if n.split("-")[0] in racks]
         for k, node in enumerate(nodes):

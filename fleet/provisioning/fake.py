@@ -3,7 +3,9 @@
 For the demo and unit tests. Transitions settle after `delay` seconds (0: at once). A node
 tagged `fake-fail-<action>` (e.g. `fake-fail-deploy`) fails that action the way Ironic
 would, ending in the matching failure state with `last_error` set. A new process resumes
-a node from Kiln's last known view of it (`NodeTarget.known`).
+a node from Kiln's last known view of it (`NodeTarget.known`). `on_power(name, state)` is
+called whenever a node's power settles on a new state, as Ironic's power interface would
+switch the server through its BMC (`kiln demo` switches its simulated BMCs this way).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from fleet.provisioning.actions import TRANSITIONS, Action
@@ -43,8 +46,9 @@ class FakeDriver:
     name = "fake"
     transitions = TRANSITIONS
 
-    def __init__(self, delay: float = 0.0):
+    def __init__(self, delay: float = 0.0, on_power: Callable[[str, PowerState], None] | None = None):
         self.delay = delay
+        self.on_power = on_power
         self._nodes: dict[str, BackendNode] = {}
         self._pending: dict[str, _Pending] = {}
         self._lock = threading.Lock()
@@ -53,7 +57,7 @@ class FakeDriver:
         """Register the node in `enroll`, powered off."""
         external_id = f"fake-{uuid.uuid4()}"
         with self._lock:
-            self._nodes[external_id] = BackendNode(external_id, S.ENROLL, PowerState.OFF)
+            self._nodes[external_id] = BackendNode(external_id, S.ENROLL, PowerState.OFF, name=node.name)
             return self._nodes[external_id]
 
     def remove(self, node: NodeTarget) -> None:
@@ -118,7 +122,7 @@ class FakeDriver:
 
     def _start(self, current: BackendNode, working: BackendNode, final: BackendNode) -> None:
         if self.delay <= 0:
-            self._nodes[current.external_id] = final
+            self._settled(current, final)
             return
         self._nodes[current.external_id] = working
         self._pending[current.external_id] = _Pending(final, time.monotonic() + self.delay)
@@ -128,12 +132,17 @@ class FakeDriver:
         if external_id not in self._nodes:
             if node.known is None:
                 raise DriverError(f"node {node.name} is not enrolled with the fake driver", 404)
-            self._nodes[external_id] = replace(node.known, external_id=external_id)
+            self._nodes[external_id] = replace(node.known, external_id=external_id, name=node.name)
         return self._settle(external_id)
 
     def _settle(self, external_id: str) -> BackendNode:
         pending = self._pending.get(external_id)
         if pending and pending.due <= time.monotonic():
-            self._nodes[external_id] = pending.final
             del self._pending[external_id]
+            self._settled(self._nodes[external_id], pending.final)
         return self._nodes[external_id]
+
+    def _settled(self, before: BackendNode, final: BackendNode) -> None:
+        self._nodes[final.external_id] = final
+        if self.on_power and final.power_state != before.power_state and final.power_state and final.name:
+            self.on_power(final.name, final.power_state)

@@ -9,7 +9,7 @@ import typer
 from kiln import __version__
 from kiln.cli.common import engine_for, settings
 from kiln.schema import ensure_current, migrate_to, schema_status, upgrade
-from kiln.settings import default_data_dir, load_settings, resolve_secret_key
+from kiln.settings import load_settings, resolve_secret_key
 
 
 def serve(
@@ -69,15 +69,20 @@ def demo(
     port: int = typer.Option(8080, min=1, max=65535, help="TCP port to listen on."),
     data_dir: Path = typer.Option(None, "--data-dir", help="Where the demo keeps its database (default: DATA_DIR/demo)."),
 ) -> None:
-    """Run the whole appliance on a simulated fleet (no external services) until Ctrl-C."""
+    """Run the whole appliance on a simulated fleet (no external services) until Ctrl-C or SIGTERM."""
     import logging
+    import signal
 
     from dashboards.demo.run import run_demo
 
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM (systemd, a container runtime, `kill`) stops it as Ctrl-C does
+
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGTERM, interrupt)
     try:
-        run_demo(host, port, (data_dir or default_data_dir() / "demo").resolve(), say=typer.echo)
-    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C once it has shut down
+        run_demo(host, port, (data_dir or settings().data_dir / "demo").resolve(), say=typer.echo)
+    except KeyboardInterrupt:  # uvicorn re-raises the signal once it has shut down; the simulators are stopped
         typer.echo("demo stopped")
 
 

@@ -8,7 +8,7 @@ values are stable across Python versions.
 Sensor readings are linear IPMI full sensor records (IPMI 2.0, section
 43.1): ``value = M * raw * 10**R`` (B = 0), chosen so that every served
 value is exact in decimal: temperatures 1 degree C steps, fans 100 RPM steps,
-12V in 0.06 V steps, PSU input power in 10 W steps.
+12V in 0.06 V steps, PSU input power in 20 W steps.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ SENSOR_TYPE_NAMES = {0x01: 'temperature', 0x02: 'voltage', 0x04: 'fan',
 THRESHOLDS = ('lnc', 'lc', 'lnr', 'unc', 'uc', 'unr')
 
 STANDBY_WATTS = 40           # DCMI reading while the chassis is off
+WATTS_STEP = 40              # DCMI watts resolution: each PSU sensor reads half, in 20 W steps
+MAX_WATTS = 10200            # two PSU sensors of at most 255 * 20 W
 SAMPLING_PERIOD_MS = 1000    # DCMI statistics reporting time period
 MANUFACTURER = 'Kiln Simulated Systems'
 MANUFACTURER_ID = 0          # IANA enterprise number served by Get Device ID
@@ -89,10 +91,11 @@ SENSORS = [
     SensorSpec(0x20, '12V', 0x02, 0x07, 1, 4, 6, -2,
                {'lnr': 10.2, 'lc': 10.8, 'lnc': 11.4,
                 'unc': 12.6, 'uc': 13.2, 'unr': 13.8}),
-    SensorSpec(0x30, 'PSU1 Input Power', 0x08, 0x0A, 1, 6, 10, 0,
-               {'unc': 2200, 'uc': 2400, 'unr': 2500}),
-    SensorSpec(0x31, 'PSU2 Input Power', 0x08, 0x0A, 2, 6, 10, 0,
-               {'unc': 2200, 'uc': 2400, 'unr': 2500}),
+    # 20 W steps up to 5,100 W: an 8-GPU server at full load draws 6-7 kW over its two PSUs
+    SensorSpec(0x30, 'PSU1 Input Power', 0x08, 0x0A, 1, 6, 20, 0,
+               {'unc': 4000, 'uc': 4400, 'unr': 4800}),
+    SensorSpec(0x31, 'PSU2 Input Power', 0x08, 0x0A, 2, 6, 20, 0,
+               {'unc': 4000, 'uc': 4400, 'unr': 4800}),
 ]
 SENSORS_BY_NUMBER = {s.number: s for s in SENSORS}
 SENSORS_BY_NAME = {s.name: s for s in SENSORS}
@@ -170,9 +173,9 @@ class BmcModel:
         self.power_events = 0
 
         h = lambda key, mod: _h(seed, index, key, mod)  # noqa: E731
-        # total DCMI watts while on: 1800..4400 W in 20 W steps, so that
-        # each PSU carries exactly half in 10 W steps
-        self.watts = 1800 + 20 * h('watts', 111)
+        # total DCMI watts while on: 1800..4400 W in 40 W steps, so that
+        # each PSU carries exactly half in 20 W steps
+        self.watts = 1800 + WATTS_STEP * h('watts', 66)
         values = {
             'CPU1 Temp': 40 + h('cpu1', 30),
             'CPU2 Temp': 40 + h('cpu2', 30),

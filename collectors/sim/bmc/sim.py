@@ -22,7 +22,8 @@ bmcs.json, per BMC as ``control_url``):
     POST {control_url}/fault?mode=freeze|authfail|normal
     POST {control_url}/power?state=on|off
     POST {control_url}/sensor?name=GPU2%20Temp&value=95
-    POST {control_url}/watts?value=3000     DCMI watts while powered on
+    POST {control_url}/watts?value=3000     DCMI watts while powered on (40 W steps)
+    POST {worker_url}/bmc/*/readings        JSON {"bmcs": {NAME: {"watts": W, "sensors": {S: V}}}}
     GET  {worker_url}/bmcs                   state of all BMCs of the worker
 """
 
@@ -117,6 +118,13 @@ def _make_handler(bmcs):
     return Handler
 
 
+def _set_watts(bmc, value):
+    value = int(value)
+    if value % M.WATTS_STEP or not M.STANDBY_WATTS <= value <= M.MAX_WATTS:
+        raise ValueError('watts: a multiple of %d in %d..%d' % (M.WATTS_STEP, M.STANDBY_WATTS, M.MAX_WATTS))
+    bmc.watts = value
+
+
 def _apply(bmc, action, query):
     if action == 'fault':
         mode = query.get('mode', '')
@@ -133,10 +141,16 @@ def _apply(bmc, action, query):
     elif action == 'sensor':
         bmc.set_sensor_value(query['name'], float(query['value']))
     elif action == 'watts':
-        value = int(query['value'])
-        if value % 20 or not 40 <= value <= 5000:
-            raise ValueError('watts: a multiple of 20 in 40..5000')
-        bmc.watts = value
+        _set_watts(bmc, query['value'])
+    elif action == 'readings':
+        # {"bmcs": {NAME: {"watts": W, "sensors": {SENSOR: VALUE}}}}: many BMCs of this
+        # process in one request (names this process does not serve are ignored)
+        mine = query.get('bmcs', {}).get(bmc.name)
+        if mine is not None:
+            for name, value in mine.get('sensors', {}).items():
+                bmc.set_sensor_value(name, float(value))
+            if 'watts' in mine:
+                _set_watts(bmc, mine['watts'])
     else:
         raise ValueError('unknown action %s' % action)
 
@@ -179,7 +193,11 @@ def worker_main(config_path):
     tmp.write_text(json.dumps(ready))
     tmp.rename(cfg['ready_file'])
 
+    parent = cfg.get('parent_pid')
     while True:
+        if parent and os.getppid() != parent:
+            # not detached: the process that started us is gone (even by SIGKILL); so are we
+            raise SystemExit(0)
         for key, _ in sel.select(timeout=5.0):
             sock, server = key.fileobj, key.data
             for _ in range(64):
@@ -276,7 +294,8 @@ def start(state_dir, count, base_port=0, ports=None, names=None,
         if ready.exists():
             ready.unlink()
         cfg = state / ('worker-%d.json' % k)
-        cfg.write_text(json.dumps({'bmcs': chunk, 'ready_file': str(ready)}))
+        cfg.write_text(json.dumps({'bmcs': chunk, 'ready_file': str(ready),
+                                   'parent_pid': None if detach else os.getpid()}))
         log = open(state / ('worker-%d.log' % k), 'ab')
         proc = subprocess.Popen(
             [sys.executable, '-m', 'collectors.sim.bmc.sim', 'worker', str(cfg)],
@@ -403,6 +422,31 @@ def stop(state_dir, timeout=5.0):
             proc.wait()
     pids_file.unlink()
     return len(pids)
+
+
+def _post_json(url, doc):
+    req = urllib.request.Request(url, data=json.dumps(doc).encode(), method='POST',
+                                 headers={'Content-Type': 'application/json'})
+    with urllib.request.urlopen(req, timeout=10) as rsp:
+        return json.loads(rsp.read())
+
+
+def set_readings(state_dir, readings):
+    """Set watts and sensor values of many BMCs, one request per worker process:
+    ``readings`` maps BMC name -> {"watts": W, "sensors": {SENSOR: VALUE}}."""
+    doc = json.loads((Path(state_dir) / 'bmcs.json').read_text())
+    for process in doc['processes']:
+        _post_json('%s/bmc/*/readings' % process['control_url'], {'bmcs': readings})
+
+
+def states(state_dir):
+    """Every BMC's state (name, power_state, dcmi_watts, fault, ...), one request per worker."""
+    doc = json.loads((Path(state_dir) / 'bmcs.json').read_text())
+    out = []
+    for process in doc['processes']:
+        with urllib.request.urlopen('%s/bmcs' % process['control_url'], timeout=10) as rsp:
+            out.extend(json.loads(rsp.read()))
+    return out
 
 
 def control(state_dir, name, action, /, **params):
