@@ -16,7 +16,7 @@ from fleet.operations import to_public as operations_public
 from fleet.provisioning.actions import Action
 from fleet.runtime import FleetRuntime, runtime_of
 from fleet.schemas import NodeCreate, NodeName, NodePublic, NodeUpdate, Tag
-from kiln.api.deps import CurrentPrincipal, SessionDep
+from kiln.api.deps import CurrentPrincipal, RowId, SessionDep
 from kiln.errors import NotFound, ValidationFailed
 
 router = APIRouter(prefix="/api/v1", tags=["nodes"])
@@ -86,19 +86,19 @@ def create_endpoint(data: NodeCreate, session: SessionDep, principal: CurrentPri
 
 
 @router.get("/nodes/{node_id}", response_model=NodePublic, summary="Read a node")
-def read_endpoint(node_id: int, session: SessionDep, principal: CurrentPrincipal):
+def read_endpoint(node_id: RowId, session: SessionDep, principal: CurrentPrincipal):
     """One node; 404 when it does not exist or is not leased to you."""
     return node_service.to_public(session, principal, [node_service.get_node(session, principal, node_id)])[0]
 
 
 @router.patch("/nodes/{node_id}", response_model=NodePublic, summary="Change a node (infra-admin)")
-def update_endpoint(node_id: int, data: NodeUpdate, session: SessionDep, principal: CurrentPrincipal):
+def update_endpoint(node_id: RowId, data: NodeUpdate, session: SessionDep, principal: CurrentPrincipal):
     """Change resource class, rack, tags, facts or GPUs."""
     return node_service.to_public(session, principal, [node_service.update_node(session, principal, node_id, data)])[0]
 
 
 @router.delete("/nodes/{node_id}", status_code=204, summary="Delete a node (infra-admin)")
-def delete_endpoint(node_id: int, session: SessionDep, principal: CurrentPrincipal, runtime: Runtime) -> Response:
+def delete_endpoint(node_id: RowId, session: SessionDep, principal: CurrentPrincipal, runtime: Runtime) -> Response:
     """Remove the node from its provisioner and from Kiln."""
     node_service.delete_node(session, principal, node_id, runtime.drivers, runtime.box)
     return Response(status_code=204)
@@ -106,7 +106,7 @@ def delete_endpoint(node_id: int, session: SessionDep, principal: CurrentPrincip
 
 @router.get("/nodes/{node_id}/events", response_model=list[EventPublic], summary="A node's history")
 def events_endpoint(
-    node_id: int, session: SessionDep, principal: CurrentPrincipal, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    node_id: RowId, session: SessionDep, principal: CurrentPrincipal, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ):
     """Newest first: enrolment, actions and their results, state changes seen by the sync."""
     node = node_service.get_node(session, principal, node_id)
@@ -114,7 +114,7 @@ def events_endpoint(
 
 
 @router.get("/nodes/{node_id}/health", response_model=NodeHealth, summary="A node's health now")
-def health_endpoint(node_id: int, session: SessionDep, principal: CurrentPrincipal):
+def health_endpoint(node_id: RowId, session: SessionDep, principal: CurrentPrincipal):
     """BMC reachability, power, sensors with threshold state and GPUs, as last collected."""
     return node_health(session, principal, node_id)
 
@@ -127,7 +127,7 @@ def _start(background: BackgroundTasks, runtime: FleetRuntime, operations: list[
 
 @router.post("/nodes/{node_id}/actions", response_model=OperationPublic, status_code=202, summary="Act on a node")
 def action_endpoint(
-    node_id: int, data: ActionRequest, background: BackgroundTasks, session: SessionDep, principal: CurrentPrincipal,
+    node_id: RowId, data: ActionRequest, background: BackgroundTasks, session: SessionDep, principal: CurrentPrincipal,
     runtime: Runtime,
 ):
     """Start an action; follow it with GET /api/v1/operations/{id}."""
@@ -162,7 +162,7 @@ def operations_endpoint(
     session: SessionDep,
     principal: CurrentPrincipal,
     bulk_id: str | None = None,
-    node_id: int | None = None,
+    node_id: RowId | None = None,
     status: str | None = None,
     limit: Annotated[int, Query(ge=1, le=5000)] = 500,
 ):
@@ -179,7 +179,7 @@ def operations_endpoint(
 
 
 @router.get("/operations/{operation_id}", response_model=OperationPublic, tags=["operations"], summary="Read an operation")
-def operation_endpoint(operation_id: int, session: SessionDep, principal: CurrentPrincipal):
+def operation_endpoint(operation_id: RowId, session: SessionDep, principal: CurrentPrincipal):
     """One operation; 404 when its node is not visible to you."""
     operation = session.get(Operation, operation_id)
     node_visible = operation is not None and session.exec(

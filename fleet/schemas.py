@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from fleet.bmc import parse_bmc_address
+from kiln.db import MAX_INTEGER
 
 NodeName = Annotated[
     str,
@@ -55,7 +56,7 @@ class GpuSpec(BaseModel):
     model: str = Field(min_length=1, max_length=128, description="e.g. NVIDIA H100 80GB HBM3")
     vendor: Literal["nvidia", "amd"] = "nvidia"
     uuid: str | None = Field(default=None, max_length=64)
-    memory_mib: int | None = Field(default=None, ge=1)
+    memory_mib: int | None = Field(default=None, ge=1, le=MAX_INTEGER)
 
 
 def _unique_gpu_indexes(gpus: list[GpuSpec] | None) -> list[GpuSpec] | None:

@@ -9,7 +9,7 @@ from fleet import leases as lease_service
 from fleet import vdcs as vdc_service
 from fleet.models import Node
 from fleet.tenancy_schemas import LeaseCreate, LeasePublic, LeaseUpdate, VdcCreate, VdcPublic, VdcUpdate
-from kiln.api.deps import CurrentPrincipal, SessionDep
+from kiln.api.deps import CurrentPrincipal, RowId, SessionDep
 from kiln.models import Tenant
 
 router = APIRouter(prefix="/api/v1")
@@ -28,19 +28,19 @@ def create_vdc_endpoint(data: VdcCreate, session: SessionDep, principal: Current
 
 
 @router.get("/vdcs/{vdc_id}", response_model=VdcPublic, tags=["vdcs"], summary="Read a VDC")
-def read_vdc_endpoint(vdc_id: int, session: SessionDep, principal: CurrentPrincipal):
+def read_vdc_endpoint(vdc_id: RowId, session: SessionDep, principal: CurrentPrincipal):
     """One VDC; 404 when it is not granted to your tenants."""
     return vdc_service.to_public(session, principal, [vdc_service.get_vdc(session, principal, vdc_id)])[0]
 
 
 @router.patch("/vdcs/{vdc_id}", response_model=VdcPublic, tags=["vdcs"], summary="Change a VDC (infra-admin)")
-def update_vdc_endpoint(vdc_id: int, data: VdcUpdate, session: SessionDep, principal: CurrentPrincipal):
+def update_vdc_endpoint(vdc_id: RowId, data: VdcUpdate, session: SessionDep, principal: CurrentPrincipal):
     """Change description, members, quotas or grants; given lists replace the current ones."""
     return vdc_service.to_public(session, principal, [vdc_service.update_vdc(session, principal, vdc_id, data)])[0]
 
 
 @router.delete("/vdcs/{vdc_id}", status_code=204, tags=["vdcs"], summary="Delete a VDC (infra-admin)")
-def delete_vdc_endpoint(vdc_id: int, session: SessionDep, principal: CurrentPrincipal) -> Response:
+def delete_vdc_endpoint(vdc_id: RowId, session: SessionDep, principal: CurrentPrincipal) -> Response:
     """Delete a VDC with no leases in force."""
     vdc_service.delete_vdc(session, principal, vdc_id)
     return Response(status_code=204)
@@ -70,12 +70,12 @@ def create_lease_endpoint(data: LeaseCreate, session: SessionDep, principal: Cur
 
 
 @router.get("/leases/{lease_id}", response_model=LeasePublic, tags=["leases"], summary="Read a lease")
-def read_lease_endpoint(lease_id: int, session: SessionDep, principal: CurrentPrincipal):
+def read_lease_endpoint(lease_id: RowId, session: SessionDep, principal: CurrentPrincipal):
     """One lease; 404 when it is not your tenant's."""
     return lease_service.to_public(session, [lease_service.get_lease(session, principal, lease_id)])[0]
 
 
 @router.patch("/leases/{lease_id}", response_model=LeasePublic, tags=["leases"], summary="End a lease")
-def update_lease_endpoint(lease_id: int, data: LeaseUpdate, session: SessionDep, principal: CurrentPrincipal):
+def update_lease_endpoint(lease_id: RowId, data: LeaseUpdate, session: SessionDep, principal: CurrentPrincipal):
     """Set the lease's end. Leases are never deleted: billing needs their history."""
     return lease_service.to_public(session, [lease_service.update_lease(session, principal, lease_id, data)])[0]

@@ -9,10 +9,11 @@ from typing import Annotated, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from fleet.schemas import NodeName
+from kiln.db import MAX_INTEGER
 from kiln.tenants import Slug
 
 SelectorKind = Literal["tag", "rack", "resource_class", "gpu_model"]
-Count = Annotated[int, Field(ge=0)]
+Count = Annotated[int, Field(ge=0, le=MAX_INTEGER)]
 Money = Annotated[Decimal, Field(ge=0, max_digits=20, decimal_places=6)]
 
 

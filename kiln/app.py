@@ -22,7 +22,7 @@ from kiln import __version__
 from kiln.api import audit, health, tenants, tokens, users
 from kiln.db import create_db_engine
 from kiln.api.problems import install_error_handlers
-from kiln.limits import BodySizeLimitMiddleware
+from kiln.limits import BodySizeLimitMiddleware, NulCharacterMiddleware
 from kiln.metrics import HttpMetrics, MetricsMiddleware
 from kiln.oidc import OIDCVerifier
 from kiln.settings import Settings
@@ -60,6 +60,7 @@ def create_app(settings: Settings, engine: Engine | None = None, oidc: OIDCVerif
                        LeaseExposition(app.state.engine), BudgetExposition(app.state.engine)):
         app.state.registry.register(exposition)
     install_error_handlers(app)
+    app.add_middleware(NulCharacterMiddleware)  # inside the size limit: it reads bodies the limit has let through
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(app.state.registry))
     for router in SHELL_ROUTERS + DOMAIN_ROUTERS:

@@ -20,6 +20,9 @@ from sqlmodel import Session
 from kiln.errors import NotFound
 
 
+MAX_INTEGER = 2**31 - 1  # the largest value of an INTEGER column on PostgreSQL (ids, counts, quotas)
+
+
 def utcnow() -> datetime:
     """The current time, timezone-aware, in UTC."""
     return datetime.now(UTC)

@@ -16,7 +16,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict
 from sqlmodel import select
 
-from kiln.api.deps import CurrentPrincipal, SessionDep
+from kiln.api.deps import CurrentPrincipal, RowId, SessionDep
 from kiln.models import Tenant
 from kiln.roles import Role
 from kiln.settings import Settings
@@ -146,20 +146,20 @@ def import_cards_endpoint(
 
 
 @router.get("/price-cards/{card_id}", response_model=card_service.PriceCardPublic, tags=["price cards"], summary="Read a price card")
-def read_card_endpoint(card_id: int, session: SessionDep, principal: CurrentPrincipal):
+def read_card_endpoint(card_id: RowId, session: SessionDep, principal: CurrentPrincipal):
     """One price card."""
     return card_service.get_card(session, card_id)
 
 
 @router.patch("/price-cards/{card_id}", response_model=card_service.PriceCardPublic, tags=["price cards"],
               summary="End (or reopen) a price card (infra-admin, finance)")
-def update_card_endpoint(card_id: int, data: card_service.PriceCardUpdate, session: SessionDep, principal: CurrentPrincipal):
+def update_card_endpoint(card_id: RowId, data: card_service.PriceCardUpdate, session: SessionDep, principal: CurrentPrincipal):
     """Only `effective_to` changes; prices never do (end the card, add a new one)."""
     return card_service.update_card(session, principal, card_id, data)
 
 
 @router.delete("/price-cards/{card_id}", status_code=204, tags=["price cards"], summary="Delete an unused price card")
-def delete_card_endpoint(card_id: int, session: SessionDep, principal: CurrentPrincipal) -> Response:
+def delete_card_endpoint(card_id: RowId, session: SessionDep, principal: CurrentPrincipal) -> Response:
     """409 when the card priced a finalised period."""
     card_service.delete_card(session, principal, card_id)
     return Response(status_code=204)
@@ -181,7 +181,7 @@ def create_discount_endpoint(data: discount_service.DiscountCreate, session: Ses
 
 
 @router.get("/discounts/{discount_id}", response_model=discount_service.DiscountPublic, tags=["discounts"], summary="Read a discount")
-def read_discount_endpoint(discount_id: int, session: SessionDep, principal: CurrentPrincipal):
+def read_discount_endpoint(discount_id: RowId, session: SessionDep, principal: CurrentPrincipal):
     """One discount; 404 when it is not your tenant's."""
     return discount_service.to_public(session, [discount_service.get_discount(session, principal, discount_id)])[0]
 
@@ -189,14 +189,14 @@ def read_discount_endpoint(discount_id: int, session: SessionDep, principal: Cur
 @router.patch("/discounts/{discount_id}", response_model=discount_service.DiscountPublic, tags=["discounts"],
               summary="Change a discount")
 def update_discount_endpoint(
-    discount_id: int, data: discount_service.DiscountUpdate, session: SessionDep, principal: CurrentPrincipal,
+    discount_id: RowId, data: discount_service.DiscountUpdate, session: SessionDep, principal: CurrentPrincipal,
 ):
     """New percent or note; draft bills use it from their next run."""
     return discount_service.to_public(session, [discount_service.update_discount(session, principal, discount_id, data)])[0]
 
 
 @router.delete("/discounts/{discount_id}", status_code=204, tags=["discounts"], summary="Remove a discount")
-def delete_discount_endpoint(discount_id: int, session: SessionDep, principal: CurrentPrincipal) -> Response:
+def delete_discount_endpoint(discount_id: RowId, session: SessionDep, principal: CurrentPrincipal) -> Response:
     """Remove a discount."""
     discount_service.delete_discount(session, principal, discount_id)
     return Response(status_code=204)
@@ -243,13 +243,13 @@ def idle_endpoint(session: SessionDep, principal: CurrentPrincipal, period: Peri
 
 
 @router.get("/bills/{bill_id}", response_model=views.BillDetail, tags=["bills"], summary="Read a bill with its lines")
-def read_bill_endpoint(bill_id: int, session: SessionDep, principal: CurrentPrincipal):
+def read_bill_endpoint(bill_id: RowId, session: SessionDep, principal: CurrentPrincipal):
     """One bill; 404 when it is not your tenant's."""
     return views.bill_public(session, [bill_service.get_bill_for(session, principal, bill_id)], with_lines=True)[0]
 
 
 @router.get("/bills/{bill_id}/lines", response_model=list[views.BillLinePublic], tags=["bills"], summary="A bill's lines")
-def bill_lines_endpoint(bill_id: int, session: SessionDep, principal: CurrentPrincipal):
+def bill_lines_endpoint(bill_id: RowId, session: SessionDep, principal: CurrentPrincipal):
     """Usage lines, idle shares and corrections."""
     bill = bill_service.get_bill_for(session, principal, bill_id)
     return [views.line_public(line) for line in views.lines_of(session, bill.id)]
@@ -258,7 +258,7 @@ def bill_lines_endpoint(bill_id: int, session: SessionDep, principal: CurrentPri
 @router.get("/bills/{bill_id}/lines/{line_id}/usage", response_model=list[views.UsagePublic], tags=["bills"],
             summary="Drill down: the usage records behind a bill line")
 def line_usage_endpoint(
-    bill_id: int, line_id: int, session: SessionDep, principal: CurrentPrincipal,
+    bill_id: RowId, line_id: RowId, session: SessionDep, principal: CurrentPrincipal,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000, offset: Annotated[int, Query(ge=0)] = 0,
 ):
     """The node-hours, GPU-hours, request-hours or kWh (hourly, per resource) the line was rated from."""
@@ -286,19 +286,19 @@ def alerts_endpoint(session: SessionDep, principal: CurrentPrincipal, period: st
 
 
 @router.get("/budgets/{budget_id}", response_model=budget_service.BudgetPublic, tags=["budgets"], summary="Read a budget")
-def read_budget_endpoint(budget_id: int, session: SessionDep, principal: CurrentPrincipal):
+def read_budget_endpoint(budget_id: RowId, session: SessionDep, principal: CurrentPrincipal):
     """One budget; 404 when it is not your tenant's."""
     return budget_service.to_public(session, [budget_service.get_budget(session, principal, budget_id)])[0]
 
 
 @router.patch("/budgets/{budget_id}", response_model=budget_service.BudgetPublic, tags=["budgets"], summary="Change a budget")
-def update_budget_endpoint(budget_id: int, data: budget_service.BudgetUpdate, session: SessionDep, principal: CurrentPrincipal):
+def update_budget_endpoint(budget_id: RowId, data: budget_service.BudgetUpdate, session: SessionDep, principal: CurrentPrincipal):
     """New name, amount or thresholds."""
     return budget_service.to_public(session, [budget_service.update_budget(session, principal, budget_id, data)])[0]
 
 
 @router.delete("/budgets/{budget_id}", status_code=204, tags=["budgets"], summary="Delete a budget")
-def delete_budget_endpoint(budget_id: int, session: SessionDep, principal: CurrentPrincipal) -> Response:
+def delete_budget_endpoint(budget_id: RowId, session: SessionDep, principal: CurrentPrincipal) -> Response:
     """Delete a budget and its alerts."""
     budget_service.delete_budget(session, principal, budget_id)
     return Response(status_code=204)

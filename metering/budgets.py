@@ -212,14 +212,16 @@ def _gpu_hours(session: Session, period: str, vdc_id: int, tenant_id: int | None
 def _raise(session: Session, period: str, subject: str, kind: str, thresholds: list[int] | tuple[int, ...],
            value: Decimal, limit: Decimal, describe: str, **ids: Any) -> list[BudgetAlert]:
     raised = []
-    percent = value * 100 / limit
+    # A limit of 0 (a quota of no GPU-hours) is crossed at every threshold by any use at all.
+    percent = value * 100 / limit if limit else (Decimal("Infinity") if value > 0 else Decimal(0))
+    share = f"{percent:.1f} %" if percent.is_finite() else "over a limit of 0"
     for threshold in thresholds:
         if percent < threshold:
             continue
         if session.exec(select(BudgetAlert.id).where(BudgetAlert.subject == subject, BudgetAlert.period == period,
                                                      BudgetAlert.threshold == threshold)).first():
             continue
-        message = f"{describe}: {plain(value)} of {plain(limit)} used in {period} ({percent:.1f} %, threshold {threshold} %)"
+        message = f"{describe}: {plain(value)} of {plain(limit)} used in {period} ({share}, threshold {threshold} %)"
         alert = BudgetAlert(subject=subject, kind=kind, period=period, threshold=threshold, value=value, limit_value=limit,
                             message=message, **ids)
         session.add(alert)

@@ -38,6 +38,55 @@ def test_oversized_bodies_are_413_declared_or_streamed(client: TestClient, world
     assert "big" not in {t["slug"] for t in client.get("/api/v1/tenants", headers=admin).json()}
 
 
+def test_ids_beyond_what_a_row_can_hold_are_422_naming_the_parameter(client: TestClient, world: World) -> None:
+    admin = world.headers("admin")
+    for path, field in (("/api/v1/bills/99999999999999999999", "bill_id"),
+                        ("/api/v1/bills/1/lines/2147483648/usage", "line_id"),
+                        ("/api/v1/operations?node_id=2147483648", "node_id"),
+                        ("/api/v1/nodes/0", "node_id")):
+        body = assert_problem(client.get(path, headers=admin), 422)
+        assert [e["field"] for e in body["errors"]] == [field], path
+    for path in ("/api/v1/budgets/99999999999999999999", "/api/v1/leases/2147483648"):
+        assert_problem(client.patch(path, json={}, headers=admin), 422)
+    assert_problem(client.get("/api/v1/bills/2147483647", headers=admin), 404)  # in range: simply not there
+    quota = assert_problem(client.post("/api/v1/vdcs", json={"name": "big", "max_nodes": 2**40}, headers=admin), 422)
+    assert [e["field"] for e in quota["errors"]] == ["max_nodes"]  # a count the database could not store
+
+
+def test_every_id_parameter_is_bounded_in_the_openapi_document(client: TestClient) -> None:
+    """Integer path and query ids all go through `RowId`: a new route cannot forget the bound."""
+    spec = client.get("/api/v1/openapi.json").json()
+    unbounded = []
+    for path, methods in spec["paths"].items():
+        for method, operation in methods.items():
+            for parameter in operation.get("parameters", []):
+                if not parameter["name"].endswith("_id") or parameter["in"] not in ("path", "query"):
+                    continue
+                schema = parameter["schema"]
+                options = schema.get("anyOf", [schema])
+                if not any(o.get("type") == "integer" for o in options):
+                    continue  # a string id (a bulk operation's UUID)
+                if not any(o.get("type") == "integer" and o.get("maximum") == 2**31 - 1 and o.get("minimum") == 1
+                           for o in options):
+                    unbounded.append(f"{method.upper()} {path} {parameter['name']}")
+    assert unbounded == []
+
+
+def test_nul_characters_are_refused_wherever_they_arrive(client: TestClient, world: World) -> None:
+    admin = world.headers("admin")
+    for response in (
+        client.get("/api/v1/tenants?slug=a%00b", headers=admin),
+        client.get("/api/v1/vdcs/by-name/a%00b", headers=admin),
+        client.post("/api/v1/tenants", content=b'{"slug": "nul", "name": "a\\u0000b"}',
+                    headers={**admin, "Content-Type": "application/json"}),
+    ):
+        assert "NUL character" in assert_problem(response, 422)["detail"]
+    escaped = client.post("/api/v1/tenants", content=b'{"slug": "backslash", "name": "a\\\\u0000b"}',
+                          headers={**admin, "Content-Type": "application/json"})
+    assert escaped.status_code == 201 and escaped.json()["name"] == "a\\u0000b"  # the six characters, not NUL
+    assert "nul" not in {t["slug"] for t in client.get("/api/v1/tenants", headers=admin).json()}
+
+
 def test_failed_request_writes_nothing(client: TestClient, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     def explode(*args, **kwargs):
         raise RuntimeError("audit store broke")

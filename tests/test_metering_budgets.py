@@ -103,6 +103,20 @@ def test_thresholds_alert_once_and_undelivered_alerts_are_retried(world: World, 
     assert len(webhook.received) == 6
 
 
+def test_a_quota_of_zero_gpu_hours_is_crossed_by_any_use(world: World) -> None:
+    n1, n2 = node(world, gpus=1), node(world, gpus=1)
+    make_vdc(world, "none", [n1.name], {"a": {}}, max_gpu_hours=0)
+    make_vdc(world, "unused", [n2.name], {}, max_gpu_hours=0)
+    vdc_id = world.session.exec(select(Vdc.id).where(Vdc.name == "none")).one()
+    card(world, GPU_SKU, "2.00")
+    _lease(world, n1.id, vdc_id, "2026-10-01T00:00", "2026-10-01T01:00")
+    run(world)
+    raised, _ = _check(world, None)
+    assert sorted(a.threshold for a in raised) == [80, 100]  # only the VDC that used a GPU-hour
+    assert {a.vdc_id for a in raised} == {vdc_id}
+    assert "1 of 0 used in 2026-10 (over a limit of 0, threshold 100 %)" in next(a.message for a in raised if a.threshold == 100)
+
+
 def test_unreachable_webhook_is_recorded_without_the_url(world: World) -> None:
     n1 = node(world, gpus=0)
     world.session.add(Lease(tenant_id=world.a.id, node_id=n1.id, starts_at=at("2026-10-01T00:00"), ends_at=at("2026-10-02T00:00"),

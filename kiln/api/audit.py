@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from kiln.audit import AuditEventPublic, list_events
-from kiln.api.deps import CurrentPrincipal, SessionDep
+from kiln.api.deps import CurrentPrincipal, RowId, SessionDep
 from kiln.roles import Role
 
 router = APIRouter(prefix="/api/v1/audit-events", tags=["audit"])
@@ -17,7 +17,7 @@ def list_endpoint(
     principal: CurrentPrincipal,
     object_type: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    before_id: int | None = None,
+    before_id: RowId | None = None,
 ):
     """Infra-admins and finance see every event; tenant admins their tenants' events."""
     principal.require_role(Role.INFRA_ADMIN, Role.FINANCE, Role.TENANT_ADMIN, action="read the audit log")

@@ -5,14 +5,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
+import annotated_types
 from fastapi import Depends, Request
 from sqlmodel import Session
 
 from kiln.auth import Principal, principal_for_user
+from kiln.db import MAX_INTEGER
 from kiln.errors import Unauthorized
 from kiln.oidc import OIDCVerifier, principal_from_claims
 from kiln.security import TOKEN_PREFIX
 from kiln.tokens import resolve_token
+
+
+RowId = Annotated[int, annotated_types.Ge(1), annotated_types.Le(MAX_INTEGER)]
+"""A row id in a path or query (`/nodes/{node_id}`, `?node_id=`): out of range is a 422 naming the parameter."""
 
 
 def get_session(request: Request) -> Iterator[Session]:

@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter, Response
 
-from kiln.api.deps import CurrentPrincipal, SessionDep
+from kiln.api.deps import CurrentPrincipal, RowId, SessionDep
 from kiln.tenants import (
     TenantCreate,
     TenantPublic,
@@ -30,19 +30,19 @@ def create_endpoint(data: TenantCreate, session: SessionDep, principal: CurrentP
 
 
 @router.get("/{tenant_id}", response_model=TenantPublic, summary="Read a tenant")
-def read_endpoint(tenant_id: int, session: SessionDep, principal: CurrentPrincipal):
+def read_endpoint(tenant_id: RowId, session: SessionDep, principal: CurrentPrincipal):
     """One tenant; 404 when it does not exist or is not yours."""
     return get_tenant(session, principal, tenant_id)
 
 
 @router.patch("/{tenant_id}", response_model=TenantPublic, summary="Change a tenant (infra-admin)")
-def update_endpoint(tenant_id: int, data: TenantUpdate, session: SessionDep, principal: CurrentPrincipal):
+def update_endpoint(tenant_id: RowId, data: TenantUpdate, session: SessionDep, principal: CurrentPrincipal):
     """Change name, cost centre or description."""
     return update_tenant(session, principal, tenant_id, data)
 
 
 @router.delete("/{tenant_id}", status_code=204, summary="Delete a tenant without members (infra-admin)")
-def delete_endpoint(tenant_id: int, session: SessionDep, principal: CurrentPrincipal) -> Response:
+def delete_endpoint(tenant_id: RowId, session: SessionDep, principal: CurrentPrincipal) -> Response:
     """Delete a tenant; 409 while it still has members."""
     delete_tenant(session, principal, tenant_id)
     return Response(status_code=204)

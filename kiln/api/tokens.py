@@ -3,7 +3,7 @@
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from kiln.api.deps import CurrentPrincipal, SessionDep
+from kiln.api.deps import CurrentPrincipal, RowId, SessionDep
 from kiln.auth import Principal
 from kiln.errors import BadRequest, Unauthorized
 from kiln.models import User
@@ -52,6 +52,6 @@ def create_endpoint(data: TokenCreate, request: Request, session: SessionDep, pr
 
 
 @router.delete("/tokens/{token_id}", response_model=TokenPublic, summary="Revoke an API token")
-def revoke_endpoint(token_id: int, session: SessionDep, principal: CurrentPrincipal):
+def revoke_endpoint(token_id: RowId, session: SessionDep, principal: CurrentPrincipal):
     """Revoke one of your tokens (infra-admins: anyone's)."""
     return revoke_token(session, principal, token_id)

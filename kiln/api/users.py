@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter, Response
 
-from kiln.api.deps import CurrentPrincipal, SessionDep
+from kiln.api.deps import CurrentPrincipal, RowId, SessionDep
 from kiln.errors import NotFound
 from kiln.users import (
     UserCreate,
@@ -40,19 +40,19 @@ def create_endpoint(data: UserCreate, session: SessionDep, principal: CurrentPri
 
 
 @router.get("/{user_id}", response_model=UserPublic, summary="Read a user")
-def read_endpoint(user_id: int, session: SessionDep, principal: CurrentPrincipal):
+def read_endpoint(user_id: RowId, session: SessionDep, principal: CurrentPrincipal):
     """One user; 404 when it does not exist or is outside your tenants."""
     return to_public(session, principal, [get_user(session, principal, user_id)])[0]
 
 
 @router.patch("/{user_id}", response_model=UserPublic, summary="Change a user")
-def update_endpoint(user_id: int, data: UserUpdate, session: SessionDep, principal: CurrentPrincipal):
+def update_endpoint(user_id: RowId, data: UserUpdate, session: SessionDep, principal: CurrentPrincipal):
     """Change role, tenants, password, name, e-mail or active flag."""
     return to_public(session, principal, [update_user(session, principal, user_id, data)])[0]
 
 
 @router.delete("/{user_id}", status_code=204, summary="Delete a user")
-def delete_endpoint(user_id: int, session: SessionDep, principal: CurrentPrincipal) -> Response:
+def delete_endpoint(user_id: RowId, session: SessionDep, principal: CurrentPrincipal) -> Response:
     """Delete a user with their tokens; 409 for the last infra-admin."""
     delete_user(session, principal, user_id)
     return Response(status_code=204)
