@@ -108,11 +108,16 @@ def revoke_token(session: Session, principal: Principal, token_id: int) -> Token
     return _public(row, user.username if user else "?")
 
 
-def find_token_id(session: Session, id_or_prefix: str) -> int:
-    """A token id from its number or its display prefix (as `kiln tokens list` shows)."""
-    if id_or_prefix.isdigit():
-        return int(id_or_prefix)
-    matches = session.exec(select(ApiToken.id).where(ApiToken.prefix == id_or_prefix.rstrip("…"))).all()
+def find_token_id(session: Session, id_prefix_or_token: str) -> int:
+    """A token id from its number, its display prefix (as `kiln tokens list` shows) or the whole
+    token (what a user holds after a leak; it is matched by its digest, never stored)."""
+    if id_prefix_or_token.isdigit():
+        return int(id_prefix_or_token)
+    whole = session.exec(select(ApiToken.id).where(ApiToken.token_hash == token_digest(id_prefix_or_token))).first()
+    if whole is not None:
+        return whole
+    matches = session.exec(select(ApiToken.id).where(ApiToken.prefix == id_prefix_or_token.rstrip("…"))).all()
     if len(matches) != 1:
-        raise NotFound(f"no single token with id or prefix '{id_or_prefix}' (see `kiln tokens list`)")
+        shown = token_display_prefix(id_prefix_or_token) + "…" if len(id_prefix_or_token) > 16 else id_prefix_or_token
+        raise NotFound(f"no single token with id, prefix or value '{shown}' (see `kiln tokens list`)")
     return matches[0]

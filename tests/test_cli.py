@@ -44,6 +44,40 @@ def test_identity_commands_and_token_contract(cli_env: dict[str, str], client: T
     assert client.get("/api/v1/users/me", headers={"Authorization": f"Bearer {token}"}).status_code == 401
 
 
+def test_a_leaked_token_is_revoked_by_its_own_value(cli_env: dict[str, str], client: TestClient) -> None:
+    assert run(cli_env, "users", "create", "carol", "--role", "infra-admin", "--password-stdin",
+               stdin="a sufficiently long password\n").returncode == 0
+    token = run(cli_env, "tokens", "create", "carol").stdout.strip()
+    other = run(cli_env, "tokens", "create", "carol").stdout.strip()
+    assert client.get("/api/v1/users/me", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    revoked = run(cli_env, "tokens", "revoke", token)
+    assert revoked.returncode == 0, revoked.stderr
+    assert token not in revoked.stdout  # the output names the token by its prefix only
+    assert client.get("/api/v1/users/me", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+    assert client.get("/api/v1/users/me", headers={"Authorization": f"Bearer {other}"}).status_code == 200
+    unknown = run(cli_env, "tokens", "revoke", "kiln_" + "x" * 43)
+    assert unknown.returncode == 1 and "no single token" in unknown.stderr and "x" * 20 not in unknown.stderr
+
+
+def test_tables_print_text_with_brackets_as_written(cli_env: dict[str, str], engine) -> None:
+    """Backend errors such as "[Errno 111]" and advice such as `kiln[ironic]` are not console markup."""
+    from sqlmodel import Session
+
+    from fleet.models import Node
+    from fleet.nodes import add_event
+
+    with Session(engine) as session:
+        node = Node(name="n-brackets", provisioner="fake", bmc_driver="ipmi", bmc_address="ipmi://10.0.0.9",
+                    provision_state="enroll")
+        session.add(node)
+        session.flush()
+        add_event(session, node, "error", "[Errno 111] Connection refused; see pip install 'kiln[ironic]' [bold]x[/bold]")
+        session.commit()
+    shown = run({**cli_env, "COLUMNS": "300"}, "nodes", "show", "n-brackets")
+    assert shown.returncode == 0, shown.stderr
+    assert "[Errno 111] Connection refused; see pip install 'kiln[ironic]' [bold]x[/bold]" in shown.stdout
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

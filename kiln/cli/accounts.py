@@ -120,7 +120,7 @@ def tokens_list(
 
 
 @tokens_app.command("revoke")
-def tokens_revoke(token: str = typer.Argument(..., help="Token id or prefix, as `kiln tokens list` shows.")) -> None:
+def tokens_revoke(token: str = typer.Argument(..., help="Token id or prefix (as `kiln tokens list` shows), or the token itself.")) -> None:
     """Revoke a token; requests with it are refused from now on."""
     with db_session() as session:
         revoked = revoke_token(session, Principal.system(), find_token_id(session, token))

@@ -20,8 +20,9 @@ from kiln.db import create_db_engine
 from kiln.schema import ensure_current
 from kiln.settings import Settings, load_settings
 
-console = Console()
-err_console = Console(stderr=True)
+# Markup off: error text from backends and users (`pip install 'kiln[ironic]'`, a node named
+# `r1[2]`) is printed as written; styled cells are rich `Text` objects.
+console = Console(markup=False)
 
 
 class OutputFormat(StrEnum):

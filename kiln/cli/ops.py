@@ -62,6 +62,7 @@ def restore(
 def doctor(output: OutputFormat = OutputOption) -> None:
     """Check every configured peer (database, Prometheus, Ironic, Kubernetes, OpenCost, OIDC, BMCs)."""
     from rich.table import Table
+    from rich.text import Text
 
     from kiln.doctor import STATUS_FAILED, run_checks
 
@@ -75,7 +76,7 @@ def doctor(output: OutputFormat = OutputOption) -> None:
         colours = {"ok": "green", STATUS_FAILED: "red", "not configured": "dim"}
         for check in checks:
             colour = colours.get(check.status, "yellow")
-            table.add_row(check.peer, check.target or "-", f"[{colour}]{check.status}[/{colour}]", check.detail,
+            table.add_row(check.peer, check.target or "-", Text(check.status, style=colour), check.detail,
                           f"{check.seconds:.2f}")
         console.print(table)
     failed = [check for check in checks if check.status == STATUS_FAILED]
