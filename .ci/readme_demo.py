@@ -150,8 +150,10 @@ def run(timeout: float, keep: bool) -> None:
         log = work / "demo.log"
         say(f"running {command!r} in a fresh clone ({clone})")
         with log.open("w") as out:
-            process = subprocess.Popen(command, shell=True, cwd=clone, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
+            # `exec`: the shell becomes the command (kiln.sh in turn execs kiln), so the signal
+            # below reaches the demo itself, as `kill PID` or systemd's main-PID stop would
+            process = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=clone, env=env, stdout=out,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
         banner = wait_ready(process, log, timeout)
         ready_s = time.monotonic() - started
         url = re.search(r"ready at (http://\S+)", banner).group(1)
