@@ -174,8 +174,11 @@ def run(timeout: float, keep: bool) -> None:
         process = None
         say(f"stopped with SIGTERM; simulators gone. README step took {time.monotonic() - started:.0f} s")
     finally:
-        if process is not None and process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+        if process is not None:  # a step failed: whatever is left of the command's session goes
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         if keep:
             say(f"kept {work}")
         else:
