@@ -37,6 +37,15 @@ class TargetResult:
     error: str | None = None
     seconds: float = 0.0
     timed_out: bool = False
+    skipped: dict[str, int] = field(default_factory=dict)  # series left out, by reason
+
+
+def skipped_summary(skipped: Mapping[str, int]) -> str | None:
+    """`skipped N series: 2 no GPU identity, 1 blank value …` for TargetResult.error, or None."""
+    if not skipped:
+        return None
+    return f"skipped {sum(skipped.values())} series: " + ", ".join(
+        f"{count} {why}" for why, count in sorted(skipped.items()))
 
 
 class Collector(Protocol):

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
+from collectors.base import skipped_summary
 from kiln.cli.common import (
     OutputFormat,
     OutputOption,
@@ -87,14 +88,16 @@ def _print(report: CycleReport, output: OutputFormat) -> None:
     if output == OutputFormat.json:
         for r in report.results:
             typer.echo(json.dumps({"target": r.target, "ok": r.ok, "error": r.error, "samples": len(r.samples),
-                                   "seconds": round(r.seconds, 3), "timed_out": r.timed_out}))
+                                   "skipped": r.skipped, "seconds": round(r.seconds, 3), "timed_out": r.timed_out}))
         return
     table = Table(title=f"{report.collector}: {len(report.results)} target(s)")
-    for column in ("target", "result", "samples", "seconds", "error"):
+    for column in ("target", "result", "samples", "skipped", "seconds", "error"):
         table.add_column(column)
     for r in report.results:
         result = "ok" if r.ok else "timed out" if r.timed_out else "failed"
-        table.add_row(r.target, result, str(len(r.samples)), f"{r.seconds:.2f}", r.error or "-")
+        skipped = "; ".join(f"{count} {why}" for why, count in sorted(r.skipped.items())) or "-"
+        error = None if r.error == skipped_summary(r.skipped) else r.error  # not twice in one row
+        table.add_row(r.target, result, str(len(r.samples)), skipped, f"{r.seconds:.2f}", error or "-")
     console.print(table)
     counts = report.counts()
     console.print(f"ok {counts['ok']}, failed {counts['failed']}, timed out {counts['timed_out']}")

@@ -26,24 +26,30 @@ from collectors.prometheus import (
 )
 
 MIB = 1024 * 1024
+# DCGM's "no value" sentinels (NVIDIA/DCGM dcgmlib/dcgm_structs.h: DCGM_INT64_BLANK 0x7ffffffffffffff0
+# and its NOT_FOUND/NOT_SUPPORTED/NOT_PERMISSIONED neighbours; DCGM_FP64_BLANK 140737488355328.0 = 2**47
+# and its neighbours; DCGM_*_IS_BLANK(v) is v >= the blank). An exporter that passes one on (its
+# README's sample shows DCGM_FI_DEV_MEMORY_TEMP 9223372036854775794) is reporting no reading.
+INT64_BLANK = float(0x7FFFFFFFFFFFFFF0)
+FP64_BLANK = 140737488355328.0
 
-DCGM_METRICS = (
-    ExporterMetric("DCGM_FI_DEV_GPU_UTIL", "gpu_util", "percent"),
-    ExporterMetric("DCGM_FI_PROF_GR_ENGINE_ACTIVE", "gpu_engine_active", "percent", 100.0),  # ratio 0-1
-    ExporterMetric("DCGM_FI_DEV_FB_USED", "gpu_memory_used", "bytes", MIB),  # MiB
-    ExporterMetric("DCGM_FI_DEV_FB_FREE", "gpu_memory_free", "bytes", MIB),  # MiB
-    ExporterMetric("DCGM_FI_DEV_POWER_USAGE", "gpu_power", "watts"),
-    ExporterMetric("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "gpu_energy", "joules", 1e-3),  # mJ since boot
-    ExporterMetric("DCGM_FI_DEV_GPU_TEMP", "gpu_temperature", "celsius"),
-    ExporterMetric("DCGM_FI_DEV_MEMORY_TEMP", "gpu_memory_temperature", "celsius"),
-    ExporterMetric("DCGM_FI_DEV_XID_ERRORS", "gpu_last_xid", "code"),  # value of the last XID error
+DCGM_METRICS = (  # the blank that applies is the DCGM field's type: int64 or fp64
+    ExporterMetric("DCGM_FI_DEV_GPU_UTIL", "gpu_util", "percent", blank_from=INT64_BLANK),
+    ExporterMetric("DCGM_FI_PROF_GR_ENGINE_ACTIVE", "gpu_engine_active", "percent", 100.0, FP64_BLANK),  # ratio 0-1
+    ExporterMetric("DCGM_FI_DEV_FB_USED", "gpu_memory_used", "bytes", MIB, INT64_BLANK),  # MiB
+    ExporterMetric("DCGM_FI_DEV_FB_FREE", "gpu_memory_free", "bytes", MIB, INT64_BLANK),  # MiB
+    ExporterMetric("DCGM_FI_DEV_POWER_USAGE", "gpu_power", "watts", blank_from=FP64_BLANK),
+    ExporterMetric("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "gpu_energy", "joules", 1e-3, INT64_BLANK),  # mJ, counter
+    ExporterMetric("DCGM_FI_DEV_GPU_TEMP", "gpu_temperature", "celsius", blank_from=INT64_BLANK),
+    ExporterMetric("DCGM_FI_DEV_MEMORY_TEMP", "gpu_memory_temperature", "celsius", blank_from=INT64_BLANK),
+    ExporterMetric("DCGM_FI_DEV_XID_ERRORS", "gpu_last_xid", "code", blank_from=INT64_BLANK),  # the last XID error
 )
 
 DCGM = GpuExporter(
     source="dcgm",
     metrics=DCGM_METRICS,
     presence="DCGM_FI_DEV_GPU_UTIL",
-    entity_label="UUID",
+    entity_labels=("UUID",),
     host_labels=("hostname", "Hostname"),
     instance_label="GPU_I_ID",  # MIG instance; absent on whole GPUs
     keep_labels=("gpu", "device", "modelName", "pci_bus_id", "GPU_I_ID", "GPU_I_PROFILE", "namespace", "pod",

@@ -3,23 +3,24 @@
 For sites without Prometheus: Kiln scrapes each exporter's `/metrics` (Prometheus text
 format) itself and maps the series with the same vendor tables as the PromQL collectors
 (`collectors.dcgm.DCGM`, `collectors.rocm.ROCM`), so samples, entities (the GPU's UUID or
-serial) and host labels (`Hostname` or `hostname`) are identical whichever path they took.
-One target per exporter URL; a failing exporter is that target's error.
+serial) and host labels (`Hostname` or `hostname`) are identical whichever path they took,
+and so are the series left out (`TargetResult.skipped`, by reason). One target per exporter
+URL; a failing exporter is that target's error.
 
     ExporterScrapeCollector(["http://gpu-001:9400/metrics"], DCGM).collect()
 """
 
 from __future__ import annotations
 
-import math
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from collectors.base import Sample, TargetResult
+from collectors.base import Sample, TargetResult, skipped_summary
 from collectors.prometheus import GpuExporter
 
 
@@ -59,27 +60,27 @@ class ExporterScrapeCollector:
         except ValueError as exc:  # the text parser's complaint about a malformed line
             return TargetResult(url, ok=False, error=f"{url} did not serve Prometheus text format: {exc}",
                                 seconds=time.monotonic() - began)
-        error = f"skipped {skipped} series without {self.exporter.entity_label} or with a NaN value" if skipped else None
-        return TargetResult(url, ok=True, samples=samples, error=error, seconds=time.monotonic() - began)
+        return TargetResult(url, ok=True, samples=samples, error=skipped_summary(skipped), skipped=skipped,
+                            seconds=time.monotonic() - began)
 
-    def parse(self, text: str, now: datetime) -> tuple[list[Sample], int]:
-        """Samples from an exporter's exposition text, and how many series were skipped."""
+    def parse(self, text: str, now: datetime) -> tuple[list[Sample], dict[str, int]]:
+        """Samples from an exporter's exposition text, and the series left out, by reason."""
         table = self.exporter.table()
-        samples, skipped = [], 0
+        samples: list[Sample] = []
+        skipped: Counter[str] = Counter()
         for family in text_string_to_metric_families(text):
             for series in family.samples:
-                spec = table.get(series.name)
+                # the text parser names a counter's samples `<family>_total` even when the
+                # exporter wrote the bare name (dcgm-exporter's energy and PCIe replay counters)
+                spec = table.get(series.name) or (
+                    table.get(family.name) if family.type == "counter" and series.name == family.name + "_total"
+                    else None)
                 if spec is None:
                     continue
-                entity = self.exporter.entity(series.labels)
-                if not entity or not math.isfinite(series.value):
-                    skipped += 1
-                    continue
-                kept = {k: series.labels[k] for k in self.exporter.keep_labels if series.labels.get(k)}
-                host = self.exporter.host(series.labels)
-                if host:
-                    kept["host"] = host
                 ts = datetime.fromtimestamp(series.timestamp, UTC) if series.timestamp else now
-                samples.append(Sample(self.exporter.source, entity, spec.metric, series.value * spec.scale, spec.unit,
-                                      kept, ts))
-        return samples, skipped
+                sample = self.exporter.sample(spec, series.labels, series.value, ts)
+                if isinstance(sample, str):
+                    skipped[sample] += 1
+                else:
+                    samples.append(sample)
+        return samples, dict(skipped)

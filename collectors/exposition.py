@@ -7,7 +7,8 @@ IPMI series keep ipmi_exporter's names and labels, with `node` naming the node
 readings from the last `stale_after` are exported, as ipmi_exporter exports only what the
 current scrape read. `kiln_namespace_tenant_info{namespace,tenant}` joins dcgm-exporter's
 `namespace` label to tenants in PromQL. Per (collector, target) state: `kiln_collector_target_up`,
-`kiln_collector_last_success_timestamp_seconds`, `kiln_collector_consecutive_failures`.
+`kiln_collector_last_success_timestamp_seconds`, `kiln_collector_consecutive_failures`, and
+`kiln_collector_skipped_series{collector,target,reason}` (series its last collection left out).
 The values are read from the database at scrape time, so the API process exports what any
 worker replica collected.
 """
@@ -88,10 +89,14 @@ def _state_families(states: list[CollectorTargetState]) -> Iterator[Metric]:
                              "Unix time of the target's last successful collection", labels=labels)
     failures = GaugeMetricFamily("kiln_collector_consecutive_failures",
                                  "Failed collections of the target since its last success", labels=labels)
+    skipped = GaugeMetricFamily("kiln_collector_skipped_series",
+                                "Series the target's last collection left out, by reason", labels=[*labels, "reason"])
     for row in states:
         key = [row.collector, row.target]
         up.add_metric(key, 1.0 if row.up else 0.0)
         if row.last_success_at is not None:
             last.add_metric(key, row.last_success_at.timestamp())
         failures.add_metric(key, float(row.consecutive_failures))
-    yield from (up, last, failures)
+        for reason, count in sorted((row.skipped or {}).items()):
+            skipped.add_metric([*key, reason], float(count))
+    yield from (up, last, failures, skipped)

@@ -38,6 +38,8 @@ class CollectorTargetState(SQLModel, table=True):
     last_success_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     last_error: str | None = Field(default=None, max_length=2000)
     consecutive_failures: int = Field(default=0)
+    # series the last collection left out, by reason ({"blank value …": 3}); {} when none
+    skipped: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False, server_default="{}"))
     lease_owner: str | None = Field(default=None, max_length=128)
     lease_expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 

@@ -42,7 +42,7 @@ from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.exceptions import MaxRetryError, ReadTimeoutError
 from urllib3.util.retry import Retry
 
-from collectors.base import Sample, TargetResult
+from collectors.base import Sample, TargetResult, skipped_summary
 
 MS = timedelta(milliseconds=1)
 HOUR_MS = Decimal(3_600_000)
@@ -148,12 +148,20 @@ def _server_error(exc: PrometheusApiClientException) -> str:
 
 @dataclass(frozen=True)
 class ExporterMetric:
-    """One row of an exporter's table: its metric → Kiln's metric, unit and scale."""
+    """One row of an exporter's table: its metric → Kiln's metric, unit and scale. `blank_from`:
+    values at or above it are the exporter's "no value" sentinels (DCGM's blanks), not readings."""
 
     exporter: str
     metric: str
     unit: str
     scale: float = 1.0
+    blank_from: float | None = None
+
+
+# Why a series gave no sample (TargetResult.skipped keys, `kiln collect once`, /metrics).
+SKIP_NO_IDENTITY = "no GPU identity"
+SKIP_NOT_A_NUMBER = "NaN or infinite value"
+SKIP_BLANK = "blank value (not supported / not found)"
 
 
 @dataclass(frozen=True)
@@ -163,13 +171,14 @@ class GpuExporter:
     source: str  # Sample.source
     metrics: tuple[ExporterMetric, ...]
     presence: str  # sampled for every GPU at every scrape: GPU-hours are its samples
-    entity_label: str  # the GPU's identity (UUID, serial number)
+    entity_labels: tuple[str, ...]  # the GPU's identity (UUID, serial number), first non-empty wins
     host_labels: tuple[str, ...]  # spellings of the host label, preferred first
     keep_labels: tuple[str, ...]  # copied into Sample.labels when present
     namespace_label: str = "namespace"  # `exported_namespace` behind a ServiceMonitor without honorLabels
     pod_label: str = "pod"
     instance_label: str | None = None  # a slice of the GPU (MIG instance, compute partition)
-    whole_gpu_instance: str | None = None  # the instance label's value meaning "the whole GPU"
+    whole_gpu_instances: frozenset[str] = frozenset()  # instance label values meaning "the whole GPU"
+    no_identity: frozenset[str] = frozenset()  # identity values that identify nothing (an all-zero UUID)
 
     def table(self) -> dict[str, ExporterMetric]:
         """The metric table keyed by the exporter's metric name."""
@@ -177,11 +186,12 @@ class GpuExporter:
 
     def entity(self, labels: Mapping[str, str]) -> str | None:
         """The GPU (or GPU slice: `ident/instance`) a series is about; None without identity."""
-        ident = labels.get(self.entity_label)
+        ident = next((labels[name] for name in self.entity_labels
+                      if labels.get(name) and labels[name] not in self.no_identity), None)
         instance = labels.get(self.instance_label) if self.instance_label else None
-        if ident and instance and instance != self.whole_gpu_instance:
+        if ident and instance and instance not in self.whole_gpu_instances:
             return f"{ident}/{instance}"
-        return ident or None
+        return ident
 
     def host(self, labels: Mapping[str, str]) -> str | None:
         """The host label's value under whichever spelling the series has."""
@@ -192,6 +202,23 @@ class GpuExporter:
         for name in reversed(self.host_labels):
             expr = f'label_replace({expr}, "{target}", "$1", "{name}", "(.+)")'
         return expr
+
+    def sample(self, spec: ExporterMetric, labels: Mapping[str, str], value: float, ts: datetime) -> Sample | str:
+        """The Sample one series' value gives, or why it gives none (a SKIP_* reason): the one
+        mapping for exporter text scraped directly and for the same series read from Prometheus."""
+        entity = self.entity(labels)
+        if not entity:
+            return SKIP_NO_IDENTITY
+        value = float(value)  # the text parser gives ints as written: compare blanks as Prometheus stores them
+        if not math.isfinite(value):
+            return SKIP_NOT_A_NUMBER
+        if spec.blank_from is not None and value >= spec.blank_from:
+            return SKIP_BLANK
+        kept = {name: labels[name] for name in self.keep_labels if labels.get(name)}
+        host = self.host(labels)
+        if host:
+            kept["host"] = host
+        return Sample(self.source, entity, spec.metric, value * spec.scale, spec.unit, kept, ts)
 
 
 class GpuCollector:
@@ -207,8 +234,8 @@ class GpuCollector:
 
     def collect(self) -> list[TargetResult]:
         """One TargetResult: the newest sample per GPU and Kiln metric within `lookback`;
-        series without the GPU's identity or with a NaN value are skipped and counted in
-        `error`; Prometheus failing gives ok=False."""
+        series without the GPU's identity, with a NaN or a blank value are skipped and counted
+        per reason (`skipped`, and in `error`); Prometheus failing gives ok=False."""
         began = time.monotonic()
         target = f"{self.client.url} ({self.exporter.source})"
         table = self.exporter.table()
@@ -227,32 +254,18 @@ class GpuCollector:
             points = row.get("values") or []
             if row_spec is None or not points:
                 continue
-            entity = self.exporter.entity(labels)
             ts, raw = points[-1]
-            value = float(raw)
-            if not entity:
-                skipped[f"without {self.exporter.entity_label}"] += 1
+            sample = self.exporter.sample(row_spec, labels, float(raw), datetime.fromtimestamp(float(ts), UTC))
+            if isinstance(sample, str):
+                skipped[sample] += 1
                 continue
-            if not math.isfinite(value):
-                skipped[f"with value {raw}"] += 1
-                continue
-            kept = {name: labels[name] for name in self.exporter.keep_labels if labels.get(name)}
-            host = self.exporter.host(labels)
-            if host:
-                kept["host"] = host
-            sample = Sample(self.exporter.source, entity, row_spec.metric, value * row_spec.scale, row_spec.unit,
-                            kept, datetime.fromtimestamp(float(ts), UTC))
-            key = (entity, row_spec.metric)
+            key = (sample.entity, row_spec.metric)
             # a pod's series ends when the next one starts; without staleness markers both can
             # be inside the lookback: the newest sample tells who holds the GPU now
             if key not in newest or newest[key].ts < sample.ts:
                 newest[key] = sample
-        error = None
-        if skipped:
-            error = f"skipped {sum(skipped.values())} series: " + ", ".join(
-                f"{count} {why}" for why, count in sorted(skipped.items()))
-        return [TargetResult(target, ok=True, samples=list(newest.values()), error=error,
-                             seconds=time.monotonic() - began)]
+        return [TargetResult(target, ok=True, samples=list(newest.values()), error=skipped_summary(skipped),
+                             skipped=dict(skipped), seconds=time.monotonic() - began)]
 
 
 # -- usage queries (metering) ----------------------------------------------------------------------

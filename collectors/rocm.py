@@ -1,8 +1,8 @@
 """AMD GPUs through the ROCm device-metrics-exporter's series in Prometheus.
 
 Metric names are the exporter's (docs/configuration/metricslist.md, lower-cased as it
-exports them); a GPU is its `serial_number` (with `gpu_id`, `card_model` and the partition
-labels kept), the host label is `hostname`. GPU-hours count `gpu_gfx_activity` samples (one
+exports them); a GPU is its `serial_number`, or its `gpu_uuid` where the serial is empty (with
+`gpu_id`, `card_model` and the partition labels kept), the host label is `hostname`. GPU-hours count `gpu_gfx_activity` samples (one
 per GPU per scrape, with `namespace`, `pod`, `container` while a pod holds the GPU). MI3xx
 report junction temperature and package power, MI2xx edge temperature: whichever exists.
 
@@ -42,10 +42,15 @@ ROCM = GpuExporter(
     source="rocm",
     metrics=ROCM_METRICS,
     presence="gpu_gfx_activity",
-    entity_label="serial_number",
+    # serial_number is empty on virtual functions and on some MI325X hosts (device-metrics-exporter
+    # PRs #201/#202, issue #171): the GPU's UUID identifies it there; an all-zero UUID identifies nothing
+    entity_labels=("serial_number", "gpu_uuid"),
+    no_identity=frozenset({"00000000-0000-0000-0000-000000000000"}),
     host_labels=("hostname",),
-    instance_label="gpu_partition_id",  # compute partitions (CPX, ...); "0" on an unpartitioned GPU
-    whole_gpu_instance="0",
+    # compute partitions (CPX, ...); an unpartitioned GPU says "0", "NA" (no partition reported)
+    # or 4294967295 (-1 as an unsigned 32-bit id, seen on virtual functions)
+    instance_label="gpu_partition_id",
+    whole_gpu_instances=frozenset({"0", "NA", "4294967295"}),
     keep_labels=("gpu_id", "card_model", "gpu_partition_id", "gpu_compute_partition_type", "namespace", "pod",
                  "container"),
 )

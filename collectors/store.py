@@ -98,6 +98,7 @@ def record_target_states(session: Session, collector: str, results: Sequence[Tar
         row.up = result.ok
         row.last_attempt_at = now
         row.last_error = (result.error or None) and result.error[:ERROR_LIMIT]
+        row.skipped = dict(result.skipped)
         if result.ok:
             row.last_success_at = now
             row.consecutive_failures = 0

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from collectors.dcgm import DCGM, DcgmCollector, dcgm_usage
-from collectors.prometheus import GpuUsage, PrometheusClient, PrometheusError, gpu_hours
+from collectors.prometheus import SKIP_NO_IDENTITY, GpuUsage, PrometheusClient, PrometheusError, gpu_hours
 from collectors.rocm import ROCM, RocmCollector, rocm_usage
 from tests.peers import gpu_history as history
 from tests.peers.harness import missing_peer, running_peer
@@ -142,7 +142,8 @@ def test_dcgm_collect_gives_current_values_per_uuid(client: PrometheusClient, gp
     assert {(s.metric, s.unit) for s in result.samples} == set(units.items())
     assert len(result.samples) == len(nvidia) * len(DCGM.metrics)
     # the GPU without a UUID is reported, not silently dropped
-    assert result.error == f"skipped {len(DCGM.metrics)} series: {len(DCGM.metrics)} without UUID"
+    assert result.skipped == {SKIP_NO_IDENTITY: len(DCGM.metrics)}
+    assert result.error == f"skipped {len(DCGM.metrics)} series: {len(DCGM.metrics)} no GPU identity"
 
     step = SPEC.steps - 1
     gpu = next(g for g in nvidia if current_segment(g, step).allocated and current_segment(g, step).namespace)
