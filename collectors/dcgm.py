@@ -52,8 +52,7 @@ DCGM = GpuExporter(
     entity_labels=("UUID",),
     host_labels=("hostname", "Hostname"),
     instance_label="GPU_I_ID",  # MIG instance; absent on whole GPUs
-    keep_labels=("gpu", "device", "modelName", "pci_bus_id", "GPU_I_ID", "GPU_I_PROFILE", "namespace", "pod",
-                 "container"),
+    keep_labels=("gpu", "device", "modelName", "pci_bus_id", "GPU_I_ID", "GPU_I_PROFILE"),
 )
 
 

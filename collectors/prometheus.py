@@ -31,8 +31,8 @@ import math
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -174,11 +174,28 @@ class GpuExporter:
     entity_labels: tuple[str, ...]  # the GPU's identity (UUID, serial number), first non-empty wins
     host_labels: tuple[str, ...]  # spellings of the host label, preferred first
     keep_labels: tuple[str, ...]  # copied into Sample.labels when present
-    namespace_label: str = "namespace"  # `exported_namespace` behind a ServiceMonitor without honorLabels
-    pod_label: str = "pod"
+    # the workload holding the GPU, preferred spelling first: when a scrape does not honour the
+    # exporter's labels (dcgm-exporter's Helm chart sets honorLabels: false), Prometheus moves the
+    # series' own `namespace`/`pod` to `exported_*` and puts the exporter's in their place, so an
+    # `exported_namespace` is always the workload's; Sample.labels always say `namespace`, `pod`
+    namespace_labels: tuple[str, ...] = ("exported_namespace", "namespace")
     instance_label: str | None = None  # a slice of the GPU (MIG instance, compute partition)
     whole_gpu_instances: frozenset[str] = frozenset()  # instance label values meaning "the whole GPU"
     no_identity: frozenset[str] = frozenset()  # identity values that identify nothing (an all-zero UUID)
+
+    @property
+    def pod_labels(self) -> tuple[str, ...]:
+        """The pod label in the spellings that go with the namespace labels (`exported_pod` …)."""
+        return tuple(name.replace("namespace", "pod") for name in self.namespace_labels)
+
+    @property
+    def container_labels(self) -> tuple[str, ...]:
+        """Likewise for the container label."""
+        return tuple(name.replace("namespace", "container") for name in self.namespace_labels)
+
+    def labelled(self, namespace_labels: Sequence[str], host_labels: Sequence[str]) -> GpuExporter:
+        """This exporter with the site's spellings of the namespace and host labels (settings)."""
+        return replace(self, namespace_labels=tuple(namespace_labels), host_labels=tuple(host_labels))
 
     def table(self) -> dict[str, ExporterMetric]:
         """The metric table keyed by the exporter's metric name."""
@@ -195,13 +212,15 @@ class GpuExporter:
 
     def host(self, labels: Mapping[str, str]) -> str | None:
         """The host label's value under whichever spelling the series has."""
-        return next((labels[name] for name in self.host_labels if labels.get(name)), None)
+        return _first(labels, self.host_labels)
 
     def host_expr(self, expr: str, target: str = "kiln_host") -> str:
         """`expr` with label `target` set from the host label in any spelling (preferred wins)."""
-        for name in reversed(self.host_labels):
-            expr = f'label_replace({expr}, "{target}", "$1", "{name}", "(.+)")'
-        return expr
+        return coalesce_expr(expr, self.host_labels, target)
+
+    def namespace_expr(self, expr: str, target: str = "kiln_namespace") -> str:
+        """`expr` with label `target` set from the namespace label in any spelling."""
+        return coalesce_expr(expr, self.namespace_labels, target)
 
     def sample(self, spec: ExporterMetric, labels: Mapping[str, str], value: float, ts: datetime) -> Sample | str:
         """The Sample one series' value gives, or why it gives none (a SKIP_* reason): the one
@@ -215,10 +234,23 @@ class GpuExporter:
         if spec.blank_from is not None and value >= spec.blank_from:
             return SKIP_BLANK
         kept = {name: labels[name] for name in self.keep_labels if labels.get(name)}
-        host = self.host(labels)
-        if host:
-            kept["host"] = host
+        for name, spellings in (("host", self.host_labels), ("namespace", self.namespace_labels),
+                                ("pod", self.pod_labels), ("container", self.container_labels)):
+            value_of = _first(labels, spellings)
+            if value_of:
+                kept[name] = value_of
         return Sample(self.source, entity, spec.metric, value * spec.scale, spec.unit, kept, ts)
+
+
+def _first(labels: Mapping[str, str], names: Sequence[str]) -> str | None:
+    return next((labels[name] for name in names if labels.get(name)), None)
+
+
+def coalesce_expr(expr: str, names: Sequence[str], target: str) -> str:
+    """PromQL: `expr` with label `target` set from the first of `names` a series has."""
+    for name in reversed(names):
+        expr = f'label_replace({expr}, "{target}", "$1", "{name}", "(.+)")'
+    return expr
 
 
 class GpuCollector:
@@ -308,27 +340,26 @@ class GpuUsage:
 
     def namespace_hours_query(self, start: datetime, end: datetime) -> tuple[str, datetime]:
         """The PromQL (and evaluation time) behind `gpu_hours_by_namespace`: samples per
-        namespace, the series that have a pod marked `kiln_pod` so that a pod without a
-        namespace stands out from idle time in the same pass."""
+        namespace (`kiln_namespace`, from whichever spelling a series has), the series that have
+        a pod marked `kiln_pod` so that a pod without a namespace stands out from idle time in
+        the same pass."""
         rng, at = self.client.window(start, end)
-        ns, pod = self.exporter.namespace_label, self.exporter.pod_label
-        return (f"sum by ({ns}, kiln_pod) "
-                f'(label_replace(count_over_time({self._selector()}{rng}), "kiln_pod", "yes", "{pod}", ".+"))'), at
+        counted = coalesce_expr(f"count_over_time({self._selector()}{rng})", self.exporter.pod_labels, "kiln_pod")
+        return f"sum by (kiln_namespace, kiln_pod) ({self.exporter.namespace_expr(counted)})", at
 
     def gpu_hours_by_namespace(self, start: datetime, end: datetime) -> UsageResult:
         """GPU-hours per namespace. Samples without a namespace label are unattributed: idle
         GPUs, and series with a pod but no namespace (malformed: counted, reported in notes)."""
         query, at = self.namespace_hours_query(start, end)
-        ns = self.exporter.namespace_label
         samples: dict[str, int] = {}
         unattributed = malformed = 0
         for labels, count in self._counts(query, at):
-            if labels.get(ns):
-                samples[labels[ns]] = samples.get(labels[ns], 0) + count
+            if labels.get("kiln_namespace"):
+                samples[labels["kiln_namespace"]] = samples.get(labels["kiln_namespace"], 0) + count
             else:
                 unattributed += count
                 malformed += count if labels.get("kiln_pod") else 0
-        notes = [f"{malformed} samples of series with a pod but no {ns} counted as unattributed"] if malformed else []
+        notes = [f"{malformed} samples of series with a pod but no namespace counted as unattributed"] if malformed else []
         return self._hours(samples, unattributed, malformed, query, at, notes)
 
     def gpu_hours_by_host(self, start: datetime, end: datetime) -> UsageResult:
@@ -361,13 +392,13 @@ class GpuUsage:
         sum and count per namespace come from PromQL, the exact division is done here. A
         series with a NaN or negative sample is left out whole and counted as skipped."""
         rng, at = self.client.window(start, end)
-        ns = self.exporter.namespace_label
-        sel = self._selector(f'{ns}!=""') + rng
-        valid = f"(sum_over_time({sel}) >= 0)"
+        sel = self._selector() + rng
+        named = self.exporter.namespace_expr
+        valid = f"({named(f'sum_over_time({sel})')} >= 0)"
         parts = {
-            "sum": f"sum by ({ns}) {valid}",
-            "samples": f"sum by ({ns}) (count_over_time({sel}) and {valid})",
-            "skipped": f"count(sum_over_time({sel}) unless {valid})",
+            "sum": f"sum by (kiln_namespace) {valid}",
+            "samples": f"sum by (kiln_namespace) ({named(f'count_over_time({sel})')} and {valid})",
+            "skipped": f"count by (kiln_namespace) ({named(f'sum_over_time({sel})')} unless {valid})",
         }
         query = " or ".join(f'label_replace({expr}, "kiln_part", "{part}", "", "")' for part, expr in parts.items())
         sums: dict[str, Decimal] = {}
@@ -375,12 +406,15 @@ class GpuUsage:
         skipped = 0
         for row in self.client.query(query, at):
             labels, value = row["metric"], Decimal(row["value"][1])
+            namespace = labels.get("kiln_namespace", "")
+            if not namespace:
+                continue  # idle GPUs: no workload to weigh
             if labels["kiln_part"] == "skipped":
-                skipped = int(value)
+                skipped += int(value)
             elif labels["kiln_part"] == "sum":
-                sums[labels.get(ns, "")] = value
+                sums[namespace] = value
             else:
-                counts[labels.get(ns, "")] = int(value)
+                counts[namespace] = int(value)
         values = {name: sums[name] / counts[name] for name in sorted(counts) if counts[name] and name in sums}
         notes = [f"{skipped} series with NaN or negative samples left out"] if skipped else []
         return UsageResult(values=values, samples={name: counts[name] for name in values}, skipped_series=skipped,

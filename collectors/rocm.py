@@ -51,8 +51,7 @@ ROCM = GpuExporter(
     # or 4294967295 (-1 as an unsigned 32-bit id, seen on virtual functions)
     instance_label="gpu_partition_id",
     whole_gpu_instances=frozenset({"0", "NA", "4294967295"}),
-    keep_labels=("gpu_id", "card_model", "gpu_partition_id", "gpu_compute_partition_type", "namespace", "pod",
-                 "container"),
+    keep_labels=("gpu_id", "card_model", "gpu_partition_id", "gpu_compute_partition_type"),
 )
 
 

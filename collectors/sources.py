@@ -20,11 +20,11 @@ from sqlmodel import Session, select
 from collectors import kubernetes, opencost
 from collectors.base import Collector, TargetResult
 from collectors.cluster_store import persist_kubernetes, persist_opencost
-from collectors.dcgm import DCGM, DcgmCollector
+from collectors.dcgm import DCGM
 from collectors.exporter_scrape import ExporterScrapeCollector
 from collectors.ipmi import IpmiCollector, IpmiTarget
-from collectors.prometheus import PrometheusClient
-from collectors.rocm import ROCM, RocmCollector
+from collectors.prometheus import GpuCollector, PrometheusClient
+from collectors.rocm import ROCM
 from fleet.bmc import parse_bmc_address
 from fleet.models import Node
 from kiln.security import SecretBox
@@ -134,7 +134,9 @@ def build_sources(settings: Settings, engine: Engine, box: SecretBox) -> dict[st
         collector = module.build(settings)
         if collector is not None:
             sources[collector.name] = single_target_source(collector, interval, persist)
-    for urls, table in ((settings.dcgm_exporter_urls, DCGM), (settings.rocm_exporter_urls, ROCM)):
+    dcgm, rocm = (exporter.labelled(Settings.names(settings.gpu_namespace_labels),
+                                    Settings.names(settings.gpu_host_labels)) for exporter in (DCGM, ROCM))
+    for urls, table in ((settings.dcgm_exporter_urls, dcgm), (settings.rocm_exporter_urls, rocm)):
         if urls:
             scrape = ExporterScrapeCollector([u.strip() for u in urls.split(",") if u.strip()], table)
             sources[scrape.name] = Source(scrape.name, settings.gpu_interval, lambda _s, c=scrape: list(c.urls),
@@ -142,7 +144,7 @@ def build_sources(settings: Settings, engine: Engine, box: SecretBox) -> dict[st
     if settings.prometheus_url:
         client = PrometheusClient(settings.prometheus_url)
         lookback = timedelta(seconds=max(300, 3 * settings.prometheus_scrape_interval))
-        for collector in (DcgmCollector(client, lookback=lookback), RocmCollector(client, lookback=lookback)):
+        for collector in (GpuCollector(client, dcgm, lookback=lookback), GpuCollector(client, rocm, lookback=lookback)):
             target = f"{collector.client.url} ({collector.name})"
             sources[collector.name] = single_target_source(collector, settings.gpu_interval, target=target)
     return sources

@@ -118,6 +118,19 @@ class Settings(BaseSettings):
         description="Comma-separated AMD device-metrics-exporter `/metrics` URLs Kiln scrapes itself.",
     )
     gpu_interval: int = Field(default=60, ge=5, description="Seconds between GPU collector cycles (dcgm, rocm).")
+    gpu_namespace_labels: str = Field(
+        default="exported_namespace,namespace",
+        description="Comma-separated labels of GPU exporter series that name the workload's namespace, preferred "
+        "first. Prometheus writes `exported_namespace` when its scrape does not honour the exporter's labels (as "
+        "dcgm-exporter's Helm chart sets up) and puts the exporter's own namespace in `namespace`: then set "
+        "`exported_namespace` alone, or idle GPUs count as the exporter's namespace. The pod and container labels "
+        "follow the same spellings (`exported_pod`)."
+    )
+    gpu_host_labels: str = Field(
+        default="hostname,Hostname",
+        description="Comma-separated labels of GPU exporter series that name the GPU's node, preferred first "
+        "(dcgm-exporter 4.x writes `hostname`, earlier releases `Hostname`).",
+    )
     kube_interval: int = Field(
         default=60, ge=5, description="Seconds between Kubernetes collector cycles (watches in between lists)."
     )
@@ -187,6 +200,15 @@ class Settings(BaseSettings):
             raise ValueError("Kiln speaks RMCP+ cipher suites 3 and 17; leave unset to try 17, then 3")
         return value
 
+    @field_validator("gpu_namespace_labels", "gpu_host_labels")
+    @classmethod
+    def _label_list(cls, value: str) -> str:
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        bad = [name for name in names if not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", name)]
+        if not names or bad:
+            raise ValueError(f"give Prometheus label names separated by commas (not {', '.join(bad) or 'nothing'})")
+        return ",".join(names)
+
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:
@@ -206,6 +228,11 @@ class Settings(BaseSettings):
     def resolved_database_url(self) -> str:
         """The database URL to connect to (the embedded SQLite file when none is set)."""
         return self.database_url or f"sqlite:///{self.data_dir / 'kiln.db'}"
+
+    @staticmethod
+    def names(value: str) -> tuple[str, ...]:
+        """A comma-separated setting as a tuple (label lists)."""
+        return tuple(name for name in value.split(",") if name)
 
     @property
     def oidc_enabled(self) -> bool:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -19,12 +20,20 @@ from sqlalchemy import Engine
 from collectors.base import TargetResult
 from collectors.dcgm import DCGM
 from collectors.exporter_scrape import ExporterScrapeCollector
-from collectors.prometheus import SKIP_BLANK, SKIP_NO_IDENTITY, GpuExporter
+from collectors.prometheus import (
+    SKIP_BLANK,
+    SKIP_NO_IDENTITY,
+    GpuCollector,
+    GpuExporter,
+    GpuUsage,
+    PrometheusClient,
+)
 from collectors.exposition import CollectorExposition
 from collectors.rocm import ROCM
 from tests.cli_helpers import base_env
 from tests.cli_helpers import run as kiln
 from tests.conftest import TEST_SECRET_KEY
+from tests.peers.harness import running_peer
 
 UPSTREAM = Path(__file__).parent / "data" / "upstream"
 AT = datetime(2026, 11, 2, 14, 0, tzinfo=UTC)
@@ -148,3 +157,62 @@ def test_skipped_series_reach_kiln_collect_once_and_metrics(engine: Engine, tmp_
     (sample,) = families["kiln_collector_skipped_series"].samples
     assert (sample.labels, sample.value) == (
         {"collector": "dcgm-exporter", "target": url, "reason": SKIP_BLANK}, 1.0)
+
+
+# A dcgm-exporter scraped the way its Helm chart sets up Prometheus (a ServiceMonitor with
+# honorLabels: false): the target carries the exporter's own namespace and pod, so Prometheus
+# renames a busy GPU's `namespace`/`pod` to `exported_namespace`/`exported_pod` and gives idle
+# GPUs (whose workload labels dcgm-exporter leaves empty) the exporter's namespace. The shape is
+# dcgm-exporter's label set (tests/data/upstream/dcgm-exporter/readme-kubernetes-quickstart.txt)
+# with a pod in it, as reported in NVIDIA/dcgm-exporter#85; Prometheus itself does the renaming.
+WORKLOAD_SHAPE = """# TYPE DCGM_FI_DEV_GPU_UTIL gauge
+DCGM_FI_DEV_GPU_UTIL{gpu="0",UUID="GPU-aaaa",Hostname="gpu-node-1",container="trainer",namespace="team-a",pod="train-0"} 87
+DCGM_FI_DEV_GPU_UTIL{gpu="1",UUID="GPU-bbbb",Hostname="gpu-node-1",container="",namespace="",pod=""} 0
+"""
+
+
+@pytest.fixture(scope="module")
+def prometheus_scraping_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """A real Prometheus scraping, every second, a loopback exporter that serves the upstream
+    MIG and counter samples and the workload shape; yields (Prometheus URL, the served text)."""
+    text = "\n".join((UPSTREAM / "dcgm-exporter" / name).read_text() for name in (
+        "nvidia-docs-a100-mig-1g5gb.txt", "datadog-fixture-t4-counters-container-hostname.txt")) + WORKLOAD_SHAPE
+    state = tmp_path_factory.mktemp("prometheus-scrape")
+    with serving_text(text) as exporter_url:
+        target = exporter_url.removeprefix("http://").removesuffix("/metrics")
+        (state / "prometheus.yml").write_text(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: dcgm-exporter\n"
+            f"    static_configs:\n      - targets: ['{target}']\n"
+            "        labels: {namespace: gpu-operator, pod: nvidia-dcgm-exporter-7xk2p}\n")
+        with running_peer("prometheus", state) as url:
+            client = PrometheusClient(url)
+            deadline = time.monotonic() + 30
+            while not client.query('DCGM_FI_DEV_GPU_UTIL{job="dcgm-exporter"}'):
+                assert time.monotonic() < deadline, "Prometheus did not scrape the loopback exporter"
+                time.sleep(0.5)
+            yield url, text
+
+
+def test_through_prometheus_kiln_reads_what_it_reads_scraping_directly(prometheus_scraping_upstream) -> None:
+    url, text = prometheus_scraping_upstream
+    (through,) = GpuCollector(PrometheusClient(url), DCGM).collect()
+    direct = scrape(text, DCGM)
+    assert through.ok, through.error
+    assert values(through) == pytest.approx(values(direct))  # counters, MIG instance, whole GPUs alike
+    assert len(values(direct)) >= 15
+
+
+def test_exported_namespace_is_the_workloads_and_idle_gpus_follow_the_setting(prometheus_scraping_upstream) -> None:
+    url, _ = prometheus_scraping_upstream
+    (default,) = GpuCollector(PrometheusClient(url), DCGM).collect()
+    labels = {s.entity: s.labels for s in default.samples if s.metric == "gpu_util"}
+    assert (labels["GPU-aaaa"]["namespace"], labels["GPU-aaaa"]["pod"]) == ("team-a", "train-0")  # not gpu-operator
+    assert labels["GPU-bbbb"]["namespace"] == "gpu-operator"  # the exporter's: why the setting exists
+    only_exported = DCGM.labelled(["exported_namespace"], DCGM.host_labels)
+    (strict,) = GpuCollector(PrometheusClient(url), only_exported).collect()
+    labels = {s.entity: s.labels for s in strict.samples if s.metric == "gpu_util"}
+    assert labels["GPU-aaaa"]["namespace"] == "team-a" and "namespace" not in labels["GPU-bbbb"]
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    hours = GpuUsage(PrometheusClient(url), only_exported, scrape_interval=timedelta(seconds=1)).gpu_hours_by_namespace(
+        start, start + timedelta(minutes=10))
+    assert set(hours.values) == {"team-a"} and hours.unattributed_samples > 0  # the idle GPU is nobody's

@@ -7,7 +7,8 @@
 #       copy BLOCKS_DIR's blocks into STATE_DIR/data (Prometheus rewrites what it serves, so the
 #       cached originals stay untouched), start prometheus on 127.0.0.1:<free port> with
 #       --storage.tsdb.retention.time=3650d (the default 15 d would delete old backfilled blocks at
-#       start-up) and any extra FLAGs, wait until /-/ready answers; last stdout line = URL
+#       start-up) and any extra FLAGs, wait until /-/ready answers; last stdout line = URL.
+#       STATE_DIR/prometheus.yml, if the caller wrote one, is the configuration (scrape jobs).
 #   prometheus.sh stop STATE_DIR                   SIGTERM, up to 10 s, then SIGKILL
 #
 # Optional env for start: PROMETHEUS_START_TIMEOUT (seconds, default 60).
@@ -43,8 +44,9 @@ cmd_start() {
         [ -d "$blocks" ] || die "no blocks directory $blocks"
         cp -a "$blocks/." "$state/data/"
     fi
-    # No scrape jobs: this Prometheus only serves the history it was given.
-    printf 'global:\n  scrape_interval: 1m\nscrape_configs: []\n' > "$state/prometheus.yml"
+    # A prometheus.yml the caller put in STATE_DIR is used as it is (e.g. scrape jobs for a
+    # loopback exporter); otherwise no scrape jobs: this Prometheus serves the history it was given.
+    [ -f "$state/prometheus.yml" ] || printf 'global:\n  scrape_interval: 1m\nscrape_configs: []\n' > "$state/prometheus.yml"
 
     local port
     port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')"
