@@ -31,7 +31,7 @@ from collectors.kubernetes import (
     parse_time,
 )
 from collectors.models import K8sAllocation, OpenCostAllocation
-from collectors.opencost import OpenCostRecord, records_from_samples
+from collectors.opencost import FIELDS, OpenCostRecord, records_from_samples
 from kiln.db import utcnow
 
 SCALE = Decimal("0.000001")  # the tables' Numeric(…, 6)
@@ -122,9 +122,9 @@ def _close_vanished(session: Session, live_uids: set[str], at: datetime) -> int:
 def _opencost_values(record: OpenCostRecord) -> dict[str, Any]:
     values: dict[str, Any] = {"namespace": record.namespace, "window_start": record.window_start,
                               "window_end": record.window_end}
-    for name in ("cpu_core_hours", "gpu_hours", "ram_byte_hours", "cpu_cost", "gpu_cost", "ram_cost", "pv_cost",
-                 "network_cost", "shared_cost", "total_cost"):
-        values[name] = _exact(getattr(record, name))
+    for name, _ in FIELDS.values():
+        value = getattr(record, name)
+        values[name] = None if value is None else _exact(value)
     values["total_efficiency"] = None if record.total_efficiency is None else float(record.total_efficiency)
     return values
 

@@ -18,10 +18,15 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, Column, ForeignKey, Index, Integer, Numeric, UniqueConstraint
+from sqlalchemy import JSON, Column, ForeignKey, Index, Integer, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from kiln.db import UTCDateTime
+from kiln.types import ExactNumeric
+
+# Billing inputs are exact on SQLite too (integer micro-units there, NUMERIC on PostgreSQL).
+QUANTITY = ExactNumeric(24, 6)
+COST = ExactNumeric(18, 6)
 
 
 class CollectorTargetState(SQLModel, table=True):
@@ -94,7 +99,7 @@ class NodeEnergyHour(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     node_id: int = Field(sa_column=Column(Integer, ForeignKey("node.id", ondelete="CASCADE"), nullable=False, index=True))
     hour: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
-    kwh: Decimal = Field(default=Decimal(0), sa_column=Column(Numeric(18, 6), nullable=False))
+    kwh: Decimal = Field(default=Decimal(0), sa_column=Column(ExactNumeric(18, 6), nullable=False))
     covered_seconds: int = Field(default=0)  # how much of the hour the readings cover
 
 
@@ -111,7 +116,7 @@ class K8sAllocation(SQLModel, table=True):
     pod_uid: str = Field(max_length=64)
     node_name: str | None = Field(default=None, max_length=253)
     resource: str = Field(max_length=64)  # nvidia.com/gpu, amd.com/gpu, cpu, memory
-    quantity: Decimal = Field(sa_column=Column(Numeric(24, 6), nullable=False))  # GPUs, cores, bytes
+    quantity: Decimal = Field(sa_column=Column(QUANTITY, nullable=False))  # GPUs, cores, bytes
     starts_at: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
     ends_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
@@ -126,16 +131,26 @@ class OpenCostAllocation(SQLModel, table=True):
     namespace: str = Field(max_length=253)
     window_start: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
     window_end: datetime = Field(sa_type=UTCDateTime, nullable=False)
-    cpu_core_hours: Decimal = Field(default=Decimal(0), sa_column=Column(Numeric(24, 6), nullable=False))
-    gpu_hours: Decimal = Field(default=Decimal(0), sa_column=Column(Numeric(24, 6), nullable=False))
-    ram_byte_hours: Decimal = Field(default=Decimal(0), sa_column=Column(Numeric(30, 6), nullable=False))
-    cpu_cost: Decimal = Field(default=Decimal(0), sa_column=Column(Numeric(18, 6), nullable=False))
-    gpu_cost: Decimal = Field(default=Decimal(0), sa_column=Column(Numeric(18, 6), nullable=False))
-    ram_cost: Decimal = Field(default=Decimal(0), sa_column=Column(Numeric(18, 6), nullable=False))
-    pv_cost: Decimal = Field(default=Decimal(0), sa_column=Column(Numeric(18, 6), nullable=False))
-    network_cost: Decimal = Field(default=Decimal(0), sa_column=Column(Numeric(18, 6), nullable=False))
-    shared_cost: Decimal = Field(default=Decimal(0), sa_column=Column(Numeric(18, 6), nullable=False))
-    total_cost: Decimal = Field(default=Decimal(0), sa_column=Column(Numeric(18, 6), nullable=False))
+    # None where OpenCost wrote null (a NaN or infinite value) or, for the adjustment, load-balancer
+    # and external costs, where an older OpenCost did not report them
+    cpu_core_hours: Decimal | None = Field(default=None, sa_column=Column(QUANTITY, nullable=True))
+    gpu_hours: Decimal | None = Field(default=None, sa_column=Column(QUANTITY, nullable=True))
+    ram_byte_hours: Decimal | None = Field(default=None, sa_column=Column(ExactNumeric(30, 6), nullable=True))
+    cpu_cost: Decimal | None = Field(default=None, sa_column=Column(COST, nullable=True))
+    gpu_cost: Decimal | None = Field(default=None, sa_column=Column(COST, nullable=True))
+    ram_cost: Decimal | None = Field(default=None, sa_column=Column(COST, nullable=True))
+    pv_cost: Decimal | None = Field(default=None, sa_column=Column(COST, nullable=True))
+    network_cost: Decimal | None = Field(default=None, sa_column=Column(COST, nullable=True))
+    load_balancer_cost: Decimal | None = Field(default=None, sa_column=Column(COST, nullable=True))
+    shared_cost: Decimal | None = Field(default=None, sa_column=Column(COST, nullable=True))
+    external_cost: Decimal | None = Field(default=None, sa_column=Column(COST, nullable=True))
+    cpu_cost_adjustment: Decimal | None = Field(default=None, sa_column=Column(COST, nullable=True))
+    gpu_cost_adjustment: Decimal | None = Field(default=None, sa_column=Column(COST, nullable=True))
+    ram_cost_adjustment: Decimal | None = Field(default=None, sa_column=Column(COST, nullable=True))
+    pv_cost_adjustment: Decimal | None = Field(default=None, sa_column=Column(COST, nullable=True))
+    network_cost_adjustment: Decimal | None = Field(default=None, sa_column=Column(COST, nullable=True))
+    load_balancer_cost_adjustment: Decimal | None = Field(default=None, sa_column=Column(COST, nullable=True))
+    total_cost: Decimal | None = Field(default=None, sa_column=Column(COST, nullable=True))
     total_efficiency: float | None = Field(default=None)
 
 

@@ -11,10 +11,14 @@ The answer is `{"code": 200, "data": [{"<namespace>": {allocation}, ...}, ...]}`
 step; an allocation's fields are OpenCost's (`core/pkg/opencost/allocation_json.go`,
 https://opencost.io/docs/integrations/api): `name`, `properties` (`cluster`, `namespace`,
 ...), `window` (`start`, `end`), `cpuCoreHours`, `gpuHours`, `ramByteHours`, `cpuCost`,
-`gpuCost`, `ramCost`, `pvCost`, `networkCost`, `sharedCost`, `totalCost`, `totalEfficiency`
-(null when OpenCost cannot compute it). `__idle__` (unallocated capacity, with
-includeIdle=true) and `__unallocated__` (no namespace) entries are kept, flagged in the
-`kind` label. Numbers are parsed as Decimal, never float.
+`gpuCost`, `ramCost`, `pvCost`, `networkCost`, `loadBalancerCost`, `sharedCost`,
+`externalCost`, the `*CostAdjustment` of each resource, `totalCost` (the sum of all of those)
+and `totalEfficiency`. OpenCost writes any NaN or infinite float as JSON `null`
+(`formatFloat64ForResponse` in core/pkg/opencost/allocation_json.go): such a value is kept as
+unknown (None) and counted in the result's `skipped`, never failing the cycle; the adjustment,
+load-balancer and external fields, which older OpenCost releases lack, may be absent.
+`__idle__` (unallocated capacity, with includeIdle=true) and `__unallocated__` (no namespace)
+entries are kept, flagged in the `kind` label. Numbers are parsed as Decimal, never float.
 
 Samples (source `opencost`, entity = namespace, ts = the window's end), one per field:
 `opencost_allocation_<field>` (e.g. `opencost_allocation_total_cost`, unit `hours`,
@@ -32,14 +36,14 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import httpx
 
-from collectors.base import Sample, TargetResult
+from collectors.base import Sample, TargetResult, skipped_summary
 from kiln.db import utcnow
 from kiln.settings import Settings
 
@@ -49,7 +53,7 @@ SOURCE = "opencost"
 STEPS = {"1h": timedelta(hours=1), "1d": timedelta(days=1)}
 IDLE, UNALLOCATED = "__idle__", "__unallocated__"
 KINDS = {IDLE: "idle", UNALLOCATED: "unallocated"}
-# OpenCost field -> (record attribute, sample unit); totalEfficiency may be null
+# OpenCost field -> (record attribute, sample unit); any of them may be null (NaN in OpenCost)
 FIELDS: dict[str, tuple[str, str]] = {
     "cpuCoreHours": ("cpu_core_hours", "core_hours"),
     "gpuHours": ("gpu_hours", "hours"),
@@ -59,10 +63,25 @@ FIELDS: dict[str, tuple[str, str]] = {
     "ramCost": ("ram_cost", "cost"),
     "pvCost": ("pv_cost", "cost"),
     "networkCost": ("network_cost", "cost"),
+    "loadBalancerCost": ("load_balancer_cost", "cost"),
     "sharedCost": ("shared_cost", "cost"),
+    "externalCost": ("external_cost", "cost"),
+    "cpuCostAdjustment": ("cpu_cost_adjustment", "cost"),
+    "gpuCostAdjustment": ("gpu_cost_adjustment", "cost"),
+    "ramCostAdjustment": ("ram_cost_adjustment", "cost"),
+    "pvCostAdjustment": ("pv_cost_adjustment", "cost"),
+    "networkCostAdjustment": ("network_cost_adjustment", "cost"),
+    "loadBalancerCostAdjustment": ("load_balancer_cost_adjustment", "cost"),
     "totalCost": ("total_cost", "cost"),
     "totalEfficiency": ("total_efficiency", "ratio"),
 }
+# absent from older OpenCost answers (e.g. its API docs' 2022 examples): None when missing
+OPTIONAL_FIELDS = frozenset({"loadBalancerCost", "externalCost", "cpuCostAdjustment", "gpuCostAdjustment",
+                             "ramCostAdjustment", "pvCostAdjustment", "networkCostAdjustment",
+                             "loadBalancerCostAdjustment"})
+# what totalCost is the sum of (OpenCost's Allocation.TotalCost)
+TOTAL_PARTS = tuple(attr for key, (attr, unit) in FIELDS.items() if unit == "cost" and key != "totalCost")
+SKIP_NULL = "null value (NaN or infinite in OpenCost)"
 METRIC_PREFIX = "opencost_allocation_"
 
 
@@ -72,24 +91,38 @@ class OpenCostError(Exception):
 
 @dataclass(frozen=True)
 class OpenCostRecord:
-    """OpenCost's allocation of one namespace over one window, exactly as reported."""
+    """OpenCost's allocation of one namespace over one window, exactly as reported (None: OpenCost
+    wrote null, or an older release lacks the field)."""
 
     namespace: str
     kind: str  # namespace, idle, unallocated
     cluster: str
     window_start: datetime
     window_end: datetime
-    cpu_core_hours: Decimal
-    gpu_hours: Decimal
-    ram_byte_hours: Decimal
-    cpu_cost: Decimal
-    gpu_cost: Decimal
-    ram_cost: Decimal
-    pv_cost: Decimal
-    network_cost: Decimal
-    shared_cost: Decimal
-    total_cost: Decimal
-    total_efficiency: Decimal | None
+    cpu_core_hours: Decimal | None = None
+    gpu_hours: Decimal | None = None
+    ram_byte_hours: Decimal | None = None
+    cpu_cost: Decimal | None = None
+    gpu_cost: Decimal | None = None
+    ram_cost: Decimal | None = None
+    pv_cost: Decimal | None = None
+    network_cost: Decimal | None = None
+    load_balancer_cost: Decimal | None = None
+    shared_cost: Decimal | None = None
+    external_cost: Decimal | None = None
+    cpu_cost_adjustment: Decimal | None = None
+    gpu_cost_adjustment: Decimal | None = None
+    ram_cost_adjustment: Decimal | None = None
+    pv_cost_adjustment: Decimal | None = None
+    network_cost_adjustment: Decimal | None = None
+    load_balancer_cost_adjustment: Decimal | None = None
+    total_cost: Decimal | None = None
+    total_efficiency: Decimal | None = None
+
+    def parts_total(self) -> Decimal | None:
+        """The sum of the cost parts totalCost is made of (None when one is unknown)."""
+        parts = [getattr(self, attr) for attr in TOTAL_PARTS]
+        return None if any(part is None for part in parts) else sum(parts, Decimal(0))
 
 
 def _time(value: Any, what: str) -> datetime:
@@ -105,18 +138,19 @@ def _time(value: Any, what: str) -> datetime:
 
 
 def _number(allocation: Mapping[str, Any], key: str, where: str) -> Decimal | None:
-    if key not in allocation:
+    if key not in allocation and key not in OPTIONAL_FIELDS:
         raise OpenCostError(f"{where} lacks field '{key}'")
-    value = allocation[key]
-    if value is None and key == "totalEfficiency":
+    value = allocation.get(key)
+    if value is None:
         return None
     if not isinstance(value, Decimal) or not value.is_finite():
         raise OpenCostError(f"{where}: field '{key}' is not a number: {value!r}")
     return value
 
 
-def parse_allocation_record(name: str, allocation: Any, step: int) -> OpenCostRecord:
-    """One allocation entry of step `step` (0-based) as a record; OpenCostError if malformed."""
+def parse_allocation_record(name: str, allocation: Any, step: int, nulls: list[str] | None = None) -> OpenCostRecord:
+    """One allocation entry of step `step` (0-based) as a record; OpenCostError if malformed.
+    The amounts OpenCost wrote as null are appended to `nulls` (`namespace.field`)."""
     where = f"allocation '{name}' of step {step + 1}"
     if not isinstance(allocation, dict):
         raise OpenCostError(f"{where} is not an object")
@@ -125,6 +159,10 @@ def parse_allocation_record(name: str, allocation: Any, step: int) -> OpenCostRe
         raise OpenCostError(f"{where} lacks field 'window'")
     properties = allocation.get("properties") or {}
     values = {attr: _number(allocation, key, where) for key, (attr, _) in FIELDS.items()}
+    if nulls is not None:
+        # a null efficiency is routine (idle capacity has none); a null amount is worth counting
+        nulls.extend(f"{name}.{key}" for key in FIELDS
+                     if key != "totalEfficiency" and key in allocation and allocation[key] is None)
     return OpenCostRecord(
         namespace=name, kind=KINDS.get(name, "namespace"),
         cluster=str(properties.get("cluster") or "") if isinstance(properties, dict) else "",
@@ -132,8 +170,9 @@ def parse_allocation_record(name: str, allocation: Any, step: int) -> OpenCostRe
         window_end=_time(window.get("end"), f"{where}: window.end"), **values)
 
 
-def parse_allocation_response(body: bytes | str) -> list[OpenCostRecord]:
-    """Every record of an `/allocation/compute` answer; OpenCostError says what is wrong."""
+def parse_allocation_response(body: bytes | str, nulls: list[str] | None = None) -> list[OpenCostRecord]:
+    """Every record of an `/allocation/compute` answer; OpenCostError says what is wrong. The
+    fields written as null are appended to `nulls`."""
     try:
         document = json.loads(body, parse_float=Decimal, parse_int=Decimal)
     except ValueError as exc:  # JSONDecodeError and undecodable bytes
@@ -153,7 +192,7 @@ def parse_allocation_response(body: bytes | str) -> list[OpenCostRecord]:
             continue
         if not isinstance(allocations, dict):
             raise OpenCostError(f"step {index + 1} of 'data' is not an object")
-        records.extend(parse_allocation_record(name, entry, index) for name, entry in allocations.items())
+        records.extend(parse_allocation_record(name, entry, index, nulls) for name, entry in allocations.items())
     return records
 
 
@@ -182,10 +221,9 @@ def records_from_samples(samples: Iterable[Sample]) -> list[OpenCostRecord]:
         key = (labels["namespace"], labels["window_start"], labels["window_end"])
         values = grouped.setdefault(key, {"namespace": key[0], "kind": labels["kind"], "cluster": labels["cluster"],
                                           "window_start": datetime.fromisoformat(key[1]),
-                                          "window_end": datetime.fromisoformat(key[2]), "total_efficiency": None})
+                                          "window_end": datetime.fromisoformat(key[2])})
         values[attr] = Decimal(labels["exact"])
-    names = {f.name for f in fields(OpenCostRecord)}
-    return [OpenCostRecord(**values) for values in grouped.values() if names <= values.keys()]
+    return [OpenCostRecord(**values) for values in grouped.values()]
 
 
 class OpenCostCollector:
@@ -222,7 +260,9 @@ class OpenCostCollector:
             response = self.client.get("/allocation/compute", params=params)
             if response.status_code != 200:
                 raise OpenCostError(f"HTTP {response.status_code}: {_excerpt(response)}")
-            samples = [s for record in parse_allocation_response(response.content) for s in record_samples(record)]
+            nulls: list[str] = []
+            records = parse_allocation_response(response.content, nulls=nulls)
+            samples = [s for record in records for s in record_samples(record)]
         except httpx.TimeoutException as exc:
             reason, timed_out = f"OpenCost at {self.target} did not answer in time: {exc}", True
         except httpx.HTTPError as exc:
@@ -231,7 +271,9 @@ class OpenCostCollector:
             reason = f"OpenCost at {self.target}: {exc}"
         else:
             self._transition(True, "")
-            return [TargetResult(self.target, ok=True, samples=samples, seconds=time.monotonic() - started)]
+            skipped = {SKIP_NULL: len(nulls)} if nulls else {}
+            return [TargetResult(self.target, ok=True, samples=samples, skipped=skipped, error=skipped_summary(skipped),
+                                 seconds=time.monotonic() - started)]
         self._transition(False, reason)
         return [TargetResult(self.target, ok=False, error=reason, seconds=time.monotonic() - started,
                              timed_out=timed_out)]

@@ -16,7 +16,7 @@ from sqlalchemy import JSON, CheckConstraint, Column, ForeignKey, Index, Integer
 from sqlmodel import Field, SQLModel
 
 from kiln.db import UTCDateTime, utcnow
-from metering.types import ExactNumeric
+from kiln.types import ExactNumeric
 
 QUANTITY = ExactNumeric(24, 6)  # hours, GiB-hours, kWh: 1e-6 resolution
 UNIT_PRICE = ExactNumeric(24, 9)  # a price per unit may be a fraction of a minor unit

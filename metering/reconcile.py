@@ -66,9 +66,12 @@ def reconcile(session: Session, principal: Principal, period: str) -> list[Recon
         owner = owners.get(namespace)
         if not principal.sees_all_tenants and (owner is None or tenants[owner] not in principal.tenant_ids):
             continue
-        opencost[(namespace, "gpu-hours")] = Decimal(gpu)
-        opencost[(namespace, "cpu-core-hours")] = Decimal(cpu)
-        opencost[(namespace, "ram-gib-hours")] = (Decimal(ram) / BYTES_PER_GIB).quantize(Decimal("0.000001"))
+        # a sum is NULL where OpenCost reported nothing for the measure (null: NaN on its side)
+        for measure, value in (("gpu-hours", gpu), ("cpu-core-hours", cpu), ("ram-gib-hours", ram)):
+            if value is not None:
+                value = Decimal(value)
+                opencost[(namespace, measure)] = (value / BYTES_PER_GIB).quantize(Decimal("0.000001")) \
+                    if measure == "ram-gib-hours" else value
     rows = []
     for namespace, measure in sorted(set(kiln) | set(opencost)):
         ours, theirs = kiln.get((namespace, measure), ZERO), opencost.get((namespace, measure))

@@ -9,13 +9,16 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
+from sqlmodel import Session, select
 
 from collectors.base import TargetResult
 from collectors.dcgm import DCGM
@@ -28,11 +31,15 @@ from collectors.prometheus import (
     GpuUsage,
     PrometheusClient,
 )
+from collectors.cluster_store import persist_opencost
 from collectors.exposition import CollectorExposition
+from collectors.models import OpenCostAllocation
+from collectors.opencost import SKIP_NULL, TOTAL_PARTS, OpenCostCollector, records_from_samples
 from collectors.rocm import ROCM
 from tests.cli_helpers import base_env
 from tests.cli_helpers import run as kiln
 from tests.conftest import TEST_SECRET_KEY
+from tests.opencost_fixture import opencost_server
 from tests.peers.harness import running_peer
 
 UPSTREAM = Path(__file__).parent / "data" / "upstream"
@@ -216,3 +223,48 @@ def test_exported_namespace_is_the_workloads_and_idle_gpus_follow_the_setting(pr
     hours = GpuUsage(PrometheusClient(url), only_exported, scrape_interval=timedelta(seconds=1)).gpu_hours_by_namespace(
         start, start + timedelta(minutes=10))
     assert set(hours.values) == {"team-a"} and hours.unattributed_samples > 0  # the idle GPU is nobody's
+
+
+def opencost_answer(document: dict) -> Iterator[TargetResult]:
+    with opencost_server() as server:
+        server.serve_body(json.dumps(document), content_type="application/json")
+        collector = OpenCostCollector(httpx.Client(base_url=server.url), clock=lambda: AT)
+        try:
+            yield from collector.collect()
+        finally:
+            collector.close()
+
+
+def test_opencost_components_add_up_to_its_total() -> None:
+    document = json.loads((UPSTREAM / "opencost" / "allocation-website-example.json").read_text())
+    (result,) = opencost_answer(document)
+    assert result.ok and result.skipped == {}, result.error
+    records = {r.namespace: r for r in records_from_samples(result.samples)}
+    assert set(records) == {"kube-system", "opencost", "prometheus"}
+    for name, record in records.items():
+        parts = record.parts_total()
+        assert record.cpu_cost_adjustment == record.load_balancer_cost == record.external_cost == 0
+        # OpenCost rounds each of the 14 parts and the total to 5 decimals on its own
+        assert abs(parts - record.total_cost) <= Decimal("0.00001") * len(TOTAL_PARTS), name
+    assert records["kube-system"].total_cost == Decimal("1.52743")
+    assert records["kube-system"].ram_byte_hours == Decimal("40855853856.91022")
+
+
+def test_an_opencost_null_is_an_unknown_value_not_a_failed_cycle(engine: Engine) -> None:
+    document = json.loads((UPSTREAM / "opencost" / "allocation-website-example.json").read_text())
+    document["data"][0]["opencost"]["cpuCost"] = None  # what OpenCost writes for a NaN
+    document["data"][0]["opencost"]["totalEfficiency"] = None
+    for adjustment in ("cpuCostAdjustment", "loadBalancerCost"):  # an older OpenCost without these
+        del document["data"][0]["prometheus"][adjustment]
+    (result,) = opencost_answer(document)
+    assert result.ok and result.skipped == {SKIP_NULL: 1}, result.error  # the efficiency's null is routine
+    records = {r.namespace: r for r in records_from_samples(result.samples)}
+    assert records["opencost"].cpu_cost is None and records["opencost"].parts_total() is None
+    assert records["opencost"].ram_cost == Decimal("0.04577")
+    assert records["prometheus"].cpu_cost_adjustment is None and records["prometheus"].cpu_cost == Decimal("0.0218")
+    with Session(engine) as session:
+        assert persist_opencost(session, [result]) == 3
+        session.commit()
+        stored = {row.namespace: row for row in session.exec(select(OpenCostAllocation))}
+    assert stored["opencost"].cpu_cost is None and stored["opencost"].total_cost == Decimal("0.10937")
+    assert stored["kube-system"].ram_byte_hours == Decimal("40855853856.910220")  # exact on SQLite too

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 from kiln.db import UTCDateTime
-from metering.types import ExactNumeric  # NUMERIC on PostgreSQL, integer 10^-scale units on SQLite
+from kiln.types import ExactNumeric  # NUMERIC on PostgreSQL, integer 10^-scale units on SQLite
 
 revision = "0004"
 down_revision = "0003"
