@@ -72,7 +72,8 @@ UP_LABELS = {part: MappingProxyType({"collector": part}) for part in PARTS}
 
 @dataclass(frozen=True)
 class IpmiTarget:
-    """A node's BMC. `cipher_suite` None: the collector's setting (default 17, then 3)."""
+    """A node's BMC. `cipher_suite` None: the collector's setting (default 17, then 3);
+    `privilege` None: the collector's (default user)."""
 
     node: str
     host: str
@@ -80,6 +81,7 @@ class IpmiTarget:
     username: str = ""
     password: str = field(default="", repr=False)
     cipher_suite: int | None = None
+    privilege: str | None = None
 
 
 @dataclass(frozen=True)
@@ -202,12 +204,15 @@ class IpmiCollector:
     that tells a dead BMC from one that lost the session) and never delays the others.
     `cipher_suite` None tries 17, then 3 (an int: only that suite); a target's own
     `cipher_suite` wins. The suite that worked is tried first next time (`cipher_suite_of`).
+    `privilege` (user, operator, admin) is the session's level unless a target says otherwise.
+    A part of a poll that fails (DCMI, sensors, FRU …) leaves the result ok, with `ipmi_up` 0
+    for that part and the part and its reason in the result's `error`.
     """
 
     name = "ipmi"
 
     def __init__(self, targets: Iterable[IpmiTarget], *, workers: int = 64, timeout: float = 2.0,
-                 retries: int = 1, cipher_suite: int | None = None) -> None:
+                 retries: int = 1, cipher_suite: int | None = None, privilege: str = "user") -> None:
         """Set up one connection per target; nothing is sent before `collect()`."""
         self.targets = list(targets)
         names = [t.node for t in self.targets]
@@ -218,7 +223,8 @@ class IpmiCollector:
         default = (cipher_suite,) if cipher_suite is not None else DEFAULT_CIPHER_SUITES
         self._conns = {
             t.node: BmcConnection(t.host, t.port, t.username, t.password, timeout=timeout, retries=retries,
-                                  cipher_suites=(t.cipher_suite,) if t.cipher_suite is not None else default)
+                                  cipher_suites=(t.cipher_suite,) if t.cipher_suite is not None else default,
+                                  privilege=t.privilege or privilege)
             for t in self.targets
         }
         self._pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(self.targets))),
@@ -276,7 +282,8 @@ class IpmiCollector:
                                 seconds=time.monotonic() - started, timed_out=timed_out)
         finally:
             conn.lock.release()
-        return TargetResult(target.node, ok=True, samples=self._samples(target.node, poll),
+        failed_parts = "; ".join(f"{part}: {why}" for part, why in poll.errors.items()) or None
+        return TargetResult(target.node, ok=True, samples=self._samples(target.node, poll), error=failed_parts,
                             seconds=time.monotonic() - started)
 
     def _samples(self, node: str, poll: PollResult) -> list[Sample]:

@@ -39,6 +39,9 @@ DCMI_MEASUREMENT_ACTIVE = 0x40
 PARTS = ("chassis", "dcmi", "ipmi", "bmc", "fru")
 # errors that fail one part of a poll; anything else (no answer, session lost) fails the target
 PART_ERRORS = (CompletionCodeError, DecodingError)
+# Kiln's names (KILN_IPMI_PRIVILEGE, a node's ipmi_privilege) -> python-ipmi's
+PRIVILEGES = {"user": "user", "operator": "operator", "admin": "administrator"}
+CC_INSUFFICIENT_PRIVILEGE = 0xD4
 
 
 @dataclass(frozen=True)
@@ -109,9 +112,12 @@ class BmcConnection:
     """
 
     def __init__(self, host: str, port: int, username: str, password: str, *,
-                 cipher_suites: tuple[int, ...], timeout: float, retries: int) -> None:
-        """Nothing is sent until the first `poll`."""
-        self.host, self.port = host, port
+                 cipher_suites: tuple[int, ...], timeout: float, retries: int, privilege: str = "user") -> None:
+        """Nothing is sent until the first `poll`. `privilege`: user, operator or admin, the
+        session's level (polling reads only, but some BMCs want more for DCMI)."""
+        if privilege not in PRIVILEGES:
+            raise ValueError(f"privilege must be one of {', '.join(PRIVILEGES)}, not {privilege!r}")
+        self.host, self.port, self.privilege = host, port, privilege
         self._username, self._password = username, password
         self.cipher_suites, self.timeout, self.retries = tuple(cipher_suites), timeout, retries
         self.lock = threading.Lock()
@@ -136,7 +142,7 @@ class BmcConnection:
         ipmi = pyipmi.create_connection(intf)
         ipmi.session.set_session_type_rmcp(self.host, self.port)
         ipmi.session.set_auth_type_user(self._username, self._password)
-        ipmi.session.set_priv_level("user")  # read-only polling needs no more
+        ipmi.session.set_priv_level(PRIVILEGES[self.privilege])
         ipmi.target = pyipmi.Target(ipmb_address=BMC_ADDRESS)
         intf.open()
         intf.set_timeout(self.timeout)
@@ -228,20 +234,27 @@ class BmcConnection:
         if stamp != self._sdr_stamp:
             self._sensors, self._sdr_stamp = None, stamp
 
-    @staticmethod
-    def _part(result: PollResult, name: str, read: Callable[[PollResult], None]) -> None:
+    def _part(self, result: PollResult, name: str, read: Callable[[PollResult], None]) -> None:
         try:
             read(result)
-        except PART_ERRORS as exc:
-            result.errors[name] = f"{type(exc).__name__}: {exc}"
+        except CompletionCodeError as exc:
+            if exc.cc == CC_INSUFFICIENT_PRIVILEGE:
+                result.errors[name] = (f"the BMC refuses it at the {self.privilege} privilege level: raise the "
+                                       "node's ipmi_privilege or KILN_IPMI_PRIVILEGE (operator, admin)")
+            else:
+                result.errors[name] = f"the BMC refused it: {exc}"
+        except DecodingError as exc:
+            result.errors[name] = f"invalid answer: {exc}"
 
     def _read_chassis(self, result: PollResult) -> None:
         result.power_on = bool(self._raw(NETFN_CHASSIS, CMD_CHASSIS_STATUS)[0] & 0x01)
 
     def _read_dcmi(self, result: PollResult) -> None:
         data = self._raw(NETFN_DCMI, CMD_POWER_READING, bytes([DCMI_GROUP, 0x01, 0x00, 0x00]))
-        if len(data) < 18 or data[0] != DCMI_GROUP:
-            raise DecodingError(f"short DCMI power reading ({len(data)} bytes)")
+        if len(data) < 18:
+            raise DecodingError(f"DCMI power reading of {len(data)} bytes, 18 expected")
+        if data[0] != DCMI_GROUP:
+            raise DecodingError(f"DCMI power reading with group extension 0x{data[0]:02x}, 0x{DCMI_GROUP:02x} expected")
         current = struct.unpack_from("<H", data, 1)[0]
         # no reading while the measurement is inactive (ipmi_exporter omits the metric too)
         result.watts = current if data[17] & DCMI_MEASUREMENT_ACTIVE else None

@@ -78,17 +78,15 @@ class IpmiSource:
         return results + failed
 
     def _target(self, node: Node) -> IpmiTarget:
-        address = parse_bmc_address(node.bmc_address)
-        password = self.box.decrypt(node.bmc_password_encrypted) if node.bmc_password_encrypted else ""
-        return IpmiTarget(node.name, address.host, address.effective_port, node.bmc_username or "", password,
-                          node.ipmi_cipher_suite)
+        return ipmi_target(node, self.box)
 
     def _collector_for(self, targets: tuple[IpmiTarget, ...]) -> IpmiCollector:
         if self._collector is None or targets != self._key:
             self.close()
             s = self.settings
             self._collector = IpmiCollector(targets, workers=s.ipmi_workers, timeout=s.ipmi_timeout,
-                                            retries=s.ipmi_retries, cipher_suite=s.ipmi_cipher_suite)
+                                            retries=s.ipmi_retries, cipher_suite=s.ipmi_cipher_suite,
+                                            privilege=s.ipmi_privilege)
             self._key = targets
         return self._collector
 
@@ -97,6 +95,17 @@ class IpmiSource:
         if self._collector is not None:
             self._collector.close()
             self._collector = None
+
+
+def ipmi_target(node: Node, box: SecretBox | None) -> IpmiTarget:
+    """A node's BMC as the IPMI collector polls it (ValueError for a bad address, or an
+    encrypted password and no secret key to decrypt it)."""
+    address = parse_bmc_address(node.bmc_address)
+    if node.bmc_password_encrypted and box is None:
+        raise ValueError("no secret key is configured to decrypt the BMC password")
+    password = box.decrypt(node.bmc_password_encrypted) if box and node.bmc_password_encrypted else ""
+    return IpmiTarget(node.name, address.host, address.effective_port, node.bmc_username or "", password,
+                      node.ipmi_cipher_suite, node.ipmi_privilege)
 
 
 def _reporting(collect: Callable[[Sequence[str]], list[TargetResult]]

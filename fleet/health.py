@@ -64,8 +64,10 @@ def node_health(session: Session, principal: Principal, node_id: int) -> NodeHea
                                                              CollectorTargetState.target == node.name)).first()
     if target is not None and target.last_attempt_at is not None:
         health.bmc_up, health.bmc_last_success_at = target.up, target.last_success_at
-        if not target.up:
-            health.bmc_error = target.last_error if principal.sees_all_tenants else "the BMC does not answer"
+        if principal.sees_all_tenants:
+            health.bmc_error = target.last_error  # down, or up with a part that failed (`dcmi: …`)
+        elif not target.up:
+            health.bmc_error = "the BMC does not answer"
     gpus = {g.uuid: g for g in session.exec(select(Gpu).where(Gpu.node_id == node.id)) if g.uuid}
     snapshots = session.exec(select(HealthSnapshot).where(
         (HealthSnapshot.node_id == node.id) | col(HealthSnapshot.entity).in_(list(gpus) or [""]))

@@ -29,6 +29,7 @@ class Node(SQLModel, table=True):
     bmc_username: str | None = Field(default=None, max_length=64)
     bmc_password_encrypted: str | None = Field(default=None, max_length=512)
     ipmi_cipher_suite: int | None = Field(default=None)
+    ipmi_privilege: str | None = Field(default=None, max_length=16)  # user | operator | admin; None: the setting
     boot_mac: str | None = Field(default=None, max_length=17, unique=True)
     resource_class: str | None = Field(default=None, max_length=64, index=True)
     rack: str | None = Field(default=None, max_length=64, index=True)

@@ -118,7 +118,8 @@ def node_target(node: Node, box: SecretBox, tags: list[str]) -> NodeTarget:
         maintenance_reason=node.maintenance_reason,
         last_error=node.last_error,
     )
-    properties = {"ipmi_cipher_suite": node.ipmi_cipher_suite} if node.ipmi_cipher_suite is not None else {}
+    properties = {name: value for name, value in (("ipmi_cipher_suite", node.ipmi_cipher_suite),
+                                                  ("ipmi_privilege", node.ipmi_privilege)) if value is not None}
     return NodeTarget(
         name=node.name,
         external_id=node.external_id,
@@ -202,6 +203,7 @@ def create_node(session: Session, principal: Principal, data: NodeCreate, driver
         bmc_username=data.bmc_username,
         bmc_password_encrypted=box.encrypt(data.bmc_password.get_secret_value()) if data.bmc_password else None,
         ipmi_cipher_suite=data.ipmi_cipher_suite,
+        ipmi_privilege=data.ipmi_privilege,
         boot_mac=data.boot_mac,
         resource_class=data.resource_class,
         rack=data.rack,

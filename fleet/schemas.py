@@ -79,6 +79,8 @@ class NodeCreate(BaseModel):
     bmc_password: SecretStr | None = Field(default=None, max_length=256)
     ironic_driver: HardwareType = Field(default="ipmi", description="Ironic hardware type; fake-hardware for tests.")
     ipmi_cipher_suite: int | None = Field(default=None, ge=0, le=17)
+    ipmi_privilege: Literal["user", "operator", "admin"] | None = Field(
+        default=None, description="IPMI session privilege for this BMC (KILN_IPMI_PRIVILEGE when unset).")
     boot_mac: MacAddress | None = None
     resource_class: str | None = Field(default=None, max_length=64)
     rack: str | None = Field(default=None, max_length=64)

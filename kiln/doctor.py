@@ -161,8 +161,8 @@ def check_kubernetes(kubeconfig: str, timeout: float) -> str:
 
 def check_bmcs(settings: Settings, timeout: float, sample: int = BMC_SAMPLE) -> list[Check]:
     """Poll up to `sample` enrolled IPMI nodes' BMCs through the IPMI collector."""
-    from collectors.ipmi import IpmiCollector, IpmiTarget
-    from fleet.bmc import parse_bmc_address
+    from collectors.ipmi import IpmiCollector
+    from collectors.sources import ipmi_target
     from fleet.models import Node
     from kiln.security import SecretBox
 
@@ -183,20 +183,15 @@ def check_bmcs(settings: Settings, timeout: float, sample: int = BMC_SAMPLE) -> 
     checks, targets = [], []
     for node in nodes:
         try:
-            address = parse_bmc_address(node.bmc_address)
-            if node.bmc_password_encrypted and box is None:
-                raise ValueError("no secret key is configured to decrypt the BMC password")
-            password = box.decrypt(node.bmc_password_encrypted) if box and node.bmc_password_encrypted else ""
+            targets.append(ipmi_target(node, box))
         except ValueError as exc:
             checks.append(Check("bmc", node.name, STATUS_FAILED, str(exc)))
-            continue
-        targets.append(IpmiTarget(node.name, address.host, address.effective_port, node.bmc_username or "",
-                                  password, node.ipmi_cipher_suite))
     if targets:
-        with IpmiCollector(targets, timeout=timeout, retries=0) as collector:
+        with IpmiCollector(targets, timeout=timeout, retries=0, privilege=settings.ipmi_privilege) as collector:
             for result in collector.collect():
                 address = next(f"{t.host}:{t.port}" for t in targets if t.node == result.target)
-                detail = f"answers ({address})" if result.ok else result.error or "failed"
+                detail = f"answers ({address})" + (f"; {result.error}" if result.error else "") if result.ok \
+                    else result.error or "failed"
                 checks.append(Check("bmc", result.target, STATUS_OK if result.ok else STATUS_FAILED, detail,
                                     result.seconds))
     return sorted(checks, key=lambda c: c.target)

@@ -145,6 +145,11 @@ class Settings(BaseSettings):
     )
     ipmi_retries: int = Field(default=1, ge=0, le=5, description="Times an unanswered IPMI request is sent again.")
     ipmi_workers: int = Field(default=64, ge=1, le=512, description="BMCs polled at once by one worker.")
+    ipmi_privilege: Literal["user", "operator", "admin"] = Field(
+        default="user", description="Session privilege for IPMI polls: user, operator or admin. Some BMCs "
+        "(OpenIPMI's ipmi_sim among them) answer DCMI power readings only above user. A node's own "
+        "`ipmi_privilege` wins.",
+    )
     ipmi_cipher_suite: int | None = Field(
         default=None,
         description="RMCP+ cipher suite for IPMI sessions (3 or 17); unset: try 17, then 3. "

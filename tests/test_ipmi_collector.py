@@ -128,9 +128,11 @@ def test_every_reading_matches_the_simulator(sim: Sim) -> None:
 
 
 @pytest.mark.skipif(shutil.which("ipmitool") is None, reason="ipmitool is not installed")
-def test_values_agree_with_ipmitool(sim: Sim) -> None:
+@pytest.mark.parametrize("suite", ["3", "17"])
+def test_values_agree_with_ipmitool(sim: Sim, suite: str) -> None:
+    """ipmitool, an IPMI client nobody here wrote, over both cipher suites (17: SHA-256 keys)."""
     bmc = sim.bmc("bmc-0005")
-    base = ["ipmitool", "-I", "lanplus", "-C", "3", "-H", bmc["host"], "-p", str(bmc["port"]),
+    base = ["ipmitool", "-I", "lanplus", "-C", suite, "-H", bmc["host"], "-p", str(bmc["port"]),
             "-U", bmc["username"], "-P", bmc["password"]]
     elist = subprocess.run(base + ["sdr", "elist"], capture_output=True, text=True, timeout=20, check=True).stdout
     dcmi = subprocess.run(base + ["dcmi", "power", "reading"], capture_output=True, text=True, timeout=20,
@@ -149,6 +151,43 @@ def test_values_agree_with_ipmitool(sim: Sim) -> None:
         assert value(result, metric.rsplit("_", 1)[0] + "_state", name=name) == IPMITOOL_STATE[status], name
     watts = re.search(r"Instantaneous power reading:\s+(\d+) Watts", dcmi)
     assert watts and value(result, "ipmi_dcmi_power_consumption_watts") == float(watts.group(1))
+
+
+@pytest.fixture(scope="module")
+def sim_admin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sim]:
+    """Two BMCs that answer DCMI only to administrator sessions, as OpenIPMI's ipmi_sim does."""
+    state = tmp_path_factory.mktemp("bmcsim-admin")
+    with running_peer("bmcsim", state, "2", "--dcmi-privilege", "4", "--name-prefix", "adm-"):
+        yield Sim(state)
+
+
+def test_dcmi_behind_a_higher_privilege_says_so_and_the_setting_or_the_node_fixes_it(sim_admin: Sim) -> None:
+    with IpmiCollector(sim_admin.targets()) as collector:  # KILN_IPMI_PRIVILEGE's default: user
+        refused = collector.collect()
+    for result in refused:
+        assert result.ok and value(result, "ipmi_up", collector="dcmi") == 0.0
+        assert value(result, "ipmi_up", collector="ipmi") == 1.0  # sensors still read
+        assert not [s for s in result.samples if s.metric == "ipmi_dcmi_power_consumption_watts"]
+        assert result.error == ("dcmi: the BMC refuses it at the user privilege level: raise the node's "
+                                "ipmi_privilege or KILN_IPMI_PRIVILEGE (operator, admin)")
+    with IpmiCollector(sim_admin.targets(), privilege="admin") as collector:
+        admitted = collector.collect()
+    for result, bmc in zip(admitted, sim_admin.bmcs):
+        assert result.ok and result.error is None, result.error
+        assert value(result, "ipmi_dcmi_power_consumption_watts") == bmc["expected"]["dcmi"]["current_watts"]
+    mixed = sim_admin.targets()
+    mixed[1] = IpmiTarget(**{**mixed[1].__dict__, "privilege": "admin"})  # the node's own setting wins
+    with IpmiCollector(mixed) as collector:
+        first, second = collector.collect()
+    assert first.error and "privilege" in first.error and second.error is None
+    bmc = sim_admin.bmc(second.target)
+    base = ["ipmitool", "-I", "lanplus", "-C", "17", "-H", bmc["host"], "-p", str(bmc["port"]),
+            "-U", bmc["username"], "-P", bmc["password"], "dcmi", "power", "reading"]
+    as_user = subprocess.run(base[:-3] + ["-L", "USER"] + base[-3:], capture_output=True, text=True, timeout=20)
+    assert as_user.returncode != 0  # ipmitool is refused at user level too
+    reading = subprocess.run(base, capture_output=True, text=True, timeout=20, check=True).stdout  # its default: admin
+    watts = re.search(r"Instantaneous power reading:\s+(\d+) Watts", reading)
+    assert watts and value(second, "ipmi_dcmi_power_consumption_watts") == float(watts.group(1))
 
 
 def test_power_off_shows_in_chassis_state_and_watts(sim: Sim) -> None:

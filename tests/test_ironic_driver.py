@@ -265,11 +265,11 @@ def test_real_ipmi_power_through_ironic(ironic_url: str, bmcs: list[dict]) -> No
 def test_node_attributes_for_each_bmc_kind() -> None:
     ipmi = ironic_node_attributes(NodeTarget(
         name="n1", external_id=None, bmc_driver="ipmi", bmc_address="ipmi://10.0.0.5", bmc_username="u",
-        bmc_password="p", properties={"ipmi_cipher_suite": 17, "cpus": 4},
+        bmc_password="p", properties={"ipmi_cipher_suite": 17, "ipmi_privilege": "operator", "cpus": 4},
     ))
     assert ipmi["driver"] == "ipmi" and ipmi["properties"] == {"cpus": 4}
     assert ipmi["driver_info"] == {"ipmi_address": "10.0.0.5", "ipmi_port": 623, "ipmi_cipher_suite": "17",
-                                   "ipmi_username": "u", "ipmi_password": "p"}
+                                   "ipmi_username": "u", "ipmi_password": "p", "ipmi_priv_level": "OPERATOR"}
     assert "power_interface" not in ipmi
 
     redfish = ironic_node_attributes(NodeTarget(

@@ -93,6 +93,17 @@ def test_csv_import_enrolls_nodes_with_tags_gpus_and_encrypted_passwords(tmp_pat
     ]
 
 
+def test_the_ipmi_privilege_column_is_checked_and_kept(tmp_path: Path, run_import, engine: Engine) -> None:
+    header = HEADER + ",ipmi_privilege"
+    with pytest.raises(InvalidImport) as refused:
+        run_import(csv_file(tmp_path, row(1) + ",admin", row(2) + ",root", header=header, name="bad.csv"))
+    assert "row 3 (imp-2): ipmi_privilege: Input should be 'user', 'operator' or 'admin'" in str(refused.value)
+    assert nodes_in(engine) == {}
+    good = run_import(csv_file(tmp_path, row(1) + ",admin", row(2) + ",", header=header))
+    assert good.ok
+    assert {name: node.ipmi_privilege for name, node in nodes_in(engine).items()} == {"imp-1": "admin", "imp-2": None}
+
+
 def test_reimporting_the_same_file_changes_nothing(tmp_path: Path, run_import, engine: Engine) -> None:
     path = csv_file(tmp_path, row(1), row(2, tags="b;a;a"))
     assert [r.status for r in run_import(path).rows] == ["created", "created"]

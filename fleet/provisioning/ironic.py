@@ -35,7 +35,8 @@ DEFAULT_HARDWARE_TYPE = {"ipmi": "ipmi", "redfish": "redfish"}
 FAKE_HARDWARE = "fake-hardware"
 DEFAULT_IPMI_CIPHER_SUITE = "3"
 # NodeTarget.properties keys that steer this driver and are not sent to Ironic.
-KILN_PRIVATE_PROPERTIES = frozenset({"ipmi_cipher_suite", "fake_power"})
+KILN_PRIVATE_PROPERTIES = frozenset({"ipmi_cipher_suite", "ipmi_privilege", "fake_power"})
+IRONIC_PRIV_LEVELS = {"user": "USER", "operator": "OPERATOR", "admin": "ADMINISTRATOR"}  # driver_info ipmi_priv_level
 # Targets of PUT /v1/nodes/{id}/states/power that Kiln uses.
 POWER_TARGETS = frozenset(PowerRequest)
 # Provision verbs that deploy an image (instance_info and config drive apply).
@@ -278,6 +279,8 @@ def _ipmi_driver_info(node: NodeTarget, address: BmcAddress) -> dict[str, Any]:
         info["ipmi_username"] = node.bmc_username
     if node.bmc_password:
         info["ipmi_password"] = node.bmc_password
+    if "ipmi_privilege" in node.properties:
+        info["ipmi_priv_level"] = IRONIC_PRIV_LEVELS[node.properties["ipmi_privilege"]]
     return info
 
 

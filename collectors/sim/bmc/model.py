@@ -158,7 +158,7 @@ class BmcModel:
 
     def __init__(self, index, name=None, username='admin',
                  password='password', seed=0, critical=False,
-                 power_on=True, cipher_suites=(3, 17)):
+                 power_on=True, cipher_suites=(3, 17), dcmi_privilege=2):
         self.index = index
         self.name = name or 'bmc-%04d' % index
         self.username = username
@@ -167,6 +167,8 @@ class BmcModel:
         self.critical = critical
         self.power_on = power_on
         self.cipher_suites = tuple(cipher_suites)
+        # the session privilege DCMI commands need: 2 user, 3 operator, 4 administrator
+        self.dcmi_privilege = dcmi_privilege
         self.fault = 'normal'
         self.guid = uuid.uuid5(GUID_NAMESPACE, '%s:%s' % (seed, self.name))
         self.boot_params = {}

@@ -182,6 +182,8 @@ class BmcServer(CommandHandlers):
             return CC_INVALID_COMMAND, b''
         if session is None and (netfn, cmd) not in self.sessionless:
             return CC_INSUFFICIENT_PRIV, b''
+        if netfn == 0x2C and session.priv < self.bmc.dcmi_privilege:
+            return CC_INSUFFICIENT_PRIV, b''  # like OpenIPMI's ipmi_sim: DCMI above the session's level
         try:
             return handler(session, data)
         except (IndexError, struct.error, ValueError):

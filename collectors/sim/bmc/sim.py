@@ -166,7 +166,8 @@ def worker_main(config_path):
                          username=spec['username'], password=spec['password'],
                          seed=spec['seed'], critical=spec['critical'],
                          power_on=spec['power_on'],
-                         cipher_suites=spec['cipher_suites'])
+                         cipher_suites=spec['cipher_suites'],
+                         dcmi_privilege=spec.get('dcmi_privilege', 2))
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.bind((HOST, spec['port']))
         sock.setblocking(False)
@@ -255,13 +256,15 @@ def _write_atomic(path, text):
 def start(state_dir, count, base_port=0, ports=None, names=None,
           username='admin', password='password', cipher_suites=(3, 17),
           seed=0, critical_every=10, off_every=0, per_process=250,
-          name_prefix='bmc-', timeout=60.0, detach=True):
+          name_prefix='bmc-', timeout=60.0, detach=True, dcmi_privilege=2):
     """Start ``count`` BMCs; returns the bmcs.json content.
 
     Ports: ``ports`` (a list), else ``base_port`` + i, else (0) ports chosen
     by the kernel. BMC i is critical (GPU2 Temp at 92 C) if
     ``critical_every`` and i % critical_every == critical_every - 1, and
     starts powered off if ``off_every`` and i % off_every == off_every - 1.
+    ``dcmi_privilege`` is the session privilege DCMI commands need (2 user,
+    3 operator, 4 administrator; OpenIPMI's ipmi_sim needs more than user).
     """
     t0 = time.monotonic()
     state = Path(state_dir)
@@ -278,7 +281,7 @@ def start(state_dir, count, base_port=0, ports=None, names=None,
             'index': i,
             'name': names[i] if names else '%s%04d' % (name_prefix, i),
             'port': port, 'username': username, 'password': password,
-            'seed': seed, 'cipher_suites': list(cipher_suites),
+            'seed': seed, 'cipher_suites': list(cipher_suites), 'dcmi_privilege': dcmi_privilege,
             'critical': bool(critical_every) and
             i % critical_every == critical_every - 1,
             'power_on': not (off_every and i % off_every == off_every - 1),
@@ -490,6 +493,8 @@ def main(argv=None):
         p.add_argument('--cipher-suites', default='3,17')
         p.add_argument('--seed', type=int, default=0)
         p.add_argument('--critical-every', type=int, default=10)
+        p.add_argument('--dcmi-privilege', type=int, default=2, choices=(2, 3, 4),
+                       help='session privilege DCMI needs: 2 user, 3 operator, 4 administrator')
         p.add_argument('--off-every', type=int, default=0)
         p.add_argument('--per-process', type=int, default=250)
         p.add_argument('--timeout', type=float, default=60.0)
@@ -514,7 +519,7 @@ def main(argv=None):
             names=args.names.split(',') if args.names else None,
             username=args.username, password=args.password,
             cipher_suites=[int(x) for x in args.cipher_suites.split(',')],
-            seed=args.seed, critical_every=args.critical_every,
+            seed=args.seed, critical_every=args.critical_every, dcmi_privilege=args.dcmi_privilege,
             off_every=args.off_every, per_process=args.per_process,
             name_prefix=args.name_prefix, timeout=args.timeout,
             detach=args.cmd == 'start')
