@@ -100,15 +100,21 @@ class SensorMetric:
 UNIT_ABBREVIATIONS = {1: "C", 2: "F", 3: "K", 4: "V", 5: "A", 6: "W", 7: "J", 18: "RPM", 19: "Hz"}
 UNIT_NAMES = {0: "unspecified", 1: "celsius", 2: "fahrenheit", 3: "kelvin", 4: "volts", 5: "amperes",
               6: "watts", 7: "joules", 18: "rpm", 19: "hertz"}
-# IPMI 2.0 table 42-3 sensor type codes, named as FreeIPMI names them
+# IPMI 2.0 table 42-3 sensor type codes, named as FreeIPMI's libipmimonitoring names them (the
+# `type` label ipmi_exporter copies from ipmimonitoring); 0xC0-0xFF are "OEM Reserved"
 SENSOR_TYPES = {
     0x01: "Temperature", 0x02: "Voltage", 0x03: "Current", 0x04: "Fan", 0x05: "Physical Security",
-    0x06: "Platform Security", 0x07: "Processor", 0x08: "Power Supply", 0x09: "Power Unit",
+    0x06: "Platform Security Violation Attempt", 0x07: "Processor", 0x08: "Power Supply", 0x09: "Power Unit",
     0x0A: "Cooling Device", 0x0B: "Other Units Based Sensor", 0x0C: "Memory", 0x0D: "Drive Slot",
-    0x0F: "System Firmware Progress", 0x10: "Event Logging Disabled", 0x12: "System Event",
-    0x13: "Critical Interrupt", 0x14: "Button/Switch", 0x15: "Module/Board", 0x17: "Add In Card",
-    0x1B: "Cable/Interconnect", 0x21: "Slot/Connector", 0x23: "Watchdog 2", 0x25: "Entity Presence",
-    0x29: "Battery", 0x2C: "FRU State",
+    0x0E: "POST Memory Resize", 0x0F: "System Firmware Progress", 0x10: "Event Logging Disabled",
+    0x11: "Watchdog 1", 0x12: "System Event", 0x13: "Critical Interrupt", 0x14: "Button/Switch",
+    0x15: "Module/Board", 0x16: "Microcontroller/Coprocessor", 0x17: "Add In Card", 0x18: "Chassis",
+    0x19: "Chip Set", 0x1A: "Other Fru", 0x1B: "Cable/Interconnect", 0x1C: "Terminator",
+    0x1D: "System Boot Initiated", 0x1E: "Boot Error", 0x1F: "OS Boot", 0x20: "OS Critical Stop",
+    0x21: "Slot/Connector", 0x22: "System ACPI Power State", 0x23: "Watchdog 2", 0x24: "Platform Alert",
+    0x25: "Entity Presence", 0x26: "Monitor ASIC/IC", 0x27: "LAN", 0x28: "Management Subsystem Health",
+    0x29: "Battery", 0x2A: "Session Audit", 0x2B: "Version Change", 0x2C: "FRU State",
+    **{code: "OEM Reserved" for code in range(0xC0, 0x100)},
 }
 # (unit, sensor type or None for any) -> metrics: ipmi_exporter's collector_ipmi.go mapping
 SENSOR_METRICS: dict[tuple[str, str | None], SensorMetric] = {

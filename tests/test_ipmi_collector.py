@@ -28,9 +28,9 @@ from pyipmi.interfaces.rmcpplus import CIPHER_SUITES, SessionKeys
 
 from collectors import ipmi_session
 from collectors.base import Sample, TargetResult
-from collectors.ipmi import IpmiCollector, IpmiTarget, describe_failure, severity
+from collectors.ipmi import IpmiCollector, IpmiTarget, describe_failure, sensor_layout, severity
 from collectors.ipmi_rmcpplus import SpecSessionKeys
-from collectors.ipmi_session import BmcConnection
+from collectors.ipmi_session import BmcConnection, SensorRecord
 from collectors.sim.bmc.sim import control
 from tests.peers.harness import running_peer
 
@@ -387,3 +387,14 @@ def test_severity_follows_ipmi_exporter() -> None:
     assert severity(None) != severity(None) and math.isnan(severity(None))
     assert [severity(b) for b in (0, 0b000001, 0b001000, 0b000010, 0b010000, 0b000100, 0b100000, 0b011000)] == [
         0, 1, 1, 2, 2, 2, 2, 2]
+
+
+@pytest.mark.parametrize(("sensor_type", "label"), [(0x19, "Chip Set"), (0x06, "Platform Security Violation Attempt"),
+                                                    (0x11, "Watchdog 1"), (0xD1, "OEM Reserved"), (0x30, "0x30")])
+def test_generic_sensors_carry_freeipmis_type_names_as_ipmi_exporter_does(sensor_type: int, label: str) -> None:
+    """ipmi_exporter copies the type column of FreeIPMI's ipmimonitoring into `type` (e.g. `type="Chip
+    Set"` for 0x19, prometheus-community/ipmi_exporter#302); dashboards and alert rules match on it."""
+    record = SensorRecord(7, 0x42, 0, "PCH Health", sensor_type, 0, False, True, convert=float)
+    spec, unit, labels = sensor_layout(record)
+    assert (spec.value, spec.state) == ("ipmi_sensor_value", "ipmi_sensor_state")
+    assert dict(labels) == {"id": "7", "name": "PCH Health", "type": label} and unit == "unspecified"
