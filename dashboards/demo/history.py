@@ -31,7 +31,6 @@ from collectors.store import (
 from dashboards.demo.physics import (
     TEMPERATURE_SENSORS,
     DemoNode,
-    demo_nodes,
     gpu_utilisations,
     node_temperatures,
     node_watts,
@@ -48,12 +47,11 @@ def last_backfilled(engine: Engine) -> datetime | None:
         return session.exec(select(func.max(Rollup5m.bucket)).where(Rollup5m.metric == POWER_METRIC)).one()
 
 
-def backfill(engine: Engine, bmcs: dict[str, dict], since: datetime, until: datetime, *,
+def backfill(engine: Engine, fleet: list[DemoNode], since: datetime, until: datetime, *,
              step: timedelta = timedelta(hours=1), progress: Callable[[int, int], None] | None = None) -> int:
-    """Store simulated readings from `since` to `until` every `step`; returns the steps done."""
-    fleet = demo_nodes(engine, bmcs)
+    """Store simulated readings of `fleet` from `since` to `until` every `step`; returns the steps done."""
     with Session(engine) as session:
-        nodes = {n.name: n for n in session.exec(select(Node).where(Node.name.in_(list(bmcs))))}
+        nodes = {n.name: n for n in session.exec(select(Node).where(Node.name.in_([d.name for d in fleet])))}
         leases = session.exec(select(Lease)).all()
     held: dict[int, list[tuple[datetime, datetime | None]]] = {}
     for lease in leases:

@@ -26,12 +26,12 @@ from sqlmodel import Session, select
 
 from collectors.cycle import run_cycle
 from collectors.sim.bmc import sim as bmc_sim
-from collectors.sim.dcgm_exporter import DcgmExporterSim, SimGpu
+from collectors.sim.dcgm_exporter import DcgmExporterSim
 from collectors.sources import build_sources
 from dashboards.demo import seed
 from dashboards.demo.history import backfill, last_backfilled
-from dashboards.demo.physics import LiveFleet, demo_nodes
-from fleet.models import Gpu, Node
+from dashboards.demo.physics import DemoNode, LiveFleet, demo_nodes
+from fleet.models import Node
 from fleet.nodes import list_nodes
 from fleet.operations import ActionParams, plan_action
 from fleet.provisioning.actions import Action
@@ -94,11 +94,12 @@ def run_demo(host: str, port: int, data_dir: Path, *, say: Say = print, days: in
         if first_run:
             _bring_up(engine, runtime, settings.bulk_concurrency, now, say)
         _match_bmc_power(engine, bmc_state)
-        _backfill(engine, bmcs, now, days, say)
-        fleet = LiveFleet(engine, bmc_state, demo_nodes(engine, bmcs))
+        nodes = demo_nodes(engine, bmcs)  # one read of the fleet for the backfill, the BMCs and the exporter
+        _backfill(engine, nodes, now, days, say)
+        fleet = LiveFleet(engine, bmc_state, nodes)
         fleet.tick()
-        exporter = DcgmExporterSim(_gpus(engine), busy=fleet.busy, clock=lambda: datetime.now(UTC),
-                                   powered=fleet.powered).start()
+        exporter = DcgmExporterSim([gpu for node in nodes for gpu in node.gpus], busy=fleet.busy,
+                                   clock=lambda: datetime.now(UTC), powered=fleet.powered).start()
         settings = settings.model_copy(update={"dcgm_exporter_urls": exporter.url})
         _bill(engine, settings, now, say)
         scheduler = _start_worker(settings, engine, runtime, fleet, say)
@@ -148,7 +149,7 @@ def _match_bmc_power(engine: Engine, bmc_state: Path) -> None:
             bmc_sim.control(bmc_state, name, "power", state="on" if power == PowerState.ON else "off")
 
 
-def _backfill(engine: Engine, bmcs: dict[str, dict], now: datetime, days: int, say: Say) -> None:
+def _backfill(engine: Engine, nodes: list[DemoNode], now: datetime, days: int, say: Say) -> None:
     start = last_backfilled(engine)
     since = (start + timedelta(hours=1)) if start else (now - timedelta(days=days)).replace(minute=0, second=0,
                                                                                           microsecond=0)
@@ -156,7 +157,7 @@ def _backfill(engine: Engine, bmcs: dict[str, dict], now: datetime, days: int, s
     if since > until:
         return
     say(f"backfilling {(until - since) / timedelta(days=1):.1f} days of power, temperature and GPU utilisation ...")
-    backfill(engine, bmcs, since, until)
+    backfill(engine, nodes, since, until)
 
 
 def _bill(engine: Engine, settings: Settings, now: datetime, say: Say) -> None:
@@ -170,12 +171,6 @@ def _bill(engine: Engine, settings: Settings, now: datetime, say: Say) -> None:
             check_alerts(session, system, period, now=now)
             session.commit()
         say(f"billed {period}: {len(summary.drafts)} draft bills, idle cost {summary.idle_cost}")
-
-
-def _gpus(engine: Engine) -> list[SimGpu]:
-    with Session(engine) as session:
-        rows = session.exec(select(Gpu, Node.name).join(Node, Node.id == Gpu.node_id).order_by(Node.name, Gpu.index))
-        return [SimGpu(name, gpu.index, gpu.uuid, gpu.model) for gpu, name in rows if gpu.uuid]
 
 
 def _start_worker(settings: Settings, engine: Engine, runtime: FleetRuntime, fleet: LiveFleet,
