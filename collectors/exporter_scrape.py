@@ -13,7 +13,6 @@ URL; a failing exporter is that target's error.
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
@@ -48,7 +47,7 @@ class ExporterScrapeCollector:
         try:
             response = self._http.get(url)
             response.raise_for_status()
-            samples, skipped = self.parse(response.text, self.clock())
+            samples, skipped = self.parse(response.text, self.clock(), httpx.URL(url).netloc.decode())
         except httpx.TimeoutException:
             return TargetResult(url, ok=False, error=f"no answer from {url} in time", timed_out=True,
                                 seconds=time.monotonic() - began)
@@ -63,24 +62,20 @@ class ExporterScrapeCollector:
         return TargetResult(url, ok=True, samples=samples, error=skipped_summary(skipped), skipped=skipped,
                             seconds=time.monotonic() - began)
 
-    def parse(self, text: str, now: datetime) -> tuple[list[Sample], dict[str, int]]:
-        """Samples from an exporter's exposition text, and the series left out, by reason."""
+    def parse(self, text: str, now: datetime, instance: str | None = None) -> tuple[list[Sample], dict[str, int]]:
+        """Samples from an exporter's exposition text, and the series left out, by reason.
+        `instance`: the target's `host:port`, set as the `instance` label as Prometheus sets it."""
         table = self.exporter.table()
-        samples: list[Sample] = []
-        skipped: Counter[str] = Counter()
+        series = []
         for family in text_string_to_metric_families(text):
-            for series in family.samples:
+            for item in family.samples:
                 # the text parser names a counter's samples `<family>_total` even when the
                 # exporter wrote the bare name (dcgm-exporter's energy and PCIe replay counters)
-                spec = table.get(series.name) or (
-                    table.get(family.name) if family.type == "counter" and series.name == family.name + "_total"
+                spec = table.get(item.name) or (
+                    table.get(family.name) if family.type == "counter" and item.name == family.name + "_total"
                     else None)
-                if spec is None:
-                    continue
-                ts = datetime.fromtimestamp(series.timestamp, UTC) if series.timestamp else now
-                sample = self.exporter.sample(spec, series.labels, series.value, ts)
-                if isinstance(sample, str):
-                    skipped[sample] += 1
-                else:
-                    samples.append(sample)
-        return samples, dict(skipped)
+                if spec is not None:
+                    labels = {**item.labels, "instance": instance} if instance else item.labels
+                    ts = datetime.fromtimestamp(item.timestamp, UTC) if item.timestamp else now
+                    series.append((spec, labels, item.value, ts))
+        return self.exporter.read(series)

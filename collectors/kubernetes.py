@@ -13,6 +13,7 @@ Samples (source `kubernetes`); node metrics use kube-state-metrics' names and la
 | --- | --- | --- | --- |
 | `kube_node_status_capacity`, `kube_node_status_allocatable` | node | count, cores, bytes | resource (`nvidia_com_gpu`, `amd_com_gpu`, `cpu`, `memory`), unit (`integer`, `core`, `byte`) |
 | `kube_node_status_condition` | node | state | condition (Ready, MemoryPressure, ...), status (`true`/`false`/`unknown`): 1 for the current status, 0 for the others |
+| `kube_node_info` | node | info (1) | internal_ip, kernel_version, os_image, container_runtime_version, kubelet_version, system_uuid, provider_id (those the node reports) |
 | `kube_node_spec_unschedulable` | node | state | |
 | `kiln_k8s_namespace_tenant` | namespace | info (1) | namespace, tenant (the `kube_tenant_label` label's value, "" when unlabelled) |
 | `kiln_k8s_pod_allocation` | namespace | count, cores, bytes | namespace, tenant, pod, pod_uid, node, resource, quantity, limit (exact decimals), starts_at, ends_at (ISO-8601, "" while running); value = the request |
@@ -381,7 +382,22 @@ def node_samples(name: str, node: Mapping[str, Any], ts: datetime) -> list[Sampl
             out.append(Sample(SOURCE, name, "kube_node_status_condition", float(current == value), "state", labels, ts))
     unschedulable = bool((node.get("spec") or {}).get("unschedulable"))
     out.append(Sample(SOURCE, name, "kube_node_spec_unschedulable", float(unschedulable), "state", {}, ts))
+    out.append(Sample(SOURCE, name, "kube_node_info", 1.0, "info", node_info_labels(node), ts))
     return out
+
+
+def node_info_labels(node: Mapping[str, Any]) -> dict[str, str]:
+    """kube-state-metrics' `kube_node_info` labels (the ones present): the node's InternalIP
+    places GPU exporter series whose only clue is the scrape target's address."""
+    status, spec = node.get("status") or {}, node.get("spec") or {}
+    info = status.get("nodeInfo") or {}
+    labels = {"internal_ip": next((a.get("address", "") for a in status.get("addresses") or []
+                                   if a.get("type") == "InternalIP"), ""),
+              "kernel_version": info.get("kernelVersion", ""), "os_image": info.get("osImage", ""),
+              "container_runtime_version": info.get("containerRuntimeVersion", ""),
+              "kubelet_version": info.get("kubeletVersion", ""), "system_uuid": info.get("systemUUID", ""),
+              "provider_id": spec.get("providerID", "")}
+    return {key: str(value) for key, value in labels.items() if value}
 
 
 def build(settings: Settings) -> KubernetesCollector | None:

@@ -8,6 +8,7 @@
   the API show as a node's or GPU's health now.
 - `rollup_5m`: 5-minute aggregates of a few chart series, for when no Prometheus is configured.
 - `node_energy_hour`: kWh per node-hour integrated from DCMI watts (metering's energy input).
+- `gpu_energy_hour`: kWh per GPU-hour from the GPU exporters' energy counters.
 - `k8s_allocation`: pod resource requests as intervals per namespace (metering's Kubernetes input).
 - `opencost_allocation`: OpenCost's own figures per namespace and window (for reconciliation).
 """
@@ -98,6 +99,23 @@ class NodeEnergyHour(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     node_id: int = Field(sa_column=Column(Integer, ForeignKey("node.id", ondelete="CASCADE"), nullable=False, index=True))
+    hour: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
+    kwh: Decimal = Field(default=Decimal(0), sa_column=Column(ExactNumeric(18, 6), nullable=False))
+    covered_seconds: int = Field(default=0)  # how much of the hour the readings cover
+
+
+class GpuEnergyHour(SQLModel, table=True):
+    """Energy one GPU drew in one hour, from its exporter's energy counter (DCGM
+    `DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION`, AMD `gpu_energy_consumed`); `entity` is the GPU's
+    UUID or serial (a MIG GPU's own, never an instance's: the counter is the whole GPU's)."""
+
+    __tablename__ = "gpu_energy_hour"
+    __table_args__ = (UniqueConstraint("entity", "hour"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    entity: str = Field(max_length=255)
+    node_id: int | None = Field(default=None, sa_column=Column(
+        Integer, ForeignKey("node.id", ondelete="SET NULL"), nullable=True, index=True))
     hour: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
     kwh: Decimal = Field(default=Decimal(0), sa_column=Column(ExactNumeric(18, 6), nullable=False))
     covered_seconds: int = Field(default=0)  # how much of the hour the readings cover

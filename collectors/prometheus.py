@@ -2,25 +2,14 @@
 
 `PrometheusClient` wraps prometheus-api-client's `PrometheusConnect` with a timeout, no
 retries (the scheduler calls again next cycle) and readable errors: Prometheus down →
-"Prometheus at URL is unreachable: …"; a bad query → the server's own error text.
+"Prometheus at URL is unreachable: …"; a bad query → the server's own error text; `window()`
+turns [start, end) into a range and evaluation time that select exactly its raw samples.
 
 `GpuCollector` turns one exporter's declarative metric table (`GpuExporter`: dcgm.py,
-rocm.py) into current-value Samples per GPU. `GpuUsage` holds the queries metering uses,
-aggregated inside PromQL, with exact results:
-
-- GPU-hours are counted, not integrated: each sample of the exporter's "presence" metric (one
-  per GPU per scrape) is one scrape interval of that GPU, held by the namespace in its labels.
-  `count_over_time` counts raw samples, so there is no step, no lookback and no staleness
-  involved; the only care needed is the window's edges. Prometheus 2.x range selectors are
-  closed ([t-r, t]), 3.x ones left-open ((t-r, t]); `window()` picks the range and evaluation
-  time that select exactly the samples with start <= t < end under the server's semantics
-  (probed once, not guessed from the version), so consecutive windows never count a sample
-  twice. Counts are integers in float64 (exact below 2**53).
-- A MIG instance or compute partition is its own series and counts as a GPU of its own (its
-  entity is `UUID/instance`); weighting slices by size is left to pricing.
-- Series without a namespace label are idle GPUs (dcgm-exporter leaves the pod labels empty,
-  and Prometheus drops empty labels) and are reported as unattributed, never dropped; series
-  with a pod but no namespace are counted there too, and reported as malformed.
+rocm.py) into current-value Samples per GPU (`GpuExporter.read`, the one mapping shared with
+exporters scraped directly). A MIG instance or compute partition is an entity of its own,
+`ident/instance`, whose samples carry `parent_gpu`; whole-GPU values repeated on its series are
+the GPU's, kept once. The usage queries metering uses are in `collectors.gpu_usage`.
 """
 
 from __future__ import annotations
@@ -31,10 +20,9 @@ import math
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 
 import requests
 from prometheus_api_client import PrometheusConnect
@@ -45,7 +33,6 @@ from urllib3.util.retry import Retry
 from collectors.base import Sample, TargetResult, skipped_summary
 
 MS = timedelta(milliseconds=1)
-HOUR_MS = Decimal(3_600_000)
 
 
 class PrometheusError(Exception):
@@ -149,19 +136,24 @@ def _server_error(exc: PrometheusApiClientException) -> str:
 @dataclass(frozen=True)
 class ExporterMetric:
     """One row of an exporter's table: its metric → Kiln's metric, unit and scale. `blank_from`:
-    values at or above it are the exporter's "no value" sentinels (DCGM's blanks), not readings."""
+    values at or above it are the exporter's "no value" sentinels (DCGM's blanks), not readings.
+    `whole_gpu`: a value of the physical GPU (power, energy, temperature, XID) that an exporter
+    repeats on each of its instances' series: it belongs to the GPU and is kept once."""
 
     exporter: str
     metric: str
     unit: str
     scale: float = 1.0
     blank_from: float | None = None
+    whole_gpu: bool = False
 
 
 # Why a series gave no sample (TargetResult.skipped keys, `kiln collect once`, /metrics).
 SKIP_NO_IDENTITY = "no GPU identity"
 SKIP_NOT_A_NUMBER = "NaN or infinite value"
 SKIP_BLANK = "blank value (not supported / not found)"
+SKIP_NOT_ON_INSTANCE = "not supported on a MIG instance"
+SKIP_REPEATED = "whole-GPU value repeated on an instance"
 
 
 @dataclass(frozen=True)
@@ -182,6 +174,10 @@ class GpuExporter:
     instance_label: str | None = None  # a slice of the GPU (MIG instance, compute partition)
     whole_gpu_instances: frozenset[str] = frozenset()  # instance label values meaning "the whole GPU"
     no_identity: frozenset[str] = frozenset()  # identity values that identify nothing (an all-zero UUID)
+    # on an instance's series, presence and utilisation come from this metric instead of `presence`
+    # (which the exporter leaves out or reports as 0 there); None: `presence` works on instances
+    instance_presence: str | None = None
+    instance_detail_labels: tuple[str, ...] = ()  # labels that describe the instance (its profile)
 
     @property
     def pod_labels(self) -> tuple[str, ...]:
@@ -201,14 +197,17 @@ class GpuExporter:
         """The metric table keyed by the exporter's metric name."""
         return {row.exporter: row for row in self.metrics}
 
-    def entity(self, labels: Mapping[str, str]) -> str | None:
-        """The GPU (or GPU slice: `ident/instance`) a series is about; None without identity."""
+    def identity(self, labels: Mapping[str, str]) -> tuple[str | None, str | None]:
+        """(the physical GPU's identity, the instance or partition id or None) of a series."""
         ident = next((labels[name] for name in self.entity_labels
                       if labels.get(name) and labels[name] not in self.no_identity), None)
         instance = labels.get(self.instance_label) if self.instance_label else None
-        if ident and instance and instance not in self.whole_gpu_instances:
-            return f"{ident}/{instance}"
-        return ident
+        return ident, (instance if instance and instance not in self.whole_gpu_instances else None)
+
+    def entity(self, labels: Mapping[str, str]) -> str | None:
+        """The GPU (or GPU slice: `ident/instance`) a series is about; None without identity."""
+        ident, instance = self.identity(labels)
+        return f"{ident}/{instance}" if ident and instance else ident
 
     def host(self, labels: Mapping[str, str]) -> str | None:
         """The host label's value under whichever spelling the series has."""
@@ -224,22 +223,69 @@ class GpuExporter:
 
     def sample(self, spec: ExporterMetric, labels: Mapping[str, str], value: float, ts: datetime) -> Sample | str:
         """The Sample one series' value gives, or why it gives none (a SKIP_* reason): the one
-        mapping for exporter text scraped directly and for the same series read from Prometheus."""
-        entity = self.entity(labels)
-        if not entity:
+        mapping for exporter text scraped directly and for the same series read from Prometheus.
+        On an instance's series a whole-GPU value is the parent GPU's sample (no workload labels:
+        the GPU's power is not one instance's), the instance presence metric is its utilisation,
+        and the whole-GPU presence metric is not supported."""
+        ident, instance = self.identity(labels)
+        if not ident:
             return SKIP_NO_IDENTITY
         value = float(value)  # the text parser gives ints as written: compare blanks as Prometheus stores them
         if not math.isfinite(value):
             return SKIP_NOT_A_NUMBER
         if spec.blank_from is not None and value >= spec.blank_from:
             return SKIP_BLANK
+        metric, entity, workload = spec.metric, ident, True
+        if instance is not None:
+            if spec.whole_gpu:
+                workload = False
+            elif self.instance_presence and spec.exporter == self.presence:
+                return SKIP_NOT_ON_INSTANCE
+            else:
+                entity = f"{ident}/{instance}"
+                if spec.exporter == self.instance_presence:
+                    metric = self.table()[self.presence].metric
         kept = {name: labels[name] for name in self.keep_labels if labels.get(name)}
-        for name, spellings in (("host", self.host_labels), ("namespace", self.namespace_labels),
-                                ("pod", self.pod_labels), ("container", self.container_labels)):
-            value_of = _first(labels, spellings)
+        spellings = [("host", self.host_labels), ("instance", ("instance",))]
+        if workload:
+            spellings += [("namespace", self.namespace_labels), ("pod", self.pod_labels),
+                          ("container", self.container_labels)]
+        for name, names in spellings:
+            value_of = _first(labels, names)
             if value_of:
                 kept[name] = value_of
-        return Sample(self.source, entity, spec.metric, value * spec.scale, spec.unit, kept, ts)
+        if entity != ident:
+            kept["parent_gpu"] = ident
+        elif instance is not None:  # the GPU's own value read off an instance's series
+            for name in (self.instance_label, *self.instance_detail_labels):
+                kept.pop(name, None)
+        return Sample(self.source, entity, metric, value * spec.scale, spec.unit, kept, ts)
+
+    def read(self, series: Iterable[tuple[ExporterMetric, Mapping[str, str], float, datetime]]
+             ) -> tuple[list[Sample], dict[str, int]]:
+        """The newest sample per entity and Kiln metric of `series` (spec, labels, value, time),
+        and the series left out by reason. A whole-GPU value repeated on instances is kept once
+        (the GPU's own series first) and its repeats counted; of two samples at different times
+        the newer wins (a pod's series ends when the next one starts; without staleness markers
+        both can be inside a lookback: the newest tells who holds the GPU now)."""
+        newest: dict[tuple[str, str], tuple[Sample, bool]] = {}
+        skipped: Counter[str] = Counter()
+        for spec, labels, value, ts in series:
+            sample = self.sample(spec, labels, value, ts)
+            if isinstance(sample, str):
+                skipped[sample] += 1
+                continue
+            repeat = spec.whole_gpu and self.identity(labels)[1] is not None
+            key = (sample.entity, sample.metric)
+            held = newest.get(key)
+            if held is not None and (held[1] or repeat) and held[0].ts == sample.ts:
+                skipped[SKIP_REPEATED] += 1
+                if not held[1] or repeat:
+                    continue
+            elif held is not None and held[0].ts >= sample.ts:
+                continue
+            newest[key] = (sample, repeat)
+        return [sample for sample, _ in newest.values()], dict(skipped)
 
 
 def _first(labels: Mapping[str, str], names: Sequence[str]) -> str | None:
@@ -278,144 +324,14 @@ class GpuCollector:
         except PrometheusError as exc:
             return [TargetResult(target, ok=False, error=str(exc), seconds=time.monotonic() - began,
                                  timed_out=exc.timed_out)]
-        newest: dict[tuple[str, str], Sample] = {}
-        skipped: Counter[str] = Counter()
+        series = []
         for row in rows:
             labels: dict[str, str] = row.get("metric", {})
             row_spec = table.get(labels.get("__name__", ""))
             points = row.get("values") or []
-            if row_spec is None or not points:
-                continue
-            ts, raw = points[-1]
-            sample = self.exporter.sample(row_spec, labels, float(raw), datetime.fromtimestamp(float(ts), UTC))
-            if isinstance(sample, str):
-                skipped[sample] += 1
-                continue
-            key = (sample.entity, row_spec.metric)
-            # a pod's series ends when the next one starts; without staleness markers both can
-            # be inside the lookback: the newest sample tells who holds the GPU now
-            if key not in newest or newest[key].ts < sample.ts:
-                newest[key] = sample
-        return [TargetResult(target, ok=True, samples=list(newest.values()), error=skipped_summary(skipped),
-                             skipped=dict(skipped), seconds=time.monotonic() - began)]
-
-
-# -- usage queries (metering) ----------------------------------------------------------------------
-
-
-def gpu_hours(samples: int, scrape_interval: timedelta) -> Decimal:
-    """GPU-hours of `samples` presence samples taken every `scrape_interval`."""
-    return Decimal(samples) * Decimal(scrape_interval // MS) / HOUR_MS
-
-
-@dataclass(frozen=True)
-class UsageResult:
-    """One usage query's answer: `values` per namespace or host (GPU-hours, or utilisation in
-    percent) and the presence samples behind each; what could not be attributed (idle GPUs,
-    malformed series), of which `malformed_samples` came from malformed series; and, for
-    utilisation, how many series were left out."""
-
-    values: dict[str, Decimal]
-    samples: dict[str, int]
-    unattributed_hours: Decimal = Decimal(0)
-    unattributed_samples: int = 0
-    malformed_samples: int = 0
-    skipped_series: int = 0
-    query: str = ""
-    at: datetime | None = None
-    notes: list[str] = field(default_factory=list)
-
-
-class GpuUsage:
-    """Per-namespace and per-host GPU-hours and utilisation over [start, end), from one
-    exporter's presence metric, aggregated inside PromQL (one pass over the samples)."""
-
-    def __init__(self, client: PrometheusClient, exporter: GpuExporter, *, scrape_interval: timedelta) -> None:
-        self.client = client
-        self.exporter = exporter
-        self.scrape_interval = scrape_interval
-
-    def _selector(self, matchers: str = "") -> str:
-        return f"{self.exporter.presence}{{{matchers}}}" if matchers else self.exporter.presence
-
-    def namespace_hours_query(self, start: datetime, end: datetime) -> tuple[str, datetime]:
-        """The PromQL (and evaluation time) behind `gpu_hours_by_namespace`: samples per
-        namespace (`kiln_namespace`, from whichever spelling a series has), the series that have
-        a pod marked `kiln_pod` so that a pod without a namespace stands out from idle time in
-        the same pass."""
-        rng, at = self.client.window(start, end)
-        counted = coalesce_expr(f"count_over_time({self._selector()}{rng})", self.exporter.pod_labels, "kiln_pod")
-        return f"sum by (kiln_namespace, kiln_pod) ({self.exporter.namespace_expr(counted)})", at
-
-    def gpu_hours_by_namespace(self, start: datetime, end: datetime) -> UsageResult:
-        """GPU-hours per namespace. Samples without a namespace label are unattributed: idle
-        GPUs, and series with a pod but no namespace (malformed: counted, reported in notes)."""
-        query, at = self.namespace_hours_query(start, end)
-        samples: dict[str, int] = {}
-        unattributed = malformed = 0
-        for labels, count in self._counts(query, at):
-            if labels.get("kiln_namespace"):
-                samples[labels["kiln_namespace"]] = samples.get(labels["kiln_namespace"], 0) + count
-            else:
-                unattributed += count
-                malformed += count if labels.get("kiln_pod") else 0
-        notes = [f"{malformed} samples of series with a pod but no namespace counted as unattributed"] if malformed else []
-        return self._hours(samples, unattributed, malformed, query, at, notes)
-
-    def gpu_hours_by_host(self, start: datetime, end: datetime) -> UsageResult:
-        """GPU-hours per host, whichever spelling of the host label each series has; samples
-        of series without any are unattributed (and malformed)."""
-        rng, at = self.client.window(start, end)
-        query = f"sum by (kiln_host) ({self.exporter.host_expr(f'count_over_time({self._selector()}{rng})')})"
-        samples: dict[str, int] = {}
-        unattributed = 0
-        for labels, count in self._counts(query, at):
-            if labels.get("kiln_host"):
-                samples[labels["kiln_host"]] = count
-            else:
-                unattributed = count
-        notes = [f"{unattributed} samples of series without a host label"] if unattributed else []
-        return self._hours(samples, unattributed, unattributed, query, at, notes)
-
-    def _counts(self, query: str, at: datetime) -> list[tuple[dict[str, str], int]]:
-        return [(row["metric"], int(Decimal(row["value"][1]))) for row in self.client.query(query, at)]
-
-    def _hours(self, samples: dict[str, int], unattributed: int, malformed: int, query: str, at: datetime,
-               notes: list[str]) -> UsageResult:
-        return UsageResult(
-            values={name: gpu_hours(n, self.scrape_interval) for name, n in sorted(samples.items())},
-            samples=dict(sorted(samples.items())), unattributed_hours=gpu_hours(unattributed, self.scrape_interval),
-            unattributed_samples=unattributed, malformed_samples=malformed, query=query, at=at, notes=notes)
-
-    def gpu_utilisation_by_namespace(self, start: datetime, end: datetime) -> UsageResult:
-        """Mean utilisation (percent) of the GPUs each namespace held, weighted by samples:
-        sum and count per namespace come from PromQL, the exact division is done here. A
-        series with a NaN or negative sample is left out whole and counted as skipped."""
-        rng, at = self.client.window(start, end)
-        sel = self._selector() + rng
-        named = self.exporter.namespace_expr
-        valid = f"({named(f'sum_over_time({sel})')} >= 0)"
-        parts = {
-            "sum": f"sum by (kiln_namespace) {valid}",
-            "samples": f"sum by (kiln_namespace) ({named(f'count_over_time({sel})')} and {valid})",
-            "skipped": f"count by (kiln_namespace) ({named(f'sum_over_time({sel})')} unless {valid})",
-        }
-        query = " or ".join(f'label_replace({expr}, "kiln_part", "{part}", "", "")' for part, expr in parts.items())
-        sums: dict[str, Decimal] = {}
-        counts: dict[str, int] = {}
-        skipped = 0
-        for row in self.client.query(query, at):
-            labels, value = row["metric"], Decimal(row["value"][1])
-            namespace = labels.get("kiln_namespace", "")
-            if not namespace:
-                continue  # idle GPUs: no workload to weigh
-            if labels["kiln_part"] == "skipped":
-                skipped += int(value)
-            elif labels["kiln_part"] == "sum":
-                sums[namespace] = value
-            else:
-                counts[namespace] = int(value)
-        values = {name: sums[name] / counts[name] for name in sorted(counts) if counts[name] and name in sums}
-        notes = [f"{skipped} series with NaN or negative samples left out"] if skipped else []
-        return UsageResult(values=values, samples={name: counts[name] for name in values}, skipped_series=skipped,
-                           query=query, at=at, notes=notes)
+            if row_spec is not None and points:
+                ts, raw = points[-1]
+                series.append((row_spec, labels, float(raw), datetime.fromtimestamp(float(ts), UTC)))
+        samples, skipped = self.exporter.read(series)
+        return [TargetResult(target, ok=True, samples=samples, error=skipped_summary(skipped),
+                             skipped=skipped, seconds=time.monotonic() - began)]

@@ -14,11 +14,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+from collectors.gpu_usage import GpuUsage
 from collectors.prometheus import (
     ExporterMetric,
     GpuCollector,
     GpuExporter,
-    GpuUsage,
     PrometheusClient,
 )
 
@@ -29,12 +29,12 @@ ROCM_METRICS = (
     ExporterMetric("gpu_used_vram", "gpu_memory_used", "bytes", MIB),
     ExporterMetric("gpu_free_vram", "gpu_memory_free", "bytes", MIB),
     ExporterMetric("gpu_total_vram", "gpu_memory_total", "bytes", MIB),
-    ExporterMetric("gpu_power_usage", "gpu_power", "watts"),
-    ExporterMetric("gpu_package_power", "gpu_package_power", "watts"),
-    ExporterMetric("gpu_energy_consumed", "gpu_energy", "joules", 1e-6),  # µJ, accumulated
-    ExporterMetric("gpu_junction_temperature", "gpu_temperature", "celsius"),  # hotspot (MI3xx)
-    ExporterMetric("gpu_edge_temperature", "gpu_edge_temperature", "celsius"),  # MI2xx
-    ExporterMetric("gpu_memory_temperature", "gpu_memory_temperature", "celsius"),
+    ExporterMetric("gpu_power_usage", "gpu_power", "watts", whole_gpu=True),
+    ExporterMetric("gpu_package_power", "gpu_package_power", "watts", whole_gpu=True),
+    ExporterMetric("gpu_energy_consumed", "gpu_energy", "joules", 1e-6, whole_gpu=True),  # µJ, accumulated
+    ExporterMetric("gpu_junction_temperature", "gpu_temperature", "celsius", whole_gpu=True),  # hotspot (MI3xx)
+    ExporterMetric("gpu_edge_temperature", "gpu_edge_temperature", "celsius", whole_gpu=True),  # MI2xx
+    ExporterMetric("gpu_memory_temperature", "gpu_memory_temperature", "celsius", whole_gpu=True),
     ExporterMetric("gpu_ecc_uncorrect_total", "gpu_ecc_uncorrectable", "count"),
 )
 
@@ -51,6 +51,7 @@ ROCM = GpuExporter(
     # or 4294967295 (-1 as an unsigned 32-bit id, seen on virtual functions)
     instance_label="gpu_partition_id",
     whole_gpu_instances=frozenset({"0", "NA", "4294967295"}),
+    instance_detail_labels=("gpu_compute_partition_type",),
     keep_labels=("gpu_id", "card_model", "gpu_partition_id", "gpu_compute_partition_type"),
 )
 

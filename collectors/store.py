@@ -16,16 +16,18 @@ Collectors themselves never touch the database (collectors/base.py).
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 
 from sqlalchemy import case
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from collectors.base import Sample, TargetResult
+from collectors.energy import GPU_ENERGY_METRIC, GPU_UTIL_ROLLUP, energy_by_hour, integrate_gpu_energy
 from collectors.models import (
     CollectorTargetState,
     HealthSnapshot,
@@ -36,15 +38,14 @@ from fleet.models import Gpu, Node
 from kiln.db import upsert
 
 BUCKET = timedelta(minutes=5)
-KWH = Decimal("0.000001")
 POWER_METRIC = "ipmi_dcmi_power_consumption_watts"
 TEMPERATURE_METRIC = "ipmi_temperature_celsius"
 # The rollup series the console and metering read (rollup_5m.metric).
-GPU_UTIL_ROLLUP = "gpu_util_percent"
 TEMPERATURE_MAX_ROLLUP = "ipmi_temperature_celsius_max"
 # sample metric -> rollup metric; `max` series keep the node's hottest sensor per poll
 ROLLUPS = {POWER_METRIC: POWER_METRIC, "gpu_util": GPU_UTIL_ROLLUP}
 MAX_ROLLUPS = {TEMPERATURE_METRIC: TEMPERATURE_MAX_ROLLUP}
+NODE_INFO_METRIC = "kube_node_info"  # its internal_ip places exporters known only by address
 FACT_METRICS = {"ipmi_bmc_info": "bmc", "ipmi_fru_info": "fru"}
 ERROR_LIMIT = 2000
 GPU_SOURCES = frozenset({"dcgm", "rocm", "dcgm-exporter"})
@@ -76,6 +77,8 @@ def persist_results(session: Session, collector: str, results: Sequence[TargetRe
     if samples:
         node_ids = node_ids_of(session, samples)
         integrate_energy(session, [s for s in samples if s.metric == POWER_METRIC], node_ids, max_gap)
+        gpu_energy = [s for s in samples if s.metric == GPU_ENERGY_METRIC and s.source in GPU_SOURCES]
+        integrate_gpu_energy(session, gpu_energy, {s.entity: _node_of(s, node_ids) for s in gpu_energy}, max_gap)
         write_snapshots(session, samples, node_ids)
         add_rollups(session, samples)
         update_facts(session, samples, node_ids)
@@ -204,27 +207,6 @@ def integrate_energy(session: Session, power: Sequence[Sample], node_ids: Mappin
                                  "covered_seconds": current.covered_seconds + new.covered_seconds})
 
 
-def energy_by_hour(t0: datetime, w0: float, t1: datetime, w1: float,
-                   max_gap: timedelta) -> list[tuple[datetime, Decimal, int]]:
-    """kWh per hour (and seconds covered) of a linear draw from w0 watts at t0 to w1 at t1;
-    nothing when the readings are out of order or further apart than `max_gap`."""
-    span = (t1 - t0).total_seconds()
-    if span <= 0 or t1 - t0 > max_gap:
-        return []
-    out = []
-    start = t0
-    while start < t1:
-        hour = start.replace(minute=0, second=0, microsecond=0)
-        end = min(t1, hour + timedelta(hours=1))
-        a, b = (start - t0).total_seconds(), (end - t0).total_seconds()
-        watts_a, watts_b = w0 + (w1 - w0) * a / span, w0 + (w1 - w0) * b / span
-        joules = (watts_a + watts_b) / 2 * (b - a)
-        out.append((hour, (Decimal(repr(joules)) / Decimal(3_600_000)).quantize(KWH, ROUND_HALF_EVEN),
-                    round(b - a)))
-        start = end
-    return out
-
-
 def update_facts(session: Session, samples: Iterable[Sample], node_ids: Mapping[str, int]) -> None:
     """BMC device id and FRU into the node's hardware facts (`facts["bmc"]`, `facts["fru"]`)."""
     found: dict[int, dict[str, dict[str, str]]] = {}
@@ -245,15 +227,48 @@ def _host_of(sample: Sample) -> str:
     return sample.labels.get("host", sample.entity) if sample.source in GPU_SOURCES else sample.entity
 
 
+def _gpu_of(sample: Sample) -> str:
+    return sample.labels.get("parent_gpu", sample.entity)  # a MIG instance's node is its GPU's
+
+
+def _target_host(sample: Sample) -> str | None:
+    """The host of the scrape target (`instance` label, `host:port` or `[v6]:port`)."""
+    instance = sample.labels.get("instance") if sample.source in GPU_SOURCES else None
+    if not instance:
+        return None
+    host = instance.rsplit(":", 1)[0] if instance.count(":") == 1 or instance.startswith("[") else instance
+    return host.strip("[]")
+
+
 def _node_of(sample: Sample, node_ids: Mapping[str, int]) -> int | None:
-    return node_ids.get(_host_of(sample)) or node_ids.get(sample.entity)
+    """The node a sample is about: the host label naming a node, else the GPU Kiln knows by its
+    UUID, else the scrape target's host naming a node (an exporter whose host label holds a
+    container id or a pod name)."""
+    return (node_ids.get(_host_of(sample)) or node_ids.get(_gpu_of(sample))
+            or node_ids.get(_target_host(sample) or ""))
 
 
 def node_ids_of(session: Session, samples: Sequence[Sample]) -> dict[str, int]:
-    """Node id by node name, and by GPU UUID for GPUs Kiln knows (they need no host label)."""
-    names = {_host_of(s) for s in samples}
+    """Node id by node name, by GPU UUID for GPUs Kiln knows (they need no host label), and by
+    the InternalIP Kubernetes reports for a node (`kube_node_info`) for scrape targets' IPs."""
+    targets = {host for s in samples if (host := _target_host(s))}
+    names = {_host_of(s) for s in samples} | targets
     ids: dict[str, int] = dict(session.exec(select(Node.name, Node.id).where(Node.name.in_(names))).all())
-    uuids = {s.entity for s in samples if s.source in GPU_SOURCES}
+    uuids = {_gpu_of(s) for s in samples if s.source in GPU_SOURCES}
     if uuids:
         ids.update(session.exec(select(Gpu.uuid, Gpu.node_id).where(Gpu.uuid.in_(uuids))).all())
+    addresses = {host for host in targets - set(ids) if _is_ip(host)}
+    if addresses:
+        for labels, node_id in session.exec(select(HealthSnapshot.labels, HealthSnapshot.node_id).where(
+                HealthSnapshot.metric == NODE_INFO_METRIC, col(HealthSnapshot.node_id).is_not(None))):
+            if labels.get("internal_ip") in addresses:
+                ids.setdefault(labels["internal_ip"], node_id)
     return ids
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

@@ -17,7 +17,8 @@ from collectors.models import (
     Rollup5m,
 )
 from collectors.sharding import claim_targets, retire_worker
-from collectors.store import energy_by_hour, persist_results
+from collectors.energy import energy_by_hour
+from collectors.store import persist_results
 from fleet.models import Gpu, Node
 from tests.factories import World
 from tests.fleet_helpers import make_node_row
@@ -152,3 +153,30 @@ def test_replicas_split_targets_and_take_over_a_dead_ones(engine: Engine) -> Non
     retire_worker(engine, "worker-b")
     with Session(engine) as session:
         assert {r.lease_owner for r in session.exec(select(CollectorTargetState))} == {None}
+
+
+def test_gpu_series_without_a_node_name_are_placed_by_gpu_target_or_kubernetes_ip(engine: Engine, world: World) -> None:
+    """dcgm-exporter's host label may hold a container id (Datadog's recorded output,
+    tests/data/upstream/dcgm-exporter/) or a pod name: the GPU's UUID, the scrape target's host
+    name, or the InternalIP Kubernetes reports for a node place it instead."""
+    by_ip = make_node_row(world, gpus=0, name="gpu-007")
+    by_name = make_node_row(world, gpus=0, name="gpu-008")
+    by_uuid = make_node_row(world, gpus=0, name="gpu-009")
+    world.session.add(Gpu(node_id=by_uuid.id, index=0, uuid="GPU-known", model="NVIDIA H100 80GB HBM3"))
+    world.session.commit()
+    info = Sample("kubernetes", "gpu-007", "kube_node_info", 1.0, "info", {"internal_ip": "10.1.2.3"}, T0)
+
+    def gpu(uuid: str, instance: str, **labels: str) -> Sample:
+        return Sample("dcgm-exporter", uuid, "gpu_util", 50.0, "percent",
+                      {"host": "424773df46e0", "instance": instance, **labels}, T0)
+
+    with Session(engine) as session, session.begin():
+        persist_results(session, "kubernetes", [TargetResult("k8s", ok=True, samples=[info])])
+        persist_results(session, "dcgm-exporter", [TargetResult("x", ok=True, samples=[
+            gpu("GPU-a", "10.1.2.3:9400"), gpu("GPU-b", "gpu-008:9400"), gpu("GPU-known/3", "10.9.9.9:9400",
+                                                                          parent_gpu="GPU-known"),
+            gpu("GPU-c", "[fd00::7]:9400")])])
+    with Session(engine) as session:
+        placed = {row.entity: row.node_id for row in session.exec(
+            select(HealthSnapshot).where(HealthSnapshot.metric == "gpu_util"))}
+    assert placed == {"GPU-a": by_ip.id, "GPU-b": by_name.id, "GPU-known/3": by_uuid.id, "GPU-c": None}

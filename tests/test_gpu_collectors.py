@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from collectors.dcgm import DCGM, DcgmCollector, dcgm_usage
-from collectors.prometheus import SKIP_NO_IDENTITY, GpuUsage, PrometheusClient, PrometheusError, gpu_hours
+from collectors.gpu_usage import GpuUsage, gpu_hours
+from collectors.prometheus import SKIP_NO_IDENTITY, PrometheusClient, PrometheusError
 from collectors.rocm import ROCM, RocmCollector, rocm_usage
 from tests.peers import gpu_history as history
 from tests.peers.harness import missing_peer, running_peer

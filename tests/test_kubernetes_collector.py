@@ -61,8 +61,10 @@ def core(kubeconfig: str) -> Iterator[k8s.CoreV1Api]:
     api.close()
 
 
-def make_node(core: k8s.CoreV1Api, name: str, gpu: str, *, ready: str = "True", gpus: int = 8) -> None:
-    """A node with GPU capacity and conditions, as a kubelet and device plugin would report them."""
+def make_node(core: k8s.CoreV1Api, name: str, gpu: str, *, ready: str = "True", gpus: int = 8,
+              address: str = "10.0.0.11") -> None:
+    """A node with GPU capacity, conditions, addresses and system info, as a kubelet and device
+    plugin would report them."""
     core.create_node({"metadata": {"name": name}})
     conditions = [{"type": t, "status": s, "reason": "Test", "lastHeartbeatTime": stamp(T0),
                    "lastTransitionTime": stamp(T0)}
@@ -71,6 +73,11 @@ def make_node(core: k8s.CoreV1Api, name: str, gpu: str, *, ready: str = "True", 
     core.patch_node_status(name, {"status": {
         "capacity": {gpu: str(gpus), "cpu": "128", "memory": "1056Gi", "pods": "110"},
         "allocatable": {gpu: str(gpus), "cpu": "126", "memory": "1048Gi", "pods": "110"},
+        "addresses": [{"type": "Hostname", "address": name}, {"type": "InternalIP", "address": address}],
+        "nodeInfo": {"machineID": "m", "systemUUID": f"uuid-{name}", "bootID": "b", "kernelVersion": "6.1.0-28-amd64",
+                     "osImage": "Debian GNU/Linux 12 (bookworm)", "containerRuntimeVersion": "containerd://1.7.24",
+                     "kubeletVersion": "v1.31.4", "kubeProxyVersion": "", "operatingSystem": "linux",
+                     "architecture": "amd64"},
         "conditions": conditions}})
 
 
@@ -174,6 +181,8 @@ def test_first_collection_lists_nodes_namespaces_and_pod_intervals(core: k8s.Cor
     assert node_value("gpu-node-2", "kube_node_status_condition", condition="Ready", status="true") == 0
     assert node_value("gpu-node-2", "kube_node_status_condition", condition="Ready", status="false") == 1
     assert node_value("gpu-node-1", "kube_node_status_condition", condition="MemoryPressure", status="false") == 1
+    assert node_value("gpu-node-1", "kube_node_info", internal_ip="10.0.0.11", kubelet_version="v1.31.4",
+                      system_uuid="uuid-gpu-node-1", container_runtime_version="containerd://1.7.24") == 1
     tenants = {s.entity: s.labels["tenant"] for s in result.samples if s.metric == "kiln_k8s_namespace_tenant"}
     assert {k: tenants[k] for k in ("team-a", "team-b", "team-c")} == {"team-a": "acme", "team-b": "globex",
                                                                         "team-c": ""}

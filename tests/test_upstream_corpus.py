@@ -23,12 +23,14 @@ from sqlmodel import Session, select
 from collectors.base import TargetResult
 from collectors.dcgm import DCGM
 from collectors.exporter_scrape import ExporterScrapeCollector
+from collectors.gpu_usage import GpuUsage
 from collectors.prometheus import (
     SKIP_BLANK,
     SKIP_NO_IDENTITY,
+    SKIP_NOT_ON_INSTANCE,
+    SKIP_REPEATED,
     GpuCollector,
     GpuExporter,
-    GpuUsage,
     PrometheusClient,
 )
 from collectors.cluster_store import persist_opencost
@@ -121,10 +123,39 @@ def test_mig_output_gives_the_whole_gpu_and_its_instance_as_entities() -> None:
     assert got[(gpu, "gpu_power")] == pytest.approx(409.692)
     assert got[(gpu, "gpu_energy")] == pytest.approx(319159.391)
     assert got[(gpu, "gpu_engine_active")] == pytest.approx(99.563)
-    assert got[(f"{gpu}/13", "gpu_engine_active")] == pytest.approx(99.5687)
-    instance = [s for s in result.samples if s.entity == f"{gpu}/13"]
-    assert {s.labels["GPU_I_PROFILE"] for s in instance} == {"1g.5gb"}
+    # the instance: its utilisation is DCGM_FI_PROF_GR_ENGINE_ACTIVE (GPU_UTIL is not supported there)
+    instance = {s.metric: s for s in result.samples if s.entity == f"{gpu}/13"}
+    assert set(instance) == {"gpu_util"} and instance["gpu_util"].value == pytest.approx(99.5687)
+    assert instance["gpu_util"].labels["GPU_I_PROFILE"] == "1g.5gb"
+    assert instance["gpu_util"].labels["parent_gpu"] == gpu
+    # the XID field its series repeats is the GPU's, kept once from the GPU's own series
+    assert [s.entity for s in result.samples if s.metric == "gpu_last_xid"] == [gpu]
+    assert "GPU_I_ID" not in next(s for s in result.samples if s.metric == "gpu_last_xid").labels
+    assert result.skipped == {SKIP_REPEATED: 1}
     assert all(s.labels["host"] == "ub20-a100-k8s" for s in result.samples)
+
+
+def test_whole_gpu_values_repeated_on_every_instance_count_once() -> None:
+    """MIG GPUs whose whole-GPU fields appear only on the instances' series, each repeating
+    them, and a GPU_UTIL of 0 on an instance (the shapes of NVIDIA/dcgm-exporter#216 and
+    the repeated fields its MIG users report): built here, not copied."""
+    gpu = "GPU-a810a1fc-9f46-0e6f-5cef-bf34c2248e12"
+    rows = []
+    for gi, engine in (("1", 0.25), ("2", 0.75)):
+        labels = f'gpu="0",UUID="{gpu}",device="nvidia0",GPU_I_PROFILE="3g.20gb",GPU_I_ID="{gi}",Hostname="a100-01"'
+        pod = f',namespace="team-{gi}",pod="train-{gi}",container="main"'
+        rows += [f"DCGM_FI_DEV_POWER_USAGE{{{labels}{pod}}} 301.5",
+                 f"DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{{{labels}{pod}}} 5000000",
+                 f"DCGM_FI_DEV_GPU_UTIL{{{labels}{pod}}} 0",
+                 f"DCGM_FI_PROF_GR_ENGINE_ACTIVE{{{labels}{pod}}} {engine}"]
+    result = scrape("\n".join(rows) + "\n", DCGM)
+    power = [s for s in result.samples if s.metric == "gpu_power"]
+    assert [(s.entity, s.value) for s in power] == [(gpu, 301.5)]  # once, not 603 W
+    assert "namespace" not in power[0].labels and "GPU_I_ID" not in power[0].labels  # the GPU's, no pod's
+    assert values(result)[(gpu, "gpu_energy")] == 5000.0
+    assert {(s.entity, s.value, s.labels["namespace"]) for s in result.samples if s.metric == "gpu_util"} == {
+        (f"{gpu}/1", 25.0, "team-1"), (f"{gpu}/2", 75.0, "team-2")}
+    assert result.skipped == {SKIP_REPEATED: 2, SKIP_NOT_ON_INSTANCE: 2}
 
 
 # AMD device-metrics-exporter: the shapes below were reported in public issues and PRs (not

@@ -1,0 +1,106 @@
+"""Energy per hour: watts integrated, or an energy counter's increase spread, split at hours.
+
+Both node energy (DCMI watts, `node_energy_hour`) and GPU energy (the exporters' counters,
+`gpu_energy_hour`) are kept per hour in kWh to 6 decimal places (1 mWh), each addition rounded
+half-even. Between two readings further apart than `max_gap` the draw is unknown and nothing is
+added; `covered_seconds` says how much of an hour the readings cover.
+
+GPU energy is the same figure whichever way the readings arrived: `integrate_gpu_energy`
+stores a directly scraped exporter's readings as they come, and `collectors.gpu_usage` computes
+the same hours from Prometheus' raw samples with the same `counter_kwh_by_hour`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
+from collectors.base import Sample
+from collectors.models import GpuEnergyHour, HealthSnapshot, Rollup5m
+from kiln.db import upsert
+
+KWH = Decimal("0.000001")
+GPU_ENERGY_METRIC = "gpu_energy"  # joules, the exporters' counters (collectors.dcgm, collectors.rocm)
+GPU_UTIL_ROLLUP = "gpu_util_percent"
+
+
+def energy_by_hour(t0: datetime, w0: float, t1: datetime, w1: float,
+                   max_gap: timedelta) -> list[tuple[datetime, Decimal, int]]:
+    """kWh per hour (and seconds covered) of a linear draw from w0 watts at t0 to w1 at t1;
+    nothing when the readings are out of order or further apart than `max_gap`."""
+    span = (t1 - t0).total_seconds()
+    if span <= 0 or t1 - t0 > max_gap:
+        return []
+    out = []
+    start = t0
+    while start < t1:
+        hour = start.replace(minute=0, second=0, microsecond=0)
+        end = min(t1, hour + timedelta(hours=1))
+        a, b = (start - t0).total_seconds(), (end - t0).total_seconds()
+        watts_a, watts_b = w0 + (w1 - w0) * a / span, w0 + (w1 - w0) * b / span
+        joules = (watts_a + watts_b) / 2 * (b - a)
+        out.append((hour, (Decimal(repr(joules)) / Decimal(3_600_000)).quantize(KWH, ROUND_HALF_EVEN),
+                    round(b - a)))
+        start = end
+    return out
+
+
+def counter_kwh_by_hour(t0: datetime, j0: float, t1: datetime, j1: float,
+                        max_gap: timedelta) -> list[tuple[datetime, Decimal, int]]:
+    """kWh per hour of an energy counter that read `j0` joules at t0 and `j1` at t1, the
+    increase spread evenly in between; nothing across a reset (the counter went down)."""
+    span = (t1 - t0).total_seconds()
+    if j1 < j0 or span <= 0 or not (math.isfinite(j0) and math.isfinite(j1)):
+        return []
+    watts = (j1 - j0) / span
+    return energy_by_hour(t0, watts, t1, watts, max_gap)
+
+
+def integrate_gpu_energy(session: Session, energy: Sequence[Sample], node_ids: Mapping[str, int | None],
+                         max_gap: timedelta) -> None:
+    """Add each GPU's energy since its previous counter reading (its newest `gpu_energy`
+    snapshot) to its hours; `node_ids`: the node of each GPU entity, where known."""
+    if not energy:
+        return
+    entities = {s.entity for s in energy}
+    previous: dict[str, tuple[datetime, float]] = {}
+    for row in session.exec(select(HealthSnapshot).where(HealthSnapshot.metric == GPU_ENERGY_METRIC,
+                                                         col(HealthSnapshot.entity).in_(entities))):
+        if row.value is not None and (row.entity not in previous or previous[row.entity][0] < row.observed_at):
+            previous[row.entity] = (row.observed_at, row.value)
+    totals: dict[tuple[str, datetime], list] = {}
+    for s in sorted(energy, key=lambda s: s.ts):
+        before = previous.get(s.entity)
+        previous[s.entity] = (s.ts, s.value)
+        if before is None:
+            continue
+        for hour, kwh, seconds in counter_kwh_by_hour(before[0], before[1], s.ts, s.value, max_gap):
+            slot = totals.setdefault((s.entity, hour), [Decimal(0), 0])
+            slot[0] += kwh
+            slot[1] += seconds
+    rows = [{"entity": e, "node_id": node_ids.get(e), "hour": h, "kwh": kwh, "covered_seconds": secs}
+            for (e, h), (kwh, secs) in totals.items()]
+    upsert(session, GpuEnergyHour, rows, ("entity", "hour"),
+           lambda current, new: {"kwh": current.kwh + new.kwh, "node_id": new.node_id,
+                                 "covered_seconds": current.covered_seconds + new.covered_seconds})
+
+
+def stored_gpu_kwh(session: Session, start: datetime, end: datetime) -> dict[tuple[str, datetime], Decimal]:
+    """kWh per (GPU, hour) stored for the hours in [start, end)."""
+    rows = session.exec(select(GpuEnergyHour.entity, GpuEnergyHour.hour, GpuEnergyHour.kwh)
+                        .where(col(GpuEnergyHour.hour) >= start, col(GpuEnergyHour.hour) < end))
+    return {(entity, hour): Decimal(kwh) for entity, hour, kwh in rows}
+
+
+def stored_gpu_samples(session: Session, start: datetime, end: datetime) -> dict[str, int]:
+    """Utilisation samples (one per GPU or instance per scrape: the presence behind GPU-hours)
+    per entity in the 5-minute buckets of [start, end)."""
+    rows = session.exec(select(Rollup5m.entity, func.sum(Rollup5m.count))
+                        .where(Rollup5m.metric == GPU_UTIL_ROLLUP, col(Rollup5m.bucket) >= start,
+                               col(Rollup5m.bucket) < end).group_by(Rollup5m.entity))
+    return {entity: int(count) for entity, count in rows}
