@@ -100,6 +100,13 @@ def sensor_record(sdr: Any) -> SensorRecord:
     )
 
 
+def firmware_revision(version: Any) -> str:
+    """Get Device ID's firmware revision as ipmitool and FreeIPMI's bmc-info (ipmi_exporter's
+    source) print it: the minor revision is two BCD digits, so 9/0x08 is "9.08", not "9.8"."""
+    minor = "ff" if version.minor == 0xFF else f"{version.minor:02d}"
+    return f"{version.major}.{minor}"
+
+
 def _text(value: Any) -> str:
     text = str(value).strip() if value is not None else ""
     return text or "N/A"
@@ -288,7 +295,7 @@ class BmcConnection:
     def _read_device_id(self, result: PollResult) -> None:
         dev = self._ipmi.get_device_id()
         self._device = {
-            "firmware_revision": str(dev.fw_revision), "ipmi_version": str(dev.ipmi_version),
+            "firmware_revision": firmware_revision(dev.fw_revision), "ipmi_version": str(dev.ipmi_version),
             "manufacturer_id": str(dev.manufacturer_id), "product_id": str(dev.product_id),
             "device_id": str(dev.device_id),
         }

@@ -24,13 +24,14 @@ from pathlib import Path
 
 import pytest
 from pyipmi.errors import MessageStatusCodeError, RetryError
+from pyipmi.fields import VersionField
 from pyipmi.interfaces.rmcpplus import CIPHER_SUITES, SessionKeys
 
 from collectors import ipmi_session
 from collectors.base import Sample, TargetResult
 from collectors.ipmi import IpmiCollector, IpmiTarget, describe_failure, sensor_layout, severity
 from collectors.ipmi_rmcpplus import SpecSessionKeys
-from collectors.ipmi_session import BmcConnection, SensorRecord
+from collectors.ipmi_session import BmcConnection, SensorRecord, firmware_revision
 from collectors.sim.bmc.sim import control
 from tests.peers.harness import running_peer
 
@@ -398,3 +399,11 @@ def test_generic_sensors_carry_freeipmis_type_names_as_ipmi_exporter_does(sensor
     spec, unit, labels = sensor_layout(record)
     assert (spec.value, spec.state) == ("ipmi_sensor_value", "ipmi_sensor_state")
     assert dict(labels) == {"id": "7", "name": "PCH Health", "type": label} and unit == "unspecified"
+
+
+@pytest.mark.parametrize(("raw", "text"),
+                         [((9, 0x08), "9.08"), ((1, 0x23), "1.23"), ((2, 0x00), "2.00"), ((3, 0xFF), "3.ff")])
+def test_firmware_revision_prints_the_bcd_minor_as_ipmitool_and_freeipmi_do(raw: tuple[int, int], text: str) -> None:
+    """ipmitool `mc info` and FreeIPMI's bmc-info (ipmi_exporter's source) print "%u.%02x" of
+    the raw bytes; python-ipmi's own str() gives "9.8" for 9/0x08 (seen against ipmi_sim)."""
+    assert firmware_revision(VersionField(raw)) == text
