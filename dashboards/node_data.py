@@ -19,6 +19,7 @@ from collectors.models import HealthSnapshot, Rollup5m
 from collectors.store import GPU_UTIL_ROLLUP, POWER_METRIC, TEMPERATURE_MAX_ROLLUP
 from dashboards.fleet_data import Point
 from fleet import leases as lease_service
+from fleet.health import bmc_status
 from fleet.models import NodeEvent
 from fleet.nodes import get_node_by_name, to_public
 from fleet.schemas import NodePublic
@@ -37,6 +38,7 @@ class NodeDetail:
     lease: LeasePublic | None
     sensors: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    bmc: str = "not polled yet"  # how the IPMI collector's polls of the BMC go (`bmc_text`)
 
 
 def node_detail(session: Session, principal: Principal, name: str, event_limit: int = 50) -> NodeDetail:
@@ -45,7 +47,19 @@ def node_detail(session: Session, principal: Principal, name: str, event_limit: 
     public = to_public(session, principal, [node])[0]
     leases = lease_service.list_leases(session, principal, node_id=node.id, active=True)
     lease = lease_service.to_public(session, leases[:1])[0] if leases else None
-    return NodeDetail(public, lease, sensors(session, node.id, public), events(session, principal, node.id, lease, event_limit))
+    return NodeDetail(public, lease, sensors(session, node.id, public), events(session, principal, node.id, lease, event_limit),
+                      bmc_text(*bmc_status(session, principal, node.name)))
+
+
+def bmc_text(up: bool | None, last_success: datetime | None, error: str | None) -> str:
+    """One line on the node page for the BMC's polls: answering, answering with a part that
+    failed (which, and why: infra admins only), or not answering."""
+    if up is None:
+        return "not polled yet"
+    if up:
+        return f"answering; {error}" if error else "answering"
+    since = f" (last answered {last_success:%Y-%m-%d %H:%M} UTC)" if last_success else ""
+    return f"not answering: {error}{since}" if error else f"not answering{since}"
 
 
 def sensors(session: Session, node_id: int, node: NodePublic) -> list[dict[str, Any]]:

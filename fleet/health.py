@@ -56,18 +56,24 @@ class NodeHealth(BaseModel):
     gpus: list[GpuReading] = []
 
 
+def bmc_status(session: Session, principal: Principal, node_name: str) -> tuple[bool | None, datetime | None, str | None]:
+    """(up, last success, error) of the IPMI collector's polls of the node's BMC; up is None
+    when never polled. Infra admins read the error itself — the BMC down, or up with a part
+    that failed (`dcmi: …`) — tenants only that the BMC does not answer."""
+    target = session.exec(select(CollectorTargetState).where(CollectorTargetState.collector == "ipmi",
+                                                             CollectorTargetState.target == node_name)).first()
+    if target is None or target.last_attempt_at is None:
+        return None, None, None
+    if principal.sees_all_tenants:
+        return target.up, target.last_success_at, target.last_error
+    return target.up, target.last_success_at, None if target.up else "the BMC does not answer"
+
+
 def node_health(session: Session, principal: Principal, node_id: int) -> NodeHealth:
     """The node's health; NotFound when the caller may not see the node."""
     node = get_node(session, principal, node_id)
     health = NodeHealth(node=node.name)
-    target = session.exec(select(CollectorTargetState).where(CollectorTargetState.collector == "ipmi",
-                                                             CollectorTargetState.target == node.name)).first()
-    if target is not None and target.last_attempt_at is not None:
-        health.bmc_up, health.bmc_last_success_at = target.up, target.last_success_at
-        if principal.sees_all_tenants:
-            health.bmc_error = target.last_error  # down, or up with a part that failed (`dcmi: …`)
-        elif not target.up:
-            health.bmc_error = "the BMC does not answer"
+    health.bmc_up, health.bmc_last_success_at, health.bmc_error = bmc_status(session, principal, node.name)
     gpus = {g.uuid: g for g in session.exec(select(Gpu).where(Gpu.node_id == node.id)) if g.uuid}
     snapshots = session.exec(select(HealthSnapshot).where(
         (HealthSnapshot.node_id == node.id) | col(HealthSnapshot.entity).in_(list(gpus) or [""]))
@@ -77,7 +83,7 @@ def node_health(session: Session, principal: Principal, node_id: int) -> NodeHea
         if snap.source == "ipmi":
             _add_ipmi(health, snap)
         elif snap.source in {"dcgm", "rocm"}:
-            gpu = gpus.get(snap.entity)
+            gpu = gpus.get(snap.labels.get("parent_gpu", snap.entity))  # a MIG instance: its GPU's
             reading = by_gpu.setdefault(snap.entity, GpuReading(
                 uuid=snap.entity, index=gpu.index if gpu else _int(snap.labels.get("gpu")),
                 model=gpu.model if gpu else snap.labels.get("modelName") or snap.labels.get("card_model"),

@@ -140,6 +140,27 @@ def test_a_tenant_sees_a_nodes_events_only_from_its_own_lease(world: World) -> N
     assert [e["message"] for e in everything.events] == ["leased to tenant-a via VDC train", "leased to tenant-b via VDC train"]
 
 
+def test_the_node_page_says_which_part_of_a_bmc_poll_failed_to_admins_only(world: World) -> None:
+    node = make_node_row(world, name="node-x", gpus=2)
+    make_vdc(world, "train", ["node-x"], {"a": {}})
+    lease(world, node, "a", datetime.now(UTC) - timedelta(days=1), None)
+    assert node_detail(world.session, principal(world, "admin"), "node-x").bmc == "not polled yet"
+    refused = "dcmi: the BMC refuses it at the user privilege level: raise the node's ipmi_privilege"
+    state = CollectorTargetState(collector="ipmi", target="node-x", up=True, last_attempt_at=NOW, last_success_at=NOW,
+                                 last_error=refused)
+    world.session.add(state)
+    world.session.commit()
+    assert node_detail(world.session, principal(world, "admin"), "node-x").bmc == f"answering; {refused}"
+    assert node_detail(world.session, principal(world, "a_member"), "node-x").bmc == "answering"
+    state.up, state.last_error = False, "no response within 2.0 s from 10.0.0.9:623"
+    world.session.add(state)
+    world.session.commit()
+    assert node_detail(world.session, principal(world, "admin"), "node-x").bmc == (
+        f"not answering: no response within 2.0 s from 10.0.0.9:623 (last answered {NOW:%Y-%m-%d %H:%M} UTC)")
+    assert node_detail(world.session, principal(world, "a_member"), "node-x").bmc.startswith(
+        "not answering: the BMC does not answer")
+
+
 def test_quota_rows_and_running_nodes_are_scoped(world: World) -> None:
     node_a, _ = two_tenants(world)
     world.session.add(Lease(tenant_id=world.a.id, node_id=node_a.id, vdc_id=world.session.exec(select(Vdc.id)).one(),

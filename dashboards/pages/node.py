@@ -28,7 +28,7 @@ def _value(value: float | None, unit: str) -> str:
     return "no reading" if value is None else f"{value:g} {unit}"
 
 
-def _facts(node: NodePublic) -> html.Div:
+def _facts(node: NodePublic, bmc: str) -> html.Div:
     facts = node.facts or {}
     rows = [
         ("provision state", node.provision_state), ("power", node.power_state or "unknown"),
@@ -39,6 +39,7 @@ def _facts(node: NodePublic) -> html.Div:
     ]
     if node.bmc_address:  # infra admins only (to_public blanks it for tenants)
         rows.append(("BMC", f"{node.bmc_address} as {node.bmc_username or '—'}"))
+    rows.append(("BMC polls", html.Span(bmc, id="node-bmc-polls")))
     if node.last_error:
         rows.append(("last backend error", node.last_error))
     return table(("fact", "value"), rows, empty="", element_id="node-facts")
@@ -70,7 +71,7 @@ def layout(name: str | None = None, **_: str) -> html.Div:
         html.Div([html.H1(node.name, id="node-title"), range_picker("node-range", DEFAULT_RANGE)], className="page-head"),
         html.P(lease_text, id="node-lease", className="lead"),
         html.Div([
-            section("Hardware", _facts(node)),
+            section("Hardware", _facts(node, detail.bmc)),
             section("GPUs", table(("#", "model", "vendor", "UUID", "memory"), gpus, empty="This node has no GPUs recorded.",
                                   element_id="node-gpus")),
         ], className="grid-2"),
