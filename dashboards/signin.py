@@ -1,8 +1,9 @@
 """Sign-in and sign-out: a plain HTML form (works without scripts), local users and OIDC.
 
 `GET /signin` shows the form with a CSRF token bound to a nonce cookie; `POST /signin`
-checks the token, then the username and password with `kiln.users.authenticate` (argon2id,
-same cost for unknown users), and sets the session and CSRF cookies. `POST /signout`
+checks the token, then the username and password with `kiln.throttle.sign_in` (argon2id,
+same cost for unknown users; failures counted and throttled as the API's are), and sets the
+session and CSRF cookies. `POST /signout`
 (CSRF-checked by the gate like every other state-changing request) clears them.
 """
 
@@ -30,7 +31,7 @@ from kiln import audit
 from kiln.auth import principal_for_user
 from kiln.db import upsert, utcnow
 from kiln.models import RevokedConsoleSession
-from kiln.users import authenticate
+from kiln.throttle import SigninThrottled, sign_in
 
 MESSAGES = {
     "expired": "Your session has expired. Sign in again.",
@@ -79,9 +80,10 @@ def set_cookie(response: flask.Response, name: str, value: str, *, max_age: int 
 
 def render_form(
     status: int = 200, *, notice: str = "", tone: str = "info", username: str = "", errors: dict[str, str] | None = None,
-    next_path: str = "/",
+    next_path: str = "/", retry_after: int | None = None,
 ) -> flask.Response:
-    """The sign-in page with a fresh nonce cookie, an optional notice and per-field errors."""
+    """The sign-in page with a fresh nonce cookie, an optional notice and per-field errors
+    (and `Retry-After` when sign-in is throttled)."""
     context = console_context()
     # Reuse the browser's nonce: parallel requests (favicon, a second tab) must not invalidate an open form.
     nonce = flask.request.cookies.get(SIGNIN_COOKIE) or secrets.token_urlsafe(24)
@@ -105,6 +107,8 @@ def render_form(
     )
     response = flask.Response(body, status=status, mimetype="text/html")
     response.headers["Cache-Control"] = "no-store"
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
     set_cookie(response, SIGNIN_COOKIE, nonce, max_age=SIGNIN_NONCE_SECONDS, http_only=True, same_site="Strict")
     return response
 
@@ -144,7 +148,11 @@ def submit_signin() -> flask.Response:
     if errors:
         return render_form(422, username=username, errors=errors, next_path=next_path)
     with Session(context.engine, expire_on_commit=False) as session:
-        user = authenticate(session, username, form["password"])
+        try:
+            user = sign_in(session, context.settings, username, form["password"], flask.request.remote_addr or "")
+        except SigninThrottled as exc:
+            return render_form(429, notice=f"Too many failed sign-ins. {exc.detail.split(': ', 1)[1].capitalize()}.",
+                               tone="error", username=username, next_path=next_path, retry_after=exc.retry_after)
         if user is None:
             return render_form(401, notice="Wrong username or password.", tone="error", username=username, next_path=next_path)
         principal = principal_for_user(session, user, source=flask.request.remote_addr or "")

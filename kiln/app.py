@@ -18,7 +18,7 @@ from dashboards.mount import mount_console
 from fleet import api as fleet_api
 from fleet import tenancy_api
 from fleet.exposition import LeaseExposition
-from kiln import __version__
+from kiln import __version__, passwords
 from kiln.api import audit, health, tenants, tokens, users
 from kiln.db import create_db_engine
 from kiln.api.problems import install_error_handlers
@@ -52,6 +52,7 @@ def create_app(settings: Settings, engine: Engine | None = None, oidc: OIDCVerif
         redoc_url=None,
     )
     app.state.settings = settings
+    passwords.configure(settings)
     app.state.engine = engine or create_db_engine(settings.resolved_database_url)
     app.state.oidc = oidc or (OIDCVerifier(settings) if settings.oidc_enabled else None)
     app.state.registry = CollectorRegistry()

@@ -30,6 +30,7 @@ class Principal:
     tenant_ids: frozenset[int] = field(default_factory=frozenset)
     user_id: int | None = None
     source: str = ""
+    read_only: bool = False  # an API token of scope `read`: the caller may not change anything
 
     @classmethod
     def system(cls, source: str = "cli") -> Principal:

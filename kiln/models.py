@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, ForeignKey, Integer
+from sqlalchemy import JSON, Column, ForeignKey, Integer, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from kiln.db import UTCDateTime, utcnow
@@ -70,6 +70,25 @@ class ApiToken(SQLModel, table=True):
     expires_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
     revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     last_used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_used_from: str | None = Field(default=None, max_length=64)  # the client address of that use
+    scope: str = Field(default="write", max_length=8)  # read: GET/HEAD/OPTIONS only; write: everything the user may
+    tenant_id: int | None = Field(default=None, sa_column=Column(
+        Integer, ForeignKey("tenant.id", ondelete="CASCADE"), nullable=True))  # limited to this one of the user's tenants
+
+
+class SigninFailure(SQLModel, table=True):
+    """Failed password sign-ins counted per username or per client address (`kind`), shared by
+    every replica through the database; `locked_until` set when the count reached its limit."""
+
+    __tablename__ = "signin_failure"
+    __table_args__ = (UniqueConstraint("kind", "key"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=8)  # user | address
+    key: str = Field(max_length=64)  # the username as typed (lower-cased), or the address
+    failures: int = Field(default=0)
+    last_failed_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    locked_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class AuditEvent(SQLModel, table=True):

@@ -14,9 +14,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 TOKEN_PREFIX = "kiln_"
-MIN_PASSWORD_LENGTH = 12
 
-_hasher = PasswordHasher()
+_hasher = PasswordHasher()  # argon2-cffi's defaults until `configure_hasher` (kiln.passwords.configure)
 
 
 @functools.cache
@@ -24,6 +23,22 @@ def _dummy_hash() -> str:
     """A hash of a random password, verified against when a username is unknown so that
     "no such user" and "wrong password" take the same time."""
     return _hasher.hash(secrets.token_urlsafe(16))
+
+
+def configure_hasher(*, time_cost: int, memory_kib: int, parallelism: int) -> None:
+    """Make new hashes with these argon2id parameters (existing hashes keep verifying)."""
+    global _hasher
+    if (_hasher.time_cost, _hasher.memory_cost, _hasher.parallelism) != (time_cost, memory_kib, parallelism):
+        _hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism)
+        _dummy_hash.cache_clear()
+
+
+def needs_rehash(password_hash: str) -> bool:
+    """Whether a hash was made with other parameters than new hashes get."""
+    try:
+        return _hasher.check_needs_rehash(password_hash)
+    except InvalidHashError:
+        return False
 
 
 def hash_password(password: str) -> str:

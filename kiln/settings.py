@@ -77,6 +77,19 @@ class Settings(BaseSettings):
     console_session_hours: float = Field(
         default=8, gt=0, le=720, description="Hours a console sign-in lasts (from sign-in; then sign in again)."
     )
+    signin_max_failures: int = Field(
+        default=10, ge=2, le=1000,
+        description="Failed password sign-ins for one username before it is locked for KILN_SIGNIN_LOCK_MINUTES "
+        "(one address is locked one failure earlier, so a single address can never lock a user out).",
+    )
+    signin_lock_minutes: int = Field(
+        default=15, ge=1, le=1440, description="Minutes a username or address stays locked after too many failed sign-ins.",
+    )
+    argon2_time_cost: int = Field(default=3, ge=1, le=20, description="argon2id iterations for password hashes.")
+    argon2_memory_kib: int = Field(
+        default=65536, ge=8192, le=4194304, description="argon2id memory per password hash, KiB (64 MiB: RFC 9106's second choice)."
+    )
+    argon2_parallelism: int = Field(default=4, ge=1, le=64, description="argon2id lanes per password hash.")
     ironic_url: str | None = Field(
         default=None, description="Ironic API endpoint (e.g. `http://ironic:6385`); noauth unless Keystone is configured."
     )

@@ -20,7 +20,8 @@ from kiln.auth import Principal
 from kiln.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from kiln.models import Membership, Tenant, User
 from kiln.roles import TENANT_ROLES, Role
-from kiln.security import MIN_PASSWORD_LENGTH, hash_password, verify_password
+from kiln.passwords import password_problem
+from kiln.security import hash_password, needs_rehash, verify_password
 from kiln.tenants import Slug, tenants_by_slug
 
 USERNAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{1,63}$"
@@ -34,8 +35,9 @@ WRITE_ROLES = (Role.INFRA_ADMIN, Role.TENANT_ADMIN)
 
 
 def _password_rule(value: SecretStr | None) -> SecretStr | None:
-    if value is not None and len(value.get_secret_value()) < MIN_PASSWORD_LENGTH:
-        raise ValueError(f"must be at least {MIN_PASSWORD_LENGTH} characters")
+    problem = password_problem(value.get_secret_value()) if value is not None else None
+    if problem:
+        raise ValueError(problem)
     return value
 
 
@@ -240,7 +242,13 @@ def delete_user(session: Session, principal: Principal, user_id: int) -> None:
 
 
 def authenticate(session: Session, username: str, password: str) -> User | None:
-    """The active user with this username and password, or None (same cost either way)."""
+    """The active user with this username and password, or None (same cost either way). A
+    hash made with older argon2 parameters is replaced by one with the current ones."""
     user = session.exec(select(User).where(User.username == username)).first()
     ok = verify_password(user.password_hash if user else None, password)
-    return user if ok and user is not None and user.is_active else None
+    if not (ok and user is not None and user.is_active):
+        return None
+    if needs_rehash(user.password_hash):
+        user.password_hash = hash_password(password)
+        session.add(user)
+    return user

@@ -41,8 +41,10 @@ def _field_name(loc: tuple[Any, ...]) -> str:
 
 
 async def _kiln_error(request: Request, exc: KilnError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-    return problem_response(request, exc.status, exc.title, exc.detail, headers, **exc.extensions)
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+    if "retry_after" in exc.extensions:  # 429 and 503: when to try again, in seconds
+        headers["Retry-After"] = str(exc.extensions["retry_after"])
+    return problem_response(request, exc.status, exc.title, exc.detail, headers or None, **exc.extensions)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

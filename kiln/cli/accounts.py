@@ -7,20 +7,23 @@ change is in the audit log as `cli:<os user>`.
 from __future__ import annotations
 
 import sys
+from enum import Enum
 
 import typer
 
+from kiln import audit
 from kiln.auth import Principal
 from kiln.cli.common import OutputFormat, OutputOption, db_session, print_rows, settings
 from kiln.errors import BadRequest
 from kiln.roles import Role
 from kiln.tenants import TenantCreate, TenantPublic, create_tenant, delete_tenant, list_tenants, tenants_by_slug
+from kiln.throttle import clear_user
 from kiln.tokens import find_token_id, issue_token, list_tokens, revoke_token
 from kiln.users import UserCreate, create_user, delete_user, get_user_by_username, list_users, to_public
 from kiln.validation import parse_model
 
 tenants_app = typer.Typer(help="Create and list tenants.", no_args_is_help=True)
-users_app = typer.Typer(help="Create, list and delete local users.", no_args_is_help=True)
+users_app = typer.Typer(help="Create, list, delete and unlock local users.", no_args_is_help=True)
 tokens_app = typer.Typer(help="Create, list and revoke personal API tokens.", no_args_is_help=True)
 
 
@@ -94,17 +97,36 @@ def users_delete(username: str = typer.Argument(..., help="Login name.")) -> Non
     typer.echo(f"deleted user {username}")
 
 
+@users_app.command("unlock")
+def users_unlock(username: str = typer.Argument(..., help="Login name.")) -> None:
+    """Lift a sign-in lock (too many failed passwords) and forget the user's failures."""
+    with db_session() as session:
+        removed = clear_user(session, username)
+        if removed:
+            audit.record(session, Principal.system(), "unlock", "signin", username.strip().lower())
+    typer.echo(f"unlocked {username}" if removed else f"{username} had no failed sign-ins to forget")
+
+
+class TokenScope(str, Enum):
+    """What a token may do."""
+
+    read = "read"
+    write = "write"
+
+
 @tokens_app.command("create")
 def tokens_create(
     username: str = typer.Argument(..., help="Whose token."),
     expires_in: int = typer.Option(None, "--expires-in", min=1, max=3650, help="Days until it expires."),
     name: str = typer.Option("cli", help="What the token is for."),
+    scope: TokenScope = typer.Option(TokenScope.write, help="read: GET requests only; write: all the user's rights."),
+    tenant: str = typer.Option(None, "--tenant", help="Limit the token to this one of the user's tenants."),
 ) -> None:
     """Create an API token and print it alone on stdout (it is not shown again)."""
     days = expires_in or settings().token_default_days
     with db_session() as session:
         user = get_user_by_username(session, username)
-        created = issue_token(session, Principal.system(), user, name=name, days=days)
+        created = issue_token(session, Principal.system(), user, name=name, days=days, scope=scope.value, tenant=tenant)
     typer.echo(created.token)
 
 
@@ -116,7 +138,8 @@ def tokens_list(
     """List tokens (never the tokens themselves)."""
     with db_session() as session:
         rows = list_tokens(session, Principal.system(), username)
-    print_rows(rows, ["id", "username", "name", "prefix", "expires_at", "revoked_at", "last_used_at"], output, "Tokens")
+    print_rows(rows, ["id", "username", "name", "prefix", "scope", "tenant", "expires_at", "revoked_at", "last_used_at",
+                      "last_used_from"], output, "Tokens")
 
 
 @tokens_app.command("revoke")

@@ -16,6 +16,7 @@ from rich.table import Table
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from kiln import passwords
 from kiln.db import create_db_engine
 from kiln.schema import ensure_current
 from kiln.settings import Settings, load_settings
@@ -36,8 +37,11 @@ OutputOption = typer.Option(OutputFormat.table, "--output", "-o", help="table (f
 
 
 def settings() -> Settings:
-    """Settings from the environment and config file (ConfigError explains what is wrong)."""
-    return load_settings()
+    """Settings from the environment and config file (ConfigError explains what is wrong);
+    new password hashes follow their argon2 parameters from here on."""
+    loaded = load_settings()
+    passwords.configure(loaded)
+    return loaded
 
 
 def engine_for(config: Settings) -> Engine:

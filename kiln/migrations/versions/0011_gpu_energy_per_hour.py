@@ -12,7 +12,7 @@ from kiln.db import UTCDateTime
 from kiln.types import ExactNumeric
 
 revision = '0011'
-down_revision = '0009'
+down_revision = '0010'
 branch_labels = None
 depends_on = None
 
