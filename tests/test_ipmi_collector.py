@@ -121,8 +121,9 @@ def test_every_reading_matches_the_simulator(sim: Sim) -> None:
         info = [s.labels for s in result.samples if s.metric == "ipmi_bmc_info"]
         dev = exp["device_id"]
         assert info == [{"firmware_revision": dev["firmware"], "ipmi_version": dev["ipmi_version"],
-                         "manufacturer_id": str(dev["manufacturer_id"]), "product_id": str(dev["product_id"]),
-                         "device_id": str(dev["device_id"])}]
+                         "manufacturer_id": f"Reserved ({dev['manufacturer_id']})",  # FreeIPMI's name of 0
+                         "product_id": str(dev["product_id"]), "device_id": str(dev["device_id"]),
+                         "system_firmware_version": dev["system_firmware_version"], "bmc_url": "N/A"}]
     critical = {r.target for r in results if value(r, "ipmi_temperature_state", name="GPU2 Temp") == 2.0}
     assert critical == {b["name"] for b in sim.bmcs if b["expected"]["critical_sensors"]} == {"bmc-0002", "bmc-0005"}
 
