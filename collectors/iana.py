@@ -4,9 +4,9 @@ A BMC's Get Device ID answer carries its maker as an IANA private enterprise num
 `bmc-info` prints it as "Manufacturer ID : Dell Inc. (674)" when its table has a name for the
 number, else as the bare number (chu11/freeipmi-mirror `bmc-info/bmc-info.c`), and Prometheus
 ipmi_exporter copies that text into `ipmi_bmc_info{manufacturer_id=...}`. The names below are
-FreeIPMI's (`libfreeipmi/spec/ipmi-iana-enterprise-numbers-spec.c`, commit 53e7bd2c900eb2128c73e3316212d605b8ad40ca,
-a copy of IANA's registry); numbers outside this short table are written bare, which is where Kiln
-and a FreeIPMI with the whole registry differ.
+FreeIPMI's (`libfreeipmi/spec/ipmi-iana-enterprise-numbers-spec.c` at commit
+53e7bd2c900eb2128c73e3316212d605b8ad40ca, a copy of IANA's registry); numbers outside this short
+table are written bare, which is where Kiln and a FreeIPMI with the whole registry differ.
 
     manufacturer_label(674) == "Dell Inc. (674)"; manufacturer_label(99999) == "99999"
 """
