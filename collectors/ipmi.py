@@ -19,12 +19,16 @@ carry over (entity = the node's name; ipmi_exporter puts the BMC in the `instanc
 | `ipmi_current_amperes`, `_state` | amperes, state | id, name | current sensors |
 | `ipmi_power_watts`, `_state` | watts, state | id, name | power sensors (e.g. PSU input) |
 | `ipmi_sensor_value`, `ipmi_sensor_state` | IPMI unit name, state | id, name, type | any other sensor |
-| `ipmi_bmc_info` | info (1) | firmware_revision, manufacturer_id, product_id, ipmi_version, device_id | Get Device ID |
+| `ipmi_bmc_info` | info (1) | firmware_revision, manufacturer_id, system_firmware_version, bmc_url | Get Device ID |
 | `ipmi_fru_info` | info (1) | product_/board_ manufacturer, name, serial, part number; asset_tag | FRU 0 |
 
 States are ipmi_exporter's severities: 0 nominal, 1 warning (a non-critical threshold
 crossed), 2 critical (critical or non-recoverable), NaN when the sensor has no threshold
-state. `id` is the SDR record id, `name` the sensor name. The hardware facts (`ipmi_bmc_info`,
+state. `id` is the SDR record id, `name` the sensor name. `ipmi_bmc_info` writes its values as
+ipmi_exporter does through FreeIPMI's bmc-info: firmware "1.23" (minor as two hex digits),
+manufacturer "Dell Inc. (674)" (collectors/iana.py; unknown numbers bare), "N/A" for a system
+firmware version or BMC URL the BMC does not give (Get System Info Parameters 1 and 6); Kiln
+adds `ipmi_version`, `product_id` and `device_id`. The hardware facts (`ipmi_bmc_info`,
 `ipmi_fru_info`) are read on first contact and then emitted from a per-target cache on every
 collection, as constant-1 samples whose labels carry the facts: the one way Kiln gets them.
 Only full sensor records owned by the BMC itself are read (compact records are discrete

@@ -20,6 +20,7 @@ import pyipmi
 from pyipmi.errors import CompletionCodeError, DecodingError, RetryError
 from pyipmi.sdr import SDR_TYPE_FULL_SENSOR_RECORD
 
+from collectors.iana import manufacturer_label
 from collectors.ipmi_rmcpplus import BMC_ADDRESS, KilnRmcpPlus
 
 # "try 17, then 3": the strongest suite BMCs commonly offer, then the one every BMC has
@@ -27,8 +28,13 @@ DEFAULT_CIPHER_SUITES = (17, 3)
 # IPMI 2.0 section 6.12.15: a BMC drops a session after 60 s (+/- 3) without traffic; an
 # older session is replaced before use instead of costing a timeout
 SESSION_IDLE_LIMIT_S = 50.0
-NETFN_CHASSIS, NETFN_SENSOR, NETFN_DCMI = 0x00, 0x04, 0x2C
+NETFN_CHASSIS, NETFN_APP, NETFN_SENSOR, NETFN_DCMI = 0x00, 0x06, 0x04, 0x2C
 CMD_CHASSIS_STATUS, CMD_SENSOR_READING, CMD_POWER_READING = 0x01, 0x2D, 0x02
+CMD_DEVICE_ID, CMD_SYSTEM_INFO = 0x01, 0x59
+# Get System Info Parameters (IPMI 2.0 section 22.14b): the strings ipmi_exporter puts in
+# ipmi_bmc_info (FreeIPMI's bmc-info reads parameters 1 and 6), "N/A" where a BMC has none
+SYSTEM_FIRMWARE_VERSION, BMC_URL = 0x01, 0x06
+NOT_AVAILABLE = "N/A"
 DCMI_GROUP = 0xDC
 CC_SENSOR_NOT_PRESENT = 0xCB
 # sensor reading byte 2: bit 6 scanning enabled, bit 5 reading unavailable
@@ -100,11 +106,21 @@ def sensor_record(sdr: Any) -> SensorRecord:
     )
 
 
-def firmware_revision(version: Any) -> str:
-    """Get Device ID's firmware revision as ipmitool and FreeIPMI's bmc-info (ipmi_exporter's
-    source) print it: the minor revision is two BCD digits, so 9/0x08 is "9.08", not "9.8"."""
-    minor = "ff" if version.minor == 0xFF else f"{version.minor:02d}"
-    return f"{version.major}.{minor}"
+def device_facts(data: bytes) -> dict[str, str]:
+    """The `ipmi_bmc_info` labels of a Get Device ID answer (IPMI 2.0 section 20.1), written
+    as FreeIPMI's bmc-info writes them and ipmi_exporter copies them: firmware revision
+    "major.minor" with the BCD minor as two hex digits ("2.05"), the manufacturer as
+    "Name (number)" (collectors/iana.py); Kiln adds the IPMI version, product and device id."""
+    if len(data) < 11:
+        raise DecodingError(f"Get Device ID answer of {len(data)} bytes, 11 expected")
+    major, minor, version = data[2] & 0x7F, data[3], data[4]
+    return {
+        "firmware_revision": f"{major}.{minor:02x}",
+        "manufacturer_id": manufacturer_label(int.from_bytes(data[6:9], "little") & 0x0FFFFF),
+        "ipmi_version": f"{version & 0x0F}.{version >> 4}",
+        "product_id": str(int.from_bytes(data[9:11], "little")),
+        "device_id": str(data[0]),
+    }
 
 
 def _text(value: Any) -> str:
@@ -293,12 +309,26 @@ class BmcConnection:
             raise DecodingError("no sensor could be read: " + "; ".join(failed[:3]))
 
     def _read_device_id(self, result: PollResult) -> None:
-        dev = self._ipmi.get_device_id()
-        self._device = {
-            "firmware_revision": firmware_revision(dev.fw_revision), "ipmi_version": str(dev.ipmi_version),
-            "manufacturer_id": str(dev.manufacturer_id), "product_id": str(dev.product_id),
-            "device_id": str(dev.device_id),
-        }
+        device = device_facts(self._raw(NETFN_APP, CMD_DEVICE_ID))
+        device["system_firmware_version"] = self._system_info(SYSTEM_FIRMWARE_VERSION)
+        device["bmc_url"] = self._system_info(BMC_URL)
+        self._device = device
+
+    def _system_info(self, parameter: int) -> str:
+        """A string system info parameter: set 0 holds encoding, length and 14 bytes, the
+        following sets 16 bytes each (as FreeIPMI reads them); N/A when the BMC refuses it."""
+        try:
+            first = self._raw(NETFN_APP, CMD_SYSTEM_INFO, bytes([0, parameter, 0, 0]))
+            if len(first) < 4:
+                return ""  # no string: FreeIPMI prints the prefix alone
+            length, text = first[3], bytearray(first[4:18])
+            for set_selector in range(1, 17):
+                if len(text) >= length:
+                    break
+                text += self._raw(NETFN_APP, CMD_SYSTEM_INFO, bytes([0, parameter, set_selector, 0]))[2:18]
+        except PART_ERRORS:
+            return NOT_AVAILABLE
+        return bytes(text[:length]).split(b"\0", 1)[0].decode("latin-1").strip()
 
     def _read_fru(self, result: PollResult) -> None:
         fru = self._ipmi.get_fru_inventory()

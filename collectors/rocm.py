@@ -4,7 +4,8 @@ Metric names are the exporter's (docs/configuration/metricslist.md, lower-cased 
 exports them); a GPU is its `serial_number`, or its `gpu_uuid` where the serial is empty (with
 `gpu_id`, `card_model` and the partition labels kept), the host label is `hostname`. GPU-hours count `gpu_gfx_activity` samples (one
 per GPU per scrape, with `namespace`, `pod`, `container` while a pod holds the GPU). MI3xx
-report junction temperature and package power, MI2xx edge temperature: whichever exists.
+report junction temperature and package power, MI2xx edge temperature and average package power
+(metricslist.md's "MI2xx-Only" / "MI3xx-Only" lists): whichever exists.
 
     RocmCollector(PrometheusClient("http://prometheus:9090")).collect()
 """
@@ -30,7 +31,8 @@ ROCM_METRICS = (
     ExporterMetric("gpu_free_vram", "gpu_memory_free", "bytes", MIB),
     ExporterMetric("gpu_total_vram", "gpu_memory_total", "bytes", MIB),
     ExporterMetric("gpu_power_usage", "gpu_power", "watts", whole_gpu=True),
-    ExporterMetric("gpu_package_power", "gpu_package_power", "watts", whole_gpu=True),
+    ExporterMetric("gpu_package_power", "gpu_package_power", "watts", whole_gpu=True),  # MI3xx: current socket power
+    ExporterMetric("gpu_average_package_power", "gpu_package_power", "watts", whole_gpu=True),  # MI2xx: average
     ExporterMetric("gpu_energy_consumed", "gpu_energy", "joules", 1e-6, whole_gpu=True),  # µJ, accumulated
     ExporterMetric("gpu_junction_temperature", "gpu_temperature", "celsius", whole_gpu=True),  # hotspot (MI3xx)
     ExporterMetric("gpu_edge_temperature", "gpu_edge_temperature", "celsius", whole_gpu=True),  # MI2xx

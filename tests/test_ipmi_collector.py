@@ -24,14 +24,13 @@ from pathlib import Path
 
 import pytest
 from pyipmi.errors import MessageStatusCodeError, RetryError
-from pyipmi.fields import VersionField
 from pyipmi.interfaces.rmcpplus import CIPHER_SUITES, SessionKeys
 
 from collectors import ipmi_session
 from collectors.base import Sample, TargetResult
 from collectors.ipmi import IpmiCollector, IpmiTarget, describe_failure, sensor_layout, severity
 from collectors.ipmi_rmcpplus import SpecSessionKeys
-from collectors.ipmi_session import BmcConnection, SensorRecord, firmware_revision
+from collectors.ipmi_session import BmcConnection, SensorRecord, device_facts
 from collectors.sim.bmc.sim import control
 from tests.peers.harness import running_peer
 
@@ -122,8 +121,9 @@ def test_every_reading_matches_the_simulator(sim: Sim) -> None:
         info = [s.labels for s in result.samples if s.metric == "ipmi_bmc_info"]
         dev = exp["device_id"]
         assert info == [{"firmware_revision": dev["firmware"], "ipmi_version": dev["ipmi_version"],
-                         "manufacturer_id": str(dev["manufacturer_id"]), "product_id": str(dev["product_id"]),
-                         "device_id": str(dev["device_id"])}]
+                         "manufacturer_id": f"Reserved ({dev['manufacturer_id']})",  # FreeIPMI's name of 0
+                         "product_id": str(dev["product_id"]), "device_id": str(dev["device_id"]),
+                         "system_firmware_version": dev["system_firmware_version"], "bmc_url": "N/A"}]
     critical = {r.target for r in results if value(r, "ipmi_temperature_state", name="GPU2 Temp") == 2.0}
     assert critical == {b["name"] for b in sim.bmcs if b["expected"]["critical_sensors"]} == {"bmc-0002", "bmc-0005"}
 
@@ -406,4 +406,5 @@ def test_generic_sensors_carry_freeipmis_type_names_as_ipmi_exporter_does(sensor
 def test_firmware_revision_prints_the_bcd_minor_as_ipmitool_and_freeipmi_do(raw: tuple[int, int], text: str) -> None:
     """ipmitool `mc info` and FreeIPMI's bmc-info (ipmi_exporter's source) print "%u.%02x" of
     the raw bytes; python-ipmi's own str() gives "9.8" for 9/0x08 (seen against ipmi_sim)."""
-    assert firmware_revision(VersionField(raw)) == text
+    answer = bytes([0x20, 0x01, raw[0], raw[1], 0x51, 0x00, 0xA2, 0x02, 0x00, 0x01, 0x00])  # Dell (674), product 1
+    assert device_facts(answer)["firmware_revision"] == text

@@ -2,7 +2,8 @@
 # Kiln's IPMI 2.0 / DCMI BMC simulator (collectors/sim/bmc/), see its README.md.
 #
 #   bmcsim.sh install                  pip deps into the current python3,
-#                                      ipmitool from apt if missing
+#                                      ipmitool and freeipmi-tools (bmc-info)
+#                                      from apt if missing
 #   bmcsim.sh start STATE_DIR N [opts] start N BMCs on 127.0.0.1, write
 #                                      STATE_DIR/bmcs.json and STATE_DIR/pids,
 #                                      wait until all answer, print a summary
@@ -33,16 +34,19 @@ case "$cmd" in
   install)
     # the simulator needs only `cryptography` (AES); python-ipmi is the client
     "$PY" -m pip install -q 'cryptography>=3.1' 'python-ipmi[rmcpplus]'
-    if ! command -v ipmitool >/dev/null 2>&1; then
+    # ipmitool and FreeIPMI's bmc-info (what ipmi_exporter runs) are the tests' referees
+    for tool in ipmitool:ipmitool bmc-info:freeipmi-tools; do
+      command -v "${tool%%:*}" >/dev/null 2>&1 && continue
       if [ "$(id -u)" = 0 ]; then
-        apt-get install -y --no-install-recommends ipmitool >/dev/null 2>&1 || {
-          apt-get update -qq && apt-get install -y --no-install-recommends ipmitool >/dev/null; }
+        apt-get install -y --no-install-recommends "${tool#*:}" >/dev/null 2>&1 || {
+          apt-get update -qq && apt-get install -y --no-install-recommends "${tool#*:}" >/dev/null; }
       else
-        echo "bmcsim: ipmitool missing (apt-get install ipmitool as root)" >&2
+        echo "bmcsim: ${tool%%:*} missing (apt-get install ${tool#*:} as root)" >&2
       fi
-    fi
+    done
     "$PY" -c 'import cryptography, pyipmi.interfaces.rmcpplus' \
-      && echo "bmcsim: python deps ok ($PY); ipmitool: $(command -v ipmitool || echo missing)"
+      && echo "bmcsim: python deps ok ($PY); ipmitool: $(command -v ipmitool || echo missing);" \
+              "bmc-info: $(command -v bmc-info || echo missing)"
     ;;
   start|run)
     [ $# -ge 2 ] || usage

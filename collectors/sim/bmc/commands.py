@@ -44,6 +44,7 @@ class CommandHandlers:
             (0x06, 0x54): self.get_channel_cipher_suites,
             (0x06, 0x3B): self.set_session_priv,
             (0x06, 0x3C): self.close_session,
+            (0x06, 0x59): self.get_system_info,
             (0x00, 0x00): lambda s, d: (CC_OK, b'\x00\x20\x20\x20\x20'),
             (0x00, 0x01): self.get_chassis_status,
             (0x00, 0x02): self.chassis_control,
@@ -73,6 +74,24 @@ class CommandHandlers:
 
     def get_device_id(self, s, d):
         return CC_OK, self.bmc.device_id_bytes()
+
+    def get_system_info(self, s, d):
+        """Get System Info Parameters (IPMI 2.0 section 22.14b): parameter 1, the system
+        firmware version, as set 0 (encoding ASCII, length, 14 bytes) and 16-byte sets after."""
+        if len(d) < 4:
+            return CC_INVALID_DATA, b''
+        revision = b'\x11'
+        if d[0] & 0x80:                     # parameter revision only
+            return CC_OK, revision
+        if d[1] != 0x01:
+            return CC_PARAM_NOT_SUPPORTED, b''
+        text, selector = M.SYSTEM_FIRMWARE_VERSION.encode(), d[2]
+        if selector == 0:
+            return CC_OK, revision + bytes([0, 0, len(text)]) + text[:14].ljust(14, b'\0')
+        block = text[14 + 16 * (selector - 1):14 + 16 * selector]
+        if not block:
+            return CC_OUT_OF_RANGE, b''
+        return CC_OK, revision + bytes([selector]) + block.ljust(16, b'\0')
 
     def get_channel_auth_cap(self, s, d):
         channel = d[0] & 0x0F

@@ -36,6 +36,9 @@ MANUFACTURER = 'Kiln Simulated Systems'
 MANUFACTURER_ID = 0          # IANA enterprise number served by Get Device ID
 PRODUCT_ID = 0x0608
 FIRMWARE = (1, 0x23)         # 1.23 (minor is BCD)
+# Get System Info Parameters 1 (system firmware version), longer than one 14-byte set;
+# parameter 6 (BMC URL) is not served
+SYSTEM_FIRMWARE_VERSION = '2.19.1 (2024-03-01)'
 BOARD_MFG_DATE = datetime.datetime(2024, 3, 1, tzinfo=datetime.timezone.utc)
 GUID_NAMESPACE = uuid.UUID('6f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9')
 
@@ -377,6 +380,7 @@ class BmcModel:
                 'device_id': 0x20, 'device_revision': 1,
                 'firmware': '%d.%02x' % FIRMWARE, 'ipmi_version': '2.0',
                 'manufacturer_id': MANUFACTURER_ID, 'product_id': PRODUCT_ID,
+                'system_firmware_version': SYSTEM_FIRMWARE_VERSION,
             },
             'guid': str(self.guid),
         }
