@@ -173,6 +173,10 @@ class GpuExporter:
     namespace_labels: tuple[str, ...] = ("exported_namespace", "namespace")
     instance_label: str | None = None  # a slice of the GPU (MIG instance, compute partition)
     whole_gpu_instances: frozenset[str] = frozenset()  # instance label values meaning "the whole GPU"
+    # ... but only where this label (the partition mode) is absent or one of `whole_gpu_modes`:
+    # partition 0 of a CPX GPU is a slice like the others, partition 0 of an SPX GPU is the GPU
+    partition_mode_label: str | None = None
+    whole_gpu_modes: frozenset[str] = frozenset()
     no_identity: frozenset[str] = frozenset()  # identity values that identify nothing (an all-zero UUID)
     # on an instance's series, presence and utilisation come from this metric instead of `presence`
     # (which the exporter leaves out or reports as 0 there); None: `presence` works on instances
@@ -202,7 +206,9 @@ class GpuExporter:
         ident = next((labels[name] for name in self.entity_labels
                       if labels.get(name) and labels[name] not in self.no_identity), None)
         instance = labels.get(self.instance_label) if self.instance_label else None
-        return ident, (instance if instance and instance not in self.whole_gpu_instances else None)
+        mode = labels.get(self.partition_mode_label, "").lower() if self.partition_mode_label else ""
+        whole = instance in self.whole_gpu_instances and (not mode or mode in self.whole_gpu_modes)
+        return ident, (instance if instance and not whole else None)
 
     def entity(self, labels: Mapping[str, str]) -> str | None:
         """The GPU (or GPU slice: `ident/instance`) a series is about; None without identity."""

@@ -53,6 +53,10 @@ ROCM = GpuExporter(
     # or 4294967295 (-1 as an unsigned 32-bit id, seen on virtual functions)
     instance_label="gpu_partition_id",
     whole_gpu_instances=frozenset({"0", "NA", "4294967295"}),
+    # every partition carries its GPU's serial_number (gpuagent_gpu_metrics.go): partition 0 is the
+    # whole GPU only in SPX mode (or where the mode is not reported)
+    partition_mode_label="gpu_compute_partition_type",
+    whole_gpu_modes=frozenset({"spx"}),
     instance_detail_labels=("gpu_compute_partition_type",),
     keep_labels=("gpu_id", "card_model", "gpu_partition_id", "gpu_compute_partition_type"),
 )

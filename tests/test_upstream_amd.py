@@ -16,12 +16,16 @@ SPX_IDLE, CPX_PARTITION, SPX_BUSY = "692409005408", "692409005296", "69240900532
 def test_mi300x_gfx_activity_gives_one_gpu_util_per_series_with_its_host_and_workload() -> None:
     result = scrape(KAIWO, ROCM)
     assert result.skipped == {}
-    assert values(result) == {(SPX_IDLE, "gpu_util"): 0, (CPX_PARTITION, "gpu_util"): 0, (SPX_BUSY, "gpu_util"): 100}
-    labels = {s.entity: dict(s.labels) for s in result.samples}
+    assert values(result) == {(SPX_IDLE, "gpu_util"): 0, (f"{CPX_PARTITION}/0", "gpu_util"): 0,
+                              (SPX_BUSY, "gpu_util"): 100}
+    labels = {s.entity.removesuffix("/0"): dict(s.labels) for s in result.samples}
+    # `instance` is the scrape target, as Prometheus sets it (it places GPUs whose host label names no node)
+    target = result.target.removeprefix("http://").removesuffix("/metrics")
+    assert {entity: found.pop("instance") for entity, found in labels.items()} == dict.fromkeys(labels, target)
     # straight from the exporter: empty workload labels are no workload, empty cluster_name is dropped
     assert labels[SPX_IDLE] == {"gpu_id": "2", "card_model": "102-G30211-0C", "gpu_partition_id": "0",
                                 "gpu_compute_partition_type": "spx", "host": "tw038"}
-    # read back from Prometheus: instance/job/node are Prometheus' and the scrape's, not kept
+    # read back from Prometheus: job/node are Prometheus' and the scrape's, not kept
     assert labels[SPX_BUSY] == {"gpu_id": "0", "card_model": "102-G30211-0C", "gpu_partition_id": "0",
                                 "gpu_compute_partition_type": "spx", "host": "tw038", "namespace": "default",
                                 "pod": "high-utilization-57ls6", "container": "workload"}
@@ -32,14 +36,14 @@ def test_mi300x_gfx_activity_gives_one_gpu_util_per_series_with_its_host_and_wor
     assert {s.unit for s in result.samples} == {"percent"} and {s.source for s in result.samples} == {"rocm"}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "CPX partition 0 is taken for the whole GPU: gpu_partition_id '0' is in ROCM.whole_gpu_instances whatever "
-    "gpu_compute_partition_type says, and every partition carries its parent's serial_number "
-    "(gpuagent_gpu_metrics.go), so partition 0 of a CPX GPU and an SPX GPU share the entity `serial`; "
-    "the fix belongs in GpuExporter.entity (collectors/prometheus.py), being reworked elsewhere"))
 def test_partition_0_of_a_cpx_gpu_is_a_slice_of_its_gpu() -> None:
+    """Every partition carries its GPU's serial_number (gpuagent_gpu_metrics.go): partition 0 of
+    a CPX GPU is a slice like partitions 1-7, while partition 0 of an SPX GPU is the GPU itself."""
     result = scrape(KAIWO, ROCM)
-    assert (f"{CPX_PARTITION}/0", "gpu_util") in values(result)
+    got = values(result)
+    assert (f"{CPX_PARTITION}/0", "gpu_util") in got and (CPX_PARTITION, "gpu_util") not in got
+    cpx = next(s for s in result.samples if s.entity == f"{CPX_PARTITION}/0")
+    assert cpx.labels["parent_gpu"] == CPX_PARTITION
 
 
 def test_series_outside_kilns_table_are_left_out_without_a_skip_reason() -> None:
@@ -54,9 +58,8 @@ def test_series_outside_kilns_table_are_left_out_without_a_skip_reason() -> None
 # (tests/data/upstream/amd-device-metrics-exporter/kaiwo-…, first line) under those names.
 LABELS = KAIWO.splitlines()[0].removeprefix("gpu_gfx_activity").rsplit(" ", 1)[0]
 UNITS_SHAPE = "".join(f"{name}{LABELS} {value}\n" for name, value in (
-    ("gpu_energy_consumed", "4.6314932898e+13"), ("gpu_power_usage", "137"), ("gpu_package_power", "139"),
-    ("gpu_average_package_power", "141"), ("gpu_used_vram", "285"), ("gpu_total_vram", "196592"),
-    ("gpu_junction_temperature", "41"), ("gpu_clock", "132")))
+    ("gpu_energy_consumed", "4.6314932898e+13"), ("gpu_power_usage", "137"), ("gpu_average_package_power", "141"),
+    ("gpu_used_vram", "285"), ("gpu_total_vram", "196592"), ("gpu_junction_temperature", "41"), ("gpu_clock", "132")))
 
 
 def test_documented_units_are_scaled_to_kilns() -> None:
@@ -70,5 +73,6 @@ def test_documented_units_are_scaled_to_kilns() -> None:
         "gpu_temperature": 41.0,
     })
     assert {s.unit for s in result.samples if s.metric == "gpu_energy"} == {"joules"}
-    # both spellings land in one metric: an MI3xx exports only the first, an MI2xx only the second
-    assert sorted(s.value for s in result.samples if s.metric == "gpu_package_power") == [139.0, 141.0]
+    # both spellings land in one metric: an MI3xx exports only gpu_package_power, an MI2xx only the average
+    mi3xx = scrape(UNITS_SHAPE.replace("gpu_average_package_power", "gpu_package_power"), ROCM)
+    assert [s.value for s in mi3xx.samples if s.metric == "gpu_package_power"] == [141.0]
