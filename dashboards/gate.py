@@ -22,8 +22,9 @@ from sqlmodel import Session, col, select
 
 from dashboards.context import ConsoleContext, console_context
 from dashboards.session import CSRF_FIELD, CSRF_HEADER, SESSION_COOKIE, ConsoleSession
+from kiln import sessions
 from kiln.auth import Principal, principal_for_user
-from kiln.models import RevokedConsoleSession, Tenant, User
+from kiln.models import Tenant, User
 from kiln.roles import Role
 
 STATIC_PREFIXES = ("/_dash-component-suites/", "/assets/", "/_favicon.ico", "/favicon.ico")
@@ -92,11 +93,13 @@ def check_request() -> flask.Response | None:
     if console_session.expired:
         return _refuse("expired")
     with Session(context.engine) as session:
-        if session.get(RevokedConsoleSession, console_session.sid) is not None:
-            return _refuse("signedout")  # a copy of a cookie that was signed out
         principal = resolve_principal(session, console_session, request.remote_addr or "")
-    if principal is None:
-        return _refuse("revoked")
+        if principal is None:
+            return _refuse("revoked")
+        ended = sessions.check(session, console_session.sid, request.remote_addr or "")
+        if ended:
+            return _refuse(ended)  # signed out, ended by an admin, or unknown
+        session.commit()  # when and from where the session was last used
     if request.method in UNSAFE_METHODS:
         presented = request.headers.get(CSRF_HEADER) or request.form.get(CSRF_FIELD)
         if not same_origin(request):

@@ -1,12 +1,13 @@
 """The console's session cookie and CSRF tokens.
 
-The session is a stateless cookie: a small JSON document encrypted and authenticated with
-Fernet under a key derived (HKDF) from `KILN_SECRET_KEY`, so it can be neither read nor
-forged without the key. It expires `KILN_CONSOLE_SESSION_HOURS` after sign-in (absolute,
-not sliding). Local users are looked up again on every request, so a deactivated or
-deleted user, or a changed role, takes effect at once; OIDC sessions carry the role and
-tenant slugs the identity provider granted at sign-in. Signing out records the session id in
-`revoked_console_session` until the cookie's expiry, and the gate refuses it from then on.
+The session is a cookie: a small JSON document encrypted and authenticated with Fernet under
+a key derived (HKDF) from `KILN_SECRET_KEY`, so it can be neither read nor forged without the
+key. It expires `KILN_CONSOLE_SESSION_HOURS` after sign-in (absolute, not sliding). Local
+users are looked up again on every request, so a deactivated or deleted user, or a changed
+role, takes effect at once; OIDC sessions carry the role and tenant slugs the identity
+provider granted at sign-in. Each session also has a record (`kiln.sessions`: created, last
+used, from where) that its user sees and can end; the gate refuses a cookie whose record has
+ended (signed out, ended from the account page or by an infra admin) or does not exist.
 
 CSRF: every state-changing request must carry a token bound to the session,
 HMAC(key, session id). Forms send it in a `csrf_token` field; the console's script sends it

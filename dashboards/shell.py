@@ -15,6 +15,7 @@ NAV = (  # (label, path, roles that see the link)
     ("Usage", "/usage", set(Role)),
     ("Costs", "/costs", set(Role)),
     ("Finance", "/finance", {Role.INFRA_ADMIN, Role.FINANCE}),
+    ("Account", "/account", set(Role)),
 )
 
 

@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from string import Template
 
 import flask
-from sqlalchemy import delete
 from sqlmodel import Session
 
 from dashboards.context import ConsoleContext, console_context
@@ -27,16 +26,15 @@ from dashboards.session import (
     SIGNIN_NONCE_SECONDS,
     cookie_secure,
 )
-from kiln import audit
+from kiln import audit, sessions
 from kiln.auth import principal_for_user
-from kiln.db import upsert, utcnow
-from kiln.models import RevokedConsoleSession
 from kiln.throttle import SigninThrottled, sign_in
 
 MESSAGES = {
     "expired": "Your session has expired. Sign in again.",
     "signedout": "You have signed out.",
     "revoked": "Your account is no longer active or has changed. Sign in again.",
+    "ended": "An administrator ended this session. Sign in again.",
     "required": "Sign in to use the Kiln console.",
     "oidc": "Single sign-on failed. Try again or sign in with a password.",
 }
@@ -116,12 +114,18 @@ def render_form(
 def show_signin() -> flask.Response:
     """GET /signin: the form, with a notice when the gate sent the caller here for a reason."""
     reason = flask.request.args.get("reason", "")
-    tone = "info" if reason in {"signedout", "required"} else "warning"
+    tone = "info" if reason in {"signedout", "required"} else "warning"  # expired, revoked, ended, oidc
     return render_form(notice=MESSAGES.get(reason, ""), tone=tone, next_path=safe_next(flask.request.args.get("next")))
 
 
 def start_session(response: flask.Response, context: ConsoleContext, console_session) -> flask.Response:
-    """Put a new session and its CSRF token into cookies on `response`."""
+    """Record a new session (its user lists and ends it on their account page) and put it and
+    its CSRF token into cookies on `response`."""
+    with Session(context.engine) as session, session.begin():
+        sessions.start(session, sid=console_session.sid, kind=console_session.kind, username=console_session.username,
+                       user_id=console_session.user_id,
+                       expires_at=datetime.fromtimestamp(console_session.expires_at, UTC),
+                       address=flask.request.remote_addr or "", user_agent=flask.request.user_agent.string or "")
     max_age = int(context.codec.lifetime)
     set_cookie(response, SESSION_COOKIE, context.codec.seal(console_session), max_age=max_age, http_only=True, same_site="Lax")
     set_cookie(response, CSRF_COOKIE, context.codec.csrf_token(console_session), max_age=max_age, http_only=False,
@@ -163,13 +167,10 @@ def submit_signin() -> flask.Response:
 
 
 def submit_signout() -> flask.Response:
-    """POST /signout (the gate has checked the session and CSRF token): revoke the session
-    until its cookie would have expired (so a copied cookie stops working too) and clear the cookies."""
-    console_session = flask.g.console_session
-    expires_at = datetime.fromtimestamp(console_session.expires_at, UTC)
+    """POST /signout (the gate has checked the session and CSRF token): end the session's
+    record (so a copied cookie stops working too) and clear the cookies."""
     with Session(console_context().engine) as session, session.begin():
-        session.execute(delete(RevokedConsoleSession).where(RevokedConsoleSession.expires_at < utcnow()))
-        upsert(session, RevokedConsoleSession, [{"sid": console_session.sid, "expires_at": expires_at}], ("sid",), None)
+        sessions.end_session(session, flask.g.principal, flask.g.console_session.sid)
     response = flask.redirect("/signin?reason=signedout", code=303)
     for name in (SESSION_COOKIE, CSRF_COOKIE):
         response.delete_cookie(name, path="/")

@@ -19,7 +19,7 @@ from fleet import api as fleet_api
 from fleet import tenancy_api
 from fleet.exposition import LeaseExposition
 from kiln import __version__, passwords
-from kiln.api import audit, health, tenants, tokens, users
+from kiln.api import audit, health, sessions, tenants, tokens, users
 from kiln.db import create_db_engine
 from kiln.api.problems import install_error_handlers
 from kiln.limits import BodySizeLimitMiddleware, NulCharacterMiddleware
@@ -34,6 +34,7 @@ SHELL_ROUTERS: tuple[APIRouter, ...] = (
     tenants.router,
     users.router,
     tokens.router,
+    sessions.router,
     audit.router,
 )
 DOMAIN_ROUTERS: tuple[APIRouter, ...] = (fleet_api.router, tenancy_api.router, metering_api.router)

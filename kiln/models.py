@@ -107,10 +107,22 @@ class AuditEvent(SQLModel, table=True):
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
 
 
-class RevokedConsoleSession(SQLModel, table=True):
-    """A console session signed out before its cookie expired: refused until then."""
+class ConsoleSessionRecord(SQLModel, table=True):
+    """A console sign-in (its cookie carries the `sid`): listed to its user, ended by them, by
+    sign-out or by an infra admin; the console refuses a session without a live record."""
 
-    __tablename__ = "revoked_console_session"
+    __tablename__ = "console_session"
 
     sid: str = Field(max_length=64, primary_key=True)
+    username: str = Field(max_length=64, index=True)
+    user_id: int | None = Field(default=None, sa_column=Column(
+        Integer, ForeignKey("user_account.id", ondelete="CASCADE"), nullable=True, index=True))  # None: OIDC
+    kind: str = Field(max_length=8)  # local | oidc
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
     expires_at: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
+    created_from: str = Field(default="", max_length=64)
+    last_seen_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    last_seen_from: str = Field(default="", max_length=64)
+    user_agent: str = Field(default="", max_length=200)
+    ended_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    ended_by: str | None = Field(default=None, max_length=64)

@@ -15,7 +15,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from sqlmodel import Session, col, func, select
 
-from kiln import audit
+from kiln import audit, sessions
 from kiln.auth import Principal
 from kiln.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from kiln.models import Membership, Tenant, User
@@ -218,6 +218,8 @@ def update_user(session: Session, principal: Principal, user_id: int, data: User
         _set_memberships(session, user, tenants)
     if data.is_active is False:
         _guard_last_admin(session, user, demoted=True)
+        if user.is_active:  # deactivating ends the user's console sessions and revokes their tokens at once
+            sessions.end_everything(session, principal, user)
     if data.password is not None:
         user.password_hash = hash_password(data.password.get_secret_value())
     user.sqlmodel_update({k: v for k, v in changes.items() if k in {"full_name", "email", "is_active"}})

@@ -1,9 +1,12 @@
 """`/api/v1/users`: local users, their roles and tenants."""
 
 from fastapi import APIRouter, Response
+from pydantic import BaseModel
 
 from kiln.api.deps import CurrentPrincipal, RowId, SessionDep
 from kiln.errors import NotFound
+from kiln.roles import Role
+from kiln.sessions import end_everything
 from kiln.users import (
     UserCreate,
     UserPublic,
@@ -56,3 +59,19 @@ def delete_endpoint(user_id: RowId, session: SessionDep, principal: CurrentPrinc
     """Delete a user with their tokens; 409 for the last infra-admin."""
     delete_user(session, principal, user_id)
     return Response(status_code=204)
+
+
+class SessionsEnded(BaseModel):
+    """How many console sessions were ended and API tokens revoked."""
+
+    console_sessions: int
+    api_tokens: int
+
+
+@router.post("/{user_id}/end-sessions", response_model=SessionsEnded, summary="End all sessions of a user")
+def end_sessions_endpoint(user_id: RowId, session: SessionDep, principal: CurrentPrincipal):
+    """Infra-admins: end every console session of the user and revoke every API token (e.g. when
+    they leave); their next request is refused at once."""
+    principal.require_role(Role.INFRA_ADMIN, action="end other users' sessions")
+    ended, revoked = end_everything(session, principal, get_user(session, principal, user_id))
+    return SessionsEnded(console_sessions=ended, api_tokens=revoked)

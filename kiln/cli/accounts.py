@@ -16,6 +16,7 @@ from kiln.auth import Principal
 from kiln.cli.common import OutputFormat, OutputOption, db_session, print_rows, settings
 from kiln.errors import BadRequest
 from kiln.roles import Role
+from kiln.sessions import end_everything
 from kiln.tenants import TenantCreate, TenantPublic, create_tenant, delete_tenant, list_tenants, tenants_by_slug
 from kiln.throttle import clear_user
 from kiln.tokens import find_token_id, issue_token, list_tokens, revoke_token
@@ -23,7 +24,7 @@ from kiln.users import UserCreate, create_user, delete_user, get_user_by_usernam
 from kiln.validation import parse_model
 
 tenants_app = typer.Typer(help="Create and list tenants.", no_args_is_help=True)
-users_app = typer.Typer(help="Create, list, delete and unlock local users.", no_args_is_help=True)
+users_app = typer.Typer(help="Create, list, delete and unlock local users; end their sessions.", no_args_is_help=True)
 tokens_app = typer.Typer(help="Create, list and revoke personal API tokens.", no_args_is_help=True)
 
 
@@ -105,6 +106,14 @@ def users_unlock(username: str = typer.Argument(..., help="Login name.")) -> Non
         if removed:
             audit.record(session, Principal.system(), "unlock", "signin", username.strip().lower())
     typer.echo(f"unlocked {username}" if removed else f"{username} had no failed sign-ins to forget")
+
+
+@users_app.command("end-sessions")
+def users_end_sessions(username: str = typer.Argument(..., help="Login name.")) -> None:
+    """End all of a user's console sessions and revoke all their API tokens (e.g. when they leave)."""
+    with db_session() as session:
+        ended, revoked = end_everything(session, Principal.system(), get_user_by_username(session, username))
+    typer.echo(f"ended {ended} console sessions and revoked {revoked} API tokens of {username}")
 
 
 class TokenScope(str, Enum):
