@@ -81,3 +81,13 @@ def test_an_admin_ending_everything_signs_every_browser_out(console: RunningCons
     page.goto(f"{console.base_url}/usage")
     page.wait_for_url("**/signin?reason=ended**")
     assert "An administrator ended this session." in page.inner_text("#signin-notice")
+
+
+def test_the_sign_in_form_says_how_long_to_wait_after_failures(console: RunningConsole) -> None:
+    """Last in this module: its failures count against the loopback address for a while."""
+    page = console.browser.new_context().new_page()
+    for _ in range(3):
+        sign_in(page, console.base_url, "nobody-here", "wrong password!")
+        page.wait_for_selector("#signin-notice:has-text('Wrong username or password.')")
+    sign_in(page, console.base_url, "nobody-here", "wrong password!")  # within the second the third failure asks for
+    page.wait_for_selector("#signin-notice:has-text('Too many failed sign-ins. Try again in 1 seconds.')")
