@@ -5,7 +5,8 @@ Fernet under a key derived (HKDF) from `KILN_SECRET_KEY`, so it can be neither r
 forged without the key. It expires `KILN_CONSOLE_SESSION_HOURS` after sign-in (absolute,
 not sliding). Local users are looked up again on every request, so a deactivated or
 deleted user, or a changed role, takes effect at once; OIDC sessions carry the role and
-tenant slugs the identity provider granted at sign-in. Signing out records the session id in
+tenant slugs the identity provider granted at sign-in, and its ID token (for RP-initiated
+logout). Signing out records the session id in
 `revoked_console_session` until the cookie's expiry, and the gate refuses it from then on.
 
 CSRF: every state-changing request must carry a token bound to the session,
@@ -51,6 +52,7 @@ class ConsoleSession:
     user_id: int | None = None
     role: str | None = None  # OIDC only: the role granted at sign-in
     tenants: tuple[str, ...] = field(default_factory=tuple)  # OIDC only: tenant slugs granted
+    id_token: str | None = None  # OIDC only: the ID token, sent back as `id_token_hint` at sign-out
     sid: str = field(default_factory=lambda: secrets.token_urlsafe(16))
     issued_at: float = field(default_factory=time.time)
 

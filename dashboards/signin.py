@@ -156,13 +156,16 @@ def submit_signin() -> flask.Response:
 
 def submit_signout() -> flask.Response:
     """POST /signout (the gate has checked the session and CSRF token): revoke the session
-    until its cookie would have expired (so a copied cookie stops working too) and clear the cookies."""
+    until its cookie would have expired (so a copied cookie stops working too) and clear the cookies;
+    an OIDC session then goes on to the provider's end-session endpoint (RP-initiated logout)."""
     console_session = flask.g.console_session
     expires_at = datetime.fromtimestamp(console_session.expires_at, UTC)
     with Session(console_context().engine) as session, session.begin():
         session.execute(delete(RevokedConsoleSession).where(RevokedConsoleSession.expires_at < utcnow()))
         upsert(session, RevokedConsoleSession, [{"sid": console_session.sid, "expires_at": expires_at}], ("sid",), None)
-    response = flask.redirect("/signin?reason=signedout", code=303)
+    oidc = console_context().oidc
+    provider_logout = oidc.logout_url(console_session) if oidc is not None and console_session.kind == "oidc" else None
+    response = flask.redirect(provider_logout or "/signin?reason=signedout", code=303)
     for name in (SESSION_COOKIE, CSRF_COOKIE):
         response.delete_cookie(name, path="/")
     return response
