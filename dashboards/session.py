@@ -6,8 +6,8 @@ forged without the key. It expires `KILN_CONSOLE_SESSION_HOURS` after sign-in (a
 not sliding). Local users are looked up again on every request, so a deactivated or
 deleted user, or a changed role, takes effect at once; OIDC sessions carry the role and
 tenant slugs the identity provider granted at sign-in, and its ID token (for RP-initiated
-logout). Signing out records the session id in
-`revoked_console_session` until the cookie's expiry, and the gate refuses it from then on.
+logout). Signing out records the session id in `revoked_console_session` until the
+cookie's expiry, and the gate refuses it from then on.
 
 CSRF: every state-changing request must carry a token bound to the session,
 HMAC(key, session id). Forms send it in a `csrf_token` field; the console's script sends it

@@ -34,7 +34,7 @@ from tests.browser import TENANT_A_NODES, TENANT_B_NODES, RunningConsole, free_p
 from tests.peers.harness import PEERS_DIR, running_peer
 
 CLIENT_ID = "kiln-console"
-CLI_CLIENT_ID = "kiln-cli"  # the provider adds `kiln-console` to its tokens' audience; they live 4 s
+CLI_CLIENT_ID = "kiln-cli"  # the provider adds `kiln-console` to its tokens' audience; they live 8 s
 OTHER_CLIENT_ID = "grafana"  # another application at the same provider
 OTHER_REDIRECT = "http://127.0.0.1:9/callback"
 TENANT_B_WORDS = ("tenant-b", "Tenant B", *TENANT_B_NODES)

@@ -32,7 +32,7 @@ USERS = {
 CLIENTS = {
     "kiln": ("kiln-console", {}),
     "kilncli": ("kiln-cli", {"oidcRPMetaDataOptionsAdditionalAudiences": "kiln-console",
-                             "oidcRPMetaDataOptionsAccessTokenExpiration": 4}),
+                             "oidcRPMetaDataOptionsAccessTokenExpiration": 8}),
     "grafana": ("grafana", {}),
 }
 OTHER_REDIRECT = "http://127.0.0.1:9/callback"  # the other clients' redirect URI (never followed)
