@@ -14,6 +14,7 @@ Kiln revokes its own session, the browser goes to the issuer's `end_session_endp
 `id_token_hint`, `client_id` and `post_logout_redirect_uri` = this console's
 `/signin?reason=signedout` (register that URI at the provider), so the next single sign-on
 asks for the password again. A provider without that endpoint leaves its own session alone.
+An ID token too large for the session cookie is not kept; sign-out then sends `client_id` alone.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import base64
 import hashlib
 import secrets
 import time
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlencode
 
@@ -45,6 +47,7 @@ from kiln.settings import Settings
 FLOW_COOKIE = "kiln_oidc"
 FLOW_SECONDS = 600
 SIGNED_OUT = "/signin?reason=signedout"  # post_logout_redirect_uri, below the console's URL
+MAX_COOKIE_BYTES = 3800  # a session cookie's value, leaving room for its attributes within 4096
 
 
 class OIDCSignIn:
@@ -120,6 +123,8 @@ class OIDCSignIn:
             "oidc", principal.username, role=principal.role.value, tenants=tuple(tenant_slugs_from_claims(claims, self.settings)),
             id_token=id_token,
         )
+        if len(context.codec.seal(console_session)) > MAX_COOKIE_BYTES:  # browsers drop larger cookies
+            console_session = replace(console_session, id_token=None)  # sign-out then sends client_id alone
         response = start_session(flask.redirect(flow["next"], code=303), context, console_session)
         response.delete_cookie(FLOW_COOKIE, path="/")
         return response

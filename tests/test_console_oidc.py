@@ -203,6 +203,16 @@ def test_sign_out_goes_on_to_the_providers_end_session_endpoint(sso_client: Test
     assert hint["sub"] == "u-123" and hint["iss"] == issuer.url  # the ID token this session signed in with
 
 
+def test_an_id_token_too_large_for_the_cookie_is_not_kept(sso_client: TestClient, issuer: CodeFlowIssuer) -> None:
+    issuer.end_session = True
+    issuer.claims = {"groups": ["/tenant-a"] + [f"/department/team-{i}" for i in range(200)]}  # a big Keycloak user
+    assert single_sign_on(sso_client).status_code == 303
+    assert len(sso_client.cookies[SESSION_COOKIE]) <= 3800 and sso_client.get("/usage").status_code == 200
+    out = sso_client.post("/signout", data={"csrf_token": sso_client.cookies[CSRF_COOKIE]}, follow_redirects=False)
+    query = parse_qs(urlsplit(out.headers["location"]).query)
+    assert "id_token_hint" not in query and query["client_id"] == [CLIENT_ID]
+
+
 def test_without_oidc_there_is_no_sso_button_or_route(settings: Settings, engine, world: World) -> None:
     with TestClient(create_app(settings, engine=engine), base_url="https://testserver") as client:
         assert 'id="oidc-signin"' not in client.get("/signin").text
