@@ -8,6 +8,13 @@ when one is set), validates the ID token with `kiln.oidc.OIDCVerifier` (signatur
 the issuer's JWKS, `iss`, `aud` = client id, `exp`) and its `nonce`, and starts a console
 session with the role and tenants the token's claims grant (the same mapping as bearer
 tokens). The client is `KILN_OIDC_AUDIENCE`; roles and groups must be in the ID token.
+
+Signing out of an OIDC session also ends the provider's session (RP-initiated logout): after
+Kiln revokes its own session, the browser goes to the issuer's `end_session_endpoint` with
+`id_token_hint`, `client_id` and `post_logout_redirect_uri` = this console's
+`/signin?reason=signedout` (register that URI at the provider), so the next single sign-on
+asks for the password again. A provider without that endpoint leaves its own session alone.
+An ID token too large for the session cookie is not kept; sign-out then sends `client_id` alone.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import base64
 import hashlib
 import secrets
 import time
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlencode
 
@@ -24,6 +32,7 @@ import httpx
 from sqlmodel import Session
 
 from dashboards.context import console_context
+from dashboards.session import ConsoleSession
 from dashboards.signin import render_form, safe_next, set_cookie, start_session
 from kiln import audit
 from kiln.errors import Unauthorized
@@ -37,6 +46,8 @@ from kiln.settings import Settings
 
 FLOW_COOKIE = "kiln_oidc"
 FLOW_SECONDS = 600
+SIGNED_OUT = "/signin?reason=signedout"  # post_logout_redirect_uri, below the console's URL
+MAX_COOKIE_BYTES = 3800  # a session cookie's value, leaving room for its attributes within 4096
 
 
 class OIDCSignIn:
@@ -51,12 +62,14 @@ class OIDCSignIn:
         self._endpoints: dict[str, str] | None = None
 
     def endpoints(self) -> dict[str, str]:
-        """The issuer's authorisation and token endpoints (from its discovery document, cached)."""
+        """The issuer's authorisation, token and (optional, else "") end-session endpoints, from its
+        discovery document (cached)."""
         if self._endpoints is None:
             response = self.http.get(f"{self.issuer}/.well-known/openid-configuration")
             response.raise_for_status()
             document = response.json()
-            self._endpoints = {"authorize": document["authorization_endpoint"], "token": document["token_endpoint"]}
+            self._endpoints = {"authorize": document["authorization_endpoint"], "token": document["token_endpoint"],
+                               "end_session": document.get("end_session_endpoint") or ""}
         return self._endpoints
 
     def login(self) -> flask.Response:
@@ -96,7 +109,7 @@ class OIDCSignIn:
         if args.get("error") or not args.get("code"):
             return self._failed(f"the provider refused: {args.get('error_description') or args.get('error') or 'no code'}")
         try:
-            claims = self._exchange(args["code"], flow)
+            claims, id_token = self._exchange(args["code"], flow)
             role_from_claims(claims, self.settings)
         except Unauthorized as exc:
             return self._failed(exc.detail)
@@ -108,12 +121,29 @@ class OIDCSignIn:
             session.commit()
         console_session = context.codec.new_session(
             "oidc", principal.username, role=principal.role.value, tenants=tuple(tenant_slugs_from_claims(claims, self.settings)),
+            id_token=id_token,
         )
+        if len(context.codec.seal(console_session)) > MAX_COOKIE_BYTES:  # browsers drop larger cookies
+            console_session = replace(console_session, id_token=None)  # sign-out then sends client_id alone
         response = start_session(flask.redirect(flow["next"], code=303), context, console_session)
         response.delete_cookie(FLOW_COOKIE, path="/")
         return response
 
-    def _exchange(self, code: str, flow: dict[str, Any]) -> dict[str, Any]:
+    def logout_url(self, console_session: ConsoleSession) -> str | None:
+        """Where the browser goes after Kiln's own sign-out of an OIDC session: the issuer's
+        end-session endpoint (RP-initiated logout), or None when it has none or cannot be reached."""
+        try:
+            end_session = self.endpoints()["end_session"]
+        except (httpx.HTTPError, KeyError, ValueError):
+            return None
+        if not end_session:
+            return None
+        query = {"client_id": self.client_id, "post_logout_redirect_uri": flask.request.host_url.rstrip("/") + SIGNED_OUT}
+        if console_session.id_token:
+            query["id_token_hint"] = console_session.id_token
+        return f"{end_session}{'&' if '?' in end_session else '?'}{urlencode(query)}"
+
+    def _exchange(self, code: str, flow: dict[str, Any]) -> tuple[dict[str, Any], str]:
         data = {"grant_type": "authorization_code", "code": code, "redirect_uri": self.redirect_uri(),
                 "client_id": self.client_id, "code_verifier": flow["verifier"]}
         secret = self.settings.oidc_client_secret
@@ -127,7 +157,7 @@ class OIDCSignIn:
         claims = self.verifier.verify(id_token)
         if not secrets.compare_digest(str(claims.get("nonce", "")), flow["nonce"]):
             raise Unauthorized("the ID token was not issued for this sign-on (nonce)")
-        return claims
+        return claims, id_token
 
     def _failed(self, why: str) -> flask.Response:
         response = render_form(401, notice=f"Single sign-on failed: {why}.", tone="error")

@@ -5,9 +5,10 @@ a key derived (HKDF) from `KILN_SECRET_KEY`, so it can be neither read nor forge
 key. It expires `KILN_CONSOLE_SESSION_HOURS` after sign-in (absolute, not sliding). Local
 users are looked up again on every request, so a deactivated or deleted user, or a changed
 role, takes effect at once; OIDC sessions carry the role and tenant slugs the identity
-provider granted at sign-in. Each session also has a record (`kiln.sessions`: created, last
-used, from where) that its user sees and can end; the gate refuses a cookie whose record has
-ended (signed out, ended from the account page or by an infra admin) or does not exist.
+provider granted at sign-in, and its ID token (for RP-initiated logout). Each session also
+has a record (`kiln.sessions`: created, last used, from where) that its user sees and can
+end; the gate refuses a cookie whose record has ended (signed out, ended from the account
+page or by an infra admin) or does not exist.
 
 CSRF: every state-changing request must carry a token bound to the session,
 HMAC(key, session id). Forms send it in a `csrf_token` field; the console's script sends it
@@ -52,6 +53,7 @@ class ConsoleSession:
     user_id: int | None = None
     role: str | None = None  # OIDC only: the role granted at sign-in
     tenants: tuple[str, ...] = field(default_factory=tuple)  # OIDC only: tenant slugs granted
+    id_token: str | None = None  # OIDC only: the ID token, sent back as `id_token_hint` at sign-out
     sid: str = field(default_factory=lambda: secrets.token_urlsafe(16))
     issued_at: float = field(default_factory=time.time)
 

@@ -168,10 +168,14 @@ def submit_signin() -> flask.Response:
 
 def submit_signout() -> flask.Response:
     """POST /signout (the gate has checked the session and CSRF token): end the session's
-    record (so a copied cookie stops working too) and clear the cookies."""
+    record (so a copied cookie stops working too) and clear the cookies; an OIDC session then
+    goes on to the provider's end-session endpoint (RP-initiated logout)."""
+    console_session = flask.g.console_session
     with Session(console_context().engine) as session, session.begin():
-        sessions.end_session(session, flask.g.principal, flask.g.console_session.sid)
-    response = flask.redirect("/signin?reason=signedout", code=303)
+        sessions.end_session(session, flask.g.principal, console_session.sid)
+    oidc = console_context().oidc
+    provider_logout = oidc.logout_url(console_session) if oidc is not None and console_session.kind == "oidc" else None
+    response = flask.redirect(provider_logout or "/signin?reason=signedout", code=303)
     for name in (SESSION_COOKIE, CSRF_COOKIE):
         response.delete_cookie(name, path="/")
     return response

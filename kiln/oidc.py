@@ -2,7 +2,9 @@
 
 The issuer's keys are fetched from its discovery document (or `KILN_OIDC_JWKS_URL`), cached,
 and re-fetched at most once a minute when a token names a key id that is not cached (key
-rotation). Only asymmetric algorithms are accepted.
+rotation: a provider that replaces its key, as LemonLDAP::NG's `rotateOidcKeys` does, is
+followed by a running Kiln without restart; tokens signed with a key the issuer no longer
+publishes stop working at that refetch). Only asymmetric algorithms are accepted.
 """
 
 from __future__ import annotations
@@ -30,7 +32,10 @@ MIN_REFETCH_SECONDS = 60
 class OIDCVerifier:
     """Validates bearer JWTs from one issuer and returns their claims."""
 
-    def __init__(self, settings: Settings, http: httpx.Client | None = None):
+    def __init__(self, settings: Settings, http: httpx.Client | None = None, *,
+                 refetch_interval: float = MIN_REFETCH_SECONDS, clock_skew: float = CLOCK_SKEW_SECONDS):
+        """`refetch_interval`: least seconds between two JWKS fetches caused by unknown key ids (so
+        forged kids cannot make Kiln hammer the issuer); `clock_skew`: leeway on `exp`, seconds."""
         if not settings.oidc_issuer or not settings.oidc_audience:
             raise ValueError("OIDC needs both KILN_OIDC_ISSUER and KILN_OIDC_AUDIENCE")
         self.issuer = settings.oidc_issuer.rstrip("/")
@@ -40,6 +45,8 @@ class OIDCVerifier:
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at = 0.0
         self._lock = threading.Lock()
+        self._refetch_interval = refetch_interval
+        self._clock_skew = clock_skew
 
     def verify(self, token: str) -> dict[str, Any]:
         """The token's claims; Unauthorized with the reason when it is not acceptable."""
@@ -58,7 +65,7 @@ class OIDCVerifier:
                 algorithms=[algorithm],
                 audience=self.audience,
                 issuer=self.issuer,
-                leeway=CLOCK_SKEW_SECONDS,
+                leeway=self._clock_skew,
                 options={"require": ["exp", "iss", "aud", "sub"]},
             )
         except jwt.ExpiredSignatureError:
@@ -77,7 +84,7 @@ class OIDCVerifier:
     def _key_for(self, kid: str | None) -> jwt.PyJWK:
         with self._lock:
             stale = time.monotonic() - self._fetched_at > KEY_CACHE_SECONDS
-            unknown = kid not in self._keys and time.monotonic() - self._fetched_at > MIN_REFETCH_SECONDS
+            unknown = kid not in self._keys and time.monotonic() - self._fetched_at > self._refetch_interval
             if not self._keys or stale or unknown:
                 self._keys = self._fetch_keys()
                 self._fetched_at = time.monotonic()

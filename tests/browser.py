@@ -71,11 +71,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(app: Any) -> Iterator[str]:
-    """Serve an ASGI app with uvicorn in a thread on a loopback port; yield its base URL."""
+def serving(app: Any, port: int | None = None) -> Iterator[str]:
+    """Serve an ASGI app with uvicorn in a thread on a loopback port (`port`, or a free one); yield its base URL."""
     import uvicorn
 
-    port = free_port()
+    port = port or free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, name="kiln-console-test-server", daemon=True)
     thread.start()
@@ -103,10 +103,12 @@ class RunningConsole:
 
 
 @contextmanager
-def running_console(data_dir: Path, driver: Any, seed: Callable[[Any, Any, Any], Any]) -> Iterator[RunningConsole]:
+def running_console(data_dir: Path, driver: Any, seed: Callable[[Any, Any, Any], Any], *, port: int | None = None,
+                    oidc: Callable[[Any], Any] | None = None, **settings_overrides: Any) -> Iterator[RunningConsole]:
     """The real app on a fresh migrated SQLite database in `data_dir` (dev mode: cookies over
     plain http), seeded by `seed(session, engine, settings)`, with the fake `driver` behind its fleet runtime,
-    served on loopback and opened in Debian's Chromium."""
+    served on loopback (`port`, or a free one) and opened in Debian's Chromium. `settings_overrides` are
+    further settings (e.g. `oidc_issuer`); `oidc(settings)`, when given, makes the app's OIDC verifier."""
     from sqlmodel import Session
 
     from fleet.provisioning.registry import Drivers
@@ -117,15 +119,15 @@ def running_console(data_dir: Path, driver: Any, seed: Callable[[Any, Any, Any],
     from kiln.settings import Settings
     from tests.conftest import TEST_SECRET_KEY
 
-    settings = Settings(data_dir=data_dir, secret_key=TEST_SECRET_KEY, dev=True)
+    settings = Settings(data_dir=data_dir, secret_key=TEST_SECRET_KEY, dev=True, **settings_overrides)
     engine = create_db_engine(settings.resolved_database_url)
     upgrade(engine)
     with Session(engine, expire_on_commit=False) as session:
         seeded = seed(session, engine, settings)
-    app = create_app(settings, engine=engine)
+    app = create_app(settings, engine=engine, oidc=oidc(settings) if oidc else None)
     app.state.fleet = FleetRuntime.build(settings, engine, drivers=Drivers(settings, fake=driver))
     try:
-        with serving(app) as base_url, playwright_session() as playwright:
+        with serving(app, port) as base_url, playwright_session() as playwright:
             browser = launch_browser(playwright)
             try:
                 yield RunningConsole(base_url, browser, engine, settings, seeded)

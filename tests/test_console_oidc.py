@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
 from sqlmodel import select
 
-from dashboards.session import SESSION_COOKIE
+from dashboards.session import CSRF_COOKIE, SESSION_COOKIE
 from kiln.app import create_app
 from kiln.models import AuditEvent
 from kiln.settings import Settings
@@ -45,14 +45,18 @@ class CodeFlowIssuer:
         self.claims: dict[str, Any] = {}
         self.codes: dict[str, dict[str, Any]] = {}
         self.nonce_override: str | None = None
+        self.end_session = False  # whether discovery names an end_session_endpoint
         issuer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 path, query = urlsplit(self.path).path, parse_qs(urlsplit(self.path).query)
                 if path.endswith("/.well-known/openid-configuration"):
-                    self._json(200, {"issuer": issuer.url, "jwks_uri": f"{issuer.url}/certs",
-                                     "authorization_endpoint": f"{issuer.url}/auth", "token_endpoint": f"{issuer.url}/token"})
+                    document = {"issuer": issuer.url, "jwks_uri": f"{issuer.url}/certs",
+                                "authorization_endpoint": f"{issuer.url}/auth", "token_endpoint": f"{issuer.url}/token"}
+                    if issuer.end_session:
+                        document["end_session_endpoint"] = f"{issuer.url}/logout"
+                    self._json(200, document)
                 elif path.endswith("/certs"):
                     self._json(200, issuer.jwks)
                 elif path.endswith("/auth"):
@@ -115,7 +119,7 @@ def issuer() -> Iterator[CodeFlowIssuer]:
 
 @pytest.fixture
 def sso_client(settings: Settings, engine, issuer: CodeFlowIssuer, world: World) -> Iterator[TestClient]:
-    issuer.claims, issuer.nonce_override = {}, None
+    issuer.claims, issuer.nonce_override, issuer.end_session = {}, None, False
     configured = settings.model_copy(update={"oidc_issuer": issuer.url, "oidc_audience": CLIENT_ID})
     with TestClient(create_app(configured, engine=engine), base_url="https://testserver") as client:
         yield client
@@ -177,6 +181,36 @@ def test_a_failed_sign_on_says_why_and_starts_no_session(sso_client: TestClient,
     assert answer.status_code == 401 and "Single sign-on failed" in answer.text and reason in answer.text
     assert SESSION_COOKIE not in sso_client.cookies
     assert sso_client.get("/usage", follow_redirects=False).status_code == 302
+
+
+@pytest.mark.parametrize("end_session", [True, False], ids=["rp-initiated-logout", "no-end-session-endpoint"])
+def test_sign_out_goes_on_to_the_providers_end_session_endpoint(sso_client: TestClient, issuer: CodeFlowIssuer,
+                                                                end_session: bool) -> None:
+    issuer.end_session = end_session
+    single_sign_on(sso_client)
+    out = sso_client.post("/signout", data={"csrf_token": sso_client.cookies[CSRF_COOKIE]}, follow_redirects=False)
+    assert out.status_code == 303
+    assert sso_client.get("/usage", follow_redirects=False).status_code == 302  # Kiln's own session is over either way
+    if not end_session:
+        assert out.headers["location"] == "/signin?reason=signedout"
+        return
+    target = urlsplit(out.headers["location"])
+    query = {k: v[0] for k, v in parse_qs(target.query).items()}
+    assert f"{target.scheme}://{target.netloc}{target.path}" == f"{issuer.url}/logout"
+    assert query["post_logout_redirect_uri"] == "https://testserver/signin?reason=signedout"
+    assert query["client_id"] == CLIENT_ID
+    hint = jwt.decode(query["id_token_hint"], issuer.key.public_key(), algorithms=["RS256"], audience=CLIENT_ID)
+    assert hint["sub"] == "u-123" and hint["iss"] == issuer.url  # the ID token this session signed in with
+
+
+def test_an_id_token_too_large_for_the_cookie_is_not_kept(sso_client: TestClient, issuer: CodeFlowIssuer) -> None:
+    issuer.end_session = True
+    issuer.claims = {"groups": ["/tenant-a"] + [f"/department/team-{i}" for i in range(200)]}  # a big Keycloak user
+    assert single_sign_on(sso_client).status_code == 303
+    assert len(sso_client.cookies[SESSION_COOKIE]) <= 3800 and sso_client.get("/usage").status_code == 200
+    out = sso_client.post("/signout", data={"csrf_token": sso_client.cookies[CSRF_COOKIE]}, follow_redirects=False)
+    query = parse_qs(urlsplit(out.headers["location"]).query)
+    assert "id_token_hint" not in query and query["client_id"] == [CLIENT_ID]
 
 
 def test_without_oidc_there_is_no_sso_button_or_route(settings: Settings, engine, world: World) -> None:
