@@ -103,13 +103,13 @@ def _kiln_costs(session: Session, principal: Principal, period: str) -> tuple[di
     for seg_start, seg_end in segments(cards, start, end):
         statement = (
             select(UsageRecord.resource_id, UsageRecord.tenant_id, UsageRecord.sku, UsageRecord.unit,
-                   func.sum(UsageRecord.quantity))
+                   func.sum(UsageRecord.quantity_parts))
             .where(UsageRecord.source == SOURCE_K8S, col(UsageRecord.hour) >= seg_start, col(UsageRecord.hour) < seg_end)
             .group_by(UsageRecord.resource_id, UsageRecord.tenant_id, UsageRecord.sku, UsageRecord.unit)
         )
-        for resource_id, tenant_id, sku, unit, quantity in session.exec(principal.scope(statement, UsageRecord.tenant_id)).all():
+        for resource_id, tenant_id, sku, unit, parts in session.exec(principal.scope(statement, UsageRecord.tenant_id)).all():
             namespace = resource_id.removeprefix("k8s:")
-            usage[namespace].append(UsageTotal(tenant_id, sku, unit, seg_start, seg_end, Decimal(quantity)))
+            usage[namespace].append(UsageTotal(tenant_id, sku, unit, seg_start, seg_end, int(parts)))
     costs = {ns: sum((c.contracted_cost for c in rate(totals, cards, discounts, currency)), ZERO) for ns, totals in usage.items()}
     return costs, currency
 
