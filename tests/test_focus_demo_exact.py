@@ -161,3 +161,17 @@ def test_chargeback_totals_are_the_bills_totals(demo: Engine, tmp_path: Path) ->
         (total,) = [row for row in csv.DictReader(stream) if row["line_type"] == "total"]
     assert Decimal(total["billed_cost"]) == sum(Decimal(bill.total) for bill in bills)
     assert Decimal(total["list_cost"]) == sum(Decimal(bill.list_total) for bill in bills)
+
+
+def test_parquet_holds_the_same_exact_values(demo: Engine, tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    rows = read_export(demo, "2026-11", tmp_path / "focus.csv")
+    with Session(demo) as session:
+        export_focus(session, SYSTEM, "2026-11", "parquet", tmp_path / "focus.parquet", "Kiln Demo Cloud")
+    table = pq.read_table(tmp_path / "focus.parquet").to_pylist()
+    assert len(table) == len(rows)
+    for record, row in zip(table, rows, strict=True):
+        for column in ("PricingQuantity", "ListUnitPrice", "ListCost", "ContractedUnitPrice", "ContractedCost", "BilledCost"):
+            assert record[column] == Decimal(row[column]), column
+        assert record["ContractedCost"] == record["ContractedUnitPrice"] * record["PricingQuantity"]
