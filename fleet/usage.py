@@ -80,10 +80,6 @@ def lease_gpu_micros(lease: Lease, gpus: int, start: datetime, at: datetime) -> 
     return (held_to - held_from) // _MICROSECOND * gpus
 
 
-def lease_gpu_hours(lease: Lease, gpus: int, start: datetime, at: datetime) -> Decimal:
-    """GPU-hours a lease of a node with `gpus` GPUs held within [start, at) (to the microsecond, unrounded)."""
-    return Decimal(lease_gpu_micros(lease, gpus, start, at)) / MICROS_PER_HOUR
-
 
 def planned_gpu_hours(gpus: int, starts_at: datetime, ends_at: datetime | None, period_end: datetime) -> Decimal:
     """GPU-hours a new lease will add within its start's period (0 for an open lease: unknown yet)."""
