@@ -27,7 +27,7 @@ from kiln.models import Tenant
 from metering import skus
 from metering.models import UsageRecord
 from metering.periods import period_bounds
-from metering.usage import SOURCE_LEASE, summed
+from metering.usage import SOURCE_LEASE, parts_sum, summed
 
 BUCKET_HOURS = Decimal(5) / 60
 PLACES = Decimal("0.0001")
@@ -82,7 +82,7 @@ def efficiency(session: Session, principal: Principal, period: str, now: datetim
         measured[tenant_of[lease_id]] += buckets * BUCKET_HOURS
         used[tenant_of[lease_id]] += used_hours(percent_sum)
     allocated = dict(session.exec(principal.scope(
-        select(UsageRecord.tenant_id, func.sum(UsageRecord.quantity_parts))
+        select(UsageRecord.tenant_id, parts_sum())
         .where(UsageRecord.source == SOURCE_LEASE, col(UsageRecord.sku).startswith(skus.GPU_HOUR + ":"))
         .where(col(UsageRecord.hour) >= start, col(UsageRecord.hour) < end).group_by(UsageRecord.tenant_id),
         UsageRecord.tenant_id)).all())

@@ -23,7 +23,7 @@ from fleet.models import Gpu, Node
 from metering import skus
 from metering.models import UsageRecord
 from metering.rating import UsageTotal
-from metering.usage import SOURCE_K8S, SOURCE_LEASE
+from metering.usage import SOURCE_K8S, SOURCE_LEASE, parts_of, parts_sum
 
 POLICIES = ("platform", "share")
 _MICROSECOND = timedelta(microseconds=1)
@@ -52,12 +52,12 @@ def capacity(session: Session, start: datetime, stop: datetime) -> dict[str, int
 def used(session: Session, start: datetime, end: datetime) -> dict[str, int]:
     """Leased node/GPU-hours and Kubernetes GPU-hours per SKU over usage hours in [start, end), in parts."""
     statement = (
-        select(UsageRecord.sku, func.sum(UsageRecord.quantity_parts))
+        select(UsageRecord.sku, parts_sum())
         .where(col(UsageRecord.hour) >= start, col(UsageRecord.hour) < end)
         .where(col(UsageRecord.source).in_([SOURCE_LEASE, SOURCE_K8S]))
         .group_by(UsageRecord.sku)
     )
-    return {sku: int(parts) for sku, parts in session.exec(statement).all()
+    return {sku: parts_of(parts) for sku, parts in session.exec(statement).all()
             if skus.family(sku) in (skus.NODE_HOUR, skus.GPU_HOUR)}
 
 

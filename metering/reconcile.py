@@ -22,7 +22,7 @@ from kiln.models import Tenant
 from metering import skus
 from metering.models import UsageRecord
 from metering.periods import period_bounds
-from metering.usage import BYTES_PER_GIB, SOURCE_K8S, summed
+from metering.usage import BYTES_PER_GIB, SOURCE_K8S, parts_sum, summed
 
 MEASURES = {skus.GPU_HOUR: "gpu-hours", skus.CPU_CORE_HOUR: "cpu-core-hours", skus.RAM_GIB_HOUR: "ram-gib-hours"}
 ZERO = Decimal(0)
@@ -47,7 +47,7 @@ def reconcile(session: Session, principal: Principal, period: str) -> list[Recon
               if slug in tenants}
     kiln: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
     statement = (
-        select(UsageRecord.resource_id, UsageRecord.sku, func.sum(UsageRecord.quantity_parts))
+        select(UsageRecord.resource_id, UsageRecord.sku, parts_sum())
         .where(UsageRecord.source == SOURCE_K8S, col(UsageRecord.hour) >= start, col(UsageRecord.hour) < end)
         .group_by(UsageRecord.resource_id, UsageRecord.sku)
     )

@@ -37,6 +37,7 @@ from fleet.tenancy_models import Lease
 from kiln.auth import Principal
 from kiln.db import utcnow
 from kiln.models import Tenant
+from kiln.types import exact_sum, sum_value
 from metering import skus
 from metering.models import UsageRecord
 from metering.intervals import MICROS_PER_HOUR, HourlyTotals, exact
@@ -227,11 +228,17 @@ def usage_totals(session: Session, principal: Principal, start: datetime, end: d
     return [(t, s, u, src, summed(q)) for t, s, u, src, q in session.exec(statement.order_by(UsageRecord.tenant_id, UsageRecord.sku)).all()]
 
 
-def parts_sum():
-    """SQL: the exact sum of the selected rows' `quantity_parts` (0 when there are none)."""
-    return func.coalesce(func.sum(UsageRecord.quantity_parts), 0)
+def parts_sum() -> exact_sum:
+    """SQL: the exact sum of the selected rows' `quantity_parts` (never overflows on SQLite);
+    read it with `parts_of` or `summed`."""
+    return exact_sum(UsageRecord.quantity_parts)
 
 
-def summed(parts: object) -> Decimal:
-    """A SQL sum of `quantity_parts` (int, or Decimal on PostgreSQL) as a quantity, rounded once."""
-    return quantity_from_parts(int(parts or 0))
+def parts_of(value: object) -> int:
+    """A `parts_sum` result as an int (0 when there were no rows)."""
+    return sum_value(value) or 0
+
+
+def summed(value: object) -> Decimal:
+    """A `parts_sum` result as a quantity, rounded once (half-even, 6 decimal places)."""
+    return quantity_from_parts(parts_of(value))
