@@ -32,6 +32,7 @@ from metering.money import plain, round_amount
 from metering.periods import period_bounds
 from metering.price_cards import cards_overlapping
 from metering.rating import KIND_IDLE_SHARE, CardView, UsageTotal, rate, segments
+from metering.usage import parts_of, parts_sum, summed
 
 ZERO = Decimal(0)
 DAY = timedelta(days=1)
@@ -172,17 +173,17 @@ def _rate_days(session: Session, principal: Principal, period: str, tenant_id: i
     by_day: dict[str, list[UsageTotal]] = defaultdict(list)
     for seg_start, seg_end in segments(cards, start, end):
         statement = (
-            select(UsageRecord.tenant_id, UsageRecord.sku, UsageRecord.unit, day, func.sum(UsageRecord.quantity))
+            select(UsageRecord.tenant_id, UsageRecord.sku, UsageRecord.unit, day, parts_sum())
             .where(col(UsageRecord.hour) >= seg_start, col(UsageRecord.hour) < seg_end)
             .group_by(UsageRecord.tenant_id, UsageRecord.sku, UsageRecord.unit, day)
         )
         statement = principal.scope(statement, UsageRecord.tenant_id)
         if tenant_id is not None:
             statement = statement.where(UsageRecord.tenant_id == tenant_id)
-        for tenant, sku, unit, iso_day, quantity in session.exec(statement).all():
+        for tenant, sku, unit, iso_day, parts in session.exec(statement).all():
             day_start = datetime.fromisoformat(iso_day).replace(tzinfo=UTC)
             window = (max(day_start, seg_start), min(day_start + DAY, seg_end))
-            by_day[iso_day].append(UsageTotal(tenant, sku, unit, *window, Decimal(quantity)))
+            by_day[iso_day].append(UsageTotal(tenant, sku, unit, *window, parts_of(parts)))
     out: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
     for iso_day, totals in sorted(by_day.items()):
         for charge in rate(totals, cards, discounts, currency):
@@ -236,10 +237,10 @@ def line_usage(session: Session, principal: Principal, bill_id: int, line_id: in
     if line.kind != KIND_IDLE_SHARE:
         where = (UsageRecord.tenant_id == bill.tenant_id, UsageRecord.sku == line.sku,
                  col(UsageRecord.hour) >= line.window_start, col(UsageRecord.hour) < line.window_end)
-        statement = (select(UsageRecord.resource_id, UsageRecord.source, func.sum(UsageRecord.quantity), func.count())
+        statement = (select(UsageRecord.resource_id, UsageRecord.source, parts_sum(), func.count())
                      .where(*where).group_by(UsageRecord.resource_id, UsageRecord.source).order_by(UsageRecord.resource_id))
-        for resource_id, source, quantity, hours in session.exec(statement).all():
-            by_resource.append((resource_id, source, Decimal(quantity)))
+        for resource_id, source, parts, hours in session.exec(statement).all():
+            by_resource.append((resource_id, source, summed(parts)))
             count += hours
     return LineUsage(views.line_public(line), by_resource, views.usage_public(session, rows), count)
 

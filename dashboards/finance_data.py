@@ -31,7 +31,7 @@ from metering.periods import has_ended, period_bounds
 from metering.price_cards import cards_overlapping
 from metering.rating import UsageTotal, rate, segments
 from metering.reconcile import reconcile
-from metering.usage import SOURCE_K8S
+from metering.usage import SOURCE_K8S, parts_of, parts_sum
 
 FINANCE_ROLES = (Role.INFRA_ADMIN, Role.FINANCE)
 ZERO = Decimal(0)
@@ -103,13 +103,13 @@ def _kiln_costs(session: Session, principal: Principal, period: str) -> tuple[di
     for seg_start, seg_end in segments(cards, start, end):
         statement = (
             select(UsageRecord.resource_id, UsageRecord.tenant_id, UsageRecord.sku, UsageRecord.unit,
-                   func.sum(UsageRecord.quantity))
+                   parts_sum())
             .where(UsageRecord.source == SOURCE_K8S, col(UsageRecord.hour) >= seg_start, col(UsageRecord.hour) < seg_end)
             .group_by(UsageRecord.resource_id, UsageRecord.tenant_id, UsageRecord.sku, UsageRecord.unit)
         )
-        for resource_id, tenant_id, sku, unit, quantity in session.exec(principal.scope(statement, UsageRecord.tenant_id)).all():
+        for resource_id, tenant_id, sku, unit, parts in session.exec(principal.scope(statement, UsageRecord.tenant_id)).all():
             namespace = resource_id.removeprefix("k8s:")
-            usage[namespace].append(UsageTotal(tenant_id, sku, unit, seg_start, seg_end, Decimal(quantity)))
+            usage[namespace].append(UsageTotal(tenant_id, sku, unit, seg_start, seg_end, parts_of(parts)))
     costs = {ns: sum((c.contracted_cost for c in rate(totals, cards, discounts, currency)), ZERO) for ns, totals in usage.items()}
     return costs, currency
 

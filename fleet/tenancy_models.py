@@ -10,10 +10,11 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import CheckConstraint, Column, ForeignKey, Integer, Numeric, UniqueConstraint
+from sqlalchemy import CheckConstraint, Column, ForeignKey, Integer, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from kiln.db import UTCDateTime, utcnow
+from kiln.types import ExactNumeric
 
 
 class Vdc(SQLModel, table=True):
@@ -27,7 +28,7 @@ class Vdc(SQLModel, table=True):
     max_nodes: int | None = Field(default=None, ge=0)
     max_gpus: int | None = Field(default=None, ge=0)
     max_gpu_hours: int | None = Field(default=None, ge=0)  # per billing period (calendar month, UTC)
-    budget: Decimal | None = Field(default=None, sa_column=Column(Numeric(20, 6)))
+    budget: Decimal | None = Field(default=None, sa_column=Column(ExactNumeric(20, 6)))  # exact on SQLite too (migration 0010)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
 
 
@@ -62,7 +63,7 @@ class VdcTenant(SQLModel, table=True):
     max_nodes: int | None = Field(default=None, ge=0)
     max_gpus: int | None = Field(default=None, ge=0)
     max_gpu_hours: int | None = Field(default=None, ge=0)
-    budget: Decimal | None = Field(default=None, sa_column=Column(Numeric(20, 6)))
+    budget: Decimal | None = Field(default=None, sa_column=Column(ExactNumeric(20, 6)))  # exact on SQLite too (migration 0010)
 
 
 class Lease(SQLModel, table=True):

@@ -7,7 +7,7 @@ same leases; this module is what quotas are checked against.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy import ColumnElement
@@ -17,6 +17,8 @@ from fleet.models import Gpu
 from fleet.tenancy_models import Lease
 
 HOURS_QUANTUM = Decimal("0.000001")
+MICROS_PER_HOUR = 3_600_000_000
+_MICROSECOND = timedelta(microseconds=1)
 
 
 def in_force(at: datetime) -> ColumnElement[bool]:
@@ -64,18 +66,19 @@ def gpu_hours_in_period(
     gpus: dict[int, int] = {}
     for node_id in session.exec(select(Gpu.node_id).where(col(Gpu.node_id).in_(node_ids))).all():
         gpus[node_id] = gpus.get(node_id, 0) + 1
-    total = sum((lease_gpu_hours(lease, gpus.get(lease.node_id, 0), start, at) for lease in leases), Decimal(0))
-    return total.quantize(HOURS_QUANTUM)
+    micros = sum(lease_gpu_micros(lease, gpus.get(lease.node_id, 0), start, at) for lease in leases)
+    return (Decimal(micros) / MICROS_PER_HOUR).quantize(HOURS_QUANTUM)  # summed exactly, rounded once
 
 
-def lease_gpu_hours(lease: Lease, gpus: int, start: datetime, at: datetime) -> Decimal:
-    """GPU-hours a lease of a node with `gpus` GPUs held within [start, at) (to the microsecond, unrounded)."""
+def lease_gpu_micros(lease: Lease, gpus: int, start: datetime, at: datetime) -> int:
+    """GPU-microseconds a lease of a node with `gpus` GPUs held within [start, at): exact (timedelta
+    arithmetic, never a float)."""
     held_from = max(lease.starts_at, start)
     held_to = min(lease.ends_at or at, at)
     if held_to <= held_from or not gpus:
-        return Decimal(0)
-    seconds = Decimal(int((held_to - held_from).total_seconds() * 1_000_000)) / 1_000_000
-    return seconds / 3600 * gpus
+        return 0
+    return (held_to - held_from) // _MICROSECOND * gpus
+
 
 
 def planned_gpu_hours(gpus: int, starts_at: datetime, ends_at: datetime | None, period_end: datetime) -> Decimal:
@@ -83,5 +86,5 @@ def planned_gpu_hours(gpus: int, starts_at: datetime, ends_at: datetime | None, 
     if ends_at is None:
         return Decimal(0)
     held_to = min(ends_at, period_end)
-    seconds = Decimal(int(max((held_to - starts_at).total_seconds(), 0) * 1_000_000)) / 1_000_000
-    return (seconds / 3600 * gpus).quantize(HOURS_QUANTUM)
+    micros = max((held_to - starts_at) // _MICROSECOND, 0)
+    return (Decimal(micros * gpus) / MICROS_PER_HOUR).quantize(HOURS_QUANTUM)

@@ -25,8 +25,9 @@ from fleet.tenancy_schemas import (
 )
 from fleet.usage import (
     HOURS_QUANTUM,
+    MICROS_PER_HOUR,
     in_force,
-    lease_gpu_hours,
+    lease_gpu_micros,
     leases_in_force,
     overlapping,
     period_of,
@@ -79,17 +80,18 @@ def quota_uses(session: Session, vdc_ids: list[int], at: datetime | None = None)
     gpus = gpu_counts(session, sorted({lease.node_id for lease in (*held, *period)}))
     nodes: dict[tuple[int, int | None], int] = defaultdict(int)
     gpus_held: dict[tuple[int, int | None], int] = defaultdict(int)
-    hours: dict[tuple[int, int | None], Decimal] = defaultdict(Decimal)
+    micros: dict[tuple[int, int | None], int] = defaultdict(int)  # GPU-microseconds: exact sums
     for lease in held:
         for key in ((lease.vdc_id, lease.tenant_id), (lease.vdc_id, None)):
             nodes[key] += 1
             gpus_held[key] += gpus.get(lease.node_id, 0)
     for lease in period:
-        used = lease_gpu_hours(lease, gpus.get(lease.node_id, 0), start, at)
+        used = lease_gpu_micros(lease, gpus.get(lease.node_id, 0), start, at)
         for key in ((lease.vdc_id, lease.tenant_id), (lease.vdc_id, None)):
-            hours[key] += used
-    return {key: QuotaUse(nodes=nodes[key], gpus=gpus_held[key], gpu_hours=hours[key].quantize(HOURS_QUANTUM))
-            for key in set(nodes) | set(hours)}
+            micros[key] += used
+    return {key: QuotaUse(nodes=nodes[key], gpus=gpus_held[key],
+                          gpu_hours=(Decimal(micros[key]) / MICROS_PER_HOUR).quantize(HOURS_QUANTUM))
+            for key in set(nodes) | set(micros)}
 
 
 def _visible(statement, principal: Principal):

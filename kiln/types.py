@@ -1,4 +1,5 @@
-"""`ExactNumeric`: a decimal column that stays exact on SQLite as well as on PostgreSQL.
+"""`ExactNumeric`: a decimal column that stays exact on SQLite as well as on PostgreSQL;
+`exact_sum`: a SUM of big integers that stays exact (never overflows) on both.
 
 PostgreSQL stores NUMERIC(p, s) exactly. SQLite has no decimal type, and SQLAlchemy's
 `Numeric` stores floats there — not acceptable for money. On SQLite this type stores a 64-bit
@@ -13,7 +14,9 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import BigInteger, Numeric
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.types import NullType, TypeDecorator
 
 
 class ExactNumeric(TypeDecorator):
@@ -46,3 +49,41 @@ class ExactNumeric(TypeDecorator):
         if dialect.name == "sqlite":
             return Decimal(int(value)).scaleb(-self.scale)
         return value if isinstance(value, Decimal) else Decimal(str(value))
+
+
+SPLIT = 1 << 32  # exact_sum on SQLite: sums the high and low parts apart
+
+
+class exact_sum(FunctionElement):  # noqa: N801 - used like sqlalchemy's func.sum
+    """`SUM(column)` of a BigInteger column that is exact however large the total.
+
+    PostgreSQL's SUM of a bigint is NUMERIC: exact, no overflow. SQLite's SUM of integers fails
+    with "integer overflow" beyond 2^63 (and its integer arithmetic silently turns to REAL), so
+    there it sums `column / 2^32` and `column % 2^32` apart and returns both as text, 'HIGH:LOW'.
+    Read a result with `sum_value`; NULL (no rows) stays None.
+    """
+
+    type = NullType()
+    inherit_cache = True
+    name = "exact_sum"
+
+
+@compiles(exact_sum)
+def _exact_sum(element: exact_sum, compiler: Any, **kw: Any) -> str:
+    return f"SUM({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(exact_sum, "sqlite")
+def _exact_sum_sqlite(element: exact_sum, compiler: Any, **kw: Any) -> str:
+    column = compiler.process(element.clauses, **kw)
+    return f"(SUM({column} / {SPLIT}) || ':' || SUM({column} % {SPLIT}))"
+
+
+def sum_value(value: object) -> int | None:
+    """An `exact_sum` result as an int: 'HIGH:LOW' text from SQLite, a number from PostgreSQL."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        high, _, low = value.partition(":")
+        return int(high) * SPLIT + int(low)
+    return int(value)  # type: ignore[call-overload]

@@ -32,7 +32,7 @@ from metering.models import Bill, BillLine, IdleCharge, PriceCard, TenantDiscoun
 from metering.periods import has_ended, next_period, parse_period, period_bounds
 from metering.price_cards import cards_overlapping
 from metering.rating import KIND_CORRECTION, CardView, Charge, UsageTotal, rate, segments, share_idle
-from metering.usage import build_usage
+from metering.usage import build_usage, parts_of, parts_sum
 
 DRAFT, FINALISED = "draft", "finalised"
 WRITE_ROLES = (Role.INFRA_ADMIN, Role.FINANCE)
@@ -70,11 +70,11 @@ def card_views(cards: list[PriceCard]) -> list[CardView]:
 def usage_by_segment(
     session: Session, window_segments: list[tuple[datetime, datetime]], *, tenant_id: int | None = None, vdc_id: int | None = None
 ) -> list[UsageTotal]:
-    """Usage totals per (tenant, SKU) for each segment, summed in SQL."""
+    """Usage totals per (tenant, SKU) for each segment, summed exactly (integer parts) in SQL."""
     totals = []
     for start, end in window_segments:
         statement = (
-            select(UsageRecord.tenant_id, UsageRecord.sku, UsageRecord.unit, func.sum(UsageRecord.quantity))
+            select(UsageRecord.tenant_id, UsageRecord.sku, UsageRecord.unit, parts_sum())
             .where(col(UsageRecord.hour) >= start, col(UsageRecord.hour) < end)
             .group_by(UsageRecord.tenant_id, UsageRecord.sku, UsageRecord.unit)
         )
@@ -82,7 +82,7 @@ def usage_by_segment(
             statement = statement.where(UsageRecord.tenant_id == tenant_id)
         if vdc_id is not None:
             statement = statement.where(UsageRecord.vdc_id == vdc_id)
-        totals += [UsageTotal(t, s, u, start, end, Decimal(q)) for t, s, u, q in session.exec(statement).all()]
+        totals += [UsageTotal(t, s, u, start, end, parts_of(parts)) for t, s, u, parts in session.exec(statement).all()]
     return totals
 
 

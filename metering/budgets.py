@@ -16,7 +16,6 @@ from typing import Any
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from fleet.tenancy_models import Vdc, VdcTenant
@@ -34,6 +33,7 @@ from metering.money import check_currency, parse_decimal, plain
 from metering.periods import parse_period, period_bounds
 from metering.price_cards import cards_overlapping
 from metering.rating import rate, segments
+from metering.usage import parts_sum, summed
 
 WRITE_ROLES = (Role.INFRA_ADMIN, Role.FINANCE, Role.TENANT_ADMIN)
 DEFAULT_THRESHOLDS = [50, 80, 100]
@@ -201,12 +201,12 @@ def spend(session: Session, budget: Budget, period: str) -> Decimal:
 
 def _gpu_hours(session: Session, period: str, vdc_id: int, tenant_id: int | None) -> Decimal:
     start, end = period_bounds(period)
-    statement = select(func.coalesce(func.sum(UsageRecord.quantity), 0)).where(
+    statement = select(parts_sum()).where(
         UsageRecord.vdc_id == vdc_id, col(UsageRecord.hour) >= start, col(UsageRecord.hour) < end,
         col(UsageRecord.sku).startswith(skus.GPU_HOUR + ":"))
     if tenant_id is not None:
         statement = statement.where(UsageRecord.tenant_id == tenant_id)
-    return Decimal(session.exec(statement).one())
+    return summed(session.exec(statement).one())
 
 
 def _raise(session: Session, period: str, subject: str, kind: str, thresholds: list[int] | tuple[int, ...],

@@ -6,10 +6,11 @@ charges without a tenant (idle capacity the platform absorbs) go to the cost cen
 SKU, charge category, charge class, pricing unit) as they stream in, so memory grows with the
 number of lines, never with the number of charges.
 
-Money follows metering.money's one rounding rule: each line's exact sum is rounded half-even to
-the currency's minor unit, a subtotal is the sum of its rounded lines and the grand total the sum
-of the subtotals, so everything adds up to the cent, as a bill's lines add up to its total (when
-the FOCUS rows already hold rounded bill lines, nothing is rounded at all). One grand total per
+Money follows metering.money's one rounding rule: each FOCUS row's ListCost (the exact product
+FOCUS requires) is rounded half-even to the currency's minor unit, as its bill line is; BilledCost
+is already in minor units. Each line's sum is rounded again (a no-op for Kiln's rows), a subtotal
+is the sum of its rounded lines and the grand total the sum of the subtotals, so everything adds
+up to the cent, as a bill's lines add up to its list total and total. One grand total per
 currency.
 
 CSV columns: line_type (line | subtotal | total), billing_period, cost_centre, tenant,
@@ -82,7 +83,7 @@ def write_chargeback(
             line = lines[key] = _Line()
         if row.pricing_quantity is not None:
             line.quantity = (line.quantity or Decimal(0)) + row.pricing_quantity
-        line.list_cost += row.list_cost
+        line.list_cost += round_amount(row.list_cost, row.currency)  # a FOCUS row is a bill line
         line.billed_cost += row.billed_cost
     if isinstance(out, str | Path):
         with Path(out).open("wb") as stream:

@@ -27,7 +27,7 @@ from kiln.models import Tenant
 from metering import skus
 from metering.models import UsageRecord
 from metering.periods import period_bounds
-from metering.usage import SOURCE_LEASE
+from metering.usage import SOURCE_LEASE, parts_sum, summed
 
 BUCKET_HOURS = Decimal(5) / 60
 PLACES = Decimal("0.0001")
@@ -82,7 +82,7 @@ def efficiency(session: Session, principal: Principal, period: str, now: datetim
         measured[tenant_of[lease_id]] += buckets * BUCKET_HOURS
         used[tenant_of[lease_id]] += used_hours(percent_sum)
     allocated = dict(session.exec(principal.scope(
-        select(UsageRecord.tenant_id, func.sum(UsageRecord.quantity))
+        select(UsageRecord.tenant_id, parts_sum())
         .where(UsageRecord.source == SOURCE_LEASE, col(UsageRecord.sku).startswith(skus.GPU_HOUR + ":"))
         .where(col(UsageRecord.hour) >= start, col(UsageRecord.hour) < end).group_by(UsageRecord.tenant_id),
         UsageRecord.tenant_id)).all())
@@ -91,7 +91,7 @@ def efficiency(session: Session, principal: Principal, period: str, now: datetim
     for tenant_id in sorted(set(allocated) | set(measured), key=lambda t: slugs.get(t, "")):
         have, took = measured.get(tenant_id, Decimal(0)), used.get(tenant_id, Decimal(0))
         rows.append(EfficiencyRow(
-            tenant=slugs.get(tenant_id, "?"), allocated_gpu_hours=Decimal(allocated.get(tenant_id, 0)).normalize() + 0,
+            tenant=slugs.get(tenant_id, "?"), allocated_gpu_hours=summed(allocated.get(tenant_id, 0)).normalize() + 0,
             measured_gpu_hours=have.quantize(PLACES), used_gpu_hours=took.quantize(PLACES),
             efficiency=(took / have).quantize(PLACES) if have else None))
     return rows

@@ -4,8 +4,25 @@ Both read the bills of one period (drafts and finalised, the status is a column)
 line from the database (`yield_per`), so a large period streams instead of loading at once.
 Each bill line is one FOCUS row: BillingAccount = the operator (`billing_account_name`),
 SubAccount = the tenant, ServiceCategory "Compute", SkuId = Kiln's SKU, SkuPriceId = the
-price card, ListCost/ContractedCost/EffectiveCost/BilledCost from the line; corrections of
-a finalised period carry ChargeClass "Correction" and the corrected window as ChargePeriod.
+price card; corrections of a finalised period carry ChargeClass "Correction" and the corrected
+window as ChargePeriod.
+
+**Costs and the rounding rule.** FOCUS 1.2 requires ListCost = ListUnitPrice × PricingQuantity and
+ContractedCost = ContractedUnitPrice × PricingQuantity *exactly* on every row whose ChargeClass is
+not "Correction" (ListCost-C-009-C, ContractedCost-C-009-C, PricingQuantity-C-009-C), while the
+sum of BilledCost per InvoiceId must be the invoice's payable amount (BilledCost-C-007-M). So:
+
+- PricingQuantity = ConsumedQuantity = the bill line's quantity (its exact usage, rounded once to
+  6 decimal places, see `metering.money`); the unit prices are the line's;
+- ListCost and ContractedCost are the unrounded products of those (at most 15 decimal places);
+- BilledCost and EffectiveCost are the bill line's contracted cost, rounded half-even to the
+  currency's minor unit at the line (`metering.money`'s rule): the amount invoiced. Σ BilledCost
+  of a bill's rows is therefore the bill's total to the cent. EffectiveCost equals BilledCost:
+  Kiln has no commitment discounts to amortise, and FOCUS requires no product for it;
+- a correction row (ChargeClass "Correction", which FOCUS exempts from the products) carries the
+  correction line's own amounts: the differences of rounded amounts, as billed.
+
+ContractedCost and BilledCost of one row differ by less than half a minor unit.
 """
 
 from __future__ import annotations
@@ -24,6 +41,7 @@ from kiln.errors import NotFound
 from kiln.models import Tenant
 from metering import skus
 from metering.focus import FocusRow, write_focus
+from metering.focus_columns import exact_product
 from metering.bills import FINALISED
 from metering.chargeback import cost_centres_of, write_chargeback
 from metering.models import Bill, BillLine
@@ -79,7 +97,13 @@ def focus_row(line: BillLine, bill: Bill, tenant: Tenant, account_name: str) -> 
         price_id = f"price-card-{line.price_card_id}" if line.price_card_id else None
     else:
         price_id = f"price-card-{line.price_card_id}" if line.price_card_id else f"{line.sku}:unpriced"
-    contracted = round_amount(Decimal(line.contracted_cost), line.currency)
+    list_price = Decimal(line.list_unit_price).normalize() + 0
+    contracted_price = Decimal(line.contracted_unit_price).normalize() + 0
+    billed = round_amount(Decimal(line.contracted_cost), line.currency)  # the invoiced amount
+    if line.charge_class is None:  # FOCUS: cost = unit price × pricing quantity, exactly
+        list_cost, contracted_cost = exact_product(list_price, quantity), exact_product(contracted_price, quantity)
+    else:  # a correction keeps the billed differences (FOCUS allows discrepancies there)
+        list_cost, contracted_cost = round_amount(Decimal(line.list_cost), line.currency), billed
     return FocusRow(
         billing_period_start=start, billing_period_end=end,
         charge_period_start=_whole_seconds(line.window_start), charge_period_end=_whole_seconds(line.window_end),
@@ -88,10 +112,8 @@ def focus_row(line: BillLine, bill: Bill, tenant: Tenant, account_name: str) -> 
         charge_description=line.description or None, service_name=service, resource_id=None, resource_name=None,
         resource_type=None, sku_id=line.sku, sku_price_id=price_id, pricing_unit=line.unit, pricing_quantity=quantity,
         consumed_unit=line.unit, consumed_quantity=quantity,
-        list_unit_price=Decimal(line.list_unit_price).normalize() + 0,
-        contracted_unit_price=Decimal(line.contracted_unit_price).normalize() + 0,
-        list_cost=round_amount(Decimal(line.list_cost), line.currency), contracted_cost=contracted,
-        effective_cost=contracted, billed_cost=contracted,
+        list_unit_price=list_price, contracted_unit_price=contracted_price,
+        list_cost=list_cost, contracted_cost=contracted_cost, effective_cost=billed, billed_cost=billed,
         currency=line.currency, charge_class=line.charge_class, service_subcategory=subcategory, sku_meter=meter,
         invoice_id=f"kiln-{bill.period}-{bill.id}" if bill.status == FINALISED else None,
         extra={"x_BillId": str(bill.id), "x_BillLineId": str(line.id), "x_BillStatus": bill.status,

@@ -14,7 +14,11 @@ How values are written (the same rules the README's "FOCUS export" section gives
 - JSON (Tags, SkuPriceDetails): a flat JSON object as text; Decimal values become JSON numbers.
 
 A `FocusRow` checks on construction the FOCUS rules the official validator cannot see or is lax
-about (allowed values row by row, nullability pairs, `cost = unit price × pricing quantity`).
+about (allowed values row by row, nullability pairs, and — on every row that is not a correction —
+`ListCost = ListUnitPrice × PricingQuantity` and `ContractedCost = ContractedUnitPrice ×
+PricingQuantity` exactly: FOCUS 1.2 ListCost-C-009-C / ContractedCost-C-009-C, which the validator
+skips when ChargeClass is NULL). Rounded, invoiced amounts belong in BilledCost and EffectiveCost
+(see `metering.exports` for Kiln's rounding rule; `metering.focus_rules` checks written files).
 """
 
 from __future__ import annotations

@@ -20,11 +20,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import MAX_PREC, Context, Decimal, Inexact, localcontext
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from metering.money import MINOR_UNITS, minor_unit
+from metering.money import MINOR_UNITS
 
 if TYPE_CHECKING:
     from metering.focus import FocusRow
@@ -319,13 +319,20 @@ def _check_costs(r: FocusRow) -> None:
         price, cost = getattr(r, price_name), getattr(r, cost_name)
         if price is None:
             continue
-        exact = price * r.pricing_quantity
-        if exact == cost:
-            continue
-        # The cost matches when it is the exact product rounded to the cost's own decimal places
-        # (at most the currency's minor unit): Kiln rounds each line half-even to the minor unit.
-        if abs(exact - cost) > min(Decimal(1).scaleb(cost.as_tuple().exponent), minor_unit(r.currency)) / 2:
-            _fail(cost_name, f"{cost} does not match {price_name} × pricing_quantity = {exact}")
+        # FOCUS 1.2 ListCost-C-009-C / ContractedCost-C-009-C: the product, exactly (no rounding
+        # tolerance: the invoiced, rounded amount belongs in BilledCost).
+        exact = exact_product(price, r.pricing_quantity)
+        if exact != cost:
+            _fail(cost_name, f"{cost} is not {price_name} × pricing_quantity = {exact} exactly")
+
+
+def exact_product(a: Decimal, b: Decimal) -> Decimal:
+    """`a × b` with every digit (Decimal's default context keeps only 28 significant digits)."""
+    with localcontext(_EXACT):
+        return a * b
+
+
+_EXACT = Context(prec=MAX_PREC, traps=[Inexact])
 
 
 def _check_json(name: str, mapping: object, *, any_key: bool) -> Mapping[str, JsonScalar] | None:

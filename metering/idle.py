@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import datetime, timedelta
-from decimal import Decimal
 
 from sqlalchemy import func
 from sqlmodel import Session, col, select
@@ -23,18 +22,17 @@ from sqlmodel import Session, col, select
 from fleet.models import Gpu, Node
 from metering import skus
 from metering.models import UsageRecord
-from metering.money import round_quantity
 from metering.rating import UsageTotal
-from metering.usage import SOURCE_K8S, SOURCE_LEASE
+from metering.usage import SOURCE_K8S, SOURCE_LEASE, parts_of, parts_sum
 
 POLICIES = ("platform", "share")
-MICROS_PER_HOUR = Decimal(3_600_000_000)
 _MICROSECOND = timedelta(microseconds=1)
 
 
-def capacity(session: Session, start: datetime, stop: datetime) -> dict[str, Decimal]:
-    """Node-hours per `node-hour:` SKU and GPU-hours per `gpu-hour:` SKU the fleet had over [start, stop)."""
-    totals: dict[str, Decimal] = defaultdict(Decimal)
+def capacity(session: Session, start: datetime, stop: datetime) -> dict[str, int]:
+    """Node-hours per `node-hour:` SKU and GPU-hours per `gpu-hour:` SKU the fleet had over [start, stop),
+    exactly, in parts (node- and GPU-microseconds, see `metering.money`)."""
+    totals: dict[str, int] = defaultdict(int)
     if stop <= start:
         return totals
     gpu_counts: dict[int, list[tuple[str, int]]] = defaultdict(list)
@@ -44,22 +42,22 @@ def capacity(session: Session, start: datetime, stop: datetime) -> dict[str, Dec
         present_from = max(start, node.created_at)
         if present_from >= stop:
             continue
-        hours = Decimal((stop - present_from) // _MICROSECOND) / MICROS_PER_HOUR
-        totals[skus.node_hour(node.resource_class)] += hours
+        micros = (stop - present_from) // _MICROSECOND
+        totals[skus.node_hour(node.resource_class)] += micros
         for model, count in gpu_counts.get(node.id, []):
-            totals[skus.gpu_hour(model)] += hours * count
+            totals[skus.gpu_hour(model)] += micros * count
     return totals
 
 
-def used(session: Session, start: datetime, end: datetime) -> dict[str, Decimal]:
-    """Leased node/GPU-hours and Kubernetes GPU-hours per SKU over usage hours in [start, end)."""
+def used(session: Session, start: datetime, end: datetime) -> dict[str, int]:
+    """Leased node/GPU-hours and Kubernetes GPU-hours per SKU over usage hours in [start, end), in parts."""
     statement = (
-        select(UsageRecord.sku, func.sum(UsageRecord.quantity))
+        select(UsageRecord.sku, parts_sum())
         .where(col(UsageRecord.hour) >= start, col(UsageRecord.hour) < end)
         .where(col(UsageRecord.source).in_([SOURCE_LEASE, SOURCE_K8S]))
         .group_by(UsageRecord.sku)
     )
-    return {sku: Decimal(quantity) for sku, quantity in session.exec(statement).all()
+    return {sku: parts_of(parts) for sku, parts in session.exec(statement).all()
             if skus.family(sku) in (skus.NODE_HOUR, skus.GPU_HOUR)}
 
 
@@ -72,7 +70,7 @@ def idle_usage(
         have = capacity(session, start, min(end, stop))
         taken = used(session, start, end)
         for sku in sorted(have):
-            quantity = round_quantity(max(have[sku] - taken.get(sku, Decimal(0)), Decimal(0)))
-            if quantity > 0:
-                idle.append(UsageTotal(None, sku, skus.unit_of(sku), start, end, quantity))
+            parts = max(have[sku] - taken.get(sku, 0), 0)
+            if parts > 0:
+                idle.append(UsageTotal(None, sku, skus.unit_of(sku), start, end, parts))
     return idle

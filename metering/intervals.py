@@ -3,9 +3,11 @@
 `HourlyTotals` sums, per key (tenant, resource, SKU), `quantity × microseconds` for every hour
 an interval touches. Whole hours inside an interval go into a difference array (two updates
 per interval, whatever its length); only the partial first and last hours are added one by
-one. `rows` walks each key's hours once. Integer quantities stay Python ints (exact and fast);
-fractional ones are Decimals. Nothing is rounded until `rows`, so splitting an interval never
-loses a microsecond.
+one. `totals` walks each key's hours once. Integer quantities stay Python ints (exact and fast);
+fractional ones are Decimals. An hour's total is kept as an integer number of parts
+(`metering.money.PARTS_PER_UNIT`: quantity × microseconds, exact for leases and whole-unit
+requests; a fractional one is rounded half-even to the nearest part, 1/3.6e9 of a unit) and is
+never rounded to a displayed quantity before it is summed: see `metering.money`.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 
-from metering.money import round_quantity
+from metering.money import quantity_from_parts
 from metering.periods import HOUR, floor_hour
 
 MICROS_PER_HOUR = 3_600_000_000
@@ -69,8 +71,8 @@ class HourlyTotals:
         self.vdcs.setdefault(key, vdc_id)
         self.partial[key][self._index(hour)] += weight
 
-    def totals(self) -> Iterator[tuple[Key, datetime, Decimal, int | None]]:
-        """(key, hour, quantity rounded to 6 places, vdc) for every hour with a non-zero total."""
+    def totals(self) -> Iterator[tuple[Key, datetime, Decimal, int, int | None]]:
+        """(key, hour, quantity to 6 places (shown), exact parts (summed), vdc) for every hour with a non-zero total."""
         for key in set(self.partial) | set(self.steps):
             partial, steps = self.partial.get(key, {}), self.steps.get(key, {})
             indices = [*partial, *steps]
@@ -78,7 +80,6 @@ class HourlyTotals:
             for index in range(min(indices), max(indices) + 1):
                 running += steps.get(index, 0)
                 weight = running * MICROS_PER_HOUR + partial.get(index, 0)
-                if weight:
-                    quantity = round_quantity(Decimal(weight) / MICROS_PER_HOUR)
-                    if quantity:
-                        yield key, self.origin + index * HOUR, quantity, self.vdcs.get(key)
+                parts = weight if isinstance(weight, int) else int(Decimal(weight).to_integral_value(ROUND_HALF_EVEN))
+                if parts:
+                    yield key, self.origin + index * HOUR, quantity_from_parts(parts), parts, self.vdcs.get(key)

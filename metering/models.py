@@ -2,7 +2,8 @@
 cost, budgets and budget alerts.
 
 Money and quantities are `ExactNumeric` (NUMERIC on PostgreSQL, integer micro-units on
-SQLite; always `Decimal` in Python), never floats. Hours are the UTC
+SQLite; always `Decimal` in Python), never floats. A usage row's exact amount is an integer
+(`quantity_parts`, see `metering.money`). Hours are the UTC
 start of `[hour, hour + 1h)`; a billing period is a calendar month in UTC, written `YYYY-MM`.
 """
 
@@ -12,7 +13,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, Column, ForeignKey, Index, Integer, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, CheckConstraint, Column, ForeignKey, Index, Integer, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from kiln.db import UTCDateTime, utcnow
@@ -67,7 +68,7 @@ class UsageRecord(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("tenant_id", "resource_id", "sku", "hour", "source", name="uq_usage_record_key"),
         # Covering the period sums (hour range → tenant, SKU, unit, quantity): index-only scans of a month.
-        Index("ix_usage_record_hour_source", "hour", "source", "tenant_id", "sku", "unit", "quantity"),
+        Index("ix_usage_record_hour_source", "hour", "source", "tenant_id", "sku", "unit", "quantity_parts"),
         Index("ix_usage_record_tenant_hour", "tenant_id", "hour"),
     )
 
@@ -76,7 +77,10 @@ class UsageRecord(SQLModel, table=True):
     vdc_id: int | None = Field(default=None, sa_column=Column(Integer, ForeignKey("vdc.id", ondelete="SET NULL")))
     resource_id: str = Field(max_length=128)
     sku: str = Field(max_length=128)
-    quantity: Decimal = Field(sa_column=Column(QUANTITY, nullable=False))
+    quantity: Decimal = Field(sa_column=Column(QUANTITY, nullable=False))  # to 6 places, for display
+    # The exact amount: quantity × 3,600,000,000 (GPU-microseconds for GPU-hours). Sums add these
+    # and convert once (metering.money.quantity_from_parts); `quantity` is never summed.
+    quantity_parts: int = Field(sa_column=Column(BigInteger, nullable=False))
     unit: str = Field(max_length=32)
     source: str = Field(max_length=16)  # lease | k8s | energy
     hour: datetime = Field(sa_type=UTCDateTime, nullable=False)

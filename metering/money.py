@@ -6,6 +6,12 @@ minor unit at the line** (cents for EUR/USD, whole yen for JPY, mils for KWD). A
 is the sum of its rounded lines, so line totals always add up to the bill total to the cent.
 Quantities keep 6 decimal places (hours to 3.6 ms); unit prices up to 9.
 
+**Quantities are rounded once.** Usage is stored exactly, as an integer count of
+1/3,600,000,000 of its unit (`PARTS_PER_UNIT`: for a per-hour unit, unit-microseconds, e.g.
+GPU-microseconds), and summed as integers; a rated quantity (a bill line) is that sum converted
+to the unit once, half-even to 6 decimal places (`quantity_from_parts`). Per-hour values are
+never rounded and then added up, so 25,913.2 GPU-hours stay 25,913.2, not 25,913.199999.
+
 Floats never touch money: inputs are parsed from strings into Decimal and stored as Numeric.
 """
 
@@ -15,6 +21,8 @@ from collections.abc import Sequence
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 
 QUANTITY_QUANTUM = Decimal("0.000001")
+PARTS_PER_UNIT = 3_600_000_000  # stored usage: parts of a unit (a unit-hour is 3.6e9 unit-microseconds)
+_PARTS_PER_QUANTUM = PARTS_PER_UNIT // 1_000_000  # parts in 0.000001 of a unit
 MAX_AMOUNT = Decimal(10) ** 14  # what Numeric(20, 6) and Numeric(24, 9) columns hold
 
 # Active ISO 4217 codes by number of minor-unit digits (ISO 4217 list one, 2024 edition).
@@ -59,6 +67,16 @@ def round_amount(amount: Decimal, currency: str) -> Decimal:
 def round_quantity(quantity: Decimal) -> Decimal:
     """A usage quantity at storage precision (6 decimal places, half-even)."""
     return quantity.quantize(QUANTITY_QUANTUM, rounding=ROUND_HALF_EVEN)
+
+
+def quantity_from_parts(parts: int) -> Decimal:
+    """An exact count of 1/`PARTS_PER_UNIT` units as a quantity: half-even to 6 decimal places,
+    computed in integers (no intermediate rounding), e.g. 93,287,520,000,000 → 25913.200000."""
+    micro_units, remainder = divmod(int(parts), _PARTS_PER_QUANTUM)
+    twice = 2 * remainder
+    if twice > _PARTS_PER_QUANTUM or (twice == _PARTS_PER_QUANTUM and micro_units % 2):
+        micro_units += 1
+    return Decimal(micro_units).scaleb(-6)
 
 
 def parse_decimal(text: object, what: str, *, allow_negative: bool = False, places: int = 9) -> Decimal:

@@ -7,6 +7,8 @@ re-running a period is idempotent. `metering.bills` feeds it from SQL and stores
   boundaries are therefore rounded up to the next hour (`segments`).
 - One charge per (tenant, SKU, price card): a price change mid-period gives two lines.
 - Usage with no card in force is still shown, at price 0 and without a card.
+- A line's quantity is the exact sum of its usage (integer parts, see `metering.money`)
+  converted to the unit once, half-even to 6 decimal places: it is never a sum of rounded hours.
 - Amounts follow `metering.money`'s rule: `list_cost = round(quantity × list price)`,
   `contracted_unit_price = list price × (1 − discount)` (to 9 decimal places, as stored),
   `contracted_cost = round(quantity × contracted_unit_price)`, half-even to the currency's
@@ -22,7 +24,7 @@ from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from metering import skus
-from metering.money import allocate, round_amount, round_quantity
+from metering.money import allocate, quantity_from_parts, round_amount
 
 KIND_USAGE, KIND_IDLE_SHARE, KIND_CORRECTION = "usage", "idle-share", "correction"
 ZERO = Decimal(0)
@@ -44,14 +46,20 @@ class CardView:
 
 @dataclass(frozen=True)
 class UsageTotal:
-    """Quantity of one SKU used by one tenant (None: idle capacity) over one segment of a period."""
+    """Quantity of one SKU used by one tenant (None: idle capacity) over one segment of a period,
+    exactly: `parts` is an integer count of 1/3,600,000,000 of the unit (`metering.money`)."""
 
     tenant_id: int | None
     sku: str
     unit: str
     window_start: datetime
     window_end: datetime
-    quantity: Decimal
+    parts: int
+
+    @property
+    def quantity(self) -> Decimal:
+        """The quantity in the unit, half-even to 6 decimal places."""
+        return quantity_from_parts(self.parts)
 
 
 @dataclass(frozen=True)
@@ -127,14 +135,14 @@ def rate(
     usage: Iterable[UsageTotal], cards: Sequence[CardView], discounts: Mapping[int, Decimal], currency: str,
 ) -> list[Charge]:
     """Charges for usage totals: one per (tenant, SKU, card), discounts applied per tenant."""
-    quantities: dict[tuple, Decimal] = defaultdict(Decimal)
+    quantities: dict[tuple, int] = defaultdict(int)
     windows: dict[tuple, tuple[datetime, datetime]] = {}
     units: dict[tuple, str] = {}
     chosen: dict[tuple, CardView | None] = {}
     for total in usage:
         card = card_at(cards, total.sku, total.window_start)
         key = (total.tenant_id if total.tenant_id is not None else -1, total.sku, card.id if card else -1)
-        quantities[key] += total.quantity
+        quantities[key] += total.parts
         old = windows.get(key)
         window = (total.window_start, total.window_end)
         windows[key] = (min(old[0], window[0]), max(old[1], window[1])) if old else window
@@ -142,7 +150,7 @@ def rate(
     charges = []
     for key in sorted(quantities, key=lambda k: (k[0], k[1], windows[k][0])):
         tenant_id, sku, _ = key
-        quantity, card = round_quantity(quantities[key]), chosen[key]
+        quantity, card = quantity_from_parts(quantities[key]), chosen[key]  # rounded once, here
         if quantity == 0:
             continue
         tenant = None if tenant_id == -1 else tenant_id

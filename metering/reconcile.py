@@ -22,7 +22,7 @@ from kiln.models import Tenant
 from metering import skus
 from metering.models import UsageRecord
 from metering.periods import period_bounds
-from metering.usage import BYTES_PER_GIB, SOURCE_K8S
+from metering.usage import BYTES_PER_GIB, SOURCE_K8S, parts_sum, summed
 
 MEASURES = {skus.GPU_HOUR: "gpu-hours", skus.CPU_CORE_HOUR: "cpu-core-hours", skus.RAM_GIB_HOUR: "ram-gib-hours"}
 ZERO = Decimal(0)
@@ -47,14 +47,14 @@ def reconcile(session: Session, principal: Principal, period: str) -> list[Recon
               if slug in tenants}
     kiln: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
     statement = (
-        select(UsageRecord.resource_id, UsageRecord.sku, func.sum(UsageRecord.quantity))
+        select(UsageRecord.resource_id, UsageRecord.sku, parts_sum())
         .where(UsageRecord.source == SOURCE_K8S, col(UsageRecord.hour) >= start, col(UsageRecord.hour) < end)
         .group_by(UsageRecord.resource_id, UsageRecord.sku)
     )
-    for resource_id, sku, quantity in session.exec(principal.scope(statement, UsageRecord.tenant_id)).all():
+    for resource_id, sku, parts in session.exec(principal.scope(statement, UsageRecord.tenant_id)).all():
         measure = MEASURES.get(skus.family(sku))
         if measure:
-            kiln[(resource_id.removeprefix("k8s:"), measure)] += Decimal(quantity)
+            kiln[(resource_id.removeprefix("k8s:"), measure)] += summed(parts)
     opencost: dict[tuple[str, str], Decimal] = {}
     oc = session.exec(
         select(OpenCostAllocation.namespace, func.sum(OpenCostAllocation.gpu_hours), func.sum(OpenCostAllocation.cpu_core_hours),

@@ -5,8 +5,7 @@ range of hours deletes and rewrites exactly those rows and never duplicates one.
 
 - `lease`: a node leased to a tenant gives `node-hour:<resource_class>` for the node and
   `gpu-hour:<model>` for every GPU in it (resource id = node name). A lease starting or ending
-  mid-hour counts the exact fraction of the hour (microseconds / 3,600,000,000, kept to
-  6 decimal places); an open lease counts up to now.
+  mid-hour counts the exact fraction of the hour; an open lease counts up to now.
 - `k8s`: pod requests (`k8s_allocation`) per namespace, attributed to the namespace's tenant
   label: GPU-hours by the node's GPU model, CPU core-hours, RAM GiB-hours (resource id =
   `k8s:<namespace>`). Time a pod spends on a node that is leased whole is not counted again:
@@ -14,6 +13,11 @@ range of hours deletes and rewrites exactly those rows and never duplicates one.
 - `energy`: a node's metered kWh per hour (`node_energy_hour`) goes to the tenant leasing it,
   pro rata to the part of the hour leased; on a shared Kubernetes node the rest is spread by
   each tenant's share of the node's GPUs. What nobody held stays unattributed (idle).
+
+Every row keeps its amount exactly, as `quantity_parts` (an integer: quantity × 3,600,000,000,
+i.e. GPU-microseconds for GPU-hours), beside `quantity` (the same to 6 decimal places, for
+display). Sums always add `quantity_parts` and convert once (`summed`), so a month of 20-minute
+hours adds up to the exact total instead of drifting by 0.000001 per rounded hour.
 """
 
 from __future__ import annotations
@@ -33,9 +37,11 @@ from fleet.tenancy_models import Lease
 from kiln.auth import Principal
 from kiln.db import utcnow
 from kiln.models import Tenant
+from kiln.types import exact_sum, sum_value
 from metering import skus
 from metering.models import UsageRecord
 from metering.intervals import MICROS_PER_HOUR, HourlyTotals, exact
+from metering.money import quantity_from_parts
 from metering.periods import HOUR, split_by_hour
 
 SOURCE_LEASE, SOURCE_K8S, SOURCE_ENERGY = "lease", "k8s", "energy"
@@ -187,9 +193,9 @@ def build_usage(session: Session, start: datetime, end: datetime, now: datetime 
 def write_rows(session: Session, source: str, totals: HourlyTotals) -> int:
     """Insert the hourly totals as usage rows of `source`, in chunks (one executemany each); returns how many."""
     count, chunk = 0, []
-    for (tenant_id, resource_id, sku), hour, quantity, vdc_id in totals.totals():
+    for (tenant_id, resource_id, sku), hour, quantity, parts, vdc_id in totals.totals():
         chunk.append({"tenant_id": tenant_id, "vdc_id": vdc_id, "resource_id": resource_id, "sku": sku, "quantity": quantity,
-                      "unit": skus.unit_of(sku), "source": source, "hour": hour})
+                      "quantity_parts": parts, "unit": skus.unit_of(sku), "source": source, "hour": hour})
         if len(chunk) >= INSERT_CHUNK:
             session.connection().execute(insert(UsageRecord.__table__), chunk)
             count, chunk = count + len(chunk), []
@@ -216,7 +222,23 @@ def list_usage(
 
 def usage_totals(session: Session, principal: Principal, start: datetime, end: datetime) -> list[tuple[int, str, str, str, Decimal]]:
     """(tenant_id, sku, unit, source, total quantity) of the caller's tenants over [start, end)."""
-    statement = select(UsageRecord.tenant_id, UsageRecord.sku, UsageRecord.unit, UsageRecord.source, func.sum(UsageRecord.quantity))
+    statement = select(UsageRecord.tenant_id, UsageRecord.sku, UsageRecord.unit, UsageRecord.source, parts_sum())
     statement = principal.scope(statement.where(col(UsageRecord.hour) >= start, col(UsageRecord.hour) < end), UsageRecord.tenant_id)
     statement = statement.group_by(UsageRecord.tenant_id, UsageRecord.sku, UsageRecord.unit, UsageRecord.source)
-    return [(t, s, u, src, Decimal(q)) for t, s, u, src, q in session.exec(statement.order_by(UsageRecord.tenant_id, UsageRecord.sku)).all()]
+    return [(t, s, u, src, summed(q)) for t, s, u, src, q in session.exec(statement.order_by(UsageRecord.tenant_id, UsageRecord.sku)).all()]
+
+
+def parts_sum() -> exact_sum:
+    """SQL: the exact sum of the selected rows' `quantity_parts` (never overflows on SQLite);
+    read it with `parts_of` or `summed`."""
+    return exact_sum(UsageRecord.quantity_parts)
+
+
+def parts_of(value: object) -> int:
+    """A `parts_sum` result as an int (0 when there were no rows)."""
+    return sum_value(value) or 0
+
+
+def summed(value: object) -> Decimal:
+    """A `parts_sum` result as a quantity, rounded once (half-even, 6 decimal places)."""
+    return quantity_from_parts(parts_of(value))

@@ -79,7 +79,7 @@ def day_of_charges() -> list[FocusRow]:
     tenants = [("acme", "Acme Research", Decimal(0), "fra-1"), ("globex", "Globex AI", Decimal("0.15"), None),
                ("initech", "Initech", Decimal("0.075"), "fra-1")]
     kwh, price = Decimal("5.123457"), Decimal("0.287000000")
-    rounded = round_amount(price * kwh, "EUR")  # a line rounded the way bills round it
+    exact, rounded = price * kwh, round_amount(price * kwh, "EUR")  # billed: rounded the way bills round it
     for slug, name, discount, region in tenants:
         for hour in range(24):
             who = {"tenant_slug": slug, "tenant_name": name, "start": datetime(2026, 10, 5, hour, tzinfo=UTC),
@@ -92,7 +92,7 @@ def day_of_charges() -> list[FocusRow]:
                 **who, charge_description="Metered energy (BMC power)", resource_id=f"node/{slug}-a01",
                 resource_name=f"{slug}-a01", resource_type="Bare Metal Node", sku_id="kwh", sku_price_id="price-card/9",
                 sku_meter="Energy", pricing_unit="kWh", consumed_unit="kWh", quantity=kwh, list_price=price,
-                list_cost=rounded, contracted_cost=rounded, effective_cost=rounded, billed_cost=rounded,
+                list_cost=exact, contracted_cost=exact, effective_cost=rounded, billed_cost=rounded,
                 sku_price_details=None, tags=None, extra={"x_TenantVdc": f"{slug}-prod", "x_Source": "energy"},
             ))
     idle = Decimal("0.500000")
@@ -276,8 +276,9 @@ BAD_ROWS = [
     ({"charge_category": "usage"}, "charge_category 'usage' is not one of"),
     ({"charge_class": "Regular"}, "charge_class 'Regular'"),
     ({"service_subcategory": "Containers", "service_category": "Storage"}, "not a subcategory of 'Storage'"),
-    ({"list_cost": Decimal("2.34")}, "list_cost 2.34 does not match"),  # 2.345678901 rounds to 2.35
-    ({"contracted_cost": Decimal("2.3456780")}, "contracted_cost 2.3456780 does not match"),  # 2.3456789 passes
+    ({"list_cost": Decimal("2.35")}, "list_cost 2.35 is not list_unit_price × pricing_quantity = 2.345678901000000"),
+    ({"contracted_cost": Decimal("2.3456789")}, "contracted_cost 2.3456789 is not contracted_unit_price"),  # 1e-9 off
+    ({"quantity": Decimal("0.583333"), "list_cost": Decimal("1.37")}, "list_cost 1.37 is not"),  # rounded: refused
     ({"sku_meter": None}, "sku_meter must be set exactly when sku_id is set"),
     ({"tenant_name": None}, "tenant_name must be set exactly when tenant_slug is set"),
     ({"region_name": None}, "region_name must be set exactly when region_id is set"),
@@ -299,12 +300,15 @@ def test_rows_keep_the_spec_rules_the_validator_does_not_check(overrides: dict, 
         focus_row(**overrides)
 
 
-def test_rounded_costs_match_at_their_precision_and_other_zones_become_utc() -> None:
+def test_billed_and_effective_costs_may_be_rounded_and_other_zones_become_utc() -> None:
+    """FOCUS ties ListCost/ContractedCost to unit price × quantity exactly; BilledCost (the invoiced
+    amount) and EffectiveCost have no such rule, so they hold the line's amount in cents."""
     quantity = Decimal("0.583333")
-    cents = round_amount(H100_LIST * quantity, "EUR")
-    assert cents != H100_LIST * quantity
-    row = focus_row(quantity=quantity, list_cost=cents, contracted_cost=cents, effective_cost=cents, billed_cost=cents,
+    exact, cents = H100_LIST * quantity, round_amount(H100_LIST * quantity, "EUR")
+    assert cents != exact
+    row = focus_row(quantity=quantity, list_cost=exact, contracted_cost=exact, effective_cost=cents, billed_cost=cents,
                     start=datetime(2026, 10, 5, 2, tzinfo=timezone(timedelta(hours=2))))
+    assert (row.list_cost, row.billed_cost) == (Decimal("1.368311910357033"), Decimal("1.37"))
     assert row.charge_period_start == datetime(2026, 10, 5, 0, tzinfo=UTC)
     assert row.to_record()["ChargePeriodStart"].tzinfo is UTC
     assert focus_row(resource_name="node/5f0c2a9e/gpu/0").resource_name is None  # a name that is the id is none

@@ -162,7 +162,8 @@ def test_focus_and_chargeback_exports_follow_the_callers_scope(client: TestClien
     assert sum(D(r["BilledCost"]) for r in rows) == D("124.50")
     gpu = next(r for r in rows if r["SubAccountId"] == "tenant-a" and r["SkuId"] == GPU_SKU)
     assert (gpu["BillingAccountName"], gpu["ServiceCategory"], gpu["ChargeCategory"], gpu["ChargeClass"]) == ("Kiln", "Compute", "Usage", "")
-    assert (gpu["PricingQuantity"], gpu["ListUnitPrice"], gpu["ListCost"]) == ("48.0", "2.0", "96.00")
+    # ListCost is the exact product (FOCUS), BilledCost the line's cents
+    assert (gpu["PricingQuantity"], gpu["ListUnitPrice"], gpu["ListCost"], gpu["BilledCost"]) == ("48.0", "2.0", "96.0", "96.00")
     assert gpu["ChargePeriodStart"] == "2026-10-01T00:00:00Z" and gpu["BillingPeriodEnd"] == "2026-11-01T00:00:00Z"
     own = list(csv.DictReader(io.StringIO(client.get("/api/v1/exports/focus?period=2026-10", headers=world.headers("b_member")).text)))
     assert {r["SubAccountId"] for r in own} == {"tenant-b"}

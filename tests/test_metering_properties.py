@@ -6,6 +6,7 @@ import random
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from fractions import Fraction
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -16,10 +17,12 @@ from fleet.tenancy_models import Lease
 from metering.models import Bill, BillLine, IdleCharge, UsageRecord
 from metering.money import allocate, round_amount
 from metering.rating import CardView, UsageTotal, rate, segments, share_idle
+from metering.usage import parts_of, parts_sum
 from tests.factories import World
 from tests.metering_helpers import GPU_SKU, NODE_SKU, card, node, run
 
 D = Decimal
+PARTS = 3_600_000_000  # stored usage parts per unit (unit-microseconds for per-hour units)
 OCT = datetime(2026, 10, 1, tzinfo=UTC)
 NOV = datetime(2026, 11, 1, tzinfo=UTC)
 SKUS = ["node-hour:a", "gpu-hour:H100", "kwh"]
@@ -49,7 +52,7 @@ def usages(draw, cards):
     for start, end in window_segments:
         for tenant in draw(st.lists(st.integers(1, 3), max_size=3, unique=True)):
             for sku in draw(st.lists(st.sampled_from(SKUS), max_size=3, unique=True)):
-                totals.append(UsageTotal(tenant, sku, "u", start, end, draw(quantities)))
+                totals.append(UsageTotal(tenant, sku, "u", start, end, int(draw(quantities) * PARTS)))
     return totals
 
 
@@ -77,6 +80,19 @@ def test_rating_is_pure_and_reconciles_to_the_cent(data, discount) -> None:
 
 
 @settings(max_examples=150, deadline=None)
+@given(parts=st.lists(st.integers(min_value=PARTS // 1000, max_value=8 * PARTS), min_size=1, max_size=40))
+def test_a_rated_quantity_is_the_exact_sum_rounded_once(parts) -> None:
+    """Hours of any length (parts need not be whole 3.6 ms) add up exactly; only the line is rounded."""
+    cards = [CardView(1, "gpu-hour:H100", "u", D("2.17875"), "EUR", OCT, None)]
+    hours = [OCT + timedelta(hours=i) for i in range(len(parts))]
+    (charge,) = rate([UsageTotal(1, "gpu-hour:H100", "u", h, h + timedelta(hours=1), p) for h, p in zip(hours, parts)],
+                     cards, {}, "EUR")
+    exact = Fraction(sum(parts), PARTS)
+    assert charge.quantity == D(round(exact * 10**6)) / 10**6  # round() of a Fraction is half-even
+    assert abs(charge.quantity - D(exact.numerator) / D(exact.denominator)) <= D("0.0000005")
+
+
+@settings(max_examples=150, deadline=None)
 @given(total=st.decimals(min_value=0, max_value=10**6, places=2),
        weights=st.lists(st.decimals(min_value=0, max_value=10**5, places=2), min_size=1, max_size=8))
 def test_idle_allocation_sums_exactly(total, weights) -> None:
@@ -90,8 +106,8 @@ def test_idle_allocation_sums_exactly(total, weights) -> None:
 
 def test_idle_shares_add_up_to_the_idle_cost() -> None:
     cards = [CardView(1, "node-hour:a", "hour", D("0.37"), "EUR", OCT, None)]
-    idle = rate([UsageTotal(None, "node-hour:a", "hour", OCT, NOV, D("333.333333"))], cards, {}, "EUR")
-    usage = rate([UsageTotal(t, "node-hour:a", "hour", OCT, NOV, D(q)) for t, q in ((1, "1"), (2, "2"), (3, "4"))], cards, {}, "EUR")
+    idle = rate([UsageTotal(None, "node-hour:a", "hour", OCT, NOV, 333_333_333 * 3600)], cards, {}, "EUR")  # 333.333333 h
+    usage = rate([UsageTotal(t, "node-hour:a", "hour", OCT, NOV, q * PARTS) for t, q in ((1, 1), (2, 2), (3, 4))], cards, {}, "EUR")
     shares = share_idle(idle, usage, "EUR", (OCT, NOV))
     assert sum(s.list_cost for s in shares) == idle[0].list_cost == D("123.33")
     assert [s.tenant_id for s in shares] == [1, 2, 3]
@@ -148,13 +164,15 @@ def test_bills_from_random_leases_never_count_an_hour_twice(world: World, raw) -
     assert all(q <= D(1) for q in per_node_hour.values())  # a node-hour is never counted twice
     for index, created in enumerate(world._nodes):
         leased_minutes = sum(end - start for n, _, start, end in placed if n == index)
-        counted = sum(D(r.quantity) for r in usage if r.resource_id == created.name)
-        assert abs(counted - D(leased_minutes) / 60) <= D("0.000001") * max(len(usage), 1)
+        counted = sum(r.quantity_parts for r in usage if r.resource_id == created.name)
+        assert counted == leased_minutes * 60 * 10**6  # node-microseconds: exact, whatever the minutes
     for bill in session.exec(select(Bill)).all():
         lines = session.exec(select(BillLine).where(BillLine.bill_id == bill.id)).all()
         assert D(bill.total) == sum(D(l.contracted_cost) for l in lines)
-        usage_total = sum(D(r.quantity) for r in session.exec(select(UsageRecord).where(UsageRecord.tenant_id == bill.tenant_id)).all())
-        assert sum(D(l.quantity) for l in lines) == usage_total  # every usage row is on the bill, once
+        rows = session.exec(select(UsageRecord).where(UsageRecord.tenant_id == bill.tenant_id)).all()
+        for line in lines:  # one card per SKU: one line per SKU, its quantity the exact sum rounded once
+            exact = Fraction(sum(r.quantity_parts for r in rows if r.sku == line.sku), PARTS)
+            assert D(line.quantity) == D(round(exact * 10**6)) / 10**6  # every usage row is on the bill, once
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -165,10 +183,12 @@ def test_stored_quantities_and_their_sql_sums_are_exact(world: World, values) ->
     session = world.session
     session.execute(delete(UsageRecord))
     for i, value in enumerate(values):
-        session.add(UsageRecord(tenant_id=world.a.id, resource_id=f"r{i}", sku=NODE_SKU, quantity=value, unit="Hours",
-                                source="lease", hour=OCT))
+        session.add(UsageRecord(tenant_id=world.a.id, resource_id=f"r{i}", sku=NODE_SKU, quantity=value,
+                                quantity_parts=int(value * PARTS), unit="Hours", source="lease", hour=OCT))
     session.commit()
     assert session.exec(select(func.sum(UsageRecord.quantity))).one() == sum(values)  # no float on any database
+    # nor here, and with no overflow: 30 rows of 1e9 hours are 1.08e20 parts, beyond SQLite's 64-bit SUM
+    assert parts_of(session.exec(select(parts_sum())).one()) == sum(values) * PARTS
     stored = session.exec(select(UsageRecord.quantity).order_by(UsageRecord.resource_id)).all()
     assert sorted(stored) == sorted(values)
     if session.get_bind().dialect.name == "sqlite":

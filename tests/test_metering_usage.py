@@ -9,7 +9,7 @@ from sqlmodel import select
 
 from collectors.models import K8sAllocation, NodeEnergyHour
 from metering.models import UsageRecord
-from metering.usage import build_usage
+from metering.usage import build_usage, parts_of, parts_sum, summed
 from tests.factories import World
 from tests.metering_helpers import GPU_SKU, at, bill_of, card, lease, lines_of, money, node, run
 
@@ -134,3 +134,17 @@ def test_gpu_efficiency_is_used_over_measured_gpu_hours(client, world: World) ->
         "tenant-a", D(2), D("1.5"), D(1))
     assert D(row["efficiency"]) == D("0.6667")
     assert client.get("/api/v1/usage/efficiency?period=2026-10", headers=world.headers("b_member")).json() == []
+
+
+def test_sums_of_exact_parts_never_overflow_and_round_once(world: World) -> None:
+    """Two rows near 2^63 parts and one negative: SQLite's own SUM would fail with 'integer overflow'."""
+    big = 2**63 - 1_000_000
+    for i, parts in enumerate((big, big, -5)):
+        world.session.add(UsageRecord(tenant_id=world.a.id, resource_id=f"r{i}", sku="kwh", quantity=Decimal(0),
+                                      quantity_parts=parts, unit="kWh", source="energy", hour=at("2026-10-01T00:00")))
+    world.session.commit()
+    total = world.session.exec(select(parts_sum())).one()
+    assert parts_of(total) == 2 * big - 5 == 18446744073707551611
+    # 18446744073707551611 / 3.6e9 = 5124095576.029875447… → 5124095576.029875
+    assert summed(total) == Decimal("5124095576.029875")
+    assert parts_of(world.session.exec(select(parts_sum()).where(UsageRecord.sku == "none")).one()) == 0

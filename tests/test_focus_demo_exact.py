@@ -1,0 +1,177 @@
+"""The demo's bills and FOCUS export, checked against quantities computed independently.
+
+The demo's data (its fleet, tenants, a month of leases, some starting at :17, effective-dated
+price cards with a mid-period change and a 12.5 % discount) is rebuilt on SQLite and
+PostgreSQL and billed through Kiln. The expected quantities come from the lease rows alone —
+start/end times and GPU counts, with `Fraction` arithmetic — not from Kiln's functions; the
+FOCUS products and the cent totals are checked with plain `Decimal`.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+from sqlmodel import Session, select
+
+from dashboards.demo import seed
+from fleet.models import Gpu, Node
+from fleet.runtime import FleetRuntime
+from fleet.tenancy_models import Lease
+from kiln.auth import Principal
+from kiln.models import Tenant
+from kiln.settings import Settings
+from metering.bills import run_period
+from metering.exports import export_chargeback, export_focus
+from metering.focus_rules import check_csv
+from metering.models import Bill, BillLine
+from tests.conftest import TEST_SECRET_KEY, empty_database
+
+SYSTEM = Principal.system("focus-exact")
+NOW = datetime(2026, 12, 6, 10, 5, 27, 123456, tzinfo=UTC)  # mid-hour, mid-second: open leases end here
+PERIODS = {"2026-11": (datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC)),
+           "2026-12": (datetime(2026, 12, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC))}
+MICROSECONDS_PER_HOUR = 3600 * 10**6
+
+
+def fake_bmcs() -> dict[str, dict]:
+    """BMC entries in the shape the demo's simulator reports (nothing listens there)."""
+    return {name: {"host": "127.0.0.1", "port": 10000 + n, "username": "admin", "password": "demo-bmc-password"}
+            for n, name in enumerate(seed.node_names())}
+
+
+@pytest.fixture(scope="module")
+def demo(migrated_engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    """The demo's data as of NOW, with November's and December's bills run."""
+    engine = empty_database(migrated_engine)
+    settings = Settings(data_dir=tmp_path_factory.mktemp("focus-exact"), secret_key=TEST_SECRET_KEY)
+    with Session(engine) as session:
+        seed.seed(session, FleetRuntime.build(settings, engine), fake_bmcs(), NOW)
+        session.commit()
+    for period in PERIODS:
+        with Session(engine) as session:
+            run_period(session, SYSTEM, period, policy="platform", now=NOW)
+            session.commit()
+    return engine
+
+
+def to_6_places(value: Fraction) -> Decimal:
+    """`value` rounded half-even to 6 decimal places (Python's round() of a Fraction is half-even)."""
+    return Decimal(round(value * 10**6)).scaleb(-6)
+
+
+def expected_quantities(session: Session, lines: list[tuple[BillLine, str]]) -> dict[int, Fraction]:
+    """Bill line id → its exact quantity from the lease rows: Σ over the tenant's leases of the
+    microseconds held inside the line's window (and before NOW) × GPUs of the line's model (1 for
+    a node-hour), over 3.6e9."""
+    gpus: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for node_id, model in session.exec(select(Gpu.node_id, Gpu.model)).all():
+        gpus[node_id][model] += 1
+    classes = dict(session.exec(select(Node.id, Node.resource_class)).all())
+    leases = session.exec(select(Tenant.slug, Lease.node_id, Lease.starts_at, Lease.ends_at).join(
+        Tenant, Tenant.id == Lease.tenant_id)).all()
+    quantities = {}
+    for line, slug in lines:
+        kind, _, what = line.sku.partition(":")
+        total = 0
+        for tenant, node_id, starts_at, ends_at in leases:
+            if tenant != slug:
+                continue
+            count = gpus[node_id].get(what, 0) if kind == "gpu-hour" else int(classes[node_id] == what)
+            low, high = max(starts_at, line.window_start), min(ends_at or NOW, line.window_end, NOW)
+            if count and high > low:
+                total += (high - low) // timedelta(microseconds=1) * count
+        quantities[line.id] = Fraction(total, MICROSECONDS_PER_HOUR)
+    return quantities
+
+
+def bill_lines(session: Session, period: str) -> list[tuple[BillLine, str]]:
+    """(line, tenant slug) of every bill of `period`."""
+    return list(session.exec(select(BillLine, Tenant.slug).join(Bill, Bill.id == BillLine.bill_id).join(
+        Tenant, Tenant.id == Bill.tenant_id).where(Bill.period == period)).all())
+
+
+@pytest.mark.parametrize("period", PERIODS)
+def test_bill_quantities_are_the_leases_exact_quantities_rounded_once(demo: Engine, period: str) -> None:
+    with Session(demo) as session:
+        lines = bill_lines(session, period)
+        expected = expected_quantities(session, lines)
+    assert len(lines) >= 10 and {line.kind for line, _ in lines} == {"usage"}
+    assert {line.sku.partition(":")[0] for line, _ in lines} == {"gpu-hour", "node-hour"}
+    for line, slug in lines:
+        assert Decimal(line.quantity) == to_6_places(expected[line.id]), (slug, line.sku, line.window_start)
+    if period == "2026-11":  # a closed month: sums of :17 starts that per-hour rounding made drift
+        exact = [line for line, _ in lines if expected[line.id] * 10**6 == round(expected[line.id] * 10**6)]
+        assert len(exact) >= 10
+        acme_h100 = sorted((line for line, slug in lines if slug == "acme" and "H100" in line.sku),
+                           key=lambda line: line.window_start)
+        assert acme_h100[0].window_end == datetime(2026, 11, 24, tzinfo=UTC)  # the first price ends here
+        assert expected[acme_h100[0].id] == Fraction("25721.2")  # (25721.199999 before quantities were exact)
+        assert Decimal(acme_h100[0].quantity) == Decimal("25721.2")
+
+
+def read_export(demo: Engine, period: str, path: Path) -> list[dict[str, str]]:
+    with Session(demo) as session:
+        export_focus(session, SYSTEM, period, "csv", path, "Kiln Demo Cloud")
+    with path.open(newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+@pytest.mark.parametrize("period", PERIODS)
+def test_focus_rows_hold_the_exact_quantities_and_products_and_reconcile_to_the_cent(
+        demo: Engine, period: str, tmp_path: Path) -> None:
+    rows = read_export(demo, period, tmp_path / "focus.csv")
+    with Session(demo) as session:
+        lines = bill_lines(session, period)
+        expected = expected_quantities(session, lines)
+        bills = {str(bill.id): bill for bill in session.exec(select(Bill).where(Bill.period == period)).all()}
+    by_id = {str(line.id): line for line, _ in lines}
+    assert len(rows) == len(lines) and all(row["ChargeClass"] == "" for row in rows)
+    for row in rows:
+        line = by_id[row["x_BillLineId"]]
+        quantity = Decimal(row["PricingQuantity"])
+        assert quantity == Decimal(row["ConsumedQuantity"]) == to_6_places(expected[line.id])
+        # FOCUS ListCost-C-009-C, ContractedCost-C-009-C (= ListUnitPrice-C-010-C, ContractedUnitPrice-C-011-C,
+        # PricingQuantity-C-009-C): exactly the products, whatever ChargeClass NULL makes the validator skip.
+        assert Decimal(row["ListCost"]) == Decimal(row["ListUnitPrice"]) * quantity
+        assert Decimal(row["ContractedCost"]) == Decimal(row["ContractedUnitPrice"]) * quantity
+        # The invoiced amount: the line's contracted cost, half-even to the cent.
+        cents = Decimal(row["ContractedCost"]).quantize(Decimal("0.01"), rounding=ROUND_HALF_EVEN)
+        assert Decimal(row["BilledCost"]) == Decimal(row["EffectiveCost"]) == cents == Decimal(line.contracted_cost)
+    for bill_id, bill in bills.items():
+        mine = [row for row in rows if row["x_BillId"] == bill_id]
+        assert sum(Decimal(row["BilledCost"]) for row in mine) == Decimal(bill.total) != 0
+        assert Decimal(bill.total) == Decimal(bill.total).quantize(Decimal("0.01"))
+    assert check_csv(tmp_path / "focus.csv") == []
+    # Not vacuous: most rows' exact products are not whole cents, so a rounded ContractedCost would break the rule.
+    assert sum(Decimal(row["ContractedCost"]) != Decimal(row["BilledCost"]) for row in rows) >= len(rows) // 2
+
+
+def test_chargeback_totals_are_the_bills_totals(demo: Engine, tmp_path: Path) -> None:
+    with Session(demo) as session:
+        export_chargeback(session, SYSTEM, "2026-11", tmp_path / "chargeback.csv", "Kiln Demo Cloud")
+        bills = session.exec(select(Bill).where(Bill.period == "2026-11")).all()
+    with (tmp_path / "chargeback.csv").open(newline="") as stream:
+        (total,) = [row for row in csv.DictReader(stream) if row["line_type"] == "total"]
+    assert Decimal(total["billed_cost"]) == sum(Decimal(bill.total) for bill in bills)
+    assert Decimal(total["list_cost"]) == sum(Decimal(bill.list_total) for bill in bills)
+
+
+def test_parquet_holds_the_same_exact_values(demo: Engine, tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    rows = read_export(demo, "2026-11", tmp_path / "focus.csv")
+    with Session(demo) as session:
+        export_focus(session, SYSTEM, "2026-11", "parquet", tmp_path / "focus.parquet", "Kiln Demo Cloud")
+    table = pq.read_table(tmp_path / "focus.parquet").to_pylist()
+    assert len(table) == len(rows)
+    for record, row in zip(table, rows, strict=True):
+        for column in ("PricingQuantity", "ListUnitPrice", "ListCost", "ContractedUnitPrice", "ContractedCost", "BilledCost"):
+            assert record[column] == Decimal(row[column]), column
+        assert record["ContractedCost"] == record["ContractedUnitPrice"] * record["PricingQuantity"]
