@@ -16,7 +16,6 @@ Collectors themselves never touch the database (collectors/base.py).
 
 from __future__ import annotations
 
-import ipaddress
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from collectors.models import (
 )
 from fleet.models import Gpu, Node
 from kiln.db import upsert
+from kiln.validation import is_ip_address
 
 BUCKET = timedelta(minutes=5)
 POWER_METRIC = "ipmi_dcmi_power_consumption_watts"
@@ -257,18 +257,10 @@ def node_ids_of(session: Session, samples: Sequence[Sample]) -> dict[str, int]:
     uuids = {_gpu_of(s) for s in samples if s.source in GPU_SOURCES}
     if uuids:
         ids.update(session.exec(select(Gpu.uuid, Gpu.node_id).where(Gpu.uuid.in_(uuids))).all())
-    addresses = {host for host in targets - set(ids) if _is_ip(host)}
+    addresses = {host for host in targets - set(ids) if is_ip_address(host)}
     if addresses:
         for labels, node_id in session.exec(select(HealthSnapshot.labels, HealthSnapshot.node_id).where(
                 HealthSnapshot.metric == NODE_INFO_METRIC, col(HealthSnapshot.node_id).is_not(None))):
             if labels.get("internal_ip") in addresses:
                 ids.setdefault(labels["internal_ip"], node_id)
     return ids
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True

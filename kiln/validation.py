@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -24,3 +25,12 @@ def parse_model(model: type[Model], values: dict[str, Any]) -> Model:
         error = exc.errors()[0]
         field = ".".join(str(part) for part in error["loc"]) or "input"
         raise ValidationFailed(field, clean_message(error["msg"])) from None
+
+
+def is_ip_address(host: str) -> bool:
+    """Whether `host` is an IPv4 or IPv6 address (not a name)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

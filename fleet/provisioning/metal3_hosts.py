@@ -43,7 +43,6 @@ State mapping, from BMO's `ProvisioningState` constants and docs/baremetalhost-s
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from typing import Any
 from urllib.parse import urlsplit
@@ -51,6 +50,7 @@ from urllib.parse import urlsplit
 from fleet.provisioning.actions import TRANSITIONS, Action, Transition
 from fleet.provisioning.base import BackendNode, DriverError, Image, NodeTarget
 from fleet.provisioning.states import TRANSIENT_STATES, PowerRequest, PowerState, ProvisionState
+from kiln.validation import is_ip_address
 
 S = ProvisionState
 
@@ -220,17 +220,9 @@ def bmc_address(node: NodeTarget) -> str:
         host, _ = parts.hostname or "", parts.port  # .port raises ValueError for a bad port
     except ValueError as exc:
         raise DriverError(f'invalid BMC address "{node.bmc_address}" of node "{node.name}": {exc}', 400) from exc
-    if not host or not (_is_ip(host) or _DNS_NAME.match(host)):
+    if not host or not (is_ip_address(host) or _DNS_NAME.match(host)):
         raise DriverError(f'invalid BMC host in "{node.bmc_address}" of node "{node.name}"', 400)
     return address
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def image_spec(image: Image) -> dict[str, str]:
