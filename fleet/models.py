@@ -33,6 +33,7 @@ class Node(SQLModel, table=True):
     boot_mac: str | None = Field(default=None, max_length=17, unique=True)
     resource_class: str | None = Field(default=None, max_length=64, index=True)
     rack: str | None = Field(default=None, max_length=64, index=True)
+    zone: str | None = Field(default=None, max_length=64)  # grid zone for carbon intensity; None: KILN_CARBON_ZONE
     facts: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     provision_state: str = Field(max_length=32, index=True)
     target_provision_state: str | None = Field(default=None, max_length=32)

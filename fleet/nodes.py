@@ -207,6 +207,7 @@ def create_node(session: Session, principal: Principal, data: NodeCreate, driver
         boot_mac=data.boot_mac,
         resource_class=data.resource_class,
         rack=data.rack,
+        zone=data.zone,
         facts=data.facts.model_dump(exclude_defaults=True),
         provision_state=ProvisionState.ENROLL.value,
     )
@@ -232,11 +233,11 @@ def create_node(session: Session, principal: Principal, data: NodeCreate, driver
 
 
 def update_node(session: Session, principal: Principal, node_id: int, data: NodeUpdate) -> Node:
-    """Change Kiln-owned fields of a node: resource class, rack, tags, facts, GPUs."""
+    """Change Kiln-owned fields of a node: resource class, rack, carbon zone, tags, facts, GPUs."""
     node = get_node(session, principal, node_id)
     principal.require_role(Role.INFRA_ADMIN, action="change nodes")
     changes = data.model_dump(exclude_unset=True)
-    for key in ("resource_class", "rack"):
+    for key in ("resource_class", "rack", "zone"):
         if key in changes:
             setattr(node, key, changes[key])
     if data.facts is not None:

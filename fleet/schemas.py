@@ -59,6 +59,12 @@ class GpuSpec(BaseModel):
     memory_mib: int | None = Field(default=None, ge=1, le=MAX_INTEGER)
 
 
+Zone = Annotated[str, Field(
+    pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
+    description="Grid zone whose carbon intensity applies (Electricity Maps' zone key, e.g. DE, US-CAL-CISO); "
+    "unset: KILN_CARBON_ZONE.")]
+
+
 def _unique_gpu_indexes(gpus: list[GpuSpec] | None) -> list[GpuSpec] | None:
     if gpus is not None:
         indexes = [g.index for g in gpus]
@@ -84,6 +90,7 @@ class NodeCreate(BaseModel):
     boot_mac: MacAddress | None = None
     resource_class: str | None = Field(default=None, max_length=64)
     rack: str | None = Field(default=None, max_length=64)
+    zone: Zone | None = None
     tags: list[Tag] = Field(default_factory=list)
     facts: HardwareFacts = Field(default_factory=HardwareFacts)
     gpus: list[GpuSpec] = Field(default_factory=list)
@@ -109,6 +116,7 @@ class NodeUpdate(BaseModel):
 
     resource_class: str | None = Field(default=None, max_length=64)
     rack: str | None = Field(default=None, max_length=64)
+    zone: Zone | None = None
     tags: list[Tag] | None = None
     facts: HardwareFacts | None = None
     gpus: list[GpuSpec] | None = None
@@ -131,6 +139,7 @@ class NodePublic(BaseModel):
     boot_mac: str | None
     resource_class: str | None
     rack: str | None
+    zone: str | None = None
     tags: list[str]
     facts: dict[str, Any]
     gpus: list[GpuSpec]

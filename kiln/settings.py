@@ -105,6 +105,19 @@ class Settings(BaseSettings):
         default=None,
         description="OpenCost API URL (e.g. `http://opencost.opencost:9003`); unset: no OpenCost collector.",
     )
+    carbon_zone: str | None = Field(
+        default=None,
+        description="Grid zone (Electricity Maps' zone key, e.g. DE) of nodes that name none; unset: such nodes' "
+        "energy has no emissions figure.",
+    )
+    carbon_url: str | None = Field(
+        default=None,
+        description="Carbon-intensity source answering like Electricity Maps' `GET /v3/carbon-intensity/history?zone=Z` "
+        "(e.g. `https://api.electricitymap.org`); `kiln carbon fetch` reads it. Unset: import CSV files only.",
+    )
+    carbon_token: SecretStr | None = Field(
+        default=None, description="Token sent as the `auth-token` header to KILN_CARBON_URL.",
+    )
     bulk_concurrency: int = Field(
         default=20, ge=1, le=200, description="How many nodes a bulk action works on at once."
     )
@@ -226,6 +239,13 @@ class Settings(BaseSettings):
         if not names or bad:
             raise ValueError(f"give Prometheus label names separated by commas (not {', '.join(bad) or 'nothing'})")
         return ",".join(names)
+
+    @field_validator("carbon_zone")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", value):
+            raise ValueError(f"{value!r} is not a zone key: letters, digits, '-' and '_' (e.g. DE, US-CAL-CISO)")
+        return value
 
     @field_validator("log_level")
     @classmethod

@@ -26,6 +26,7 @@ from metering import discounts as discount_service
 from metering import exports
 from metering import price_cards as card_service
 from metering import views
+from metering.carbon import EmissionsReport, emissions
 from metering.efficiency import EfficiencyRow, efficiency
 from metering.periods import parse_period, period_bounds
 from metering.reconcile import ReconciliationRow, reconcile
@@ -111,6 +112,14 @@ def usage_totals_endpoint(session: SessionDep, principal: CurrentPrincipal, peri
 def reconciliation_endpoint(session: SessionDep, principal: CurrentPrincipal, period: Period):
     """Per namespace: Kiln's GPU/CPU/RAM request-hours, OpenCost's imported figures, and the difference."""
     return reconcile(session, principal, parse_period(period, allow_future=True))
+
+
+@router.get("/usage/emissions", response_model=EmissionsReport, tags=["usage"],
+            summary="Energy and emissions per tenant")
+def emissions_endpoint(session: SessionDep, principal: CurrentPrincipal, period: Period, request: Request):
+    """Per tenant you may see: metered kWh and kg CO2e (kWh × the hour's grid intensity in the
+    node's zone, to the gram), kWh without an intensity figure; idle energy for global roles."""
+    return emissions(session, principal, parse_period(period, allow_future=True), _settings(request).carbon_zone)
 
 
 @router.get("/usage/efficiency", response_model=list[EfficiencyRow], tags=["usage"],

@@ -188,3 +188,16 @@ class BudgetAlert(SQLModel, table=True):
     delivered_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     attempts: int = Field(default=0)
     last_error: str | None = Field(default=None, max_length=500)
+
+
+class CarbonIntensity(SQLModel, table=True):
+    """The grid's carbon intensity in one zone and hour (gCO2e per kWh), imported or fetched."""
+
+    __tablename__ = "carbon_intensity"
+    __table_args__ = (UniqueConstraint("zone", "hour"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    zone: str = Field(max_length=64)
+    hour: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
+    g_co2e_per_kwh: Decimal = Field(sa_column=Column(ExactNumeric(12, 3), nullable=False))
+    source: str = Field(default="import", max_length=16)  # import | fetch

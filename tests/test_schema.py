@@ -55,3 +55,21 @@ def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:
     with engine.connect() as connection:
         assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert connection.execute(text("PRAGMA foreign_keys")).scalar() == 1
+
+
+def test_downgrades_that_touch_nodes_keep_what_refers_to_them(tmp_path: Path) -> None:
+    """Batch mode recreates a SQLite table, and dropping `node` fires the ON DELETE CASCADE of
+    GPUs, tags and leases: migrations that drop a node column must drop it in place."""
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'cascade.db'}")
+    migrate_to(engine, "head")
+    with engine.begin() as connection:
+        connection.execute(text(
+            "INSERT INTO node (name, provisioner, hardware_type, bmc_driver, bmc_address, facts, provision_state, "
+            "maintenance, created_at, updated_at, zone, ipmi_privilege) VALUES ('n1', 'fake', 'ipmi', 'ipmi', "
+            "'ipmi://10.0.0.1', '{}', 'available', 0, '2026-01-01 00:00:00', '2026-01-01 00:00:00', 'DE', 'admin')"))
+        connection.execute(text("INSERT INTO gpu (node_id, \"index\", model, vendor) SELECT id, 0, 'H100', 'nvidia' FROM node"))
+        connection.execute(text("INSERT INTO node_tag (node_id, tag) SELECT id, 'train' FROM node"))
+    migrate_to(engine, "0008")
+    with engine.connect() as connection:
+        assert [connection.execute(text(f"SELECT count(*) FROM {table}")).scalar() for table in ("node", "gpu", "node_tag")] == [1, 1, 1]
+    assert migrate_to(engine, "head") == head_revision()

@@ -24,7 +24,7 @@ from pydantic import SecretStr
 
 SCHEMA_FILE = Path(__file__).parent / "kiln" / "values.schema.json"
 # Set through secretKey / database / existingSecret, or fixed by the chart (the data volume).
-RESERVED = ("secret_key", "database_url", "data_dir", "oidc_client_secret")
+RESERVED = ("secret_key", "database_url", "data_dir", "oidc_client_secret", "carbon_token")
 JSON_TYPES = {str: "string", Path: "string", int: "integer", float: "number", bool: "boolean"}
 LIMITS = {
     annotated_types.Ge: ("minimum", "ge"),

@@ -16,6 +16,7 @@ from kiln.cli import accounts, ops, server
 from kiln.errors import KilnError
 from kiln.schema import SchemaError
 from kiln.settings import CONFIG_ENV, ConfigError
+from metering.carbon_cli import carbon_app
 from metering.cli import bills_app, budgets_app, export_app, price_cards_app
 
 app = typer.Typer(
@@ -43,6 +44,7 @@ app.add_typer(bills_app, name="bills")
 app.add_typer(price_cards_app, name="price-cards")
 app.add_typer(budgets_app, name="budgets")
 app.add_typer(export_app, name="export")
+app.add_typer(carbon_app, name="carbon")
 app.add_typer(collect_app, name="collect")
 
 

@@ -20,5 +20,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('node', schema=None) as batch_op:
-        batch_op.drop_column('ipmi_privilege')
+    # Not batch mode: on SQLite that recreates `node`, and dropping it would fire the ON DELETE
+    # CASCADE of every table referring to nodes (GPUs, tags, leases …). SQLite ≥ 3.35 drops a column in place.
+    op.execute("ALTER TABLE node DROP COLUMN ipmi_privilege")

@@ -1,0 +1,165 @@
+"""Grid carbon intensity (import all or nothing, fetch in Electricity Maps' shape) and the
+emissions of metered energy per tenant, hand-computed to the gram, with tenancy."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, func
+from sqlmodel import Session, select
+
+from collectors.models import NodeEnergyHour
+from metering.models import CarbonIntensity
+from metering.usage import build_usage
+from tests.api_base import assert_problem
+from tests.cli_helpers import base_env
+from tests.cli_helpers import run as kiln
+from tests.conftest import TEST_SECRET_KEY
+from tests.factories import World
+from tests.metering_helpers import at, lease, node
+
+GOOD = """zone,hour,g_co2e_per_kwh
+DE,2026-11-02T10:00Z,300.5
+DE,2026-11-02T11:00:00+00:00,410.25
+DE,2026-11-02T13:00+01:00,100
+"""
+
+
+def env_for(engine: Engine, tmp_path: Path, **extra: str) -> dict[str, str]:
+    return base_env(tmp_path, KILN_DATABASE_URL=engine.url.render_as_string(hide_password=False),
+                    KILN_SECRET_KEY=TEST_SECRET_KEY, **extra)
+
+
+def stored(engine: Engine) -> dict[tuple[str, str], Decimal]:
+    with Session(engine) as session:
+        return {(row.zone, f"{row.hour:%dT%H}"): row.g_co2e_per_kwh for row in session.exec(select(CarbonIntensity))}
+
+
+def test_an_intensity_file_is_imported_whole_or_not_at_all(engine: Engine, world: World, tmp_path: Path) -> None:
+    node(world, name="gpu-de-1", zone="DE")
+    env = env_for(engine, tmp_path)
+    good = tmp_path / "good.csv"
+    good.write_text(GOOD)
+    done = kiln(env, "carbon", "import", str(good))
+    assert done.returncode == 0 and done.stdout.strip() == "imported 3 hourly intensity figure(s) for DE", done.stderr
+    assert stored(engine) == {("DE", "02T10"): Decimal("300.5"), ("DE", "02T11"): Decimal("410.25"),
+                              ("DE", "02T12"): Decimal("100")}  # 13:00+01:00 is 12:00 UTC
+    bad = tmp_path / "bad.csv"
+    bad.write_text("zone,hour,g_co2e_per_kwh\n"
+                   "DE,2026-11-02T10:00Z,999\n"  # fine on its own: must not be stored either
+                   "DE,2026-11-02T11:00Z,-4\n"
+                   "XX,2026-11-02T11:00Z,200\n"
+                   "DE,2026-11-02T12:30Z,200\n"
+                   "DE,2026-11-02T13:00,200\n"
+                   "DE,2026-11-02T15:00Z,200\n"
+                   "DE,2026-11-02T15:00Z,201\n")
+    refused = kiln(env, "carbon", "import", str(bad))
+    assert refused.returncode != 0 and len(refused.stderr.strip().splitlines()) == 1
+    message = refused.stderr
+    for part in ("row 3: g_co2e_per_kwh '-4' must not be negative", "row 4: zone 'XX' is no node's zone (known: DE)",
+                 "row 5: hour '2026-11-02T12:30Z' is not on the hour", "row 6: hour '2026-11-02T13:00' has no timezone",
+                 "row 8: DE 2026-11-02T15:00Z is given twice", "DE has no figure for 2026-11-02T11:00Z to 2026-11-02T14:00Z"):
+        assert part in message, (part, message)
+    assert stored(engine)[("DE", "02T10")] == Decimal("300.5")  # unchanged
+    header = tmp_path / "header.csv"
+    header.write_text("zone;hour;value\n")
+    assert "the first line must be the header zone,hour,g_co2e_per_kwh" in kiln(env, "carbon", "import", str(header)).stderr
+
+
+class ElectricityMapsLike:
+    """A fixture server answering `GET /v3/carbon-intensity/history?zone=Z` in the shape
+    Electricity Maps documents (history of {zone, carbonIntensity, datetime, updatedAt,
+    createdAt, emissionFactorType, isEstimated, estimationMethod})."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str | None]] = []
+        self.status = 200
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                server.requests.append((self.path, self.headers.get("auth-token")))
+                zone = self.path.split("zone=", 1)[-1]
+                history = [{"zone": zone, "carbonIntensity": value, "datetime": f"2026-11-02T{hour:02d}:00:00.000Z",
+                            "updatedAt": "2026-11-02T23:51:11.001Z", "createdAt": "2026-10-30T00:48:05.423Z",
+                            "emissionFactorType": "lifecycle", "isEstimated": value is None, "estimationMethod": None}
+                           for hour, value in ((10, 312), (11, None), (12, 288))]
+                body = json.dumps({"zone": zone, "history": history}).encode()
+                self.send_response(server.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.http.server_port}"
+
+
+@pytest.fixture
+def electricity_maps() -> Iterator[ElectricityMapsLike]:
+    source = ElectricityMapsLike()
+    yield source
+    source.http.shutdown()
+    source.http.server_close()
+
+
+def test_fetch_reads_the_history_of_every_zone_nodes_use(engine: Engine, world: World, tmp_path: Path,
+                                                        electricity_maps: ElectricityMapsLike) -> None:
+    node(world, name="gpu-fr-1", zone="FR")
+    env = env_for(engine, tmp_path, KILN_CARBON_URL=electricity_maps.url, KILN_CARBON_TOKEN="em-token",
+                  KILN_CARBON_ZONE="DE")
+    done = kiln(env, "carbon", "fetch")
+    assert done.returncode == 0 and done.stdout.strip() == "DE: 2 hour(s), FR: 2 hour(s)", done.stderr
+    assert sorted(electricity_maps.requests) == [("/v3/carbon-intensity/history?zone=DE", "em-token"),
+                                                 ("/v3/carbon-intensity/history?zone=FR", "em-token")]
+    assert stored(engine) == {(z, h): Decimal(v) for z in ("DE", "FR") for h, v in (("02T10", 312), ("02T12", 288))}
+    electricity_maps.status = 503
+    failed = kiln(env, "carbon", "fetch", "--zone", "DE")
+    assert failed.returncode != 0 and "answered HTTP 503 for zone DE" in failed.stderr
+    no_url = kiln(env_for(engine, tmp_path), "carbon", "fetch")
+    assert no_url.returncode != 0 and "KILN_CARBON_URL is not set" in no_url.stderr
+
+
+def test_emissions_per_tenant_to_the_gram_with_idle_energy_for_global_roles(engine: Engine, world: World,
+                                                                            client: TestClient) -> None:
+    leased = node(world, name="gpu-de-1", zone="DE")
+    spare = node(world, name="gpu-nozone")  # no zone and no KILN_CARBON_ZONE: kWh without intensity
+    lease(world, leased, "a", "2026-11-02T10:00", "2026-11-02T12:00")
+    lease(world, spare, "b", "2026-11-02T10:00", "2026-11-02T11:00")
+    for node_row, hour, kwh in ((leased, "10:00", "1.5"), (leased, "11:00", "2.25"), (leased, "12:00", "0.75"),
+                                (spare, "10:00", "0.4")):
+        world.session.add(NodeEnergyHour(node_id=node_row.id, hour=at(f"2026-11-02T{hour}"), kwh=Decimal(kwh),
+                                         covered_seconds=3600))
+    for hour, g in (("10:00", "300.5"), ("11:00", "410.25"), ("12:00", "100")):
+        world.session.add(CarbonIntensity(zone="DE", hour=at(f"2026-11-02T{hour}"), g_co2e_per_kwh=Decimal(g)))
+    world.session.commit()
+    build_usage(world.session, at("2026-11-01T00:00"), at("2026-12-01T00:00"), now=at("2026-11-05T00:00"))
+    world.session.commit()
+
+    admin = client.get("/api/v1/usage/emissions", params={"period": "2026-11"}, headers=world.headers("finance")).json()
+    # tenant-a: 1.5 kWh × 300.5 g + 2.25 kWh × 410.25 g = 1,373.8125 g → 1.374 kg (half-even, to the gram)
+    assert _decimal_rows(admin["tenants"]) == [("tenant-a", Decimal("3.75"), Decimal("1.374"), Decimal(0)),
+                                               ("tenant-b", Decimal("0.4"), Decimal(0), Decimal("0.4"))]
+    # idle: gpu-de-1 12:00-13:00 was leased to nobody: 0.75 kWh × 100 g = 75 g
+    assert (Decimal(admin["idle_kwh"]), Decimal(admin["idle_kg_co2e"]), Decimal(admin["idle_kwh_without_intensity"])) == (
+        Decimal("0.75"), Decimal("0.075"), Decimal(0))
+    mine = client.get("/api/v1/usage/emissions", params={"period": "2026-11"}, headers=world.headers("a_member")).json()
+    assert [row["tenant"] for row in mine["tenants"]] == ["tenant-a"] and mine["idle_kwh"] is None
+    assert_problem(client.get("/api/v1/usage/emissions", params={"period": "2026-13"}, headers=world.headers("admin")), 422)
+    with Session(engine) as session:
+        assert session.exec(select(func.count()).select_from(CarbonIntensity)).one() == 3
+
+
+def _decimal_rows(rows: list[dict]) -> list[tuple]:
+    return [(r["tenant"], Decimal(r["kwh"]), Decimal(r["kg_co2e"]), Decimal(r["kwh_without_intensity"])) for r in rows]
