@@ -125,6 +125,15 @@ def test_tokens_work_for_every_demo_user_and_tenancy_holds(demo: Demo, tmp_path:
     _, all_bills = demo.get("/api/v1/bills", tokens["finance"])
     assert {b["tenant"] for b in json.loads(all_bills)} == {"acme", "globex", "initech", "umbrella", "hooli", "stark"}
     assert all(Decimal(b["total"]) > 0 for b in json.loads(all_bills))
+    # emissions: metered kWh × the demo zones' hourly intensity, acme's only for alice
+    period = max(b["period"] for b in json.loads(bills))
+    _, mine = demo.get(f"/api/v1/usage/emissions?period={period}", tokens["alice"])
+    _, everyone = demo.get(f"/api/v1/usage/emissions?period={period}", tokens["finance"])
+    mine, everyone = json.loads(mine), json.loads(everyone)
+    assert [row["tenant"] for row in mine["tenants"]] == ["acme"] and mine["idle_kwh"] is None
+    acme = next(row for row in everyone["tenants"] if row["tenant"] == "acme")
+    assert Decimal(acme["kg_co2e"]) > 0 and Decimal(acme["kwh_without_intensity"]) == 0 and acme == mine["tenants"][0]
+    assert Decimal(everyone["idle_kwh"]) > 0 and Decimal(everyone["idle_kg_co2e"]) > 0
 
 
 def test_collectors_read_the_simulators_for_real(demo: Demo, tmp_path: Path) -> None:

@@ -2,8 +2,8 @@
 Prometheus: the same GPU-hours (presence samples per GPU and instance) and the same kWh per
 GPU-hour either way, both equal to figures worked out here from what was served.
 
-The exporter serves timestamped frames (`metric{labels} value ms`), 30 s apart across an hour
-boundary; the test moves to the next frame only once Prometheus has stored the current one,
+The exporter serves timestamped frames (`metric{labels} value ms`), 3 s apart across an hour
+boundary (in the last hour: Prometheus refuses samples more than an hour older than its newest); the test moves to the next frame only once Prometheus has stored the current one,
 and Kiln's direct collector reads each frame once, so both saw the same readings. The label
 set is dcgm-exporter's (tests/data/upstream/dcgm-exporter/, NVIDIA's MIG example); the MIG
 behaviours built in are the ones reported upstream: no DCGM_FI_DEV_GPU_UTIL on a MIG GPU (a
@@ -39,7 +39,8 @@ from tests.peers.harness import running_peer
 WHOLE = "GPU-aaaa0001-0000-0000-0000-000000000001"  # a whole GPU; its pod leaves halfway
 MIG = "GPU-34319582-d595-d1c7-d1d2-179bcfa61660"  # an A100 in MIG mode with two instances
 FRAMES = 20
-STEP = timedelta(seconds=30)
+STEP_S = 3
+STEP = timedelta(seconds=STEP_S)
 RESET_AT = 14  # the whole GPU's counter restarts (driver reload) before this frame
 MIG_WATTS, WHOLE_WATTS = 300, 200
 
@@ -56,11 +57,11 @@ def frame_text(k: int, at: datetime) -> str:
     pod = ',container="main",namespace="team-a",pod="train-0"' if k < FRAMES // 2 else ""
     line("DCGM_FI_DEV_GPU_UTIL", whole + pod, 50 + k)
     line("DCGM_FI_DEV_POWER_USAGE", whole + pod, WHOLE_WATTS)
-    joules = WHOLE_WATTS * 30 * (k - RESET_AT if k >= RESET_AT else k + 100)
+    joules = WHOLE_WATTS * STEP_S * (k - RESET_AT if k >= RESET_AT else k + 100)
     line("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", whole + pod, joules * 1000)  # mJ
 
     gpu = f'gpu="1",UUID="{MIG}",device="nvidia1",modelName="NVIDIA A100-SXM4-40GB",Hostname="ub20-a100-k8s"'
-    energy_mj = (MIG_WATTS * 30 * k + 319159) * 1000
+    energy_mj = (MIG_WATTS * STEP_S * k + 319159) * 1000
     line("DCGM_FI_DEV_GPU_UTIL", gpu, 9223372036854775794)  # not supported under MIG: a blank
     line("DCGM_FI_DEV_POWER_USAGE", gpu, MIG_WATTS)
     line("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", gpu, energy_mj)
@@ -103,10 +104,13 @@ class FrameServer:
 
 
 def hour_to_cross() -> datetime:
-    """An hour boundary with all frames around it in the past (Prometheus takes past samples)."""
-    now = datetime.now(UTC)
-    boundary = now.replace(minute=0, second=0, microsecond=0)
-    return boundary if now - boundary > timedelta(minutes=6) else boundary - timedelta(hours=1)
+    """The hour boundary just passed, when every frame around it fits in Prometheus' last hour
+    while the test runs; near the top of the hour, wait for the next one (at most ~3 minutes)."""
+    while True:
+        now = datetime.now(UTC)
+        if 1 <= now.minute <= 57:
+            return now.replace(minute=0, second=0, microsecond=0)
+        time.sleep(15)
 
 
 @pytest.fixture(scope="module")
@@ -169,14 +173,15 @@ def test_direct_and_prometheus_agree_on_mig_gpu_hours_and_kwh(frames_seen, engin
     assert usage.samples_by_gpu(*window) == expected_samples
 
     before, after = boundary - timedelta(hours=1), boundary
-    # the MIG GPU: 10 intervals before the hour, 9 after, 300 W x 30 s each, counted once (not per instance)
-    # the whole GPU: 200 W x 30 s, minus the interval across its counter reset
-    expected_kwh = {(MIG, before): 10 * kwh(MIG_WATTS * 30), (MIG, after): 9 * kwh(MIG_WATTS * 30),
-                    (WHOLE, before): 10 * kwh(WHOLE_WATTS * 30), (WHOLE, after): 8 * kwh(WHOLE_WATTS * 30)}
+    # the MIG GPU: 10 intervals before the hour, 9 after, 300 W x 3 s each, counted once (not per instance)
+    # the whole GPU: 200 W x 3 s, minus the interval across its counter reset
+    expected_kwh = {(MIG, before): 10 * kwh(MIG_WATTS * STEP_S), (MIG, after): 9 * kwh(MIG_WATTS * STEP_S),
+                    (WHOLE, before): 10 * kwh(WHOLE_WATTS * STEP_S), (WHOLE, after): 8 * kwh(WHOLE_WATTS * STEP_S)}
     assert stored == expected_kwh
     assert usage.gpu_kwh_by_hour(boundary - timedelta(hours=1), boundary + timedelta(hours=1)) == expected_kwh
     assert GpuUsage(client, DCGM, scrape_interval=STEP).gpu_hours_by_namespace(*window).values == {
-        "team-1": Decimal(FRAMES) / 120, "team-2": Decimal(FRAMES - 5) / 120, "team-a": Decimal(FRAMES // 2) / 120}
+        "team-1": Decimal(FRAMES * STEP_S) / 3600, "team-2": Decimal((FRAMES - 5) * STEP_S) / 3600,
+        "team-a": Decimal(FRAMES // 2 * STEP_S) / 3600}
 
     # nodes: the whole GPU by the scrape target's host (its host label is a container id), the
     # MIG GPU's instances by their parent GPU's UUID

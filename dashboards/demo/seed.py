@@ -11,6 +11,7 @@ discount, and budgets. Seeding is idempotent: a second run only refreshes the BM
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -31,6 +32,7 @@ from kiln.roles import Role
 from kiln.tenants import TenantCreate, create_tenant
 from kiln.users import UserCreate, create_user
 from metering.budgets import BudgetCreate, create_budget
+from metering.carbon import store
 from metering.discounts import DiscountCreate, create_discount
 from metering.price_cards import import_cards
 
@@ -38,6 +40,10 @@ DEMO_PASSWORD = "kiln-demo-password"
 HISTORY_DAYS = 30
 H100, A100 = "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB"
 RACKS = {"r1": ("gpu.h100", H100), "r2": ("gpu.h100", H100), "r3": ("gpu.a100", A100)}
+# grid zone per rack and a made-up daily intensity curve (mean, swing in gCO2e/kWh): coal-heavy
+# "DE" and nuclear "FR"-like figures, synthetic (not Electricity Maps data), so emissions show
+ZONES = {"r1": "DE", "r2": "DE", "r3": "FR"}
+INTENSITY_CURVES = {"DE": (380, 120), "FR": (55, 20)}
 NODES_PER_RACK = 16
 GPUS_PER_NODE = 8
 TENANTS = {  # slug: (name, cost centre)
@@ -98,6 +104,7 @@ def seed(session: Session, runtime: FleetRuntime, bmcs: dict[str, dict], now: da
             name=name, provisioner="fake", bmc_address=f"ipmi://{bmc['host']}:{bmc['port']}",
             bmc_username=bmc["username"], bmc_password=bmc["password"],
             boot_mac=f"52:54:00:de:{number // 256:02x}:{number % 256:02x}", resource_class=resource_class, rack=rack,
+            zone=ZONES[rack],
             tags=["demo", "train" if rack != "r3" else "infer"],
             facts={"cpu_model": "AMD EPYC 9454", "cpu_cores": 96, "ram_mib": 1536 * 1024},
             gpus=[{"index": i, "model": model, "vendor": "nvidia", "uuid": gpu_uuid(name, i), "memory_mib": 81559}
@@ -113,6 +120,7 @@ def seed(session: Session, runtime: FleetRuntime, bmcs: dict[str, dict], now: da
             tenants=[{"tenant": t, "max_nodes": 12, "max_gpus": 96} for t in tenants]))
     _lease_month(session, system, now)
     _price_cards(session, system, now)
+    _carbon_intensity(session, now)
     create_discount(session, system, DiscountCreate(tenant="acme", percent=Decimal("12.5")))
     for slug, amount in (("acme", "60000"), ("globex", "25000"), ("hooli", "40000")):
         create_budget(session, system, BudgetCreate(tenant=slug, name=f"{slug} monthly", amount=Decimal(amount),
@@ -131,6 +139,20 @@ def refresh_bmcs(session: Session, runtime: FleetRuntime, bmcs: dict[str, dict])
 def history_start(now: datetime) -> datetime:
     """The hour the demo's fleet was enrolled and its 30 days of history begin."""
     return (now - timedelta(days=HISTORY_DAYS)).replace(minute=0, second=0, microsecond=0)
+
+
+def _carbon_intensity(session: Session, now: datetime) -> None:
+    """Hourly intensity for each demo zone from the history's start to a day ahead: lowest at
+    midday (solar), highest in the evening."""
+    hours = int((now - history_start(now)) / timedelta(hours=1)) + 24
+    rows = []
+    for zone, (mean, swing) in INTENSITY_CURVES.items():
+        for n in range(hours):
+            hour = history_start(now) + timedelta(hours=n)
+            shape = math.cos((hour.hour - 19) / 24 * 2 * math.pi)  # 1 at 19:00, -1 at 07:00 … midday dip below
+            value = Decimal(repr(round(mean + swing * shape - swing / 3 * math.cos((hour.hour - 13) / 12 * math.pi), 3)))
+            rows.append({"zone": zone, "hour": hour, "g_co2e_per_kwh": max(value, Decimal(1))})
+    store(session, rows, "import")
 
 
 def _lease_month(session: Session, system: Principal, now: datetime) -> None:
