@@ -82,7 +82,9 @@ def download_bill_focus(bill_id: int) -> flask.Response:
 
     def work(session: Session) -> flask.Response:
         detail = bill_detail(session, principal, bill_id)
-        rows = (r for r in exports.focus_rows(session, principal, detail.period, account) if r.extra["x_BillId"] == str(bill_id))
+        zone = console_context().settings.carbon_zone
+        rows = (r for r in exports.focus_rows(session, principal, detail.period, account, zone)
+                if r.extra["x_BillId"] == str(bill_id))
         spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
         write_focus(rows, "csv", spool, extra_columns=exports.EXTRA_COLUMNS)
         spool.seek(0)
@@ -101,7 +103,7 @@ def download_export(kind: str, period: str, fmt: str) -> flask.Response:
     def work(session: Session) -> flask.Response:
         spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
         if kind == "focus":
-            exports.export_focus(session, principal, period, fmt, spool, account)
+            exports.export_focus(session, principal, period, fmt, spool, account, console_context().settings.carbon_zone)
         else:
             exports.export_chargeback(session, principal, period, spool, account)
         spool.seek(0)

@@ -330,7 +330,8 @@ def focus_endpoint(
 ) -> StreamingResponse:
     """Every bill line of the period you may see as a FOCUS row; 404 for a period without bills."""
     spool = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)
-    exports.export_focus(session, principal, period, format, spool, _settings(request).billing_account_name)
+    exports.export_focus(session, principal, period, format, spool, _settings(request).billing_account_name,
+                         _settings(request).carbon_zone)
     media = "text/csv; charset=utf-8" if format == "csv" else "application/vnd.apache.parquet"
     filename = f"kiln-focus-{period}.{format}"
     return StreamingResponse(_stream(spool), media_type=media, headers={"Content-Disposition": f'attachment; filename="{filename}"'})

@@ -186,57 +186,84 @@ class EmissionsReport(BaseModel):
     idle_kwh_without_intensity: Decimal | None = None
 
 
+class EnergyLedger:
+    """Tenants' metered energy per hour (exact kWh parts), the emissions of each hour's kWh in
+    its node's zone, and what was attributed per node-hour; built once per period."""
+
+    def __init__(self, session: Session, start: datetime, end: datetime, default_zone: str | None) -> None:
+        self.zone_of = {name: zone or default_zone for name, zone in session.exec(select(Node.name, Node.zone)).all()}
+        self.intensity = {(zone, hour.astimezone(UTC)): g for zone, hour, g in session.exec(
+            select(CarbonIntensity.zone, CarbonIntensity.hour, CarbonIntensity.g_co2e_per_kwh)
+            .where(col(CarbonIntensity.hour) >= start, col(CarbonIntensity.hour) < end))}
+        # tenant → hour → [kWh parts, Σ parts × g, parts without intensity]
+        self.hours: dict[int, dict[datetime, list]] = defaultdict(lambda: defaultdict(lambda: [0, Decimal(0), 0]))
+        self.attributed: dict[tuple[str, datetime], int] = defaultdict(int)
+        for tenant_id, node, hour, parts in session.exec(
+                select(UsageRecord.tenant_id, UsageRecord.resource_id, UsageRecord.hour, UsageRecord.quantity_parts)
+                .where(UsageRecord.source == SOURCE_ENERGY, UsageRecord.sku == skus.KWH,
+                       col(UsageRecord.hour) >= start, col(UsageRecord.hour) < end)).all():
+            hour = hour.astimezone(UTC)
+            self.attributed[(node, hour)] += parts
+            slot = self.hours[tenant_id][hour]
+            g = self.intensity_at(node, hour)
+            slot[0] += parts
+            if g is None:
+                slot[2] += parts
+            else:
+                slot[1] += parts * g
+
+    def intensity_at(self, node: str, hour: datetime) -> Decimal | None:
+        """gCO2e/kWh of the node's zone in that hour, or None when unknown."""
+        return self.intensity.get((self.zone_of.get(node), hour))
+
+    def totals(self, tenant_id: int, start: datetime | None = None, end: datetime | None = None) -> tuple[int, Decimal, int]:
+        """(kWh parts, Σ parts × g, parts without intensity) of a tenant, over [start, end) if given."""
+        parts, weighted, unpriced = 0, Decimal(0), 0
+        for hour, (p, w, u) in self.hours.get(tenant_id, {}).items():
+            if (start is None or hour >= start) and (end is None or hour < end):
+                parts, weighted, unpriced = parts + p, weighted + w, unpriced + u
+        return parts, weighted, unpriced
+
+    def window(self, tenant_id: int, start: datetime, end: datetime) -> tuple[Decimal, Decimal | None]:
+        """kWh and kg CO2e of a tenant in [start, end); kg is None when some of the kWh has no intensity."""
+        parts, weighted, unpriced = self.totals(tenant_id, start, end)
+        return quantity_from_parts(parts), None if unpriced else kg_co2e(weighted)
+
+
 def emissions(session: Session, principal: Principal, period: str, default_zone: str | None) -> EmissionsReport:
     """kWh and kg CO2e per tenant (and idle, for infra admins and finance) in `period`."""
     start, end = period_bounds(period)
-    zone_of = {name: zone or default_zone for name, zone in session.exec(select(Node.name, Node.zone)).all()}
-    intensity = {(zone, hour.astimezone(UTC)): g for zone, hour, g in session.exec(
-        select(CarbonIntensity.zone, CarbonIntensity.hour, CarbonIntensity.g_co2e_per_kwh)
-        .where(col(CarbonIntensity.hour) >= start, col(CarbonIntensity.hour) < end))}
-    rows = session.exec(select(UsageRecord.tenant_id, UsageRecord.resource_id, UsageRecord.hour, UsageRecord.quantity_parts)
-                        .where(UsageRecord.source == SOURCE_ENERGY, UsageRecord.sku == skus.KWH,
-                               col(UsageRecord.hour) >= start, col(UsageRecord.hour) < end)).all()
-    per_tenant: dict[int, list] = defaultdict(lambda: [0, Decimal(0), 0])  # parts, parts × g, parts without g
-    attributed: dict[tuple[str, datetime], int] = defaultdict(int)
-    for tenant_id, node, hour, parts in rows:
-        hour = hour.astimezone(UTC)
-        attributed[(node, hour)] += parts
-        g = intensity.get((zone_of.get(node), hour))
-        totals = per_tenant[tenant_id]
-        totals[0] += parts
-        if g is None:
-            totals[2] += parts
-        else:
-            totals[1] += parts * g
+    ledger = EnergyLedger(session, start, end, default_zone)
     slugs = dict(session.exec(select(Tenant.id, Tenant.slug)).all())
-    report = EmissionsReport(period=period, tenants=[
-        EmissionsRow(tenant=slugs[tenant_id], kwh=quantity_from_parts(parts), kg_co2e=_kg(weighted),
-                     kwh_without_intensity=quantity_from_parts(unpriced))
-        for tenant_id, (parts, weighted, unpriced) in sorted(per_tenant.items(), key=lambda item: slugs[item[0]])
-        if principal.can_see(tenant_id)])
+    rows = []
+    for tenant_id in sorted(ledger.hours, key=lambda t: slugs[t]):
+        if principal.can_see(tenant_id):
+            parts, weighted, unpriced = ledger.totals(tenant_id)
+            rows.append(EmissionsRow(tenant=slugs[tenant_id], kwh=quantity_from_parts(parts), kg_co2e=kg_co2e(weighted),
+                                     kwh_without_intensity=quantity_from_parts(unpriced)))
+    report = EmissionsReport(period=period, tenants=rows)
     if principal.sees_all_tenants:
-        _add_idle(session, report, start, end, zone_of, intensity, attributed)
+        _add_idle(session, report, start, end, ledger)
     return report
 
 
-def _add_idle(session: Session, report: EmissionsReport, start: datetime, end: datetime, zone_of: dict[str, str | None],
-              intensity: dict[tuple[str | None, datetime], Decimal], attributed: dict[tuple[str, datetime], int]) -> None:
+def _add_idle(session: Session, report: EmissionsReport, start: datetime, end: datetime, ledger: EnergyLedger) -> None:
     names = dict(session.exec(select(Node.id, Node.name)).all())
     idle_parts, weighted, unpriced = 0, Decimal(0), 0
     for node_id, hour, kwh in session.exec(select(NodeEnergyHour.node_id, NodeEnergyHour.hour, NodeEnergyHour.kwh).where(
             col(NodeEnergyHour.hour) >= start, col(NodeEnergyHour.hour) < end)).all():
         name, hour = names[node_id], hour.astimezone(UTC)
-        idle = max(0, int(Decimal(kwh) * PARTS_PER_UNIT) - attributed.get((name, hour), 0))
+        idle = max(0, int(Decimal(kwh) * PARTS_PER_UNIT) - ledger.attributed.get((name, hour), 0))
         idle_parts += idle
-        g = intensity.get((zone_of.get(name), hour))
+        g = ledger.intensity_at(name, hour)
         if g is None:
             unpriced += idle
         else:
             weighted += idle * g
-    report.idle_kwh, report.idle_kg_co2e = quantity_from_parts(idle_parts), _kg(weighted)
+    report.idle_kwh, report.idle_kg_co2e = quantity_from_parts(idle_parts), kg_co2e(weighted)
     report.idle_kwh_without_intensity = quantity_from_parts(unpriced)
 
 
-def _kg(parts_times_grams: Decimal) -> Decimal:
+def kg_co2e(parts_times_grams: Decimal) -> Decimal:
     """kg CO2e from Σ (kWh parts × gCO2e/kWh), rounded half-even to the gram."""
     return (parts_times_grams / PARTS_PER_UNIT / 1000).quantize(GRAM, ROUND_HALF_EVEN)

@@ -147,7 +147,8 @@ def export_focus(
     with db_session() as session:
         exports.check_exportable(session, Principal.system(), period)
         partial = out.with_name(out.name + ".partial")
-        rows = exports.export_focus(session, Principal.system(), period, format.value, partial, config.billing_account_name)
+        rows = exports.export_focus(session, Principal.system(), period, format.value, partial, config.billing_account_name,
+                                    config.carbon_zone)
     partial.replace(out)
     typer.echo(f"wrote {rows} FOCUS row(s) to {out}")
 

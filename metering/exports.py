@@ -40,7 +40,8 @@ from kiln.auth import Principal
 from kiln.errors import NotFound
 from kiln.models import Tenant
 from metering import skus
-from metering.focus import FocusRow, write_focus
+from metering.carbon import EnergyLedger
+from metering.focus import FocusRow, format_decimal, write_focus
 from metering.focus_columns import exact_product
 from metering.bills import FINALISED
 from metering.chargeback import cost_centres_of, write_chargeback
@@ -49,7 +50,11 @@ from metering.money import round_amount
 from metering.periods import parse_period, period_bounds
 from metering.rating import KIND_CORRECTION
 
-EXTRA_COLUMNS = ["x_BillId", "x_BillLineId", "x_BillStatus", "x_ChargeKind", "x_CostCentre", "x_CorrectsPeriod"]
+# x_EnergyConsumedKwh and x_CarbonEmissionsKgCO2e are named after FOCUS' sustainability proposal
+# (FOCUS-spec#972): on energy rows, the kWh and their emissions (kWh × the hour's grid intensity in
+# the node's zone, to the gram; empty when some of the kWh has no intensity figure)
+EXTRA_COLUMNS = ["x_BillId", "x_BillLineId", "x_BillStatus", "x_ChargeKind", "x_CostCentre", "x_CorrectsPeriod",
+                 "x_EnergyConsumedKwh", "x_CarbonEmissionsKgCO2e"]
 SKU_METERS = {
     skus.NODE_HOUR: ("Node Hours", "Other (Compute)", "Bare-metal nodes"),
     skus.GPU_HOUR: ("GPU Hours", "Other (Compute)", "GPU compute"),
@@ -88,8 +93,8 @@ def _whole_seconds(at: datetime) -> datetime:
     return at.replace(microsecond=0)
 
 
-def focus_row(line: BillLine, bill: Bill, tenant: Tenant, account_name: str) -> FocusRow:
-    """One bill line as a FOCUS 1.2 row."""
+def focus_row(line: BillLine, bill: Bill, tenant: Tenant, account_name: str, ledger: EnergyLedger | None = None) -> FocusRow:
+    """One bill line as a FOCUS 1.2 row (with energy and emissions on energy rows when `ledger` is given)."""
     meter, subcategory, service = SKU_METERS[skus.family(line.sku)]
     start, end = period_bounds(bill.period)
     quantity = Decimal(line.quantity).normalize() + 0  # `+ 0` turns -0 into 0
@@ -117,22 +122,35 @@ def focus_row(line: BillLine, bill: Bill, tenant: Tenant, account_name: str) -> 
         currency=line.currency, charge_class=line.charge_class, service_subcategory=subcategory, sku_meter=meter,
         invoice_id=f"kiln-{bill.period}-{bill.id}" if bill.status == FINALISED else None,
         extra={"x_BillId": str(bill.id), "x_BillLineId": str(line.id), "x_BillStatus": bill.status,
-               "x_ChargeKind": line.kind, "x_CostCentre": tenant.cost_centre or None, "x_CorrectsPeriod": line.corrects_period},
+               "x_ChargeKind": line.kind, "x_CostCentre": tenant.cost_centre or None, "x_CorrectsPeriod": line.corrects_period,
+               **_energy_columns(line, tenant, quantity, ledger)},
     )
 
 
-def focus_rows(session: Session, principal: Principal, period: str, account_name: str) -> Iterator[FocusRow]:
-    """The period's bill lines as FOCUS rows, streamed from the database."""
+def _energy_columns(line: BillLine, tenant: Tenant, quantity: Decimal, ledger: EnergyLedger | None) -> dict[str, str | None]:
+    if ledger is None or skus.family(line.sku) != skus.KWH or line.charge_class is not None:
+        return {"x_EnergyConsumedKwh": None, "x_CarbonEmissionsKgCO2e": None}
+    _, kg = ledger.window(tenant.id, line.window_start, line.window_end)
+    return {"x_EnergyConsumedKwh": format_decimal(quantity), "x_CarbonEmissionsKgCO2e": None if kg is None else format_decimal(kg)}
+
+
+def focus_rows(session: Session, principal: Principal, period: str, account_name: str,
+               default_zone: str | None = None) -> Iterator[FocusRow]:
+    """The period's bill lines as FOCUS rows, streamed from the database; `default_zone`:
+    KILN_CARBON_ZONE, for the emissions of energy rows."""
+    ledger = EnergyLedger(session, *period_bounds(parse_period(period, allow_future=True)), default_zone)
     for line, bill, tenant in session.exec(_bills_query(session, principal, period)):
-        yield focus_row(line, bill, tenant, account_name)
+        yield focus_row(line, bill, tenant, account_name, ledger)
 
 
 def export_focus(
-    session: Session, principal: Principal, period: str, fmt: Literal["csv", "parquet"], out: BinaryIO | Path, account_name: str
+    session: Session, principal: Principal, period: str, fmt: Literal["csv", "parquet"], out: BinaryIO | Path, account_name: str,
+    default_zone: str | None = None,
 ) -> int:
     """Write the period's FOCUS export to `out`; NotFound for a period without bills. Returns rows written."""
     check_exportable(session, principal, period)
-    return write_focus(focus_rows(session, principal, period, account_name), fmt, out, extra_columns=EXTRA_COLUMNS)
+    return write_focus(focus_rows(session, principal, period, account_name, default_zone), fmt, out,
+                       extra_columns=EXTRA_COLUMNS)
 
 
 def export_chargeback(session: Session, principal: Principal, period: str, out: BinaryIO | Path, account_name: str) -> int:

@@ -3,6 +3,7 @@ emissions of metered energy per tenant, hand-computed to the gram, with tenancy.
 
 from __future__ import annotations
 
+import csv
 import json
 import threading
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from sqlalchemy import Engine, func
 from sqlmodel import Session, select
 
 from collectors.models import NodeEnergyHour
+from metering.exports import export_focus
 from metering.models import CarbonIntensity
 from metering.usage import build_usage
 from tests.api_base import assert_problem
@@ -23,7 +25,7 @@ from tests.cli_helpers import base_env
 from tests.cli_helpers import run as kiln
 from tests.conftest import TEST_SECRET_KEY
 from tests.factories import World
-from tests.metering_helpers import at, lease, node
+from tests.metering_helpers import SYSTEM, at, card, lease, node, run
 
 GOOD = """zone,hour,g_co2e_per_kwh
 DE,2026-11-02T10:00Z,300.5
@@ -163,3 +165,26 @@ def test_emissions_per_tenant_to_the_gram_with_idle_energy_for_global_roles(engi
 
 def _decimal_rows(rows: list[dict]) -> list[tuple]:
     return [(r["tenant"], Decimal(r["kwh"]), Decimal(r["kg_co2e"]), Decimal(r["kwh_without_intensity"])) for r in rows]
+
+
+def test_focus_energy_rows_carry_their_kwh_and_emissions(engine: Engine, world: World, tmp_path: Path) -> None:
+    leased = node(world, name="gpu-de-1", zone="DE")
+    spare = node(world, name="gpu-nozone")
+    lease(world, leased, "a", "2026-11-02T10:00", "2026-11-02T12:00")
+    lease(world, spare, "b", "2026-11-02T10:00", "2026-11-02T11:00")
+    for node_row, hour, kwh in ((leased, "10:00", "1.5"), (leased, "11:00", "2.25"), (spare, "10:00", "0.4")):
+        world.session.add(NodeEnergyHour(node_id=node_row.id, hour=at(f"2026-11-02T{hour}"), kwh=Decimal(kwh),
+                                         covered_seconds=3600))
+    for hour, g in (("10:00", "300.5"), ("11:00", "410.25")):
+        world.session.add(CarbonIntensity(zone="DE", hour=at(f"2026-11-02T{hour}"), g_co2e_per_kwh=Decimal(g)))
+    world.session.commit()
+    card(world, "kwh", "0.25", currency="USD")
+    run(world, period="2026-11", now="2026-11-05T00:00")
+    out = tmp_path / "focus.csv"
+    export_focus(world.session, SYSTEM, "2026-11", "csv", out, "Kiln Test")
+    rows = list(csv.DictReader(out.open()))
+    energy = {(r["SubAccountId"], r["SkuId"]): (r["x_EnergyConsumedKwh"], r["x_CarbonEmissionsKgCO2e"])
+              for r in rows if r["SkuId"] == "kwh"}
+    assert energy == {("tenant-a", "kwh"): ("3.75", "1.374"),  # 1.5 × 300.5 g + 2.25 × 410.25 g
+                      ("tenant-b", "kwh"): ("0.4", "")}  # no zone, no KILN_CARBON_ZONE: no figure, not zero
+    assert all(r["x_EnergyConsumedKwh"] == r["x_CarbonEmissionsKgCO2e"] == "" for r in rows if r["SkuId"] != "kwh")
