@@ -14,6 +14,7 @@ import re
 import secrets
 import tomllib
 from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,6 +46,21 @@ def default_data_dir() -> Path:
     """Where the embedded database and generated files live when `KILN_DATA_DIR` is unset."""
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "kiln"
+
+
+def embodied_per_node_hour(text: str) -> dict[str, Decimal]:
+    """`class=kg,class=kg` → {class: kg CO2e per node-hour}; ValueError naming the bad part."""
+    out: dict[str, Decimal] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, kg = part.partition("=")
+        try:
+            value = Decimal(kg.strip())
+        except InvalidOperation:
+            value = Decimal("NaN")
+        if not name.strip() or not value.is_finite() or value < 0 or value != value.quantize(Decimal("0.000001")):
+            raise ValueError(f"{part!r} is not RESOURCE_CLASS=KG (kg CO2e per node-hour, ≥ 0, at most 6 decimals)")
+        out[name.strip()] = value
+    return out
 
 
 class Settings(BaseSettings):
@@ -109,6 +125,11 @@ class Settings(BaseSettings):
         default=None,
         description="Grid zone (Electricity Maps' zone key, e.g. DE) of nodes that name none; unset: such nodes' "
         "energy has no emissions figure.",
+    )
+    embodied_emissions: str = Field(
+        default="",
+        description="Embodied (manufacturing) emissions per node-hour by resource class, kg CO2e: "
+        "`gpu.h100=1.25,gpu.a100=0.9`; a leased node-hour carries its class's share. Empty: none counted.",
     )
     carbon_url: str | None = Field(
         default=None,
@@ -246,6 +267,17 @@ class Settings(BaseSettings):
         if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", value):
             raise ValueError(f"{value!r} is not a zone key: letters, digits, '-' and '_' (e.g. DE, US-CAL-CISO)")
         return value
+
+    @field_validator("embodied_emissions")
+    @classmethod
+    def _embodied(cls, value: str) -> str:
+        embodied_per_node_hour(value)  # refuses what it cannot read
+        return value
+
+    @property
+    def embodied_kg_per_node_hour(self) -> dict[str, Decimal]:
+        """KILN_EMBODIED_EMISSIONS as resource class → kg CO2e per node-hour."""
+        return embodied_per_node_hour(self.embodied_emissions)
 
     @field_validator("log_level")
     @classmethod

@@ -119,7 +119,9 @@ def reconciliation_endpoint(session: SessionDep, principal: CurrentPrincipal, pe
 def emissions_endpoint(session: SessionDep, principal: CurrentPrincipal, period: Period, request: Request):
     """Per tenant you may see: metered kWh and kg CO2e (kWh × the hour's grid intensity in the
     node's zone, to the gram), kWh without an intensity figure; idle energy for global roles."""
-    return emissions(session, principal, parse_period(period, allow_future=True), _settings(request).carbon_zone)
+    config = _settings(request)
+    return emissions(session, principal, parse_period(period, allow_future=True), config.carbon_zone,
+                     config.embodied_kg_per_node_hour)
 
 
 @router.get("/usage/efficiency", response_model=list[EfficiencyRow], tags=["usage"],

@@ -9,7 +9,8 @@ that nodes use (`zone` of a node, else `KILN_CARBON_ZONE`) are accepted: an unkn
 typo until a node names it.
 
 Emissions: each tenant's energy usage rows (kWh per node-hour, exact) × the intensity of that
-node's zone in that hour; idle energy is each node-hour's metered kWh less what was
+node's zone in that hour; embodied emissions, where `KILN_EMBODIED_EMISSIONS` gives kg CO2e per
+node-hour for a resource class, for each leased node-hour; idle energy is each node-hour's metered kWh less what was
 attributed to tenants (never negative), shown to global roles only. kg CO2e are rounded
 half-even to the gram once per figure; kWh in hours without an intensity figure (a node with
 no zone, a gap in the data) are reported as `kwh_without_intensity`, never counted as zero.
@@ -38,7 +39,7 @@ from metering import skus
 from metering.models import CarbonIntensity, UsageRecord
 from metering.money import PARTS_PER_UNIT, MoneyError, parse_decimal, quantity_from_parts
 from metering.periods import period_bounds
-from metering.usage import SOURCE_ENERGY
+from metering.usage import SOURCE_ENERGY, SOURCE_LEASE
 
 HEADER = ["zone", "hour", "g_co2e_per_kwh"]
 HOUR = timedelta(hours=1)
@@ -174,6 +175,7 @@ class EmissionsRow(BaseModel):
     kwh: Decimal
     kg_co2e: Decimal
     kwh_without_intensity: Decimal
+    embodied_kg_co2e: Decimal = Decimal(0)  # leased node-hours × KILN_EMBODIED_EMISSIONS of their class
 
 
 class EmissionsReport(BaseModel):
@@ -230,17 +232,21 @@ class EnergyLedger:
         return quantity_from_parts(parts), None if unpriced else kg_co2e(weighted)
 
 
-def emissions(session: Session, principal: Principal, period: str, default_zone: str | None) -> EmissionsReport:
-    """kWh and kg CO2e per tenant (and idle, for infra admins and finance) in `period`."""
+def emissions(session: Session, principal: Principal, period: str, default_zone: str | None,
+              embodied: dict[str, Decimal] | None = None) -> EmissionsReport:
+    """kWh and kg CO2e per tenant (and idle, for infra admins and finance) in `period`;
+    `embodied`: kg CO2e per node-hour by resource class (KILN_EMBODIED_EMISSIONS)."""
     start, end = period_bounds(period)
     ledger = EnergyLedger(session, start, end, default_zone)
     slugs = dict(session.exec(select(Tenant.id, Tenant.slug)).all())
+    built = _embodied(session, start, end, embodied or {})
     rows = []
-    for tenant_id in sorted(ledger.hours, key=lambda t: slugs[t]):
+    for tenant_id in sorted(set(ledger.hours) | set(built), key=lambda t: slugs[t]):
         if principal.can_see(tenant_id):
             parts, weighted, unpriced = ledger.totals(tenant_id)
             rows.append(EmissionsRow(tenant=slugs[tenant_id], kwh=quantity_from_parts(parts), kg_co2e=kg_co2e(weighted),
-                                     kwh_without_intensity=quantity_from_parts(unpriced)))
+                                     kwh_without_intensity=quantity_from_parts(unpriced),
+                                     embodied_kg_co2e=_kg_of_parts(built.get(tenant_id, Decimal(0)))))
     report = EmissionsReport(period=period, tenants=rows)
     if principal.sees_all_tenants:
         _add_idle(session, report, start, end, ledger)
@@ -262,6 +268,25 @@ def _add_idle(session: Session, report: EmissionsReport, start: datetime, end: d
             weighted += idle * g
     report.idle_kwh, report.idle_kg_co2e = quantity_from_parts(idle_parts), kg_co2e(weighted)
     report.idle_kwh_without_intensity = quantity_from_parts(unpriced)
+
+
+def _embodied(session: Session, start: datetime, end: datetime, per_class: dict[str, Decimal]) -> dict[int, Decimal]:
+    """Per tenant: Σ leased node-hour parts × kg CO2e per node-hour of the node's class."""
+    out: dict[int, Decimal] = defaultdict(Decimal)
+    if not per_class:
+        return out
+    for tenant_id, sku, parts in session.exec(
+            select(UsageRecord.tenant_id, UsageRecord.sku, UsageRecord.quantity_parts)
+            .where(UsageRecord.source == SOURCE_LEASE, col(UsageRecord.sku).startswith(f"{skus.NODE_HOUR}:"),
+                   col(UsageRecord.hour) >= start, col(UsageRecord.hour) < end)).all():
+        kg = per_class.get(sku.split(":", 1)[1])
+        if kg is not None:
+            out[tenant_id] += parts * kg
+    return out
+
+
+def _kg_of_parts(parts_times_kg: Decimal) -> Decimal:
+    return (parts_times_kg / PARTS_PER_UNIT).quantize(GRAM, ROUND_HALF_EVEN)
 
 
 def kg_co2e(parts_times_grams: Decimal) -> Decimal:

@@ -53,9 +53,11 @@ def carbon_emissions(period: str = typer.Option(..., "--period", help="YYYY-MM")
     """kWh and kg CO2e per tenant in a period, and the idle energy nobody was charged for."""
     config = settings()
     with db_session() as session:
-        report = emissions(session, Principal.system(), parse_period(period, allow_future=True), config.carbon_zone)
+        report = emissions(session, Principal.system(), parse_period(period, allow_future=True), config.carbon_zone,
+                           config.embodied_kg_per_node_hour)
     rows = [*report.tenants]
     if report.idle_kwh is not None:
         rows.append(EmissionsRow(tenant="(idle)", kwh=report.idle_kwh, kg_co2e=report.idle_kg_co2e,
                                  kwh_without_intensity=report.idle_kwh_without_intensity))
-    print_rows(rows, ["tenant", "kwh", "kg_co2e", "kwh_without_intensity"], output, f"Emissions {period}")
+    print_rows(rows, ["tenant", "kwh", "kg_co2e", "kwh_without_intensity", "embodied_kg_co2e"], output,
+               f"Emissions {period}")

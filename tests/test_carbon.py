@@ -17,6 +17,8 @@ from sqlalchemy import Engine, func
 from sqlmodel import Session, select
 
 from collectors.models import NodeEnergyHour
+from kiln.app import create_app
+from kiln.settings import Settings
 from metering.exports import export_focus
 from metering.models import CarbonIntensity
 from metering.usage import build_usage
@@ -134,7 +136,9 @@ def test_fetch_reads_the_history_of_every_zone_nodes_use(engine: Engine, world: 
 
 
 def test_emissions_per_tenant_to_the_gram_with_idle_energy_for_global_roles(engine: Engine, world: World,
-                                                                            client: TestClient) -> None:
+                                                                            settings: Settings) -> None:
+    client = TestClient(create_app(settings.model_copy(update={"embodied_emissions": "gpu.h100=1.25,gpu.a100=0.9"}),
+                                   engine=engine))
     leased = node(world, name="gpu-de-1", zone="DE")
     spare = node(world, name="gpu-nozone")  # no zone and no KILN_CARBON_ZONE: kWh without intensity
     lease(world, leased, "a", "2026-11-02T10:00", "2026-11-02T12:00")
@@ -153,6 +157,8 @@ def test_emissions_per_tenant_to_the_gram_with_idle_energy_for_global_roles(engi
     # tenant-a: 1.5 kWh × 300.5 g + 2.25 kWh × 410.25 g = 1,373.8125 g → 1.374 kg (half-even, to the gram)
     assert _decimal_rows(admin["tenants"]) == [("tenant-a", Decimal("3.75"), Decimal("1.374"), Decimal(0)),
                                                ("tenant-b", Decimal("0.4"), Decimal(0), Decimal("0.4"))]
+    # embodied: 2 and 1 leased gpu.h100 node-hours × 1.25 kg
+    assert [Decimal(r["embodied_kg_co2e"]) for r in admin["tenants"]] == [Decimal("2.5"), Decimal("1.25")]
     # idle: gpu-de-1 12:00-13:00 was leased to nobody: 0.75 kWh × 100 g = 75 g
     assert (Decimal(admin["idle_kwh"]), Decimal(admin["idle_kg_co2e"]), Decimal(admin["idle_kwh_without_intensity"])) == (
         Decimal("0.75"), Decimal("0.075"), Decimal(0))
