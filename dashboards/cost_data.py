@@ -191,14 +191,17 @@ def _rate_days(session: Session, principal: Principal, period: str, tenant_id: i
     return {sku: dict(days) for sku, days in sorted(out.items())}
 
 
-def budget_rows(session: Session, principal: Principal, period: str, tenant_id: int | None = None) -> list[dict[str, Any]]:
-    """The caller's budgets with what each has spent in the period (`metering.budgets.spend`) and its thresholds."""
+def budget_rows(session: Session, principal: Principal, period: str, tenant_id: int | None = None,
+                carbon: budget_service.CarbonContext | None = None) -> list[dict[str, Any]]:
+    """The caller's budgets with what each has spent in the period (`metering.budgets.spend`; kg
+    CO2e for emissions budgets, with `carbon`) and its thresholds."""
     budgets = [b for b in budget_service.list_budgets(session, principal) if tenant_id is None or b.tenant_id == tenant_id]
     rows = []
     for budget, public in zip(budgets, budget_service.to_public(session, budgets), strict=True):
-        spent = budget_service.spend(session, budget, period)
+        spent = budget_service.spend(session, budget, period, carbon)
         amount = Decimal(budget.amount)
-        rows.append({"name": public.name, "tenant": public.tenant, "vdc": public.vdc, "currency": public.currency,
+        rows.append({"name": public.name, "tenant": public.tenant, "vdc": public.vdc,
+                     "currency": public.currency or "kg CO2e",
                      "amount": public.amount, "spent": spent, "percent": (spent * 100 / amount).quantize(Decimal("0.1")),
                      "thresholds": list(public.thresholds)})
     return rows

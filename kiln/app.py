@@ -27,6 +27,7 @@ from kiln.metrics import HttpMetrics, MetricsMiddleware
 from kiln.oidc import OIDCVerifier
 from kiln.settings import Settings
 from metering import api as metering_api
+from metering.budgets import CarbonContext
 from metering.exposition import BudgetExposition
 
 SHELL_ROUTERS: tuple[APIRouter, ...] = (
@@ -59,7 +60,7 @@ def create_app(settings: Settings, engine: Engine | None = None, oidc: OIDCVerif
     app.state.registry = CollectorRegistry()
     stale_after = timedelta(seconds=3 * settings.ipmi_interval)
     for exposition in (CollectorExposition(app.state.engine, stale_after=stale_after),
-                       LeaseExposition(app.state.engine), BudgetExposition(app.state.engine)):
+                       LeaseExposition(app.state.engine), BudgetExposition(app.state.engine, CarbonContext.of(settings))):
         app.state.registry.register(exposition)
     install_error_handlers(app)
     app.add_middleware(NulCharacterMiddleware)  # inside the size limit: it reads bodies the limit has let through

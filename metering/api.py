@@ -232,7 +232,7 @@ def run_bills_endpoint(data: RunRequest, request: Request, session: SessionDep, 
     """Rebuild the period's usage, re-rate it, rewrite drafts, correct finalised bills; then check budgets."""
     settings = _settings(request)
     summary = bill_service.run_period(session, principal, data.period, policy=settings.idle_cost_policy)
-    budget_service.check_alerts(session, principal, data.period)
+    budget_service.check_alerts(session, principal, data.period, carbon=budget_service.CarbonContext.of(settings))
     budget_service.deliver_alerts(session, settings.budget_webhook_url, settings.budget_webhook_timeout)
     return RunResult(period=summary.period, usage_rows=summary.usage_rows, bills=views.bill_public(session, summary.drafts),
                      corrections=summary.corrections, idle_cost=str(summary.idle_cost))

@@ -1,8 +1,9 @@
 """Budgets per tenant (or tenant within a VDC) per period, and alerts sent once per threshold.
 
 `check_alerts` compares each budget's spend in a period (the tenant's bill total; for a VDC
-budget, the tenant's usage in that VDC rated like the bill) with its thresholds (e.g. 50, 80,
-100 %), and each VDC GPU-hours quota (`max_gpu_hours` of a VDC or of a tenant's grant) with
+budget, the tenant's usage in that VDC rated like the bill; for an emissions budget, unit
+`kg-co2e`, the tenant's kg CO2e as `metering.carbon` reports them, energy and embodied) with
+its thresholds (e.g. 50, 80, 100 %), and each VDC GPU-hours quota (`max_gpu_hours` of a VDC or of a tenant's grant) with
 `QUOTA_THRESHOLDS`. A crossed threshold becomes one `budget_alert` row — unique per subject,
 period and threshold, so it is raised once — and is POSTed as JSON to `budget_webhook_url`.
 An alert whose delivery failed is retried on the next check until the webhook answers 2xx.
@@ -10,12 +11,13 @@ An alert whose delivery failed is retried on the next check until the webhook an
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlmodel import Session, col, select
 
 from fleet.tenancy_models import Vdc, VdcTenant
@@ -25,9 +27,11 @@ from kiln.db import utcnow
 from kiln.errors import NotFound
 from kiln.models import Tenant
 from kiln.roles import Role
+from kiln.settings import Settings
 from kiln.tenants import Slug, get_tenant_owned, visible_tenant
 from metering import skus
 from metering.bills import billing_currency, card_views, current_discounts, usage_by_segment
+from metering.carbon import emissions
 from metering.models import Bill, Budget, BudgetAlert, UsageRecord
 from metering.money import check_currency, parse_decimal, plain
 from metering.periods import parse_period, period_bounds
@@ -58,13 +62,24 @@ class BudgetCreate(BaseModel):
     tenant: Slug
     vdc: str | None = Field(default=None, description="Limit the budget to the tenant's usage in this VDC.")
     name: str = Field(min_length=1, max_length=100)
-    amount: Decimal = Field(description="Spend per period (calendar month) in `currency`.")
-    currency: str
+    amount: Decimal = Field(description="Per period (calendar month): spend in `currency`, or kg CO2e.")
+    unit: Literal["money", "kg-co2e"] = Field(default="money", description="`kg-co2e`: a budget of emissions.")
+    currency: str | None = Field(default=None, description="The spend's currency (money budgets only).")
     thresholds: list[int] = Field(default_factory=lambda: list(DEFAULT_THRESHOLDS), description="Percent of the amount.")
 
     _amount = field_validator("amount", mode="before")(lambda cls, v: _positive(v))
-    _currency = field_validator("currency")(lambda cls, v: check_currency(v))
+    _currency = field_validator("currency")(lambda cls, v: None if v is None else check_currency(v))
     _levels = field_validator("thresholds")(lambda cls, v: _thresholds(v))
+
+    @model_validator(mode="after")
+    def _unit_fits(self) -> BudgetCreate:
+        if self.unit == "money" and self.currency is None:
+            raise ValueError("currency: a money budget needs its currency, e.g. USD")
+        if self.unit == "kg-co2e" and self.currency is not None:
+            raise ValueError("currency: an emissions budget (kg-co2e) has no currency; leave it out")
+        if self.unit == "kg-co2e" and self.vdc is not None:
+            raise ValueError("vdc: emissions budgets are tenant-wide; leave the VDC out")
+        return self
 
 
 class BudgetUpdate(BaseModel):
@@ -95,7 +110,8 @@ class BudgetPublic(BaseModel):
     vdc: str | None
     name: str
     amount: Decimal
-    currency: str
+    unit: str
+    currency: str | None
     thresholds: list[int]
 
 
@@ -122,7 +138,8 @@ def to_public(session: Session, budgets: list[Budget]) -> list[BudgetPublic]:
     slugs = dict(session.exec(select(Tenant.id, Tenant.slug)).all())
     vdcs = dict(session.exec(select(Vdc.id, Vdc.name)).all())
     return [BudgetPublic(id=b.id, tenant=slugs.get(b.tenant_id, "?"), vdc=vdcs.get(b.vdc_id), name=b.name,
-                         amount=plain(b.amount), currency=b.currency, thresholds=b.thresholds) for b in budgets]
+                         amount=plain(b.amount), unit=b.unit, currency=b.currency or None, thresholds=b.thresholds)
+            for b in budgets]
 
 
 def alerts_public(session: Session, alerts: list[BudgetAlert]) -> list[AlertPublic]:
@@ -152,7 +169,8 @@ def create_budget(session: Session, principal: Principal, data: BudgetCreate) ->
                               .where(Vdc.name == data.vdc, VdcTenant.tenant_id == tenant.id)).first()
         if vdc_id is None:
             raise NotFound(f"VDC '{data.vdc}' is not granted to tenant '{tenant.slug}'")
-    budget = Budget(tenant_id=tenant.id, vdc_id=vdc_id, **data.model_dump(exclude={"tenant", "vdc"}))
+    budget = Budget(tenant_id=tenant.id, vdc_id=vdc_id, **data.model_dump(exclude={"tenant", "vdc", "currency"}),
+                    currency=data.currency or "")
     session.add(budget)
     session.flush()
     audit.record(session, principal, "create", "budget", budget.id, tenant_id=tenant.id, detail={"amount": str(data.amount)})
@@ -187,8 +205,27 @@ def list_alerts(session: Session, principal: Principal, period: str | None = Non
     return list(session.exec(statement).all())
 
 
-def spend(session: Session, budget: Budget, period: str) -> Decimal:
-    """What the budget's tenant spent in the period: the bill total, or its rated usage in the VDC."""
+@dataclass(frozen=True)
+class CarbonContext:
+    """What emissions budgets need from the settings: KILN_CARBON_ZONE, KILN_EMBODIED_EMISSIONS."""
+
+    default_zone: str | None = None
+    embodied: dict[str, Decimal] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, settings: Settings) -> CarbonContext:
+        """The carbon settings of `settings`."""
+        return cls(settings.carbon_zone, settings.embodied_kg_per_node_hour)
+
+
+def spend(session: Session, budget: Budget, period: str, carbon: CarbonContext | None = None) -> Decimal:
+    """What the budget's tenant spent in the period: the bill total, or its rated usage in the VDC;
+    for an emissions budget, its kg CO2e (metered energy and embodied)."""
+    if budget.unit == "kg-co2e":
+        carbon = carbon or CarbonContext()
+        report = emissions(session, Principal.system("budgets"), period, carbon.default_zone, carbon.embodied)
+        row = next((r for r in report.tenants if r.tenant == session.get(Tenant, budget.tenant_id).slug), None)
+        return row.kg_co2e + row.embodied_kg_co2e if row else Decimal(0)
     if budget.vdc_id is None:
         total = session.exec(select(Bill.total).where(Bill.tenant_id == budget.tenant_id, Bill.period == period)).first()
         return Decimal(total or 0)
@@ -238,15 +275,18 @@ def _payload(session: Session, alert: BudgetAlert) -> dict[str, Any]:
             "alert_id": alert.id}
 
 
-def check_alerts(session: Session, principal: Principal, period: str, *, now: datetime | None = None) -> list[BudgetAlert]:
+def check_alerts(session: Session, principal: Principal, period: str, *, now: datetime | None = None,
+                 carbon: CarbonContext | None = None) -> list[BudgetAlert]:
     """Raise every newly crossed budget and GPU-hours quota threshold of `period`; returns the new alerts."""
     principal.require_role(Role.INFRA_ADMIN, Role.FINANCE, action="check budgets")
     parse_period(period, now=now)
     raised = []
     for budget in session.exec(select(Budget).order_by(Budget.id)).all():
         where = f" in VDC {budget.vdc_id}" if budget.vdc_id else ""
-        raised += _raise(session, period, f"budget:{budget.id}", "budget", budget.thresholds, spend(session, budget, period),
-                         Decimal(budget.amount), f"budget '{budget.name}'{where} ({budget.currency})",
+        measure = "kg CO2e" if budget.unit == "kg-co2e" else budget.currency
+        raised += _raise(session, period, f"budget:{budget.id}", "budget", budget.thresholds,
+                         spend(session, budget, period, carbon), Decimal(budget.amount),
+                         f"budget '{budget.name}'{where} ({measure})",
                          tenant_id=budget.tenant_id, budget_id=budget.id, vdc_id=budget.vdc_id)
     for vdc in session.exec(select(Vdc).where(col(Vdc.max_gpu_hours).is_not(None))).all():
         raised += _raise(session, period, f"quota:{vdc.id}", "gpu-hours", QUOTA_THRESHOLDS, _gpu_hours(session, period, vdc.id, None),

@@ -39,7 +39,8 @@ def bills_run(period: str = PeriodOption) -> None:
     with db_session() as session:
         principal = Principal.system()
         summary = run_period(session, principal, period, policy=config.idle_cost_policy)
-        raised = budget_service.check_alerts(session, principal, period)
+        raised = budget_service.check_alerts(session, principal, period,
+                                             carbon=budget_service.CarbonContext.of(settings()))
         budget_service.deliver_alerts(session, config.budget_webhook_url, config.budget_webhook_timeout)
     usage = ", ".join(f"{source} {count}" for source, count in summary.usage_rows.items())
     typer.echo(f"period {period}: {len(summary.drafts)} draft bill(s), {summary.corrections} correction line(s), "
@@ -123,7 +124,8 @@ def budgets_check(period: str = PeriodOption) -> None:
     """Raise newly crossed budget and GPU-hours quota thresholds and deliver pending alerts to the webhook."""
     config = settings()
     with db_session() as session:
-        raised = budget_service.check_alerts(session, Principal.system(), period)
+        raised = budget_service.check_alerts(session, Principal.system(), period,
+                                             carbon=budget_service.CarbonContext.of(settings()))
         sent = budget_service.deliver_alerts(session, config.budget_webhook_url, config.budget_webhook_timeout)
     typer.echo(f"{len(raised)} new alert(s); {sent} delivered to the webhook")
 

@@ -17,7 +17,7 @@ from sqlmodel import Session, select
 
 from kiln.db import utcnow
 from kiln.models import Tenant
-from metering.budgets import spend
+from metering.budgets import CarbonContext, spend
 from metering.models import Budget
 from metering.periods import period_of
 
@@ -25,8 +25,9 @@ from metering.periods import period_of
 class BudgetExposition(Collector):
     """A prometheus_client collector over the budgets and the running period's bills."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, carbon: CarbonContext | None = None) -> None:
         self.engine = engine
+        self.carbon = carbon  # for emissions budgets (KILN_CARBON_ZONE, KILN_EMBODIED_EMISSIONS)
 
     def describe(self) -> list[Metric]:
         """Nothing up front (no query when the collector is registered)."""
@@ -34,12 +35,13 @@ class BudgetExposition(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """One sample per budget for the current period."""
-        family = GaugeMetricFamily("kiln_budget_used_ratio", "Spend of the running period divided by the budget amount",
+        family = GaugeMetricFamily("kiln_budget_used_ratio",
+                                   "Spend (or kg CO2e) of the running period divided by the budget amount",
                                    labels=["tenant", "budget"])
         period = period_of(utcnow())
         with Session(self.engine) as session:
             slugs = dict(session.exec(select(Tenant.id, Tenant.slug)).all())
             for budget in session.exec(select(Budget).order_by(Budget.id)).all():
-                ratio = spend(session, budget, period) / budget.amount
+                ratio = spend(session, budget, period, self.carbon) / budget.amount
                 family.add_metric([slugs.get(budget.tenant_id, "?"), budget.name], float(ratio))
         yield family

@@ -19,7 +19,7 @@ from kiln.auth import Principal
 from kiln.db import utcnow
 from kiln.settings import Settings
 from metering.bills import run_period
-from metering.budgets import check_alerts, deliver_alerts
+from metering.budgets import CarbonContext, check_alerts, deliver_alerts
 from metering.periods import period_of
 
 log = logging.getLogger("metering.jobs")
@@ -39,7 +39,7 @@ def draft_bills(settings: Settings, engine: Engine) -> Callable[[], None]:
                     log.debug("another worker is running the bills of %s", period)
                     return
             summary = run_period(session, principal, period, policy=settings.idle_cost_policy)
-            raised = check_alerts(session, principal, period)
+            raised = check_alerts(session, principal, period, carbon=CarbonContext.of(settings))
             sent = deliver_alerts(session, settings.budget_webhook_url, settings.budget_webhook_timeout)
             session.commit()
         log.debug("bills %s: %d drafts, %d new alerts, %d delivered", period, len(summary.drafts), len(raised), sent)

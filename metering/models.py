@@ -151,7 +151,8 @@ class IdleCharge(SQLModel, table=True):
 
 
 class Budget(SQLModel, table=True):
-    """A spend budget per period for a tenant, or for a tenant within one VDC, with alert thresholds."""
+    """A budget per period for a tenant, or for a tenant within one VDC, with alert thresholds:
+    of spend (`unit` money) or of emissions (`unit` kg-co2e, tenant-wide)."""
 
     __tablename__ = "budget"
     __table_args__ = (CheckConstraint("amount > 0", name="ck_budget_amount"),)
@@ -161,7 +162,8 @@ class Budget(SQLModel, table=True):
     vdc_id: int | None = Field(default=None, sa_column=Column(Integer, ForeignKey("vdc.id", ondelete="CASCADE")))
     name: str = Field(max_length=100)
     amount: Decimal = Field(sa_column=Column(AMOUNT, nullable=False))
-    currency: str = Field(max_length=3)
+    currency: str = Field(max_length=3)  # "" for an emissions budget
+    unit: str = Field(default="money", max_length=16)  # money (the bill, in `currency`) | kg-co2e (emissions)
     thresholds: list[int] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
 

@@ -162,6 +162,20 @@ def test_emissions_per_tenant_to_the_gram_with_idle_energy_for_global_roles(engi
     # idle: gpu-de-1 12:00-13:00 was leased to nobody: 0.75 kWh × 100 g = 75 g
     assert (Decimal(admin["idle_kwh"]), Decimal(admin["idle_kg_co2e"]), Decimal(admin["idle_kwh_without_intensity"])) == (
         Decimal("0.75"), Decimal("0.075"), Decimal(0))
+    # an emissions budget: 2 kg for tenant-a; 1.374 kg from energy + 2.5 kg embodied crosses 50 % and 100 %
+    finance = world.headers("finance")
+    for bad, field_message in (({"unit": "kg-co2e", "currency": "USD"}, "has no currency"),
+                               ({"unit": "money"}, "needs its currency"), ({"unit": "kg-co2e", "vdc": "train"}, "tenant-wide")):
+        refused = assert_problem(client.post("/api/v1/budgets", headers=finance, json={
+            "tenant": "tenant-a", "name": "carbon", "amount": "2", "thresholds": [50, 100], **bad}), 422)
+        assert field_message in refused["detail"]
+    created = client.post("/api/v1/budgets", headers=finance, json={
+        "tenant": "tenant-a", "name": "carbon", "amount": "2", "unit": "kg-co2e", "thresholds": [50, 100]})
+    assert created.status_code == 201 and (created.json()["unit"], created.json()["currency"]) == ("kg-co2e", None)
+    assert client.post("/api/v1/bills/run", headers=finance, json={"period": "2026-11"}).status_code == 200
+    alerts = client.get("/api/v1/budgets/alerts", headers=finance).json()
+    assert sorted((a["threshold"], Decimal(a["value"])) for a in alerts) == [(50, Decimal("3.874")), (100, Decimal("3.874"))]
+    assert "budget 'carbon' (kg CO2e): 3.874 of 2 used in 2026-11" in alerts[0]["message"]
     mine = client.get("/api/v1/usage/emissions", params={"period": "2026-11"}, headers=world.headers("a_member")).json()
     assert [row["tenant"] for row in mine["tenants"]] == ["tenant-a"] and mine["idle_kwh"] is None
     assert_problem(client.get("/api/v1/usage/emissions", params={"period": "2026-13"}, headers=world.headers("admin")), 422)

@@ -48,7 +48,7 @@ from kiln.schema import upgrade
 from kiln.settings import Settings, load_settings
 from kiln.worker import jobs_for
 from metering.bills import run_period
-from metering.budgets import check_alerts
+from metering.budgets import CarbonContext, check_alerts
 from metering.periods import period_of
 
 log = logging.getLogger("kiln.demo")
@@ -168,7 +168,7 @@ def _bill(engine: Engine, settings: Settings, now: datetime, say: Say) -> None:
     for period in (last, this):
         with Session(engine) as session:
             summary = run_period(session, system, period, policy=settings.idle_cost_policy, now=now)
-            check_alerts(session, system, period, now=now)
+            check_alerts(session, system, period, now=now, carbon=CarbonContext.of(settings))
             session.commit()
         say(f"billed {period}: {len(summary.drafts)} draft bills, idle cost {summary.idle_cost}")
 

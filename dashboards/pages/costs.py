@@ -13,7 +13,7 @@ from dash import ALL, Input, Output, State, ctx, dcc, html, no_update
 
 from dashboards import downloads
 from dashboards.components import data_grid, empty_state, prefilled, section, stat, table, when
-from dashboards.context import current_principal, db_session
+from dashboards.context import console_context, current_principal, db_session
 from dashboards.cost_data import (
     bill_detail,
     bill_periods,
@@ -29,6 +29,7 @@ from dashboards.tenancy_data import visible_tenants
 from kiln.auth import Principal
 from kiln.db import utcnow
 from kiln.errors import KilnError
+from metering.budgets import CarbonContext
 from metering.periods import period_of
 
 PATH = "/costs"
@@ -156,7 +157,7 @@ def update(tenant_slug: str | None, period: str | None) -> tuple:
         summary = spend_summary(session, principal, period, tenant_id)
         by_sku = spend_by_sku(session, principal, period, tenant_id)
         by_day = spend_by_day(session, principal, period, tenant_id)
-        budgets = budget_rows(session, principal, period, tenant_id)
+        budgets = budget_rows(session, principal, period, tenant_id, CarbonContext.of(console_context().settings))
         alerts = budget_alerts(session, principal, period, tenant_id)
     currency = summary.currency
     stats = [stat("spent to date", money(summary.to_date, currency), "stat-spent"),
