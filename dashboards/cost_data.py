@@ -24,9 +24,11 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from kiln.auth import Principal
+from kiln.models import Tenant
 from metering import budgets as budget_service
 from metering import views
 from metering.bills import billing_currency, card_views, get_bill_for
+from metering.carbon import EnergyLedger, emissions
 from metering.models import Bill, BillLine, UsageRecord
 from metering.money import plain, round_amount
 from metering.periods import period_bounds
@@ -265,3 +267,22 @@ def bill_csv(detail: views.BillDetail) -> bytes:
                          line.currency, f"{line.window_start:%Y-%m-%dT%H:%M:%SZ}", f"{line.window_end:%Y-%m-%dT%H:%M:%SZ}"))
     writer.writerow((*head, "", "total", "", "", "", "", "", detail.list_total, "", detail.total, detail.currency, "", ""))
     return out.getvalue().encode()
+
+
+def emissions_summary(session: Session, principal: Principal, period: str, tenant_id: int | None,
+                      carbon: budget_service.CarbonContext) -> dict[str, Any]:
+    """The caller's (or one tenant's) kWh and kg CO2e of the period, per day too; idle energy for
+    global roles looking at all tenants (`metering.carbon`, as the API reports it)."""
+    report = emissions(session, principal, period, carbon.default_zone, carbon.embodied)
+    slugs = {tenant_id: slug for tenant_id, slug in session.exec(select(Tenant.id, Tenant.slug)).all()}
+    rows = [r for r in report.tenants if tenant_id is None or r.tenant == slugs.get(tenant_id)]
+    ledger = EnergyLedger(session, *period_bounds(period), carbon.default_zone)
+    shown = {t for t, slug in slugs.items() if any(r.tenant == slug for r in rows)}
+    return {
+        "kwh": sum((r.kwh for r in rows), Decimal(0)), "kg_co2e": sum((r.kg_co2e for r in rows), Decimal(0)),
+        "embodied_kg_co2e": sum((r.embodied_kg_co2e for r in rows), Decimal(0)),
+        "kwh_without_intensity": sum((r.kwh_without_intensity for r in rows), Decimal(0)),
+        "idle_kwh": report.idle_kwh if tenant_id is None else None,
+        "idle_kg_co2e": report.idle_kg_co2e if tenant_id is None else None,
+        "per_day": ledger.per_day(shown),
+    }

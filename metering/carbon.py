@@ -226,6 +226,17 @@ class EnergyLedger:
                 parts, weighted, unpriced = parts + p, weighted + w, unpriced + u
         return parts, weighted, unpriced
 
+    def per_day(self, tenant_ids: set[int] | None = None) -> dict[str, tuple[Decimal, Decimal]]:
+        """(kWh, kg CO2e) per UTC day (`YYYY-MM-DD`) of the tenants (all when None)."""
+        days: dict[str, list] = defaultdict(lambda: [0, Decimal(0)])
+        for tenant_id, hours in self.hours.items():
+            if tenant_ids is None or tenant_id in tenant_ids:
+                for hour, (parts, weighted, _) in hours.items():
+                    slot = days[f"{hour:%Y-%m-%d}"]
+                    slot[0] += parts
+                    slot[1] += weighted
+        return {day: (quantity_from_parts(p), kg_co2e(w)) for day, (p, w) in sorted(days.items())}
+
     def window(self, tenant_id: int, start: datetime, end: datetime) -> tuple[Decimal, Decimal | None]:
         """kWh and kg CO2e of a tenant in [start, end); kg is None when some of the kWh has no intensity."""
         parts, weighted, unpriced = self.totals(tenant_id, start, end)

@@ -17,8 +17,11 @@ from sqlalchemy import Engine, func
 from sqlmodel import Session, select
 
 from collectors.models import NodeEnergyHour
+from dashboards.cost_data import emissions_summary
 from kiln.app import create_app
+from kiln.auth import principal_for_user
 from kiln.settings import Settings
+from metering.budgets import CarbonContext
 from metering.exports import export_focus
 from metering.models import CarbonIntensity
 from metering.usage import build_usage
@@ -208,3 +211,25 @@ def test_focus_energy_rows_carry_their_kwh_and_emissions(engine: Engine, world: 
     assert energy == {("tenant-a", "kwh"): ("3.75", "1.374"),  # 1.5 × 300.5 g + 2.25 × 410.25 g
                       ("tenant-b", "kwh"): ("0.4", "")}  # no zone, no KILN_CARBON_ZONE: no figure, not zero
     assert all(r["x_EnergyConsumedKwh"] == r["x_CarbonEmissionsKgCO2e"] == "" for r in rows if r["SkuId"] != "kwh")
+
+
+def test_the_costs_page_data_shows_energy_and_emissions_per_day_with_tenancy(world: World) -> None:
+    leased = node(world, name="gpu-de-1", zone="DE")
+    lease(world, leased, "a", "2026-11-02T22:00", "2026-11-03T01:00")
+    for hour, kwh, g in (("2026-11-02T22:00", "2", "300"), ("2026-11-02T23:00", "2", "200"), ("2026-11-03T00:00", "1", "100"),
+                         ("2026-11-03T01:00", "0.5", "100")):
+        world.session.add(NodeEnergyHour(node_id=leased.id, hour=at(hour), kwh=Decimal(kwh), covered_seconds=3600))
+        world.session.add(CarbonIntensity(zone="DE", hour=at(hour), g_co2e_per_kwh=Decimal(g)))
+    world.session.commit()
+    build_usage(world.session, at("2026-11-01T00:00"), at("2026-12-01T00:00"), now=at("2026-11-05T00:00"))
+    world.session.commit()
+    carbon = CarbonContext()
+    member = principal_for_user(world.session, world.callers["a_member"].user)
+    mine = emissions_summary(world.session, member, "2026-11", None, carbon)
+    assert (mine["kwh"], mine["kg_co2e"], mine["idle_kwh"]) == (Decimal(5), Decimal("1.1"), None)
+    assert mine["per_day"] == {"2026-11-02": (Decimal(4), Decimal("1.0")), "2026-11-03": (Decimal(1), Decimal("0.1"))}
+    other = principal_for_user(world.session, world.callers["b_member"].user)
+    assert emissions_summary(world.session, other, "2026-11", None, carbon)["per_day"] == {}
+    finance = principal_for_user(world.session, world.callers["finance"].user)
+    everyone = emissions_summary(world.session, finance, "2026-11", None, carbon)
+    assert (everyone["idle_kwh"], everyone["idle_kg_co2e"]) == (Decimal("0.5"), Decimal("0.05"))

@@ -158,6 +158,8 @@ def test_cost_pages_render_with_drawn_charts_and_no_console_errors(console: Cost
     page, errors = console.page_as(who, path)
     if path == "/costs":
         page.wait_for_selector("#costs-bill-table .ag-cell")
+        page.wait_for_selector("#emissions #stat-kg-co2e")  # energy and emissions beside cost
+        assert (page.locator("#stat-idle-kwh").count() == 1) == (who == "ops-admin")  # idle energy: global roles
     else:
         page.wait_for_selector("#finance-tenant-table .ag-cell")
     _charts_have_marks(page, charts)

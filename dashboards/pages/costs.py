@@ -19,6 +19,7 @@ from dashboards.cost_data import (
     bill_periods,
     budget_alerts,
     budget_rows,
+    emissions_summary,
     line_usage,
     spend_by_day,
     spend_by_sku,
@@ -37,6 +38,7 @@ ALL_TENANTS = "all"
 OUTPUTS = (
     Output("costs-stats", "children"), Output("costs-by-sku", "figure"), Output("costs-by-day", "figure"),
     Output("costs-budgets", "figure"), Output("costs-alerts", "children"), Output("costs-bills", "children"),
+    Output("costs-emissions-stats", "children"), Output("costs-emissions-by-day", "figure"),
 )
 
 
@@ -76,6 +78,8 @@ def layout(bill: str | None = None, **_: str) -> html.Div:
         html.Div(id="costs-stats", className="stats"),
         html.Div([dcc.Graph(id="costs-by-sku"), dcc.Graph(id="costs-by-day")], className="grid-2"),
         dcc.Graph(id="costs-budgets"),
+        section("Energy and emissions", html.Div(id="costs-emissions-stats", className="stats"),
+                dcc.Graph(id="costs-emissions-by-day"), element_id="emissions"),
         section("Budget alerts", html.Div(id="costs-alerts")),
         section("Bills", html.Div(id="costs-bills"), element_id="bills"),
         detail[0] if detail else html.Div(id="bill-detail"),
@@ -157,8 +161,10 @@ def update(tenant_slug: str | None, period: str | None) -> tuple:
         summary = spend_summary(session, principal, period, tenant_id)
         by_sku = spend_by_sku(session, principal, period, tenant_id)
         by_day = spend_by_day(session, principal, period, tenant_id)
-        budgets = budget_rows(session, principal, period, tenant_id, CarbonContext.of(console_context().settings))
+        carbon = CarbonContext.of(console_context().settings)
+        budgets = budget_rows(session, principal, period, tenant_id, carbon)
         alerts = budget_alerts(session, principal, period, tenant_id)
+        energy = emissions_summary(session, principal, period, tenant_id, carbon)
     currency = summary.currency
     stats = [stat("spent to date", money(summary.to_date, currency), "stat-spent"),
              stat("forecast at period end", money(summary.forecast, currency), "stat-forecast"),
@@ -177,7 +183,26 @@ def update(tenant_slug: str | None, period: str | None) -> tuple:
         {"bill": f"[#{b.id}]({PATH}?bill={b.id})", "tenant": b.tenant, "period": b.period, "status": b.status,
          "billed": str(b.total), "forecast": str(b.forecast_total), "updated": when(b.updated_at)} for b in summary.bills],
         empty=why)
-    return stats, sku_figure, day_figure, budget_figure(budgets), alert_table, bill_table
+    return (stats, sku_figure, day_figure, budget_figure(budgets), alert_table, bill_table,
+            *emissions_parts(energy, period))
+
+
+def emissions_parts(energy: dict, period: str) -> tuple[list[html.Div], Figure]:
+    """Stats (kWh, kg CO2e, embodied, kWh without intensity; idle for global roles) and kg CO2e per day."""
+    parts = [stat("energy (kWh)", quantity(energy["kwh"]), "stat-kwh"),
+             stat("emissions (kg CO2e)", quantity(energy["kg_co2e"]), "stat-kg-co2e"),
+             stat("embodied (kg CO2e)", quantity(energy["embodied_kg_co2e"]), "stat-embodied")]
+    if energy["kwh_without_intensity"]:
+        parts.append(stat("kWh without grid intensity", quantity(energy["kwh_without_intensity"]), "stat-kwh-unpriced",
+                          tone="warning"))
+    if energy["idle_kwh"] is not None:
+        parts += [stat("idle energy (kWh)", quantity(energy["idle_kwh"]), "stat-idle-kwh"),
+                  stat("idle emissions (kg CO2e)", quantity(energy["idle_kg_co2e"]), "stat-idle-kg-co2e")]
+    days = energy["per_day"]
+    figure = bars(f"Emissions per day, {period}", "day (MM-DD, UTC)", "kg CO2e", [day[5:] for day in days],
+                  [kg for _, kg in days.values()],
+                  empty_reason=f"No metered energy in {period} for these tenants (DCMI power readings of leased nodes).")
+    return parts, figure
 
 
 def show_line_usage(clicks: list[int | None], bill_id: int | None) -> html.Div:
