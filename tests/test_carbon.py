@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
-import threading
 from collections.abc import Iterator
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -30,6 +28,7 @@ from tests.cli_helpers import base_env
 from tests.cli_helpers import run as kiln
 from tests.conftest import TEST_SECRET_KEY
 from tests.factories import World
+from tests.loopback import LoopbackServer
 from tests.metering_helpers import SYSTEM, at, card, lease, node, run
 
 GOOD = """zone,hour,g_co2e_per_kwh
@@ -88,37 +87,24 @@ class ElectricityMapsLike:
     def __init__(self) -> None:
         self.requests: list[tuple[str, str | None]] = []
         self.status = 200
-        server = self
+        self.server = LoopbackServer(self.answer)
+        self.url = self.server.url
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                server.requests.append((self.path, self.headers.get("auth-token")))
-                zone = self.path.split("zone=", 1)[-1]
-                history = [{"zone": zone, "carbonIntensity": value, "datetime": f"2026-11-02T{hour:02d}:00:00.000Z",
-                            "updatedAt": "2026-11-02T23:51:11.001Z", "createdAt": "2026-10-30T00:48:05.423Z",
-                            "emissionFactorType": "lifecycle", "isEstimated": value is None, "estimationMethod": None}
-                           for hour, value in ((10, 312), (11, None), (12, 288))]
-                body = json.dumps({"zone": zone, "history": history}).encode()
-                self.send_response(server.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.http.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.http.server_port}"
+    def answer(self, path: str, headers: dict[str, str]) -> tuple[int, str, bytes]:
+        self.requests.append((path, headers.get("auth-token")))
+        zone = path.split("zone=", 1)[-1]
+        history = [{"zone": zone, "carbonIntensity": value, "datetime": f"2026-11-02T{hour:02d}:00:00.000Z",
+                    "updatedAt": "2026-11-02T23:51:11.001Z", "createdAt": "2026-10-30T00:48:05.423Z",
+                    "emissionFactorType": "lifecycle", "isEstimated": value is None, "estimationMethod": None}
+                   for hour, value in ((10, 312), (11, None), (12, 288))]
+        return self.status, "application/json", json.dumps({"zone": zone, "history": history}).encode()
 
 
 @pytest.fixture
 def electricity_maps() -> Iterator[ElectricityMapsLike]:
     source = ElectricityMapsLike()
     yield source
-    source.http.shutdown()
-    source.http.server_close()
+    source.server.close()
 
 
 def test_fetch_reads_the_history_of_every_zone_nodes_use(engine: Engine, world: World, tmp_path: Path,

@@ -13,12 +13,10 @@ energy repeated on every instance's series.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from sqlalchemy import Engine
@@ -34,6 +32,7 @@ from collectors.store import persist_results
 from fleet.models import Gpu
 from tests.factories import World
 from tests.fleet_helpers import make_node_row
+from tests.loopback import LoopbackServer
 from tests.peers.harness import running_peer
 
 WHOLE = "GPU-aaaa0001-0000-0000-0000-000000000001"  # a whole GPU; its pod leaves halfway
@@ -81,26 +80,11 @@ class FrameServer:
 
     def __init__(self) -> None:
         self.text = ""
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-                body = server.text.encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+        self.server = LoopbackServer(lambda path, headers: (200, "text/plain; version=0.0.4", self.text.encode()))
 
     @property
     def target(self) -> str:
-        return f"localhost:{self.http.server_port}"  # `localhost` is also a node's name below
+        return f"localhost:{self.server.port}"  # `localhost` is also a node's name below
 
 
 def hour_to_cross() -> datetime:
@@ -124,8 +108,7 @@ def frames_seen(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
         with running_peer("prometheus", state) as url:
             yield url, exporter, hour_to_cross()
     finally:
-        exporter.http.shutdown()
-        exporter.http.server_close()
+        exporter.server.close()
 
 
 def kwh(joules: int) -> Decimal:

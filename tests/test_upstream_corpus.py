@@ -4,13 +4,11 @@ served over HTTP on loopback and scraped by the real entry point, not handed to 
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -41,6 +39,7 @@ from collectors.rocm import ROCM
 from tests.cli_helpers import base_env
 from tests.cli_helpers import run as kiln
 from tests.conftest import TEST_SECRET_KEY
+from tests.loopback import serving
 from tests.opencost_fixture import opencost_server
 from tests.peers.harness import running_peer
 
@@ -51,27 +50,8 @@ AT = datetime(2026, 11, 2, 14, 0, tzinfo=UTC)
 @contextmanager
 def serving_text(text: str) -> Iterator[str]:
     """A loopback HTTP server answering `/metrics` with `text`, as an exporter does."""
-    body = text.encode()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/metrics"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(lambda path, headers: (200, "text/plain; version=0.0.4; charset=utf-8", text.encode())) as server:
+        yield f"{server.url}/metrics"
 
 
 def scrape(text: str, exporter: GpuExporter) -> TargetResult:
