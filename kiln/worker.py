@@ -21,6 +21,7 @@ from fleet.runtime import FleetRuntime
 from fleet.sync import sync_nodes
 from kiln.db import utcnow
 from kiln.settings import Settings
+from metering.carbon import fetch_job as carbon_fetch_job
 from metering.jobs import draft_bills
 
 log = logging.getLogger("kiln.worker")
@@ -50,6 +51,8 @@ def jobs_for(settings: Settings, engine: Engine, fleet: FleetRuntime | None = No
 
     jobs = [Job("node-state-sync", settings.sync_interval, sync),
             Job("draft-bills", settings.billing_interval, draft_bills(settings, engine))]
+    if settings.carbon_url:
+        jobs.append(Job("carbon-fetch", 3600, carbon_fetch_job(settings, engine)))
     owner = settings.worker_name or default_worker_name()
     for source in build_sources(settings, engine, fleet.box).values():
         jobs.append(Job(f"collect-{source.name}", source.interval, _collect(engine, source, owner)))

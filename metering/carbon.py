@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 import httpx
 from pydantic import BaseModel
+from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from collectors.models import NodeEnergyHour
@@ -35,12 +38,14 @@ from kiln.auth import Principal
 from kiln.db import upsert
 from kiln.errors import BadGateway, BadRequest
 from kiln.models import Tenant
+from kiln.settings import Settings
 from metering import skus
 from metering.models import CarbonIntensity, UsageRecord
 from metering.money import PARTS_PER_UNIT, MoneyError, parse_decimal, quantity_from_parts
 from metering.periods import period_bounds
 from metering.usage import SOURCE_ENERGY, SOURCE_LEASE
 
+log = logging.getLogger("metering.carbon")
 HEADER = ["zone", "hour", "g_co2e_per_kwh"]
 HOUR = timedelta(hours=1)
 GRAM = Decimal("0.001")
@@ -166,6 +171,25 @@ def fetch_history(url: str, zone: str, *, token: str | None = None, http: httpx.
     if errors:
         raise BadGateway(f"{target} gave unusable figures for zone {zone}, nothing stored: " + "; ".join(errors[:5]))
     return rows
+
+
+def fetch_job(settings: Settings, engine: Engine) -> Callable[[], None]:
+    """The worker's hourly job: fetch every zone nodes use from KILN_CARBON_URL; a zone whose
+    source fails is logged and tried again next hour, the others are stored."""
+    token = settings.carbon_token.get_secret_value() if settings.carbon_token else None
+
+    def run() -> None:
+        with Session(engine) as session:
+            for zone in sorted(known_zones(session, settings.carbon_zone)):
+                try:
+                    stored = store(session, fetch_history(settings.carbon_url or "", zone, token=token), "fetch")
+                except BadGateway as exc:
+                    log.warning("carbon intensity of %s: %s", zone, exc.detail)
+                    continue
+                session.commit()
+                log.debug("carbon intensity of %s: %d hours", zone, stored)
+
+    return run
 
 
 class EmissionsRow(BaseModel):

@@ -16,9 +16,11 @@ from sqlmodel import Session, select
 
 from collectors.models import NodeEnergyHour
 from dashboards.cost_data import emissions_summary
+from fleet.runtime import FleetRuntime
 from kiln.app import create_app
 from kiln.auth import principal_for_user
 from kiln.settings import Settings
+from kiln.worker import jobs_for
 from metering.budgets import CarbonContext
 from metering.exports import export_focus
 from metering.models import CarbonIntensity
@@ -219,3 +221,18 @@ def test_the_costs_page_data_shows_energy_and_emissions_per_day_with_tenancy(wor
     finance = principal_for_user(world.session, world.callers["finance"].user)
     everyone = emissions_summary(world.session, finance, "2026-11", None, carbon)
     assert (everyone["idle_kwh"], everyone["idle_kg_co2e"]) == (Decimal("0.5"), Decimal("0.05"))
+
+
+def test_the_worker_fetches_every_hour_when_a_source_is_set(engine: Engine, world: World, settings: Settings,
+                                                            electricity_maps: ElectricityMapsLike) -> None:
+    node(world, name="gpu-fr-1", zone="FR")
+    assert "carbon-fetch" not in {job.name for job in jobs_for(settings, engine, FleetRuntime.build(settings, engine))}
+    configured = settings.model_copy(update={"carbon_url": electricity_maps.url, "carbon_zone": "DE"})
+    job = next(j for j in jobs_for(configured, engine, FleetRuntime.build(configured, engine)) if j.name == "carbon-fetch")
+    assert job.seconds == 3600
+    electricity_maps.status = 502  # a failing source: logged, nothing stored, no exception
+    job.run()
+    assert stored(engine) == {}
+    electricity_maps.status = 200
+    job.run()
+    assert set(stored(engine)) == {(z, h) for z in ("DE", "FR") for h in ("02T10", "02T12")}
