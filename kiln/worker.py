@@ -21,7 +21,7 @@ from fleet.runtime import FleetRuntime
 from fleet.sync import sync_nodes
 from kiln.db import utcnow
 from kiln.settings import Settings
-from metering.carbon import fetch_job as carbon_fetch_job
+from metering.carbon_intensity import fetch_job as carbon_fetch_job
 from metering.jobs import draft_bills
 
 log = logging.getLogger("kiln.worker")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -10,7 +11,8 @@ from kiln import audit
 from kiln.auth import Principal
 from kiln.cli.common import OutputFormat, OutputOption, db_session, print_rows, settings
 from kiln.errors import BadRequest, ValidationFailed
-from metering.carbon import EmissionsRow, emissions, fetch_history, known_zones, parse_intensity_csv, store
+from metering.carbon import EmissionsRow, emissions
+from metering.carbon_intensity import fetch_history, known_zones, parse_intensity_csv, store
 from metering.periods import parse_period
 
 carbon_app = typer.Typer(help="Grid carbon intensity per zone and hour, and the emissions of metered energy.",
@@ -48,16 +50,29 @@ def carbon_fetch(zone: list[str] = typer.Option([], "--zone", help="Zone to fetc
     typer.echo(", ".join(f"{name}: {count} hour(s)" for name, count in fetched.items()))
 
 
+class Grouping(StrEnum):
+    """What emissions are reported per."""
+
+    tenant = "tenant"
+    node = "node"
+    vdc = "vdc"
+
+
 @carbon_app.command("emissions")
-def carbon_emissions(period: str = typer.Option(..., "--period", help="YYYY-MM"), output: OutputFormat = OutputOption) -> None:
+def carbon_emissions(
+    period: str = typer.Option(..., "--period", help="YYYY-MM"),
+    by: Grouping = typer.Option(Grouping.tenant, "--by", help="tenant, or tenant and node, or tenant and VDC."),
+    output: OutputFormat = OutputOption,
+) -> None:
     """kWh and kg CO2e per tenant in a period, and the idle energy nobody was charged for."""
     config = settings()
     with db_session() as session:
         report = emissions(session, Principal.system(), parse_period(period, allow_future=True), config.carbon_zone,
-                           config.embodied_kg_per_node_hour)
+                           config.embodied_kg_per_node_hour, by=by.value)
     rows = [*report.tenants]
     if report.idle_kwh is not None:
         rows.append(EmissionsRow(tenant="(idle)", kwh=report.idle_kwh, kg_co2e=report.idle_kg_co2e,
                                  kwh_without_intensity=report.idle_kwh_without_intensity))
-    print_rows(rows, ["tenant", "kwh", "kg_co2e", "kwh_without_intensity", "embodied_kg_co2e"], output,
+    place = [by.value] if by != Grouping.tenant else []
+    print_rows(rows, ["tenant", *place, "kwh", "kg_co2e", "kwh_without_intensity", "embodied_kg_co2e"], output,
                f"Emissions {period}")

@@ -17,6 +17,7 @@ from sqlmodel import Session, select
 from collectors.models import NodeEnergyHour
 from dashboards.cost_data import emissions_summary
 from fleet.runtime import FleetRuntime
+from fleet.tenancy_models import Vdc
 from kiln.app import create_app
 from kiln.auth import principal_for_user
 from kiln.settings import Settings
@@ -30,6 +31,7 @@ from tests.cli_helpers import base_env
 from tests.cli_helpers import run as kiln
 from tests.conftest import TEST_SECRET_KEY
 from tests.factories import World
+from tests.fleet_helpers import make_vdc
 from tests.loopback import LoopbackServer
 from tests.metering_helpers import SYSTEM, at, card, lease, node, run
 
@@ -132,7 +134,11 @@ def test_emissions_per_tenant_to_the_gram_with_idle_energy_for_global_roles(engi
                                    engine=engine))
     leased = node(world, name="gpu-de-1", zone="DE")
     spare = node(world, name="gpu-nozone")  # no zone and no KILN_CARBON_ZONE: kWh without intensity
-    lease(world, leased, "a", "2026-11-02T10:00", "2026-11-02T12:00")
+    make_vdc(world, "train", ["gpu-de-1"], {"a": {}})
+    held = lease(world, leased, "a", "2026-11-02T10:00", "2026-11-02T12:00")
+    held.vdc_id = world.session.exec(select(Vdc.id).where(Vdc.name == "train")).one()
+    world.session.add(held)
+    world.session.commit()
     lease(world, spare, "b", "2026-11-02T10:00", "2026-11-02T11:00")
     for node_row, hour, kwh in ((leased, "10:00", "1.5"), (leased, "11:00", "2.25"), (leased, "12:00", "0.75"),
                                 (spare, "10:00", "0.4")):
@@ -167,6 +173,13 @@ def test_emissions_per_tenant_to_the_gram_with_idle_energy_for_global_roles(engi
     alerts = client.get("/api/v1/budgets/alerts", headers=finance).json()
     assert sorted((a["threshold"], Decimal(a["value"])) for a in alerts) == [(50, Decimal("3.874")), (100, Decimal("3.874"))]
     assert "budget 'carbon' (kg CO2e): 3.874 of 2 used in 2026-11" in alerts[0]["message"]
+    by_node = client.get("/api/v1/usage/emissions", params={"period": "2026-11", "by": "node"}, headers=finance).json()
+    assert [(r["tenant"], r["node"], Decimal(r["kg_co2e"]), Decimal(r["embodied_kg_co2e"])) for r in by_node["tenants"]] == [
+        ("tenant-a", "gpu-de-1", Decimal("1.374"), Decimal("2.5")), ("tenant-b", "gpu-nozone", Decimal(0), Decimal("1.25"))]
+    by_vdc = client.get("/api/v1/usage/emissions", params={"period": "2026-11", "by": "vdc"}, headers=finance).json()
+    assert [(r["tenant"], r["vdc"], Decimal(r["kwh"])) for r in by_vdc["tenants"]] == [
+        ("tenant-a", "train", Decimal("3.75")), ("tenant-b", None, Decimal("0.4"))]  # tenant-b leased outside any VDC
+    assert_problem(client.get("/api/v1/usage/emissions", params={"period": "2026-11", "by": "rack"}, headers=finance), 422)
     mine = client.get("/api/v1/usage/emissions", params={"period": "2026-11"}, headers=world.headers("a_member")).json()
     assert [row["tenant"] for row in mine["tenants"]] == ["tenant-a"] and mine["idle_kwh"] is None
     assert_problem(client.get("/api/v1/usage/emissions", params={"period": "2026-13"}, headers=world.headers("admin")), 422)

@@ -32,7 +32,7 @@ from kiln.roles import Role
 from kiln.tenants import TenantCreate, create_tenant
 from kiln.users import UserCreate, create_user
 from metering.budgets import BudgetCreate, create_budget
-from metering.carbon import store
+from metering.carbon_intensity import store
 from metering.discounts import DiscountCreate, create_discount
 from metering.price_cards import import_cards
 
