@@ -17,7 +17,7 @@ printf '#!/bin/sh\nexec flock %s/apt.lock /usr/bin/apt-get "$@"\n' "$work" > "$w
 chmod +x "$work/bin/apt-get"
 export PATH="$work/bin:$PATH"
 declare -A installing
-for peer in kube ironic postgres prometheus helm focus chromium buildah ipmisim lemonldap; do  # each script's `install` is idempotent
+for peer in kube ironic postgres prometheus helm focus chromium buildah ipmisim lemonldap redfish; do  # each script's `install` is idempotent
   bash "tests/peers/$peer.sh" install >"$work/$peer.log" 2>&1 &
   installing[$peer]=$!
 done
