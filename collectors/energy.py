@@ -17,16 +17,14 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 
-from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from collectors.base import Sample
-from collectors.models import GpuEnergyHour, HealthSnapshot, Rollup5m
+from collectors.models import GpuEnergyHour, HealthSnapshot
 from kiln.db import upsert
 
 KWH = Decimal("0.000001")
 GPU_ENERGY_METRIC = "gpu_energy"  # joules, the exporters' counters (collectors.dcgm, collectors.rocm)
-GPU_UTIL_ROLLUP = "gpu_util_percent"
 
 
 def energy_by_hour(t0: datetime, w0: float, t1: datetime, w1: float,
@@ -88,19 +86,3 @@ def integrate_gpu_energy(session: Session, energy: Sequence[Sample], node_ids: M
     upsert(session, GpuEnergyHour, rows, ("entity", "hour"),
            lambda current, new: {"kwh": current.kwh + new.kwh, "node_id": new.node_id,
                                  "covered_seconds": current.covered_seconds + new.covered_seconds})
-
-
-def stored_gpu_kwh(session: Session, start: datetime, end: datetime) -> dict[tuple[str, datetime], Decimal]:
-    """kWh per (GPU, hour) stored for the hours in [start, end)."""
-    rows = session.exec(select(GpuEnergyHour.entity, GpuEnergyHour.hour, GpuEnergyHour.kwh)
-                        .where(col(GpuEnergyHour.hour) >= start, col(GpuEnergyHour.hour) < end))
-    return {(entity, hour): Decimal(kwh) for entity, hour, kwh in rows}
-
-
-def stored_gpu_samples(session: Session, start: datetime, end: datetime) -> dict[str, int]:
-    """Utilisation samples (one per GPU or instance per scrape: the presence behind GPU-hours)
-    per entity in the 5-minute buckets of [start, end)."""
-    rows = session.exec(select(Rollup5m.entity, func.sum(Rollup5m.count))
-                        .where(Rollup5m.metric == GPU_UTIL_ROLLUP, col(Rollup5m.bucket) >= start,
-                               col(Rollup5m.bucket) < end).group_by(Rollup5m.entity))
-    return {entity: int(count) for entity, count in rows}

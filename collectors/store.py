@@ -26,7 +26,7 @@ from sqlalchemy import case
 from sqlmodel import Session, col, select
 
 from collectors.base import Sample, TargetResult
-from collectors.energy import GPU_ENERGY_METRIC, GPU_UTIL_ROLLUP, energy_by_hour, integrate_gpu_energy
+from collectors.energy import GPU_ENERGY_METRIC, energy_by_hour, integrate_gpu_energy
 from collectors.models import (
     CollectorTargetState,
     HealthSnapshot,
@@ -41,6 +41,7 @@ BUCKET = timedelta(minutes=5)
 POWER_METRIC = "ipmi_dcmi_power_consumption_watts"
 TEMPERATURE_METRIC = "ipmi_temperature_celsius"
 # The rollup series the console and metering read (rollup_5m.metric).
+GPU_UTIL_ROLLUP = "gpu_util_percent"
 TEMPERATURE_MAX_ROLLUP = "ipmi_temperature_celsius_max"
 # sample metric -> rollup metric; `max` series keep the node's hottest sensor per poll
 ROLLUPS = {POWER_METRIC: POWER_METRIC, "gpu_util": GPU_UTIL_ROLLUP}

@@ -273,10 +273,10 @@ def emissions_summary(session: Session, principal: Principal, period: str, tenan
                       carbon: budget_service.CarbonContext) -> dict[str, Any]:
     """The caller's (or one tenant's) kWh and kg CO2e of the period, per day too; idle energy for
     global roles looking at all tenants (`metering.carbon`, as the API reports it)."""
-    report = emissions(session, principal, period, carbon.default_zone, carbon.embodied)
-    slugs = {tenant_id: slug for tenant_id, slug in session.exec(select(Tenant.id, Tenant.slug)).all()}
-    rows = [r for r in report.tenants if tenant_id is None or r.tenant == slugs.get(tenant_id)]
     ledger = EnergyLedger(session, *period_bounds(period), carbon.default_zone)
+    report = emissions(session, principal, period, carbon.default_zone, carbon.embodied, ledger=ledger)
+    slugs = dict(session.exec(select(Tenant.id, Tenant.slug)).all())
+    rows = [r for r in report.tenants if tenant_id is None or r.tenant == slugs.get(tenant_id)]
     shown = {t for t, slug in slugs.items() if any(r.tenant == slug for r in rows)}
     return {
         "kwh": sum((r.kwh for r in rows), Decimal(0)), "kg_co2e": sum((r.kg_co2e for r in rows), Decimal(0)),

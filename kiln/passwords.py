@@ -8,8 +8,8 @@ these two checks and no composition rules.
 Hashes are argon2id with `KILN_ARGON2_TIME_COST`, `KILN_ARGON2_MEMORY_KIB` and
 `KILN_ARGON2_PARALLELISM` (defaults: argon2-cffi's, RFC 9106's second recommended choice: 3
 iterations, 64 MiB, 4 lanes). `configure(settings)` applies them to every hash made from then
-on; a hash made with other parameters still verifies, and `kiln.throttle.sign_in` rehashes it
-with the current ones at the user's next successful sign-in.
+on; a hash made with other parameters still verifies, and `kiln.users.authenticate` rehashes
+it with the current ones at the user's next successful sign-in.
 """
 
 from __future__ import annotations

@@ -223,9 +223,10 @@ def spend(session: Session, budget: Budget, period: str, carbon: CarbonContext |
     for an emissions budget, its kg CO2e (metered energy and embodied)."""
     if budget.unit == "kg-co2e":
         carbon = carbon or CarbonContext()
-        report = emissions(session, Principal.system("budgets"), period, carbon.default_zone, carbon.embodied)
-        row = next((r for r in report.tenants if r.tenant == session.get(Tenant, budget.tenant_id).slug), None)
-        return row.kg_co2e + row.embodied_kg_co2e if row else Decimal(0)
+        # as the tenant sees it: its own rows only, no idle energy
+        tenant = Principal(username="budgets", role=Role.TENANT_MEMBER, tenant_ids=frozenset({budget.tenant_id}))
+        report = emissions(session, tenant, period, carbon.default_zone, carbon.embodied)
+        return sum((r.kg_co2e + r.embodied_kg_co2e for r in report.tenants), Decimal(0))
     if budget.vdc_id is None:
         total = session.exec(select(Bill.total).where(Bill.tenant_id == budget.tenant_id, Bill.period == period)).first()
         return Decimal(total or 0)

@@ -60,7 +60,9 @@ class EnergyLedger:
     """Tenants' metered energy per hour (exact kWh parts), the emissions of each hour's kWh in
     its node's zone, and what was attributed per node-hour; built once per period."""
 
-    def __init__(self, session: Session, start: datetime, end: datetime, default_zone: str | None) -> None:
+    def __init__(self, session: Session, start: datetime, end: datetime, default_zone: str | None,
+                 tenant_ids: frozenset[int] | None = None) -> None:
+        """The period's energy of every tenant, or only of `tenant_ids` (then `attributed` is partial)."""
         self.zone_of = {name: zone or default_zone for name, zone in session.exec(select(Node.name, Node.zone)).all()}
         self.intensity = {(zone, hour.astimezone(UTC)): g for zone, hour, g in session.exec(
             select(CarbonIntensity.zone, CarbonIntensity.hour, CarbonIntensity.g_co2e_per_kwh)
@@ -69,11 +71,13 @@ class EnergyLedger:
         self.hours: dict[int, dict[datetime, list]] = defaultdict(lambda: defaultdict(lambda: [0, Decimal(0), 0]))
         self.places: dict[tuple[int, str, int | None], list] = defaultdict(lambda: [0, Decimal(0), 0])
         self.attributed: dict[tuple[str, datetime], int] = defaultdict(int)
-        for tenant_id, node, vdc_id, hour, parts in session.exec(
-                select(UsageRecord.tenant_id, UsageRecord.resource_id, UsageRecord.vdc_id, UsageRecord.hour,
-                       UsageRecord.quantity_parts)
-                .where(UsageRecord.source == SOURCE_ENERGY, UsageRecord.sku == skus.KWH,
-                       col(UsageRecord.hour) >= start, col(UsageRecord.hour) < end)).all():
+        statement = (select(UsageRecord.tenant_id, UsageRecord.resource_id, UsageRecord.vdc_id, UsageRecord.hour,
+                            UsageRecord.quantity_parts)
+                     .where(UsageRecord.source == SOURCE_ENERGY, UsageRecord.sku == skus.KWH,
+                            col(UsageRecord.hour) >= start, col(UsageRecord.hour) < end))
+        if tenant_ids is not None:
+            statement = statement.where(col(UsageRecord.tenant_id).in_(sorted(tenant_ids)))
+        for tenant_id, node, vdc_id, hour, parts in session.exec(statement).all():
             hour = hour.astimezone(UTC)
             self.attributed[(node, hour)] += parts
             g = self.intensity_at(node, hour)
@@ -114,14 +118,16 @@ class EnergyLedger:
 
 
 def emissions(session: Session, principal: Principal, period: str, default_zone: str | None,
-              embodied: dict[str, Decimal] | None = None, by: str = "tenant") -> EmissionsReport:
+              embodied: dict[str, Decimal] | None = None, by: str = "tenant",
+              ledger: EnergyLedger | None = None) -> EmissionsReport:
     """kWh and kg CO2e per tenant — or per tenant and node (`by="node"`) or VDC (`by="vdc"`) —
     and idle energy for infra admins and finance, in `period`; `embodied`: kg CO2e per node-hour
-    by resource class (KILN_EMBODIED_EMISSIONS)."""
+    by resource class (KILN_EMBODIED_EMISSIONS); `ledger`: the period's, when the caller has it."""
     if by not in GROUPINGS:
         raise ValueError(f"by must be one of {', '.join(GROUPINGS)}")
     start, end = period_bounds(period)
-    ledger = EnergyLedger(session, start, end, default_zone)
+    scope = None if principal.sees_all_tenants else principal.tenant_ids  # read only the caller's tenants' rows
+    ledger = ledger or EnergyLedger(session, start, end, default_zone, scope)
     slugs = dict(session.exec(select(Tenant.id, Tenant.slug)).all())
     vdcs = dict(session.exec(select(Vdc.id, Vdc.name)).all())
     groups: dict[tuple, list] = defaultdict(lambda: [0, Decimal(0), 0, Decimal(0)])

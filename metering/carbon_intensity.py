@@ -132,10 +132,13 @@ def fetch_history(url: str, zone: str, *, token: str | None = None, http: httpx.
     """A zone's recent hourly intensity from an Electricity Maps-shaped source:
     `{"zone": Z, "history": [{"carbonIntensity": 302, "datetime": "2026-11-01T00:00:00.000Z"}, …]}`;
     entries without a figure (`null`) are left out. BadGateway when the source fails."""
-    client = http or httpx.Client(timeout=10.0)
     target = f"{url.rstrip('/')}/v3/carbon-intensity/history"
     try:
-        response = client.get(target, params={"zone": zone}, headers={"auth-token": token} if token else {})
+        if http is None:
+            with httpx.Client(timeout=10.0) as client:
+                response = client.get(target, params={"zone": zone}, headers={"auth-token": token} if token else {})
+        else:
+            response = http.get(target, params={"zone": zone}, headers={"auth-token": token} if token else {})
         response.raise_for_status()
         body = response.json()
     except httpx.HTTPStatusError as exc:

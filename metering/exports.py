@@ -138,8 +138,10 @@ def focus_rows(session: Session, principal: Principal, period: str, account_name
                default_zone: str | None = None) -> Iterator[FocusRow]:
     """The period's bill lines as FOCUS rows, streamed from the database; `default_zone`:
     KILN_CARBON_ZONE, for the emissions of energy rows."""
-    ledger = EnergyLedger(session, *period_bounds(parse_period(period, allow_future=True)), default_zone)
+    ledger: EnergyLedger | None = None  # read once, at the first energy row (a chargeback or a bill may have none)
     for line, bill, tenant in session.exec(_bills_query(session, principal, period)):
+        if ledger is None and skus.family(line.sku) == skus.KWH:
+            ledger = EnergyLedger(session, *period_bounds(parse_period(period, allow_future=True)), default_zone)
         yield focus_row(line, bill, tenant, account_name, ledger)
 
 

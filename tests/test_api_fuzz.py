@@ -20,8 +20,6 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from dashboards.demo import seed
-from fleet.runtime import FleetRuntime
 from kiln.app import create_app
 from kiln.auth import Principal
 from kiln.models import User
@@ -29,35 +27,21 @@ from kiln.roles import Role
 from kiln.settings import Settings
 from kiln.tokens import issue_token
 from kiln.users import UserCreate, create_user
-from metering.bills import run_period
 from metering.periods import period_of
 from tests.browser import serving
-from tests.conftest import TEST_SECRET_KEY, empty_database
+from tests.conftest import TEST_SECRET_KEY
+from tests.demo_helpers import seeded_demo
 
 MAX_EXAMPLES = 20
 ST = str(Path(sys.executable).parent / "st")  # schemathesis' command, from the `test` extra
 
 
-def fake_bmcs() -> dict[str, dict]:
-    """BMC entries in the shape the demo's simulator reports (nothing listens there)."""
-    return {name: {"host": "127.0.0.1", "port": 10000 + n, "username": "admin", "password": "demo-bmc-password"}
-            for n, name in enumerate(seed.node_names())}
-
-
 @pytest.fixture(scope="module")
 def demo_engine(migrated_engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Engine:
     """The test database holding the demo's fleet, tenants, leases, price cards, budgets and draft bills."""
-    engine = empty_database(migrated_engine)
-    settings = Settings(data_dir=tmp_path_factory.mktemp("fuzz-data"), secret_key=TEST_SECRET_KEY)
     now = datetime.now(UTC)
-    with Session(engine) as session:
-        seed.seed(session, FleetRuntime.build(settings, engine), fake_bmcs(), now)
-        session.commit()
-    for period in (period_of(now.replace(day=1) - timedelta(days=1)), period_of(now)):
-        with Session(engine) as session:
-            run_period(session, Principal.system("fuzz"), period, policy="platform", now=now)
-            session.commit()
-    return engine
+    return seeded_demo(migrated_engine, tmp_path_factory.mktemp("fuzz-data"), now,
+                       (period_of(now.replace(day=1) - timedelta(days=1)), period_of(now)), Principal.system("fuzz"))
 
 
 @pytest.fixture(scope="module")

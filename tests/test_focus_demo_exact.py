@@ -20,18 +20,14 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from dashboards.demo import seed
 from fleet.models import Gpu, Node
-from fleet.runtime import FleetRuntime
 from fleet.tenancy_models import Lease
 from kiln.auth import Principal
 from kiln.models import Tenant
-from kiln.settings import Settings
-from metering.bills import run_period
 from metering.exports import export_chargeback, export_focus
 from metering.focus_rules import check_csv
 from metering.models import Bill, BillLine
-from tests.conftest import TEST_SECRET_KEY, empty_database
+from tests.demo_helpers import seeded_demo
 
 SYSTEM = Principal.system("focus-exact")
 NOW = datetime(2026, 12, 6, 10, 5, 27, 123456, tzinfo=UTC)  # mid-hour, mid-second: open leases end here
@@ -40,25 +36,10 @@ PERIODS = {"2026-11": (datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, 
 MICROSECONDS_PER_HOUR = 3600 * 10**6
 
 
-def fake_bmcs() -> dict[str, dict]:
-    """BMC entries in the shape the demo's simulator reports (nothing listens there)."""
-    return {name: {"host": "127.0.0.1", "port": 10000 + n, "username": "admin", "password": "demo-bmc-password"}
-            for n, name in enumerate(seed.node_names())}
-
-
 @pytest.fixture(scope="module")
 def demo(migrated_engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Engine:
     """The demo's data as of NOW, with November's and December's bills run."""
-    engine = empty_database(migrated_engine)
-    settings = Settings(data_dir=tmp_path_factory.mktemp("focus-exact"), secret_key=TEST_SECRET_KEY)
-    with Session(engine) as session:
-        seed.seed(session, FleetRuntime.build(settings, engine), fake_bmcs(), NOW)
-        session.commit()
-    for period in PERIODS:
-        with Session(engine) as session:
-            run_period(session, SYSTEM, period, policy="platform", now=NOW)
-            session.commit()
-    return engine
+    return seeded_demo(migrated_engine, tmp_path_factory.mktemp("focus-exact"), NOW, PERIODS, SYSTEM)
 
 
 def to_6_places(value: Fraction) -> Decimal:

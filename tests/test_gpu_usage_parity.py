@@ -19,16 +19,15 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 
 import pytest
-from sqlalchemy import Engine
-from sqlmodel import Session, select
+from sqlalchemy import Engine, func
+from sqlmodel import Session, col, select
 
 from collectors.dcgm import DCGM
-from collectors.energy import stored_gpu_kwh, stored_gpu_samples
 from collectors.exporter_scrape import ExporterScrapeCollector
 from collectors.gpu_usage import GpuUsage
-from collectors.models import GpuEnergyHour, HealthSnapshot
+from collectors.models import GpuEnergyHour, HealthSnapshot, Rollup5m
 from collectors.prometheus import SKIP_BLANK, SKIP_NOT_ON_INSTANCE, SKIP_REPEATED, PrometheusClient
-from collectors.store import persist_results
+from collectors.store import GPU_UTIL_ROLLUP, persist_results
 from fleet.models import Gpu
 from tests.factories import World
 from tests.fleet_helpers import make_node_row
@@ -109,6 +108,21 @@ def frames_seen(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
             yield url, exporter, hour_to_cross()
     finally:
         exporter.server.close()
+
+
+def stored_gpu_samples(session: Session, start: datetime, end: datetime) -> dict[str, int]:
+    """Utilisation samples per GPU or instance in the stored 5-minute rollups of [start, end)."""
+    rows = session.exec(select(Rollup5m.entity, func.sum(Rollup5m.count)).where(
+        Rollup5m.metric == GPU_UTIL_ROLLUP, col(Rollup5m.bucket) >= start, col(Rollup5m.bucket) < end)
+        .group_by(Rollup5m.entity))
+    return {entity: int(count) for entity, count in rows}
+
+
+def stored_gpu_kwh(session: Session, start: datetime, end: datetime) -> dict[tuple[str, datetime], Decimal]:
+    """Stored kWh per (GPU, hour) for the hours in [start, end)."""
+    rows = session.exec(select(GpuEnergyHour.entity, GpuEnergyHour.hour, GpuEnergyHour.kwh)
+                        .where(col(GpuEnergyHour.hour) >= start, col(GpuEnergyHour.hour) < end))
+    return {(entity, hour): Decimal(kwh) for entity, hour, kwh in rows}
 
 
 def kwh(joules: int) -> Decimal:

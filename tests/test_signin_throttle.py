@@ -4,7 +4,6 @@ console form, and one count shared by two `kiln serve` processes on one PostgreS
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from kiln.app import create_app
 from kiln.models import AuditEvent, SigninFailure
 from kiln.settings import Settings
 from tests.api_base import assert_problem
+from tests.browser import free_port
 from tests.cli_helpers import KILN, base_env
 from tests.cli_helpers import run as kiln
 from tests.conftest import TEST_SECRET_KEY
@@ -148,12 +148,6 @@ def test_the_console_form_is_throttled_with_the_same_counts(settings: Settings, 
     assert "Too many failed sign-ins. Try again in 15 minutes." in refused.text
     clock.advance(15 * 60 + 1)
     assert submit(PASSWORD).status_code == 303
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
