@@ -12,7 +12,7 @@ from kiln.auth import Principal
 from kiln.cli.common import OutputFormat, OutputOption, db_session, print_rows, settings
 from kiln.errors import BadRequest, ValidationFailed
 from metering.carbon import EmissionsRow, emissions
-from metering.carbon_intensity import fetch_history, known_zones, parse_intensity_csv, store
+from metering.carbon_intensity import fetch_history, known_zones, parse_hour, parse_intensity_csv, store
 from metering.periods import parse_period
 
 carbon_app = typer.Typer(help="Grid carbon intensity per zone and hour, and the emissions of metered energy.",
@@ -36,17 +36,25 @@ def carbon_import(file: Path = typer.Argument(..., help="CSV: zone,hour,g_co2e_p
 
 
 @carbon_app.command("fetch")
-def carbon_fetch(zone: list[str] = typer.Option([], "--zone", help="Zone to fetch (repeat); default: every zone nodes use.")) -> None:
-    """Fetch recent hourly intensity from KILN_CARBON_URL (Electricity Maps' history shape)."""
+def carbon_fetch(
+    zone: list[str] = typer.Option([], "--zone", help="Zone to fetch (repeat); default: every zone nodes use."),
+    since: str = typer.Option(None, "--since", help="Fill a past range from this hour (e.g. 2026-11-01T00:00Z) to now."),
+) -> None:
+    """Fetch hourly intensity from KILN_CARBON_URL: the last 24 hours, or a past range with --since."""
     config = settings()
     if not config.carbon_url:
         raise BadRequest("KILN_CARBON_URL is not set: set it to an Electricity Maps-compatible API, or use `kiln carbon import`")
+    try:
+        start = parse_hour(since) if since else None
+    except ValueError as exc:
+        raise ValidationFailed("since", str(exc)) from None
     token = config.carbon_token.get_secret_value() if config.carbon_token else None
     with db_session() as session:
         zones = zone or sorted(known_zones(session, config.carbon_zone))
         if not zones:
             raise BadRequest("no zone to fetch: give nodes a zone, set KILN_CARBON_ZONE, or pass --zone")
-        fetched = {name: store(session, fetch_history(config.carbon_url, name, token=token), "fetch") for name in zones}
+        fetched = {name: store(session, fetch_history(config.carbon_url, name, token=token, since=start), "fetch")
+                   for name in zones}
     typer.echo(", ".join(f"{name}: {count} hour(s)" for name, count in fetched.items()))
 
 

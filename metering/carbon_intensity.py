@@ -128,38 +128,49 @@ def store(session: Session, rows: list[dict[str, Any]], source: str) -> int:
     return len(rows)
 
 
-def fetch_history(url: str, zone: str, *, token: str | None = None, http: httpx.Client | None = None) -> list[dict[str, Any]]:
-    """A zone's recent hourly intensity from an Electricity Maps-shaped source:
-    `{"zone": Z, "history": [{"carbonIntensity": 302, "datetime": "2026-11-01T00:00:00.000Z"}, …]}`;
-    entries without a figure (`null`) are left out. BadGateway when the source fails."""
-    target = f"{url.rstrip('/')}/v3/carbon-intensity/history"
+def fetch_history(url: str, zone: str, *, token: str | None = None, http: httpx.Client | None = None,
+                  since: datetime | None = None, until: datetime | None = None) -> list[dict[str, Any]]:
+    """A zone's hourly intensity from an Electricity Maps-shaped source: the last 24 hours
+    (`GET /v3/carbon-intensity/history?zone=Z` → `{"zone": Z, "history": [...]}`), or with
+    `since` (and `until`, default now) a past range (`GET /v3/carbon-intensity/past-range?zone=Z&start=&end=`
+    → `{"zone": Z, "data": [...]}`); each entry `{"carbonIntensity": 302, "datetime": "…Z", …}`.
+    Entries without a figure (`null`) are left out. BadGateway when the source fails."""
+    endpoint, key, params = "history", "history", {"zone": zone}
+    if since is not None:
+        endpoint, key = "past-range", "data"
+        params |= {"start": _iso(since), "end": _iso(until or datetime.now(UTC))}
+    target = f"{url.rstrip('/')}/v3/carbon-intensity/{endpoint}"
     try:
         if http is None:
             with httpx.Client(timeout=10.0) as client:
-                response = client.get(target, params={"zone": zone}, headers={"auth-token": token} if token else {})
+                response = client.get(target, params=params, headers={"auth-token": token} if token else {})
         else:
-            response = http.get(target, params={"zone": zone}, headers={"auth-token": token} if token else {})
+            response = http.get(target, params=params, headers={"auth-token": token} if token else {})
         response.raise_for_status()
         body = response.json()
     except httpx.HTTPStatusError as exc:
         raise BadGateway(f"{target} answered HTTP {exc.response.status_code} for zone {zone}") from None
     except (httpx.HTTPError, ValueError) as exc:
         raise BadGateway(f"{target} did not answer with JSON for zone {zone}: {exc}") from None
-    history = body.get("history") if isinstance(body, dict) else None
-    if not isinstance(history, list):
-        raise BadGateway(f"{target} answered without a `history` list for zone {zone}")
+    entries = body.get(key) if isinstance(body, dict) else None
+    if not isinstance(entries, list):
+        raise BadGateway(f"{target} answered without a `{key}` list for zone {zone}")
     rows, errors = [], []
-    for index, entry in enumerate(history):
+    for index, entry in enumerate(entries):
         if not isinstance(entry, dict) or entry.get("carbonIntensity") is None:
             continue
         try:
             rows.append({"zone": zone, "hour": parse_hour(str(entry.get("datetime", "")).replace(".000Z", "Z")),
                          "g_co2e_per_kwh": _intensity(entry["carbonIntensity"])})
         except ValueError as exc:
-            errors.append(f"history[{index}]: {exc}")
+            errors.append(f"{key}[{index}]: {exc}")
     if errors:
         raise BadGateway(f"{target} gave unusable figures for zone {zone}, nothing stored: " + "; ".join(errors[:5]))
     return rows
+
+
+def _iso(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def fetch_job(settings: Settings, engine: Engine) -> Callable[[], None]:

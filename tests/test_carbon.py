@@ -32,7 +32,7 @@ from tests.cli_helpers import run as kiln
 from tests.conftest import TEST_SECRET_KEY
 from tests.factories import World
 from tests.fleet_helpers import make_vdc
-from tests.loopback import LoopbackServer
+from tests.loopback import LoopbackServer, serving
 from tests.metering_helpers import SYSTEM, at, card, lease, node, run
 
 GOOD = """zone,hour,g_co2e_per_kwh
@@ -249,3 +249,26 @@ def test_the_worker_fetches_every_hour_when_a_source_is_set(engine: Engine, worl
     electricity_maps.status = 200
     job.run()
     assert set(stored(engine)) == {(z, h) for z in ("DE", "FR") for h in ("02T10", "02T12")}
+
+
+def test_a_past_range_is_read_from_electricity_maps_own_answer(engine: Engine, world: World, tmp_path: Path) -> None:
+    """`kiln carbon fetch --since` against the past-range answer Electricity Maps wrote
+    (tests/data/upstream/electricitymaps/, cited there), served verbatim."""
+    node(world, name="gpu-dk-1", zone="DK-DK2")
+    answer = (Path(__file__).parent / "data" / "upstream" / "electricitymaps" / "past-range-response.json").read_bytes()
+    asked: list[str] = []
+
+    def respond(path: str, headers: dict[str, str]) -> tuple[int, str, bytes]:
+        asked.append(path)
+        return 200, "application/json", answer
+
+    with serving(respond) as server:
+        env = env_for(engine, tmp_path, KILN_CARBON_URL=server.url)
+        done = kiln(env, "carbon", "fetch", "--since", "2024-03-18T00:00Z")
+        bad = kiln(env, "carbon", "fetch", "--since", "2024-03-18T00:30Z")
+    assert done.returncode == 0 and done.stdout.strip() == "DK-DK2: 2 hour(s)", done.stderr
+    assert asked[0].startswith("/v3/carbon-intensity/past-range?zone=DK-DK2&start=2024-03-18T00%3A00%3A00Z&end=")
+    with Session(engine) as session:
+        rows = {(r.zone, f"{r.hour:%Y-%m-%dT%H}"): r.g_co2e_per_kwh for r in session.exec(select(CarbonIntensity))}
+    assert rows == {("DK-DK2", "2024-03-18T02"): Decimal(161), ("DK-DK2", "2024-03-18T03"): Decimal(167)}
+    assert bad.returncode != 0 and "is not on the hour" in bad.stderr and len(asked) == 1  # refused before asking
