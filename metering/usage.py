@@ -38,7 +38,9 @@ from kiln.auth import Principal
 from kiln.db import utcnow
 from kiln.models import Tenant
 from kiln.types import exact_sum, sum_value
+from collectors import mig_profiles
 from metering import skus
+from metering.gpu_shares import Pool, SharedGpuHours, oversubscribed
 from metering.models import UsageRecord
 from metering.intervals import MICROS_PER_HOUR, HourlyTotals, exact
 from metering.money import quantity_from_parts
@@ -104,9 +106,11 @@ def lease_usage(held: dict[int, list[_Held]], nodes: dict[int, tuple[str, str | 
     return totals
 
 
-def _k8s_sku(resource: str, models: dict[str, int], quantity: Decimal) -> tuple[str | None, Decimal]:
+def _k8s_sku(resource: str, model: str | None, quantity: Decimal) -> tuple[str | None, Decimal]:
     if resource in GPU_RESOURCES:
-        return skus.gpu_hour(max(models, key=models.get) if models else resource), quantity
+        return skus.gpu_hour(model or resource), quantity
+    if mig_profiles.is_mig_resource(resource):
+        return skus.gpu_hour(model or "MIG", mig_profiles.profile_of(resource)), quantity
     if resource == "cpu":
         return skus.CPU_CORE_HOUR, quantity
     if resource == "memory":
@@ -114,32 +118,81 @@ def _k8s_sku(resource: str, models: dict[str, int], quantity: Decimal) -> tuple[
     return None, quantity
 
 
+def _main_model(models: dict[str, int]) -> str | None:
+    return max(models, key=models.get) if models else None
+
+
+def _is_gpu(resource: str) -> bool:
+    return resource in GPU_RESOURCES or mig_profiles.is_mig_resource(resource)
+
+
+def _shared_pools(rows: list[tuple], node_ids: dict[str, int], gpus: dict[int, dict[str, int]]) -> dict[int, Pool]:
+    """Nodes whose GPUs are shared (any MIG request, or whole-GPU requests beyond the node's GPUs
+    at some instant: time-slicing) → their pool; the others keep the per-interval fast path."""
+    mig_nodes: set[int] = set()
+    whole: dict[int, list[tuple[datetime, datetime, int]]] = defaultdict(list)
+    for _, _, node_name, resource, quantity, starts_at, ends_at in rows:
+        node_id = node_ids.get(node_name or "")
+        if node_id is None:
+            continue
+        if mig_profiles.is_mig_resource(resource):
+            mig_nodes.add(node_id)
+        elif resource in GPU_RESOURCES and gpus.get(node_id):
+            whole[node_id].append((starts_at, ends_at or datetime.max.replace(tzinfo=starts_at.tzinfo), int(quantity)))
+    shared = mig_nodes | {n for n, spans in whole.items() if oversubscribed(spans, sum(gpus[n].values()))}
+    pools = {}
+    for node_id in shared:
+        models = gpus.get(node_id, {})
+        model = _main_model(models)
+        pools[node_id] = Pool(sum(models.values()) or None, mig_profiles.total_slices(model) if model else
+                              mig_profiles.DEFAULT_TOTAL_SLICES)
+    return pools
+
+
+def _claim_slices(resource: str, quantity: Decimal, pool: Pool) -> int:
+    if mig_profiles.is_mig_resource(resource):
+        return int(quantity) * min(mig_profiles.profile_slices(mig_profiles.profile_of(resource)), pool.slices)
+    return int(quantity) * pool.slices
+
+
 def k8s_usage(
     session: Session, start: datetime, end: datetime, held: dict[int, list[_Held]], node_ids: dict[str, int],
     gpus: dict[int, dict[str, int]], metered: set[int],
 ) -> tuple[HourlyTotals, dict[tuple[int, datetime], dict[int, int]]]:
-    """Request-hours per namespace → tenant, outside leased time; GPU weights per (node, hour) of metered nodes."""
+    """Request-hours per namespace → tenant, outside leased time; GPU weights per (node, hour) of metered nodes.
+
+    GPUs of nodes with MIG requests or time-sliced GPUs are split per hour by `metering.gpu_shares`;
+    a MIG instance is `gpu-hour:<model>:<profile>`, counted in GPU-hours (its compute fraction)."""
     totals = HourlyTotals(start)
     gpu_weights: dict[tuple[int, datetime], dict[int, int]] = defaultdict(lambda: defaultdict(int))
     tenants = dict(session.exec(select(Tenant.slug, Tenant.id)).all())
     statement = select(K8sAllocation.namespace, K8sAllocation.tenant_slug, K8sAllocation.node_name, K8sAllocation.resource,
                        K8sAllocation.quantity, K8sAllocation.starts_at, K8sAllocation.ends_at).where(
         col(K8sAllocation.starts_at) < end, or_(col(K8sAllocation.ends_at).is_(None), col(K8sAllocation.ends_at) > start))
-    for namespace, slug, node_name, resource, quantity, starts_at, ends_at in session.exec(statement):
-        tenant_id = tenants.get(slug or "")
+    rows = [row for row in session.exec(statement) if row[4] > 0 and tenants.get(row[1] or "") is not None]
+    pools = _shared_pools(rows, node_ids, gpus)
+    shared = SharedGpuHours(pools)
+    for namespace, slug, node_name, resource, quantity, starts_at, ends_at in rows:
         clipped = _clip(starts_at, ends_at, start, end)
-        if tenant_id is None or clipped is None or quantity <= 0:
+        if clipped is None:
             continue
-        node_id = node_ids.get(node_name or "")
-        sku, per_micro = _k8s_sku(resource, gpus.get(node_id, {}), quantity)
+        tenant_id, node_id = tenants[slug], node_ids.get(node_name or "")
+        sku, per_micro = _k8s_sku(resource, _main_model(gpus.get(node_id, {})), quantity)
         if sku is None:
             continue
-        per_micro = exact(per_micro)
+        key = (tenant_id, f"k8s:{namespace}", sku)
         for a, b in _subtract(*clipped, held.get(node_id, [])) if node_id in held else [clipped]:
-            totals.add((tenant_id, f"k8s:{namespace}", sku), a, b, per_micro)
+            if node_id in pools and _is_gpu(resource):
+                shared.add(node_id, key, a, b, _claim_slices(resource, quantity, pools[node_id]))
+                continue
+            totals.add(key, a, b, exact(per_micro))
             if node_id in metered and resource in GPU_RESOURCES:
                 for hour, micros in split_by_hour(a, b):
                     gpu_weights[(node_id, hour)][tenant_id] += int(quantity * micros)
+    for node_id, hour, key, parts in shared.split():
+        totals.add_weight(key, hour, parts)
+        if node_id in metered:
+            gpu_weights[(node_id, hour)][key[0]] += parts
     return totals, gpu_weights
 
 
