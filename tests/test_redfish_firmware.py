@@ -6,25 +6,23 @@ compared with the member's JSON read here on its own, and a poll lands in `node.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
+from collectors.base import TargetResult
 from collectors.models import HealthSnapshot
-from collectors.redfish import RedfishCollector, RedfishError, RedfishTarget
+from collectors.redfish import RedfishError
 from collectors.redfish_firmware import FIRMWARE_METRIC, component_of, firmware_samples
 from collectors.store import persist_results
 from fleet.models import Node
 from tests.factories import World
 from tests.fleet_helpers import make_node_row
-from tests.peers.harness import running_peer
+from tests.peer_fixtures import REDFISH_MOCKUP, poll_mockup, redfish_mockup_url  # noqa: F401 (a fixture)
 
-MOCKUP = Path(__file__).parent / "data" / "upstream" / "redfish" / "public-rackmount1"
-INVENTORY = MOCKUP / "UpdateService" / "FirmwareInventory"
+INVENTORY = REDFISH_MOCKUP / "UpdateService" / "FirmwareInventory"
 POLLED_AT = datetime(2026, 11, 3, 8, 15, tzinfo=UTC)
 
 
@@ -34,16 +32,9 @@ def member(name: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def redfish_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with running_peer("redfish", tmp_path_factory.mktemp("redfish"), str(MOCKUP)) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def polled(redfish_url: str):
-    with RedfishCollector([RedfishTarget("fw-node", redfish_url)], clock=lambda: POLLED_AT) as collector:
-        [result] = collector.collect()
-    return result
+def polled(redfish_mockup_url: str):
+    """One poll of the mockup as node `fw-node`."""
+    return poll_mockup(redfish_mockup_url, "fw-node", POLLED_AT)
 
 
 def firmware_of(result) -> dict[str, dict[str, str]]:
@@ -125,7 +116,7 @@ def test_a_later_poll_replaces_the_inventory_whole(polled, engine: Engine, world
     only_bmc = [s._replace(ts=later) for s in polled.samples if s.labels.get("id") == "BMC"]
     with Session(engine) as session, session.begin():
         persist_results(session, "redfish", [polled])
-        persist_results(session, "redfish", [polled.__class__("fw-node", ok=True, samples=only_bmc)])
+        persist_results(session, "redfish", [TargetResult("fw-node", ok=True, samples=only_bmc)])
     with Session(engine) as session:
         firmware = session.get(Node, node.id).facts["firmware"]
     assert firmware["read_at"] == "2026-11-03T09:00:00Z" and list(firmware["components"]) == ["BMC"]
