@@ -72,17 +72,21 @@ def known_scopes(session: Session) -> set[str]:
 def parse_baseline_csv(text: str) -> list[tuple[Callable[[str], str], dict[str, str]]]:
     """The rows of a baseline CSV, each with a namer of its cells (`row 3, column version`)."""
     reader = csv.reader(io.StringIO(text))
-    header = [cell.strip() for cell in next(reader, [])]
-    if header != HEADER:
-        raise BaselineError(f"the first line must be the header {','.join(HEADER)} (found {','.join(header) or 'nothing'})")
-    rows = []
-    for number, cells in enumerate(reader, start=2):
-        if not any(cell.strip() for cell in cells):
-            continue
-        if len(cells) != len(HEADER):
-            rows.append((_csv_place(number), {"": f"expected {len(HEADER)} columns ({','.join(HEADER)}), found {len(cells)}"}))
-            continue
-        rows.append((_csv_place(number), dict(zip(HEADER, (cell.strip() for cell in cells)))))
+    try:
+        header = [cell.strip() for cell in next(reader, [])]
+        if header != HEADER:
+            raise BaselineError(f"the first line must be the header {','.join(HEADER)} "
+                                f"(found {','.join(header)[:200] or 'nothing'})")
+        rows = []
+        for number, cells in enumerate(reader, start=2):
+            if not any(cell.strip() for cell in cells):
+                continue
+            if len(cells) != len(HEADER):
+                rows.append((_csv_place(number), {"": f"expected {len(HEADER)} columns ({','.join(HEADER)}), found {len(cells)}"}))
+                continue
+            rows.append((_csv_place(number), dict(zip(HEADER, (cell.strip() for cell in cells)))))
+    except csv.Error as exc:
+        raise BaselineError(f"not a CSV file: line {reader.line_num}: {exc}") from None
     return rows
 
 
@@ -130,16 +134,20 @@ def _problems(cells: Mapping[str, str], scopes: set[str]) -> Iterable[tuple[str,
     elif scope not in scopes:
         what = "GPU model" if scope.startswith(GPU_SCOPE) else "resource class"
         known = ", ".join(sorted(scopes)) or "none: nodes have no resource class or GPU yet"
-        yield "resource_class", f"{scope!r} is no node's {what} (known: {known})"
+        yield "resource_class", f"{_shown(scope)} is no node's {what} (known: {known})"
     if component.lower() == "other":
         yield "component", "other is not a single component: give the Redfish Id of the part instead"
     elif component.lower() not in BASELINE_KINDS and not REDFISH_ID.match(component):
-        yield "component", (f"{component!r} is neither {', '.join(BASELINE_KINDS)} nor a Redfish Id "
+        yield "component", (f"{_shown(component)} is neither {', '.join(BASELINE_KINDS)} nor a Redfish Id "
                             "(letters, digits, _ . : -, up to 64)")
     if not version:
         yield "version", "empty: give the version the component should run"
     elif len(version) > MAX_VERSION:
         yield "version", f"longer than {MAX_VERSION} characters"
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 80 else text[:80] + "…")
 
 
 def replace_baselines(session: Session, principal: Principal, rows: list[BaselineRow], source: str) -> dict[str, int]:
