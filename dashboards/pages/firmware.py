@@ -20,7 +20,7 @@ COLUMNS = (
     {"field": "component", "headerName": "Component"}, {"field": "firmware_id", "headerName": "Redfish Id"},
     {"field": "expected", "headerName": "Expected"}, {"field": "actual", "headerName": "Actual"},
     {"field": "status", "headerName": "Status"},
-    {"field": "read_at", "headerName": "Read at", "cellDataType": "text"},  # not inferred as a date: "never" is text
+    {"field": "read_at", "headerName": "Read at", "cellDataType": "text", "minWidth": 200},  # text: "never" is no date
 )
 EMPTY = {
     False: "No baseline applies to any node yet: import one with `kiln firmware baseline import FILE` "
