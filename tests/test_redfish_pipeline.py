@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
@@ -94,7 +95,13 @@ def test_collect_once_stores_power_thermal_energy_gpus_and_the_log(
     assert ("redfish_log_entry", None) not in snaps and ("redfish_gpu_info", None) not in snaps  # records, not health
 
     health = client.get(f"/api/v1/nodes/{node['id']}/health", headers=world.headers("admin")).json()
-    assert health["power_watts"] == 974
+    assert health["power_watts"] == 974 and health["power_on"] is True and health["bmc_up"] is True
+    assert {s["name"]: s["value"] for s in health["sensors"] if s["metric"] == "ipmi_temperature_celsius"} == {
+        "Intake": 24.8, "Exhaust": 40.5}
+    metrics = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+    assert {s.labels["node"]: s.value for s in metrics["ipmi_dcmi_power_consumption_watts"].samples} == {
+        node["name"]: 974}
+    assert [s.value for s in metrics["redfish_energy_kwh"].samples] == [snaps[("redfish_energy_kwh", None)].value]
 
     gpus_in_mockup = [tower(m["@odata.id"]) for m in tower(f"{SYSTEM}/Processors")["Members"]]
     gpus_in_mockup = [p for p in gpus_in_mockup if p["ProcessorType"] == "GPU"]
