@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -16,12 +17,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
+from collectors.cycle import run_cycle
 from collectors.models import BmcLogCursor, CollectorTargetState, HealthSnapshot, NodeEnergyHour
+from collectors.sources import build_sources
 from fleet.bmc import parse_bmc_address
 from fleet.models import Gpu, NodeEvent
 from fleet.provisioning.base import NodeTarget
 from fleet.provisioning.ironic import ironic_node_attributes
+from kiln.security import SecretBox
+from kiln.settings import Settings
 from tests.cli_helpers import run
+from tests.conftest import TEST_SECRET_KEY
 from tests.factories import World
 from tests.fleet_helpers import node_payload
 from tests.peers.harness import running_peer
@@ -144,3 +150,19 @@ def test_a_redfish_node_whose_bmc_refuses_fails_alone(engine: Engine, world: Wor
     assert lines[good["name"]]["ok"]
     assert not lines[gone["name"]]["ok"]
     assert lines[gone["name"]]["error"].startswith("cannot reach http://127.0.0.1:9/redfish/v1/SessionService/Sessions")
+
+
+def test_the_worker_cycle_polls_redfish_nodes_under_its_lease(engine: Engine, world: World, client: TestClient,
+                                                              tower_url: str, tmp_path: Path) -> None:
+    node = client.post("/api/v1/nodes", json=node_payload(bmc_address=redfish_address(tower_url), gpus=[]),
+                       headers=world.headers("admin")).json()
+    settings = Settings(data_dir=tmp_path, secret_key=TEST_SECRET_KEY, redfish_target_timeout=20)
+    sources = build_sources(settings, engine, SecretBox(TEST_SECRET_KEY))
+    try:
+        report = run_cycle(engine, sources["redfish"], owner="worker-a", lease=timedelta(minutes=2))
+    finally:
+        sources["redfish"].close()
+    assert [(r.target, r.ok, r.error) for r in report.results] == [(node["name"], True, None)]
+    with Session(engine) as session:
+        state = session.exec(select(CollectorTargetState).where(CollectorTargetState.collector == "redfish")).one()
+    assert (state.target, state.up, state.lease_owner) == (node["name"], True, "worker-a")
