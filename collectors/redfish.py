@@ -303,7 +303,8 @@ class RedfishCollector:
             entries_path = link(client.get(service_path), "Entries")
             if entries_path is None:
                 continue
-            listed = [m for m in client.get(entries_path).get("Members") or [] if isinstance(m, Mapping)]
+            listed = [m for m in client.get(entries_path).get("Members") or []
+                      if isinstance(m, Mapping) and isinstance(m.get("@odata.id"), str)]
             cursor = cursors.get(service_path)
             fresh = new_entries(listed, cursor and cursor.entry, cursor and cursor.created)[-self.max_log_entries:]
             for entry in fresh:

@@ -107,6 +107,7 @@ class RedfishClient:
 
     def close(self) -> None:
         """Delete the session (best effort: the BMC expires it anyway) and close the connections."""
+        self.set_deadline(None)  # a poll's deadline is no limit on saying goodbye
         if self._session_uri is not None:
             try:
                 self._send("DELETE", self._session_uri)

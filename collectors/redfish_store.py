@@ -85,7 +85,7 @@ def sync_gpus(session: Session, node_id: int, gpus: Sequence[Sample]) -> None:
             row = Gpu(node_id=node_id, index=index if index not in by_index else free, model="")
             rows.append(row)
             by_index[row.index] = row
-        row.model = labels.get("model") or row.model
+        row.model = (labels.get("model") or row.model)[:128]
         row.vendor = vendor_of(labels.get("vendor", "")) if labels.get("vendor") else row.vendor
         row.memory_mib = int(labels["memory_mib"]) if labels.get("memory_mib", "").isdigit() else row.memory_mib
         row.uuid = row.uuid or uuid
