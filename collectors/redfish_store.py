@@ -9,9 +9,10 @@ the exporters' GPUs are never duplicated; rows Redfish does not list are kept. `
 column: a serial is not used to match. Nothing changes when the Processors part failed.
 
 Event log (`redfish_log_entry` samples, oldest first): each entry becomes a `NodeEvent` (kind
-`bmc_log`, actor `redfish`, at the entry's `Created`), so a node's history (newest first) shows
-them, and `bmc_log_cursor` remembers the newest entry per node and log: the next poll asks for
-the entries after it only (collectors/redfish.py `log_cursors`).
+`bmc_log`, actor `redfish`, at the entry's `Created`, or at the poll's time where `Created` is
+later), so a node's history (newest first) shows them, and `bmc_log_cursor` remembers the newest
+entry per node and log: the next poll asks for the entries after it only (collectors/redfish.py
+`log_cursors`).
 """
 
 from __future__ import annotations
@@ -109,7 +110,10 @@ def store_log_entries(session: Session, node_id: int, entries: Sequence[Sample])
         labels = entry.labels
         code = f" ({labels['code']})" if labels.get("code") else ""
         severity = labels.get("severity") or "Event"
-        session.add(NodeEvent(node_id=node_id, at=_created(labels.get("created", ""), entry.ts), kind=LOG_EVENT_KIND,
+        # at the entry's Created, never later than the poll that read it: a BMC clock running ahead
+        # must not date an entry into a later lease's window (tenants see events from their lease on)
+        at = min(_created(labels.get("created", ""), entry.ts), entry.ts)
+        session.add(NodeEvent(node_id=node_id, at=at, kind=LOG_EVENT_KIND,
                               message=re.sub(r"\s+", " ", f"{severity}: {labels.get('message', '')}{code}")[:2000],
                               actor=LOG_ACTOR))
         newest[labels["log"]] = labels

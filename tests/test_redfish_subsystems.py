@@ -192,3 +192,15 @@ def test_log_entries_become_node_events_newest_first(engine: Engine, world: Worl
         ("bmc_log", f"Critical: {e['Message']} ({e['MessageId']})", datetime.fromisoformat(e["Created"]))
         for e in entries]
     assert len(gpus) == 2
+
+
+def test_a_log_entry_dated_ahead_of_the_poll_is_dated_at_the_poll(engine: Engine, world: World) -> None:
+    node = make_node_row(world, gpus=0, name="rf-clock")
+    labels = {"id": f"{LOG}/Entries/7", "created": "2099-01-01T00:00:00Z", "severity": "Warning", "log": LOG,
+              "message": "Fan  1\n failed", "code": ""}
+    entry = Sample("redfish", "rf-clock", "redfish_log_entry", 1.0, "state", labels, T0)
+    with Session(engine) as session, session.begin():
+        persist_redfish(session, [TargetResult("rf-clock", ok=True, samples=[entry])])
+    with Session(engine) as session:
+        [event] = session.exec(select(NodeEvent).where(NodeEvent.node_id == node.id)).all()
+    assert (event.at, event.message) == (T0, "Warning: Fan 1 failed")  # a BMC clock ahead cannot date it later
