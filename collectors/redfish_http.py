@@ -6,7 +6,9 @@ and sends the `X-Auth-Token` it answers with every later request of every later 
 request answered 401 while a session is in use logs in again once and repeats (the session
 expired or the BMC restarted). A service without sessions (the POST answers 404, 405 or 501,
 or succeeds without a token, as sushy-tools' `sushy-static` does) is read with HTTP basic
-authentication instead. `close()` deletes the session. The token is kept out of logs,
+authentication instead. So is one that refuses the login POST itself with 401 (sushy-tools'
+`sushy-emulator` asks basic auth of every request, the login too): then the basic-auth request
+decides, and if it is refused too, the next poll tries a session again. `close()` deletes the session. The token is kept out of logs,
 errors and reprs: only `auth` ("session", "basic", "none") says how the client logs in.
 """
 
@@ -68,6 +70,7 @@ class RedfishClient:
         self._token: str | None = None
         self._session_uri: str | None = None
         self.auth = "" if username else "none"  # "" until the first login: session | basic
+        self._refused_login = False  # basic auth because the login POST answered 401
         self.logins = 0  # sessions created (a renewal counts)
         self._timeout, self._deadline, self._budget = timeout, None, 0.0
         self._http = httpx.Client(base_url=base_url.rstrip("/").removesuffix("/redfish/v1"), verify=verify,
@@ -95,6 +98,8 @@ class RedfishClient:
             log.info("Redfish session at %s was refused; logging in again", self.base_url)
             self._login()
             response = self._send("GET", path)
+        if response.status_code == 401 and self._refused_login:
+            self.auth = ""  # refused both ways: log in afresh next time
         if response.status_code != 200:
             raise self._status_error(response, path)
         try:
@@ -121,11 +126,12 @@ class RedfishClient:
         self._token = None
         response = self._send("POST", SESSIONS, json={"UserName": self._username, "Password": self._password})
         token = response.headers.get(TOKEN_HEADER)
+        self._refused_login = response.status_code == 401
         if response.is_success and token:
             self._token, self.auth = token, "session"
             self._session_uri = response.headers.get("Location") or _odata_id(response)
             self.logins += 1
-        elif response.is_success or response.status_code in NO_SESSIONS:
+        elif response.is_success or response.status_code in NO_SESSIONS or self._refused_login:
             self.auth = "basic"
         else:
             raise self._status_error(response, SESSIONS)

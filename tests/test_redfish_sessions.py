@@ -126,14 +126,19 @@ def test_an_expired_session_is_renewed_once(session_bmc: SessionBmc) -> None:
     assert session_bmc.logins == 2
 
 
-def test_a_refused_login_is_a_readable_error(session_bmc: SessionBmc) -> None:
+def test_a_refused_login_is_a_readable_error_and_retried_next_poll(session_bmc: SessionBmc) -> None:
     target = RedfishTarget("tower", session_bmc.url, "operator", "wrong", system=SYSTEM)
     with RedfishCollector([target]) as collector:
-        [result] = collector.collect()
-    assert not result.ok and not result.timed_out and result.samples == []
-    assert result.error == (f"authentication failed (check the BMC username/password): {session_bmc.url}"
-                            "/redfish/v1/SessionService/Sessions answered HTTP 401: Invalid username or password")
-    assert "wrong" not in result.error
+        first, second = collector.collect()[0], collector.collect()[0]
+    for result in (first, second):
+        assert not result.ok and not result.timed_out and result.samples == []
+        # the login was refused, then the same request with basic auth: the BMC's answer to that is the error
+        assert result.error == (f"authentication failed (check the BMC username/password): {session_bmc.url}"
+                                f"{SYSTEM} answered HTTP 401: No valid session")
+        assert "wrong" not in result.error
+    methods = [(method, path) for method, path, _ in session_bmc.seen]
+    assert methods == [("POST", "/redfish/v1/SessionService/Sessions"), ("GET", SYSTEM)] * 2
+    assert [auth for method, _, auth in session_bmc.seen if method == "GET"] == [{"Authorization"}] * 2
 
 
 def test_the_target_timeout_bounds_a_whole_poll() -> None:
