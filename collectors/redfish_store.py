@@ -1,12 +1,14 @@
 """What only the Redfish collector reports, stored: a node's GPU inventory and its BMC event log.
 
 GPU inventory (`redfish_gpu_info` samples, one per GPU `Processor`): each GPU updates the node's
-`Gpu` row it matches, else becomes a new row. A GPU matches the row with the same UUID (compared
-without dcgm-exporter's `GPU-` prefix and case), else the row at the same index (the GPU's place
-among the system's GPUs, in Id order) that has no different UUID. A matched row keeps what it has
-that Redfish does not say (a UUID from enrolment or DCGM/ROCm, which map their series by it), so
-the exporters' GPUs are never duplicated; rows Redfish does not list are kept. `Gpu` has no serial
-column: a serial is not used to match. Nothing changes when the Processors part failed.
+`Gpu` row it matches, else becomes a new row. A GPU matches the row whose `uuid` is its UUID
+(compared without dcgm-exporter's `GPU-` prefix and case) or its serial (AMD's exporter names a
+GPU by its serial, which Kiln keeps as the GPU's `uuid`), else the row at the same index (the
+GPU's place among the system's GPUs, in Id order) when one of the two has no identity to
+compare. A matched row keeps what it has that Redfish does not say (a UUID from enrolment or
+DCGM/ROCm, which map their series by it), so the exporters' GPUs are never duplicated; a row
+takes Redfish's UUID only when it has none and no other GPU has it; rows Redfish does not list
+are kept. Nothing changes when the Processors part failed.
 
 Event log (`redfish_log_entry` samples, oldest first): each entry becomes a `NodeEvent` (kind
 `bmc_log`, actor `redfish`, at the entry's `Created`, or at the poll's time where `Created` is
@@ -68,28 +70,32 @@ def _uuid_key(uuid: str | None) -> str:
 def sync_gpus(session: Session, node_id: int, gpus: Sequence[Sample]) -> None:
     """Update or add the node's `Gpu` rows from its GPU Processors (see the module docstring)."""
     rows = list(session.exec(select(Gpu).where(Gpu.node_id == node_id)))
-    by_uuid = {_uuid_key(r.uuid): r for r in rows if r.uuid}
+    by_key = {_uuid_key(r.uuid): r for r in rows if r.uuid}
     by_index = {r.index: r for r in rows}
+    claimed: set[int] = set()  # id() of the rows already given a GPU this poll
     ordered = sorted(gpus, key=lambda s: entry_key({"Id": s.labels.get("id", "")})[1])
     for index, gpu in enumerate(ordered):
         labels = gpu.labels
-        uuid = (labels.get("uuid") or "")[:64] or None
-        if uuid and session.exec(select(Gpu.id).where(Gpu.uuid == uuid, Gpu.node_id != node_id)).first():
-            uuid = None  # another node's GPU has it (a BMC's error): not claimed twice
-        row = by_uuid.get(_uuid_key(uuid)) if uuid else None
+        keys = [k for k in (labels.get("uuid"), labels.get("serial")) if k]  # AMD's exporter: the serial
+        row = next((by_key[_uuid_key(k)] for k in keys if _uuid_key(k) in by_key
+                    and id(by_key[_uuid_key(k)]) not in claimed), None)
+        candidate = by_index.get(index)
+        if row is None and candidate is not None and id(candidate) not in claimed and (
+                not candidate.uuid or not keys):
+            row = candidate
         if row is None:
-            candidate = by_index.get(index)
-            if candidate is not None and (not candidate.uuid or not uuid or _uuid_key(candidate.uuid) == _uuid_key(uuid)):
-                row = candidate
-        if row is None:
-            free = max([r.index for r in rows], default=-1) + 1
-            row = Gpu(node_id=node_id, index=index if index not in by_index else free, model="")
+            row = Gpu(node_id=node_id, index=index if index not in by_index else max(by_index) + 1, model="")
             rows.append(row)
             by_index[row.index] = row
+        claimed.add(id(row))
+        uuid = (labels.get("uuid") or "")[:64]
+        if not row.uuid and uuid and _uuid_key(uuid) not in by_key and not session.exec(
+                select(Gpu.id).where(Gpu.uuid == uuid, Gpu.node_id != node_id)).first():
+            row.uuid = uuid  # never one another GPU has (a BMC's error): Gpu.uuid is unique
+            by_key[_uuid_key(uuid)] = row
         row.model = (labels.get("model") or row.model)[:128]
-        row.vendor = vendor_of(labels.get("vendor", "")) if labels.get("vendor") else row.vendor
+        row.vendor = vendor_of(labels["vendor"]) if labels.get("vendor") else row.vendor
         row.memory_mib = int(labels["memory_mib"]) if labels.get("memory_mib", "").isdigit() else row.memory_mib
-        row.uuid = row.uuid or uuid
         session.add(row)
     session.flush()
 

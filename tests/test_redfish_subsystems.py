@@ -158,23 +158,26 @@ def test_gpu_inventory_matches_dcgm_gpus_by_uuid_then_index(engine: Engine, worl
     with Session(engine) as session, session.begin():
         session.add(Gpu(node_id=node.id, index=0, model="from DCGM", uuid="GPU-aaaa-1111"))
         session.add(Gpu(node_id=node.id, index=1, model="from DCGM", uuid="GPU-bbbb-2222"))
+        session.add(Gpu(node_id=node.id, index=3, model="from ROCm", vendor="amd", uuid="692251001124"))
 
-    def gpu(ident: str, uuid: str = "", model: str = "NVIDIA H100 80GB HBM3") -> Sample:
-        labels = {"id": ident, "model": model, "vendor": "NVIDIA Corporation", "serial": "", "uuid": uuid,
+    def gpu(ident: str, uuid: str = "", serial: str = "", model: str = "NVIDIA H100 80GB HBM3") -> Sample:
+        labels = {"id": ident, "model": model, "vendor": "NVIDIA Corporation", "serial": serial, "uuid": uuid,
                   "memory_mib": "81559"}
         return Sample("redfish", "rf-gpus", "redfish_gpu_info", 1.0, "info", labels, T0)
 
-    # Redfish lists GPU_1's UUID as BBBB (no GPU- prefix, upper case); GPU_0 without one; and a third GPU
-    found = [gpu("GPU_0"), gpu("GPU_1", "BBBB-2222"), gpu("GPU_2", "cccc-3333")]
+    # Redfish lists GPU_1's UUID as BBBB (no GPU- prefix, upper case) first; GPU_0 without one; a GPU
+    # whose serial is the one AMD's exporter named a GPU by; and a new GPU
+    found = [gpu("GPU_1", "BBBB-2222"), gpu("GPU_0"), gpu("GPU_2", serial="692251001124"), gpu("GPU_3", "cccc-3333")]
     for _ in range(2):  # a second poll changes nothing
         with Session(engine) as session, session.begin():
             sync_gpus(session, node.id, found)
     with Session(engine) as session:
         rows = session.exec(select(Gpu).where(Gpu.node_id == node.id).order_by(Gpu.index)).all()
-    assert [(r.index, r.uuid, r.model, r.vendor, r.memory_mib) for r in rows] == [
-        (0, "GPU-aaaa-1111", "NVIDIA H100 80GB HBM3", "nvidia", 81559),
-        (1, "GPU-bbbb-2222", "NVIDIA H100 80GB HBM3", "nvidia", 81559),
-        (2, "cccc-3333", "NVIDIA H100 80GB HBM3", "nvidia", 81559)]
+    assert [(r.index, r.uuid, r.model, r.memory_mib) for r in rows] == [
+        (0, "GPU-aaaa-1111", "NVIDIA H100 80GB HBM3", 81559),
+        (1, "GPU-bbbb-2222", "NVIDIA H100 80GB HBM3", 81559),
+        (3, "692251001124", "NVIDIA H100 80GB HBM3", 81559),  # matched by serial, not by its index (2)
+        (4, "cccc-3333", "NVIDIA H100 80GB HBM3", 81559)]  # index 3 is taken: the next free one
     assert [vendor_of(v) for v in ("Nvidia(R) Corporation", "Advanced Micro Devices, Inc.", "Contoso")] == [
         "nvidia", "amd", "contoso"]
 
