@@ -202,6 +202,10 @@ class Settings(BaseSettings):
         description="RMCP+ cipher suite for IPMI sessions (3 or 17); unset: try 17, then 3. "
         "A node's own `ipmi_cipher_suite` wins.",
     )
+    redfish_verify_tls: bool = Field(
+        default=True, description="Check Redfish BMCs' TLS certificates (`redfish://`, `redfish+https://`); "
+        "false for BMCs with self-signed certificates.",
+    )
     worker_name: str | None = Field(
         default=None, description="Name of this `kiln worker` replica in target leases; unset: HOSTNAME-PID."
     )

@@ -1,4 +1,5 @@
-"""Fixtures for tests against a real Ironic and the BMC simulator, shared by test modules.
+"""Fixtures for tests against a real Ironic, the IPMI BMC simulator and sushy-tools' Redfish
+emulator, shared by test modules.
 
 Import them into a test module (`from tests.peer_fixtures import bmcs, ironic_url, sdk`);
 each importing module gets its own Ironic.
@@ -9,6 +10,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
 
 import openstack.connection
 import openstack.exceptions
@@ -41,6 +47,46 @@ def bmcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[dict]]:
     state = tmp_path_factory.mktemp("bmcsim")
     with running_peer("bmcsim", state, "4"):
         yield json.loads((state / "bmcs.json").read_text())["bmcs"]
+
+
+@dataclass(frozen=True)
+class RedfishEmulator:
+    """A running sushy-emulator (fake driver): its URL, basic-auth user and systems' UUIDs."""
+
+    url: str
+    username: str
+    password: str = field(repr=False)
+    systems: tuple[str, ...]
+
+    def system_path(self, index: int = 0) -> str:
+        """The Redfish path of system `index` (`/redfish/v1/Systems/UUID`)."""
+        return f"/redfish/v1/Systems/{self.systems[index]}"
+
+    def address(self, index: int | None = 0) -> str:
+        """Kiln's BMC address of system `index` (plain HTTP), or of the BMC alone when None."""
+        return f"redfish+http://{self.url.removeprefix('http://')}" + (self.system_path(index) if index is not None else "")
+
+    def power_state(self, index: int = 0) -> str:
+        """The system's `PowerState` as the emulator itself reports it (On, Off)."""
+        answer = httpx.get(self.url + self.system_path(index), auth=(self.username, self.password), timeout=10)
+        answer.raise_for_status()
+        return answer.json()["PowerState"]
+
+
+@contextmanager
+def running_emulator(state_dir: Path, systems: int) -> Iterator[RedfishEmulator]:
+    """sushy-emulator with `systems` fake ComputerSystems (tests/peers/redfish.sh start-emulator)."""
+    with running_peer("redfish", state_dir, str(systems), command="start-emulator") as url:
+        described = json.loads((state_dir / "emulator.json").read_text())
+        yield RedfishEmulator(url, described["username"], described["password"],
+                              tuple(s["uuid"] for s in described["systems"]))
+
+
+@pytest.fixture(scope="module")
+def redfish_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedfishEmulator]:
+    """A Redfish BMC emulator managing two systems, both powered off at first."""
+    with running_emulator(tmp_path_factory.mktemp("redfish-emulator"), 2) as emulator:
+        yield emulator
 
 
 def delete_all_nodes(sdk: openstack.connection.Connection, timeout: float = 20) -> None:
