@@ -51,35 +51,40 @@ def bmcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[dict]]:
 
 @dataclass(frozen=True)
 class RedfishEmulator:
-    """A running sushy-emulator (fake driver): its URL, basic-auth user and systems' UUIDs."""
+    """A running sushy-emulator (fake driver): its URL, basic-auth user, systems' UUIDs and,
+    when it serves HTTPS, its self-signed certificate."""
 
     url: str
     username: str
     password: str = field(repr=False)
     systems: tuple[str, ...]
+    certificate: Path | None = None
 
     def system_path(self, index: int = 0) -> str:
         """The Redfish path of system `index` (`/redfish/v1/Systems/UUID`)."""
         return f"/redfish/v1/Systems/{self.systems[index]}"
 
     def address(self, index: int | None = 0) -> str:
-        """Kiln's BMC address of system `index` (plain HTTP), or of the BMC alone when None."""
-        return f"redfish+http://{self.url.removeprefix('http://')}" + (self.system_path(index) if index is not None else "")
+        """Kiln's BMC address of system `index`, or of the BMC alone when None (`redfish+http(s)://…`)."""
+        return f"redfish+{self.url}" + (self.system_path(index) if index is not None else "")
 
     def power_state(self, index: int = 0) -> str:
         """The system's `PowerState` as the emulator itself reports it (On, Off)."""
-        answer = httpx.get(self.url + self.system_path(index), auth=(self.username, self.password), timeout=10)
+        answer = httpx.get(self.url + self.system_path(index), auth=(self.username, self.password), timeout=10,
+                           verify=str(self.certificate) if self.certificate else True)
         answer.raise_for_status()
         return answer.json()["PowerState"]
 
 
 @contextmanager
-def running_emulator(state_dir: Path, systems: int) -> Iterator[RedfishEmulator]:
-    """sushy-emulator with `systems` fake ComputerSystems (tests/peers/redfish.sh start-emulator)."""
-    with running_peer("redfish", state_dir, str(systems), command="start-emulator") as url:
+def running_emulator(state_dir: Path, systems: int, scheme: str = "http") -> Iterator[RedfishEmulator]:
+    """sushy-emulator with `systems` fake ComputerSystems (tests/peers/redfish.sh start-emulator),
+    over HTTPS with a self-signed certificate when `scheme` is https."""
+    with running_peer("redfish", state_dir, str(systems), scheme, command="start-emulator") as url:
         described = json.loads((state_dir / "emulator.json").read_text())
         yield RedfishEmulator(url, described["username"], described["password"],
-                              tuple(s["uuid"] for s in described["systems"]))
+                              tuple(s["uuid"] for s in described["systems"]),
+                              state_dir / "cert.pem" if scheme == "https" else None)
 
 
 @pytest.fixture(scope="module")

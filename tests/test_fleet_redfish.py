@@ -21,7 +21,9 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
+from fleet.bmc import BmcAddress, parse_bmc_address
 from fleet.models import Node
+from fleet.schemas import NodeCreate
 from fleet.provisioning.base import DriverError, Image, NodeTarget
 from fleet.provisioning.ironic import IronicDriver
 from fleet.provisioning.states import PowerState, ProvisionState
@@ -32,7 +34,7 @@ from tests.conftest import TEST_SECRET_KEY
 from tests.peer_fixtures import (  # noqa: F401 (fixtures)
     RedfishEmulator, delete_all_nodes, ironic_url, redfish_emulator, running_emulator, sdk,
 )
-from tests.test_ironic_driver import act, enrolled, settled, wait_for
+from tests.test_ironic_driver import act, enrolled, wait_for
 import openstack.connection
 
 pytestmark = [
@@ -47,15 +49,11 @@ IMAGE = Image("http://images.example/ubuntu-24.04.qcow2", "sha256:" + "7" * 64)
 HEADER = "name,provisioner,bmc_address,bmc_username,bmc_password,ironic_driver"
 
 
-@pytest.fixture(scope="module")
-def driver(ironic_url: str) -> IronicDriver:
-    return IronicDriver(ironic_url)
-
-
-@pytest.fixture(autouse=True)
-def empty_ironic(sdk: openstack.connection.Connection) -> None:
-    """Every test starts with no node in Ironic."""
+@pytest.fixture
+def driver(ironic_url: str, sdk: openstack.connection.Connection) -> IronicDriver:
+    """Kiln's Ironic driver on an Ironic with no node."""
     delete_all_nodes(sdk)
+    return IronicDriver(ironic_url)
 
 
 def redfish_node(name: str, emulator: RedfishEmulator, system: int | None = 0, **changes) -> NodeTarget:
@@ -69,6 +67,23 @@ def power(driver: IronicDriver, node: NodeTarget, target: str, expected: PowerSt
     """Power the node through Ironic and wait until Ironic has done it."""
     driver.set_power(node, target)
     wait_for(driver, node, lambda n: n.power_state is expected and not n.target_power_state, **SLOW)
+
+
+def test_redfish_address_forms_and_the_hardware_type_they_imply() -> None:
+    assert parse_bmc_address("redfish://bmc-7:8443/redfish/v1/Systems/1/") == BmcAddress(
+        "redfish", "bmc-7", 8443, "/redfish/v1/Systems/1", "https")
+    assert parse_bmc_address("redfish+https://10.0.0.7").base_url == "https://10.0.0.7"
+    plain = parse_bmc_address("redfish+http://127.0.0.1:8000")
+    assert (plain.base_url, plain.path, plain.effective_port) == ("http://127.0.0.1:8000", "", 8000)
+    for wrong, says in [("redfish://bmc-7/redfish/v1", "its path must be a system's"),
+                        ("redfish+ftp://bmc-7", "unsupported BMC address"),
+                        ("redfish://admin:pw@bmc-7", "must not carry credentials")]:
+        with pytest.raises(ValueError, match=says):
+            parse_bmc_address(wrong)
+    row = {"name": "n1", "provisioner": "ironic", "bmc_address": "redfish://bmc-7"}
+    assert NodeCreate.model_validate(row).ironic_driver == "redfish"
+    assert NodeCreate.model_validate({**row, "bmc_address": "ipmi://bmc-7"}).ironic_driver == "ipmi"
+    assert NodeCreate.model_validate({**row, "ironic_driver": "fake-hardware"}).ironic_driver == "fake-hardware"
 
 
 def test_redfish_hardware_type_powers_the_emulated_system(driver: IronicDriver, sdk, redfish_emulator) -> None:
@@ -139,12 +154,33 @@ def test_the_only_system_is_asked_from_the_bmc(driver: IronicDriver, sdk, redfis
     assert list(sdk.baremetal.nodes()) == []
 
 
+def test_a_self_signed_bmc_certificate_is_refused_unless_asked(driver: IronicDriver, ironic_url: str,
+                                                                tmp_path: Path) -> None:
+    with running_emulator(tmp_path / "tls", 1, "https") as bmc:
+        assert bmc.address(None).startswith("redfish+https://127.0.0.1:")
+        with pytest.raises(DriverError) as unverified:  # Kiln asking the BMC which system
+            driver.enroll(redfish_node("rf-tls", bmc, None))
+        assert unverified.value.status == 400 and "CERTIFICATE_VERIFY_FAILED" in str(unverified.value)
+        checked = enrolled(driver, redfish_node("rf-tls", bmc))  # Ironic checks the certificate itself
+        refused = act(driver, checked, "manage", **SLOW)
+        assert refused.provision_state is S.ENROLL
+        assert refused.last_error.startswith("Failed to get power state for node rf-tls.")
+        assert "CERTIFICATE_VERIFY_FAILED" in refused.last_error
+        driver.remove(checked)
+
+        trusting = IronicDriver(ironic_url, redfish_verify_tls=False)  # KILN_REDFISH_VERIFY_TLS=false
+        node = enrolled(trusting, redfish_node("rf-tls", bmc, None))
+        assert act(trusting, node, "manage", **SLOW).provision_state is S.MANAGEABLE
+        trusting.remove(node)
+
+
 # -- through Kiln --------------------------------------------------------------------------
 
 
 @pytest.fixture
-def env(engine: Engine, tmp_path: Path, ironic_url: str) -> dict[str, str]:
-    """Environment for `kiln` on the test database and the real Ironic."""
+def env(engine: Engine, tmp_path: Path, ironic_url: str, sdk: openstack.connection.Connection) -> dict[str, str]:
+    """Environment for `kiln` on the test database and the real Ironic (with no node)."""
+    delete_all_nodes(sdk)
     return base_env(tmp_path, KILN_DATABASE_URL=engine.url.render_as_string(hide_password=False),
                     KILN_IRONIC_URL=ironic_url, KILN_SECRET_KEY=TEST_SECRET_KEY)
 
