@@ -53,7 +53,7 @@ def redfish_address(url: str) -> str:
 
 
 def test_redfish_addresses_are_checked_at_enrolment(client: TestClient, world: World) -> None:
-    for address, why in (("redfish+http://10.0.0.9:8000", "needs the system path"),
+    for address, why in (("redfish+http://10.0.0.9:8000/chassis/1", "its path must be a system's"),
                          ("redfish+ftp://10.0.0.9/redfish/v1/Systems/1", "unsupported BMC address"),
                          ("redfish://user:pw@10.0.0.9/redfish/v1/Systems/1", "must not carry credentials")):
         refused = client.post("/api/v1/nodes", json=node_payload(bmc_address=address), headers=world.headers("admin"))
