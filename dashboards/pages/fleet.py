@@ -67,9 +67,7 @@ def layout(**_: str) -> html.Div:
         ], className="grid-2"),
         html.Div([
             dcc.Graph(id="fleet-power", figure=power_figure(DEFAULT_RANGE)),
-            dcc.Graph(id="fleet-hottest", figure=bars(
-                "Hottest nodes", "hottest sensor (°C)", "node", [r["name"] for r in hot], [r["max_temp_c"] for r in hot],
-                horizontal=True, empty_reason="No temperature readings: the IPMI collector has not polled any BMC yet.")),
+            dcc.Graph(id="fleet-hottest", figure=hottest_figure(hot)),
         ], className="grid-2"),
         html.Div([
             section("BMCs unreachable", table(
@@ -85,6 +83,12 @@ def layout(**_: str) -> html.Div:
         section("Nodes", html.P("Select nodes, choose an action, run it: each node's result appears below.",
                                 className="hint"), bulk.node_grid(rows), bulk.action_panel(), element_id="nodes"),
     ])
+
+
+def hottest_figure(hot: list[dict]) -> Figure:
+    """The hottest nodes as horizontal bars: nodes down the y axis, °C along the x axis."""
+    return bars("Hottest nodes", "node", "hottest sensor (°C)", [r["name"] for r in hot], [r["max_temp_c"] for r in hot],
+                horizontal=True, empty_reason="No temperature readings: the IPMI collector has not polled any BMC yet.")
 
 
 def power_figure(choice: str | None) -> Figure:

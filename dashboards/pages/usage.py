@@ -18,13 +18,14 @@ from dashboards.tenancy_data import (
     running_nodes,
     stacked_by_day,
     total_by,
-    used_gpu_hours,
     visible_tenants,
 )
+from metering.efficiency import EfficiencyRow, combined, efficiency_between
 
 PATH = "/usage"
 ALL = "all"
 DEFAULT_RANGE = "7d"
+COVERAGE_WARNING = Decimal("0.8")  # less of the allocation measured: the efficiency is a partial view
 OUTPUTS = (
     Output("usage-stats", "children"), Output("usage-by-day", "figure"), Output("usage-by-vdc", "figure"),
     Output("usage-by-model", "figure"), Output("usage-quotas", "children"), Output("usage-nodes", "children"),
@@ -64,6 +65,20 @@ def _limit(used: int | Decimal, limit: int | None) -> str:
     return f"{shown} of {limit:,}" if limit is not None else shown
 
 
+def _percent(ratio: Decimal | None) -> str:
+    return "no data" if ratio is None else f"{ratio * 100:.0f} %"
+
+
+def efficiency_stats(gpu_use: EfficiencyRow) -> list[html.Div]:
+    """GPU-hours used, efficiency (used ÷ measured) and its coverage (measured ÷ allocated), as
+    `metering.efficiency` defines them."""
+    measured = gpu_use.measured_gpu_hours
+    return [stat("GPU-hours used", _hours(gpu_use.used_gpu_hours if measured else None), "stat-used"),
+            stat("efficiency (used / measured)", _percent(gpu_use.efficiency), "stat-efficiency"),
+            stat("utilisation coverage (measured / allocated)", _percent(gpu_use.coverage), "stat-coverage",
+                 "warning" if gpu_use.coverage is not None and gpu_use.coverage < COVERAGE_WARNING else "")]
+
+
 def update(tenant_slug: str | None, choice: str | None) -> tuple:
     """Every block of the page for the chosen tenant (within the caller's) and range."""
     principal = current_principal()
@@ -75,14 +90,13 @@ def update(tenant_slug: str | None, choice: str | None) -> tuple:
         if tenant_slug not in (None, ALL) and tenant is None:
             tenant_id = -1  # not one of the caller's tenants: show nothing rather than everything
         slices = gpu_hours(session, principal, start, end, tenant_id)
-        used = used_gpu_hours(session, principal, start, end, tenant_id)
+        gpu_use = combined(efficiency_between(session, principal, start, end, tenant_id=tenant_id))
         quotas = [q for q in quota_rows(session, principal) if tenant is None or q["tenant"] == tenant.slug]
         nodes = running_nodes(session, principal, tenant_id)
         namespaces = running_namespaces(session, principal, tenant_id)
     allocated = sum((s.gpu_hours for s in slices), Decimal(0))
-    efficiency = f"{used / allocated * 100:.0f} %" if used is not None and allocated else "no data"
-    stats = [stat("GPU-hours allocated", _hours(allocated), "stat-allocated"), stat("GPU-hours used", _hours(used), "stat-used"),
-             stat("efficiency (used / allocated)", efficiency, "stat-efficiency"), stat("nodes running", len(nodes), "stat-running")]
+    stats = [stat("GPU-hours allocated", _hours(allocated), "stat-allocated"), *efficiency_stats(gpu_use),
+             stat("nodes running", len(nodes), "stat-running")]
     why = "No leases in this range: nothing was allocated to these tenants."
     by_day = stacked_bars("GPU-hours allocated per day, by VDC", "day (UTC)", "GPU-hours", stacked_by_day(slices, "vdc"),
                           empty_reason=why)
