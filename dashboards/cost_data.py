@@ -74,9 +74,7 @@ def _bills(session: Session, principal: Principal, period: str, tenant_id: int |
     return views.list_bills(session, principal, period=period, tenant_id=tenant_id)
 
 
-def spend_summary(
-    session: Session, principal: Principal, period: str, tenant_id: int | None = None, now: datetime | None = None
-) -> SpendSummary:
+def spend_summary(session: Session, principal: Principal, period: str, tenant_id: int | None = None) -> SpendSummary:
     """The period's bills of the caller's tenants (or one of them) with totals and forecasts.
 
     Lines are read in one query for all bills and handed to `metering.views.forecast_total`."""
@@ -88,7 +86,7 @@ def spend_summary(
     slugs = views.tenant_slugs(session, {b.tenant_id for b in bills})
     summary = SpendSummary(period=period, currency=bills[0].currency if bills else billing_currency(session, []))
     for bill in bills:
-        forecast = round_amount(views.forecast_total(bill, lines[bill.id], now), bill.currency)
+        forecast = round_amount(views.forecast_total(bill, lines[bill.id]), bill.currency)
         fields = bill.model_dump(exclude={"tenant_id", "list_total", "total", "discount_percent"})
         public = views.BillPublic(**fields, tenant=slugs.get(bill.tenant_id, "?"), forecast_total=forecast,
                                   list_total=round_amount(Decimal(bill.list_total), bill.currency),
@@ -217,10 +215,10 @@ def budget_alerts(
     return budget_service.alerts_public(session, alerts)
 
 
-def bill_detail(session: Session, principal: Principal, bill_id: int, now: datetime | None = None) -> views.BillDetail:
+def bill_detail(session: Session, principal: Principal, bill_id: int) -> views.BillDetail:
     """One bill of the caller's tenants with its lines; NotFound otherwise."""
     bill = get_bill_for(session, principal, bill_id)
-    return views.bill_public(session, [bill], now, with_lines=True)[0]
+    return views.bill_public(session, [bill], with_lines=True)[0]
 
 
 @dataclass

@@ -102,6 +102,9 @@ class Bill(SQLModel, table=True):
     discount_percent: Decimal = Field(default=Decimal(0), sa_column=Column(PERCENT, nullable=False))
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    # The instant the last bills run counted usage up to (its `now`, at most the period end): the
+    # forecast extrapolates from it, so it does not drift while no run adds usage.
+    usage_through: datetime | None = Field(default=None, sa_type=UTCDateTime)
     finalised_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     finalised_by: str | None = Field(default=None, max_length=200)
 

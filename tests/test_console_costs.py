@@ -115,7 +115,7 @@ def test_forecast_extrapolates_a_running_period(world: World) -> None:
     lease(world, node_a, "a", "2026-10-01T00:00", None)
     run_period(world.session, SYSTEM, PERIOD, policy="platform", now=at("2026-10-11T00:00"))  # 10 of 31 days
     world.session.commit()
-    summary = spend_summary(world.session, principal(world, "a_member"), PERIOD, now=at("2026-10-11T00:00"))
+    summary = spend_summary(world.session, principal(world, "a_member"), PERIOD)  # not on the clock: on the run
     assert summary.to_date == Decimal("480.00")  # 240 GPU-hours × 2.00 (node-hours have no card: 0)
     assert summary.forecast == Decimal("1488.00")  # × 31 / 10
 

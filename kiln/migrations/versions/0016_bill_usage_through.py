@@ -1,0 +1,25 @@
+"""bill.usage_through: the instant the last bills run counted usage up to (forecasts extrapolate from it)
+
+Revision ID: 0016
+Revises: 0015
+Create Date: 2026-12-06 12:45:15
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+from kiln.db import UTCDateTime
+
+revision = '0016'
+down_revision = '0015'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    # added in place: batch mode would recreate `bill`, which bill_line references (ON DELETE CASCADE)
+    op.add_column('bill', sa.Column('usage_through', UTCDateTime(), nullable=True))
+
+
+def downgrade() -> None:
+    op.execute("ALTER TABLE bill DROP COLUMN usage_through")
