@@ -178,8 +178,8 @@ class BudgetAlert(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("subject", "period", "threshold", name="uq_budget_alert_once"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    subject: str = Field(max_length=64)  # budget:ID | quota:VDC_ID[:TENANT_ID]
-    kind: str = Field(max_length=16)  # budget | gpu-hours
+    subject: str = Field(max_length=64)  # budget:ID | forecast:budget:ID | quota:VDC_ID[:TENANT_ID]
+    kind: str = Field(max_length=16)  # budget | budget-forecast | gpu-hours
     tenant_id: int | None = Field(default=None, sa_column=Column(Integer, ForeignKey("tenant.id", ondelete="CASCADE"), index=True))
     budget_id: int | None = Field(default=None, sa_column=Column(Integer, ForeignKey("budget.id", ondelete="CASCADE")))
     vdc_id: int | None = Field(default=None, sa_column=Column(Integer, ForeignKey("vdc.id", ondelete="CASCADE")))

@@ -24,7 +24,7 @@ from dashboards.finance_data import (
     status_counts,
     tenant_charges,
 )
-from dashboards.pages.costs import money
+from dashboards.numbers import money
 from kiln.db import utcnow
 from kiln.errors import KilnError
 from metering.periods import next_period, period_of
