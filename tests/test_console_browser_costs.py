@@ -250,6 +250,29 @@ def test_a_downloaded_bill_totals_what_the_api_says_and_drills_down(console: Cos
     page.context.close()
 
 
+def test_finance_reads_no_configuration_internals_and_admins_get_the_setup_hint(console: CostConsole) -> None:
+    page, errors = console.page_as("fiona", "/finance")
+    page.wait_for_selector("#finance-tenant-table .ag-cell")
+    _choose(page, "finance-period", f"{console.current} (running)")  # no OpenCost allocation this month
+    page.wait_for_selector("#finance-reconciliation:has-text('OpenCost is not connected')")
+    screenshot(page, "finance-opencost-not-connected")
+    text = page.inner_text("body")  # what the reader sees (the markup has SVG namespace URLs)
+    assert [word for word in ("KILN_", "kiln worker", "kiln bills", "http://", "https://") if word in text] == []
+    assert "KILN_" not in page.content()
+    assert page.is_disabled("#finance-close")  # the running period cannot be closed: and it looks it
+    style = page.evaluate("() => { const s = getComputedStyle(document.querySelector('#finance-close'));"
+                          " return [s.cursor, Number(s.opacity)]; }")
+    assert style[0] == "not-allowed" and style[1] < 0.6
+    assert errors.messages == []
+    page.context.close()
+    page, errors = console.page_as("ops-admin", "/finance")
+    page.wait_for_selector("#finance-tenant-table .ag-cell")
+    _choose(page, "finance-period", f"{console.current} (running)")
+    page.wait_for_selector("#finance-reconciliation:has-text('KILN_OPENCOST_URL')")  # the admin's view says how
+    assert errors.messages == []
+    page.context.close()
+
+
 def test_finance_closes_the_period_and_the_bill_becomes_finalised(console: CostConsole) -> None:
     page, errors = console.page_as("fiona", "/finance")
     page.wait_for_selector("#finance-tenant-table .ag-cell")

@@ -229,3 +229,13 @@ def test_close_period_finalises_and_refuses_twice(world: World) -> None:
         close_period(world.session, principal(world, "finance"), PERIOD, "platform")
     can, why = closable(world.session, "2099-01")
     assert not can and "has not ended" in why
+
+
+def test_setup_hints_are_for_infra_admins_only(world: World) -> None:
+    from dashboards.pages.finance import opencost_notice
+
+    finance, admin = principal(world, "finance"), principal(world, "admin")
+    assert opencost_notice(finance, connected=False) == "OpenCost is not connected, so there is nothing to reconcile with."
+    assert "KILN_OPENCOST_URL" in opencost_notice(admin, connected=False)
+    assert "kiln_collector_up" not in opencost_notice(finance, connected=True)
+    assert "kiln_collector_up" in opencost_notice(admin, connected=True)

@@ -21,6 +21,7 @@ from dashboards.cost_data import (
     spend_summary,
 )
 from dashboards.figures import Figure, bars, empty_figure, share_bars, stacked_bars
+from dashboards.hints import for_role
 from dashboards.numbers import money, percent, quantity
 from dashboards.pages.bill import bill_url
 from dashboards.tenancy_data import visible_tenants
@@ -151,7 +152,8 @@ def update(tenant_slug: str | None, period: str | None) -> tuple:
              stat("forecast at period end", money(summary.forecast, currency), "stat-forecast"),
              stat("at list prices", money(summary.list_total, currency), "stat-list"),
              stat("bills", len(summary.bills), "stat-bills")]
-    why = f"No bill in {period} for these tenants: bills are drafted as usage is rated (hourly by `kiln worker`)."
+    why = for_role(principal, f"No bill in {period} for these tenants: bills are drafted hourly as usage is rated.",
+                   "The worker (`kiln worker`) runs them.")
     sku_figure = bars(f"Spend by SKU, {period}", "SKU", f"billed ({currency})", [label(s) for s in by_sku], list(by_sku.values()),
                       empty_reason=why, horizontal=True)
     by_month_day = {label(sku): {day[5:]: amount for day, amount in days.items()} for sku, days in by_day.items()}  # MM-DD
