@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -105,30 +106,49 @@ def _row(tenant: str, allocated: Decimal, measured: Decimal, used: Decimal) -> E
         coverage=(measured / allocated).quantize(PLACES) if allocated else None)
 
 
-def efficiency_between(
+@dataclass(frozen=True)
+class LeaseFigures:
+    """One lease's GPU-hours within a window: allocated, measured and used."""
+
+    lease: Lease
+    gpus: int
+    allocated: Decimal
+    measured: Decimal
+    used: Decimal
+
+
+def lease_figures(
     session: Session, principal: Principal, start: datetime, end: datetime, *, tenant_id: int | None = None,
     now: datetime | None = None,
-) -> list[EfficiencyRow]:
-    """Per tenant the caller may see (or only `tenant_id`): allocated, measured and used GPU-hours of
-    leased nodes in [start, end) up to now, with efficiency and coverage."""
+) -> list[LeaseFigures]:
+    """Every lease of the caller's tenants (or only `tenant_id`) overlapping [start, end) up to now,
+    with its allocated, measured and used GPU-hours there."""
     stop = min(end, now or utcnow())
     statement = principal.scope(select(Lease).where(overlapping(start, stop)), Lease.tenant_id)
     if tenant_id is not None:
         statement = statement.where(Lease.tenant_id == tenant_id)
     leases = list(session.exec(statement.order_by(Lease.id)).all()) if stop > start else []
     gpus = Counter(session.exec(select(Gpu.node_id).where(col(Gpu.node_id).in_({l.node_id for l in leases}))).all())
-    allocated: dict[int, int] = defaultdict(int)
-    for lease in leases:
-        allocated[lease.tenant_id] += lease_gpu_micros(lease, gpus[lease.node_id], start, stop)
-    measured: dict[int, Decimal] = defaultdict(Decimal)
-    used: dict[int, Decimal] = defaultdict(Decimal)
-    tenant_of = {lease.id: lease.tenant_id for lease in leases}
-    for lease_id, (have, took) in lease_utilisation(session, leases, start, stop).items():
-        measured[tenant_of[lease_id]] += have
-        used[tenant_of[lease_id]] += took
+    measured = lease_utilisation(session, leases, start, stop)
+    return [LeaseFigures(lease, gpus[lease.node_id],
+                         Decimal(lease_gpu_micros(lease, gpus[lease.node_id], start, stop)) / MICROS_PER_HOUR,
+                         *measured.get(lease.id, (ZERO, ZERO))) for lease in leases]
+
+
+def efficiency_between(
+    session: Session, principal: Principal, start: datetime, end: datetime, *, tenant_id: int | None = None,
+    now: datetime | None = None,
+) -> list[EfficiencyRow]:
+    """Per tenant the caller may see (or only `tenant_id`): allocated, measured and used GPU-hours of
+    leased nodes in [start, end) up to now, with efficiency and coverage."""
+    totals: dict[int, list[Decimal]] = defaultdict(lambda: [ZERO, ZERO, ZERO])
+    for figures in lease_figures(session, principal, start, end, tenant_id=tenant_id, now=now):
+        total = totals[figures.lease.tenant_id]
+        total[0] += figures.allocated
+        total[1] += figures.measured
+        total[2] += figures.used
     slugs = dict(session.exec(select(Tenant.id, Tenant.slug)).all())
-    return [_row(slugs.get(t, "?"), Decimal(allocated[t]) / MICROS_PER_HOUR, measured[t], used[t])
-            for t in sorted(set(allocated) | set(measured), key=lambda t: slugs.get(t, ""))]
+    return [_row(slugs.get(t, "?"), *totals[t]) for t in sorted(totals, key=lambda t: slugs.get(t, ""))]
 
 
 def combined(rows: Iterable[EfficiencyRow], tenant: str = ALL_TENANTS) -> EfficiencyRow:

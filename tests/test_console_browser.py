@@ -32,7 +32,7 @@ from tests.browser import (
 )
 from tests.conftest import TEST_SECRET_KEY
 
-ADMIN_PAGES = {"fleet": ("/fleet", 4), "vdcs": ("/vdcs", 1), "usage": ("/usage", 3), "node": ("/nodes/gpu-a01", 3)}
+ADMIN_PAGES = {"fleet": ("/fleet", 4), "vdcs": ("/vdcs", 1), "usage": ("/usage", 4), "node": ("/nodes/gpu-a01", 3)}
 TENANT_B_WORDS = ("tenant-b", "Tenant B", "bob", *TENANT_B_NODES)
 BLANK_CHART_PNG_BYTES = 8_000
 
@@ -108,22 +108,31 @@ def test_every_page_renders_with_drawn_charts_and_no_console_errors(console: Con
     page.context.close()
 
 
+def _b_words(content: str) -> list[str]:
+    """Tenant B's names in the page, as whole words (AG Grid's markup says "combobox")."""
+    return [word for word in TENANT_B_WORDS if re.search(rf"(?<![\w-]){re.escape(word)}(?![\w])", content)]
+
+
 def test_tenant_pages_never_show_another_tenants_names(console: Console) -> None:
     page, errors = console.page_as("alice", "/usage")
     wait_for_charts(page, 3)
     page.wait_for_selector("#running-nodes td")
+    page.wait_for_selector("#usage-allocation-table .ag-cell")
     screenshot(page, "tenant-a-usage")
+    allocation = page.inner_text("#usage-allocation-table")
+    assert "Cost of idle" in allocation and all(node in allocation for node in TENANT_A_NODES)
+    assert re.match(r"^\d+ %$", page.inner_text("#stat-efficiency")) and re.match(r"^\d+ %$", page.inner_text("#stat-coverage"))
     text = page.inner_text("body")
     assert all(node in text for node in TENANT_A_NODES)
-    assert [word for word in TENANT_B_WORDS if word in page.content()] == []
+    assert _b_words(page.content()) == []
     page.click("#usage-tenant")
-    assert [word for word in TENANT_B_WORDS if word in page.content()] == []  # not even among the tenant choices
+    assert _b_words(page.content()) == []  # not even among the tenant choices
     for node in TENANT_A_NODES:  # gpu-a02 was tenant B's before: its history must not say so
         page.goto(f"{console.base_url}/nodes/{node}")
         wait_for_charts(page, 3)
         screenshot(page, f"tenant-a-node-{node}")
         assert page.inner_text("#node-title") == node
-        assert [word for word in TENANT_B_WORDS if word in page.content()] == []
+        assert _b_words(page.content()) == []
         assert "ipmi://" not in page.content()  # BMC details are for infra admins
     page.goto(f"{console.base_url}/nodes/{TENANT_B_NODES[0]}")
     page.wait_for_selector("#node-missing")

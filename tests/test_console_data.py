@@ -118,6 +118,44 @@ def test_hourly_samples_count_for_their_hour_and_match_the_utilisation_charts(wo
     assert texts == {"stat-used": "63.4", "stat-efficiency": "61 %", "stat-coverage": "72 %"}
 
 
+def test_the_allocation_view_prices_idle_gpu_hours_and_flags_waste(world: World) -> None:
+    from metering.allocation import allocation_rows, daily_gpu_hours
+    from tests.metering_helpers import card, discount
+
+    node_a, _ = two_tenants(world)
+    card(world, "gpu-hour:NVIDIA B200", "4.00")  # node A's H100s have no card: their idle cost is unknown
+    discount(world, "b", "25")
+    for index in range(4):  # node B's GPUs at 30 % for 10:00-22:00 of day 1 only (12 of its 26 leased hours)
+        _utilisation(world, f"GPU-B-{index}", T0 + timedelta(hours=10), timedelta(hours=1), 12, 30.0)
+    one_of_a = world.session.exec(select(Gpu).where(Gpu.node_id == node_a.id, Gpu.index == 0)).one()
+    one_of_a.uuid = "GPU-A-0"
+    world.session.add(one_of_a)
+    _utilisation(world, "GPU-A-0", T0 + timedelta(hours=22), timedelta(hours=1), 5, 90.0)  # one of node A's 8 GPUs, 5 h
+    admin = principal(world, "admin")
+    rows = allocation_rows(world.session, admin, T0, T0 + timedelta(days=2), now=NOW)
+    b, a = rows  # most idle cost first
+    assert (b.tenant, b.node, b.gpu_model, b.gpus) == ("tenant-b", "node-b", "NVIDIA B200", 4)
+    assert (b.allocated_gpu_hours, b.measured_gpu_hours, b.used_gpu_hours, b.idle_gpu_hours) == (
+        Decimal("104.0000"), Decimal("48.0000"), Decimal("14.4000"), Decimal("33.6000"))
+    assert (b.efficiency, b.coverage, b.waste) == (Decimal("0.3000"), Decimal("0.4615"), False)  # too little measured to judge
+    assert (b.idle_cost, b.currency) == (Decimal("100.80"), "EUR")  # 33.6 idle GPU-hours × 4.00 less 25 %
+    assert (a.tenant, a.idle_cost, a.efficiency, a.measured_gpu_hours) == ("tenant-a", None, Decimal("0.9000"), Decimal("5.0000"))
+    assert [r.tenant for r in allocation_rows(world.session, principal(world, "a_member"), T0, T0 + timedelta(days=2),
+                                              now=NOW)] == ["tenant-a"]
+    days = daily_gpu_hours(world.session, principal(world, "b_member"), T0, T0 + timedelta(days=2), now=NOW)
+    assert days == {"2026-03-01": (Decimal("56.0000"), Decimal("14.4000")), "2026-03-02": (Decimal("48.0000"), Decimal("0.0000"))}
+
+
+def test_a_wasteful_lease_is_flagged_when_enough_of_it_was_measured(world: World) -> None:
+    from metering.allocation import allocation_rows
+
+    two_tenants(world)
+    for index in range(4):
+        _utilisation(world, f"GPU-B-{index}", T0 + timedelta(hours=10), timedelta(hours=1), 26, 20.0)
+    (row,) = allocation_rows(world.session, principal(world, "b_member"), T0, T0 + timedelta(days=2), now=NOW)
+    assert (row.efficiency, row.coverage, row.waste, row.idle_cost) == (Decimal("0.2000"), Decimal("1.0000"), True, None)
+
+
 def test_a_gap_in_the_samples_is_missing_data_not_a_long_sample(world: World) -> None:
     two_tenants(world)
     start = T0 + timedelta(hours=10)
