@@ -3,7 +3,8 @@
 Plain httpx against Redfish's JSON (DMTF DSP0266), HTTP basic authentication, one client per
 target with the target's timeout. Per target: the service root (`/redfish/v1/`), its first
 ComputerSystem, and the Chassis the System links to (else the first Chassis) with its legacy
-`Power` and `Thermal` resources (the newer PowerSubsystem/ThermalSubsystem are not read yet).
+`Power` and `Thermal` resources (the newer PowerSubsystem/ThermalSubsystem are not read yet), and
+the firmware inventory (`UpdateService/FirmwareInventory`, collectors/redfish_firmware.py).
 Metric names are the IPMI path's (collectors/ipmi.py, ipmi_exporter's names), so energy
 metering, dashboards and alerts treat a Redfish node like an IPMI one (entity = node name):
 
@@ -34,12 +35,14 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from types import MappingProxyType
 from typing import Any, Self
 
 import httpx
 
 from collectors.base import Sample, TargetResult, skipped_summary
+from collectors.redfish_firmware import firmware_samples
 
 log = logging.getLogger(__name__)
 NO_LABELS: Mapping[str, str] = MappingProxyType({})
@@ -103,7 +106,8 @@ class RedfishCollector:
     """Reads every target's Redfish service once per `collect()`; see the module docstring.
 
     `timeout` is each request's limit (connect, read) unless a target sets its own; a target
-    makes up to six requests. Targets are read concurrently on up to `workers` threads.
+    makes up to six requests, plus two and one per member for the firmware inventory. Targets are
+    read concurrently on up to `workers` threads.
     """
 
     name = "redfish"
@@ -219,6 +223,10 @@ class RedfishCollector:
                 out.extend(reader(self._get(client, path), sample, skipped))
             except RedfishError as exc:
                 parts.append(f"{part.lower()}: {exc}")
+        try:  # firmware inventory: collectors/redfish_firmware.py
+            out.extend(firmware_samples(partial(self._get, client), root, target.node, self.name, now, skipped, (RedfishError,)))
+        except RedfishError as exc:
+            parts.append(f"firmware: {exc}")
         error = "; ".join(filter(None, [*parts, skipped_summary(skipped)])) or None
         return TargetResult(target.node, ok=True, samples=out, error=error, skipped=skipped,
                             seconds=time.monotonic() - began)

@@ -33,6 +33,7 @@ from collectors.models import (
     NodeEnergyHour,
     Rollup5m,
 )
+from collectors.redfish_firmware import FIRMWARE_METRIC
 from fleet.models import Gpu, Node
 from kiln.db import upsert
 from kiln.validation import is_ip_address
@@ -80,7 +81,7 @@ def persist_results(session: Session, collector: str, results: Sequence[TargetRe
         integrate_energy(session, [s for s in samples if s.metric == POWER_METRIC], node_ids, max_gap)
         gpu_energy = [s for s in samples if s.metric == GPU_ENERGY_METRIC and s.source in GPU_SOURCES]
         integrate_gpu_energy(session, gpu_energy, {s.entity: _node_of(s, node_ids) for s in gpu_energy}, max_gap)
-        write_snapshots(session, samples, node_ids)
+        write_snapshots(session, [s for s in samples if s.metric != FIRMWARE_METRIC], node_ids)
         add_rollups(session, samples)
         update_facts(session, samples, node_ids)
     return transitions
@@ -209,11 +210,17 @@ def integrate_energy(session: Session, power: Sequence[Sample], node_ids: Mappin
 
 
 def update_facts(session: Session, samples: Iterable[Sample], node_ids: Mapping[str, int]) -> None:
-    """BMC device id and FRU into the node's hardware facts (`facts["bmc"]`, `facts["fru"]`)."""
-    found: dict[int, dict[str, dict[str, str]]] = {}
+    """BMC device id and FRU into the node's hardware facts (`facts["bmc"]`, `facts["fru"]`), and a
+    Redfish poll's firmware inventory into `facts["firmware"]` (see `firmware_facts`), replaced whole."""
+    found: dict[int, dict[str, dict]] = {}
+    firmware: dict[int, list[Sample]] = {}
     for s in samples:
         if s.metric in FACT_METRICS and s.entity in node_ids:
             found.setdefault(node_ids[s.entity], {})[FACT_METRICS[s.metric]] = dict(s.labels)
+        elif s.metric == FIRMWARE_METRIC and s.entity in node_ids:
+            firmware.setdefault(node_ids[s.entity], []).append(s)
+    for node_id, polled in firmware.items():
+        found.setdefault(node_id, {})["firmware"] = firmware_facts(polled)
     if not found:
         return
     for node in session.exec(select(Node).where(Node.id.in_(list(found)))):
@@ -222,6 +229,14 @@ def update_facts(session: Session, samples: Iterable[Sample], node_ids: Mapping[
             facts.update(found[node.id])
             node.facts = facts
             session.add(node)
+
+
+def firmware_facts(samples: Sequence[Sample]) -> dict:
+    """`{"read_at": ISO time, "components": {Redfish Id: {component, version, name, ...}}}` from one
+    poll's `redfish_firmware_info` samples of a node (collectors/redfish_firmware.py)."""
+    components = {s.labels["id"]: {k: v for k, v in s.labels.items() if k != "id"} for s in samples}
+    read_at = max(s.ts for s in samples).astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return {"read_at": read_at, "components": dict(sorted(components.items()))}
 
 
 def _host_of(sample: Sample) -> str:

@@ -11,6 +11,7 @@ from typer._click import exceptions as click  # Typer vendors its own click
 
 from collectors.cli import collect_app
 from fleet.cli import nodes_app
+from fleet.firmware_cli import firmware_app
 from fleet.tenancy_cli import leases_app, vdcs_app
 from kiln.cli import accounts, ops, server
 from kiln.errors import KilnError
@@ -45,6 +46,7 @@ app.add_typer(price_cards_app, name="price-cards")
 app.add_typer(budgets_app, name="budgets")
 app.add_typer(export_app, name="export")
 app.add_typer(carbon_app, name="carbon")
+app.add_typer(firmware_app, name="firmware")
 app.add_typer(collect_app, name="collect")
 
 
