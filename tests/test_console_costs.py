@@ -166,6 +166,8 @@ def test_bill_lines_show_list_and_contracted_prices_and_the_discount(world: Worl
     assert (row["list unit price"], row["contracted unit price"], row["discount"]) == ("€2.00", "€1.80", "10.00 %")
     assert (row["at list price"], row["billed"], row["quantity"]) == ("€24.00", "€21.60", "12.00 GPU-Hours")
     assert row["SKU"].children == "GPU-hour · NVIDIA H100 80GB HBM3" and row["SKU"].title == GPU_SKU
+    correction = gpu_line.model_copy(update={"kind": "correction", "description": "correction of 2026-09: more usage"})
+    assert line_row(correction)[1].children[2].children == "correction of 2026-09: more usage"  # says what it corrects
     assert line_discount(next(l for l in detail.lines if l.sku == NODE_SKU)) == Decimal("10.00")
     pager, _ = lines_block(detail, 5)  # clamped: two lines are one page
     assert pager.children[1].children == "page 1 of 1" and pager.children[0].disabled and pager.children[2].disabled

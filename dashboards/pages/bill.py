@@ -24,6 +24,7 @@ from dashboards.cost_data import (
 )
 from dashboards.numbers import money, percent, quantity, unit_price
 from kiln.errors import KilnError
+from metering.rating import KIND_USAGE
 from metering.sku_labels import label
 from metering.views import BillDetail, BillLinePublic
 
@@ -56,7 +57,10 @@ def _turned(page: int | None) -> int:
 def line_row(line: BillLinePublic) -> tuple:
     """A bill line as the table shows it: human SKU, list and contracted unit prices, discount, amounts."""
     discount = line_discount(line)
-    return (line.kind, html.Span(label(line.sku), title=line.sku), quantity(line.quantity, line.unit),
+    # a usage line's description repeats its columns; corrections, idle shares and unpriced SKUs explain themselves
+    note = line.description if line.kind != KIND_USAGE or line.price_card_id is None else ""
+    sku = html.Span([label(line.sku), html.Br(), html.Small(note, className="hint")] if note else label(line.sku), title=line.sku)
+    return (line.kind, sku, quantity(line.quantity, line.unit),
             unit_price(line.list_unit_price, line.currency), unit_price(line.contracted_unit_price, line.currency),
             percent(discount, 2) if discount is not None else "—", money(line.list_cost, line.currency),
             money(line.contracted_cost, line.currency),
