@@ -163,6 +163,8 @@ def test_cost_pages_render_with_drawn_charts_and_no_console_errors(console: Cost
     else:
         page.wait_for_selector("#finance-tenant-table .ag-cell")
     _charts_have_marks(page, charts)
+    by_sku = page.inner_text("#costs-by-sku" if path == "/costs" else "#finance-by-sku")
+    assert "GPU-hour · " in by_sku and "gpu-hour:" not in by_sku  # SKUs by name
     assert screenshot(page, f"{who}-{path.strip('/')}").stat().st_size > 30_000
     assert "Traceback" not in page.content()
     assert errors.messages == []

@@ -31,6 +31,7 @@ from kiln.auth import Principal
 from kiln.db import utcnow
 from kiln.errors import KilnError
 from metering.periods import next_period, period_of
+from metering.sku_labels import label
 
 PATH = "/finance"
 TOP_TENANTS = 25
@@ -123,9 +124,10 @@ def update(period: str | None) -> tuple:
     by_tenant = bars(f"Charges by tenant, {period}" + (f" (top {TOP_TENANTS})" if len(charges) > TOP_TENANTS else ""),
                      "tenant", f"billed ({currency})", [c.tenant for c in top], [c.total for c in top],
                      empty_reason=why, horizontal=True)
-    sku_figure = bars(f"Charges by SKU, {period}", "SKU", f"billed ({currency})", list(by_sku), list(by_sku.values()),
+    sku_figure = bars(f"Charges by SKU, {period}", "SKU", f"billed ({currency})", [label(k) for k in by_sku], list(by_sku.values()),
                       empty_reason=why, horizontal=True)
-    idle_figure = bars(f"Idle capacity by SKU, {period}", "SKU", f"list cost ({currency})", list(idle), list(idle.values()),
+    idle_figure = bars(f"Idle capacity by SKU, {period}", "SKU", f"list cost ({currency})", [label(k) for k in idle],
+                       list(idle.values()),
                        empty_reason="No idle capacity priced in this period (every node was leased, or bills were not run).",
                        horizontal=True)
     exports = html.P([
