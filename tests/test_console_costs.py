@@ -184,6 +184,14 @@ def test_budgets_show_their_forecast(world: World) -> None:
     assert (row["spent"], row["percent"], row["forecast"], row["forecast_percent"]) == (
         Decimal("480.00"), Decimal("48.0"), Decimal("1488.00"), Decimal("148.8"))
     assert budget_rows(world.session, principal(world, "b_member"), PERIOD) == []
+    from dashboards.pages.costs import budget_state, budget_table
+
+    assert budget_state(row["percent"], row["forecast_percent"], row["thresholds"]) == "forecast to cross 100 %"
+    assert budget_state(Decimal("85"), Decimal("90"), [50, 80, 100]) == "spent past 80 %"
+    assert budget_state(Decimal("10"), Decimal("40"), [50, 80, 100]) == "on track"
+    assert budget_state(Decimal("100"), Decimal("100"), [50, 80, 100]) == "over budget"
+    cells = [td.children for td in budget_table([row]).children.children[1].children[0].children]
+    assert cells[3:6] == ["€480.00", "€1,488.00", "148.8 %"]
 
 
 def test_finance_charges_idle_and_scoping(world: World) -> None:

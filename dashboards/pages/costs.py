@@ -95,14 +95,24 @@ def _amount(value: Decimal, currency: str) -> str:
     return quantity(value, KG) if currency == KG else money(value, currency)
 
 
+def budget_state(spent_percent: Decimal, forecast_percent: Decimal, thresholds: list[int]) -> str:
+    """Over budget; the highest threshold the forecast will cross that the spend has not; the
+    highest the spend has crossed; or on track."""
+    if spent_percent >= 100:
+        return "over budget"
+    ahead = [t for t in thresholds if spent_percent < t <= forecast_percent]
+    if ahead:
+        return f"forecast to cross {max(ahead)} %"
+    passed = [t for t in thresholds if t <= spent_percent]
+    return f"spent past {max(passed)} %" if passed else "on track"
+
+
 def budget_table(rows: list[dict]) -> html.Div:
     """Each budget's spend and forecast against its amount; a forecast that will cross the first
     threshold is flagged before the spend does."""
     body = []
     for r in rows:
-        warn = min(r["thresholds"])
-        state = ("over budget" if r["percent"] >= 100 else f"spent past {warn} %" if r["percent"] >= warn
-                 else f"forecast to cross {warn} %" if r["forecast_percent"] >= warn else "on track")
+        state = budget_state(r["percent"], r["forecast_percent"], r["thresholds"])
         body.append((r["tenant"], r["name"], _amount(r["amount"], r["currency"]), _amount(r["spent"], r["currency"]),
                      _amount(r["forecast"], r["currency"]), percent(r["forecast_percent"]),
                      html.Span(state, className="warning" if state != "on track" else "")))
