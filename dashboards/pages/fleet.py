@@ -20,6 +20,7 @@ from dashboards.fleet_data import (
     node_rows,
     unreachable_bmcs,
 )
+from kiln.auth import Principal
 from kiln.roles import Role
 
 PATH = "/fleet"
@@ -28,15 +29,18 @@ DEFAULT_RANGE = "24h"
 HEALTH_COLORS = {"ok": "#6a994e", "warning": "#e09f3e", "critical": "#9e2a2b", "unknown": "#999999"}
 
 
+def _fleet_now(principal: Principal) -> tuple[list[dict], list, list]:
+    """The node rows, unreachable BMCs and GPUs with XID errors, as of now."""
+    with db_session() as session:
+        return node_rows(session, principal), unreachable_bmcs(session, principal), gpus_with_xid(session, principal)
+
+
 def layout(**_: str) -> html.Div:
     """The page, filled for the signed-in infra admin (a 403 panel for anyone else)."""
     principal = current_principal()
     if not allowed(principal, ROLES):
         return forbidden(principal, "The fleet overview")
-    with db_session() as session:
-        rows = node_rows(session, principal)
-        bmcs = unreachable_bmcs(session, principal)
-        xids = gpus_with_xid(session, principal)
+    rows, bmcs, xids = _fleet_now(principal)
     states, health = counts(rows, "provision_state"), counts(rows, "health")
     return html.Div([
         html.Div([html.H1("Fleet overview"), time_controls.time_controls("fleet", DEFAULT_RANGE)], className="page-head"),
@@ -105,10 +109,7 @@ def refresh(choice: str | None, start_date: str | None, end_date: str | None, _t
     principal = current_principal()
     if not allowed(principal, ROLES):  # anyone else gets empty parts: nothing of the fleet
         return power_figure(choice, start_date, end_date), hottest_figure([]), [], time_controls.updated()
-    with db_session() as session:
-        rows = node_rows(session, principal)
-        bmcs = unreachable_bmcs(session, principal)
-        xids = gpus_with_xid(session, principal)
+    rows, bmcs, xids = _fleet_now(principal)
     return (power_figure(choice, start_date, end_date), hottest_figure(hottest_nodes(rows)), fleet_stats(rows, bmcs, xids),
             time_controls.updated())
 
