@@ -16,7 +16,7 @@ DASH = "—"
 PRICE_MAX_DECIMALS = 6
 DEFAULT_DECIMALS = 2
 UNIT_DECIMALS = {"Hours": 2, "GPU-Hours": 2, "Core-Hours": 2, "GiB-Hours": 2, "kWh": 3, "GiB-Months": 2, "Share": 4,
-                 "kg CO2e": 3, "GPU-hours": 1}
+                 "kg CO2e": 3}
 SYMBOLS = {"EUR": "€", "USD": "$", "GBP": "£", "JPY": "¥", "CHF": "CHF "}
 
 

@@ -124,7 +124,8 @@ def update(period: str | None) -> tuple:
     by_tenant = bars(f"Charges by tenant, {period}" + (f" (top {TOP_TENANTS})" if len(charges) > TOP_TENANTS else ""),
                      "tenant", f"billed ({currency})", [c.tenant for c in top], [c.total for c in top],
                      empty_reason=why, horizontal=True)
-    sku_figure = bars(f"Charges by SKU, {period}", "SKU", f"billed ({currency})", [label(k) for k in by_sku], list(by_sku.values()),
+    sku_figure = bars(f"Charges by SKU, {period}", "SKU", f"billed ({currency})", [label(k) for k in by_sku],
+                      list(by_sku.values()),
                       empty_reason=why, horizontal=True)
     idle_figure = bars(f"Idle capacity by SKU, {period}", "SKU", f"list cost ({currency})", [label(k) for k in idle],
                        list(idle.values()),

@@ -156,6 +156,10 @@ ALLOCATION_COLUMNS = (
 )
 
 
+def _hundredths(value: Decimal) -> str:
+    return str(value.quantize(Decimal("0.01")))
+
+
 def _ratio(value: Decimal | None) -> str:
     return "" if value is None else str((value * 100).quantize(Decimal("0.1")))
 
@@ -164,8 +168,8 @@ def allocation_table(rows: list[AllocationRow]) -> html.Div:
     """The allocation rows as a sortable grid (most idle cost first); waste rows highlighted."""
     return data_grid("usage-allocation-table", ALLOCATION_COLUMNS, [
         {"tenant": r.tenant, "node": r.node, "gpu_model": r.gpu_model, "gpus": str(r.gpus),
-         "allocated": str(r.allocated_gpu_hours.quantize(Decimal("0.01"))), "used": str(r.used_gpu_hours.quantize(Decimal("0.01"))),
-         "efficiency": _ratio(r.efficiency), "coverage": _ratio(r.coverage), "idle": str(r.idle_gpu_hours.quantize(Decimal("0.01"))),
+         "allocated": _hundredths(r.allocated_gpu_hours), "used": _hundredths(r.used_gpu_hours),
+         "efficiency": _ratio(r.efficiency), "coverage": _ratio(r.coverage), "idle": _hundredths(r.idle_gpu_hours),
          "idle_cost": "" if r.idle_cost is None else str(r.idle_cost),
          "idle_cost_text": "no price card" if r.idle_cost is None else money(r.idle_cost, r.currency),
          "waste": r.waste} for r in rows],
