@@ -97,7 +97,7 @@ class NodeEvent(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     node_id: int = Field(sa_column=Column(Integer, ForeignKey("node.id", ondelete="CASCADE"), nullable=False, index=True))
     at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
-    kind: str = Field(max_length=32)  # enrolled | action | state | error | sync | edit
+    kind: str = Field(max_length=32)  # enrolled | action | state | error | sync | edit | bmc_log (a BMC log entry)
     message: str = Field(max_length=2000)
     actor: str = Field(default="", max_length=200)
     operation_id: int | None = Field(default=None)

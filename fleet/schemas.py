@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from fleet.bmc import parse_bmc_address
 from kiln.db import MAX_INTEGER
@@ -80,10 +80,13 @@ class NodeCreate(BaseModel):
 
     name: NodeName
     provisioner: Provisioner
-    bmc_address: str = Field(max_length=255, description="ipmi://HOST[:PORT] or redfish://HOST[:PORT]/PATH")
+    bmc_address: str = Field(max_length=255, description="ipmi://HOST[:PORT], or redfish://HOST[:PORT][/SYSTEM-PATH] "
+                             "(HTTPS; redfish+http:// for plain HTTP; no path: the BMC's only system)")
     bmc_username: str | None = Field(default=None, max_length=64)
     bmc_password: SecretStr | None = Field(default=None, max_length=256)
-    ironic_driver: HardwareType = Field(default="ipmi", description="Ironic hardware type; fake-hardware for tests.")
+    ironic_driver: HardwareType | None = Field(
+        default=None, description="Ironic hardware type; unset: the BMC address's kind (ipmi or redfish); "
+        "fake-hardware for tests.")
     ipmi_cipher_suite: int | None = Field(default=None, ge=0, le=17)
     ipmi_privilege: Literal["user", "operator", "admin"] | None = Field(
         default=None, description="IPMI session privilege for this BMC (KILN_IPMI_PRIVILEGE when unset).")
@@ -107,6 +110,12 @@ class NodeCreate(BaseModel):
         return value.lower().replace("-", ":") if value else value
 
     _gpus = field_validator("gpus")(_unique_gpu_indexes)
+
+    @model_validator(mode="after")
+    def _hardware_type_of_the_address(self) -> Self:
+        if self.ironic_driver is None:
+            self.ironic_driver = parse_bmc_address(self.bmc_address).driver
+        return self
 
 
 class NodeUpdate(BaseModel):

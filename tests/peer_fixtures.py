@@ -1,4 +1,5 @@
-"""Fixtures for tests against a real Ironic, the BMC simulator and sushy-static, shared by test modules.
+"""Fixtures for tests against a real Ironic, the IPMI BMC simulator and sushy-tools' Redfish
+emulator, shared by test modules.
 
 Import them into a test module (`from tests.peer_fixtures import bmcs, ironic_url, sdk`);
 each importing module gets its own Ironic.
@@ -9,8 +10,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+
+import httpx
 
 import openstack.connection
 import openstack.exceptions
@@ -60,6 +65,51 @@ def bmcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[dict]]:
     state = tmp_path_factory.mktemp("bmcsim")
     with running_peer("bmcsim", state, "4"):
         yield json.loads((state / "bmcs.json").read_text())["bmcs"]
+
+
+@dataclass(frozen=True)
+class RedfishEmulator:
+    """A running sushy-emulator (fake driver): its URL, basic-auth user, systems' UUIDs and,
+    when it serves HTTPS, its self-signed certificate."""
+
+    url: str
+    username: str
+    password: str = field(repr=False)
+    systems: tuple[str, ...]
+    certificate: Path | None = None
+
+    def system_path(self, index: int = 0) -> str:
+        """The Redfish path of system `index` (`/redfish/v1/Systems/UUID`)."""
+        return f"/redfish/v1/Systems/{self.systems[index]}"
+
+    def address(self, index: int | None = 0) -> str:
+        """Kiln's BMC address of system `index`, or of the BMC alone when None (`redfish+http(s)://…`)."""
+        return f"redfish+{self.url}" + (self.system_path(index) if index is not None else "")
+
+    def power_state(self, index: int = 0) -> str:
+        """The system's `PowerState` as the emulator itself reports it (On, Off)."""
+        answer = httpx.get(self.url + self.system_path(index), auth=(self.username, self.password), timeout=10,
+                           verify=str(self.certificate) if self.certificate else True)
+        answer.raise_for_status()
+        return answer.json()["PowerState"]
+
+
+@contextmanager
+def running_emulator(state_dir: Path, systems: int, scheme: str = "http") -> Iterator[RedfishEmulator]:
+    """sushy-emulator with `systems` fake ComputerSystems (tests/peers/redfish.sh start-emulator),
+    over HTTPS with a self-signed certificate when `scheme` is https."""
+    with running_peer("redfish", state_dir, str(systems), scheme, command="start-emulator") as url:
+        described = json.loads((state_dir / "emulator.json").read_text())
+        yield RedfishEmulator(url, described["username"], described["password"],
+                              tuple(s["uuid"] for s in described["systems"]),
+                              state_dir / "cert.pem" if scheme == "https" else None)
+
+
+@pytest.fixture(scope="module")
+def redfish_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedfishEmulator]:
+    """A Redfish BMC emulator managing two systems, both powered off at first."""
+    with running_emulator(tmp_path_factory.mktemp("redfish-emulator"), 2) as emulator:
+        yield emulator
 
 
 def delete_all_nodes(sdk: openstack.connection.Connection, timeout: float = 20) -> None:

@@ -54,8 +54,8 @@ def enrolled(driver: IronicDriver, node: NodeTarget) -> NodeTarget:
 
 
 def wait_for(driver: IronicDriver, node: NodeTarget, predicate: Callable[[BackendNode], bool],
-             timeout: float = 15) -> BackendNode:
-    """Poll `driver.get` every 50 ms until `predicate` holds; fail with the last state."""
+             timeout: float = 15, interval: float = 0.05) -> BackendNode:
+    """Poll `driver.get` every `interval` s until `predicate` holds; fail with the last state."""
     deadline = time.monotonic() + timeout
     while True:
         current = driver.get(node)
@@ -63,17 +63,17 @@ def wait_for(driver: IronicDriver, node: NodeTarget, predicate: Callable[[Backen
             return current
         if time.monotonic() > deadline:
             pytest.fail(f"{node.name} did not get there within {timeout} s; last: {current}")
-        time.sleep(0.05)
+        time.sleep(interval)
 
 
 def settled(current: BackendNode) -> bool:
     return is_settled(current.provision_state, current.target_provision_state)
 
 
-def act(driver: IronicDriver, node: NodeTarget, verb: str, image: Image | None = None) -> BackendNode:
-    """Start `verb` and wait until Ironic has finished with the node."""
+def act(driver: IronicDriver, node: NodeTarget, verb: str, image: Image | None = None, **waiting: float) -> BackendNode:
+    """Start `verb` and wait until Ironic has finished with the node (`waiting`: wait_for's timeout, interval)."""
     driver.set_provision_state(node, verb, image)
-    return wait_for(driver, node, settled)
+    return wait_for(driver, node, settled, **waiting)
 
 
 def test_full_lifecycle(driver: IronicDriver, sdk: openstack.connection.Connection) -> None:
@@ -276,10 +276,23 @@ def test_node_attributes_for_each_bmc_kind() -> None:
         name="n2", external_id=None, bmc_driver="redfish", bmc_address="redfish://bmc.example:8443/redfish/v1/Systems/1",
         bmc_username="u", bmc_password="p",
     ))
-    assert redfish["driver"] == "redfish"
+    assert redfish["driver"] == "redfish" and "power_interface" not in redfish
     assert redfish["driver_info"] == {"redfish_address": "https://bmc.example:8443",
                                       "redfish_system_id": "/redfish/v1/Systems/1",
-                                      "redfish_username": "u", "redfish_password": "p"}
+                                      "redfish_username": "u", "redfish_password": "p", "redfish_verify_ca": True}
+    self_signed = dataclasses.replace(fake_node("n4", bmc_address="redfish+https://[fd00::5]/redfish/v1/Systems/2"),
+                                      hardware_type=None, properties={})
+    assert ironic_node_attributes(self_signed, redfish_verify_tls=False)["driver_info"] == {
+        "redfish_address": "https://[fd00::5]", "redfish_system_id": "/redfish/v1/Systems/2",
+        "redfish_username": "admin", "redfish_password": "secret", "redfish_verify_ca": False}
+    # fake-hardware with a Redfish address: fake power (a BMC-less test node) unless redfish_power
+    assert ironic_node_attributes(fake_node("n5", bmc_address="redfish://10.0.0.6"))["driver_info"] == {}
+    real_power = ironic_node_attributes(fake_node("n6", bmc_address="redfish+http://10.0.0.6:8000",
+                                                  properties={"redfish_power": True}))
+    assert (real_power["driver"], real_power["power_interface"], real_power["management_interface"]) == (
+        "fake-hardware", "redfish", "redfish")
+    assert real_power["driver_info"]["redfish_address"] == "http://10.0.0.6:8000"
+    assert real_power["driver_info"]["redfish_system_id"] == "" and real_power["properties"] == {}
 
     with pytest.raises(DriverError) as bad:
         ironic_node_attributes(fake_node("n3", bmc_address="http://10.0.0.5"))

@@ -20,7 +20,7 @@ class TestNodesAPI(ResourceAPITests):
         ({"provisioner": "maas"}, "provisioner"),
         ({"bmc_address": "http://10.0.0.1"}, "bmc_address"),
         ({"bmc_address": "ipmi://10.0.0.1:99999"}, "bmc_address"),
-        ({"bmc_address": "redfish://10.0.0.1"}, "bmc_address"),
+        ({"bmc_address": "redfish://10.0.0.1/redfish/v1"}, "bmc_address"),  # the service root, not a system
         ({"boot_mac": "52:54:00:zz:00:01"}, "boot_mac"),
         ({"gpus": [{"index": 0, "model": "X"}, {"index": 0, "model": "X"}]}, "gpus"),
         ({"facts": {"ram_mib": -1}}, "facts.ram_mib"),

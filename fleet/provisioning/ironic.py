@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import openstack.connection
 
-from fleet.bmc import IPMI_DEFAULT_PORT, BmcAddress, parse_bmc_address
+from fleet.bmc import IPMI_DEFAULT_PORT, BmcAddress, discover_redfish_system, parse_bmc_address
 from fleet.provisioning.actions import TRANSITIONS
 from fleet.provisioning.base import BackendNode, DriverError, Image, NodeTarget
 from fleet.provisioning.ironic_errors import SDK_ERRORS, is_conflict, may_resend, translate
@@ -35,7 +35,7 @@ DEFAULT_HARDWARE_TYPE = {"ipmi": "ipmi", "redfish": "redfish"}
 FAKE_HARDWARE = "fake-hardware"
 DEFAULT_IPMI_CIPHER_SUITE = "3"
 # NodeTarget.properties keys that steer this driver and are not sent to Ironic.
-KILN_PRIVATE_PROPERTIES = frozenset({"ipmi_cipher_suite", "ipmi_privilege", "fake_power"})
+KILN_PRIVATE_PROPERTIES = frozenset({"ipmi_cipher_suite", "ipmi_privilege", "fake_power", "redfish_power"})
 IRONIC_PRIV_LEVELS = {"user": "USER", "operator": "OPERATOR", "admin": "ADMINISTRATOR"}  # driver_info ipmi_priv_level
 # Targets of PUT /v1/nodes/{id}/states/power that Kiln uses.
 POWER_TARGETS = frozenset(PowerRequest)
@@ -65,7 +65,9 @@ class IronicDriver:
     `endpoint` (which then overrides the catalogue's baremetal endpoint), or pass a ready
     `connection` (build it with `baremetal_status_code_retries=0`, or every 409 is retried
     for ~16 s). `timeout` bounds every HTTP request; connecting gives up after at most 5 s.
-    Constructing does no I/O: an unreachable Ironic is reported by the first call.
+    `redfish_verify_tls` becomes Redfish nodes' `redfish_verify_ca` (and checks the BMC's
+    certificate when Kiln asks a BMC which system to use). Constructing does no I/O: an
+    unreachable Ironic is reported by the first call.
     """
 
     name = "ironic"
@@ -77,6 +79,7 @@ class IronicDriver:
         *,
         connection: openstack.connection.Connection | None = None,
         timeout: float = 30,
+        redfish_verify_tls: bool = True,
         **connection_kwargs: Any,
     ) -> None:
         if connection is not None and (endpoint or connection_kwargs):
@@ -97,6 +100,7 @@ class IronicDriver:
             # keystoneauth takes one float; requests also takes (connect, read).
             connection.session.timeout = (min(5.0, timeout), timeout)
         self._conn = connection
+        self._redfish_verify_tls = redfish_verify_tls
         self._where = endpoint or _configured_endpoint(connection)
 
     # -- ProvisioningDriver -------------------------------------------------------------
@@ -105,9 +109,13 @@ class IronicDriver:
         """Create the node in Ironic (it starts in `enroll`) and its boot port.
 
         If creating the port fails, the new Ironic node is deleted before the error is
-        raised, so nothing is left half-enrolled.
+        raised, so nothing is left half-enrolled. A Redfish address without a system path gets
+        the BMC's only system (asked from the BMC) as `redfish_system_id`.
         """
-        attrs = ironic_node_attributes(node)
+        attrs = ironic_node_attributes(node, redfish_verify_tls=self._redfish_verify_tls)
+        info = attrs["driver_info"]
+        if "redfish_address" in info and not info["redfish_system_id"]:
+            info["redfish_system_id"] = self._discover_system(node)
         created = self._call(node, lambda bm: bm.create_node(**attrs))
         if node.boot_mac:
             try:
@@ -211,6 +219,14 @@ class IronicDriver:
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
 
+    def _discover_system(self, node: NodeTarget) -> str:
+        """The system path of a Redfish node whose address names none; DriverError(400) naming the node."""
+        try:
+            return discover_redfish_system(parse_bmc_address(node.bmc_address), node.bmc_username,
+                                           node.bmc_password, verify=self._redfish_verify_tls)
+        except ValueError as exc:
+            raise DriverError(f"node {node.name}: which Redfish system to enroll? {exc}", status=400) from exc
+
     def _delete_orphan(self, node: NodeTarget, uuid: str) -> str | None:
         """Delete a node whose enrollment failed half-way; what went wrong if that failed too."""
         try:
@@ -221,8 +237,14 @@ class IronicDriver:
         return None
 
 
-def ironic_node_attributes(node: NodeTarget) -> dict[str, Any]:
-    """The attributes of Ironic's POST /v1/nodes for `node` (driver, interfaces, driver_info)."""
+def ironic_node_attributes(node: NodeTarget, *, redfish_verify_tls: bool = True) -> dict[str, Any]:
+    """The attributes of Ironic's POST /v1/nodes for `node` (driver, interfaces, driver_info).
+
+    `fake-hardware` (tests) keeps fake deploy, boot and cleaning; with an `ipmi://` address its
+    power and management are Ironic's `ipmitool` ones (unless `fake_power`), and with a Redfish
+    address they are Ironic's `redfish` ones when the node's properties ask for `redfish_power`
+    (else fake: Redfish addresses on fake-hardware stand for BMC-less test nodes).
+    """
     try:
         address = parse_bmc_address(node.bmc_address)
     except ValueError as exc:
@@ -241,8 +263,10 @@ def ironic_node_attributes(node: NodeTarget) -> dict[str, Any]:
         attrs["driver_info"] = _ipmi_driver_info(node, address)
         if hardware_type == FAKE_HARDWARE:
             attrs["power_interface"] = attrs["management_interface"] = "ipmitool"
-    elif address.driver == "redfish" and hardware_type != FAKE_HARDWARE:
-        attrs["driver_info"] = _redfish_driver_info(node, address)
+    elif address.driver == "redfish" and (hardware_type != FAKE_HARDWARE or node.properties.get("redfish_power")):
+        attrs["driver_info"] = _redfish_driver_info(node, address, redfish_verify_tls)
+        if hardware_type == FAKE_HARDWARE:
+            attrs["power_interface"] = attrs["management_interface"] = "redfish"
     return attrs
 
 
@@ -284,11 +308,17 @@ def _ipmi_driver_info(node: NodeTarget, address: BmcAddress) -> dict[str, Any]:
     return info
 
 
-def _redfish_driver_info(node: NodeTarget, address: BmcAddress) -> dict[str, Any]:
-    host = f"[{address.host}]" if ":" in address.host else address.host
+def _redfish_driver_info(node: NodeTarget, address: BmcAddress, verify_tls: bool) -> dict[str, Any]:
+    """driver_info of a Redfish node; an empty `redfish_system_id` is for the caller to fill.
+
+    `redfish_verify_ca` is always explicit: false for plain HTTP (nothing to verify) or when
+    asked. (Ironic 39 reads a `[<hardware type>] verify_ca` option whenever it is true, which
+    fails for fake-hardware: "no such option fake-hardware in group [DEFAULT]".)
+    """
     info: dict[str, Any] = {
-        "redfish_address": f"https://{host}" + (f":{address.port}" if address.port else ""),
+        "redfish_address": address.base_url,
         "redfish_system_id": address.path,
+        "redfish_verify_ca": verify_tls and address.transport == "https",
     }
     if node.bmc_username:
         info["redfish_username"] = node.bmc_username
@@ -303,7 +333,10 @@ def _ident(node: NodeTarget) -> str:
 
 
 def _backend_node(name: str, found: Any) -> BackendNode:
-    """A `BackendNode` from the SDK's Node; unknown states from a newer Ironic are a DriverError."""
+    """A `BackendNode` from the SDK's Node; unknown states from a newer Ironic are a DriverError.
+
+    Ironic's `last_error` names the node by UUID ("Failed to get power state for node 1f…");
+    the node's name replaces it, as in `translate`."""
     try:
         provision_state = ProvisionState(found.provision_state)
         power_state = PowerState(found.power_state) if found.power_state else None
@@ -321,7 +354,7 @@ def _backend_node(name: str, found: Any) -> BackendNode:
         target_power_state=found.target_power_state or None,
         maintenance=bool(found.is_maintenance),
         maintenance_reason=found.maintenance_reason or None,
-        last_error=found.last_error or None,
+        last_error=found.last_error.replace(found.id or name, name) if found.last_error else None,
         name=found.name or None,
     )
 

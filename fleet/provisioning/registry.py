@@ -40,7 +40,7 @@ class Drivers:
                 raise BadRequest("provisioner 'ironic' is not configured: set KILN_IRONIC_URL to the Ironic API endpoint")
             from fleet.provisioning.ironic import IronicDriver  # imported when used: openstacksdk loads slowly
 
-            return IronicDriver(self._settings.ironic_url)
+            return IronicDriver(self._settings.ironic_url, redfish_verify_tls=self._settings.redfish_verify_tls)
         if provisioner == "metal3":
             if not self._settings.kubeconfig:
                 raise BadRequest("provisioner 'metal3' is not configured: set KILN_KUBECONFIG to a kubeconfig file")

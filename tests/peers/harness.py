@@ -1,7 +1,8 @@
 """Start and stop real peers through `tests/peers/NAME.sh`, and report a missing one.
 
 Each script takes `install`, `start STATE_DIR [ARGS...]` (prints the peer's URL as its last
-stdout line once the peer answers) and `stop STATE_DIR`. A peer that cannot start skips its
+stdout line once the peer answers; some scripts have other start commands, e.g. redfish.sh's
+`start-emulator`) and `stop STATE_DIR`. A peer that cannot start skips its
 tests, except with KILN_REQUIRE_PEERS=1 (CI), where it fails them.
 """
 
@@ -32,13 +33,13 @@ def missing_peer(name: str, why: str) -> None:
 
 
 @contextmanager
-def running_peer(name: str, state_dir: Path, *args: str, timeout: float = 120) -> Iterator[str]:
-    """Run `NAME.sh start STATE_DIR ARGS`, yield the URL it printed, and stop it afterwards."""
+def running_peer(name: str, state_dir: Path, *args: str, timeout: float = 120, command: str = "start") -> Iterator[str]:
+    """Run `NAME.sh COMMAND STATE_DIR ARGS`, yield the URL it printed, and stop it afterwards."""
     script = PEERS_DIR / f"{name}.sh"
     state_dir.mkdir(parents=True, exist_ok=True)
     try:
         started = subprocess.run(
-            ["bash", str(script), "start", str(state_dir), *args],
+            ["bash", str(script), command, str(state_dir), *args],
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -2,7 +2,8 @@
 # Test peer: a real standalone OpenStack Ironic 39 (PyPI `ironic`), all-in-one process,
 # noauth, rpc_transport=none, SQLite. See /work/shared/PEERS.md "OpenStack Ironic 39".
 #
-#   ironic.sh install           idempotent: venv at ${KILN_PEERS_DIR:-$REPO/.peers}/ironic + ipmitool
+#   ironic.sh install           idempotent: venv at ${KILN_PEERS_DIR:-$REPO/.peers}/ironic (with sushy,
+#                               the redfish hardware type's client) + ipmitool
 #   ironic.sh start STATE_DIR   config + schema + background server; last stdout line = URL
 #   ironic.sh stop STATE_DIR    SIGTERM, up to 10 s, then SIGKILL
 #
@@ -16,6 +17,7 @@ REPO="$(cd "$HERE/../.." && pwd)"
 PEERS_DIR="${KILN_PEERS_DIR:-$REPO/.peers}"
 VENV="$PEERS_DIR/ironic"
 PIN='ironic>=39,<40'
+SUSHY_PIN='sushy>=5.12'  # a requirement of ironic 39 already; named so the redfish driver never loses it
 
 die() { echo "ironic.sh: $*" >&2; exit 1; }
 # shellcheck source=tests/peers/lib.sh
@@ -29,6 +31,10 @@ cmd_install() {
         "$VENV/bin/pip" install --quiet "$PIN" 2>&1 | { grep -v "^WARNING: Location 'file:" >&2 || true; }
         [ "${PIPESTATUS[0]}" -eq 0 ] || die "pip install $PIN failed"
         [ -x "$VENV/bin/ironic" ] || die "pip install did not produce $VENV/bin/ironic"
+    fi
+    if ! "$VENV/bin/python" -c 'import sushy' 2>/dev/null; then
+        "$VENV/bin/pip" install --quiet "$SUSHY_PIN" 2>&1 | { grep -v "^WARNING: Location 'file:" >&2 || true; }
+        [ "${PIPESTATUS[0]}" -eq 0 ] || die "pip install $SUSHY_PIN failed"
     fi
     if ! command -v ipmitool >/dev/null 2>&1; then
         export DEBIAN_FRONTEND=noninteractive

@@ -1,14 +1,16 @@
 # Shared by the peer scripts (source it): wait for a started server, stop one by its PID file.
 
-# peer_wait_ready NAME URL PID LOG TIMEOUT_S: poll URL until it answers 200; on the server's
-# exit or the timeout, print the log's tail, stop the server, and fail naming NAME.
+# peer_wait_ready NAME URL PID LOG TIMEOUT_S [CA_FILE]: poll URL until it answers 200 (an https
+# URL's certificate checked against CA_FILE when given); on the server's exit or the timeout,
+# print the log's tail, stop the server, and fail naming NAME.
 peer_wait_ready() {
-    local name=$1 url=$2 pid=$3 log=$4 timeout=$5
+    local name=$1 url=$2 pid=$3 log=$4 timeout=$5 cafile=${6:-}
     local deadline=$(( $(date +%s) + timeout ))
     while :; do
-        if python3 - "$url" <<'PY' 2>/dev/null
-import sys, urllib.request
-with urllib.request.urlopen(sys.argv[1], timeout=2) as r:
+        if python3 - "$url" "$cafile" <<'PY' 2>/dev/null
+import ssl, sys, urllib.request
+context = ssl.create_default_context(cafile=sys.argv[2]) if sys.argv[2] else None
+with urllib.request.urlopen(sys.argv[1], timeout=2, context=context) as r:
     sys.exit(0 if r.status == 200 else 1)
 PY
         then return 0; fi

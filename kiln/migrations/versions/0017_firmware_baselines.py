@@ -1,7 +1,7 @@
 """firmware baselines: the version each component should run, per resource class or GPU model
 
-Revision ID: 0016
-Revises: 0015
+Revision ID: 0017
+Revises: 0016
 Create Date: 2026-12-06 12:44:29
 """
 
@@ -10,8 +10,8 @@ from alembic import op
 
 from kiln.db import UTCDateTime
 
-revision = '0016'
-down_revision = '0015'
+revision = '0017'
+down_revision = '0016'
 branch_labels = None
 depends_on = None
 
