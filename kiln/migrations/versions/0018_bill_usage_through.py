@@ -1,7 +1,7 @@
 """bill.usage_through: the instant the last bills run counted usage up to (forecasts extrapolate from it)
 
-Revision ID: 0017
-Revises: 0016
+Revision ID: 0018
+Revises: 0017
 Create Date: 2026-12-06 12:45:15
 """
 
@@ -10,8 +10,8 @@ from alembic import op
 
 from kiln.db import UTCDateTime
 
-revision = '0017'
-down_revision = '0016'
+revision = '0018'
+down_revision = '0017'
 branch_labels = None
 depends_on = None
 
