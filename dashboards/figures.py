@@ -76,7 +76,9 @@ def bars(
     title: str, x_title: str, y_title: str, categories: Sequence[str], values: Sequence[float | int | Decimal],
     *, empty_reason: str, horizontal: bool = False, colors: Sequence[str] | None = None,
 ) -> Figure:
-    """One bar per category; the empty state when there are none."""
+    """One bar per category; the empty state when there are none. `x_title` names the categories'
+    axis and `y_title` the values' axis, whichever way the bars lie (`horizontal`: categories down
+    the y axis, values along the x axis)."""
     if not categories:
         return empty_figure(title, empty_reason)
     numbers = [float(v) for v in values]

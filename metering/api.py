@@ -127,9 +127,9 @@ def emissions_endpoint(session: SessionDep, principal: CurrentPrincipal, period:
 
 
 @router.get("/usage/efficiency", response_model=list[EfficiencyRow], tags=["usage"],
-            summary="GPU efficiency per tenant: used ÷ allocated GPU-hours")
+            summary="GPU efficiency per tenant: used ÷ measured GPU-hours, with coverage (measured ÷ allocated)")
 def efficiency_endpoint(session: SessionDep, principal: CurrentPrincipal, period: Period):
-    """From DCGM/ROCm utilisation of leased nodes' GPUs (5-minute rollups)."""
+    """From DCGM/ROCm utilisation of leased nodes' GPUs, each sample weighted by its real interval."""
     return efficiency(session, principal, parse_period(period, allow_future=True))
 
 
