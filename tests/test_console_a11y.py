@@ -43,14 +43,16 @@ class A11yConsole:
         self.pages: dict[str, tuple[Any, ConsoleErrors]] = {}
 
     def page_of(self, username: str) -> tuple[Any, ConsoleErrors]:
-        """The persona's page, signed in once."""
+        """The persona's page, signed in once, with the console errors of earlier tests forgotten."""
         if username not in self.pages:
             page = self.browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
             errors = ConsoleErrors(page)
             sign_in(page, self.base_url, username, PASSWORD, "/account")
             page.wait_for_url(f"{self.base_url}/account")
             self.pages[username] = (page, errors)
-        return self.pages[username]
+        page, errors = self.pages[username]
+        errors.messages.clear()
+        return page, errors
 
 
 def open_settled(page: Any, url: str) -> None:
