@@ -62,6 +62,7 @@ COLUMNS = [
     {"field": "last_error", "headerName": "Last error", "tooltipField": "last_error"},
 ]
 PAGE_SIZES = [25, 50, 100, 200]
+GROUPS = {"": "nothing", "rack": "rack", "vdc": "VDC", "tenant": "lease holder"}  # group-by choices: column → label
 OK, WARN, BAD, NEUTRAL = "ok", "warn", "bad", "neutral"
 
 
@@ -94,6 +95,7 @@ def node_grid(rows: list[dict[str, Any]]) -> html.Div:
         dashGridOptions={
             "rowSelection": {"mode": "multiRow", "checkboxes": True, "headerCheckbox": True, "enableClickSelection": False},
             "pagination": True, "paginationPageSize": 50, "paginationPageSizeSelector": PAGE_SIZES, "animateRows": False,
+            "enableCellSpan": True,  # set once at creation: grouped_columns turns spanning on for the group's column
         },
         style={"height": "max(460px, calc(100vh - 240px))"},
         className="ag-theme-quartz",
@@ -103,7 +105,27 @@ def node_grid(rows: list[dict[str, Any]]) -> html.Div:
         dcc.Input(id="node-search", type="search", placeholder="name, state, rack, VDC, tenant, GPU model…",
                   debounce=0.3, autoComplete="off"),
     ], className="field node-search")
-    return html.Div([search, html.Div(grid, className="grid-wrap")])
+    group_by = html.Fieldset([
+        html.Legend("Group by", className="field-label"),
+        dcc.RadioItems(id="node-group-by", options=[{"label": label, "value": value} for value, label in GROUPS.items()],
+                       value="", inline=True, className="radio-row"),
+    ], className="field node-group-by")
+    return html.Div([html.Div([search, group_by], className="node-tools"), html.Div(grid, className="grid-wrap")])
+
+
+def grouped_columns(group: str | None) -> list[dict[str, Any]]:
+    """The table's columns grouped by `group` (rack, vdc or tenant): that column pinned beside the name and
+    sorted, a run of equal values drawn as one cell (AG Grid's row spanning); ungrouped for any other choice.
+    The other group columns are unpinned and unsorted explicitly: AG Grid keeps a column's pin and sort otherwise."""
+    columns = []
+    for column in COLUMNS:
+        if column["field"] == group:
+            columns.append({**column, "pinned": "left", "spanRows": True, "sort": "asc", "sortIndex": 0})
+        elif column["field"] in GROUPS:
+            columns.append({**column, "pinned": None, "sort": None, "sortIndex": None})
+        else:
+            columns.append(column)
+    return columns
 
 
 def search_nodes(text: str | None) -> Patch:
@@ -206,6 +228,8 @@ def register(app: dash.Dash) -> None:
     """Register the node table's search and the bulk-action callbacks on the console app."""
     app.callback(Output("node-grid", "dashGridOptions"), Input("node-search", "value"),
                  prevent_initial_call=True)(search_nodes)
+    app.callback(Output("node-grid", "columnDefs"), Input("node-group-by", "value"),
+                 prevent_initial_call=True)(grouped_columns)
     app.callback(
         Output("bulk-operations", "data"), Output("bulk-poll", "disabled", allow_duplicate=True),
         Output("bulk-message", "children"), Output("bulk-image-url-error", "children"),

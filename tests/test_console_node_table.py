@@ -127,3 +127,29 @@ def test_tenants_never_reach_the_node_table(console: Any) -> None:
     page.wait_for_selector("#node-missing")
     assert [m for m in errors.messages if "status of 403" not in m] == []
     page.context.close()
+
+
+PINNED_JS = "() => Array.from(document.querySelectorAll('#node-grid .ag-pinned-left-header [col-id]')).map(e => e.getAttribute('col-id'))"
+# The rack cells of the page as drawn: text, height in rows (a spanned cell covers its run of equal values).
+RACK_CELLS_JS = """() => Array.from(document.querySelectorAll('#node-grid [col-id="rack"]:not(.ag-header-cell)'))
+  .filter(c => c.closest('.ag-header') === null && c.textContent.trim() !== '' && c.getBoundingClientRect().height > 0)
+  .map(c => [c.textContent.trim(), Math.round(c.getBoundingClientRect().height)])"""
+
+
+def test_group_by_rack_merges_each_racks_run_of_rows(console: Any) -> None:
+    page, errors = _page_as(console, "ops-admin", "/fleet")
+    page.wait_for_selector("#node-grid .ag-row[row-id='gpu-a01']")
+    row_height = page.evaluate("() => document.querySelector('#node-grid .ag-row').getBoundingClientRect().height")
+    assert "rack" not in page.evaluate(PINNED_JS)
+    page.get_by_role("group", name="Group by").get_by_label("rack").check()
+    page.wait_for_function(f"() => ({PINNED_JS})().includes('rack')")  # kept in view beside the node's name
+    page.wait_for_timeout(300)
+    cells = page.evaluate(RACK_CELLS_JS)
+    screenshot(page, "admin-fleet-node-table-by-rack")
+    by_rack = {text: height for text, height in cells}
+    assert set(by_rack) == {"r1", "r9"}, cells  # one cell per rack, however many rows it covers
+    assert by_rack["r1"] >= 5 * row_height and by_rack["r9"] >= 5 * row_height, (cells, row_height)
+    page.get_by_role("group", name="Group by").get_by_label("nothing").check()
+    page.wait_for_function(f"() => !({PINNED_JS})().includes('rack')")
+    assert errors.messages == []
+    page.context.close()
