@@ -62,7 +62,8 @@ COLUMNS = [
     {"field": "last_error", "headerName": "Last error", "tooltipField": "last_error"},
 ]
 PAGE_SIZES = [25, 50, 100, 200]
-GROUPS = {"": "nothing", "rack": "rack", "vdc": "VDC", "tenant": "lease holder"}  # group-by choices: column → label
+# group-by choices, column → label; the label alone names the dropdown to screen readers (Dash labels it by its value)
+GROUPS = {"": "No grouping", "rack": "Group by rack", "vdc": "Group by VDC", "tenant": "Group by lease holder"}
 OK, WARN, BAD, NEUTRAL = "ok", "warn", "bad", "neutral"
 
 
@@ -105,10 +106,10 @@ def node_grid(rows: list[dict[str, Any]]) -> html.Div:
         dcc.Input(id="node-search", type="search", placeholder="name, state, rack, VDC, tenant, GPU model…",
                   debounce=0.3, autoComplete="off"),
     ], className="field node-search")
-    group_by = html.Fieldset([
-        html.Legend("Group by", className="field-label"),
-        dcc.RadioItems(id="node-group-by", options=[{"label": label, "value": value} for value, label in GROUPS.items()],
-                       value="", inline=True, className="radio-row"),
+    group_by = html.Div([  # Dash's RadioItems is a listbox of labels wrapping radios (axe: nested-interactive)
+        html.Label("Group by", htmlFor="node-group-by"),
+        dcc.Dropdown(id="node-group-by", options=[{"label": label, "value": value} for value, label in GROUPS.items()],
+                     value="", clearable=False, searchable=False),
     ], className="field node-group-by")
     return html.Div([html.Div([search, group_by], className="node-tools"), html.Div(grid, className="grid-wrap")])
 

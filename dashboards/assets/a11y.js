@@ -3,7 +3,10 @@
 //  - the nav link of the page shown carries aria-current="page";
 //  - Dash's dropdowns take Tab focus on their own button (Dash puts it on an aria-hidden proxy input,
 //    which axe-core reports as aria-hidden-focus);
-//  - every chart is a labelled figure with a visually-hidden table of the very data it draws.
+//  - every chart is a labelled figure with a visually-hidden table of the very data it draws;
+//  - AG Grid's layout boxes (role="presentation") lose the aria-hidden="false" AG Grid puts on them: that
+//    value means nothing, but any aria-hidden attribute makes a presentational box count as an element,
+//    and a grid or row group may not contain one (axe: aria-required-children, critical).
 (function () {
   "use strict";
   var MAX_ROWS = 2000;  // a 30-day, 5-minute series is 8640 points: the table says how many it leaves out
@@ -107,18 +110,25 @@
     });
   }
 
+  function dropMeaninglessAriaHidden() {
+    document.querySelectorAll('.ag-root [role="presentation"][aria-hidden="false"]').forEach(function (box) {
+      box.removeAttribute("aria-hidden");
+    });
+  }
+
   var scheduled = false;
   function update() {
     scheduled = false;
     markCurrentNav();
     focusDropdownButtons();
     describeCharts();
+    dropMeaninglessAriaHidden();
   }
   function schedule() {
     if (!scheduled) { scheduled = true; window.requestAnimationFrame(update); }
   }
   new MutationObserver(schedule).observe(document.documentElement,
-    {childList: true, subtree: true, attributes: true, attributeFilter: ["tabindex", "href"]});
+    {childList: true, subtree: true, attributes: true, attributeFilter: ["tabindex", "href", "aria-hidden"]});
   window.addEventListener("popstate", schedule);
   schedule();
 })();
