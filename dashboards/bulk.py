@@ -1,8 +1,9 @@
 """The node table (AG Grid) and its bulk actions, with live per-node progress.
 
 The table fills the window and pages (page size chosen under it), one search box filters every
-column at once (AG Grid's quick filter), states are coloured chips that keep their words, and the
-action bar stays on screen (sticky) while the operator scrolls.
+column at once (AG Grid's quick filter), states are coloured chips that keep their words, rows
+group by rack, VDC or lease holder (row spanning, AG Grid Community has no row grouping), and
+the action bar stays on screen (sticky) while the operator scrolls.
 
 Starting an action is what `POST /api/v1/nodes/actions` does: `fleet.operations.plan_action`
 records one operation per selected node in the caller's transaction (infra admins only;

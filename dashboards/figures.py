@@ -4,6 +4,8 @@ Figures are plain plotly.js JSON (`{"data": [...], "layout": {...}}`), which dcc
 as is: building plotly graph-object figures validates every property against the schema
 and deep-copies the template each time, ~50 ms a figure, most of a page's server time. Trace
 types are limited to those of the plotly.js basic bundle the console loads (see `trace`).
+Each chart's text alternative (a labelled figure with a visually hidden table) is built in the
+browser from the figure as drawn (`dashboards/assets/a11y.js`), so it follows every redraw.
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ def node_rows(session: Session, principal: Principal) -> list[dict[str, Any]]:
             "gpu_model": ", ".join(sorted(set(gpus[n.id]))) or "—",
             "rack": n.rack or "—",
             "resource_class": n.resource_class or "—",
-            "vdc": ", ".join(vdcs.get(n.id, [])) or "—" if principal.sees_all_tenants else "",
+            "vdc": (", ".join(vdcs.get(n.id, [])) or "—") if principal.sees_all_tenants else "",
             "tenant": holders.get(n.id, "—") if principal.sees_all_tenants else "",
             "last_error": (n.last_error or "") if principal.sees_all_tenants else "",
         }

@@ -11,7 +11,16 @@ import pytest
 from sqlmodel import Session
 
 from fleet.provisioning.fake import FakeDriver
-from tests.browser import PASSWORD, TENANT_A_NODES, TENANT_B_NODES, ConsoleErrors, running_console, screenshot, seed_fleet, sign_in
+from tests.browser import (
+    PASSWORD,
+    TENANT_A_NODES,
+    TENANT_B_NODES,
+    ConsoleErrors,
+    running_console,
+    screenshot,
+    seed_fleet,
+    sign_in,
+)
 
 SPARES = tuple(f"spare-{i:02d}" for i in range(1, 31))  # enrolled in rack r9, in no VDC, leased to nobody
 SUMMARY = ".ag-paging-row-summary-panel"
@@ -134,7 +143,8 @@ def test_tenants_never_reach_the_node_table(console: Any) -> None:
     page.context.close()
 
 
-PINNED_JS = "() => Array.from(document.querySelectorAll('#node-grid .ag-pinned-left-header [col-id]')).map(e => e.getAttribute('col-id'))"
+PINNED_JS = ("() => Array.from(document.querySelectorAll('#node-grid .ag-pinned-left-header [col-id]'))"
+             ".map(e => e.getAttribute('col-id'))")
 # The rack cells of the page as drawn: text, height in rows (a spanned cell covers its run of equal values).
 RACK_CELLS_JS = """() => Array.from(document.querySelectorAll('#node-grid [col-id="rack"]:not(.ag-header-cell)'))
   .filter(c => c.closest('.ag-header') === null && c.textContent.trim() !== '' && c.getBoundingClientRect().height > 0)
