@@ -80,7 +80,7 @@ def _summary(page: Any, expected: str) -> None:
 
 
 def _choose(page: Any, grouping: str) -> None:
-    page.click("#node-group-by")
+    page.get_by_role("button", name=f"Group by {page.inner_text('#node-group-by')}").click()  # named by its label
     page.get_by_role("option", name=grouping).click()
 
 

@@ -2,7 +2,8 @@
 // callbacks replace figures), so it runs again after every change to the page:
 //  - the nav link of the page shown carries aria-current="page";
 //  - Dash's dropdowns take Tab focus on their own button (Dash puts it on an aria-hidden proxy input,
-//    which axe-core reports as aria-hidden-focus);
+//    which axe-core reports as aria-hidden-focus), and a dropdown with a <label for> is named by it
+//    before its value (Dash names the button by its value alone: "Choose an action", not "Action …");
 //  - every chart is a labelled figure with a visually-hidden table of the very data it draws;
 //  - AG Grid's layout boxes (role="presentation") lose the aria-hidden="false" AG Grid puts on them: that
 //    value means nothing, but any aria-hidden attribute makes a presentational box count as an element,
@@ -29,6 +30,12 @@
       if (proxy.tabIndex !== -1) { proxy.tabIndex = -1; }
       var wanted = button.disabled ? -1 : 0;
       if (button.tabIndex !== wanted) { button.tabIndex = wanted; }
+      var label = button.id && document.querySelector('label[for="' + CSS.escape(button.id) + '"]');
+      var named = button.getAttribute("aria-labelledby") || "";
+      if (label) {
+        if (!label.id) { label.id = button.id + "-label"; }
+        if (named.split(" ")[0] !== label.id) { button.setAttribute("aria-labelledby", (label.id + " " + named).trim()); }
+      }
     });
   }
 
@@ -128,7 +135,7 @@
     if (!scheduled) { scheduled = true; window.requestAnimationFrame(update); }
   }
   new MutationObserver(schedule).observe(document.documentElement,
-    {childList: true, subtree: true, attributes: true, attributeFilter: ["tabindex", "href", "aria-hidden"]});
+    {childList: true, subtree: true, attributes: true, attributeFilter: ["tabindex", "href", "aria-hidden", "aria-labelledby"]});
   window.addEventListener("popstate", schedule);
   schedule();
 })();
