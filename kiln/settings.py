@@ -12,13 +12,11 @@ import logging
 import os
 import re
 import secrets
-import tomllib
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -351,12 +349,16 @@ def read_config_file(path: Path) -> ConfigFile:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     if path.suffix == ".toml":
+        import tomllib  # here, as yaml below: most commands read no config file
+
         try:
             values = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
         lines = _toml_key_lines(text)
     elif path.suffix in {".yaml", ".yml"}:
+        import yaml
+
         try:
             node = yaml.compose(text)
             values = yaml.safe_load(text) or {}

@@ -1,4 +1,4 @@
-"""`kiln serve`, `kiln migrate`, `kiln worker`, `kiln demo`, `kiln version`."""
+"""`kiln serve`, `kiln migrate`, `kiln worker`, `kiln demo`."""
 
 from __future__ import annotations
 
@@ -84,8 +84,3 @@ def demo(
         run_demo(host, port, (data_dir or settings().data_dir / "demo").resolve(), say=typer.echo)
     except KeyboardInterrupt:  # uvicorn re-raises the signal once it has shut down; the simulators are stopped
         typer.echo("demo stopped")
-
-
-def version() -> None:
-    """Print Kiln's version."""
-    typer.echo(f"kiln {__version__}")
