@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 TRACES_PATH = "/v1/traces"
 Result = TypeVar("Result")
 _provider: TracerProvider | None = None
-_endpoint: str | None = None
+_exporting_to: tuple[str | None, str] | None = None  # (endpoint, service) of _provider
 
 
 class NoSpan:
@@ -56,12 +56,12 @@ def configure_tracing(endpoint: str | None, service: str, *, exporter: SpanExpor
 
     `service` names the process (`kiln-api`, `kiln-worker`, `kiln-cli`) as service.name;
     spans leave in batches from a background thread, so a slow receiver never slows Kiln."""
-    global _provider, _endpoint
-    if exporter is None and _provider is not None and endpoint == _endpoint:
+    global _provider, _exporting_to
+    if exporter is None and _provider is not None and (endpoint, service) == _exporting_to:
         return True  # already exporting there (a CLI command loads its settings more than once)
     if _provider is not None:
         _provider.shutdown()
-        _provider = _endpoint = None
+        _provider = _exporting_to = None
     if not endpoint and exporter is None:
         return False
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -75,7 +75,7 @@ def configure_tracing(endpoint: str | None, service: str, *, exporter: SpanExpor
                                 "service.instance.id": f"{socket.gethostname()}:{service}"})
     provider = TracerProvider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(exporter or OTLPSpanExporter(endpoint=traces_url(endpoint or ""))))
-    _provider, _endpoint = provider, endpoint
+    _provider, _exporting_to = provider, (endpoint, service)
     return True
 
 

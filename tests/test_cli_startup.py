@@ -19,7 +19,8 @@ from tests.conftest import TEST_SECRET_KEY
 
 # Heavy libraries no short command needs: the console, exports, drivers, the server, HTTP clients.
 NOT_FOR_LISTS = {"pandas", "pyarrow", "numpy", "dash", "plotly", "openstack", "kubernetes", "pyipmi", "fastapi",
-                 "uvicorn", "apscheduler", "httpx", "prometheus_api_client", "alembic", "yaml"}
+                 "uvicorn", "apscheduler", "httpx", "prometheus_api_client", "alembic", "yaml",
+                 "opentelemetry"}  # tracing off (no KILN_OTLP_ENDPOINT): not even imported
 NOT_FOR_VERSION = NOT_FOR_LISTS | {"sqlalchemy", "sqlmodel", "pydantic_settings", "argon2", "cryptography"}
 
 

@@ -182,6 +182,16 @@ def test_worker_traces_cycles_and_bills_and_serves_their_durations(cli_db: dict[
     assert BMC_PASSWORD not in stderr
 
 
+def test_a_cli_bills_run_exports_its_span_before_it_exits(cli_db: dict[str, str]) -> None:
+    period = time.strftime("%Y-%m", time.gmtime())
+    with otlp_receiver() as receiver:
+        result = run({**cli_db, "KILN_OTLP_ENDPOINT": receiver.url}, "bills", "run", "--period", period)
+        assert result.returncode == 0, result.stderr
+        assert receiver.requests >= 1  # sent before the process ended, not left in a batch
+        runs = receiver.named("kiln.bills.run")
+    assert [(s.service, s.attributes["kiln.period"], s.status) for s in runs] == [("kiln-cli", period, "STATUS_CODE_UNSET")]
+
+
 @pytest.fixture
 def traced_client(settings: Settings, engine: Engine) -> Iterator[tuple[TestClient, OtlpReceiver]]:
     """A TestClient on an app whose traces go to a loopback OTLP receiver."""
