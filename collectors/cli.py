@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 collect_app = typer.Typer(help="Run collectors by hand (the worker runs them on a schedule).", no_args_is_help=True)
 
 # what each collector needs before it can run, for the error when it is not configured
-REQUIREMENTS = {"ipmi": "", "dcgm": "KILN_PROMETHEUS_URL", "rocm": "KILN_PROMETHEUS_URL",
+REQUIREMENTS = {"ipmi": "", "redfish": "", "dcgm": "KILN_PROMETHEUS_URL", "rocm": "KILN_PROMETHEUS_URL",
                 "kubernetes": "KILN_KUBECONFIG", "opencost": "KILN_OPENCOST_URL",
                 "dcgm-exporter": "KILN_DCGM_EXPORTER_URLS", "rocm-exporter": "KILN_ROCM_EXPORTER_URLS"}
 
@@ -39,7 +39,7 @@ REQUIREMENTS = {"ipmi": "", "dcgm": "KILN_PROMETHEUS_URL", "rocm": "KILN_PROMETH
 def once(
     collector: str = typer.Option("ipmi", "--collector", "-c", help=f"One of: {', '.join(REQUIREMENTS)}."),
     nodes: list[str] = typer.Option(None, "--nodes", "-n",
-                                    help="Only these targets (node names for ipmi); repeat or separate with commas."),
+                                    help="Only these targets (node names for ipmi and redfish); repeat or separate with commas."),
     output: OutputFormat = OutputOption,
 ) -> None:
     """Collect once from every target (or the named ones); exit 1 if any target failed."""

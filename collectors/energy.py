@@ -25,6 +25,9 @@ from kiln.db import upsert
 
 KWH = Decimal("0.000001")
 GPU_ENERGY_METRIC = "gpu_energy"  # joules, the exporters' counters (collectors.dcgm, collectors.rocm)
+NODE_ENERGY_COUNTER = "redfish_energy_kwh"  # kWh, a BMC's own counter (collectors.redfish)
+JOULES_PER_KWH = 3_600_000
+HourTotals = dict[tuple[int, datetime], list]  # (node id, hour) -> [kWh, seconds covered]
 
 
 def energy_by_hour(t0: datetime, w0: float, t1: datetime, w1: float,
@@ -57,6 +60,36 @@ def counter_kwh_by_hour(t0: datetime, j0: float, t1: datetime, j1: float,
         return []
     watts = (j1 - j0) / span
     return energy_by_hour(t0, watts, t1, watts, max_gap)
+
+
+def node_counter_energy(session: Session, counters: Sequence[Sample], node_ids: Mapping[str, int],
+                        max_gap: timedelta) -> tuple[HourTotals, set[str]]:
+    """kWh per node-hour from each node's BMC energy counter (`redfish_energy_kwh`): the increase
+    since its previous reading (its snapshot with the same labels), and the nodes it covered.
+    A node is not covered (its watts stand in) at its first reading, across a reset (the counter
+    went down) and across a gap longer than `max_gap`."""
+    totals: HourTotals = {}
+    covered: set[str] = set()
+    if not counters:
+        return totals, covered
+    previous = {(row.entity, tuple(sorted(row.labels.items()))): (row.observed_at, row.value) for row in session.exec(
+        select(HealthSnapshot).where(HealthSnapshot.metric == NODE_ENERGY_COUNTER,
+                                     col(HealthSnapshot.entity).in_({s.entity for s in counters})))
+        if row.value is not None}
+    for s in sorted(counters, key=lambda s: s.ts):
+        node_id = node_ids.get(s.entity)
+        key = (s.entity, tuple(sorted(s.labels.items())))
+        before, previous[key] = previous.get(key), (s.ts, s.value)
+        if node_id is None or before is None:
+            continue
+        hours = counter_kwh_by_hour(before[0], before[1] * JOULES_PER_KWH, s.ts, s.value * JOULES_PER_KWH, max_gap)
+        if hours:
+            covered.add(s.entity)
+        for hour, kwh, seconds in hours:
+            slot = totals.setdefault((node_id, hour), [Decimal(0), 0])
+            slot[0] += kwh
+            slot[1] += seconds
+    return totals, covered
 
 
 def integrate_gpu_energy(session: Session, energy: Sequence[Sample], node_ids: Mapping[str, int | None],

@@ -3,7 +3,9 @@
 IPMI series keep ipmi_exporter's names and labels, with `node` naming the node
 (ipmi_exporter has the BMC in `instance`; Kiln knows the node): `ipmi_up{node,collector}`,
 `ipmi_chassis_power_state{node}`, `ipmi_dcmi_power_consumption_watts{node}`,
-`ipmi_temperature_celsius{node,id,name}`, `ipmi_fan_speed_rpm`, `ipmi_sensor_state`, ... Only
+`ipmi_temperature_celsius{node,id,name}`, `ipmi_fan_speed_rpm`, `ipmi_sensor_state`, ... Redfish
+nodes' readings come under the same names (collectors/redfish.py), plus their `redfish_*`
+series (`redfish_energy_kwh{node,from}`, `redfish_psu_input_watts`, ...). Only
 readings from the last `stale_after` are exported, as ipmi_exporter exports only what the
 current scrape read. `kiln_namespace_tenant_info{namespace,tenant}` joins dcgm-exporter's
 `namespace` label to tenants in PromQL. Per (collector, target) state: `kiln_collector_target_up`,
@@ -23,9 +25,10 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample as PromSample
 from sqlalchemy import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from collectors.models import CollectorTargetState, HealthSnapshot
+from fleet.health import BMC_SOURCES
 
 NAMESPACE_TENANT = "kiln_k8s_namespace_tenant"  # the Kubernetes collector's namespace → tenant sample
 HELP = {
@@ -48,10 +51,10 @@ class CollectorExposition(Collector):
         return []
 
     def collect(self) -> Iterator[Metric]:
-        """Every fresh IPMI series and every target's collection state."""
+        """Every fresh IPMI and Redfish series and every target's collection state."""
         since = datetime.now(UTC) - self.stale_after
         with Session(self.engine) as session:
-            snapshots = session.exec(select(HealthSnapshot).where(HealthSnapshot.source == "ipmi",
+            snapshots = session.exec(select(HealthSnapshot).where(col(HealthSnapshot.source).in_(BMC_SOURCES),
                                                                   HealthSnapshot.observed_at >= since)
                                      .order_by(HealthSnapshot.metric, HealthSnapshot.entity)).all()
             namespaces = session.exec(select(HealthSnapshot).where(HealthSnapshot.metric == NAMESPACE_TENANT,
@@ -74,7 +77,8 @@ def _ipmi_families(snapshots: list[HealthSnapshot]) -> Iterator[Metric]:
     for snap in snapshots:
         family = families.get(snap.metric)
         if family is None:
-            help_text = HELP.get(snap.metric, f"{snap.metric} ({snap.unit}), as ipmi_exporter names it")
+            named = "as ipmi_exporter names it" if snap.metric.startswith("ipmi_") else "from the BMC's Redfish service"
+            help_text = HELP.get(snap.metric, f"{snap.metric} ({snap.unit}), {named}")
             family = families[snap.metric] = GaugeMetricFamily(snap.metric, help_text)
         value = math.nan if snap.value is None else snap.value
         # label sets differ within a family (e.g. `type` on generic sensors): add samples as they are

@@ -11,7 +11,7 @@ Samples (source `kubernetes`); node metrics use kube-state-metrics' names and la
 
 | metric | entity | unit | labels |
 | --- | --- | --- | --- |
-| `kube_node_status_capacity`, `kube_node_status_allocatable` | node | count, cores, bytes | resource (`nvidia_com_gpu`, `amd_com_gpu`, `cpu`, `memory`), unit (`integer`, `core`, `byte`) |
+| `kube_node_status_capacity`, `kube_node_status_allocatable` | node | count, cores, bytes | resource (`nvidia_com_gpu`, `amd_com_gpu`, MIG profiles such as `nvidia_com_mig_3g_40gb`, `cpu`, `memory`), unit (`integer`, `core`, `byte`) |
 | `kube_node_status_condition` | node | state | condition (Ready, MemoryPressure, ...), status (`true`/`false`/`unknown`): 1 for the current status, 0 for the others |
 | `kube_node_info` | node | info (1) | internal_ip, kernel_version, os_image, container_runtime_version, kubelet_version, system_uuid, provider_id (those the node reports) |
 | `kube_node_spec_unschedulable` | node | state | |
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -51,6 +52,7 @@ from kubernetes.config.config_exception import ConfigException
 from kubernetes.utils.quantity import parse_quantity
 from kubernetes.watch.watch import iter_resp_lines
 
+from collectors import mig_profiles
 from collectors.base import Sample, TargetResult
 from kiln.db import utcnow
 from kiln.settings import ConfigError, Settings
@@ -111,13 +113,27 @@ def _container_amount(container: Mapping[str, Any], key: str, resource: str) -> 
     return Decimal(0) if value is None else parse_quantity(value)
 
 
+def tracked_resources(spec: Mapping[str, Any]) -> list[str]:
+    """The resources Kiln meters that this pod spec names: GPUs, CPU, memory and any MIG profile
+    (`nvidia.com/mig-<profile>`, the device plugin's mixed strategy)."""
+    containers = [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]
+    named = {name for c in containers for key in ("requests", "limits")
+             for name in ((c.get("resources") or {}).get(key) or {})}
+    return [*RESOURCES, *sorted(name for name in named if mig_profiles.is_mig_resource(name))]
+
+
+def resource_unit(resource: str) -> tuple[str, str]:
+    """(kube-state-metrics unit label, Sample unit) of a metered resource; MIG instances are counted."""
+    return RESOURCES.get(resource, ("integer", "count"))
+
+
 def effective_resources(spec: Mapping[str, Any], key: str) -> dict[str, Decimal]:
     """The pod's effective `requests` or `limits` per tracked resource, as the scheduler counts them."""
     inits = spec.get("initContainers") or []
     running = [*(spec.get("containers") or []), *(c for c in inits if c.get("restartPolicy") == "Always")]
     one_shot = [c for c in inits if c.get("restartPolicy") != "Always"]
     out: dict[str, Decimal] = {}
-    for resource in RESOURCES:
+    for resource in tracked_resources(spec):
         app = sum((_container_amount(c, key, resource) for c in running), Decimal(0))
         init = max((_container_amount(c, key, resource) for c in one_shot), default=Decimal(0))
         overhead = (spec.get("overhead") or {}).get(resource)
@@ -172,7 +188,7 @@ def interval_sample(interval: PodInterval, ts: datetime) -> Sample:
         "starts_at": interval.starts_at.isoformat(), "ends_at": interval.ends_at.isoformat() if interval.ends_at else "",
     }
     return Sample(SOURCE, interval.namespace, ALLOCATION_METRIC, float(interval.quantity),
-                  RESOURCES[interval.resource][1], labels, ts)
+                  resource_unit(interval.resource)[1], labels, ts)
 
 
 def describe_api_error(exc: BaseException, host: str) -> str:
@@ -371,9 +387,10 @@ def node_samples(name: str, node: Mapping[str, Any], ts: datetime) -> list[Sampl
     status, out = node.get("status") or {}, []
     for metric, key in (("kube_node_status_capacity", "capacity"), ("kube_node_status_allocatable", "allocatable")):
         amounts = status.get(key) or {}
-        for resource, (unit_label, unit) in RESOURCES.items():
+        for resource in [*RESOURCES, *sorted(r for r in amounts if mig_profiles.is_mig_resource(r))]:
             if resource in amounts:
-                labels = {"resource": resource.replace(".", "_").replace("/", "_"), "unit": unit_label}
+                unit_label, unit = resource_unit(resource)
+                labels = {"resource": re.sub(r"[^a-zA-Z0-9_]", "_", resource), "unit": unit_label}
                 out.append(Sample(SOURCE, name, metric, float(parse_quantity(amounts[resource])), unit, labels, ts))
     for condition in status.get("conditions") or []:
         current = str(condition.get("status", "Unknown")).lower()

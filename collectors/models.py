@@ -7,7 +7,9 @@
 - `health_snapshot`: the latest reading per (entity, metric, labels) — what the console and
   the API show as a node's or GPU's health now.
 - `rollup_5m`: 5-minute aggregates of a few chart series, for when no Prometheus is configured.
-- `node_energy_hour`: kWh per node-hour integrated from DCMI watts (metering's energy input).
+- `node_energy_hour`: kWh per node-hour (metering's energy input), from the BMC's energy
+  counter where it has one (Redfish `EnergykWh`), else integrated from its watts; `method` says which.
+- `bmc_log_cursor`: per node and BMC log, the newest entry already stored as a node event.
 - `gpu_energy_hour`: kWh per GPU-hour from the GPU exporters' energy counters.
 - `k8s_allocation`: pod resource requests as intervals per namespace (metering's Kubernetes input).
 - `opencost_allocation`: OpenCost's own figures per namespace and window (for reconciliation).
@@ -91,8 +93,12 @@ class Rollup5m(SQLModel, table=True):
     max: float = Field(default=0.0)
 
 
+ENERGY_METHODS = ("watts", "counter", "mixed")  # node_energy_hour.method
+
+
 class NodeEnergyHour(SQLModel, table=True):
-    """Energy one node drew in one hour, integrated from its DCMI power readings."""
+    """Energy one node drew in one hour: its BMC energy counter's increase (`method` counter),
+    its power readings integrated (watts), or both in parts of the hour (mixed)."""
 
     __tablename__ = "node_energy_hour"
     __table_args__ = (UniqueConstraint("node_id", "hour"),)
@@ -102,6 +108,18 @@ class NodeEnergyHour(SQLModel, table=True):
     hour: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
     kwh: Decimal = Field(default=Decimal(0), sa_column=Column(ExactNumeric(18, 6), nullable=False))
     covered_seconds: int = Field(default=0)  # how much of the hour the readings cover
+    method: str = Field(default="watts", max_length=8, sa_column_kwargs={"server_default": "watts"})
+
+
+class BmcLogCursor(SQLModel, table=True):
+    """The newest entry of one BMC log (a Redfish LogService) already stored as a node event."""
+
+    __tablename__ = "bmc_log_cursor"
+
+    node_id: int = Field(sa_column=Column(Integer, ForeignKey("node.id", ondelete="CASCADE"), primary_key=True))
+    log: str = Field(max_length=255, primary_key=True)  # the LogService's @odata.id
+    entry: str = Field(max_length=255)  # the newest stored LogEntry's @odata.id
+    created: str = Field(default="", max_length=64)  # its Created, as the BMC wrote it
 
 
 class GpuEnergyHour(SQLModel, table=True):

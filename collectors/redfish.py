@@ -1,34 +1,48 @@
-"""Redfish collector: power state, health, watts and thermal sensors from a node's BMC over HTTPS.
+"""Redfish collector: power, energy, health, thermal sensors, GPUs and the event log of a node's BMC.
 
-Plain httpx against Redfish's JSON (DMTF DSP0266), HTTP basic authentication, one client per
-target with the target's timeout. Per target: the service root (`/redfish/v1/`), its first
-ComputerSystem, and the Chassis the System links to (else the first Chassis) with its legacy
-`Power` and `Thermal` resources (the newer PowerSubsystem/ThermalSubsystem are not read yet).
-Metric names are the IPMI path's (collectors/ipmi.py, ipmi_exporter's names), so energy
-metering, dashboards and alerts treat a Redfish node like an IPMI one (entity = node name):
+Plain httpx against Redfish's JSON (DMTF DSP0266), one client per BMC kept between polls, logged
+in by a Redfish session that is reused and renewed (collectors/redfish_http.py; basic auth where
+the service has no sessions). Per target: its ComputerSystem (the address's path, else the
+service's first), the Chassis the System links to (else the service's first), and from them:
+
+- power: the chassis `EnvironmentMetrics` (`PowerWatts`, `EnergykWh`) and the `PowerSubsystem`'s
+  `PowerSupplies` with their `Metrics`; the legacy `Power` resource only when those gave no watts.
+- thermal: the `ThermalSubsystem`'s `ThermalMetrics` temperatures and its `Fans`; the legacy
+  `Thermal` resource for temperatures (with threshold states) or fans the new shapes lacked.
+- GPUs: the System's `Processors` whose `ProcessorType` is GPU.
+- the event log: each of the System's `LogServices`' `Entries` created after the last entry
+  already stored (`log_cursors`), oldest first, the newest `max_log_entries` of them at most.
+- firmware: the service's `UpdateService/FirmwareInventory` (collectors/redfish_firmware.py).
+
+Metric names are the IPMI path's (collectors/ipmi.py, ipmi_exporter's names) where the meaning
+is the same, so energy metering, dashboards and alerts treat a Redfish node like an IPMI one
+(entity = node name); `redfish_*` where Redfish says more:
 
 | metric | unit | labels | from |
 | --- | --- | --- | --- |
 | `ipmi_chassis_power_state` | state | | System `PowerState`: 1 On, Paused, PoweringOff; 0 Off, PoweringOn |
 | `redfish_health_state` | state | | System `Status.HealthRollup` (else `Status.Health`): 0 OK, 1 Warning, 2 Critical |
-| `ipmi_dcmi_power_consumption_watts` | watts | | Chassis `Power` `PowerControl[0].PowerConsumedWatts` |
-| `ipmi_temperature_celsius`, `_state` | celsius, state | id, name | Chassis `Thermal` `Temperatures[].ReadingCelsius` |
-| `ipmi_fan_speed_rpm`, `ipmi_fan_speed_state` | rpm, state | id, name | `Thermal` `Fans[].Reading` with `ReadingUnits` RPM (or v1.0 `ReadingRPM`) |
-| `ipmi_fan_speed_ratio`, `ipmi_fan_speed_state` | ratio, state | id, name | `Fans[].Reading` with `ReadingUnits` Percent, x 0.01 |
+| `ipmi_dcmi_power_consumption_watts` | watts | | `EnvironmentMetrics.PowerWatts.Reading`, else legacy `Power` `PowerControl[0].PowerConsumedWatts` |
+| `redfish_energy_kwh` | kwh | from | `EnvironmentMetrics.EnergykWh.Reading` (`from` EnvironmentMetrics), else the sum of every enabled power supply's `Metrics.EnergykWh` (`from` PowerSupplies): a counter |
+| `redfish_psu_input_watts` | watts | id, name | each enabled supply's `Metrics.InputPowerWatts.Reading` |
+| `redfish_psu_health_state` | state | id, name | each enabled supply's `Status.Health` |
+| `ipmi_temperature_celsius`, `_state` | celsius, state | id, name | `ThermalMetrics.TemperatureReadingsCelsius[]` (id: the sensor's `DataSourceUri` name, name: `DeviceName`; state NaN, no thresholds there), else legacy `Thermal` `Temperatures[].ReadingCelsius` |
+| `ipmi_fan_speed_ratio`, `ipmi_fan_speed_rpm`, `ipmi_fan_speed_state` | ratio, rpm, state | id, name | each `ThermalSubsystem` Fan's `SpeedPercent.Reading` x 0.01 and `.SpeedRPM` (state: its `Status.Health`), else legacy `Thermal` `Fans[].Reading` by `ReadingUnits` (or v1.0 `ReadingRPM`) |
+| `redfish_gpu_info` | info | id, model, vendor, serial, uuid, memory_mib | each GPU `Processor` (collectors/redfish_store.py keeps the node's GPU inventory) |
+| `redfish_log_entry` | state | id, created, severity, log, message, code | each new `LogEntry` (its `Severity`: 0 OK, 1 Warning, 2 Critical), stored as node events |
 
-`id` is the array member's `MemberId`, `name` its `Name` (v1.0 fans: `FanName`). States are
-ipmi_exporter's severities computed from the member's thresholds: 2 when the reading is at or
-beyond `Upper`/`LowerThresholdCritical` or `...Fatal`, 1 at or beyond `...NonCritical`, else 0;
-NaN when the member has no threshold. A sensor without a reading (disabled, absent) is left
-out and counted in `TargetResult.skipped`. A missing or failing Power/Thermal resource leaves
-the result ok with that part named in `error`; a failing service root or System (401, 503, a
-timeout, not JSON) makes the whole target fail with a readable `error`, never an exception.
+Legacy `id` is the array member's `MemberId`, `name` its `Name` (v1.0 fans: `FanName`). Legacy
+states are ipmi_exporter's severities from the member's thresholds: 2 at or beyond
+`Upper`/`LowerThresholdCritical` or `...Fatal`, 1 at or beyond `...NonCritical`, else 0; NaN
+without thresholds. A sensor without a reading is left out and counted in `TargetResult.skipped`.
+A part that fails (chassis, power, thermal, processors, log) leaves the result ok with the part
+named in `error`; a failing System (401, 503, a timeout, not JSON) fails the whole target with a
+readable `error`, never an exception. `target_timeout` bounds a whole target's poll.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -37,42 +51,36 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, Self
 
-import httpx
-
 from collectors.base import Sample, TargetResult, skipped_summary
+from collectors.redfish_firmware import firmware_samples
+from collectors.redfish_http import SERVICE_ROOT, RedfishClient, RedfishError
+from collectors.redfish_readers import (
+    ENERGY,
+    WATTS,
+    MakeSample,
+    Skipped,
+    environment_power,
+    gpu_info,
+    legacy_power,
+    legacy_thermal,
+    log_entry,
+    new_entries,
+    power_supply_samples,
+    subsystem_fan,
+    system_samples,
+    thermal_metrics,
+)
 
 log = logging.getLogger(__name__)
 NO_LABELS: Mapping[str, str] = MappingProxyType({})
-SERVICE_ROOT = "/redfish/v1/"
-
-POWER_STATES = {"On": 1.0, "Paused": 1.0, "PoweringOff": 1.0, "Off": 0.0, "PoweringOn": 0.0}
-HEALTH_STATES = {"OK": 0.0, "Warning": 1.0, "Critical": 2.0}
-# Thermal Fans[].ReadingUnits -> (metric, unit, scale)
-FAN_UNITS = {"RPM": ("ipmi_fan_speed_rpm", "rpm", 1.0), "Percent": ("ipmi_fan_speed_ratio", "ratio", 0.01)}
-# (threshold property suffix, severity), most severe first; Upper* is crossed at or above,
-# Lower* at or below
-THRESHOLDS = (("Fatal", 2.0), ("Critical", 2.0), ("NonCritical", 1.0))
-# HTTP status -> readable reason ({u}: the URL asked)
-STATUS_REASONS = {
-    401: "authentication failed (check the BMC username/password): {u} answered HTTP 401",
-    403: "the BMC account may not read {u} (HTTP 403)",
-    404: "the BMC has no {u} (HTTP 404)",
-    503: "the BMC is unavailable (HTTP 503 from {u}); it may be busy or restarting",
-}
-
-
-class RedfishError(Exception):
-    """A request the BMC did not answer usefully; the message is readable as it is."""
-
-    def __init__(self, message: str, *, timed_out: bool = False) -> None:
-        super().__init__(message)
-        self.timed_out = timed_out
+Progress = Callable[[TargetResult], None]
 
 
 @dataclass(frozen=True)
 class RedfishTarget:
     """A node's Redfish service: `url` is the BMC's base URL (`https://bmc-17`; a trailing
-    `/redfish/v1` is accepted). `timeout` None: the collector's; `verify` checks TLS certificates."""
+    `/redfish/v1` is accepted), `system` the ComputerSystem's path (None: the service's first).
+    `timeout` None: the collector's; `verify` checks TLS certificates."""
 
     node: str
     url: str
@@ -80,63 +88,73 @@ class RedfishTarget:
     password: str = field(default="", repr=False)
     timeout: float | None = None
     verify: bool = True
+    system: str | None = None
 
 
-def severity(reading: float, member: Mapping[str, Any]) -> float:
-    """ipmi_exporter's state from a Redfish member's thresholds: 0, 1, 2, or NaN without any."""
-    found = False
-    for suffix, level in THRESHOLDS:
-        upper, lower = member.get(f"UpperThreshold{suffix}"), member.get(f"LowerThreshold{suffix}")
-        found = found or upper is not None or lower is not None
-        if (upper is not None and reading >= upper) or (lower is not None and reading <= lower):
-            return level
-    return 0.0 if found else math.nan
+@dataclass(frozen=True)
+class LogCursor:
+    """The newest log entry of one LogService already stored: its `@odata.id` and `Created`."""
+
+    entry: str
+    created: str = ""
 
 
-def first_member(resource: Mapping[str, Any], link: str) -> str | None:
-    """The `@odata.id` of the first entry of a Links list or a collection's Members."""
-    members = resource.get(link) or []
-    return members[0].get("@odata.id") if members else None
+def link(resource: Mapping[str, Any], name: str) -> str | None:
+    """The `@odata.id` a resource's property links to, or None."""
+    value = resource.get(name)
+    return value.get("@odata.id") if isinstance(value, Mapping) else None
+
+
+def members(collection: Mapping[str, Any], key: str = "Members") -> list[str]:
+    """The `@odata.id`s of a collection's Members (or of a Links list)."""
+    return [m["@odata.id"] for m in collection.get(key) or [] if isinstance(m, Mapping) and m.get("@odata.id")]
 
 
 class RedfishCollector:
     """Reads every target's Redfish service once per `collect()`; see the module docstring.
 
-    `timeout` is each request's limit (connect, read) unless a target sets its own; a target
-    makes up to six requests. Targets are read concurrently on up to `workers` threads.
+    `timeout` is each request's limit (connect, read) unless a target sets its own;
+    `target_timeout` bounds all of one target's requests together. Targets are read
+    concurrently on up to `workers` threads; each BMC keeps its client and session.
     """
 
     name = "redfish"
 
-    def __init__(self, targets: Iterable[RedfishTarget], *, timeout: float = 5.0, workers: int = 16,
+    def __init__(self, targets: Iterable[RedfishTarget], *, timeout: float = 5.0, target_timeout: float = 60.0,
+                 workers: int = 16, max_log_entries: int = 200,
                  clock: Callable[[], datetime] | None = None) -> None:
         """Set up one HTTP client per target; nothing is sent before `collect()`."""
         self.targets = list(targets)
         names = [t.node for t in self.targets]
         if len(set(names)) != len(names):
             raise ValueError("Redfish targets must have distinct node names")
-        if timeout <= 0 or workers < 1:
-            raise ValueError("timeout must be > 0 and workers >= 1")
-        self.timeout = timeout
+        if timeout <= 0 or target_timeout <= 0 or workers < 1 or max_log_entries < 0:
+            raise ValueError("timeouts must be > 0, workers >= 1 and max_log_entries >= 0")
+        self.timeout, self.target_timeout, self.max_log_entries = timeout, target_timeout, max_log_entries
         self.clock = clock or (lambda: datetime.now(UTC))
-        self._clients = {t.node: self._client(t) for t in self.targets}
+        self.clients = {t.node: RedfishClient(t.url, t.username, t.password, timeout=t.timeout or timeout,
+                                              verify=t.verify) for t in self.targets}
         self._pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(self.targets))),
                                         thread_name_prefix="kiln-redfish")
 
-    def _client(self, target: RedfishTarget) -> httpx.Client:
-        base = target.url.rstrip("/").removesuffix("/redfish/v1")
-        auth = httpx.BasicAuth(target.username, target.password) if target.username else None
-        return httpx.Client(base_url=base, auth=auth, verify=target.verify,
-                            timeout=target.timeout or self.timeout, headers={"Accept": "application/json"})
+    def collect(self, progress: Progress | None = None, *,
+                log_cursors: Mapping[str, Mapping[str, LogCursor]] | None = None) -> list[TargetResult]:
+        """Read every target concurrently; one result per target, in target order. Never raises.
+        `log_cursors`: per node, per LogService path, the newest entry already stored."""
+        cursors = log_cursors or {}
 
-    def collect(self) -> list[TargetResult]:
-        """Read every target concurrently; one result per target, in target order. Never raises."""
-        return list(self._pool.map(self._collect_one, self.targets))
+        def one(target: RedfishTarget) -> TargetResult:
+            result = self._collect_one(target, cursors.get(target.node, {}))
+            if progress:
+                progress(result)
+            return result
+
+        return list(self._pool.map(one, self.targets))
 
     def close(self) -> None:
-        """Stop the thread pool and close the HTTP connections."""
+        """Stop the thread pool, end the sessions and close the HTTP connections."""
         self._pool.shutdown(wait=True)
-        for client in self._clients.values():
+        for client in self.clients.values():
             client.close()
 
     def __enter__(self) -> Self:
@@ -145,46 +163,31 @@ class RedfishCollector:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _get(self, client: httpx.Client, path: str) -> dict[str, Any]:
-        """GET one resource as JSON, or raise RedfishError with a readable reason."""
-        url = f"{client.base_url}".rstrip("/") + path
-        try:
-            response = client.get(path)
-        except httpx.TimeoutException as exc:
-            raise RedfishError(f"no answer from {url} within {client.timeout.read} s", timed_out=True) from exc
-        except httpx.HTTPError as exc:
-            raise RedfishError(f"cannot reach {url}: {exc}") from exc
-        if response.status_code != 200:
-            reason = STATUS_REASONS.get(response.status_code, "{u} answered HTTP " + str(response.status_code))
-            raise RedfishError(reason.format(u=url) + redfish_message(response))
-        try:
-            body = response.json()
-        except ValueError as exc:
-            raise RedfishError(f"{url} did not answer JSON") from exc
-        if not isinstance(body, dict):
-            raise RedfishError(f"{url} did not answer a Redfish resource")
-        return body
-
-    def _collect_one(self, target: RedfishTarget) -> TargetResult:
+    def _collect_one(self, target: RedfishTarget, cursors: Mapping[str, LogCursor]) -> TargetResult:
         began = time.monotonic()
         try:
-            return self._read(target, began)
+            return self._read(target, cursors, began)
         except Exception as exc:  # the per-target boundary: one odd BMC never fails the others
             log.exception("Redfish read of %s (%s) failed unexpectedly", target.node, target.url)
             return TargetResult(target.node, ok=False, error=f"unexpected answer from {target.url}: "
                                 f"{type(exc).__name__}: {exc}", seconds=time.monotonic() - began)
 
-    def _read(self, target: RedfishTarget, began: float) -> TargetResult:
-        client = self._clients[target.node]
-        parts: list[str] = []
-        skipped: dict[str, int] = {}
+    def _read(self, target: RedfishTarget, cursors: Mapping[str, LogCursor], began: float) -> TargetResult:
+        client = self.clients[target.node]
+        client.set_deadline(self.target_timeout)
+        roots: list[dict[str, Any]] = []
+
+        def root() -> dict[str, Any]:
+            if not roots:
+                roots.append(client.get(SERVICE_ROOT))
+            return roots[0]
+
         try:
-            root = self._get(client, SERVICE_ROOT)
-            systems = self._get(client, root.get("Systems", {}).get("@odata.id") or SERVICE_ROOT + "Systems")
-            system_path = first_member(systems, "Members")
+            system_path = target.system or next(iter(members(client.get(link(root(), "Systems")
+                                                                           or SERVICE_ROOT + "Systems"))), None)
             if system_path is None:
                 raise RedfishError("the Redfish service lists no ComputerSystem")
-            system = self._get(client, system_path)
+            system = client.get(system_path)
         except RedfishError as exc:
             return TargetResult(target.node, ok=False, error=str(exc), seconds=time.monotonic() - began,
                                 timed_out=exc.timed_out)
@@ -193,80 +196,122 @@ class RedfishCollector:
         def sample(metric: str, value: float, unit: str, labels: Mapping[str, str] = NO_LABELS) -> Sample:
             return Sample(self.name, target.node, metric, value, unit, labels, now)
 
-        out: list[Sample] = []
-        if system.get("PowerState") in POWER_STATES:
-            out.append(sample("ipmi_chassis_power_state", POWER_STATES[system["PowerState"]], "state"))
-        status = system.get("Status") or {}
-        health = status.get("HealthRollup") or status.get("Health")
-        if health in HEALTH_STATES:
-            out.append(sample("redfish_health_state", HEALTH_STATES[health], "state"))
-        try:
-            chassis_path = (first_member(system.get("Links") or {}, "Chassis")
-                            or first_member(self._get(client, root.get("Chassis", {}).get("@odata.id")
-                                                      or SERVICE_ROOT + "Chassis"), "Members"))
-            if chassis_path is None:
-                raise RedfishError("the Redfish service lists no Chassis")
-            chassis = self._get(client, chassis_path)
-        except RedfishError as exc:
-            chassis = None
-            parts.append(f"chassis: {exc}")
-        for part, reader in (("Power", self._power), ("Thermal", self._thermal)) if chassis is not None else ():
-            path = (chassis.get(part) or {}).get("@odata.id")
-            if path is None:
-                parts.append(f"{part.lower()}: the chassis has no legacy {part} resource")
-                continue
+        out = system_samples(system, sample)
+        parts: list[str] = []
+        skipped: Skipped = {}
+
+        def part(name: str, read: Callable[[], list[Sample]]) -> None:
             try:
-                out.extend(reader(self._get(client, path), sample, skipped))
+                out.extend(read())
             except RedfishError as exc:
-                parts.append(f"{part.lower()}: {exc}")
+                parts.append(f"{name}: {exc}")
+
+        chassis: list[dict[str, Any]] = []
+
+        def read_chassis() -> list[Sample]:
+            path = next(iter(members(system.get("Links") or {}, "Chassis")), None) or next(
+                iter(members(client.get(link(root(), "Chassis") or SERVICE_ROOT + "Chassis"))), None)
+            if path is None:
+                raise RedfishError("the Redfish service lists no Chassis")
+            chassis.append(client.get(path))
+            return []
+
+        part("chassis", read_chassis)
+        if chassis:
+            part("power", lambda: self._power(client, chassis[0], sample, skipped, parts))
+            part("thermal", lambda: self._thermal(client, chassis[0], sample, skipped, parts))
+        if link(system, "Processors"):
+            part("processors", lambda: self._gpus(client, system, sample))
+        if link(system, "LogServices") and self.max_log_entries:
+            part("log", lambda: self._log(client, system, cursors, sample))
+        part("firmware", lambda: firmware_samples(client.get, root(), target.node, self.name, now, skipped, (RedfishError,)))
         error = "; ".join(filter(None, [*parts, skipped_summary(skipped)])) or None
         return TargetResult(target.node, ok=True, samples=out, error=error, skipped=skipped,
                             seconds=time.monotonic() - began)
 
     @staticmethod
-    def _power(power: Mapping[str, Any], sample: Callable[..., Sample], skipped: dict[str, int]) -> list[Sample]:
-        controls = power.get("PowerControl") or []
-        watts = controls[0].get("PowerConsumedWatts") if controls else None
-        if watts is None:
-            skipped["no power reading"] = skipped.get("no power reading", 0) + 1
+    def _newer(client: RedfishClient, chassis: Mapping[str, Any], name: str, parts: list[str],
+               read: Callable[[dict[str, Any]], list[Sample]]) -> list[Sample]:
+        """Read a new-shape resource the chassis links to; a failure is noted and reads as nothing
+        (the legacy resource stands in)."""
+        path = link(chassis, name)
+        if path is None:
             return []
-        return [sample("ipmi_dcmi_power_consumption_watts", float(watts), "watts")]
+        try:
+            return read(client.get(path))
+        except RedfishError as exc:
+            if exc.timed_out:
+                raise
+            parts.append(f"{name}: {exc}")
+            return []
 
-    @staticmethod
-    def _thermal(thermal: Mapping[str, Any], sample: Callable[..., Sample], skipped: dict[str, int]) -> list[Sample]:
-        out: list[Sample] = []
-        for index, member in enumerate(thermal.get("Temperatures") or []):
-            reading = member.get("ReadingCelsius")
-            if reading is None:
-                skipped["no temperature reading"] = skipped.get("no temperature reading", 0) + 1
-                continue
-            labels = sensor_labels(member, index)
-            out.append(sample("ipmi_temperature_celsius", float(reading), "celsius", labels))
-            out.append(sample("ipmi_temperature_state", severity(reading, member), "state", labels))
-        for index, member in enumerate(thermal.get("Fans") or []):
-            reading, units = member.get("Reading"), member.get("ReadingUnits")
-            if reading is None and member.get("ReadingRPM") is not None:
-                reading, units = member["ReadingRPM"], "RPM"
-            if reading is None or units not in FAN_UNITS:
-                skipped["no fan reading"] = skipped.get("no fan reading", 0) + 1
-                continue
-            metric, unit, scale = FAN_UNITS[units]
-            labels = sensor_labels(member, index)
-            out.append(sample(metric, float(reading) * scale, unit, labels))
-            out.append(sample("ipmi_fan_speed_state", severity(reading, member), "state", labels))
+    def _power(self, client: RedfishClient, chassis: Mapping[str, Any], sample: MakeSample, skipped: Skipped,
+               parts: list[str]) -> list[Sample]:
+        out = self._newer(client, chassis, "EnvironmentMetrics", parts, lambda m: environment_power(m, sample))
+        out += self._newer(client, chassis, "PowerSubsystem", parts,
+                           lambda sub: self._supplies(client, sub, sample, has_energy=any(s.metric == ENERGY for s in out)))
+        if not any(s.metric == WATTS for s in out):
+            legacy = link(chassis, "Power")
+            if legacy is None:
+                raise RedfishError("the chassis reports no power reading (no EnvironmentMetrics.PowerWatts, "
+                                   "no legacy Power)")
+            out += legacy_power(client.get(legacy), sample, skipped)
         return out
 
+    @staticmethod
+    def _supplies(client: RedfishClient, subsystem: Mapping[str, Any], sample: MakeSample, *,
+                  has_energy: bool) -> list[Sample]:
+        path = link(subsystem, "PowerSupplies")
+        pairs = []
+        for member in members(client.get(path)) if path else []:
+            supply = client.get(member)
+            enabled = (supply.get("Status") or {}).get("State") in {None, "Enabled"}
+            metrics = link(supply, "Metrics")
+            pairs.append((supply, client.get(metrics) if metrics and enabled else None))
+        out, total = power_supply_samples(pairs, sample)
+        if total is not None and not has_energy:
+            out.append(sample(ENERGY, total, "kwh", MappingProxyType({"from": "PowerSupplies"})))
+        return out
 
-def sensor_labels(member: Mapping[str, Any], index: int) -> Mapping[str, str]:
-    """`id` (MemberId, else the position) and `name` (Name, else v1.0's FanName) of a member."""
-    name = member.get("Name") or member.get("FanName") or ""
-    return MappingProxyType({"id": str(member.get("MemberId", index)), "name": str(name)})
+    def _thermal(self, client: RedfishClient, chassis: Mapping[str, Any], sample: MakeSample, skipped: Skipped,
+                 parts: list[str]) -> list[Sample]:
+        def subsystem(sub: Mapping[str, Any]) -> list[Sample]:
+            found = thermal_metrics(client.get(link(sub, "ThermalMetrics")), sample, skipped) \
+                if link(sub, "ThermalMetrics") else []
+            for fan in members(client.get(link(sub, "Fans"))) if link(sub, "Fans") else []:
+                found += subsystem_fan(client.get(fan), sample, skipped)
+            return found
 
+        out = self._newer(client, chassis, "ThermalSubsystem", parts, subsystem)
+        kinds = {s.metric.split("_")[1] for s in out}  # temperature, fan
+        if {"temperature", "fan"} <= kinds:
+            return out
+        legacy = link(chassis, "Thermal")
+        if legacy is None:
+            if not out:
+                raise RedfishError("the chassis has neither a ThermalSubsystem nor a legacy Thermal resource")
+            return out
+        return out + [s for s in legacy_thermal(client.get(legacy), sample, skipped)
+                      if s.metric.split("_")[1] not in kinds]
 
-def redfish_message(response: httpx.Response) -> str:
-    """`: <message>` from a Redfish error body (`{"error": {"message": ...}}`), else ''."""
-    try:
-        message = response.json()["error"]["message"]
-    except (ValueError, KeyError, TypeError):
-        return ""
-    return f": {message}" if isinstance(message, str) and message else ""
+    @staticmethod
+    def _gpus(client: RedfishClient, system: Mapping[str, Any], sample: MakeSample) -> list[Sample]:
+        found = (gpu_info(client.get(path), sample) for path in members(client.get(link(system, "Processors"))))
+        return [s for s in found if s is not None]
+
+    def _log(self, client: RedfishClient, system: Mapping[str, Any], cursors: Mapping[str, LogCursor],
+             sample: MakeSample) -> list[Sample]:
+        out: list[Sample] = []
+        for service_path in members(client.get(link(system, "LogServices"))):
+            entries_path = link(client.get(service_path), "Entries")
+            if entries_path is None:
+                continue
+            listed = [m for m in client.get(entries_path).get("Members") or []
+                      if isinstance(m, Mapping) and isinstance(m.get("@odata.id"), str)]
+            cursor = cursors.get(service_path)
+            fresh = new_entries(listed, cursor and cursor.entry, cursor and cursor.created)[-self.max_log_entries:]
+            for entry in fresh:
+                if "Created" not in entry and "Message" not in entry:  # a link only: read the entry itself
+                    entry = client.get(entry["@odata.id"])
+                out.append(log_entry(entry, service_path, sample))
+        return out

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlmodel import Session, select
@@ -24,6 +25,8 @@ from collectors.dcgm import DCGM
 from collectors.exporter_scrape import ExporterScrapeCollector
 from collectors.ipmi import IpmiCollector, IpmiTarget
 from collectors.prometheus import GpuCollector, PrometheusClient
+from collectors.redfish import RedfishCollector, RedfishTarget
+from collectors.redfish_store import log_cursors, persist_redfish
 from collectors.rocm import ROCM
 from fleet.bmc import parse_bmc_address
 from fleet.models import Node
@@ -47,19 +50,20 @@ class Source:
     close: Callable[[], None] = field(default=lambda: None)
 
 
-class IpmiSource:
-    """Every node with an `ipmi://` BMC, polled with its decrypted credentials."""
+class BmcSource:
+    """Every node whose BMC speaks `driver`, polled with its decrypted credentials by one
+    long-lived collector (rebuilt only when the targets change, so BMC sessions survive)."""
 
-    name = "ipmi"
+    name = driver = ""
 
     def __init__(self, settings: Settings, box: SecretBox) -> None:
         self.settings, self.box = settings, box
-        self._collector: IpmiCollector | None = None
-        self._key: tuple[IpmiTarget, ...] = ()
+        self._collector: Any = None
+        self._key: tuple = ()
 
     def targets(self, session: Session) -> list[str]:
-        """Names of the nodes whose BMC speaks IPMI."""
-        return list(session.exec(select(Node.name).where(Node.bmc_driver == "ipmi").order_by(Node.name)))
+        """Names of the nodes whose BMC speaks this source's protocol."""
+        return list(session.exec(select(Node.name).where(Node.bmc_driver == self.driver).order_by(Node.name)))
 
     def collect(self, names: Sequence[str], progress: Progress | None = None, *,
                 session: Session) -> list[TargetResult]:
@@ -71,22 +75,26 @@ class IpmiSource:
                 targets.append(self._target(node))
             except ValueError as exc:
                 failed.append(TargetResult(node.name, ok=False, error=str(exc)))
-        results = self._collector_for(tuple(targets)).collect(progress) if targets else []
+        results = self._run(self._collector_for(tuple(targets)), progress, session, nodes) if targets else []
         for result in failed:
             if progress:
                 progress(result)
         return results + failed
 
-    def _target(self, node: Node) -> IpmiTarget:
-        return ipmi_target(node, self.box)
+    def _target(self, node: Node) -> Any:
+        raise NotImplementedError
 
-    def _collector_for(self, targets: tuple[IpmiTarget, ...]) -> IpmiCollector:
+    def _new_collector(self, targets: tuple) -> Any:
+        raise NotImplementedError
+
+    def _run(self, collector: Any, progress: Progress | None, session: Session, nodes: Sequence[Node]
+             ) -> list[TargetResult]:
+        return collector.collect(progress)
+
+    def _collector_for(self, targets: tuple) -> Any:
         if self._collector is None or targets != self._key:
             self.close()
-            s = self.settings
-            self._collector = IpmiCollector(targets, workers=s.ipmi_workers, timeout=s.ipmi_timeout,
-                                            retries=s.ipmi_retries, cipher_suite=s.ipmi_cipher_suite,
-                                            privilege=s.ipmi_privilege)
+            self._collector = self._new_collector(targets)
             self._key = targets
         return self._collector
 
@@ -97,15 +105,62 @@ class IpmiSource:
             self._collector = None
 
 
+class IpmiSource(BmcSource):
+    """Every node with an `ipmi://` BMC, polled with its decrypted credentials."""
+
+    name = driver = "ipmi"
+
+    def _target(self, node: Node) -> IpmiTarget:
+        return ipmi_target(node, self.box)
+
+    def _new_collector(self, targets: tuple[IpmiTarget, ...]) -> IpmiCollector:
+        s = self.settings
+        return IpmiCollector(targets, workers=s.ipmi_workers, timeout=s.ipmi_timeout, retries=s.ipmi_retries,
+                             cipher_suite=s.ipmi_cipher_suite, privilege=s.ipmi_privilege)
+
+
+class RedfishSource(BmcSource):
+    """Every node with a `redfish://` (or `redfish+http(s)://`) BMC; each poll stores only the
+    BMC log entries after the newest one already stored (collectors/redfish_store.py)."""
+
+    name = driver = "redfish"
+
+    def _target(self, node: Node) -> RedfishTarget:
+        return redfish_target(node, self.box, verify=self.settings.redfish_verify_tls)
+
+    def _new_collector(self, targets: tuple[RedfishTarget, ...]) -> RedfishCollector:
+        s = self.settings
+        return RedfishCollector(targets, timeout=s.redfish_timeout, target_timeout=s.redfish_target_timeout,
+                                workers=s.redfish_workers)
+
+    def _run(self, collector: RedfishCollector, progress: Progress | None, session: Session,
+             nodes: Sequence[Node]) -> list[TargetResult]:
+        return collector.collect(progress, log_cursors=log_cursors(session, nodes))
+
+
+def _bmc_password(node: Node, box: SecretBox | None) -> str:
+    """The node's decrypted BMC password ('' without one); ValueError without a key to decrypt it."""
+    if node.bmc_password_encrypted and box is None:
+        raise ValueError("no secret key is configured to decrypt the BMC password")
+    return box.decrypt(node.bmc_password_encrypted) if box and node.bmc_password_encrypted else ""
+
+
 def ipmi_target(node: Node, box: SecretBox | None) -> IpmiTarget:
     """A node's BMC as the IPMI collector polls it (ValueError for a bad address, or an
     encrypted password and no secret key to decrypt it)."""
     address = parse_bmc_address(node.bmc_address)
-    if node.bmc_password_encrypted and box is None:
-        raise ValueError("no secret key is configured to decrypt the BMC password")
-    password = box.decrypt(node.bmc_password_encrypted) if box and node.bmc_password_encrypted else ""
-    return IpmiTarget(node.name, address.host, address.effective_port, node.bmc_username or "", password,
-                      node.ipmi_cipher_suite, node.ipmi_privilege)
+    return IpmiTarget(node.name, address.host, address.effective_port, node.bmc_username or "",
+                      _bmc_password(node, box), node.ipmi_cipher_suite, node.ipmi_privilege)
+
+
+def redfish_target(node: Node, box: SecretBox | None, *, verify: bool = True) -> RedfishTarget:
+    """A node's BMC as the Redfish collector polls it: the address's service URL and system path
+    (ValueError as for `ipmi_target`)."""
+    address = parse_bmc_address(node.bmc_address)
+    if address.driver != "redfish":
+        raise ValueError(f"BMC address {node.bmc_address!r} is not a Redfish address")
+    return RedfishTarget(node.name, address.base_url, node.bmc_username or "", _bmc_password(node, box),
+                         verify=verify, system=address.path.rstrip("/"))
 
 
 def _reporting(collect: Callable[[Sequence[str]], list[TargetResult]]
@@ -130,14 +185,15 @@ def single_target_source(collector: Collector, interval: int, persist: Persist |
 
 
 def build_sources(settings: Settings, engine: Engine, box: SecretBox) -> dict[str, Source]:
-    """Every collector this Kiln's settings configure, by name (IPMI always)."""
-    ipmi = IpmiSource(settings, box)
+    """Every collector this Kiln's settings configure, by name (IPMI and Redfish always)."""
+    sources = {}
+    for bmc, interval, persist in ((IpmiSource(settings, box), settings.ipmi_interval, None),
+                                   (RedfishSource(settings, box), settings.redfish_interval, persist_redfish)):
+        def bmc_collect(names: Sequence[str], progress: Progress | None, bmc: BmcSource = bmc) -> list[TargetResult]:
+            with Session(engine) as session:
+                return bmc.collect(names, progress, session=session)
 
-    def ipmi_collect(names: Sequence[str], progress: Progress | None) -> list[TargetResult]:
-        with Session(engine) as session:
-            return ipmi.collect(names, progress, session=session)
-
-    sources = {"ipmi": Source("ipmi", settings.ipmi_interval, ipmi.targets, ipmi_collect, close=ipmi.close)}
+        sources[bmc.name] = Source(bmc.name, interval, bmc.targets, bmc_collect, persist, close=bmc.close)
     for module, persist, interval in ((kubernetes, persist_kubernetes, settings.kube_interval),
                                       (opencost, persist_opencost, settings.opencost_interval)):
         collector = module.build(settings)

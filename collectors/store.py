@@ -8,10 +8,13 @@ Collectors themselves never touch the database (collectors/base.py).
 - Health snapshot: the newest value per (entity, metric, labels); NaN is stored as NULL.
   `*_state` samples of IPMI sensors also set `state` on their value's row.
 - Rollups: a few chart series, aggregated per 5-minute bucket (count/sum/min/max).
-- Energy: DCMI watts of consecutive polls of a node are integrated as trapezoids, split at
-  hour boundaries, into `node_energy_hour` (kWh to 6 decimal places, i.e. 1 mWh, each
-  addition rounded half-even). Gaps longer than `max_gap` are not integrated (unknown draw):
-  `covered_seconds` says how much of the hour the readings cover.
+- Energy: a node's BMC energy counter (Redfish `EnergykWh`, `redfish_energy_kwh`) where it has
+  one: the increase between consecutive polls, spread evenly, split at hour boundaries into
+  `node_energy_hour` with `method` "counter". Otherwise (no counter, its first reading, a reset,
+  a gap) its watts of consecutive polls are integrated as trapezoids, `method` "watts"; an
+  hour made both ways says "mixed". kWh to 6 decimal places (1 mWh), each addition rounded
+  half-even. Gaps longer than `max_gap` are not counted (unknown draw): `covered_seconds` says
+  how much of the hour the readings cover.
 """
 
 from __future__ import annotations
@@ -26,13 +29,20 @@ from sqlalchemy import case
 from sqlmodel import Session, col, select
 
 from collectors.base import Sample, TargetResult
-from collectors.energy import GPU_ENERGY_METRIC, energy_by_hour, integrate_gpu_energy
+from collectors.energy import (
+    GPU_ENERGY_METRIC,
+    NODE_ENERGY_COUNTER,
+    energy_by_hour,
+    integrate_gpu_energy,
+    node_counter_energy,
+)
 from collectors.models import (
     CollectorTargetState,
     HealthSnapshot,
     NodeEnergyHour,
     Rollup5m,
 )
+from collectors.redfish_firmware import FIRMWARE_METRIC
 from fleet.models import Gpu, Node
 from kiln.db import upsert
 from kiln.validation import is_ip_address
@@ -51,7 +61,7 @@ FACT_METRICS = {"ipmi_bmc_info": "bmc", "ipmi_fru_info": "fru"}
 ERROR_LIMIT = 2000
 GPU_SOURCES = frozenset({"dcgm", "rocm", "dcgm-exporter"})
 # samples that are records, not health: stored by their own source's persistence (cluster_store)
-NOT_HEALTH = ("kiln_k8s_pod_allocation", "opencost_allocation_")
+NOT_HEALTH = ("kiln_k8s_pod_allocation", "opencost_allocation_", "redfish_log_entry", "redfish_gpu_info")
 
 
 @dataclass(frozen=True)
@@ -77,10 +87,11 @@ def persist_results(session: Session, collector: str, results: Sequence[TargetRe
     samples = [s for r in results for s in r.samples if not s.metric.startswith(NOT_HEALTH)]
     if samples:
         node_ids = node_ids_of(session, samples)
-        integrate_energy(session, [s for s in samples if s.metric == POWER_METRIC], node_ids, max_gap)
+        integrate_energy(session, [s for s in samples if s.metric == POWER_METRIC], node_ids, max_gap,
+                         counters=[s for s in samples if s.metric == NODE_ENERGY_COUNTER])
         gpu_energy = [s for s in samples if s.metric == GPU_ENERGY_METRIC and s.source in GPU_SOURCES]
         integrate_gpu_energy(session, gpu_energy, {s.entity: _node_of(s, node_ids) for s in gpu_energy}, max_gap)
-        write_snapshots(session, samples, node_ids)
+        write_snapshots(session, [s for s in samples if s.metric != FIRMWARE_METRIC], node_ids)
         add_rollups(session, samples)
         update_facts(session, samples, node_ids)
     return transitions
@@ -183,10 +194,17 @@ def bucket_of(ts: datetime) -> datetime:
 
 
 def integrate_energy(session: Session, power: Sequence[Sample], node_ids: Mapping[str, int],
-                     max_gap: timedelta, previous: Mapping[str, tuple[datetime, float]] | None = None) -> None:
-    """Add the energy between each node's previous DCMI reading (from its snapshot, or
-    `previous`: node → (time, watts)) and this one to its hours."""
+                     max_gap: timedelta, previous: Mapping[str, tuple[datetime, float]] | None = None,
+                     counters: Sequence[Sample] = ()) -> None:
+    """Add each node's energy since its previous poll to its hours: its energy counter's increase
+    where `counters` cover it (collectors.energy.node_counter_energy), else the watts between
+    its previous DCMI reading (from its snapshot, or `previous`: node → (time, watts)) and this one."""
+    by_counter, counted = node_counter_energy(session, counters, node_ids, max_gap)
+    power = [s for s in power if s.entity not in counted]
+    rows = [{"node_id": n, "hour": h, "kwh": kwh, "covered_seconds": secs, "method": "counter"}
+            for (n, h), (kwh, secs) in by_counter.items()]
     if not power:
+        _add_energy_hours(session, rows)
         return
     if previous is None:
         previous = {row.entity: (row.observed_at, row.value) for row in session.exec(
@@ -202,18 +220,30 @@ def integrate_energy(session: Session, power: Sequence[Sample], node_ids: Mappin
             slot = totals.setdefault((node_id, hour), [Decimal(0), 0])
             slot[0] += kwh
             slot[1] += seconds
-    rows = [{"node_id": n, "hour": h, "kwh": kwh, "covered_seconds": secs} for (n, h), (kwh, secs) in totals.items()]
+    _add_energy_hours(session, rows + [{"node_id": n, "hour": h, "kwh": kwh, "covered_seconds": secs, "method": "watts"}
+                                       for (n, h), (kwh, secs) in totals.items()])
+
+
+def _add_energy_hours(session: Session, rows: list[dict]) -> None:
+    """Add rows to their node-hours; an hour made by counter and by watts says "mixed"."""
     upsert(session, NodeEnergyHour, rows, ("node_id", "hour"),
            lambda current, new: {"kwh": current.kwh + new.kwh,
-                                 "covered_seconds": current.covered_seconds + new.covered_seconds})
+                                 "covered_seconds": current.covered_seconds + new.covered_seconds,
+                                 "method": case((current.method == new.method, current.method), else_="mixed")})
 
 
 def update_facts(session: Session, samples: Iterable[Sample], node_ids: Mapping[str, int]) -> None:
-    """BMC device id and FRU into the node's hardware facts (`facts["bmc"]`, `facts["fru"]`)."""
-    found: dict[int, dict[str, dict[str, str]]] = {}
+    """BMC device id and FRU into the node's hardware facts (`facts["bmc"]`, `facts["fru"]`), and a
+    Redfish poll's firmware inventory into `facts["firmware"]` (see `firmware_facts`), replaced whole."""
+    found: dict[int, dict[str, dict]] = {}
+    firmware: dict[int, list[Sample]] = {}
     for s in samples:
         if s.metric in FACT_METRICS and s.entity in node_ids:
             found.setdefault(node_ids[s.entity], {})[FACT_METRICS[s.metric]] = dict(s.labels)
+        elif s.metric == FIRMWARE_METRIC and s.entity in node_ids:
+            firmware.setdefault(node_ids[s.entity], []).append(s)
+    for node_id, polled in firmware.items():
+        found.setdefault(node_id, {})["firmware"] = firmware_facts(polled)
     if not found:
         return
     for node in session.exec(select(Node).where(Node.id.in_(list(found)))):
@@ -222,6 +252,14 @@ def update_facts(session: Session, samples: Iterable[Sample], node_ids: Mapping[
             facts.update(found[node.id])
             node.facts = facts
             session.add(node)
+
+
+def firmware_facts(samples: Sequence[Sample]) -> dict:
+    """`{"read_at": ISO time, "components": {Redfish Id: {component, version, name, ...}}}` from one
+    poll's `redfish_firmware_info` samples of a node (collectors/redfish_firmware.py)."""
+    components = {s.labels["id"]: {k: v for k, v in s.labels.items() if k != "id"} for s in samples}
+    read_at = max(s.ts for s in samples).astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return {"read_at": read_at, "components": dict(sorted(components.items()))}
 
 
 def _host_of(sample: Sample) -> str:

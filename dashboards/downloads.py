@@ -1,24 +1,27 @@
-"""Downloads from the console: a bill as CSV or FOCUS CSV, and a period's FOCUS (CSV, Parquet) and
-chargeback exports.
+"""Downloads from the console: a bill as CSV or FOCUS CSV, a period's FOCUS (CSV, Parquet) and
+chargeback exports, and the firmware compliance table as CSV.
 
 Plain GET routes on the console's Flask server, so the gate (`dashboards.gate`) has already
 checked the session and put the caller's Principal in `flask.g`. Every file is made for that
 Principal by metering's own exporters: a bill that is not one of the caller's tenants' is a
 404, and a period export holds only the caller's tenants' lines (all for finance and infra
-admins), exactly as `GET /api/v1/exports/...` does.
+admins), exactly as `GET /api/v1/exports/...` does; firmware compliance holds the nodes the caller
+may see, as `GET /api/v1/firmware/compliance?format=csv` does.
 """
 
 from __future__ import annotations
 
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from urllib.parse import urlencode
 
 import flask
 from sqlmodel import Session
 
 from dashboards.context import console_context, current_principal
 from dashboards.cost_data import bill_csv, bill_detail
+from fleet.firmware_compliance import STATUSES, compliance, compliance_csv
 from kiln.errors import KilnError
 from metering import exports
 from metering.focus import write_focus
@@ -42,6 +45,12 @@ def bill_focus_url(bill_id: int) -> str:
 def export_url(kind: str, period: str, fmt: str = "csv") -> str:
     """Where a period's export (`focus` or `chargeback`) is downloaded."""
     return f"{PREFIX}/{kind}/{period}.{fmt}"
+
+
+def firmware_compliance_url(statuses: Sequence[str] = ()) -> str:
+    """Where the firmware compliance CSV is downloaded (only `statuses` when given)."""
+    query = urlencode([("status", status) for status in statuses])
+    return f"{PREFIX}/firmware-compliance.csv" + (f"?{query}" if query else "")
 
 
 def _problem(exc: KilnError) -> flask.Response:
@@ -112,9 +121,25 @@ def download_export(kind: str, period: str, fmt: str) -> flask.Response:
     return _with_session(work)
 
 
+def download_firmware_compliance() -> flask.Response:
+    """GET /downloads/firmware-compliance.csv[?status=behind]: the compliance rows of the nodes the caller may see."""
+    principal = current_principal()
+    statuses = flask.request.args.getlist("status")
+    if set(statuses) - set(STATUSES):
+        flask.abort(404)
+
+    def work(session: Session) -> flask.Response:
+        return flask.Response(compliance_csv(compliance(session, principal, statuses=statuses)), mimetype=MEDIA["csv"],
+                              headers={"Content-Disposition": 'attachment; filename="kiln-firmware-compliance.csv"'})
+
+    return _with_session(work)
+
+
 def install(server: flask.Flask) -> None:
     """Add the download routes to the console's Flask server (behind the gate)."""
     server.add_url_rule(f"{PREFIX}/bills/<int:bill_id>.csv", "download_bill", download_bill, methods=["GET"])
     server.add_url_rule(f"{PREFIX}/bills/<int:bill_id>.focus.csv", "download_bill_focus", download_bill_focus, methods=["GET"])
     server.add_url_rule(f"{PREFIX}/<any(focus, chargeback):kind>/<period>.<any(csv, parquet):fmt>", "download_export",
                         download_export, methods=["GET"])
+    server.add_url_rule(f"{PREFIX}/firmware-compliance.csv", "download_firmware_compliance", download_firmware_compliance,
+                        methods=["GET"])

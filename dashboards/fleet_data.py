@@ -26,7 +26,7 @@ from kiln.db import utcnow
 from kiln.models import Tenant
 
 XID_METRIC = "gpu_last_xid"
-IPMI_COLLECTOR = "ipmi"
+BMC_COLLECTORS = ("ipmi", "redfish")
 HEALTH_NAMES = {None: "unknown", 0: "ok", 1: "warning", 2: "critical"}
 
 
@@ -125,12 +125,12 @@ def hottest_nodes(rows: list[dict[str, Any]], limit: int = 10) -> list[dict[str,
 
 
 def unreachable_bmcs(session: Session, principal: Principal) -> list[CollectorTargetState]:
-    """IPMI targets whose last poll failed (infra admins only: BMCs are not tenant data)."""
+    """IPMI and Redfish targets whose last poll failed (infra admins only: BMCs are not tenant data)."""
     if not principal.sees_all_tenants:
         return []
     statement = (
         select(CollectorTargetState)
-        .where(CollectorTargetState.collector == IPMI_COLLECTOR, col(CollectorTargetState.up).is_(False))
+        .where(col(CollectorTargetState.collector).in_(BMC_COLLECTORS), col(CollectorTargetState.up).is_(False))
         .order_by(col(CollectorTargetState.consecutive_failures).desc(), CollectorTargetState.target)
     )
     return list(session.exec(statement).all())

@@ -48,7 +48,7 @@ def node_detail(session: Session, principal: Principal, name: str, event_limit: 
     leases = lease_service.list_leases(session, principal, node_id=node.id, active=True)
     lease = lease_service.to_public(session, leases[:1])[0] if leases else None
     return NodeDetail(public, lease, sensors(session, node.id, public), events(session, principal, node.id, lease, event_limit),
-                      bmc_text(*bmc_status(session, principal, node.name)))
+                      bmc_text(*bmc_status(session, principal, node.name, node.bmc_driver)))
 
 
 def bmc_text(up: bool | None, last_success: datetime | None, error: str | None) -> str:

@@ -12,6 +12,7 @@ from kiln.roles import Role
 NAV = (  # (label, path, roles that see the link)
     ("Fleet", "/fleet", {Role.INFRA_ADMIN}),
     ("VDCs & quotas", "/vdcs", {Role.INFRA_ADMIN}),
+    ("Firmware", "/firmware", {Role.INFRA_ADMIN}),
     ("Usage", "/usage", set(Role)),
     ("Costs", "/costs", set(Role)),
     ("Finance", "/finance", {Role.INFRA_ADMIN, Role.FINANCE}),

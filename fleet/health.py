@@ -17,6 +17,7 @@ from fleet.models import Gpu
 from fleet.nodes import get_node
 from kiln.auth import Principal
 
+BMC_SOURCES = frozenset({"ipmi", "redfish"})  # their samples share ipmi_exporter's metric names
 SENSOR_PREFIXES = ("ipmi_temperature", "ipmi_fan", "ipmi_voltage", "ipmi_current", "ipmi_power_", "ipmi_sensor_value")
 STATE_NAMES = {0: "nominal", 1: "warning", 2: "critical"}
 
@@ -56,11 +57,13 @@ class NodeHealth(BaseModel):
     gpus: list[GpuReading] = []
 
 
-def bmc_status(session: Session, principal: Principal, node_name: str) -> tuple[bool | None, datetime | None, str | None]:
-    """(up, last success, error) of the IPMI collector's polls of the node's BMC; up is None
+def bmc_status(session: Session, principal: Principal, node_name: str, collector: str = "ipmi"
+               ) -> tuple[bool | None, datetime | None, str | None]:
+    """(up, last success, error) of the BMC collector's (`collector`: the node's `bmc_driver`,
+    ipmi or redfish) polls of the node's BMC; up is None
     when never polled. Infra admins read the error itself — the BMC down, or up with a part
     that failed (`dcmi: …`) — tenants only that the BMC does not answer."""
-    target = session.exec(select(CollectorTargetState).where(CollectorTargetState.collector == "ipmi",
+    target = session.exec(select(CollectorTargetState).where(CollectorTargetState.collector == collector,
                                                              CollectorTargetState.target == node_name)).first()
     if target is None or target.last_attempt_at is None:
         return None, None, None
@@ -73,14 +76,15 @@ def node_health(session: Session, principal: Principal, node_id: int) -> NodeHea
     """The node's health; NotFound when the caller may not see the node."""
     node = get_node(session, principal, node_id)
     health = NodeHealth(node=node.name)
-    health.bmc_up, health.bmc_last_success_at, health.bmc_error = bmc_status(session, principal, node.name)
+    health.bmc_up, health.bmc_last_success_at, health.bmc_error = bmc_status(session, principal, node.name,
+                                                                             node.bmc_driver)
     gpus = {g.uuid: g for g in session.exec(select(Gpu).where(Gpu.node_id == node.id)) if g.uuid}
     snapshots = session.exec(select(HealthSnapshot).where(
         (HealthSnapshot.node_id == node.id) | col(HealthSnapshot.entity).in_(list(gpus) or [""]))
         .order_by(HealthSnapshot.metric, HealthSnapshot.labels_key)).all()
     by_gpu: dict[str, GpuReading] = {}
     for snap in snapshots:
-        if snap.source == "ipmi":
+        if snap.source in BMC_SOURCES:
             _add_ipmi(health, snap)
         elif snap.source in {"dcgm", "rocm"}:
             gpu = gpus.get(snap.labels.get("parent_gpu", snap.entity))  # a MIG instance: its GPU's

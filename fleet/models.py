@@ -1,4 +1,4 @@
-"""Fleet tables: nodes and their GPUs and tags, tracked operations and per-node events.
+"""Fleet tables: nodes and their GPUs and tags, tracked operations, per-node events, firmware baselines.
 
 Tenancy tables (VDCs, leases, quotas) live in `fleet.tenancy_models`.
 """
@@ -97,7 +97,22 @@ class NodeEvent(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     node_id: int = Field(sa_column=Column(Integer, ForeignKey("node.id", ondelete="CASCADE"), nullable=False, index=True))
     at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
-    kind: str = Field(max_length=32)  # enrolled | action | state | error | sync | edit
+    kind: str = Field(max_length=32)  # enrolled | action | state | error | sync | edit | bmc_log (a BMC log entry)
     message: str = Field(max_length=2000)
     actor: str = Field(default="", max_length=200)
     operation_id: int | None = Field(default=None)
+
+
+class FirmwareBaseline(SQLModel, table=True):
+    """The firmware version a component should run on the nodes of a resource class, or on the
+    nodes with a GPU model (`scope` `gpu:<model>`); see fleet/firmware.py."""
+
+    __tablename__ = "firmware_baseline"
+    __table_args__ = (UniqueConstraint("scope", "component"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    scope: str = Field(max_length=140)  # a resource class, or gpu:<GPU model>
+    component: str = Field(max_length=64)  # bmc | bios | gpu | nic, or a Redfish FirmwareInventory Id
+    version: str = Field(max_length=128)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    updated_by: str = Field(max_length=128)

@@ -80,7 +80,7 @@ class NodeCreate(BaseModel):
 
     name: NodeName
     provisioner: Provisioner
-    bmc_address: str = Field(max_length=255, description="ipmi://HOST[:PORT] or redfish://HOST[:PORT]/PATH")
+    bmc_address: str = Field(max_length=255, description="ipmi://HOST[:PORT], or redfish://HOST[:PORT]/SYSTEM-PATH (HTTPS; redfish+http:// for plain HTTP)")
     bmc_username: str | None = Field(default=None, max_length=64)
     bmc_password: SecretStr | None = Field(default=None, max_length=256)
     ironic_driver: HardwareType = Field(default="ipmi", description="Ironic hardware type; fake-hardware for tests.")

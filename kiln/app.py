@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 from collectors.exposition import CollectorExposition
 from dashboards.mount import mount_console
 from fleet import api as fleet_api
-from fleet import tenancy_api
+from fleet import firmware_api, tenancy_api
 from fleet.exposition import LeaseExposition
 from kiln import __version__, passwords
 from kiln.api import audit, health, sessions, tenants, tokens, users
@@ -40,7 +40,7 @@ SHELL_ROUTERS: tuple[APIRouter, ...] = (
     sessions.router,
     audit.router,
 )
-DOMAIN_ROUTERS: tuple[APIRouter, ...] = (fleet_api.router, tenancy_api.router, metering_api.router)
+DOMAIN_ROUTERS: tuple[APIRouter, ...] = (fleet_api.router, firmware_api.router, tenancy_api.router, metering_api.router)
 
 
 def create_app(settings: Settings, engine: Engine | None = None, oidc: OIDCVerifier | None = None) -> FastAPI:

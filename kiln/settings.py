@@ -217,6 +217,17 @@ class Settings(BaseSettings):
         description="RMCP+ cipher suite for IPMI sessions (3 or 17); unset: try 17, then 3. "
         "A node's own `ipmi_cipher_suite` wins.",
     )
+    redfish_interval: int = Field(default=60, ge=5, description="Seconds between Redfish polls of every node's BMC.")
+    redfish_timeout: float = Field(default=5.0, gt=0, le=60, description="Seconds to wait for each Redfish answer.")
+    redfish_target_timeout: float = Field(
+        default=60.0, gt=0, le=600, description="Seconds one BMC's whole Redfish poll may take (a poll makes "
+        "a few dozen requests); past it the target fails as timed out.",
+    )
+    redfish_workers: int = Field(default=32, ge=1, le=512, description="Redfish BMCs polled at once by one worker.")
+    redfish_verify_tls: bool = Field(
+        default=True, description="Check Redfish BMCs' TLS certificates (`redfish://`, `redfish+https://`); "
+        "false for BMCs with self-signed certificates.",
+    )
     worker_name: str | None = Field(
         default=None, description="Name of this `kiln worker` replica in target leases; unset: HOSTNAME-PID."
     )

@@ -29,6 +29,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import BinaryIO
 
+from kiln.spreadsheet import spreadsheet_text as _text
 from metering.focus import FocusRow, format_decimal
 from metering.money import round_amount
 
@@ -37,7 +38,6 @@ HEADER = (
     "line_type", "billing_period", "cost_centre", "tenant", "tenant_name", "service_name", "sku_id",
     "charge_category", "charge_class", "pricing_unit", "pricing_quantity", "currency", "list_cost", "billed_cost",
 )
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 @dataclass(frozen=True)
@@ -121,8 +121,3 @@ def _write(lines: dict[tuple[str, ...], _Line], stream: BinaryIO, rows_read: int
     text.flush()
     text.detach()  # leave the caller's stream open
     return ChargebackSummary(rows_read=rows_read, lines_written=written, totals=totals)
-
-
-def _text(value: str) -> str:
-    """A text cell a spreadsheet will not evaluate as a formula."""
-    return "'" + value if value.startswith(_FORMULA_START) else value

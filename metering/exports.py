@@ -98,10 +98,10 @@ def focus_row(line: BillLine, bill: Bill, tenant: Tenant, account_name: str, led
     meter, subcategory, service = SKU_METERS[skus.family(line.sku)]
     start, end = period_bounds(bill.period)
     quantity = Decimal(line.quantity).normalize() + 0  # `+ 0` turns -0 into 0
-    if line.kind == KIND_CORRECTION:
-        price_id = f"price-card-{line.price_card_id}" if line.price_card_id else None
-    else:
-        price_id = f"price-card-{line.price_card_id}" if line.price_card_id else f"{line.sku}:unpriced"
+    card_id = f"price-card-{line.price_card_id}" if line.price_card_id else None
+    if card_id and skus.whole_gpu_sku(line.sku) != line.sku:  # a MIG profile: its own SkuPriceId, even on its GPU's card
+        card_id += line.sku[len(skus.whole_gpu_sku(line.sku)):]
+    price_id = card_id if card_id or line.kind == KIND_CORRECTION else f"{line.sku}:unpriced"
     list_price = Decimal(line.list_unit_price).normalize() + 0
     contracted_price = Decimal(line.contracted_unit_price).normalize() + 0
     billed = round_amount(Decimal(line.contracted_cost), line.currency)  # the invoiced amount

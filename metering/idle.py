@@ -3,7 +3,7 @@
 Capacity counts every enrolled node from its enrolment (`node.created_at`) up to now:
 one node-hour per hour (`node-hour:<resource_class>`) and one GPU-hour per GPU
 (`gpu-hour:<model>`). Idle = capacity − leased node/GPU-hours − Kubernetes GPU request-hours
-(never below zero). Setting `idle_cost_policy` decides who pays it:
+(MIG instances in their GPU's hours; never below zero): MIG slices nobody requested are idle. Setting `idle_cost_policy` decides who pays it:
 
 - `platform` (default): the operator absorbs it; it is shown on its own (`/api/v1/bills/idle`,
   `kiln bills idle`) and never on tenants' bills;
@@ -57,8 +57,11 @@ def used(session: Session, start: datetime, end: datetime) -> dict[str, int]:
         .where(col(UsageRecord.source).in_([SOURCE_LEASE, SOURCE_K8S]))
         .group_by(UsageRecord.sku)
     )
-    return {sku: parts_of(parts) for sku, parts in session.exec(statement).all()
-            if skus.family(sku) in (skus.NODE_HOUR, skus.GPU_HOUR)}
+    taken: dict[str, int] = defaultdict(int)
+    for sku, parts in session.exec(statement).all():
+        if skus.family(sku) in (skus.NODE_HOUR, skus.GPU_HOUR):
+            taken[skus.whole_gpu_sku(sku)] += parts_of(parts)  # MIG instances take from their GPU
+    return taken
 
 
 def idle_usage(

@@ -101,12 +101,14 @@ def segments(cards: Sequence[CardView], start: datetime, end: datetime) -> list[
 
 
 def card_at(cards: Sequence[CardView], sku: str, at: datetime) -> CardView | None:
-    """The card of `sku` pricing the hour starting at `at` (in force at the hour's start, boundaries rounded up)."""
-    for card in cards:
-        if card.sku == sku and _ceil_hour(card.effective_from) <= at and (
-            card.effective_to is None or at < _ceil_hour(card.effective_to)
-        ):
-            return card
+    """The card of `sku` pricing the hour starting at `at` (in force at the hour's start, boundaries
+    rounded up); a MIG profile's SKU without a card of its own is priced by its GPU model's card."""
+    for wanted in dict.fromkeys((sku, skus.whole_gpu_sku(sku))):
+        for card in cards:
+            if card.sku == wanted and _ceil_hour(card.effective_from) <= at and (
+                card.effective_to is None or at < _ceil_hour(card.effective_to)
+            ):
+                return card
     return None
 
 

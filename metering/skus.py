@@ -4,6 +4,7 @@
 | --- | --- | --- |
 | `node-hour:<resource_class>` | `Hours` | a leased bare-metal node for an hour |
 | `gpu-hour:<gpu model>` | `GPU-Hours` | one GPU (of a leased node, or requested by a pod) for an hour |
+| `gpu-hour:<gpu model>:<MIG profile>` | `GPU-Hours` | a MIG instance, in its GPU's hours: an hour of a `3g.40gb` instance of an H100 is 3/7 GPU-hour (`collectors.mig_profiles`); priced by the model's card unless this SKU has one |
 | `cpu-core-hour` | `Core-Hours` | one requested CPU core for an hour (Kubernetes) |
 | `ram-gib-hour` | `GiB-Hours` | one requested GiB of memory for an hour (Kubernetes) |
 | `kwh` | `kWh` | metered energy of a node (BMC power integrated per hour) |
@@ -17,6 +18,8 @@ A node without a resource class is `node-hour:default`.
 from __future__ import annotations
 
 import re
+
+from collectors.mig_profiles import PROFILE_PATTERN
 
 NODE_HOUR = "node-hour"
 GPU_HOUR = "gpu-hour"
@@ -44,9 +47,21 @@ def node_hour(resource_class: str | None) -> str:
     return f"{NODE_HOUR}:{resource_class or 'default'}"
 
 
-def gpu_hour(model: str) -> str:
-    """The SKU of a GPU-hour of this GPU model (e.g. `gpu-hour:NVIDIA H100 80GB HBM3`)."""
-    return f"{GPU_HOUR}:{model}"
+def gpu_hour(model: str, profile: str | None = None) -> str:
+    """The SKU of a GPU-hour of this GPU model (e.g. `gpu-hour:NVIDIA H100 80GB HBM3`), or of a
+    MIG profile of it (`gpu-hour:NVIDIA H100 80GB HBM3:3g.40gb`)."""
+    return f"{GPU_HOUR}:{model}:{profile}" if profile else f"{GPU_HOUR}:{model}"
+
+
+def whole_gpu_sku(sku: str) -> str:
+    """The whole GPU's SKU of a MIG profile's (`gpu-hour:<model>:<profile>` → `gpu-hour:<model>`);
+    any other SKU unchanged. MIG usage is counted in the GPU's hours, so it takes from that capacity
+    and is priced by that card unless the profile has a card of its own."""
+    if family(sku) == GPU_HOUR and sku.count(":") >= 2:
+        parent, profile = sku.rsplit(":", 1)
+        if PROFILE_PATTERN.match(profile):
+            return parent
+    return sku
 
 
 def family(sku: str) -> str:

@@ -11,8 +11,9 @@ range of hours deletes and rewrites exactly those rows and never duplicates one.
   `k8s:<namespace>`). Time a pod spends on a node that is leased whole is not counted again:
   the lease holder already pays for the node.
 - `energy`: a node's metered kWh per hour (`node_energy_hour`) goes to the tenant leasing it,
-  pro rata to the part of the hour leased; on a shared Kubernetes node the rest is spread by
-  each tenant's share of the node's GPUs. What nobody held stays unattributed (idle).
+  pro rata to the part of the hour leased; on a shared Kubernetes node the rest goes by each
+  tenant's share of the node's GPUs (their own energy, where GPU counters measure it) and of its
+  CPUs and memory (`metering.energy_shares`). What nobody held stays unattributed (idle).
 
 Every row keeps its amount exactly, as `quantity_parts` (an integer: quantity × 3,600,000,000,
 i.e. GPU-microseconds for GPU-hours), beside `quantity` (the same to 6 decimal places, for
@@ -31,17 +32,20 @@ from decimal import Decimal
 from sqlalchemy import delete, func, insert
 from sqlmodel import Session, col, or_, select
 
-from collectors.models import K8sAllocation, NodeEnergyHour
+from collectors.models import GpuEnergyHour, K8sAllocation, NodeEnergyHour
 from fleet.models import Gpu, Node
 from fleet.tenancy_models import Lease
 from kiln.auth import Principal
 from kiln.db import utcnow
 from kiln.models import Tenant
 from kiln.types import exact_sum, sum_value
+from collectors import mig_profiles
 from metering import skus
+from metering.energy_shares import CPU, GPU, MEMORY, NodeCapacity, NodeHourClaims, split_node_energy
+from metering.gpu_shares import Pool, SharedGpuHours, oversubscribed
 from metering.models import UsageRecord
 from metering.intervals import MICROS_PER_HOUR, HourlyTotals, exact
-from metering.money import quantity_from_parts
+from metering.money import PARTS_PER_UNIT, quantity_from_parts
 from metering.periods import HOUR, split_by_hour
 
 SOURCE_LEASE, SOURCE_K8S, SOURCE_ENERGY = "lease", "k8s", "energy"
@@ -104,9 +108,11 @@ def lease_usage(held: dict[int, list[_Held]], nodes: dict[int, tuple[str, str | 
     return totals
 
 
-def _k8s_sku(resource: str, models: dict[str, int], quantity: Decimal) -> tuple[str | None, Decimal]:
+def _k8s_sku(resource: str, model: str | None, quantity: Decimal) -> tuple[str | None, Decimal]:
     if resource in GPU_RESOURCES:
-        return skus.gpu_hour(max(models, key=models.get) if models else resource), quantity
+        return skus.gpu_hour(model or resource), quantity
+    if mig_profiles.is_mig_resource(resource):
+        return skus.gpu_hour(model or "MIG", mig_profiles.profile_of(resource)), quantity
     if resource == "cpu":
         return skus.CPU_CORE_HOUR, quantity
     if resource == "memory":
@@ -114,56 +120,130 @@ def _k8s_sku(resource: str, models: dict[str, int], quantity: Decimal) -> tuple[
     return None, quantity
 
 
+def _main_model(models: dict[str, int]) -> str | None:
+    return max(models, key=models.get) if models else None
+
+
+def _is_gpu(resource: str) -> bool:
+    return resource in GPU_RESOURCES or mig_profiles.is_mig_resource(resource)
+
+
+def _shared_pools(rows: list[tuple], node_ids: dict[str, int], gpus: dict[int, dict[str, int]]) -> dict[int, Pool]:
+    """Nodes whose GPUs are shared (any MIG request, or whole-GPU requests beyond the node's GPUs
+    at some instant: time-slicing) → their pool; the others keep the per-interval fast path."""
+    mig_nodes: set[int] = set()
+    whole: dict[int, list[tuple[datetime, datetime, int]]] = defaultdict(list)
+    for _, _, node_name, resource, quantity, starts_at, ends_at in rows:
+        node_id = node_ids.get(node_name or "")
+        if node_id is None:
+            continue
+        if mig_profiles.is_mig_resource(resource):
+            mig_nodes.add(node_id)
+        elif resource in GPU_RESOURCES and gpus.get(node_id):
+            whole[node_id].append((starts_at, ends_at or datetime.max.replace(tzinfo=starts_at.tzinfo), int(quantity)))
+    shared = mig_nodes | {n for n, spans in whole.items() if oversubscribed(spans, sum(gpus[n].values()))}
+    pools = {}
+    for node_id in shared:
+        models = gpus.get(node_id, {})
+        model = _main_model(models)
+        pools[node_id] = Pool(sum(models.values()) or None, mig_profiles.total_slices(model) if model else
+                              mig_profiles.DEFAULT_TOTAL_SLICES)
+    return pools
+
+
+def _claim_slices(resource: str, quantity: Decimal, pool: Pool) -> int:
+    if mig_profiles.is_mig_resource(resource):
+        return int(quantity) * min(mig_profiles.profile_slices(mig_profiles.profile_of(resource)), pool.slices)
+    return int(quantity) * pool.slices
+
+
 def k8s_usage(
     session: Session, start: datetime, end: datetime, held: dict[int, list[_Held]], node_ids: dict[str, int],
     gpus: dict[int, dict[str, int]], metered: set[int],
-) -> tuple[HourlyTotals, dict[tuple[int, datetime], dict[int, int]]]:
-    """Request-hours per namespace → tenant, outside leased time; GPU weights per (node, hour) of metered nodes."""
+) -> tuple[HourlyTotals, dict[tuple[int, datetime], NodeHourClaims]]:
+    """Request-hours per namespace → tenant, outside leased time; what each tenant requested of each
+    metered node per hour (for `energy_usage`).
+
+    GPUs of nodes with MIG requests or time-sliced GPUs are split per hour by `metering.gpu_shares`;
+    a MIG instance is `gpu-hour:<model>:<profile>`, counted in GPU-hours (its compute fraction)."""
     totals = HourlyTotals(start)
-    gpu_weights: dict[tuple[int, datetime], dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    claims: dict[tuple[int, datetime], NodeHourClaims] = defaultdict(NodeHourClaims)
     tenants = dict(session.exec(select(Tenant.slug, Tenant.id)).all())
     statement = select(K8sAllocation.namespace, K8sAllocation.tenant_slug, K8sAllocation.node_name, K8sAllocation.resource,
                        K8sAllocation.quantity, K8sAllocation.starts_at, K8sAllocation.ends_at).where(
         col(K8sAllocation.starts_at) < end, or_(col(K8sAllocation.ends_at).is_(None), col(K8sAllocation.ends_at) > start))
-    for namespace, slug, node_name, resource, quantity, starts_at, ends_at in session.exec(statement):
-        tenant_id = tenants.get(slug or "")
+    rows = [row for row in session.exec(statement) if row[4] > 0 and tenants.get(row[1] or "") is not None]
+    pools = _shared_pools(rows, node_ids, gpus)
+    shared = SharedGpuHours(pools)
+    for namespace, slug, node_name, resource, quantity, starts_at, ends_at in rows:
         clipped = _clip(starts_at, ends_at, start, end)
-        if tenant_id is None or clipped is None or quantity <= 0:
+        if clipped is None:
             continue
-        node_id = node_ids.get(node_name or "")
-        sku, per_micro = _k8s_sku(resource, gpus.get(node_id, {}), quantity)
+        tenant_id, node_id = tenants[slug], node_ids.get(node_name or "")
+        sku, per_micro = _k8s_sku(resource, _main_model(gpus.get(node_id, {})), quantity)
         if sku is None:
             continue
-        per_micro = exact(per_micro)
+        key = (tenant_id, f"k8s:{namespace}", sku)
         for a, b in _subtract(*clipped, held.get(node_id, [])) if node_id in held else [clipped]:
-            totals.add((tenant_id, f"k8s:{namespace}", sku), a, b, per_micro)
-            if node_id in metered and resource in GPU_RESOURCES:
+            if node_id in pools and _is_gpu(resource):
+                shared.add(node_id, key, a, b, _claim_slices(resource, quantity, pools[node_id]))
+                continue
+            totals.add(key, a, b, exact(per_micro))
+            kind = GPU if resource in GPU_RESOURCES else resource
+            if node_id in metered and kind in (GPU, CPU, MEMORY):
                 for hour, micros in split_by_hour(a, b):
-                    gpu_weights[(node_id, hour)][tenant_id] += int(quantity * micros)
-    return totals, gpu_weights
+                    claims[(node_id, hour)].requests[kind][tenant_id] += int(quantity * micros)
+    for node_id, hour, key, parts in shared.split():
+        totals.add_weight(key, hour, parts)
+        if node_id in metered:
+            claims[(node_id, hour)].requests[GPU][key[0]] += parts
+    return totals, claims
+
+
+def _gpu_energy(session: Session, start: datetime, end: datetime) -> dict[tuple[int, datetime], int]:
+    """Parts of kWh the GPUs' own energy counters measured per (node, hour)."""
+    statement = select(GpuEnergyHour.node_id, GpuEnergyHour.hour, GpuEnergyHour.kwh).where(
+        col(GpuEnergyHour.node_id).is_not(None), col(GpuEnergyHour.hour) >= start, col(GpuEnergyHour.hour) < end)
+    out: dict[tuple[int, datetime], int] = defaultdict(int)
+    for node_id, hour, kwh in session.exec(statement).all():
+        out[(node_id, hour)] += int(Decimal(kwh) * PARTS_PER_UNIT)
+    return out
+
+
+def _capacities(session: Session, gpus: dict[int, dict[str, int]]) -> dict[int, NodeCapacity]:
+    """Each node's GPUs, and its CPU cores and memory where its facts say (`cpu_cores`, `ram_mib`)."""
+    out = {}
+    for node_id, facts in session.exec(select(Node.id, Node.facts)).all():
+        cores, ram_mib = (facts or {}).get("cpu_cores"), (facts or {}).get("ram_mib")
+        out[node_id] = NodeCapacity(sum(gpus.get(node_id, {}).values()),
+                                    int(cores) if isinstance(cores, int | float) and cores > 0 else None,
+                                    int(ram_mib) * 2**20 if isinstance(ram_mib, int | float) and ram_mib > 0 else None)
+    return out
 
 
 def energy_usage(
     session: Session, start: datetime, end: datetime, held: dict[int, list[_Held]], nodes: dict[int, tuple[str, str | None]],
-    gpus: dict[int, dict[str, int]], gpu_weights: dict[tuple[int, datetime], dict[int, int]],
+    gpus: dict[int, dict[str, int]], claims: dict[tuple[int, datetime], NodeHourClaims],
 ) -> HourlyTotals:
-    """kWh per node-hour to the lease holder (pro rata), else by GPU share on shared Kubernetes nodes."""
+    """kWh per node-hour to the lease holders (pro rata), else to Kubernetes tenants by their GPU,
+    CPU and memory shares (`metering.energy_shares`), exactly: the rest is idle energy."""
     totals = HourlyTotals(start)
+    gpu_kwh, capacities = _gpu_energy(session, start, end), _capacities(session, gpus)
     statement = select(NodeEnergyHour.node_id, NodeEnergyHour.hour, NodeEnergyHour.kwh).where(
         col(NodeEnergyHour.hour) >= start, col(NodeEnergyHour.hour) < end)
     for node_id, hour, kwh in session.exec(statement).all():
         name = nodes[node_id][0]
-        leased_micros = 0
+        hour_claims = claims.get((node_id, hour)) or NodeHourClaims()
         for h in held.get(node_id, []):
             for _, micros in split_by_hour(max(h.start, hour), min(h.end, hour + HOUR)):
-                totals.add_weight((h.tenant_id, name, skus.KWH), hour, kwh * micros, h.vdc_id)
-                leased_micros += micros
-        shares = gpu_weights.get((node_id, hour))
-        if shares:
-            capacity = sum(gpus.get(node_id, {}).values())
-            denominator = max(capacity * MICROS_PER_HOUR, sum(shares.values()) + leased_micros * capacity)
-            for tenant_id, weight in shares.items():
-                totals.add_weight((tenant_id, name, skus.KWH), hour, kwh * weight * MICROS_PER_HOUR / denominator)
+                hour_claims.leased[(h.tenant_id, h.vdc_id)] += micros
+        requests = {kind: {(tenant_id, None): w for tenant_id, w in weights.items()}
+                    for kind, weights in hour_claims.requests.items()}
+        split = split_node_energy(int(Decimal(kwh) * PARTS_PER_UNIT), gpu_kwh.get((node_id, hour)),
+                                  NodeHourClaims(hour_claims.leased, requests), capacities[node_id])
+        for (tenant_id, vdc_id), parts in split.items():
+            if parts:
+                totals.add_weight((tenant_id, name, skus.KWH), hour, parts, vdc_id)
     return totals
 
 
@@ -184,9 +264,9 @@ def build_usage(session: Session, start: datetime, end: datetime, now: datetime 
     metered = set(session.exec(select(NodeEnergyHour.node_id).where(
         col(NodeEnergyHour.hour) >= start, col(NodeEnergyHour.hour) < stop).distinct()).all())
     written[SOURCE_LEASE] = write_rows(session, SOURCE_LEASE, lease_usage(held, nodes, gpus, start))
-    k8s, gpu_weights = k8s_usage(session, start, stop, held, {name: i for i, (name, _) in nodes.items()}, gpus, metered)
+    k8s, claims = k8s_usage(session, start, stop, held, {name: i for i, (name, _) in nodes.items()}, gpus, metered)
     written[SOURCE_K8S] = write_rows(session, SOURCE_K8S, k8s)
-    written[SOURCE_ENERGY] = write_rows(session, SOURCE_ENERGY, energy_usage(session, start, stop, held, nodes, gpus, gpu_weights))
+    written[SOURCE_ENERGY] = write_rows(session, SOURCE_ENERGY, energy_usage(session, start, stop, held, nodes, gpus, claims))
     return written
 
 

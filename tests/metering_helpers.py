@@ -29,8 +29,8 @@ def at(text: str) -> datetime:
 
 
 def node(world: World, gpus: int = 1, **fields) -> Node:
-    """A `gpu.h100` node enrolled on 2026-09-01 with `gpus` H100s."""
-    return make_node_row(world, gpus=gpus, resource_class="gpu.h100", created_at=ENROLLED, **fields)
+    """A `gpu.h100` node with `gpus` H100s, enrolled on 2026-09-01 unless `created_at` says otherwise."""
+    return make_node_row(world, gpus=gpus, resource_class="gpu.h100", **{"created_at": ENROLLED, **fields})
 
 
 def lease(world: World, node_row: Node, tenant: str, start: str, end: str | None) -> Lease:

@@ -1,4 +1,4 @@
-"""Fixtures for tests against a real Ironic and the BMC simulator, shared by test modules.
+"""Fixtures for tests against a real Ironic, the BMC simulator and sushy-static, shared by test modules.
 
 Import them into a test module (`from tests.peer_fixtures import bmcs, ironic_url, sdk`);
 each importing module gets its own Ironic.
@@ -9,13 +9,18 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
 
 import openstack.connection
 import openstack.exceptions
 import pytest
 
+from collectors.base import TargetResult
+from collectors.redfish import RedfishCollector, RedfishTarget
 from tests.peers.harness import running_peer
 
+REDFISH_MOCKUP = Path(__file__).parent / "data" / "upstream" / "redfish" / "public-rackmount1"
 # Provision states in which Ironic deletes a node that is not in maintenance.
 DELETABLE_STATES = frozenset({"enroll", "manageable", "available", "adopt failed"})
 
@@ -25,6 +30,20 @@ def ironic_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of a fresh real Ironic (noauth, fake-hardware + ipmi) for this module."""
     with running_peer("ironic", tmp_path_factory.mktemp("ironic")) as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def redfish_mockup_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Base URL of sushy-tools' sushy-static serving DMTF's public-rackmount1 mockup (REDFISH_MOCKUP)."""
+    with running_peer("redfish", tmp_path_factory.mktemp("redfish"), str(REDFISH_MOCKUP)) as url:
+        yield url
+
+
+def poll_mockup(url: str, node: str, at: datetime) -> TargetResult:
+    """What the Redfish collector reads from the mockup at `url` as node `node`, stamped `at`."""
+    with RedfishCollector([RedfishTarget(node, url)], clock=lambda: at) as collector:
+        [result] = collector.collect()
+    return result
 
 
 @pytest.fixture(scope="module")

@@ -99,7 +99,7 @@ def test_collect_once_on_named_nodes_and_its_errors(
     assert table.returncode == 0 and "ok 1, failed 0, timed out 0" in table.stdout
     for args, message in (
         (["--nodes", "nope"], "kiln: error: --nodes: ipmi does not poll nope (it polls 4 targets)\n"),
-        (["--collector", "snmp"], "kiln: error: --collector: unknown collector 'snmp': expected one of ipmi, dcgm, rocm, "
+        (["--collector", "snmp"], "kiln: error: --collector: unknown collector 'snmp': expected one of ipmi, redfish, dcgm, rocm, "
                                   "kubernetes, opencost, dcgm-exporter, rocm-exporter\n"),
         (["--collector", "dcgm"], "kiln: error: --collector: collector dcgm is not configured: set KILN_PROMETHEUS_URL\n"),
     ):

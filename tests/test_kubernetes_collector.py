@@ -33,6 +33,11 @@ from collectors.kubernetes import (
 )
 from collectors.models import K8sAllocation
 from kiln.settings import ConfigError, Settings
+from metering.intervals import MICROS_PER_HOUR
+from metering.models import UsageRecord
+from metering.usage import build_usage
+from tests.factories import World
+from tests.fleet_helpers import make_node_row
 from tests.peers.harness import running_peer
 
 
@@ -428,3 +433,59 @@ def test_build_follows_the_settings(kubeconfig: str, tmp_path: Path, cluster: di
     assert only(collector.collect()).ok
     assert all(i.tenant is None for i in collector.intervals())  # nobody uses that label
     collector.close()
+
+
+def test_mig_and_time_sliced_pods_become_gpu_hours_that_add_up(core: k8s.CoreV1Api, cluster: dict[str, str],
+                                                                world: World) -> None:
+    """A MIG node (mixed strategy: `nvidia.com/mig-<profile>` resources) and a time-sliced GPU
+    (the device plugin advertising 3 replicas of one GPU) through the collector, the store and
+    usage: instances are their compute fraction of a GPU-hour, time-sliced pods share the GPU."""
+    tag = uuid.uuid4().hex[:6]
+    mig_node, ts_node, ns_a, ns_b = f"mig-node-{tag}", f"ts-node-{tag}", f"mig-a-{tag}", f"mig-b-{tag}"
+    make_node(core, mig_node, "nvidia.com/mig-3g.40gb", gpus=2)
+    make_node(core, ts_node, "nvidia.com/gpu", gpus=3, address="10.0.0.12")
+    make_namespace(core, ns_a, "tenant-a")
+    make_namespace(core, ns_b, "tenant-b")
+    try:
+        two_hours = terminated(T0 + timedelta(hours=2), T0)
+        make_pod(core, ns_a, "slice-a", node=mig_node, limits={"nvidia.com/mig-3g.40gb": "1"},
+                 status={"phase": "Succeeded", "startTime": stamp(T0), "containerStatuses": two_hours})
+        make_pod(core, ns_b, "slice-b", node=mig_node, limits={"nvidia.com/mig-3g.40gb": "1"},
+                 status={"phase": "Succeeded", "startTime": stamp(T0 + timedelta(hours=1)), "containerStatuses": two_hours})
+        for name, namespace in (("ts-1", ns_a), ("ts-2", ns_a), ("ts-3", ns_b)):
+            make_pod(core, namespace, name, node=ts_node, limits={"nvidia.com/gpu": "1"},
+                     status={"phase": "Succeeded", "startTime": stamp(T0),
+                             "containerStatuses": terminated(T0 + timedelta(hours=1), T0)})
+        result = only(collector_for(core).collect())
+    finally:  # no namespace controller here: delete the pods themselves, so other tests never see them
+        for name in (ns_a, ns_b):
+            for pod in core.list_namespaced_pod(name).items:
+                core.delete_namespaced_pod(pod.metadata.name, name, grace_period_seconds=0)
+            core.delete_namespace(name)
+        for name in (mig_node, ts_node):
+            core.delete_node(name)
+    assert result.ok
+    capacity = {(s.entity, s.labels["resource"]): s.value for s in result.samples if s.metric == "kube_node_status_capacity"}
+    assert capacity[(mig_node, "nvidia_com_mig_3g_40gb")] == 2  # kube-state-metrics' label spelling
+    assert by_pod_intervals(result)[("slice-a", "nvidia.com/mig-3g.40gb")] == Decimal(1)
+
+    persist_kubernetes(world.session, [result])
+    make_node_row(world, gpus=1, name=mig_node)  # one H100 in MIG mode
+    make_node_row(world, gpus=1, name=ts_node)   # one H100 shared by time-slicing
+    build_usage(world.session, T0, T0 + timedelta(hours=3), now=T0 + timedelta(hours=3))
+    world.session.commit()
+    parts: dict[tuple[str, str], int] = {}
+    for row in world.session.exec(select(UsageRecord).where(UsageRecord.source == "k8s")).all():
+        parts[(row.resource_id, row.sku)] = parts.get((row.resource_id, row.sku), 0) + row.quantity_parts
+    sku = "gpu-hour:NVIDIA H100 80GB HBM3"
+    # slice-a 2 h × 3/7, slice-b 1 h (T0+1h..T0+2h) × 3/7, rounded to a part (1/3.6e9 GPU-hour) per hour;
+    # on the time-sliced node ts-1 + ts-2 (tenant a) 2/3 and ts-3 (tenant b) 1/3 of the one GPU's hour
+    assert abs(parts[(f"k8s:{ns_a}", f"{sku}:3g.40gb")] - 2 * 3 * MICROS_PER_HOUR / 7) <= 2
+    assert abs(parts[(f"k8s:{ns_b}", f"{sku}:3g.40gb")] - 3 * MICROS_PER_HOUR / 7) <= 1
+    assert parts[(f"k8s:{ns_a}", sku)] == MICROS_PER_HOUR * 2 // 3 and parts[(f"k8s:{ns_b}", sku)] == MICROS_PER_HOUR // 3
+
+
+def by_pod_intervals(result: TargetResult) -> dict[tuple[str, str], Decimal]:
+    """Requested quantity per (pod, resource) in a result's allocation samples."""
+    return {(s.labels["pod"], s.labels["resource"]): Decimal(s.labels["quantity"])
+            for s in result.samples if s.metric == "kiln_k8s_pod_allocation"}

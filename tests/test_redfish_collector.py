@@ -1,7 +1,10 @@
-"""The Redfish collector against a Redfish service nobody here wrote: sushy-tools' `sushy-static`
-(tests/peers/redfish.sh) serving DMTF's public-rackmount1 mockup (tests/data/upstream/redfish/,
-cited there). Every value is compared with what the mockup's JSON says, read here on its own;
-loopback stubs answer 401 and 503 or never answer, which must give readable errors."""
+"""The Redfish collector's legacy path against a Redfish service nobody here wrote: sushy-tools'
+`sushy-static` (tests/peers/redfish.sh) serving DMTF's public-rackmount1 mockup with only its
+legacy `Power`/`Thermal` resources vendored (tests/data/upstream/redfish/, cited there): the
+chassis links EnvironmentMetrics, PowerSubsystem and ThermalSubsystem, which answer 404, so the
+collector must say so and read the legacy resources instead. Every value is compared with what
+the mockup's JSON says, read here on its own; loopback stubs answer 401 and 503 or never
+answer, which must give readable errors. The new shapes: tests/test_redfish_subsystems.py."""
 
 from __future__ import annotations
 
@@ -26,9 +29,13 @@ def mockup(path: str) -> dict:
     return json.loads((MOCKUP / path / "index.json").read_text())
 
 
+URL: list[str] = []  # the peer's URL, for expected error texts
+
+
 @pytest.fixture(scope="module")
 def redfish_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with running_peer("redfish", tmp_path_factory.mktemp("redfish"), str(MOCKUP)) as url:
+        URL[:] = [url]
         yield url
 
 
@@ -61,7 +68,14 @@ def test_the_mockup_result_is_ok_and_names_what_it_left_out(mockup_result) -> No
     disabled = [t for t in mockup("Chassis/1U/Thermal")["Temperatures"] if t.get("ReadingCelsius") is None]
     assert len(disabled) == 1  # "CPU2 Temp", State Disabled: no reading
     assert mockup_result.skipped == {"no temperature reading": 1}
-    assert mockup_result.error == "skipped 1 series: 1 no temperature reading"
+    chassis = mockup("Chassis/1U")
+    parts = mockup_result.error.split("; ")
+    for i, name in enumerate(("EnvironmentMetrics", "PowerSubsystem", "ThermalSubsystem")):
+        assert parts[i] == f"{name}: the BMC has no {URL[0]}{chassis[name]['@odata.id']} (HTTP 404)"
+    system = mockup("Systems/437XR1138R2")
+    assert parts[3] == f"processors: the BMC has no {URL[0]}{system['Processors']['@odata.id']} (HTTP 404)"
+    assert parts[4] == f"log: the BMC has no {URL[0]}{system['LogServices']['@odata.id']} (HTTP 404)"
+    assert parts[5:] == ["skipped 1 series: 1 no temperature reading"]
     assert {s.source for s in mockup_result.samples} == {"redfish"}
     assert {s.entity for s in mockup_result.samples} == {"node-1"}
 
@@ -177,13 +191,15 @@ def test_a_bmc_that_never_answers_times_out_and_the_others_still_answer(stub, re
 def test_odd_answers_are_errors_not_exceptions(stub) -> None:
     targets = [RedfishTarget("no-systems", stub(200, b'{"Name": "Root Service"}')),
                RedfishTarget("not-json", stub(200, b"<html>login</html>")),
-               RedfishTarget("odd", stub(200, b'{"Systems": "not a link"}'))]
+               RedfishTarget("odd", stub(200, b'{"Systems": "not a link"}')),
+               RedfishTarget("odder", stub(200, b'{"Members": [{"@odata.id": 7}]}'), system="/redfish/v1/S/1")]
     with RedfishCollector(targets, timeout=2) as collector:
-        no_systems, not_json, odd = collector.collect()
+        no_systems, not_json, odd, odder = collector.collect()
     assert not no_systems.ok and no_systems.error == "the Redfish service lists no ComputerSystem"
     assert not not_json.ok and not_json.error.endswith("/redfish/v1/ did not answer JSON")
-    assert not odd.ok and odd.error.startswith("unexpected answer from http://127.0.0.1:")
-    assert "AttributeError" in odd.error
+    assert not odd.ok and odd.error == "the Redfish service lists no ComputerSystem"  # no link: no Systems
+    assert not odder.ok and odder.error.startswith("unexpected answer from http://127.0.0.1:")  # a number as a link
+    assert "TypeError" in odder.error
 
 
 def test_targets_must_have_distinct_names() -> None:
@@ -192,7 +208,7 @@ def test_targets_must_have_distinct_names() -> None:
 
 
 def test_threshold_states_of_the_mockups_intake_sensor() -> None:
-    from collectors.redfish import severity
+    from collectors.redfish_readers import severity
 
     intake = next(t for t in mockup("Chassis/1U/Thermal")["Temperatures"] if t["Name"] == "Chassis Intake Temp")
     # UNC 30, UC 40, UF 50; LNC 10, LC 5, LF 0

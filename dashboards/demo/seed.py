@@ -4,7 +4,7 @@ own services (the same validation, audit log and quota checks as the API).
 3 racks × 16 nodes × 8 GPUs (H100 in racks r1-r2, A100 in r3), enrolled 30 days ago (when the
 history starts; `kiln demo` then provisions them through the fake driver), 6 tenants, two VDCs, a month
 of leases (some starting mid-hour, some handed from one tenant to another, a few nodes idle so
-idle cost shows), effective-dated price cards with a mid-period price change, one contract
+idle cost shows), Kubernetes pods on a MIG-partitioned node and on a time-sliced one-GPU node, effective-dated price cards with a mid-period price change, one contract
 discount, and budgets. Seeding is idempotent: a second run only refreshes the BMC addresses
 (the simulators get new ports on every start).
 """
@@ -19,6 +19,7 @@ from decimal import Decimal
 from pydantic import SecretStr
 from sqlmodel import Session, select
 
+from collectors.models import K8sAllocation
 from fleet.leases import create_lease
 from fleet.models import Node
 from fleet.nodes import create_node
@@ -53,6 +54,18 @@ TENANTS = {  # slug: (name, cost centre)
 }
 VDCS = {"training": (("r1", "r2"), ("acme", "globex", "initech", "umbrella")), "inference": (("r3",), ("hooli", "stark"))}
 MEMBERS = {"alice": "acme", "bob": "globex"}  # tenant members named in the banner
+# Two unleased inference nodes run Kubernetes pods: r3-n08's A100s are MIG-partitioned (mixed
+# strategy) and serve two tenants' pods; r3-n16 is a one-GPU box time-sliced by three notebooks.
+MIG_NODE, TIME_SLICED_NODE = "r3-n08", "r3-n16"
+# daily pods: (tenant, namespace, pod, resource, count, start hour, hours)
+SHARED_GPU_PODS = {
+    MIG_NODE: (("hooli", "hooli-serving", "ranker", "nvidia.com/mig-3g.40gb", 2, 8, 10),
+               ("stark", "stark-ml", "embedder", "nvidia.com/mig-1g.10gb", 3, 6, 14),
+               ("stark", "stark-ml", "nightly", "nvidia.com/mig-2g.20gb", 1, 20, 6)),
+    TIME_SLICED_NODE: (("hooli", "hooli-notebooks", "nb-ana", "nvidia.com/gpu", 1, 9, 8),
+                       ("stark", "stark-notebooks", "nb-raj", "nvidia.com/gpu", 1, 10, 8),
+                       ("hooli", "hooli-notebooks", "nb-lee", "nvidia.com/gpu", 1, 13, 2)),
+}
 
 
 @dataclass(frozen=True)
@@ -108,7 +121,7 @@ def seed(session: Session, runtime: FleetRuntime, bmcs: dict[str, dict], now: da
             tags=["demo", "train" if rack != "r3" else "infer"],
             facts={"cpu_model": "AMD EPYC 9454", "cpu_cores": 96, "ram_mib": 1536 * 1024},
             gpus=[{"index": i, "model": model, "vendor": "nvidia", "uuid": gpu_uuid(name, i), "memory_mib": 81559}
-                  for i in range(GPUS_PER_NODE)],
+                  for i in range(1 if name == TIME_SLICED_NODE else GPUS_PER_NODE)],
         ), runtime.drivers, runtime.box)
         # enrolled when the demo's history starts: capacity (and idle cost) counts from here on
         node.created_at = history_start(now)
@@ -119,6 +132,7 @@ def seed(session: Session, runtime: FleetRuntime, bmcs: dict[str, dict], now: da
             name=vdc, description=f"racks {', '.join(racks)}", selectors=[{"kind": "rack", "value": r} for r in racks],
             tenants=[{"tenant": t, "max_nodes": 12, "max_gpus": 96} for t in tenants]))
     _lease_month(session, system, now)
+    _shared_gpu_pods(session, now)
     _price_cards(session, system, now)
     _carbon_intensity(session, now)
     create_discount(session, system, DiscountCreate(tenant="acme", percent=Decimal("12.5")))
@@ -171,6 +185,22 @@ def _lease_month(session: Session, system: Principal, now: datetime) -> None:
                                                           ends_at=handover, note="demo"))
                 tenant, start = tenants[(k + 1) % len(tenants)], handover + timedelta(hours=5)
             create_lease(session, system, LeaseCreate(node=node, tenant=tenant, vdc=vdc, starts_at=start, note="demo"))
+
+
+def _shared_gpu_pods(session: Session, now: datetime) -> None:
+    """A month of daily pods on the MIG node and the time-sliced GPU, as the Kubernetes collector
+    stores them (the demo has no cluster of its own)."""
+    for day in range(HISTORY_DAYS + 1):
+        midnight = history_start(now).replace(hour=0) + timedelta(days=day)
+        for node, pods in SHARED_GPU_PODS.items():
+            for tenant, namespace, pod, resource, count, hour, hours in pods:
+                start = midnight + timedelta(hours=hour)
+                if start < history_start(now) or start >= now:
+                    continue
+                session.add(K8sAllocation(
+                    namespace=namespace, tenant_slug=tenant, pod=f"{pod}-{day:02d}", pod_uid=f"demo-{node}-{pod}-{day}",
+                    node_name=node, resource=resource, quantity=Decimal(count), starts_at=start,
+                    ends_at=min(start + timedelta(hours=hours), now)))
 
 
 def _price_cards(session: Session, system: Principal, now: datetime) -> None:

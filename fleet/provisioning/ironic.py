@@ -285,9 +285,8 @@ def _ipmi_driver_info(node: NodeTarget, address: BmcAddress) -> dict[str, Any]:
 
 
 def _redfish_driver_info(node: NodeTarget, address: BmcAddress) -> dict[str, Any]:
-    host = f"[{address.host}]" if ":" in address.host else address.host
     info: dict[str, Any] = {
-        "redfish_address": f"https://{host}" + (f":{address.port}" if address.port else ""),
+        "redfish_address": address.base_url,
         "redfish_system_id": address.path,
     }
     if node.bmc_username:

@@ -36,6 +36,7 @@ SUBCOMMANDS = {
     "budgets": "metering.cli:budgets_app",
     "export": "metering.cli:export_app",
     "carbon": "metering.carbon_cli:carbon_app",
+    "firmware": "fleet.firmware_cli:firmware_app",
     "collect": "collectors.cli:collect_app",
 }
 

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# Test peer: a Redfish service nobody here wrote, OpenStack sushy-tools' `sushy-static` (PyPI
-# `sushy-tools` 2.x) serving a DMTF public mockup (tests/data/upstream/redfish/, cited there).
+# Test peer: Redfish services nobody here wrote, from OpenStack sushy-tools (PyPI `sushy-tools`
+# 2.x): `sushy-static` serving a DMTF public mockup (tests/data/upstream/redfish/, cited there),
+# or `sushy-emulator`, the dynamic emulator (power actions change the system's PowerState).
 #
 #   redfish.sh install                       idempotent: venv at ${KILN_PEERS_DIR:-$REPO/.peers}/redfish
 #   redfish.sh start STATE_DIR MOCKUP_DIR    sushy-static on 127.0.0.1:<free port> serving MOCKUP_DIR
 #       (a mockup's root: index.json, Systems/, Chassis/ ...); waits until /redfish/v1 answers
 #       200; last stdout line = URL (without /redfish/v1)
-#   redfish.sh stop STATE_DIR                SIGTERM, up to 10 s, then SIGKILL
+#   redfish.sh start STATE_DIR --emulator USER PASSWORD
+#       sushy-emulator (the dynamic emulator) with its fake driver (one system, "fake", power
+#       Off, state kept in STATE_DIR) behind HTTP basic auth for USER/PASSWORD (a bcrypt
+#       htpasswd file); waits like start; last stdout line = URL
+#   redfish.sh stop STATE_DIR                SIGTERM, up to 10 s, then SIGKILL (either server)
 #
 # Optional env for start: REDFISH_START_TIMEOUT (seconds, default 30).
 set -euo pipefail
@@ -44,6 +49,10 @@ cmd_install() {
 }
 
 cmd_start() {
+    if [ "${2:-}" = "--emulator" ]; then
+        cmd_emulator "$1" "${3:-}" "${4:-}"
+        return
+    fi
     local state="${1:-}" mockup="${2:-}"
     [ -n "$state" ] && [ -n "$mockup" ] || die "usage: redfish.sh start STATE_DIR MOCKUP_DIR"
     [ -x "$VENV/bin/sushy-static" ] || die "not installed; run: $0 install"
@@ -69,6 +78,36 @@ cmd_start() {
     echo "$url"
 }
 
+cmd_emulator() {
+    local state="${1:-}" user="${2:-}" password="${3:-}"
+    [ -n "$state" ] && [ -n "$user" ] && [ -n "$password" ] || die "usage: redfish.sh start STATE_DIR --emulator USER PASSWORD"
+    [ -x "$VENV/bin/sushy-emulator" ] || die "not installed; run: $0 install"
+    mkdir -p "$state"
+    state="$(cd "$state" && pwd)"
+    if [ -f "$state/pid" ] && kill -0 "$(cat "$state/pid")" 2>/dev/null; then
+        die "already running (pid $(cat "$state/pid")) in $state"
+    fi
+    KILN_USER="$user" KILN_PASSWORD="$password" "$VENV/bin/python" -c '
+import os, bcrypt
+digest = bcrypt.hashpw(os.environ["KILN_PASSWORD"].encode(), bcrypt.gensalt()).decode()
+print(os.environ["KILN_USER"] + ":" + digest)' > "$state/htpasswd"
+    cat > "$state/emulator.conf" <<CONF
+SUSHY_EMULATOR_AUTH_FILE = "$state/htpasswd"
+SUSHY_EMULATOR_STATE_DIR = "$state/emulator-state"
+CONF
+    local port
+    port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')"
+    nohup "$VENV/bin/sushy-emulator" --fake --interface 127.0.0.1 --port "$port" --config "$state/emulator.conf" \
+        >>"$state/sushy-emulator.log" 2>&1 </dev/null &
+    local pid=$!
+    echo "$pid" > "$state/pid"
+    local url="http://127.0.0.1:$port"
+    echo "$url" > "$state/url"
+    peer_wait_ready sushy-emulator "$url/redfish/v1" "$pid" "$state/sushy-emulator.log" "${REDFISH_START_TIMEOUT:-30}" \
+        || die "start-up failed"
+    echo "$url"
+}
+
 cmd_stop() {
     local state="${1:-}"
     [ -n "$state" ] || die "usage: redfish.sh stop STATE_DIR"
@@ -79,5 +118,5 @@ case "${1:-}" in
     install) shift; cmd_install "$@" ;;
     start)   shift; cmd_start "$@" ;;
     stop)    shift; cmd_stop "$@" ;;
-    *) echo "usage: $0 {install|start STATE_DIR MOCKUP_DIR|stop STATE_DIR}" >&2; exit 2 ;;
+    *) echo "usage: $0 {install|start STATE_DIR MOCKUP_DIR|start STATE_DIR --emulator USER PASSWORD|stop STATE_DIR}" >&2; exit 2 ;;
 esac

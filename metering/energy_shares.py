@@ -1,0 +1,78 @@
+"""One node-hour's metered energy, split among who held the node, its GPUs, CPUs and memory.
+
+The node's kWh (DCMI, `node_energy_hour`) goes, per hour:
+
+1. to the tenants leasing the node whole, pro rata to the part of the hour each held it;
+2. of the rest of the hour (not leased), the GPUs' own energy (DCGM/AMD energy counters,
+   `gpu_energy_hour`; never more than the node drew) to the Kubernetes tenants by their share of
+   the node's GPU-time (GPU-microseconds, MIG instances and time-sliced pods as
+   `metering.gpu_shares` counts them);
+3. the node's remaining energy (DCMI − Σ GPUs, never negative) half by the tenants' share of the
+   node's CPU cores and half by their share of its memory (requests, core- and GiB-microseconds);
+   where the node has no GPU energy counter, or its cores/memory are not known, that part goes
+   by GPU share too (as before GPU meters existed).
+
+Whatever no tenant held is idle energy. Shares are exact fractions, rounded once by largest
+remainder into integer parts (1/3,600,000,000 kWh), so for every node-hour the tenants' parts +
+the idle parts = the node's metered parts exactly.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, field
+from fractions import Fraction
+from math import floor
+
+from metering.gpu_shares import largest_remainder
+from metering.intervals import MICROS_PER_HOUR
+
+GPU, CPU, MEMORY = "gpu", "cpu", "memory"
+
+
+@dataclass
+class NodeHourClaims:
+    """Who held what of one node in one hour: lessees' microseconds, and Kubernetes tenants'
+    request-microseconds per resource (GPU-, core-, byte-microseconds) outside leased time."""
+
+    leased: dict[Hashable, int] = field(default_factory=lambda: defaultdict(int))
+    requests: dict[str, dict[Hashable, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
+
+
+@dataclass(frozen=True)
+class NodeCapacity:
+    """What the node has: GPUs, CPU cores and bytes of memory (None: not known)."""
+
+    gpus: int
+    cores: int | None = None
+    memory_bytes: int | None = None
+
+
+def _share(weights: Mapping[Hashable, int], capacity: Fraction) -> dict[Hashable, Fraction]:
+    """Each tenant's part of the capacity-time (a total above capacity is shared pro rata)."""
+    denominator = max(capacity, Fraction(sum(weights.values())))
+    return {key: Fraction(weight) / denominator for key, weight in weights.items()} if denominator else {}
+
+
+def split_node_energy(total: int, gpu_parts: int | None, claims: NodeHourClaims, node: NodeCapacity) -> dict[Hashable, int]:
+    """Parts of `total` (the node-hour's kWh in parts) per key; `gpu_parts`: its GPUs' own energy
+    in parts (None where the node has no GPU energy counter). The rest is idle."""
+    exact: dict[Hashable, Fraction] = defaultdict(Fraction)
+    for key, micros in claims.leased.items():
+        exact[key] += Fraction(total * micros, MICROS_PER_HOUR)
+    free = MICROS_PER_HOUR - min(sum(claims.leased.values()), MICROS_PER_HOUR)
+    unleased = Fraction(total * free, MICROS_PER_HOUR)
+    gpu_share = _share(claims.requests.get(GPU, {}), Fraction(node.gpus * free))
+    rest_shares = [_share(claims.requests.get(kind, {}), Fraction(capacity) * free)
+                   for kind, capacity in ((CPU, node.cores), (MEMORY, node.memory_bytes)) if capacity]
+    if gpu_parts is None or len(rest_shares) < 2:
+        gpu_energy, rest_shares = unleased, []
+    else:
+        gpu_energy = min(Fraction(gpu_parts * free, MICROS_PER_HOUR), unleased)
+    for key, share in gpu_share.items():
+        exact[key] += gpu_energy * share
+    for shares in rest_shares:
+        for key, share in shares.items():
+            exact[key] += (unleased - gpu_energy) * share / 2
+    return largest_remainder(exact, floor(sum(exact.values(), Fraction(0))))
