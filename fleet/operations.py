@@ -41,7 +41,7 @@ from kiln.errors import KilnError, ValidationFailed
 from kiln.roles import Role
 from kiln.logs import log_context
 from kiln.security import SecretBox
-from kiln.telemetry import in_this_context, span
+from kiln.telemetry import in_this_context, mark_failed, span
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,10 @@ class OperationRunner:
         attributes = {"kiln.node": node.name, "kiln.provisioner": node.provisioner, "kiln.operation_id": operation_id}
         with log_context(node=node.name), span(f"kiln.provision.{operation.action}", attributes) as current:
             outcome = self._run(operation, node, target, started)
-            current.set_attributes({"kiln.ok": outcome.ok, "kiln.provision_state": outcome.state, "kiln.error": outcome.error})
+            current.set_attribute("kiln.ok", outcome.ok)
+            current.set_attribute("kiln.provision_state", outcome.state or "")
+            if outcome.error:
+                mark_failed(current, outcome.error)
         return outcome
 
     def _run(self, operation: Operation, node: Node, target: NodeTarget, started: float) -> Outcome:

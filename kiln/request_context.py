@@ -14,7 +14,7 @@ import uuid
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kiln.logs import log_context
-from kiln.telemetry import span
+from kiln.telemetry import mark_failed, span
 
 REQUEST_ID_HEADER = "x-request-id"
 PLAUSIBLE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
@@ -48,6 +48,8 @@ class RequestContextMiddleware:
                 if message["type"] == "http.response.start":
                     message["headers"] = [*message.get("headers", []), (REQUEST_ID_HEADER.encode(), request_id.encode())]
                     current.set_attribute("http.response.status_code", message["status"])
+                    if message["status"] >= 500:
+                        mark_failed(current, f"HTTP {message['status']}")
                 await send(message)
 
             try:

@@ -109,6 +109,15 @@ def span(name: str, attributes: Mapping[str, Any] | None = None, *, kind: str = 
         yield current
 
 
+def mark_failed(current: Any, description: str) -> None:
+    """Set a span's status to error (an HTTP 5xx, a failed operation); nothing when tracing is off."""
+    if current is NO_SPAN:
+        return
+    from opentelemetry.trace import Status, StatusCode
+
+    current.set_status(Status(StatusCode.ERROR, description[:500]))
+
+
 def in_this_context(function: Callable[..., Result]) -> Callable[..., Result]:
     """`function`, to run in a copy of the caller's context: a thread pool's worker then writes
     the caller's log context (request id) and nests its spans under the caller's span."""
