@@ -6,7 +6,8 @@ the OpenTelemetry Collector's filelog receiver parse it. The context lives in co
 the API middleware (kiln.api.context) sets the request id and its dependencies the user and
 tenant; collectors and provisioning operations set the node (`log_context`).
 
-Every handler Kiln installs redacts secrets (`RedactSecrets`) whatever the format: bearer
+The handler Kiln installs redacts secrets whatever the format (its formatters pass every
+line through `redact`, leaving the records themselves untouched for other handlers): bearer
 tokens, Authorization and Cookie headers, `password=`-style pairs, passwords in URLs, JWTs,
 Kiln API tokens, and every secret this process has decrypted (BMC passwords), so that a
 secret logged by mistake is still not written. Standard library only: every command imports it.
@@ -62,19 +63,12 @@ def redact(text: str) -> str:
     return text
 
 
-class RedactSecrets(logging.Filter):
-    """A handler filter that redacts the message, the traceback and the stack of every record."""
+class RedactingFormatter(logging.Formatter):
+    """The text format (`TEXT_FORMAT`) with every secret in the line, traceback included, redacted."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        """Rewrite the record in place (message rendered with its arguments); always keep it."""
-        record.msg, record.args = redact(record.getMessage()), None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = redact(record.exc_text)
-        if record.stack_info:
-            record.stack_info = redact(record.stack_info)
-        return True
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as text, redacted."""
+        return redact(super().format(record))
 
 
 def current_context() -> dict[str, str]:
@@ -106,7 +100,8 @@ def bind_caller(username: str, tenant_ids: Iterable[int]) -> None:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record: time (RFC 3339, UTC), level, logger, message, context, trace."""
+    """One JSON object per record: time (RFC 3339, UTC), level, logger, message, context, trace;
+    secrets redacted in the message, traceback and stack."""
 
     def format(self, record: logging.LogRecord) -> str:
         """The record as one line of JSON."""
@@ -114,16 +109,16 @@ class JsonFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redact(record.getMessage()),
         }
         entry.update(current_context())
         entry.update(_trace_ids())
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
-            entry["exception"] = record.exc_text
+            entry["exception"] = redact(record.exc_text)
         if record.stack_info:
-            entry["stack"] = record.stack_info
+            entry["stack"] = redact(record.stack_info)
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
@@ -164,8 +159,7 @@ def configure_logging(level: str | int, log_format: str = "text", stream: Any = 
     if installed and not replace:
         return installed[0]
     handler = logging.StreamHandler(stream) if stream is not None else StderrHandler()
-    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
-    handler.addFilter(RedactSecrets())
+    handler.setFormatter(JsonFormatter() if log_format == "json" else RedactingFormatter(TEXT_FORMAT))
     handler.kiln = True  # type: ignore[attr-defined]
     for old in installed:
         root.removeHandler(old)
