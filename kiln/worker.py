@@ -85,8 +85,7 @@ def run_forever(settings: Settings, engine: Engine) -> None:
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it logs every run at INFO
     registry = CollectorRegistry()
     if settings.worker_metrics_port:
-        start_http_server(settings.worker_metrics_port, settings.worker_metrics_host, registry=registry)
-        log.info("metrics on http://%s:%d/metrics", settings.worker_metrics_host, settings.worker_metrics_port)
+        _serve_metrics(settings, registry)
     scheduler = BlockingScheduler(timezone="UTC")
     for job in jobs_for(settings, engine, metrics=WorkerMetrics(registry)):
         scheduler.add_job(_guarded(job), "interval", seconds=job.seconds, id=job.name, name=job.name, max_instances=1, coalesce=True,
@@ -96,6 +95,19 @@ def run_forever(settings: Settings, engine: Engine) -> None:
         scheduler.start()
     finally:
         retire_worker(engine, settings.worker_name or default_worker_name())
+
+
+def _serve_metrics(settings: Settings, registry: CollectorRegistry) -> None:
+    """Serve the worker's /metrics; a port already taken (a second worker on this host) is
+    logged and the worker runs on without: its jobs matter more than their durations."""
+    address = f"{settings.worker_metrics_host}:{settings.worker_metrics_port}"
+    try:
+        start_http_server(settings.worker_metrics_port, settings.worker_metrics_host, registry=registry)
+    except OSError as exc:
+        log.warning("cannot serve metrics on %s (%s): set KILN_WORKER_METRICS_PORT to a free port, "
+                    "or 0; running without", address, exc.strerror or exc)
+        return
+    log.info("metrics on http://%s/metrics", address)
 
 
 def _guarded(job: Job) -> Callable[[], None]:

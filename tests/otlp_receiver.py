@@ -91,11 +91,12 @@ class OtlpReceiver:
             self.requests += 1
         return 200, PROTOBUF, ExportTraceServiceResponse().SerializeToString()
 
-    def wait_for(self, name: str, timeout: float = 20) -> list[ReceivedSpan]:
-        """The spans called `name` (or starting with it, ending in '*'), once at least one has come."""
+    def wait_for(self, name: str, timeout: float = 20, **attributes: Any) -> list[ReceivedSpan]:
+        """The spans called `name` (or starting with it, ending in '*') with these attribute
+        values (`**{"kiln.collector": "ipmi"}`), once at least one has come."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            found = self.named(name)
+            found = [s for s in self.named(name) if all(s.attributes.get(k) == v for k, v in attributes.items())]
             if found:
                 return found
             time.sleep(0.1)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -163,13 +165,12 @@ def test_worker_traces_cycles_and_bills_and_serves_their_durations(cli_db: dict[
                "KILN_WORKER_METRICS_PORT": str(metrics_port), "KILN_IPMI_TIMEOUT": "0.5"}
         process = subprocess.Popen([KILN, "worker"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            cycle = receiver.wait_for("kiln.collector.cycle", timeout=60)
+            ipmi = receiver.wait_for("kiln.collector.cycle", timeout=60, **{"kiln.collector": "ipmi"})[0]
             bills = receiver.wait_for("kiln.bills.run", timeout=60)
             metrics = wait_http(f"http://127.0.0.1:{metrics_port}/metrics").text
         finally:
             stderr = stop(process)
             print(stderr)  # shown when the test fails
-    ipmi = next(s for s in cycle if s.attributes["kiln.collector"] == "ipmi")
     assert ipmi.service == "kiln-worker" and ipmi.kind == "SPAN_KIND_INTERNAL"
     assert (ipmi.attributes["kiln.targets"], ipmi.attributes["kiln.targets.ok"]) == (1, 0)
     assert bills[0].attributes["kiln.period"] == time.strftime("%Y-%m", time.gmtime())
@@ -190,6 +191,28 @@ def test_a_cli_bills_run_exports_its_span_before_it_exits(cli_db: dict[str, str]
         assert receiver.requests >= 1  # sent before the process ended, not left in a batch
         runs = receiver.named("kiln.bills.run")
     assert [(s.service, s.attributes["kiln.period"], s.status) for s in runs] == [("kiln-cli", period, "STATUS_CODE_UNSET")]
+
+
+def test_a_taken_metrics_port_does_not_stop_the_worker(cli_db: dict[str, str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = {**cli_db, "KILN_WORKER_METRICS_PORT": str(taken.getsockname()[1]), "KILN_LOG_FORMAT": "json"}
+        process = subprocess.Popen([KILN, "worker"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        watchdog = threading.Timer(90, process.kill)  # a hung worker fails the test instead of hanging it
+        watchdog.start()
+        seen = []
+        for line in process.stderr:  # until the IPMI cycle, run after the refused port, reports the node
+            seen.append(line)
+            if "gpu-1 failing" in line:
+                break
+        alive = process.poll() is None
+        stderr = "".join(seen) + stop(process)
+        watchdog.cancel()
+    assert alive, stderr
+    warning = next(line for line in json_lines(stderr) if line["message"].startswith("cannot serve metrics"))
+    assert warning["level"] == "warning" and "running without" in warning["message"]
+    assert any(line["message"].startswith("ipmi: gpu-1 failing") for line in json_lines(stderr))
 
 
 @pytest.fixture
