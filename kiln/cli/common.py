@@ -22,9 +22,10 @@ from kiln.schema import ensure_current
 from kiln.settings import Settings, load_settings
 from kiln.telemetry import configure_tracing
 
-# Markup off: error text from backends and users (`pip install 'kiln[ironic]'`, a node named
-# `r1[2]`) is printed as written; styled cells are rich `Text` objects.
-console = Console(markup=False)
+# Markup and emoji codes off: error text from backends and users (`pip install 'kiln[ironic]'`,
+# a node named `r1[2]` or `gpu:smile:`) is printed as written, and no emoji table is loaded at
+# every start; styled cells are rich `Text` objects.
+console = Console(markup=False, emoji=False)
 
 
 class OutputFormat(StrEnum):
