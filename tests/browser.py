@@ -211,7 +211,8 @@ HISTORY_STEPS = 72  # 6 hours of 5-minute polls
 
 
 def seed_fleet(session: Any, engine: Any, settings: Any, driver: Any) -> Any:
-    """Tenants, users with passwords, fake-driver nodes, a VDC, leases and 6 h of collector data.
+    """Tenants, users with passwords, fake-driver nodes, a VDC, leases, their usage records and 6 h
+    of collector data.
 
     Everything goes through Kiln's own services (users, nodes, operations, VDCs, leases,
     and `collectors.store.persist_results` for health data), as the running system would."""
@@ -262,6 +263,10 @@ def seed_fleet(session: Any, engine: Any, settings: Any, driver: Any) -> Any:
                                                   ends_at=now - timedelta(hours=end) if end else None))
     session.commit()
     persist_history(session, now)
+    from metering.usage import build_usage  # what the worker's hourly bills run records from the leases
+
+    build_usage(session, now - timedelta(days=4), now + timedelta(hours=1), now=now)
+    session.commit()
     return world
 
 

@@ -26,6 +26,8 @@ from collectors.redfish import RedfishCollector, RedfishTarget
 from tests.peers.harness import running_peer
 
 REDFISH_MOCKUP = Path(__file__).parent / "data" / "upstream" / "redfish" / "public-rackmount1"
+TOWER = Path(__file__).parent / "data" / "upstream" / "redfish" / "public-tower"  # the newer shapes, GPUs, a log
+TOWER_SYSTEM = "/redfish/v1/Systems/437XR1238R2"
 # Provision states in which Ironic deletes a node that is not in maintenance.
 DELETABLE_STATES = frozenset({"enroll", "manageable", "available", "adopt failed"})
 
@@ -41,6 +43,18 @@ def ironic_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def redfish_mockup_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Base URL of sushy-tools' sushy-static serving DMTF's public-rackmount1 mockup (REDFISH_MOCKUP)."""
     with running_peer("redfish", tmp_path_factory.mktemp("redfish"), str(REDFISH_MOCKUP)) as url:
+        yield url
+
+
+def tower(path: str) -> dict:
+    """A public-tower resource as the mockup file holds it."""
+    return json.loads((TOWER / path.removeprefix("/redfish/v1").strip("/") / "index.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def tower_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Base URL of sushy-static serving DMTF's public-tower mockup (TOWER)."""
+    with running_peer("redfish", tmp_path_factory.mktemp("tower"), str(TOWER)) as url:
         yield url
 
 

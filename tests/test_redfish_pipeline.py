@@ -7,11 +7,9 @@ inventory and the node's history see them. Every expected value is read from the
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
-import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
@@ -30,22 +28,10 @@ from tests.cli_helpers import run
 from tests.conftest import TEST_SECRET_KEY
 from tests.factories import World
 from tests.fleet_helpers import node_payload
-from tests.peers.harness import running_peer
 from tests.test_collection_pipeline import kiln_env
+from tests.peer_fixtures import TOWER_SYSTEM, tower, tower_url  # noqa: F401 (a fixture)
 
-TOWER = Path(__file__).parent / "data" / "upstream" / "redfish" / "public-tower"
-SYSTEM = "/redfish/v1/Systems/437XR1238R2"
-
-
-def tower(path: str) -> dict:
-    """A public-tower resource as the mockup file holds it."""
-    return json.loads((TOWER / path.removeprefix("/redfish/v1").strip("/") / "index.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def tower_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with running_peer("redfish", tmp_path_factory.mktemp("tower"), str(TOWER)) as url:
-        yield url
+SYSTEM = TOWER_SYSTEM
 
 
 def redfish_address(url: str) -> str:

@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 
 from collectors.redfish import RedfishCollector, RedfishTarget
+from tests.peer_fixtures import TOWER, TOWER_SYSTEM
 from tests.peers.harness import running_peer
 
-TOWER = Path(__file__).parent / "data" / "upstream" / "redfish" / "public-tower"
-SYSTEM = "/redfish/v1/Systems/437XR1238R2"
+SYSTEM = TOWER_SYSTEM
 
 
 class SessionBmc:

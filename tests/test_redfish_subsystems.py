@@ -6,12 +6,9 @@ DCGM's GPUs, and log entries stored once. Expected values are read from the mock
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
@@ -26,23 +23,11 @@ from collectors.store import persist_results
 from fleet.models import Gpu, NodeEvent
 from tests.factories import World
 from tests.fleet_helpers import make_node_row
-from tests.peers.harness import running_peer
+from tests.peer_fixtures import TOWER_SYSTEM, tower, tower_url  # noqa: F401 (a fixture)
 
-TOWER = Path(__file__).parent / "data" / "upstream" / "redfish" / "public-tower"
-SYSTEM = "/redfish/v1/Systems/437XR1238R2"
+SYSTEM = TOWER_SYSTEM
 LOG = f"{SYSTEM}/LogServices/Log1"
 T0 = datetime(2026, 10, 1, 9, 30, tzinfo=UTC)
-
-
-def tower(path: str) -> dict:
-    """A public-tower resource as the mockup file holds it."""
-    return json.loads((TOWER / path.removeprefix("/redfish/v1").strip("/") / "index.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def tower_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with running_peer("redfish", tmp_path_factory.mktemp("tower"), str(TOWER)) as url:
-        yield url
 
 
 @pytest.fixture(scope="module")
