@@ -12,7 +12,9 @@ BMC's readings are checked against the mockup's files (power state, watts, energ
 temperatures, fans, GPUs, log entries, firmware): `*_wrong_values`.
 
 - Kiln: this file as a subprocess (`--kiln-worker`): one `RedfishCollector(targets,
-  workers=N)` (defaults otherwise: 5 s per request, 60 s per target), `collect()` per poll.
+  workers=N)` (defaults otherwise: 5 s per request, 60 s per target), `collect()` per poll;
+  the cold poll's time includes setting the collector up (its HTTP clients, `kiln_setup_s`),
+  as the baseline's includes creating its `sushy.Sushy` objects.
 - Baseline: benchmarks/redfish_sushy.py in Ironic's peer venv (sushy 5.x): a `sushy.Sushy`
   per BMC and the same resources per poll on a thread pool of the same size. No Prometheus
   Redfish exporter could be installed here (PyPI and Debian have none), which is why.
@@ -108,9 +110,10 @@ def kiln_worker() -> None:
     targets = [RedfishTarget(f"bmc-{i:04d}", t["url"], job["username"], password, system=t["system"])
                for i, t in enumerate(job["targets"])]
     polls = []
-    with RedfishCollector(targets, workers=job["workers"]) as collector:
+    cpu0, t0 = time.process_time(), time.monotonic()
+    with RedfishCollector(targets, workers=job["workers"]) as collector:  # clients set up: part of the cold poll
+        setup_s = time.monotonic() - t0
         for _ in range(job["polls"]):
-            cpu0, t0 = time.process_time(), time.monotonic()
             results = collector.collect()
             wall, cpu = time.monotonic() - t0, time.process_time() - cpu0
             failed = [r for r in results if not r.ok or r.error]
@@ -118,8 +121,9 @@ def kiln_worker() -> None:
             polls.append({"wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "errors": len(failed), "wrong": wrong,
                           "first_errors": sorted({r.error or "" for r in failed})[:3]})
             log(f"kiln poll: {wall:.2f} s wall, {cpu:.2f} s CPU, {len(failed)} failed, {wrong} wrong")
+            cpu0, t0 = time.process_time(), time.monotonic()
         auth = sorted({c.auth for c in collector.clients.values()})
-    print(json.dumps({"polls": polls, "auth": auth,
+    print(json.dumps({"polls": polls, "auth": auth, "setup_s": round(setup_s, 3),
                       "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
 
 
@@ -134,7 +138,8 @@ def run_side(name: str, cmd: list[str], job: dict, password: str, port: int, fle
         sys.exit(f"redfish_poll: the {name} side failed (exit {done.returncode})")
     result = json.loads(done.stdout.strip().splitlines()[-1])
     children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    result["worker_cpu_s"] = round((children1.ru_utime - children0.ru_utime) + (children1.ru_stime - children0.ru_stime), 2)
+    worker_cpu = (children1.ru_utime - children0.ru_utime) + (children1.ru_stime - children0.ru_stime)
+    result["worker_cpu_s"] = round(worker_cpu, 2)
     result["fleet_cpu_s"] = round(sum(proc_cpu_s(p) for p in fleet_pids) - fleet0, 2)
     result["other_cpu_s"] = round(machine_busy_s() - busy0 - result["worker_cpu_s"] - result["fleet_cpu_s"], 2)
     stats = fleet_stats(port, len(fleet_pids))
@@ -162,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.redfish_poll", description=__doc__.split("\n\n")[0])
     ap.add_argument("--bmcs", type=int, default=1000)
     ap.add_argument("--quick", action="store_true", help="50 BMCs")
-    ap.add_argument("--workers", type=int, default=32, help="threads on each side (Kiln's KILN_REDFISH_WORKERS default)")
+    ap.add_argument("--workers", type=int, default=32, help="threads on each side (KILN_REDFISH_WORKERS' default)")
     ap.add_argument("--steady", type=int, default=2, help="steady polls after the cold one")
     ap.add_argument("--latency-ms", type=float, default=50.0, help="the emulated BMCs' time per answer")
     ap.add_argument("--processes", type=int, default=2, help="processes serving the emulated BMCs")
@@ -214,6 +219,7 @@ def main(argv: list[str] | None = None) -> None:
         "error_samples": {side: sorted({e for r in runs[side] for p in r["polls"] for e in p["first_errors"]})[:3]
                           for side in runs},
         "expected": expected,
+        "kiln_setup_s": statistics.median(r["setup_s"] for r in kiln),  # in kiln_first_s
         "kiln_auth": kiln[0]["auth"],
         "requests": {side: runs[side][0]["requests"] for side in runs},
         "fleet_cpu_s": {side: [r["fleet_cpu_s"] for r in runs[side]] for side in runs},
