@@ -1,12 +1,12 @@
 """A fleet of emulated Redfish BMCs on loopback for benchmarks/redfish_poll.py — a stand-in.
 
-    with running_fleet(mockup_dir, 1000, processes=2, latency_ms=50, username=U, password=P) as (port, addresses, pids):
-        ...
+    with running_fleet(mockup_dir, 1000, processes=2, latency_ms=50, username=U, password=P) as fleet:
+        port, addresses, pids = fleet
 
 sushy-tools' `sushy-static` (tests/peers/redfish.sh) is one Flask process per BMC; 1,000 of them
 do not fit a 2-core machine. This server is a stand-in for them: each BMC is its own loopback
 address (127.77.0.1, 127.77.0.2, …, 127.77.3.232 for 1,000: the kernel answers the whole
-127/8 on `lo`), all on one port, served by `--processes` asyncio processes (BMC i by process
+127/8 on `lo`), all on one port, served by `processes` asyncio processes (BMC i by process
 i mod P). Every BMC serves the same DMTF mockup directory **verbatim**, as `sushy-static`
 does (GET of `/redfish/v1/<path>` answers `<mockup>/<path>/index.json` byte for byte; no file:
 404 with a Redfish error body), and adds what a real BMC has and `sushy-static` lacks, after
@@ -16,15 +16,16 @@ token or HTTP basic auth (else 401); POST `/redfish/v1/SessionService/Sessions` 
 valid on that BMC only; DELETE of it ends it. HTTP/1.1 keep-alive, one request at a time per
 connection (what httpx and requests send).
 
-`--latency-ms` holds every answer back that long (asyncio sleep, no CPU): real BMCs take tens
+`latency_ms` holds every answer back that long (asyncio sleep, no CPU): real BMCs take tens
 to hundreds of milliseconds per GET (their web servers run on small ARM SoCs and read sensors
 on demand); 50 ms is the fast end of that, chosen so that the clients' own overhead is not
 hidden behind BMC time.
 
 Each server process (`python -m benchmarks.redfish_fleet --serve K ...`, the password in the
-environment, never on the command line) prints `ready` once it listens. `GET /_fleet/stats` on any address answers
-that process's counters (requests by method and status, logins, sessions deleted) — not a
-Redfish path; the benchmark adds the processes' figures up to compare the two sides' work.
+environment, never on the command line) prints `ready` once it listens. `GET /_fleet/stats`
+on any address answers that process's counters (requests by method and status, logins,
+sessions deleted; the stats requests themselves are not counted) — not a Redfish path;
+`fleet_stats` adds the processes' figures up, to compare the two sides' work.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ NOT_FOUND = json.dumps({"error": {"code": "Base.1.0.GeneralError",
                                   "message": "The resource was not found"}}).encode()
 UNAUTHORIZED = json.dumps({"error": {"code": "Base.1.0.GeneralError",
                                      "message": "No valid session or credentials"}}).encode()
+BAD_LOGIN = json.dumps({"error": {"code": "Base.1.0.MalformedJSON",
+                                  "message": "The login is not JSON"}}).encode()
 REASONS = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
            404: "Not Found", 405: "Method Not Allowed"}
 
@@ -133,7 +136,7 @@ class FleetServer:
             try:
                 login = json.loads(body)
             except ValueError:
-                return 400, {}, NOT_FOUND
+                return 400, {}, BAD_LOGIN
             if login != bmc.login:
                 return 401, {}, UNAUTHORIZED
             self.stats["logins"] += 1

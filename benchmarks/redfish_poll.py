@@ -17,7 +17,8 @@ temperatures, fans, GPUs, log entries, firmware): `*_wrong_values`.
   as the baseline's includes creating its `sushy.Sushy` objects.
 - Baseline: benchmarks/redfish_sushy.py in Ironic's peer venv (sushy 5.x): a `sushy.Sushy`
   per BMC and the same resources per poll on a thread pool of the same size. No Prometheus
-  Redfish exporter could be installed here (PyPI and Debian have none), which is why.
+  Redfish exporter can be installed here (PyPI and Debian have none; the ones in use are
+  published on GitHub or as container images only), which is why.
 
 `kiln_s` / `baseline_s` are the medians of the steady polls (over `--repeat` runs, the order
 alternating K B, B K, …), `*_first_s` the cold polls'. The fleet's CPU (`fleet_cpu_s`) and
