@@ -136,6 +136,7 @@ class RedfishCollector:
                                               verify=t.verify) for t in self.targets}
         self._pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(self.targets))),
                                         thread_name_prefix="kiln-redfish")
+        self._closed = False
 
     def collect(self, progress: Progress | None = None, *,
                 log_cursors: Mapping[str, Mapping[str, LogCursor]] | None = None) -> list[TargetResult]:
@@ -152,10 +153,13 @@ class RedfishCollector:
         return list(self._pool.map(one, self.targets))
 
     def close(self) -> None:
-        """Stop the thread pool, end the sessions and close the HTTP connections."""
+        """End the sessions and close the HTTP connections (on the pool: one BMC after another,
+        1,000 session DELETEs took 50 s at 50 ms each), then stop the thread pool."""
+        if self._closed:
+            return
+        self._closed = True
+        list(self._pool.map(RedfishClient.close, self.clients.values()))
         self._pool.shutdown(wait=True)
-        for client in self.clients.values():
-            client.close()
 
     def __enter__(self) -> Self:
         return self
