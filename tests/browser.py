@@ -274,3 +274,31 @@ def persist_history(session: Any, now: Any) -> None:
             gpu_samples.append(Sample("dcgm", first, "gpu_last_xid", 79.0, "code", {}, ts))
         persist_results(session, "dcgm", [TargetResult("prometheus", ok=True, samples=gpu_samples)], now=ts)
         session.commit()
+
+
+# --- driving forms and callbacks ---------------------------------------------------------
+
+
+def choose(page: Any, dropdown: str, label: str) -> None:
+    """Open the dropdown with id `dropdown` and pick the option named `label`."""
+    page.click(f"#{dropdown}")
+    page.get_by_role("option", name=label, exact=True).click()
+
+
+def post_callback(page: Any, base_url: str, output_id: str, inputs: list[Any], state: list[Any],
+                  outputs: list[Any] | None = None) -> Any:
+    """POST a Dash callback request as the signed-in browser would (its cookies and CSRF header), to
+    the callback whose outputs include `output_id` (looked up in `/_dash-dependencies`); `inputs` and
+    `state` are its `{id, property, value}` entries (a list of them for a pattern-matching one) in order,
+    `outputs` its `{id, property}` entries (default: parsed from the callback's plain outputs)."""
+    from dashboards.session import CSRF_COOKIE, CSRF_HEADER
+
+    dependencies = page.request.get(f"{base_url}/_dash-dependencies").json()
+    key = next(d["output"] for d in dependencies if f"{output_id}." in d["output"] and "@" not in d["output"])
+    if outputs is None:
+        parts = key.strip(".").split("...")
+        outputs = [dict(zip(("id", "property"), part.rsplit(".", 1), strict=True)) for part in parts]
+    token = next(c["value"] for c in page.context.cookies() if c["name"] == CSRF_COOKIE)
+    body = {"output": key, "outputs": outputs if len(outputs) > 1 else outputs[0], "inputs": inputs, "state": state,
+            "changedPropIds": [f"{inputs[0]['id']}.{inputs[0]['property']}"] if isinstance(inputs[0], dict) else []}
+    return page.request.post(f"{base_url}/_dash-update-component", data=body, headers={CSRF_HEADER: token})
