@@ -17,7 +17,17 @@ from fleet.provisioning.fake import FakeDriver
 from fleet.tenancy_schemas import VdcPublic
 from fleet.vdcs import list_vdcs, to_public
 from kiln.auth import Principal
-from tests.browser import PASSWORD, ConsoleErrors, choose, post_callback, running_console, screenshot, seed_fleet, sign_in
+from tests.browser import (
+    PASSWORD,
+    ConsoleErrors,
+    choose,
+    post_callback,
+    press,
+    running_console,
+    screenshot,
+    seed_fleet,
+    sign_in,
+)
 
 SYSTEM = Principal.system("test")
 
@@ -57,12 +67,8 @@ def grant_check(page: Any, tenant: str) -> Any:
     return page.locator(f"[id='{{\"tenant\":\"{tenant}\",\"type\":\"vdc-grant-on\"}}'] input[type=checkbox]")
 
 
-def save_and_read(page: Any, button: str = "#vdc-save") -> str:
-    """Press the button and wait for its callback's answer to be drawn; the form's message."""
-    with page.expect_response(lambda r: "/_dash-update-component" in r.url and button[1:] in (r.request.post_data or "")):
-        page.click(button)
-    page.wait_for_function("() => !document.querySelector('[data-dash-is-loading=\"true\"]')")
-    return page.inner_text("#vdc-form-message")
+def save_and_read(page: Any) -> str:
+    return press(page, "#vdc-save", "vdc-save", "vdc-form-message")
 
 
 def test_an_admin_creates_changes_and_deletes_a_vdc(console: Any) -> None:
@@ -168,7 +174,7 @@ def test_tenants_get_403_and_their_crafted_callbacks_change_and_reveal_nothing(c
     page.wait_for_selector("#forbidden-title")
     assert page.locator("#vdc-editor").count() == 0
     inputs, state = _save_request("tenant-a", "mine")
-    answer = post_callback(page, console.base_url, "vdc-form-message", inputs, state)
+    answer = post_callback(page, console.base_url, "vdc-save", inputs, state)
     assert answer.status == 200
     assert "Forbidden: role tenant-member may not create VDCs" in answer.text()
     assert definitions(console) == before
@@ -180,7 +186,7 @@ def test_tenants_get_403_and_their_crafted_callbacks_change_and_reveal_nothing(c
         ("vdc-delete", "disabled"))]
     outputs += [[{"id": {"type": f"vdc-grant-{kind}", "tenant": t}, "property": "value"} for t in ("tenant-a", "tenant-b")]
                 for kind in ("on", "max_nodes", "max_gpus", "max_gpu_hours", "budget")]
-    loaded = post_callback(page, console.base_url, "vdc-description", [{"id": "vdc-pick", "property": "value",
+    loaded = post_callback(page, console.base_url, "vdc-pick", [{"id": "vdc-pick", "property": "value",
                                                                           "value": "train"}], [], outputs)
     assert loaded.status == 204 and "tenant-b" not in loaded.text()
     page.context.close()
