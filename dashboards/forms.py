@@ -33,10 +33,10 @@ def text_input(element_id: str, placeholder: str = "", **props: Any) -> dcc.Inpu
     return dcc.Input(id=element_id, type="text", placeholder=placeholder, debounce=False, **props)
 
 
-def count_input(element_id: Any, placeholder: str = "no limit") -> dcc.Input:
+def count_input(element_id: Any, placeholder: str = "no limit", **props: Any) -> dcc.Input:
     """A whole-number box (empty: no limit). No `min`: Dash would drop an out-of-range number to
     None (no limit) silently; the service refuses it instead, with its reason."""
-    return dcc.Input(id=element_id, type="number", step=1, placeholder=placeholder)
+    return dcc.Input(id=element_id, type="number", step=1, placeholder=placeholder, **props)
 
 
 def problem_text(error: KilnError) -> str:

@@ -5,11 +5,12 @@ returns (`fleet.vdcs.to_public`); saving builds `VdcCreate` / `VdcUpdate` from t
 calls `fleet.vdcs.create_vdc` / `update_vdc`, deleting calls `delete_vdc` — the functions and
 validation behind `POST/PATCH/DELETE /api/v1/vdcs`. A refusal (bad input, a name taken, leases
 in force, a caller who is not an infra admin) is shown next to the form as its problem detail
-and nothing is stored. Grants are one row per tenant: granted or not, and that tenant's quotas.
+and nothing is stored. Grants: the tenants the VDC is granted to, and a row of quotas per tenant.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -23,7 +24,6 @@ from dashboards.components import allowed
 from dashboards.context import current_principal, db_session
 from dashboards.forms import NEW, attempt, blank_to_none, count_input, done, field, message, refused, split_list, text_input
 from fleet import vdcs as vdc_service
-from fleet.nodes import list_nodes
 from fleet.tenancy_schemas import VdcCreate, VdcPublic, VdcUpdate
 from kiln.auth import Principal
 from kiln.roles import Role
@@ -37,36 +37,44 @@ SELECTOR_FIELDS = (  # (selector kind, label, placeholder): comma-separated valu
 )
 QUOTAS = (("max_nodes", "Max nodes"), ("max_gpus", "Max GPUs"), ("max_gpu_hours", "Max GPU-hours / month"),
           ("budget", "Budget / month"))
-GRANT_ON = "vdc-grant-on"
+GRANT_ON, GRANTED, NOT_GRANTED = "vdc-grant-on", "granted", "not granted"
+GRANT_CHOICES = [GRANTED, NOT_GRANTED]
 
 
-def _quota_input(element_id: Any, quota: str) -> dcc.Input:
+def _quota_input(element_id: Any, quota: str, **props: Any) -> dcc.Input:
     if quota == "budget":  # money: an exact decimal string, never a float
-        return dcc.Input(id=element_id, type="text", inputMode="decimal", placeholder="no budget")
-    return count_input(element_id)
+        return dcc.Input(id=element_id, type="text", inputMode="decimal", placeholder="no budget", **props)
+    return count_input(element_id, **props)
+
+
+def dom_id(component_id: dict[str, str]) -> str:
+    """The element id Dash gives a pattern-matching component (for a `<label for>`)."""
+    return json.dumps(component_id, sort_keys=True, separators=(",", ":"))
 
 
 def _grant_row(slug: str) -> html.Tr:
-    cells = [html.Td(dcc.Checklist(id={"type": GRANT_ON, "tenant": slug}, options=[{"label": f" {slug}", "value": slug}],
-                                   value=[], className="grant-on"))]
+    """Whether the VDC is granted to the tenant, and its quotas inside the VDC (usable once granted)."""
+    choice = {"type": GRANT_ON, "tenant": slug}
+    cells = [html.Td(slug), html.Td([
+        html.Label(f"Grant to {slug}", htmlFor=dom_id(choice), className="visually-hidden"),
+        dcc.Dropdown(id=choice, options=GRANT_CHOICES, value=NOT_GRANTED, clearable=False, searchable=False),
+    ], className="grant-on")]
     for quota, label in QUOTAS:  # each box labelled by its column and tenant for screen readers
-        cells.append(html.Td(html.Label([html.Span(f"{label} for {slug}", className="visually-hidden"),
-                                         _quota_input({"type": f"vdc-grant-{quota}", "tenant": slug}, quota)])))
+        box = _quota_input({"type": f"vdc-grant-{quota}", "tenant": slug}, quota, disabled=True)
+        cells.append(html.Td(html.Label([html.Span(f"{label} for {slug}", className="visually-hidden"), box])))
     return html.Tr(cells)
 
 
 def editor(session: Session, principal: Principal, vdcs: list[VdcPublic]) -> html.Section:
     """The form: VDC picker, name, description, selectors, explicit nodes, quotas, grants, save/delete."""
-    nodes = [n.name for n in list_nodes(session, principal)]
     tenants = [t.slug for t in list_tenants(session, principal)]
     selectors = [field(label, text_input(f"vdc-{kind}", placeholder), f"vdc-{kind}", "comma-separated")
                  for kind, label, placeholder in SELECTOR_FIELDS]
     quotas = [field(label, _quota_input(f"vdc-{quota}", quota), f"vdc-{quota}") for quota, label in QUOTAS]
     grants = html.Table([
-        html.Thead(html.Tr([html.Th("Granted to"), *[html.Th(label) for _, label in QUOTAS]])),
+        html.Thead(html.Tr([html.Th("Tenant"), html.Th("Grant"), *[html.Th(label) for _, label in QUOTAS]])),
         html.Tbody([_grant_row(slug) for slug in tenants]),
-    ], className="table grants") if tenants else html.P("No tenants yet: create one with `kiln tenants create`.",
-                                                        className="empty-state")
+    ], className="table grants") if tenants else html.P("No tenants yet: create one with `kiln tenants create`.", className="empty-state")
     return html.Section([
         html.H2("Create or change a VDC"),
         html.Div([
@@ -75,7 +83,7 @@ def editor(session: Session, principal: Principal, vdcs: list[VdcPublic]) -> htm
             field("Description", text_input("vdc-description", "what the slice is for"), "vdc-description"),
         ], className="form-row"),
         html.H3("Members: explicit nodes and selectors"),
-        html.Div([field("Nodes", dcc.Dropdown(id="vdc-nodes", options=nodes, multi=True, placeholder="none"), "vdc-nodes"),
+        html.Div([field("Nodes", text_input("vdc-nodes", "gpu-a01, gpu-a02"), "vdc-nodes", "comma-separated names"),
                   *selectors], className="form-row"),
         html.H3("Quotas of the whole VDC"),
         html.Div(quotas, className="form-row"),
@@ -112,50 +120,55 @@ def load(pick: str | None) -> tuple:
         with db_session() as session:
             vdc = vdc_service.to_public(session, principal, [vdc_service.get_vdc_by_name(session, principal, pick)])[0]
     if vdc is None:
-        fields = ["", "", *([""] * len(SELECTOR_FIELDS)), [], *([None] * len(QUOTAS))]
+        fields = ["", "", *([""] * len(SELECTOR_FIELDS)), "", *([None] * len(QUOTAS))]
         grants: dict[str, Any] = {}
     else:
         chosen = {kind: ", ".join(s.value for s in vdc.selectors if s.kind == kind) for kind, *_ in SELECTOR_FIELDS}
-        fields = [vdc.name, vdc.description, *chosen.values(), vdc.nodes, *(_shown(getattr(vdc, q)) for q, _ in QUOTAS)]
         grants = {g.tenant: g for g in vdc.tenants}
-    columns = [[[slug] if slug in grants else [] for slug in tenants]]
+        fields = [vdc.name, vdc.description, *chosen.values(), ", ".join(vdc.nodes),
+                  *(_shown(getattr(vdc, q)) for q, _ in QUOTAS)]
+    columns = [[GRANTED if slug in grants else NOT_GRANTED for slug in tenants]]
     columns += [[_shown(getattr(grants[slug], quota)) if slug in grants else None for slug in tenants] for quota, _ in QUOTAS]
     return (*fields, vdc is not None, vdc is None, *columns)
+
+
+def enable_grants(choices: list[str]) -> tuple:
+    """Quota boxes usable for the tenants granted, greyed out for the others."""
+    return tuple([choice != GRANTED for choice in choices] for _ in QUOTAS)
 
 
 def _shown(value: Any) -> Any:
     return str(value) if value is not None and not isinstance(value, int) else value
 
 
-def _request(description, selector_values, nodes, quotas, grant_columns, tenants) -> dict[str, Any]:
-    granted, *quota_columns = grant_columns
-    grants = [{"tenant": slug, **{quota: blank_to_none(column[i]) for (quota, _), column in zip(QUOTAS, quota_columns,
-                                                                                                   strict=True)}}
-              for i, slug in enumerate(tenants) if granted[i]]
-    selectors = [{"kind": kind, "value": value} for (kind, *_), values in zip(SELECTOR_FIELDS, selector_values, strict=True)
-                 for value in split_list(values)]
-    return {"description": (description or "").strip(), "nodes": list(nodes or []), "selectors": selectors,
-            "tenants": grants, **{quota: blank_to_none(v) for (quota, _), v in zip(QUOTAS, quotas, strict=True)}}
+def _request(form: dict[str, Any], columns: list[list[Any]], tenants: list[str]) -> dict[str, Any]:
+    """The body of `POST/PATCH /api/v1/vdcs` (less the name) from the form's values."""
+    choices, *quotas = columns
+    grants = [{"tenant": slug, **{quota: blank_to_none(column[i]) for (quota, _), column in zip(QUOTAS, quotas, strict=True)}}
+              for i, slug in enumerate(tenants) if choices[i] == GRANTED]
+    selectors = [{"kind": kind, "value": value} for kind, *_ in SELECTOR_FIELDS for value in split_list(form[f"vdc-{kind}"])]
+    return {"description": (form["vdc-description"] or "").strip(), "nodes": split_list(form["vdc-nodes"]),
+            "selectors": selectors, "tenants": grants, **{quota: blank_to_none(form[f"vdc-{quota}"]) for quota, _ in QUOTAS}}
 
 
-def save(overview: Callable[[], Any], n_clicks: int, pick: str | None, name: str | None, description: str | None,
-         *rest: Any) -> tuple:
+def save(overview: Callable[[], Any], n_clicks: int, pick: str | None, *values: Any) -> tuple:
     """Create the VDC (picker on "New VDC") or change the picked one; say what happened or why not
-    (`overview()`: the page's tables, redrawn after a change)."""
+    (`values`: the FORM_FIELDS, the GRANT_IDS columns, the grant rows' ids; `overview()`: the page's
+    tables, redrawn after a change)."""
     if not n_clicks:
         raise PreventUpdate
-    selector_values, rest = rest[:len(SELECTOR_FIELDS)], rest[len(SELECTOR_FIELDS):]
-    nodes, quotas, grant_columns = rest[0], rest[1:1 + len(QUOTAS)], rest[1 + len(QUOTAS):-1]
-    tenants = [i["tenant"] for i in rest[-1]]
-    values = _request(description, selector_values, nodes, quotas, grant_columns, tenants)
+    form = dict(zip(FORM_FIELDS, values[:len(FORM_FIELDS)], strict=True))
+    columns, ids = list(values[len(FORM_FIELDS):-1]), values[-1]
+    body = _request(form, columns, [i["tenant"] for i in ids])
     principal = current_principal()
 
     def change(session: Session) -> str:
         if not pick or pick == NEW:
-            vdc = vdc_service.create_vdc(session, principal, parse_model(VdcCreate, {"name": (name or "").strip(), **values}))
+            data = parse_model(VdcCreate, {"name": (form["vdc-name"] or "").strip(), **body})
+            vdc = vdc_service.create_vdc(session, principal, data)
         else:
             vdc_id = vdc_service.get_vdc_by_name(session, principal, pick).id
-            vdc = vdc_service.update_vdc(session, principal, vdc_id, parse_model(VdcUpdate, values, keep_none=True))
+            vdc = vdc_service.update_vdc(session, principal, vdc_id, parse_model(VdcUpdate, body, keep_none=True))
         return vdc.name
 
     saved, error = attempt(change)
@@ -186,17 +199,19 @@ def _refreshed(overview: Callable[[], Any], picked: str) -> tuple:
 
 def register(app: dash.Dash, overview: Callable[[], Any]) -> None:
     """Register the editor's callbacks; `overview()` redraws the page's tables after a change."""
-    grant_outputs = [Output({"type": kind, "tenant": ALL}, "value") for kind in GRANT_IDS]
     app.callback(
         *[Output(i, "value") for i in FORM_FIELDS], Output("vdc-name", "disabled"), Output("vdc-delete", "disabled"),
-        *grant_outputs, Input("vdc-pick", "value"), prevent_initial_call=True,
+        *[Output({"type": kind, "tenant": ALL}, "value") for kind in GRANT_IDS], Input("vdc-pick", "value"),
+        prevent_initial_call=True,
     )(load)
+    app.callback(*[Output({"type": kind, "tenant": ALL}, "disabled") for kind in GRANT_IDS[1:]],
+                 Input({"type": GRANT_ON, "tenant": ALL}, "value"), prevent_initial_call=True)(enable_grants)
     changed = (Output("vdc-form-message", "children"), Output("vdc-overview", "children"),
                Output("vdc-pick", "options"), Output("vdc-pick", "value"))
     app.callback(
-        *changed, Input("vdc-save", "n_clicks"), State("vdc-pick", "value"),
-        *[State(i, "value") for i in FORM_FIELDS], *[State({"type": kind, "tenant": ALL}, "value") for kind in GRANT_IDS],
-        State({"type": GRANT_ON, "tenant": ALL}, "id"), prevent_initial_call=True,
+        *changed, Input("vdc-save", "n_clicks"), State("vdc-pick", "value"), *[State(i, "value") for i in FORM_FIELDS],
+        *[State({"type": kind, "tenant": ALL}, "value") for kind in GRANT_IDS],
+        State({"type": GRANT_IDS[0], "tenant": ALL}, "id"), prevent_initial_call=True,
     )(partial(save, overview))
     app.callback(
         *[Output(o.component_id, o.component_property, allow_duplicate=True) for o in changed],

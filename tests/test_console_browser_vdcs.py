@@ -63,8 +63,15 @@ def grant_box(page: Any, quota: str, tenant: str) -> Any:
     return page.locator(f"[id='{{\"tenant\":\"{tenant}\",\"type\":\"vdc-grant-{quota}\"}}']")
 
 
-def grant_check(page: Any, tenant: str) -> Any:
-    return page.locator(f"[id='{{\"tenant\":\"{tenant}\",\"type\":\"vdc-grant-on\"}}'] input[type=checkbox]")
+def grant(page: Any, tenant: str, choice: str) -> None:
+    """Grant the VDC to the tenant or not, in the tenant's row."""
+    dom_id = f'{{"tenant":"{tenant}","type":"vdc-grant-on"}}'
+    page.click(f"[id='{dom_id}']")
+    page.get_by_role("option", name=choice, exact=True).click()
+
+
+def grant_choice(page: Any, tenant: str) -> str:
+    return page.inner_text(f"[id='{{\"tenant\":\"{tenant}\",\"type\":\"vdc-grant-on\"}}']")
 
 
 def save_and_read(page: Any) -> str:
@@ -78,13 +85,14 @@ def test_an_admin_creates_changes_and_deletes_a_vdc(console: Any) -> None:
     page.fill("#vdc-description", "inference pool")
     page.fill("#vdc-rack", "r9, r10")
     page.fill("#vdc-tag", "infer")
-    choose(page, "vdc-nodes", "gpu-free1")
+    page.fill("#vdc-nodes", "gpu-free1")
     page.fill("#vdc-max_gpus", "16")
     page.fill("#vdc-budget", "1200.50")
-    grant_check(page, "tenant-a").check()
+    assert grant_box(page, "max_gpus", "tenant-a").is_disabled()  # not granted yet
+    grant(page, "tenant-a", "granted")
+    grant(page, "tenant-b", "granted")
     grant_box(page, "max_gpus", "tenant-a").fill("4")
     grant_box(page, "max_gpu_hours", "tenant-a").fill("700")
-    grant_check(page, "tenant-b").check()
     grant_box(page, "max_nodes", "tenant-b").fill("1")
     assert save_and_read(page) == "VDC infer created."
     vdc = stored(console)["infer"]
@@ -99,7 +107,8 @@ def test_an_admin_creates_changes_and_deletes_a_vdc(console: Any) -> None:
     assert page.is_disabled("#vdc-name") and page.input_value("#vdc-name") == "infer"
     screenshot(page, "admin-vdc-created")
 
-    grant_check(page, "tenant-b").uncheck()
+    grant(page, "tenant-b", "not granted")
+    page.wait_for_function("() => document.querySelector('[id*=\"vdc-grant-max_nodes\"][id*=\"tenant-b\"]').disabled")
     grant_box(page, "max_gpus", "tenant-a").fill("6")
     page.fill("#vdc-max_gpus", "")  # cleared: no VDC-wide GPU limit any more
     page.fill("#vdc-tag", "")
@@ -110,7 +119,7 @@ def test_an_admin_creates_changes_and_deletes_a_vdc(console: Any) -> None:
 
     choose(page, "vdc-pick", "train")  # the seeded VDC: its fields are loaded
     page.wait_for_function("() => document.querySelector('#vdc-name').value === 'train'")
-    assert grant_check(page, "tenant-a").is_checked() and grant_box(page, "max_gpu_hours", "tenant-a").input_value() == "5000"
+    assert grant_choice(page, "tenant-a") == grant_choice(page, "tenant-b") == "granted" and grant_box(page, "max_gpu_hours", "tenant-a").input_value() == "5000"
     assert grant_box(page, "max_gpus", "tenant-b").input_value() == "8" and page.input_value("#vdc-max_gpus") == "32"
     page.once("dialog", lambda dialog: dialog.accept())
     page.click("#vdc-delete")  # tenants hold leases in it: refused, kept
@@ -131,17 +140,19 @@ def test_an_admin_creates_changes_and_deletes_a_vdc(console: Any) -> None:
     page.context.close()
 
 
-@pytest.mark.parametrize(("name", "quota", "problem"), [
-    ("Bad Name!", "3", "Validation failed: name: String should match pattern"),
-    ("train", "3", "Conflict: a VDC named 'train' already exists"),
-    ("fresh", "-1", "Validation failed: tenants.0.max_gpus: Input should be greater than or equal to 0"),
+@pytest.mark.parametrize(("name", "nodes", "quota", "problem"), [
+    ("Bad Name!", "gpu-free2", "3", "Validation failed: name: String should match pattern"),
+    ("train", "gpu-free2", "3", "Conflict: a VDC named 'train' already exists"),
+    ("fresh", "gpu-free2", "-1", "Validation failed: tenants.0.max_gpus: Input should be greater than or equal to 0"),
+    ("fresh", "gpu-free2, gpu-nope", "3", "Not found: no such node: gpu-nope"),
 ])
-def test_refusals_are_shown_next_to_the_form_and_store_nothing(console: Any, name: str, quota: str, problem: str) -> None:
+def test_refusals_are_shown_next_to_the_form_and_store_nothing(console: Any, name: str, nodes: str, quota: str,
+                                                               problem: str) -> None:
     before = definitions(console)
     page, errors = page_as(console, "ops-admin", "/vdcs")
     page.fill("#vdc-name", name)
-    choose(page, "vdc-nodes", "gpu-free2")
-    grant_check(page, "tenant-a").check()
+    page.fill("#vdc-nodes", nodes)
+    grant(page, "tenant-a", "granted")
     grant_box(page, "max_gpus", "tenant-a").fill(quota)
     assert save_and_read(page).startswith(problem)
     assert page.locator("#vdc-form-message [role=alert]").count() == 1
@@ -155,14 +166,14 @@ def _save_request(tenant: str, name: str) -> tuple[list, list]:
     """The save callback's inputs and states as the browser sends them, granting `tenant`."""
     plain = ("vdc-name", "vdc-description", "vdc-rack", "vdc-tag", "vdc-resource_class", "vdc-gpu_model", "vdc-nodes",
              "vdc-max_nodes", "vdc-max_gpus", "vdc-max_gpu_hours", "vdc-budget")
-    values = {"vdc-name": name, "vdc-nodes": ["gpu-free3"]}
+    values = {"vdc-name": name, "vdc-nodes": "gpu-free3"}
     state = [{"id": "vdc-pick", "property": "value", "value": "__new__"}]
     state += [{"id": i, "property": "value", "value": values.get(i)} for i in plain]
     for kind in ("on", "max_nodes", "max_gpus", "max_gpu_hours", "budget"):
-        pattern_id = {"type": f"vdc-grant-{kind}", "tenant": tenant}
-        state.append([{"id": pattern_id, "property": "value", "value": [tenant] if kind == "on" else None}])
-    state.append([{"id": {"type": "vdc-grant-on", "tenant": tenant}, "property": "id",
-                   "value": {"type": "vdc-grant-on", "tenant": tenant}}])
+        state.append([{"id": {"type": f"vdc-grant-{kind}", "tenant": tenant}, "property": "value",
+                       "value": "granted" if kind == "on" else 1}])
+    pattern_id = {"type": "vdc-grant-on", "tenant": tenant}
+    state.append([{"id": pattern_id, "property": "id", "value": pattern_id}])
     return [{"id": "vdc-save", "property": "n_clicks", "value": 1}], state
 
 
