@@ -9,7 +9,6 @@ are fixed (the API changes only name, amount and thresholds), so those fields ar
 
 from __future__ import annotations
 
-from typing import Any
 
 import dash
 from dash import Input, Output, State, dcc, html, no_update

@@ -20,7 +20,7 @@ from dash import ALL, Input, Output, State, callback_context, dcc, html, no_upda
 from dash.exceptions import PreventUpdate
 from sqlmodel import Session
 
-from dashboards.components import allowed
+from dashboards.components import allowed, empty_state
 from dashboards.context import current_principal, db_session
 from dashboards.forms import NEW, attempt, blank_to_none, count_input, done, field, message, refused, split_list, text_input
 from fleet import vdcs as vdc_service
@@ -74,7 +74,7 @@ def editor(session: Session, principal: Principal, vdcs: list[VdcPublic]) -> htm
     grants = html.Table([
         html.Thead(html.Tr([html.Th("Tenant"), html.Th("Grant"), *[html.Th(label) for _, label in QUOTAS]])),
         html.Tbody([_grant_row(slug) for slug in tenants]),
-    ], className="table grants") if tenants else html.P("No tenants yet: create one with `kiln tenants create`.", className="empty-state")
+    ], className="table grants") if tenants else empty_state("No tenants yet: create one with `kiln tenants create`.")
     return html.Section([
         html.H2("Create or change a VDC"),
         html.Div([

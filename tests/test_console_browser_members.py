@@ -116,7 +116,8 @@ def test_a_tenant_admin_creates_changes_and_deletes_budgets(console: Any) -> Non
     page.fill("#budget-name", "gpu spend")
     choose(page, "budget-vdc", "train")
     page.fill("#budget-amount", "-5")
-    assert press(page, "#budget-save", "budget-save", "budget-message") == "Validation failed: amount: amount '-5' must not be negative"
+    refusal = press(page, "#budget-save", "budget-save", "budget-message")
+    assert refusal == "Validation failed: amount: amount '-5' must not be negative"
     assert budgets(console) == before
     page.fill("#budget-amount", "1000.25")
     page.fill("#budget-thresholds", "90, 50")

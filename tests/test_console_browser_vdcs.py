@@ -119,7 +119,8 @@ def test_an_admin_creates_changes_and_deletes_a_vdc(console: Any) -> None:
 
     choose(page, "vdc-pick", "train")  # the seeded VDC: its fields are loaded
     page.wait_for_function("() => document.querySelector('#vdc-name').value === 'train'")
-    assert grant_choice(page, "tenant-a") == grant_choice(page, "tenant-b") == "granted" and grant_box(page, "max_gpu_hours", "tenant-a").input_value() == "5000"
+    assert grant_choice(page, "tenant-a") == grant_choice(page, "tenant-b") == "granted"
+    assert grant_box(page, "max_gpu_hours", "tenant-a").input_value() == "5000"
     assert grant_box(page, "max_gpus", "tenant-b").input_value() == "8" and page.input_value("#vdc-max_gpus") == "32"
     page.once("dialog", lambda dialog: dialog.accept())
     page.click("#vdc-delete")  # tenants hold leases in it: refused, kept

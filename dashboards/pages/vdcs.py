@@ -13,6 +13,7 @@ from dashboards.components import allowed, data_grid, forbidden, section, table
 from dashboards.context import current_principal, db_session
 from dashboards.figures import Figure, empty_figure, share_bars
 from dashboards.tenancy_data import quota_rows, vdc_summaries, visible_vdcs
+from fleet.tenancy_schemas import VdcPublic
 from kiln.roles import Role
 
 PATH = "/vdcs"
@@ -41,11 +42,12 @@ def quota_figure(rows: list[dict]) -> Figure:
                       (QUOTA_WARNING_PERCENT, 100), warn_at=[QUOTA_WARNING_PERCENT] * len(shares))
 
 
-def overview() -> html.Div:
-    """The slices of the fleet, quota use and grants, as the caller may see them (the editor redraws it)."""
+def overview(loaded: list[VdcPublic] | None = None) -> html.Div:
+    """The slices of the fleet, quota use and grants, as the caller may see them (`loaded`: the
+    caller's VDCs when already read); the editor redraws it after a change."""
     principal = current_principal()
     with db_session() as session:
-        loaded = visible_vdcs(session, principal)
+        loaded = loaded if loaded is not None else visible_vdcs(session, principal)
         vdcs = vdc_summaries(session, principal, loaded)
         grants = quota_rows(session, principal, loaded)
     return html.Div([
@@ -69,8 +71,9 @@ def layout(**_: str) -> html.Div:
     if not allowed(principal, ROLES):
         return forbidden(principal, "The VDC and quota page")
     with db_session() as session:
-        form = vdc_forms.editor(session, principal, visible_vdcs(session, principal))
-    return html.Div([html.Div(html.H1("VDCs and quotas"), className="page-head"), overview(), form])
+        loaded = visible_vdcs(session, principal)
+        form = vdc_forms.editor(session, principal, loaded)
+    return html.Div([html.Div(html.H1("VDCs and quotas"), className="page-head"), overview(loaded), form])
 
 
 def register(app: dash.Dash) -> None:
