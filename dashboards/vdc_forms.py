@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from functools import partial
+from decimal import Decimal
 from typing import Any
 
 import dash
@@ -29,6 +30,7 @@ from kiln.auth import Principal
 from kiln.roles import Role
 from kiln.tenants import list_tenants
 from kiln.validation import parse_model
+from metering.money import plain
 
 ROLES = (Role.INFRA_ADMIN,)
 SELECTOR_FIELDS = (  # (selector kind, label, placeholder): comma-separated values, each one selector
@@ -138,7 +140,8 @@ def enable_grants(choices: list[str]) -> tuple:
 
 
 def _shown(value: Any) -> Any:
-    return str(value) if value is not None and not isinstance(value, int) else value
+    """A stored limit as its box shows it: counts as numbers, a budget as its plain decimal."""
+    return str(plain(value)) if isinstance(value, Decimal) else value
 
 
 def _request(form: dict[str, Any], columns: list[list[Any]], tenants: list[str]) -> dict[str, Any]:

@@ -93,6 +93,7 @@ def test_a_tenant_admin_sees_adds_deactivates_and_reactivates_members(console: A
     dana, tenants = user(console, "dana")
     assert dana is not None and dana.role == Role.TENANT_MEMBER.value and tenants == ["tenant-a"] and dana.is_active
     assert "Dana Scully" in page.inner_text("#members-list")
+    assert page.input_value("#member-username") == page.input_value("#member-password") == ""  # the form is emptied
 
     for username, problem in (("Dana!", "Validation failed: username: String should match pattern"),
                               ("bob", "Conflict: a user named 'bob' already exists")):

@@ -105,6 +105,7 @@ def test_an_admin_creates_changes_and_deletes_a_vdc(console: Any) -> None:
     assert "tenant-a, tenant-b" in page.inner_text("#vdc-table")
     # the saved VDC is now picked: its name is permanent, its fields are what was stored
     assert page.is_disabled("#vdc-name") and page.input_value("#vdc-name") == "infer"
+    assert page.input_value("#vdc-budget") == "1200.5" and grant_box(page, "max_gpu_hours", "tenant-a").input_value() == "700"
     screenshot(page, "admin-vdc-created")
 
     grant(page, "tenant-b", "not granted")

@@ -31,6 +31,7 @@ ROLES = (Role.INFRA_ADMIN, Role.TENANT_ADMIN)
 MEMBER_ROLES = [{"label": "tenant member", "value": Role.TENANT_MEMBER.value},
                 {"label": "tenant admin", "value": Role.TENANT_ADMIN.value}]
 NEW_MEMBER_FIELDS = ("member-username", "member-full-name", "member-email", "member-password", "member-role")
+CLEARED_ON_ADD = NEW_MEMBER_FIELDS[:4]  # emptied once the member is added (the password above all)
 TOGGLE = "member-active"
 
 
@@ -109,16 +110,17 @@ def show(slug: str | None) -> list:
 
 def add_member(n_clicks: int, slug: str | None, username: str | None, full_name: str | None, email: str | None,
                password: str | None, role: str | None) -> tuple:
-    """Create a user in the tenant with the chosen tenant role (`kiln.users.create_user`)."""
+    """Create a user in the tenant with the chosen tenant role (`kiln.users.create_user`); the form is
+    emptied once they are added."""
     if not n_clicks or not slug:
         raise PreventUpdate
     principal = current_principal()
     values = {"username": (username or "").strip(), "role": role, "tenants": [slug], "password": password or None,
               "full_name": (full_name or "").strip(), "email": blank_to_none(email)}
     _, error = attempt(lambda session: create_user(session, principal, parse_model(UserCreate, values)))
-    if error:
-        return refused(error), no_update
-    return done(f"{values['username']} added to {slug}."), _members(slug)
+    if error:  # what was typed stays, to be corrected
+        return refused(error), no_update, *([no_update] * len(CLEARED_ON_ADD))
+    return done(f"{values['username']} added to {slug}."), _members(slug), *([""] * len(CLEARED_ON_ADD))
 
 
 def toggle_member(clicks: list[int | None], slug: str | None) -> tuple:
@@ -151,7 +153,8 @@ def register(app: dash.Dash) -> None:
     dash.register_page(__name__, path=PATH, name="Members", title="Members and budgets — Kiln", layout=layout, order=6)
     app.callback(Output("members-body", "children"), Input("members-tenant", "value"), prevent_initial_call=True)(show)
     outputs = (Output("members-message", "children"), Output("members-table", "children"))
-    app.callback(*outputs, Input("member-add", "n_clicks"), State("members-tenant", "value"),
+    app.callback(*outputs, *[Output(i, "value") for i in CLEARED_ON_ADD], Input("member-add", "n_clicks"),
+                 State("members-tenant", "value"),
                  *[State(i, "value") for i in NEW_MEMBER_FIELDS], prevent_initial_call=True)(add_member)
     app.callback(*[Output(o.component_id, o.component_property, allow_duplicate=True) for o in outputs],
                  Input({"type": TOGGLE, "user": ALL}, "n_clicks"), State("members-tenant", "value"),
