@@ -1,6 +1,7 @@
 """A month of billing for a GPU fleet, end to end: Kiln vs the raw PromQL it would otherwise need.
 
     python -m benchmarks.billing [--nodes 1000 --tenants 200 | --quick] [--days 30] [--repeat 1] [--out-dir DIR]
+                                 [--attribution-share 0.1]
 
 The fleet and its allocation history come from the same seeded generator as the dcgm_query
 benchmark (tests/peers/gpu_history.py): NODES × 8 NVIDIA H100 over DAYS at 5-minute steps,
@@ -20,6 +21,13 @@ Timed, in a separate process so its peak RSS is Kiln's alone (after imports):
   one range query (step 1 h over the window) of `sum by (namespace)(count_over_time(
   DCGM_FI_DEV_GPU_UTIL{namespace!=""}[1h]))`, a plain HTTP GET with `requests`, JSON decoded.
 
+Attribution (`--attribution-share`, 0 to skip): a copy of the database gets MIG pods,
+time-sliced pods, metered energy and carbon intensity on that share of the nodes
+(`benchmarks/attribution_seed.py`), and the same Kiln run is timed on it too, right after the
+plain one in every repeat: `attribution_added_s` is the median difference, i.e. what MIG/shared
+GPU splitting, energy attribution and the FOCUS energy/carbon columns cost; its energy invariants
+are checked (`attribution_checks`).
+
 Both answers are checked hour by hour against the generator's schedule (`exact`: every
 tenant-hour's GPU-hours in Kiln's usage records, to the 6th decimal place Kiln stores, and every
 tenant-hour's sample count in Prometheus' answer), and the bills against the export (FOCUS
@@ -32,6 +40,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -221,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="50 nodes, 40 tenants")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--out-dir", type=Path, help="leave the FOCUS CSV and Parquet (and chargeback CSV) here")
+    parser.add_argument("--attribution-share", type=float, default=0.1,
+                        help="share of nodes given MIG/time-sliced pods and metered energy in a second, timed run (0: none)")
     parser.add_argument("--kiln-worker", nargs=3, metavar=("URL", "PERIOD", "OUT_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.kiln_worker:
@@ -242,10 +253,19 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="kiln-billing-bench-") as tmp:
         out_dir = args.out_dir or Path(tmp) / "out"
         out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "attributed").mkdir(exist_ok=True)
         url = f"sqlite:///{Path(tmp) / 'kiln.db'}"
         began = time.monotonic()
         allocations, period = fill_database(url, gpus, spec)
         log(f"database ready in {time.monotonic() - began:.1f} s: {allocations:,} allocation rows, period {period}")
+        attributed_url, attribution = None, {}
+        if args.attribution_share > 0:
+            from benchmarks.attribution_seed import add_attribution
+
+            shutil.copyfile(Path(tmp) / "kiln.db", Path(tmp) / "kiln-attributed.db")
+            attributed_url = f"sqlite:///{Path(tmp) / 'kiln-attributed.db'}"
+            attribution = add_attribution(attributed_url, spec, args.attribution_share)
+            log(f"attribution copy ready: {attribution}")
         state = Path(tmp) / "prometheus"
         started = subprocess.run(["bash", str(PROMETHEUS_SH), "start", str(state), str(blocks),
                                   "--storage.tsdb.max-block-duration=1d"], capture_output=True, text=True, timeout=600)
@@ -255,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         prom = started.stdout.strip().splitlines()[-1]
         try:
             baseline_query(prom, start, end)  # warm-up, not timed
-            kiln_runs, base_runs, base_counts = [], [], Counter()
+            kiln_runs, base_runs, base_counts, attributed_runs = [], [], Counter(), []
             for r in range(args.repeat):
                 for side in (("kiln", "baseline") if r % 2 == 0 else ("baseline", "kiln")):
                     if side == "baseline":
@@ -265,10 +285,23 @@ def main(argv: list[str] | None = None) -> int:
                         done = subprocess.run([sys.executable, "-m", "benchmarks.billing", "--kiln-worker", url, period,
                                                str(out_dir)], cwd=REPO, capture_output=True, text=True, check=True)
                         kiln_runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+                        if attributed_url:
+                            done = subprocess.run([sys.executable, "-m", "benchmarks.billing", "--kiln-worker", attributed_url,
+                                                   period, str(out_dir / "attributed")], cwd=REPO, capture_output=True,
+                                                  text=True, check=True)
+                            attributed_runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
                 log(f"repeat {r + 1}: kiln {kiln_runs[-1]['kiln_s']:.2f} s, baseline {base_runs[-1]:.2f} s")
         finally:
             subprocess.run(["bash", str(PROMETHEUS_SH), "stop", str(state)], capture_output=True, timeout=60)
         got_hours = kiln_hours(url)
+        if attributed_url:
+            from benchmarks.attribution_seed import attribution_checks
+
+            attribution.update(attribution_checks(attributed_url, period))
+            attributed_s = statistics.median(r["kiln_s"] for r in attributed_runs)
+            attribution.update(kiln_attributed_s=round(attributed_s, 3),
+                               peak_rss_attributed_mb=attributed_runs[-1]["peak_rss_mb"],
+                               focus_matches_bills=attributed_runs[-1]["focus_matches_bills"])
     kiln_s, baseline_s = statistics.median(r["kiln_s"] for r in kiln_runs), statistics.median(base_runs)
     last = kiln_runs[-1]
     want = {key: (Decimal(n) / STEPS_PER_HOUR).quantize(Decimal("0.000001")) for key, n in expected.items()}
@@ -301,8 +334,13 @@ def main(argv: list[str] | None = None) -> int:
         "kiln_runs_s": [round(r["kiln_s"], 3) for r in kiln_runs],
         "baseline_runs_s": [round(t, 3) for t in base_runs],
         "out_dir": str(args.out_dir) if args.out_dir else None,
+        "attribution_share": args.attribution_share,
+        "attribution_added_s": round(attribution["kiln_attributed_s"] - kiln_s, 3) if attribution else None,
+        "attribution": attribution or None,
     }))
-    return 0 if kiln_exact and base_exact and last["focus_matches_bills"] else 1
+    attribution_ok = not attribution or (attribution["energy_within_metered"] and attribution["energy_adds_up"]
+                                         and attribution["focus_matches_bills"])
+    return 0 if kiln_exact and base_exact and last["focus_matches_bills"] and attribution_ok else 1
 
 
 if __name__ == "__main__":

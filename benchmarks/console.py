@@ -70,8 +70,9 @@ def log(message: str) -> None:
 
 
 def pages(seeded: dict) -> list[dict[str, Any]]:
-    """Every console page, who opens it, how many charts it draws, the API calls that give its data,
-    and the page of the same user that in-app navigation to it starts from."""
+    """Every console page, who opens it, how many charts it draws (or the `ready` selector of a page
+    without charts), the API calls that give its data, and the page of the same user that in-app
+    navigation to it starts from."""
     current, previous, node = seeded["periods"][-1], seeded["periods"][-2], seeded["node_name"]
     bill, node_id = seeded["bill_id"], seeded["node_id"]
     costs_api = [f"/api/v1/bills?period={current}", "/api/v1/budgets", f"/api/v1/budgets/alerts?period={current}",
@@ -84,8 +85,8 @@ def pages(seeded: dict) -> list[dict[str, Any]]:
         {"page": "usage", "user": "member", "path": "/usage", "charts": 3, "from": "/costs",
          "api": ["/api/v1/leases?active=true", "/api/v1/vdcs", f"/api/v1/usage/efficiency?period={current}"]},
         {"page": "costs (tenant)", "user": "member", "path": "/costs", "charts": 3, "api": costs_api, "from": "/usage"},
-        {"page": "bill detail", "user": "member", "path": f"/costs?bill={bill}", "charts": 3, "api": [f"/api/v1/bills/{bill}"],
-         "from": "/usage"},
+        {"page": "bill detail", "user": "member", "path": f"/costs/bills/{bill}", "charts": 0, "ready": "#bill-lines td",
+         "api": [f"/api/v1/bills/{bill}"], "from": "/usage"},
         {"page": "costs (all tenants)", "user": "admin", "path": "/costs", "charts": 3, "api": costs_api, "from": "/usage"},
         {"page": "finance", "user": "finance", "path": "/finance", "charts": 4, "from": "/costs",
          "api": [f"/api/v1/bills?period={previous}", f"/api/v1/bills/idle?period={previous}",
@@ -221,6 +222,8 @@ def _drawn_after(context: Any, item: dict, go: Any, start: str | None = None) ->
     began = time.perf_counter()
     go(page)
     page.wait_for_function(DRAWN_JS, arg=item["charts"], timeout=60_000, polling="raf")
+    if item.get("ready"):  # a page without charts (the bill): drawn when its table is
+        page.wait_for_selector(item["ready"], timeout=60_000)
     seconds = time.perf_counter() - began
     if errors:
         raise RuntimeError(f"{item['page']}: {errors}")

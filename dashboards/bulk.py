@@ -1,5 +1,10 @@
 """The node table (AG Grid) and its bulk actions, with live per-node progress.
 
+The table fills the window and pages (page size chosen under it), one search box filters every
+column at once (AG Grid's quick filter), states are coloured chips that keep their words, rows
+group by rack, VDC or lease holder (row spanning, AG Grid Community has no row grouping), and
+the action bar stays on screen (sticky) while the operator scrolls.
+
 Starting an action is what `POST /api/v1/nodes/actions` does: `fleet.operations.plan_action`
 records one operation per selected node in the caller's transaction (infra admins only;
 bad parameters are explained next to their field), then each operation is handed to the
@@ -14,7 +19,7 @@ from typing import Any
 
 import dash
 import dash_ag_grid as dag
-from dash import Input, Output, State, dcc, html, no_update
+from dash import Input, Output, Patch, State, dcc, html, no_update
 from sqlmodel import col, select
 
 from dashboards.components import GRID_COLUMN_DEFAULTS
@@ -25,6 +30,7 @@ from fleet.nodes import list_nodes, visible
 from fleet.operations import ActionParams, OpStatus, plan_action
 from fleet.operations import to_public as operations_public
 from fleet.provisioning.actions import Action
+from fleet.provisioning.states import FAILED_STATES, TRANSIENT_STATES, PowerState, ProvisionState
 from fleet.runtime import runtime_of
 from kiln.errors import KilnError, ValidationFailed
 
@@ -40,43 +46,95 @@ FIELD_IDS = {"image_url": "bulk-image-url", "image_checksum": "bulk-image-checks
 FINISHED = {OpStatus.SUCCEEDED.value, OpStatus.FAILED.value}
 POLL_MS = 600
 
+CHIP = {"cellRenderer": "StatusChip"}  # dashboards/assets/node_table.js: the value in a chip of its row's tone
 COLUMNS = [
     {"field": "link", "headerName": "Node", "cellRenderer": "markdown", "minWidth": 150, "pinned": "left"},
-    {"field": "provision_state", "headerName": "Provision state"},
-    {"field": "power_state", "headerName": "Power"},
-    {"field": "maintenance", "headerName": "Maint."},
-    {"field": "health", "headerName": "Health"},
-    {"field": "power_watts", "headerName": "Power (W)", "filter": "agNumberColumnFilter", "type": "numericColumn"},
-    {"field": "max_temp_c", "headerName": "Max temp (°C)", "filter": "agNumberColumnFilter", "type": "numericColumn"},
+    {"field": "provision_state", "headerName": "Provision state", "minWidth": 170, **CHIP},
+    {"field": "power_state", "headerName": "Power", "minWidth": 130, **CHIP},
+    {"field": "maintenance", "headerName": "Maintenance", "minWidth": 135, **CHIP},
+    {"field": "health", "headerName": "Health", "minWidth": 130, **CHIP},
+    {"field": "power_watts", "headerName": "Power draw (W)", "filter": "agNumberColumnFilter", "type": "numericColumn"},
+    {"field": "max_temp_c", "headerName": "Hottest sensor (°C)", "filter": "agNumberColumnFilter", "type": "numericColumn"},
     {"field": "gpus", "headerName": "GPUs", "filter": "agNumberColumnFilter", "type": "numericColumn"},
-    {"field": "gpu_model", "headerName": "GPU model"},
+    {"field": "gpu_model", "headerName": "GPU model", "minWidth": 200},
     {"field": "rack", "headerName": "Rack"},
-    {"field": "tenant", "headerName": "Leased to"},
+    {"field": "vdc", "headerName": "VDC"},
+    {"field": "tenant", "headerName": "Leased to", "minWidth": 120},
     {"field": "last_error", "headerName": "Last error", "tooltipField": "last_error"},
 ]
+PAGE_SIZES = [25, 50, 100, 200]
+# group-by choices, column → label; the label alone names the dropdown to screen readers (Dash labels it by its value)
+GROUPS = {"": "No grouping", "rack": "Group by rack", "vdc": "Group by VDC", "tenant": "Group by lease holder"}
+OK, WARN, BAD, NEUTRAL = "ok", "warn", "bad", "neutral"
+
+
+def chip_tones(row: dict[str, Any]) -> dict[str, str]:
+    """The tone of each status chip of a node row: ok, warn, bad or neutral."""
+    state = row["provision_state"]
+    return {
+        "provision_state": BAD if state in FAILED_STATES else WARN if state in TRANSIENT_STATES
+        else OK if state in (ProvisionState.ACTIVE, ProvisionState.AVAILABLE) else NEUTRAL,
+        "power_state": {PowerState.ON: OK, PowerState.ERROR: BAD}.get(row["power_state"], NEUTRAL),
+        "maintenance": WARN if row["maintenance"] == "yes" else NEUTRAL,
+        "health": {"ok": OK, "warning": WARN, "critical": BAD}.get(row["health"], NEUTRAL),
+    }
 
 
 def grid_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Node rows with a markdown link to each node's page."""
-    return [{**row, "link": f"[{row['name']}](/nodes/{row['name']})"} for row in rows]
+    """Node rows with a markdown link to each node's page and their chips' tones."""
+    return [{**row, "link": f"[{row['name']}](/nodes/{row['name']})", "tones": chip_tones(row)} for row in rows]
 
 
 def node_grid(rows: list[dict[str, Any]]) -> html.Div:
-    """The sortable, filterable node table with multi-row selection."""
+    """The search box and the sortable, filterable, paged node table with multi-row selection."""
     grid = dag.AgGrid(
         id="node-grid",
         rowData=grid_rows(rows),
         columnDefs=COLUMNS,
-        defaultColDef={**GRID_COLUMN_DEFAULTS, "floatingFilter": True, "minWidth": 90},
+        defaultColDef={**GRID_COLUMN_DEFAULTS, "floatingFilter": True, "minWidth": 100, "wrapHeaderText": True,
+                       "autoHeaderHeight": True},
         getRowId="params.data.name",
         dashGridOptions={
             "rowSelection": {"mode": "multiRow", "checkboxes": True, "headerCheckbox": True, "enableClickSelection": False},
-            "pagination": True, "paginationPageSize": 50, "animateRows": False,
+            "pagination": True, "paginationPageSize": 50, "paginationPageSizeSelector": PAGE_SIZES, "animateRows": False,
+            "enableCellSpan": True,  # set once at creation: grouped_columns turns spanning on for the group's column
         },
-        style={"height": "460px"},
+        style={"height": "max(460px, calc(100vh - 240px))"},
         className="ag-theme-quartz",
     )
-    return html.Div(grid, className="grid-wrap")
+    search = html.Div([
+        html.Label("Search nodes", htmlFor="node-search"),
+        dcc.Input(id="node-search", type="search", placeholder="name, state, rack, VDC, tenant, GPU model…",
+                  debounce=0.3, autoComplete="off"),
+    ], className="field node-search")
+    group_by = html.Div([  # Dash's RadioItems is a listbox of labels wrapping radios (axe: nested-interactive)
+        html.Label("Group by", htmlFor="node-group-by"),
+        dcc.Dropdown(id="node-group-by", options=[{"label": label, "value": value} for value, label in GROUPS.items()],
+                     value="", clearable=False, searchable=False),
+    ], className="field node-group-by")
+    return html.Div([html.Div([search, group_by], className="node-tools"), html.Div(grid, className="grid-wrap")])
+
+
+def grouped_columns(group: str | None) -> list[dict[str, Any]]:
+    """The table's columns grouped by `group` (rack, vdc or tenant): that column pinned beside the name and
+    sorted, a run of equal values drawn as one cell (AG Grid's row spanning); ungrouped for any other choice.
+    The other group columns are unpinned and unsorted explicitly: AG Grid keeps a column's pin and sort otherwise."""
+    columns = []
+    for column in COLUMNS:
+        if column["field"] == group:
+            columns.append({**column, "pinned": "left", "spanRows": True, "sort": "asc", "sortIndex": 0})
+        elif column["field"] in GROUPS:
+            columns.append({**column, "pinned": None, "sort": None, "sortIndex": None})
+        else:
+            columns.append(column)
+    return columns
+
+
+def search_nodes(text: str | None) -> Patch:
+    """The table's quick filter: rows with the words in any column."""
+    options = Patch()
+    options["quickFilterText"] = text or ""
+    return options
 
 
 def action_panel() -> html.Div:
@@ -169,7 +227,11 @@ def poll_bulk(_: int, store: dict | None) -> tuple:
 
 
 def register(app: dash.Dash) -> None:
-    """Register the bulk-action callbacks on the console app."""
+    """Register the node table's search and the bulk-action callbacks on the console app."""
+    app.callback(Output("node-grid", "dashGridOptions"), Input("node-search", "value"),
+                 prevent_initial_call=True)(search_nodes)
+    app.callback(Output("node-grid", "columnDefs"), Input("node-group-by", "value"),
+                 prevent_initial_call=True)(grouped_columns)
     app.callback(
         Output("bulk-operations", "data"), Output("bulk-poll", "disabled", allow_duplicate=True),
         Output("bulk-message", "children"), Output("bulk-image-url-error", "children"),

@@ -17,14 +17,34 @@ from dash import _callback_context
 
 from dashboards import downloads, gate, shell, signin
 from dashboards.context import ConsoleContext
-from dashboards.pages import account, costs, finance, firmware, fleet, members, node, not_found_404, usage, vdcs
+from dashboards.pages import account, bill, costs, finance, firmware, fleet, members, node, not_found_404, usage, vdcs
 from dashboards.session import SessionCodec
 from kiln.settings import resolve_secret_key
 
 ASSETS = Path(__file__).parent / "assets"
-PAGES = (fleet, vdcs, firmware, usage, costs, finance, members, account, node, not_found_404)
+PAGES = (fleet, vdcs, firmware, usage, costs, finance, members, account, node, bill, not_found_404)
 ADMIN_PATHS = (fleet.PATH, vdcs.PATH, firmware.PATH)
 ASSET_MAX_AGE_S = 365 * 24 * 3600
+# Dash's page frame with the page's language (screen readers pick their voice by it) and the colour
+# schemes the stylesheet supports (the browser's own controls and scrollbars follow the user's choice).
+INDEX_STRING = """<!DOCTYPE html>
+<html lang="en">
+    <head>
+        <meta name="color-scheme" content="light dark">
+        {%metas%}
+        <title>{%title%}</title>
+        {%favicon%}
+        {%css%}
+    </head>
+    <body>
+        {%app_entry%}
+        <footer>
+            {%config%}
+            {%scripts%}
+            {%renderer%}
+        </footer>
+    </body>
+</html>"""
 
 
 def create_console(state: Any) -> flask.Flask:
@@ -48,6 +68,7 @@ def create_console(state: Any) -> flask.Flask:
         pages_folder="",
         assets_folder=str(ASSETS),
         title="Kiln",
+        index_string=INDEX_STRING,
         update_title=None,
         suppress_callback_exceptions=True,
         serve_locally=True,

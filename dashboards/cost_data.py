@@ -74,9 +74,7 @@ def _bills(session: Session, principal: Principal, period: str, tenant_id: int |
     return views.list_bills(session, principal, period=period, tenant_id=tenant_id)
 
 
-def spend_summary(
-    session: Session, principal: Principal, period: str, tenant_id: int | None = None, now: datetime | None = None
-) -> SpendSummary:
+def spend_summary(session: Session, principal: Principal, period: str, tenant_id: int | None = None) -> SpendSummary:
     """The period's bills of the caller's tenants (or one of them) with totals and forecasts.
 
     Lines are read in one query for all bills and handed to `metering.views.forecast_total`."""
@@ -88,7 +86,7 @@ def spend_summary(
     slugs = views.tenant_slugs(session, {b.tenant_id for b in bills})
     summary = SpendSummary(period=period, currency=bills[0].currency if bills else billing_currency(session, []))
     for bill in bills:
-        forecast = round_amount(views.forecast_total(bill, lines[bill.id], now), bill.currency)
+        forecast = round_amount(views.forecast_total(bill, lines[bill.id]), bill.currency)
         fields = bill.model_dump(exclude={"tenant_id", "list_total", "total", "discount_percent"})
         public = views.BillPublic(**fields, tenant=slugs.get(bill.tenant_id, "?"), forecast_total=forecast,
                                   list_total=round_amount(Decimal(bill.list_total), bill.currency),
@@ -196,15 +194,18 @@ def _rate_days(session: Session, principal: Principal, period: str, tenant_id: i
 def budget_rows(session: Session, principal: Principal, period: str, tenant_id: int | None = None,
                 carbon: budget_service.CarbonContext | None = None) -> list[dict[str, Any]]:
     """The caller's budgets with what each has spent in the period (`metering.budgets.spend`; kg
-    CO2e for emissions budgets, with `carbon`) and its thresholds."""
+    CO2e for emissions budgets, with `carbon`), its forecast at period end (`metering.budgets.forecast`)
+    and its thresholds."""
     budgets = [b for b in budget_service.list_budgets(session, principal) if tenant_id is None or b.tenant_id == tenant_id]
     rows = []
     for budget, public in zip(budgets, budget_service.to_public(session, budgets), strict=True):
         spent = budget_service.spend(session, budget, period, carbon)
+        forecast = budget_service.forecast(session, budget, period, spent)
         amount = Decimal(budget.amount)
         rows.append({"name": public.name, "tenant": public.tenant, "vdc": public.vdc,
                      "currency": public.currency or "kg CO2e",
                      "amount": public.amount, "spent": spent, "percent": (spent * 100 / amount).quantize(Decimal("0.1")),
+                     "forecast": forecast, "forecast_percent": (forecast * 100 / amount).quantize(Decimal("0.1")),
                      "thresholds": list(public.thresholds)})
     return rows
 
@@ -217,26 +218,50 @@ def budget_alerts(
     return budget_service.alerts_public(session, alerts)
 
 
-def bill_detail(session: Session, principal: Principal, bill_id: int, now: datetime | None = None) -> views.BillDetail:
+def bill_detail(session: Session, principal: Principal, bill_id: int) -> views.BillDetail:
     """One bill of the caller's tenants with its lines; NotFound otherwise."""
     bill = get_bill_for(session, principal, bill_id)
-    return views.bill_public(session, [bill], now, with_lines=True)[0]
+    return views.bill_public(session, [bill], with_lines=True)[0]
+
+
+LINES_PER_PAGE = 25
+HUNDRED = Decimal(100)
+
+
+def line_discount(line: views.BillLinePublic) -> Decimal | None:
+    """The line's discount in percent off its list unit price (None where there is no list price)."""
+    listed = Decimal(line.list_unit_price)
+    if not listed:
+        return None
+    return ((listed - Decimal(line.contracted_unit_price)) * HUNDRED / listed).quantize(Decimal("0.01"))
+
+
+def pages_of(count: int, per_page: int) -> int:
+    """How many pages `count` rows take (at least one)."""
+    return max(1, -(-count // per_page))
+
+
+def lines_page(detail: views.BillDetail, page: int) -> tuple[list[views.BillLinePublic], int]:
+    """One page (from 0; clamped) of the bill's lines, and the page it is."""
+    page = min(max(page, 0), pages_of(len(detail.lines), LINES_PER_PAGE) - 1)
+    return detail.lines[page * LINES_PER_PAGE:(page + 1) * LINES_PER_PAGE], page
 
 
 @dataclass
 class LineUsage:
-    """What a bill line was rated from: totals per resource and the first hourly records."""
+    """What a bill line was rated from: totals per resource and one page of its hourly records."""
 
     line: views.BillLinePublic
     by_resource: list[tuple[str, str, Decimal]]  # (resource id, source, quantity)
     hours: list[views.UsagePublic]
     hour_count: int
+    page: int = 0
 
 
-def line_usage(session: Session, principal: Principal, bill_id: int, line_id: int) -> LineUsage:
-    """Drill-down from a bill line (NotFound unless the bill is the caller's tenants'): the usage behind it."""
+def line_usage(session: Session, principal: Principal, bill_id: int, line_id: int, page: int = 0) -> LineUsage:
+    """Drill-down from a bill line (NotFound unless the bill is the caller's tenants'): the usage
+    behind it, its hourly records `USAGE_PREVIEW_ROWS` a page (`page` from 0, clamped)."""
     bill, line = views.get_line(session, principal, bill_id, line_id)
-    rows = views.line_usage(session, principal, bill_id, line_id, limit=USAGE_PREVIEW_ROWS)
     by_resource: list[tuple[str, str, Decimal]] = []
     count = 0
     if line.kind != KIND_IDLE_SHARE:
@@ -247,7 +272,9 @@ def line_usage(session: Session, principal: Principal, bill_id: int, line_id: in
         for resource_id, source, parts, hours in session.exec(statement).all():
             by_resource.append((resource_id, source, summed(parts)))
             count += hours
-    return LineUsage(views.line_public(line), by_resource, views.usage_public(session, rows), count)
+    page = min(max(page, 0), pages_of(count, USAGE_PREVIEW_ROWS) - 1)
+    rows = views.line_usage(session, principal, bill_id, line_id, limit=USAGE_PREVIEW_ROWS, offset=page * USAGE_PREVIEW_ROWS)
+    return LineUsage(views.line_public(line), by_resource, views.usage_public(session, rows), count, page)
 
 
 BILL_CSV_HEADER = ("bill_id", "tenant", "period", "status", "line_id", "kind", "sku", "description", "quantity", "unit",

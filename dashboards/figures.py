@@ -4,6 +4,8 @@ Figures are plain plotly.js JSON (`{"data": [...], "layout": {...}}`), which dcc
 as is: building plotly graph-object figures validates every property against the schema
 and deep-copies the template each time, ~50 ms a figure, most of a page's server time. Trace
 types are limited to those of the plotly.js basic bundle the console loads (see `trace`).
+Each chart's text alternative (a labelled figure with a visually hidden table) is built in the
+browser from the figure as drawn (`dashboards/assets/a11y.js`), so it follows every redraw.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ PALETTE = ("#b4441c", "#2a6f97", "#6a994e", "#7b2cbf", "#e09f3e", "#335c67", "#9
 # The trace types of dashboards/assets/vendor/plotly-basic.min.js (scripts/vendor_plotly.py).
 BASIC_TRACES = frozenset({"scatter", "bar", "pie"})
 MARGIN = {"l": 60, "r": 20, "t": 50, "b": 50}
+# The page's surface shows through, light or dark (console.css recolours axis text and grid for dark mode).
+TRANSPARENT = "rgba(0,0,0,0)"
 WARNING_COLOR, LIMIT_COLOR, OK_COLOR = "#e09f3e", "#9e2a2b", "#6a994e"
 SHARE_BARS_SHOWN = 25  # bars in a share chart; more would be a wall of bars in a page-high chart
 
@@ -43,9 +47,11 @@ def trace(kind: str, **properties: Any) -> dict[str, Any]:
 
 def chart(title: str, data: list[dict[str, Any]], *, x_title: str = "", y_title: str = "", xaxis: dict | None = None,
           yaxis: dict | None = None, **layout: Any) -> Figure:
-    """A figure with the console's look: title, fixed height, palette, titled axes starting at zero."""
+    """A figure with the console's look: title, fixed height, palette, titled axes starting at zero,
+    transparent backgrounds (readable in the console's light and dark schemes)."""
     return {"data": data, "layout": {
         "template": template(), "title": {"text": title, "x": 0.01, "font": {"size": 15}}, "height": HEIGHT,
+        "paper_bgcolor": TRANSPARENT, "plot_bgcolor": TRANSPARENT,
         "margin": MARGIN, "legend": {"orientation": "h", "y": -0.25}, "colorway": list(PALETTE),
         "xaxis": {"title": {"text": x_title}, **(xaxis or {})},
         "yaxis": {"title": {"text": y_title}, "rangemode": "tozero", **(yaxis or {})},
@@ -76,7 +82,9 @@ def bars(
     title: str, x_title: str, y_title: str, categories: Sequence[str], values: Sequence[float | int | Decimal],
     *, empty_reason: str, horizontal: bool = False, colors: Sequence[str] | None = None,
 ) -> Figure:
-    """One bar per category; the empty state when there are none."""
+    """One bar per category; the empty state when there are none. `x_title` names the categories'
+    axis and `y_title` the values' axis, whichever way the bars lie (`horizontal`: categories down
+    the y axis, values along the x axis)."""
     if not categories:
         return empty_figure(title, empty_reason)
     numbers = [float(v) for v in values]

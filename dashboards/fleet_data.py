@@ -19,8 +19,9 @@ from collectors.models import CollectorTargetState, HealthSnapshot, Rollup5m
 from collectors.store import POWER_METRIC, TEMPERATURE_METRIC
 from fleet.models import Gpu, Node
 from fleet.nodes import list_nodes, visible
-from fleet.tenancy_models import Lease
+from fleet.tenancy_models import Lease, Vdc
 from fleet.usage import in_force
+from fleet.vdcs import member_node_ids
 from kiln.auth import Principal
 from kiln.db import utcnow
 from kiln.models import Tenant
@@ -52,6 +53,7 @@ def node_rows(session: Session, principal: Principal) -> list[dict[str, Any]]:
         select(Lease.node_id, Tenant.slug).join(Tenant, Tenant.id == Lease.tenant_id)
         .where(in_force(utcnow()), col(Lease.node_id).in_(ids))
     ).all())
+    vdcs = vdc_names_by_node(session) if principal.sees_all_tenants else {}
     return [
         {
             "name": n.name,
@@ -65,11 +67,22 @@ def node_rows(session: Session, principal: Principal) -> list[dict[str, Any]]:
             "gpu_model": ", ".join(sorted(set(gpus[n.id]))) or "—",
             "rack": n.rack or "—",
             "resource_class": n.resource_class or "—",
+            "vdc": (", ".join(vdcs.get(n.id, [])) or "—") if principal.sees_all_tenants else "",
             "tenant": holders.get(n.id, "—") if principal.sees_all_tenants else "",
             "last_error": (n.last_error or "") if principal.sees_all_tenants else "",
         }
         for n in nodes
     ]
+
+
+def vdc_names_by_node(session: Session) -> dict[int, list[str]]:
+    """The names of the VDCs each node belongs to (explicit members and selector matches), sorted."""
+    names = dict(session.exec(select(Vdc.id, Vdc.name)).all())
+    by_node: dict[int, list[str]] = defaultdict(list)
+    for vdc_id, node_ids in member_node_ids(session, list(names)).items():
+        for node_id in node_ids:
+            by_node[node_id].append(names[vdc_id])
+    return {node_id: sorted(vdc_names) for node_id, vdc_names in by_node.items()}
 
 
 def latest_values(session: Session, node_ids: list[int], metric: str) -> dict[int, float]:

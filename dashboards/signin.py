@@ -41,7 +41,7 @@ MESSAGES = {
 
 PAGE = Template("""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Sign in — Kiln</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="viewport" content="width=device-width, initial-scale=1"><meta name="color-scheme" content="light dark">
 <link rel="stylesheet" href="/assets/console.css"></head>
 <body class="signin-body"><main class="signin">
 <h1>Kiln</h1><p class="subtitle">GPU fleet console</p>

@@ -1,4 +1,5 @@
-"""Data for the usage and VDC pages: GPU-hours from leases, utilisation, quotas, running nodes.
+"""Data for the usage and VDC pages: GPU-hours from leases, quotas, running nodes (efficiency is
+`metering.efficiency`).
 
 Leases are read through `Principal.scope` (a tenant sees only its own), VDCs through
 `fleet.vdcs.list_vdcs`/`to_public` (grants of other tenants are left out for tenant roles),
@@ -26,7 +27,6 @@ from fleet.vdcs import list_vdcs, to_public
 from kiln.auth import Principal
 from kiln.db import utcnow
 from kiln.models import Tenant
-from metering.efficiency import lease_utilisation, used_hours
 
 GPU_RESOURCES = ("nvidia.com/gpu", "amd.com/gpu")
 
@@ -104,20 +104,6 @@ def stacked_by_day(slices: list[UsageSlice], attribute: str) -> dict[str, dict[s
     for s in slices:
         out[str(getattr(s, attribute))][s.day.isoformat()] += s.gpu_hours
     return {k: dict(v) for k, v in out.items()}
-
-
-def used_gpu_hours(
-    session: Session, principal: Principal, start: datetime, end: datetime, tenant_id: int | None = None,
-    now: datetime | None = None,
-) -> Decimal | None:
-    """Utilisation-weighted GPU-hours over the caller's leases (Σ mean utilisation × 5 min), or
-    None when no utilisation was collected for those GPUs in the range."""
-    stop = min(end, now or utcnow())
-    leases = _leases(session, principal, start, stop, tenant_id)
-    measured = lease_utilisation(session, [lease.id for lease in leases], start, stop)
-    if not measured:
-        return None
-    return sum((used_hours(percent) for _, percent in measured.values()), Decimal(0)).quantize(HOURS_QUANTUM)
 
 
 def running_nodes(session: Session, principal: Principal, tenant_id: int | None = None) -> list[dict[str, Any]]:

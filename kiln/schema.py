@@ -2,6 +2,10 @@
 
 Kiln refuses to start against a database that is not migrated, or that was migrated by a
 newer Kiln; `kiln migrate` is the one way to change the schema.
+
+Alembic is imported only where it is used: `ensure_current`, which every CLI command runs,
+first compares the database's revision with the newest migration file's number (revision ids
+are the files' numbers, scripts/new_migration.py) and needs Alembic only when they differ.
 """
 
 from __future__ import annotations
@@ -10,13 +14,15 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
-from alembic.util import CommandError
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, MetaData
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Engine, MetaData, text
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import SQLModel
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -36,31 +42,51 @@ def target_metadata() -> MetaData:
 
 
 def _config(connection: object | None = None) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["connection"] = connection
     return config
 
 
+def _scripts() -> ScriptDirectory:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_config())
+
+
 def head_revision() -> str:
     """The newest revision this Kiln knows."""
-    return ScriptDirectory.from_config(_config()).get_current_head()
+    return _scripts().get_current_head()
+
+
+def newest_migration_file_revision() -> str:
+    """The newest migration's revision as its file name gives it (`0015_….py` → `0015`), read
+    without Alembic; tests/test_schema.py checks that it is Alembic's head."""
+    return max(path.name.split("_", 1)[0] for path in (MIGRATIONS_DIR / "versions").glob("[0-9]*_*.py"))
 
 
 def current_revision(engine: Engine) -> str | None:
     """The revision the database is at, or None when it was never migrated."""
+    from alembic.runtime.migration import MigrationContext
+
     with engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Migrate the database up to `revision` (default: the newest)."""
+    from alembic import command
+
     with engine.begin() as connection:
         command.upgrade(_config(connection), revision)
 
 
 def downgrade(engine: Engine, revision: str) -> None:
     """Migrate the database down to `revision` (`base` removes every table)."""
+    from alembic import command
+
     with engine.begin() as connection:
         command.downgrade(_config(connection), revision)
 
@@ -94,7 +120,7 @@ class SchemaStatus:
 
 def schema_status(engine: Engine) -> SchemaStatus:
     """Compare the database's revision with this Kiln's migrations."""
-    script = ScriptDirectory.from_config(_config())
+    script = _scripts()
     current = current_revision(engine)
     known = current is None or any(rev.revision == current for rev in script.walk_revisions())
     return SchemaStatus(current=current, head=script.get_current_head(), known=known)
@@ -105,7 +131,9 @@ def migrate_to(engine: Engine, target: str = "head") -> str | None:
     status = schema_status(engine)
     if not status.known:
         raise SchemaError(status.problem())
-    script = ScriptDirectory.from_config(_config())
+    from alembic.util import CommandError
+
+    script = _scripts()
     try:
         older = target == "base" or (
             status.current is not None
@@ -121,8 +149,20 @@ def migrate_to(engine: Engine, target: str = "head") -> str | None:
     return current_revision(engine)
 
 
+def _at_newest_migration(engine: Engine) -> bool:
+    """True when the database's recorded revision is the newest migration file's (no Alembic)."""
+    try:
+        with engine.connect() as connection:
+            versions = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    except DBAPIError:  # no alembic_version table: never migrated (schema_status says so)
+        return False
+    return versions == [newest_migration_file_revision()]
+
+
 def ensure_current(engine: Engine) -> None:
     """Raise SchemaError unless the database is at this Kiln's newest revision."""
+    if _at_newest_migration(engine):
+        return
     problem = schema_status(engine).problem()
     if problem:
         raise SchemaError(problem)

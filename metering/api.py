@@ -117,8 +117,8 @@ def reconciliation_endpoint(session: SessionDep, principal: CurrentPrincipal, pe
 @router.get("/usage/emissions", response_model=EmissionsReport, tags=["usage"],
             summary="Energy and emissions per tenant")
 def emissions_endpoint(session: SessionDep, principal: CurrentPrincipal, period: Period, request: Request,
-                       by: Literal["tenant", "node", "vdc"] = "tenant"):
-    """Per tenant you may see (or per tenant and node, or VDC, with `by`): metered kWh and kg
+                       by: Literal["tenant", "node", "vdc", "namespace"] = "tenant"):
+    """Per tenant you may see (or per tenant and node, VDC or Kubernetes namespace, with `by`): metered kWh and kg
     CO2e (kWh × the hour's grid intensity in the node's zone, to the gram), kWh without an
     intensity figure, embodied kg CO2e; idle energy for global roles."""
     config = _settings(request)
@@ -127,9 +127,9 @@ def emissions_endpoint(session: SessionDep, principal: CurrentPrincipal, period:
 
 
 @router.get("/usage/efficiency", response_model=list[EfficiencyRow], tags=["usage"],
-            summary="GPU efficiency per tenant: used ÷ allocated GPU-hours")
+            summary="GPU efficiency per tenant: used ÷ measured GPU-hours, with coverage (measured ÷ allocated)")
 def efficiency_endpoint(session: SessionDep, principal: CurrentPrincipal, period: Period):
-    """From DCGM/ROCm utilisation of leased nodes' GPUs (5-minute rollups)."""
+    """From DCGM/ROCm utilisation of leased nodes' GPUs, each sample weighted by its real interval."""
     return efficiency(session, principal, parse_period(period, allow_future=True))
 
 

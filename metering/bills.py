@@ -26,6 +26,7 @@ from kiln.auth import Principal
 from kiln.db import utcnow
 from kiln.errors import Conflict, NotFound
 from kiln.roles import Role
+from kiln.telemetry import span
 from kiln.tenants import get_tenant_owned, tenants_by_slug
 from metering.idle import idle_usage
 from metering.models import Bill, BillLine, IdleCharge, PriceCard, TenantDiscount, UsageRecord
@@ -149,9 +150,10 @@ def _new_bill(session: Session, tenant_id: int, period: str, currency: str, disc
 
 
 def _write_drafts(session: Session, period: str, drafts: list[tuple[int, list[Charge], Bill | None]], currency: str,
-                  discounts: dict[int, Decimal]) -> list[Bill]:
+                  discounts: dict[int, Decimal], usage_through: datetime) -> list[Bill]:
     """Rewrite the usage lines of these draft bills (creating missing ones) in a few statements; keep
-    their correction lines; drop bills left with no line. Returns the bills that remain."""
+    their correction lines; drop bills left with no line; note the instant usage was counted up to.
+    Returns the bills that remain."""
     existing = [bill.id for _, _, bill in drafts if bill is not None]
     kept: dict[int, tuple[int, Decimal, Decimal]] = {}
     if existing:
@@ -177,6 +179,7 @@ def _write_drafts(session: Session, period: str, drafts: list[tuple[int, list[Ch
         bill.list_total = listed + sum((c.list_cost for c in charges), ZERO)
         bill.total = billed + sum((c.contracted_cost for c in charges), ZERO)
         bill.currency, bill.discount_percent, bill.updated_at = currency, discounts.get(bill.tenant_id, ZERO), utcnow()
+        bill.usage_through = usage_through
         session.add(bill)
         remaining.append(bill)
     if rows:
@@ -245,7 +248,15 @@ def _correct(session: Session, bill: Bill, charges: list[Charge], currency: str,
 
 
 def run_period(session: Session, principal: Principal, period: str, *, policy: str, now: datetime | None = None) -> RunSummary:
-    """Rebuild a period's usage, re-rate it, rewrite draft bills and correct finalised ones."""
+    """Rebuild a period's usage, re-rate it, rewrite draft bills and correct finalised ones
+    (a `kiln.bills.run` span when tracing is on)."""
+    with span("kiln.bills.run", {"kiln.period": period, "kiln.idle_cost_policy": policy}) as current:
+        summary = _run_period(session, principal, period, policy=policy, now=now)
+        current.set_attributes({"kiln.bills.drafts": len(summary.drafts), "kiln.bills.corrections": summary.corrections})
+    return summary
+
+
+def _run_period(session: Session, principal: Principal, period: str, *, policy: str, now: datetime | None) -> RunSummary:
     principal.require_role(*WRITE_ROLES, action="run bills")
     now = now or utcnow()
     parse_period(period, now=now)
@@ -266,7 +277,7 @@ def run_period(session: Session, principal: Principal, period: str, *, policy: s
             summary.corrections += _correct(session, bill, by_tenant.get(tenant_id, []), rating.currency, discount)
         else:
             drafts.append((tenant_id, by_tenant.get(tenant_id, []), bill))
-    summary.drafts = _write_drafts(session, period, drafts, rating.currency, discounts)
+    summary.drafts = _write_drafts(session, period, drafts, rating.currency, discounts, min(now, end))
     session.execute(delete(IdleCharge).where(IdleCharge.period == period))
     session.add_all([
         IdleCharge(period=period, sku=c.sku, unit=c.unit, quantity=c.quantity, unit_price=c.list_unit_price, cost=c.list_cost,

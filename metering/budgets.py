@@ -6,6 +6,9 @@ budget, the tenant's usage in that VDC rated like the bill; for an emissions bud
 its thresholds (e.g. 50, 80, 100 %), and each VDC GPU-hours quota (`max_gpu_hours` of a VDC or of a tenant's grant) with
 `QUOTA_THRESHOLDS`. A crossed threshold becomes one `budget_alert` row — unique per subject,
 period and threshold, so it is raised once — and is POSTed as JSON to `budget_webhook_url`.
+A budget's *forecast* (`forecast`: its spend at period end at the rate seen up to the tenant's
+last bills run) crossing a threshold its spend has not crossed yet is raised too, once, as
+kind `budget-forecast` (subject `forecast:budget:ID`), so the warning comes before the money is gone.
 An alert whose delivery failed is retried on the next check until the webhook answers 2xx.
 """
 
@@ -14,9 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlmodel import Session, col, select
 
@@ -30,18 +32,23 @@ from kiln.roles import Role
 from kiln.settings import Settings
 from kiln.tenants import Slug, get_tenant_owned, visible_tenant
 from metering import skus
-from metering.bills import billing_currency, card_views, current_discounts, usage_by_segment
+from metering.bills import DRAFT, billing_currency, card_views, current_discounts, usage_by_segment
 from metering.carbon import emissions
-from metering.models import Bill, Budget, BudgetAlert, UsageRecord
+from metering.models import Bill, BillLine, Budget, BudgetAlert, UsageRecord
 from metering.money import check_currency, parse_decimal, plain
 from metering.periods import parse_period, period_bounds
 from metering.price_cards import cards_overlapping
 from metering.rating import rate, segments
 from metering.usage import parts_sum, summed
+from metering.views import extrapolate, forecast_total, usage_through
+
+if TYPE_CHECKING:
+    import httpx
 
 WRITE_ROLES = (Role.INFRA_ADMIN, Role.FINANCE, Role.TENANT_ADMIN)
 DEFAULT_THRESHOLDS = [50, 80, 100]
 QUOTA_THRESHOLDS = (80, 100)
+KIND_BUDGET, KIND_FORECAST, KIND_QUOTA = "budget", "budget-forecast", "gpu-hours"
 
 
 def _thresholds(value: list[int]) -> list[int]:
@@ -237,6 +244,18 @@ def spend(session: Session, budget: Budget, period: str, carbon: CarbonContext |
     return sum((c.contracted_cost for c in charges), Decimal(0))
 
 
+def forecast(session: Session, budget: Budget, period: str, spent: Decimal) -> Decimal:
+    """What the budget will have spent at the period's end if its tenant goes on at the rate seen up
+    to the last bills run (`metering.views`): the bill's own forecast for a tenant-wide money
+    budget, `spent` extrapolated from the same instant otherwise; `spent` without a draft bill."""
+    bill = session.exec(select(Bill).where(Bill.tenant_id == budget.tenant_id, Bill.period == period)).first()
+    if bill is None or bill.status != DRAFT:
+        return spent
+    if budget.unit == "money" and budget.vdc_id is None:
+        return forecast_total(bill, list(session.exec(select(BillLine).where(BillLine.bill_id == bill.id)).all()))
+    return extrapolate(spent, period, usage_through(bill)).quantize(Decimal("0.001"))
+
+
 def _gpu_hours(session: Session, period: str, vdc_id: int, tenant_id: int | None) -> Decimal:
     start, end = period_bounds(period)
     statement = select(parts_sum()).where(
@@ -247,19 +266,26 @@ def _gpu_hours(session: Session, period: str, vdc_id: int, tenant_id: int | None
     return summed(session.exec(statement).one())
 
 
-def _raise(session: Session, period: str, subject: str, kind: str, thresholds: list[int] | tuple[int, ...],
-           value: Decimal, limit: Decimal, describe: str, **ids: Any) -> list[BudgetAlert]:
-    raised = []
+def _percent(value: Decimal, limit: Decimal) -> Decimal:
     # A limit of 0 (a quota of no GPU-hours) is crossed at every threshold by any use at all.
-    percent = value * 100 / limit if limit else (Decimal("Infinity") if value > 0 else Decimal(0))
+    return value * 100 / limit if limit else (Decimal("Infinity") if value > 0 else Decimal(0))
+
+
+def _raise(session: Session, period: str, subject: str, kind: str, thresholds: list[int] | tuple[int, ...],
+           value: Decimal, limit: Decimal, describe: str, *, what: str = "used in", skip_below: Decimal | None = None,
+           **ids: Any) -> list[BudgetAlert]:
+    """Alerts for the thresholds `value` has crossed (of `limit`), each once per subject and period;
+    thresholds `skip_below` (a percent) has crossed already are left to their own alerts."""
+    raised = []
+    percent = _percent(value, limit)
     share = f"{percent:.1f} %" if percent.is_finite() else "over a limit of 0"
     for threshold in thresholds:
-        if percent < threshold:
+        if percent < threshold or (skip_below is not None and skip_below >= threshold):
             continue
         if session.exec(select(BudgetAlert.id).where(BudgetAlert.subject == subject, BudgetAlert.period == period,
                                                      BudgetAlert.threshold == threshold)).first():
             continue
-        message = f"{describe}: {plain(value)} of {plain(limit)} used in {period} ({share}, threshold {threshold} %)"
+        message = f"{describe}: {plain(value)} of {plain(limit)} {what} {period} ({share}, threshold {threshold} %)"
         alert = BudgetAlert(subject=subject, kind=kind, period=period, threshold=threshold, value=value, limit_value=limit,
                             message=message, **ids)
         session.add(alert)
@@ -285,16 +311,19 @@ def check_alerts(session: Session, principal: Principal, period: str, *, now: da
     for budget in session.exec(select(Budget).order_by(Budget.id)).all():
         where = f" in VDC {budget.vdc_id}" if budget.vdc_id else ""
         measure = "kg CO2e" if budget.unit == "kg-co2e" else budget.currency
-        raised += _raise(session, period, f"budget:{budget.id}", "budget", budget.thresholds,
-                         spend(session, budget, period, carbon), Decimal(budget.amount),
-                         f"budget '{budget.name}'{where} ({measure})",
-                         tenant_id=budget.tenant_id, budget_id=budget.id, vdc_id=budget.vdc_id)
+        spent, describe = spend(session, budget, period, carbon), f"budget '{budget.name}'{where} ({measure})"
+        ids = {"tenant_id": budget.tenant_id, "budget_id": budget.id, "vdc_id": budget.vdc_id}
+        raised += _raise(session, period, f"budget:{budget.id}", KIND_BUDGET, budget.thresholds, spent, Decimal(budget.amount),
+                         describe, **ids)
+        raised += _raise(session, period, f"forecast:budget:{budget.id}", KIND_FORECAST, budget.thresholds,
+                         forecast(session, budget, period, spent), Decimal(budget.amount), describe,
+                         what="forecast by the end of", skip_below=_percent(spent, Decimal(budget.amount)), **ids)
     for vdc in session.exec(select(Vdc).where(col(Vdc.max_gpu_hours).is_not(None))).all():
-        raised += _raise(session, period, f"quota:{vdc.id}", "gpu-hours", QUOTA_THRESHOLDS, _gpu_hours(session, period, vdc.id, None),
+        raised += _raise(session, period, f"quota:{vdc.id}", KIND_QUOTA, QUOTA_THRESHOLDS, _gpu_hours(session, period, vdc.id, None),
                          Decimal(vdc.max_gpu_hours), f"GPU-hours quota of VDC '{vdc.name}'", vdc_id=vdc.id)
     for grant in session.exec(select(VdcTenant).where(col(VdcTenant.max_gpu_hours).is_not(None))).all():
         vdc = session.get(Vdc, grant.vdc_id)
-        raised += _raise(session, period, f"quota:{grant.vdc_id}:{grant.tenant_id}", "gpu-hours", QUOTA_THRESHOLDS,
+        raised += _raise(session, period, f"quota:{grant.vdc_id}:{grant.tenant_id}", KIND_QUOTA, QUOTA_THRESHOLDS,
                          _gpu_hours(session, period, grant.vdc_id, grant.tenant_id), Decimal(grant.max_gpu_hours),
                          f"GPU-hours quota of the tenant in VDC '{vdc.name}'", vdc_id=grant.vdc_id, tenant_id=grant.tenant_id)
     session.flush()
@@ -309,6 +338,8 @@ def deliver_alerts(session: Session, url: str | None, timeout: float, *, client:
     """POST every undelivered alert to the webhook; returns how many it accepted (2xx)."""
     if not url:
         return 0
+    import httpx  # here: list commands that import this module need no HTTP client
+
     delivered = 0
     pending = session.exec(select(BudgetAlert).where(col(BudgetAlert.delivered_at).is_(None)).order_by(BudgetAlert.id)).all()
     with client or httpx.Client(timeout=timeout) as http:

@@ -27,10 +27,10 @@ from metering import skus
 from metering.models import CarbonIntensity, UsageRecord
 from metering.money import PARTS_PER_UNIT, quantity_from_parts
 from metering.periods import period_bounds
-from metering.usage import SOURCE_ENERGY, SOURCE_LEASE
+from metering.usage import SOURCE_ENERGY, SOURCE_LEASE, energy_place
 
 GRAM = Decimal("0.001")
-GROUPINGS = ("tenant", "node", "vdc")
+GROUPINGS = ("tenant", "node", "vdc", "namespace")
 
 
 class EmissionsRow(BaseModel):
@@ -40,6 +40,7 @@ class EmissionsRow(BaseModel):
     tenant: str
     node: str | None = None  # by=node
     vdc: str | None = None  # by=vdc (None: energy outside any VDC grant)
+    namespace: str | None = None  # by=namespace (None: energy of leased nodes, not of a namespace)
     kwh: Decimal
     kg_co2e: Decimal
     kwh_without_intensity: Decimal
@@ -67,9 +68,9 @@ class EnergyLedger:
         self.intensity = {(zone, hour.astimezone(UTC)): g for zone, hour, g in session.exec(
             select(CarbonIntensity.zone, CarbonIntensity.hour, CarbonIntensity.g_co2e_per_kwh)
             .where(col(CarbonIntensity.hour) >= start, col(CarbonIntensity.hour) < end))}
-        # tenant → hour → [kWh parts, Σ parts × g, parts without intensity]; and per (tenant, node, VDC)
+        # tenant → hour → [kWh parts, Σ parts × g, parts without intensity]; and per (tenant, node, VDC, namespace)
         self.hours: dict[int, dict[datetime, list]] = defaultdict(lambda: defaultdict(lambda: [0, Decimal(0), 0]))
-        self.places: dict[tuple[int, str, int | None], list] = defaultdict(lambda: [0, Decimal(0), 0])
+        self.places: dict[tuple[int, str, int | None, str | None], list] = defaultdict(lambda: [0, Decimal(0), 0])
         self.attributed: dict[tuple[str, datetime], int] = defaultdict(int)
         statement = (select(UsageRecord.tenant_id, UsageRecord.resource_id, UsageRecord.vdc_id, UsageRecord.hour,
                             UsageRecord.quantity_parts)
@@ -77,11 +78,12 @@ class EnergyLedger:
                             col(UsageRecord.hour) >= start, col(UsageRecord.hour) < end))
         if tenant_ids is not None:
             statement = statement.where(col(UsageRecord.tenant_id).in_(sorted(tenant_ids)))
-        for tenant_id, node, vdc_id, hour, parts in session.exec(statement).all():
+        for tenant_id, resource_id, vdc_id, hour, parts in session.exec(statement).all():
             hour = hour.astimezone(UTC)
+            node, namespace = energy_place(resource_id)
             self.attributed[(node, hour)] += parts
             g = self.intensity_at(node, hour)
-            for slot in (self.hours[tenant_id][hour], self.places[(tenant_id, node, vdc_id)]):
+            for slot in (self.hours[tenant_id][hour], self.places[(tenant_id, node, vdc_id, namespace)]):
                 slot[0] += parts
                 if g is None:
                     slot[2] += parts
@@ -120,7 +122,8 @@ class EnergyLedger:
 def emissions(session: Session, principal: Principal, period: str, default_zone: str | None,
               embodied: dict[str, Decimal] | None = None, by: str = "tenant",
               ledger: EnergyLedger | None = None) -> EmissionsReport:
-    """kWh and kg CO2e per tenant — or per tenant and node (`by="node"`) or VDC (`by="vdc"`) —
+    """kWh and kg CO2e per tenant — or per tenant and node (`by="node"`), VDC (`by="vdc"`) or
+    Kubernetes namespace (`by="namespace"`; embodied emissions, of leased node-hours, have none) —
     and idle energy for infra admins and finance, in `period`; `embodied`: kg CO2e per node-hour
     by resource class (KILN_EMBODIED_EMISSIONS); `ledger`: the period's, when the caller has it."""
     if by not in GROUPINGS:
@@ -131,25 +134,27 @@ def emissions(session: Session, principal: Principal, period: str, default_zone:
     slugs = dict(session.exec(select(Tenant.id, Tenant.slug)).all())
     vdcs = dict(session.exec(select(Vdc.id, Vdc.name)).all())
     groups: dict[tuple, list] = defaultdict(lambda: [0, Decimal(0), 0, Decimal(0)])
-    for (tenant_id, node, vdc_id), (parts, weighted, unpriced) in ledger.places.items():
-        group = groups[_key(by, tenant_id, node, vdc_id)]
+    for (tenant_id, node, vdc_id, namespace), (parts, weighted, unpriced) in ledger.places.items():
+        group = groups[_key(by, tenant_id, node, vdc_id, namespace)]
         group[0], group[1], group[2] = group[0] + parts, group[1] + weighted, group[2] + unpriced
     for (tenant_id, node, vdc_id), built in _embodied(session, start, end, embodied or {}).items():
-        groups[_key(by, tenant_id, node, vdc_id)][3] += built
+        groups[_key(by, tenant_id, node, vdc_id, None)][3] += built
     rows = [EmissionsRow(tenant=slugs[key[0]], node=key[1] if by == "node" else None,
-                         vdc=vdcs.get(key[1]) if by == "vdc" else None, kwh=quantity_from_parts(parts),
+                         vdc=vdcs.get(key[1]) if by == "vdc" else None,
+                         namespace=key[1] if by == "namespace" else None, kwh=quantity_from_parts(parts),
                          kg_co2e=kg_co2e(weighted), kwh_without_intensity=quantity_from_parts(unpriced),
                          embodied_kg_co2e=_kg_of_parts(built))
             for key, (parts, weighted, unpriced, built) in groups.items() if principal.can_see(key[0])]
-    rows.sort(key=lambda r: (r.tenant, r.node or "", r.vdc or ""))
+    rows.sort(key=lambda r: (r.tenant, r.node or "", r.vdc or "", r.namespace or ""))
     report = EmissionsReport(period=period, tenants=rows)
     if principal.sees_all_tenants:
         _add_idle(session, report, start, end, ledger)
     return report
 
 
-def _key(by: str, tenant_id: int, node: str, vdc_id: int | None) -> tuple:
-    return {"tenant": (tenant_id,), "node": (tenant_id, node), "vdc": (tenant_id, vdc_id)}[by]
+def _key(by: str, tenant_id: int, node: str, vdc_id: int | None, namespace: str | None) -> tuple:
+    return {"tenant": (tenant_id,), "node": (tenant_id, node), "vdc": (tenant_id, vdc_id),
+            "namespace": (tenant_id, namespace)}[by]
 
 
 def _add_idle(session: Session, report: EmissionsReport, start: datetime, end: datetime, ledger: EnergyLedger) -> None:

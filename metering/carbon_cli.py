@@ -64,12 +64,13 @@ class Grouping(StrEnum):
     tenant = "tenant"
     node = "node"
     vdc = "vdc"
+    namespace = "namespace"
 
 
 @carbon_app.command("emissions")
 def carbon_emissions(
     period: str = typer.Option(..., "--period", help="YYYY-MM"),
-    by: Grouping = typer.Option(Grouping.tenant, "--by", help="tenant, or tenant and node, or tenant and VDC."),
+    by: Grouping = typer.Option(Grouping.tenant, "--by", help="tenant, or tenant and node, VDC or Kubernetes namespace."),
     output: OutputFormat = OutputOption,
 ) -> None:
     """kWh and kg CO2e per tenant in a period, and the idle energy nobody was charged for."""

@@ -1,97 +1,163 @@
-"""GPU efficiency per tenant: GPU-hours used ÷ GPU-hours allocated, from DCGM/ROCm utilisation.
+"""GPU efficiency: GPU-hours used ÷ GPU-hours measured, with the coverage (measured ÷ allocated).
 
-For each lease in the period, the leased node's GPUs' 5-minute utilisation rollups
-(`rollup_5m`, metric `gpu_util_percent`, entity = GPU UUID) inside the lease give the GPU-hours
-*used* (mean utilisation × 5 min per bucket) over the GPU-hours *measured* (buckets with data).
-`allocated_gpu_hours` is what the tenant is billed for (lease usage records). Utilisation is a
-measurement, not money: it is reported to 4 decimal places.
+The one definition every view uses (the usage API, the usage page). For each lease, the leased
+node's GPUs' utilisation rollups (`rollup_5m`, metric `gpu_util_percent`, entity = GPU UUID)
+inside the lease and the range give:
+
+- *measured* GPU-hours: each sample stands for the time until the GPU's next sample (its real
+  interval: 5 minutes for a 5-minute scrape, an hour for hourly samples); a gap longer than
+  `MAX_SAMPLE_INTERVAL` is missing data, not a longer sample, so the sample before it (and the
+  last one) stands for the interval before it (one bucket when alone), clipped at the lease end
+  and the range end;
+- *used* GPU-hours: Σ mean utilisation × that interval.
+
+*Allocated* GPU-hours are GPUs × leased time in the range (`fleet.usage.lease_gpu_micros`, what
+the lease usage records bill). Efficiency = used ÷ measured (None without measurements);
+coverage = measured ÷ allocated (how much of the allocation had utilisation data). Utilisation
+is a measurement, not money: it is reported to 4 decimal places.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from datetime import datetime
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from pydantic import BaseModel
-from sqlalchemy import func
 from sqlmodel import Session, col, or_, select
 
 from collectors.models import Rollup5m
-from collectors.store import GPU_UTIL_ROLLUP
+from collectors.store import BUCKET, GPU_UTIL_ROLLUP
 from fleet.models import Gpu
 from fleet.tenancy_models import Lease
+from fleet.usage import MICROS_PER_HOUR, lease_gpu_micros, overlapping
 from kiln.auth import Principal
 from kiln.db import utcnow
 from kiln.models import Tenant
-from metering import skus
-from metering.models import UsageRecord
 from metering.periods import period_bounds
-from metering.usage import SOURCE_LEASE, parts_sum, summed
 
-BUCKET_HOURS = Decimal(5) / 60
+MAX_SAMPLE_INTERVAL = timedelta(hours=1)
 PLACES = Decimal("0.0001")
 LEASES_PER_QUERY = 500
+ZERO = Decimal(0)
+ALL_TENANTS = "all"
 
 
 class EfficiencyRow(BaseModel):
-    """A tenant's leased GPU-hours, how many had utilisation data, how many were used, and the ratio."""
+    """GPU-hours allocated, measured (with utilisation data) and used, efficiency and coverage."""
 
     tenant: str
     allocated_gpu_hours: Decimal
     measured_gpu_hours: Decimal
     used_gpu_hours: Decimal
     efficiency: Decimal | None  # used ÷ measured; None without measurements
+    coverage: Decimal | None  # measured ÷ allocated; None without allocation
 
 
-def lease_utilisation(
-    session: Session, lease_ids: list[int], start: datetime, stop: datetime,
-) -> dict[int, tuple[int, Decimal]]:
-    """Per lease with data: how many 5-minute GPU-utilisation buckets of its node's GPUs fall
-    inside both the lease and [start, stop), and the sum of their mean utilisation (percent)."""
-    out: dict[int, tuple[int, Decimal]] = {}
-    for chunk in range(0, len(lease_ids), LEASES_PER_QUERY):
-        rows = session.exec(
-            select(Lease.id, func.count(), func.sum(Rollup5m.sum / Rollup5m.count))
-            .join(Gpu, col(Gpu.uuid) == Rollup5m.entity).join(Lease, col(Lease.node_id) == Gpu.node_id)
-            .where(col(Lease.id).in_(lease_ids[chunk:chunk + LEASES_PER_QUERY]))
-            .where(Rollup5m.metric == GPU_UTIL_ROLLUP, Rollup5m.count > 0)
-            .where(col(Rollup5m.bucket) >= start, col(Rollup5m.bucket) < stop, col(Rollup5m.bucket) >= Lease.starts_at)
-            .where(or_(col(Lease.ends_at).is_(None), col(Rollup5m.bucket) < Lease.ends_at))
-            .group_by(Lease.id)
-        ).all()
-        out.update({lease_id: (buckets, Decimal(str(total))) for lease_id, buckets, total in rows})
+def sample_hours(buckets: list[datetime], clip_end: datetime) -> list[Decimal]:
+    """The hours each sample of one GPU (bucket starts, ascending) stands for: until the next
+    sample, or the interval before it where the next is missing or over `MAX_SAMPLE_INTERVAL`
+    away (one bucket when alone); never past `clip_end`."""
+    out: list[Decimal] = []
+    previous = BUCKET
+    for i, bucket in enumerate(buckets):
+        gap = buckets[i + 1] - bucket if i + 1 < len(buckets) else None
+        interval = gap if gap is not None and gap <= MAX_SAMPLE_INTERVAL else previous
+        interval = max(min(interval, clip_end - bucket), timedelta(0))
+        out.append(Decimal(interval // timedelta(microseconds=1)) / MICROS_PER_HOUR)
+        if gap is not None and gap <= MAX_SAMPLE_INTERVAL:
+            previous = gap
     return out
 
 
-def used_hours(percent_sum: Decimal) -> Decimal:
-    """GPU-hours used from a sum of 5-minute mean utilisations in percent."""
-    return percent_sum / 100 * BUCKET_HOURS
+def lease_utilisation(session: Session, leases: list[Lease], start: datetime, stop: datetime) -> dict[int, tuple[Decimal, Decimal]]:
+    """Per lease with data: (GPU-hours measured, GPU-hours used) of its node's GPUs inside both
+    the lease and [start, stop), each sample weighted by its real interval (`sample_hours`)."""
+    out: dict[int, tuple[Decimal, Decimal]] = {}
+    ends = {lease.id: min(lease.ends_at or stop, stop) for lease in leases}
+    ids = list(ends)
+    for chunk in range(0, len(ids), LEASES_PER_QUERY):
+        rows = session.exec(
+            select(Lease.id, Rollup5m.entity, Rollup5m.bucket, Rollup5m.sum / Rollup5m.count)
+            .join(Gpu, col(Gpu.uuid) == Rollup5m.entity).join(Lease, col(Lease.node_id) == Gpu.node_id)
+            .where(col(Lease.id).in_(ids[chunk:chunk + LEASES_PER_QUERY]))
+            .where(Rollup5m.metric == GPU_UTIL_ROLLUP, Rollup5m.count > 0)
+            .where(col(Rollup5m.bucket) >= start, col(Rollup5m.bucket) < stop, col(Rollup5m.bucket) >= Lease.starts_at)
+            .where(or_(col(Lease.ends_at).is_(None), col(Rollup5m.bucket) < Lease.ends_at))
+            .order_by(Lease.id, Rollup5m.entity, Rollup5m.bucket)
+        ).all()
+        series: dict[tuple[int, str], list[tuple[datetime, float]]] = defaultdict(list)
+        for lease_id, entity, bucket, mean in rows:
+            series[(lease_id, entity)].append((bucket, mean))
+        for (lease_id, _), points in series.items():
+            hours = sample_hours([bucket for bucket, _ in points], ends[lease_id])
+            measured, used = out.get(lease_id, (ZERO, ZERO))
+            out[lease_id] = (measured + sum(hours, ZERO),
+                             used + sum((h * Decimal(str(mean)) / 100 for h, (_, mean) in zip(hours, points, strict=True)), ZERO))
+    return out
+
+
+def _row(tenant: str, allocated: Decimal, measured: Decimal, used: Decimal) -> EfficiencyRow:
+    return EfficiencyRow(
+        tenant=tenant, allocated_gpu_hours=allocated.quantize(PLACES), measured_gpu_hours=measured.quantize(PLACES),
+        used_gpu_hours=used.quantize(PLACES), efficiency=(used / measured).quantize(PLACES) if measured else None,
+        coverage=(measured / allocated).quantize(PLACES) if allocated else None)
+
+
+@dataclass(frozen=True)
+class LeaseFigures:
+    """One lease's GPU-hours within a window: allocated, measured and used."""
+
+    lease: Lease
+    gpus: int
+    allocated: Decimal
+    measured: Decimal
+    used: Decimal
+
+
+def lease_figures(
+    session: Session, principal: Principal, start: datetime, end: datetime, *, tenant_id: int | None = None,
+    now: datetime | None = None,
+) -> list[LeaseFigures]:
+    """Every lease of the caller's tenants (or only `tenant_id`) overlapping [start, end) up to now,
+    with its allocated, measured and used GPU-hours there."""
+    stop = min(end, now or utcnow())
+    statement = principal.scope(select(Lease).where(overlapping(start, stop)), Lease.tenant_id)
+    if tenant_id is not None:
+        statement = statement.where(Lease.tenant_id == tenant_id)
+    leases = list(session.exec(statement.order_by(Lease.id)).all()) if stop > start else []
+    gpus = Counter(session.exec(select(Gpu.node_id).where(col(Gpu.node_id).in_({l.node_id for l in leases}))).all())
+    measured = lease_utilisation(session, leases, start, stop)
+    return [LeaseFigures(lease, gpus[lease.node_id],
+                         Decimal(lease_gpu_micros(lease, gpus[lease.node_id], start, stop)) / MICROS_PER_HOUR,
+                         *measured.get(lease.id, (ZERO, ZERO))) for lease in leases]
+
+
+def efficiency_between(
+    session: Session, principal: Principal, start: datetime, end: datetime, *, tenant_id: int | None = None,
+    now: datetime | None = None,
+) -> list[EfficiencyRow]:
+    """Per tenant the caller may see (or only `tenant_id`): allocated, measured and used GPU-hours of
+    leased nodes in [start, end) up to now, with efficiency and coverage."""
+    totals: dict[int, list[Decimal]] = defaultdict(lambda: [ZERO, ZERO, ZERO])
+    for figures in lease_figures(session, principal, start, end, tenant_id=tenant_id, now=now):
+        total = totals[figures.lease.tenant_id]
+        total[0] += figures.allocated
+        total[1] += figures.measured
+        total[2] += figures.used
+    slugs = dict(session.exec(select(Tenant.id, Tenant.slug)).all())
+    return [_row(slugs.get(t, "?"), *totals[t]) for t in sorted(totals, key=lambda t: slugs.get(t, ""))]
+
+
+def combined(rows: Iterable[EfficiencyRow], tenant: str = ALL_TENANTS) -> EfficiencyRow:
+    """Several tenants' rows as one: GPU-hours summed, then the ratios of the sums."""
+    rows = list(rows)
+    return _row(tenant, *(sum((getattr(r, name) for r in rows), ZERO)
+                          for name in ("allocated_gpu_hours", "measured_gpu_hours", "used_gpu_hours")))
 
 
 def efficiency(session: Session, principal: Principal, period: str, now: datetime | None = None) -> list[EfficiencyRow]:
-    """Per tenant the caller may see: allocated, measured and used GPU-hours of leased nodes in the period."""
-    start, end = period_bounds(period)
-    stop = min(end, now or utcnow())
-    measured: dict[int, Decimal] = defaultdict(Decimal)
-    used: dict[int, Decimal] = defaultdict(Decimal)
-    leases = session.exec(principal.scope(select(Lease.id, Lease.tenant_id).where(
-        col(Lease.starts_at) < stop, or_(col(Lease.ends_at).is_(None), col(Lease.ends_at) > start)), Lease.tenant_id)).all()
-    tenant_of = dict(leases)
-    for lease_id, (buckets, percent_sum) in lease_utilisation(session, list(tenant_of), start, stop).items():
-        measured[tenant_of[lease_id]] += buckets * BUCKET_HOURS
-        used[tenant_of[lease_id]] += used_hours(percent_sum)
-    allocated = dict(session.exec(principal.scope(
-        select(UsageRecord.tenant_id, parts_sum())
-        .where(UsageRecord.source == SOURCE_LEASE, col(UsageRecord.sku).startswith(skus.GPU_HOUR + ":"))
-        .where(col(UsageRecord.hour) >= start, col(UsageRecord.hour) < end).group_by(UsageRecord.tenant_id),
-        UsageRecord.tenant_id)).all())
-    slugs = dict(session.exec(select(Tenant.id, Tenant.slug)).all())
-    rows = []
-    for tenant_id in sorted(set(allocated) | set(measured), key=lambda t: slugs.get(t, "")):
-        have, took = measured.get(tenant_id, Decimal(0)), used.get(tenant_id, Decimal(0))
-        rows.append(EfficiencyRow(
-            tenant=slugs.get(tenant_id, "?"), allocated_gpu_hours=summed(allocated.get(tenant_id, 0)).normalize() + 0,
-            measured_gpu_hours=have.quantize(PLACES), used_gpu_hours=took.quantize(PLACES),
-            efficiency=(took / have).quantize(PLACES) if have else None))
-    return rows
+    """`efficiency_between` over a billing period (YYYY-MM)."""
+    return efficiency_between(session, principal, *period_bounds(period), now=now)

@@ -22,10 +22,8 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
-from fractions import Fraction
-from math import floor
 
-from metering.gpu_shares import largest_remainder
+from metering.gpu_shares import ExactShares
 from metering.intervals import MICROS_PER_HOUR
 
 GPU, CPU, MEMORY = "gpu", "cpu", "memory"
@@ -49,30 +47,31 @@ class NodeCapacity:
     memory_bytes: int | None = None
 
 
-def _share(weights: Mapping[Hashable, int], capacity: Fraction) -> dict[Hashable, Fraction]:
-    """Each tenant's part of the capacity-time (a total above capacity is shared pro rata)."""
-    denominator = max(capacity, Fraction(sum(weights.values())))
-    return {key: Fraction(weight) / denominator for key, weight in weights.items()} if denominator else {}
+def _denominator(weights: Mapping[Hashable, int], capacity: int) -> int:
+    """The capacity-time the tenants' weights are a share of (their total, if above capacity)."""
+    return max(capacity, sum(weights.values()))
 
 
 def split_node_energy(total: int, gpu_parts: int | None, claims: NodeHourClaims, node: NodeCapacity) -> dict[Hashable, int]:
     """Parts of `total` (the node-hour's kWh in parts) per key; `gpu_parts`: its GPUs' own energy
     in parts (None where the node has no GPU energy counter). The rest is idle."""
-    exact: dict[Hashable, Fraction] = defaultdict(Fraction)
+    shares = ExactShares()
     for key, micros in claims.leased.items():
-        exact[key] += Fraction(total * micros, MICROS_PER_HOUR)
+        shares.add(key, total * micros, MICROS_PER_HOUR)
     free = MICROS_PER_HOUR - min(sum(claims.leased.values()), MICROS_PER_HOUR)
-    unleased = Fraction(total * free, MICROS_PER_HOUR)
-    gpu_share = _share(claims.requests.get(GPU, {}), Fraction(node.gpus * free))
-    rest_shares = [_share(claims.requests.get(kind, {}), Fraction(capacity) * free)
-                   for kind, capacity in ((CPU, node.cores), (MEMORY, node.memory_bytes)) if capacity]
-    if gpu_parts is None or len(rest_shares) < 2:
-        gpu_energy, rest_shares = unleased, []
+    unleased = total * free  # over MICROS_PER_HOUR, as are the energies below
+    rest = [(claims.requests.get(kind, {}), capacity * free)
+            for kind, capacity in ((CPU, node.cores), (MEMORY, node.memory_bytes)) if capacity]
+    if gpu_parts is None or len(rest) < 2:
+        gpu_energy, rest = unleased, []
     else:
-        gpu_energy = min(Fraction(gpu_parts * free, MICROS_PER_HOUR), unleased)
-    for key, share in gpu_share.items():
-        exact[key] += gpu_energy * share
-    for shares in rest_shares:
-        for key, share in shares.items():
-            exact[key] += (unleased - gpu_energy) * share / 2
-    return largest_remainder(exact, floor(sum(exact.values(), Fraction(0))))
+        gpu_energy = min(gpu_parts * free, unleased)
+    gpu_weights = claims.requests.get(GPU, {})
+    if gpu_weights and (denominator := _denominator(gpu_weights, node.gpus * free)):
+        for key, weight in gpu_weights.items():
+            shares.add(key, gpu_energy * weight, MICROS_PER_HOUR * denominator)
+    for weights, capacity in rest:  # half by CPU share, half by memory share
+        denominator = _denominator(weights, capacity)
+        for key, weight in weights.items():
+            shares.add(key, (unleased - gpu_energy) * weight, 2 * MICROS_PER_HOUR * denominator)
+    return shares.parts()

@@ -26,8 +26,7 @@ from collections import defaultdict
 from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from fractions import Fraction
-from math import floor
+from math import lcm
 
 from metering.intervals import MICROSECOND
 from metering.periods import HOUR, hours_between
@@ -41,14 +40,30 @@ class Pool:
     slices: int
 
 
-def largest_remainder(exact: Mapping[Hashable, Fraction], total: int) -> dict[Hashable, int]:
-    """Integer parts for exact shares that sum to `total` (≤ the sum of the shares, rounded down):
-    each share floored, the parts left over to the largest remainders (ties: the key order given)."""
-    floors = {key: floor(value) for key, value in exact.items()}
-    left = total - sum(floors.values())
-    for key in sorted(exact, key=lambda k: -(exact[k] - floors[k]))[:max(left, 0)]:
-        floors[key] += 1
-    return floors
+class ExactShares:
+    """Exact rational shares per key, kept as integer numerators over a few denominators (much
+    faster than `Fraction` sums), rounded once by largest remainder (`parts`)."""
+
+    def __init__(self) -> None:
+        self.numerators: dict[int, dict[Hashable, int]] = defaultdict(lambda: defaultdict(int))  # denominator → key → Σ
+
+    def add(self, key: Hashable, numerator: int, denominator: int = 1) -> None:
+        """Add numerator / denominator to `key`'s share."""
+        self.numerators[denominator][key] += numerator
+
+    def parts(self) -> dict[Hashable, int]:
+        """Integer parts that sum to the exact total rounded down: each share floored, the parts left
+        over to the largest remainders (ties: the order keys were first added)."""
+        common = lcm(*self.numerators) if self.numerators else 1
+        exact: dict[Hashable, int] = defaultdict(int)  # numerators over `common`
+        for denominator, shares in self.numerators.items():
+            for key, numerator in shares.items():
+                exact[key] += numerator * (common // denominator)
+        floors = {key: value // common for key, value in exact.items()}
+        left = sum(exact.values()) // common - sum(floors.values())
+        for key in sorted(exact, key=lambda k: -(exact[k] % common))[:max(left, 0)]:
+            floors[key] += 1
+        return floors
 
 
 Segment = tuple[Hashable, datetime, datetime, int]  # claim key, start, end, slices
@@ -62,19 +77,20 @@ def split_pool_hour(pool: Pool, segments: list[Segment]) -> dict[Hashable, int]:
     shares are summed over the hour, then rounded by largest remainder to integer parts that sum
     to the exact total rounded down."""
     cuts = sorted({t for _, a, b, _ in segments for t in (a, b)})
-    exact: dict[Hashable, Fraction] = defaultdict(Fraction)
+    shares = ExactShares()
     for t0, t1 in zip(cuts, cuts[1:]):
         active = [(key, slices) for key, a, b, slices in segments if a <= t0 and t1 <= b]
         demand = sum(slices for _, slices in active)
         if not demand:
             continue
         micros = (t1 - t0) // MICROSECOND
-        scale = Fraction(1, pool.slices)
-        if pool.gpus is not None and demand > pool.gpus * pool.slices:
-            scale = Fraction(pool.gpus, demand)  # time-sliced: the GPUs, shared pro rata
+        oversubscribed = pool.gpus is not None and demand > pool.gpus * pool.slices
         for key, slices in active:
-            exact[key] += slices * micros * scale
-    return largest_remainder(exact, floor(sum(exact.values(), Fraction(0))))
+            if oversubscribed:  # time-sliced: the GPUs, shared pro rata
+                shares.add(key, slices * micros * pool.gpus, demand)
+            else:
+                shares.add(key, slices * micros, pool.slices)
+    return shares.parts()
 
 
 @dataclass

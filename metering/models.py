@@ -102,6 +102,9 @@ class Bill(SQLModel, table=True):
     discount_percent: Decimal = Field(default=Decimal(0), sa_column=Column(PERCENT, nullable=False))
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    # The instant the last bills run counted usage up to (its `now`, at most the period end): the
+    # forecast extrapolates from it, so it does not drift while no run adds usage.
+    usage_through: datetime | None = Field(default=None, sa_type=UTCDateTime)
     finalised_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     finalised_by: str | None = Field(default=None, max_length=200)
 
@@ -175,8 +178,8 @@ class BudgetAlert(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("subject", "period", "threshold", name="uq_budget_alert_once"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    subject: str = Field(max_length=64)  # budget:ID | quota:VDC_ID[:TENANT_ID]
-    kind: str = Field(max_length=16)  # budget | gpu-hours
+    subject: str = Field(max_length=64)  # budget:ID | forecast:budget:ID | quota:VDC_ID[:TENANT_ID]
+    kind: str = Field(max_length=16)  # budget | budget-forecast | gpu-hours
     tenant_id: int | None = Field(default=None, sa_column=Column(Integer, ForeignKey("tenant.id", ondelete="CASCADE"), index=True))
     budget_id: int | None = Field(default=None, sa_column=Column(Integer, ForeignKey("budget.id", ondelete="CASCADE")))
     vdc_id: int | None = Field(default=None, sa_column=Column(Integer, ForeignKey("vdc.id", ondelete="CASCADE")))

@@ -11,9 +11,10 @@ range of hours deletes and rewrites exactly those rows and never duplicates one.
   `k8s:<namespace>`). Time a pod spends on a node that is leased whole is not counted again:
   the lease holder already pays for the node.
 - `energy`: a node's metered kWh per hour (`node_energy_hour`) goes to the tenant leasing it,
-  pro rata to the part of the hour leased; on a shared Kubernetes node the rest goes by each
-  tenant's share of the node's GPUs (their own energy, where GPU counters measure it) and of its
-  CPUs and memory (`metering.energy_shares`). What nobody held stays unattributed (idle).
+  pro rata to the part of the hour leased (resource id = node name); on a shared Kubernetes node
+  the rest goes by each namespace's share of the node's GPUs (their own energy, where GPU
+  counters measure it) and of its CPUs and memory (`metering.energy_shares`; resource id =
+  `<node>/k8s:<namespace>`). What nobody held stays unattributed (idle).
 
 Every row keeps its amount exactly, as `quantity_parts` (an integer: quantity × 3,600,000,000,
 i.e. GPU-microseconds for GPU-hours), beside `quantity` (the same to 6 decimal places, for
@@ -192,12 +193,23 @@ def k8s_usage(
             kind = GPU if resource in GPU_RESOURCES else resource
             if node_id in metered and kind in (GPU, CPU, MEMORY):
                 for hour, micros in split_by_hour(a, b):
-                    claims[(node_id, hour)].requests[kind][tenant_id] += int(quantity * micros)
+                    claims[(node_id, hour)].requests[kind][(tenant_id, namespace)] += int(quantity * micros)
     for node_id, hour, key, parts in shared.split():
         totals.add_weight(key, hour, parts)
         if node_id in metered:
-            claims[(node_id, hour)].requests[GPU][key[0]] += parts
+            claims[(node_id, hour)].requests[GPU][(key[0], key[1].removeprefix("k8s:"))] += parts
     return totals, claims
+
+
+def energy_resource_id(node: str, namespace: str | None = None) -> str:
+    """An energy row's resource: the node, or for a Kubernetes namespace's share `<node>/k8s:<namespace>`."""
+    return f"{node}/k8s:{namespace}" if namespace else node
+
+
+def energy_place(resource_id: str) -> tuple[str, str | None]:
+    """(node, namespace or None) of an energy row's resource (`energy_resource_id` reversed)."""
+    node, _, namespace = resource_id.partition("/k8s:")
+    return node, namespace or None
 
 
 def _gpu_energy(session: Session, start: datetime, end: datetime) -> dict[tuple[int, datetime], int]:
@@ -236,14 +248,15 @@ def energy_usage(
         hour_claims = claims.get((node_id, hour)) or NodeHourClaims()
         for h in held.get(node_id, []):
             for _, micros in split_by_hour(max(h.start, hour), min(h.end, hour + HOUR)):
-                hour_claims.leased[(h.tenant_id, h.vdc_id)] += micros
-        requests = {kind: {(tenant_id, None): w for tenant_id, w in weights.items()}
+                hour_claims.leased[(h.tenant_id, name, h.vdc_id)] += micros
+        requests = {kind: {(tenant_id, energy_resource_id(name, namespace), None): w
+                           for (tenant_id, namespace), w in weights.items()}
                     for kind, weights in hour_claims.requests.items()}
         split = split_node_energy(int(Decimal(kwh) * PARTS_PER_UNIT), gpu_kwh.get((node_id, hour)),
                                   NodeHourClaims(hour_claims.leased, requests), capacities[node_id])
-        for (tenant_id, vdc_id), parts in split.items():
+        for (tenant_id, resource_id, vdc_id), parts in split.items():
             if parts:
-                totals.add_weight((tenant_id, name, skus.KWH), hour, parts, vdc_id)
+                totals.add_weight((tenant_id, resource_id, skus.KWH), hour, parts, vdc_id)
     return totals
 
 

@@ -13,7 +13,6 @@ from pydantic import BaseModel
 from sqlmodel import Session, col, select
 
 from kiln.auth import Principal
-from kiln.db import utcnow
 from kiln.errors import NotFound
 from kiln.models import Tenant
 from metering.bills import DRAFT, get_bill_for
@@ -35,6 +34,7 @@ class BillPublic(BaseModel):
     total: Decimal
     forecast_total: Decimal
     discount_percent: Decimal
+    usage_through: datetime | None = None  # usage counted up to (the last bills run); the forecast's base
     created_at: datetime
     updated_at: datetime
     finalised_at: datetime | None
@@ -110,16 +110,30 @@ def lines_of(session: Session, bill_id: int) -> list[BillLine]:
     return sorted(lines, key=lambda line: order.get(line.kind, 3))
 
 
-def forecast_total(bill: Bill, lines: list[BillLine], now: datetime | None = None) -> Decimal:
-    """The bill's total at period end if usage goes on at the rate seen so far (corrections not extrapolated)."""
-    start, end = period_bounds(bill.period)
-    now = now or utcnow()
-    if bill.status != DRAFT or now >= end or now <= start:
+def extrapolate(running: Decimal, period: str, as_of: datetime | None) -> Decimal:
+    """`running` (what accrued from the period's start up to `as_of`) at the period's end if it goes on
+    at that rate; unchanged without `as_of` or when `as_of` is not inside the period."""
+    start, end = period_bounds(period)
+    if as_of is None or not start < as_of < end:
+        return running
+    micro = timedelta(microseconds=1)
+    return running * Decimal((end - start) // micro) / Decimal((as_of - start) // micro)
+
+
+def usage_through(bill: Bill) -> datetime:
+    """The instant the bill's usage was counted up to: its last bills run's (bills written before
+    `usage_through` was kept: when it was last updated)."""
+    return bill.usage_through or bill.updated_at
+
+
+def forecast_total(bill: Bill, lines: list[BillLine]) -> Decimal:
+    """The bill's total at period end if usage goes on at the rate seen up to its last bills run
+    (`usage_through`, not the clock: the forecast stays put between runs; corrections not extrapolated)."""
+    if bill.status != DRAFT:
         return Decimal(bill.total)
     running = sum((Decimal(l.contracted_cost) for l in lines if l.kind != KIND_CORRECTION), Decimal(0))
     fixed = Decimal(bill.total) - running
-    micro = timedelta(microseconds=1)
-    return round_amount(running * Decimal((end - start) // micro) / Decimal((now - start) // micro) + fixed, bill.currency)
+    return round_amount(extrapolate(running, bill.period, usage_through(bill)) + fixed, bill.currency)
 
 
 def line_public(line: BillLine) -> BillLinePublic:
@@ -132,7 +146,7 @@ def line_public(line: BillLine) -> BillLinePublic:
     return BillLinePublic(**fields)
 
 
-def bill_public(session: Session, bills: list[Bill], now: datetime | None = None, *, with_lines: bool = False) -> list[BillPublic]:
+def bill_public(session: Session, bills: list[Bill], *, with_lines: bool = False) -> list[BillPublic]:
     """Bills as the API shows them, with tenant slugs and forecasts."""
     slugs = tenant_slugs(session, {b.tenant_id for b in bills})
     result = []
@@ -141,7 +155,7 @@ def bill_public(session: Session, bills: list[Bill], now: datetime | None = None
         fields = bill.model_dump(exclude={"tenant_id"})
         money = {name: round_amount(Decimal(fields[name]), bill.currency) for name in ("list_total", "total")}
         public = dict(fields, **money, discount_percent=plain(bill.discount_percent), tenant=slugs.get(bill.tenant_id, "?"),
-                      forecast_total=forecast_total(bill, lines, now))
+                      forecast_total=forecast_total(bill, lines))
         if with_lines:
             result.append(BillDetail(**public, lines=[line_public(l) for l in lines]))
         else:

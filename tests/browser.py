@@ -21,6 +21,14 @@ from typing import Any
 from tests.peers.harness import missing_peer
 
 ARTIFACTS = Path(__file__).parents[1] / "test-artifacts" / "console"  # git-ignored
+AXE_VERSION = "4.14.1"  # tests/peers/chromium.sh installs this axe-core from npm
+AXE_FAILING_IMPACTS = ("serious", "critical")
+# axe.run's violations, reduced to what a failure message needs: rule, impact, help, the nodes' selectors.
+AXE_RUN_JS = """async (impacts) => {
+  const result = await window.axe.run(document, {resultTypes: ['violations']});
+  return result.violations.filter(v => impacts.includes(v.impact)).map(v => ({
+    id: v.id, impact: v.impact, help: v.help, targets: v.nodes.map(n => n.target.join(' ')).slice(0, 8)}));
+}"""
 CHROMIUM_ARGS = [
     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
@@ -61,6 +69,25 @@ def playwright_session() -> Iterator[Any]:
 
     with sync_playwright() as playwright:
         yield playwright
+
+
+def axe_script() -> Path:
+    """axe-core's browser bundle as `tests/peers/chromium.sh install` leaves it, or a missing-peer skip/failure."""
+    peers = Path(os.environ.get("KILN_PEERS_DIR") or Path(__file__).parents[1] / ".peers")
+    path = peers / "axe-core" / "node_modules" / "axe-core" / "axe.min.js"
+    if not path.is_file():
+        missing_peer("axe-core", f"no {path}: run `bash tests/peers/chromium.sh install`")
+    return path
+
+
+def axe_violations(page: Any, impacts: tuple[str, ...] = AXE_FAILING_IMPACTS) -> list[dict[str, Any]]:
+    """Inject axe-core into `page` (once) and run every rule on it; the violations of `impacts`,
+    each as {id, impact, help, targets (CSS selectors of up to 8 offending nodes)}."""
+    if not page.evaluate("() => typeof window.axe === 'object'"):
+        page.add_script_tag(path=str(axe_script()))
+        version = page.evaluate("() => window.axe.version")
+        assert version == AXE_VERSION, f"axe-core {version} is installed, the tests pin {AXE_VERSION}"
+    return page.evaluate(AXE_RUN_JS, list(impacts))
 
 
 def free_port() -> int:

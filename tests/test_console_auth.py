@@ -31,9 +31,15 @@ from tests.factories import World
 
 PASSWORD = "console-test-password"
 CALLBACK = "/_dash-update-component"
-POWER_CALLBACK = {  # the fleet page's power chart, as the browser asks for it
-    "output": "fleet-power.figure", "outputs": {"id": "fleet-power", "property": "figure"},
-    "inputs": [{"id": "fleet-range", "property": "value", "value": "24h"}],
+FLEET_OUTPUTS = (("fleet-power", "figure"), ("fleet-hottest", "figure"), ("fleet-stats", "children"),
+                 ("fleet-updated", "children"))
+POWER_CALLBACK = {  # the fleet page's live parts (power chart, hottest nodes, stats), as the browser asks for them
+    "output": "..{}..".format("...".join(f"{i}.{p}" for i, p in FLEET_OUTPUTS)),
+    "outputs": [{"id": i, "property": p} for i, p in FLEET_OUTPUTS],
+    "inputs": [{"id": "fleet-range", "property": "value", "value": "24h"},
+               {"id": "fleet-from", "property": "value", "value": None},
+               {"id": "fleet-to", "property": "value", "value": None},
+               {"id": "fleet-tick", "property": "n_intervals", "value": None}],
     "changedPropIds": ["fleet-range.value"], "state": [],
 }
 
@@ -191,7 +197,9 @@ def test_a_tenant_on_an_admin_page_gets_http_403(https_client: TestClient, users
     token = https_client.cookies[CSRF_COOKIE]
     answer = https_client.post(CALLBACK, json=POWER_CALLBACK, headers={CSRF_HEADER: token})
     assert answer.status_code == 200  # the chart callback answers, with nothing of the fleet in it
-    assert answer.json()["response"]["fleet-power"]["figure"]["data"] == []
+    parts = answer.json()["response"]
+    assert parts["fleet-power"]["figure"]["data"] == [] and parts["fleet-hottest"]["figure"]["data"] == []
+    assert parts["fleet-stats"]["children"] == []
 
 
 def render_page(client: TestClient, path: str) -> str:

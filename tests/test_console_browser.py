@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -14,6 +16,7 @@ from plotly.offline import get_plotlyjs_version
 from sqlmodel import Session, select
 
 from dashboards.session import SESSION_COOKIE, ConsoleSession, SessionCodec
+from dashboards.time_controls import REFRESH_SECONDS
 from fleet.models import Node
 from fleet.provisioning.fake import FakeDriver
 from tests.browser import (
@@ -29,7 +32,7 @@ from tests.browser import (
 )
 from tests.conftest import TEST_SECRET_KEY
 
-ADMIN_PAGES = {"fleet": ("/fleet", 4), "vdcs": ("/vdcs", 1), "usage": ("/usage", 3), "node": ("/nodes/gpu-a01", 3)}
+ADMIN_PAGES = {"fleet": ("/fleet", 4), "vdcs": ("/vdcs", 1), "usage": ("/usage", 4), "node": ("/nodes/gpu-a01", 3)}
 TENANT_B_WORDS = ("tenant-b", "Tenant B", "bob", *TENANT_B_NODES)
 BLANK_CHART_PNG_BYTES = 8_000
 
@@ -105,22 +108,31 @@ def test_every_page_renders_with_drawn_charts_and_no_console_errors(console: Con
     page.context.close()
 
 
+def _b_words(content: str) -> list[str]:
+    """Tenant B's names in the page, as whole words (AG Grid's markup says "combobox")."""
+    return [word for word in TENANT_B_WORDS if re.search(rf"(?<![\w-]){re.escape(word)}(?![\w])", content)]
+
+
 def test_tenant_pages_never_show_another_tenants_names(console: Console) -> None:
     page, errors = console.page_as("alice", "/usage")
     wait_for_charts(page, 3)
     page.wait_for_selector("#running-nodes td")
+    page.wait_for_selector("#usage-allocation-table .ag-cell")
     screenshot(page, "tenant-a-usage")
+    allocation = page.inner_text("#usage-allocation-table")
+    assert "Cost of idle" in allocation and all(node in allocation for node in TENANT_A_NODES)
+    assert re.match(r"^\d+ %$", page.inner_text("#stat-efficiency")) and re.match(r"^\d+ %$", page.inner_text("#stat-coverage"))
     text = page.inner_text("body")
     assert all(node in text for node in TENANT_A_NODES)
-    assert [word for word in TENANT_B_WORDS if word in page.content()] == []
+    assert _b_words(page.content()) == []
     page.click("#usage-tenant")
-    assert [word for word in TENANT_B_WORDS if word in page.content()] == []  # not even among the tenant choices
+    assert _b_words(page.content()) == []  # not even among the tenant choices
     for node in TENANT_A_NODES:  # gpu-a02 was tenant B's before: its history must not say so
         page.goto(f"{console.base_url}/nodes/{node}")
         wait_for_charts(page, 3)
         screenshot(page, f"tenant-a-node-{node}")
         assert page.inner_text("#node-title") == node
-        assert [word for word in TENANT_B_WORDS if word in page.content()] == []
+        assert _b_words(page.content()) == []
         assert "ipmi://" not in page.content()  # BMC details are for infra admins
     page.goto(f"{console.base_url}/nodes/{TENANT_B_NODES[0]}")
     page.wait_for_selector("#node-missing")
@@ -236,3 +248,39 @@ def test_cross_site_post_without_the_token_is_refused(console: Console) -> None:
     attacker.server.shutdown()
     page.context.close()
 
+
+
+def _power_x_range(page: Any) -> list[str]:
+    """The first and last time of the fleet power chart's line."""
+    return page.evaluate("() => { const x = document.querySelector('#fleet-power .js-plotly-plot').data[0].x;"
+                         " return [String(x[0]), String(x[x.length - 1])]; }")
+
+
+@pytest.mark.parametrize("path,prefix", [("/fleet", "fleet"), ("/nodes/gpu-a01", "node")])
+def test_live_pages_take_custom_dates_say_when_they_were_read_and_refresh_themselves(
+        console: Console, path: str, prefix: str) -> None:
+    page, errors = console.page_as("ops-admin", path)
+    wait_for_charts(page, 3)
+    stamp = re.compile(r"^last updated \d\d:\d\d:\d\d UTC$")
+    first = page.inner_text(f"#{prefix}-updated")
+    assert stamp.match(first), first
+    today = datetime.now(UTC).date()
+    page.wait_for_timeout(1100)  # the next reading is a second later at least
+    for field, day in ((f"#{prefix}-from", today - timedelta(days=1)), (f"#{prefix}-to", today)):
+        page.fill(field, day.isoformat())
+        page.keyboard.press("Enter")
+    page.wait_for_selector(f"#{prefix}-range:has-text('Custom dates')")
+    page.wait_for_function(f"() => document.querySelector('#{prefix}-updated').innerText !== {first!r}")
+    wait_for_charts(page, 3)
+    if prefix == "fleet":  # yesterday and today up to now: the seeded 6 hours of power are inside
+        start, end = _power_x_range(page)
+        assert start[:10] >= (today - timedelta(days=1)).isoformat() and end[:10] <= today.isoformat()
+        assert page.locator("#fleet-stats #stat-nodes").inner_text() == "6"
+    screenshot(page, f"{prefix}-custom-range")
+    second = page.inner_text(f"#{prefix}-updated")
+    page.get_by_text(f"auto-refresh every {REFRESH_SECONDS} s").click()  # off by default; on: a tick re-reads the page
+    page.wait_for_function(f"() => document.querySelector('#{prefix}-updated').innerText !== {second!r}",
+                           timeout=(REFRESH_SECONDS + 15) * 1000)
+    assert stamp.match(page.inner_text(f"#{prefix}-updated"))
+    assert errors.messages == []
+    page.context.close()

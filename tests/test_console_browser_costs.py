@@ -163,6 +163,8 @@ def test_cost_pages_render_with_drawn_charts_and_no_console_errors(console: Cost
     else:
         page.wait_for_selector("#finance-tenant-table .ag-cell")
     _charts_have_marks(page, charts)
+    by_sku = page.inner_text("#costs-by-sku" if path == "/costs" else "#finance-by-sku")
+    assert "GPU-hour · " in by_sku and "gpu-hour:" not in by_sku  # SKUs by name
     assert screenshot(page, f"{who}-{path.strip('/')}").stat().st_size > 30_000
     assert "Traceback" not in page.content()
     assert errors.messages == []
@@ -175,15 +177,15 @@ def test_a_tenants_cost_page_and_files_never_show_another_tenant(console: CostCo
     page, errors = console.page_as("alice", "/costs")
     page.wait_for_selector("#costs-bill-table .ag-cell")
     _choose(page, "costs-period", console.previous)
-    page.wait_for_selector(f"#costs-bill-table a[href='/costs?bill={mine.id}']")
+    page.wait_for_selector(f"#costs-bill-table a[href='/costs/bills/{mine.id}']")
     wait_for_charts(page, 3)
     assert "tenant-a" in page.inner_text("#costs-bill-table") and _b_leaks(page, b_total) == []
     page.click("#costs-tenant")
     assert _b_leaks(page, b_total) == []  # not even among the tenant choices
     page.keyboard.press("Escape")
-    page.click(f"#costs-bill-table a[href='/costs?bill={mine.id}']")
+    page.click(f"#costs-bill-table a[href='/costs/bills/{mine.id}']")
+    page.wait_for_url(f"{console.base_url}/costs/bills/{mine.id}")
     page.wait_for_selector("#bill-lines td")
-    wait_for_charts(page, 3)
     screenshot(page, "tenant-a-bill")
     assert _b_leaks(page, b_total) == []
     files = []
@@ -199,7 +201,7 @@ def test_a_tenants_cost_page_and_files_never_show_another_tenant(console: CostCo
     theirs = console.bill("tenant-b", console.previous)
     assert page.request.get(f"{console.base_url}/downloads/bills/{theirs.id}.csv").status == 404
     assert page.request.get(f"{console.base_url}/downloads/bills/{theirs.id}.focus.csv").status == 404
-    page.goto(f"{console.base_url}/costs?bill={theirs.id}")
+    page.goto(f"{console.base_url}/costs/bills/{theirs.id}")
     page.wait_for_selector("#bill-missing")
     assert _b_leaks(page, b_total) == []
     response = page.goto(f"{console.base_url}/finance")
@@ -213,9 +215,15 @@ def test_a_tenants_cost_page_and_files_never_show_another_tenant(console: CostCo
 def test_a_downloaded_bill_totals_what_the_api_says_and_drills_down(console: CostConsole) -> None:
     bill = console.bill("tenant-a", console.previous)
     api = console.api("alice", f"/api/v1/bills/{bill.id}")
-    page, errors = console.page_as("alice", f"/costs?bill={bill.id}")
+    page, errors = console.page_as("alice", f"/costs/bills/{bill.id}")
     page.wait_for_selector("#bill-lines td")
-    assert page.inner_text("#bill-total") == f"{_money(api['total'])} {api['currency']}"
+    assert page.inner_text("#bill-total") == f"€{_money(api['total'])}" and api["currency"] == "EUR"
+    headers = page.locator("#bill-lines th").all_inner_texts()
+    assert {"list unit price", "contracted unit price", "discount"} <= set(headers)
+    gpu_row = page.locator("#bill-lines tr", has_text="GPU-hour · ").first.inner_text()
+    assert "€2.25" in gpu_row and "0.00 %" in gpu_row  # tenant A has no discount: list = contracted
+    assert page.is_disabled("#bill-lines-prev") and page.is_disabled("#bill-lines-next")  # one page of lines
+    assert page.evaluate("() => getComputedStyle(document.querySelector('#bill-lines-prev')).cursor") == "not-allowed"
     with page.expect_download() as download:
         page.click("#bill-download-csv")
     rows = list(csv.DictReader(Path(download.value.path()).open()))
@@ -233,6 +241,36 @@ def test_a_downloaded_bill_totals_what_the_api_says_and_drills_down(console: Cos
     resources = page.inner_text("#line-usage-resources")
     assert "gpu-a01" in resources and "k8s:ns-a" in resources and "gpu-b01" not in resources
     screenshot(page, "tenant-a-bill-drill-down")
+    # 5 days of one GPU and 20 hours of ns-a: 140 hourly records, 48 a page
+    assert page.inner_text("#line-usage-status") == "page 1 of 3" and page.is_disabled("#line-usage-prev")
+    first_hour = page.locator("#line-usage-hours tbody tr").first.inner_text()
+    page.click("#line-usage-next")
+    page.wait_for_selector("#line-usage-status:has-text('page 2 of 3')")
+    assert page.locator("#line-usage-hours tbody tr").first.inner_text() != first_hour
+    assert not page.is_disabled("#line-usage-prev")
+    assert errors.messages == []
+    page.context.close()
+
+
+def test_finance_reads_no_configuration_internals_and_admins_get_the_setup_hint(console: CostConsole) -> None:
+    page, errors = console.page_as("fiona", "/finance")
+    page.wait_for_selector("#finance-tenant-table .ag-cell")
+    _choose(page, "finance-period", f"{console.current} (running)")  # no OpenCost allocation this month
+    page.wait_for_selector("#finance-reconciliation:has-text('OpenCost is not connected')")
+    screenshot(page, "finance-opencost-not-connected")
+    text = page.inner_text("body")  # what the reader sees (the markup has SVG namespace URLs)
+    assert [word for word in ("KILN_", "kiln worker", "kiln bills", "http://", "https://") if word in text] == []
+    assert "KILN_" not in page.content()
+    assert page.is_disabled("#finance-close")  # the running period cannot be closed: and it looks it
+    style = page.evaluate("() => { const s = getComputedStyle(document.querySelector('#finance-close'));"
+                          " return [s.cursor, Number(s.opacity)]; }")
+    assert style[0] == "not-allowed" and style[1] < 0.6
+    assert errors.messages == []
+    page.context.close()
+    page, errors = console.page_as("ops-admin", "/finance")
+    page.wait_for_selector("#finance-tenant-table .ag-cell")
+    _choose(page, "finance-period", f"{console.current} (running)")
+    page.wait_for_selector("#finance-reconciliation:has-text('KILN_OPENCOST_URL')")  # the admin's view says how
     assert errors.messages == []
     page.context.close()
 

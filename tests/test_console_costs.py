@@ -16,6 +16,7 @@ from dashboards.cost_data import (
     bill_detail,
     bill_periods,
     budget_alerts,
+    line_discount,
     budget_rows,
     line_usage,
     spend_by_day,
@@ -115,7 +116,7 @@ def test_forecast_extrapolates_a_running_period(world: World) -> None:
     lease(world, node_a, "a", "2026-10-01T00:00", None)
     run_period(world.session, SYSTEM, PERIOD, policy="platform", now=at("2026-10-11T00:00"))  # 10 of 31 days
     world.session.commit()
-    summary = spend_summary(world.session, principal(world, "a_member"), PERIOD, now=at("2026-10-11T00:00"))
+    summary = spend_summary(world.session, principal(world, "a_member"), PERIOD)  # not on the clock: on the run
     assert summary.to_date == Decimal("480.00")  # 240 GPU-hours × 2.00 (node-hours have no card: 0)
     assert summary.forecast == Decimal("1488.00")  # × 31 / 10
 
@@ -140,6 +141,57 @@ def test_bill_detail_drill_down_and_csv(world: World) -> None:
     assert total["kind"] == "total" and Decimal(total["contracted_cost"]) == Decimal(bill.total) == Decimal("260.00")
     assert sum(Decimal(r["contracted_cost"]) for r in lines) == Decimal(bill.total)
     assert {r["tenant"] for r in rows} == {"tenant-a"}
+
+
+def test_a_lines_page_of_usage_follows_the_first(world: World) -> None:
+    october(world)
+    member_a = principal(world, "a_member")
+    bill = bill_of(world, "a")
+    gpu_line = next(l for l in bill_detail(world.session, member_a, bill.id).lines if l.sku == GPU_SKU)
+    second = line_usage(world.session, member_a, bill.id, gpu_line.id, page=1)
+    assert (second.page, len(second.hours)) == (1, 10)  # 58 records, 48 a page
+    assert second.hours[0].hour == at("2026-10-05T00:00") and second.hours[0].resource_id == "k8s:ns-a"
+    assert line_usage(world.session, member_a, bill.id, gpu_line.id, page=9).page == 1  # clamped to the last
+
+
+def test_bill_lines_show_list_and_contracted_prices_and_the_discount(world: World) -> None:
+    """Issue 18: the bill showed the list unit price beside a discounted amount, with no contracted
+    price or discount column."""
+    from dashboards.pages.bill import LINE_COLUMNS, line_row, lines_block
+
+    october(world)
+    detail = bill_detail(world.session, principal(world, "b_member"), bill_of(world, "b").id)
+    gpu_line = next(l for l in detail.lines if l.sku == GPU_SKU)
+    row = dict(zip(LINE_COLUMNS, line_row(gpu_line), strict=True))
+    assert (row["list unit price"], row["contracted unit price"], row["discount"]) == ("€2.00", "€1.80", "10.00 %")
+    assert (row["at list price"], row["billed"], row["quantity"]) == ("€24.00", "€21.60", "12.00 GPU-Hours")
+    assert row["SKU"].children == "GPU-hour · NVIDIA H100 80GB HBM3" and row["SKU"].title == GPU_SKU
+    correction = gpu_line.model_copy(update={"kind": "correction", "description": "correction of 2026-09: more usage"})
+    assert line_row(correction)[1].children[2].children == "correction of 2026-09: more usage"  # says what it corrects
+    assert line_discount(next(l for l in detail.lines if l.sku == NODE_SKU)) == Decimal("10.00")
+    pager, _ = lines_block(detail, 5)  # clamped: two lines are one page
+    assert pager.children[1].children == "page 1 of 1" and pager.children[0].disabled and pager.children[2].disabled
+
+
+def test_budgets_show_their_forecast(world: World) -> None:
+    node_a = node(world, gpus=1, name="node-a")
+    card(world, GPU_SKU, "2.00")
+    lease(world, node_a, "a", "2026-10-01T00:00", None)
+    create_budget(world.session, SYSTEM, BudgetCreate(tenant="tenant-a", name="a monthly", amount=Decimal("1000"), currency="EUR"))
+    run_period(world.session, SYSTEM, PERIOD, policy="platform", now=at("2026-10-11T00:00"))
+    world.session.commit()
+    (row,) = budget_rows(world.session, principal(world, "a_member"), PERIOD)
+    assert (row["spent"], row["percent"], row["forecast"], row["forecast_percent"]) == (
+        Decimal("480.00"), Decimal("48.0"), Decimal("1488.00"), Decimal("148.8"))
+    assert budget_rows(world.session, principal(world, "b_member"), PERIOD) == []
+    from dashboards.pages.costs import budget_state, budget_table
+
+    assert budget_state(row["percent"], row["forecast_percent"], row["thresholds"]) == "forecast to cross 100 %"
+    assert budget_state(Decimal("85"), Decimal("90"), [50, 80, 100]) == "spent past 80 %"
+    assert budget_state(Decimal("10"), Decimal("40"), [50, 80, 100]) == "on track"
+    assert budget_state(Decimal("100"), Decimal("100"), [50, 80, 100]) == "over budget"
+    cells = [td.children for td in budget_table([row]).children.children[1].children[0].children]
+    assert cells[3:6] == ["€480.00", "€1,488.00", "148.8 %"]
 
 
 def test_finance_charges_idle_and_scoping(world: World) -> None:
@@ -187,3 +239,13 @@ def test_close_period_finalises_and_refuses_twice(world: World) -> None:
         close_period(world.session, principal(world, "finance"), PERIOD, "platform")
     can, why = closable(world.session, "2099-01")
     assert not can and "has not ended" in why
+
+
+def test_setup_hints_are_for_infra_admins_only(world: World) -> None:
+    from dashboards.pages.finance import opencost_notice
+
+    finance, admin = principal(world, "finance"), principal(world, "admin")
+    assert opencost_notice(finance, connected=False) == "OpenCost is not connected, so there is nothing to reconcile with."
+    assert "KILN_OPENCOST_URL" in opencost_notice(admin, connected=False)
+    assert "kiln_collector_up" not in opencost_notice(finance, connected=True)
+    assert "kiln_collector_up" in opencost_notice(admin, connected=True)

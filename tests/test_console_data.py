@@ -21,8 +21,9 @@ from dashboards.tenancy_data import (
     running_nodes,
     stacked_by_day,
     total_by,
-    used_gpu_hours,
 )
+from dashboards.pages.usage import efficiency_stats
+from metering.efficiency import combined, efficiency_between
 from fleet.models import Gpu, Node
 from fleet.nodes import add_event
 from fleet.tenancy_models import Lease, Vdc
@@ -77,16 +78,91 @@ def test_gpu_hours_split_at_midnight_and_scoped_to_the_tenant(world: World) -> N
     assert total_by(clipped, "vdc") == {"train": Decimal("24.000000")}
 
 
-def test_used_gpu_hours_weigh_utilisation_inside_leases_only(world: World) -> None:
-    two_tenants(world)
-    start = T0 + timedelta(hours=9)
-    for minute in range(0, 120, 5):  # 09:00-11:00: only 10:00-11:00 is leased to b
-        bucket = start + timedelta(minutes=minute)
-        world.session.add(Rollup5m(entity="GPU-B-0", metric="gpu_util_percent", bucket=bucket, count=2, sum=100.0, min=50, max=50))
+def _utilisation(world: World, gpu: str, start: datetime, step: timedelta, count: int, percent: float) -> None:
+    """`count` utilisation samples of one GPU from `start`, `step` apart (each its own rollup bucket)."""
+    for k in range(count):
+        world.session.add(Rollup5m(entity=gpu, metric="gpu_util_percent", bucket=start + k * step, count=1, sum=percent,
+                                   min=percent, max=percent))
     world.session.commit()
-    used = used_gpu_hours(world.session, principal(world, "b_member"), T0, T0 + timedelta(days=2), now=NOW)
-    assert used == Decimal("0.500000")  # 12 buckets × 50 % × 5 min
-    assert used_gpu_hours(world.session, principal(world, "a_member"), T0, T0 + timedelta(days=2), now=NOW) is None
+
+
+def test_efficiency_weighs_5_minute_samples_inside_leases_only(world: World) -> None:
+    two_tenants(world)
+    # 09:00-11:00 every 5 minutes at 50 %: only 10:00-11:00 is leased to b
+    _utilisation(world, "GPU-B-0", T0 + timedelta(hours=9), timedelta(minutes=5), 24, 50.0)
+    (row,) = efficiency_between(world.session, principal(world, "b_member"), T0, T0 + timedelta(days=2), now=NOW)
+    # 12 samples × 5 min; allocated: 4 GPUs from 10:00 on day 1 to 12:00 on day 2 (26 h)
+    assert (row.tenant, row.measured_gpu_hours, row.used_gpu_hours, row.efficiency) == (
+        "tenant-b", Decimal("1.0000"), Decimal("0.5000"), Decimal("0.5000"))
+    assert (row.allocated_gpu_hours, row.coverage) == (Decimal("104.0000"), Decimal("0.0096"))
+    (mine,) = efficiency_between(world.session, principal(world, "a_member"), T0, T0 + timedelta(days=2), now=NOW)
+    assert (mine.tenant, mine.measured_gpu_hours, mine.efficiency, mine.coverage) == ("tenant-a", 0, None, 0)
+
+
+def test_hourly_samples_count_for_their_hour_and_match_the_utilisation_charts(world: World) -> None:
+    """Issue 18: hourly samples were counted as one 5-minute bucket each, so a tenant whose GPUs
+    ran at 61 % read 5 % efficient (used ÷ allocated with 1/12 of the hours used)."""
+    two_tenants(world)
+    for index in range(4):  # node B's 4 GPUs at 61 %, sampled hourly over the whole lease up to now
+        _utilisation(world, f"GPU-B-{index}", T0 + timedelta(hours=10), timedelta(hours=1), 26, 61.0)
+    everyone = efficiency_between(world.session, principal(world, "admin"), T0, T0 + timedelta(days=2), now=NOW)
+    row = next(r for r in everyone if r.tenant == "tenant-b")
+    assert (row.allocated_gpu_hours, row.measured_gpu_hours, row.used_gpu_hours) == (
+        Decimal("104.0000"), Decimal("104.0000"), Decimal("63.4400"))
+    assert (row.efficiency, row.coverage) == (Decimal("0.6100"), Decimal("1.0000"))
+    total = combined(everyone)  # tenant A: 40 GPU-hours allocated, none measured
+    assert (total.allocated_gpu_hours, total.measured_gpu_hours, total.efficiency) == (
+        Decimal("144.0000"), Decimal("104.0000"), Decimal("0.6100"))
+    assert total.coverage == Decimal("0.7222")
+    texts = {s.children[0].id: s.children[0].children for s in efficiency_stats(total)}
+    assert texts == {"stat-used": "63.4", "stat-efficiency": "61 %", "stat-coverage": "72 %"}
+
+
+def test_the_allocation_view_prices_idle_gpu_hours_and_flags_waste(world: World) -> None:
+    from metering.allocation import allocation_rows, daily_gpu_hours
+    from tests.metering_helpers import card, discount
+
+    node_a, _ = two_tenants(world)
+    card(world, "gpu-hour:NVIDIA B200", "4.00")  # node A's H100s have no card: their idle cost is unknown
+    discount(world, "b", "25")
+    for index in range(4):  # node B's GPUs at 30 % for 10:00-22:00 of day 1 only (12 of its 26 leased hours)
+        _utilisation(world, f"GPU-B-{index}", T0 + timedelta(hours=10), timedelta(hours=1), 12, 30.0)
+    one_of_a = world.session.exec(select(Gpu).where(Gpu.node_id == node_a.id, Gpu.index == 0)).one()
+    one_of_a.uuid = "GPU-A-0"
+    world.session.add(one_of_a)
+    _utilisation(world, "GPU-A-0", T0 + timedelta(hours=22), timedelta(hours=1), 5, 90.0)  # one of node A's 8 GPUs, 5 h
+    admin = principal(world, "admin")
+    rows = allocation_rows(world.session, admin, T0, T0 + timedelta(days=2), now=NOW)
+    b, a = rows  # most idle cost first
+    assert (b.tenant, b.node, b.gpu_model, b.gpus) == ("tenant-b", "node-b", "NVIDIA B200", 4)
+    assert (b.allocated_gpu_hours, b.measured_gpu_hours, b.used_gpu_hours, b.idle_gpu_hours) == (
+        Decimal("104.0000"), Decimal("48.0000"), Decimal("14.4000"), Decimal("33.6000"))
+    assert (b.efficiency, b.coverage, b.waste) == (Decimal("0.3000"), Decimal("0.4615"), False)  # too little measured to judge
+    assert (b.idle_cost, b.currency) == (Decimal("100.80"), "EUR")  # 33.6 idle GPU-hours × 4.00 less 25 %
+    assert (a.tenant, a.idle_cost, a.efficiency, a.measured_gpu_hours) == ("tenant-a", None, Decimal("0.9000"), Decimal("5.0000"))
+    assert [r.tenant for r in allocation_rows(world.session, principal(world, "a_member"), T0, T0 + timedelta(days=2),
+                                              now=NOW)] == ["tenant-a"]
+    days = daily_gpu_hours(world.session, principal(world, "b_member"), T0, T0 + timedelta(days=2), now=NOW)
+    assert days == {"2026-03-01": (Decimal("56.0000"), Decimal("14.4000")), "2026-03-02": (Decimal("48.0000"), Decimal("0.0000"))}
+
+
+def test_a_wasteful_lease_is_flagged_when_enough_of_it_was_measured(world: World) -> None:
+    from metering.allocation import allocation_rows
+
+    two_tenants(world)
+    for index in range(4):
+        _utilisation(world, f"GPU-B-{index}", T0 + timedelta(hours=10), timedelta(hours=1), 26, 20.0)
+    (row,) = allocation_rows(world.session, principal(world, "b_member"), T0, T0 + timedelta(days=2), now=NOW)
+    assert (row.efficiency, row.coverage, row.waste, row.idle_cost) == (Decimal("0.2000"), Decimal("1.0000"), True, None)
+
+
+def test_a_gap_in_the_samples_is_missing_data_not_a_long_sample(world: World) -> None:
+    two_tenants(world)
+    start = T0 + timedelta(hours=10)
+    _utilisation(world, "GPU-B-0", start, timedelta(minutes=5), 3, 100.0)  # 10:00, 10:05, 10:10 ...
+    _utilisation(world, "GPU-B-0", start + timedelta(hours=3), timedelta(minutes=5), 2, 0.0)  # ... then 13:00, 13:05
+    (row,) = efficiency_between(world.session, principal(world, "b_member"), T0, T0 + timedelta(days=2), now=NOW)
+    assert (row.measured_gpu_hours, row.used_gpu_hours) == (Decimal("0.4167"), Decimal("0.2500"))  # 5 × 5 min; 3 busy
 
 
 def test_node_rows_and_power_show_tenants_only_their_nodes(world: World) -> None:

@@ -50,3 +50,14 @@ def test_share_bars_draw_the_largest_shares_coloured_by_threshold() -> None:
     assert [shape["x0"] for shape in figure["layout"]["shapes"]] == [80, 100]
     few = share_bars("Budgets", "spent (%)", ["a", "b"], [10.0, 20.0], ["a", "b"], (50,), warn_at=[50, 50])
     assert few["layout"]["title"]["text"] == "Budgets" and few["data"][0]["y"] == ["b", "a"]
+
+
+def test_hottest_nodes_put_nodes_on_the_y_axis_and_degrees_on_the_x_axis() -> None:
+    """Issue 18: the axis titles were swapped (°C named the node axis)."""
+    from dashboards.pages.fleet import hottest_figure
+
+    figure = hottest_figure([{"name": "gpu-a01", "max_temp_c": 81.0}, {"name": "gpu-a02", "max_temp_c": 64.5}])
+    (bar,) = figure["data"]
+    assert (bar["orientation"], bar["y"], bar["x"]) == ("h", ["gpu-a01", "gpu-a02"], [81.0, 64.5])
+    layout = figure["layout"]
+    assert (layout["yaxis"]["title"]["text"], layout["xaxis"]["title"]["text"]) == ("node", "hottest sensor (°C)")

@@ -9,11 +9,13 @@ from __future__ import annotations
 from decimal import Decimal
 from fractions import Fraction
 
+from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlmodel import select
 
 from collectors.models import GpuEnergyHour, K8sAllocation, NodeEnergyHour
+from metering.models import CarbonIntensity
 from metering.carbon import emissions
 from metering.energy_shares import CPU, GPU, MEMORY, NodeCapacity, NodeHourClaims, split_node_energy
 from metering.intervals import MICROS_PER_HOUR
@@ -85,3 +87,23 @@ def test_tenants_and_idle_add_up_to_the_node_hour(total, gpu, leased, gpus, cpus
     assert all(p >= 0 for p in parts.values()) and sum(parts.values()) <= total  # idle = the rest, never negative
     for key, micros in leased.items():  # a lessee gets exactly its time share, to a part
         assert abs(parts[key] - Fraction(total * micros, MICROS_PER_HOUR)) < 1
+
+
+def test_emissions_per_namespace_and_node(world: World, client: TestClient) -> None:
+    shared = node(world, gpus=2, facts={"cpu_cores": 32, "ram_mib": 256 * 1024}, zone="DE")
+    for pod, tenant in (("train", "a"), ("infer", "b")):
+        _pod(world, pod, tenant, shared.name, "nvidia.com/gpu", 1)
+    world.session.add(NodeEnergyHour(node_id=shared.id, hour=at("2026-10-01T10:00"), kwh=D("1.0"), covered_seconds=3600))
+    world.session.add(CarbonIntensity(zone="DE", hour=at("2026-10-01T10:00"), g_co2e_per_kwh=D("400"), source="import"))
+    world.session.commit()
+    build_usage(world.session, at("2026-10-01T00:00"), at("2026-10-02T00:00"), now=at("2026-10-02T00:00"))
+    world.session.commit()
+    by_namespace = emissions(world.session, SYSTEM, "2026-10", None, by="namespace")
+    assert [(r.tenant, r.namespace, r.kwh, r.kg_co2e) for r in by_namespace.tenants] == [
+        ("tenant-a", "ns-a", D("0.5"), D("0.2")), ("tenant-b", "ns-b", D("0.5"), D("0.2"))]  # 0.5 kWh × 400 g
+    by_node = emissions(world.session, SYSTEM, "2026-10", None, by="node")
+    assert {(r.tenant, r.node) for r in by_node.tenants} == {("tenant-a", shared.name), ("tenant-b", shared.name)}
+    seen = client.get("/api/v1/usage/emissions", params={"period": "2026-10", "by": "namespace"},
+                      headers=world.headers("b_member")).json()
+    assert [(r["tenant"], r["namespace"]) for r in seen["tenants"]] == [("tenant-b", "ns-b")]  # never A's namespace
+    assert seen["idle_kwh"] is None

@@ -152,17 +152,40 @@ def test_bad_periods_are_refused(world: World) -> None:
         finalise_period(world.session, SYSTEM, "2026-09", policy="platform", now=at("2026-11-05T00:00"))
 
 
-def test_forecast_extrapolates_the_running_period_but_not_corrections() -> None:
+def test_forecast_extrapolates_from_the_last_run_but_not_corrections() -> None:
     from metering.models import Bill
     from metering.views import forecast_total
 
-    bill = Bill(tenant_id=1, period="2026-10", status="draft", currency="EUR", list_total=D(105), total=D(105))
+    bill = Bill(tenant_id=1, period="2026-10", status="draft", currency="EUR", list_total=D(105), total=D(105),
+                usage_through=at("2026-10-11T00:00"), updated_at=at("2026-10-21T00:00"))
     lines = [BillLine(bill_id=1, kind="usage", contracted_cost=D(100)), BillLine(bill_id=1, kind="correction", contracted_cost=D(5))]
-    # 10 of October's 31 days have passed: 100 × 31 / 10 + 5
-    assert forecast_total(bill, lines, now=at("2026-10-11T00:00")) == D("315.00")
-    assert forecast_total(bill, lines, now=at("2026-11-02T00:00")) == D(105)  # the period is over: the total stands
+    # usage counted over 10 of October's 31 days: 100 × 31 / 10 + 5, whatever the clock says now
+    assert forecast_total(bill, lines) == D("315.00")
+    bill.usage_through = at("2026-11-01T00:00")  # a run after the period's end: the total stands
+    assert forecast_total(bill, lines) == D(105)
+    bill.usage_through = None  # bills from before usage_through was kept: their last update (20 days)
+    assert forecast_total(bill, lines) == D("160.00")
     bill.status = "finalised"
-    assert forecast_total(bill, lines, now=at("2026-10-11T00:00")) == D(105)
+    assert forecast_total(bill, lines) == D(105)
+
+
+def test_the_forecast_does_not_drift_between_bills_runs(world: World) -> None:
+    """Issue 18: spent stayed while the hours elapsed grew with the clock, so the forecast fell on
+    every reload between runs. It now extrapolates from the instant the run counted usage up to."""
+    from metering.views import bill_public
+
+    n = node(world, gpus=1)
+    card(world, GPU_SKU, "2.00")
+    lease(world, n, "a", "2026-10-01T00:00", None)
+    run(world, period="2026-10", now="2026-10-11T00:00")  # 240 GPU-hours over 10 days
+    bill = bill_of(world, "a")
+    assert bill.usage_through == at("2026-10-11T00:00")
+    (public,) = bill_public(world.session, [bill])
+    assert (public.total, public.forecast_total) == (D("480.00"), D("1488.00"))  # × 31 / 10, though the clock is past it
+    run(world, period="2026-10", now="2026-10-21T00:00")
+    world.session.refresh(bill)
+    (public,) = bill_public(world.session, [bill])
+    assert (public.total, public.forecast_total, public.usage_through) == (D("960.00"), D("1488.00"), at("2026-10-21T00:00"))
 
 
 def test_the_worker_job_keeps_the_running_periods_draft_current(world: World, settings) -> None:

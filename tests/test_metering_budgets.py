@@ -103,6 +103,31 @@ def test_thresholds_alert_once_and_undelivered_alerts_are_retried(world: World, 
     assert len(webhook.received) == 6
 
 
+def test_a_forecast_crossing_a_threshold_alerts_once_before_the_spend_does(world: World, webhook: Webhook) -> None:
+    n1 = node(world, gpus=1)
+    card(world, NODE_SKU, "1.00")
+    card(world, GPU_SKU, "2.00")
+    create_budget(world.session, SYSTEM, BudgetCreate(tenant="tenant-a", name="october", amount="1000", currency="EUR"))
+    world.session.add(Lease(tenant_id=world.a.id, node_id=n1.id, starts_at=at("2026-10-01T00:00"), created_by="test"))
+    world.session.commit()
+    run(world, now="2026-10-11T00:00")  # 240 h × 3.00 = 720.00 (72 %); at that rate 2,232.00 by Oct 31 (223.2 %)
+
+    def check(now: str) -> list[tuple[str, int]]:
+        raised = check_alerts(world.session, SYSTEM, "2026-10", now=at(now))
+        deliver_alerts(world.session, webhook.url, 5)
+        world.session.commit()
+        return sorted((a.kind, a.threshold) for a in raised)
+
+    assert check("2026-10-11T00:00") == [("budget", 50), ("budget-forecast", 80), ("budget-forecast", 100)]
+    forecast = next(p for p in webhook.received if p["kind"] == "budget-forecast" and p["threshold_percent"] == 100)
+    assert (forecast["value"], forecast["limit"]) == ("2232", "1000")
+    assert "2232 of 1000 forecast by the end of 2026-10 (223.2 %, threshold 100 %)" in forecast["message"]
+    assert check("2026-10-12T00:00") == []  # once per period and threshold: reloads and re-checks raise nothing
+    run(world, now="2026-10-21T00:00")  # 1,440.00 spent: the spend alerts follow; no forecast alert again
+    assert check("2026-10-21T00:00") == [("budget", 80), ("budget", 100)]
+    assert len(webhook.received) == 5
+
+
 def test_a_quota_of_zero_gpu_hours_is_crossed_by_any_use(world: World) -> None:
     n1, n2 = node(world, gpus=1), node(world, gpus=1)
     make_vdc(world, "none", [n1.name], {"a": {}}, max_gpu_hours=0)

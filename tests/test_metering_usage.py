@@ -61,7 +61,7 @@ def test_kubernetes_requests_and_energy_become_hourly_usage(world: World) -> Non
     assert not any(key[2] in ("k8s:kube-system", "k8s:team-x") for key in usage)  # no tenant: not attributed
     assert usage[(a, "energy", metal.name, "kwh")] == D("2.3")  # 1.2 × 40/60 + 1.5
     assert usage[(b, "energy", leased.name, "kwh")] == D("0.9")
-    assert usage[(a, "energy", shared.name, "kwh")] == D("0.75")  # 2.0 kWh × 1.5 of 4 GPU-hours in that hour
+    assert usage[(a, "energy", f"{shared.name}/k8s:team-a", "kwh")] == D("0.75")  # 2.0 kWh × 1.5 of 4 GPU-hours, to the namespace
     hour_10 = world.session.exec(select(UsageRecord).where(UsageRecord.resource_id == k8s_a, UsageRecord.sku == GPU_SKU,
                                                            UsageRecord.hour == at("2026-10-01T10:00"))).one()
     assert D(hour_10.quantity) == D("1.5")

@@ -23,10 +23,14 @@ from dashboards.finance_data import (
     status_counts,
     tenant_charges,
 )
-from dashboards.pages.costs import money
+from dashboards.numbers import money
+from dashboards.pages.bill import bill_url
+from dashboards.hints import for_role
+from kiln.auth import Principal
 from kiln.db import utcnow
 from kiln.errors import KilnError
 from metering.periods import next_period, period_of
+from metering.sku_labels import label
 
 PATH = "/finance"
 TOP_TENANTS = 25
@@ -75,11 +79,19 @@ def layout(**_: str) -> html.Div:
     return prefilled(page, OUTPUTS, update(default))
 
 
-def _reconciliation_figure(rows: list, currency: str) -> Figure:
+def opencost_notice(principal: Principal, connected: bool) -> str:
+    """Why there is nothing to reconcile: OpenCost not connected, or no allocation this period."""
+    if not connected:
+        return for_role(principal, "OpenCost is not connected, so there is nothing to reconcile with.",
+                        "Set KILN_OPENCOST_URL to the OpenCost API and run `kiln worker` to import its allocations.")
+    return for_role(principal, "OpenCost reported no allocation in this period.",
+                    "Check the worker's OpenCost import (kiln_collector_up{collector=\"opencost\"} on /metrics).")
+
+
+def _reconciliation_figure(rows: list, currency: str, notice: str) -> Figure:
     compared = sorted((r for r in rows if r.opencost_cost is not None), key=lambda r: -abs(r.difference))[:TOP_NAMESPACES]
     if not compared:
-        return empty_figure("Kiln vs OpenCost by namespace",
-                            "No OpenCost allocation in this period: is KILN_OPENCOST_URL set and the worker running?")
+        return empty_figure("Kiln vs OpenCost by namespace", notice)
     return grouped_bars("Kiln vs OpenCost by namespace (largest differences)", "namespace", f"cost ({currency})",
                         [r.namespace for r in compared],
                         {"Kiln": [r.kiln_cost for r in compared], "OpenCost": [r.opencost_cost for r in compared]})
@@ -104,14 +116,18 @@ def update(period: str | None) -> tuple:
              stat("at list prices", money(sum(c.list_total for c in charges), currency), "finance-list"),
              stat("idle capacity (list)", money(idle_total, currency), "finance-idle-total"),
              stat("bills draft / finalised", f"{counts['draft']} / {counts['finalised']}", "finance-status")]
-    why = f"No bills in {period}: run `kiln bills run --period {period}` (the worker does it hourly)."
+    why = for_role(principal, f"No bills in {period} yet: bills are drafted hourly as usage is rated.",
+                   f"Run `kiln bills run --period {period}` to draft them now.")
+    notice = opencost_notice(principal, console_context().settings.opencost_url is not None)
     top = charges[:TOP_TENANTS]
     by_tenant = bars(f"Charges by tenant, {period}" + (f" (top {TOP_TENANTS})" if len(charges) > TOP_TENANTS else ""),
                      "tenant", f"billed ({currency})", [c.tenant for c in top], [c.total for c in top],
                      empty_reason=why, horizontal=True)
-    sku_figure = bars(f"Charges by SKU, {period}", "SKU", f"billed ({currency})", list(by_sku), list(by_sku.values()),
+    sku_figure = bars(f"Charges by SKU, {period}", "SKU", f"billed ({currency})", [label(k) for k in by_sku],
+                      list(by_sku.values()),
                       empty_reason=why, horizontal=True)
-    idle_figure = bars(f"Idle capacity by SKU, {period}", "SKU", f"list cost ({currency})", list(idle), list(idle.values()),
+    idle_figure = bars(f"Idle capacity by SKU, {period}", "SKU", f"list cost ({currency})", [label(k) for k in idle],
+                       list(idle.values()),
                        empty_reason="No idle capacity priced in this period (every node was leased, or bills were not run).",
                        horizontal=True)
     exports = html.P([
@@ -128,7 +144,7 @@ def update(period: str | None) -> tuple:
         {"field": "billed", "headerName": f"Billed ({currency})", "numeric": True, "sort": "desc"},
         {"field": "bill", "headerName": "Bill", "cellRenderer": "markdown", "maxWidth": 110},
     ), [{"tenant": c.tenant, "name": c.tenant_name, "cost_centre": c.cost_centre, "status": c.status, "list": str(c.list_total),
-         "billed": str(c.total), "bill": f"[#{c.bill_id}](/costs?bill={c.bill_id})"} for c in charges], empty=why)
+         "billed": str(c.total), "bill": f"[#{c.bill_id}]({bill_url(c.bill_id)})"} for c in charges], empty=why)
     recon_table = data_grid("finance-reconciliation-rows", (
         {"field": "namespace", "headerName": "Namespace"}, {"field": "tenant", "headerName": "Tenant"},
         {"field": "kiln", "headerName": f"Kiln ({currency})", "numeric": True},
@@ -139,8 +155,8 @@ def update(period: str | None) -> tuple:
     ), [{"namespace": r.namespace, "tenant": r.tenant or "—", "kiln": str(r.kiln_cost), "opencost": _plain(r.opencost_cost),
          "difference": _plain(r.difference), "kiln_gpu_hours": _plain(r.kiln_gpu_hours, quantity=True),
          "opencost_gpu_hours": _plain(r.opencost_gpu_hours, quantity=True)} for r in recon],
-        empty="No Kubernetes usage and no OpenCost allocation in this period.")
-    return (stats, by_tenant, sku_figure, idle_figure, _reconciliation_figure(recon, currency), hint, not can_close,
+        empty=f"No Kubernetes usage in this period. {notice}")
+    return (stats, by_tenant, sku_figure, idle_figure, _reconciliation_figure(recon, currency, notice), hint, not can_close,
             exports, tenants, recon_table, f"Finalise every draft bill of {period}? Finalised bills never change.")
 
 

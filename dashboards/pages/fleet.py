@@ -1,22 +1,15 @@
 """Fleet overview (infra admins): states and health, power now and over time, hottest nodes,
-unreachable BMCs, GPUs with XID errors, and the node table with bulk actions."""
+unreachable BMCs, GPUs with XID errors, and the node table with bulk actions. The stats, the
+hottest nodes and the power chart refresh on demand (`dashboards.time_controls`: presets or
+custom dates, "last updated", auto-refresh)."""
 
 from __future__ import annotations
 
 import dash
-from dash import Input, Output, dcc, html
+from dash import Output, dcc, html
 
-from dashboards import bulk
-from dashboards.components import (
-    allowed,
-    forbidden,
-    range_bounds,
-    range_picker,
-    section,
-    stat,
-    table,
-    when,
-)
+from dashboards import bulk, time_controls
+from dashboards.components import allowed, forbidden, section, stat, table, when
 from dashboards.context import current_principal, db_session
 from dashboards.figures import Figure, bars, time_series
 from dashboards.fleet_data import (
@@ -27,6 +20,7 @@ from dashboards.fleet_data import (
     node_rows,
     unreachable_bmcs,
 )
+from kiln.auth import Principal
 from kiln.roles import Role
 
 PATH = "/fleet"
@@ -35,27 +29,22 @@ DEFAULT_RANGE = "24h"
 HEALTH_COLORS = {"ok": "#6a994e", "warning": "#e09f3e", "critical": "#9e2a2b", "unknown": "#999999"}
 
 
+def _fleet_now(principal: Principal) -> tuple[list[dict], list, list]:
+    """The node rows, unreachable BMCs and GPUs with XID errors, as of now."""
+    with db_session() as session:
+        return node_rows(session, principal), unreachable_bmcs(session, principal), gpus_with_xid(session, principal)
+
+
 def layout(**_: str) -> html.Div:
     """The page, filled for the signed-in infra admin (a 403 panel for anyone else)."""
     principal = current_principal()
     if not allowed(principal, ROLES):
         return forbidden(principal, "The fleet overview")
-    with db_session() as session:
-        rows = node_rows(session, principal)
-        bmcs = unreachable_bmcs(session, principal)
-        xids = gpus_with_xid(session, principal)
+    rows, bmcs, xids = _fleet_now(principal)
     states, health = counts(rows, "provision_state"), counts(rows, "health")
-    watts = [r["power_watts"] for r in rows if r["power_watts"] is not None]
-    hot = hottest_nodes(rows)
     return html.Div([
-        html.Div([html.H1("Fleet overview"), range_picker("fleet-range", DEFAULT_RANGE)], className="page-head"),
-        html.Div([
-            stat("nodes", len(rows), "stat-nodes"),
-            stat("active", states.get("active", 0), "stat-active"),
-            stat("power now", f"{sum(watts) / 1000:.1f} kW" if watts else "no reading", "stat-power"),
-            stat("BMCs unreachable", len(bmcs), "stat-bmcs", "bad" if bmcs else ""),
-            stat("GPUs with XID errors", len(xids), "stat-xid", "bad" if xids else ""),
-        ], className="stats"),
+        html.Div([html.H1("Fleet overview"), time_controls.time_controls("fleet", DEFAULT_RANGE)], className="page-head"),
+        html.Div(fleet_stats(rows, bmcs, xids), id="fleet-stats", className="stats"),
         html.Div([
             dcc.Graph(id="fleet-states", figure=bars(
                 "Nodes by provision state", "provision state", "nodes", list(states), list(states.values()),
@@ -67,9 +56,7 @@ def layout(**_: str) -> html.Div:
         ], className="grid-2"),
         html.Div([
             dcc.Graph(id="fleet-power", figure=power_figure(DEFAULT_RANGE)),
-            dcc.Graph(id="fleet-hottest", figure=bars(
-                "Hottest nodes", "hottest sensor (°C)", "node", [r["name"] for r in hot], [r["max_temp_c"] for r in hot],
-                horizontal=True, empty_reason="No temperature readings: the IPMI collector has not polled any BMC yet.")),
+            dcc.Graph(id="fleet-hottest", figure=hottest_figure(hottest_nodes(rows))),
         ], className="grid-2"),
         html.Div([
             section("BMCs unreachable", table(
@@ -87,10 +74,28 @@ def layout(**_: str) -> html.Div:
     ])
 
 
-def power_figure(choice: str | None) -> Figure:
-    """Fleet power over the chosen range, from the 5-minute rollups."""
+def fleet_stats(rows: list[dict], bmcs: list, xids: list) -> list[html.Div]:
+    """Nodes, active nodes, power now, unreachable BMCs, GPUs with XID errors."""
+    watts = [r["power_watts"] for r in rows if r["power_watts"] is not None]
+    return [
+        stat("nodes", len(rows), "stat-nodes"),
+        stat("active", counts(rows, "provision_state").get("active", 0), "stat-active"),
+        stat("power now", f"{sum(watts) / 1000:,.1f} kW" if watts else "no reading", "stat-power"),
+        stat("BMCs unreachable", len(bmcs), "stat-bmcs", "bad" if bmcs else ""),
+        stat("GPUs with XID errors", len(xids), "stat-xid", "bad" if xids else ""),
+    ]
+
+
+def hottest_figure(hot: list[dict]) -> Figure:
+    """The hottest nodes as horizontal bars: nodes down the y axis, °C along the x axis."""
+    return bars("Hottest nodes", "node", "hottest sensor (°C)", [r["name"] for r in hot], [r["max_temp_c"] for r in hot],
+                horizontal=True, empty_reason="No temperature readings: the IPMI collector has not polled any BMC yet.")
+
+
+def power_figure(choice: str | None, start_date: str | None = None, end_date: str | None = None) -> Figure:
+    """Fleet power over the chosen range (a preset or custom dates), from the 5-minute rollups."""
     principal = current_principal()
-    start, end = range_bounds(choice)
+    start, end = time_controls.bounds(choice, start_date, end_date)
     with db_session() as session:
         points = fleet_power(session, principal, start, end) if allowed(principal, ROLES) else []
     return time_series(
@@ -99,8 +104,20 @@ def power_figure(choice: str | None) -> Figure:
     )
 
 
+def refresh(choice: str | None, start_date: str | None, end_date: str | None, _ticks: int | None) -> tuple:
+    """The live parts again (range changed, or a tick of auto-refresh): power, hottest nodes, stats, when."""
+    principal = current_principal()
+    if not allowed(principal, ROLES):  # anyone else gets empty parts: nothing of the fleet
+        return power_figure(choice, start_date, end_date), hottest_figure([]), [], time_controls.updated()
+    rows, bmcs, xids = _fleet_now(principal)
+    return (power_figure(choice, start_date, end_date), hottest_figure(hottest_nodes(rows)), fleet_stats(rows, bmcs, xids),
+            time_controls.updated())
+
+
 def register(app: dash.Dash) -> None:
     """Register the page and its callbacks on the console app."""
     dash.register_page(__name__, path=PATH, name="Fleet", title="Fleet — Kiln", layout=layout, order=1)
-    app.callback(Output("fleet-power", "figure"), Input("fleet-range", "value"), prevent_initial_call=True)(power_figure)
+    app.callback(Output("fleet-power", "figure"), Output("fleet-hottest", "figure"), Output("fleet-stats", "children"),
+                 Output("fleet-updated", "children"), *time_controls.inputs("fleet"), prevent_initial_call=True)(refresh)
+    time_controls.register(app, "fleet")
     bulk.register(app)

@@ -4,15 +4,10 @@ history, provisioning events and the current lease. Tenants see only nodes they 
 from __future__ import annotations
 
 import dash
-from dash import Input, Output, State, dcc, html
+from dash import Output, State, dcc, html
 
-from dashboards.components import (
-    range_bounds,
-    range_picker,
-    section,
-    table,
-    when,
-)
+from dashboards import time_controls
+from dashboards.components import section, table, when
 from dashboards.context import current_principal, db_session
 from dashboards.figures import empty_figure, time_series
 from dashboards.node_data import history, node_detail
@@ -65,10 +60,10 @@ def layout(name: str | None = None, **_: str) -> html.Div:
             for g in node.gpus]
     lease_text = (f"Leased to {lease.tenant} through VDC {lease.vdc or '—'} since {when(lease.starts_at)}"
                   + (f" until {when(lease.ends_at)}" if lease.ends_at else " (open-ended)")) if lease else "Not leased now."
-    power, temperature, util = history_figures(DEFAULT_RANGE, node.name)
+    power, temperature, util, _ = history_figures(DEFAULT_RANGE, None, None, None, node.name)
     return html.Div([
         dcc.Store(id="node-name", data=node.name),
-        html.Div([html.H1(node.name, id="node-title"), range_picker("node-range", DEFAULT_RANGE)], className="page-head"),
+        html.Div([html.H1(node.name, id="node-title"), time_controls.time_controls("node", DEFAULT_RANGE)], className="page-head"),
         html.P(lease_text, id="node-lease", className="lead"),
         html.Div([
             section("Hardware", _facts(node, detail.bmc)),
@@ -87,16 +82,18 @@ def layout(name: str | None = None, **_: str) -> html.Div:
     ])
 
 
-def history_figures(choice: str | None, name: str | None) -> tuple:
-    """Power, hottest sensor and GPU utilisation of the node over the chosen range."""
+def history_figures(choice: str | None, start_date: str | None, end_date: str | None, _ticks: int | None,
+                    name: str | None) -> tuple:
+    """Power, hottest sensor and GPU utilisation of the node over the chosen range (a preset or
+    custom dates), and when they were read."""
     principal = current_principal()
-    start, end = range_bounds(choice)
+    start, end = time_controls.bounds(choice, start_date, end_date)
     with db_session() as session:
         try:
             node = to_public(session, principal, [get_node_by_name(session, principal, name or "")])[0]
         except NotFound:
             missing = empty_figure("History", "This node is not visible to you.")
-            return missing, missing, missing
+            return missing, missing, missing, time_controls.updated()
         data = history(session, node, start, end)
     power = time_series("Power draw (DCMI)", "power (W)", {n: [(p.at, p.value) for p in pts] for n, pts in data["power"].items()},
                         empty_reason="No DCMI power readings in this range.")
@@ -106,7 +103,7 @@ def history_figures(choice: str | None, name: str | None) -> tuple:
     util = time_series("GPU utilisation", "utilisation (%)",
                        {uuid: [(p.at, p.value) for p in pts] for uuid, pts in data["gpu_util"].items()},
                        empty_reason="No GPU utilisation in this range (DCGM/ROCm exporter through Prometheus).")
-    return power, temperature, util
+    return power, temperature, util, time_controls.updated()
 
 
 def register(app: dash.Dash) -> None:
@@ -114,5 +111,7 @@ def register(app: dash.Dash) -> None:
     dash.register_page(__name__, path_template=PATH_TEMPLATE, name="Node", title="Node — Kiln", layout=layout)
     app.callback(
         Output("node-power", "figure"), Output("node-temperature", "figure"), Output("node-gpu-util", "figure"),
-        Input("node-range", "value"), State("node-name", "data"), prevent_initial_call=True,
+        Output("node-updated", "children"), *time_controls.inputs("node"), State("node-name", "data"),
+        prevent_initial_call=True,
     )(history_figures)
+    time_controls.register(app, "node")

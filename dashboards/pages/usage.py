@@ -1,16 +1,21 @@
 """Tenant usage: GPU-hours allocated (from leases) vs used (utilisation), by day, VDC and GPU
-model; quotas used; running nodes and namespaces. Tenants see their own tenants only."""
+model; the allocation table (per lease and node: efficiency, coverage, cost of idle GPU-hours,
+waste highlighted); quotas used; running nodes and namespaces. Tenants see their own tenants only."""
 
 from __future__ import annotations
 
+from collections import defaultdict
+from datetime import datetime
 from decimal import Decimal
 
 import dash
 from dash import Input, Output, dcc, html
+from sqlmodel import Session
 
-from dashboards.components import prefilled, range_bounds, range_picker, section, stat, table, when
+from dashboards.components import data_grid, prefilled, range_bounds, range_picker, section, stat, table, when
 from dashboards.context import current_principal, db_session
-from dashboards.figures import bars, stacked_bars
+from dashboards.figures import Figure, bars, empty_figure, grouped_bars, stacked_bars
+from dashboards.numbers import money
 from dashboards.tenancy_data import (
     gpu_hours,
     quota_rows,
@@ -18,17 +23,23 @@ from dashboards.tenancy_data import (
     running_nodes,
     stacked_by_day,
     total_by,
-    used_gpu_hours,
     visible_tenants,
 )
+from kiln.auth import Principal
+from metering import skus
+from metering.allocation import AllocationRow, allocation_rows, daily_gpu_hours
+from metering.efficiency import EfficiencyRow, combined, efficiency_between
+from metering.sku_labels import label
+from metering.usage import usage_totals
 
 PATH = "/usage"
 ALL = "all"
 DEFAULT_RANGE = "7d"
+COVERAGE_WARNING = Decimal("0.8")  # less of the allocation measured: the efficiency is a partial view
 OUTPUTS = (
     Output("usage-stats", "children"), Output("usage-by-day", "figure"), Output("usage-by-vdc", "figure"),
     Output("usage-by-model", "figure"), Output("usage-quotas", "children"), Output("usage-nodes", "children"),
-    Output("usage-namespaces", "children"),
+    Output("usage-namespaces", "children"), Output("usage-alloc-vs-used", "figure"), Output("usage-allocation", "children"),
 )
 
 
@@ -47,6 +58,12 @@ def layout(**_: str) -> html.Div:
         ], className="page-head"),
         html.Div(id="usage-stats", className="stats"),
         dcc.Graph(id="usage-by-day"),
+        dcc.Graph(id="usage-alloc-vs-used"),
+        section("Allocation: GPU-hours used of those allocated, per lease",
+                html.P("Efficiency is used ÷ measured GPU-hours; coverage is the share of the allocation with utilisation "
+                       "data. Idle GPU-hours were measured but unused; their cost is at the tenant's contracted GPU-hour "
+                       "price. Rows under 50 % efficient are highlighted as waste.", className="hint"),
+               html.Div(id="usage-allocation"), element_id="allocation"),
         html.Div([dcc.Graph(id="usage-by-vdc"), dcc.Graph(id="usage-by-model")], className="grid-2"),
         section("Quotas this month", html.Div(id="usage-quotas")),
         html.Div([section("Running nodes", html.Div(id="usage-nodes")),
@@ -64,6 +81,20 @@ def _limit(used: int | Decimal, limit: int | None) -> str:
     return f"{shown} of {limit:,}" if limit is not None else shown
 
 
+def _percent(ratio: Decimal | None) -> str:
+    return "no data" if ratio is None else f"{ratio * 100:.0f} %"
+
+
+def efficiency_stats(gpu_use: EfficiencyRow) -> list[html.Div]:
+    """GPU-hours used, efficiency (used ÷ measured) and its coverage (measured ÷ allocated), as
+    `metering.efficiency` defines them."""
+    measured = gpu_use.measured_gpu_hours
+    return [stat("GPU-hours used", _hours(gpu_use.used_gpu_hours if measured else None), "stat-used"),
+            stat("efficiency (used / measured)", _percent(gpu_use.efficiency), "stat-efficiency"),
+            stat("utilisation coverage (measured / allocated)", _percent(gpu_use.coverage), "stat-coverage",
+                 "warning" if gpu_use.coverage is not None and gpu_use.coverage < COVERAGE_WARNING else "")]
+
+
 def update(tenant_slug: str | None, choice: str | None) -> tuple:
     """Every block of the page for the chosen tenant (within the caller's) and range."""
     principal = current_principal()
@@ -75,21 +106,24 @@ def update(tenant_slug: str | None, choice: str | None) -> tuple:
         if tenant_slug not in (None, ALL) and tenant is None:
             tenant_id = -1  # not one of the caller's tenants: show nothing rather than everything
         slices = gpu_hours(session, principal, start, end, tenant_id)
-        used = used_gpu_hours(session, principal, start, end, tenant_id)
+        gpu_use = combined(efficiency_between(session, principal, start, end, tenant_id=tenant_id))
+        per_lease = allocation_rows(session, principal, start, end, tenant_id=tenant_id)
+        per_day = daily_gpu_hours(session, principal, start, end, tenant_id=tenant_id)
         quotas = [q for q in quota_rows(session, principal) if tenant is None or q["tenant"] == tenant.slug]
         nodes = running_nodes(session, principal, tenant_id)
         namespaces = running_namespaces(session, principal, tenant_id)
+        sku_totals = gpu_hours_by_sku(session, principal, start, end, tenant_id)
     allocated = sum((s.gpu_hours for s in slices), Decimal(0))
-    efficiency = f"{used / allocated * 100:.0f} %" if used is not None and allocated else "no data"
-    stats = [stat("GPU-hours allocated", _hours(allocated), "stat-allocated"), stat("GPU-hours used", _hours(used), "stat-used"),
-             stat("efficiency (used / allocated)", efficiency, "stat-efficiency"), stat("nodes running", len(nodes), "stat-running")]
+    stats = [stat("GPU-hours allocated", _hours(allocated), "stat-allocated"), *efficiency_stats(gpu_use),
+             stat("nodes running", len(nodes), "stat-running")]
     why = "No leases in this range: nothing was allocated to these tenants."
     by_day = stacked_bars("GPU-hours allocated per day, by VDC", "day (UTC)", "GPU-hours", stacked_by_day(slices, "vdc"),
                           empty_reason=why)
-    vdc_totals, model_totals = total_by(slices, "vdc"), total_by(slices, "gpu_model")
+    vdc_totals = total_by(slices, "vdc")
     by_vdc = bars("GPU-hours by VDC", "VDC", "GPU-hours", list(vdc_totals), list(vdc_totals.values()), empty_reason=why)
-    by_model = bars("GPU-hours by GPU model", "GPU model", "GPU-hours", list(model_totals), list(model_totals.values()),
-                    empty_reason=why)
+    by_model = bars("GPU-hours by GPU model and MIG profile (leases and Kubernetes pods)", "GPU model · MIG profile",
+                    "GPU-hours", list(sku_totals), list(sku_totals.values()),
+                    empty_reason="No metered GPU-hours in this range (usage is recorded by the hourly bills run).")
     quota_table = table(("VDC", "tenant", "nodes", "GPUs", "GPU-hours"),
                         [(q["vdc"], q["tenant"], _limit(q["nodes"], q["max_nodes"]), _limit(q["gpus"], q["max_gpus"]),
                           _limit(q["gpu_hours"], q["max_gpu_hours"])) for q in quotas],
@@ -102,7 +136,64 @@ def update(tenant_slug: str | None, choice: str | None) -> tuple:
                             [(n["namespace"], n["tenant"], f"{n['gpus']:g}", n["pods"]) for n in namespaces],
                             empty="No pod of these tenants requests GPUs now (or the Kubernetes collector is off).",
                             element_id="running-namespaces")
-    return stats, by_day, by_vdc, by_model, quota_table, node_table, namespace_table
+    return (stats, by_day, by_vdc, by_model, quota_table, node_table, namespace_table, allocated_vs_used(per_day),
+            allocation_table(per_lease))
+
+
+def gpu_hours_by_sku(session: Session, principal: Principal, start: datetime, end: datetime,
+                     tenant_id: int | None) -> dict[str, Decimal]:
+    """Metered GPU-hours (usage records: leases and pods, MIG instances by profile) of the caller's
+    tenants — or of one — by SKU name, e.g. "GPU-hour · NVIDIA A100-SXM4-80GB · 3g.40gb"."""
+    out: dict[str, Decimal] = defaultdict(Decimal)
+    for owner, sku, _, _, total in usage_totals(session, principal, start, end):
+        if skus.family(sku) == skus.GPU_HOUR and tenant_id in (None, owner):
+            out[label(sku)] += total
+    return dict(sorted(out.items()))
+
+
+def allocated_vs_used(per_day: dict[str, tuple[Decimal, Decimal]]) -> Figure:
+    """GPU-hours allocated beside GPU-hours used, per day."""
+    title = "GPU-hours allocated vs used per day"
+    if not per_day:
+        return empty_figure(title, "No leases in this range: nothing was allocated to these tenants.")
+    days = list(per_day)
+    return grouped_bars(title, "day (UTC)", "GPU-hours", days, {"allocated": [a for a, _ in per_day.values()],
+                                                                "used": [u for _, u in per_day.values()]})
+
+
+ALLOCATION_COLUMNS = (
+    {"field": "tenant", "headerName": "Tenant", "maxWidth": 140}, {"field": "node", "headerName": "Node"},
+    {"field": "gpu_model", "headerName": "GPU model"}, {"field": "gpus", "headerName": "GPUs", "numeric": True, "maxWidth": 90},
+    {"field": "allocated", "headerName": "Allocated GPU-h", "numeric": True},
+    {"field": "used", "headerName": "Used GPU-h", "numeric": True},
+    {"field": "efficiency", "headerName": "Efficiency (%)", "numeric": True,
+     "cellClassRules": {"waste": "params.data.waste"}},
+    {"field": "coverage", "headerName": "Coverage (%)", "numeric": True},
+    {"field": "idle", "headerName": "Idle GPU-h", "numeric": True},
+    {"field": "idle_cost", "headerName": "Cost of idle", "numeric": True, "sort": "desc",
+     "cellClassRules": {"waste": "params.data.waste"}},
+    {"field": "idle_cost_text", "headerName": "", "maxWidth": 130},
+)
+
+
+def _hundredths(value: Decimal) -> str:
+    return str(value.quantize(Decimal("0.01")))
+
+
+def _ratio(value: Decimal | None) -> str:
+    return "" if value is None else str((value * 100).quantize(Decimal("0.1")))
+
+
+def allocation_table(rows: list[AllocationRow]) -> html.Div:
+    """The allocation rows as a sortable grid (most idle cost first); waste rows highlighted."""
+    return data_grid("usage-allocation-table", ALLOCATION_COLUMNS, [
+        {"tenant": r.tenant, "node": r.node, "gpu_model": r.gpu_model, "gpus": str(r.gpus),
+         "allocated": _hundredths(r.allocated_gpu_hours), "used": _hundredths(r.used_gpu_hours),
+         "efficiency": _ratio(r.efficiency), "coverage": _ratio(r.coverage), "idle": _hundredths(r.idle_gpu_hours),
+         "idle_cost": "" if r.idle_cost is None else str(r.idle_cost),
+         "idle_cost_text": "no price card" if r.idle_cost is None else money(r.idle_cost, r.currency),
+         "waste": r.waste} for r in rows],
+        empty="No leases in this range: nothing was allocated to these tenants.")
 
 
 def register(app: dash.Dash) -> None:

@@ -1,0 +1,115 @@
+"""The allocation view (as Kubecost shows it): per lease and node, GPU-hours allocated, measured and
+used, efficiency, coverage, and what the idle GPU-hours cost.
+
+Figures come from `metering.efficiency.lease_figures` (the one definition: used ÷ measured, samples
+weighted by their real interval). *Idle* GPU-hours are measured but unused (measured − used):
+time without utilisation data is not called idle, it lowers the coverage instead. Their cost is
+priced like the bill prices GPU-hours: the node's GPU model's price card in force at the window's
+last hour (`metering.rating.card_at`), less the tenant's contract discount (`discounted`), rounded
+at the currency's minor unit; None without a card. A row is *waste* when its efficiency is under
+`WASTE_BELOW` with enough coverage to say so (`MIN_COVERAGE`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from pydantic import BaseModel
+from sqlmodel import Session, col, select
+
+from fleet.models import Gpu, Node
+from kiln.auth import Principal
+from kiln.db import utcnow
+from kiln.models import Tenant
+from metering import skus
+from metering.bills import billing_currency, card_views, current_discounts
+from metering.efficiency import PLACES, ZERO, LeaseFigures, lease_figures
+from metering.money import round_amount
+from metering.price_cards import cards_overlapping
+from metering.rating import CardView, card_at, discounted
+
+WASTE_BELOW = Decimal("0.5")
+MIN_COVERAGE = Decimal("0.5")
+
+
+class AllocationRow(BaseModel):
+    """One lease in the window: whose, which node, GPU-hours, ratios and the cost of idle GPU-hours."""
+
+    lease_id: int
+    tenant: str
+    node: str
+    gpu_model: str
+    gpus: int
+    starts_at: datetime
+    ends_at: datetime | None
+    allocated_gpu_hours: Decimal
+    measured_gpu_hours: Decimal
+    used_gpu_hours: Decimal
+    idle_gpu_hours: Decimal  # measured − used
+    efficiency: Decimal | None
+    coverage: Decimal | None
+    idle_cost: Decimal | None  # None: no price card for the GPU model
+    currency: str
+    waste: bool
+
+
+def _idle_cost(cards: list[CardView], model: str, at: datetime, idle: Decimal, percent: Decimal, currency: str) -> Decimal | None:
+    card = card_at(cards, skus.gpu_hour(model), at.replace(minute=0, second=0, microsecond=0))
+    return None if card is None else round_amount(idle * discounted(card.unit_price, percent), currency)
+
+
+def allocation_rows(
+    session: Session, principal: Principal, start: datetime, end: datetime, *, tenant_id: int | None = None,
+    now: datetime | None = None,
+) -> list[AllocationRow]:
+    """One row per lease of the caller's tenants (or only `tenant_id`) in [start, end) up to now,
+    most idle cost first (then most idle GPU-hours)."""
+    now = now or utcnow()
+    stop = min(end, now)
+    figures = lease_figures(session, principal, start, end, tenant_id=tenant_id, now=now)
+    node_ids = {f.lease.node_id for f in figures}
+    names = dict(session.exec(select(Node.id, Node.name).where(col(Node.id).in_(node_ids))).all())
+    models: dict[int, Counter[str]] = defaultdict(Counter)
+    for node_id, model in session.exec(select(Gpu.node_id, Gpu.model).where(col(Gpu.node_id).in_(node_ids))).all():
+        models[node_id][model] += 1
+    slugs = dict(session.exec(select(Tenant.id, Tenant.slug)).all())
+    cards = card_views(cards_overlapping(session, start, stop)) if stop > start else []
+    currency, discounts = billing_currency(session, cards), current_discounts(session)
+    rows = [_row(f, names, models, slugs, cards, currency, discounts.get(f.lease.tenant_id, ZERO), stop) for f in figures]
+    return sorted(rows, key=lambda r: (-(r.idle_cost or ZERO), -r.idle_gpu_hours, r.tenant, r.node))
+
+
+def daily_gpu_hours(
+    session: Session, principal: Principal, start: datetime, end: datetime, *, tenant_id: int | None = None,
+    now: datetime | None = None,
+) -> dict[str, tuple[Decimal, Decimal]]:
+    """`{YYYY-MM-DD: (allocated, used)}` GPU-hours per UTC day of [start, end) up to now."""
+    now = now or utcnow()
+    out: dict[str, tuple[Decimal, Decimal]] = {}
+    day = start.replace(hour=0, minute=0, second=0, microsecond=0)
+    while day < min(end, now):
+        window = (max(day, start), min(day + timedelta(days=1), end))
+        figures = lease_figures(session, principal, *window, tenant_id=tenant_id, now=now)
+        if figures:
+            out[day.date().isoformat()] = (sum((f.allocated for f in figures), ZERO).quantize(PLACES),
+                                           sum((f.used for f in figures), ZERO).quantize(PLACES))
+        day += timedelta(days=1)
+    return out
+
+
+def _row(f: LeaseFigures, names: dict, models: dict, slugs: dict, cards: list[CardView], currency: str, percent: Decimal,
+         stop: datetime) -> AllocationRow:
+    model = models[f.lease.node_id].most_common(1)[0][0] if models[f.lease.node_id] else "none"
+    idle = max(f.measured - f.used, ZERO)
+    last_hour = min(f.lease.ends_at or stop, stop) - timedelta(microseconds=1)
+    efficiency = (f.used / f.measured).quantize(PLACES) if f.measured else None
+    coverage = (f.measured / f.allocated).quantize(PLACES) if f.allocated else None
+    return AllocationRow(
+        lease_id=f.lease.id, tenant=slugs.get(f.lease.tenant_id, "?"), node=names.get(f.lease.node_id, "?"), gpu_model=model,
+        gpus=f.gpus, starts_at=f.lease.starts_at, ends_at=f.lease.ends_at,
+        allocated_gpu_hours=f.allocated.quantize(PLACES), measured_gpu_hours=f.measured.quantize(PLACES),
+        used_gpu_hours=f.used.quantize(PLACES), idle_gpu_hours=idle.quantize(PLACES), efficiency=efficiency, coverage=coverage,
+        idle_cost=_idle_cost(cards, model, last_hour, idle, percent, currency), currency=currency,
+        waste=efficiency is not None and efficiency < WASTE_BELOW and coverage is not None and coverage >= MIN_COVERAGE)

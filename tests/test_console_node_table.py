@@ -1,0 +1,170 @@
+"""The fleet page's node table in a real browser (Debian Chromium through Playwright) against the
+real app: paging with a page-size choice, one search over every column, status chips, the VDC
+column, readable headers, the action bar that stays on screen; and tenants never reach it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlmodel import Session
+
+from fleet.provisioning.fake import FakeDriver
+from tests.browser import (
+    PASSWORD,
+    TENANT_A_NODES,
+    TENANT_B_NODES,
+    ConsoleErrors,
+    running_console,
+    screenshot,
+    seed_fleet,
+    sign_in,
+)
+
+SPARES = tuple(f"spare-{i:02d}" for i in range(1, 31))  # enrolled in rack r9, in no VDC, leased to nobody
+SUMMARY = ".ag-paging-row-summary-panel"
+# Header labels with a word wider than the label (the browser then breaks the word), by measuring each word.
+HEADER_WORDS_CUT_JS = """() => Array.from(document.querySelectorAll('#node-grid .ag-header-cell-text')).filter(label => {
+  const probe = document.body.appendChild(document.createElement('span'));
+  probe.style.cssText = 'position:absolute;visibility:hidden;white-space:nowrap;font:' + getComputedStyle(label).font;
+  const widest = Math.max(...label.textContent.split(/\\s+/).map(word => { probe.textContent = word;
+                                                                     return probe.getBoundingClientRect().width; }));
+  probe.remove();
+  return widest > label.clientWidth + 1;
+}).map(label => label.textContent)"""
+# Status chips drawn past their cell's edge (cut off by the cell).
+CHIPS_CUT_JS = """() => Array.from(document.querySelectorAll('#node-grid .ag-center-cols-container .chip')).filter(chip =>
+  chip.getBoundingClientRect().right > chip.closest('.ag-cell').getBoundingClientRect().right).map(chip => chip.textContent)"""
+
+
+def seed_spares(session: Session, settings: Any, driver: FakeDriver) -> None:
+    """Thirty more nodes, enrolled through Kiln's node service, so the table has more than one page."""
+    from fleet.nodes import create_node
+    from fleet.provisioning.registry import Drivers
+    from fleet.schemas import NodeCreate
+    from kiln.auth import Principal
+    from kiln.security import SecretBox
+    from kiln.settings import resolve_secret_key
+    from tests.fleet_helpers import node_payload
+
+    drivers, box = Drivers(settings, fake=driver), SecretBox(resolve_secret_key(settings))
+    for name in SPARES:
+        create_node(session, Principal.system("test"), NodeCreate(**node_payload(name=name, rack="r9")), drivers, box)
+    session.commit()
+
+
+@pytest.fixture(scope="module")
+def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    driver = FakeDriver(delay=0.05)
+
+    def seed(session: Session, engine: Any, settings: Any) -> None:
+        seed_fleet(session, engine, settings, driver)
+        seed_spares(session, settings, driver)
+
+    with running_console(tmp_path_factory.mktemp("console-nodes"), driver, seed) as running:
+        yield running
+
+
+def _page_as(console: Any, username: str, path: str) -> tuple[Any, ConsoleErrors]:
+    page = console.browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+    errors = ConsoleErrors(page)
+    sign_in(page, console.base_url, username, PASSWORD, path)
+    page.wait_for_url(f"{console.base_url}{path}")
+    return page, errors
+
+
+def _summary(page: Any, expected: str) -> None:
+    page.wait_for_function("([s, t]) => (document.querySelector(s) || {}).textContent.replace(/\\s+/g, ' ').trim() === t",
+                           arg=[SUMMARY, expected], timeout=10000)
+
+
+def _choose(page: Any, grouping: str) -> None:
+    page.get_by_role("button", name=f"Group by {page.inner_text('#node-group-by')}").click()  # named by its label
+    page.get_by_role("option", name=grouping).click()
+
+
+def _shown_nodes(page: Any) -> list[str]:
+    return sorted(page.evaluate("() => Array.from(document.querySelectorAll("
+                                "'#node-grid .ag-center-cols-container .ag-row')).map(r => r.getAttribute('row-id'))"))
+
+
+def test_node_table_pages_searches_and_shows_chips(console: Any) -> None:
+    every = len(TENANT_A_NODES + TENANT_B_NODES) + 3 + len(SPARES)
+    page, errors = _page_as(console, "ops-admin", "/fleet")
+    page.wait_for_selector("#node-grid .ag-row[row-id='gpu-a01']")
+    _summary(page, f"1 to {every} of {every}")  # 50 a page by default
+    page.click("#node-grid .ag-paging-page-size .ag-picker-field-wrapper")
+    page.click(".ag-select-list .ag-list-item:has-text('25')")
+    _summary(page, f"1 to 25 of {every}")
+    page.click("#node-grid .ag-paging-button[aria-label='Next Page']")
+    _summary(page, f"26 to {every} of {every}")
+
+    page.fill("#node-search", "tenant-b")  # every column is searched: here the lease holder
+    _summary(page, "1 to 1 of 1")
+    assert _shown_nodes(page) == list(TENANT_B_NODES)
+    page.fill("#node-search", "gpu-a0")
+    _summary(page, "1 to 2 of 2")
+    assert _shown_nodes(page) == sorted(TENANT_A_NODES)
+    page.fill("#node-search", "r9")  # the rack
+    _summary(page, f"1 to 25 of {len(SPARES)}")
+    page.fill("#node-search", "")
+    _summary(page, f"1 to 25 of {every}")
+
+    row = "#node-grid .ag-row[row-id='gpu-a01']"  # gpu-a01 runs warm: a warning chip that still says so in words
+    assert page.inner_text(f"{row} [col-id='health'] .chip.chip-warn") == "warning"
+    assert page.inner_text(f"{row} [col-id='provision_state'] .chip.chip-ok") == "available"
+    assert page.inner_text(f"{row} [col-id='maintenance'] .chip.chip-neutral") == "no"
+    assert page.inner_text(f"{row} [col-id='vdc']") == "train"
+    assert page.evaluate(HEADER_WORDS_CUT_JS) == []  # headers wrap between words, never inside one
+    assert page.evaluate(CHIPS_CUT_JS) == []
+    # the table starts halfway down the window, its action bar would be far below: it stays on screen instead
+    page.evaluate("() => window.scrollTo(0, document.querySelector('#nodes').getBoundingClientRect().top"
+                  " + window.scrollY - window.innerHeight / 2)")
+    box = page.evaluate("() => { const r = document.querySelector('#bulk-run').getBoundingClientRect();"
+                        " return [r.top, r.bottom, window.innerHeight]; }")
+    assert 0 <= box[0] and box[1] <= box[2], box
+    screenshot(page, "admin-fleet-node-table")
+    assert errors.messages == []
+    page.context.close()
+
+
+def test_tenants_never_reach_the_node_table(console: Any) -> None:
+    page, errors = _page_as(console, "alice", "/usage")
+    response = page.goto(f"{console.base_url}/fleet")
+    assert response.status == 403
+    page.wait_for_selector("#forbidden-title")
+    content = page.content()
+    assert "node-grid" not in content and "node-search" not in content
+    assert [name for name in (*TENANT_B_NODES, *SPARES, "gpu-free1") if name in content] == []
+    page.goto(f"{console.base_url}/nodes/{SPARES[0]}")  # nor a node they do not lease, by its page
+    page.wait_for_selector("#node-missing")
+    assert [m for m in errors.messages if "status of 403" not in m] == []
+    page.context.close()
+
+
+PINNED_JS = ("() => Array.from(document.querySelectorAll('#node-grid .ag-pinned-left-header [col-id]'))"
+             ".map(e => e.getAttribute('col-id'))")
+# The rack cells of the page as drawn: text, height in rows (a spanned cell covers its run of equal values).
+RACK_CELLS_JS = """() => Array.from(document.querySelectorAll('#node-grid [col-id="rack"]:not(.ag-header-cell)'))
+  .filter(c => c.closest('.ag-header') === null && c.textContent.trim() !== '' && c.getBoundingClientRect().height > 0)
+  .map(c => [c.textContent.trim(), Math.round(c.getBoundingClientRect().height)])"""
+
+
+def test_group_by_rack_merges_each_racks_run_of_rows(console: Any) -> None:
+    page, errors = _page_as(console, "ops-admin", "/fleet")
+    page.wait_for_selector("#node-grid .ag-row[row-id='gpu-a01']")
+    row_height = page.evaluate("() => document.querySelector('#node-grid .ag-row').getBoundingClientRect().height")
+    assert "rack" not in page.evaluate(PINNED_JS)
+    _choose(page, "Group by rack")
+    page.wait_for_function(f"() => ({PINNED_JS})().includes('rack')")  # kept in view beside the node's name
+    page.wait_for_timeout(300)
+    cells = page.evaluate(RACK_CELLS_JS)
+    screenshot(page, "admin-fleet-node-table-by-rack")
+    by_rack = {text: height for text, height in cells}
+    assert set(by_rack) == {"r1", "r9"}, cells  # one cell per rack, however many rows it covers
+    assert by_rack["r1"] >= 5 * row_height and by_rack["r9"] >= 5 * row_height, (cells, row_height)
+    _choose(page, "No grouping")
+    page.wait_for_function(f"() => !({PINNED_JS})().includes('rack')")
+    assert errors.messages == []
+    page.context.close()
