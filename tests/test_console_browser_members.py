@@ -23,6 +23,7 @@ from metering.models import Budget
 from tests.browser import (
     PASSWORD,
     ConsoleErrors,
+    axe_violations,
     choose,
     post_callback,
     press,
@@ -106,6 +107,7 @@ def test_a_tenant_admin_sees_adds_deactivates_and_reactivates_members(console: A
     assert "deactivated" in page.inner_text("#members-list")
     assert press(page, "text=Reactivate alice", "member-active", "members-message") == "alice reactivated."
     assert user(console, "alice")[0].is_active
+    assert axe_violations(page) == []
     screenshot(page, "tenant-admin-members")
     assert errors.messages == []
     page.context.close()
@@ -133,6 +135,7 @@ def test_a_tenant_admin_creates_changes_and_deletes_budgets(console: Any) -> Non
     page.fill("#budget-thresholds", "80, 100, 120")
     assert press(page, "#budget-save", "budget-save", "budget-message") == "Budget gpu spend saved."
     assert budgets(console)["gpu spend"] == (tenant_a, vdc, Decimal(1500), "EUR", [80, 100, 120])
+    assert axe_violations(page) == []  # an existing budget in the editor, its fixed fields locked
     page.once("dialog", lambda dialog: dialog.accept())
     page.click("#budget-delete")
     page.wait_for_function("() => document.querySelector('#budget-message').innerText === 'Budget deleted.'")

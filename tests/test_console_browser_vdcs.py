@@ -20,6 +20,7 @@ from kiln.auth import Principal
 from tests.browser import (
     PASSWORD,
     ConsoleErrors,
+    axe_violations,
     choose,
     post_callback,
     press,
@@ -123,6 +124,7 @@ def test_an_admin_creates_changes_and_deletes_a_vdc(console: Any) -> None:
     assert grant_choice(page, "tenant-a") == grant_choice(page, "tenant-b") == "granted"
     assert grant_box(page, "max_gpu_hours", "tenant-a").input_value() == "5000"
     assert grant_box(page, "max_gpus", "tenant-b").input_value() == "8" and page.input_value("#vdc-max_gpus") == "32"
+    assert axe_violations(page) == []  # the editor filled in, grants and all
     page.once("dialog", lambda dialog: dialog.accept())
     page.click("#vdc-delete")  # tenants hold leases in it: refused, kept
     page.wait_for_selector("#vdc-form-message .notice.error")
