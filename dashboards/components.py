@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 import dash_ag_grid as dag
+import flask
 from dash import Output, dcc, html
 from dash.development.base_component import Component
 
@@ -38,6 +39,21 @@ def forbidden(principal: Principal, what: str, who: str = "infra admins") -> htm
 def allowed(principal: Principal, roles: Iterable[Role]) -> bool:
     """Whether the caller's role is one of `roles`."""
     return principal.role in set(roles)
+
+
+def forbid_page_load(path: str, roles: Iterable[Role]) -> Callable[[flask.Response], flask.Response]:
+    """A Flask `after_request` hook: HTTP 403 (the page still shows its 403 panel) when a caller whose
+    role is not one of `roles` loads the page at `path`."""
+    permitted = frozenset(roles)
+
+    def forbid(response: flask.Response) -> flask.Response:
+        principal = getattr(flask.g, "principal", None)
+        if (flask.request.method == "GET" and flask.request.path == path and principal is not None
+                and principal.role not in permitted and response.status_code == 200):
+            response.status_code = 403
+        return response
+
+    return forbid
 
 
 def empty_state(message: str, **attrs: Any) -> html.P:

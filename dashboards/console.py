@@ -17,12 +17,12 @@ from dash import _callback_context
 
 from dashboards import downloads, gate, shell, signin
 from dashboards.context import ConsoleContext
-from dashboards.pages import account, bill, costs, finance, firmware, fleet, node, not_found_404, usage, vdcs
+from dashboards.pages import account, bill, costs, finance, firmware, fleet, members, node, not_found_404, usage, vdcs
 from dashboards.session import SessionCodec
 from kiln.settings import resolve_secret_key
 
 ASSETS = Path(__file__).parent / "assets"
-PAGES = (fleet, vdcs, firmware, usage, costs, finance, account, node, bill, not_found_404)
+PAGES = (fleet, vdcs, firmware, usage, costs, finance, members, account, node, bill, not_found_404)
 ADMIN_PATHS = (fleet.PATH, vdcs.PATH, firmware.PATH)
 ASSET_MAX_AGE_S = 365 * 24 * 3600
 # Dash's page frame with the page's language (screen readers pick their voice by it) and the colour

@@ -16,6 +16,7 @@ NAV = (  # (label, path, roles that see the link)
     ("Usage", "/usage", set(Role)),
     ("Costs", "/costs", set(Role)),
     ("Finance", "/finance", {Role.INFRA_ADMIN, Role.FINANCE}),
+    ("Members & budgets", "/members", {Role.INFRA_ADMIN, Role.TENANT_ADMIN}),
     ("Account", "/account", set(Role)),
 )
 

@@ -17,10 +17,11 @@ def clean_message(message: str) -> str:
     return message.removeprefix("Value error, ")
 
 
-def parse_model(model: type[Model], values: dict[str, Any]) -> Model:
-    """`model` built from `values` (None values left out); ValidationFailed naming the first bad field."""
+def parse_model(model: type[Model], values: dict[str, Any], *, keep_none: bool = False) -> Model:
+    """`model` built from `values` (None values left out, unless `keep_none`: then a None is set, e.g.
+    to clear a limit in an update); ValidationFailed naming the first bad field."""
     try:
-        return model.model_validate({k: v for k, v in values.items() if v is not None})
+        return model.model_validate({k: v for k, v in values.items() if keep_none or v is not None})
     except ValidationError as exc:
         error = exc.errors()[0]
         field = ".".join(str(part) for part in error["loc"]) or "input"

@@ -306,3 +306,49 @@ def persist_history(session: Any, now: Any) -> None:
             gpu_samples.append(Sample("dcgm", first, "gpu_last_xid", 79.0, "code", {}, ts))
         persist_results(session, "dcgm", [TargetResult("prometheus", ok=True, samples=gpu_samples)], now=ts)
         session.commit()
+
+
+# --- driving forms and callbacks ---------------------------------------------------------
+
+
+def choose(page: Any, dropdown: str, label: str) -> None:
+    """Open the dropdown with id `dropdown` and pick the option named `label`."""
+    page.click(f"#{dropdown}")
+    page.get_by_role("option", name=label, exact=True).click()
+
+
+def press(page: Any, selector: str, sent: str, shown: str) -> str:
+    """Click `selector`, wait for the callback request mentioning `sent` (a component id) to be
+    answered and drawn; the text of element `shown` (e.g. the form's message) then."""
+    with page.expect_response(lambda r: "/_dash-update-component" in r.url and sent in (r.request.post_data or "")):
+        page.click(selector)
+    page.wait_for_function("() => !document.querySelector('[data-dash-is-loading=\"true\"]')")
+    return page.inner_text(f"#{shown}")
+
+
+def post_callback(page: Any, base_url: str, trigger: str, inputs: list[Any], state: list[Any],
+                  outputs: list[Any] | None = None) -> Any:
+    """POST a Dash callback request as the signed-in browser would (its cookies and CSRF header) to
+    the callback whose first input is component `trigger` (an id, or the `type` of a pattern-matching
+    id), found in `/_dash-dependencies`. `inputs` and `state` are its `{id, property, value}` entries
+    in order (a list of them for a pattern-matching one; the first input's first entry is the one
+    "pressed"), `outputs` its `{id, property}` entries (default: the callback's plain outputs)."""
+    import json
+
+    from dashboards.session import CSRF_COOKIE, CSRF_HEADER
+
+    def names(component_id: str) -> bool:
+        return component_id == trigger or (component_id.startswith("{") and json.loads(component_id).get("type") == trigger)
+
+    dependencies = page.request.get(f"{base_url}/_dash-dependencies").json()
+    key = next(d["output"] for d in dependencies if d["inputs"] and names(d["inputs"][0]["id"]))
+    if outputs is None:
+        parts = [part.split("@")[0] for part in key.strip(".").split("...")]
+        outputs = [dict(zip(("id", "property"), part.rsplit(".", 1), strict=True)) for part in parts]
+    pressed = inputs[0][0] if isinstance(inputs[0], list) else inputs[0]
+    pressed_id = pressed["id"] if isinstance(pressed["id"], str) else json.dumps(pressed["id"], sort_keys=True,
+                                                                                  separators=(",", ":"))
+    token = next(c["value"] for c in page.context.cookies() if c["name"] == CSRF_COOKIE)
+    body = {"output": key, "outputs": outputs if len(outputs) > 1 else outputs[0], "inputs": inputs, "state": state,
+            "changedPropIds": [f"{pressed_id}.{pressed['property']}"]}
+    return page.request.post(f"{base_url}/_dash-update-component", data=body, headers={CSRF_HEADER: token})

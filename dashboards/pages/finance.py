@@ -7,11 +7,10 @@ from __future__ import annotations
 from decimal import Decimal
 
 import dash
-import flask
 from dash import Input, Output, State, dcc, html, no_update
 
 from dashboards import downloads
-from dashboards.components import allowed, data_grid, empty_state, forbidden, prefilled, section, stat
+from dashboards.components import allowed, data_grid, empty_state, forbid_page_load, forbidden, prefilled, section, stat
 from dashboards.context import console_context, current_principal, db_session
 from dashboards.cost_data import bill_periods, spend_by_sku
 from dashboards.figures import Figure, bars, empty_figure, grouped_bars
@@ -197,13 +196,5 @@ def register(app: dash.Dash) -> None:
     app.callback(Output("finance-close-message", "children"), Output("finance-period", "value"),
                  Input("finance-close-confirm", "submit_n_clicks"), State("finance-period", "value"),
                  prevent_initial_call=True)(confirm_close)
-    app.server.after_request(forbid_tenants)
+    app.server.after_request(forbid_page_load(PATH, FINANCE_ROLES))
 
-
-def forbid_tenants(response: flask.Response) -> flask.Response:
-    """HTTP 403 (with the 403 panel) when a tenant role loads the finance page."""
-    principal = getattr(flask.g, "principal", None)
-    if (flask.request.method == "GET" and flask.request.path == PATH and principal is not None
-            and not allowed(principal, FINANCE_ROLES) and response.status_code == 200):
-        response.status_code = 403
-    return response

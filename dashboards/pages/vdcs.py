@@ -1,4 +1,5 @@
-"""VDCs and quotas (infra admins): the slices of the fleet, who they are granted to, and quota use."""
+"""VDCs and quotas (infra admins): the slices of the fleet, who they are granted to, quota use, and
+the editor that creates, changes and deletes VDCs (`dashboards.vdc_forms`)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ from decimal import Decimal
 import dash
 from dash import dcc, html
 
+from dashboards import vdc_forms
 from dashboards.components import allowed, data_grid, forbidden, section, table
 from dashboards.context import current_principal, db_session
 from dashboards.figures import Figure, empty_figure, share_bars
 from dashboards.tenancy_data import quota_rows, vdc_summaries, visible_vdcs
+from fleet.tenancy_schemas import VdcPublic
 from kiln.roles import Role
 
 PATH = "/vdcs"
@@ -39,31 +42,41 @@ def quota_figure(rows: list[dict]) -> Figure:
                       (QUOTA_WARNING_PERCENT, 100), warn_at=[QUOTA_WARNING_PERCENT] * len(shares))
 
 
-def layout(**_: str) -> html.Div:
-    """The VDC page for infra admins (a 403 panel for anyone else)."""
+def overview(loaded: list[VdcPublic] | None = None) -> html.Div:
+    """The slices of the fleet, quota use and grants, as the caller may see them (`loaded`: the
+    caller's VDCs when already read); the editor redraws it after a change."""
     principal = current_principal()
-    if not allowed(principal, ROLES):
-        return forbidden(principal, "The VDC and quota page")
     with db_session() as session:
-        loaded = visible_vdcs(session, principal)
+        loaded = loaded if loaded is not None else visible_vdcs(session, principal)
         vdcs = vdc_summaries(session, principal, loaded)
         grants = quota_rows(session, principal, loaded)
     return html.Div([
-        html.Div(html.H1("VDCs and quotas"), className="page-head"),
         section("Slices of the fleet", table(
             ("VDC", "members", "selectors", "tenants", "nodes leased", "GPUs leased", "GPU-hours this month"),
             [(v["name"], len(v["member_nodes"]), ", ".join(v["selectors"]) or "—", ", ".join(v["tenants"]) or "—",
               _limit(v["nodes"], v["max_nodes"]), _limit(v["gpus"], v["max_gpus"]), _limit(v["gpu_hours"], v["max_gpu_hours"]))
              for v in vdcs],
-            empty="No VDCs yet: create one with `kiln vdcs create NAME --selector rack=r1`.", element_id="vdc-table")),
+            empty="No VDCs yet: create one below (or `kiln vdcs create NAME --selector rack=r1`).", element_id="vdc-table")),
         dcc.Graph(id="vdc-quota-use", figure=quota_figure(grants)),
         section("Grants", data_grid("grant-table", GRANT_COLUMNS, [
             {"vdc": g["vdc"], "tenant": g["tenant"], "nodes": _limit(g["nodes"], g["max_nodes"]),
              "gpus": _limit(g["gpus"], g["max_gpus"]), "gpu_hours": _limit(g["gpu_hours"], g["max_gpu_hours"])}
-            for g in grants], empty="No VDC is granted to a tenant yet: `kiln vdcs grant VDC TENANT`.")),
-    ])
+            for g in grants], empty="No VDC is granted to a tenant yet: grant one in the form below.")),
+    ], id="vdc-overview")
+
+
+def layout(**_: str) -> html.Div:
+    """The VDC page for infra admins: the overview and the VDC editor (a 403 panel for anyone else)."""
+    principal = current_principal()
+    if not allowed(principal, ROLES):
+        return forbidden(principal, "The VDC and quota page")
+    with db_session() as session:
+        loaded = visible_vdcs(session, principal)
+        form = vdc_forms.editor(session, principal, loaded)
+    return html.Div([html.Div(html.H1("VDCs and quotas"), className="page-head"), overview(loaded), form])
 
 
 def register(app: dash.Dash) -> None:
-    """Register the page on the console app."""
+    """Register the page and its editor's callbacks on the console app."""
     dash.register_page(__name__, path=PATH, name="VDCs", title="VDCs — Kiln", layout=layout, order=2)
+    vdc_forms.register(app, overview)
