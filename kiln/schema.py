@@ -18,6 +18,9 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, MetaData
 from sqlmodel import SQLModel
 
+from kiln.db import utcnow
+from kiln.partitions import ensure_partitions, is_partition_name
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 # Every module that defines tables; domain packages add theirs here as they grow.
@@ -54,9 +57,16 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Migrate the database up to `revision` (default: the newest)."""
+    """Migrate the database up to `revision` (default: the newest), then create the coming
+    months' partitions where the tables are partitioned (PostgreSQL, see kiln.partitions)."""
     with engine.begin() as connection:
         command.upgrade(_config(connection), revision)
+        ensure_partitions(connection, utcnow())
+
+
+def include_name(name: str | None, type_: str, parent_names: object) -> bool:
+    """Alembic's filter: month partitions (attached or detached for archiving) are no model's table."""
+    return not (type_ == "table" and name is not None and is_partition_name(name))
 
 
 def downgrade(engine: Engine, revision: str) -> None:

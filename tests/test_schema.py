@@ -10,12 +10,13 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, inspect, text
 
 from kiln.db import create_db_engine
-from kiln.schema import SchemaError, ensure_current, head_revision, migrate_to, schema_status, target_metadata
+from kiln.schema import (SchemaError, ensure_current, head_revision, include_name, migrate_to, schema_status,
+                         target_metadata)
 
 
 def test_migrations_match_the_models(engine: Engine) -> None:
     with engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        context = MigrationContext.configure(connection, opts={"compare_type": True, "include_name": include_name})
         differences = compare_metadata(context, target_metadata())
     assert differences == []
 

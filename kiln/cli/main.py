@@ -14,6 +14,7 @@ from fleet.cli import nodes_app
 from fleet.firmware_cli import firmware_app
 from fleet.tenancy_cli import leases_app, vdcs_app
 from kiln.cli import accounts, ops, server
+from kiln.cli.db import db_app
 from kiln.errors import KilnError
 from kiln.schema import SchemaError
 from kiln.settings import CONFIG_ENV, ConfigError
@@ -48,6 +49,7 @@ app.add_typer(export_app, name="export")
 app.add_typer(carbon_app, name="carbon")
 app.add_typer(firmware_app, name="firmware")
 app.add_typer(collect_app, name="collect")
+app.add_typer(db_app, name="db")
 
 
 @app.callback()
