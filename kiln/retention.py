@@ -72,12 +72,13 @@ def enforce_retention(engine: Engine, settings: Settings, now: datetime, chunk: 
         cutoff = now - timedelta(days=days)
         with engine.begin() as connection:
             partitions = drop_months_before(connection, retained.table, cutoff)
-        rows = 0
+        # the outer condition too: on a partitioned table it prunes the id lookups to the old months
+        rows, expired = 0, f"{retained.column} < :cutoff AND {retained.condition}"
         while True:
             with engine.begin() as connection:
                 deleted = connection.execute(text(
-                    f"DELETE FROM {retained.table} WHERE id IN (SELECT id FROM {retained.table} "
-                    f"WHERE {retained.column} < :cutoff AND {retained.condition} LIMIT :chunk)"
+                    f"DELETE FROM {retained.table} WHERE {expired} AND id IN "
+                    f"(SELECT id FROM {retained.table} WHERE {expired} LIMIT :chunk)"
                 ).bindparams(bindparam("cutoff", type_=UTCDateTime)), {"cutoff": cutoff, "chunk": chunk}).rowcount
             rows += deleted
             if deleted < chunk:
