@@ -99,8 +99,9 @@ def create_month(connection: Connection, table: str, start: datetime) -> bool:
 def ensure_partitions(connection: Connection, now: datetime, *, since: datetime | None = None,
                       ahead: int = MONTHS_AHEAD, tables: tuple[str, ...] = tuple(PARTITIONED)) -> list[str]:
     """Create every missing month partition from `since` (default: the current month) to `ahead`
-    months after `now`, and the default partition, for each partitioned table; idempotent.
-    Returns the names created. Does nothing on SQLite or before migration 0019."""
+    months after `now`, the default partition, and a partition for each month with rows in the
+    default partition (moving them), for each partitioned table; idempotent. Returns the names
+    created. Does nothing on SQLite or before migration 0019."""
     created: list[str] = []
     for table in tables:
         if not is_partitioned(connection, table):
@@ -114,7 +115,19 @@ def ensure_partitions(connection: Connection, now: datetime, *, since: datetime 
             if create_month(connection, table, month):
                 created.append(partition_name(table, month))
             month = add_months(month, 1)
+        for month in _months_in_default(connection, table):  # backfills, far-future rows
+            if create_month(connection, table, month):
+                created.append(partition_name(table, month))
     return created
+
+
+def _months_in_default(connection: Connection, table: str) -> list[datetime]:
+    """The months of the rows in `table`'s default partition (a month whose partition was
+    detached for archiving keeps its rows there: its name is taken)."""
+    key = PARTITIONED[table]
+    starts = connection.execute(text(
+        f"SELECT DISTINCT date_trunc('month', {key} AT TIME ZONE 'UTC') FROM {table}_default")).scalars().all()
+    return sorted(start.replace(tzinfo=UTC) for start in starts)
 
 
 def ensure_partitions_now(engine: Engine, now: datetime) -> list[str]:

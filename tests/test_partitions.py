@@ -105,7 +105,7 @@ def test_upgrade_partitions_by_month_and_downgrade_keeps_every_row(pg_engine: En
     assert migrate_to(engine, "head") == head_revision()
 
 
-def test_partitions_ahead_are_idempotent_and_adopt_rows_from_the_default(pg_engine: Engine) -> None:
+def test_partitions_ahead_are_idempotent_and_months_leave_the_default(pg_engine: Engine) -> None:
     engine = pg_engine
     migrate_to(engine, "head")
     far = add_months(month_start(utcnow()), 9)
@@ -113,10 +113,12 @@ def test_partitions_ahead_are_idempotent_and_adopt_rows_from_the_default(pg_engi
         connection.execute(text("INSERT INTO rollup_5m (entity, metric, bucket, count, sum, min, max) "
                                 "VALUES ('n1', 'power', :at, 1, 1, 1, 1)"), {"at": far})
         assert _where(connection, "rollup_5m") == {f"{far:%Y-%m-%d %H}": "rollup_5m_default"}
-        assert ensure_partitions(connection, utcnow()) == []  # everything ahead exists already
-        created = ensure_partitions(connection, add_months(far, -3))
-        assert partition_name("rollup_5m", far) in created and partition_name("usage_record", far) in created
+        created = ensure_partitions(connection, utcnow())  # everything ahead exists already: only the row's month
+        assert created == [partition_name("rollup_5m", far)]
         assert _where(connection, "rollup_5m") == {f"{far:%Y-%m-%d %H}": partition_name("rollup_5m", far)}
+        assert ensure_partitions(connection, utcnow()) == []
+        created = ensure_partitions(connection, add_months(far, -3))
+        assert partition_name("usage_record", far) in created and partition_name("rollup_5m", far) not in created
 
 
 def test_detach_a_past_month_for_archiving(pg_engine: Engine, tmp_path: Path) -> None:
