@@ -18,6 +18,8 @@ from collectors.base import TargetResult
 from collectors.sharding import claim_targets
 from collectors.sources import Progress, Source
 from collectors.store import Transition, persist_results
+from kiln.logs import log_context
+from kiln.telemetry import span
 
 log = logging.getLogger("kiln.collectors")
 
@@ -58,19 +60,24 @@ def pick_targets(engine: Engine, source: Source, only: Sequence[str] | None) -> 
 def run_cycle(engine: Engine, source: Source, *, owner: str | None = None, lease: timedelta | None = None,
               only: Sequence[str] | None = None, progress: Progress | None = None) -> CycleReport:
     """Collect from the source's targets (the ones this `owner` claims, when sharing) and
-    persist the results in one transaction."""
-    targets = pick_targets(engine, source, only)
-    chosen = targets
-    if owner is not None:
-        chosen = claim_targets(engine, source.name, targets, owner, lease=lease or timedelta(seconds=source.interval))
-    results = source.collect(chosen, progress) if chosen else []
-    with Session(engine) as session, session.begin():
-        transitions = persist_results(session, source.name, results)
-        if source.extra_persist is not None:
-            source.extra_persist(session, results)
+    persist the results in one transaction (a `kiln.collector.cycle` span when tracing is on)."""
+    with span("kiln.collector.cycle", {"kiln.collector": source.name, "kiln.worker": owner}) as current:
+        targets = pick_targets(engine, source, only)
+        chosen = targets
+        if owner is not None:
+            chosen = claim_targets(engine, source.name, targets, owner, lease=lease or timedelta(seconds=source.interval))
+        results = source.collect(chosen, progress) if chosen else []
+        with Session(engine) as session, session.begin():
+            transitions = persist_results(session, source.name, results)
+            if source.extra_persist is not None:
+                source.extra_persist(session, results)
+        report = CycleReport(source.name, results, transitions, len(targets))
+        current.set_attributes({"kiln.targets": len(targets), "kiln.targets.polled": len(chosen),
+                                **{f"kiln.targets.{outcome}": count for outcome, count in report.counts().items()}})
     for change in transitions:
-        if change.up:
-            log.info("%s: %s answers again", source.name, change.target)
-        else:
-            log.warning("%s: %s failing: %s", source.name, change.target, change.error)
-    return CycleReport(source.name, results, transitions, len(targets))
+        with log_context(node=change.target):
+            if change.up:
+                log.info("%s: %s answers again", source.name, change.target)
+            else:
+                log.warning("%s: %s failing: %s", source.name, change.target, change.error)
+    return report

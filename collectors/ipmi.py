@@ -68,6 +68,7 @@ from collectors.ipmi_session import (
     PollResult,
     SensorRecord,
 )
+from kiln.logs import log_context
 
 log = logging.getLogger(__name__)
 NO_LABELS: Mapping[str, str] = MappingProxyType({})
@@ -276,25 +277,26 @@ class IpmiCollector:
         self.close()
 
     def _collect_one(self, target: IpmiTarget) -> TargetResult:
-        conn = self._conns[target.node]
-        started = time.monotonic()
-        if not conn.lock.acquire(blocking=False):
-            return TargetResult(target.node, ok=False, error="the previous poll of this BMC is still running")
-        try:
-            poll = conn.poll()
-        except Exception as exc:  # the per-target boundary: one BMC never fails the others
-            reason, timed_out = describe_failure(exc, conn)
-            if not isinstance(exc, FAILURES_EXPECTED):
-                log.exception("IPMI poll of %s (%s:%s) failed unexpectedly", target.node, target.host, target.port)
-            now = datetime.now(UTC)
-            samples = [Sample(self.name, target.node, "ipmi_up", 0.0, "state", UP_LABELS[p], now) for p in PARTS]
-            return TargetResult(target.node, ok=False, samples=samples, error=reason,
-                                seconds=time.monotonic() - started, timed_out=timed_out)
-        finally:
-            conn.lock.release()
-        failed_parts = "; ".join(f"{part}: {why}" for part, why in poll.errors.items()) or None
-        return TargetResult(target.node, ok=True, samples=self._samples(target.node, poll), error=failed_parts,
-                            seconds=time.monotonic() - started)
+        with log_context(node=target.node):  # every line logged while polling names the node
+            conn = self._conns[target.node]
+            started = time.monotonic()
+            if not conn.lock.acquire(blocking=False):
+                return TargetResult(target.node, ok=False, error="the previous poll of this BMC is still running")
+            try:
+                poll = conn.poll()
+            except Exception as exc:  # the per-target boundary: one BMC never fails the others
+                reason, timed_out = describe_failure(exc, conn)
+                if not isinstance(exc, FAILURES_EXPECTED):
+                    log.exception("IPMI poll of %s (%s:%s) failed unexpectedly", target.node, target.host, target.port)
+                now = datetime.now(UTC)
+                samples = [Sample(self.name, target.node, "ipmi_up", 0.0, "state", UP_LABELS[p], now) for p in PARTS]
+                return TargetResult(target.node, ok=False, samples=samples, error=reason,
+                                    seconds=time.monotonic() - started, timed_out=timed_out)
+            finally:
+                conn.lock.release()
+            failed_parts = "; ".join(f"{part}: {why}" for part, why in poll.errors.items()) or None
+            return TargetResult(target.node, ok=True, samples=self._samples(target.node, poll), error=failed_parts,
+                                seconds=time.monotonic() - started)
 
     def _samples(self, node: str, poll: PollResult) -> list[Sample]:
         now = datetime.now(UTC)

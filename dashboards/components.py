@@ -88,6 +88,17 @@ def data_grid(element_id: str, columns: Sequence[dict[str, Any]], rows: Sequence
     return html.Div(grid, id=element_id, className="grid-wrap")
 
 
+def toggle_button(element_id: str, text: str) -> html.Button:
+    """An on/off switch as a button with `aria-pressed` (Dash's Checklist nests its input in a
+    label, which axe reports as nested-interactive); read its state with `pressed`."""
+    return html.Button(text, id=element_id, n_clicks=0, className="toggle", **{"aria-pressed": "false"})
+
+
+def pressed(clicks: int | None) -> bool:
+    """Whether a `toggle_button` pressed `clicks` times is on (an odd number of presses)."""
+    return bool((clicks or 0) % 2)
+
+
 def range_picker(element_id: str, default: str = "24h") -> dcc.Dropdown:
     """The time range picker: presets ending now."""
     return dcc.Dropdown(

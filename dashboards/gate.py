@@ -24,6 +24,7 @@ from dashboards.context import ConsoleContext, console_context
 from dashboards.session import CSRF_FIELD, CSRF_HEADER, SESSION_COOKIE, ConsoleSession
 from kiln import sessions
 from kiln.auth import Principal, principal_for_user
+from kiln.logs import bind_caller
 from kiln.models import Tenant, User
 from kiln.roles import Role
 
@@ -107,6 +108,7 @@ def check_request() -> flask.Response | None:
         if not context.codec.valid_csrf(context.codec.csrf_token(console_session), presented):
             return _forbidden("missing or wrong CSRF token: reload the page")
     flask.g.principal, flask.g.console_session = principal, console_session
+    bind_caller(principal.username, principal.tenant_ids)
     if request.method == "GET" and request.path == "/":
         return flask.redirect(home_path(principal), code=302)
     if request.method == "GET" and principal.role != Role.INFRA_ADMIN and request.path.startswith(context.admin_paths):

@@ -1,5 +1,6 @@
 """Time controls of the live pages (fleet, node): the preset ranges with a custom date range beside
-them, "last updated HH:MM:SS UTC", and an auto-refresh toggle (a `dcc.Interval`, off until asked).
+them (native date fields: Dash's DatePickerRange fails axe's ARIA rules), "last updated HH:MM:SS
+UTC", and an auto-refresh toggle button (`aria-pressed`; a `dcc.Interval`, off until pressed).
 
 A page puts `time_controls(prefix)` in its head, lists `inputs(prefix)` among its refreshing
 callback's inputs (range, start date, end date, ticks), reads the window with `bounds` and writes
@@ -14,7 +15,7 @@ from datetime import UTC, date, datetime, time, timedelta
 import dash
 from dash import Input, Output, dcc, html, no_update
 
-from dashboards.components import range_bounds, range_picker
+from dashboards.components import pressed, range_bounds, range_picker, toggle_button
 from kiln.db import utcnow
 
 CUSTOM = "custom"
@@ -23,24 +24,27 @@ AUTO = "auto"
 
 
 def time_controls(prefix: str, default: str) -> html.Div:
-    """The range presets plus "Custom dates", a date range picker, "last updated" and auto-refresh."""
+    """The range presets plus "Custom dates", two labelled date fields (the browser's own date
+    inputs: keyboard- and screen-reader-friendly), "last updated" and an auto-refresh toggle button."""
     picker = range_picker(f"{prefix}-range", default)
     picker.options = [*picker.options, {"label": "Custom dates", "value": CUSTOM}]
+    today = utcnow().date().isoformat()
     return html.Div([
         picker,
-        dcc.DatePickerRange(id=f"{prefix}-dates", start_date_id=f"{prefix}-from", end_date_id=f"{prefix}-to",
-                            display_format="YYYY-MM-DD", max_date_allowed=utcnow().date(), minimum_nights=0, clearable=True,
-                            start_date_placeholder_text="from", end_date_placeholder_text="to"),
+        html.Div([html.Label("from", htmlFor=f"{prefix}-from"),
+                  dcc.Input(id=f"{prefix}-from", type="date", max=today, className="date-field"),
+                  html.Label("to", htmlFor=f"{prefix}-to"),
+                  dcc.Input(id=f"{prefix}-to", type="date", max=today, className="date-field")],
+                 id=f"{prefix}-dates", className="date-range", role="group", **{"aria-label": "custom dates (UTC)"}),
         html.Span(updated(), id=f"{prefix}-updated", role="status"),
-        dcc.Checklist(id=f"{prefix}-auto", options=[{"label": f" auto-refresh every {REFRESH_SECONDS} s", "value": AUTO}],
-                      value=[], inline=True),
+        toggle_button(f"{prefix}-auto", f"auto-refresh every {REFRESH_SECONDS} s"),
         dcc.Interval(id=f"{prefix}-tick", interval=REFRESH_SECONDS * 1000, disabled=True),
     ], className="refresh-bar")
 
 
 def inputs(prefix: str) -> list[Input]:
     """The inputs a refreshing callback takes, in order: preset, start date, end date, ticks."""
-    return [Input(f"{prefix}-range", "value"), Input(f"{prefix}-dates", "start_date"), Input(f"{prefix}-dates", "end_date"),
+    return [Input(f"{prefix}-range", "value"), Input(f"{prefix}-from", "value"), Input(f"{prefix}-to", "value"),
             Input(f"{prefix}-tick", "n_intervals")]
 
 
@@ -69,14 +73,16 @@ def choose_custom(start_date: str | None, end_date: str | None) -> str:
     return CUSTOM if start_date and end_date else no_update
 
 
-def refresh_paused(value: list[str] | None) -> bool:
-    """The interval is disabled unless auto-refresh is ticked."""
-    return AUTO not in (value or [])
+def refresh_paused(clicks: int | None) -> tuple[bool, str]:
+    """Auto-refresh is off until the toggle is pressed, on after an odd number of presses:
+    (the interval's `disabled`, the button's `aria-pressed`)."""
+    on = pressed(clicks)
+    return not on, "true" if on else "false"
 
 
 def register(app: dash.Dash, prefix: str) -> None:
     """Wire the page's custom dates to its range picker and its toggle to its interval."""
-    app.callback(Output(f"{prefix}-range", "value"), Input(f"{prefix}-dates", "start_date"),
-                 Input(f"{prefix}-dates", "end_date"), prevent_initial_call=True)(choose_custom)
-    app.callback(Output(f"{prefix}-tick", "disabled"), Input(f"{prefix}-auto", "value"),
-                 prevent_initial_call=True)(refresh_paused)
+    app.callback(Output(f"{prefix}-range", "value"), Input(f"{prefix}-from", "value"),
+                 Input(f"{prefix}-to", "value"), prevent_initial_call=True)(choose_custom)
+    app.callback(Output(f"{prefix}-tick", "disabled"), Output(f"{prefix}-auto", "aria-pressed"),
+                 Input(f"{prefix}-auto", "n_clicks"), prevent_initial_call=True)(refresh_paused)

@@ -18,6 +18,7 @@ from fleet.runtime import FleetRuntime, runtime_of
 from fleet.schemas import NodeCreate, NodeName, NodePublic, NodeUpdate, Tag
 from kiln.api.deps import CurrentPrincipal, RowId, SessionDep
 from kiln.errors import NotFound, ValidationFailed
+from kiln.telemetry import in_this_context
 
 router = APIRouter(prefix="/api/v1", tags=["nodes"])
 
@@ -122,7 +123,8 @@ def health_endpoint(node_id: RowId, session: SessionDep, principal: CurrentPrinc
 def _start(background: BackgroundTasks, runtime: FleetRuntime, operations: list[Operation]) -> None:
     # Runs after the response, i.e. after this request's transaction has committed the operations.
     for operation in operations:
-        background.add_task(runtime.pool.submit, runtime.runner.run, operation.id)
+        # in this request's context: the operation's log lines carry its request id, its span nests in the request's
+        background.add_task(runtime.pool.submit, in_this_context(runtime.runner.run), operation.id)
 
 
 @router.post("/nodes/{node_id}/actions", response_model=OperationPublic, status_code=202, summary="Act on a node")

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 from sqlmodel import Session
 
 from fleet import nodes as node_service
-from fleet.importer import import_nodes
-from fleet.operations import ActionParams, Outcome, plan_action
 from fleet.provisioning.actions import Action
-from fleet.runtime import FleetRuntime
-from fleet.sync import sync_nodes
 from kiln.auth import Principal
 from kiln.cli.common import (
     OutputFormat,
@@ -29,12 +26,22 @@ from kiln.cli.common import (
 from kiln.errors import BadGateway, NotFound, ValidationFailed
 from kiln.schema import ensure_current
 
+if TYPE_CHECKING:
+    from fleet.operations import Outcome
+    from fleet.runtime import FleetRuntime
+
 nodes_app = typer.Typer(help="Enroll, list, act on and sync bare-metal nodes.", no_args_is_help=True)
 
 NODE_COLUMNS = ["name", "provisioner", "provision_state", "power_state", "maintenance", "rack", "resource_class", "tags"]
 
 
+# The importer (YAML), the runtime (drivers), operations and sync are imported by the commands
+# that use them, so that `kiln nodes list` starts quickly.
+
+
 def _runtime() -> tuple[FleetRuntime, object]:
+    from fleet.runtime import FleetRuntime
+
     config = settings()
     engine = engine_for(config)
     ensure_current(engine)
@@ -86,6 +93,8 @@ def import_command(
     output: OutputFormat = OutputOption,
 ) -> None:
     """Validate a whole file, then enroll its new nodes; re-importing the same file changes nothing."""
+    from fleet.importer import import_nodes
+
     runtime, engine = _runtime()
     with progress_bar() as progress:
         task = progress.add_task("enrolling", total=None)
@@ -134,6 +143,8 @@ def action_command(
     output: OutputFormat = OutputOption,
 ) -> None:
     """Run an action on nodes in parallel, show progress, report each node; exit 1 if any failed."""
+    from fleet.operations import ActionParams, plan_action
+
     runtime, engine = _runtime()
     params = ActionParams(image_url=image_url, image_checksum=image_checksum, reason=reason)
     with Session(engine, expire_on_commit=False) as session:
@@ -169,6 +180,8 @@ def _print_outcomes(outcomes: list[Outcome], output: OutputFormat) -> None:
 @nodes_app.command("sync")
 def sync_command() -> None:
     """Pull provision and power state from every configured driver now; exit 1 if a backend failed."""
+    from fleet.sync import sync_nodes
+
     runtime, engine = _runtime()
     report = sync_nodes(engine, runtime.drivers, runtime.box)
     typer.echo(report.summary())

@@ -39,7 +39,9 @@ from kiln.auth import Principal
 from kiln.db import utcnow
 from kiln.errors import KilnError, ValidationFailed
 from kiln.roles import Role
+from kiln.logs import log_context
 from kiln.security import SecretBox
+from kiln.telemetry import in_this_context, mark_failed, span
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +150,7 @@ class OperationRunner:
         """Run operations at most `concurrency` at a time; report each as it finishes."""
         outcomes = []
         with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(operation_ids) or 1))) as pool:
-            futures = [pool.submit(self.run, op_id) for op_id in operation_ids]
+            futures = [pool.submit(in_this_context(self.run), op_id) for op_id in operation_ids]
             for future in as_completed(futures):
                 outcome = future.result()
                 outcomes.append(outcome)
@@ -157,7 +159,8 @@ class OperationRunner:
         return sorted(outcomes, key=lambda o: o.node)
 
     def run(self, operation_id: int) -> Outcome:
-        """Run one operation to its end (success, failure or timeout); never raises."""
+        """Run one operation to its end (success, failure or timeout); never raises. Its log lines
+        name the node; tracing on, it is a `kiln.provision.<action>` span."""
         started = time.monotonic()
         with Session(self.engine, expire_on_commit=False) as session:
             operation = session.get(Operation, operation_id)
@@ -166,6 +169,17 @@ class OperationRunner:
             operation.status, operation.started_at = OpStatus.RUNNING.value, utcnow()
             session.add(operation)
             session.commit()
+        attributes = {"kiln.node": node.name, "kiln.provisioner": node.provisioner, "kiln.operation_id": operation_id}
+        with log_context(node=node.name), span(f"kiln.provision.{operation.action}", attributes) as current:
+            outcome = self._run(operation, node, target, started)
+            current.set_attribute("kiln.ok", outcome.ok)
+            current.set_attribute("kiln.provision_state", outcome.state or "")
+            if outcome.error:
+                mark_failed(current, outcome.error)
+        return outcome
+
+    def _run(self, operation: Operation, node: Node, target: NodeTarget, started: float) -> Outcome:
+        operation_id = operation.id
         action = Action(operation.action)
         backend: BackendNode | None = None
         driver: ProvisioningDriver | None = None

@@ -6,7 +6,6 @@ Domain packages contribute theirs through `DOMAIN_ROUTERS` as they grow.
 
 from __future__ import annotations
 
-import logging
 from datetime import timedelta
 
 from fastapi import APIRouter, FastAPI
@@ -23,9 +22,12 @@ from kiln.api import audit, health, sessions, tenants, tokens, users
 from kiln.db import create_db_engine
 from kiln.api.problems import install_error_handlers
 from kiln.limits import BodySizeLimitMiddleware, NulCharacterMiddleware
+from kiln.logs import configure_logging
 from kiln.metrics import HttpMetrics, MetricsMiddleware
 from kiln.oidc import OIDCVerifier
+from kiln.request_context import RequestContextMiddleware
 from kiln.settings import Settings
+from kiln.telemetry import configure_tracing
 from metering import api as metering_api
 from metering.budgets import CarbonContext
 from metering.exposition import BudgetExposition
@@ -43,8 +45,8 @@ DOMAIN_ROUTERS: tuple[APIRouter, ...] = (fleet_api.router, firmware_api.router, 
 
 def create_app(settings: Settings, engine: Engine | None = None, oidc: OIDCVerifier | None = None) -> FastAPI:
     """A ready-to-serve Kiln application. The schema is checked by the caller (`kiln serve`)."""
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    configure_logging(settings.log_level, settings.log_format, replace=False)  # `kiln demo` sets its own first
+    configure_tracing(settings.otlp_endpoint, "kiln-api")
     app = FastAPI(
         title="Kiln",
         version=__version__,
@@ -66,6 +68,7 @@ def create_app(settings: Settings, engine: Engine | None = None, oidc: OIDCVerif
     app.add_middleware(NulCharacterMiddleware)  # inside the size limit: it reads bodies the limit has let through
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=HttpMetrics(app.state.registry))
+    app.add_middleware(RequestContextMiddleware)  # outermost: even a refused body gets a request id
     for router in SHELL_ROUTERS + DOMAIN_ROUTERS:
         app.include_router(router)
     mount_console(app)  # the Dash console at `/`, after the API routes (built on its first request)

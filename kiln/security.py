@@ -13,6 +13,8 @@ from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from kiln.logs import remember_secret
+
 TOKEN_PREFIX = "kiln_"
 
 _hasher = PasswordHasher()  # argon2-cffi's defaults until `configure_hasher` (kiln.passwords.configure)
@@ -77,6 +79,7 @@ class SecretBox:
     """
 
     def __init__(self, secret_key: str):
+        remember_secret(secret_key)
         derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"kiln secret box v1").derive(
             secret_key.encode()
         )
@@ -89,6 +92,8 @@ class SecretBox:
     def decrypt(self, ciphertext: str) -> str:
         """The plaintext of `ciphertext`; ValueError when it was made with another key or altered."""
         try:
-            return self._fernet.decrypt(ciphertext.encode()).decode()
+            plaintext = self._fernet.decrypt(ciphertext.encode()).decode()
         except InvalidToken:
             raise ValueError("secret cannot be decrypted: wrong KILN_SECRET_KEY or corrupted value") from None
+        remember_secret(plaintext)  # never in a log line, even logged by mistake
+        return plaintext

@@ -12,13 +12,11 @@ import logging
 import os
 import re
 import secrets
-import tomllib
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -84,6 +82,23 @@ class Settings(BaseSettings):
     )
     dev: bool = Field(default=False, description="Development mode: generate a secret key, migrate on start-up.")
     log_level: str = Field(default="INFO", description="Log level: DEBUG, INFO, WARNING or ERROR.")
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="`text` for people; `json`: one object a line (time, level, logger, message, request id, "
+        "user, tenant, node, trace id) for Loki and other log stores. Secrets are redacted in both.",
+    )
+    worker_metrics_port: int = Field(
+        default=9465, ge=0, le=65535,
+        description="Port of `kiln worker`'s own /metrics (collector cycle and bills-run durations); 0: none.",
+    )
+    worker_metrics_host: str = Field(
+        default="127.0.0.1", description="Address `kiln worker` serves its /metrics on (`0.0.0.0`: every interface)."
+    )
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP endpoint that receives Kiln's traces (API requests, collector cycles, bills runs, "
+        "provisioning operations), e.g. `http://otel-collector:4318`; unset: no tracing, no overhead.",
+    )
     max_body_bytes: int = Field(
         default=1024 * 1024, ge=1024, description="Largest accepted HTTP request body in bytes (larger: 413)."
     )
@@ -306,6 +321,13 @@ class Settings(BaseSettings):
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
         return level
 
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _otlp_http_url(cls, value: str | None) -> str | None:
+        if value and not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must be an http:// or https:// URL, e.g. http://otel-collector:4318 (OTLP/HTTP)")
+        return value or None
+
     @field_validator("database_url")
     @classmethod
     def _psycopg3(cls, value: str | None) -> str | None:
@@ -370,12 +392,16 @@ def read_config_file(path: Path) -> ConfigFile:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     if path.suffix == ".toml":
+        import tomllib  # here, as yaml below: most commands read no config file
+
         try:
             values = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
         lines = _toml_key_lines(text)
     elif path.suffix in {".yaml", ".yml"}:
+        import yaml
+
         try:
             node = yaml.compose(text)
             values = yaml.safe_load(text) or {}

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from apscheduler.schedulers.blocking import BlockingScheduler
+from prometheus_client import CollectorRegistry, start_http_server
 from sqlalchemy import Engine
 
 from collectors.cycle import run_cycle
@@ -20,6 +21,7 @@ from collectors.sources import Source, build_sources
 from fleet.runtime import FleetRuntime
 from fleet.sync import sync_nodes
 from kiln.db import utcnow
+from kiln.metrics import WorkerMetrics
 from kiln.partitions import ensure_partitions_now
 from kiln.retention import INTERVAL, Removed, enforce_retention
 from kiln.settings import Settings
@@ -38,9 +40,12 @@ class Job:
     run: Callable[[], None]
 
 
-def jobs_for(settings: Settings, engine: Engine, fleet: FleetRuntime | None = None) -> list[Job]:
-    """Every periodic job of this Kiln, bound to its settings and database."""
+def jobs_for(settings: Settings, engine: Engine, fleet: FleetRuntime | None = None,
+             metrics: WorkerMetrics | None = None) -> list[Job]:
+    """Every periodic job of this Kiln, bound to its settings and database; collector cycles and
+    bills runs observe their durations into `metrics`."""
     fleet = fleet or FleetRuntime.build(settings, engine)
+    metrics = metrics or WorkerMetrics(CollectorRegistry())
     last_summary = {"sync": ""}
 
     def sync() -> None:
@@ -51,8 +56,13 @@ def jobs_for(settings: Settings, engine: Engine, fleet: FleetRuntime | None = No
             log.info("node sync: %s", summary)
         last_summary["sync"] = summary if noteworthy else ""
 
-    jobs = [Job("node-state-sync", settings.sync_interval, sync),
-            Job("draft-bills", settings.billing_interval, draft_bills(settings, engine))]
+    run_bills = draft_bills(settings, engine)
+
+    def bills() -> None:
+        with metrics.bills_run.time():
+            run_bills()
+
+    jobs = [Job("node-state-sync", settings.sync_interval, sync), Job("draft-bills", settings.billing_interval, bills)]
     if engine.dialect.name == "postgresql":
         jobs.append(Job("partitions-ahead", INTERVAL, lambda: _log_created(ensure_partitions_now(engine, utcnow()))))
     jobs.append(Job("retention", INTERVAL, lambda: _log_removed(enforce_retention(engine, settings, utcnow()))))
@@ -60,7 +70,7 @@ def jobs_for(settings: Settings, engine: Engine, fleet: FleetRuntime | None = No
         jobs.append(Job("carbon-fetch", 3600, carbon_fetch_job(settings, engine)))
     owner = settings.worker_name or default_worker_name()
     for source in build_sources(settings, engine, fleet.box).values():
-        jobs.append(Job(f"collect-{source.name}", source.interval, _collect(engine, source, owner)))
+        jobs.append(Job(f"collect-{source.name}", source.interval, _collect(engine, source, owner, metrics)))
     return jobs
 
 
@@ -76,21 +86,25 @@ def _log_removed(removed: list[Removed]) -> None:
                      f" and partitions {', '.join(table.partitions)}" if table.partitions else "")
 
 
-def _collect(engine: Engine, source: Source, owner: str) -> Callable[[], None]:
+def _collect(engine: Engine, source: Source, owner: str, metrics: WorkerMetrics) -> Callable[[], None]:
     lease = lease_length(source.interval)
 
     def run() -> None:
-        report = run_cycle(engine, source, owner=owner, lease=lease)
+        with metrics.cycle.labels(source.name).time():
+            report = run_cycle(engine, source, owner=owner, lease=lease)
         log.debug("%s: %s of %d targets polled here", source.name, report.counts(), report.total_targets)
 
     return run
 
 
 def run_forever(settings: Settings, engine: Engine) -> None:
-    """Run every job on its interval until interrupted."""
+    """Run every job on its interval until interrupted; serve their durations on /metrics."""
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it logs every run at INFO
+    registry = CollectorRegistry()
+    if settings.worker_metrics_port:
+        _serve_metrics(settings, registry)
     scheduler = BlockingScheduler(timezone="UTC")
-    for job in jobs_for(settings, engine):
+    for job in jobs_for(settings, engine, metrics=WorkerMetrics(registry)):
         scheduler.add_job(_guarded(job), "interval", seconds=job.seconds, id=job.name, name=job.name, max_instances=1, coalesce=True,
                           next_run_time=utcnow())
         log.info("scheduled %s every %d s", job.name, job.seconds)
@@ -98,6 +112,19 @@ def run_forever(settings: Settings, engine: Engine) -> None:
         scheduler.start()
     finally:
         retire_worker(engine, settings.worker_name or default_worker_name())
+
+
+def _serve_metrics(settings: Settings, registry: CollectorRegistry) -> None:
+    """Serve the worker's /metrics; a port already taken (a second worker on this host) is
+    logged and the worker runs on without: its jobs matter more than their durations."""
+    address = f"{settings.worker_metrics_host}:{settings.worker_metrics_port}"
+    try:
+        start_http_server(settings.worker_metrics_port, settings.worker_metrics_host, registry=registry)
+    except OSError as exc:
+        log.warning("cannot serve metrics on %s (%s): set KILN_WORKER_METRICS_PORT to a free port, "
+                    "or 0; running without", address, exc.strerror or exc)
+        return
+    log.info("metrics on http://%s/metrics", address)
 
 
 def _guarded(job: Job) -> Callable[[], None]:

@@ -26,6 +26,7 @@ from kiln.auth import Principal
 from kiln.db import utcnow
 from kiln.errors import Conflict, NotFound
 from kiln.roles import Role
+from kiln.telemetry import span
 from kiln.tenants import get_tenant_owned, tenants_by_slug
 from metering.idle import idle_usage
 from metering.models import Bill, BillLine, IdleCharge, PriceCard, TenantDiscount, UsageRecord
@@ -247,7 +248,15 @@ def _correct(session: Session, bill: Bill, charges: list[Charge], currency: str,
 
 
 def run_period(session: Session, principal: Principal, period: str, *, policy: str, now: datetime | None = None) -> RunSummary:
-    """Rebuild a period's usage, re-rate it, rewrite draft bills and correct finalised ones."""
+    """Rebuild a period's usage, re-rate it, rewrite draft bills and correct finalised ones
+    (a `kiln.bills.run` span when tracing is on)."""
+    with span("kiln.bills.run", {"kiln.period": period, "kiln.idle_cost_policy": policy}) as current:
+        summary = _run_period(session, principal, period, policy=policy, now=now)
+        current.set_attributes({"kiln.bills.drafts": len(summary.drafts), "kiln.bills.corrections": summary.corrections})
+    return summary
+
+
+def _run_period(session: Session, principal: Principal, period: str, *, policy: str, now: datetime | None) -> RunSummary:
     principal.require_role(*WRITE_ROLES, action="run bills")
     now = now or utcnow()
     parse_period(period, now=now)

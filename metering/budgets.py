@@ -17,9 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlmodel import Session, col, select
 
@@ -42,6 +41,9 @@ from metering.price_cards import cards_overlapping
 from metering.rating import rate, segments
 from metering.usage import parts_sum, summed
 from metering.views import extrapolate, forecast_total, usage_through
+
+if TYPE_CHECKING:
+    import httpx
 
 WRITE_ROLES = (Role.INFRA_ADMIN, Role.FINANCE, Role.TENANT_ADMIN)
 DEFAULT_THRESHOLDS = [50, 80, 100]
@@ -336,6 +338,8 @@ def deliver_alerts(session: Session, url: str | None, timeout: float, *, client:
     """POST every undelivered alert to the webhook; returns how many it accepted (2xx)."""
     if not url:
         return 0
+    import httpx  # here: list commands that import this module need no HTTP client
+
     delivered = 0
     pending = session.exec(select(BudgetAlert).where(col(BudgetAlert.delivered_at).is_(None)).order_by(BudgetAlert.id)).all()
     with client or httpx.Client(timeout=timeout) as http:

@@ -26,7 +26,7 @@ PERSONAS = {  # username → role; seed_fleet makes ops-admin and alice, seed_co
     "ops-admin": Role.INFRA_ADMIN, "fiona": Role.FINANCE, "tara": Role.TENANT_ADMIN, "alice": Role.TENANT_MEMBER,
 }
 # Every page of the console, for every persona: a page a role may not open shows its 403 panel, which is checked too.
-PAGES = ("/fleet", "/vdcs", "/usage", "/costs", "/finance", "/account", "/nodes/gpu-a01", "/no-such-page")
+PAGES = ("/fleet", "/vdcs", "/usage", "/costs", "/finance", "/account", "/nodes/gpu-a01", "/firmware", "/no-such-page")
 PAGE_SETTLED_JS = """() => {
   const content = document.getElementById('_pages_content');
   const graphs = Array.from(document.querySelectorAll('.dash-graph'));

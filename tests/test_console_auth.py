@@ -37,8 +37,8 @@ POWER_CALLBACK = {  # the fleet page's live parts (power chart, hottest nodes, s
     "output": "..{}..".format("...".join(f"{i}.{p}" for i, p in FLEET_OUTPUTS)),
     "outputs": [{"id": i, "property": p} for i, p in FLEET_OUTPUTS],
     "inputs": [{"id": "fleet-range", "property": "value", "value": "24h"},
-               {"id": "fleet-dates", "property": "start_date", "value": None},
-               {"id": "fleet-dates", "property": "end_date", "value": None},
+               {"id": "fleet-from", "property": "value", "value": None},
+               {"id": "fleet-to", "property": "value", "value": None},
                {"id": "fleet-tick", "property": "n_intervals", "value": None}],
     "changedPropIds": ["fleet-range.value"], "state": [],
 }

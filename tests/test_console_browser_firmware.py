@@ -64,7 +64,7 @@ def test_admins_see_who_is_behind_filter_it_and_download_it(console: Any) -> Non
         assert word in text, word
     assert len(grid_nodes(page)) == 6 * 3  # 6 nodes x 3 baseline components
     screenshot(page, "admin-firmware")
-    page.check("#firmware-behind-only input[type=checkbox]")
+    page.click("#firmware-behind-only")
     page.wait_for_function("() => document.querySelectorAll('#firmware-table .ag-center-cols-container .ag-row').length === 2")
     assert sorted(grid_nodes(page)) == sorted(READ)
     assert "unknown" not in page.inner_text("#firmware-table")

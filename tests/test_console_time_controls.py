@@ -26,5 +26,6 @@ def test_presets_end_now_and_custom_without_both_dates_is_the_default_preset() -
 def test_picking_dates_selects_custom_and_the_toggle_drives_the_interval() -> None:
     assert choose_custom("2026-03-01", "2026-03-02") == CUSTOM
     assert choose_custom("2026-03-01", None) is no_update
-    assert refresh_paused([]) and refresh_paused(None) and not refresh_paused(["auto"])
+    assert refresh_paused(0) == refresh_paused(None) == refresh_paused(2) == (True, "false")
+    assert refresh_paused(1) == (False, "true")
     assert updated(NOW) == "last updated 14:05:09 UTC"

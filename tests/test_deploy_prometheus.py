@@ -55,7 +55,7 @@ def test_the_layout_of_the_scripting_contract() -> None:
     scrape = yaml.safe_load((PROMETHEUS_DIR / "kiln-scrape.yml").read_text())
     assert sorted(scrape["rule_files"]) == sorted(p.name for p in RULE_FILES)
     assert {job["job_name"] for job in scrape["scrape_configs"]} == {
-        "kiln", "dcgm-exporter", "amd-device-metrics-exporter", "node-exporter"}
+        "kiln", "kiln-worker", "dcgm-exporter", "amd-device-metrics-exporter", "node-exporter"}
 
 
 def test_promtool_check_config(promtool: str) -> None:

@@ -24,7 +24,9 @@ from metering.idle import capacity, used
 from metering.intervals import MICROS_PER_HOUR
 from metering.models import IdleCharge, UsageRecord
 from tests.factories import World
-from tests.metering_helpers import GPU_SKU, H100, at, bill_of, card, lines_of, money, node, run
+from kiln.auth import Principal
+from kiln.roles import Role
+from tests.metering_helpers import GPU_SKU, H100, SYSTEM, at, bill_of, card, lines_of, money, node, run
 
 D = Decimal
 MIG_3G, MIG_1G = f"{GPU_SKU}:3g.40gb", f"{GPU_SKU}:1g.10gb"
@@ -145,3 +147,18 @@ def test_every_node_hour_adds_up_exactly(claims, gpus) -> None:
             exact[key] = exact.get(key, Fraction(0)) + share * 60_000_000
     for key, value in exact.items():
         assert abs(parts.get(key, 0) - value) < 1
+
+
+def test_the_usage_page_shows_gpu_hours_by_mig_profile_to_their_tenant_only(world: World) -> None:
+    from dashboards.pages.usage import gpu_hours_by_sku
+
+    gpu_node = node(world, gpus=1, created_at=at("2026-10-01T10:00"))
+    _pod(world, "big", "a", gpu_node.name, "nvidia.com/mig-3g.40gb", 1, "2026-10-01T10:00", "2026-10-01T11:00")
+    _pod(world, "small", "b", gpu_node.name, "nvidia.com/mig-1g.10gb", 2, "2026-10-01T10:00", "2026-10-01T10:30")
+    run(world, now="2026-10-01T11:00")
+    window = (at("2026-10-01T00:00"), at("2026-10-02T00:00"))
+    member = Principal(username="a-member", role=Role.TENANT_MEMBER, tenant_ids=frozenset({world.a.id}))
+    mine = gpu_hours_by_sku(world.session, member, *window, None)
+    assert mine == {f"GPU-hour · {H100} · 3g.40gb": D("0.428571")}  # never B's 1g.10gb
+    everyone = gpu_hours_by_sku(world.session, SYSTEM, *window, None)
+    assert everyone[f"GPU-hour · {H100} · 1g.10gb"] == D("0.142857") and len(everyone) == 2

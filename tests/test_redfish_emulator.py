@@ -12,17 +12,13 @@ import httpx
 import pytest
 
 from collectors.redfish import RedfishCollector, RedfishTarget
-from tests.peers.harness import running_peer
-
-USER, PASSWORD = "kiln-reader", "emu-Pa55"
-
+from tests.peer_fixtures import RedfishEmulator, running_emulator
 
 @pytest.fixture(scope="module")
-def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    """The emulator's URL and its one system's path."""
-    with running_peer("redfish", tmp_path_factory.mktemp("emulator"), "--emulator", USER, PASSWORD) as url:
-        systems = httpx.get(f"{url}/redfish/v1/Systems", auth=(USER, PASSWORD)).json()
-        yield url, systems["Members"][0]["@odata.id"]
+def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedfishEmulator]:
+    """The emulator with one fake system, behind basic auth."""
+    with running_emulator(tmp_path_factory.mktemp("emulator"), 1) as running:
+        yield running
 
 
 def power_state(result) -> float:
@@ -30,8 +26,8 @@ def power_state(result) -> float:
     return value
 
 
-def test_power_actions_show_in_the_next_poll(emulator: tuple[str, str]) -> None:
-    url, system = emulator
+def test_power_actions_show_in_the_next_poll(emulator: RedfishEmulator) -> None:
+    url, system, USER, PASSWORD = emulator.url, emulator.system_path(), emulator.username, emulator.password
     with RedfishCollector([RedfishTarget("emu", url, USER, PASSWORD, system=system)]) as collector:
         before = collector.collect()[0]
         assert collector.clients["emu"].auth == "basic"
@@ -57,8 +53,8 @@ def test_power_actions_show_in_the_next_poll(emulator: tuple[str, str]) -> None:
     assert "power: the chassis reports no power reading" in before.error
 
 
-def test_a_wrong_password_is_the_emulators_401(emulator: tuple[str, str]) -> None:
-    url, system = emulator
+def test_a_wrong_password_is_the_emulators_401(emulator: RedfishEmulator) -> None:
+    url, system, USER = emulator.url, emulator.system_path(), emulator.username
     with RedfishCollector([RedfishTarget("emu", url, USER, "not-it", system=system)]) as collector:
         [result] = collector.collect()
     assert not result.ok and not result.timed_out

@@ -10,8 +10,17 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, inspect, text
 
 from kiln.db import create_db_engine
-from kiln.schema import (SchemaError, ensure_current, head_revision, include_name, migrate_to, schema_status,
-                         target_metadata)
+from kiln.schema import (
+    MIGRATIONS_DIR,
+    SchemaError,
+    ensure_current,
+    head_revision,
+    include_name,
+    migrate_to,
+    newest_migration_file_revision,
+    schema_status,
+    target_metadata,
+)
 
 
 def test_migrations_match_the_models(engine: Engine) -> None:
@@ -43,6 +52,23 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
         ensure_current(engine)
     with pytest.raises(SchemaError, match="newer than this Kiln"):
         migrate_to(engine)
+
+
+def test_migration_files_are_named_by_their_revision() -> None:
+    """ensure_current (every CLI command) reads the head from the file names, without Alembic."""
+    from alembic.script import ScriptDirectory
+
+    revisions = list(ScriptDirectory(str(MIGRATIONS_DIR)).walk_revisions())
+    assert len(revisions) > 10
+    assert [Path(r.path).name.split("_", 1)[0] for r in revisions] == [r.revision for r in revisions]
+    assert newest_migration_file_revision() == head_revision()
+
+
+def test_an_older_schema_is_refused_with_the_fix(tmp_path: Path) -> None:
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'older.db'}")
+    older = migrate_to(engine, f"{int(head_revision()) - 1:04d}")
+    with pytest.raises(SchemaError, match=f"the database schema is at {older}, this Kiln needs {head_revision()}: run `kiln migrate`"):
+        ensure_current(engine)
 
 
 def test_unknown_target_revision_is_a_clear_error(tmp_path: Path) -> None:

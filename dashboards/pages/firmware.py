@@ -6,7 +6,7 @@ from __future__ import annotations
 import dash
 from dash import Input, Output, dcc, html
 
-from dashboards.components import allowed, data_grid, forbidden, section, stat
+from dashboards.components import allowed, data_grid, forbidden, pressed, section, stat, toggle_button
 from dashboards.context import current_principal, db_session
 from dashboards.downloads import firmware_compliance_url
 from fleet.firmware_compliance import AHEAD, BEHIND, DIFFERENT, MISSING, UNKNOWN, ComplianceRow, compliance
@@ -14,7 +14,6 @@ from kiln.roles import Role
 
 PATH = "/firmware"
 ROLES = (Role.INFRA_ADMIN,)
-BEHIND_ONLY = "behind"
 COLUMNS = (
     {"field": "node", "headerName": "Node"}, {"field": "baseline", "headerName": "Baseline"},
     {"field": "component", "headerName": "Component"}, {"field": "firmware_id", "headerName": "Redfish Id"},
@@ -41,13 +40,14 @@ def read_time(read_at: str | None) -> str:
     return f"{read_at.replace('T', ' ')[:16]} UTC" if read_at else "never"
 
 
-def filtered(choice: list[str] | None) -> tuple[html.Div, str]:
-    """The grid and the download link for the filter's state."""
-    behind_only = BEHIND_ONLY in (choice or [])
+def filtered(clicks: int | None) -> tuple[html.Div, str, str]:
+    """The grid, the download link and the toggle's `aria-pressed` for the "behind only" filter."""
+    behind_only = pressed(clicks)
     principal = current_principal()
     with db_session() as session:
         rows = compliance(session, principal, statuses=[BEHIND] if behind_only else []) if allowed(principal, ROLES) else []
-    return compliance_grid(rows, behind_only), firmware_compliance_url([BEHIND] if behind_only else [])
+    return (compliance_grid(rows, behind_only), firmware_compliance_url([BEHIND] if behind_only else []),
+            "true" if behind_only else "false")
 
 
 def layout(**_: str) -> html.Div:
@@ -70,8 +70,7 @@ def layout(**_: str) -> html.Div:
         ], className="stats"),
         section("Components against their baseline",
                 html.Div([
-                    dcc.Checklist(id="firmware-behind-only", options=[{"label": " behind only", "value": BEHIND_ONLY}],
-                                  value=[], inline=True),
+                    toggle_button("firmware-behind-only", "behind only"),
                     html.A("Download CSV", id="firmware-download", href=firmware_compliance_url([]),
                            className="button secondary", download="kiln-firmware-compliance.csv"),
                 ], className="filters"),
@@ -86,4 +85,5 @@ def register(app: dash.Dash) -> None:
     """Register the page and its filter callback on the console app."""
     dash.register_page(__name__, path=PATH, name="Firmware", title="Firmware — Kiln", layout=layout, order=2)
     app.callback(Output("firmware-grid", "children"), Output("firmware-download", "href"),
-                 Input("firmware-behind-only", "value"), prevent_initial_call=True)(filtered)
+                 Output("firmware-behind-only", "aria-pressed"),
+                 Input("firmware-behind-only", "n_clicks"), prevent_initial_call=True)(filtered)

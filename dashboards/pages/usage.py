@@ -4,10 +4,13 @@ waste highlighted); quotas used; running nodes and namespaces. Tenants see their
 
 from __future__ import annotations
 
+from collections import defaultdict
+from datetime import datetime
 from decimal import Decimal
 
 import dash
 from dash import Input, Output, dcc, html
+from sqlmodel import Session
 
 from dashboards.components import data_grid, prefilled, range_bounds, range_picker, section, stat, table, when
 from dashboards.context import current_principal, db_session
@@ -22,8 +25,12 @@ from dashboards.tenancy_data import (
     total_by,
     visible_tenants,
 )
+from kiln.auth import Principal
+from metering import skus
 from metering.allocation import AllocationRow, allocation_rows, daily_gpu_hours
 from metering.efficiency import EfficiencyRow, combined, efficiency_between
+from metering.sku_labels import label
+from metering.usage import usage_totals
 
 PATH = "/usage"
 ALL = "all"
@@ -105,16 +112,18 @@ def update(tenant_slug: str | None, choice: str | None) -> tuple:
         quotas = [q for q in quota_rows(session, principal) if tenant is None or q["tenant"] == tenant.slug]
         nodes = running_nodes(session, principal, tenant_id)
         namespaces = running_namespaces(session, principal, tenant_id)
+        sku_totals = gpu_hours_by_sku(session, principal, start, end, tenant_id)
     allocated = sum((s.gpu_hours for s in slices), Decimal(0))
     stats = [stat("GPU-hours allocated", _hours(allocated), "stat-allocated"), *efficiency_stats(gpu_use),
              stat("nodes running", len(nodes), "stat-running")]
     why = "No leases in this range: nothing was allocated to these tenants."
     by_day = stacked_bars("GPU-hours allocated per day, by VDC", "day (UTC)", "GPU-hours", stacked_by_day(slices, "vdc"),
                           empty_reason=why)
-    vdc_totals, model_totals = total_by(slices, "vdc"), total_by(slices, "gpu_model")
+    vdc_totals = total_by(slices, "vdc")
     by_vdc = bars("GPU-hours by VDC", "VDC", "GPU-hours", list(vdc_totals), list(vdc_totals.values()), empty_reason=why)
-    by_model = bars("GPU-hours by GPU model", "GPU model", "GPU-hours", list(model_totals), list(model_totals.values()),
-                    empty_reason=why)
+    by_model = bars("GPU-hours by GPU model and MIG profile (leases and Kubernetes pods)", "GPU model · MIG profile",
+                    "GPU-hours", list(sku_totals), list(sku_totals.values()),
+                    empty_reason="No metered GPU-hours in this range (usage is recorded by the hourly bills run).")
     quota_table = table(("VDC", "tenant", "nodes", "GPUs", "GPU-hours"),
                         [(q["vdc"], q["tenant"], _limit(q["nodes"], q["max_nodes"]), _limit(q["gpus"], q["max_gpus"]),
                           _limit(q["gpu_hours"], q["max_gpu_hours"])) for q in quotas],
@@ -129,6 +138,17 @@ def update(tenant_slug: str | None, choice: str | None) -> tuple:
                             element_id="running-namespaces")
     return (stats, by_day, by_vdc, by_model, quota_table, node_table, namespace_table, allocated_vs_used(per_day),
             allocation_table(per_lease))
+
+
+def gpu_hours_by_sku(session: Session, principal: Principal, start: datetime, end: datetime,
+                     tenant_id: int | None) -> dict[str, Decimal]:
+    """Metered GPU-hours (usage records: leases and pods, MIG instances by profile) of the caller's
+    tenants — or of one — by SKU name, e.g. "GPU-hour · NVIDIA A100-SXM4-80GB · 3g.40gb"."""
+    out: dict[str, Decimal] = defaultdict(Decimal)
+    for owner, sku, _, _, total in usage_totals(session, principal, start, end):
+        if skus.family(sku) == skus.GPU_HOUR and tenant_id in (None, owner):
+            out[label(sku)] += total
+    return dict(sorted(out.items()))
 
 
 def allocated_vs_used(per_day: dict[str, tuple[Decimal, Decimal]]) -> Figure:

@@ -12,6 +12,7 @@ from sqlmodel import Session
 from kiln.auth import Principal
 from kiln.db import MAX_INTEGER
 from kiln.errors import Unauthorized
+from kiln.logs import bind_caller
 from kiln.oidc import OIDCVerifier, principal_from_claims
 from kiln.security import TOKEN_PREFIX
 from kiln.tokens import principal_for_token
@@ -58,8 +59,11 @@ def get_principal(request: Request, session: SessionDep) -> Principal:
         )
     token = token.strip()
     if token.startswith(TOKEN_PREFIX):  # a read token asking to change something: 403 here, for every route
-        return principal_for_token(session, token, request.method, source=_client_address(request))
-    return _principal_from_oidc(session, request, token)
+        principal = principal_for_token(session, token, request.method, source=_client_address(request))
+    else:
+        principal = _principal_from_oidc(session, request, token)
+    bind_caller(principal.username, principal.tenant_ids)
+    return principal
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]

@@ -20,10 +20,12 @@ from kiln import passwords
 from kiln.db import create_db_engine
 from kiln.schema import ensure_current
 from kiln.settings import Settings, load_settings
+from kiln.telemetry import configure_tracing
 
-# Markup off: error text from backends and users (`pip install 'kiln[ironic]'`, a node named
-# `r1[2]`) is printed as written; styled cells are rich `Text` objects.
-console = Console(markup=False)
+# Markup and emoji codes off: error text from backends and users (`pip install 'kiln[ironic]'`,
+# a node named `r1[2]` or `gpu:smile:`) is printed as written, and no emoji table is loaded at
+# every start; styled cells are rich `Text` objects.
+console = Console(markup=False, emoji=False)
 
 
 class OutputFormat(StrEnum):
@@ -38,9 +40,11 @@ OutputOption = typer.Option(OutputFormat.table, "--output", "-o", help="table (f
 
 def settings() -> Settings:
     """Settings from the environment and config file (ConfigError explains what is wrong);
-    new password hashes follow their argon2 parameters from here on."""
+    new password hashes follow their argon2 parameters from here on, and the command's spans
+    (bills runs, collector cycles, provisioning) go to KILN_OTLP_ENDPOINT when it is set."""
     loaded = load_settings()
     passwords.configure(loaded)
+    configure_tracing(loaded.otlp_endpoint, "kiln-cli")
     return loaded
 
 

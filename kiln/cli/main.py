@@ -1,4 +1,8 @@
-"""Entry point of the `kiln` command: sub-commands, and errors as one line on stderr."""
+"""Entry point of the `kiln` command: sub-commands, and errors as one line on stderr.
+
+Sub-commands are imported only when used (kiln.cli.lazy): `kiln version` loads no database
+code and `kiln nodes list` none of the console's.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +10,36 @@ import os
 import sys
 
 import typer
-from sqlalchemy.exc import OperationalError
 from typer._click import exceptions as click  # Typer vendors its own click
 
-from collectors.cli import collect_app
-from fleet.cli import nodes_app
-from fleet.firmware_cli import firmware_app
-from fleet.tenancy_cli import leases_app, vdcs_app
-from kiln.cli import accounts, ops, server
-from kiln.cli.db import db_app
+from kiln.cli.lazy import lazy_group
 from kiln.errors import KilnError
-from kiln.schema import SchemaError
-from kiln.settings import CONFIG_ENV, ConfigError
-from metering.carbon_cli import carbon_app
-from metering.cli import bills_app, budgets_app, export_app, price_cards_app
+
+# Every sub-command, in `kiln --help` order: where it lives, imported only when used.
+SUBCOMMANDS = {
+    "serve": "kiln.cli.server:serve",
+    "migrate": "kiln.cli.server:migrate",
+    "worker": "kiln.cli.server:worker",
+    "demo": "kiln.cli.server:demo",
+    "version": "kiln.cli:version",
+    "backup": "kiln.cli.ops:backup",
+    "restore": "kiln.cli.ops:restore",
+    "doctor": "kiln.cli.ops:doctor",
+    "tenants": "kiln.cli.accounts:tenants_app",
+    "users": "kiln.cli.accounts:users_app",
+    "tokens": "kiln.cli.accounts:tokens_app",
+    "nodes": "fleet.cli:nodes_app",
+    "vdcs": "fleet.tenancy_cli:vdcs_app",
+    "leases": "fleet.tenancy_cli:leases_app",
+    "bills": "metering.cli:bills_app",
+    "price-cards": "metering.cli:price_cards_app",
+    "budgets": "metering.cli:budgets_app",
+    "export": "metering.cli:export_app",
+    "carbon": "metering.carbon_cli:carbon_app",
+    "firmware": "fleet.firmware_cli:firmware_app",
+    "collect": "collectors.cli:collect_app",
+    "db": "kiln.cli.db:db_app",
+}
 
 app = typer.Typer(
     name="kiln",
@@ -27,29 +47,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    cls=lazy_group(SUBCOMMANDS),
 )
-app.command()(server.serve)
-app.command()(server.migrate)
-app.command()(server.worker)
-app.command()(server.demo)
-app.command()(server.version)
-app.command()(ops.backup)
-app.command()(ops.restore)
-app.command()(ops.doctor)
-app.add_typer(accounts.tenants_app, name="tenants")
-app.add_typer(accounts.users_app, name="users")
-app.add_typer(accounts.tokens_app, name="tokens")
-app.add_typer(nodes_app, name="nodes")
-app.add_typer(vdcs_app, name="vdcs")
-app.add_typer(leases_app, name="leases")
-app.add_typer(bills_app, name="bills")
-app.add_typer(price_cards_app, name="price-cards")
-app.add_typer(budgets_app, name="budgets")
-app.add_typer(export_app, name="export")
-app.add_typer(carbon_app, name="carbon")
-app.add_typer(firmware_app, name="firmware")
-app.add_typer(collect_app, name="collect")
-app.add_typer(db_app, name="db")
 
 
 @app.callback()
@@ -57,7 +56,19 @@ def _global_options(
     config: str = typer.Option(None, "--config", help="TOML or YAML config file (same as KILN_CONFIG)."),
 ) -> None:
     if config:
+        from kiln.settings import CONFIG_ENV
+
         os.environ[CONFIG_ENV] = config
+
+
+class _NeverRaised(Exception):
+    """Stands for an error class whose module was never imported: nothing can have raised one."""
+
+
+def _error_class(module: str, name: str) -> type[Exception]:
+    """`module.name`, if that module was imported (otherwise no such error can have been raised)."""
+    loaded = sys.modules.get(module)
+    return getattr(loaded, name) if loaded else _NeverRaised
 
 
 def _fail(message: str, code: int) -> None:
@@ -80,9 +91,9 @@ def main(argv: list[str] | None = None) -> None:
         _fail(exc.format_message(), exc.exit_code or 1)
     except typer.Abort:
         _fail("aborted", 130)
-    except (KilnError, ConfigError, SchemaError) as exc:
+    except (KilnError, _error_class("kiln.settings", "ConfigError"), _error_class("kiln.schema", "SchemaError")) as exc:
         _fail(str(exc), 1)
-    except OperationalError as exc:
+    except _error_class("sqlalchemy.exc", "OperationalError") as exc:
         reason = str(exc.orig or exc).strip().splitlines()[0]
         _fail(f"cannot use the database ({reason}): check KILN_DATABASE_URL and that the server is up", 1)
     sys.exit(result if isinstance(result, int) else 0)

@@ -1,4 +1,4 @@
-"""`kiln serve`, `kiln migrate`, `kiln worker`, `kiln demo`, `kiln version`."""
+"""`kiln serve`, `kiln migrate`, `kiln worker`, `kiln demo`."""
 
 from __future__ import annotations
 
@@ -29,7 +29,9 @@ def serve(
     from kiln.app import create_app
 
     typer.echo(f"Kiln {__version__} serving on http://{host}:{port} (API docs: /api/v1/docs)")
-    uvicorn.run(create_app(config, engine=engine), host=host, port=port, log_level=config.log_level.lower())
+    # log_config=None: uvicorn's own records go through Kiln's handler (format, redaction, request id)
+    uvicorn.run(create_app(config, engine=engine), host=host, port=port, log_level=config.log_level.lower(),
+                log_config=None)
 
 
 def migrate(
@@ -51,13 +53,13 @@ def migrate(
 
 def worker() -> None:
     """Run the periodic jobs (node state sync; collectors as they arrive) until interrupted."""
+    from kiln.logs import configure_logging
+    from kiln.telemetry import configure_tracing
     from kiln.worker import run_forever
 
-    import logging
-
     config = load_settings()
-    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    configure_logging(config.log_level, config.log_format)
+    configure_tracing(config.otlp_endpoint, "kiln-worker")
     engine = engine_for(config)
     ensure_current(engine)
     typer.echo(f"Kiln {__version__} worker started")
@@ -74,18 +76,14 @@ def demo(
     import signal
 
     from dashboards.demo.run import run_demo
+    from kiln.logs import configure_logging
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # SIGTERM (systemd, a container runtime, `kill`) stops it as Ctrl-C does
 
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(logging.WARNING, settings().log_format)
     signal.signal(signal.SIGTERM, interrupt)
     try:
         run_demo(host, port, (data_dir or settings().data_dir / "demo").resolve(), say=typer.echo)
     except KeyboardInterrupt:  # uvicorn re-raises the signal once it has shut down; the simulators are stopped
         typer.echo("demo stopped")
-
-
-def version() -> None:
-    """Print Kiln's version."""
-    typer.echo(f"kiln {__version__}")

@@ -7,10 +7,6 @@
 #   redfish.sh start STATE_DIR MOCKUP_DIR    sushy-static on 127.0.0.1:<free port> serving MOCKUP_DIR
 #       (a mockup's root: index.json, Systems/, Chassis/ ...); waits until /redfish/v1 answers
 #       200; last stdout line = URL (without /redfish/v1)
-#   redfish.sh start STATE_DIR --emulator USER PASSWORD
-#       sushy-emulator (the dynamic emulator) with its fake driver (one system, "fake", power
-#       Off, state kept in STATE_DIR) behind HTTP basic auth for USER/PASSWORD (a bcrypt
-#       htpasswd file); waits like start; last stdout line = URL
 #   redfish.sh stop STATE_DIR                SIGTERM, up to 10 s, then SIGKILL (either server)
 #   redfish.sh start-emulator STATE_DIR [SYSTEMS [http|https]]
 #       sushy-emulator (dynamic) with its fake systems driver on 127.0.0.1:<free port>: SYSTEMS
@@ -60,10 +56,6 @@ cmd_install() {
 }
 
 cmd_start() {
-    if [ "${2:-}" = "--emulator" ]; then
-        cmd_emulator "$1" "${3:-}" "${4:-}"
-        return
-    fi
     local state="${1:-}" mockup="${2:-}"
     [ -n "$state" ] && [ -n "$mockup" ] || die "usage: redfish.sh start STATE_DIR MOCKUP_DIR"
     [ -x "$VENV/bin/sushy-static" ] || die "not installed; run: $0 install"
@@ -85,36 +77,6 @@ cmd_start() {
     echo "$url" > "$state/url"
 
     peer_wait_ready sushy-static "$url/redfish/v1" "$pid" "$state/sushy-static.log" "${REDFISH_START_TIMEOUT:-30}" \
-        || die "start-up failed"
-    echo "$url"
-}
-
-cmd_emulator() {
-    local state="${1:-}" user="${2:-}" password="${3:-}"
-    [ -n "$state" ] && [ -n "$user" ] && [ -n "$password" ] || die "usage: redfish.sh start STATE_DIR --emulator USER PASSWORD"
-    [ -x "$VENV/bin/sushy-emulator" ] || die "not installed; run: $0 install"
-    mkdir -p "$state"
-    state="$(cd "$state" && pwd)"
-    if [ -f "$state/pid" ] && kill -0 "$(cat "$state/pid")" 2>/dev/null; then
-        die "already running (pid $(cat "$state/pid")) in $state"
-    fi
-    KILN_USER="$user" KILN_PASSWORD="$password" "$VENV/bin/python" -c '
-import os, bcrypt
-digest = bcrypt.hashpw(os.environ["KILN_PASSWORD"].encode(), bcrypt.gensalt()).decode()
-print(os.environ["KILN_USER"] + ":" + digest)' > "$state/htpasswd"
-    cat > "$state/emulator.conf" <<CONF
-SUSHY_EMULATOR_AUTH_FILE = "$state/htpasswd"
-SUSHY_EMULATOR_STATE_DIR = "$state/emulator-state"
-CONF
-    local port
-    port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')"
-    nohup "$VENV/bin/sushy-emulator" --fake --interface 127.0.0.1 --port "$port" --config "$state/emulator.conf" \
-        >>"$state/sushy-emulator.log" 2>&1 </dev/null &
-    local pid=$!
-    echo "$pid" > "$state/pid"
-    local url="http://127.0.0.1:$port"
-    echo "$url" > "$state/url"
-    peer_wait_ready sushy-emulator "$url/redfish/v1" "$pid" "$state/sushy-emulator.log" "${REDFISH_START_TIMEOUT:-30}" \
         || die "start-up failed"
     echo "$url"
 }
@@ -183,5 +145,5 @@ case "${1:-}" in
     start)   shift; cmd_start "$@" ;;
     start-emulator) shift; cmd_start_emulator "$@" ;;
     stop)    shift; cmd_stop "$@" ;;
-    *) echo "usage: $0 {install|start STATE_DIR MOCKUP_DIR|start STATE_DIR --emulator USER PASSWORD|start-emulator STATE_DIR [SYSTEMS [http|https]]|stop STATE_DIR}" >&2; exit 2 ;;
+    *) echo "usage: $0 {install|start STATE_DIR MOCKUP_DIR|start-emulator STATE_DIR [SYSTEMS [http|https]]|stop STATE_DIR}" >&2; exit 2 ;;
 esac
