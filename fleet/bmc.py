@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import httpx
 
 from kiln.validation import is_ip_address
 
@@ -79,6 +78,8 @@ def discover_redfish_system(address: BmcAddress, username: str | None, password:
     ValueError, readable as it is (never the password), when the BMC cannot be asked, refuses
     the credentials, or manages no system or several (they are listed: put one in the address).
     """
+    import httpx  # here: list commands that import this module need no HTTP client
+
     url = f"{address.base_url}/redfish/v1/Systems"
     auth = (username or "", password or "") if username or password else None
     try:
