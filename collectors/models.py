@@ -74,7 +74,10 @@ class HealthSnapshot(SQLModel, table=True):
 
 
 class Rollup5m(SQLModel, table=True):
-    """Count/sum/min/max of one chart series over one 5-minute bucket."""
+    """Count/sum/min/max of one chart series over one 5-minute bucket.
+
+    On PostgreSQL the table is partitioned by month on `bucket` (migration 0019, kiln.partitions):
+    its primary key there is (id, bucket), and nothing may refer to it by foreign key."""
 
     __tablename__ = "rollup_5m"
     __table_args__ = (

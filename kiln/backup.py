@@ -58,6 +58,7 @@ from kiln.backup_dump import (
     sqlite_path,
 )
 from kiln.db import create_db_engine
+from kiln.partitions import is_partition_name
 from kiln.schema import MIGRATIONS_DIR, head_revision, schema_status, target_metadata
 from kiln.settings import CONFIG_ENV, SECRET_KEY_FILE, ConfigError, Settings, resolve_secret_key
 
@@ -192,7 +193,7 @@ def restore_backup(settings: Settings, archive: Path, *, force: bool = False,
             tables = sorted(inspect(engine).get_table_names())
         finally:
             engine.dispose()
-        foreign = sorted(set(tables) - _kiln_tables())
+        foreign = sorted(t for t in set(tables) - _kiln_tables() if not is_partition_name(t))  # partitions are Kiln's
         if foreign:  # even with --force: a restore replaces the whole database (PostgreSQL: its public schema)
             raise BackupError(f"the target database holds tables that are not Kiln's ({_some(foreign)}): a restore "
                               "replaces the whole database, so restore into a database of Kiln's own")

@@ -1,7 +1,7 @@
 """`kiln doctor`: can this Kiln reach every peer it is configured to use?
 
 One check per peer, each bounded by a timeout and independent of the others: the database
-(and its schema), Prometheus, Ironic, the Kubernetes API, OpenCost, the OIDC issuer, and a
+(its schema, and a warning per table holding rows older than its retention), Prometheus, Ironic, the Kubernetes API, OpenCost, the OIDC issuer, and a
 sample of the enrolled nodes' BMCs through the IPMI collector. A peer whose setting is unset is
 reported as "not configured" and never fails the run.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from datetime import datetime
 
 import httpx
 from sqlalchemy import text
@@ -18,11 +19,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.engine import make_url
 from sqlmodel import Session, select
 
-from kiln.db import create_db_engine
+from kiln.db import create_db_engine, utcnow
 from kiln.schema import schema_status
 from kiln.settings import ConfigError, Settings, resolve_secret_key
 
 STATUS_OK, STATUS_FAILED, STATUS_UNCONFIGURED = "ok", "failed", "not configured"
+STATUS_WARNING = "warning"  # shown, but does not fail the run
 BMC_SAMPLE = 5
 
 
@@ -32,7 +34,7 @@ class Check:
 
     peer: str
     target: str
-    status: str  # ok | failed | not configured
+    status: str  # ok | failed | not configured | warning
     detail: str
     seconds: float = 0.0
 
@@ -159,6 +161,31 @@ def check_kubernetes(kubeconfig: str, timeout: float) -> str:
     return f"Kubernetes {version.git_version}"
 
 
+def check_retention(settings: Settings, now: datetime) -> list[Check]:
+    """Warn for each table that holds rows older than its retention (the worker's job is not running)."""
+    from kiln.retention import retention_status
+
+    engine = create_db_engine(settings.resolved_database_url)
+    try:
+        found = retention_status(engine, settings, now)
+    except SQLAlchemyError:
+        return [Check("retention", "", STATUS_FAILED, "cannot read the tables (see the database check)")]
+    finally:
+        engine.dispose()
+    checks = []
+    for status in found:
+        table, oldest = status.retained.table, f"{status.oldest:%Y-%m-%d}" if status.oldest else "none"
+        if not status.days:
+            checks.append(Check("retention", table, STATUS_UNCONFIGURED, f"kept forever ({status.retained.env}=0)"))
+        elif status.overdue:
+            checks.append(Check("retention", table, STATUS_WARNING,
+                                f"holds rows from {oldest}, older than its {status.days}-day retention "
+                                f"({status.retained.env}): is `kiln worker` running its retention job?"))
+        else:
+            checks.append(Check("retention", table, STATUS_OK, f"oldest row {oldest}, within {status.days} days"))
+    return checks
+
+
 def check_bmcs(settings: Settings, timeout: float, sample: int = BMC_SAMPLE) -> list[Check]:
     """Poll up to `sample` enrolled IPMI nodes' BMCs through the IPMI collector."""
     from collectors.ipmi import IpmiCollector
@@ -217,6 +244,7 @@ def run_checks(settings: Settings, *, timeout: float = 5.0) -> list[Check]:
         for peer, url, probe in http_peers[2:]:
             checks.append(_unconfigured(peer) if not url else _timed(peer, url, lambda p=probe, u=url: p(client, u)))
     if checks[0].status == STATUS_OK:
+        checks.extend(check_retention(settings, utcnow()))
         checks.extend(check_bmcs(settings, timeout=min(timeout, 2.0)))
     else:
         checks.append(Check("bmc", "", STATUS_FAILED, "skipped: the database is unusable"))

@@ -76,11 +76,23 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Migrate the database up to `revision` (default: the newest)."""
+    """Migrate the database up to `revision` (default: the newest), then create the coming
+    months' partitions where the tables are partitioned (PostgreSQL, see kiln.partitions)."""
     from alembic import command
+
+    from kiln.db import utcnow
+    from kiln.partitions import ensure_partitions
 
     with engine.begin() as connection:
         command.upgrade(_config(connection), revision)
+        ensure_partitions(connection, utcnow())
+
+
+def include_name(name: str | None, type_: str, parent_names: object) -> bool:
+    """Alembic's filter: month partitions (attached or detached for archiving) are no model's table."""
+    from kiln.partitions import is_partition_name
+
+    return not (type_ == "table" and name is not None and is_partition_name(name))
 
 
 def downgrade(engine: Engine, revision: str) -> None:

@@ -201,6 +201,14 @@ class Settings(BaseSettings):
         default=3600, ge=60, description="Seconds between rebuilds of the running period's usage and draft bills "
         "(and budget alert checks) by `kiln worker`.",
     )
+    rollup_retention_days: int = Field(
+        default=400, ge=0, description="Days of 5-minute chart rollups (rollup_5m) to keep; older ones are removed "
+        "daily by `kiln worker` (whole monthly partitions on PostgreSQL). 0 keeps them forever.",
+    )
+    health_history_retention_days: int = Field(
+        default=90, ge=0, description="Days of health history to keep: BMC log entries in node histories and "
+        "health readings of series no longer reported; removed daily by `kiln worker`. 0 keeps them forever.",
+    )
     ipmi_interval: int = Field(default=60, ge=5, description="Seconds between IPMI polls of every node's BMC.")
     ipmi_timeout: float = Field(
         default=2.0, gt=0, le=60, description="Seconds to wait for each BMC answer before retrying."

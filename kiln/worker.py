@@ -22,6 +22,8 @@ from fleet.runtime import FleetRuntime
 from fleet.sync import sync_nodes
 from kiln.db import utcnow
 from kiln.metrics import WorkerMetrics
+from kiln.partitions import ensure_partitions_now
+from kiln.retention import INTERVAL, Removed, enforce_retention
 from kiln.settings import Settings
 from metering.carbon_intensity import fetch_job as carbon_fetch_job
 from metering.jobs import draft_bills
@@ -61,12 +63,27 @@ def jobs_for(settings: Settings, engine: Engine, fleet: FleetRuntime | None = No
             run_bills()
 
     jobs = [Job("node-state-sync", settings.sync_interval, sync), Job("draft-bills", settings.billing_interval, bills)]
+    if engine.dialect.name == "postgresql":
+        jobs.append(Job("partitions-ahead", INTERVAL, lambda: _log_created(ensure_partitions_now(engine, utcnow()))))
+    jobs.append(Job("retention", INTERVAL, lambda: _log_removed(enforce_retention(engine, settings, utcnow()))))
     if settings.carbon_url:
         jobs.append(Job("carbon-fetch", 3600, carbon_fetch_job(settings, engine)))
     owner = settings.worker_name or default_worker_name()
     for source in build_sources(settings, engine, fleet.box).values():
         jobs.append(Job(f"collect-{source.name}", source.interval, _collect(engine, source, owner, metrics)))
     return jobs
+
+
+def _log_created(names: list[str]) -> None:
+    if names:
+        log.info("created partitions %s", ", ".join(names))
+
+
+def _log_removed(removed: list[Removed]) -> None:
+    for table in removed:
+        if table.rows or table.partitions:
+            log.info("retention: %s lost %d old rows%s", table.table, table.rows,
+                     f" and partitions {', '.join(table.partitions)}" if table.partitions else "")
 
 
 def _collect(engine: Engine, source: Source, owner: str, metrics: WorkerMetrics) -> Callable[[], None]:

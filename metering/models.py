@@ -62,7 +62,10 @@ class TenantDiscount(SQLModel, table=True):
 
 
 class UsageRecord(SQLModel, table=True):
-    """What one tenant used of one resource in one hour, by SKU; rebuilding an hour replaces its rows."""
+    """What one tenant used of one resource in one hour, by SKU; rebuilding an hour replaces its rows.
+
+    On PostgreSQL the table is partitioned by month on `hour` (migration 0019, kiln.partitions):
+    its primary key there is (id, hour), and nothing may refer to it by foreign key."""
 
     __tablename__ = "usage_record"
     __table_args__ = (

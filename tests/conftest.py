@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from contextlib import contextmanager
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,17 +63,26 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(scope="session")
-def postgres_database(postgres_server: str) -> Iterator[str]:
-    """A fresh database for this test session, dropped afterwards."""
+@contextmanager
+def new_postgres_database(postgres_server: str) -> Iterator[str]:
+    """A new, empty database on the real PostgreSQL server (its SQLAlchemy URL), dropped afterwards."""
     name = f"kiln_test_{secrets.token_hex(4)}"
     admin_url = make_url(postgres_server)
     dsn = admin_url.set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(dsn, autocommit=True) as connection:
         connection.execute(f'CREATE DATABASE "{name}"')
-    yield admin_url.set(drivername="postgresql+psycopg", database=name).render_as_string(hide_password=False)
-    with psycopg.connect(dsn, autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        yield admin_url.set(drivername="postgresql+psycopg", database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def postgres_database(postgres_server: str) -> Iterator[str]:
+    """A fresh database for this test session, dropped afterwards."""
+    with new_postgres_database(postgres_server) as url:
+        yield url
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])

@@ -89,7 +89,7 @@ def by_peer(checks: list[Check]) -> dict[str, list[Check]]:
 
 def test_every_configured_peer_answers(settings: Settings, fleet: World, peers: Peers) -> None:
     checks = by_peer(run_checks(configured(settings, peers)))
-    assert list(checks) == ["database", "prometheus", "ironic", "kubernetes", "opencost", "oidc", "bmc"]
+    assert list(checks) == ["database", "prometheus", "ironic", "kubernetes", "opencost", "oidc", "retention", "bmc"]
     failing = [c for group in checks.values() for c in group if c.status != STATUS_OK]
     assert failing == []
     assert "schema" in checks["database"][0].detail and "(current)" in checks["database"][0].detail
@@ -130,7 +130,7 @@ def test_unconfigured_peers_do_not_fail(settings: Settings, engine: Engine) -> N
     assert [(c.peer, c.status) for c in checks] == [
         ("database", STATUS_OK), ("prometheus", STATUS_UNCONFIGURED), ("ironic", STATUS_UNCONFIGURED),
         ("kubernetes", STATUS_UNCONFIGURED), ("opencost", STATUS_UNCONFIGURED), ("oidc", STATUS_UNCONFIGURED),
-        ("bmc", STATUS_UNCONFIGURED)]
+        ("retention", STATUS_OK), ("retention", STATUS_OK), ("retention", STATUS_OK), ("bmc", STATUS_UNCONFIGURED)]
 
 
 def test_an_unmigrated_database_fails(tmp_path: Path) -> None:

@@ -4,19 +4,17 @@ of its own, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
-import psycopg
 import pytest
 from sqlalchemy import Engine, Float, Numeric, text
-from sqlalchemy.engine import make_url
 
 from kiln.db import create_db_engine
 from kiln.schema import migrate_to, target_metadata
 from kiln.types import ExactNumeric
+from tests.conftest import new_postgres_database
 
 USAGE = [("r1", "0.283333"), ("r2", "25913.200000"), ("r3", "0.000001")]  # (resource, quantity as stored)
 BUDGETS = {"training": "1234.567891", "inference": "0.1"}
@@ -30,15 +28,10 @@ def fresh_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Eng
         yield engine
         engine.dispose()
         return
-    admin = make_url(request.getfixturevalue("postgres_server"))
-    dsn, name = admin.set(drivername="postgresql").render_as_string(hide_password=False), f"kiln_m0010_{secrets.token_hex(4)}"
-    with psycopg.connect(dsn, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    engine = create_db_engine(admin.set(drivername="postgresql+psycopg", database=name).render_as_string(hide_password=False))
-    yield engine
-    engine.dispose()
-    with psycopg.connect(dsn, autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with new_postgres_database(request.getfixturevalue("postgres_server")) as url:
+        engine = create_db_engine(url)
+        yield engine
+        engine.dispose()
 
 
 def _seed_at_0009(engine: Engine) -> None:

@@ -15,6 +15,7 @@ from kiln.schema import (
     SchemaError,
     ensure_current,
     head_revision,
+    include_name,
     migrate_to,
     newest_migration_file_revision,
     schema_status,
@@ -24,7 +25,7 @@ from kiln.schema import (
 
 def test_migrations_match_the_models(engine: Engine) -> None:
     with engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        context = MigrationContext.configure(connection, opts={"compare_type": True, "include_name": include_name})
         differences = compare_metadata(context, target_metadata())
     assert differences == []
 

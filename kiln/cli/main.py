@@ -38,6 +38,7 @@ SUBCOMMANDS = {
     "carbon": "metering.carbon_cli:carbon_app",
     "firmware": "fleet.firmware_cli:firmware_app",
     "collect": "collectors.cli:collect_app",
+    "db": "kiln.cli.db:db_app",
 }
 
 app = typer.Typer(

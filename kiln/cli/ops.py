@@ -73,7 +73,7 @@ def doctor(output: OutputFormat = OutputOption) -> None:
         table = Table(title="kiln doctor")
         for column in ("peer", "target", "status", "detail", "seconds"):
             table.add_column(column)
-        colours = {"ok": "green", STATUS_FAILED: "red", "not configured": "dim"}
+        colours = {"ok": "green", STATUS_FAILED: "red", "not configured": "dim"}  # warnings in yellow
         for check in checks:
             colour = colours.get(check.status, "yellow")
             table.add_row(check.peer, check.target or "-", Text(check.status, style=colour), check.detail,
