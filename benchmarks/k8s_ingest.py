@@ -42,7 +42,6 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import ssl
 import subprocess
 import sys
@@ -258,17 +257,18 @@ def kiln_worker(kubeconfig: str, db_url: str, data_dir: str) -> None:
         if failed:
             raise SystemExit(f"collection failed: {failed}")
 
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     cycle()
     list_s = time.perf_counter() - began
-    print(json.dumps({"list_s": list_s, "rss_mb": rss_mb()}), flush=True)
+    print(json.dumps({"list_s": list_s, "list_cpu_s": time.process_time() - cpu, "rss_mb": rss_mb()}), flush=True)
     target = int(sys.stdin.readline())
-    began, cycles = time.perf_counter(), 0
+    began, cpu, cycles = time.perf_counter(), time.process_time(), 0
     while int(collector.resource_versions["pods"] or 0) < target:
         cycle()
         cycles += 1
     watch_s = time.perf_counter() - began
-    print(json.dumps({"watch_s": watch_s, "watch_cycles": cycles, "peak_rss_mb": rss_mb(),
+    print(json.dumps({"watch_s": watch_s, "watch_cpu_s": time.process_time() - cpu, "watch_cycles": cycles,
+                      "peak_rss_mb": rss_mb(),
                       "calls": {f"{a} {k}": n for (a, k), n in collector.calls.items()}}), flush=True)
     collector.close()
 
@@ -297,7 +297,7 @@ def baseline_worker(kubeconfig: str) -> None:
         end = max(ends) if ends else (seen_at(UTC).isoformat() if deleted else None)
         pods[meta["uid"]] = (meta["namespace"], meta["name"], spec["nodeName"], status["startTime"], end, requests)
 
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     token, version = None, None
     while True:
         resp = core.list_pod_for_all_namespaces(limit=500, _continue=token, _preload_content=False)
@@ -308,9 +308,9 @@ def baseline_worker(kubeconfig: str) -> None:
         if not token:
             break
     list_s = time.perf_counter() - began
-    print(json.dumps({"list_s": list_s, "rss_mb": rss_mb()}), flush=True)
+    print(json.dumps({"list_s": list_s, "list_cpu_s": time.process_time() - cpu, "rss_mb": rss_mb()}), flush=True)
     target = int(sys.stdin.readline())
-    began, cycles = time.perf_counter(), 0
+    began, cpu, cycles = time.perf_counter(), time.process_time(), 0
     while int(version) < target:
         cycles += 1
         resp = core.list_pod_for_all_namespaces(watch=True, resource_version=version, timeout_seconds=1,
@@ -323,13 +323,15 @@ def baseline_worker(kubeconfig: str) -> None:
                 keep(event["object"], deleted=event["type"] == "DELETED")
             version = event["object"]["metadata"]["resourceVersion"]
     watch_s = time.perf_counter() - began
-    print(json.dumps({"watch_s": watch_s, "watch_cycles": cycles, "peak_rss_mb": rss_mb(),
-                      "pods": {uid: list(p) for uid, p in pods.items()}}), flush=True)
+    print(json.dumps({"watch_s": watch_s, "watch_cpu_s": time.process_time() - cpu, "watch_cycles": cycles,
+                      "peak_rss_mb": rss_mb(), "pods": {uid: list(p) for uid, p in pods.items()}}), flush=True)
 
 
 def rss_mb() -> float:
-    """This process's peak resident set size so far, in MB."""
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    """This process's peak resident set size so far, in MB: VmHWM, not ru_maxrss, which Linux
+    carries over from the parent through fork and exec (a worker would report this script's peak)."""
+    status = Path("/proc/self/status").read_text()
+    return round(int(status.split("VmHWM:")[1].split()[0]) / 1024, 1)
 
 
 class Side:
@@ -521,6 +523,8 @@ def main(argv: list[str] | None = None) -> int:
         "baseline_list_s": round(base_list["list_s"], 3),
         "baseline_watch_s": round(base_watch["watch_s"], 3),
         "baseline_peak_rss_mb": base_watch["peak_rss_mb"],
+        "kiln_cpu_s": round(kiln_list["list_cpu_s"] + kiln_watch["watch_cpu_s"], 3),
+        "baseline_cpu_s": round(base_list["list_cpu_s"] + base_watch["watch_cpu_s"], 3),
         "rows": len(expected_rows(cluster)),
         "exact": not kiln_problems,
         "baseline_exact": not base_problems,

@@ -34,9 +34,10 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -77,7 +78,7 @@ class ResourceExpired(Exception):
     """The watch's resourceVersion is gone from the API server's cache (410): list again."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PodInterval:
     """One pod's request of one resource over [starts_at, ends_at); ends_at None while it runs."""
 
@@ -93,11 +94,42 @@ class PodInterval:
     tenant: str | None = None
 
 
-@dataclass
-class _TrackedPod:  # a pod as last seen, and when Kiln saw it finish or go
-    raw: dict[str, Any]
+@dataclass(slots=True)
+class TrackedPod:
+    """What Kiln keeps of a pod as last seen: only what its intervals need, never the raw object
+    (100,000 raw pods would hold gigabytes), and when Kiln saw it finish or go."""
+
+    namespace: str
+    pod: str
+    uid: str
+    node: str | None
+    started: datetime | None
+    finished: datetime | None  # the latest container finishedAt, once the phase is terminal
+    terminal: bool
+    amounts: tuple[tuple[str, Decimal, Decimal | None], ...]  # (resource, request, limit)
     terminal_seen_at: datetime | None = None
     deleted_at: datetime | None = None
+
+    @classmethod
+    def of(cls, pod: Mapping[str, Any]) -> TrackedPod:
+        """The summary of a raw pod object (namespace, node and resource names interned: shared)."""
+        meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
+        terminal = (pod.get("status") or {}).get("phase") in TERMINAL_PHASES
+        limits = effective_resources(spec, "limits")
+        node = spec.get("nodeName")
+        return cls(sys.intern(meta.get("namespace", "")), meta.get("name", ""), meta.get("uid", ""),
+                   sys.intern(node) if node else None, pod_started_at(pod), pod_finished_at(pod) if terminal else None,
+                   terminal, tuple((sys.intern(r), q, limits.get(r)) for r, q in effective_resources(spec, "requests").items()))
+
+    def intervals(self, *, ended_at: datetime | None = None, tenant: str | None = None) -> list[PodInterval]:
+        """The pod's intervals once bound, one per requested resource; `ended_at`: when Kiln saw it end."""
+        start = self.started
+        if not self.node or start is None:
+            return []  # not holding anything yet
+        end = self.finished or ended_at
+        end = None if end is None else max(end, start)
+        return [PodInterval(self.namespace, self.pod, self.uid, self.node, resource, quantity, limit, start, end, tenant)
+                for resource, quantity, limit in self.amounts]
 
 
 def parse_time(value: str | None) -> datetime | None:
@@ -165,30 +197,50 @@ def pod_finished_at(pod: Mapping[str, Any]) -> datetime | None:
 def pod_intervals(pod: Mapping[str, Any], *, ended_at: datetime | None = None,
                   tenant: str | None = None) -> list[PodInterval]:
     """A bound pod's intervals, one per requested resource; `ended_at`: when Kiln saw it end."""
-    meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
-    node, start = spec.get("nodeName"), pod_started_at(pod)
-    if not node or start is None:
-        return []  # not holding anything yet
-    finished = (pod.get("status") or {}).get("phase") in TERMINAL_PHASES
-    end = (pod_finished_at(pod) if finished else None) or ended_at
-    end = None if end is None else max(end, start)
-    limits = effective_resources(spec, "limits")
-    return [PodInterval(meta.get("namespace", ""), meta.get("name", ""), meta.get("uid", ""), node, resource,
-                        quantity, limits.get(resource), start, end, tenant)
-            for resource, quantity in effective_resources(spec, "requests").items()]
+    return TrackedPod.of(pod).intervals(ended_at=ended_at, tenant=tenant)
 
 
-def interval_sample(interval: PodInterval, ts: datetime) -> Sample:
-    """The `kiln_k8s_pod_allocation` sample carrying one interval (exact values in labels)."""
-    labels = {
+def interval_labels(interval: PodInterval) -> dict[str, str]:
+    """The labels of the sample carrying one interval (exact values as strings)."""
+    return {
         "namespace": interval.namespace, "tenant": interval.tenant or "", "pod": interval.pod,
         "pod_uid": interval.pod_uid, "node": interval.node or "", "resource": interval.resource,
         "quantity": format(interval.quantity.normalize(), "f"),
         "limit": "" if interval.limit is None else format(interval.limit.normalize(), "f"),
         "starts_at": interval.starts_at.isoformat(), "ends_at": interval.ends_at.isoformat() if interval.ends_at else "",
     }
+
+
+LABEL_KEYS = ("namespace", "tenant", "pod", "pod_uid", "node", "resource", "quantity", "limit", "starts_at", "ends_at")
+
+
+class IntervalLabels(Mapping[str, str]):
+    """An allocation sample's labels, written out from its interval only when read: a cycle of
+    100,000 pods carries ~250,000 intervals, and ten label strings each would cost ~250 MB.
+    `collectors.cluster_store` takes the interval itself (`.interval`) instead of parsing them."""
+
+    __slots__ = ("interval",)
+
+    def __init__(self, interval: PodInterval) -> None:
+        self.interval = interval
+
+    def __getitem__(self, key: str) -> str:
+        return interval_labels(self.interval)[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(LABEL_KEYS)
+
+    def __len__(self) -> int:
+        return len(LABEL_KEYS)
+
+    def __repr__(self) -> str:
+        return repr(interval_labels(self.interval))
+
+
+def interval_sample(interval: PodInterval, ts: datetime) -> Sample:
+    """The `kiln_k8s_pod_allocation` sample carrying one interval (exact values in labels)."""
     return Sample(SOURCE, interval.namespace, ALLOCATION_METRIC, float(interval.quantity),
-                  resource_unit(interval.resource)[1], labels, ts)
+                  resource_unit(interval.resource)[1], IntervalLabels(interval), ts)
 
 
 def describe_api_error(exc: BaseException, host: str) -> str:
@@ -233,7 +285,7 @@ class KubernetesCollector:
         self.calls: Counter[tuple[str, str]] = Counter()  # ("list"|"watch"|"gone", kind) -> count
         self._nodes: dict[str, dict[str, Any]] = {}
         self._namespaces: dict[str, dict[str, Any]] = {}
-        self._pods: dict[str, _TrackedPod] = {}
+        self._pods: dict[str, TrackedPod] = {}
         self._healthy = True
 
     def collect(self) -> list[TargetResult]:
@@ -256,11 +308,9 @@ class KubernetesCollector:
         """Every interval the collector currently knows (live pods and recently deleted ones)."""
         out = []
         for tracked in self._pods.values():
-            meta = tracked.raw.get("metadata") or {}
-            namespace = self._namespaces.get(meta.get("namespace", "")) or {}
+            namespace = self._namespaces.get(tracked.namespace) or {}
             tenant = ((namespace.get("metadata") or {}).get("labels") or {}).get(self.tenant_label)
-            ended = tracked.terminal_seen_at or tracked.deleted_at
-            out.extend(pod_intervals(tracked.raw, ended_at=ended, tenant=tenant))
+            out.extend(tracked.intervals(ended_at=tracked.terminal_seen_at or tracked.deleted_at, tenant=tenant))
         return out
 
     def close(self) -> None:
@@ -286,8 +336,26 @@ class KubernetesCollector:
 
     def _list(self, kind: str) -> None:
         self.calls[("list", kind)] += 1
-        items: list[dict[str, Any]] = []
-        token, version = None, None
+        version, now = None, self.clock()
+        seen: dict[str, Any] = {}
+        for items, version in self._pages(kind):
+            for raw in items:  # pods summarised page by page: raw pods never pile up
+                if kind == "pods":
+                    uid = raw["metadata"]["uid"]
+                    seen[uid] = self._summarise(self._pods.get(uid), raw, now)
+                else:
+                    seen[raw["metadata"]["name"]] = raw
+        if kind == "pods":
+            for uid, gone in self._pods.items():  # deleted while we were not watching
+                if uid not in seen:
+                    gone.deleted_at = gone.deleted_at or now
+                    seen[uid] = gone
+        setattr(self, f"_{kind}", seen)
+        self.resource_versions[kind] = version
+
+    def _pages(self, kind: str) -> Iterator[tuple[list[dict[str, Any]], str | None]]:
+        """(items, the list's resourceVersion) of each page of a paged list."""
+        token = None
         while True:
             resp = getattr(self.core, LISTERS[kind])(limit=self.page_size, _continue=token, _preload_content=False,
                                                      _request_timeout=self.request_timeout)
@@ -295,26 +363,10 @@ class KubernetesCollector:
                 page = json.loads(resp.data)
             finally:
                 resp.release_conn()
-            items.extend(page.get("items") or [])
-            version = page["metadata"].get("resourceVersion")
+            yield page.get("items") or [], page["metadata"].get("resourceVersion")
             token = page["metadata"].get("continue")
             if not token:
-                break
-        now = self.clock()
-        if kind == "pods":
-            seen: dict[str, _TrackedPod] = {}
-            for raw in items:
-                uid = raw["metadata"]["uid"]
-                seen[uid] = self._pods.get(uid) or _TrackedPod(raw)
-                self._update_pod(seen[uid], raw, now)
-            for uid, gone in self._pods.items():  # deleted while we were not watching
-                if uid not in seen:
-                    gone.deleted_at = gone.deleted_at or now
-                    seen[uid] = gone
-            self._pods = seen
-        else:
-            setattr(self, f"_{kind}", {raw["metadata"]["name"]: raw for raw in items})
-        self.resource_versions[kind] = version
+                return
 
     def _watch(self, kind: str, since: str) -> None:
         self.calls[("watch", kind)] += 1
@@ -339,8 +391,7 @@ class KubernetesCollector:
         now = self.clock()
         if kind_of_event in ("ADDED", "MODIFIED", "DELETED"):
             if kind == "pods":
-                tracked = self._pods.setdefault(meta["uid"], _TrackedPod(raw))
-                self._update_pod(tracked, raw, now)
+                tracked = self._pods[meta["uid"]] = self._summarise(self._pods.get(meta["uid"]), raw, now)
                 if kind_of_event == "DELETED":
                     tracked.deleted_at = tracked.deleted_at or now
             else:
@@ -353,10 +404,14 @@ class KubernetesCollector:
             self.resource_versions[kind] = meta["resourceVersion"]
 
     @staticmethod
-    def _update_pod(tracked: _TrackedPod, raw: dict[str, Any], now: datetime) -> None:
-        tracked.raw = raw
-        if (raw.get("status") or {}).get("phase") in TERMINAL_PHASES and tracked.terminal_seen_at is None:
+    def _summarise(previous: TrackedPod | None, raw: dict[str, Any], now: datetime) -> TrackedPod:
+        """The pod's new summary, keeping when Kiln first saw it finish or go."""
+        tracked = TrackedPod.of(raw)
+        if previous is not None:
+            tracked.terminal_seen_at, tracked.deleted_at = previous.terminal_seen_at, previous.deleted_at
+        if tracked.terminal and tracked.terminal_seen_at is None:
             tracked.terminal_seen_at = now
+        return tracked
 
     def _samples(self, now: datetime) -> list[Sample]:
         cutoff = now - self.ended_retention
