@@ -266,8 +266,12 @@ def kiln_worker(kubeconfig: str, db_url: str, data_dir: str) -> None:
     while int(collector.resource_versions["pods"] or 0) < target:
         cycle()
         cycles += 1
-    watch_s = time.perf_counter() - began
-    print(json.dumps({"watch_s": watch_s, "watch_cpu_s": time.process_time() - cpu, "watch_cycles": cycles,
+    watch_s, watch_cpu_s = time.perf_counter() - began, time.process_time() - cpu
+    began, cpu = time.perf_counter(), time.process_time()
+    cycle()  # a steady cycle: nothing changed, every interval compared with its row again
+    idle = {"idle_cycle_s": time.perf_counter() - began, "idle_cycle_cpu_s": time.process_time() - cpu}
+    log(f"kiln steady cycle (no changes): {idle['idle_cycle_s']:.2f} s, {idle['idle_cycle_cpu_s']:.2f} s CPU")
+    print(json.dumps({"watch_s": watch_s, "watch_cpu_s": watch_cpu_s, "watch_cycles": cycles, **idle,
                       "peak_rss_mb": rss_mb(),
                       "calls": {f"{a} {k}": n for (a, k), n in collector.calls.items()}}), flush=True)
     collector.close()
@@ -519,6 +523,8 @@ def main(argv: list[str] | None = None) -> int:
         "kiln_list_s": round(kiln_list["list_s"], 3),
         "kiln_watch_s": round(kiln_watch["watch_s"], 3),
         "kiln_watch_cycles": kiln_watch["watch_cycles"],
+        "kiln_steady_cycle_s": round(kiln_watch["idle_cycle_s"], 3),
+        "kiln_steady_cycle_cpu_s": round(kiln_watch["idle_cycle_cpu_s"], 3),
         "kiln_calls": kiln_watch["calls"],
         "baseline_list_s": round(base_list["list_s"], 3),
         "baseline_watch_s": round(base_watch["watch_s"], 3),
