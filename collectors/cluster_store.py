@@ -24,14 +24,8 @@ from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
 from collectors.base import Sample, TargetResult
-from collectors.kubernetes import (
-    ALLOCATION_METRIC,
-    GPU_RESOURCES,
-    TRACKED_METRIC,
-    IntervalLabels,
-    PodInterval,
-    parse_time,
-)
+from collectors.kube_pods import ALLOCATION_METRIC, GPU_RESOURCES, IntervalLabels, PodInterval, parse_time
+from collectors.kubernetes import TRACKED_METRIC
 from collectors.models import K8sAllocation, OpenCostAllocation
 from collectors.opencost import FIELDS, OpenCostRecord, records_from_samples
 from kiln.db import utcnow
