@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from kubernetes.utils.quantity import parse_quantity
 
@@ -29,6 +29,7 @@ RESOURCES: dict[str, tuple[str, str]] = {"nvidia.com/gpu": ("integer", "count"),
                                          "cpu": ("core", "cores"), "memory": ("byte", "bytes")}
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 ALLOCATION_METRIC = "kiln_k8s_pod_allocation"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +71,11 @@ class TrackedPod:
         terminal = (pod.get("status") or {}).get("phase") in TERMINAL_PHASES
         limits = effective_resources(spec, "limits")
         node = spec.get("nodeName")
+        amounts = tuple(_shared((sys.intern(r), _shared(q), _shared(limits.get(r))))
+                        for r, q in effective_resources(spec, "requests").items())
         return cls(sys.intern(meta.get("namespace", "")), meta.get("name", ""), meta.get("uid", ""),
                    sys.intern(node) if node else None, pod_started_at(pod), pod_finished_at(pod) if terminal else None,
-                   terminal, tuple((sys.intern(r), q, limits.get(r)) for r, q in effective_resources(spec, "requests").items()))
+                   terminal, _shared(amounts))
 
     def intervals(self, *, ended_at: datetime | None = None, tenant: str | None = None) -> list[PodInterval]:
         """The pod's intervals once bound, one per requested resource; `ended_at`: when Kiln saw it end."""
@@ -83,6 +86,19 @@ class TrackedPod:
         end = None if end is None else max(end, start)
         return [PodInterval(self.namespace, self.pod, self.uid, self.node, resource, quantity, limit, start, end, tenant)
                 for resource, quantity, limit in self.amounts]
+
+
+_SHARED: dict[Any, Any] = {}
+SHARED_LIMIT = 100_000
+
+
+def _shared(value: T) -> T:
+    """One object for equal quantities and resource tuples: pods made from one template ask for
+    the same amounts, and 100,000 copies of three Decimals and their tuples would cost ~50 MB.
+    (Equal Decimals are interchangeable here: labels and rows use their normalised value.)"""
+    if len(_SHARED) > SHARED_LIMIT:  # requests that keep changing (a vertical autoscaler): start over
+        _SHARED.clear()
+    return _SHARED.setdefault(value, value)
 
 
 def parse_time(value: str | None) -> datetime | None:
