@@ -163,12 +163,6 @@ def pod_finished_at(pod: Mapping[str, Any]) -> datetime | None:
     return max((e for e in ends if e is not None), default=None)
 
 
-def pod_intervals(pod: Mapping[str, Any], *, ended_at: datetime | None = None,
-                  tenant: str | None = None) -> list[PodInterval]:
-    """A bound pod's intervals, one per requested resource; `ended_at`: when Kiln saw it end."""
-    return TrackedPod.of(pod).intervals(ended_at=ended_at, tenant=tenant)
-
-
 def interval_labels(interval: PodInterval) -> dict[str, str]:
     """The labels of the sample carrying one interval (exact values as strings)."""
     return {
