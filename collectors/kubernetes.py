@@ -36,11 +36,9 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 import urllib3
@@ -54,19 +52,13 @@ from kubernetes.watch.watch import iter_resp_lines
 
 from collectors import mig_profiles
 from collectors.base import Sample, TargetResult
+from collectors.kube_pods import RESOURCES, SOURCE, PodInterval, TrackedPod, interval_sample, resource_unit
 from kiln.db import utcnow
 from kiln.settings import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 
-SOURCE = "kubernetes"
-GPU_RESOURCES = ("nvidia.com/gpu", "amd.com/gpu")
-# resource -> (kube-state-metrics unit label, Sample unit)
-RESOURCES: dict[str, tuple[str, str]] = {"nvidia.com/gpu": ("integer", "count"), "amd.com/gpu": ("integer", "count"),
-                                         "cpu": ("core", "cores"), "memory": ("byte", "bytes")}
-TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 CONDITION_STATUSES = ("true", "false", "unknown")
-ALLOCATION_METRIC = "kiln_k8s_pod_allocation"
 TRACKED_METRIC = "kiln_k8s_pods_tracked"
 KINDS = ("nodes", "namespaces", "pods")
 LISTERS: dict[str, str] = {"nodes": "list_node", "namespaces": "list_namespace",
@@ -75,120 +67,6 @@ LISTERS: dict[str, str] = {"nodes": "list_node", "namespaces": "list_namespace",
 
 class ResourceExpired(Exception):
     """The watch's resourceVersion is gone from the API server's cache (410): list again."""
-
-
-@dataclass(frozen=True)
-class PodInterval:
-    """One pod's request of one resource over [starts_at, ends_at); ends_at None while it runs."""
-
-    namespace: str
-    pod: str
-    pod_uid: str
-    node: str | None
-    resource: str
-    quantity: Decimal
-    limit: Decimal | None
-    starts_at: datetime
-    ends_at: datetime | None
-    tenant: str | None = None
-
-
-@dataclass
-class _TrackedPod:  # a pod as last seen, and when Kiln saw it finish or go
-    raw: dict[str, Any]
-    terminal_seen_at: datetime | None = None
-    deleted_at: datetime | None = None
-
-
-def parse_time(value: str | None) -> datetime | None:
-    """A Kubernetes RFC 3339 timestamp as an aware datetime (None for none)."""
-    return datetime.fromisoformat(value) if value else None
-
-
-def _container_amount(container: Mapping[str, Any], key: str, resource: str) -> Decimal:
-    resources = container.get("resources") or {}
-    value = (resources.get(key) or {}).get(resource)
-    if value is None and key == "requests":  # a request left out defaults to the limit
-        value = (resources.get("limits") or {}).get(resource)
-    return Decimal(0) if value is None else parse_quantity(value)
-
-
-def tracked_resources(spec: Mapping[str, Any]) -> list[str]:
-    """The resources Kiln meters that this pod spec names: GPUs, CPU, memory and any MIG profile
-    (`nvidia.com/mig-<profile>`, the device plugin's mixed strategy)."""
-    containers = [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]
-    named = {name for c in containers for key in ("requests", "limits")
-             for name in ((c.get("resources") or {}).get(key) or {})}
-    return [*RESOURCES, *sorted(name for name in named if mig_profiles.is_mig_resource(name))]
-
-
-def resource_unit(resource: str) -> tuple[str, str]:
-    """(kube-state-metrics unit label, Sample unit) of a metered resource; MIG instances are counted."""
-    return RESOURCES.get(resource, ("integer", "count"))
-
-
-def effective_resources(spec: Mapping[str, Any], key: str) -> dict[str, Decimal]:
-    """The pod's effective `requests` or `limits` per tracked resource, as the scheduler counts them."""
-    inits = spec.get("initContainers") or []
-    running = [*(spec.get("containers") or []), *(c for c in inits if c.get("restartPolicy") == "Always")]
-    one_shot = [c for c in inits if c.get("restartPolicy") != "Always"]
-    out: dict[str, Decimal] = {}
-    for resource in tracked_resources(spec):
-        app = sum((_container_amount(c, key, resource) for c in running), Decimal(0))
-        init = max((_container_amount(c, key, resource) for c in one_shot), default=Decimal(0))
-        overhead = (spec.get("overhead") or {}).get(resource)
-        total = max(app, init) + (parse_quantity(overhead) if overhead is not None else Decimal(0))
-        if total > 0:
-            out[resource] = total
-    return out
-
-
-def pod_started_at(pod: Mapping[str, Any]) -> datetime | None:
-    """When the pod began to hold its node's resources: startTime, else its PodScheduled time."""
-    status = pod.get("status") or {}
-    if status.get("startTime"):
-        return parse_time(status["startTime"])
-    for condition in status.get("conditions") or []:
-        if condition.get("type") == "PodScheduled" and condition.get("status") == "True":
-            return parse_time(condition.get("lastTransitionTime"))
-    return None
-
-
-def pod_finished_at(pod: Mapping[str, Any]) -> datetime | None:
-    """The latest container `terminated.finishedAt` of a pod (None if none terminated)."""
-    status = pod.get("status") or {}
-    ends = [parse_time(((s.get("state") or {}).get("terminated") or {}).get("finishedAt"))
-            for s in status.get("containerStatuses") or []]
-    return max((e for e in ends if e is not None), default=None)
-
-
-def pod_intervals(pod: Mapping[str, Any], *, ended_at: datetime | None = None,
-                  tenant: str | None = None) -> list[PodInterval]:
-    """A bound pod's intervals, one per requested resource; `ended_at`: when Kiln saw it end."""
-    meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
-    node, start = spec.get("nodeName"), pod_started_at(pod)
-    if not node or start is None:
-        return []  # not holding anything yet
-    finished = (pod.get("status") or {}).get("phase") in TERMINAL_PHASES
-    end = (pod_finished_at(pod) if finished else None) or ended_at
-    end = None if end is None else max(end, start)
-    limits = effective_resources(spec, "limits")
-    return [PodInterval(meta.get("namespace", ""), meta.get("name", ""), meta.get("uid", ""), node, resource,
-                        quantity, limits.get(resource), start, end, tenant)
-            for resource, quantity in effective_resources(spec, "requests").items()]
-
-
-def interval_sample(interval: PodInterval, ts: datetime) -> Sample:
-    """The `kiln_k8s_pod_allocation` sample carrying one interval (exact values in labels)."""
-    labels = {
-        "namespace": interval.namespace, "tenant": interval.tenant or "", "pod": interval.pod,
-        "pod_uid": interval.pod_uid, "node": interval.node or "", "resource": interval.resource,
-        "quantity": format(interval.quantity.normalize(), "f"),
-        "limit": "" if interval.limit is None else format(interval.limit.normalize(), "f"),
-        "starts_at": interval.starts_at.isoformat(), "ends_at": interval.ends_at.isoformat() if interval.ends_at else "",
-    }
-    return Sample(SOURCE, interval.namespace, ALLOCATION_METRIC, float(interval.quantity),
-                  resource_unit(interval.resource)[1], labels, ts)
 
 
 def describe_api_error(exc: BaseException, host: str) -> str:
@@ -233,7 +111,7 @@ class KubernetesCollector:
         self.calls: Counter[tuple[str, str]] = Counter()  # ("list"|"watch"|"gone", kind) -> count
         self._nodes: dict[str, dict[str, Any]] = {}
         self._namespaces: dict[str, dict[str, Any]] = {}
-        self._pods: dict[str, _TrackedPod] = {}
+        self._pods: dict[str, TrackedPod] = {}
         self._healthy = True
 
     def collect(self) -> list[TargetResult]:
@@ -256,11 +134,9 @@ class KubernetesCollector:
         """Every interval the collector currently knows (live pods and recently deleted ones)."""
         out = []
         for tracked in self._pods.values():
-            meta = tracked.raw.get("metadata") or {}
-            namespace = self._namespaces.get(meta.get("namespace", "")) or {}
+            namespace = self._namespaces.get(tracked.namespace) or {}
             tenant = ((namespace.get("metadata") or {}).get("labels") or {}).get(self.tenant_label)
-            ended = tracked.terminal_seen_at or tracked.deleted_at
-            out.extend(pod_intervals(tracked.raw, ended_at=ended, tenant=tenant))
+            out.extend(tracked.intervals(ended_at=tracked.terminal_seen_at or tracked.deleted_at, tenant=tenant))
         return out
 
     def close(self) -> None:
@@ -286,8 +162,26 @@ class KubernetesCollector:
 
     def _list(self, kind: str) -> None:
         self.calls[("list", kind)] += 1
-        items: list[dict[str, Any]] = []
-        token, version = None, None
+        version, now = None, self.clock()
+        seen: dict[str, Any] = {}
+        for items, version in self._pages(kind):
+            for raw in items:  # pods summarised page by page: raw pods never pile up
+                if kind == "pods":
+                    uid = raw["metadata"]["uid"]
+                    seen[uid] = self._summarise(self._pods.get(uid), raw, now)
+                else:
+                    seen[raw["metadata"]["name"]] = raw
+        if kind == "pods":
+            for uid, gone in self._pods.items():  # deleted while we were not watching
+                if uid not in seen:
+                    gone.deleted_at = gone.deleted_at or now
+                    seen[uid] = gone
+        setattr(self, f"_{kind}", seen)
+        self.resource_versions[kind] = version
+
+    def _pages(self, kind: str) -> Iterator[tuple[list[dict[str, Any]], str | None]]:
+        """(items, the list's resourceVersion) of each page of a paged list."""
+        token = None
         while True:
             resp = getattr(self.core, LISTERS[kind])(limit=self.page_size, _continue=token, _preload_content=False,
                                                      _request_timeout=self.request_timeout)
@@ -295,26 +189,10 @@ class KubernetesCollector:
                 page = json.loads(resp.data)
             finally:
                 resp.release_conn()
-            items.extend(page.get("items") or [])
-            version = page["metadata"].get("resourceVersion")
+            yield page.get("items") or [], page["metadata"].get("resourceVersion")
             token = page["metadata"].get("continue")
             if not token:
-                break
-        now = self.clock()
-        if kind == "pods":
-            seen: dict[str, _TrackedPod] = {}
-            for raw in items:
-                uid = raw["metadata"]["uid"]
-                seen[uid] = self._pods.get(uid) or _TrackedPod(raw)
-                self._update_pod(seen[uid], raw, now)
-            for uid, gone in self._pods.items():  # deleted while we were not watching
-                if uid not in seen:
-                    gone.deleted_at = gone.deleted_at or now
-                    seen[uid] = gone
-            self._pods = seen
-        else:
-            setattr(self, f"_{kind}", {raw["metadata"]["name"]: raw for raw in items})
-        self.resource_versions[kind] = version
+                return
 
     def _watch(self, kind: str, since: str) -> None:
         self.calls[("watch", kind)] += 1
@@ -339,8 +217,7 @@ class KubernetesCollector:
         now = self.clock()
         if kind_of_event in ("ADDED", "MODIFIED", "DELETED"):
             if kind == "pods":
-                tracked = self._pods.setdefault(meta["uid"], _TrackedPod(raw))
-                self._update_pod(tracked, raw, now)
+                tracked = self._pods[meta["uid"]] = self._summarise(self._pods.get(meta["uid"]), raw, now)
                 if kind_of_event == "DELETED":
                     tracked.deleted_at = tracked.deleted_at or now
             else:
@@ -353,10 +230,14 @@ class KubernetesCollector:
             self.resource_versions[kind] = meta["resourceVersion"]
 
     @staticmethod
-    def _update_pod(tracked: _TrackedPod, raw: dict[str, Any], now: datetime) -> None:
-        tracked.raw = raw
-        if (raw.get("status") or {}).get("phase") in TERMINAL_PHASES and tracked.terminal_seen_at is None:
+    def _summarise(previous: TrackedPod | None, raw: dict[str, Any], now: datetime) -> TrackedPod:
+        """The pod's new summary, keeping when Kiln first saw it finish or go."""
+        tracked = TrackedPod.of(raw)
+        if previous is not None:
+            tracked.terminal_seen_at, tracked.deleted_at = previous.terminal_seen_at, previous.deleted_at
+        if tracked.terminal and tracked.terminal_seen_at is None:
             tracked.terminal_seen_at = now
+        return tracked
 
     def _samples(self, now: datetime) -> list[Sample]:
         cutoff = now - self.ended_retention

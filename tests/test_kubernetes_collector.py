@@ -25,12 +25,8 @@ from sqlmodel import Session, select
 
 from collectors.base import TargetResult
 from collectors.cluster_store import gpu_hours_by_tenant, persist_kubernetes
-from collectors.kubernetes import (
-    KubernetesCollector,
-    PodInterval,
-    build,
-    effective_resources,
-)
+from collectors.kube_pods import effective_resources
+from collectors.kubernetes import KubernetesCollector, PodInterval, build
 from collectors.models import K8sAllocation
 from kiln.settings import ConfigError, Settings
 from metering.intervals import MICROS_PER_HOUR
