@@ -8,6 +8,8 @@ PostgreSQL tools through PGPASSWORD, never on their command line.
 
 from __future__ import annotations
 
+import codecs
+
 import os
 import re
 import shutil
@@ -105,7 +107,26 @@ def pg_script(dump: Path) -> Path:
     script = dump.with_suffix(".sql")
     _pg_run(["pg_restore", "--no-owner", "--no-privileges", f"--file={script}", str(dump)],
             "the backup's PostgreSQL dump is damaged")
+    _check_utf8(script)
     return script
+
+
+def _check_utf8(script: Path) -> None:
+    """A dump's data stored uncompressed is not checked by pg_restore: damaged bytes there come
+    out as text that is not UTF-8 (what Kiln's databases hold); refuse it before psql runs."""
+    decoder, done = codecs.getincrementaldecoder("utf-8")(), 0
+    with script.open("rb") as stream:
+        while chunk := stream.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                raise BackupError(f"the backup's database is damaged (its PostgreSQL dump holds bytes that are not "
+                                  f"UTF-8 at byte {done + exc.start})") from None
+            done += len(chunk)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise BackupError("the backup's database is damaged (its PostgreSQL dump ends inside a character)") from None
 
 
 def pg_replace(url: str, script: Path) -> None:
