@@ -12,7 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 from typing import NamedTuple, Protocol
+
+NO_LABELS: Mapping[str, str] = MappingProxyType({})  # a sample without labels (shared, read-only)
 
 
 class Sample(NamedTuple):

@@ -60,7 +60,7 @@ from pyipmi.errors import (
     RetryError,
 )
 
-from collectors.base import Sample, TargetResult
+from collectors.base import NO_LABELS, Sample, TargetResult
 from collectors.ipmi_session import (
     DEFAULT_CIPHER_SUITES,
     PARTS,
@@ -71,7 +71,6 @@ from collectors.ipmi_session import (
 from kiln.logs import log_context
 
 log = logging.getLogger(__name__)
-NO_LABELS: Mapping[str, str] = MappingProxyType({})
 UP_LABELS = {part: MappingProxyType({"collector": part}) for part in PARTS}
 
 

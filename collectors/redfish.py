@@ -51,7 +51,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, Self
 
-from collectors.base import Sample, TargetResult, skipped_summary
+from collectors.base import NO_LABELS, Sample, TargetResult, skipped_summary
 from collectors.redfish_firmware import firmware_samples
 from collectors.redfish_http import SERVICE_ROOT, RedfishClient, RedfishError
 from collectors.redfish_readers import (
@@ -72,7 +72,6 @@ from collectors.redfish_readers import (
 )
 
 log = logging.getLogger(__name__)
-NO_LABELS: Mapping[str, str] = MappingProxyType({})
 Progress = Callable[[TargetResult], None]
 
 

@@ -17,7 +17,9 @@ from sqlmodel import Session
 
 from dashboards.components import table
 from dashboards.context import current_principal, db_session
-from dashboards.forms import NEW, attempt, blank_to_none, done, field, message, refused, split_list, text_input
+from dashboards.forms import (
+    NEW, attempt, blank_to_none, done, field, message, refused, save_and_delete, split_list, text_input,
+)
 from fleet.vdcs import list_vdcs, to_public
 from kiln.auth import Principal
 from kiln.tenants import visible_tenant
@@ -83,12 +85,7 @@ def section(session: Session, principal: Principal, slug: str) -> html.Section:
             field("Alert at (% of the amount)", text_input("budget-thresholds", "50, 80, 100", value="50, 80, 100"),
                   "budget-thresholds", "comma-separated"),
         ], className="form-row"),
-        html.Div([
-            html.Button("Save budget", id="budget-save", n_clicks=0, className="button"),
-            dcc.ConfirmDialogProvider(html.Button("Delete budget", id="budget-delete", className="button secondary",
-                                                  disabled=True),
-                                      id="budget-delete-confirm", message="Delete this budget and its alerts?"),
-        ], className="form-actions"),
+        save_and_delete("budget", "budget", "Delete this budget and its alerts?"),
         message("budget-message"),
     ], className="card", id="budgets")
 

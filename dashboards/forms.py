@@ -44,6 +44,17 @@ def problem_text(error: KilnError) -> str:
     return f"{error.title}: {error.detail}"
 
 
+def save_and_delete(prefix: str, noun: str, confirm: str) -> html.Div:
+    """An editor's "Save <noun>" button and its "Delete <noun>" button behind a confirmation
+    (ids `{prefix}-save`, `{prefix}-delete`, `{prefix}-delete-confirm`; delete disabled until loaded)."""
+    return html.Div([
+        html.Button(f"Save {noun}", id=f"{prefix}-save", n_clicks=0, className="button"),
+        dcc.ConfirmDialogProvider(html.Button(f"Delete {noun}", id=f"{prefix}-delete", className="button secondary",
+                                              disabled=True),
+                                  id=f"{prefix}-delete-confirm", message=confirm),
+    ], className="form-actions")
+
+
 def message(element_id: str) -> html.Div:
     """Where a form says what happened: success (a status) or the problem (an alert)."""
     return html.Div(id=element_id, className="form-message", role="status", **{"aria-live": "polite"})

@@ -23,7 +23,9 @@ from sqlmodel import Session
 
 from dashboards.components import allowed, empty_state
 from dashboards.context import current_principal, db_session
-from dashboards.forms import NEW, attempt, blank_to_none, count_input, done, field, message, refused, split_list, text_input
+from dashboards.forms import (
+    NEW, attempt, blank_to_none, count_input, done, field, message, refused, save_and_delete, split_list, text_input,
+)
 from fleet import vdcs as vdc_service
 from fleet.tenancy_schemas import VdcCreate, VdcPublic, VdcUpdate
 from kiln.auth import Principal
@@ -91,12 +93,7 @@ def editor(session: Session, principal: Principal, vdcs: list[VdcPublic]) -> htm
         html.Div(quotas, className="form-row"),
         html.H3("Tenants and their quotas"),
         grants,
-        html.Div([
-            html.Button("Save VDC", id="vdc-save", n_clicks=0, className="button"),
-            dcc.ConfirmDialogProvider(html.Button("Delete VDC", id="vdc-delete", className="button secondary",
-                                                  disabled=True),
-                                      id="vdc-delete-confirm", message="Delete this VDC? Its past leases keep their history."),
-        ], className="form-actions"),
+        save_and_delete("vdc", "VDC", "Delete this VDC? Its past leases keep their history."),
         message("vdc-form-message"),
     ], className="card", id="vdc-editor")
 
