@@ -78,6 +78,7 @@ def budgets(console: Any) -> dict[str, tuple]:
 
 def test_a_tenant_admin_sees_adds_deactivates_and_reactivates_members(console: Any) -> None:
     page, errors = page_as(console, "tara")
+    page.wait_for_selector("#nav-members", state="attached")  # the nav is drawn after the page's own content
     assert page.locator("#nav-members").count() == 1
     page.click("#members-tenant")
     assert page.get_by_role("option").all_inner_texts() == ["tenant-a"]  # tara's tenants only
