@@ -54,12 +54,16 @@ def remember_secret(value: str | None) -> None:
 
 
 def redact(text: str) -> str:
-    """`text` with every secret it carries replaced by [REDACTED]."""
+    """`text` with every secret it carries replaced by [REDACTED].
+
+    The patterns go first: a remembered secret that happens to be a key word (a BMC password
+    "password") would otherwise turn `password=VALUE` into `[REDACTED]=VALUE`, which no pattern
+    then recognises, and VALUE would be written."""
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
     for value in sorted(_remembered, key=len, reverse=True):
         if value in text:
             text = text.replace(value, REDACTED)
-    for pattern, replacement in _PATTERNS:
-        text = pattern.sub(replacement, text)
     return text
 
 

@@ -248,3 +248,10 @@ def test_request_and_provisioning_spans_nest_under_the_callers_trace(
     assert operation.attributes["kiln.node"] == node["name"] and operation.attributes["kiln.ok"] is True
     created = receiver.wait_for("POST /api/v1/nodes")[0]
     assert created.trace_id != TRACEPARENT_TRACE and created.parent_span_id == ""  # no traceparent: a trace of its own
+
+
+def test_a_remembered_secret_that_is_a_key_word_does_not_unmask_a_value() -> None:
+    from kiln import logs
+
+    logs.remember_secret("password")  # e.g. a lab BMC's password; the tests' process keeps what it remembered
+    assert logs.redact("ironic password=ir0nic-pw&x=1") == f"ironic {logs.REDACTED}={logs.REDACTED}&x=1"
