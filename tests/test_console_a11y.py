@@ -5,6 +5,8 @@ critical violations; plus what axe cannot judge alone: `<html lang>`, the active
 
 from __future__ import annotations
 
+import math
+import math
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -113,8 +115,8 @@ CHARTS_DESCRIBED_JS = """() => Array.from(document.querySelectorAll('.dash-graph
 
 def _cell(value: Any) -> str:
     """A drawn value as the chart's table writes it: numbers to 3 decimals, ISO times to the second."""
-    if isinstance(value, (int, float)):
-        return f"{round(value * 1000) / 1000:.3f}".rstrip("0").rstrip(".")
+    if isinstance(value, (int, float)):  # JavaScript's Math.round takes halves up, Python's round to even
+        return f"{math.floor(value * 1000 + 0.5) / 1000:.3f}".rstrip("0").rstrip(".")
     return re.sub(r"^(\d{4}-\d{2}-\d{2})T(\d{2}:\d{2}(:\d{2})?)(\.\d+)?(Z|[+-]\d{2}:?\d{2})?$", r"\1 \2", str(value))
 
 
@@ -156,10 +158,13 @@ def test_chart_tables_follow_a_changed_figure(console: A11yConsole) -> None:
     open_settled(page, f"{console.base_url}/nodes/gpu-a01")
     page.wait_for_function("() => document.querySelector('#node-power .chart-data table')")
     before = next(c for c in page.evaluate(CHARTS_DESCRIBED_JS) if c["id"] == "node-power")
-    page.focus("#node-range")  # by keyboard: Enter opens the range list, arrows choose, Enter picks
+    page.focus("#node-range")  # by keyboard: Enter opens the range list, Enter picks the focused option
     page.keyboard.press("Enter")
+    # The open list moves focus to the chosen option ("Last 24 hours") a moment later; focus moved before that is lost.
+    page.wait_for_function("() => document.activeElement.closest('[role=listbox]') && document.activeElement.value === '24h'")
     page.get_by_role("option", name="Last 6 hours").focus()
     page.keyboard.press("Enter")
+    page.wait_for_function("() => document.getElementById('node-range').textContent.includes('Last 6 hours')")
     page.wait_for_function("n => document.querySelectorAll('#node-power .chart-data table tbody tr').length !== n",
                            arg=len(before["rows"]))
     after = next(c for c in page.evaluate(CHARTS_DESCRIBED_JS) if c["id"] == "node-power")
