@@ -52,6 +52,8 @@ POWER_METRIC = "ipmi_dcmi_power_consumption_watts"
 TEMPERATURE_METRIC = "ipmi_temperature_celsius"
 # The rollup series the console and metering read (rollup_5m.metric).
 GPU_UTIL_ROLLUP = "gpu_util_percent"
+# GPU utilisation again per Kubernetes namespace holding the GPU (entity: `namespace_entity`)
+NAMESPACE_GPU_UTIL_ROLLUP = "gpu_util_namespace_percent"
 TEMPERATURE_MAX_ROLLUP = "ipmi_temperature_celsius_max"
 # sample metric -> rollup metric; `max` series keep the node's hottest sensor per poll
 ROLLUPS = {POWER_METRIC: POWER_METRIC, "gpu_util": GPU_UTIL_ROLLUP}
@@ -164,6 +166,9 @@ def add_rollups(session: Session, samples: Iterable[Sample]) -> None:
         bucket = bucket_of(s.ts)
         if s.metric in ROLLUPS:
             points.setdefault((s.entity, ROLLUPS[s.metric], bucket), []).append(s.value)
+            if ROLLUPS[s.metric] == GPU_UTIL_ROLLUP and s.labels.get("namespace"):
+                key = namespace_entity(s.labels["namespace"], s.entity, s.labels.get("GPU_I_PROFILE"))
+                points.setdefault((key, NAMESPACE_GPU_UTIL_ROLLUP, bucket), []).append(s.value)
         elif s.metric in MAX_ROLLUPS:
             key = (s.entity, MAX_ROLLUPS[s.metric], bucket)
             hottest[key] = max(hottest.get(key, -math.inf), s.value)
@@ -177,6 +182,18 @@ def add_rollups(session: Session, samples: Iterable[Sample]) -> None:
                 "min": _least(current.min, new.min), "max": _greatest(current.max, new.max)}
 
     upsert(session, Rollup5m, rows, ("entity", "metric", "bucket"), fold)
+
+
+def namespace_entity(namespace: str, gpu: str, mig_profile: str | None = None) -> str:
+    """The entity of a namespace's utilisation series on one GPU or MIG instance:
+    `namespace|gpu[|profile]` ('|' is in neither a Kubernetes name nor a GPU id)."""
+    return "|".join((namespace, gpu, *([mig_profile] if mig_profile else [])))
+
+
+def split_namespace_entity(entity: str) -> tuple[str, str, str | None]:
+    """`namespace_entity`'s parts: namespace, GPU (UUID or UUID/instance), MIG profile or None."""
+    namespace, gpu, *profile = entity.split("|", 2)
+    return namespace, gpu, profile[0] if profile else None
 
 
 def _least(a, b):

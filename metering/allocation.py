@@ -55,7 +55,9 @@ class AllocationRow(BaseModel):
     waste: bool
 
 
-def _idle_cost(cards: list[CardView], model: str, at: datetime, idle: Decimal, percent: Decimal, currency: str) -> Decimal | None:
+def idle_cost(cards: list[CardView], model: str, at: datetime, idle: Decimal, percent: Decimal, currency: str) -> Decimal | None:
+    """`idle` GPU-hours of `model` priced by its card in force at `at`'s hour, less `percent`
+    discount, rounded at the currency's minor unit; None without a card."""
     card = card_at(cards, skus.gpu_hour(model), at.replace(minute=0, second=0, microsecond=0))
     return None if card is None else round_amount(idle * discounted(card.unit_price, percent), currency)
 
@@ -111,5 +113,5 @@ def _row(f: LeaseFigures, names: dict, models: dict, slugs: dict, cards: list[Ca
         gpus=f.gpus, starts_at=f.lease.starts_at, ends_at=f.lease.ends_at,
         allocated_gpu_hours=f.allocated.quantize(PLACES), measured_gpu_hours=f.measured.quantize(PLACES),
         used_gpu_hours=f.used.quantize(PLACES), idle_gpu_hours=idle.quantize(PLACES), efficiency=efficiency, coverage=coverage,
-        idle_cost=_idle_cost(cards, model, last_hour, idle, percent, currency), currency=currency,
+        idle_cost=idle_cost(cards, model, last_hour, idle, percent, currency), currency=currency,
         waste=efficiency is not None and efficiency < WASTE_BELOW and coverage is not None and coverage >= MIN_COVERAGE)

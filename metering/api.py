@@ -28,6 +28,7 @@ from metering import price_cards as card_service
 from metering import views
 from metering.carbon import EmissionsReport, emissions
 from metering.efficiency import EfficiencyRow, efficiency
+from metering.namespace_efficiency import NamespaceEfficiencyRow, namespace_efficiency
 from metering.periods import parse_period, period_bounds
 from metering.reconcile import ReconciliationRow, reconcile
 from metering.usage import list_usage, usage_totals
@@ -131,6 +132,14 @@ def emissions_endpoint(session: SessionDep, principal: CurrentPrincipal, period:
 def efficiency_endpoint(session: SessionDep, principal: CurrentPrincipal, period: Period):
     """From DCGM/ROCm utilisation of leased nodes' GPUs, each sample weighted by its real interval."""
     return efficiency(session, principal, parse_period(period, allow_future=True))
+
+
+@router.get("/usage/efficiency/namespaces", response_model=list[NamespaceEfficiencyRow], tags=["usage"],
+            summary="GPU efficiency per Kubernetes namespace, with coverage and the cost of idle GPU-hours")
+def namespace_efficiency_endpoint(session: SessionDep, principal: CurrentPrincipal, period: Period):
+    """Allocated GPU-hours from the namespace's pods' requests (MIG instances by compute fraction);
+    measured and used from the utilisation of the GPUs its pods held (exporter pod labels)."""
+    return namespace_efficiency(session, principal, *period_bounds(parse_period(period, allow_future=True)))
 
 
 # --- price cards ---------------------------------------------------------------------------------

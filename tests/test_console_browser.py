@@ -8,17 +8,22 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 from plotly.offline import get_plotlyjs_version
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
+from collectors.base import Sample, TargetResult
+from collectors.models import K8sAllocation
+from collectors.store import persist_results
 from dashboards.session import SESSION_COOKIE, ConsoleSession, SessionCodec
 from dashboards.time_controls import REFRESH_SECONDS
-from fleet.models import Node
+from fleet.models import Gpu, Node
 from fleet.provisioning.fake import FakeDriver
+from kiln.db import utcnow
 from tests.browser import (
     PASSWORD,
     TENANT_A_NODES,
@@ -283,4 +288,35 @@ def test_live_pages_take_custom_dates_say_when_they_were_read_and_refresh_themse
                            timeout=(REFRESH_SECONDS + 15) * 1000)
     assert stamp.match(page.inner_text(f"#{prefix}-updated"))
     assert errors.messages == []
+    page.context.close()
+
+
+def test_usage_page_shows_each_tenant_the_efficiency_of_its_own_namespaces(console: Console) -> None:
+    """Pods of both tenants hold GPUs for the last two hours, the GPU exporter labelling each GPU's
+    utilisation with the pod's namespace (30 % for tenant A's, 90 % for tenant B's)."""
+    now = utcnow()
+    with Session(console.engine) as session:
+        uuids = dict(session.exec(select(Node.name, Gpu.uuid).join(Gpu, col(Gpu.node_id) == Node.id)
+                                  .where(col(Node.name).in_(["gpu-a01", "gpu-b01"])).order_by(Gpu.index)).all())
+        for namespace, tenant, node in (("alpha-live", "tenant-a", "gpu-a01"), ("bravo-live", "tenant-b", "gpu-b01")):
+            session.add(K8sAllocation(namespace=namespace, tenant_slug=tenant, pod=f"{namespace}-0", pod_uid=f"uid-{namespace}",
+                                      node_name=node, resource="nvidia.com/gpu", quantity=Decimal(1),
+                                      starts_at=now - timedelta(hours=2), ends_at=None))
+        for step in range(24, 0, -1):
+            ts = now - timedelta(minutes=5 * step)
+            samples = [Sample("dcgm", uuids[node], "gpu_util", percent, "percent", {"namespace": namespace, "pod": f"{namespace}-0"}, ts)
+                       for node, namespace, percent in (("gpu-a01", "alpha-live", 30.0), ("gpu-b01", "bravo-live", 90.0))]
+            persist_results(session, "dcgm", [TargetResult("prometheus", ok=True, samples=samples)], now=ts)
+        session.commit()
+    cells = "() => Array.from(document.querySelectorAll('#usage-namespace-table .ag-row')).map(r => [r.querySelector('[col-id=namespace]').innerText, r.querySelector('[col-id=efficiency]').innerText])"
+    page, errors = console.page_as("alice", "/usage")
+    page.wait_for_selector("#usage-namespace-table .ag-cell")
+    assert page.evaluate(cells) == [["alpha-live", "30.0"]]
+    assert "bravo-live" not in page.content() and _b_words(page.content()) == []
+    page.context.close()
+    page, admin_errors = console.page_as("ops-admin", "/usage")
+    page.wait_for_selector("#usage-namespace-table .ag-cell")
+    assert sorted(page.evaluate(cells)) == [["alpha-live", "30.0"], ["bravo-live", "90.0"]]
+    screenshot(page, "admin-usage-namespaces")
+    assert errors.messages == [] and admin_errors.messages == []
     page.context.close()

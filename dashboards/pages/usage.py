@@ -1,6 +1,6 @@
 """Tenant usage: GPU-hours allocated (from leases) vs used (utilisation), by day, VDC and GPU
-model; the allocation table (per lease and node: efficiency, coverage, cost of idle GPU-hours,
-waste highlighted); quotas used; running nodes and namespaces. Tenants see their own tenants only."""
+model; the allocation tables (per lease and node, and per Kubernetes namespace: efficiency,
+coverage, cost of idle GPU-hours, waste highlighted); quotas used; running nodes and namespaces. Tenants see their own tenants only."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from kiln.auth import Principal
 from metering import skus
 from metering.allocation import AllocationRow, allocation_rows, daily_gpu_hours
 from metering.efficiency import EfficiencyRow, combined, efficiency_between
+from metering.namespace_efficiency import NamespaceEfficiencyRow, namespace_efficiency
 from metering.sku_labels import label
 from metering.usage import usage_totals
 
@@ -40,6 +41,7 @@ OUTPUTS = (
     Output("usage-stats", "children"), Output("usage-by-day", "figure"), Output("usage-by-vdc", "figure"),
     Output("usage-by-model", "figure"), Output("usage-quotas", "children"), Output("usage-nodes", "children"),
     Output("usage-namespaces", "children"), Output("usage-alloc-vs-used", "figure"), Output("usage-allocation", "children"),
+    Output("usage-namespace-allocation", "children"),
 )
 
 
@@ -64,6 +66,11 @@ def layout(**_: str) -> html.Div:
                        "data. Idle GPU-hours were measured but unused; their cost is at the tenant's contracted GPU-hour "
                        "price. Rows under 50 % efficient are highlighted as waste.", className="hint"),
                html.Div(id="usage-allocation"), element_id="allocation"),
+        section("Allocation per Kubernetes namespace",
+                html.P("Allocated: the namespace's pods' GPU requests (a MIG instance counts its share of the GPU's "
+                       "compute). Measured and used: the utilisation of the GPUs its pods held, as the GPU exporter "
+                       "labels them.", className="hint"),
+                html.Div(id="usage-namespace-allocation"), element_id="namespace-allocation"),
         html.Div([dcc.Graph(id="usage-by-vdc"), dcc.Graph(id="usage-by-model")], className="grid-2"),
         section("Quotas this month", html.Div(id="usage-quotas")),
         html.Div([section("Running nodes", html.Div(id="usage-nodes")),
@@ -109,6 +116,7 @@ def update(tenant_slug: str | None, choice: str | None) -> tuple:
         gpu_use = combined(efficiency_between(session, principal, start, end, tenant_id=tenant_id))
         per_lease = allocation_rows(session, principal, start, end, tenant_id=tenant_id)
         per_day = daily_gpu_hours(session, principal, start, end, tenant_id=tenant_id)
+        per_namespace = namespace_efficiency(session, principal, start, end, tenant_id=tenant_id)
         quotas = [q for q in quota_rows(session, principal) if tenant is None or q["tenant"] == tenant.slug]
         nodes = running_nodes(session, principal, tenant_id)
         namespaces = running_namespaces(session, principal, tenant_id)
@@ -133,11 +141,11 @@ def update(tenant_slug: str | None, choice: str | None) -> tuple:
                          when(n["since"])) for n in nodes],
                        empty="No node is leased to these tenants now.", element_id="running-nodes")
     namespace_table = table(("namespace", "tenant", "GPUs requested", "pods"),
-                            [(n["namespace"], n["tenant"], f"{n['gpus']:g}", n["pods"]) for n in namespaces],
+                            [(n["namespace"], n["tenant"], f"{n['gpus'].normalize():f}", n["pods"]) for n in namespaces],
                             empty="No pod of these tenants requests GPUs now (or the Kubernetes collector is off).",
                             element_id="running-namespaces")
     return (stats, by_day, by_vdc, by_model, quota_table, node_table, namespace_table, allocated_vs_used(per_day),
-            allocation_table(per_lease))
+            allocation_table(per_lease), namespace_allocation_table(per_namespace))
 
 
 def gpu_hours_by_sku(session: Session, principal: Principal, start: datetime, end: datetime,
@@ -161,9 +169,7 @@ def allocated_vs_used(per_day: dict[str, tuple[Decimal, Decimal]]) -> Figure:
                                                                 "used": [u for _, u in per_day.values()]})
 
 
-ALLOCATION_COLUMNS = (
-    {"field": "tenant", "headerName": "Tenant", "maxWidth": 140}, {"field": "node", "headerName": "Node"},
-    {"field": "gpu_model", "headerName": "GPU model"}, {"field": "gpus", "headerName": "GPUs", "numeric": True, "maxWidth": 90},
+EFFICIENCY_COLUMNS = (
     {"field": "allocated", "headerName": "Allocated GPU-h", "numeric": True},
     {"field": "used", "headerName": "Used GPU-h", "numeric": True},
     {"field": "efficiency", "headerName": "Efficiency (%)", "numeric": True,
@@ -173,6 +179,15 @@ ALLOCATION_COLUMNS = (
     {"field": "idle_cost", "headerName": "Cost of idle", "numeric": True, "sort": "desc",
      "cellClassRules": {"waste": "params.data.waste"}},
     {"field": "idle_cost_text", "headerName": "", "maxWidth": 130},
+)
+ALLOCATION_COLUMNS = (
+    {"field": "tenant", "headerName": "Tenant", "maxWidth": 140}, {"field": "node", "headerName": "Node"},
+    {"field": "gpu_model", "headerName": "GPU model"}, {"field": "gpus", "headerName": "GPUs", "numeric": True, "maxWidth": 90},
+    *EFFICIENCY_COLUMNS,
+)
+NAMESPACE_COLUMNS = (
+    {"field": "tenant", "headerName": "Tenant", "maxWidth": 140}, {"field": "namespace", "headerName": "Namespace"},
+    *EFFICIENCY_COLUMNS,
 )
 
 
@@ -184,16 +199,25 @@ def _ratio(value: Decimal | None) -> str:
     return "" if value is None else str((value * 100).quantize(Decimal("0.1")))
 
 
+def _efficiency_cells(r: AllocationRow | NamespaceEfficiencyRow) -> dict[str, object]:
+    return {"allocated": _hundredths(r.allocated_gpu_hours), "used": _hundredths(r.used_gpu_hours),
+            "efficiency": _ratio(r.efficiency), "coverage": _ratio(r.coverage), "idle": _hundredths(r.idle_gpu_hours),
+            "idle_cost": "" if r.idle_cost is None else str(r.idle_cost),
+            "idle_cost_text": "no price card" if r.idle_cost is None else money(r.idle_cost, r.currency), "waste": r.waste}
+
+
 def allocation_table(rows: list[AllocationRow]) -> html.Div:
     """The allocation rows as a sortable grid (most idle cost first); waste rows highlighted."""
     return data_grid("usage-allocation-table", ALLOCATION_COLUMNS, [
-        {"tenant": r.tenant, "node": r.node, "gpu_model": r.gpu_model, "gpus": str(r.gpus),
-         "allocated": _hundredths(r.allocated_gpu_hours), "used": _hundredths(r.used_gpu_hours),
-         "efficiency": _ratio(r.efficiency), "coverage": _ratio(r.coverage), "idle": _hundredths(r.idle_gpu_hours),
-         "idle_cost": "" if r.idle_cost is None else str(r.idle_cost),
-         "idle_cost_text": "no price card" if r.idle_cost is None else money(r.idle_cost, r.currency),
-         "waste": r.waste} for r in rows],
-        empty="No leases in this range: nothing was allocated to these tenants.")
+        {"tenant": r.tenant, "node": r.node, "gpu_model": r.gpu_model, "gpus": str(r.gpus), **_efficiency_cells(r)}
+        for r in rows], empty="No leases in this range: nothing was allocated to these tenants.")
+
+
+def namespace_allocation_table(rows: list[NamespaceEfficiencyRow]) -> html.Div:
+    """The per-namespace rows as a sortable grid (most idle cost first); waste rows highlighted."""
+    return data_grid("usage-namespace-table", NAMESPACE_COLUMNS, [
+        {"tenant": r.tenant or "(no tenant)", "namespace": r.namespace, **_efficiency_cells(r)} for r in rows],
+        empty="No pod of these tenants requested GPUs in this range (or the Kubernetes collector is off).")
 
 
 def register(app: dash.Dash) -> None:
