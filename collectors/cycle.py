@@ -71,6 +71,7 @@ def run_cycle(engine: Engine, source: Source, *, owner: str | None = None, lease
             transitions = persist_results(session, source.name, results)
             if source.extra_persist is not None:
                 source.extra_persist(session, results)
+        source.persisted()
         report = CycleReport(source.name, results, transitions, len(targets))
         current.set_attributes({"kiln.targets": len(targets), "kiln.targets.polled": len(chosen),
                                 **{f"kiln.targets.{outcome}": count for outcome, count in report.counts().items()}})

@@ -19,6 +19,13 @@ Samples (source `kubernetes`); node metrics use kube-state-metrics' names and la
 | `kiln_k8s_pod_allocation` | namespace | count, cores, bytes | namespace, tenant, pod, pod_uid, node, resource, quantity, limit (exact decimals), starts_at, ends_at (ISO-8601, "" while running); value = the request |
 | `kiln_k8s_pods_tracked` | the API server URL | count | marks a complete result: every live pod's intervals are in it |
 
+Complete results are not sent every cycle: at 100,000 pods comparing every interval with its
+row costs seconds of CPU when nothing changed. A result is complete after a list, after a
+namespace's tenant label changed, every `full_every`, and until the worker says it was stored
+(`persisted()`, called by `collectors.cycle.run_cycle` after the commit); otherwise it carries
+only the pods that changed since the last stored result (and those of a result not yet stored),
+with no `kiln_k8s_pods_tracked` sample, so the store compares only those.
+
 A pod's request of a resource is Kubernetes' effective request: max(sum over app containers
 and sidecars, largest init container) + pod overhead (a missing request defaults to the
 limit). It becomes an interval once the pod is bound to a node: it starts at
@@ -101,11 +108,11 @@ class KubernetesCollector:
 
     def __init__(self, core: k8s.CoreV1Api, *, tenant_label: str = "kiln.io/tenant", watch_seconds: int = 1,
                  page_size: int = 500, request_timeout: float = 30.0,
-                 ended_retention: timedelta = timedelta(hours=1),
+                 ended_retention: timedelta = timedelta(hours=1), full_every: timedelta = timedelta(minutes=15),
                  clock: Callable[[], datetime] = utcnow) -> None:
         self.core, self.tenant_label, self.clock = core, tenant_label, clock
         self.watch_seconds, self.page_size, self.request_timeout = watch_seconds, page_size, request_timeout
-        self.ended_retention = ended_retention
+        self.ended_retention, self.full_every = ended_retention, full_every
         self.target = core.api_client.configuration.host
         self.resource_versions: dict[str, str | None] = dict.fromkeys(KINDS)
         self.calls: Counter[tuple[str, str]] = Counter()  # ("list"|"watch"|"gone", kind) -> count
@@ -113,6 +120,18 @@ class KubernetesCollector:
         self._namespaces: dict[str, dict[str, Any]] = {}
         self._pods: dict[str, TrackedPod] = {}
         self._healthy = True
+        self._changed: set[str] = set()  # pods changed since the last result
+        self._unstored: set[str] = set()  # pods of the last partial result, until persisted() says it was stored
+        self._full_due, self._full_sent, self._last_full = True, False, None
+        self._answered = False  # the last collect() gave samples (persisted() refers to them)
+
+    def persisted(self) -> None:
+        """The last result is stored: later results may carry only what changes from here."""
+        if not self._answered:
+            return
+        if self._full_sent:
+            self._full_due, self._full_sent, self._last_full = False, False, self.clock()
+        self._unstored.clear()
 
     def collect(self) -> list[TargetResult]:
         """Bring the cluster view up to date (list or watch) and report it as samples."""
@@ -125,19 +144,26 @@ class KubernetesCollector:
         except (ApiException, urllib3.exceptions.HTTPError, ValueError, KeyError, TypeError) as exc:
             reason = describe_api_error(exc, self.target)
             self._transition(False, reason)
+            self._answered = False
             return [TargetResult(self.target, ok=False, error=reason, seconds=time.monotonic() - started,
                                  timed_out=_timed_out(exc))]
         self._transition(True, "")
+        self._answered = True
         return [TargetResult(self.target, ok=True, samples=samples, seconds=time.monotonic() - started)]
 
-    def intervals(self) -> list[PodInterval]:
-        """Every interval the collector currently knows (live pods and recently deleted ones)."""
+    def intervals(self, uids: set[str] | None = None) -> list[PodInterval]:
+        """Every interval the collector currently knows (live pods and recently deleted ones), or
+        those of the pods `uids`."""
         out = []
-        for tracked in self._pods.values():
-            namespace = self._namespaces.get(tracked.namespace) or {}
-            tenant = ((namespace.get("metadata") or {}).get("labels") or {}).get(self.tenant_label)
+        for uid, tracked in self._pods.items():
+            if uids is not None and uid not in uids:
+                continue
+            tenant = self._tenant_of(self._namespaces.get(tracked.namespace))
             out.extend(tracked.intervals(ended_at=tracked.terminal_seen_at or tracked.deleted_at, tenant=tenant))
         return out
+
+    def _tenant_of(self, namespace: Mapping[str, Any] | None) -> str | None:
+        return (((namespace or {}).get("metadata") or {}).get("labels") or {}).get(self.tenant_label)
 
     def close(self) -> None:
         """Close the API client's connections."""
@@ -178,6 +204,7 @@ class KubernetesCollector:
                     seen[uid] = gone
         setattr(self, f"_{kind}", seen)
         self.resource_versions[kind] = version
+        self._full_due = True
 
     def _pages(self, kind: str) -> Iterator[tuple[list[dict[str, Any]], str | None]]:
         """(items, the list's resourceVersion) of each page of a paged list."""
@@ -220,12 +247,16 @@ class KubernetesCollector:
                 tracked = self._pods[meta["uid"]] = self._summarise(self._pods.get(meta["uid"]), raw, now)
                 if kind_of_event == "DELETED":
                     tracked.deleted_at = tracked.deleted_at or now
+                self._changed.add(meta["uid"])
             else:
                 objects = getattr(self, f"_{kind}")
+                before = objects.get(meta["name"])
                 if kind_of_event == "DELETED":
                     objects.pop(meta["name"], None)
                 else:
                     objects[meta["name"]] = raw
+                if kind == "namespaces" and self._tenant_of(before) != self._tenant_of(raw if kind_of_event != "DELETED" else None):
+                    self._full_due = True  # every pod of the namespace has a new tenant
         if meta.get("resourceVersion"):
             self.resource_versions[kind] = meta["resourceVersion"]
 
@@ -246,11 +277,17 @@ class KubernetesCollector:
         for name, node in self._nodes.items():
             out.extend(node_samples(name, node, now))
         for name, namespace in self._namespaces.items():
-            tenant = ((namespace.get("metadata") or {}).get("labels") or {}).get(self.tenant_label) or ""
             out.append(Sample(SOURCE, name, "kiln_k8s_namespace_tenant", 1.0, "info",
-                              {"namespace": name, "tenant": tenant}, now))
-        out.extend(interval_sample(interval, now) for interval in self.intervals())
-        out.append(Sample(SOURCE, self.target, TRACKED_METRIC, float(len(self._pods)), "count", {}, now))
+                              {"namespace": name, "tenant": self._tenant_of(namespace) or ""}, now))
+        full = self._full_due or self._last_full is None or now - self._last_full >= self.full_every
+        if full:
+            self._full_sent, self._unstored = True, set()
+            out.extend(interval_sample(interval, now) for interval in self.intervals())
+            out.append(Sample(SOURCE, self.target, TRACKED_METRIC, float(len(self._pods)), "count", {}, now))
+        else:
+            self._unstored |= self._changed
+            out.extend(interval_sample(interval, now) for interval in self.intervals(self._unstored))
+        self._changed = set()
         return out
 
     def _transition(self, healthy: bool, reason: str) -> None:

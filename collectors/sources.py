@@ -48,6 +48,7 @@ class Source:
     collect: Callable[[Sequence[str], Progress | None], list[TargetResult]]
     extra_persist: Persist | None = None
     close: Callable[[], None] = field(default=lambda: None)
+    persisted: Callable[[], None] = field(default=lambda: None)  # told after a cycle's results are committed
 
 
 class BmcSource:
@@ -181,7 +182,7 @@ def single_target_source(collector: Collector, interval: int, persist: Persist |
     """A collector with one target (a Prometheus query, an API server): no sharing to do."""
     name = target or collector.target
     return Source(collector.name, interval, lambda _session: [name], _reporting(lambda _names: collector.collect()),
-                  persist, getattr(collector, "close", lambda: None))
+                  persist, getattr(collector, "close", lambda: None), getattr(collector, "persisted", lambda: None))
 
 
 def build_sources(settings: Settings, engine: Engine, box: SecretBox) -> dict[str, Source]:

@@ -26,8 +26,10 @@ from sqlmodel import Session, select
 from collectors.base import TargetResult
 from collectors.cluster_store import gpu_hours_by_tenant, persist_kubernetes
 from collectors.kube_pods import effective_resources
-from collectors.kubernetes import KubernetesCollector, PodInterval, build
+from collectors.cycle import run_cycle
+from collectors.kubernetes import TRACKED_METRIC, KubernetesCollector, PodInterval, build
 from collectors.models import K8sAllocation
+from collectors.sources import single_target_source
 from kiln.settings import ConfigError, Settings
 from metering.intervals import MICROS_PER_HOUR
 from metering.models import UsageRecord
@@ -485,3 +487,55 @@ def by_pod_intervals(result: TargetResult) -> dict[tuple[str, str], Decimal]:
     """Requested quantity per (pod, resource) in a result's allocation samples."""
     return {(s.labels["pod"], s.labels["resource"]): Decimal(s.labels["quantity"])
             for s in result.samples if s.metric == "kiln_k8s_pod_allocation"}
+
+
+def _sent(report: Any, namespace: str | None = None) -> tuple[set[str], bool]:
+    """Pods (of `namespace`, or all) whose intervals a cycle's result carried, and whether the
+    result was complete."""
+    (result,) = report.results
+    assert result.ok, result.error
+    pods = {s.labels["pod"] for s in result.samples if s.metric == "kiln_k8s_pod_allocation"
+            and namespace in (None, s.labels["namespace"])}
+    return pods, any(s.metric == TRACKED_METRIC for s in result.samples)
+
+
+def test_stored_results_let_later_cycles_send_and_compare_only_the_changed_pods(core: k8s.CoreV1Api, scratch: str,
+                                                                                engine: Engine) -> None:
+    collector = collector_for(core)
+    source = single_target_source(collector, 60, persist_kubernetes)
+    started = {"phase": "Running", "startTime": stamp(datetime.now(UTC) - timedelta(minutes=5))}
+
+    def row(pod: str) -> K8sAllocation:
+        with Session(engine) as session:
+            return session.exec(select(K8sAllocation).where(K8sAllocation.pod == pod, K8sAllocation.namespace == scratch,
+                                                            K8sAllocation.resource == "nvidia.com/gpu")).one()
+
+    pods, complete = _sent(run_cycle(engine, source))
+    assert complete and {"train", "finetune", "infer"} <= pods
+    assert _sent(run_cycle(engine, source)) == (set(), False)  # nothing changed: nothing to compare
+
+    make_pod(core, scratch, "late", node="gpu-node-1", limits={"nvidia.com/gpu": "1"}, status=started)
+    assert _sent(run_cycle(engine, source)) == ({"late"}, False)
+    assert row("late").ends_at is None and row("late").tenant_slug == "initech"
+
+    make_pod(core, scratch, "later", node="gpu-node-1", limits={"nvidia.com/gpu": "1"}, status=started)
+    assert {s.labels["pod"] for s in only(collector.collect()).samples if s.metric == "kiln_k8s_pod_allocation"} == {"later"}
+    # ...but that result was never stored (no persisted()): the next one carries it again
+    core.delete_namespaced_pod("late", scratch, grace_period_seconds=0)
+    assert _sent(run_cycle(engine, source)) == ({"late", "later"}, False)
+    assert row("late").ends_at is not None and row("later").ends_at is None
+
+    core.patch_namespace(scratch, {"metadata": {"labels": {LABEL: "hooli"}}})  # every pod of it has a new tenant
+    pods, complete = _sent(run_cycle(engine, source))
+    assert complete and {"train", "later"} <= pods
+    assert row("later").tenant_slug == "hooli"
+    assert _sent(run_cycle(engine, source)) == (set(), False)
+
+
+def test_a_complete_result_is_sent_again_every_full_every(core: k8s.CoreV1Api, cluster: dict[str, str],
+                                                         engine: Engine) -> None:
+    source = single_target_source(KubernetesCollector(core, tenant_label=LABEL, full_every=timedelta(0)), 60,
+                                  persist_kubernetes)
+    for _ in range(2):
+        pods, complete = _sent(run_cycle(engine, source))
+        assert complete and {"train", "finetune", "infer"} <= pods
