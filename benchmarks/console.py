@@ -18,10 +18,18 @@ is in memory and Chromium keeps no compiled code for it, so each tab compiles th
 again) and in-app navigation (what clicking a console link does: push the URL, Dash fetches
 the page, charts drawn) from another page of the same user (`in_app_s`). Baseline: the same
 page's data from the HTTP API alone (the GETs a client would make for it, one after the other,
-bearer token, JSON decoded), median of as many runs. Target: every page ≤ 1.5 s. One JSON line
-on stdout: `kiln_s` is the slowest page's fresh-tab time, `baseline_s` that page's API time,
-`ratio` their quotient, `in_app_s` and `private_tab_s` the slowest of those, and `pages` every
-page's figures; progress goes to stderr.
+bearer token, JSON decoded), median of as many runs. Target: every page ≤ 1.5 s.
+
+Then the hour that follows a bills run: `kiln bills run` for the running period in its own
+process (as the worker's hourly job), which invalidates what the server remembers of bill and
+usage sums; then one fresh-tab load of each page in turn (`after_bills_s`: each page's first
+load after the run; a page whose sums an earlier page already computed gets them warm, as it
+would in production); then another bills run and one round of the API calls
+(`baseline_after_bills_s`, the baseline with the same caches).
+
+One JSON line on stdout: `kiln_s` is the slowest page's fresh-tab time, `baseline_s` that
+page's API time, `ratio` their quotient, `in_app_s`, `private_tab_s` and `after_bills_s` the
+slowest of those, and `pages` every page's figures; progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -135,10 +143,25 @@ def prepare(nodes: int, tenants: int, months: int) -> tuple[Path, dict]:
     return cached, seeded
 
 
-def start_server(data_dir: Path, port: int) -> subprocess.Popen:
-    """`kiln serve --dev` on the data dir (its own process, so its memory is Kiln's alone)."""
+def _kiln_env(data_dir: Path) -> dict[str, str]:
     env = {**os.environ, "KILN_DATA_DIR": str(data_dir), "KILN_LOG_LEVEL": "WARNING"}
     env.pop("KILN_DATABASE_URL", None)
+    return env
+
+
+def run_bills_now(data_dir: Path, period: str) -> float:
+    """`kiln bills run --period PERIOD` in its own process, as the worker's hourly job runs it; seconds."""
+    began = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "kiln.cli.main", "bills", "run", "--period", period], cwd=REPO,
+                          env=_kiln_env(data_dir), capture_output=True, text=True, timeout=1800)
+    if done.returncode:
+        raise RuntimeError(f"kiln bills run failed: {done.stderr[-2000:]}")
+    return round(time.monotonic() - began, 1)
+
+
+def start_server(data_dir: Path, port: int) -> subprocess.Popen:
+    """`kiln serve --dev` on the data dir (its own process, so its memory is Kiln's alone)."""
+    env = _kiln_env(data_dir)
     process = subprocess.Popen([sys.executable, "-m", "kiln.cli.main", "serve", "--dev", "--port", str(port)], cwd=REPO,
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     import httpx
@@ -165,15 +188,17 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
-def time_pages(base: str, plan: list[dict], repeat: int, password: str) -> dict[str, dict[str, list[float]]]:
+def time_pages(base: str, plan: list[dict], repeat: int, password: str,
+               bills_run: Any = None) -> dict[str, dict[str, list[float]]]:
     """Per page and measure, the seconds of each timed round (the warm-up round only under `cold`):
     `load` a fresh tab's navigation to charts drawn in the user's browser (a persistent profile),
     `private` the same in a private window, `server` the time the server spent on the load's Dash
-    requests, `navigate` in-app navigation (a dcc.Link click) from the page's `from`."""
+    requests, `navigate` in-app navigation (a dcc.Link click) from the page's `from`; then, when
+    `bills_run` is given, it is called and each page loaded once more in a fresh tab (`after_bills`)."""
     from tests.browser import launch_browser, launch_profile, playwright_session, sign_in
 
     measured: dict[str, dict[str, list[float]]] = {
-        p["page"]: {"load": [], "cold": [], "private": [], "server": [], "navigate": []} for p in plan}
+        p["page"]: {"load": [], "cold": [], "private": [], "server": [], "navigate": [], "after_bills": []} for p in plan}
     viewport = {"width": 1400, "height": 1000}
     with playwright_session() as playwright, tempfile.TemporaryDirectory(prefix="kiln-console-profiles-") as profiles:
         private_browser = launch_browser(playwright)
@@ -204,6 +229,12 @@ def time_pages(base: str, plan: list[dict], repeat: int, password: str) -> dict[
                 log(f"round {round_}: " + ", ".join(
                     f"{p}={m['load'][-1]:.2f}s/{m['private'][-1]:.2f}s/{m['navigate'][-1]:.2f}s"
                     for p, m in measured.items()) + " (fresh tab / private window / in-app)")
+        if bills_run is not None:
+            bills_run()
+            for item in plan:
+                measured[item["page"]]["after_bills"].append(_drawn_after(
+                    own[item["user"]], item, lambda page, item=item: page.goto(f"{base}{item['path']}", wait_until="commit"))[0])
+            log("first load after a bills run: " + ", ".join(f"{p}={m['after_bills'][-1]:.2f}s" for p, m in measured.items()))
         for context in own.values():
             context.close()
         private_browser.close()
@@ -232,13 +263,15 @@ def _drawn_after(context: Any, item: dict, go: Any, start: str | None = None) ->
     return seconds, server
 
 
-def time_api(base: str, plan: list[dict], repeat: int, tokens: dict[str, str]) -> dict[str, list[float]]:
-    """Seconds the same data takes from the HTTP API alone, per page (warm-up excluded)."""
+def time_api(base: str, plan: list[dict], repeat: int, tokens: dict[str, str], *, warm_up: bool = True
+             ) -> dict[str, list[float]]:
+    """Seconds the same data takes from the HTTP API alone, per page (the warm-up round excluded;
+    without `warm_up` one round, timed)."""
     import httpx
 
     times: dict[str, list[float]] = {p["page"]: [] for p in plan}
     with httpx.Client(base_url=base, timeout=120) as client:
-        for round_ in range(repeat + 1):
+        for round_ in range(repeat + 1) if warm_up else (1,):
             for item in plan:
                 headers = {"Authorization": f"Bearer {tokens[item['user']]}"}
                 began = time.perf_counter()
@@ -280,8 +313,16 @@ def main(argv: list[str] | None = None) -> int:
         base = f"http://127.0.0.1:{port}"
         try:
             plan = pages(seeded)
-            measured = time_pages(base, plan, args.repeat, PASSWORD)
+            period, bills_s = seeded["periods"][-1], []
+
+            def bills_run() -> None:
+                bills_s.append(run_bills_now(data_dir, period))
+                log(f"kiln bills run --period {period}: {bills_s[-1]} s")
+
+            measured = time_pages(base, plan, args.repeat, PASSWORD, bills_run)
             api_times = time_api(base, plan, args.repeat, seeded["tokens"])
+            bills_run()
+            api_after_bills = time_api(base, plan, 0, seeded["tokens"], warm_up=False)
             peak = peak_rss_mb(server.pid)
         finally:
             server.terminate()
@@ -291,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
                           "private_tab_s": _median(measured[p["page"]]["private"]),
                           "baseline_s": _median(api_times[p["page"]]), "api_calls": len(p["api"]),
                           "first_load_s": round(measured[p["page"]]["cold"][0], 3),
+                          "after_bills_s": round(measured[p["page"]]["after_bills"][0], 3),
+                          "baseline_after_bills_s": round(api_after_bills[p["page"]][0], 3),
                           "callbacks_s": _median(measured[p["page"]]["server"])}
               for p in plan}
     for figures in report.values():
@@ -312,6 +355,10 @@ def main(argv: list[str] | None = None) -> int:
         "in_app_target_met": all(f["in_app_s"] <= TARGET_S for f in report.values()),
         "private_tab_s": max(f["private_tab_s"] for f in report.values()),
         "private_target_met": all(f["private_tab_s"] <= TARGET_S for f in report.values()),
+        "after_bills_s": max(f["after_bills_s"] for f in report.values()),
+        "after_bills_target_met": all(f["after_bills_s"] <= TARGET_S for f in report.values()),
+        "after_bills_slowest_page": max(report, key=lambda name: report[name]["after_bills_s"]),
+        "bills_run_now_s": bills_s,
         "pages": report,
         "usage_rows": seeded["rows"].get("usage_record"),
         "seed_rows": seeded["rows"],

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from sqlmodel import Session, col, select
 
 from fleet.models import Gpu, Node
+from fleet.usage import MICROS_PER_HOUR, lease_gpu_micros
 from kiln.auth import Principal
 from kiln.db import utcnow
 from kiln.models import Tenant
@@ -64,13 +65,15 @@ def idle_cost(cards: list[CardView], model: str, at: datetime, idle: Decimal, pe
 
 def allocation_rows(
     session: Session, principal: Principal, start: datetime, end: datetime, *, tenant_id: int | None = None,
-    now: datetime | None = None,
+    now: datetime | None = None, figures: list[LeaseFigures] | None = None,
 ) -> list[AllocationRow]:
     """One row per lease of the caller's tenants (or only `tenant_id`) in [start, end) up to now,
-    most idle cost first (then most idle GPU-hours)."""
+    most idle cost first (then most idle GPU-hours); `figures`: those leases' `lease_figures`
+    over the same window, when already computed."""
     now = now or utcnow()
     stop = min(end, now)
-    figures = lease_figures(session, principal, start, end, tenant_id=tenant_id, now=now)
+    if figures is None:
+        figures = lease_figures(session, principal, start, end, tenant_id=tenant_id, now=now)
     node_ids = {f.lease.node_id for f in figures}
     names = dict(session.exec(select(Node.id, Node.name).where(col(Node.id).in_(node_ids))).all())
     models: dict[int, Counter[str]] = defaultdict(Counter)
@@ -85,18 +88,23 @@ def allocation_rows(
 
 def daily_gpu_hours(
     session: Session, principal: Principal, start: datetime, end: datetime, *, tenant_id: int | None = None,
-    now: datetime | None = None,
+    now: datetime | None = None, figures: list[LeaseFigures] | None = None,
 ) -> dict[str, tuple[Decimal, Decimal]]:
-    """`{YYYY-MM-DD: (allocated, used)}` GPU-hours per UTC day of [start, end) up to now."""
+    """`{YYYY-MM-DD: (allocated, used)}` GPU-hours per UTC day of [start, end) up to now (days
+    some lease overlaps); `figures` as for `allocation_rows`. A sample's use counts on its day."""
     now = now or utcnow()
+    stop = min(end, now)
+    if figures is None:
+        figures = lease_figures(session, principal, start, end, tenant_id=tenant_id, now=now)
     out: dict[str, tuple[Decimal, Decimal]] = {}
     day = start.replace(hour=0, minute=0, second=0, microsecond=0)
-    while day < min(end, now):
-        window = (max(day, start), min(day + timedelta(days=1), end))
-        figures = lease_figures(session, principal, *window, tenant_id=tenant_id, now=now)
-        if figures:
-            out[day.date().isoformat()] = (sum((f.allocated for f in figures), ZERO).quantize(PLACES),
-                                           sum((f.used for f in figures), ZERO).quantize(PLACES))
+    while day < stop:
+        window = (max(day, start), min(day + timedelta(days=1), stop))
+        held = [f for f in figures if f.lease.starts_at < window[1] and (f.lease.ends_at is None or f.lease.ends_at > window[0])]
+        if held:
+            allocated = sum((Decimal(lease_gpu_micros(f.lease, f.gpus, *window)) for f in held), ZERO) / MICROS_PER_HOUR
+            used = sum((f.days.get(day.date(), (ZERO, ZERO))[1] for f in held), ZERO)
+            out[day.date().isoformat()] = (allocated.quantize(PLACES), used.quantize(PLACES))
         day += timedelta(days=1)
     return out
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 from pydantic import BaseModel
@@ -72,10 +72,12 @@ def sample_hours(buckets: list[datetime], clip_end: datetime) -> list[Decimal]:
     return out
 
 
-def lease_utilisation(session: Session, leases: list[Lease], start: datetime, stop: datetime) -> dict[int, tuple[Decimal, Decimal]]:
-    """Per lease with data: (GPU-hours measured, GPU-hours used) of its node's GPUs inside both
-    the lease and [start, stop), each sample weighted by its real interval (`sample_hours`)."""
-    out: dict[int, tuple[Decimal, Decimal]] = {}
+def lease_utilisation(session: Session, leases: list[Lease], start: datetime, stop: datetime
+                      ) -> dict[int, dict[date, tuple[Decimal, Decimal]]]:
+    """Per lease with data, per UTC day of the samples: (GPU-hours measured, GPU-hours used) of its
+    node's GPUs inside both the lease and [start, stop), each sample weighted by its real
+    interval (`sample_hours`); a sample counts on the day its bucket starts."""
+    out: dict[int, dict[date, tuple[Decimal, Decimal]]] = defaultdict(dict)
     ends = {lease.id: min(lease.ends_at or stop, stop) for lease in leases}
     ids = list(ends)
     for chunk in range(0, len(ids), LEASES_PER_QUERY):
@@ -92,11 +94,12 @@ def lease_utilisation(session: Session, leases: list[Lease], start: datetime, st
         for lease_id, entity, bucket, mean in rows:
             series[(lease_id, entity)].append((bucket, mean))
         for (lease_id, _), points in series.items():
-            hours = sample_hours([bucket for bucket, _ in points], ends[lease_id])
-            measured, used = out.get(lease_id, (ZERO, ZERO))
-            out[lease_id] = (measured + sum(hours, ZERO),
-                             used + sum((h * Decimal(str(mean)) / 100 for h, (_, mean) in zip(hours, points, strict=True)), ZERO))
-    return out
+            days = out[lease_id]
+            for hours, (bucket, mean) in zip(sample_hours([bucket for bucket, _ in points], ends[lease_id]), points,
+                                             strict=True):
+                measured, used = days.get(bucket.date(), (ZERO, ZERO))
+                days[bucket.date()] = (measured + hours, used + hours * Decimal(str(mean)) / 100)
+    return dict(out)
 
 
 def _row(tenant: str, allocated: Decimal, measured: Decimal, used: Decimal) -> EfficiencyRow:
@@ -108,13 +111,15 @@ def _row(tenant: str, allocated: Decimal, measured: Decimal, used: Decimal) -> E
 
 @dataclass(frozen=True)
 class LeaseFigures:
-    """One lease's GPU-hours within a window: allocated, measured and used."""
+    """One lease's GPU-hours within a window: allocated, measured and used (and the measured and
+    used GPU-hours per UTC day of their samples)."""
 
     lease: Lease
     gpus: int
     allocated: Decimal
     measured: Decimal
     used: Decimal
+    days: dict[date, tuple[Decimal, Decimal]] = field(default_factory=dict)
 
 
 def lease_figures(
@@ -132,7 +137,9 @@ def lease_figures(
     measured = lease_utilisation(session, leases, start, stop)
     return [LeaseFigures(lease, gpus[lease.node_id],
                          Decimal(lease_gpu_micros(lease, gpus[lease.node_id], start, stop)) / MICROS_PER_HOUR,
-                         *measured.get(lease.id, (ZERO, ZERO))) for lease in leases]
+                         sum((m for m, _ in measured.get(lease.id, {}).values()), ZERO),
+                         sum((u for _, u in measured.get(lease.id, {}).values()), ZERO), measured.get(lease.id, {}))
+            for lease in leases]
 
 
 def efficiency_between(
@@ -141,8 +148,13 @@ def efficiency_between(
 ) -> list[EfficiencyRow]:
     """Per tenant the caller may see (or only `tenant_id`): allocated, measured and used GPU-hours of
     leased nodes in [start, end) up to now, with efficiency and coverage."""
+    return per_tenant(session, lease_figures(session, principal, start, end, tenant_id=tenant_id, now=now))
+
+
+def per_tenant(session: Session, leases: Iterable[LeaseFigures]) -> list[EfficiencyRow]:
+    """Leases' figures summed per tenant, by tenant slug."""
     totals: dict[int, list[Decimal]] = defaultdict(lambda: [ZERO, ZERO, ZERO])
-    for figures in lease_figures(session, principal, start, end, tenant_id=tenant_id, now=now):
+    for figures in leases:
         total = totals[figures.lease.tenant_id]
         total[0] += figures.allocated
         total[1] += figures.measured

@@ -28,7 +28,7 @@ from dashboards.tenancy_data import (
 from kiln.auth import Principal
 from metering import skus
 from metering.allocation import AllocationRow, allocation_rows, daily_gpu_hours
-from metering.efficiency import EfficiencyRow, combined, efficiency_between
+from metering.efficiency import EfficiencyRow, combined, lease_figures, per_tenant
 from metering.namespace_efficiency import NamespaceEfficiencyRow, namespace_efficiency
 from metering.sku_labels import label
 from metering.usage import usage_totals
@@ -113,9 +113,10 @@ def update(tenant_slug: str | None, choice: str | None) -> tuple:
         if tenant_slug not in (None, ALL) and tenant is None:
             tenant_id = -1  # not one of the caller's tenants: show nothing rather than everything
         slices = gpu_hours(session, principal, start, end, tenant_id)
-        gpu_use = combined(efficiency_between(session, principal, start, end, tenant_id=tenant_id))
-        per_lease = allocation_rows(session, principal, start, end, tenant_id=tenant_id)
-        per_day = daily_gpu_hours(session, principal, start, end, tenant_id=tenant_id)
+        figures = lease_figures(session, principal, start, end, tenant_id=tenant_id)  # one pass over utilisation
+        gpu_use = combined(per_tenant(session, figures))
+        per_lease = allocation_rows(session, principal, start, end, tenant_id=tenant_id, figures=figures)
+        per_day = daily_gpu_hours(session, principal, start, end, tenant_id=tenant_id, figures=figures)
         per_namespace = namespace_efficiency(session, principal, start, end, tenant_id=tenant_id)
         quotas = [q for q in quota_rows(session, principal) if tenant is None or q["tenant"] == tenant.slug]
         nodes = running_nodes(session, principal, tenant_id)
