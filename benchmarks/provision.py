@@ -13,8 +13,8 @@ the same server state; every node's final state is checked in Ironic afterwards.
   `kiln migrate` (not timed), then the CLI as a user runs it, each a subprocess:
   `kiln nodes import FILE.csv`, `kiln nodes action manage --all`, `... provide --all`,
   `... deploy --all --image-url U --image-checksum C`. The CSV rows use `ironic_driver` =
-  `fake-hardware` with a `redfish://` BMC address, which keeps Ironic's fake power interface
-  (an `ipmi://` address would make Ironic drive a real BMC). Peak RSS: the largest
+  `fake-hardware` with a `redfish://` BMC address under `.invalid`, which keeps Ironic's fake
+  power interface (any other address would make Ironic drive a real BMC). Peak RSS: the largest
   `ru_maxrss` (wait4) of those processes.
 - Baseline: this file as a subprocess (`--baseline-worker`): one openstacksdk `Connection`
   (`auth_type='none'`, `baremetal_status_code_retries=0`), a ThreadPoolExecutor of the same

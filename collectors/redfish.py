@@ -3,7 +3,9 @@
 Plain httpx against Redfish's JSON (DMTF DSP0266), one client per BMC kept between polls, logged
 in by a Redfish session that is reused and renewed (collectors/redfish_http.py; basic auth where
 the service has no sessions). Per target: its ComputerSystem (the address's path, else the
-service's first), the Chassis the System links to (else the service's first), and from them:
+service's first), the Chassis the System links to (else the service's first), and from them
+(every collection read over all its pages, following `Members@odata.nextLink`, by one helper:
+`collection_pages` in collectors/redfish_http.py):
 
 - power: the chassis `EnvironmentMetrics` (`PowerWatts`, `EnergykWh`) and the `PowerSubsystem`'s
   `PowerSupplies` with their `Metrics`; the legacy `Power` resource only when those gave no watts.
@@ -12,6 +14,8 @@ service's first), the Chassis the System links to (else the service's first), an
 - GPUs: the System's `Processors` whose `ProcessorType` is GPU.
 - the event log: each of the System's `LogServices`' `Entries` created after the last entry
   already stored (`log_cursors`), oldest first, the newest `max_log_entries` of them at most.
+  Entries pages are read `max_log_pages` at most per poll; in a log listed newest first (as
+  BMCs page their SEL) no page after the one that reaches the stored entry is asked.
 - firmware: the service's `UpdateService/FirmwareInventory` (collectors/redfish_firmware.py).
 
 Metric names are the IPMI path's (collectors/ipmi.py, ipmi_exporter's names) where the meaning
@@ -26,7 +30,7 @@ is the same, so energy metering, dashboards and alerts treat a Redfish node like
 | `redfish_energy_kwh` | kwh | from | `EnvironmentMetrics.EnergykWh.Reading` (`from` EnvironmentMetrics), else the sum of every enabled power supply's `Metrics.EnergykWh` (`from` PowerSupplies): a counter |
 | `redfish_psu_input_watts` | watts | id, name | each enabled supply's `Metrics.InputPowerWatts.Reading` |
 | `redfish_psu_health_state` | state | id, name | each enabled supply's `Status.Health` |
-| `ipmi_temperature_celsius`, `_state` | celsius, state | id, name | `ThermalMetrics.TemperatureReadingsCelsius[]` (id: the sensor's `DataSourceUri` name, name: `DeviceName`; state NaN, no thresholds there), else legacy `Thermal` `Temperatures[].ReadingCelsius` |
+| `ipmi_temperature_celsius`, `_state` | celsius, state | id, name | `ThermalMetrics.TemperatureReadingsCelsius[]` (id: the sensor's `DataSourceUri` name, name: `DeviceName`; state from that `Sensor`), else legacy `Thermal` `Temperatures[].ReadingCelsius` |
 | `ipmi_fan_speed_ratio`, `ipmi_fan_speed_rpm`, `ipmi_fan_speed_state` | ratio, rpm, state | id, name | each `ThermalSubsystem` Fan's `SpeedPercent.Reading` x 0.01 and `.SpeedRPM` (state: its `Status.Health`), else legacy `Thermal` `Fans[].Reading` by `ReadingUnits` (or v1.0 `ReadingRPM`) |
 | `redfish_gpu_info` | info | id, model, vendor, serial, uuid, memory_mib | each GPU `Processor` (collectors/redfish_store.py keeps the node's GPU inventory) |
 | `redfish_log_entry` | state | id, created, severity, log, message, code | each new `LogEntry` (its `Severity`: 0 OK, 1 Warning, 2 Critical), stored as node events |
@@ -34,7 +38,10 @@ is the same, so energy metering, dashboards and alerts treat a Redfish node like
 Legacy `id` is the array member's `MemberId`, `name` its `Name` (v1.0 fans: `FanName`). Legacy
 states are ipmi_exporter's severities from the member's thresholds: 2 at or beyond
 `Upper`/`LowerThresholdCritical` or `...Fatal`, 1 at or beyond `...NonCritical`, else 0; NaN
-without thresholds. A sensor without a reading is left out and counted in `TargetResult.skipped`.
+without thresholds. A new-shape reading's state comes from the `Sensor` its `DataSourceUri` names:
+its `Thresholds` `Upper`/`Lower` + `Caution` (1), `Critical`, `Fatal` (2) (and the `...User`
+ones), each `{"Reading": N}`, crossed the same way, or its `Status.Health` (Warning 1, Critical 2),
+the worse of the two; NaN when the Sensor cannot be read. A sensor without a reading is left out and counted in `TargetResult.skipped`.
 A part that fails (chassis, power, thermal, processors, log) leaves the result ok with the part
 named in `error`; a failing System (401, 503, a timeout, not JSON) fails the whole target with a
 readable `error`, never an exception. `target_timeout` bounds a whole target's poll.
@@ -53,12 +60,14 @@ from typing import Any, Self
 
 from collectors.base import NO_LABELS, Sample, TargetResult, skipped_summary
 from collectors.redfish_firmware import firmware_samples
-from collectors.redfish_http import SERVICE_ROOT, RedfishClient, RedfishError
+from collectors.redfish_http import SERVICE_ROOT, RedfishClient, RedfishError, collection_ids, collection_pages
 from collectors.redfish_readers import (
     ENERGY,
     WATTS,
     MakeSample,
     Skipped,
+    already_read,
+    entry_key,
     environment_power,
     gpu_info,
     legacy_power,
@@ -104,9 +113,10 @@ def link(resource: Mapping[str, Any], name: str) -> str | None:
     return value.get("@odata.id") if isinstance(value, Mapping) else None
 
 
-def members(collection: Mapping[str, Any], key: str = "Members") -> list[str]:
-    """The `@odata.id`s of a collection's Members (or of a Links list)."""
-    return [m["@odata.id"] for m in collection.get(key) or [] if isinstance(m, Mapping) and m.get("@odata.id")]
+def linked(resource: Mapping[str, Any], key: str) -> list[str]:
+    """The `@odata.id`s of a resource's list of links (`Links.Chassis`); collections, which may
+    be paged, are read with `collection_ids`."""
+    return [m["@odata.id"] for m in resource.get(key) or [] if isinstance(m, Mapping) and m.get("@odata.id")]
 
 
 class RedfishCollector:
@@ -120,16 +130,17 @@ class RedfishCollector:
     name = "redfish"
 
     def __init__(self, targets: Iterable[RedfishTarget], *, timeout: float = 5.0, target_timeout: float = 60.0,
-                 workers: int = 16, max_log_entries: int = 200,
+                 workers: int = 16, max_log_entries: int = 200, max_log_pages: int = 10,
                  clock: Callable[[], datetime] | None = None) -> None:
         """Set up one HTTP client per target; nothing is sent before `collect()`."""
         self.targets = list(targets)
         names = [t.node for t in self.targets]
         if len(set(names)) != len(names):
             raise ValueError("Redfish targets must have distinct node names")
-        if timeout <= 0 or target_timeout <= 0 or workers < 1 or max_log_entries < 0:
-            raise ValueError("timeouts must be > 0, workers >= 1 and max_log_entries >= 0")
+        if timeout <= 0 or target_timeout <= 0 or workers < 1 or max_log_entries < 0 or max_log_pages < 1:
+            raise ValueError("timeouts must be > 0, workers >= 1, max_log_entries >= 0 and max_log_pages >= 1")
         self.timeout, self.target_timeout, self.max_log_entries = timeout, target_timeout, max_log_entries
+        self.max_log_pages = max_log_pages
         self.clock = clock or (lambda: datetime.now(UTC))
         self.clients = {t.node: RedfishClient(t.url, t.username, t.password, timeout=t.timeout or timeout,
                                               verify=t.verify) for t in self.targets}
@@ -186,8 +197,8 @@ class RedfishCollector:
             return roots[0]
 
         try:
-            system_path = target.system or next(iter(members(client.get(link(root(), "Systems")
-                                                                           or SERVICE_ROOT + "Systems"))), None)
+            system_path = target.system or next(
+                collection_ids(client.get, link(root(), "Systems") or SERVICE_ROOT + "Systems"), None)
             if system_path is None:
                 raise RedfishError("the Redfish service lists no ComputerSystem")
             system = client.get(system_path)
@@ -212,8 +223,8 @@ class RedfishCollector:
         chassis: list[dict[str, Any]] = []
 
         def read_chassis() -> list[Sample]:
-            path = next(iter(members(system.get("Links") or {}, "Chassis")), None) or next(
-                iter(members(client.get(link(root(), "Chassis") or SERVICE_ROOT + "Chassis"))), None)
+            path = next(iter(linked(system.get("Links") or {}, "Chassis")), None) or next(
+                collection_ids(client.get, link(root(), "Chassis") or SERVICE_ROOT + "Chassis"), None)
             if path is None:
                 raise RedfishError("the Redfish service lists no Chassis")
             chassis.append(client.get(path))
@@ -226,7 +237,7 @@ class RedfishCollector:
         if link(system, "Processors"):
             part("processors", lambda: self._gpus(client, system, sample))
         if link(system, "LogServices") and self.max_log_entries:
-            part("log", lambda: self._log(client, system, cursors, sample))
+            part("log", lambda: self._log(client, system, cursors, sample, parts))
         part("firmware", lambda: firmware_samples(client.get, root(), target.node, self.name, now, skipped, (RedfishError,)))
         error = "; ".join(filter(None, [*parts, skipped_summary(skipped)])) or None
         return TargetResult(target.node, ok=True, samples=out, error=error, skipped=skipped,
@@ -266,7 +277,7 @@ class RedfishCollector:
                   has_energy: bool) -> list[Sample]:
         path = link(subsystem, "PowerSupplies")
         pairs = []
-        for member in members(client.get(path)) if path else []:
+        for member in collection_ids(client.get, path) if path else []:
             supply = client.get(member)
             enabled = (supply.get("Status") or {}).get("State") in {None, "Enabled"}
             metrics = link(supply, "Metrics")
@@ -279,9 +290,11 @@ class RedfishCollector:
     def _thermal(self, client: RedfishClient, chassis: Mapping[str, Any], sample: MakeSample, skipped: Skipped,
                  parts: list[str]) -> list[Sample]:
         def subsystem(sub: Mapping[str, Any]) -> list[Sample]:
-            found = thermal_metrics(client.get(link(sub, "ThermalMetrics")), sample, skipped) \
-                if link(sub, "ThermalMetrics") else []
-            for fan in members(client.get(link(sub, "Fans"))) if link(sub, "Fans") else []:
+            found = []
+            if metrics_path := link(sub, "ThermalMetrics"):
+                metrics = client.get(metrics_path)
+                found = thermal_metrics(metrics, sample, skipped, self._sensors(client, metrics))
+            for fan in collection_ids(client.get, link(sub, "Fans")) if link(sub, "Fans") else []:
                 found += subsystem_fan(client.get(fan), sample, skipped)
             return found
 
@@ -298,23 +311,61 @@ class RedfishCollector:
                       if s.metric.split("_")[1] not in kinds]
 
     @staticmethod
+    def _sensors(client: RedfishClient, metrics: Mapping[str, Any]) -> dict[str, dict[str, Any] | None]:
+        """The Sensor resources ThermalMetrics' readings name (`DataSourceUri`), for their
+        thresholds; one that cannot be read is None (its reading stands, its state is NaN)."""
+        found: dict[str, dict[str, Any] | None] = {}
+        for excerpt in metrics.get("TemperatureReadingsCelsius") or []:
+            uri = excerpt.get("DataSourceUri") if isinstance(excerpt, Mapping) else None
+            if isinstance(uri, str) and uri and uri not in found:
+                try:
+                    found[uri] = client.get(uri)
+                except RedfishError as exc:
+                    if exc.timed_out:
+                        raise
+                    found[uri] = None
+        return found
+
+    @staticmethod
     def _gpus(client: RedfishClient, system: Mapping[str, Any], sample: MakeSample) -> list[Sample]:
-        found = (gpu_info(client.get(path), sample) for path in members(client.get(link(system, "Processors"))))
+        found = (gpu_info(client.get(path), sample) for path in collection_ids(client.get, link(system, "Processors")))
         return [s for s in found if s is not None]
 
     def _log(self, client: RedfishClient, system: Mapping[str, Any], cursors: Mapping[str, LogCursor],
-             sample: MakeSample) -> list[Sample]:
+             sample: MakeSample, parts: list[str]) -> list[Sample]:
         out: list[Sample] = []
-        for service_path in members(client.get(link(system, "LogServices"))):
+        for service_path in collection_ids(client.get, link(system, "LogServices")):
             entries_path = link(client.get(service_path), "Entries")
             if entries_path is None:
                 continue
-            listed = [m for m in client.get(entries_path).get("Members") or []
-                      if isinstance(m, Mapping) and isinstance(m.get("@odata.id"), str)]
             cursor = cursors.get(service_path)
+            listed = self._listed_entries(client, entries_path, cursor, parts)
             fresh = new_entries(listed, cursor and cursor.entry, cursor and cursor.created)[-self.max_log_entries:]
             for entry in fresh:
                 if "Created" not in entry and "Message" not in entry:  # a link only: read the entry itself
                     entry = client.get(entry["@odata.id"])
                 out.append(log_entry(entry, service_path, sample))
         return out
+
+    def _listed_entries(self, client: RedfishClient, path: str, cursor: LogCursor | None,
+                        parts: list[str]) -> list[Mapping[str, Any]]:
+        """A LogService's entries over the collection's pages, each once: `max_log_pages` pages at
+        most, and none after the page that reaches the cursor while the log reads newest first (as
+        BMCs page their SEL; taken so until an entry listed later is newer than the first listed).
+        A page that fails after the first ends the listing, noted in `parts` (the entries read so
+        far stand)."""
+        listed: dict[str, Mapping[str, Any]] = {}
+        try:
+            for page in collection_pages(client.get, path, max_pages=self.max_log_pages):
+                entries = [m for m in page if isinstance(m.get("@odata.id"), str)]
+                for entry in entries:
+                    listed.setdefault(entry["@odata.id"], entry)
+                order = [entry_key(e) for e in listed.values()]
+                newest_first = not order or order[-1] <= order[0]
+                if newest_first and cursor and any(already_read(e, cursor.entry, cursor.created) for e in entries):
+                    break
+        except RedfishError as exc:
+            if exc.timed_out or not listed:
+                raise
+            parts.append(f"log: {exc}")
+        return list(listed.values())

@@ -1,7 +1,7 @@
 """Redfish firmware inventory: what firmware a node runs, from `UpdateService/FirmwareInventory`.
 
 Read on every Redfish poll (collectors/redfish.py calls `firmware_samples`): the service root's
-`UpdateService`, its `FirmwareInventory` collection, then each member (a SoftwareInventory,
+`UpdateService`, its `FirmwareInventory` collection (every page), then each member (a SoftwareInventory,
 DMTF DSP8010). Each member becomes one `redfish_firmware_info` sample (value 1, unit `info`)
 whose labels carry the facts, the way `ipmi_bmc_info` does; collectors/store.py turns a poll's
 samples into `node.facts["firmware"]`.
@@ -36,6 +36,7 @@ from datetime import datetime
 from typing import Any
 
 from collectors.base import Sample
+from collectors.redfish_http import collection_pages
 
 FIRMWARE_METRIC = "redfish_firmware_info"
 COMPONENTS = ("bmc", "bios", "gpu", "nic", "other")
@@ -102,8 +103,8 @@ def firmware_samples(get: Getter, root: Mapping[str, Any], node: str, source: st
     if not inventory:
         return []
     out: list[Sample] = []
-    for entry in get(inventory).get("Members") or []:
-        path = entry.get("@odata.id") if isinstance(entry, Mapping) else None
+    for entry in (member for page in collection_pages(get, inventory) for member in page):
+        path = entry.get("@odata.id")
         try:
             member = get(path) if path else None
         except errors:

@@ -19,7 +19,9 @@ import logging
 import re
 import ssl
 import time
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -28,6 +30,7 @@ SERVICE_ROOT = "/redfish/v1/"
 SESSIONS = "/redfish/v1/SessionService/Sessions"
 TOKEN_HEADER = "X-Auth-Token"
 NO_SESSIONS = frozenset({404, 405, 501})  # the service has no SessionService: basic auth
+MAX_PAGES = 50  # pages of one collection read per poll at most: a BMC whose nextLinks never end
 # HTTP status -> readable reason ({u}: the URL asked)
 STATUS_REASONS = {
     401: "authentication failed (check the BMC username/password): {u} answered HTTP 401",
@@ -168,6 +171,35 @@ class RedfishClient:
         status = response.status_code
         reason = STATUS_REASONS.get(status, "{u} answered HTTP " + str(status))
         return RedfishError(reason.format(u=f"{self.base_url}{path}") + redfish_message(response), status=status)
+
+
+def collection_pages(get: Callable[[str], Mapping[str, Any]], path: str, *,
+                     max_pages: int = MAX_PAGES) -> Iterator[list[Mapping[str, Any]]]:
+    """Each page of the Redfish collection at `path`, as its `Members`, read with `get` and
+    following `Members@odata.nextLink` (DSP0266's paging; the older bare `@odata.nextLink` too),
+    lazily: stop iterating and no further page is asked. Ends after `max_pages` pages, or at a
+    next link already read (a BMC that loops). A page's failure is `get`'s error."""
+    read: set[str] = set()
+    page_path: str | None = path
+    while page_path is not None and page_path not in read and len(read) < max_pages:
+        read.add(page_path)
+        page = get(page_path)
+        yield [m for m in page.get("Members") or [] if isinstance(m, Mapping)]
+        page_path = _local(page.get("Members@odata.nextLink") or page.get("@odata.nextLink"))
+
+
+def collection_ids(get: Callable[[str], Mapping[str, Any]], path: str) -> Iterator[str]:
+    """The `@odata.id` of each member of the collection at `path`, over all its pages, lazily."""
+    for page in collection_pages(get, path):
+        yield from (m["@odata.id"] for m in page if isinstance(m.get("@odata.id"), str) and m["@odata.id"])
+
+
+def _local(link: Any) -> str | None:
+    """A next link as a path on the same service (an absolute URL keeps its path and query)."""
+    if not isinstance(link, str) or not link:
+        return None
+    parts = urlsplit(link)
+    return parts.path + (f"?{parts.query}" if parts.query else "") if parts.scheme else link
 
 
 def _odata_id(response: httpx.Response) -> str | None:

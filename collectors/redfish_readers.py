@@ -21,20 +21,41 @@ FAN_UNITS = {"RPM": ("ipmi_fan_speed_rpm", "rpm", 1.0), "Percent": ("ipmi_fan_sp
 # (threshold property suffix, severity), most severe first; Upper* is crossed at or above,
 # Lower* at or below
 THRESHOLDS = (("Fatal", 2.0), ("Critical", 2.0), ("NonCritical", 1.0))
+# a Sensor's `Thresholds` (DSP8010 Sensor v1: Upper/Lower + these, each `{"Reading": N}`), the same way
+SENSOR_THRESHOLDS = (("Fatal", 2.0), ("Critical", 2.0), ("CriticalUser", 2.0), ("Caution", 1.0), ("CautionUser", 1.0))
 WATTS, ENERGY = "ipmi_dcmi_power_consumption_watts", "redfish_energy_kwh"
 GPU_INFO, LOG_ENTRY = "redfish_gpu_info", "redfish_log_entry"
 LOG_MESSAGE_LIMIT = 1500
 
 
-def severity(reading: float, member: Mapping[str, Any]) -> float:
-    """ipmi_exporter's state from a Redfish member's thresholds: 0, 1, 2, or NaN without any."""
+def crossed(value: float, limits: Iterable[tuple[float | None, float | None, float]]) -> float:
+    """ipmi_exporter's state from (upper, lower, level) thresholds, most severe first: the first
+    level whose upper is reached (>=) or lower is reached (<=); 0 within all, NaN without any."""
     found = False
-    for suffix, level in THRESHOLDS:
-        upper, lower = member.get(f"UpperThreshold{suffix}"), member.get(f"LowerThreshold{suffix}")
+    for upper, lower, level in limits:
         found = found or upper is not None or lower is not None
-        if (upper is not None and reading >= upper) or (lower is not None and reading <= lower):
+        if (upper is not None and value >= upper) or (lower is not None and value <= lower):
             return level
     return 0.0 if found else math.nan
+
+
+def severity(value: float, member: Mapping[str, Any]) -> float:
+    """The state from a legacy Thermal member's `Upper/LowerThreshold{NonCritical,Critical,Fatal}`."""
+    return crossed(value, ((member.get(f"UpperThreshold{suffix}"), member.get(f"LowerThreshold{suffix}"), level)
+                           for suffix, level in THRESHOLDS))
+
+
+def sensor_state(value: float, sensor: Mapping[str, Any] | None) -> float:
+    """The state of a reading from its `Sensor` resource: its `Thresholds` crossed (Caution 1,
+    Critical and Fatal 2) or its `Status.Health` (Warning 1, Critical 2), the worse of the two;
+    NaN without the Sensor or either."""
+    if sensor is None:
+        return math.nan
+    limits = sensor.get("Thresholds") if isinstance(sensor.get("Thresholds"), Mapping) else {}
+    states = [crossed(value, ((reading(limits.get(f"Upper{suffix}")), reading(limits.get(f"Lower{suffix}")), level)
+                              for suffix, level in SENSOR_THRESHOLDS)), health_of(sensor)]
+    known = [state for state in states if not math.isnan(state)]
+    return max(known) if known else math.nan
 
 
 def health_of(resource: Mapping[str, Any]) -> float:
@@ -137,8 +158,10 @@ def power_supply_samples(supplies: Iterable[tuple[Mapping[str, Any], Mapping[str
     return out, total if counted else None
 
 
-def thermal_metrics(metrics: Mapping[str, Any], sample: MakeSample, skipped: Skipped) -> list[Sample]:
-    """ThermalSubsystem's `ThermalMetrics`: `TemperatureReadingsCelsius` (no thresholds there: state NaN)."""
+def thermal_metrics(metrics: Mapping[str, Any], sample: MakeSample, skipped: Skipped,
+                    sensors: Mapping[str, Mapping[str, Any] | None]) -> list[Sample]:
+    """ThermalSubsystem's `ThermalMetrics`: `TemperatureReadingsCelsius`, each state from the Sensor
+    its `DataSourceUri` names (`sensors`, by that URI; None: unread, state NaN)."""
     out: list[Sample] = []
     for index, member in enumerate(metrics.get("TemperatureReadingsCelsius") or []):
         value = reading(member)
@@ -149,7 +172,7 @@ def thermal_metrics(metrics: Mapping[str, Any], sample: MakeSample, skipped: Ski
         labels = MappingProxyType({"id": source.rstrip("/").rsplit("/", 1)[-1] or str(index),
                                    "name": str(member.get("DeviceName") or "")})
         out.append(sample("ipmi_temperature_celsius", value, "celsius", labels))
-        out.append(sample("ipmi_temperature_state", math.nan, "state", labels))
+        out.append(sample("ipmi_temperature_state", sensor_state(value, sensors.get(source)), "state", labels))
     return out
 
 
@@ -185,6 +208,12 @@ def entry_key(entry: Mapping[str, Any]) -> tuple[str, tuple[int | str, ...]]:
     """Sort key of a LogEntry, oldest first: `Created`, then its Id in natural order ("2" < "10")."""
     ident = str(entry.get("Id") or entry.get("@odata.id") or "")
     return str(entry.get("Created") or ""), tuple(int(p) if p.isdigit() else p for p in re.findall(r"\d+|\D+", ident))
+
+
+def already_read(entry: Mapping[str, Any], seen: str | None, seen_created: str | None) -> bool:
+    """Whether a LogEntry is the one last stored (`seen`) or was created before it."""
+    created = str(entry.get("Created") or "")
+    return entry.get("@odata.id") == seen or bool(seen_created and created and created < seen_created)
 
 
 def new_entries(entries: list[Mapping[str, Any]], seen: str | None, seen_created: str | None) -> list[Mapping[str, Any]]:

@@ -112,9 +112,9 @@ def as_json(result: subprocess.CompletedProcess[str]) -> Any:
 
 
 def fake_row(name: str, n: int, **changes: str) -> str:
-    """A CSV line for a fake-hardware node with fake power (a Redfish address: no IPMI behind it)."""
+    """A CSV line for a fake-hardware node with fake power (its BMC host is under .invalid: no BMC behind it)."""
     values = {
-        "name": name, "provisioner": "ironic", "bmc_address": f"redfish://10.7.0.{n}/redfish/v1/Systems/1",
+        "name": name, "provisioner": "ironic", "bmc_address": f"redfish://bmc-7-0-{n}.invalid/redfish/v1/Systems/1",
         "bmc_username": "admin", "bmc_password": f"pw-{n}", "boot_mac": f"52:54:00:07:00:{n:02x}",
         "resource_class": "gpu.h100", "rack": "r7", "tags": "batch;h100", "ironic_driver": "fake-hardware",
     }
@@ -212,7 +212,7 @@ def test_yaml_import_with_the_same_keys(env: dict[str, str], sdk: Connection, tm
 nodes:
   - name: yml-1
     provisioner: ironic
-    bmc_address: redfish://10.7.1.1/redfish/v1/Systems/1
+    bmc_address: redfish://bmc-7-1-1.invalid/redfish/v1/Systems/1
     bmc_username: admin
     bmc_password: secret
     boot_mac: 52:54:00:12:34:56
@@ -222,7 +222,7 @@ nodes:
     ironic_driver: fake-hardware
     gpu_model: NVIDIA B200
     gpu_count: 8
-  - {name: yml-2, provisioner: ironic, bmc_address: "redfish://10.7.1.2/redfish/v1/Systems/1",
+  - {name: yml-2, provisioner: ironic, bmc_address: "redfish://bmc-7-1-2.invalid/redfish/v1/Systems/1",
      bmc_username: admin, bmc_password: secret, tags: "infer;b200", ironic_driver: fake-hardware}
 """)
     imported = as_json(ok(kiln(env, "nodes", "import", str(path), "-o", "json")))
@@ -430,7 +430,7 @@ def ironic_client(engine: Engine, ironic_settings: Settings) -> Iterator[TestCli
 
 
 def api_node(name: str, n: int, **changes: Any) -> dict[str, Any]:
-    return {"name": name, "provisioner": "ironic", "bmc_address": f"redfish://10.7.2.{n}/redfish/v1/Systems/1",
+    return {"name": name, "provisioner": "ironic", "bmc_address": f"redfish://bmc-7-2-{n}.invalid/redfish/v1/Systems/1",
             "bmc_username": "admin", "bmc_password": "secret", "ironic_driver": "fake-hardware",
             "boot_mac": f"52:54:00:07:02:{n:02x}", "resource_class": "gpu.h200", "tags": ["api"], **changes}
 

@@ -105,33 +105,6 @@ def test_redfish_hardware_type_powers_the_emulated_system(driver: IronicDriver, 
     driver.remove(node)
 
 
-def test_full_deploy_of_a_redfish_node(driver: IronicDriver, sdk, redfish_emulator) -> None:
-    # What the BMC says reaches Ironic through its redfish management interface: boot mode.
-    httpx.patch(redfish_emulator.url + redfish_emulator.system_path(1), json={"Boot": {"BootSourceOverrideMode": "Legacy"}},
-                auth=(redfish_emulator.username, redfish_emulator.password), timeout=10).raise_for_status()
-    node = enrolled(driver, redfish_node("rf-deploy", redfish_emulator, 1, hardware_type="fake-hardware",
-                                         boot_mac="52:54:00:aa:01:01", properties={"redfish_power": True}))
-    raw = sdk.baremetal.get_node(node.external_id)
-    assert (raw.driver, raw.power_interface, raw.management_interface, raw.deploy_interface) == (
-        "fake-hardware", "redfish", "redfish", "fake")
-    assert "redfish_power" not in raw.properties
-
-    managed = act(driver, node, "manage", **SLOW)  # verifying reads the power state over Redfish
-    assert (managed.provision_state, managed.power_state) == (S.MANAGEABLE, PowerState.OFF)
-    assert act(driver, node, "provide", **SLOW).provision_state is S.AVAILABLE  # automated cleaning
-    deployed = act(driver, node, "active", IMAGE, **SLOW)
-    assert (deployed.provision_state, deployed.last_error) == (S.ACTIVE, None)
-    assert sdk.baremetal.get_node(node.external_id).boot_mode == "bios"  # the BMC's Legacy, read over Redfish
-
-    power(driver, node, "power on", PowerState.ON)  # the deployed machine, on at its BMC
-    assert redfish_emulator.power_state(1) == "On"
-    undeployed = act(driver, node, "deleted", **SLOW)  # undeploy, then automated cleaning
-    assert (undeployed.provision_state, undeployed.power_state, undeployed.last_error) == (
-        S.AVAILABLE, PowerState.ON, None)
-    assert redfish_emulator.power_state(1) == "On"
-    driver.remove(node)
-
-
 def test_the_only_system_is_asked_from_the_bmc(driver: IronicDriver, sdk, redfish_emulator,
                                                tmp_path: Path) -> None:
     with running_emulator(tmp_path / "one-system", 1) as single:
@@ -185,16 +158,16 @@ def env(engine: Engine, tmp_path: Path, ironic_url: str, sdk: openstack.connecti
                     KILN_IRONIC_URL=ironic_url, KILN_SECRET_KEY=TEST_SECRET_KEY)
 
 
-def import_csv(env: dict[str, str], tmp_path: Path, *rows: str) -> None:
+def import_csv(env: dict[str, str], tmp_path: Path, *rows: str, header: str = HEADER) -> None:
     path = tmp_path / "redfish-nodes.csv"
-    path.write_text("\n".join([HEADER, *rows]) + "\n")
+    path.write_text("\n".join([header, *rows]) + "\n")
     result = kiln(env, "nodes", "import", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def action(env: dict[str, str], verb: str, name: str) -> tuple[int, dict]:
-    """`kiln nodes action VERB NAME -o json`: its exit status and the node's outcome."""
-    result = kiln(env, "nodes", "action", verb, name, "--output", "json")
+def action(env: dict[str, str], verb: str, name: str, *options: str) -> tuple[int, dict]:
+    """`kiln nodes action VERB NAME [OPTIONS] -o json`: its exit status and the node's outcome."""
+    result = kiln(env, "nodes", "action", verb, name, *options, "--output", "json")
     (outcome,) = json.loads(result.stdout)
     return result.returncode, outcome
 
@@ -236,3 +209,37 @@ def test_a_wrong_password_is_a_readable_error_naming_the_node(env: dict[str, str
         node = session.exec(select(Node).where(Node.name == "kiln-rf-pw")).one()
         assert node.provision_state == "enroll" and node.last_error == error
         assert SecretBox(TEST_SECRET_KEY).decrypt(node.bmc_password_encrypted) == "not-the-password"
+
+
+@on_postgresql
+def test_full_deploy_of_a_redfish_bmc_without_an_agent_ramdisk(env: dict[str, str], sdk,
+                                                               redfish_emulator: RedfishEmulator,
+                                                               tmp_path: Path) -> None:
+    e = redfish_emulator
+    # What the BMC says reaches Ironic through its redfish management interface: boot mode.
+    httpx.patch(e.url + e.system_path(1), json={"Boot": {"BootSourceOverrideMode": "Legacy"}},
+                auth=(e.username, e.password), timeout=10).raise_for_status()
+    import_csv(env, tmp_path, f"kiln-rf-deploy,ironic,{e.address(1)},{e.username},{e.password},fake-hardware,"
+               "52:54:00:aa:01:01", header=HEADER + ",boot_mac")
+    raw = sdk.baremetal.get_node("kiln-rf-deploy")
+    assert (raw.driver, raw.power_interface, raw.management_interface, raw.deploy_interface, raw.boot_interface) == (
+        "fake-hardware", "redfish", "redfish", "fake", "fake")  # fake deploy, real power
+    assert (raw.driver_info["redfish_system_id"], raw.properties) == (e.system_path(1), {})
+
+    status, managed = action(env, "manage", "kiln-rf-deploy")  # verifying reads the power state over Redfish
+    assert (status, managed["state"], managed["error"]) == (0, "manageable", None)
+    assert e.power_state(1) == "Off"
+    assert action(env, "provide", "kiln-rf-deploy")[1]["state"] == "available"  # automated cleaning
+    image = ("--image-url", IMAGE.url, "--image-checksum", IMAGE.checksum)
+    status, deployed = action(env, "deploy", "kiln-rf-deploy", *image)
+    assert (status, deployed["state"], deployed["error"]) == (0, "active", None)
+    assert sdk.baremetal.get_node("kiln-rf-deploy").boot_mode == "bios"  # the BMC's Legacy, read over Redfish
+
+    status, on = action(env, "power-on", "kiln-rf-deploy")  # the deployed machine, on at its BMC
+    assert (status, on["ok"]) == (0, True) and e.power_state(1) == "On"
+    status, undeployed = action(env, "undeploy", "kiln-rf-deploy")  # undeploy, then automated cleaning
+    assert (status, undeployed["state"], undeployed["error"]) == (0, "available", None)
+    assert e.power_state(1) == "On"
+    listed = {n["name"]: n for n in json.loads(kiln(env, "nodes", "list", "--output", "json").stdout)}
+    assert (listed["kiln-rf-deploy"]["provision_state"], listed["kiln-rf-deploy"]["power_state"]) == (
+        "available", "power on")

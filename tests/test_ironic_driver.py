@@ -39,11 +39,10 @@ def driver(ironic_url: str) -> IronicDriver:
 
 
 def fake_node(name: str, **changes) -> NodeTarget:
-    """A fake-hardware node with fake power (no BMC behind it)."""
+    """A fake-hardware node with fake power: its BMC host is under .invalid (no BMC behind it)."""
     base = NodeTarget(
-        name=name, external_id=None, bmc_driver="ipmi", bmc_address="ipmi://192.0.2.10",
+        name=name, external_id=None, bmc_driver="ipmi", bmc_address="ipmi://bmc-10.test.invalid",
         bmc_username="admin", bmc_password="secret", hardware_type="fake-hardware",
-        properties={"fake_power": True},
     )
     return dataclasses.replace(base, **changes)
 
@@ -78,7 +77,7 @@ def act(driver: IronicDriver, node: NodeTarget, verb: str, image: Image | None =
 
 def test_full_lifecycle(driver: IronicDriver, sdk: openstack.connection.Connection) -> None:
     node = fake_node("kiln-life", boot_mac="52:54:00:12:34:56", resource_class="gpu-h100",
-                     properties={"fake_power": True, "cpus": 64, "gpus": 8})
+                     properties={"ipmi_privilege": "admin", "cpus": 64, "gpus": 8})
     first = driver.enroll(node)
     assert first.provision_state is S.ENROLL and first.power_state is None and not first.maintenance
     node = dataclasses.replace(node, external_id=first.external_id)
@@ -285,10 +284,11 @@ def test_node_attributes_for_each_bmc_kind() -> None:
     assert ironic_node_attributes(self_signed, redfish_verify_tls=False)["driver_info"] == {
         "redfish_address": "https://[fd00::5]", "redfish_system_id": "/redfish/v1/Systems/2",
         "redfish_username": "admin", "redfish_password": "secret", "redfish_verify_ca": False}
-    # fake-hardware with a Redfish address: fake power (a BMC-less test node) unless redfish_power
-    assert ironic_node_attributes(fake_node("n5", bmc_address="redfish://10.0.0.6"))["driver_info"] == {}
-    real_power = ironic_node_attributes(fake_node("n6", bmc_address="redfish+http://10.0.0.6:8000",
-                                                  properties={"redfish_power": True}))
+    # fake-hardware: Redfish power and management from a Redfish address; none for a host under .invalid
+    for no_bmc in ("redfish://bmc-6.test.invalid", "redfish+http://BMC-6.Lab.Invalid:8000", "ipmi://invalid"):
+        assert ironic_node_attributes(fake_node("n5", bmc_address=no_bmc))["driver_info"] == {}
+        assert "power_interface" not in ironic_node_attributes(fake_node("n5", bmc_address=no_bmc))
+    real_power = ironic_node_attributes(fake_node("n6", bmc_address="redfish+http://10.0.0.6:8000"))
     assert (real_power["driver"], real_power["power_interface"], real_power["management_interface"]) == (
         "fake-hardware", "redfish", "redfish")
     assert real_power["driver_info"]["redfish_address"] == "http://10.0.0.6:8000"

@@ -192,7 +192,8 @@ def test_odd_answers_are_errors_not_exceptions(stub) -> None:
     targets = [RedfishTarget("no-systems", stub(200, b'{"Name": "Root Service"}')),
                RedfishTarget("not-json", stub(200, b"<html>login</html>")),
                RedfishTarget("odd", stub(200, b'{"Systems": "not a link"}')),
-               RedfishTarget("odder", stub(200, b'{"Members": [{"@odata.id": 7}]}'), system="/redfish/v1/S/1")]
+               RedfishTarget("odder", stub(200, b'{"Links": {"Chassis": [{"@odata.id": 7}]}}'),
+                             system="/redfish/v1/S/1")]
     with RedfishCollector(targets, timeout=2) as collector:
         no_systems, not_json, odd, odder = collector.collect()
     assert not no_systems.ok and no_systems.error == "the Redfish service lists no ComputerSystem"

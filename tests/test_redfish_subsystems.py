@@ -6,7 +6,6 @@ DCGM's GPUs, and log entries stored once. Expected values are read from the mock
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -23,7 +22,7 @@ from collectors.store import persist_results
 from fleet.models import Gpu, NodeEvent
 from tests.factories import World
 from tests.fleet_helpers import make_node_row
-from tests.peer_fixtures import TOWER_SYSTEM, tower, tower_url  # noqa: F401 (a fixture)
+from tests.peer_fixtures import TOWER_SYSTEM, tower, tower_log_gap, tower_url  # noqa: F401 (a fixture)
 
 SYSTEM = TOWER_SYSTEM
 LOG = f"{SYSTEM}/LogServices/Log1"
@@ -41,8 +40,8 @@ def by_name(result: TargetResult, metric: str) -> dict[str, float]:
     return {s.labels.get("name", ""): s.value for s in result.samples if s.metric == metric}
 
 
-def test_power_comes_from_environment_metrics_and_the_supplies(result: TargetResult) -> None:
-    assert result.ok and result.error is None and result.skipped == {}
+def test_power_comes_from_environment_metrics_and_the_supplies(result: TargetResult, tower_url: str) -> None:
+    assert result.ok and result.error == tower_log_gap(tower_url) and result.skipped == {}
     environment = tower("Chassis/Tower/EnvironmentMetrics")
     assert by_name(result, "ipmi_dcmi_power_consumption_watts") == {"": environment["PowerWatts"]["Reading"]}
     legacy = tower("Chassis/Tower/Power")["PowerControl"][0]["PowerConsumedWatts"]
@@ -64,7 +63,10 @@ def test_power_comes_from_environment_metrics_and_the_supplies(result: TargetRes
 def test_thermal_comes_from_the_thermal_subsystem(result: TargetResult) -> None:
     readings = tower("Chassis/Tower/ThermalSubsystem/ThermalMetrics")["TemperatureReadingsCelsius"]
     assert by_name(result, "ipmi_temperature_celsius") == {r["DeviceName"]: r["Reading"] for r in readings}
-    assert all(math.isnan(v) for v in by_name(result, "ipmi_temperature_state").values())  # no thresholds there
+    sensors = {r["DeviceName"]: tower(r["DataSourceUri"]) for r in readings}  # the Sensors the readings name
+    assert not any("Thresholds" in s for s in sensors.values())  # their health alone gives the state
+    assert by_name(result, "ipmi_temperature_state") == {
+        name: {"OK": 0.0, "Warning": 1.0, "Critical": 2.0}[s["Status"]["Health"]] for name, s in sensors.items()}
     fans = [tower(m["@odata.id"]) for m in tower("Chassis/Tower/ThermalSubsystem/Fans")["Members"]]
     assert by_name(result, "ipmi_fan_speed_ratio") == {f["Name"]: f["SpeedPercent"]["Reading"] / 100 for f in fans}
     assert by_name(result, "ipmi_fan_speed_rpm") == {

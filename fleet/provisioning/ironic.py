@@ -35,7 +35,8 @@ DEFAULT_HARDWARE_TYPE = {"ipmi": "ipmi", "redfish": "redfish"}
 FAKE_HARDWARE = "fake-hardware"
 DEFAULT_IPMI_CIPHER_SUITE = "3"
 # NodeTarget.properties keys that steer this driver and are not sent to Ironic.
-KILN_PRIVATE_PROPERTIES = frozenset({"ipmi_cipher_suite", "ipmi_privilege", "fake_power", "redfish_power"})
+KILN_PRIVATE_PROPERTIES = frozenset({"ipmi_cipher_suite", "ipmi_privilege"})
+NO_BMC_DOMAIN = "invalid"  # RFC 6761: names under .invalid never resolve; on fake-hardware: no BMC at all
 IRONIC_PRIV_LEVELS = {"user": "USER", "operator": "OPERATOR", "admin": "ADMINISTRATOR"}  # driver_info ipmi_priv_level
 # Targets of PUT /v1/nodes/{id}/states/power that Kiln uses.
 POWER_TARGETS = frozenset(PowerRequest)
@@ -240,10 +241,10 @@ class IronicDriver:
 def ironic_node_attributes(node: NodeTarget, *, redfish_verify_tls: bool = True) -> dict[str, Any]:
     """The attributes of Ironic's POST /v1/nodes for `node` (driver, interfaces, driver_info).
 
-    `fake-hardware` (tests) keeps fake deploy, boot and cleaning; with an `ipmi://` address its
-    power and management are Ironic's `ipmitool` ones (unless `fake_power`), and with a Redfish
-    address they are Ironic's `redfish` ones when the node's properties ask for `redfish_power`
-    (else fake: Redfish addresses on fake-hardware stand for BMC-less test nodes).
+    `fake-hardware` (a BMC without an agent ramdisk: tests, demos) keeps fake deploy, boot and
+    cleaning with real power and management: Ironic's `ipmitool` ones for an `ipmi://` address,
+    its `redfish` ones for a Redfish address. A BMC host under `.invalid` (which never resolves)
+    names no BMC: power and management stay fake too.
     """
     try:
         address = parse_bmc_address(node.bmc_address)
@@ -258,12 +259,13 @@ def ironic_node_attributes(node: NodeTarget, *, redfish_verify_tls: bool = True)
     }
     if node.resource_class:
         attrs["resource_class"] = node.resource_class
-    fake_power = hardware_type == FAKE_HARDWARE and bool(node.properties.get("fake_power"))
-    if address.driver == "ipmi" and not fake_power:
+    if hardware_type == FAKE_HARDWARE and address.host.lower().rstrip(".").rsplit(".", 1)[-1] == NO_BMC_DOMAIN:
+        return attrs
+    if address.driver == "ipmi":
         attrs["driver_info"] = _ipmi_driver_info(node, address)
         if hardware_type == FAKE_HARDWARE:
             attrs["power_interface"] = attrs["management_interface"] = "ipmitool"
-    elif address.driver == "redfish" and (hardware_type != FAKE_HARDWARE or node.properties.get("redfish_power")):
+    else:
         attrs["driver_info"] = _redfish_driver_info(node, address, redfish_verify_tls)
         if hardware_type == FAKE_HARDWARE:
             attrs["power_interface"] = attrs["management_interface"] = "redfish"
