@@ -7,9 +7,11 @@ GPU-hours = the node's GPU-hours exactly (in parts), and no claim is more than o
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -117,6 +119,25 @@ def test_mig_profiles_follow_nvidias_table() -> None:
     assert skus.whole_gpu_sku(MIG_3G) == GPU_SKU and skus.whole_gpu_sku(GPU_SKU) == GPU_SKU
     with pytest.raises(ValueError, match="not a MIG profile"):
         mig_profiles.profile_slices("big")
+
+
+DEVICE_PLUGIN_README = Path(__file__).parent / "data/upstream/k8s-device-plugin/readme-time-sliceable-resources.txt"
+
+
+def test_the_device_plugins_own_resource_names_are_read_as_nvidia_documents_them() -> None:
+    """NVIDIA/k8s-device-plugin's README (tests/data/upstream/k8s-device-plugin/): the resources a
+    T4, an A100 40GB and an A100 80GB advertise, read by Kiln's MIG table."""
+    blocks = re.findall(r"on an? (.+?) card[^`]*```\n(.*?)```", DEVICE_PLUGIN_README.read_text(), re.S)
+    names = {card: block.split() for card, block in blocks}
+    assert list(names) == ["T4", "A100 40GB", "A100 80GB"]
+    assert names["T4"] == ["nvidia.com/gpu"] and not mig_profiles.is_mig_resource("nvidia.com/gpu")
+    for card, model in (("A100 40GB", "NVIDIA A100-SXM4-40GB"), ("A100 80GB", "NVIDIA A100-SXM4-80GB")):
+        mig = [name for name in names[card] if name != "nvidia.com/gpu"]
+        assert all(mig_profiles.is_mig_resource(name) for name in mig)
+        profiles = [mig_profiles.profile_of(name) for name in mig]
+        assert all(mig_profiles.known_profile(model, profile) for profile in profiles), (card, profiles)
+        assert [mig_profiles.compute_fraction(model, p) for p in profiles] == [Fraction(n, 7) for n in (1, 2, 3, 7)]
+        assert skus.gpu_hour(model, profiles[-1]) == f"gpu-hour:{model}:{profiles[-1]}"
 
 
 T0 = datetime(2026, 10, 1, 10, tzinfo=UTC)
