@@ -2,8 +2,9 @@
 
 One target, the cluster's API server. The first `collect()` lists nodes, namespaces and pods
 (paged); later ones only watch each kind from the last resourceVersion for `watch_seconds`
-(the three watches run at once), and list again when the API server answers 410 Gone (the
-version left its watch cache). The collector instance keeps that state between cycles, so
+(the three watches run at once; a watch that delivered `busy_events` or more is followed by
+another at once, for up to `drain_seconds`, so a backlog is drained in one cycle), and list
+again when the API server answers 410 Gone (the version left its watch cache). The collector instance keeps that state between cycles, so
 the worker must keep it too. API errors, expired or invalid tokens and unreachable servers
 give a failed TargetResult with a readable reason, never an exception.
 
@@ -109,10 +110,12 @@ class KubernetesCollector:
     def __init__(self, core: k8s.CoreV1Api, *, tenant_label: str = "kiln.io/tenant", watch_seconds: int = 1,
                  page_size: int = 500, request_timeout: float = 30.0,
                  ended_retention: timedelta = timedelta(hours=1), full_every: timedelta = timedelta(minutes=15),
+                 busy_events: int = 200, drain_seconds: float = 30.0,
                  clock: Callable[[], datetime] = utcnow) -> None:
         self.core, self.tenant_label, self.clock = core, tenant_label, clock
         self.watch_seconds, self.page_size, self.request_timeout = watch_seconds, page_size, request_timeout
         self.ended_retention, self.full_every = ended_retention, full_every
+        self.busy_events, self.drain_seconds = busy_events, drain_seconds
         self.target = core.api_client.configuration.host
         self.resource_versions: dict[str, str | None] = dict.fromkeys(KINDS)
         self.calls: Counter[tuple[str, str]] = Counter()  # ("list"|"watch"|"gone", kind) -> count
@@ -175,7 +178,10 @@ class KubernetesCollector:
             self._list(kind)
             return
         try:
-            self._watch(kind, since)
+            deadline = time.monotonic() + self.drain_seconds
+            # a watch that was still busy when it timed out has a backlog behind it: drain it in this cycle
+            while self._watch(kind, self.resource_versions[kind] or since) >= self.busy_events and time.monotonic() < deadline:
+                pass
         except (ResourceExpired, ApiException) as exc:
             if isinstance(exc, ApiException) and exc.status != 410:
                 raise
@@ -221,18 +227,24 @@ class KubernetesCollector:
             if not token:
                 return
 
-    def _watch(self, kind: str, since: str) -> None:
+    def _watch(self, kind: str, since: str) -> int:
+        """Apply the events of one watch from `since` (until the server ends it); how many changes
+        (bookmarks not counted)."""
         self.calls[("watch", kind)] += 1
+        events = 0
         resp = getattr(self.core, LISTERS[kind])(
             watch=True, resource_version=since, allow_watch_bookmarks=True, timeout_seconds=self.watch_seconds,
             _preload_content=False, _request_timeout=(self.request_timeout, self.watch_seconds + self.request_timeout))
         try:
             for line in iter_resp_lines(resp):
                 if line.strip():
-                    self._apply(kind, json.loads(line))
+                    event = json.loads(line)
+                    self._apply(kind, event)
+                    events += event.get("type") != "BOOKMARK"
         finally:
             resp.close()
             resp.release_conn()
+        return events
 
     def _apply(self, kind: str, event: Mapping[str, Any]) -> None:
         kind_of_event, raw = event.get("type"), event.get("object") or {}

@@ -539,3 +539,18 @@ def test_a_complete_result_is_sent_again_every_full_every(core: k8s.CoreV1Api, c
     for _ in range(2):
         pods, complete = _sent(run_cycle(engine, source))
         assert complete and {"train", "finetune", "infer"} <= pods
+
+
+def test_a_busy_watch_is_followed_by_another_in_the_same_cycle(core: k8s.CoreV1Api, scratch: str) -> None:
+    collector = KubernetesCollector(core, tenant_label=LABEL, busy_events=2)
+    assert only(collector.collect()).ok
+    started = {"phase": "Running", "startTime": stamp(datetime.now(UTC) - timedelta(minutes=1))}
+    for name in ("burst-1", "burst-2", "burst-3"):
+        make_pod(core, scratch, name, node="gpu-node-1", limits={"nvidia.com/gpu": "1"}, status=started)
+    watches = collector.calls[("watch", "pods")]
+    assert only(collector.collect()).ok
+    # the first watch brought the burst (2 events or more): another followed at once, and found it quiet
+    assert collector.calls[("watch", "pods")] - watches >= 2
+    assert {("burst-1", "nvidia.com/gpu"), ("burst-2", "nvidia.com/gpu"), ("burst-3", "nvidia.com/gpu")} <= set(by_pod(collector))
+    quiet = collector.calls[("watch", "nodes")]
+    assert only(collector.collect()).ok and collector.calls[("watch", "nodes")] == quiet + 1  # a quiet kind: one watch
