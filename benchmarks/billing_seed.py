@@ -31,10 +31,11 @@ def discount_of(index: int) -> Decimal | None:
 
 
 def lease_windows(n: int, origin: datetime, end: datetime) -> list[tuple[datetime, datetime | None]]:
-    """Leased node number `n`'s two leases: [start, end or None (open)), never overlapping."""
+    """Leased node number `n`'s leases (two in a month): [start, end or None (open)), never overlapping."""
     first = origin + timedelta(days=n % 4, hours=n % 24, minutes=17)  # ends by day 13
     second = origin + timedelta(days=14, hours=n % 5, minutes=41)
-    return [(first, first + timedelta(days=9)), (second, None if n % 2 else min(end, second + timedelta(days=11, minutes=30)))]
+    windows = [(first, first + timedelta(days=9)), (second, None if n % 2 else min(end, second + timedelta(days=11, minutes=30)))]
+    return [(a, b) for a, b in windows if a < end]  # a short history (a test's) has no room for the second
 
 
 def seed(url: str, spec, lease_share: float) -> dict[str, object]:
