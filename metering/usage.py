@@ -46,7 +46,7 @@ from metering import skus
 from metering.energy_shares import CPU, GPU, MEMORY, NodeCapacity, NodeHourClaims, split_node_energy
 from metering.gpu_shares import Pool, SharedGpuHours, oversubscribed
 from metering.models import UsageRecord
-from metering.intervals import MICROS_PER_HOUR, HourlyTotals, exact
+from metering.intervals import HourlyTotals, exact
 from metering.money import PARTS_PER_UNIT, quantity_from_parts
 from metering.periods import HOUR, split_by_hour
 
