@@ -11,6 +11,7 @@
   counter where it has one (Redfish `EnergykWh`), else integrated from its watts; `method` says which.
 - `bmc_log_cursor`: per node and BMC log, the newest entry already stored as a node event.
 - `gpu_energy_hour`: kWh per GPU-hour from the GPU exporters' energy counters.
+- `gpu_xid_event`: each new XID error a GPU exporter reported (the node page's XID timeline).
 - `k8s_allocation`: pod resource requests as intervals per namespace (metering's Kubernetes input).
 - `opencost_allocation`: OpenCost's own figures per namespace and window (for reconciliation).
 """
@@ -140,6 +141,20 @@ class GpuEnergyHour(SQLModel, table=True):
     hour: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
     kwh: Decimal = Field(default=Decimal(0), sa_column=Column(ExactNumeric(18, 6), nullable=False))
     covered_seconds: int = Field(default=0)  # how much of the hour the readings cover
+
+
+class GpuXidEvent(SQLModel, table=True):
+    """An XID error of one GPU: the exporter's last-XID field changed to `code` at `at` (the poll
+    that saw it; dcgm-exporter reports the last XID, not when it happened)."""
+
+    __tablename__ = "gpu_xid_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    entity: str = Field(max_length=255, index=True)  # the GPU's UUID
+    node_id: int | None = Field(default=None, sa_column=Column(
+        Integer, ForeignKey("node.id", ondelete="CASCADE"), nullable=True, index=True))
+    at: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
+    code: int = Field()
 
 
 class K8sAllocation(SQLModel, table=True):

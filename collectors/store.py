@@ -5,6 +5,8 @@ Collectors themselves never touch the database (collectors/base.py).
 
 - Target state: `up`, last attempt/success/error per (collector, target). A change of `up`
   is returned as a `Transition` so the worker logs failing/recovered once, not every cycle.
+- Node events, once per transition (collectors.health_events): a sensor's threshold state
+  changing, a BMC that answered before stopping (and answering again), a GPU's new XID error.
 - Health snapshot: the newest value per (entity, metric, labels); NaN is stored as NULL.
   `*_state` samples of IPMI sensors also set `state` on their value's row.
 - Rollups: a few chart series, aggregated per 5-minute bucket (count/sum/min/max).
@@ -36,6 +38,7 @@ from collectors.energy import (
     integrate_gpu_energy,
     node_counter_energy,
 )
+from collectors.health_events import bmc_events, sensor_events, xid_events
 from collectors.models import (
     CollectorTargetState,
     HealthSnapshot,
@@ -56,7 +59,10 @@ GPU_UTIL_ROLLUP = "gpu_util_percent"
 NAMESPACE_GPU_UTIL_ROLLUP = "gpu_util_namespace_percent"
 TEMPERATURE_MAX_ROLLUP = "ipmi_temperature_celsius_max"
 # sample metric -> rollup metric; `max` series keep the node's hottest sensor per poll
-ROLLUPS = {POWER_METRIC: POWER_METRIC, "gpu_util": GPU_UTIL_ROLLUP}
+GPU_MEMORY_ROLLUP, GPU_POWER_ROLLUP = "gpu_memory_used_bytes", "gpu_power_watts"
+GPU_TEMPERATURE_ROLLUP = "gpu_temperature_celsius"
+ROLLUPS = {POWER_METRIC: POWER_METRIC, "gpu_util": GPU_UTIL_ROLLUP, "gpu_memory_used": GPU_MEMORY_ROLLUP,
+           "gpu_power": GPU_POWER_ROLLUP, "gpu_temperature": GPU_TEMPERATURE_ROLLUP}
 MAX_ROLLUPS = {TEMPERATURE_METRIC: TEMPERATURE_MAX_ROLLUP}
 NODE_INFO_METRIC = "kube_node_info"  # its internal_ip places exporters known only by address
 FACT_METRICS = {"ipmi_bmc_info": "bmc", "ipmi_fru_info": "fru"}
@@ -93,6 +99,8 @@ def persist_results(session: Session, collector: str, results: Sequence[TargetRe
                          counters=[s for s in samples if s.metric == NODE_ENERGY_COUNTER])
         gpu_energy = [s for s in samples if s.metric == GPU_ENERGY_METRIC and s.source in GPU_SOURCES]
         integrate_gpu_energy(session, gpu_energy, {s.entity: _node_of(s, node_ids) for s in gpu_energy}, max_gap)
+        xids = [s for s in samples if s.source in GPU_SOURCES]
+        xid_events(session, xids, {s.entity: _node_of(s, node_ids) for s in xids})
         write_snapshots(session, [s for s in samples if s.metric != FIRMWARE_METRIC], node_ids)
         add_rollups(session, samples)
         update_facts(session, samples, node_ids)
@@ -108,10 +116,12 @@ def record_target_states(session: Session, collector: str, results: Sequence[Tar
     before = {row.target: row for row in session.exec(
         select(CollectorTargetState).where(CollectorTargetState.collector == collector,
                                            CollectorTargetState.target.in_(names)))}
-    transitions = []
+    transitions, changes = [], []
     for result in results:
         row = before.get(result.target) or CollectorTargetState(collector=collector, target=result.target)
         was_up = row.up if row.last_attempt_at is not None else True  # a new target that fails is news
+        if was_up != result.ok and row.last_success_at is not None:  # news on the node only once it had answered
+            changes.append((result.target, result.ok, row.consecutive_failures))
         row.up = result.ok
         row.last_attempt_at = now
         row.last_error = (result.error or None) and result.error[:ERROR_LIMIT]
@@ -124,6 +134,7 @@ def record_target_states(session: Session, collector: str, results: Sequence[Tar
         if was_up != result.ok:
             transitions.append(Transition(collector, result.target, result.ok, result.error))
         session.add(row)
+    bmc_events(session, collector, changes, now)
     session.flush()
     return transitions
 
@@ -146,6 +157,7 @@ def write_snapshots(session: Session, samples: Iterable[Sample], node_ids: Mappi
         for metric in _value_metrics(base):
             if (entity, metric, key) in rows:
                 rows[(entity, metric, key)]["state"] = state
+    sensor_events(session, rows)
     upsert(session, HealthSnapshot, list(rows.values()), ("entity", "metric", "labels_key"),
            ("node_id", "source", "labels", "value", "unit", "state", "observed_at"))
 

@@ -75,7 +75,27 @@ def time_series(
         return empty_figure(title, empty_reason)
     lines = [trace("scatter", x=[x for x, _ in points], y=[float(y) for _, y in points], mode="lines", name=name)
              for name, points in series.items() if points]
-    return chart(title, lines, x_title="time (UTC)", y_title=y_title, showlegend=len(series) > 1, hovermode="x unified")
+    # a legend of several rows grows down from under the axis title, never up over it
+    return chart(title, lines, x_title="time (UTC)", y_title=y_title, showlegend=len(series) > 1, hovermode="x unified",
+                 legend={"orientation": "h", "y": -0.3, "yanchor": "top"})
+
+
+def time_markers(
+    title: str, y_title: str, series: dict[str, Sequence[tuple[datetime, float, str]]], *,
+    window: tuple[datetime, datetime], empty_reason: str
+) -> Figure:
+    """Events as labelled markers over the time `window`, one trace per named series of (time, value,
+    label) points (an XID timeline: the code at the poll that saw it); the empty state when none has points."""
+    if not any(series.values()):
+        return empty_figure(title, empty_reason)
+    marks = [trace("scatter", x=[x for x, _, _ in points], y=[float(y) for _, y, _ in points],
+                   text=[label for _, _, label in points], mode="markers+text", textposition="top left", cliponaxis=False,
+                   marker={"size": 11, "symbol": "diamond"}, name=name)
+             for name, points in series.items() if points]
+    top = max(float(y) for points in series.values() for _, y, _ in points)
+    return chart(title, marks, x_title="time (UTC)", y_title=y_title, xaxis={"range": [t.isoformat() for t in window]},
+                 yaxis={"range": [0, top * 1.25 + 1]},
+                 showlegend=True, hovermode="closest")
 
 
 def bars(

@@ -4,7 +4,7 @@ The node is looked up with `fleet.nodes.get_node_by_name` (visible nodes only) a
 with `fleet.nodes.to_public`, so tenants get exactly what the API gives them (no BMC
 address, user, backend id or backend errors). Tenants see the node's events from the start
 of their current lease only (its start, or when it was recorded if later), without actors:
-earlier lines belong to earlier holders.
+earlier lines belong to earlier holders. The XID errors under the GPU panels follow the same window.
 """
 
 from __future__ import annotations
@@ -15,8 +15,16 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from collectors.models import HealthSnapshot, Rollup5m
-from collectors.store import GPU_UTIL_ROLLUP, POWER_METRIC, TEMPERATURE_MAX_ROLLUP
+from collectors.health_events import gpu_label, xid_meaning
+from collectors.models import GpuXidEvent, HealthSnapshot, Rollup5m
+from collectors.store import (
+    GPU_MEMORY_ROLLUP,
+    GPU_POWER_ROLLUP,
+    GPU_TEMPERATURE_ROLLUP,
+    GPU_UTIL_ROLLUP,
+    POWER_METRIC,
+    TEMPERATURE_MAX_ROLLUP,
+)
 from dashboards.fleet_data import Point
 from fleet import leases as lease_service
 from fleet.health import bmc_status
@@ -25,9 +33,13 @@ from fleet.nodes import get_node_by_name, to_public
 from fleet.schemas import NodePublic
 from fleet.tenancy_schemas import LeasePublic
 from kiln.auth import Principal
+from kiln.db import utcnow
 
 STATE_NAMES = {None: "no thresholds", 0: "ok", 1: "warning", 2: "critical"}
 SENSOR_SOURCES = ("ipmi", "redfish", "dcgm", "rocm")
+# the node page's per-GPU panels (Grafana's DCGM dashboard 12239): history key -> rollup series
+GPU_PANELS = {"gpu_util": GPU_UTIL_ROLLUP, "gpu_memory": GPU_MEMORY_ROLLUP, "gpu_power": GPU_POWER_ROLLUP,
+              "gpu_temperature": GPU_TEMPERATURE_ROLLUP}
 
 
 @dataclass
@@ -45,10 +57,24 @@ def node_detail(session: Session, principal: Principal, name: str, event_limit: 
     """The node called `name` as the caller may see it; NotFound when it may not."""
     node = get_node_by_name(session, principal, name)
     public = to_public(session, principal, [node])[0]
-    leases = lease_service.list_leases(session, principal, node_id=node.id, active=True)
-    lease = lease_service.to_public(session, leases[:1])[0] if leases else None
+    lease = current_lease(session, principal, node.id)
     return NodeDetail(public, lease, sensors(session, node.id, public), events(session, principal, node.id, lease, event_limit),
                       bmc_text(*bmc_status(session, principal, node.name, node.bmc_driver)))
+
+
+def current_lease(session: Session, principal: Principal, node_id: int) -> LeasePublic | None:
+    """The node's active lease as the caller may see it (a tenant's own), or None."""
+    leases = lease_service.list_leases(session, principal, node_id=node_id, active=True)
+    return lease_service.to_public(session, leases[:1])[0] if leases else None
+
+
+def history_window(principal: Principal, lease: LeasePublic | None) -> datetime | None:
+    """Where the caller's view of the node's history begins: nowhere for infra admins (None);
+    for a tenant, when its lease both began and was recorded (a backdated lease must not reveal
+    what was written while the node was still another tenant's), or now when it has none."""
+    if principal.sees_all_tenants:
+        return None
+    return max(lease.starts_at, lease.created_at) if lease else utcnow()
 
 
 def bmc_text(up: bool | None, last_success: datetime | None, error: str | None) -> str:
@@ -94,9 +120,7 @@ def events(
     if not principal.sees_all_tenants:
         if lease is None:
             return []
-        # From when the lease both began and was recorded: a backdated lease must not reveal the
-        # lines written while the node was still another tenant's.
-        statement = statement.where(NodeEvent.at >= max(lease.starts_at, lease.created_at))
+        statement = statement.where(NodeEvent.at >= history_window(principal, lease))
     return [
         {"at": e.at, "kind": e.kind, "message": e.message, "actor": e.actor if principal.sees_all_tenants else ""}
         for e in session.exec(statement).all()
@@ -118,11 +142,31 @@ def series(session: Session, entities: list[str], metric: str, start: datetime, 
     return out
 
 
-def history(session: Session, node: NodePublic, start: datetime, end: datetime) -> dict[str, dict[str, list[Point]]]:
-    """Power (W), hottest sensor (°C) and GPU utilisation (%) of a node over [start, end)."""
-    uuids = [g.uuid for g in node.gpus if g.uuid]
+def gpu_labels(node: NodePublic) -> dict[str, str]:
+    """The node's GPUs Kiln knows by UUID, in index order: UUID -> legend label (index, model, UUID tail)."""
+    return {g.uuid: gpu_label(g.index, g.model, g.uuid) for g in sorted(node.gpus, key=lambda g: g.index) if g.uuid}
+
+
+def xid_errors(session: Session, labels: dict[str, str], start: datetime, end: datetime) -> list[dict[str, Any]]:
+    """The XID errors of the GPUs in `labels` (UUID -> label) over [start, end), oldest first:
+    time, GPU label, code and NVIDIA's meaning."""
+    if not labels:
+        return []
+    rows = session.exec(select(GpuXidEvent).where(col(GpuXidEvent.entity).in_(list(labels)), GpuXidEvent.at >= start,
+                                                   GpuXidEvent.at < end).order_by(col(GpuXidEvent.at), col(GpuXidEvent.id)))
+    return [{"at": x.at, "gpu": labels[x.entity], "code": x.code, "meaning": xid_meaning(x.code)} for x in rows]
+
+
+def history(session: Session, principal: Principal, node: NodePublic, start: datetime, end: datetime) -> dict[str, Any]:
+    """Power (W) and hottest sensor (°C) of a node, its GPUs' series (`GPU_PANELS`, by GPU label)
+    over [start, end), and its XID errors (`xid_errors`) there from the caller's `history_window` on."""
+    since = history_window(principal, current_lease(session, principal, node.id))
+    labels = gpu_labels(node)
+    gpus = {key: {labels[uuid]: points for uuid, points in series(session, list(labels), metric, start, end).items()}
+            if labels else {} for key, metric in GPU_PANELS.items()}
     return {
         "power": series(session, [node.name], POWER_METRIC, start, end),
         "temperature": series(session, [node.name], TEMPERATURE_MAX_ROLLUP, start, end, peak=True),
-        "gpu_util": series(session, uuids, GPU_UTIL_ROLLUP, start, end) if uuids else {},
+        **gpus,
+        "xid": xid_errors(session, labels, max(start, since) if since else start, end),
     }

@@ -1,8 +1,9 @@
 """Retention of chart rollups and health history: what is kept, how long, and how it is removed.
 
 `KILN_ROLLUP_RETENTION_DAYS` bounds `rollup_5m`; `KILN_HEALTH_HISTORY_RETENTION_DAYS` bounds
-the health history: BMC log entries in node histories (`node_event` kind `bmc_log`; provisioning
-and edit events are kept) and readings of series no longer reported (`health_snapshot` rows not
+the health history: BMC log entries, sensor threshold crossings, BMC losses and XID errors in
+node histories (`node_event` kinds `bmc_log`, `sensor`, `bmc`, `xid`; provisioning and edit
+events are kept), GPUs' XID errors (`gpu_xid_event`) and readings of series no longer reported (`health_snapshot` rows not
 updated since). `kiln worker` enforces them daily: on PostgreSQL whole monthly partitions of
 `rollup_5m` are dropped first, then the remaining older rows are deleted in chunks (short
 transactions that do not hold up the collectors). `kiln doctor` warns when older rows remain,
@@ -17,6 +18,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, bindparam, text
 
+from collectors.health_events import HEALTH_EVENT_KINDS
 from collectors.redfish_store import LOG_EVENT_KIND
 from kiln.db import UTCDateTime
 from kiln.partitions import drop_months_before
@@ -48,7 +50,9 @@ class Retained:
 
 RETAINED = (
     Retained("rollup_5m", "bucket", "rollup_retention_days"),
-    Retained("node_event", "at", "health_history_retention_days", f"kind = '{LOG_EVENT_KIND}'"),
+    Retained("node_event", "at", "health_history_retention_days",
+             "kind IN ({})".format(", ".join(f"'{k}'" for k in (LOG_EVENT_KIND, *HEALTH_EVENT_KINDS)))),
+    Retained("gpu_xid_event", "at", "health_history_retention_days"),
     Retained("health_snapshot", "observed_at", "health_history_retention_days"),
 )
 

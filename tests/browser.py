@@ -208,6 +208,7 @@ TENANT_A_NODES = ("gpu-a01", "gpu-a02")
 TENANT_B_NODES = ("gpu-b01",)
 FREE_NODES = ("gpu-free1", "gpu-free2", "gpu-free3")  # gpu-free3 fails `provide` and its BMC is down
 HISTORY_STEPS = 72  # 6 hours of 5-minute polls
+BMC_OUTAGE_STEPS = (40, 34)  # gpu-free2's BMC fails the polls of these steps back (exclusive of the second)
 
 
 def seed_fleet(session: Any, engine: Any, settings: Any, driver: Any) -> Any:
@@ -272,7 +273,8 @@ def seed_fleet(session: Any, engine: Any, settings: Any, driver: Any) -> Any:
 
 def persist_history(session: Any, now: Any) -> None:
     """Six hours of IPMI and DCGM samples through the collectors' store, one BMC unreachable,
-    one GPU with an XID error, gpu-a01 running warm (a warning-state sensor)."""
+    gpu-free2's BMC not answering for half an hour in the middle, one GPU with an XID error,
+    gpu-a01 running warm (a warning-state sensor)."""
     import math
     from datetime import timedelta
 
@@ -283,13 +285,16 @@ def persist_history(session: Any, now: Any) -> None:
     from fleet.models import Gpu, Node
 
     names = dict(session.exec(select(Node.id, Node.name)).all())
-    uuids = [(names[node_id], uuid) for node_id, uuid in session.exec(select(Gpu.node_id, Gpu.uuid)).all()]
+    uuids = [(names[node_id], uuid, index) for node_id, uuid, index in session.exec(select(Gpu.node_id, Gpu.uuid, Gpu.index))]
     healthy = [n for n in sorted(names.values()) if n != "gpu-free3"]
     for step in range(HISTORY_STEPS, -1, -1):
         ts = now - timedelta(minutes=5 * step)
         wave = math.sin(step / 6)
         results = []
         for i, node in enumerate(healthy):
+            if node == "gpu-free2" and BMC_OUTAGE_STEPS[0] >= step > BMC_OUTAGE_STEPS[1]:
+                results.append(TargetResult(node, ok=False, error="no answer from the BMC within 2.0 s"))
+                continue
             temp = 86.0 if node == "gpu-a01" else 55.0 + 3 * i + 4 * wave
             sensor = {"id": "3", "name": "CPU Temp"}
             results.append(TargetResult(node, ok=True, samples=[
@@ -299,10 +304,15 @@ def persist_history(session: Any, now: Any) -> None:
             ]))
         results.append(TargetResult("gpu-free3", ok=False, error="no answer from the BMC within 2.0 s"))
         persist_results(session, "ipmi", results, now=ts)
-        gpu_samples = [Sample("dcgm", uuid, "gpu_util", 40.0 + 30 * wave if node != "gpu-b01" else 90.0, "percent", {}, ts)
-                       for node, uuid in uuids]
+        gpu_samples = []
+        for node, uuid, index in uuids:
+            busy = 90.0 if node == "gpu-b01" else 40.0 + 30 * wave
+            gpu_samples += [Sample("dcgm", uuid, "gpu_util", busy, "percent", {}, ts),
+                            Sample("dcgm", uuid, "gpu_memory_used", (20 + 8 * index + busy / 2) * 2 ** 30, "bytes", {}, ts),
+                            Sample("dcgm", uuid, "gpu_power", 150 + 40 * index + 5 * busy, "watts", {}, ts),
+                            Sample("dcgm", uuid, "gpu_temperature", 35 + 4 * index + busy / 3, "celsius", {}, ts)]
         if step == 0:
-            first = min(uuid for node, uuid in uuids if node == "gpu-a01")
+            first = min(uuid for node, uuid, _ in uuids if node == "gpu-a01")
             gpu_samples.append(Sample("dcgm", first, "gpu_last_xid", 79.0, "code", {}, ts))
         persist_results(session, "dcgm", [TargetResult("prometheus", ok=True, samples=gpu_samples)], now=ts)
         session.commit()

@@ -37,7 +37,7 @@ from tests.browser import (
 )
 from tests.conftest import TEST_SECRET_KEY
 
-ADMIN_PAGES = {"fleet": ("/fleet", 4), "vdcs": ("/vdcs", 1), "usage": ("/usage", 4), "node": ("/nodes/gpu-a01", 3)}
+ADMIN_PAGES = {"fleet": ("/fleet", 4), "vdcs": ("/vdcs", 1), "usage": ("/usage", 4), "node": ("/nodes/gpu-a01", 7)}
 TENANT_B_WORDS = ("tenant-b", "Tenant B", "bob", *TENANT_B_NODES)
 BLANK_CHART_PNG_BYTES = 8_000
 

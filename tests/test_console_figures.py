@@ -4,13 +4,14 @@ the plotly package, and enough for every chart)."""
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from plotly.offline import get_plotlyjs_version
 
-from dashboards.figures import BASIC_TRACES, bars, share_bars, trace
+from dashboards.figures import BASIC_TRACES, bars, share_bars, time_markers, trace
 
 DASHBOARDS = Path(__file__).parents[1] / "dashboards"
 BUNDLE = DASHBOARDS / "assets" / "vendor" / "plotly-basic.min.js"
@@ -61,3 +62,17 @@ def test_hottest_nodes_put_nodes_on_the_y_axis_and_degrees_on_the_x_axis() -> No
     assert (bar["orientation"], bar["y"], bar["x"]) == ("h", ["gpu-a01", "gpu-a02"], [81.0, 64.5])
     layout = figure["layout"]
     assert (layout["yaxis"]["title"]["text"], layout["xaxis"]["title"]["text"]) == ("node", "hottest sensor (°C)")
+
+
+def test_time_markers_span_the_window_with_one_labelled_trace_per_series() -> None:
+    start = datetime(2026, 12, 6, tzinfo=UTC)
+    window = (start, start + timedelta(days=1))
+    figure = time_markers("XID errors", "XID code", {"GPU 0": [(start + timedelta(hours=3), 79, "XID 79")], "GPU 1": []},
+                          window=window, empty_reason="none")
+    [marks] = figure["data"]  # a GPU without XIDs draws nothing
+    assert (marks["name"], marks["y"], marks["text"], marks["mode"]) == ("GPU 0", [79.0], ["XID 79"], "markers+text")
+    # the whole window, not a millisecond around a lone marker; room above the highest code for its label
+    assert figure["layout"]["xaxis"]["range"] == ["2026-12-06T00:00:00+00:00", "2026-12-07T00:00:00+00:00"]
+    assert figure["layout"]["yaxis"]["range"][1] > 79 * 1.2
+    empty = time_markers("XID errors", "XID code", {"GPU 0": []}, window=window, empty_reason="No XID errors.")
+    assert empty["data"] == [] and empty["layout"]["annotations"][0]["text"] == "No XID errors."

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlmodel import Session, select
 
-from collectors.models import HealthSnapshot, Rollup5m
+from collectors.models import GpuXidEvent, HealthSnapshot, Rollup5m
 from fleet.models import NodeEvent
 from fleet.runtime import FleetRuntime
 from kiln.db import utcnow
@@ -29,7 +29,8 @@ HEALTH_AGES = (120, 91, 30)  # days; the retention default is 90
 
 @pytest.fixture
 def aged(engine: Engine, world: World) -> datetime:
-    """Rollups, BMC log entries, other node events and health readings of various ages; returns now."""
+    """Rollups, BMC log entries, sensor events, other node events, XID errors and health readings of
+    various ages; returns now."""
     now = utcnow().replace(microsecond=0)
     node = make_node_row(world, gpus=0)
     if engine.dialect.name == "postgresql":  # give the oldest month a partition of its own
@@ -41,6 +42,8 @@ def aged(engine: Engine, world: World) -> datetime:
         for days in HEALTH_AGES:
             session.add(NodeEvent(node_id=node.id, at=now - timedelta(days=days), kind="bmc_log", message=f"{days}"))
             session.add(NodeEvent(node_id=node.id, at=now - timedelta(days=days), kind="action", message=f"{days}"))
+            session.add(NodeEvent(node_id=node.id, at=now - timedelta(days=days), kind="sensor", message=f"{days}"))
+            session.add(GpuXidEvent(entity="GPU-1", node_id=node.id, at=now - timedelta(days=days), code=79))
             session.add(HealthSnapshot(entity=f"gpu-{days}", source="dcgm", metric="temp", labels_key="", labels={},
                                        value=40.0, unit="C", observed_at=now - timedelta(days=days)))
         session.commit()
@@ -52,9 +55,12 @@ def _ages(engine: Engine, now: datetime) -> dict[str, list[int]]:
         rollups = session.exec(select(Rollup5m.bucket)).all()
         events = session.exec(select(NodeEvent.kind, NodeEvent.at)).all()
         readings = session.exec(select(HealthSnapshot.observed_at)).all()
+        xids = session.exec(select(GpuXidEvent.at)).all()
     return {"rollup_5m": sorted((now - at).days for at in rollups),
             "bmc_log": sorted((now - at).days for kind, at in events if kind == "bmc_log"),
             "action": sorted((now - at).days for kind, at in events if kind == "action"),
+            "sensor": sorted((now - at).days for kind, at in events if kind == "sensor"),
+            "gpu_xid_event": sorted((now - at).days for at in xids),
             "health_snapshot": sorted((now - at).days for at in readings)}
 
 
@@ -63,15 +69,17 @@ def test_retention_job_removes_only_expired_rows_and_doctor_warns_until_it_runs(
     now = aged
     warnings = {c.target: c for c in check_retention(settings, now)}
     assert {t: c.status for t, c in warnings.items()} == {
-        "rollup_5m": STATUS_WARNING, "node_event": STATUS_WARNING, "health_snapshot": STATUS_WARNING}
+        "rollup_5m": STATUS_WARNING, "node_event": STATUS_WARNING, "gpu_xid_event": STATUS_WARNING,
+        "health_snapshot": STATUS_WARNING}
     oldest = f"{now - timedelta(days=500):%Y-%m-%d}"
     assert warnings["rollup_5m"].detail == (f"holds rows from {oldest}, older than its 400-day retention "
                                             "(KILN_ROLLUP_RETENTION_DAYS): is `kiln worker` running its retention job?")
 
     removed = {r.table: r for r in enforce_retention(engine, settings, now, chunk=1)}  # chunk 1: every loop turn runs
-    assert _ages(engine, now) == {"rollup_5m": [3, 399], "bmc_log": [30], "action": [30, 91, 120],
-                                  "health_snapshot": [30]}
-    assert removed["node_event"].rows == 2 and removed["health_snapshot"].rows == 2
+    assert _ages(engine, now) == {"rollup_5m": [3, 399], "bmc_log": [30], "action": [30, 91, 120], "sensor": [30],
+                                  "gpu_xid_event": [30], "health_snapshot": [30]}
+    assert removed["node_event"].rows == 4 and removed["health_snapshot"].rows == 2
+    assert removed["gpu_xid_event"].rows == 2
     if engine.dialect.name == "postgresql":  # the 500-day-old month went as a whole partition
         assert partition_name("rollup_5m", month_start(now - timedelta(days=500))) in removed["rollup_5m"].partitions
         with engine.connect() as connection:

@@ -1,5 +1,7 @@
 """Node detail: hardware facts and GPUs, sensors with their states, power and temperature
-history, provisioning events and the current lease. Tenants see only nodes they lease."""
+history, per-GPU panels (utilisation, framebuffer memory, power, temperature, an XID timeline
+with its table: Grafana's DCGM dashboard 12239), the node's events and the current lease.
+Tenants see only nodes they lease."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from dash import Output, State, dcc, html
 from dashboards import time_controls
 from dashboards.components import section, table, when
 from dashboards.context import current_principal, db_session
-from dashboards.figures import empty_figure, time_series
+from dashboards.figures import empty_figure, time_markers, time_series
 from dashboards.node_data import history, node_detail
 from fleet.nodes import get_node_by_name, to_public
 from fleet.schemas import NodePublic
@@ -60,7 +62,8 @@ def layout(name: str | None = None, **_: str) -> html.Div:
             for g in node.gpus]
     lease_text = (f"Leased to {lease.tenant} through VDC {lease.vdc or '—'} since {when(lease.starts_at)}"
                   + (f" until {when(lease.ends_at)}" if lease.ends_at else " (open-ended)")) if lease else "Not leased now."
-    power, temperature, util, _ = history_figures(DEFAULT_RANGE, None, None, None, node.name)
+    power, temperature, util, memory, gpu_power, gpu_temperature, xid, xids, _ = history_figures(
+        DEFAULT_RANGE, None, None, None, node.name)
     return html.Div([
         dcc.Store(id="node-name", data=node.name),
         html.Div([html.H1(node.name, id="node-title"), time_controls.time_controls("node", DEFAULT_RANGE)], className="page-head"),
@@ -72,7 +75,12 @@ def layout(name: str | None = None, **_: str) -> html.Div:
         ], className="grid-2"),
         html.Div([dcc.Graph(id="node-power", figure=power), dcc.Graph(id="node-temperature", figure=temperature)],
                  className="grid-2"),
-        dcc.Graph(id="node-gpu-util", figure=util),
+        html.Div([dcc.Graph(id="node-gpu-util", figure=util), dcc.Graph(id="node-gpu-memory", figure=memory)],
+                 className="grid-2"),
+        html.Div([dcc.Graph(id="node-gpu-power", figure=gpu_power),
+                  dcc.Graph(id="node-gpu-temperature", figure=gpu_temperature)], className="grid-2"),
+        dcc.Graph(id="node-gpu-xid", figure=xid),
+        section("XID errors", html.Div(xids, id="node-xid-table")),
         section("Sensors", table(
             ("entity", "sensor", "value", "state", "read at"),
             [(s["entity"], s["sensor"], _value(s["value"], s["unit"]), html.Span(s["state"], className=f"state-{s['state_code']}"),
@@ -82,9 +90,20 @@ def layout(name: str | None = None, **_: str) -> html.Div:
     ])
 
 
+def _lines(points_by_name: dict, scale: float = 1.0) -> dict:
+    return {name: [(p.at, p.value / scale) for p in points] for name, points in points_by_name.items()}
+
+
+def _xid_table(xids: list[dict]) -> html.Div:
+    return table(("time (UTC)", "GPU", "XID", "meaning"),
+                 [(when(x["at"]), x["gpu"], str(x["code"]), x["meaning"]) for x in xids],
+                 empty="No XID errors in this range.", element_id="node-xids")
+
+
 def history_figures(choice: str | None, start_date: str | None, end_date: str | None, _ticks: int | None,
                     name: str | None) -> tuple:
-    """Power, hottest sensor and GPU utilisation of the node over the chosen range (a preset or
+    """Power and hottest sensor of the node, its GPUs' utilisation, framebuffer memory, power and
+    temperature (one line per GPU), its XID timeline and table over the chosen range (a preset or
     custom dates), and when they were read."""
     principal = current_principal()
     start, end = time_controls.bounds(choice, start_date, end_date)
@@ -93,17 +112,27 @@ def history_figures(choice: str | None, start_date: str | None, end_date: str | 
             node = to_public(session, principal, [get_node_by_name(session, principal, name or "")])[0]
         except NotFound:
             missing = empty_figure("History", "This node is not visible to you.")
-            return missing, missing, missing, time_controls.updated()
-        data = history(session, node, start, end)
-    power = time_series("Power draw (DCMI)", "power (W)", {n: [(p.at, p.value) for p in pts] for n, pts in data["power"].items()},
+            return (missing,) * 7 + (_xid_table([]), time_controls.updated())
+        data = history(session, principal, node, start, end)
+    gpu_reason = "in this range (DCGM/ROCm exporter through Prometheus)."
+    power = time_series("Power draw (DCMI)", "power (W)", _lines(data["power"]),
                         empty_reason="No DCMI power readings in this range.")
-    temperature = time_series("Hottest sensor", "temperature (°C)",
-                              {n: [(p.at, p.value) for p in pts] for n, pts in data["temperature"].items()},
+    temperature = time_series("Hottest sensor", "temperature (°C)", _lines(data["temperature"]),
                               empty_reason="No temperature readings in this range.")
-    util = time_series("GPU utilisation", "utilisation (%)",
-                       {uuid: [(p.at, p.value) for p in pts] for uuid, pts in data["gpu_util"].items()},
-                       empty_reason="No GPU utilisation in this range (DCGM/ROCm exporter through Prometheus).")
-    return power, temperature, util, time_controls.updated()
+    util = time_series("GPU utilisation", "utilisation (%)", _lines(data["gpu_util"]),
+                       empty_reason=f"No GPU utilisation {gpu_reason}")
+    memory = time_series("GPU framebuffer memory used", "memory used (GiB)", _lines(data["gpu_memory"], 2 ** 30),
+                         empty_reason=f"No GPU memory readings {gpu_reason}")
+    gpu_power = time_series("GPU power draw", "power (W)", _lines(data["gpu_power"]),
+                            empty_reason=f"No GPU power readings {gpu_reason}")
+    gpu_temperature = time_series("GPU temperature", "temperature (°C)", _lines(data["gpu_temperature"]),
+                                  empty_reason=f"No GPU temperature readings {gpu_reason}")
+    by_gpu: dict[str, list] = {}
+    for x in data["xid"]:
+        by_gpu.setdefault(x["gpu"], []).append((x["at"], x["code"], f"XID {x['code']}"))
+    xid = time_markers("XID errors", "XID code", by_gpu, window=(start, end), empty_reason="No XID errors in this range.")
+    return (power, temperature, util, memory, gpu_power, gpu_temperature, xid, _xid_table(data["xid"]),
+            time_controls.updated())
 
 
 def register(app: dash.Dash) -> None:
@@ -111,7 +140,8 @@ def register(app: dash.Dash) -> None:
     dash.register_page(__name__, path_template=PATH_TEMPLATE, name="Node", title="Node — Kiln", layout=layout)
     app.callback(
         Output("node-power", "figure"), Output("node-temperature", "figure"), Output("node-gpu-util", "figure"),
-        Output("node-updated", "children"), *time_controls.inputs("node"), State("node-name", "data"),
+        Output("node-gpu-memory", "figure"), Output("node-gpu-power", "figure"), Output("node-gpu-temperature", "figure"),
+        Output("node-gpu-xid", "figure"), Output("node-xid-table", "children"), Output("node-updated", "children"), *time_controls.inputs("node"), State("node-name", "data"),
         prevent_initial_call=True,
     )(history_figures)
     time_controls.register(app, "node")
