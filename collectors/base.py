@@ -41,6 +41,9 @@ class TargetResult:
     seconds: float = 0.0
     timed_out: bool = False
     skipped: dict[str, int] = field(default_factory=dict)  # series left out, by reason
+    # False: not polled this cycle (its previous poll still runs, the collector is closed), so
+    # nothing is known about it: its stored state is left as it was
+    polled: bool = True
 
 
 def skipped_summary(skipped: Mapping[str, int]) -> str | None:

@@ -245,7 +245,7 @@ class IpmiCollector:
         """Poll every target concurrently; one result per target, in target order. Never raises.
         `progress` is called with each result as it arrives (from the pool's threads)."""
         if self._closed:
-            return [TargetResult(t.node, ok=False, error="the IPMI collector is closed") for t in self.targets]
+            return [TargetResult(t.node, ok=False, error="the IPMI collector is closed", polled=False) for t in self.targets]
         futures = [self._pool.submit(self._collect_one, t) for t in self.targets]
         if progress is not None:
             for future in futures:
@@ -280,7 +280,8 @@ class IpmiCollector:
             conn = self._conns[target.node]
             started = time.monotonic()
             if not conn.lock.acquire(blocking=False):
-                return TargetResult(target.node, ok=False, error="the previous poll of this BMC is still running")
+                return TargetResult(target.node, ok=False, error="the previous poll of this BMC is still running",
+                                    polled=False)
             try:
                 poll = conn.poll()
             except Exception as exc:  # the per-target boundary: one BMC never fails the others

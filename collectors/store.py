@@ -118,6 +118,8 @@ def record_target_states(session: Session, collector: str, results: Sequence[Tar
                                            CollectorTargetState.target.in_(names)))}
     transitions, changes = [], []
     for result in results:
+        if not result.polled:  # nothing learnt about it this cycle: no state change, no event
+            continue
         row = before.get(result.target) or CollectorTargetState(collector=collector, target=result.target)
         was_up = row.up if row.last_attempt_at is not None else True  # a new target that fails is news
         if was_up != result.ok and row.last_success_at is not None:  # news on the node only once it had answered

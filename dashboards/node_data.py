@@ -26,14 +26,12 @@ from collectors.store import (
     TEMPERATURE_MAX_ROLLUP,
 )
 from dashboards.fleet_data import Point
-from fleet import leases as lease_service
 from fleet.health import bmc_status
-from fleet.models import NodeEvent
+from fleet.node_history import current_lease, history_window, visible_events
 from fleet.nodes import get_node_by_name, to_public
 from fleet.schemas import NodePublic
 from fleet.tenancy_schemas import LeasePublic
 from kiln.auth import Principal
-from kiln.db import utcnow
 
 STATE_NAMES = {None: "no thresholds", 0: "ok", 1: "warning", 2: "critical"}
 SENSOR_SOURCES = ("ipmi", "redfish", "dcgm", "rocm")
@@ -60,21 +58,6 @@ def node_detail(session: Session, principal: Principal, name: str, event_limit: 
     lease = current_lease(session, principal, node.id)
     return NodeDetail(public, lease, sensors(session, node.id, public), events(session, principal, node.id, lease, event_limit),
                       bmc_text(*bmc_status(session, principal, node.name, node.bmc_driver)))
-
-
-def current_lease(session: Session, principal: Principal, node_id: int) -> LeasePublic | None:
-    """The node's active lease as the caller may see it (a tenant's own), or None."""
-    leases = lease_service.list_leases(session, principal, node_id=node_id, active=True)
-    return lease_service.to_public(session, leases[:1])[0] if leases else None
-
-
-def history_window(principal: Principal, lease: LeasePublic | None) -> datetime | None:
-    """Where the caller's view of the node's history begins: nowhere for infra admins (None);
-    for a tenant, when its lease both began and was recorded (a backdated lease must not reveal
-    what was written while the node was still another tenant's), or now when it has none."""
-    if principal.sees_all_tenants:
-        return None
-    return max(lease.starts_at, lease.created_at) if lease else utcnow()
 
 
 def bmc_text(up: bool | None, last_success: datetime | None, error: str | None) -> str:
@@ -115,16 +98,9 @@ def sensors(session: Session, node_id: int, node: NodePublic) -> list[dict[str, 
 def events(
     session: Session, principal: Principal, node_id: int, lease: LeasePublic | None, limit: int
 ) -> list[dict[str, Any]]:
-    """The node's history, newest first; for tenants only since their lease began, without actors."""
-    statement = select(NodeEvent).where(NodeEvent.node_id == node_id).order_by(col(NodeEvent.id).desc()).limit(limit)
-    if not principal.sees_all_tenants:
-        if lease is None:
-            return []
-        statement = statement.where(NodeEvent.at >= history_window(principal, lease))
-    return [
-        {"at": e.at, "kind": e.kind, "message": e.message, "actor": e.actor if principal.sees_all_tenants else ""}
-        for e in session.exec(statement).all()
-    ]
+    """The node's history as the caller may see it (`fleet.node_history.visible_events`), newest first."""
+    return [{"at": e.at, "kind": e.kind, "message": e.message, "actor": e.actor}
+            for e in visible_events(session, principal, node_id, limit, lease)]
 
 
 def series(session: Session, entities: list[str], metric: str, start: datetime, end: datetime,

@@ -10,6 +10,7 @@ from sqlmodel import col, select
 
 from fleet import nodes as node_service
 from fleet.health import NodeHealth, node_health
+from fleet.node_history import visible_events
 from fleet.models import Node, Operation
 from fleet.operations import ActionParams, OperationPublic, plan_action
 from fleet.operations import to_public as operations_public
@@ -109,9 +110,11 @@ def delete_endpoint(node_id: RowId, session: SessionDep, principal: CurrentPrinc
 def events_endpoint(
     node_id: RowId, session: SessionDep, principal: CurrentPrincipal, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ):
-    """Newest first: enrolment, actions and their results, state changes seen by the sync."""
+    """Newest first: enrolment, actions and their results, state changes seen by the sync, sensor
+    threshold crossings, BMC loss and recovery, XID errors. A tenant sees what happened since its
+    lease began, without who did it."""
     node = node_service.get_node(session, principal, node_id)
-    return [EventPublic(**e.model_dump()) for e in node_service.recent_events(session, node.id, limit)]
+    return [EventPublic(**e.model_dump()) for e in visible_events(session, principal, node.id, limit)]
 
 
 @router.get("/nodes/{node_id}/health", response_model=NodeHealth, summary="A node's health now")

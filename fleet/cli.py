@@ -65,11 +65,13 @@ def list_command(
 @nodes_app.command("show")
 def show_command(name: str = typer.Argument(..., help="Node name."), output: OutputFormat = OutputOption) -> None:
     """Show one node: BMC, state, hardware facts, GPUs and its latest events."""
+    from fleet.node_history import visible_events
+
     with db_session() as session:
         principal = Principal.system()
         node = node_service.get_node_by_name(session, principal, name)
         public = node_service.to_public(session, principal, [node])[0]
-        events = node_service.recent_events(session, node.id, limit=10)
+        events = visible_events(session, principal, node.id, limit=10)
     if output == OutputFormat.json:
         typer.echo(json.dumps({**public.model_dump(mode="json"), "events": [e.model_dump(mode="json") for e in events]}, indent=2))
         return

@@ -155,12 +155,6 @@ def apply_backend_state(node: Node, backend: BackendNode) -> bool:
     return changed
 
 
-def recent_events(session: Session, node_id: int, limit: int = 100) -> list[NodeEvent]:
-    """A node's history, newest first."""
-    statement = select(NodeEvent).where(NodeEvent.node_id == node_id).order_by(col(NodeEvent.id).desc()).limit(limit)
-    return list(session.exec(statement).all())
-
-
 def add_event(session: Session, node: Node, kind: str, message: str, actor: str = "", operation_id: int | None = None) -> None:
     """Append a line to the node's history."""
     session.add(NodeEvent(node_id=node.id, kind=kind, message=message[:2000], actor=actor, operation_id=operation_id))

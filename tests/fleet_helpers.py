@@ -43,10 +43,12 @@ def node_payload(provisioner: str = "fake", **overrides: Any) -> dict[str, Any]:
     return payload
 
 
-def lease_node(world: World, node_id: int, tenant: str) -> None:
-    """Give tenant `a` or `b` an open lease on the node, starting an hour ago."""
+def lease_node(world: World, node_id: int, tenant: str, **recorded: Any) -> None:
+    """Give tenant `a` or `b` an open lease on the node, starting an hour ago (`created_at` may
+    say when it was recorded)."""
     world.session.add(
-        Lease(tenant_id=world.tenant(tenant).id, node_id=node_id, starts_at=utcnow() - timedelta(hours=1), created_by="test")
+        Lease(tenant_id=world.tenant(tenant).id, node_id=node_id, starts_at=utcnow() - timedelta(hours=1), created_by="test",
+              **recorded)
     )
     world.session.commit()
 

@@ -248,3 +248,11 @@ def test_quota_rows_and_running_nodes_are_scoped(world: World) -> None:
     running = running_nodes(world.session, member)
     assert [(r["node"], r["tenant"], r["gpus"]) for r in running] == [("node-a", "tenant-a", "8 × NVIDIA H100 80GB HBM3")]
     assert {r["node"] for r in running_nodes(world.session, principal(world, "admin"))} == {"node-a", "node-b"}
+
+
+def test_sensor_readings_in_bytes_read_in_binary_units() -> None:
+    from dashboards.pages.node import _value
+
+    assert [_value(v, u) for v, u in ((42949672960.0, "bytes"), (3 * 1024 ** 2, "bytes"), (512.0, "bytes"),
+                                      (86.0, "celsius"), (None, "watts"))] == [
+        "40.0 GiB", "3.0 MiB", "512 bytes", "86 celsius", "no reading"]

@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from collectors.base import Sample, TargetResult
-from collectors.models import GpuXidEvent
+from collectors.models import CollectorTargetState, GpuXidEvent
 from collectors.store import persist_results
 from fleet.models import Gpu, NodeEvent
 from tests.factories import World
@@ -56,6 +56,19 @@ def test_a_bmc_that_stops_answering_and_comes_back_is_one_event_each_way(engine:
         assert session.exec(select(NodeEvent).where(NodeEvent.actor == "dcgm")).all() == []
 
 
+def test_a_bmc_not_polled_this_cycle_keeps_its_state_and_makes_no_event(engine: Engine, world: World) -> None:
+    node = make_node_row(world, gpus=0, name="gpu-303")
+    poll(engine, "ipmi", [bmc("gpu-303", True)], T0)
+    busy = TargetResult("gpu-303", ok=False, error="the previous poll of this BMC is still running", polled=False)
+    poll(engine, "ipmi", [busy], T0 + timedelta(minutes=1))
+    assert events(engine, node.id, "bmc") == []
+    with Session(engine) as session:
+        state = session.exec(select(CollectorTargetState).where(CollectorTargetState.target == "gpu-303")).one()
+    assert (state.up, state.consecutive_failures, state.last_error) == (True, 0, None)
+    poll(engine, "ipmi", [bmc("gpu-303", False)], T0 + timedelta(minutes=2))  # a real failure still is one
+    assert [message for _, message, _ in events(engine, node.id, "bmc")] == ["BMC stopped answering the ipmi collector"]
+
+
 def test_sensor_threshold_crossings_are_recorded_once_per_change(engine: Engine, world: World) -> None:
     node = make_node_row(world, gpus=0, name="gpu-311")
     cpu, inlet = {"id": "3", "name": "CPU Temp"}, {"id": "9", "name": "Inlet Temp"}
@@ -98,13 +111,19 @@ def test_each_new_xid_is_one_timeline_row_and_one_event(engine: Engine, world: W
 
 def test_tenants_read_bmc_events_of_their_leased_nodes_only(engine: Engine, world: World, client: TestClient) -> None:
     mine, theirs = make_node_row(world, gpus=0, name="gpu-331"), make_node_row(world, gpus=0, name="gpu-332")
-    lease_node(world, mine.id, "a")
-    lease_node(world, theirs.id, "b")
+    world.session.add(NodeEvent(node_id=mine.id, kind="operation", message="deployed for its previous holder",
+                                actor="ops-admin", at=T0 - timedelta(hours=2)))  # before tenant a's lease
+    recorded = {"created_at": T0 - timedelta(hours=2)}
+    lease_node(world, mine.id, "a", **recorded)
+    lease_node(world, theirs.id, "b", **recorded)
     for minute, ok in enumerate((True, False)):
         poll(engine, "ipmi", [bmc("gpu-331", ok), bmc("gpu-332", ok)], T0 + timedelta(minutes=minute))
     own = client.get(f"/api/v1/nodes/{mine.id}/events", headers=world.headers("a_member"))
     assert own.status_code == 200
-    assert [(e["kind"], e["message"]) for e in own.json()] == [("bmc", "BMC stopped answering the ipmi collector")]
+    assert [(e["kind"], e["message"], e["actor"]) for e in own.json()] == [
+        ("bmc", "BMC stopped answering the ipmi collector", "")]  # not the node's life before the lease, nor who
+    admin = client.get(f"/api/v1/nodes/{mine.id}/events", headers=world.headers("admin")).json()
+    assert [(e["kind"], e["actor"]) for e in admin][-1] == ("operation", "ops-admin")
     assert "10.0.0.9" not in own.text
     refused = client.get(f"/api/v1/nodes/{theirs.id}/events", headers=world.headers("a_member"))
     assert refused.status_code == 404 and refused.headers["content-type"] == "application/problem+json"

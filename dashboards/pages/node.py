@@ -22,7 +22,14 @@ DEFAULT_RANGE = "24h"
 
 
 def _value(value: float | None, unit: str) -> str:
-    return "no reading" if value is None else f"{value:g} {unit}"
+    """A reading with its unit; bytes in binary units (4.0 GiB, not 4.29497e+09 bytes)."""
+    if value is None:
+        return "no reading"
+    if unit == "bytes":
+        for power, name in ((4, "TiB"), (3, "GiB"), (2, "MiB"), (1, "KiB")):
+            if abs(value) >= 1024 ** power:
+                return f"{value / 1024 ** power:.1f} {name}"
+    return f"{value:g} {unit}"
 
 
 def _facts(node: NodePublic, bmc: str) -> html.Div:
