@@ -87,7 +87,7 @@ def pages(seeded: dict) -> list[dict[str, Any]]:
                  f"/api/v1/usage/totals?period={current}"]
     return [
         {"page": "fleet", "user": "admin", "path": "/fleet", "charts": 4, "api": ["/api/v1/nodes"], "from": "/vdcs"},
-        {"page": "node", "user": "admin", "path": f"/nodes/{node}", "charts": 3, "from": "/fleet",
+        {"page": "node", "user": "admin", "path": f"/nodes/{node}", "charts": 7, "from": "/fleet",
          "api": [f"/api/v1/nodes/{node_id}", f"/api/v1/nodes/{node_id}/events", f"/api/v1/nodes/{node_id}/health"]},
         {"page": "vdcs", "user": "admin", "path": "/vdcs", "charts": 1, "api": ["/api/v1/vdcs"], "from": "/fleet"},
         {"page": "usage", "user": "member", "path": "/usage", "charts": 3, "from": "/costs",
