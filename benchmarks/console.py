@@ -92,6 +92,8 @@ def pages(seeded: dict) -> list[dict[str, Any]]:
         {"page": "vdcs", "user": "admin", "path": "/vdcs", "charts": 1, "api": ["/api/v1/vdcs"], "from": "/fleet"},
         {"page": "usage", "user": "member", "path": "/usage", "charts": 3, "from": "/costs",
          "api": ["/api/v1/leases?active=true", "/api/v1/vdcs", f"/api/v1/usage/efficiency?period={current}"]},
+        {"page": "usage (all tenants)", "user": "admin", "path": "/usage", "charts": 3, "from": "/costs",
+         "api": ["/api/v1/leases?active=true", "/api/v1/vdcs", f"/api/v1/usage/efficiency?period={current}"]},
         {"page": "costs (tenant)", "user": "member", "path": "/costs", "charts": 3, "api": costs_api, "from": "/usage"},
         {"page": "bill detail", "user": "member", "path": f"/costs/bills/{bill}", "charts": 0, "ready": "#bill-lines td",
          "api": [f"/api/v1/bills/{bill}"], "from": "/usage"},
