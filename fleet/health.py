@@ -12,6 +12,7 @@ from datetime import datetime
 from pydantic import BaseModel
 from sqlmodel import Session, col, select
 
+from collectors.base import SECOND_BMC_LABEL
 from collectors.models import CollectorTargetState, HealthSnapshot
 from fleet.models import Gpu
 from fleet.nodes import get_node
@@ -31,6 +32,7 @@ class SensorReading(BaseModel):
     unit: str
     state: str | None
     observed_at: datetime
+    source: str = "ipmi"  # the collector that read it: ipmi, or redfish (a node's Redfish address)
 
 
 class GpuReading(BaseModel):
@@ -102,14 +104,18 @@ def node_health(session: Session, principal: Principal, node_id: int) -> NodeHea
 
 
 def _add_ipmi(health: NodeHealth, snap: HealthSnapshot) -> None:
-    if snap.metric == "ipmi_chassis_power_state" and snap.value is not None:
+    # power comes from the node's primary BMC address; a second address's (bmc=redfish) is
+    # kept and exported, but does not overwrite it here. Sensors: both, each with its source.
+    primary = SECOND_BMC_LABEL not in snap.labels
+    if snap.metric == "ipmi_chassis_power_state" and snap.value is not None and primary:
         health.power_on = snap.value == 1.0
     elif snap.metric == "ipmi_dcmi_power_consumption_watts":
-        health.power_watts = snap.value
+        if primary:
+            health.power_watts = snap.value
     elif snap.metric.startswith(SENSOR_PREFIXES) and not snap.metric.endswith("_state") and snap.labels.get("name"):
         health.sensors.append(SensorReading(name=snap.labels["name"], metric=snap.metric, value=snap.value,
                                             unit=snap.unit, state=STATE_NAMES.get(snap.state),
-                                            observed_at=snap.observed_at))
+                                            observed_at=snap.observed_at, source=snap.source))
 
 
 def _int(text: str | None) -> int | None:
