@@ -22,6 +22,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from collectors.base import TargetResult
+from collectors.exposition import CollectorExposition
 from collectors.models import HealthSnapshot, NodeEnergyHour, NodeEnergySourceHour
 from collectors.sources import IpmiSource, RedfishSource
 from collectors.store import EnergyFigure, choose_energy_source, persist_results
@@ -126,6 +127,14 @@ def test_one_collect_once_polls_both_addresses_and_keeps_each_sources_readings(
     redfish_temps = {s.labels["name"] for s in snapshots
                      if s.metric == "ipmi_temperature_celsius" and s.labels.get("bmc") == "redfish"}
     assert ipmi_temps and redfish_temps  # both kept, neither replaced the other
+    engine = create_db_engine(env["KILN_DATABASE_URL"])
+    try:  # /metrics: both series, told apart by `bmc`; {bmc=""} counts the node once
+        families = {f.name: f for f in CollectorExposition(engine).collect()}
+    finally:
+        engine.dispose()
+    watts = {s.labels.get("bmc", ""): s.value for s in families["ipmi_dcmi_power_consumption_watts"].samples
+             if s.labels["node"] == NODE}
+    assert watts == {"": 347, "redfish": redfish_watts.value}
 
     shown = run(env, "nodes", "show", NODE, "--output", "json")
     body = json.loads(shown.stdout)
