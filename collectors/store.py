@@ -242,6 +242,11 @@ def _add_energy_hours(session: Session, rows: list[dict], max_gap: timedelta) ->
                                  "covered_seconds": current.covered_seconds + new.covered_seconds,
                                  "method": case((current.method == new.method, current.method), else_="mixed")})
     touched = {(row["node_id"], row["hour"]) for row in rows}
+    # Hold the node-hours first (in one order): the other collector's cycle, if it is storing the
+    # same hours now, waits here until it commits, and the read below sees its figure.
+    upsert(session, NodeEnergyHour, [{"node_id": node, "hour": hour, "kwh": Decimal(0), "covered_seconds": 0}
+                                     for node, hour in sorted(touched)],
+           ("node_id", "hour"), lambda current, new: {"kwh": current.kwh})
     figures: dict[tuple[int, datetime], list[EnergyFigure]] = {}
     columns = (NodeEnergySourceHour.node_id, NodeEnergySourceHour.hour, NodeEnergySourceHour.source,
                NodeEnergySourceHour.kwh, NodeEnergySourceHour.covered_seconds, NodeEnergySourceHour.method)

@@ -52,6 +52,10 @@ class NodeHealth(BaseModel):
     bmc_up: bool | None = None  # None: never polled
     bmc_last_success_at: datetime | None = None
     bmc_error: str | None = None
+    # the same of the Redfish collector's polls of a second, collection-only redfish_address
+    redfish_up: bool | None = None
+    redfish_last_success_at: datetime | None = None
+    redfish_error: str | None = None
     power_on: bool | None = None
     power_watts: float | None = None
     worst_state: str | None = None
@@ -80,6 +84,9 @@ def node_health(session: Session, principal: Principal, node_id: int) -> NodeHea
     health = NodeHealth(node=node.name)
     health.bmc_up, health.bmc_last_success_at, health.bmc_error = bmc_status(session, principal, node.name,
                                                                              node.bmc_driver)
+    if node.redfish_address and node.bmc_driver != "redfish":
+        health.redfish_up, health.redfish_last_success_at, health.redfish_error = bmc_status(
+            session, principal, node.name, "redfish")
     gpus = {g.uuid: g for g in session.exec(select(Gpu).where(Gpu.node_id == node.id)) if g.uuid}
     snapshots = session.exec(select(HealthSnapshot).where(
         (HealthSnapshot.node_id == node.id) | col(HealthSnapshot.entity).in_(list(gpus) or [""]))
