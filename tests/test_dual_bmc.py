@@ -212,7 +212,7 @@ def test_an_hour_of_energy_is_counted_once_from_the_counter_else_dcmi(
     assert hours[11] == (Decimal("0.600000"), 3600, "watts", "ipmi")
     # health: power from the primary address (DCMI), sensors from both, each named by its source
     assert health.power_watts == 600 and health.power_on is True
-    assert (health.bmc_up, health.redfish_up, health.redfish_error) == (True, True, None)
+    assert (health.bmc_up, health.bmc_error, health.redfish_up) == (True, None, True)
     assert {s.source for s in health.sensors} == {"ipmi", "redfish"}
 
 
