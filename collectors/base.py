@@ -16,6 +16,10 @@ from types import MappingProxyType
 from typing import NamedTuple, Protocol
 
 NO_LABELS: Mapping[str, str] = MappingProxyType({})  # a sample without labels (shared, read-only)
+# The label a node's second BMC source puts on the series it reports under the primary's names
+# (ipmi_*): `bmc="redfish"` on what the Redfish collector reads through an ipmi:// node's
+# redfish_address, so the two sources' readings are kept apart (README, "Two BMC sources").
+SECOND_BMC_LABEL = "bmc"
 
 
 class Sample(NamedTuple):
@@ -28,6 +32,11 @@ class Sample(NamedTuple):
     unit: str  # watts, celsius, rpm, volts, percent, bytes, joules, count, state, ...
     labels: Mapping[str, str]
     ts: datetime
+
+
+def is_second_bmc(sample: Sample) -> bool:
+    """Whether `sample` came from a node's second, collection-only BMC address."""
+    return SECOND_BMC_LABEL in sample.labels
 
 
 @dataclass(frozen=True)

@@ -37,14 +37,17 @@ REQUIREMENTS = {"ipmi": "", "redfish": "", "dcgm": "KILN_PROMETHEUS_URL", "rocm"
 
 @collect_app.command("once")
 def once(
-    collector: str = typer.Option("ipmi", "--collector", "-c", help=f"One of: {', '.join(REQUIREMENTS)}."),
+    collector: str = typer.Option("ipmi", "--collector", "-c", help=f"One of: {', '.join(REQUIREMENTS)}; several "
+                                  "separated by commas (ipmi,redfish: both BMC collectors, one after the other)."),
     nodes: list[str] = typer.Option(None, "--nodes", "-n",
                                     help="Only these targets (node names for ipmi and redfish); repeat or separate with commas."),
     output: OutputFormat = OutputOption,
 ) -> None:
     """Collect once from every target (or the named ones); exit 1 if any target failed."""
-    if collector not in REQUIREMENTS:
-        raise ValidationFailed("--collector", f"unknown collector {collector!r}: expected one of {', '.join(REQUIREMENTS)}")
+    names = list(dict.fromkeys(c.strip() for c in collector.split(",") if c.strip()))
+    unknown = [c for c in names if c not in REQUIREMENTS] or ([] if names else [collector])
+    if unknown:
+        raise ValidationFailed("--collector", f"unknown collector {unknown[0]!r}: expected one of {', '.join(REQUIREMENTS)}")
     # imported here: the collectors' clients (kubernetes, prometheus-api-client) load slowly,
     # and every other `kiln` command would pay for them
     from collectors.cycle import UnknownTargets
@@ -53,23 +56,27 @@ def once(
 
     config = settings()
     engine = engine_for(config)
+    reports = []
     try:
         ensure_current(engine)
         sources = build_sources(config, engine, FleetRuntime.build(config, engine).box)
-        source = sources.get(collector)
-        if source is None:
-            raise ValidationFailed("--collector", f"collector {collector} is not configured: set {REQUIREMENTS[collector]}")
+        missing = [c for c in names if c not in sources]
+        if missing:
+            raise ValidationFailed("--collector", f"collector {missing[0]} is not configured: set {REQUIREMENTS[missing[0]]}")
         only = [name.strip() for item in nodes or [] for name in item.split(",") if name.strip()]
         try:
-            report = _run(engine, source, only, show_progress=output == OutputFormat.table)
+            for name in names:
+                reports.append(_run(engine, sources[name], only, show_progress=output == OutputFormat.table))
         except UnknownTargets as exc:
             raise ValidationFailed("--nodes", str(exc)) from None
         finally:
-            source.close()
+            for source in sources.values():
+                source.close()
     finally:
         engine.dispose()
-    _print(report, output)
-    if any(not r.ok for r in report.results):
+    for report in reports:
+        _print(report, output)
+    if any(not r.ok for report in reports for r in report.results):
         raise typer.Exit(1)
 
 
@@ -87,7 +94,7 @@ def _run(engine, source, only, *, show_progress: bool) -> CycleReport:
 def _print(report: CycleReport, output: OutputFormat) -> None:
     if output == OutputFormat.json:
         for r in report.results:
-            typer.echo(json.dumps({"target": r.target, "ok": r.ok, "error": r.error, "samples": len(r.samples),
+            typer.echo(json.dumps({"collector": report.collector, "target": r.target, "ok": r.ok, "error": r.error, "samples": len(r.samples),
                                    "skipped": r.skipped, "seconds": round(r.seconds, 3), "timed_out": r.timed_out}))
         return
     table = Table(title=f"{report.collector}: {len(report.results)} target(s)")

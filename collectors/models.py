@@ -8,7 +8,9 @@
   the API show as a node's or GPU's health now.
 - `rollup_5m`: 5-minute aggregates of a few chart series, for when no Prometheus is configured.
 - `node_energy_hour`: kWh per node-hour (metering's energy input), from the BMC's energy
-  counter where it has one (Redfish `EnergykWh`), else integrated from its watts; `method` says which.
+  counter where it has one (Redfish `EnergykWh`), else integrated from its watts; `method` says
+  which, `source` which collector's figure it is (one per node-hour, from `node_energy_source_hour`).
+- `node_energy_source_hour`: the same per collector (ipmi, redfish), for nodes two sources read.
 - `bmc_log_cursor`: per node and BMC log, the newest entry already stored as a node event.
 - `gpu_energy_hour`: kWh per GPU-hour from the GPU exporters' energy counters.
 - `gpu_xid_event`: each new XID error a GPU exporter reported (the node page's XID timeline).
@@ -113,6 +115,24 @@ class NodeEnergyHour(SQLModel, table=True):
     kwh: Decimal = Field(default=Decimal(0), sa_column=Column(ExactNumeric(18, 6), nullable=False))
     covered_seconds: int = Field(default=0)  # how much of the hour the readings cover
     method: str = Field(default="watts", max_length=8, sa_column_kwargs={"server_default": "watts"})
+    source: str | None = Field(default=None, max_length=32)  # the collector: ipmi | redfish; None: before 0020
+
+
+class NodeEnergySourceHour(SQLModel, table=True):
+    """One collector's figure of the energy a node drew in one hour (as NodeEnergyHour); a node
+    whose BMC two collectors read has two, and node_energy_hour holds one of them
+    (collectors/store.py, `choose_energy_source`)."""
+
+    __tablename__ = "node_energy_source_hour"
+    __table_args__ = (UniqueConstraint("node_id", "hour", "source"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    node_id: int = Field(sa_column=Column(Integer, ForeignKey("node.id", ondelete="CASCADE"), nullable=False, index=True))
+    hour: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
+    source: str = Field(max_length=32)
+    kwh: Decimal = Field(default=Decimal(0), sa_column=Column(ExactNumeric(18, 6), nullable=False))
+    covered_seconds: int = Field(default=0)
+    method: str = Field(default="watts", max_length=8)
 
 
 class BmcLogCursor(SQLModel, table=True):

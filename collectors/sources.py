@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, or_, select
 
 from collectors import kubernetes, opencost
-from collectors.base import Collector, TargetResult
+from collectors.base import SECOND_BMC_LABEL, Collector, Sample, TargetResult
 from collectors.cluster_store import persist_kubernetes, persist_opencost
 from collectors.dcgm import DCGM
 from collectors.exporter_scrape import ExporterScrapeCollector
@@ -121,10 +121,18 @@ class IpmiSource(BmcSource):
 
 
 class RedfishSource(BmcSource):
-    """Every node with a `redfish://` (or `redfish+http(s)://`) BMC; each poll stores only the
-    BMC log entries after the newest one already stored (collectors/redfish_store.py)."""
+    """Every node with a `redfish://` (or `redfish+http(s)://`) BMC, or an `ipmi://` one with a
+    second, collection-only `redfish_address`; each poll stores only the BMC log entries after
+    the newest one already stored (collectors/redfish_store.py). What a second address reports
+    under the IPMI names carries `bmc="redfish"` (see `second_bmc`)."""
 
     name = driver = "redfish"
+
+    def targets(self, session: Session) -> list[str]:
+        """Names of the nodes with a Redfish BMC address, primary or second."""
+        return list(session.exec(select(Node.name).where(or_(Node.bmc_driver == self.driver,
+                                                             col(Node.redfish_address).is_not(None)))
+                                 .order_by(Node.name)))
 
     def _target(self, node: Node) -> RedfishTarget:
         return redfish_target(node, self.box, verify=self.settings.redfish_verify_tls)
@@ -136,7 +144,18 @@ class RedfishSource(BmcSource):
 
     def _run(self, collector: RedfishCollector, progress: Progress | None, session: Session,
              nodes: Sequence[Node]) -> list[TargetResult]:
-        return collector.collect(progress, log_cursors=log_cursors(session, nodes))
+        results = collector.collect(progress, log_cursors=log_cursors(session, nodes))
+        second = {n.name for n in nodes if n.bmc_driver != self.driver}
+        return [second_bmc(r) if r.target in second else r for r in results]
+
+
+def second_bmc(result: TargetResult) -> TargetResult:
+    """A second BMC address's result: its series under the primary's names (`ipmi_*`) labelled
+    `bmc="redfish"`, so they sit beside the IPMI collector's instead of replacing them."""
+    def label(s: Sample) -> Sample:
+        return s._replace(labels={**s.labels, SECOND_BMC_LABEL: "redfish"}) if s.metric.startswith("ipmi_") else s
+
+    return replace(result, samples=[label(s) for s in result.samples])
 
 
 def _bmc_password(node: Node, box: SecretBox | None) -> str:
@@ -155,11 +174,13 @@ def ipmi_target(node: Node, box: SecretBox | None) -> IpmiTarget:
 
 
 def redfish_target(node: Node, box: SecretBox | None, *, verify: bool = True) -> RedfishTarget:
-    """A node's BMC as the Redfish collector polls it: the address's service URL and system path
-    (ValueError as for `ipmi_target`)."""
-    address = parse_bmc_address(node.bmc_address)
+    """A node's BMC as the Redfish collector polls it: the service URL and system path of its
+    Redfish address, primary or else second, with the node's BMC credentials (ValueError as for
+    `ipmi_target`)."""
+    text = node.bmc_address if node.bmc_driver == "redfish" or not node.redfish_address else node.redfish_address
+    address = parse_bmc_address(text)
     if address.driver != "redfish":
-        raise ValueError(f"BMC address {node.bmc_address!r} is not a Redfish address")
+        raise ValueError(f"BMC address {text!r} is not a Redfish address")
     return RedfishTarget(node.name, address.base_url, node.bmc_username or "", _bmc_password(node, box),
                          verify=verify, system=address.path.rstrip("/"))
 

@@ -16,7 +16,11 @@ Collectors themselves never touch the database (collectors/base.py).
   a gap) its watts of consecutive polls are integrated as trapezoids, `method` "watts"; an
   hour made both ways says "mixed". kWh to 6 decimal places (1 mWh), each addition rounded
   half-even. Gaps longer than `max_gap` are not counted (unknown draw): `covered_seconds` says
-  how much of the hour the readings cover.
+  how much of the hour the readings cover. Each collector's figure is kept apart
+  (`node_energy_source_hour`); `node_energy_hour` holds one per node-hour, so a node whose BMC
+  both the IPMI and the Redfish collector read is counted once (`choose_energy_source`).
+- A node's second BMC address (series labelled `bmc="redfish"`, collectors/sources.py) keeps
+  its own snapshots and watts chain, and stays out of the rollups (charts: the primary's).
 """
 
 from __future__ import annotations
@@ -26,11 +30,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import NamedTuple
 
 from sqlalchemy import case
 from sqlmodel import Session, col, select
 
-from collectors.base import Sample, TargetResult
+from collectors.base import Sample, TargetResult, is_second_bmc
 from collectors.energy import (
     GPU_ENERGY_METRIC,
     NODE_ENERGY_COUNTER,
@@ -43,6 +48,7 @@ from collectors.models import (
     CollectorTargetState,
     HealthSnapshot,
     NodeEnergyHour,
+    NodeEnergySourceHour,
     Rollup5m,
 )
 from collectors.redfish_firmware import FIRMWARE_METRIC
@@ -96,7 +102,7 @@ def persist_results(session: Session, collector: str, results: Sequence[TargetRe
     if samples:
         node_ids = node_ids_of(session, samples)
         integrate_energy(session, [s for s in samples if s.metric == POWER_METRIC], node_ids, max_gap,
-                         counters=[s for s in samples if s.metric == NODE_ENERGY_COUNTER])
+                         counters=[s for s in samples if s.metric == NODE_ENERGY_COUNTER], source=collector)
         gpu_energy = [s for s in samples if s.metric == GPU_ENERGY_METRIC and s.source in GPU_SOURCES]
         integrate_gpu_energy(session, gpu_energy, {s.entity: _node_of(s, node_ids) for s in gpu_energy}, max_gap)
         xids = [s for s in samples if s.source in GPU_SOURCES]
@@ -175,7 +181,7 @@ def add_rollups(session: Session, samples: Iterable[Sample]) -> None:
     points: dict[tuple[str, str, datetime], list[float]] = {}
     hottest: dict[tuple[str, str, datetime], float] = {}
     for s in samples:
-        if not math.isfinite(s.value):
+        if not math.isfinite(s.value) or is_second_bmc(s):  # charts keep to the primary BMC's series
             continue
         bucket = bucket_of(s.ts)
         if s.metric in ROLLUPS:
@@ -226,41 +232,84 @@ def bucket_of(ts: datetime) -> datetime:
 
 def integrate_energy(session: Session, power: Sequence[Sample], node_ids: Mapping[str, int],
                      max_gap: timedelta, previous: Mapping[str, tuple[datetime, float]] | None = None,
-                     counters: Sequence[Sample] = ()) -> None:
-    """Add each node's energy since its previous poll to its hours: its energy counter's increase
-    where `counters` cover it (collectors.energy.node_counter_energy), else the watts between
-    its previous DCMI reading (from its snapshot, or `previous`: node → (time, watts)) and this one."""
+                     counters: Sequence[Sample] = (), source: str = "ipmi") -> None:
+    """Add each node's energy since its previous poll by collector `source` to its hours: its
+    energy counter's increase where `counters` cover it (collectors.energy.node_counter_energy),
+    else the watts between its previous reading of the same series (from its snapshot, or
+    `previous`: node → (time, watts)) and this one; then `node_energy_hour` holds one collector's
+    figure per node-hour (`choose_energy_source`)."""
     by_counter, counted = node_counter_energy(session, counters, node_ids, max_gap)
     power = [s for s in power if s.entity not in counted]
     rows = [{"node_id": n, "hour": h, "kwh": kwh, "covered_seconds": secs, "method": "counter"}
             for (n, h), (kwh, secs) in by_counter.items()]
-    if not power:
-        _add_energy_hours(session, rows)
-        return
     if previous is None:
-        previous = {row.entity: (row.observed_at, row.value) for row in session.exec(
-            select(HealthSnapshot).where(HealthSnapshot.metric == POWER_METRIC, HealthSnapshot.labels_key == "",
-                                         HealthSnapshot.entity.in_([s.entity for s in power])))
-            if row.value is not None}
+        known = {(row.entity, row.labels_key): (row.observed_at, row.value) for row in session.exec(
+            select(HealthSnapshot).where(HealthSnapshot.metric == POWER_METRIC,
+                                         col(HealthSnapshot.entity).in_([s.entity for s in power])))
+            if row.value is not None} if power else {}
+    else:
+        known = {(entity, ""): reading for entity, reading in previous.items()}
     totals: dict[tuple[int, datetime], list] = {}
-    for s in power:
-        node_id, before = node_ids.get(s.entity), previous.get(s.entity)
+    for s in power:  # each series after its own previous reading: a second BMC's (bmc=redfish) apart
+        node_id, before = node_ids.get(s.entity), known.get((s.entity, labels_key(s.labels)))
         if node_id is None or before is None or not math.isfinite(s.value):
             continue
         for hour, kwh, seconds in energy_by_hour(before[0], before[1], s.ts, s.value, max_gap):
             slot = totals.setdefault((node_id, hour), [Decimal(0), 0])
             slot[0] += kwh
             slot[1] += seconds
-    _add_energy_hours(session, rows + [{"node_id": n, "hour": h, "kwh": kwh, "covered_seconds": secs, "method": "watts"}
-                                       for (n, h), (kwh, secs) in totals.items()])
+    rows += [{"node_id": n, "hour": h, "kwh": kwh, "covered_seconds": secs, "method": "watts"}
+             for (n, h), (kwh, secs) in totals.items()]
+    _add_energy_hours(session, [{**row, "source": source} for row in rows], max_gap)
 
 
-def _add_energy_hours(session: Session, rows: list[dict]) -> None:
-    """Add rows to their node-hours; an hour made by counter and by watts says "mixed"."""
-    upsert(session, NodeEnergyHour, rows, ("node_id", "hour"),
+def _add_energy_hours(session: Session, rows: list[dict], max_gap: timedelta) -> None:
+    """Add rows to their collector's node-hours (an hour made by counter and by watts says
+    "mixed"), then set each touched node-hour to the figure `choose_energy_source` picks."""
+    if not rows:
+        return
+    upsert(session, NodeEnergySourceHour, rows, ("node_id", "hour", "source"),
            lambda current, new: {"kwh": current.kwh + new.kwh,
                                  "covered_seconds": current.covered_seconds + new.covered_seconds,
                                  "method": case((current.method == new.method, current.method), else_="mixed")})
+    touched = {(row["node_id"], row["hour"]) for row in rows}
+    # Hold the node-hours first (in one order): the other collector's cycle, if it is storing the
+    # same hours now, waits here until it commits, and the read below sees its figure.
+    upsert(session, NodeEnergyHour, [{"node_id": node, "hour": hour, "kwh": Decimal(0), "covered_seconds": 0}
+                                     for node, hour in sorted(touched)],
+           ("node_id", "hour"), lambda current, new: {"kwh": current.kwh})
+    figures: dict[tuple[int, datetime], list[EnergyFigure]] = {}
+    columns = (NodeEnergySourceHour.node_id, NodeEnergySourceHour.hour, NodeEnergySourceHour.source,
+               NodeEnergySourceHour.kwh, NodeEnergySourceHour.covered_seconds, NodeEnergySourceHour.method)
+    hours = [hour for _, hour in touched]
+    for figure in session.exec(select(*columns).where(
+            col(NodeEnergySourceHour.node_id).in_({node for node, _ in touched}),
+            col(NodeEnergySourceHour.hour) >= min(hours), col(NodeEnergySourceHour.hour) <= max(hours))):
+        if (figure.node_id, figure.hour) in touched:
+            figures.setdefault((figure.node_id, figure.hour), []).append(EnergyFigure(*figure[2:]))
+    chosen = [{"node_id": node, "hour": hour, **choose_energy_source(found, max_gap)._asdict()}
+              for (node, hour), found in figures.items()]
+    upsert(session, NodeEnergyHour, chosen, ("node_id", "hour"), ("kwh", "covered_seconds", "method", "source"))
+
+
+class EnergyFigure(NamedTuple):
+    """One collector's energy of one node-hour."""
+
+    source: str
+    kwh: Decimal
+    covered_seconds: int
+    method: str
+
+
+def choose_energy_source(figures: Sequence[EnergyFigure], max_gap: timedelta) -> EnergyFigure:
+    """The one figure of a node-hour that counts when two collectors read the node's BMC: the
+    BMC's energy counter (a Redfish figure made by `counter`, or `mixed` with its own watts where
+    the counter could not say), else DCMI watts (the IPMI collector's), else another's watts.
+    A figure covering less of the hour than another by more than `max_gap` (its BMC answered
+    only part of the hour) gives way to the ones covering more."""
+    most = max(f.covered_seconds for f in figures)
+    full = [f for f in figures if f.covered_seconds >= most - max_gap.total_seconds()]
+    return min(full, key=lambda f: (f.method == "watts", f.source != "ipmi", f.source))
 
 
 def update_facts(session: Session, samples: Iterable[Sample], node_ids: Mapping[str, int]) -> None:

@@ -67,6 +67,15 @@ def parse_bmc_address(text: str) -> BmcAddress:
     return BmcAddress(driver, host, port)
 
 
+def parse_redfish_address(text: str) -> BmcAddress:
+    """Parse a node's second, collection-only address: a Redfish one only (ValueError otherwise)."""
+    address = parse_bmc_address(text)
+    if address.driver != "redfish":
+        raise ValueError(f"second BMC address {text!r} must be a Redfish address: "
+                         "expected redfish[+http|+https]://HOST[:PORT][/SYSTEM-PATH]")
+    return address
+
+
 def _valid_host(host: str) -> bool:
     return is_ip_address(host) or bool(_HOSTNAME.match(host))
 

@@ -25,6 +25,7 @@ from kiln.cli.common import (
 )
 from kiln.errors import BadGateway, NotFound, ValidationFailed
 from kiln.schema import ensure_current
+from kiln.validation import parse_model
 
 if TYPE_CHECKING:
     from fleet.operations import Outcome
@@ -189,6 +190,26 @@ def sync_command() -> None:
     typer.echo(report.summary())
     if report.errors:
         raise BadGateway("sync incomplete: " + "; ".join(f"{p}: {e}" for p, e in sorted(report.errors.items())))
+
+
+@nodes_app.command("update")
+def update_command(
+    name: str = typer.Argument(..., help="Node name."),
+    redfish_address: str = typer.Option(
+        None, "--redfish-address", help="A second, collection-only Redfish address of the node's BMC "
+        "(redfish[+http|+https]://HOST[:PORT][/SYSTEM-PATH]; same username and password as its ipmi:// address)."),
+    clear_redfish_address: bool = typer.Option(False, "--clear-redfish-address", help="Remove the second address."),
+) -> None:
+    """Change a node's second, collection-only Redfish address."""
+    from fleet.schemas import NodeUpdate
+
+    if (redfish_address is None) == (not clear_redfish_address):
+        raise ValidationFailed("redfish_address", "give either --redfish-address URL or --clear-redfish-address")
+    data = parse_model(NodeUpdate, {"redfish_address": redfish_address}, keep_none=True)
+    with db_session() as session:
+        node = node_service.get_node_by_name(session, Principal.system(), name)
+        node_service.update_node(session, Principal.system(), node.id, data)
+    typer.echo(f"node {name}: redfish_address {redfish_address or 'removed'}")
 
 
 @nodes_app.command("delete")

@@ -12,6 +12,7 @@ from datetime import datetime
 from pydantic import BaseModel
 from sqlmodel import Session, col, select
 
+from collectors.base import SECOND_BMC_LABEL
 from collectors.models import CollectorTargetState, HealthSnapshot
 from fleet.models import Gpu
 from fleet.nodes import get_node
@@ -31,6 +32,7 @@ class SensorReading(BaseModel):
     unit: str
     state: str | None
     observed_at: datetime
+    source: str = "ipmi"  # the collector that read it: ipmi, or redfish (a node's Redfish address)
 
 
 class GpuReading(BaseModel):
@@ -50,6 +52,10 @@ class NodeHealth(BaseModel):
     bmc_up: bool | None = None  # None: never polled
     bmc_last_success_at: datetime | None = None
     bmc_error: str | None = None
+    # the same of the Redfish collector's polls of a second, collection-only redfish_address
+    redfish_up: bool | None = None
+    redfish_last_success_at: datetime | None = None
+    redfish_error: str | None = None
     power_on: bool | None = None
     power_watts: float | None = None
     worst_state: str | None = None
@@ -78,6 +84,9 @@ def node_health(session: Session, principal: Principal, node_id: int) -> NodeHea
     health = NodeHealth(node=node.name)
     health.bmc_up, health.bmc_last_success_at, health.bmc_error = bmc_status(session, principal, node.name,
                                                                              node.bmc_driver)
+    if node.redfish_address and node.bmc_driver != "redfish":
+        health.redfish_up, health.redfish_last_success_at, health.redfish_error = bmc_status(
+            session, principal, node.name, "redfish")
     gpus = {g.uuid: g for g in session.exec(select(Gpu).where(Gpu.node_id == node.id)) if g.uuid}
     snapshots = session.exec(select(HealthSnapshot).where(
         (HealthSnapshot.node_id == node.id) | col(HealthSnapshot.entity).in_(list(gpus) or [""]))
@@ -102,14 +111,18 @@ def node_health(session: Session, principal: Principal, node_id: int) -> NodeHea
 
 
 def _add_ipmi(health: NodeHealth, snap: HealthSnapshot) -> None:
-    if snap.metric == "ipmi_chassis_power_state" and snap.value is not None:
+    # power comes from the node's primary BMC address; a second address's (bmc=redfish) is
+    # kept and exported, but does not overwrite it here. Sensors: both, each with its source.
+    primary = SECOND_BMC_LABEL not in snap.labels
+    if snap.metric == "ipmi_chassis_power_state" and snap.value is not None and primary:
         health.power_on = snap.value == 1.0
     elif snap.metric == "ipmi_dcmi_power_consumption_watts":
-        health.power_watts = snap.value
+        if primary:
+            health.power_watts = snap.value
     elif snap.metric.startswith(SENSOR_PREFIXES) and not snap.metric.endswith("_state") and snap.labels.get("name"):
         health.sensors.append(SensorReading(name=snap.labels["name"], metric=snap.metric, value=snap.value,
                                             unit=snap.unit, state=STATE_NAMES.get(snap.state),
-                                            observed_at=snap.observed_at))
+                                            observed_at=snap.observed_at, source=snap.source))
 
 
 def _int(text: str | None) -> int | None:

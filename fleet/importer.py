@@ -1,8 +1,9 @@
 """Bulk enrolment from CSV or YAML: validate every row first, then enroll, idempotently.
 
 CSV header: `name,provisioner,bmc_address,bmc_username,bmc_password` and optionally
-`boot_mac,resource_class,rack,zone,tags,ironic_driver,ipmi_cipher_suite,ipmi_privilege,gpu_model,
-gpu_count,gpu_memory_mib` (tags separated by `;`). YAML: a list of mappings with the same keys (or
+`redfish_address,boot_mac,resource_class,rack,zone,tags,ironic_driver,ipmi_cipher_suite,ipmi_privilege,
+gpu_model,gpu_count,gpu_memory_mib` (tags separated by `;`; `redfish_address`: the second, collection-only
+Redfish address of an `ipmi://` node's BMC, same credentials). YAML: a list of mappings with the same keys (or
 `nodes:` holding one), where `gpus` and `facts` may also be given in full.
 
 Rules: every problem in the file is reported with its row number; if any row is invalid
@@ -36,16 +37,16 @@ from kiln.validation import clean_message
 
 REQUIRED_COLUMNS = ("name", "provisioner", "bmc_address", "bmc_username", "bmc_password")
 OPTIONAL_COLUMNS = (
-    "boot_mac", "resource_class", "rack", "zone", "tags", "ironic_driver", "ipmi_cipher_suite", "ipmi_privilege",
+    "redfish_address", "boot_mac", "resource_class", "rack", "zone", "tags", "ironic_driver", "ipmi_cipher_suite", "ipmi_privilege",
     "gpu_model", "gpu_count", "gpu_memory_mib",
 )
 COMPARED_FIELDS = (
-    "provisioner", "bmc_address", "bmc_username", "boot_mac", "resource_class", "rack", "zone", "ipmi_cipher_suite",
+    "provisioner", "bmc_address", "redfish_address", "bmc_username", "boot_mac", "resource_class", "rack", "zone", "ipmi_cipher_suite",
     "ipmi_privilege",
 )
 # Text fields: a plain YAML scalar that YAML 1.1 would read as a number or boolean keeps its text
 # (an unquoted MAC like 52:54:00:12:34:56 is a base-60 integer to PyYAML).
-TEXT_FIELDS = REQUIRED_COLUMNS + ("boot_mac", "resource_class", "rack", "zone", "ironic_driver", "ipmi_privilege",
+TEXT_FIELDS = REQUIRED_COLUMNS + ("redfish_address", "boot_mac", "resource_class", "rack", "zone", "ironic_driver", "ipmi_privilege",
                                   "gpu_model")
 
 

@@ -26,6 +26,8 @@ class Node(SQLModel, table=True):
     hardware_type: str = Field(default="ipmi", max_length=32)  # Ironic hardware type
     bmc_driver: str = Field(max_length=16)  # ipmi | redfish
     bmc_address: str = Field(max_length=255)
+    # a second, collection-only Redfish address of the same BMC (same credentials); never enrolled
+    redfish_address: str | None = Field(default=None, max_length=255)
     bmc_username: str | None = Field(default=None, max_length=64)
     bmc_password_encrypted: str | None = Field(default=None, max_length=512)
     ipmi_cipher_suite: int | None = Field(default=None)

@@ -23,13 +23,13 @@ from fleet.usage import in_force
 from kiln import audit
 from kiln.auth import Principal
 from kiln.db import first_or_not_found, utcnow
-from kiln.errors import Conflict
+from kiln.errors import Conflict, ValidationFailed
 from kiln.roles import Role
 from kiln.security import SecretBox
 
 
 
-INFRA_ONLY_FIELDS = {"bmc_address", "bmc_username", "external_id", "last_error"}
+INFRA_ONLY_FIELDS = {"bmc_address", "redfish_address", "bmc_username", "external_id", "last_error"}
 
 
 def visible(statement, principal: Principal):
@@ -194,6 +194,7 @@ def create_node(session: Session, principal: Principal, data: NodeCreate, driver
         hardware_type=data.ironic_driver,
         bmc_driver=address.driver,
         bmc_address=data.bmc_address,
+        redfish_address=data.redfish_address,
         bmc_username=data.bmc_username,
         bmc_password_encrypted=box.encrypt(data.bmc_password.get_secret_value()) if data.bmc_password else None,
         ipmi_cipher_suite=data.ipmi_cipher_suite,
@@ -227,11 +228,15 @@ def create_node(session: Session, principal: Principal, data: NodeCreate, driver
 
 
 def update_node(session: Session, principal: Principal, node_id: int, data: NodeUpdate) -> Node:
-    """Change Kiln-owned fields of a node: resource class, rack, carbon zone, tags, facts, GPUs."""
+    """Change Kiln-owned fields of a node: resource class, rack, carbon zone, tags, facts, GPUs,
+    and its second, collection-only Redfish address (only beside an `ipmi://` bmc_address)."""
     node = get_node(session, principal, node_id)
     principal.require_role(Role.INFRA_ADMIN, action="change nodes")
     changes = data.model_dump(exclude_unset=True)
-    for key in ("resource_class", "rack", "zone"):
+    if changes.get("redfish_address") and node.bmc_driver != "ipmi":
+        raise ValidationFailed("redfish_address", f"node '{node.name}' has a {node.bmc_driver} bmc_address: a "
+                               "second Redfish address is only for nodes whose bmc_address is ipmi://")
+    for key in ("resource_class", "rack", "zone", "redfish_address"):
         if key in changes:
             setattr(node, key, changes[key])
     if data.facts is not None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
-from fleet.bmc import parse_bmc_address
+from fleet.bmc import parse_bmc_address, parse_redfish_address
 from kiln.db import MAX_INTEGER
 
 NodeName = Annotated[
@@ -65,6 +65,20 @@ Zone = Annotated[str, Field(
     "unset: KILN_CARBON_ZONE.")]
 
 
+RedfishAddress = Annotated[str, Field(
+    max_length=255,
+    description="A second, collection-only address of the same BMC's Redfish service, for a node whose "
+    "bmc_address is ipmi://: redfish://HOST[:PORT][/SYSTEM-PATH] (or redfish+http://, redfish+https://). "
+    "It uses the node's BMC username and password; the Redfish collector polls it, Ironic never sees it.")]
+
+
+def _redfish_address(value: str | None) -> str | None:
+    if value is None:
+        return None
+    parse_redfish_address(value)
+    return value.strip()
+
+
 def _unique_gpu_indexes(gpus: list[GpuSpec] | None) -> list[GpuSpec] | None:
     if gpus is not None:
         indexes = [g.index for g in gpus]
@@ -82,6 +96,7 @@ class NodeCreate(BaseModel):
     provisioner: Provisioner
     bmc_address: str = Field(max_length=255, description="ipmi://HOST[:PORT], or redfish://HOST[:PORT][/SYSTEM-PATH] "
                              "(HTTPS; redfish+http:// for plain HTTP; no path: the BMC's only system)")
+    redfish_address: RedfishAddress | None = None
     bmc_username: str | None = Field(default=None, max_length=64)
     bmc_password: SecretStr | None = Field(default=None, max_length=256)
     ironic_driver: HardwareType | None = Field(
@@ -104,6 +119,16 @@ class NodeCreate(BaseModel):
         parse_bmc_address(value)
         return value.strip()
 
+    @field_validator("redfish_address")
+    @classmethod
+    def _redfish(cls, value: str | None, info: ValidationInfo) -> str | None:
+        value = _redfish_address(value)
+        primary = info.data.get("bmc_address")
+        if value and primary and parse_bmc_address(primary).driver != "ipmi":
+            raise ValueError("a second Redfish address is only for nodes whose bmc_address is ipmi:// "
+                             "(a Redfish bmc_address is polled by the Redfish collector already)")
+        return value
+
     @field_validator("boot_mac")
     @classmethod
     def _mac(cls, value: str | None) -> str | None:
@@ -119,10 +144,12 @@ class NodeCreate(BaseModel):
 
 
 class NodeUpdate(BaseModel):
-    """Fields of a node that Kiln owns (BMC and backend identity change by re-enrolling)."""
+    """Fields of a node that Kiln owns (BMC and backend identity change by re-enrolling); the
+    second, collection-only `redfish_address` (null: none)."""
 
     model_config = ConfigDict(extra="forbid")
 
+    redfish_address: RedfishAddress | None = None
     resource_class: str | None = Field(default=None, max_length=64)
     rack: str | None = Field(default=None, max_length=64)
     zone: Zone | None = None
@@ -131,6 +158,7 @@ class NodeUpdate(BaseModel):
     gpus: list[GpuSpec] | None = None
 
     _gpus = field_validator("gpus")(_unique_gpu_indexes)
+    _redfish = field_validator("redfish_address")(_redfish_address)
 
 
 class NodePublic(BaseModel):
@@ -143,6 +171,8 @@ class NodePublic(BaseModel):
     hardware_type: str
     bmc_driver: str
     bmc_address: str | None = Field(default=None, description="Blank for tenant roles.")
+    redfish_address: str | None = Field(default=None, description="The second, collection-only Redfish address "
+                                        "(same credentials as bmc_address); blank for tenant roles.")
     bmc_username: str | None = None
     bmc_password_set: bool
     boot_mac: str | None

@@ -201,7 +201,7 @@ def test_bmcs_and_xid_errors_are_for_the_right_eyes(world: World) -> None:
 
 
 def test_a_tenant_sees_a_nodes_events_only_from_its_own_lease(world: World) -> None:
-    node = make_node_row(world, name="node-x", gpus=2)
+    node = make_node_row(world, name="node-x", gpus=2, redfish_address="redfish://10.9.9.9/redfish/v1/Systems/1")
     make_vdc(world, "train", ["node-x"], {"a": {}, "b": {}})
     add_event(world.session, node, "lease", "leased to tenant-b via VDC train", "ops")
     world.session.commit()
@@ -212,7 +212,9 @@ def test_a_tenant_sees_a_nodes_events_only_from_its_own_lease(world: World) -> N
     mine = node_detail(world.session, principal(world, "a_member"), "node-x")
     assert [e["message"] for e in mine.events] == ["leased to tenant-a via VDC train"]
     assert mine.events[0]["actor"] == "" and mine.node.bmc_address is None and mine.lease.tenant == "tenant-a"
+    assert mine.node.redfish_address is None  # the second BMC address is the admins' too
     everything = node_detail(world.session, principal(world, "admin"), "node-x")
+    assert everything.node.redfish_address == "redfish://10.9.9.9/redfish/v1/Systems/1"
     assert [e["message"] for e in everything.events] == ["leased to tenant-a via VDC train", "leased to tenant-b via VDC train"]
 
 

@@ -25,6 +25,9 @@ class TestNodesAPI(ResourceAPITests):
         ({"gpus": [{"index": 0, "model": "X"}, {"index": 0, "model": "X"}]}, "gpus"),
         ({"facts": {"ram_mib": -1}}, "facts.ram_mib"),
         ({"tags": ["has space"]}, "tags.0"),
+        ({"redfish_address": "ipmi://10.0.0.2"}, "redfish_address"),  # the second address is Redfish only
+        ({"redfish_address": "https://10.0.0.2/redfish/v1/Systems/1"}, "redfish_address"),
+        ({"bmc_address": "redfish://10.0.0.3", "redfish_address": "redfish://10.0.0.3"}, "redfish_address"),
     ]
 
     def create_payload(self, world: World, tenant: str) -> dict:

@@ -43,6 +43,8 @@ def _facts(node: NodePublic, bmc: str) -> html.Div:
     ]
     if node.bmc_address:  # infra admins only (to_public blanks it for tenants)
         rows.append(("BMC", f"{node.bmc_address} as {node.bmc_username or '—'}"))
+    if node.redfish_address:  # the second, collection-only address: same account
+        rows.append(("BMC Redfish (collection only)", node.redfish_address))
     rows.append(("BMC polls", html.Span(bmc, id="node-bmc-polls")))
     if node.last_error:
         rows.append(("last backend error", node.last_error))
