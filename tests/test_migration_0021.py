@@ -1,4 +1,4 @@
-"""Migration 0020: node-hours metered before it become their one BMC collector's figures (its
+"""Migration 0021: node-hours metered before it become their one BMC collector's figures (its
 bmc_driver), so polls after the upgrade add to an hour instead of replacing it; a downgrade
 drops the second address and the per-collector figures. On SQLite and PostgreSQL."""
 
@@ -19,11 +19,11 @@ from kiln.types import ExactNumeric
 from tests.test_migration_0010 import fresh_engine  # noqa: F401 (a fixture)
 
 HOUR = datetime(2026, 11, 2, 10, tzinfo=UTC)
-ENERGY_AT_0019 = table("node_energy_hour", column("node_id"), column("hour", UTCDateTime()),
+ENERGY_AT_0020 = table("node_energy_hour", column("node_id"), column("hour", UTCDateTime()),
                        column("kwh", ExactNumeric(18, 6)), column("covered_seconds"), column("method"))
 
 
-def _seed_at_0019(engine: Engine) -> None:
+def _seed_at_0020(engine: Engine) -> None:
     with engine.begin() as connection:
         for node_id, driver, address, kwh, method in ((1, "ipmi", "ipmi://10.0.0.1", "0.5", "watts"),
                                                       (2, "redfish", "redfish://10.0.0.2", "0.75", "counter")):
@@ -32,14 +32,14 @@ def _seed_at_0019(engine: Engine) -> None:
                 "provision_state, maintenance, created_at, updated_at) VALUES (:id, :name, 'fake', :driver, "
                 ":driver, :address, '{}', 'active', false, '2026-11-01 00:00:00+00:00', '2026-11-01 00:00:00+00:00')"),
                 {"id": node_id, "name": f"node-{node_id}", "driver": driver, "address": address})
-            connection.execute(ENERGY_AT_0019.insert().values(node_id=node_id, hour=HOUR, kwh=Decimal(kwh),
+            connection.execute(ENERGY_AT_0020.insert().values(node_id=node_id, hour=HOUR, kwh=Decimal(kwh),
                                                               covered_seconds=1800, method=method))
 
 
 def test_metered_hours_become_their_collectors_and_polls_add_to_them(fresh_engine: Engine) -> None:  # noqa: F811
     engine = fresh_engine
-    assert migrate_to(engine, "0019") == "0019"
-    _seed_at_0019(engine)
+    assert migrate_to(engine, "0020") == "0020"
+    _seed_at_0020(engine)
     assert migrate_to(engine, head_revision()) == head_revision()
     with Session(engine) as session:
         assert {(r.node_id, r.source, r.kwh, r.method) for r in session.exec(select(NodeEnergyHour))} == {
@@ -54,7 +54,7 @@ def test_metered_hours_become_their_collectors_and_polls_add_to_them(fresh_engin
         row = session.exec(select(NodeEnergyHour).where(NodeEnergyHour.node_id == 1)).one()
         assert (row.kwh, row.covered_seconds, row.source) == (Decimal("0.6"), 2400, "ipmi")
 
-    assert migrate_to(engine, "0019") == "0019"
+    assert migrate_to(engine, "0020") == "0020"
     tables = inspect(engine)
     assert "node_energy_source_hour" not in tables.get_table_names()
     assert "redfish_address" not in {c["name"] for c in tables.get_columns("node")}

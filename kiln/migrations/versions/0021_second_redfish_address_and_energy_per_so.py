@@ -3,8 +3,8 @@ bmc_address), and energy kept per collector (node_energy_source_hour) so a node 
 read counts one figure per node-hour (node_energy_hour.source says whose). Existing hours were
 all made by the node's one BMC collector, its bmc_driver: they are copied as that collector's.
 
-Revision ID: 0020
-Revises: 0019
+Revision ID: 0021
+Revises: 0020
 Create Date: 2026-12-06 16:03:49.785882
 """
 
@@ -14,8 +14,8 @@ from alembic import op
 import kiln.types
 from kiln.db import UTCDateTime
 
-revision = '0020'
-down_revision = '0019'
+revision = '0021'
+down_revision = '0020'
 branch_labels = None
 depends_on = None
 
