@@ -128,14 +128,14 @@ def test_the_device_plugins_own_resource_names_are_read_as_nvidia_documents_them
     """NVIDIA/k8s-device-plugin's README (tests/data/upstream/k8s-device-plugin/): the resources a
     T4, an A100 40GB and an A100 80GB advertise, read by Kiln's MIG table."""
     blocks = re.findall(r"on an? (.+?) card[^`]*```\n(.*?)```", DEVICE_PLUGIN_README.read_text(), re.S)
-    names = {card: block.split() for card, block in blocks}
+    names = {board: block.split() for board, block in blocks}
     assert list(names) == ["T4", "A100 40GB", "A100 80GB"]
     assert names["T4"] == ["nvidia.com/gpu"] and not mig_profiles.is_mig_resource("nvidia.com/gpu")
-    for card, model in (("A100 40GB", "NVIDIA A100-SXM4-40GB"), ("A100 80GB", "NVIDIA A100-SXM4-80GB")):
-        mig = [name for name in names[card] if name != "nvidia.com/gpu"]
+    for board, model in (("A100 40GB", "NVIDIA A100-SXM4-40GB"), ("A100 80GB", "NVIDIA A100-SXM4-80GB")):
+        mig = [name for name in names[board] if name != "nvidia.com/gpu"]
         assert all(mig_profiles.is_mig_resource(name) for name in mig)
         profiles = [mig_profiles.profile_of(name) for name in mig]
-        assert all(mig_profiles.known_profile(model, profile) for profile in profiles), (card, profiles)
+        assert all(mig_profiles.known_profile(model, profile) for profile in profiles), (board, profiles)
         assert [mig_profiles.compute_fraction(model, p) for p in profiles] == [Fraction(n, 7) for n in (1, 2, 3, 7)]
         assert skus.gpu_hour(model, profiles[-1]) == f"gpu-hour:{model}:{profiles[-1]}"
 
