@@ -40,7 +40,7 @@ from metering.periods import period_bounds
 
 MAX_SAMPLE_INTERVAL = timedelta(hours=1)
 PLACES = Decimal("0.0001")
-LEASES_PER_QUERY = 500
+LEASES_PER_QUERY = 500  # more leases than this: one pass over the range's buckets
 ZERO = Decimal(0)
 ALL_TENANTS = "all"
 
@@ -79,17 +79,28 @@ def lease_utilisation(session: Session, leases: list[Lease], start: datetime, st
     interval (`sample_hours`); a sample counts on the day its bucket starts."""
     out: dict[int, dict[date, tuple[Decimal, Decimal]]] = defaultdict(dict)
     ends = {lease.id: min(lease.ends_at or stop, stop) for lease in leases}
-    ids = list(ends)
-    for chunk in range(0, len(ids), LEASES_PER_QUERY):
-        rows = session.exec(
+    few = len(leases) <= LEASES_PER_QUERY
+    uuids: dict[int, list[str]] = defaultdict(list)
+    for node_id, uuid in session.exec(select(Gpu.node_id, Gpu.uuid).where(
+            col(Gpu.node_id).in_({lease.node_id for lease in leases}), col(Gpu.uuid).is_not(None))).all() if few else ():
+        uuids[node_id].append(uuid)
+    # A few leases: name them and their GPUs, so the database reads each GPU's buckets by its
+    # (entity, metric, bucket) key. Many: one pass over the range's buckets of every GPU (what the
+    # database does anyway), the leases not asked for dropped here.
+    for part in [leases] if few else [None]:
+        statement = (
             select(Lease.id, Rollup5m.entity, Rollup5m.bucket, Rollup5m.sum / Rollup5m.count)
             .join(Gpu, col(Gpu.uuid) == Rollup5m.entity).join(Lease, col(Lease.node_id) == Gpu.node_id)
-            .where(col(Lease.id).in_(ids[chunk:chunk + LEASES_PER_QUERY]))
             .where(Rollup5m.metric == GPU_UTIL_ROLLUP, Rollup5m.count > 0)
             .where(col(Rollup5m.bucket) >= start, col(Rollup5m.bucket) < stop, col(Rollup5m.bucket) >= Lease.starts_at)
             .where(or_(col(Lease.ends_at).is_(None), col(Rollup5m.bucket) < Lease.ends_at))
-            .order_by(Lease.id, Rollup5m.entity, Rollup5m.bucket)
-        ).all()
+            .order_by(Lease.id, Rollup5m.entity, Rollup5m.bucket))
+        if part is not None:
+            entities = sorted({uuid for lease in part for uuid in uuids[lease.node_id]})
+            if not entities:
+                continue
+            statement = statement.where(col(Lease.id).in_([lease.id for lease in part]), col(Rollup5m.entity).in_(entities))
+        rows = [row for row in session.exec(statement).all() if row[0] in ends]
         series: dict[tuple[int, str], list[tuple[datetime, float]]] = defaultdict(list)
         for lease_id, entity, bucket, mean in rows:
             series[(lease_id, entity)].append((bucket, mean))

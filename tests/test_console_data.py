@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import pytest
 from sqlmodel import select
 
 from collectors.models import CollectorTargetState, HealthSnapshot, Rollup5m
@@ -23,6 +24,7 @@ from dashboards.tenancy_data import (
     total_by,
 )
 from dashboards.pages.usage import efficiency_stats
+import metering.efficiency as efficiency_module
 from metering.efficiency import combined, efficiency_between
 from fleet.models import Gpu, Node
 from fleet.nodes import add_event
@@ -99,9 +101,12 @@ def test_efficiency_weighs_5_minute_samples_inside_leases_only(world: World) -> 
     assert (mine.tenant, mine.measured_gpu_hours, mine.efficiency, mine.coverage) == ("tenant-a", 0, None, 0)
 
 
-def test_hourly_samples_count_for_their_hour_and_match_the_utilisation_charts(world: World) -> None:
+@pytest.mark.parametrize("leases_per_query", [500, 0])  # 0: the one-pass read used for many leases
+def test_hourly_samples_count_for_their_hour_and_match_the_utilisation_charts(world: World, monkeypatch,
+                                                                               leases_per_query: int) -> None:
     """Issue 18: hourly samples were counted as one 5-minute bucket each, so a tenant whose GPUs
     ran at 61 % read 5 % efficient (used ÷ allocated with 1/12 of the hours used)."""
+    monkeypatch.setattr(efficiency_module, "LEASES_PER_QUERY", leases_per_query)
     two_tenants(world)
     for index in range(4):  # node B's 4 GPUs at 61 %, sampled hourly over the whole lease up to now
         _utilisation(world, f"GPU-B-{index}", T0 + timedelta(hours=10), timedelta(hours=1), 26, 61.0)
