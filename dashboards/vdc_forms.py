@@ -5,7 +5,9 @@ returns (`fleet.vdcs.to_public`); saving builds `VdcCreate` / `VdcUpdate` from t
 calls `fleet.vdcs.create_vdc` / `update_vdc`, deleting calls `delete_vdc` — the functions and
 validation behind `POST/PATCH/DELETE /api/v1/vdcs`. A refusal (bad input, a name taken, leases
 in force, a caller who is not an infra admin) is shown next to the form as its problem detail
-and nothing is stored. Grants: the tenants the VDC is granted to, and a row of quotas per tenant.
+and nothing is stored. Grants: a row of quotas per tenant the VDC is granted to; "Grant to" adds a
+tenant's row (rows only for the grants, not for every tenant: with thousands of tenants a row each
+made the page take seconds to draw), and a row set to "not granted" is dropped on save.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from decimal import Decimal
 from typing import Any
 
 import dash
-from dash import ALL, Input, Output, State, callback_context, dcc, html, no_update
+from dash import ALL, Input, Output, Patch, State, dcc, html, no_update
 from dash.exceptions import PreventUpdate
 from sqlmodel import Session
 
@@ -56,29 +58,36 @@ def dom_id(component_id: dict[str, str]) -> str:
     return json.dumps(component_id, sort_keys=True, separators=(",", ":"))
 
 
-def _grant_row(slug: str) -> html.Tr:
-    """Whether the VDC is granted to the tenant, and its quotas inside the VDC (usable once granted)."""
+def grant_row(slug: str, grant: Any = None) -> html.Tr:
+    """The tenant's row: granted or not, and its quotas inside the VDC (those of `grant`, a stored
+    grant, when given; a new row is granted with no quotas yet)."""
     choice = {"type": GRANT_ON, "tenant": slug}
     cells = [html.Td(slug), html.Td([
         html.Label(f"Grant to {slug}", htmlFor=dom_id(choice), className="visually-hidden"),
-        dcc.Dropdown(id=choice, options=GRANT_CHOICES, value=NOT_GRANTED, clearable=False, searchable=False),
+        dcc.Dropdown(id=choice, options=GRANT_CHOICES, value=GRANTED, clearable=False, searchable=False),
     ], className="grant-on")]
     for quota, label in QUOTAS:  # each box labelled by its column and tenant for screen readers
-        box = _quota_input({"type": f"vdc-grant-{quota}", "tenant": slug}, quota, disabled=True)
+        box = _quota_input({"type": f"vdc-grant-{quota}", "tenant": slug}, quota,
+                           value=_shown(getattr(grant, quota)) if grant is not None else None)
         cells.append(html.Td(html.Label([html.Span(f"{label} for {slug}", className="visually-hidden"), box])))
-    return html.Tr(cells)
+    return html.Tr(cells, id={"type": "vdc-grant-row", "tenant": slug})
 
 
 def editor(session: Session, principal: Principal, vdcs: list[VdcPublic]) -> html.Section:
     """The form: VDC picker, name, description, selectors, explicit nodes, quotas, grants, save/delete."""
-    tenants = [t.slug for t in list_tenants(session, principal)]
+    tenants = [{"label": t.slug, "value": t.slug} for t in list_tenants(session, principal)]
     selectors = [field(label, text_input(f"vdc-{kind}", placeholder), f"vdc-{kind}", "comma-separated")
                  for kind, label, placeholder in SELECTOR_FIELDS]
     quotas = [field(label, _quota_input(f"vdc-{quota}", quota), f"vdc-{quota}") for quota, label in QUOTAS]
-    grants = html.Table([
-        html.Thead(html.Tr([html.Th("Tenant"), html.Th("Grant"), *[html.Th(label) for _, label in QUOTAS]])),
-        html.Tbody([_grant_row(slug) for slug in tenants]),
-    ], className="table grants") if tenants else empty_state("No tenants yet: create one with `kiln tenants create`.")
+    grants = html.Div([
+        field("Grant to", dcc.Dropdown(id="vdc-grant-add", options=tenants, placeholder="add a tenant…"), "vdc-grant-add",
+              "its row of quotas appears below"),
+        *([] if tenants else [empty_state("No tenants yet: create one with `kiln tenants create`.")]),
+        html.Table([
+            html.Thead(html.Tr([html.Th("Tenant"), html.Th("Grant"), *[html.Th(label) for _, label in QUOTAS]])),
+            html.Tbody([], id="vdc-grant-rows"),
+        ], className="table grants"),
+    ])
     return html.Section([
         html.H2("Create or change a VDC"),
         html.Div([
@@ -109,26 +118,37 @@ GRANT_IDS = (GRANT_ON, *(f"vdc-grant-{quota}" for quota, _ in QUOTAS))
 
 
 def load(pick: str | None) -> tuple:
-    """Fill the form with the picked VDC (empty for a new one); the name is permanent once created."""
+    """Fill the form with the picked VDC (empty for a new one), a row per grant; the name is
+    permanent once created."""
     principal = current_principal()
     if not allowed(principal, ROLES):
         raise PreventUpdate
-    tenants = [o["id"]["tenant"] for o in callback_context.outputs_list[-1]]
     vdc = None
     if pick and pick != NEW:
         with db_session() as session:
             vdc = vdc_service.to_public(session, principal, [vdc_service.get_vdc_by_name(session, principal, pick)])[0]
     if vdc is None:
         fields = ["", "", *([""] * len(SELECTOR_FIELDS)), "", *([None] * len(QUOTAS))]
-        grants: dict[str, Any] = {}
+        rows: list[html.Tr] = []
     else:
         chosen = {kind: ", ".join(s.value for s in vdc.selectors if s.kind == kind) for kind, *_ in SELECTOR_FIELDS}
-        grants = {g.tenant: g for g in vdc.tenants}
         fields = [vdc.name, vdc.description, *chosen.values(), ", ".join(vdc.nodes),
                   *(_shown(getattr(vdc, q)) for q, _ in QUOTAS)]
-    columns = [[GRANTED if slug in grants else NOT_GRANTED for slug in tenants]]
-    columns += [[_shown(getattr(grants[slug], quota)) if slug in grants else None for slug in tenants] for quota, _ in QUOTAS]
-    return (*fields, vdc is not None, vdc is None, *columns)
+        rows = [grant_row(g.tenant, g) for g in vdc.tenants]
+    return (*fields, vdc is not None, vdc is None, rows)
+
+
+def add_grant(slug: str | None, rows: list[dict[str, str]] | None) -> tuple:
+    """Add the chosen tenant's row (granted, no quotas yet) unless it has one (`rows`: the ids of
+    the rows shown); clear the picker."""
+    principal = current_principal()
+    if not slug or not allowed(principal, ROLES):
+        raise PreventUpdate
+    if any(row["tenant"] == slug for row in rows or []):
+        return no_update, None
+    patched = Patch()
+    patched.append(grant_row(slug))
+    return patched, None
 
 
 def enable_grants(choices: list[str]) -> tuple:
@@ -201,9 +221,11 @@ def register(app: dash.Dash, overview: Callable[[], Any]) -> None:
     """Register the editor's callbacks; `overview()` redraws the page's tables after a change."""
     app.callback(
         *[Output(i, "value") for i in FORM_FIELDS], Output("vdc-name", "disabled"), Output("vdc-delete", "disabled"),
-        *[Output({"type": kind, "tenant": ALL}, "value") for kind in GRANT_IDS], Input("vdc-pick", "value"),
-        prevent_initial_call=True,
+        Output("vdc-grant-rows", "children"), Input("vdc-pick", "value"), prevent_initial_call=True,
     )(load)
+    app.callback(Output("vdc-grant-rows", "children", allow_duplicate=True), Output("vdc-grant-add", "value"),
+                 Input("vdc-grant-add", "value"), State({"type": "vdc-grant-row", "tenant": ALL}, "id"),
+                 prevent_initial_call=True)(add_grant)
     app.callback(*[Output({"type": kind, "tenant": ALL}, "disabled") for kind in GRANT_IDS[1:]],
                  Input({"type": GRANT_ON, "tenant": ALL}, "value"), prevent_initial_call=True)(enable_grants)
     changed = (Output("vdc-form-message", "children"), Output("vdc-overview", "children"),

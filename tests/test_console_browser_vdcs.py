@@ -65,8 +65,14 @@ def grant_box(page: Any, quota: str, tenant: str) -> Any:
 
 
 def grant(page: Any, tenant: str, choice: str) -> None:
-    """Grant the VDC to the tenant or not, in the tenant's row."""
+    """Grant the VDC to the tenant or not: in the tenant's row, after adding the row through
+    "Grant to" when it has none (a new row is granted)."""
     dom_id = f'{{"tenant":"{tenant}","type":"vdc-grant-on"}}'
+    if page.locator(f"[id='{dom_id}']").count() == 0:
+        choose(page, "vdc-grant-add", tenant)
+        page.wait_for_selector(f"[id='{dom_id}']")
+        if choice == "granted":
+            return
     page.click(f"[id='{dom_id}']")
     page.get_by_role("option", name=choice, exact=True).click()
 
@@ -89,8 +95,12 @@ def test_an_admin_creates_changes_and_deletes_a_vdc(console: Any) -> None:
     page.fill("#vdc-nodes", "gpu-free1")
     page.fill("#vdc-max_gpus", "16")
     page.fill("#vdc-budget", "1200.50")
-    assert grant_box(page, "max_gpus", "tenant-a").is_disabled()  # not granted yet
+    assert grant_box(page, "max_gpus", "tenant-a").count() == 0  # no row until the tenant is added
     grant(page, "tenant-a", "granted")
+    assert grant_choice(page, "tenant-a") == "granted" and not grant_box(page, "max_gpus", "tenant-a").is_disabled()
+    with page.expect_response(lambda r: "_dash-update-component" in r.url and "vdc-grant-add" in (r.request.post_data or "")):
+        choose(page, "vdc-grant-add", "tenant-a")  # added twice: still one row
+    assert page.locator("tr[id*='vdc-grant-row'][id*='tenant-a']").count() == 1
     grant(page, "tenant-b", "granted")
     grant_box(page, "max_gpus", "tenant-a").fill("4")
     grant_box(page, "max_gpu_hours", "tenant-a").fill("700")
@@ -199,8 +209,7 @@ def test_tenants_get_403_and_their_crafted_callbacks_change_and_reveal_nothing(c
         ("vdc-resource_class", "value"), ("vdc-gpu_model", "value"), ("vdc-nodes", "value"), ("vdc-max_nodes", "value"),
         ("vdc-max_gpus", "value"), ("vdc-max_gpu_hours", "value"), ("vdc-budget", "value"), ("vdc-name", "disabled"),
         ("vdc-delete", "disabled"))]
-    outputs += [[{"id": {"type": f"vdc-grant-{kind}", "tenant": t}, "property": "value"} for t in ("tenant-a", "tenant-b")]
-                for kind in ("on", "max_nodes", "max_gpus", "max_gpu_hours", "budget")]
+    outputs.append({"id": "vdc-grant-rows", "property": "children"})
     loaded = post_callback(page, console.base_url, "vdc-pick", [{"id": "vdc-pick", "property": "value",
                                                                           "value": "train"}], [], outputs)
     assert loaded.status == 204 and "tenant-b" not in loaded.text()
