@@ -121,7 +121,7 @@ def _b_words(content: str) -> list[str]:
 def test_tenant_pages_never_show_another_tenants_names(console: Console) -> None:
     page, errors = console.page_as("alice", "/usage")
     wait_for_charts(page, 3)
-    page.wait_for_selector("#running-nodes td")
+    page.wait_for_selector("#running-nodes .ag-cell")
     page.wait_for_selector("#usage-allocation-table .ag-cell")
     screenshot(page, "tenant-a-usage")
     allocation = page.inner_text("#usage-allocation-table")

@@ -133,14 +133,13 @@ def update(tenant_slug: str | None, choice: str | None) -> tuple:
     by_model = bars("GPU-hours by GPU model and MIG profile (leases and Kubernetes pods)", "GPU model · MIG profile",
                     "GPU-hours", list(sku_totals), list(sku_totals.values()),
                     empty_reason="No metered GPU-hours in this range (usage is recorded by the hourly bills run).")
-    quota_table = table(("VDC", "tenant", "nodes", "GPUs", "GPU-hours"),
-                        [(q["vdc"], q["tenant"], _limit(q["nodes"], q["max_nodes"]), _limit(q["gpus"], q["max_gpus"]),
-                          _limit(q["gpu_hours"], q["max_gpu_hours"])) for q in quotas],
-                        empty="No VDC is granted to these tenants.", element_id="quota-table")
-    node_table = table(("node", "tenant", "VDC", "GPUs", "state", "since"),
-                       [(dcc.Link(n["node"], href=f"/nodes/{n['node']}"), n["tenant"], n["vdc"], n["gpus"], n["state"],
-                         when(n["since"])) for n in nodes],
-                       empty="No node is leased to these tenants now.", element_id="running-nodes")
+    quota_table = data_grid("quota-table", QUOTA_COLUMNS, [
+        {"vdc": q["vdc"], "tenant": q["tenant"], "nodes": _limit(q["nodes"], q["max_nodes"]),
+         "gpus": _limit(q["gpus"], q["max_gpus"]), "gpu_hours": _limit(q["gpu_hours"], q["max_gpu_hours"])} for q in quotas],
+        empty="No VDC is granted to these tenants.")
+    node_table = data_grid("running-nodes", RUNNING_NODE_COLUMNS, [
+        {"link": f"[{n['node']}](/nodes/{n['node']})", "tenant": n["tenant"], "vdc": n["vdc"], "gpus": n["gpus"],
+         "state": n["state"], "since": when(n["since"])} for n in nodes], empty="No node is leased to these tenants now.")
     namespace_table = table(("namespace", "tenant", "GPUs requested", "pods"),
                             [(n["namespace"], n["tenant"], f"{n['gpus'].normalize():f}", n["pods"]) for n in namespaces],
                             empty="No pod of these tenants requests GPUs now (or the Kubernetes collector is off).",
@@ -154,8 +153,8 @@ def gpu_hours_by_sku(session: Session, principal: Principal, start: datetime, en
     """Metered GPU-hours (usage records: leases and pods, MIG instances by profile) of the caller's
     tenants — or of one — by SKU name, e.g. "GPU-hour · NVIDIA A100-SXM4-80GB · 3g.40gb"."""
     out: dict[str, Decimal] = defaultdict(Decimal)
-    for owner, sku, _, _, total in usage_totals(session, principal, start, end):
-        if skus.family(sku) == skus.GPU_HOUR and tenant_id in (None, owner):
+    for owner, sku, _, _, total in usage_totals(session, principal, start, end, family=skus.GPU_HOUR):
+        if tenant_id in (None, owner):
             out[label(sku)] += total
     return dict(sorted(out.items()))
 
@@ -170,6 +169,13 @@ def allocated_vs_used(per_day: dict[str, tuple[Decimal, Decimal]]) -> Figure:
                                                                 "used": [u for _, u in per_day.values()]})
 
 
+QUOTA_COLUMNS = tuple({"field": f, "headerName": h} for f, h in (
+    ("vdc", "VDC"), ("tenant", "Tenant"), ("nodes", "Nodes"), ("gpus", "GPUs"), ("gpu_hours", "GPU-hours")))
+RUNNING_NODE_COLUMNS = (  # a grid, not a table: 1,000 rows of a table took a second to draw
+    {"field": "link", "headerName": "Node", "cellRenderer": "markdown"}, {"field": "tenant", "headerName": "Tenant"},
+    {"field": "vdc", "headerName": "VDC"}, {"field": "gpus", "headerName": "GPUs"}, {"field": "state", "headerName": "State"},
+    {"field": "since", "headerName": "Since"},
+)
 EFFICIENCY_COLUMNS = (
     {"field": "allocated", "headerName": "Allocated GPU-h", "numeric": True},
     {"field": "used", "headerName": "Used GPU-h", "numeric": True},
