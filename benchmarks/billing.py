@@ -168,22 +168,12 @@ def postgres(url: str | None, state: Path) -> Iterator[str]:
 @contextlib.contextmanager
 def copy_of(url: str) -> Iterator[str]:
     """A new database on the same server, copied from `url`'s (TEMPLATE), dropped afterwards."""
-    import uuid
-
-    from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
-    source = make_url(url)
-    name = f"kiln_bench_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(source.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{source.database}"'))
-    try:
-        yield source.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    from benchmarks.provision import fresh_database
+
+    with fresh_database(url, template=make_url(url).database) as copy:
+        yield copy
 
 
 # -- main ----------------------------------------------------------------------------------------

@@ -106,8 +106,9 @@ def running_ironic(state: Path) -> Iterator[tuple[str, int]]:
 
 
 @contextlib.contextmanager
-def fresh_database(url: str | None) -> Iterator[str | None]:
-    """None for SQLite; else a new empty database on `url`'s server (dropped afterwards)."""
+def fresh_database(url: str | None, template: str | None = None) -> Iterator[str | None]:
+    """None for SQLite; else a new database on `url`'s server, empty or a copy of its database
+    `template` (dropped afterwards)."""
     if not url:
         yield None
         return
@@ -116,9 +117,10 @@ def fresh_database(url: str | None) -> Iterator[str | None]:
 
     base = make_url(url)
     name = f"kiln_bench_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base.set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT")
+    # from the `postgres` database: a template must have no other connection while it is copied
+    admin = create_engine(base.set(drivername="postgresql+psycopg", database="postgres"), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+        conn.execute(text(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")))
     try:
         yield base.set(database=name).render_as_string(hide_password=False)
     finally:
