@@ -35,16 +35,9 @@ WASTE_BELOW = Decimal("0.5")
 MIN_COVERAGE = Decimal("0.5")
 
 
-class AllocationRow(BaseModel):
-    """One lease in the window: whose, which node, GPU-hours, ratios and the cost of idle GPU-hours."""
+class IdleFigures(BaseModel):
+    """GPU-hours allocated, measured and used, the ratios, and the cost of the idle GPU-hours."""
 
-    lease_id: int
-    tenant: str
-    node: str
-    gpu_model: str
-    gpus: int
-    starts_at: datetime
-    ends_at: datetime | None
     allocated_gpu_hours: Decimal
     measured_gpu_hours: Decimal
     used_gpu_hours: Decimal
@@ -54,6 +47,18 @@ class AllocationRow(BaseModel):
     idle_cost: Decimal | None  # None: no price card for the GPU model
     currency: str
     waste: bool
+
+
+class AllocationRow(IdleFigures):
+    """One lease in the window: whose, which node, and its `IdleFigures`."""
+
+    lease_id: int
+    tenant: str
+    node: str
+    gpu_model: str
+    gpus: int
+    starts_at: datetime
+    ends_at: datetime | None
 
 
 def idle_cost(cards: list[CardView], model: str, at: datetime, idle: Decimal, percent: Decimal, currency: str) -> Decimal | None:

@@ -26,7 +26,6 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 
-from pydantic import BaseModel
 from sqlmodel import Session, col, or_, select
 
 from collectors import mig_profiles
@@ -37,7 +36,7 @@ from fleet.usage import MICROS_PER_HOUR
 from kiln.auth import Principal
 from kiln.db import utcnow
 from kiln.models import Tenant
-from metering.allocation import MIN_COVERAGE, WASTE_BELOW, idle_cost
+from metering.allocation import MIN_COVERAGE, WASTE_BELOW, IdleFigures, idle_cost
 from metering.bills import billing_currency, card_views, current_discounts
 from metering.efficiency import PLACES, ZERO, sample_hours
 from metering.price_cards import cards_overlapping
@@ -46,20 +45,12 @@ from metering.usage import GPU_RESOURCES
 PREFIXES_PER_QUERY = 200  # namespaces named in one query; more: read the metric's rows and filter here
 
 
-class NamespaceEfficiencyRow(BaseModel):
-    """One namespace in the window: its tenant, GPU-hours, ratios and the cost of its idle GPU-hours."""
+class NamespaceEfficiencyRow(IdleFigures):
+    """One namespace in the window: its tenant and its `IdleFigures` (idle cost None: no price card
+    for a GPU model it used idly)."""
 
     tenant: str | None  # None: the namespace is mapped to no tenant
     namespace: str
-    allocated_gpu_hours: Decimal
-    measured_gpu_hours: Decimal
-    used_gpu_hours: Decimal
-    idle_gpu_hours: Decimal  # measured − used
-    efficiency: Decimal | None
-    coverage: Decimal | None
-    idle_cost: Decimal | None  # None: no price card for a GPU model it used idly
-    currency: str
-    waste: bool
 
 
 def _weight(model: str | None, resource_or_profile: str | None) -> Fraction:

@@ -271,6 +271,16 @@ def seed_fleet(session: Any, engine: Any, settings: Any, driver: Any) -> Any:
     return world
 
 
+def signed_in_page(console: Any, username: str, path: str, **context: Any) -> tuple[Any, ConsoleErrors]:
+    """A new browser context of the running `console` (1400 × 1000 unless `context` says otherwise)
+    signed in as `username` through the form and landed on `path`, with its console errors kept."""
+    page = console.browser.new_context(**{"viewport": {"width": 1400, "height": 1000}, **context}).new_page()
+    errors = ConsoleErrors(page)
+    sign_in(page, console.base_url, username, PASSWORD, path)
+    page.wait_for_url(f"{console.base_url}{path}")
+    return page, errors
+
+
 def persist_history(session: Any, now: Any) -> None:
     """Six hours of IPMI and DCGM samples through the collectors' store, one BMC unreachable,
     gpu-free2's BMC not answering for half an hour in the middle, one GPU with an XID error,

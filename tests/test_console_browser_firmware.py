@@ -19,7 +19,7 @@ from collectors.store import persist_results
 from fleet.firmware import import_csv
 from fleet.provisioning.fake import FakeDriver
 from kiln.auth import Principal
-from tests.browser import PASSWORD, ConsoleErrors, running_console, screenshot, seed_fleet, sign_in
+from tests.browser import ConsoleErrors, running_console, screenshot, seed_fleet, signed_in_page
 from tests.peer_fixtures import poll_mockup, redfish_mockup_url  # noqa: F401 (a fixture)
 
 READ = ("gpu-a01", "gpu-free1")  # polled over Redfish; the other seeded nodes never were
@@ -42,11 +42,7 @@ def console(tmp_path_factory: pytest.TempPathFactory, redfish_mockup_url: str) -
 
 
 def page_as(console: Any, username: str, path: str) -> tuple[Any, ConsoleErrors]:
-    page = console.browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True).new_page()
-    errors = ConsoleErrors(page)
-    sign_in(page, console.base_url, username, PASSWORD, path)
-    page.wait_for_url(f"{console.base_url}{path}")
-    return page, errors
+    return signed_in_page(console, username, path, accept_downloads=True)
 
 
 def grid_nodes(page: Any) -> list[str]:

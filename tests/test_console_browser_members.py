@@ -21,6 +21,7 @@ from kiln.users import UserCreate, create_user
 from metering.budgets import BudgetCreate, create_budget
 from metering.models import Budget
 from tests.browser import (
+    signed_in_page,
     PASSWORD,
     ConsoleErrors,
     axe_violations,
@@ -30,7 +31,6 @@ from tests.browser import (
     running_console,
     screenshot,
     seed_fleet,
-    sign_in,
 )
 
 SYSTEM = Principal.system("test")
@@ -54,11 +54,7 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 def page_as(console: Any, username: str, path: str = "/members") -> tuple[Any, ConsoleErrors]:
-    page = console.browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
-    errors = ConsoleErrors(page)
-    sign_in(page, console.base_url, username, PASSWORD, path)
-    page.wait_for_url(f"{console.base_url}{path}")
-    return page, errors
+    return signed_in_page(console, username, path, viewport={"width": 1400, "height": 1100})
 
 
 def user(console: Any, username: str) -> tuple[User | None, list[str]]:

@@ -18,13 +18,12 @@ from collectors.store import persist_results
 from fleet.models import Gpu, Node
 from fleet.provisioning.fake import FakeDriver
 from tests.browser import (
+    signed_in_page,
     BMC_OUTAGE_STEPS,
-    PASSWORD,
     ConsoleErrors,
     running_console,
     screenshot,
     seed_fleet,
-    sign_in,
     wait_for_charts,
 )
 
@@ -42,11 +41,7 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 def open_node(console: Any, username: str, node: str) -> tuple[Any, ConsoleErrors]:
-    page = console.browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-    errors = ConsoleErrors(page)
-    sign_in(page, console.base_url, username, PASSWORD, f"/nodes/{node}")
-    page.wait_for_url(f"{console.base_url}/nodes/{node}")
-    return page, errors
+    return signed_in_page(console, username, f"/nodes/{node}")
 
 
 def labels_of(console: Any, node: str) -> list[str]:

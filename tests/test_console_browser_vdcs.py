@@ -18,7 +18,7 @@ from fleet.tenancy_schemas import VdcPublic
 from fleet.vdcs import list_vdcs, to_public
 from kiln.auth import Principal
 from tests.browser import (
-    PASSWORD,
+    signed_in_page,
     ConsoleErrors,
     axe_violations,
     choose,
@@ -27,7 +27,6 @@ from tests.browser import (
     running_console,
     screenshot,
     seed_fleet,
-    sign_in,
 )
 
 SYSTEM = Principal.system("test")
@@ -53,11 +52,7 @@ def definitions(console: Any) -> dict[str, dict]:
 
 
 def page_as(console: Any, username: str, path: str) -> tuple[Any, ConsoleErrors]:
-    page = console.browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
-    errors = ConsoleErrors(page)
-    sign_in(page, console.base_url, username, PASSWORD, path)
-    page.wait_for_url(f"{console.base_url}{path}")
-    return page, errors
+    return signed_in_page(console, username, path, viewport={"width": 1400, "height": 1100})
 
 
 def grant_box(page: Any, quota: str, tenant: str) -> Any:

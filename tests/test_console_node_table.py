@@ -12,14 +12,13 @@ from sqlmodel import Session
 
 from fleet.provisioning.fake import FakeDriver
 from tests.browser import (
-    PASSWORD,
+    signed_in_page,
     TENANT_A_NODES,
     TENANT_B_NODES,
     ConsoleErrors,
     running_console,
     screenshot,
     seed_fleet,
-    sign_in,
 )
 
 SPARES = tuple(f"spare-{i:02d}" for i in range(1, 31))  # enrolled in rack r9, in no VDC, leased to nobody
@@ -67,11 +66,7 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 def _page_as(console: Any, username: str, path: str) -> tuple[Any, ConsoleErrors]:
-    page = console.browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
-    errors = ConsoleErrors(page)
-    sign_in(page, console.base_url, username, PASSWORD, path)
-    page.wait_for_url(f"{console.base_url}{path}")
-    return page, errors
+    return signed_in_page(console, username, path, viewport={"width": 1400, "height": 900})
 
 
 def _summary(page: Any, expected: str) -> None:

@@ -27,7 +27,7 @@ from dashboards.tenancy_data import (
 )
 from kiln.auth import Principal
 from metering import skus
-from metering.allocation import AllocationRow, allocation_rows, daily_gpu_hours
+from metering.allocation import AllocationRow, IdleFigures, allocation_rows, daily_gpu_hours
 from metering.efficiency import EfficiencyRow, combined, lease_figures, per_tenant
 from metering.namespace_efficiency import NamespaceEfficiencyRow, namespace_efficiency
 from metering.sku_labels import label
@@ -206,7 +206,7 @@ def _ratio(value: Decimal | None) -> str:
     return "" if value is None else str((value * 100).quantize(Decimal("0.1")))
 
 
-def _efficiency_cells(r: AllocationRow | NamespaceEfficiencyRow) -> dict[str, object]:
+def _efficiency_cells(r: IdleFigures) -> dict[str, object]:
     return {"allocated": _hundredths(r.allocated_gpu_hours), "used": _hundredths(r.used_gpu_hours),
             "efficiency": _ratio(r.efficiency), "coverage": _ratio(r.coverage), "idle": _hundredths(r.idle_gpu_hours),
             "idle_cost": "" if r.idle_cost is None else str(r.idle_cost),
