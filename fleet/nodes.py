@@ -8,6 +8,8 @@ except inside a `NodeTarget` handed to a driver.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -15,7 +17,6 @@ from fleet.bmc import parse_bmc_address
 from fleet.errors import backend_error
 from fleet.models import Gpu, Node, NodeEvent, NodeTag
 from fleet.provisioning.base import BackendNode, DriverError, NodeTarget
-from fleet.provisioning.registry import Drivers
 from fleet.provisioning.states import PowerState, ProvisionState
 from fleet.schemas import GpuSpec, NodeCreate, NodePublic, NodeUpdate
 from fleet.tenancy_models import Lease
@@ -25,9 +26,10 @@ from kiln.auth import Principal
 from kiln.db import first_or_not_found, utcnow
 from kiln.errors import Conflict, ValidationFailed
 from kiln.roles import Role
-from kiln.security import SecretBox
 
-
+if TYPE_CHECKING:  # only annotations here: listing nodes need not load the drivers
+    from fleet.provisioning.registry import Drivers
+    from kiln.security import SecretBox
 
 INFRA_ONLY_FIELDS = {"bmc_address", "redfish_address", "bmc_username", "external_id", "last_error"}
 
