@@ -267,8 +267,9 @@ class KubernetesCollector:
                     objects.pop(meta["name"], None)
                 else:
                     objects[meta["name"]] = raw
-                if kind == "namespaces" and self._tenant_of(before) != self._tenant_of(raw if kind_of_event != "DELETED" else None):
-                    self._full_due = True  # every pod of the namespace has a new tenant
+                relabelled = kind_of_event == "MODIFIED" and self._tenant_of(before) != self._tenant_of(raw)
+                if kind == "namespaces" and before is not None and relabelled:
+                    self._full_due = True  # every pod of the namespace has a new tenant (a new namespace has none yet)
         if meta.get("resourceVersion"):
             self.resource_versions[kind] = meta["resourceVersion"]
 

@@ -554,3 +554,11 @@ def test_a_busy_watch_is_followed_by_another_in_the_same_cycle(core: k8s.CoreV1A
     assert {("burst-1", "nvidia.com/gpu"), ("burst-2", "nvidia.com/gpu"), ("burst-3", "nvidia.com/gpu")} <= set(by_pod(collector))
     quiet = collector.calls[("watch", "nodes")]
     assert only(collector.collect()).ok and collector.calls[("watch", "nodes")] == quiet + 1  # a quiet kind: one watch
+
+
+def test_a_new_namespace_does_not_make_the_next_result_complete(core: k8s.CoreV1Api, cluster: dict[str, str],
+                                                                 engine: Engine) -> None:
+    source = single_target_source(KubernetesCollector(core, tenant_label=LABEL), 60, persist_kubernetes)
+    assert _sent(run_cycle(engine, source))[1]
+    make_namespace(core, f"fresh-{uuid.uuid4().hex[:8]}", "initech")  # no pods yet: nothing to re-send
+    assert _sent(run_cycle(engine, source)) == (set(), False)
