@@ -281,6 +281,11 @@ def signed_in_page(console: Any, username: str, path: str, **context: Any) -> tu
     return page, errors
 
 
+def fleet_seeded(driver: Any) -> Callable[[Any, Any, Any], Any]:
+    """A `running_console` seed: `seed_fleet` with the fake `driver`."""
+    return lambda session, engine, settings: seed_fleet(session, engine, settings, driver)
+
+
 def persist_history(session: Any, now: Any) -> None:
     """Six hours of IPMI and DCGM samples through the collectors' store, one BMC unreachable,
     gpu-free2's BMC not answering for half an hour in the middle, one GPU with an XID error,

@@ -6,7 +6,6 @@ critical violations; plus what axe cannot judge alone: `<html lang>`, the active
 from __future__ import annotations
 
 import math
-import math
 import re
 from collections import Counter
 from collections.abc import Iterator

@@ -29,9 +29,9 @@ from tests.browser import (
     TENANT_A_NODES,
     TENANT_B_NODES,
     ConsoleErrors,
+    fleet_seeded,
     running_console,
     screenshot,
-    seed_fleet,
     sign_in,
     wait_for_charts,
 )
@@ -61,7 +61,7 @@ class Console:
 def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     driver = FakeDriver(delay=0.3)
     with running_console(tmp_path_factory.mktemp("console"), driver,
-                         lambda session, engine, settings: seed_fleet(session, engine, settings, driver)) as running:
+                         fleet_seeded(driver)) as running:
         codec = SessionCodec(TEST_SECRET_KEY, running.settings.console_session_hours * 3600)
         yield Console(running.base_url, running.browser, running.engine, driver, codec)
 

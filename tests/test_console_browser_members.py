@@ -21,7 +21,6 @@ from kiln.users import UserCreate, create_user
 from metering.budgets import BudgetCreate, create_budget
 from metering.models import Budget
 from tests.browser import (
-    signed_in_page,
     PASSWORD,
     ConsoleErrors,
     axe_violations,
@@ -31,6 +30,7 @@ from tests.browser import (
     running_console,
     screenshot,
     seed_fleet,
+    signed_in_page,
 )
 
 SYSTEM = Principal.system("test")

@@ -18,12 +18,12 @@ from collectors.store import persist_results
 from fleet.models import Gpu, Node
 from fleet.provisioning.fake import FakeDriver
 from tests.browser import (
-    signed_in_page,
     BMC_OUTAGE_STEPS,
     ConsoleErrors,
+    fleet_seeded,
     running_console,
     screenshot,
-    seed_fleet,
+    signed_in_page,
     wait_for_charts,
 )
 
@@ -36,7 +36,7 @@ FIGURE_JS = "id => document.querySelector('#' + id + ' .js-plotly-plot').data.ma
 def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     driver = FakeDriver(delay=0.3)
     with running_console(tmp_path_factory.mktemp("node-console"), driver,
-                         lambda session, engine, settings: seed_fleet(session, engine, settings, driver)) as running:
+                         fleet_seeded(driver)) as running:
         yield running
 
 

@@ -18,15 +18,15 @@ from fleet.tenancy_schemas import VdcPublic
 from fleet.vdcs import list_vdcs, to_public
 from kiln.auth import Principal
 from tests.browser import (
-    signed_in_page,
     ConsoleErrors,
     axe_violations,
     choose,
+    fleet_seeded,
     post_callback,
     press,
     running_console,
     screenshot,
-    seed_fleet,
+    signed_in_page,
 )
 
 SYSTEM = Principal.system("test")
@@ -36,7 +36,7 @@ SYSTEM = Principal.system("test")
 def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     driver = FakeDriver(delay=0.05)
     with running_console(tmp_path_factory.mktemp("console-vdcs"), driver,
-                         lambda session, engine, settings: seed_fleet(session, engine, settings, driver)) as running:
+                         fleet_seeded(driver)) as running:
         yield running
 
 

@@ -12,13 +12,13 @@ from sqlmodel import Session
 
 from fleet.provisioning.fake import FakeDriver
 from tests.browser import (
-    signed_in_page,
     TENANT_A_NODES,
     TENANT_B_NODES,
     ConsoleErrors,
     running_console,
     screenshot,
     seed_fleet,
+    signed_in_page,
 )
 
 SPARES = tuple(f"spare-{i:02d}" for i in range(1, 31))  # enrolled in rack r9, in no VDC, leased to nobody

@@ -30,7 +30,7 @@ import pytest
 from fleet.provisioning.fake import FakeDriver
 from kiln.oidc import OIDCVerifier
 from tests.api_base import assert_problem
-from tests.browser import TENANT_A_NODES, TENANT_B_NODES, RunningConsole, free_port, running_console, seed_fleet
+from tests.browser import TENANT_A_NODES, TENANT_B_NODES, RunningConsole, fleet_seeded, free_port, running_console
 from tests.peers.harness import PEERS_DIR, running_peer
 
 CLIENT_ID = "kiln-console"
@@ -59,7 +59,7 @@ def sso(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSO]:
     state_dir = tmp_path_factory.mktemp("lemonldap")
     driver = FakeDriver()
     with running_peer("lemonldap", state_dir, f"http://127.0.0.1:{port}") as issuer, running_console(
-        tmp_path_factory.mktemp("console"), driver, lambda session, engine, settings: seed_fleet(session, engine, settings, driver),
+        tmp_path_factory.mktemp("console"), driver, fleet_seeded(driver),
         port=port,
         # re-read the JWKS at most once a second on an unknown kid (default 60 s), and no clock leeway,
         # so rotation and expiry take seconds here; everything else is the production verifier
