@@ -18,10 +18,13 @@ import functools
 import gzip
 from importlib import resources
 
-from kiln.security import configure_hasher
 from kiln.settings import Settings
 
 MIN_PASSWORD_LENGTH = 12
+
+# argon2id parameters for new hashes (argon2-cffi's defaults until `configure`). Kept here, not in
+# kiln.security, so that commands which never hash (most CLI commands) do not import argon2.
+_hash_parameters: dict[str, int] = {}
 
 
 @functools.cache
@@ -41,6 +44,14 @@ def password_problem(password: str) -> str | None:
 
 
 def configure(settings: Settings) -> None:
-    """Hash new passwords with the argon2id parameters of `settings`."""
-    configure_hasher(time_cost=settings.argon2_time_cost, memory_kib=settings.argon2_memory_kib,
-                     parallelism=settings.argon2_parallelism)
+    """Hash new passwords with the argon2id parameters of `settings` (applied by kiln.security at
+    its next hash)."""
+    global _hash_parameters
+    _hash_parameters = {"time_cost": settings.argon2_time_cost, "memory_cost": settings.argon2_memory_kib,
+                        "parallelism": settings.argon2_parallelism}
+
+
+def hash_parameters() -> tuple[tuple[str, int], ...]:
+    """The argon2id parameters new hashes get, as sorted `PasswordHasher` keyword pairs (empty:
+    argon2-cffi's defaults)."""
+    return tuple(sorted(_hash_parameters.items()))

@@ -14,44 +14,46 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from kiln.logs import remember_secret
+from kiln.passwords import hash_parameters
 
 TOKEN_PREFIX = "kiln_"
 
-_hasher = PasswordHasher()  # argon2-cffi's defaults until `configure_hasher` (kiln.passwords.configure)
+
+@functools.cache
+def _hasher_with(parameters: tuple[tuple[str, int], ...]) -> PasswordHasher:
+    return PasswordHasher(**dict(parameters))
+
+
+def _hasher() -> PasswordHasher:
+    """The hasher for new hashes, with the parameters `kiln.passwords.configure` set (existing
+    hashes keep verifying whatever theirs)."""
+    return _hasher_with(hash_parameters())
 
 
 @functools.cache
-def _dummy_hash() -> str:
+def _dummy_hash(parameters: tuple[tuple[str, int], ...]) -> str:
     """A hash of a random password, verified against when a username is unknown so that
     "no such user" and "wrong password" take the same time."""
-    return _hasher.hash(secrets.token_urlsafe(16))
-
-
-def configure_hasher(*, time_cost: int, memory_kib: int, parallelism: int) -> None:
-    """Make new hashes with these argon2id parameters (existing hashes keep verifying)."""
-    global _hasher
-    if (_hasher.time_cost, _hasher.memory_cost, _hasher.parallelism) != (time_cost, memory_kib, parallelism):
-        _hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism)
-        _dummy_hash.cache_clear()
+    return _hasher_with(parameters).hash(secrets.token_urlsafe(16))
 
 
 def needs_rehash(password_hash: str) -> bool:
     """Whether a hash was made with other parameters than new hashes get."""
     try:
-        return _hasher.check_needs_rehash(password_hash)
+        return _hasher().check_needs_rehash(password_hash)
     except InvalidHashError:
         return False
 
 
 def hash_password(password: str) -> str:
     """An argon2id hash of a password (salted, parameters embedded)."""
-    return _hasher.hash(password)
+    return _hasher().hash(password)
 
 
 def verify_password(password_hash: str | None, password: str) -> bool:
     """Whether `password` matches `password_hash`; a missing hash never matches (but costs the same)."""
     try:
-        return _hasher.verify(password_hash or _dummy_hash(), password) and password_hash is not None
+        return _hasher().verify(password_hash or _dummy_hash(hash_parameters()), password) and password_hash is not None
     except (VerificationError, InvalidHashError):
         return False
 

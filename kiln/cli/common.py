@@ -6,12 +6,11 @@ import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from pydantic import BaseModel
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy import Engine
 from sqlmodel import Session
@@ -21,6 +20,9 @@ from kiln.db import create_db_engine
 from kiln.schema import ensure_current
 from kiln.settings import Settings, load_settings
 from kiln.telemetry import configure_tracing
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 # Markup and emoji codes off: error text from backends and users (`pip install 'kiln[ironic]'`,
 # a node named `r1[2]` or `gpu:smile:`) is printed as written, and no emoji table is loaded at
@@ -68,6 +70,8 @@ def db_session() -> Iterator[Session]:
 
 def progress_bar() -> Progress:
     """A transient progress bar (description, bar, done/total, elapsed) for long CLI work."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # only long work pays for it
+
     return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=console, transient=True,
