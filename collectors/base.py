@@ -9,7 +9,7 @@ device-metrics-exporter), mapped by declarative tables, not `if` chains.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
@@ -53,6 +53,9 @@ class TargetResult:
     # False: not polled this cycle (its previous poll still runs, the collector is closed), so
     # nothing is known about it: its stored state is left as it was
     polled: bool = True
+
+
+Progress = Callable[[TargetResult], None]  # told each target's result as it arrives (CLI progress bars)
 
 
 def skipped_summary(skipped: Mapping[str, int]) -> str | None:

@@ -14,9 +14,9 @@ from datetime import timedelta
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from collectors.base import TargetResult
+from collectors.base import Progress, TargetResult
 from collectors.sharding import claim_targets
-from collectors.sources import Progress, Source
+from collectors.sources import Source
 from collectors.store import Transition, persist_results
 from kiln.logs import log_context
 from kiln.telemetry import span

@@ -58,7 +58,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, Self
 
-from collectors.base import NO_LABELS, Sample, TargetResult, skipped_summary
+from collectors.base import NO_LABELS, Progress, Sample, TargetResult, skipped_summary
 from collectors.redfish_firmware import firmware_samples
 from collectors.redfish_http import SERVICE_ROOT, RedfishClient, RedfishError, collection_ids, collection_pages
 from collectors.redfish_readers import (
@@ -81,7 +81,6 @@ from collectors.redfish_readers import (
 )
 
 log = logging.getLogger(__name__)
-Progress = Callable[[TargetResult], None]
 
 
 @dataclass(frozen=True)

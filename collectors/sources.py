@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, or_, select
 
 from collectors import kubernetes, opencost
-from collectors.base import SECOND_BMC_LABEL, Collector, Sample, TargetResult
+from collectors.base import SECOND_BMC_LABEL, Collector, Progress, Sample, TargetResult
 from collectors.cluster_store import persist_kubernetes, persist_opencost
 from collectors.dcgm import DCGM
 from collectors.exporter_scrape import ExporterScrapeCollector
@@ -34,7 +34,6 @@ from kiln.security import SecretBox
 from kiln.settings import Settings
 
 log = logging.getLogger(__name__)
-Progress = Callable[[TargetResult], None]
 Persist = Callable[[Session, Sequence[TargetResult]], object]
 
 
