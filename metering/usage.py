@@ -44,6 +44,7 @@ from kiln.types import exact_sum, sum_value
 from collectors import mig_profiles
 from metering import skus
 from metering.energy_shares import CPU, GPU, MEMORY, NodeCapacity, NodeHourClaims, split_node_energy
+from metering.gpu_placement import HourCursor, gpu_holders, placed_gpus
 from metering.gpu_shares import Pool, SharedGpuHours, oversubscribed
 from metering.models import UsageRecord
 from metering.intervals import HourlyTotals, exact
@@ -228,14 +229,17 @@ def energy_place(resource_id: str) -> tuple[str, str | None]:
     return node, namespace or None
 
 
-def _gpu_energy(session: Session, start: datetime, end: datetime) -> dict[tuple[int, datetime], int]:
-    """Parts of kWh the GPUs' own energy counters measured per (node, hour)."""
-    statement = select(GpuEnergyHour.node_id, GpuEnergyHour.hour, GpuEnergyHour.kwh).where(
-        col(GpuEnergyHour.node_id).is_not(None), col(GpuEnergyHour.hour) >= start, col(GpuEnergyHour.hour) < end)
-    out: dict[tuple[int, datetime], int] = defaultdict(int)
-    for node_id, hour, kwh in session.exec(statement).all():
-        out[(node_id, hour)] += int(Decimal(kwh) * PARTS_PER_UNIT)
-    return out
+def _gpu_energy(session: Session, start: datetime, end: datetime) -> Iterator[tuple[datetime, dict[int, dict[str, int]]]]:
+    """(hour, node → GPU → parts of kWh its own energy counter measured), in hour order."""
+    statement = select(GpuEnergyHour.hour, GpuEnergyHour.node_id, GpuEnergyHour.entity, GpuEnergyHour.kwh).where(
+        col(GpuEnergyHour.node_id).is_not(None), col(GpuEnergyHour.hour) >= start, col(GpuEnergyHour.hour) < end
+    ).order_by(GpuEnergyHour.hour)
+    for hour, rows in groupby(session.connection().execute(statement.execution_options(yield_per=STREAM_ROWS)),
+                              key=lambda row: row[0]):
+        out: dict[int, dict[str, int]] = defaultdict(dict)
+        for _, node_id, entity, kwh in rows:
+            out[node_id][entity] = int(Decimal(kwh) * PARTS_PER_UNIT)
+        yield hour, out
 
 
 def _capacities(session: Session, gpus: dict[int, dict[str, int]]) -> dict[int, NodeCapacity]:
@@ -254,22 +258,27 @@ def energy_usage(
     gpus: dict[int, dict[str, int]], claims: dict[tuple[int, datetime], NodeHourClaims],
 ) -> HourlyTotals:
     """kWh per node-hour to the lease holders (pro rata), else to Kubernetes tenants by their GPU,
-    CPU and memory shares (`metering.energy_shares`), exactly: the rest is idle energy."""
+    CPU and memory shares (`metering.energy_shares`; each GPU's own energy to the namespaces the
+    exporters saw on it, `metering.gpu_placement`), exactly: the rest is idle energy."""
     totals = HourlyTotals(start)
-    gpu_kwh, capacities = _gpu_energy(session, start, end), _capacities(session, gpus)
+    capacities = _capacities(session, gpus)
+    gpu_kwh, holders = HourCursor(_gpu_energy(session, start, end)), HourCursor(gpu_holders(session, start, end))
     statement = select(NodeEnergyHour.node_id, NodeEnergyHour.hour, NodeEnergyHour.kwh).where(
-        col(NodeEnergyHour.hour) >= start, col(NodeEnergyHour.hour) < end)
+        col(NodeEnergyHour.hour) >= start, col(NodeEnergyHour.hour) < end).order_by(NodeEnergyHour.hour)
     for node_id, hour, kwh in session.exec(statement).all():
         name = nodes[node_id][0]
         hour_claims = claims.get((node_id, hour)) or NodeHourClaims()
         for h in held.get(node_id, []):
             for _, micros in split_by_hour(max(h.start, hour), min(h.end, hour + HOUR)):
                 hour_claims.leased[(h.tenant_id, name, h.vdc_id)] += micros
+        per_gpu = gpu_kwh.at(hour).get(node_id)
+        placed = placed_gpus(per_gpu, holders.at(hour), hour_claims,
+                             lambda tenant_id, ns: (tenant_id, energy_resource_id(name, ns), None)) if per_gpu else []
         requests = {kind: {(tenant_id, energy_resource_id(name, namespace), None): w
                            for (tenant_id, namespace), w in weights.items()}
                     for kind, weights in hour_claims.requests.items()}
-        split = split_node_energy(int(Decimal(kwh) * PARTS_PER_UNIT), gpu_kwh.get((node_id, hour)),
-                                  NodeHourClaims(hour_claims.leased, requests), capacities[node_id])
+        split = split_node_energy(int(Decimal(kwh) * PARTS_PER_UNIT), sum(per_gpu.values()) if per_gpu else None,
+                                  NodeHourClaims(hour_claims.leased, requests), capacities[node_id], placed)
         for (tenant_id, resource_id, vdc_id), parts in split.items():
             if parts:
                 totals.add_weight((tenant_id, resource_id, skus.KWH), hour, parts, vdc_id)

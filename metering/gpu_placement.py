@@ -1,0 +1,111 @@
+"""Which Kubernetes namespaces held each physical GPU, hour by hour, from dcgm-exporter's pod labels.
+
+A pod's GPU request says how many GPUs it holds, not which: the device plugin picks them. The
+exporters say which: with their Kubernetes pod mapping on, dcgm-exporter (and AMD's exporter)
+label each GPU's — or MIG instance's — series with the `namespace` and `pod` using it, and the
+store keeps that GPU's utilisation per namespace per 5-minute bucket
+(`collectors.store.NAMESPACE_GPU_UTIL_ROLLUP`, entity `namespace|UUID[/instance][|profile]`).
+
+A namespace seen on a GPU in a bucket held, for those 5 minutes, the whole GPU (weight: the GPU
+model's compute slices, 7 on an H100) or its MIG instance (the profile's slices). A GPU-hour is
+12 buckets × the GPU's slices (`GpuHolders.capacity`). `metering.energy_shares` gives each GPU's
+own measured energy to the namespaces on it by these weights, so a busy GPU's kWh go to the
+tenant who ran on it, not to every tenant of the node alike (dcgm-exporter#582, #587).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from itertools import groupby
+
+from sqlmodel import Session, col, select
+
+from collectors import mig_profiles
+from collectors.models import Rollup5m
+from collectors.store import NAMESPACE_GPU_UTIL_ROLLUP, split_namespace_entity
+from fleet.models import Gpu
+from metering.energy_shares import GPU, GpuHeld, NodeHourClaims
+
+BUCKETS_PER_HOUR = 12
+STREAM_ROWS = 5_000
+
+
+@dataclass(frozen=True)
+class GpuHolders:
+    """The namespaces that held one GPU in one hour: namespace → weight (slice-buckets), out of
+    `capacity` slice-buckets per GPU-hour."""
+
+    weights: dict[str, int]
+    capacity: int
+
+
+class HourCursor:
+    """Values of a stream ordered by hour, read forward one hour at a time (`at`), so a month of
+    them is never held at once."""
+
+    def __init__(self, stream: Iterator[tuple[datetime, dict]]) -> None:
+        self._stream = stream
+        self._hour: datetime | None = None
+        self._value: dict = {}
+        self._done = False
+
+    def at(self, hour: datetime) -> dict:
+        """The stream's value for `hour` ({} if none); hours must be asked in increasing order."""
+        while not self._done and (self._hour is None or self._hour < hour):
+            next_item = next(self._stream, None)
+            if next_item is None:
+                self._done, self._value = True, {}
+            else:
+                self._hour, self._value = next_item
+        return self._value if self._hour == hour and not self._done else {}
+
+
+def gpu_holders(session: Session, start: datetime, end: datetime) -> Iterator[tuple[datetime, dict[str, GpuHolders]]]:
+    """(hour, GPU UUID → its holders) for every hour in [start, end) in which the exporters saw a
+    namespace on a GPU, in hour order. A MIG instance's namespace holds its profile's slices of
+    the parent GPU."""
+    models = dict(session.exec(select(Gpu.uuid, Gpu.model).where(col(Gpu.uuid).is_not(None))).all())
+    statement = select(Rollup5m.entity, Rollup5m.bucket).where(
+        Rollup5m.metric == NAMESPACE_GPU_UTIL_ROLLUP, col(Rollup5m.bucket) >= start, col(Rollup5m.bucket) < end
+    ).order_by(Rollup5m.bucket)
+    slices: dict[str, int] = {}
+    rows = session.connection().execute(statement.execution_options(yield_per=STREAM_ROWS))
+    for hour, hour_rows in groupby(rows, key=lambda row: row[1].replace(minute=0, second=0, microsecond=0)):
+        weights: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        for entity, _ in hour_rows:
+            namespace, gpu, profile = split_namespace_entity(entity)
+            if profile and not mig_profiles.PROFILE_PATTERN.match(profile):
+                continue  # not a profile NVIDIA names: how much of the GPU it held is unknown
+            uuid = gpu.partition("/")[0]
+            if uuid not in slices:
+                slices[uuid] = mig_profiles.total_slices(models.get(uuid, ""))
+            weights[uuid][namespace] += min(mig_profiles.profile_slices(profile), slices[uuid]) if profile else slices[uuid]
+        yield hour, {uuid: GpuHolders(dict(held), slices[uuid] * BUCKETS_PER_HOUR) for uuid, held in weights.items()}
+
+
+def placed_gpus(per_gpu: Mapping[str, int], holders: Mapping[str, GpuHolders], claims: NodeHourClaims,
+                key: Callable[[int, str], Hashable]) -> list[GpuHeld]:
+    """A node-hour's GPUs (UUID → parts of kWh) with their holders as `key(tenant_id, namespace)` —
+    when no lease holds the node this hour and the exporters saw every namespace that requested
+    its GPUs on one of them; else [] (the GPUs' energy then goes by GPU-time shares)."""
+    gpu_requests = claims.requests.get(GPU, {})
+    if claims.leased or not gpu_requests:
+        return []
+    tenant_of: dict[str, int] = {}
+    for weights in claims.requests.values():
+        for tenant_id, namespace in weights:
+            if tenant_of.setdefault(namespace, tenant_id) != tenant_id:
+                return []  # the namespace changed hands within the hour
+    seen = {namespace for uuid in per_gpu if uuid in holders for namespace in holders[uuid].weights}
+    if any(namespace not in seen for _, namespace in gpu_requests):
+        return []
+    placed = []
+    for uuid, parts in per_gpu.items():
+        on_gpu = holders.get(uuid, GpuHolders({}, 1))  # nobody on it: its energy is idle
+        placed.append(GpuHeld(parts, {key(tenant_of[ns], ns): weight
+                                      for ns, weight in on_gpu.weights.items() if ns in tenant_of},
+                              on_gpu.capacity, sum(w for ns, w in on_gpu.weights.items() if ns not in tenant_of)))
+    return placed
