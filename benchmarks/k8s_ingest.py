@@ -269,6 +269,10 @@ def main(argv: list[str] | None = None) -> int:
                 engine = create_db_engine(db_url)
                 upgrade(engine)
                 engine.dispose()
+                # a watch cache that holds the changes: both sides watch from their list's
+                # resourceVersion, minutes old on 2 busy cores (kube-apiserver's default keeps too
+                # few events and answers 410 Expired, which a watcher must answer with a re-list)
+                os.environ.setdefault("KILN_KUBE_APISERVER_ARGS", f"--watch-cache-sizes=pods#{3 * args.changes + 1000}")
                 url = start_peer(KUBE_SH, kube_state)
                 try:
                     ca = kube_state / "ca.crt"

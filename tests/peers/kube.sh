@@ -6,6 +6,9 @@
 #   tests/peers/kube.sh start STATE_DIR    # prints https://127.0.0.1:PORT last
 #   tests/peers/kube.sh stop STATE_DIR
 #
+# KILN_KUBE_APISERVER_ARGS adds kube-apiserver flags (word-split), e.g. a larger pod watch cache
+# for benchmarks that watch from an old resourceVersion: --watch-cache-sizes=pods#30000
+#
 # STATE_DIR after start:
 #   kubeconfig   admin kubeconfig (bearer token, user "kiln-admin" in system:masters;
 #                certificate-authority-data = the apiserver's self-signed CA, ca.crt)
@@ -165,6 +168,7 @@ cmd_start() {
         --service-cluster-ip-range 10.96.0.0/16 \
         --allow-privileged=true \
         --profiling=false \
+        ${KILN_KUBE_APISERVER_ARGS:-} \
         </dev/null >"$state/kube-apiserver.log" 2>&1 &
     local api_pid=$!
     printf '%s\n%s\n' "$api_pid" "$etcd_pid" >"$state/pids"
