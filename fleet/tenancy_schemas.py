@@ -82,6 +82,8 @@ class QuotaUse(BaseModel):
     nodes: int
     gpus: int
     gpu_hours: Decimal
+    instance_gpus: Decimal = Field(default=Decimal("0.000000"), description="GPUs held as MIG instances, by compute fraction "
+                                   "(6 places); `gpus` + this is what `max_gpus` is checked against.")
 
 
 class GrantPublic(Grant):

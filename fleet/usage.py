@@ -77,7 +77,7 @@ def gpu_hours_in_period(
     micros = Fraction(sum(lease_gpu_micros(lease, gpus.get(lease.node_id, 0), start, at) for lease in leases))
     for instance, fraction in instance_fractions(session, overlapping(start, at, GpuInstanceLease), vdc_id, tenant_id):
         micros += lease_gpu_micros(instance, 1, start, at) * fraction
-    return _hours(micros)  # summed exactly, rounded once
+    return hours_of(micros)  # summed exactly, rounded once
 
 
 def instance_fractions(
@@ -94,7 +94,8 @@ def instance_fractions(
     return [(instance, compute_fraction(model, instance.profile)) for instance, model in session.exec(statement).all()]
 
 
-def _hours(micros: Fraction) -> Decimal:
+def hours_of(micros: Fraction) -> Decimal:
+    """GPU-microseconds (exact, a fraction where GPU instances count) as GPU-hours to 6 places, rounded once."""
     return (Decimal(micros.numerator) / micros.denominator / MICROS_PER_HOUR).quantize(HOURS_QUANTUM)
 
 
@@ -115,4 +116,4 @@ def planned_gpu_hours(gpus: int | Fraction, starts_at: datetime, ends_at: dateti
         return Decimal(0)
     held_to = min(ends_at, period_end)
     micros = max((held_to - starts_at) // _MICROSECOND, 0)
-    return _hours(micros * Fraction(gpus))
+    return hours_of(micros * Fraction(gpus))

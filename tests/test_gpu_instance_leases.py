@@ -131,6 +131,8 @@ def test_quotas_count_instances_by_compute_fraction(client: TestClient, world: W
     body = assert_problem(_instance(client, world, node, "a", "2g.20gb", gpu=1), 409)
     assert body["detail"] == (f"quota exceeded: tenant 'tenant-a' in VDC 'vdc-{node}' allows 1 GPU(s); "
                               "6/7 in use and this lease needs 2/7 (over by 1/7)")
+    [vdc] = [v for v in client.get("/api/v1/vdcs", headers=world.headers("admin")).json() if v["name"] == f"vdc-{node}"]
+    assert (vdc["tenants"][0]["used"]["gpus"], vdc["tenants"][0]["used"]["instance_gpus"]) == (0, "0.857143")
     hours = _shared_node(world, gpus=1, a={"max_gpu_hours": 1})
     month_start, _ = period_of(utcnow())
     span = {"starts_at": (month_start + timedelta(hours=1)).isoformat(), "ends_at": (month_start + timedelta(hours=3)).isoformat()}

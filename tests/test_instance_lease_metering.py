@@ -127,11 +127,12 @@ _leases = st.lists(st.tuples(st.sampled_from("ab"), st.integers(0, 1), st.sample
 _pods = st.lists(st.tuples(st.sampled_from("ab"), st.sampled_from(PROFILES), st.integers(0, 170), st.integers(1, 180)),
                  max_size=4)
 WINDOW = (at("2026-10-01T10:00"), at("2026-10-01T13:00"))
+NODE_KWH = D("2.100000")
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(leases=_leases, pods=_pods)
-def test_instance_leases_pods_and_idle_add_up_to_the_gpus(world: World, leases, pods) -> None:
+def test_instance_leases_pods_and_idle_add_up_to_the_gpus_and_their_energy(world: World, leases, pods) -> None:
     session = world.session
     for table in (BillLine, Bill, IdleCharge, UsageRecord, K8sAllocation, GpuInstanceLease):
         session.execute(delete(table))
@@ -139,6 +140,9 @@ def test_instance_leases_pods_and_idle_add_up_to_the_gpus(world: World, leases, 
     if not getattr(world, "_mig_node", None):
         world._mig_node = _mig_node(world, gpus=2, created_at=WINDOW[0])
         card(world, GPU_SKU, "2.35")
+        for i in range(3):
+            session.add(NodeEnergyHour(node_id=world._mig_node.id, hour=WINDOW[0] + i * HOUR, kwh=NODE_KWH, covered_seconds=3600))
+        session.commit()
     name = world._mig_node.name
     placed = []
     for tenant, gpu, profile, start, length in leases:
@@ -164,6 +168,12 @@ def test_instance_leases_pods_and_idle_add_up_to_the_gpus(world: World, leases, 
         taken = used(session, hour_start, hour_start + HOUR).get(GPU_SKU, 0)
         assert 0 <= taken <= have == 2 * MICROS_PER_HOUR  # claims + idle = the node's GPU-hours, never more
         rows = session.exec(select(UsageRecord).where(UsageRecord.hour == hour_start, UsageRecord.source == "lease")).all()
+        kwh = [r.quantity_parts for r in session.exec(select(UsageRecord).where(UsageRecord.hour == hour_start,
+                                                                                UsageRecord.sku == "kwh")).all()]
+        node_parts = int(NODE_KWH * MICROS_PER_HOUR)
+        assert 0 <= node_parts - sum(kwh)  # tenants' kWh + idle kWh = the node's, idle never negative
+        # the GPUs' energy (all of it: no GPU counter, no CPU facts) goes by share of the pool's GPU-time
+        assert abs(sum(kwh) - Fraction(node_parts * taken, 2 * MICROS_PER_HOUR)) <= len(kwh)
         if pods_fit:  # within capacity, every instance lease holds exactly its compute fraction (within one part)
             exact: dict[tuple[int, str], Fraction] = defaultdict(Fraction)
             for lease, profile in placed:
