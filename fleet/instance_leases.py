@@ -18,6 +18,7 @@ from sqlmodel import Session, col, select
 
 from collectors.mig_profiles import compute_fraction, family_of, profile_slices
 from fleet import leases as lease_service
+from fleet.leases import holder_name, span
 from fleet.models import Gpu, Node
 from fleet.nodes import add_event
 from fleet.tenancy_models import GpuInstanceLease, Lease
@@ -27,7 +28,6 @@ from kiln import audit
 from kiln.auth import Principal
 from kiln.db import utcnow
 from kiln.errors import Conflict, ValidationFailed
-from kiln.models import Tenant
 from kiln.tenants import get_tenant_owned, visible_tenant
 
 NOUN = "GPU instance lease"
@@ -81,21 +81,12 @@ def _gpu(session: Session, node: Node, gpu_index: int, profile: str) -> Gpu:
     return gpu
 
 
-def _span(start: datetime, end: datetime | None) -> str:
-    return f"from {start:%Y-%m-%d %H:%M}Z " + (f"until {end:%Y-%m-%d %H:%M}Z" if end else "with no end")
-
-
-def _holder(session: Session, principal: Principal, tenant_id: int) -> str:
-    """The holding tenant as a message may name it: another tenant's slug stays hidden."""
-    return f"tenant '{session.get(Tenant, tenant_id).slug}'" if principal.can_see(tenant_id) else "another tenant"
-
-
 def _check_whole_node(session: Session, principal: Principal, node: Node, start: datetime, end: datetime | None) -> None:
     clash = session.exec(select(Lease).where(Lease.node_id == node.id, overlapping(start, end or FAR_FUTURE))
                          .order_by(Lease.starts_at)).first()
     if clash is not None:
-        raise Conflict(f"node '{node.name}' is leased whole to {_holder(session, principal, clash.tenant_id)} "
-                       f"{_span(clash.starts_at, clash.ends_at)}: its GPU instances cannot be leased then")
+        raise Conflict(f"node '{node.name}' is leased whole to {holder_name(session, principal, clash.tenant_id)} "
+                       f"{span(clash.starts_at, clash.ends_at)}: its GPU instances cannot be leased then")
 
 
 def _check_fit(session: Session, principal: Principal, node: Node, gpu: Gpu, profile: str, start: datetime,
@@ -115,12 +106,17 @@ def _check_fit(session: Session, principal: Principal, node: Node, gpu: Gpu, pro
         if sum(profile_slices(o.profile) for o in held) + needed > total:
             collisions.update((o.id, o) for o in held)
     if collisions:
-        named = "; ".join(
-            (f"instance lease {o.id} ({o.profile}, {_holder(session, principal, o.tenant_id)}, " if principal.can_see(o.tenant_id)
-             else f"an instance lease of another tenant ({o.profile}, ") + f"{_span(o.starts_at, o.ends_at)})"
-            for o in collisions.values())
+        named = "; ".join(_named(session, principal, o) for o in collisions.values())
         raise Conflict(f"GPU {gpu.index} of node '{node.name}' has {total} compute slices and a {profile} instance "
                        f"({needed}) does not fit beside {named}")
+
+
+def _named(session: Session, principal: Principal, instance: GpuInstanceLease) -> str:
+    """An instance lease in a refusal: its id and holder only where the caller may see them."""
+    if principal.can_see(instance.tenant_id):
+        return (f"instance lease {instance.id} ({instance.profile}, {holder_name(session, principal, instance.tenant_id)}, "
+                f"{span(instance.starts_at, instance.ends_at)})")
+    return f"an instance lease of another tenant ({instance.profile}, {span(instance.starts_at, instance.ends_at)})"
 
 
 def create_instance_lease(session: Session, principal: Principal, data: GpuInstanceLeaseCreate) -> GpuInstanceLease:

@@ -132,27 +132,35 @@ def check_quotas(session: Session, vdc: Vdc, grant: VdcTenant, tenant: Tenant, s
             _check_limit(scope, "GPU-hours this period", Decimal(limits.max_gpu_hours), used, planned)
 
 
-def _holder_message(session: Session, node: Node, data: LeaseCreate) -> str | None:
+def _holder_message(session: Session, principal: Principal, node: Node, data: LeaseCreate) -> str | None:
     far_future = period_of(data.starts_at)[1].replace(year=9999)
     clash = session.exec(select(Lease).where(Lease.node_id == node.id, overlapping(data.starts_at, data.ends_at or far_future))).first()
     if clash is None:
-        return instance_holder_message(session, node, data.starts_at, data.ends_at)
+        return instance_holder_message(session, principal, node, data.starts_at, data.ends_at)
     holder = session.get(Tenant, clash.tenant_id)
-    until = f"until {clash.ends_at:%Y-%m-%d %H:%M}Z" if clash.ends_at else "with no end"
-    return f"node '{node.name}' is already leased to tenant '{holder.slug}' from {clash.starts_at:%Y-%m-%d %H:%M}Z {until}"
+    return f"node '{node.name}' is already leased to tenant '{holder.slug}' {span(clash.starts_at, clash.ends_at)}"
 
 
-def instance_holder_message(session: Session, node: Node, start: datetime, end: datetime | None) -> str | None:
+def span(start: datetime, end: datetime | None) -> str:
+    """An interval for a message: `from 2026-10-01 10:00Z until …Z` (or `with no end`)."""
+    return f"from {start:%Y-%m-%d %H:%M}Z " + (f"until {end:%Y-%m-%d %H:%M}Z" if end else "with no end")
+
+
+def holder_name(session: Session, principal: Principal, tenant_id: int) -> str:
+    """The tenant holding something, as a message to `principal` may name it: another tenant's slug stays hidden."""
+    return f"tenant '{session.get(Tenant, tenant_id).slug}'" if principal.can_see(tenant_id) else "another tenant"
+
+
+def instance_holder_message(session: Session, principal: Principal, node: Node, start: datetime,
+                            end: datetime | None) -> str | None:
     """Why a whole-node lease of `node` over [start, end) clashes with a GPU instance lease of it, or None."""
     clash = session.exec(select(GpuInstanceLease).where(
         GpuInstanceLease.node_id == node.id, overlapping(start, end or FAR_FUTURE, GpuInstanceLease))
         .order_by(GpuInstanceLease.starts_at)).first()
     if clash is None:
         return None
-    holder = session.get(Tenant, clash.tenant_id)
-    until = f"until {clash.ends_at:%Y-%m-%d %H:%M}Z" if clash.ends_at else "with no end"
-    return (f"node '{node.name}' has a GPU instance leased to tenant '{holder.slug}' from "
-            f"{clash.starts_at:%Y-%m-%d %H:%M}Z {until}: it cannot be leased whole then")
+    return (f"node '{node.name}' has a GPU instance leased to {holder_name(session, principal, clash.tenant_id)} "
+            f"{span(clash.starts_at, clash.ends_at)}: it cannot be leased whole then")
 
 
 def resolve_vdc(session: Session, principal: Principal, tenant: Tenant, node_name: str, vdc_name: str | None) -> tuple[Node, Vdc]:
@@ -201,7 +209,7 @@ def create_lease(session: Session, principal: Principal, data: LeaseCreate) -> L
     data = data.model_copy(update={"starts_at": data.starts_at or utcnow()})
     check_interval(data.starts_at, data.ends_at)
     grant = lock_for_lease(session, vdc, tenant, node)
-    clash = _holder_message(session, node, data)
+    clash = _holder_message(session, principal, node, data)
     if clash:
         raise Conflict(clash)
     check_quotas(session, vdc, grant, tenant, data.starts_at, data.ends_at, gpu_counts(session, [node.id]).get(node.id, 0), 1)
@@ -229,7 +237,7 @@ def update_lease(session: Session, principal: Principal, lease_id: int, data: Le
         raise ValidationFailed("ends_at", f"must be after the lease's start ({lease.starts_at:%Y-%m-%dT%H:%M:%SZ})")
     lock_node(session, lease.node_id)
     node = session.get(Node, lease.node_id)
-    if instance_holder_message(session, node, lease.starts_at, data.ends_at):
+    if instance_holder_message(session, principal, node, lease.starts_at, data.ends_at):
         raise Conflict(f"lease {lease_id} cannot end then: a GPU instance of the node is leased before that")
     lease.ends_at = data.ends_at
     if data.note is not None:

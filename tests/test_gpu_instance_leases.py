@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 from sqlmodel import Session, select
 
 from fleet.models import Gpu
@@ -91,6 +92,9 @@ def test_a_tenant_admin_is_not_told_whose_instances_collide(client: TestClient, 
     payload = {"node": node, "tenant": "tenant-a", "gpu_index": 0, "profile": "1g.10gb"}
     body = assert_problem(client.post(PATH, json=payload, headers=world.headers("a_admin")), 409)
     assert "an instance lease of another tenant (7g.80gb, from " in body["detail"] and "tenant-b" not in body["detail"]
+    whole = client.post("/api/v1/leases", json={"node": node, "tenant": "tenant-a"}, headers=world.headers("a_admin"))
+    body = assert_problem(whole, 409)
+    assert "has a GPU instance leased to another tenant from " in body["detail"] and "tenant-b" not in body["detail"]
 
 
 def test_gpu_and_profile_are_checked_against_the_node(client: TestClient, world: World) -> None:
@@ -186,6 +190,9 @@ def test_tenants_see_the_node_but_never_each_others_instances(client: TestClient
         assert client.get("/api/v1/leases", headers=headers).json() == []
         events = client.get(f"/api/v1/nodes/{own['node_id']}/events", headers=headers)
         assert foreign["tenant"] not in events.text
+    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+    assert [(s.labels, round(s.value, 6)) for s in families["kiln_lease_gpus"].samples] == [
+        ({"tenant": "tenant-a", "node": node}, 0.428571), ({"tenant": "tenant-b", "node": node}, 0.142857)]
     ended = client.patch(f"{PATH}/{mine['id']}", json={"ends_at": utcnow().isoformat()}, headers=world.headers("a_admin"))
     assert ended.status_code == 200, ended.text
     assert client.get("/api/v1/nodes", headers=world.headers("a_member")).json() == [], "no instance in force, no node"
