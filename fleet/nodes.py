@@ -19,7 +19,7 @@ from fleet.models import Gpu, Node, NodeEvent, NodeTag
 from fleet.provisioning.base import BackendNode, DriverError, NodeTarget
 from fleet.provisioning.states import PowerState, ProvisionState
 from fleet.schemas import GpuSpec, NodeCreate, NodePublic, NodeUpdate
-from fleet.tenancy_models import Lease
+from fleet.tenancy_models import GpuInstanceLease, Lease
 from fleet.usage import in_force
 from kiln import audit
 from kiln.auth import Principal
@@ -35,11 +35,15 @@ INFRA_ONLY_FIELDS = {"bmc_address", "redfish_address", "bmc_username", "external
 
 
 def visible(statement, principal: Principal):
-    """Restrict a SELECT over Node to nodes the caller may see (leased to one of its tenants)."""
+    """Restrict a SELECT over Node to nodes the caller may see (leased whole, or a GPU instance of
+    which is leased, to one of its tenants)."""
     if principal.sees_all_tenants:
         return statement
-    leased = principal.scope(select(Lease.node_id).where(in_force(utcnow())), Lease.tenant_id)
-    return statement.where(col(Node.id).in_(leased))
+    now = utcnow()
+    leased = principal.scope(select(Lease.node_id).where(in_force(now)), Lease.tenant_id)
+    instances = principal.scope(select(GpuInstanceLease.node_id).where(in_force(now, GpuInstanceLease)),
+                                GpuInstanceLease.tenant_id)
+    return statement.where(col(Node.id).in_(leased) | col(Node.id).in_(instances))
 
 
 def list_nodes(
@@ -256,7 +260,8 @@ def delete_node(session: Session, principal: Principal, node_id: int, drivers: D
     """Remove a node from its backend and from Kiln; refused while it has lease history."""
     node = get_node(session, principal, node_id)
     principal.require_role(Role.INFRA_ADMIN, action="delete nodes")
-    if session.exec(select(Lease.id).where(Lease.node_id == node.id)).first():
+    if (session.exec(select(Lease.id).where(Lease.node_id == node.id)).first()
+            or session.exec(select(GpuInstanceLease.id).where(GpuInstanceLease.node_id == node.id)).first()):
         raise Conflict(f"node '{node.name}' has lease history that billing needs: it cannot be deleted")
     if node.external_id:
         try:

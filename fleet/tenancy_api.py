@@ -1,14 +1,24 @@
-"""`/api/v1/vdcs` and `/api/v1/leases`."""
+"""`/api/v1/vdcs`, `/api/v1/leases` and `/api/v1/gpu-instance-leases`."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
-from sqlmodel import select
+from sqlmodel import Session, select
 
+from fleet import instance_leases as instance_service
 from fleet import leases as lease_service
 from fleet import vdcs as vdc_service
 from fleet.models import Node
-from fleet.tenancy_schemas import LeaseCreate, LeasePublic, LeaseUpdate, VdcCreate, VdcPublic, VdcUpdate
+from fleet.tenancy_schemas import (
+    GpuInstanceLeaseCreate,
+    GpuInstanceLeasePublic,
+    LeaseCreate,
+    LeasePublic,
+    LeaseUpdate,
+    VdcCreate,
+    VdcPublic,
+    VdcUpdate,
+)
 from kiln.api.deps import CurrentPrincipal, RowId, SessionDep
 from kiln.models import Tenant
 
@@ -55,12 +65,19 @@ def list_leases_endpoint(
     active: bool = False,
 ):
     """Your tenants' leases (all for global roles), newest first; `active=true` for those in force now."""
+    filters = _filters(session, node, tenant)
+    if filters is None:
+        return []
+    return lease_service.to_public(session, lease_service.list_leases(session, principal, **filters, active=active))
+
+
+def _filters(session: Session, node: str | None, tenant: str | None) -> dict[str, int | None] | None:
+    """Node and tenant ids of the list filters; None when one names nothing (an empty list, not an error)."""
     node_id = session.exec(select(Node.id).where(Node.name == node)).first() if node else None
     tenant_id = session.exec(select(Tenant.id).where(Tenant.slug == tenant)).first() if tenant else None
     if (node and node_id is None) or (tenant and tenant_id is None):
-        return []
-    found = lease_service.list_leases(session, principal, node_id=node_id, tenant_id=tenant_id, active=active)
-    return lease_service.to_public(session, found)
+        return None
+    return {"node_id": node_id, "tenant_id": tenant_id}
 
 
 @router.post("/leases", response_model=LeasePublic, status_code=201, tags=["leases"], summary="Lease a node to a tenant")
@@ -79,3 +96,40 @@ def read_lease_endpoint(lease_id: RowId, session: SessionDep, principal: Current
 def update_lease_endpoint(lease_id: RowId, data: LeaseUpdate, session: SessionDep, principal: CurrentPrincipal):
     """Set the lease's end. Leases are never deleted: billing needs their history."""
     return lease_service.to_public(session, [lease_service.update_lease(session, principal, lease_id, data)])[0]
+
+
+@router.get("/gpu-instance-leases", response_model=list[GpuInstanceLeasePublic], tags=["leases"],
+            summary="List GPU instance leases")
+def list_instance_leases_endpoint(
+    session: SessionDep,
+    principal: CurrentPrincipal,
+    node: str | None = None,
+    tenant: str | None = None,
+    active: bool = False,
+):
+    """Your tenants' MIG instance leases (all for global roles), newest first; `active=true` for those in force now."""
+    filters = _filters(session, node, tenant)
+    if filters is None:
+        return []
+    return instance_service.to_public(session, instance_service.list_instance_leases(session, principal, **filters, active=active))
+
+
+@router.post("/gpu-instance-leases", response_model=GpuInstanceLeasePublic, status_code=201, tags=["leases"],
+             summary="Lease a MIG instance of a node's GPU to a tenant")
+def create_instance_lease_endpoint(data: GpuInstanceLeaseCreate, session: SessionDep, principal: CurrentPrincipal):
+    """As for leases; 409 when the instance does not fit its GPU's compute slices, the node is leased whole, or on quota."""
+    return instance_service.to_public(session, [instance_service.create_instance_lease(session, principal, data)])[0]
+
+
+@router.get("/gpu-instance-leases/{lease_id}", response_model=GpuInstanceLeasePublic, tags=["leases"],
+            summary="Read a GPU instance lease")
+def read_instance_lease_endpoint(lease_id: RowId, session: SessionDep, principal: CurrentPrincipal):
+    """One GPU instance lease; 404 when it is not your tenant's."""
+    return instance_service.to_public(session, [instance_service.get_instance_lease(session, principal, lease_id)])[0]
+
+
+@router.patch("/gpu-instance-leases/{lease_id}", response_model=GpuInstanceLeasePublic, tags=["leases"],
+              summary="End a GPU instance lease")
+def update_instance_lease_endpoint(lease_id: RowId, data: LeaseUpdate, session: SessionDep, principal: CurrentPrincipal):
+    """Set the instance lease's end. Never deleted: billing needs their history."""
+    return instance_service.to_public(session, [instance_service.update_instance_lease(session, principal, lease_id, data)])[0]

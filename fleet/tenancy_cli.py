@@ -6,10 +6,11 @@ from datetime import datetime
 
 import typer
 
+from fleet import instance_leases as instance_service
 from fleet import leases as lease_service
 from fleet import vdcs as vdc_service
 from fleet.nodes import get_node_by_name
-from fleet.tenancy_schemas import Grant, LeaseCreate, LeaseUpdate, VdcCreate, VdcUpdate
+from fleet.tenancy_schemas import Grant, GpuInstanceLeaseCreate, LeaseCreate, LeaseUpdate, VdcCreate, VdcUpdate
 from kiln.auth import Principal
 from kiln.cli.common import OutputFormat, OutputOption, db_session, print_rows
 from kiln.db import utcnow
@@ -18,7 +19,8 @@ from kiln.tenants import tenants_by_slug
 from kiln.validation import parse_model
 
 vdcs_app = typer.Typer(help="Slices of the fleet (VDCs) granted to tenants, with quotas.", no_args_is_help=True)
-leases_app = typer.Typer(help="Lease nodes to tenants; the timeline billing uses.", no_args_is_help=True)
+leases_app = typer.Typer(help="Lease nodes (or MIG instances of their GPUs) to tenants; the timeline billing uses.",
+                         no_args_is_help=True)
 
 MaxNodes = typer.Option(None, "--max-nodes", min=0, help="Most nodes held at once.")
 MaxGpus = typer.Option(None, "--max-gpus", min=0, help="Most GPUs held at once.")
@@ -104,26 +106,42 @@ def leases_create(
     vdc: str = typer.Option(None, help="VDC, when the node is in several of the tenant's VDCs."),
     start: str = typer.Option(None, help="ISO 8601 start (default now)."),
     end: str = typer.Option(None, help="ISO 8601 end (default open-ended)."),
+    gpu: int = typer.Option(None, "--gpu", min=0, help="Lease one MIG instance of this GPU (0-based) instead of the node."),
+    profile: str = typer.Option(None, "--profile", help="The instance's MIG profile, e.g. 3g.40gb (with --gpu)."),
     note: str = typer.Option("", help="Free text."),
 ) -> None:
-    """Lease a node to a tenant; refused beyond quota or when the node is taken."""
-    data = parse_model(LeaseCreate, {"node": node, "tenant": tenant, "vdc": vdc, "note": note,
-                                     "starts_at": _when(start, "start"), "ends_at": _when(end, "end")})
+    """Lease a node (or, with --gpu and --profile, one MIG instance of its GPU) to a tenant; refused
+    beyond quota, when the node is taken, or when the instance does not fit its GPU."""
+    if (gpu is None) != (profile is None):
+        raise ValidationFailed("gpu" if gpu is None else "profile", "--gpu and --profile go together: both lease a MIG instance")
+    fields = {"node": node, "tenant": tenant, "vdc": vdc, "note": note,
+              "starts_at": _when(start, "start"), "ends_at": _when(end, "end")}
     with db_session() as session:
-        lease = lease_service.create_lease(session, Principal.system(), data)
-    typer.echo(f"lease {lease.id}: {node} → {tenant} from {lease.starts_at:%Y-%m-%dT%H:%M:%SZ}")
+        if gpu is None:
+            lease = lease_service.create_lease(session, Principal.system(), parse_model(LeaseCreate, fields))
+            what = node
+        else:
+            data = parse_model(GpuInstanceLeaseCreate, {**fields, "gpu_index": gpu, "profile": profile})
+            lease = instance_service.create_instance_lease(session, Principal.system(), data)
+            what = f"{node} GPU {gpu} {profile}"
+    kind = "lease" if gpu is None else "GPU instance lease"
+    typer.echo(f"{kind} {lease.id}: {what} → {tenant} from {lease.starts_at:%Y-%m-%dT%H:%M:%SZ}")
 
 
 @leases_app.command("end")
 def leases_end(
     lease_id: int = typer.Argument(..., help="Lease id (see `kiln leases list`)."),
     at: str = typer.Option("now", help="ISO 8601 end time, or now."),
+    instance: bool = typer.Option(False, "--instance", help="The id is a GPU instance lease's (gpu column set in the list)."),
 ) -> None:
-    """End a lease."""
+    """End a lease (with --instance: a GPU instance lease)."""
     data = LeaseUpdate(ends_at=_when(at, "at"))
     with db_session() as session:
-        lease = lease_service.update_lease(session, Principal.system(), lease_id, data)
-    typer.echo(f"lease {lease.id} ends {lease.ends_at:%Y-%m-%dT%H:%M:%SZ}")
+        if instance:
+            lease = instance_service.update_instance_lease(session, Principal.system(), lease_id, data)
+        else:
+            lease = lease_service.update_lease(session, Principal.system(), lease_id, data)
+    typer.echo(f"{'GPU instance lease' if instance else 'lease'} {lease.id} ends {lease.ends_at:%Y-%m-%dT%H:%M:%SZ}")
 
 
 @leases_app.command("list")
@@ -133,11 +151,14 @@ def leases_list(
     active: bool = typer.Option(False, "--active", help="Only leases in force now."),
     output: OutputFormat = OutputOption,
 ) -> None:
-    """List leases, newest first."""
+    """List leases and GPU instance leases, newest first."""
     with db_session() as session:
         principal = Principal.system()
         node_id = get_node_by_name(session, principal, node).id if node else None
         tenant_id = tenants_by_slug(session, [tenant])[0].id if tenant else None
         found = lease_service.list_leases(session, principal, node_id=node_id, tenant_id=tenant_id, active=active)
-        rows = lease_service.to_public(session, found)
-    print_rows(rows, ["id", "node", "tenant", "vdc", "starts_at", "ends_at", "created_by"], output, "Leases")
+        instances = instance_service.list_instance_leases(session, principal, node_id=node_id, tenant_id=tenant_id, active=active)
+        rows = lease_service.to_public(session, found) + instance_service.to_public(session, instances)
+    rows.sort(key=lambda row: row.starts_at, reverse=True)
+    columns = ["id", "node", "gpu_index", "profile", "tenant", "vdc", "starts_at", "ends_at", "created_by"]
+    print_rows(rows, columns, output, "Leases (gpu_index set: a GPU instance lease; end it with --instance)")

@@ -1,4 +1,5 @@
-"""Tenancy tables, OpenNebula style: VDCs (slices of the fleet), grants with quotas, leases.
+"""Tenancy tables, OpenNebula style: VDCs (slices of the fleet), grants with quotas, leases of
+whole nodes and of MIG instances of a node's GPUs.
 
 A lease is the tenancy timeline metering bills from: tenant T held node N over [starts_at, ends_at).
 No two leases of one node overlap; the database enforces it (an exclusion constraint on
@@ -80,6 +81,32 @@ class Lease(SQLModel, table=True):
     tenant_id: int = Field(sa_column=Column(Integer, ForeignKey("tenant.id", ondelete="RESTRICT"), nullable=False, index=True))
     node_id: int = Field(sa_column=Column(Integer, ForeignKey("node.id", ondelete="RESTRICT"), nullable=False, index=True))
     vdc_id: int | None = Field(sa_column=Column(Integer, ForeignKey("vdc.id", ondelete="SET NULL"), nullable=True))
+    starts_at: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
+    ends_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    created_by: str = Field(max_length=200)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+    note: str = Field(default="", max_length=500)
+
+
+class GpuInstanceLease(SQLModel, table=True):
+    """Tenant `tenant_id` holds one MIG instance of `profile` on GPU `gpu_index` of node `node_id`
+    through VDC `vdc_id` over [starts_at, ends_at) (`ends_at` None: open).
+
+    The instances on one GPU fit its compute slices at every instant and never overlap a whole-node
+    lease of the node: checked by `fleet.instance_leases` under the node row's lock."""
+
+    __tablename__ = "gpu_instance_lease"
+    __table_args__ = (
+        CheckConstraint("ends_at IS NULL OR ends_at > starts_at", name="ck_gpu_instance_lease_interval"),
+        CheckConstraint("gpu_index >= 0", name="ck_gpu_instance_lease_gpu_index"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    tenant_id: int = Field(sa_column=Column(Integer, ForeignKey("tenant.id", ondelete="RESTRICT"), nullable=False, index=True))
+    node_id: int = Field(sa_column=Column(Integer, ForeignKey("node.id", ondelete="RESTRICT"), nullable=False, index=True))
+    vdc_id: int | None = Field(sa_column=Column(Integer, ForeignKey("vdc.id", ondelete="SET NULL"), nullable=True))
+    gpu_index: int = Field(ge=0)
+    profile: str = Field(max_length=32)
     starts_at: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
     ends_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_by: str = Field(max_length=200)

@@ -1,4 +1,4 @@
-"""API shapes of VDCs, grants, quotas and leases."""
+"""API shapes of VDCs, grants, quotas, leases and GPU instance leases."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
+from collectors.mig_profiles import PROFILE_PATTERN
 from fleet.schemas import NodeName
 from kiln.db import MAX_INTEGER
 from kiln.tenants import Slug
@@ -81,6 +82,8 @@ class QuotaUse(BaseModel):
     nodes: int
     gpus: int
     gpu_hours: Decimal
+    instance_gpus: Decimal = Field(default=Decimal("0.000000"), description="GPUs held as MIG instances, by compute fraction "
+                                   "(6 places); `gpus` + this is what `max_gpus` is checked against.")
 
 
 class GrantPublic(Grant):
@@ -142,3 +145,19 @@ class LeasePublic(BaseModel):
     created_by: str
     created_at: datetime
     note: str
+
+
+class GpuInstanceLeaseCreate(LeaseCreate):
+    """Lease one MIG instance of a node's GPU to a tenant through a VDC granted to it."""
+
+    gpu_index: int = Field(ge=0, le=MAX_INTEGER, description="The physical GPU on the node, 0-based.")
+    profile: str = Field(pattern=PROFILE_PATTERN.pattern, description="A MIG profile of that GPU's model, e.g. 3g.40gb.")
+
+
+class GpuInstanceLeasePublic(LeasePublic):
+    """A GPU instance lease as the API returns it: `compute_fraction` is the part of its GPU it holds."""
+
+    gpu_index: int
+    gpu_model: str
+    profile: str
+    compute_fraction: str = Field(description="Compute slices ÷ the GPU's slices, e.g. 3/7.")

@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import datetime
 from decimal import Decimal
+from fractions import Fraction
 
 from sqlmodel import Session, col, func, select
 
 from fleet.models import Gpu, Node, NodeTag
-from fleet.tenancy_models import Lease, Vdc, VdcNode, VdcSelector, VdcTenant
+from fleet.tenancy_models import GpuInstanceLease, Lease, Vdc, VdcNode, VdcSelector, VdcTenant
 from fleet.tenancy_schemas import (
     GrantPublic,
     QuotaUse,
@@ -26,7 +27,9 @@ from fleet.tenancy_schemas import (
 from fleet.usage import (
     HOURS_QUANTUM,
     MICROS_PER_HOUR,
+    hours_of,
     in_force,
+    instance_fractions,
     lease_gpu_micros,
     leases_in_force,
     overlapping,
@@ -72,7 +75,8 @@ def quota_use(session: Session, vdc_id: int, tenant_id: int | None, at: datetime
 
 
 def quota_uses(session: Session, vdc_ids: list[int], at: datetime | None = None) -> dict[tuple[int, int | None], QuotaUse]:
-    """`quota_use` of many VDCs at once (three queries): per (VDC, tenant) and per (VDC, None) for all tenants."""
+    """`quota_use` of many VDCs at once (five queries): per (VDC, tenant) and per (VDC, None) for all
+    tenants. GPU instance leases count by compute fraction (`instance_gpus`, and in `gpu_hours`)."""
     at = at or utcnow()
     start, _ = period_of(at)
     held = session.exec(select(Lease).where(in_force(at), col(Lease.vdc_id).in_(vdc_ids))).all()
@@ -80,7 +84,8 @@ def quota_uses(session: Session, vdc_ids: list[int], at: datetime | None = None)
     gpus = gpu_counts(session, sorted({lease.node_id for lease in (*held, *period)}))
     nodes: dict[tuple[int, int | None], int] = defaultdict(int)
     gpus_held: dict[tuple[int, int | None], int] = defaultdict(int)
-    micros: dict[tuple[int, int | None], int] = defaultdict(int)  # GPU-microseconds: exact sums
+    instances_held: dict[tuple[int, int | None], Fraction] = defaultdict(Fraction)
+    micros: dict[tuple[int, int | None], Fraction] = defaultdict(Fraction)  # GPU-microseconds: exact sums
     for lease in held:
         for key in ((lease.vdc_id, lease.tenant_id), (lease.vdc_id, None)):
             nodes[key] += 1
@@ -89,9 +94,16 @@ def quota_uses(session: Session, vdc_ids: list[int], at: datetime | None = None)
         used = lease_gpu_micros(lease, gpus.get(lease.node_id, 0), start, at)
         for key in ((lease.vdc_id, lease.tenant_id), (lease.vdc_id, None)):
             micros[key] += used
-    return {key: QuotaUse(nodes=nodes[key], gpus=gpus_held[key],
-                          gpu_hours=(Decimal(micros[key]) / MICROS_PER_HOUR).quantize(HOURS_QUANTUM))
-            for key in set(nodes) | set(micros)}
+    in_vdcs = col(GpuInstanceLease.vdc_id).in_(vdc_ids)
+    for instance, fraction in instance_fractions(session, in_force(at, GpuInstanceLease) & in_vdcs):
+        for key in ((instance.vdc_id, instance.tenant_id), (instance.vdc_id, None)):
+            instances_held[key] += fraction
+    for instance, fraction in instance_fractions(session, overlapping(start, at, GpuInstanceLease) & in_vdcs):
+        for key in ((instance.vdc_id, instance.tenant_id), (instance.vdc_id, None)):
+            micros[key] += lease_gpu_micros(instance, 1, start, at) * fraction
+    return {key: QuotaUse(nodes=nodes[key], gpus=gpus_held[key], gpu_hours=hours_of(micros[key]),
+                          instance_gpus=hours_of(instances_held[key] * MICROS_PER_HOUR))
+            for key in set(nodes) | set(micros) | set(instances_held)}
 
 
 def _visible(statement, principal: Principal):

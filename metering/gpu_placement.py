@@ -89,18 +89,21 @@ def gpu_holders(session: Session, start: datetime, end: datetime) -> Iterator[tu
 def placed_gpus(per_gpu: Mapping[str, int], holders: Mapping[str, GpuHolders], claims: NodeHourClaims,
                 key: Callable[[int, str], Hashable]) -> list[GpuHeld]:
     """A node-hour's GPUs (UUID → parts of kWh) with their holders as `key(tenant_id, namespace)` —
-    when no lease holds the node this hour and the exporters saw every namespace that requested
-    its GPUs on one of them; else [] (the GPUs' energy then goes by GPU-time shares)."""
+    when no lease (whole node or GPU instance) holds it this hour and the exporters saw every
+    namespace that requested its GPUs on one of them; else [] (the GPUs' energy then goes by
+    GPU-time shares). `claims.requests` are keyed (tenant id, namespace or None, VDC id)."""
     gpu_requests = claims.requests.get(GPU, {})
     if claims.leased or not gpu_requests:
         return []
     tenant_of: dict[str, int] = {}
     for weights in claims.requests.values():
-        for tenant_id, namespace in weights:
+        for tenant_id, namespace, _ in weights:
+            if namespace is None:
+                return []  # a GPU instance lease: no exporter labels it, its pool share weighs
             if tenant_of.setdefault(namespace, tenant_id) != tenant_id:
                 return []  # the namespace changed hands within the hour
     seen = {namespace for uuid in per_gpu if uuid in holders for namespace in holders[uuid].weights}
-    if any(namespace not in seen for _, namespace in gpu_requests):
+    if any(namespace not in seen for _, namespace, _ in gpu_requests):
         return []
     placed = []
     for uuid, parts in per_gpu.items():

@@ -2,8 +2,8 @@
 
 Capacity counts every enrolled node from its enrolment (`node.created_at`) up to now:
 one node-hour per hour (`node-hour:<resource_class>`) and one GPU-hour per GPU
-(`gpu-hour:<model>`). Idle = capacity − leased node/GPU-hours − Kubernetes GPU request-hours
-(MIG instances in their GPU's hours; never below zero): MIG slices nobody requested are idle. Setting `idle_cost_policy` decides who pays it:
+(`gpu-hour:<model>`). Idle = capacity − leased node/GPU-hours (GPU instance leases too) −
+Kubernetes GPU request-hours (MIG instances in their GPU's hours; never below zero): MIG slices nobody requested are idle. Setting `idle_cost_policy` decides who pays it:
 
 - `platform` (default): the operator absorbs it; it is shown on its own (`/api/v1/bills/idle`,
   `kiln bills idle`) and never on tenants' bills;

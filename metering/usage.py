@@ -5,7 +5,9 @@ range of hours deletes and rewrites exactly those rows and never duplicates one.
 
 - `lease`: a node leased to a tenant gives `node-hour:<resource_class>` for the node and
   `gpu-hour:<model>` for every GPU in it (resource id = node name). A lease starting or ending
-  mid-hour counts the exact fraction of the hour; an open lease counts up to now.
+  mid-hour counts the exact fraction of the hour; an open lease counts up to now. A GPU
+  instance lease gives `gpu-hour:<model>:<profile>`, split with the node's pods as a MIG pod
+  would be (`metering.instance_usage`).
 - `k8s`: pod requests (`k8s_allocation`) per namespace, attributed to the namespace's tenant
   label: GPU-hours by the node's GPU model, CPU core-hours, RAM GiB-hours (resource id =
   `k8s:<namespace>`). Time a pod spends on a node that is leased whole is not counted again:
@@ -46,6 +48,7 @@ from metering import skus
 from metering.energy_shares import CPU, GPU, MEMORY, NodeCapacity, NodeHourClaims, split_node_energy
 from metering.gpu_placement import HourCursor, gpu_holders, placed_gpus
 from metering.gpu_shares import Pool, SharedGpuHours, oversubscribed
+from metering.instance_usage import InstanceClaim, InstanceKey, instance_claims
 from metering.models import UsageRecord
 from metering.intervals import HourlyTotals, exact
 from metering.money import PARTS_PER_UNIT, quantity_from_parts
@@ -147,13 +150,12 @@ def _shared_pools(rows: list[tuple], node_ids: dict[str, int], gpus: dict[int, d
         elif resource in GPU_RESOURCES and gpus.get(node_id):
             whole[node_id].append((starts_at, ends_at or datetime.max.replace(tzinfo=starts_at.tzinfo), int(quantity)))
     shared = mig_nodes | {n for n, spans in whole.items() if oversubscribed(spans, sum(gpus[n].values()))}
-    pools = {}
-    for node_id in shared:
-        models = gpus.get(node_id, {})
-        model = _main_model(models)
-        pools[node_id] = Pool(sum(models.values()) or None, mig_profiles.total_slices(model) if model else
-                              mig_profiles.DEFAULT_TOTAL_SLICES)
-    return pools
+    return {node_id: _pool(gpus.get(node_id, {})) for node_id in shared}
+
+
+def _pool(models: dict[str, int]) -> Pool:
+    model = _main_model(models)
+    return Pool(sum(models.values()) or None, mig_profiles.total_slices(model) if model else mig_profiles.DEFAULT_TOTAL_SLICES)
 
 
 def _claim_slices(resource: str, quantity: Decimal, pool: Pool) -> int:
@@ -173,13 +175,15 @@ def _node_by_node(rows: Iterable[tuple], node_ids: dict[str, int], gpus: dict[in
 
 def k8s_usage(
     session: Session, start: datetime, end: datetime, held: dict[int, list[_Held]], node_ids: dict[str, int],
-    gpus: dict[int, dict[str, int]], metered: set[int],
+    gpus: dict[int, dict[str, int]], metered: set[int], instances: dict[int, list[InstanceClaim]],
+    leased: HourlyTotals,
 ) -> tuple[HourlyTotals, dict[tuple[int, datetime], NodeHourClaims]]:
     """Request-hours per namespace → tenant, outside leased time; what each tenant requested of each
     metered node per hour (for `energy_usage`).
 
-    GPUs of nodes with MIG requests or time-sliced GPUs are split per hour by `metering.gpu_shares`;
-    a MIG instance is `gpu-hour:<model>:<profile>`, counted in GPU-hours (its compute fraction)."""
+    GPUs of nodes with MIG requests, time-sliced GPUs or GPU instance leases (`instances`) are split
+    per hour by `metering.gpu_shares`; a MIG instance is `gpu-hour:<model>:<profile>`, counted in
+    GPU-hours (its compute fraction). Instance leases' shares are added to `leased`."""
     totals = HourlyTotals(start)
     claims: dict[tuple[int, datetime], NodeHourClaims] = defaultdict(NodeHourClaims)
     tenants = dict(session.exec(select(Tenant.slug, Tenant.id)).all())
@@ -191,8 +195,11 @@ def k8s_usage(
     # not the month's millions of rows; whether a node's GPUs are shared depends on its pods only
     rows = (row for row in session.connection().execute(statement.execution_options(yield_per=STREAM_ROWS))
             if row[4] > 0 and tenants.get(row[1] or "") is not None)
-    pools: dict[int, Pool] = {}
+    pools: dict[int, Pool] = {node_id: _pool(gpus.get(node_id, {})) for node_id in instances}
     shared = SharedGpuHours(pools)
+    for node_id, node_claims in instances.items():
+        for claim in node_claims:  # claimed exactly as a pod requesting the same MIG profile would
+            shared.add(node_id, claim.key, claim.start, claim.end, _claim_slices(claim.resource, Decimal(1), pools[node_id]))
     for namespace, slug, node_name, resource, quantity, starts_at, ends_at in _node_by_node(rows, node_ids, gpus, pools):
         clipped = _clip(starts_at, ends_at, start, end)
         if clipped is None:
@@ -210,11 +217,16 @@ def k8s_usage(
             kind = GPU if resource in GPU_RESOURCES else resource
             if node_id in metered and kind in (GPU, CPU, MEMORY):
                 for hour, micros in split_by_hour(a, b):
-                    claims[(node_id, hour)].requests[kind][(tenant_id, namespace)] += int(quantity * micros)
+                    claims[(node_id, hour)].requests[kind][(tenant_id, namespace, None)] += int(quantity * micros)
     for node_id, hour, key, parts in shared.split():
-        totals.add_weight(key, hour, parts)
+        if isinstance(key, InstanceKey):
+            leased.add_weight((key.tenant_id, key.resource_id, key.sku), hour, parts, key.vdc_id)
+            energy_key = (key.tenant_id, None, key.vdc_id)
+        else:
+            totals.add_weight(key, hour, parts)
+            energy_key = (key[0], key[1].removeprefix("k8s:"), None)
         if node_id in metered:
-            claims[(node_id, hour)].requests[GPU][(key[0], key[1].removeprefix("k8s:"))] += parts
+            claims[(node_id, hour)].requests[GPU][energy_key] += parts
     return totals, claims
 
 
@@ -274,8 +286,8 @@ def energy_usage(
         per_gpu = gpu_kwh.at(hour).get(node_id)
         placed = placed_gpus(per_gpu, holders.at(hour), hour_claims,
                              lambda tenant_id, ns: (tenant_id, energy_resource_id(name, ns), None)) if per_gpu else []
-        requests = {kind: {(tenant_id, energy_resource_id(name, namespace), None): w
-                           for (tenant_id, namespace), w in weights.items()}
+        requests = {kind: {(tenant_id, energy_resource_id(name, namespace), vdc_id): w
+                           for (tenant_id, namespace, vdc_id), w in weights.items()}
                     for kind, weights in hour_claims.requests.items()}
         split = split_node_energy(int(Decimal(kwh) * PARTS_PER_UNIT), sum(per_gpu.values()) if per_gpu else None,
                                   NodeHourClaims(hour_claims.leased, requests), capacities[node_id], placed)
@@ -301,8 +313,10 @@ def build_usage(session: Session, start: datetime, end: datetime, now: datetime 
     gpus = _gpu_models(session)
     metered = set(session.exec(select(NodeEnergyHour.node_id).where(
         col(NodeEnergyHour.hour) >= start, col(NodeEnergyHour.hour) < stop).distinct()).all())
-    written[SOURCE_LEASE] = write_rows(session, SOURCE_LEASE, lease_usage(held, nodes, gpus, start))
-    k8s, claims = k8s_usage(session, start, stop, held, {name: i for i, (name, _) in nodes.items()}, gpus, metered)
+    leased = lease_usage(held, nodes, gpus, start)
+    k8s, claims = k8s_usage(session, start, stop, held, {name: i for i, (name, _) in nodes.items()}, gpus, metered,
+                            instance_claims(session, start, stop), leased)
+    written[SOURCE_LEASE] = write_rows(session, SOURCE_LEASE, leased)
     written[SOURCE_K8S] = write_rows(session, SOURCE_K8S, k8s)
     written[SOURCE_ENERGY] = write_rows(session, SOURCE_ENERGY, energy_usage(session, start, stop, held, nodes, gpus, claims))
     return written
