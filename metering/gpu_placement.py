@@ -25,7 +25,6 @@ from sqlmodel import Session, col, select
 
 from collectors import mig_profiles
 from collectors.models import Rollup5m
-from collectors.store import NAMESPACE_GPU_UTIL_ROLLUP, split_namespace_entity
 from fleet.models import Gpu
 from metering.energy_shares import GPU, GpuHeld, NodeHourClaims
 
@@ -67,6 +66,8 @@ def gpu_holders(session: Session, start: datetime, end: datetime) -> Iterator[tu
     """(hour, GPU UUID → its holders) for every hour in [start, end) in which the exporters saw a
     namespace on a GPU, in hour order. A MIG instance's namespace holds its profile's slices of
     the parent GPU."""
+    from collectors.store import NAMESPACE_GPU_UTIL_ROLLUP, split_namespace_entity  # the store pulls in HTTP clients: not for `kiln bills list`
+
     models = dict(session.exec(select(Gpu.uuid, Gpu.model).where(col(Gpu.uuid).is_not(None))).all())
     statement = select(Rollup5m.entity, Rollup5m.bucket).where(
         Rollup5m.metric == NAMESPACE_GPU_UTIL_ROLLUP, col(Rollup5m.bucket) >= start, col(Rollup5m.bucket) < end
