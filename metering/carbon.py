@@ -16,10 +16,10 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from pydantic import BaseModel
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, or_, select
 
 from collectors.models import NodeEnergyHour
-from fleet.models import Node
+from fleet.models import Gpu, Node
 from fleet.tenancy_models import Vdc
 from kiln.auth import Principal
 from kiln.models import Tenant
@@ -44,7 +44,7 @@ class EmissionsRow(BaseModel):
     kwh: Decimal
     kg_co2e: Decimal
     kwh_without_intensity: Decimal
-    embodied_kg_co2e: Decimal = Decimal(0)  # leased node-hours × KILN_EMBODIED_EMISSIONS of their class
+    embodied_kg_co2e: Decimal = Decimal(0)  # leased node-hours (instance leases: their part) × KILN_EMBODIED_EMISSIONS of their class
 
 
 class EmissionsReport(BaseModel):
@@ -176,19 +176,39 @@ def _add_idle(session: Session, report: EmissionsReport, start: datetime, end: d
 
 def _embodied(session: Session, start: datetime, end: datetime,
               per_class: dict[str, Decimal]) -> dict[tuple[int, str, int | None], Decimal]:
-    """Per (tenant, node, VDC): Σ leased node-hour parts × kg CO2e per node-hour of the node's class."""
+    """Per (tenant, node, VDC): Σ leased node-hour parts × kg CO2e per node-hour of the node's
+    class; a GPU instance lease (`gpu-hour:<model>:<profile>` lease rows) holds its GPU-hours ÷
+    the node's GPUs of the node-hour."""
     out: dict[tuple[int, str, int | None], Decimal] = defaultdict(Decimal)
     if not per_class:
         return out
+    nodes: dict[str, tuple[str | None, int]] | None = None
     for tenant_id, node, vdc_id, sku, parts in session.exec(
             select(UsageRecord.tenant_id, UsageRecord.resource_id, UsageRecord.vdc_id, UsageRecord.sku,
                    UsageRecord.quantity_parts)
-            .where(UsageRecord.source == SOURCE_LEASE, col(UsageRecord.sku).startswith(f"{skus.NODE_HOUR}:"),
+            .where(UsageRecord.source == SOURCE_LEASE, or_(col(UsageRecord.sku).startswith(f"{skus.NODE_HOUR}:"),
+                                                           col(UsageRecord.sku).startswith(f"{skus.GPU_HOUR}:")),
                    col(UsageRecord.hour) >= start, col(UsageRecord.hour) < end)).all():
-        kg = per_class.get(sku.split(":", 1)[1])
+        kind, _, rest = sku.partition(":")
+        if kind == skus.NODE_HOUR:
+            kg = per_class.get(rest)
+        elif ":" in rest:  # a MIG profile's GPU-hours: an instance lease, not a whole node's GPUs
+            if nodes is None:
+                nodes = _classes_and_gpus(session)
+            resource_class, gpus = nodes.get(node, (None, 0))
+            kg = per_class[resource_class] / gpus if resource_class in per_class and gpus else None
+        else:
+            kg = None  # a whole-node lease's GPUs: its node-hours carry the node's embodied emissions
         if kg is not None:
             out[(tenant_id, node, vdc_id)] += parts * kg
     return out
+
+
+def _classes_and_gpus(session: Session) -> dict[str, tuple[str | None, int]]:
+    """Node name → (resource class, number of GPUs)."""
+    gpus = dict(session.exec(select(Gpu.node_id, func.count()).group_by(Gpu.node_id)).all())
+    return {name: (rc, gpus.get(node_id, 0)) for node_id, name, rc in
+            session.exec(select(Node.id, Node.name, Node.resource_class)).all()}
 
 
 def _kg_of_parts(parts_times_kg: Decimal) -> Decimal:

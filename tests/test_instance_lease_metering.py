@@ -22,6 +22,7 @@ from fleet.tenancy_schemas import GpuInstanceLeaseCreate
 from kiln.auth import Principal
 from kiln.errors import Conflict
 from kiln.roles import Role
+from metering.carbon import emissions
 from metering.idle import capacity, used
 from metering.intervals import MICROS_PER_HOUR
 from metering.models import Bill, BillLine, IdleCharge, UsageRecord
@@ -192,3 +193,15 @@ def test_instance_leases_pods_and_idle_add_up_to_the_gpus_and_their_energy(world
     assert abs(billed - D("14.10")) <= D("0.005") * (len(lines) + len(idle))
     exact_quantity = sum(D(l.quantity) for l in lines) + sum(D(i.quantity) for i in idle)
     assert abs(exact_quantity - 6) <= D("0.000001") * (len(lines) + len(idle))
+
+
+def test_an_instance_lease_carries_its_part_of_the_nodes_embodied_emissions(world: World) -> None:
+    gpu_node = _mig_node(world, gpus=2, created_at=at("2026-10-01T10:00"))
+    _instance(world, gpu_node.name, "a", "3g.40gb", "2026-10-01T10:00", "2026-10-01T12:00")
+    world.session.add(NodeEnergyHour(node_id=gpu_node.id, hour=at("2026-10-01T10:00"), kwh=D("1.0"), covered_seconds=3600))
+    world.session.commit()
+    run(world, now="2026-10-01T12:00")
+    report = emissions(world.session, SYSTEM, "2026-10", None, embodied={"gpu.h100": D("1.25")})
+    (row,) = [r for r in report.tenants if r.tenant == "tenant-a"]
+    # 3/7 of a GPU for 2 h = 6/7 GPU-h of a 2-GPU node = 3/7 node-hour × 1.25 kg = 0.535714… → 0.536 kg
+    assert row.embodied_kg_co2e == D("0.536")
