@@ -261,6 +261,10 @@ class IpmiCollector:
         conn = self._conns[node]
         return {"sessions_opened": conn.sessions_opened, "sdr_reads": conn.sdr_reads}
 
+    def packets_sent(self) -> int:
+        """Datagrams sent to all targets' BMCs so far (what the benchmarks count per BMC)."""
+        return sum(conn.packets_sent for conn in self._conns.values())
+
     def close(self) -> None:
         """Close every session and stop the thread pool."""
         self._closed = True

@@ -112,6 +112,11 @@ class KilnRmcpPlus(RmcpPlus):
         super().__init__(keep_alive_interval=0, max_retries=retries, cipher_suite=cipher_suites[0])
         self.cipher_suites = tuple(cipher_suites)
         self._sik = b""
+        self.packets_sent = 0  # every datagram to the BMC: ping, handshake, requests
+
+    def _send_rmcp_msg(self, sdu: bytes | None, class_of_msg: int) -> None:
+        self.packets_sent += 1
+        super()._send_rmcp_msg(sdu, class_of_msg)
 
     @property  # type: ignore[override]
     def _keys(self) -> SessionKeys | None:
@@ -178,6 +183,7 @@ class KilnRmcpPlus(RmcpPlus):
             pdu += b"\xff" * pad + bytes((pad, 0x07))
             pdu += keys.auth_code(pdu)
         self._sock.send(RMCP_IPMI_HEADER + pdu)
+        self.packets_sent += 1
         self._last_request_time = time.monotonic()
         return seq
 

@@ -147,6 +147,7 @@ class BmcConnection:
         self.cipher_suite: int | None = None  # the suite that worked; tried first next time
         self.sessions_opened = 0
         self.sdr_reads = 0
+        self._packets_closed = 0  # packets sent on sessions closed since
         self._intf: KilnRmcpPlus | None = None
         self._ipmi: Any = None
         self._last_used = 0.0
@@ -173,17 +174,24 @@ class BmcConnection:
             ipmi.session.establish()
         except BaseException:
             intf.close()
+            self._packets_closed += intf.packets_sent
             raise
         self._intf, self._ipmi = intf, ipmi
         self.cipher_suite = intf.negotiated_suite
         self.sessions_opened += 1
         self._last_used = time.monotonic()
 
+    @property
+    def packets_sent(self) -> int:
+        """Datagrams sent to this BMC so far (pings, session set-up, requests)."""
+        return self._packets_closed + (self._intf.packets_sent if self._intf is not None else 0)
+
     def close(self) -> None:
         """Close the session (without waiting for the BMC) and its socket."""
         if self._intf is not None:
             self._intf.close_session_nowait()
             self._intf.close()
+            self._packets_closed += self._intf.packets_sent
         self._intf = self._ipmi = None
 
     def _raw(self, netfn: int, cmd: int, data: bytes = b"", lun: int = 0) -> bytes:
