@@ -305,8 +305,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.ipmi_poll", description=__doc__.split("\n\n")[0])
     ap.add_argument("--bmcs", type=int, default=1000)
     ap.add_argument("--quick", action="store_true", help="100 BMCs")
-    ap.add_argument("--concurrency", type=int, default=16,
-                    help="BMCs polled at a time: Kiln's workers and concurrent ipmi_exporter scrapes")
+    ap.add_argument("--concurrency", type=int,
+                    help="BMCs polled at a time: Kiln's workers and concurrent ipmi_exporter scrapes (default 16; "
+                         "with --fleet: KILN_IPMI_WORKERS, default 64)")
     ap.add_argument("--repeat", type=int, default=3, help="runs of both sides, alternating which goes first")
     ap.add_argument("--timeout", type=float, default=2.0, help="Kiln's seconds per IPMI answer")
     ap.add_argument("--exporter-timeout", type=float, default=10.0, help="ipmi_exporter's module timeout (s)")
@@ -321,9 +322,12 @@ def main(argv: list[str] | None = None) -> None:
     args, rest = ap.parse_known_args(argv)
     if args.fleet is not None:
         from benchmarks import ipmi_fleet
-        return ipmi_fleet.main(["--bmcs", str(args.fleet), *(["--quick"] if args.quick else []), *rest])
+        shared = [*(["--quick"] if args.quick else []), *(["--keep"] if args.keep else []),
+                  *(["--concurrency", str(args.concurrency)] if args.concurrency else [])]
+        return ipmi_fleet.main(["--bmcs", str(args.fleet), *shared, *rest])
     if rest:
         ap.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.concurrency = args.concurrency or 16
     if args.kiln_worker:
         return kiln_worker(args)
     n = 100 if args.quick else args.bmcs

@@ -4,8 +4,8 @@ python-ipmi reads each record as a 5-byte header and then 32-byte chunks, after 
 Repository: 3 requests for a full sensor record, 31 for a 10-sensor BMC. Get SDR with offset 0
 needs no reservation and "bytes to read" 0xFF asks for the entire record (section 33.12), so a
 BMC that can answer with a whole record costs one request per record. A BMC that cannot
-(completion code 0xCA and kin: its messages are shorter than a record) is read in chunks under
-a reservation, as ipmitool does, from then on.
+(completion code 0xCA and kin: its messages are shorter than a record; OpenIPMI's ipmi_sim
+is one) is read in chunks under a reservation, as ipmitool does, from then on.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ CMD_SDR_REPOSITORY_INFO, CMD_RESERVE_SDR, CMD_GET_SDR = 0x20, 0x22, 0x23
 ENTIRE_RECORD = 0xFF
 LAST_RECORD = 0xFFFF
 HEADER_LENGTH = 5
-CHUNK = 16  # bytes per Get SDR in the fallback: fits every BMC's messages (ipmitool starts there too)
+CHUNK = 32  # bytes per Get SDR in the fallback, as python-ipmi; less after a 0xCA
 # a BMC that cannot send a whole record says so with one of these (0xCA is the spec's)
 WHOLE_REFUSED = frozenset({0xC7, 0xC8, 0xCA, 0xCC, 0xFF})
 CC_RESERVATION_CANCELED = 0xC5
