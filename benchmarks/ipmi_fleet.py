@@ -84,7 +84,8 @@ class Watch:
                 total, count = values.get("sum", 0.0), values.get("count", 0.0)
                 before = self._last.get(name, (0.0, 0.0))
                 if count > before[1]:
-                    self.cycles.append({"worker": name, "ended": now, "seconds": round((total - before[0]) / (count - before[1]), 3),
+                    seconds = (total - before[0]) / (count - before[1])
+                    self.cycles.append({"worker": name, "ended": now, "seconds": round(seconds, 3),
                                         "cycles": int(count - before[1])})
                 self._last[name] = (total, count)
 
@@ -144,8 +145,8 @@ def main(argv: list[str] | None = None) -> None:
             names = [f"w{i + 1}" for i in range(args.worker_procs)]
             ports = {name: free_port() for name in names}
             for name in names:
-                procs[name] = start_kiln(["worker"], {**env, "KILN_WORKER_NAME": name,
-                                                      "KILN_WORKER_METRICS_PORT": str(ports[name])}, work / f"{name}.log")
+                worker_env = {**env, "KILN_WORKER_NAME": name, "KILN_WORKER_METRICS_PORT": str(ports[name])}
+                procs[name] = start_kiln(["worker"], worker_env, work / f"{name}.log")
             watch = Watch(pg.url, {n: (procs[n].pid, ports[n]) for n in names})  # type: ignore[attr-defined]
             thread = threading.Thread(target=watch.run, args=(args.tick,), daemon=True)
             thread.start()

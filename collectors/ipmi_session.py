@@ -166,6 +166,7 @@ class BmcConnection:
         self._device: dict[str, str] | None = None
         self._fru: dict[str, str] | None = None
         self._facts_read_at: float | None = None
+        self._answered = False  # a poll of this BMC succeeded before: this is not first contact
         self.facts_first = facts_first
 
     # ----- session ----------------------------------------------------------------------
@@ -232,13 +233,13 @@ class BmcConnection:
         try:
             self._first_request(result)
             self._part(result, "dcmi", self._read_dcmi)
-            sdr_cached = self._sensors is not None
-            if not sdr_cached:
+            if self._sensors is None:
                 self._part(result, "ipmi", self._read_sdr)
             if self._sensors is not None:
                 self._part(result, "ipmi", self._read_sensors)
             now = time.monotonic()
-            if (sdr_cached or self.facts_first) and (self._facts_read_at is None or now - self._facts_read_at > FACTS_REFRESH_S):
+            due = self._facts_read_at is None or now - self._facts_read_at > FACTS_REFRESH_S
+            if due and (self._answered or self.facts_first):
                 self._part(result, "bmc", self._read_device_id)
                 self._part(result, "fru", self._read_fru)
                 if "bmc" not in result.errors and "fru" not in result.errors:
@@ -246,6 +247,7 @@ class BmcConnection:
         except BaseException:
             self.close()
             raise
+        self._answered = True
         result.device, result.fru = self._device, self._fru
         return result
 
