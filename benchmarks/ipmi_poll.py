@@ -1,29 +1,38 @@
-"""Poll N simulated BMCs once with Kiln's IpmiCollector and with Prometheus' ipmi_exporter.
+"""Poll N simulated BMCs with Kiln's IpmiCollector (cold and steady) and with Prometheus'
+ipmi_exporter, at the same concurrency, in alternating order.
 
-    python -m benchmarks.ipmi_poll [--bmcs 1000 | --quick] [--workers 64] [--concurrency 16]
+    python -m benchmarks.ipmi_poll [--bmcs 1000 | --quick] [--concurrency 16] [--repeat 3]
                                    [--steady 5] [--profile FILE.txt] [--keep]
+    python -m benchmarks.ipmi_poll --fleet 10000 --worker-procs 2 --kill-one   (benchmarks/ipmi_fleet.py)
 
 Both sides read the same BMCs (tests/peers/bmcsim.sh, IPMI 2.0 over UDP on 127.0.0.1, one
-process per 250 BMCs) in the same run: chassis power state, DCMI power reading and the 10
-sensors of the SDR, each value checked against the simulator's bmcs.json.
+process per 250 BMCs) in the same run, `--concurrency` BMCs at a time each, and every value
+either returns is checked against the simulator's bmcs.json (benchmarks/ipmi_check.py): chassis
+power state, DCMI watts, each of the 10 sensors' record id, value and state; Kiln's device id
+and FRU labels too.
 
-- Kiln: this file as a subprocess (`--kiln-worker`): one `IpmiCollector(targets, workers=64,
-  timeout=2.0, retries=1)` (cipher suite default: 17, then 3), `collect()` once cold (session
-  set-up, SDR, device id and FRU reads: first contact) and then `--steady` more times (open
-  sessions, cached SDR: how the collector runs from then on). `kiln_s` is the median steady
-  poll, `kiln_first_s` the cold one. Peak RSS and CPU are the subprocess's own.
+- Kiln: this file as a subprocess (`--kiln-worker`): one `IpmiCollector(targets,
+  workers=concurrency, timeout=2.0, retries=1)` (cipher suite default: 17, then 3), `collect()`
+  once cold (first contact: session set-up, SDR) and then `--steady` more times on open
+  sessions and cached SDRs. The first of those also reads each BMC's device id and FRU (once
+  per BMC and day, not every cycle: `kiln_facts_poll_s`); the rest are how the collector runs
+  from then on. `kiln_cold_s` is the cold poll, `kiln_s` the median of the polls after the
+  facts poll. Peak RSS, CPU and packets are the subprocess's own.
 - Baseline: Debian's `prometheus-ipmi-exporter` 1.6.1 with `freeipmi-tools` (installed with
   apt-get when missing; the packaged service is stopped and disabled so nothing listens on all
   interfaces), our own instance on 127.0.0.1 with a module `driver: LAN_2_0`, `privilege:
   admin`, `workaround_flags: [opensesspriv]`, `timeout: 10000` (its sample config's; with 2000
-  FreeIPMI gives up on some BMCs under load and gets slower) and the collectors bmc, ipmi,
-  chassis, dcmi; `/ipmi?target=127.0.0.1:PORT&module=kiln` for every BMC, 16 scrapes at a
+  FreeIPMI gives up on some BMCs under load and gets slower) and the collectors ipmi, chassis,
+  dcmi: what Kiln reads every cycle (no `bmc`: Kiln reads the device id once per BMC, not every
+  cycle). `/ipmi?target=127.0.0.1:PORT&module=kiln` for every BMC, `--concurrency` scrapes at a
   time. Every scrape runs one FreeIPMI process (and RMCP+ session) per collector and re-reads
-  the SDR (`--sdr-cache-recreate`): that is how ipmi_exporter works, so it has no "steady" mode.
-  Its CPU is the exporter's plus its FreeIPMI children's.
+  the SDR: that is how ipmi_exporter works, so it has no "steady" mode. Its CPU is the
+  exporter's plus its FreeIPMI children's.
 
-The simulator shares the 2 cores with the client under test; `sim_cpu_s` says how much it took
-in each phase. One JSON line goes to stdout, progress to stderr.
+`--repeat R` runs both sides R times, alternating which goes first; the JSON line has medians.
+The simulator shares the cores with the client under test; `sim_cpu_s` says how much it took,
+`other_cpu_s` what other processes took meanwhile. One JSON line goes to stdout, progress to
+stderr.
 """
 
 from __future__ import annotations
@@ -47,11 +56,13 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from benchmarks.ipmi_check import exporter_values, reading_errors
+
 REPO = Path(__file__).resolve().parent.parent
 BMCSIM_SH = REPO / "tests" / "peers" / "bmcsim.sh"
 EXPORTER = "prometheus-ipmi-exporter"
-BASELINE = "ipmi_exporter 1.6.1 FreeIPMI, 16 concurrent scrapes"
-TARGET_S, TARGET_SPEEDUP = 3.0, 5.0  # the issue: <= 3 s wall for 1,000 BMCs, >= 5x throughput
+BASELINE = "ipmi_exporter 1.6.1 (FreeIPMI; collectors ipmi, chassis, dcmi), {n} concurrent scrapes"
+TARGETS = {"speedup_cold": 5.0, "speedup_steady": 10.0}  # issue 19: >= 5x cold, >= 10x steady
 EXPORTER_CONFIG = """modules:
   kiln:
     user: {user}
@@ -60,7 +71,7 @@ EXPORTER_CONFIG = """modules:
     privilege: admin
     timeout: {timeout_ms}
     workaround_flags: [opensesspriv]
-    collectors: [bmc, ipmi, chassis, dcmi]
+    collectors: [ipmi, chassis, dcmi]
 """
 
 
@@ -96,35 +107,43 @@ def free_port() -> int:
 def kiln_worker(args: argparse.Namespace) -> None:
     """Poll every BMC of bmcs.json with IpmiCollector; print the measurements as JSON."""
     sys.path.insert(0, str(REPO))
+    from benchmarks.ipmi_check import facts_errors, kiln_values, reading_errors
     from collectors.ipmi import IpmiCollector, IpmiTarget
 
     bmcs = json.loads((Path(args.state) / "bmcs.json").read_text())["bmcs"]
     targets = [IpmiTarget(b["name"], b["host"], b["port"], b["username"], b["password"]) for b in bmcs]
-    expected = {b["name"]: b["expected"]["dcmi"]["current_watts"] for b in bmcs}
-    polls = []
-    with IpmiCollector(targets, workers=args.workers, timeout=args.timeout, retries=1) as collector:
+    expected = {b["name"]: b["expected"] for b in bmcs}
+    polls, facts_right = [], set()
+    with IpmiCollector(targets, workers=args.concurrency, timeout=args.timeout, retries=1) as collector:
         for i in range(1 + args.steady):
-            cpu0, t0 = time.process_time(), time.monotonic()
+            packets0, cpu0, t0 = collector.packets_sent(), time.process_time(), time.monotonic()
             results = collector.collect()
             wall, cpu = time.monotonic() - t0, time.process_time() - cpu0
+            packets = collector.packets_sent() - packets0
             failed = [r for r in results if not r.ok]
-            wrong = sum(1 for r in results if r.ok and (
-                [s.value for s in r.samples if s.metric == "ipmi_dcmi_power_consumption_watts"] != [expected[r.target]]
-                or sum(1 for s in r.samples if s.metric.endswith("_state") and "id" in s.labels) != 10))
-            polls.append({"wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "errors": len(failed), "wrong": wrong,
-                          "first_errors": sorted({r.error for r in failed})[:3]})
+            wrong = [f"{r.target}: {e}" for r in results if r.ok
+                     for e in reading_errors(expected[r.target], kiln_values(r.samples))]
+            for r in results:
+                facts = facts_errors(expected[r.target], r.samples) if r.ok else None
+                wrong += [f"{r.target}: {e}" for e in facts or ()]
+                if facts == []:
+                    facts_right.add(r.target)
+            polls.append({"wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "packets": packets,
+                          "errors": len(failed), "wrong": len(wrong),
+                          "first_errors": sorted({r.error for r in failed})[:3], "first_wrong": wrong[:3]})
             log(f"kiln poll {i} ({'cold' if i == 0 else 'steady'}): {wall:.2f} s wall, {cpu:.2f} s CPU, "
-                f"{len(failed)} failed, {wrong} wrong")
+                f"{packets / len(targets):.1f} packets/BMC, {len(failed)} failed, {len(wrong)} wrong")
         suites = sorted({collector.cipher_suite_of(t.node) or 0 for t in targets})
-    print(json.dumps({"polls": polls, "cipher_suites": suites,
+    print(json.dumps({"polls": polls, "cipher_suites": suites, "facts_right": len(facts_right),
                       "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
 
 
 def run_kiln(args: argparse.Namespace, state: Path, sim_pids: list[int]) -> dict:
+    """One Kiln subprocess: its polls, with the simulator's and other processes' CPU meanwhile."""
     sim0, busy0 = sum(proc_cpu_s(p) for p in sim_pids), machine_busy_s()
     children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cmd = [sys.executable, "-m", "benchmarks.ipmi_poll", "--kiln-worker", "--state", str(state),
-           "--workers", str(args.workers), "--timeout", str(args.timeout), "--steady", str(args.steady)]
+           "--concurrency", str(args.concurrency), "--timeout", str(args.timeout), "--steady", str(args.steady)]
     if args.profile:  # py-spy samples every thread; collapsed stacks, see README
         cmd = ["py-spy", "record", "--rate", "250", "--format", "raw", "-o", args.profile, "--", *cmd]
     out = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True, timeout=540, check=True).stdout
@@ -191,67 +210,142 @@ def running_exporter(args: argparse.Namespace, tmp: Path, user: str, password: s
             proc.wait()
 
 
-def scrape(url: str, bmc: dict, timeout: float) -> tuple[bool, bool, str]:
-    """(answered with every ipmi_up 1, DCMI watts and 10 sensor states as expected, error)."""
+def scrape(url: str, bmc: dict, timeout: float) -> tuple[bool, list[str], str]:
+    """(answered with every ipmi_up 1, what differs from the simulator's values, error)."""
     query = f"{url}/ipmi?target={bmc['host']}:{bmc['port']}&module=kiln"
     try:
         with urllib.request.urlopen(query, timeout=timeout) as rsp:
             text = rsp.read().decode()
     except (OSError, urllib.error.URLError) as exc:
-        return False, False, str(exc)
+        return False, [], str(exc)
     ups = re.findall(r'^ipmi_up\{collector="(\w+)"\} (\S+)$', text, re.MULTILINE)
     if not ups or any(v != "1" for _, v in ups):
-        return False, False, "ipmi_up 0: " + ",".join(c for c, v in ups if v != "1")
-    watts = re.findall(r"^ipmi_dcmi_power_consumption_watts (\S+)$", text, re.MULTILINE)
-    states = re.findall(r'^ipmi_\w+_state\{id="\d+"', text, re.MULTILINE)
-    right = watts == [str(bmc["expected"]["dcmi"]["current_watts"])] and len(states) == 10
-    return True, right, ""
+        return False, [], "ipmi_up 0: " + ",".join(c for c, v in ups if v != "1")
+    return True, reading_errors(bmc["expected"], exporter_values(text)), ""
 
 
-def run_baseline(args: argparse.Namespace, tmp: Path, bmcs: list[dict], sim_pids: list[int]) -> dict:
-    with running_exporter(args, tmp, bmcs[0]["username"], bmcs[0]["password"]) as (url, pid):
-        scrape(url, bmcs[0], 60)  # warm-up: one scrape, not timed
-        sim0, cpu0 = sum(proc_cpu_s(p) for p in sim_pids), proc_cpu_s(pid, children=True)
-        busy0, own0 = machine_busy_s(), time.process_time()
-        t0 = time.monotonic()
-        with ThreadPoolExecutor(args.concurrency) as pool:
-            results = list(pool.map(lambda b: scrape(url, b, 120), bmcs))
-        wall = time.monotonic() - t0
-        cpu = proc_cpu_s(pid, children=True) - cpu0
-        sim_cpu = sum(proc_cpu_s(p) for p in sim_pids) - sim0
-        other = machine_busy_s() - busy0 - cpu - sim_cpu - (time.process_time() - own0)
+def run_baseline(url: str, pid: int, args: argparse.Namespace, bmcs: list[dict], sim_pids: list[int]) -> dict:
+    """One pass of the running exporter over every BMC, `concurrency` scrapes at a time."""
+    sim0, cpu0 = sum(proc_cpu_s(p) for p in sim_pids), proc_cpu_s(pid, children=True)
+    busy0, own0 = machine_busy_s(), time.process_time()
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(args.concurrency) as pool:
+        results = list(pool.map(lambda b: scrape(url, b, 120), bmcs))
+    wall = time.monotonic() - t0
+    cpu = proc_cpu_s(pid, children=True) - cpu0
+    sim_cpu = sum(proc_cpu_s(p) for p in sim_pids) - sim0
+    other = machine_busy_s() - busy0 - cpu - sim_cpu - (time.process_time() - own0)
     errors = [e for ok, _, e in results if not ok]
-    wrong = sum(1 for ok, right, _ in results if ok and not right)
-    log(f"ipmi_exporter: {wall:.2f} s wall, {cpu:.2f} s CPU (exporter + FreeIPMI), {len(errors)} failed, {wrong} wrong")
-    return {"wall_s": round(wall, 3), "cpu_s": round(cpu, 2), "errors": len(errors), "wrong": wrong,
-            "first_errors": sorted(set(errors))[:3], "sim_cpu_s": round(sim_cpu, 2), "other_cpu_s": round(other, 2)}
+    wrong = [f"{b['name']}: {w}" for b, (ok, bad, _) in zip(bmcs, results) if ok for w in bad]
+    log(f"ipmi_exporter: {wall:.2f} s wall, {cpu:.2f} s CPU (exporter + FreeIPMI), {len(errors)} failed, "
+        f"{len(wrong)} wrong")
+    return {"wall_s": round(wall, 3), "cpu_s": round(cpu, 2), "errors": len(errors), "wrong": len(wrong),
+            "first_errors": sorted(set(errors))[:3], "first_wrong": wrong[:3], "sim_cpu_s": round(sim_cpu, 2),
+            "other_cpu_s": round(other, 2)}
 
 
 # ----- main ------------------------------------------------------------------------------
+
+
+def median(values: list[float]) -> float:
+    """The median, rounded to the millisecond."""
+    return round(statistics.median(values), 3)
+
+
+def summary(n: int, args: argparse.Namespace, kilns: list[dict], bases: list[dict], load: dict) -> dict:
+    """The JSON line: medians over the repeats of each side's figures."""
+    cold = [k["polls"][0] for k in kilns]
+    facts = [k["polls"][1] for k in kilns if len(k["polls"]) > 1]  # the device id and FRU besides
+    steady = [k["polls"][2:] or k["polls"][-1:] for k in kilns]
+    kiln_s = median([statistics.median(p["wall_s"] for p in polls) for polls in steady])
+    kiln_cold_s, baseline_s = median([p["wall_s"] for p in cold]), median([b["wall_s"] for b in bases])
+    speedups = {"speedup_cold": round(baseline_s / kiln_cold_s, 2), "speedup_steady": round(baseline_s / kiln_s, 2)}
+    all_polls = [p for k in kilns for p in k["polls"]]
+    return {
+        "benchmark": "ipmi_poll",
+        "scale": n,
+        "kiln_s": kiln_s,
+        "kiln_cold_s": kiln_cold_s,
+        "baseline": BASELINE.format(n=args.concurrency),
+        "baseline_s": baseline_s,
+        "ratio": round(kiln_s / baseline_s, 4),
+        "cold_ratio": round(kiln_cold_s / baseline_s, 4),
+        "peak_rss_mb": max(k["peak_rss_mb"] for k in kilns),
+        **speedups,
+        "targets": TARGETS,
+        "target_met": all(speedups[k] >= v for k, v in TARGETS.items()),
+        "kiln_facts_poll_s": median([p["wall_s"] for p in facts]) if facts else None,
+        "kiln_cold_runs_s": [p["wall_s"] for p in cold],
+        "kiln_steady_runs_s": [[p["wall_s"] for p in polls] for polls in steady],
+        "baseline_runs_s": [b["wall_s"] for b in bases],
+        "first_side": ["kiln" if r % 2 == 0 else "baseline" for r in range(args.repeat)],
+        "kiln_cpu_ms_per_bmc": {"cold": round(1000 * median([p["cpu_s"] for p in cold]) / n, 2),
+                                "steady": round(1000 * median([p["cpu_s"] for ps in steady for p in ps]) / n, 2)},
+        "baseline_cpu_ms_per_bmc": round(1000 * median([b["cpu_s"] for b in bases]) / n, 2),
+        # CPU is steadier than wall time on a shared machine: the exporter's over Kiln's
+        "cpu_speedup": {"cold": round(median([b["cpu_s"] for b in bases]) / median([p["cpu_s"] for p in cold]), 2),
+                        "steady": round(median([b["cpu_s"] for b in bases])
+                                        / median([p["cpu_s"] for ps in steady for p in ps]), 2)},
+        "kiln_packets_per_bmc": {"cold": round(median([p["packets"] for p in cold]) / n, 2),
+                                 "facts": round(median([p["packets"] for p in facts]) / n, 2) if facts else None,
+                                 "steady": round(median([p["packets"] for ps in steady for p in ps]) / n, 2)},
+        "kiln_errors": max(p["errors"] for p in all_polls),
+        "kiln_wrong_values": max(p["wrong"] for p in all_polls),
+        "kiln_facts_checked": min(k["facts_right"] for k in kilns),
+        "baseline_errors": max(b["errors"] for b in bases),
+        "baseline_wrong_values": max(b["wrong"] for b in bases),
+        "error_samples": {"kiln": sorted({e for p in all_polls for e in p["first_errors"] + p["first_wrong"]})[:3],
+                          "baseline": sorted({e for b in bases for e in b["first_errors"] + b["first_wrong"]})[:3]},
+        "kiln_cipher_suites": sorted({s for k in kilns for s in k["cipher_suites"]}),
+        "sim_cpu_s": {"kiln_all_polls": median([k["sim_cpu_s"] for k in kilns]),
+                      "baseline": median([b["sim_cpu_s"] for b in bases])},
+        # CPU other processes on the machine used meanwhile: large means a disturbed run
+        "other_cpu_s": {"kiln_all_polls": median([k["other_cpu_s"] for k in kilns]),
+                        "baseline": median([b["other_cpu_s"] for b in bases])},
+        "concurrency": args.concurrency,
+        "repeat": args.repeat,
+        "load_avg": load,
+        "cores": len(os.sched_getaffinity(0)),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.ipmi_poll", description=__doc__.split("\n\n")[0])
     ap.add_argument("--bmcs", type=int, default=1000)
     ap.add_argument("--quick", action="store_true", help="100 BMCs")
-    ap.add_argument("--workers", type=int, default=64, help="Kiln's thread pool")
-    ap.add_argument("--concurrency", type=int, default=16, help="concurrent ipmi_exporter scrapes")
+    ap.add_argument("--concurrency", type=int,
+                    help="BMCs polled at a time: Kiln's workers and concurrent ipmi_exporter scrapes (default 16; "
+                         "with --fleet: KILN_IPMI_WORKERS, default 64)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of both sides, alternating which goes first")
     ap.add_argument("--timeout", type=float, default=2.0, help="Kiln's seconds per IPMI answer")
     ap.add_argument("--exporter-timeout", type=float, default=10.0, help="ipmi_exporter's module timeout (s)")
-    ap.add_argument("--steady", type=int, default=5, help="steady-state polls after the cold one")
+    ap.add_argument("--steady", type=int, default=5,
+                    help="polls after the cold one: the first also reads the device id and FRU, the rest are steady")
     ap.add_argument("--profile", help="run Kiln's side under py-spy, collapsed stacks to this file")
     ap.add_argument("--exporter", help="ipmi_exporter binary (default: Debian's, installed if missing)")
     ap.add_argument("--freeipmi-path", default="/usr/sbin", help="directory of FreeIPMI's tools")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--fleet", type=int, help="two-worker fleet mode with this many BMCs (benchmarks/ipmi_fleet.py)")
     ap.add_argument("--kiln-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--state", help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
+    args, rest = ap.parse_known_args(argv)
+    if args.fleet is not None:
+        from benchmarks import ipmi_fleet
+        shared = [*(["--quick"] if args.quick else []), *(["--keep"] if args.keep else []),
+                  *(["--concurrency", str(args.concurrency)] if args.concurrency else [])]
+        return ipmi_fleet.main(["--bmcs", str(args.fleet), *shared, *rest])
+    if rest:
+        ap.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.concurrency = args.concurrency or 16
     if args.kiln_worker:
         return kiln_worker(args)
     n = 100 if args.quick else args.bmcs
     ensure_exporter(args)
     tmp = Path(tempfile.mkdtemp(prefix="kiln-ipmi-bench-"))
     state = tmp / "bmcsim"
+    load = {"start": [round(x, 2) for x in os.getloadavg()]}
+    kilns: list[dict] = []
+    bases: list[dict] = []
     try:
         log(f"starting {n} simulated BMCs")
         started = subprocess.run(["bash", str(BMCSIM_SH), "start", str(state), str(n)], capture_output=True,
@@ -261,50 +355,21 @@ def main(argv: list[str] | None = None) -> None:
         log(started.stdout.strip().splitlines()[-1])
         doc = json.loads((state / "bmcs.json").read_text())
         sim_pids = [p["pid"] for p in doc["processes"]]
-        kiln = run_kiln(args, state, sim_pids)
-        baseline = run_baseline(args, tmp, doc["bmcs"], sim_pids)
+        with running_exporter(args, tmp, doc["bmcs"][0]["username"], doc["bmcs"][0]["password"]) as (url, pid):
+            scrape(url, doc["bmcs"][0], 60)  # warm-up: one scrape, not timed
+            for r in range(args.repeat):
+                sides = [lambda: kilns.append(run_kiln(args, state, sim_pids)),
+                         lambda: bases.append(run_baseline(url, pid, args, doc["bmcs"], sim_pids))]
+                for side in sides if r % 2 == 0 else sides[::-1]:
+                    side()
     finally:
         subprocess.run(["bash", str(BMCSIM_SH), "stop", str(state)], capture_output=True, timeout=60, check=False)
         if args.keep:
             log(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-    first, steady = kiln["polls"][0], kiln["polls"][1:] or kiln["polls"]
-    kiln_s = statistics.median(p["wall_s"] for p in steady)
-    baseline_s = baseline["wall_s"]
-    print(json.dumps({
-        "benchmark": "ipmi_poll",
-        "scale": n,
-        "kiln_s": kiln_s,
-        "baseline": BASELINE,
-        "baseline_s": baseline_s,
-        "ratio": round(kiln_s / baseline_s, 4),
-        "peak_rss_mb": kiln["peak_rss_mb"],
-        "kiln_targets_per_s": round(n / kiln_s, 1),
-        "baseline_targets_per_s": round(n / baseline_s, 1),
-        "speedup": round(baseline_s / kiln_s, 2),
-        "kiln_first_s": first["wall_s"],
-        "kiln_first_ratio": round(first["wall_s"] / baseline_s, 4),
-        "kiln_steady_s": [p["wall_s"] for p in steady],
-        "kiln_best_steady_s": min(p["wall_s"] for p in steady),
-        "kiln_cpu_s": statistics.median(p["cpu_s"] for p in steady),
-        "kiln_first_cpu_s": first["cpu_s"],
-        "baseline_cpu_s": baseline["cpu_s"],
-        "kiln_errors": max(p["errors"] for p in kiln["polls"]),
-        "kiln_wrong_values": max(p["wrong"] for p in kiln["polls"]),
-        "baseline_errors": baseline["errors"],
-        "baseline_wrong_values": baseline["wrong"],
-        "error_samples": {"kiln": sorted({e for p in kiln["polls"] for e in p["first_errors"]})[:3],
-                          "baseline": baseline["first_errors"]},
-        "kiln_cipher_suites": kiln["cipher_suites"],
-        "sim_cpu_s": {"kiln_all_polls": kiln["sim_cpu_s"], "baseline": baseline["sim_cpu_s"]},
-        # CPU other processes on the machine used meanwhile: large means a disturbed run
-        "other_cpu_s": {"kiln_all_polls": kiln["other_cpu_s"], "baseline": baseline["other_cpu_s"]},
-        "workers": args.workers,
-        "concurrency": args.concurrency,
-        "target_met": bool(n < 1000 or kiln_s <= TARGET_S) and baseline_s / kiln_s >= TARGET_SPEEDUP,
-        "cores": len(os.sched_getaffinity(0)),
-    }))
+    load["end"] = [round(x, 2) for x in os.getloadavg()]
+    print(json.dumps(summary(n, args, kilns, bases, load)))
 
 
 if __name__ == "__main__":

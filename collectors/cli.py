@@ -59,7 +59,7 @@ def once(
     reports = []
     try:
         ensure_current(engine)
-        sources = build_sources(config, engine, FleetRuntime.build(config, engine).box)
+        sources = build_sources(config, engine, FleetRuntime.build(config, engine).box, one_shot=True)
         missing = [c for c in names if c not in sources]
         if missing:
             raise ValidationFailed("--collector", f"collector {missing[0]} is not configured: set {REQUIREMENTS[missing[0]]}")

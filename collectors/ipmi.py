@@ -29,8 +29,10 @@ ipmi_exporter does through FreeIPMI's bmc-info: firmware "1.23" (minor as two he
 manufacturer "Dell Inc. (674)" (collectors/iana.py; unknown numbers bare), "N/A" for a system
 firmware version or BMC URL the BMC does not give (Get System Info Parameters 1 and 6); Kiln
 adds `ipmi_version`, `product_id` and `device_id`. The hardware facts (`ipmi_bmc_info`,
-`ipmi_fru_info`) are read on first contact and then emitted from a per-target cache on every
-collection, as constant-1 samples whose labels carry the facts: the one way Kiln gets them.
+`ipmi_fru_info`) are read in the poll after first contact (so that a cold start, or a worker
+taking over another's BMCs, reads only what each cycle needs) and again once a day, and
+emitted from a per-target cache on every collection from then on, as constant-1 samples whose
+labels carry the facts: the one way Kiln gets them.
 Only full sensor records owned by the BMC itself are read (compact records are discrete
 sensors; sensors of satellite controllers would need bridging).
 """
@@ -222,24 +224,46 @@ class IpmiCollector:
     name = "ipmi"
 
     def __init__(self, targets: Iterable[IpmiTarget], *, workers: int = 64, timeout: float = 2.0,
-                 retries: int = 1, cipher_suite: int | None = None, privilege: str = "user") -> None:
-        """Set up one connection per target; nothing is sent before `collect()`."""
-        self.targets = list(targets)
-        names = [t.node for t in self.targets]
-        if len(set(names)) != len(names):
-            raise ValueError("IPMI targets must have distinct node names")
+                 retries: int = 1, cipher_suite: int | None = None, privilege: str = "user",
+                 facts_first: bool = False) -> None:
+        """Set up one connection per target; nothing is sent before `collect()`. `facts_first`
+        reads the hardware facts in the first poll (`kiln collect once`) instead of the next."""
         if timeout <= 0 or retries < 0 or workers < 1:
             raise ValueError("timeout must be > 0, retries >= 0 and workers >= 1")
-        default = (cipher_suite,) if cipher_suite is not None else DEFAULT_CIPHER_SUITES
-        self._conns = {
-            t.node: BmcConnection(t.host, t.port, t.username, t.password, timeout=timeout, retries=retries,
-                                  cipher_suites=(t.cipher_suite,) if t.cipher_suite is not None else default,
-                                  privilege=t.privilege or privilege)
-            for t in self.targets
-        }
-        self._pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(self.targets))),
-                                        thread_name_prefix="kiln-ipmi")
+        self._settings = {"timeout": timeout, "retries": retries, "facts_first": facts_first}
+        self._default_suites = (cipher_suite,) if cipher_suite is not None else DEFAULT_CIPHER_SUITES
+        self._privilege = privilege
+        self.targets: list[IpmiTarget] = []
+        self._conns: dict[str, BmcConnection] = {}
+        self._by_target: dict[IpmiTarget, BmcConnection] = {}
+        self.retarget(targets)
+        # threads start as work arrives, up to `workers`; a collector given more targets later
+        # (retarget) needs no new pool
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kiln-ipmi")
         self._closed = False
+
+    def retarget(self, targets: Iterable[IpmiTarget]) -> None:
+        """Poll these targets from the next `collect()` on. A target seen before (same node,
+        address, credentials and settings) keeps its session and cached SDR, so a worker that
+        takes over another's BMCs keeps its own warm; a dropped target's session is closed.
+        Call it between collections, not during one."""
+        targets = list(targets)
+        names = [t.node for t in targets]
+        if len(set(names)) != len(names):
+            raise ValueError("IPMI targets must have distinct node names")
+        kept = {t: self._by_target[t] for t in targets if t in self._by_target}
+        for target, conn in self._by_target.items():
+            if target not in kept:
+                with conn.lock:
+                    conn.close()
+        self._by_target = {t: kept.get(t) or self._connection(t) for t in targets}
+        self._conns = {t.node: conn for t, conn in self._by_target.items()}
+        self.targets = targets
+
+    def _connection(self, t: IpmiTarget) -> BmcConnection:
+        return BmcConnection(t.host, t.port, t.username, t.password, **self._settings,
+                             cipher_suites=(t.cipher_suite,) if t.cipher_suite is not None else self._default_suites,
+                             privilege=t.privilege or self._privilege)
 
     def collect(self, progress: Callable[[TargetResult], None] | None = None) -> list[TargetResult]:
         """Poll every target concurrently; one result per target, in target order. Never raises.
@@ -260,6 +284,10 @@ class IpmiCollector:
         """Counters of a node's connection: sessions opened and SDR repository reads."""
         conn = self._conns[node]
         return {"sessions_opened": conn.sessions_opened, "sdr_reads": conn.sdr_reads}
+
+    def packets_sent(self) -> int:
+        """Datagrams sent to all targets' BMCs so far (what the benchmarks count per BMC)."""
+        return sum(conn.packets_sent for conn in self._conns.values())
 
     def close(self) -> None:
         """Close every session and stop the thread pool."""

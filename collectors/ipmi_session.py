@@ -1,9 +1,10 @@
 """IPMI 2.0 (RMCP+, "lanplus") sessions to one BMC, kept open between polls.
 
 `BmcConnection` keeps one session per BMC (over `KilnRmcpPlus`, see ipmi_rmcpplus.py for the
-cipher suite 17 fix), reads the SDR repository once (checked against Get SDR Repository Info
-whenever a session opens, dropped when a sensor disappears), reads the BMC's device id and
-FRU once, and returns plain readings (`PollResult`); `collectors/ipmi.py` makes samples of them.
+cipher suite 17 fix), reads the SDR repository once (collectors/ipmi_sdr.py; checked against
+Get SDR Repository Info whenever a session opens, dropped when a sensor disappears), reads the
+BMC's device id and FRU in the poll after first contact and again once a day, and returns
+plain readings (`PollResult`); `collectors/ipmi.py` makes samples of them.
 """
 
 from __future__ import annotations
@@ -18,16 +19,23 @@ from typing import Any
 
 import pyipmi
 from pyipmi.errors import CompletionCodeError, DecodingError, RetryError
-from pyipmi.sdr import SDR_TYPE_FULL_SENSOR_RECORD
+from pyipmi.sdr import SDR_TYPE_FULL_SENSOR_RECORD, SdrCommon
 
 from collectors.iana import manufacturer_label
 from collectors.ipmi_rmcpplus import BMC_ADDRESS, KilnRmcpPlus
+from collectors.ipmi_sdr import read_records, repository_stamp
 
 # "try 17, then 3": the strongest suite BMCs commonly offer, then the one every BMC has
 DEFAULT_CIPHER_SUITES = (17, 3)
 # IPMI 2.0 section 6.12.15: a BMC drops a session after 60 s (+/- 3) without traffic; an
 # older session is replaced before use instead of costing a timeout
 SESSION_IDLE_LIMIT_S = 50.0
+# the device id and FRU (firmware version, serials) change with a firmware update or a part
+# swap: read in the poll after first contact (which stays as short as a cold start needs) and
+# then once a day, not every cycle
+FACTS_REFRESH_S = 86400.0
+# full sensor record bytes 3 (record type) and 5 (sensor owner id)
+RECORD_TYPE, SENSOR_OWNER = 3, 5
 NETFN_CHASSIS, NETFN_APP, NETFN_SENSOR, NETFN_DCMI = 0x00, 0x06, 0x04, 0x2C
 CMD_CHASSIS_STATUS, CMD_SENSOR_READING, CMD_POWER_READING = 0x01, 0x2D, 0x02
 CMD_DEVICE_ID, CMD_SYSTEM_INFO = 0x01, 0x59
@@ -135,9 +143,11 @@ class BmcConnection:
     """
 
     def __init__(self, host: str, port: int, username: str, password: str, *,
-                 cipher_suites: tuple[int, ...], timeout: float, retries: int, privilege: str = "user") -> None:
+                 cipher_suites: tuple[int, ...], timeout: float, retries: int, privilege: str = "user",
+                 facts_first: bool = False) -> None:
         """Nothing is sent until the first `poll`. `privilege`: user, operator or admin, the
-        session's level (polling reads only, but some BMCs want more for DCMI)."""
+        session's level (polling reads only, but some BMCs want more for DCMI). `facts_first`:
+        read the device id and FRU in the first poll too (a one-off collection has no next)."""
         if privilege not in PRIVILEGES:
             raise ValueError(f"privilege must be one of {', '.join(PRIVILEGES)}, not {privilege!r}")
         self.host, self.port, self.privilege = host, port, privilege
@@ -147,6 +157,7 @@ class BmcConnection:
         self.cipher_suite: int | None = None  # the suite that worked; tried first next time
         self.sessions_opened = 0
         self.sdr_reads = 0
+        self._packets_closed = 0  # packets sent on sessions closed since
         self._intf: KilnRmcpPlus | None = None
         self._ipmi: Any = None
         self._last_used = 0.0
@@ -154,6 +165,9 @@ class BmcConnection:
         self._sensors: list[SensorRecord] | None = None
         self._device: dict[str, str] | None = None
         self._fru: dict[str, str] | None = None
+        self._facts_read_at: float | None = None
+        self._answered = False  # a poll of this BMC succeeded before: this is not first contact
+        self.facts_first = facts_first
 
     # ----- session ----------------------------------------------------------------------
 
@@ -170,20 +184,27 @@ class BmcConnection:
         intf.open()
         intf.set_timeout(self.timeout)
         try:
-            ipmi.session.establish()
+            intf.establish(ipmi.session)
         except BaseException:
             intf.close()
+            self._packets_closed += intf.packets_sent
             raise
         self._intf, self._ipmi = intf, ipmi
         self.cipher_suite = intf.negotiated_suite
         self.sessions_opened += 1
         self._last_used = time.monotonic()
 
+    @property
+    def packets_sent(self) -> int:
+        """Datagrams sent to this BMC so far (pings, session set-up, requests)."""
+        return self._packets_closed + (self._intf.packets_sent if self._intf is not None else 0)
+
     def close(self) -> None:
         """Close the session (without waiting for the BMC) and its socket."""
         if self._intf is not None:
             self._intf.close_session_nowait()
             self._intf.close()
+            self._packets_closed += self._intf.packets_sent
         self._intf = self._ipmi = None
 
     def _raw(self, netfn: int, cmd: int, data: bytes = b"", lun: int = 0) -> bytes:
@@ -200,7 +221,8 @@ class BmcConnection:
     # ----- poll -------------------------------------------------------------------------
 
     def poll(self) -> PollResult:
-        """Read power state, DCMI watts and every sensor (SDR, device id and FRU on first contact).
+        """Read power state, DCMI watts and every sensor (the SDR on first contact; the device id
+        and FRU in a later poll, see FACTS_REFRESH_S).
 
         A part answering with an error completion code is recorded in `errors`; no answer,
         a refused connection or failed authentication raise (and drop the session).
@@ -215,13 +237,17 @@ class BmcConnection:
                 self._part(result, "ipmi", self._read_sdr)
             if self._sensors is not None:
                 self._part(result, "ipmi", self._read_sensors)
-            if self._device is None:
+            now = time.monotonic()
+            due = self._facts_read_at is None or now - self._facts_read_at > FACTS_REFRESH_S
+            if due and (self._answered or self.facts_first):
                 self._part(result, "bmc", self._read_device_id)
-            if self._fru is None:
                 self._part(result, "fru", self._read_fru)
+                if "bmc" not in result.errors and "fru" not in result.errors:
+                    self._facts_read_at = now  # a refused read is tried again next poll
         except BaseException:
             self.close()
             raise
+        self._answered = True
         result.device, result.fru = self._device, self._fru
         return result
 
@@ -250,10 +276,9 @@ class BmcConnection:
         """Open a session and drop the SDR cache if the repository changed meanwhile."""
         self._open()
         try:
-            info = self._ipmi.get_sdr_repository_info()
+            stamp = repository_stamp(self._raw)
         except PART_ERRORS:
             return
-        stamp = (info.record_count, info.most_recent_addition)
         if stamp != self._sdr_stamp:
             self._sensors, self._sdr_stamp = None, stamp
 
@@ -283,11 +308,10 @@ class BmcConnection:
         result.watts = current if data[17] & DCMI_MEASUREMENT_ACTIVE else None
 
     def _read_sdr(self, result: PollResult) -> None:
-        records = self._ipmi.get_repository_sdr_list()
-        self._last_used = time.monotonic()
+        records = read_records(self._raw)
         self.sdr_reads += 1
-        self._sensors = [sensor_record(r) for r in records
-                         if r.type == SDR_TYPE_FULL_SENSOR_RECORD and r.owner_id == BMC_ADDRESS]
+        self._sensors = [sensor_record(SdrCommon.from_data(r)) for r in records if len(r) > SENSOR_OWNER
+                         and r[RECORD_TYPE] == SDR_TYPE_FULL_SENSOR_RECORD and r[SENSOR_OWNER] == BMC_ADDRESS]
 
     def _read_sensors(self, result: PollResult) -> None:
         failed = []

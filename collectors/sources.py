@@ -56,8 +56,9 @@ class BmcSource:
 
     name = driver = ""
 
-    def __init__(self, settings: Settings, box: SecretBox) -> None:
-        self.settings, self.box = settings, box
+    def __init__(self, settings: Settings, box: SecretBox, *, one_shot: bool = False) -> None:
+        """`one_shot`: the collector runs once (`kiln collect once`), not cycle after cycle."""
+        self.settings, self.box, self.one_shot = settings, box, one_shot
         self._collector: Any = None
         self._key: tuple = ()
 
@@ -92,6 +93,9 @@ class BmcSource:
         return collector.collect(progress)
 
     def _collector_for(self, targets: tuple) -> Any:
+        if self._collector is not None and targets != self._key and hasattr(self._collector, "retarget"):
+            self._collector.retarget(targets)  # other targets claimed: keep the sessions of the rest
+            self._key = targets
         if self._collector is None or targets != self._key:
             self.close()
             self._collector = self._new_collector(targets)
@@ -116,7 +120,7 @@ class IpmiSource(BmcSource):
     def _new_collector(self, targets: tuple[IpmiTarget, ...]) -> IpmiCollector:
         s = self.settings
         return IpmiCollector(targets, workers=s.ipmi_workers, timeout=s.ipmi_timeout, retries=s.ipmi_retries,
-                             cipher_suite=s.ipmi_cipher_suite, privilege=s.ipmi_privilege)
+                             cipher_suite=s.ipmi_cipher_suite, privilege=s.ipmi_privilege, facts_first=self.one_shot)
 
 
 class RedfishSource(BmcSource):
@@ -205,11 +209,13 @@ def single_target_source(collector: Collector, interval: int, persist: Persist |
                   persist, getattr(collector, "close", lambda: None), getattr(collector, "persisted", lambda: None))
 
 
-def build_sources(settings: Settings, engine: Engine, box: SecretBox) -> dict[str, Source]:
-    """Every collector this Kiln's settings configure, by name (IPMI and Redfish always)."""
+def build_sources(settings: Settings, engine: Engine, box: SecretBox, *, one_shot: bool = False) -> dict[str, Source]:
+    """Every collector this Kiln's settings configure, by name (IPMI and Redfish always);
+    `one_shot` for a single collection (the IPMI hardware facts then come in its one poll)."""
     sources = {}
-    for bmc, interval, persist in ((IpmiSource(settings, box), settings.ipmi_interval, None),
-                                   (RedfishSource(settings, box), settings.redfish_interval, persist_redfish)):
+    for bmc, interval, persist in ((IpmiSource(settings, box, one_shot=one_shot), settings.ipmi_interval, None),
+                                   (RedfishSource(settings, box, one_shot=one_shot), settings.redfish_interval,
+                                    persist_redfish)):
         def bmc_collect(names: Sequence[str], progress: Progress | None, bmc: BmcSource = bmc) -> list[TargetResult]:
             with Session(engine) as session:
                 return bmc.collect(names, progress, session=session)

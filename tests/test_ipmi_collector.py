@@ -92,8 +92,14 @@ def value(result: TargetResult, metric: str, **labels: str) -> float:
 
 def test_every_reading_matches_the_simulator(sim: Sim) -> None:
     with IpmiCollector(sim.targets()) as collector:
-        results = collector.collect()
-    assert [r.target for r in results] == [b["name"] for b in sim.bmcs]
+        cold = collector.collect()
+        results = collector.collect()  # the device id and FRU are read in the poll after first contact
+    assert [r.target for r in results] == [r.target for r in cold] == [b["name"] for b in sim.bmcs]
+    facts = ("ipmi_bmc_info", "ipmi_fru_info")
+    for first, second in zip(cold, results):  # the first poll: every reading, no facts yet
+        assert first.ok and first.error is None, first.error
+        assert {(k, s.value) for k, s in by_metric(first).items()} == {
+            (k, s.value) for k, s in by_metric(second).items() if k[0] not in facts}
     for result, bmc in zip(results, sim.bmcs):
         exp = bmc["expected"]
         assert result.ok and result.error is None, result.error
@@ -330,25 +336,34 @@ class Relay:
 def test_sessions_and_sdr_are_reused_between_collections(sim: Sim) -> None:
     bmc = sim.bmc("bmc-0000")
     relay = Relay(bmc["host"], bmc["port"])
+    polls = []
     try:
         target = IpmiTarget("via-relay", "127.0.0.1", relay.port, bmc["username"], bmc["password"])
         with IpmiCollector([target]) as collector:
-            assert collector.collect()[0].ok
-            first = Counter(relay.sent)
-            relay.sent.clear()
-            (second,) = collector.collect()
-            assert second.ok and value(second, "ipmi_dcmi_power_consumption_watts") == bmc["expected"]["dcmi"][
-                "current_watts"]
+            for _ in range(3):
+                packets = collector.packets_sent()
+                (result,) = collector.collect()
+                assert result.ok and value(result, "ipmi_dcmi_power_consumption_watts") == bmc["expected"]["dcmi"][
+                    "current_watts"]
+                polls.append((Counter(relay.sent), collector.packets_sent() - packets))
+                relay.sent.clear()
             assert collector.stats("via-relay") == {"sessions_opened": 1, "sdr_reads": 1}
         deadline = time.monotonic() + 2
-        while relay.sent["in_session"] < 13 and time.monotonic() < deadline:
+        while relay.sent["in_session"] < 1 and time.monotonic() < deadline:
             time.sleep(0.01)  # the relay thread forwards close() 's Close Session
-        closing = relay.sent["in_session"] - 12
+        closing = relay.sent["in_session"]
     finally:
         relay.close()
-    assert first["open_session"] == 1 and first["rakp1"] == 1 and first["in_session"] > 30  # SDR + FRU read
-    # the second poll is chassis status + DCMI reading + 10 sensors in the open session, nothing else
-    assert {k: v for k, v in relay.sent.items() if k != "in_session"} == {}
+    (cold, cold_packets), (facts, _), (steady, steady_packets) = polls
+    # first contact: ping, Open Session, RAKP 1 and 3 (user privilege: no Set Session Privilege,
+    # no Get Channel Authentication Capabilities), SDR repository info, chassis, DCMI, each of
+    # the 10 sensor records read whole, 10 sensor readings
+    assert cold == {"ping": 1, "open_session": 1, "rakp1": 1, "rakp3": 1, "in_session": 23}
+    assert cold_packets == 27
+    # the next poll reads the device id, system info and FRU besides the readings
+    assert set(facts) == {"in_session"} and facts["in_session"] > 12
+    # from then on: chassis status + DCMI reading + 10 sensors in the open session, nothing else
+    assert steady == {"in_session": 12} and steady_packets == 12
     assert closing == 1  # the collector's close() ends the session (Close Session)
 
 
@@ -408,3 +423,21 @@ def test_firmware_revision_prints_the_bcd_minor_as_ipmitool_and_freeipmi_do(raw:
     the raw bytes; python-ipmi's own str() gives "9.8" for 9/0x08 (seen against ipmi_sim)."""
     answer = bytes([0x20, 0x01, raw[0], raw[1], 0x51, 0x00, 0xA2, 0x02, 0x00, 0x01, 0x00])  # Dell (674), product 1
     assert device_facts(answer)["firmware_revision"] == text
+
+
+def test_retarget_keeps_the_sessions_of_the_targets_kept(sim: Sim) -> None:
+    """A worker that takes over another's BMCs (collectors/sharding.py) keeps its own warm."""
+    a, b, c = sim.targets()[:3]
+    with IpmiCollector([a, b], workers=4) as collector:
+        assert all(r.ok for r in collector.collect())
+        collector.retarget([b, c])
+        results = collector.collect()
+        assert [(r.target, r.ok) for r in results] == [(b.node, True), (c.node, True)]
+        assert collector.stats(b.node) == {"sessions_opened": 1, "sdr_reads": 1}  # no new session, no SDR read
+        assert collector.stats(c.node) == {"sessions_opened": 1, "sdr_reads": 1}
+        with pytest.raises(KeyError):
+            collector.stats(a.node)
+        changed = dataclasses.replace(b, password="other")  # new credentials: a new connection
+        collector.retarget([changed])
+        (result,) = collector.collect()
+        assert not result.ok and result.error == "authentication failed (check the BMC username/password)"

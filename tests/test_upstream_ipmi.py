@@ -83,7 +83,7 @@ def kiln_metrics(bmc: dict, engine: Engine, world: World) -> str:
     """Kiln's /metrics text after one IPMI collection of the simulated BMC's node."""
     make_node_row(world, gpus=0, name=bmc["name"])
     target = IpmiTarget(bmc["name"], bmc["host"], bmc["port"], bmc["username"], bmc["password"])
-    with IpmiCollector([target]) as collector:
+    with IpmiCollector([target], facts_first=True) as collector:  # one poll: the facts too
         (result,) = collector.collect()
     assert result.ok and result.error is None, result.error
     with Session(engine) as session, session.begin():

@@ -177,7 +177,7 @@ def _start_worker(settings: Settings, engine: Engine, runtime: FleetRuntime, fle
                   say: Say) -> BackgroundScheduler:
     """The worker's jobs and the fleet's physics in this process; one collection cycle first so
     the console has data now."""
-    for source in build_sources(settings, engine, runtime.box).values():
+    for source in build_sources(settings, engine, runtime.box, one_shot=True).values():
         report = run_cycle(engine, source)
         source.close()
         say(f"collected {source.name}: {report.counts()}")
