@@ -96,6 +96,48 @@ def create_month(connection: Connection, table: str, start: datetime) -> bool:
     return True
 
 
+def _attached(connection: Connection, table: str, name: str) -> bool:
+    return connection.execute(text(
+        "SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhparent = to_regclass(:t) AND inhrelid = to_regclass(:n))"),
+        {"t": table, "n": name}).scalar()
+
+
+def stage_month(connection: Connection, table: str, start: datetime, end: datetime) -> str | None:
+    """For rewriting all of `table`'s rows in [start, end) when that range is exactly one attached
+    month partition: a new, empty table shaped like `table`, without indexes, to fill and then
+    put in the partition's place with `swap_month` in the same transaction. None otherwise
+    (SQLite, another range, no such partition): delete and insert the rows instead.
+
+    Loading a bare table and then building its indexes costs PostgreSQL a fraction of inserting
+    into the indexed partition (per row: four index insertions and a foreign-key check). Holds
+    the partition lock (`LOCK_KEY`) to the end of the transaction, so the partition cannot be
+    detached or created meanwhile."""
+    if start != month_start(start) or end != add_months(start, 1) or not is_partitioned(connection, table):
+        return None
+    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
+    name = partition_name(table, start)
+    if not _attached(connection, table, name):
+        return None
+    staged = f"{name}_rebuild"
+    connection.execute(text(f"CREATE TABLE {staged} (LIKE {table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"))
+    return staged
+
+
+def swap_month(connection: Connection, table: str, start: datetime, staged: str) -> None:
+    """Put `staged` (from `stage_month`, filled) in place of `table`'s partition of the month
+    starting at `start`: the old partition is dropped, `staged` attached under its name (PostgreSQL
+    builds its indexes, with the names a new partition gets, and checks its foreign keys in one
+    pass each) and analysed. From here to the end of the transaction, readers of `table` wait
+    (the detach locks it); before, they read the old rows."""
+    name, end = partition_name(table, start), add_months(start, 1)
+    connection.execute(text(f"ALTER TABLE {table} DETACH PARTITION {name}"))
+    connection.execute(text(f"DROP TABLE {name}"))
+    connection.execute(text(f"ALTER TABLE {staged} RENAME TO {name}"))
+    connection.execute(text(
+        f"ALTER TABLE {table} ATTACH PARTITION {name} FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"))
+    connection.execute(text(f"ANALYZE {name}"))  # the old partition's statistics went with it
+
+
 def ensure_partitions(connection: Connection, now: datetime, *, since: datetime | None = None,
                       ahead: int = MONTHS_AHEAD, tables: tuple[str, ...] = tuple(PARTITIONED)) -> list[str]:
     """Create every missing month partition from `since` (default: the current month) to `ahead`
