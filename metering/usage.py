@@ -50,7 +50,7 @@ from metering.energy_shares import CPU, GPU, MEMORY, NodeCapacity, NodeHourClaim
 from metering.gpu_placement import HourCursor, gpu_holders, placed_gpus
 from metering.gpu_shares import Pool, SharedGpuHours, oversubscribed
 from metering.models import UsageRecord
-from metering.usage_io import copies, stream_rows, write_rows
+from metering.usage_io import STREAM_ROWS, copies, stream_rows, write_rows
 from metering.intervals import HourlyTotals, Number, exact
 from metering.money import PARTS_PER_UNIT, quantity_from_parts
 from metering.periods import HOUR, split_by_hour
