@@ -96,6 +96,81 @@ def create_month(connection: Connection, table: str, start: datetime) -> bool:
     return True
 
 
+def _attached(connection: Connection, table: str, name: str) -> bool:
+    return connection.execute(text(
+        "SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhparent = to_regclass(:t) AND inhrelid = to_regclass(:n))"),
+        {"t": table, "n": name}).scalar()
+
+
+def stage_month(connection: Connection, table: str, start: datetime, end: datetime) -> str | None:
+    """For rewriting all of `table`'s rows in [start, end) when that range is exactly one attached
+    month partition: a new, empty table shaped like `table`, without indexes, to fill and then
+    put in the partition's place with `swap_month` in the same transaction. None otherwise
+    (SQLite, another range, no such partition): delete and insert the rows instead.
+
+    Loading a bare table and then building its indexes costs PostgreSQL a fraction of inserting
+    into the indexed partition (per row: four index insertions and a foreign-key check). Holds
+    the partition lock (`LOCK_KEY`) to the end of the transaction, so the partition cannot be
+    detached or created meanwhile."""
+    if start != month_start(start) or end != add_months(start, 1) or not is_partitioned(connection, table):
+        return None
+    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
+    name = partition_name(table, start)
+    if not _attached(connection, table, name):
+        return None
+    staged = f"{name}_rebuild"
+    connection.execute(text(f"CREATE TABLE {staged} (LIKE {table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"))
+    return staged
+
+
+def swap_month(connection: Connection, table: str, start: datetime, staged: str) -> None:
+    """Put `staged` (from `stage_month`, filled) in place of `table`'s partition of the month
+    starting at `start`, keeping the partition's name, indexes and constraints.
+
+    The slow work happens first, while readers still read the old partition: `staged` gets the
+    partition's indexes (built by sorting), foreign keys (checked in one pass), a CHECK of the
+    month's bounds (so attaching need not scan it) and statistics. Then the old partition is
+    detached and dropped and `staged` attached under its name: from there to the end of the
+    transaction, readers of `table` wait (the detach locks it)."""
+    name, end, key = partition_name(table, start), add_months(start, 1), PARTITIONED[table]
+    bounds = f"{name}_bounds"
+    connection.execute(text(f"ALTER TABLE {staged} ADD CONSTRAINT {bounds} "
+                            f"CHECK ({key} >= '{start.isoformat()}' AND {key} < '{end.isoformat()}')"))
+    for fk in connection.execute(text("SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+                                      "WHERE conrelid = to_regclass(:t) AND contype = 'f'"), {"t": name}).all():
+        connection.execute(text(f'ALTER TABLE {staged} ADD CONSTRAINT "{fk[0]}" {fk[1]}'))
+    renames = _copy_indexes(connection, name, staged)
+    connection.execute(text(f"ANALYZE {staged}"))
+    connection.execute(text(f"ALTER TABLE {table} DETACH PARTITION {name}"))
+    connection.execute(text(f"DROP TABLE {name}"))
+    connection.execute(text(f"ALTER TABLE {staged} RENAME TO {name}"))
+    for temporary, final in renames:  # renaming a constraint's index renames the constraint
+        connection.execute(text(f'ALTER INDEX "{temporary}" RENAME TO "{final}"'))
+    connection.execute(text(
+        f"ALTER TABLE {table} ATTACH PARTITION {name} FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"))
+    connection.execute(text(f"ALTER TABLE {name} DROP CONSTRAINT {bounds}"))
+
+
+def _copy_indexes(connection: Connection, source: str, target: str) -> list[tuple[str, str]]:
+    """Build `source`'s indexes (and primary/unique constraints) on `target` under temporary names;
+    returns (temporary, source's name) pairs."""
+    rows = connection.execute(text(
+        "SELECT c.relname, pg_get_indexdef(i.indexrelid), k.contype FROM pg_index i "
+        "JOIN pg_class c ON c.oid = i.indexrelid LEFT JOIN pg_constraint k ON k.conindid = i.indexrelid "
+        "AND k.conrelid = i.indrelid WHERE i.indrelid = to_regclass(:t) ORDER BY c.relname"), {"t": source}).all()
+    renames = []
+    for n, (index, definition, constraint) in enumerate(rows):
+        temporary = f"{target}_index_{n}"
+        columns = definition[definition.index(" USING "):]
+        unique = "UNIQUE " if definition.startswith("CREATE UNIQUE") else ""
+        connection.execute(text(f'CREATE {unique}INDEX "{temporary}" ON {target}{columns}'))
+        if constraint in ("p", "u"):
+            kind = "PRIMARY KEY" if constraint == "p" else "UNIQUE"
+            connection.execute(text(f'ALTER TABLE {target} ADD CONSTRAINT "{temporary}" {kind} USING INDEX "{temporary}"'))
+        renames.append((temporary, index))
+    return renames
+
+
 def ensure_partitions(connection: Connection, now: datetime, *, since: datetime | None = None,
                       ahead: int = MONTHS_AHEAD, tables: tuple[str, ...] = tuple(PARTITIONED)) -> list[str]:
     """Create every missing month partition from `since` (default: the current month) to `ahead`

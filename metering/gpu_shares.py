@@ -115,8 +115,8 @@ class SharedGpuHours:
 
 def oversubscribed(intervals: list[tuple[datetime, datetime, int]], gpus: int) -> bool:
     """Whether whole-GPU requests [(start, end, count)] ever exceed `gpus` at once (time-slicing)."""
-    events = sorted([(a, count) for a, _, count in intervals] + [(b, -count) for _, b, count in intervals],
-                    key=lambda event: (event[0], event[1]))  # ends before starts at the same instant
+    # (instant, change) tuples sort ends (negative) before starts at the same instant
+    events = sorted([(a, count) for a, _, count in intervals] + [(b, -count) for _, b, count in intervals])
     running = 0
     for _, change in events:
         running += change

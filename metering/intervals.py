@@ -52,19 +52,21 @@ class HourlyTotals:
         if end <= start or not quantity:
             return
         self.vdcs.setdefault(key, vdc_id)
-        first, last = floor_hour(start), floor_hour(end)
+        # in integer microseconds from the origin (an hour boundary): far cheaper than datetimes
+        a, b = (start - self.origin) // MICROSECOND, (end - self.origin) // MICROSECOND
+        first, last = a // MICROS_PER_HOUR, b // MICROS_PER_HOUR
         if first == last:
-            self.partial[key][self._index(first)] += ((end - start) // MICROSECOND) * quantity
+            self.partial[key][first] += (b - a) * quantity
             return
-        if start > first:
-            self.partial[key][self._index(first)] += ((first + HOUR - start) // MICROSECOND) * quantity
-            first += HOUR
+        if a > first * MICROS_PER_HOUR:
+            self.partial[key][first] += ((first + 1) * MICROS_PER_HOUR - a) * quantity
+            first += 1
         if first < last:
             steps = self.steps[key]
-            steps[self._index(first)] += quantity
-            steps[self._index(last)] -= quantity
-        if end > last:
-            self.partial[key][self._index(last)] += ((end - last) // MICROSECOND) * quantity
+            steps[first] += quantity
+            steps[last] -= quantity
+        if b > last * MICROS_PER_HOUR:
+            self.partial[key][last] += (b - last * MICROS_PER_HOUR) * quantity
 
     def add_weight(self, key: Key, hour: datetime, weight: Number, vdc_id: int | None = None) -> None:
         """Add an already weighted amount (quantity × microseconds) to one hour."""
@@ -73,8 +75,10 @@ class HourlyTotals:
 
     def totals(self) -> Iterator[tuple[Key, datetime, Decimal, int, int | None]]:
         """(key, hour, quantity to 6 places (shown), exact parts (summed), vdc) for every hour with a non-zero total."""
+        hours: dict[int, datetime] = {}
+        quantities: dict[int, Decimal] = {}  # many hours have the same parts (whole hours): one Decimal each
         for key in set(self.partial) | set(self.steps):
-            partial, steps = self.partial.get(key, {}), self.steps.get(key, {})
+            partial, steps, vdc_id = self.partial.get(key, {}), self.steps.get(key, {}), self.vdcs.get(key)
             indices = [*partial, *steps]
             running: Number = 0
             for index in range(min(indices), max(indices) + 1):
@@ -82,4 +86,6 @@ class HourlyTotals:
                 weight = running * MICROS_PER_HOUR + partial.get(index, 0)
                 parts = weight if isinstance(weight, int) else int(Decimal(weight).to_integral_value(ROUND_HALF_EVEN))
                 if parts:
-                    yield key, self.origin + index * HOUR, quantity_from_parts(parts), parts, self.vdcs.get(key)
+                    hour = hours.get(index) or hours.setdefault(index, self.origin + index * HOUR)
+                    quantity = quantities.get(parts) or quantities.setdefault(parts, quantity_from_parts(parts))
+                    yield key, hour, quantity, parts, vdc_id

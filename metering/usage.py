@@ -1,7 +1,9 @@
 """Hourly usage records, built from the tenancy timeline and the collectors' tables.
 
 One row per (tenant, resource, SKU, hour, source) — the table's unique key — so rebuilding a
-range of hours deletes and rewrites exactly those rows and never duplicates one. Sources:
+range of hours deletes and rewrites exactly those rows and never duplicates one (a whole month on
+PostgreSQL: written into a new table that replaces the month's partition, `kiln.partitions.stage_month`).
+Sources:
 
 - `lease`: a node leased to a tenant gives `node-hour:<resource_class>` for the node and
   `gpu-hour:<model>` for every GPU in it (resource id = node name). A lease starting or ending
@@ -33,7 +35,7 @@ from datetime import datetime
 from decimal import Decimal
 from itertools import groupby
 
-from sqlalchemy import Connection, delete, func, insert
+from sqlalchemy import delete, func
 from sqlmodel import Session, col, or_, select
 
 from collectors.models import GpuEnergyHour, K8sAllocation, NodeEnergyHour
@@ -42,6 +44,7 @@ from fleet.tenancy_models import Lease
 from kiln.auth import Principal
 from kiln.db import utcnow
 from kiln.models import Tenant
+from kiln.partitions import stage_month, swap_month
 from kiln.types import exact_sum, sum_value
 from collectors import mig_profiles
 from metering import skus
@@ -50,16 +53,14 @@ from metering.gpu_placement import HourCursor, gpu_holders, placed_gpus
 from metering.gpu_shares import Pool, SharedGpuHours, oversubscribed
 from metering.instance_usage import InstanceClaim, InstanceKey, instance_claims
 from metering.models import UsageRecord
-from metering.intervals import HourlyTotals, exact
+from metering.usage_io import STREAM_ROWS, copies, stream_rows, write_rows
+from metering.intervals import HourlyTotals, Number, exact
 from metering.money import PARTS_PER_UNIT, quantity_from_parts
 from metering.periods import HOUR, split_by_hour
 
 SOURCE_LEASE, SOURCE_K8S, SOURCE_ENERGY = "lease", "k8s", "energy"
 SOURCES = (SOURCE_LEASE, SOURCE_K8S, SOURCE_ENERGY)
 BYTES_PER_GIB = Decimal(2**30)
-INSERT_CHUNK = 20_000
-STREAM_ROWS = 5_000  # allocation rows fetched at a time
-USAGE_COLUMNS = ("tenant_id", "vdc_id", "resource_id", "sku", "quantity", "quantity_parts", "unit", "source", "hour")
 GPU_RESOURCES = ("nvidia.com/gpu", "amd.com/gpu")
 
 
@@ -193,19 +194,23 @@ def k8s_usage(
     ).order_by(K8sAllocation.node_name)
     # streamed node by node (a server-side cursor on PostgreSQL): memory holds one node's pods,
     # not the month's millions of rows; whether a node's GPUs are shared depends on its pods only
-    rows = (row for row in session.connection().execute(statement.execution_options(yield_per=STREAM_ROWS))
-            if row[4] > 0 and tenants.get(row[1] or "") is not None)
+    rows = (row for row in stream_rows(session.connection(), statement) if row[4] > 0 and tenants.get(row[1] or "") is not None)
     pools: dict[int, Pool] = {node_id: _pool(gpus.get(node_id, {})) for node_id in instances}
     shared = SharedGpuHours(pools)
     for node_id, node_claims in instances.items():
         for claim in node_claims:  # claimed exactly as a pod requesting the same MIG profile would
             shared.add(node_id, claim.key, claim.start, claim.end, _claim_slices(claim.resource, Decimal(1), pools[node_id]))
+    priced: dict[tuple, tuple[str | None, Number]] = {}  # (resource, node, quantity) → SKU, exact quantity
     for namespace, slug, node_name, resource, quantity, starts_at, ends_at in _node_by_node(rows, node_ids, gpus, pools):
         clipped = _clip(starts_at, ends_at, start, end)
         if clipped is None:
             continue
         tenant_id, node_id = tenants[slug], node_ids.get(node_name or "")
-        sku, per_micro = _k8s_sku(resource, _main_model(gpus.get(node_id, {})), quantity)
+        known = priced.get((resource, node_id, quantity))
+        if known is None:
+            sku, amount = _k8s_sku(resource, _main_model(gpus.get(node_id, {})), quantity)
+            known = priced[(resource, node_id, quantity)] = (sku, exact(amount) if sku else amount)
+        sku, per_micro = known
         if sku is None:
             continue
         key = (tenant_id, f"k8s:{namespace}", sku)
@@ -213,7 +218,7 @@ def k8s_usage(
             if node_id in pools and _is_gpu(resource):
                 shared.add(node_id, key, a, b, _claim_slices(resource, quantity, pools[node_id]))
                 continue
-            totals.add(key, a, b, exact(per_micro))
+            totals.add(key, a, b, per_micro)
             kind = GPU if resource in GPU_RESOURCES else resource
             if node_id in metered and kind in (GPU, CPU, MEMORY):
                 for hour, micros in split_by_hour(a, b):
@@ -304,54 +309,28 @@ def build_usage(session: Session, start: datetime, end: datetime, now: datetime 
     same rows, so it is safe to run as often as usage arrives.
     """
     stop = min(end, now or utcnow())
-    session.execute(delete(UsageRecord).where(col(UsageRecord.hour) >= start, col(UsageRecord.hour) < end))
-    written = {source: 0 for source in SOURCES}
-    if stop <= start:
-        return written
-    held = _leases(session, start, stop)
-    nodes = {node_id: (name, rc) for node_id, name, rc in session.exec(select(Node.id, Node.name, Node.resource_class)).all()}
-    gpus = _gpu_models(session)
-    metered = set(session.exec(select(NodeEnergyHour.node_id).where(
-        col(NodeEnergyHour.hour) >= start, col(NodeEnergyHour.hour) < stop).distinct()).all())
-    leased = lease_usage(held, nodes, gpus, start)
-    k8s, claims = k8s_usage(session, start, stop, held, {name: i for i, (name, _) in nodes.items()}, gpus, metered,
-                            instance_claims(session, start, stop), leased)
-    written[SOURCE_LEASE] = write_rows(session, SOURCE_LEASE, leased)
-    written[SOURCE_K8S] = write_rows(session, SOURCE_K8S, k8s)
-    written[SOURCE_ENERGY] = write_rows(session, SOURCE_ENERGY, energy_usage(session, start, stop, held, nodes, gpus, claims))
-    return written
-
-
-def write_rows(session: Session, source: str, totals: HourlyTotals) -> int:
-    """Insert the hourly totals as usage rows of `source`: one COPY on PostgreSQL (psycopg 3), else
-    chunks of one executemany each; returns how many."""
-    rows = ((tenant_id, vdc_id, resource_id, sku, quantity, parts, skus.unit_of(sku), source, hour)
-            for (tenant_id, resource_id, sku), hour, quantity, parts, vdc_id in totals.totals())
     connection = session.connection()
-    if connection.dialect.name == "postgresql" and connection.dialect.driver == "psycopg":
-        return _copy_rows(connection, rows)
-    count, chunk = 0, []
-    for row in rows:
-        chunk.append(dict(zip(USAGE_COLUMNS, row)))
-        if len(chunk) >= INSERT_CHUNK:
-            connection.execute(insert(UsageRecord.__table__), chunk)
-            count, chunk = count + len(chunk), []
-    if chunk:
-        connection.execute(insert(UsageRecord.__table__), chunk)
-        count += len(chunk)
-    return count
-
-
-def _copy_rows(connection: Connection, rows: Iterable[tuple]) -> int:
-    # COPY in the session's own transaction: a month of 10,000 nodes is millions of rows, and an
-    # executemany of INSERTs costs ~10x more (one statement and one round trip per row in pipeline mode)
-    count = 0
-    with connection.connection.driver_connection.cursor() as cursor:
-        with cursor.copy(f"COPY {UsageRecord.__tablename__} ({', '.join(USAGE_COLUMNS)}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
-                count += 1
-    return count
+    # a whole month on PostgreSQL: written into a fresh table that replaces the month's partition
+    staged = stage_month(connection, UsageRecord.__tablename__, start, end) if copies(connection) else None
+    if staged is None:
+        session.execute(delete(UsageRecord).where(col(UsageRecord.hour) >= start, col(UsageRecord.hour) < end))
+    written = {source: 0 for source in SOURCES}
+    if stop > start:
+        held = _leases(session, start, stop)
+        nodes = {node_id: (name, rc) for node_id, name, rc in session.exec(select(Node.id, Node.name, Node.resource_class)).all()}
+        gpus = _gpu_models(session)
+        metered = set(session.exec(select(NodeEnergyHour.node_id).where(
+            col(NodeEnergyHour.hour) >= start, col(NodeEnergyHour.hour) < stop).distinct()).all())
+        leased = lease_usage(held, nodes, gpus, start)
+        k8s, claims = k8s_usage(session, start, stop, held, {name: i for i, (name, _) in nodes.items()}, gpus, metered,
+                                instance_claims(session, start, stop), leased)  # adds instance leases' shares to `leased`
+        written[SOURCE_LEASE] = write_rows(session, SOURCE_LEASE, leased, into=staged)
+        written[SOURCE_K8S] = write_rows(session, SOURCE_K8S, k8s, into=staged)
+        energy = energy_usage(session, start, stop, held, nodes, gpus, claims)
+        written[SOURCE_ENERGY] = write_rows(session, SOURCE_ENERGY, energy, into=staged)
+    if staged is not None:
+        swap_month(connection, UsageRecord.__tablename__, start, staged)
+    return written
 
 
 def list_usage(

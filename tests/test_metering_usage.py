@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections import defaultdict
 from decimal import Decimal
 
+import pytest
+from sqlalchemy import text
 from sqlmodel import select
 
 from collectors.models import K8sAllocation, NodeEnergyHour
+from kiln.partitions import ensure_partitions
 from metering.models import UsageRecord
 from metering.usage import build_usage, parts_of, parts_sum, summed
 from tests.factories import World
@@ -148,3 +151,62 @@ def test_sums_of_exact_parts_never_overflow_and_round_once(world: World) -> None
     # 18446744073707551611 / 3.6e9 = 5124095576.029875447… → 5124095576.029875
     assert summed(total) == Decimal("5124095576.029875")
     assert parts_of(world.session.exec(select(parts_sum()).where(UsageRecord.sku == "none")).one()) == 0
+
+
+def _partition_rows(session, name: str) -> tuple[list[tuple], list[str], list[str], int]:
+    """Rows (without ids) of `name`, its index definitions, its constraints, and its table's oid."""
+    rows = session.execute(text(f"SELECT tenant_id, resource_id, sku, quantity, quantity_parts, unit, source, hour, "
+                                f"tableoid::regclass::text FROM usage_record WHERE tableoid = '{name}'::regclass "
+                                "ORDER BY resource_id, sku, hour")).all()
+    indexes = session.execute(text("SELECT indexdef FROM pg_indexes WHERE tablename = :t ORDER BY 1"), {"t": name}).scalars().all()
+    constraints = session.execute(text("SELECT conname FROM pg_constraint WHERE conrelid = to_regclass(:t) ORDER BY 1"),
+                                  {"t": name}).scalars().all()
+    return [tuple(r) for r in rows], indexes, constraints, session.execute(text("SELECT to_regclass(:t)::oid"), {"t": name}).scalar()
+
+
+@pytest.mark.postgresql_only
+def test_a_month_with_its_own_partition_is_rebuilt_into_a_fresh_one(world: World) -> None:
+    """On PostgreSQL a whole month whose partition is attached is written into a new table that takes
+    the partition's place (kiln.partitions.stage_month/swap_month): the same rows, the partition's own
+    indexes and constraints, other months untouched, and a rolled-back run leaves the old partition."""
+    session, march, april, may = world.session, at("2025-03-01T00:00"), at("2025-04-01T00:00"), at("2025-05-01T00:00")
+    engine = session.get_bind()
+    with engine.begin() as connection:
+        ensure_partitions(connection, at("2025-03-15T00:00"), since=march, ahead=0)
+    try:
+        metal = node(world, gpus=2, created_at=at("2025-01-01T00:00"))
+        lease(world, metal, "a", "2025-03-01T10:20", "2025-03-01T12:00")
+        lease(world, metal, "b", "2025-04-01T10:00", "2025-04-01T11:00")  # April has no partition: the default one
+        _alloc(world, "train-1", "team-a", "tenant-a", metal.name, "nvidia.com/gpu", 1, "2025-03-01T09:30", "2025-03-01T10:50")
+        session.commit()
+        _, indexes, constraints, _ = _partition_rows(session, "usage_record_2025_03")  # as PARTITION OF made them
+        session.commit()
+        assert build_usage(session, april, may, now=may)["lease"] == 2  # delete and insert into the default partition
+        session.execute(text("SET LOCAL TimeZone = 'Europe/Paris'"))  # a session's zone does not change the rows
+        written = build_usage(session, march, april, now=may)
+        assert session.execute(text("SHOW TimeZone")).scalar() == "Europe/Paris"  # allocations are read in UTC, then it is put back
+        session.commit()
+        assert (written["lease"], written["k8s"]) == (4, 2)  # node- and GPU-hour at 10:00 (40 min) and 11:00; the pod till 10:20
+        rows, indexes_after, constraints_after, oid = _partition_rows(session, "usage_record_2025_03")
+        assert len(rows) == 6 and {r[-1] for r in rows} == {"usage_record_2025_03"}
+        assert {(r[1], r[7]): r[3] for r in rows if r[2] == GPU_SKU} == {
+            (metal.name, at("2025-03-01T10:00")): D("1.333333"), (metal.name, at("2025-03-01T11:00")): D(2),
+            ("k8s:team-a", at("2025-03-01T09:00")): D("0.5"), ("k8s:team-a", at("2025-03-01T10:00")): D("0.333333")}
+        assert indexes_after == indexes and len(indexes) == 4 and constraints_after == constraints
+        april_rows = _partition_rows(session, "usage_record_default")[0]
+        assert len(april_rows) == 2
+        session.commit()
+        assert build_usage(session, march, april, now=may) == written
+        session.commit()
+        again = _partition_rows(session, "usage_record_2025_03")
+        assert again[:3] == (rows, indexes, constraints) and again[3] != oid  # a new table, the same rows
+        assert _partition_rows(session, "usage_record_default")[0] == april_rows
+        session.commit()
+        lease(world, metal, "b", "2025-03-02T00:00", "2025-03-02T01:00")
+        build_usage(session, march, april, now=may)
+        session.rollback()
+        assert _partition_rows(session, "usage_record_2025_03") == again
+    finally:
+        session.rollback()
+        with engine.begin() as connection:
+            connection.execute(text("DROP TABLE IF EXISTS usage_record_2025_03"))
