@@ -8,7 +8,7 @@ from typing import Any
 
 import dash_ag_grid as dag
 import flask
-from dash import Output, dcc, html
+from dash import Input, Output, dcc, html
 from dash.development.base_component import Component
 
 from kiln.auth import Principal
@@ -113,6 +113,39 @@ def toggle_button(element_id: str, text: str) -> html.Button:
 def pressed(clicks: int | None) -> bool:
     """Whether a `toggle_button` pressed `clicks` times is on (an odd number of presses)."""
     return bool((clicks or 0) % 2)
+
+
+def tab_bar(element_id: str, tabs: dict[str, str], selected: str, label: str) -> html.Div:
+    """Buttons that pick which panel of a page shows (`tabs`: value → label), as an ARIA tablist
+    (each a button: keyboard reachable); `element_id`-panel holds the selected tab's content, filled
+    by the page (`tab_outputs`, `chosen_tab`), so only that tab's data is read and drawn."""
+    buttons = [html.Button(text, id=f"{element_id}-{value}", n_clicks=0, role="tab", className="tab",
+                           **{"aria-selected": "true" if value == selected else "false", "aria-controls": f"{element_id}-panel"})
+               for value, text in tabs.items()]
+    return html.Div([html.Div(buttons, role="tablist", className="tabs", **{"aria-label": label}),
+                     dcc.Store(id=f"{element_id}-chosen", data=selected),
+                     html.Div(id=f"{element_id}-panel", role="tabpanel", className="tab-panel")])
+
+
+def tab_outputs(element_id: str, tabs: dict[str, str]) -> tuple[Output, ...]:
+    """The outputs a `tab_bar`'s callback fills: the panel, the chosen tab, each button's `aria-selected`."""
+    return (Output(f"{element_id}-panel", "children"), Output(f"{element_id}-chosen", "data"),
+            *(Output(f"{element_id}-{value}", "aria-selected") for value in tabs))
+
+
+def tab_inputs(element_id: str, tabs: dict[str, str]) -> tuple[Input, ...]:
+    """A `tab_bar`'s buttons as callback inputs (then a `State` of the chosen tab goes last)."""
+    return tuple(Input(f"{element_id}-{value}", "n_clicks") for value in tabs)
+
+
+def chosen_tab(element_id: str, tabs: dict[str, str], chosen: str | None, triggered: Any = None) -> tuple[str, list[str]]:
+    """The tab a `tab_bar` shows (the button that `triggered` a callback, `dash.ctx.triggered_id`;
+    else the one `chosen` before; else the first) and each button's `aria-selected`."""
+    prefix = f"{element_id}-"
+    if isinstance(triggered, str) and triggered.startswith(prefix) and triggered[len(prefix):] in tabs:
+        chosen = triggered[len(prefix):]
+    chosen = chosen if chosen in tabs else next(iter(tabs))
+    return chosen, ["true" if value == chosen else "false" for value in tabs]
 
 
 def range_picker(element_id: str, default: str = "24h") -> dcc.Dropdown:

@@ -198,9 +198,10 @@ def budget_rows(session: Session, principal: Principal, period: str, tenant_id: 
     and its thresholds."""
     budgets = [b for b in budget_service.list_budgets(session, principal) if tenant_id is None or b.tenant_id == tenant_id]
     rows = []
+    bills = budget_service.period_bills(session, period) if len(budgets) > 1 else None
     for budget, public in zip(budgets, budget_service.to_public(session, budgets), strict=True):
-        spent = budget_service.spend(session, budget, period, carbon)
-        forecast = budget_service.forecast(session, budget, period, spent)
+        spent = budget_service.spend(session, budget, period, carbon, bills)
+        forecast = budget_service.forecast(session, budget, period, spent, bills)
         amount = Decimal(budget.amount)
         rows.append({"name": public.name, "tenant": public.tenant, "vdc": public.vdc,
                      "currency": public.currency or "kg CO2e",

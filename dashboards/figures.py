@@ -27,6 +27,7 @@ MARGIN = {"l": 60, "r": 20, "t": 50, "b": 50}
 TRANSPARENT = "rgba(0,0,0,0)"
 WARNING_COLOR, LIMIT_COLOR, OK_COLOR = "#e09f3e", "#9e2a2b", "#6a994e"
 SHARE_BARS_SHOWN = 25  # bars in a share chart; more would be a wall of bars in a page-high chart
+STACKS_SHOWN = 8  # series in a stacked chart (the rest summed as one): a legend of 20 rows pushed the chart off its card
 
 
 @cache
@@ -120,11 +121,22 @@ def bars(
 
 
 def stacked_bars(
-    title: str, x_title: str, y_title: str, stacks: dict[str, dict[str, float | Decimal]], *, empty_reason: str
+    title: str, x_title: str, y_title: str, stacks: dict[str, dict[str, float | Decimal]], *, empty_reason: str,
+    most: int | None = None,
 ) -> Figure:
-    """Stacked bars: `stacks[series][category] = value`; the empty state when there is nothing."""
+    """Stacked bars: `stacks[series][category] = value`; the empty state when there is nothing.
+    With `most`, more series than that are drawn as the `most - 1` largest and one "other" series
+    summing the rest (the title says so): each stack's height stays exact, the legend readable."""
     if not any(stacks.values()):
         return empty_figure(title, empty_reason)
+    if most is not None and len(stacks) > most:
+        ranked = sorted(stacks, key=lambda name: (-sum(stacks[name].values()), name))
+        rest: dict[str, float | Decimal] = {}
+        for name in ranked[most - 1:]:
+            for category, value in stacks[name].items():
+                rest[category] = rest.get(category, 0) + value
+        title = f"{title}: the {most - 1} largest of {len(stacks)}"
+        stacks = {**{name: stacks[name] for name in ranked[:most - 1]}, f"other {len(stacks) - most + 1}": rest}
     categories = sorted({c for values in stacks.values() for c in values})
     data = [trace("bar", x=categories, y=[float(values.get(c, 0)) for c in categories], name=name)
             for name, values in sorted(stacks.items())]

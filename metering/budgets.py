@@ -225,9 +225,28 @@ class CarbonContext:
         return cls(settings.carbon_zone, settings.embodied_kg_per_node_hour)
 
 
-def spend(session: Session, budget: Budget, period: str, carbon: CarbonContext | None = None) -> Decimal:
+def period_bills(session: Session, period: str) -> tuple[dict[int, Bill], dict[int, list[BillLine]]]:
+    """The period's bills by tenant id and their lines by bill id, read once for many budgets
+    (`spend` and `forecast` read them budget by budget otherwise: three queries each)."""
+    bills = {bill.tenant_id: bill for bill in session.exec(select(Bill).where(Bill.period == period).order_by(Bill.id)).all()}
+    lines: dict[int, list[BillLine]] = {bill.id: [] for bill in bills.values()}
+    for line in session.exec(select(BillLine).join(Bill, col(Bill.id) == BillLine.bill_id).where(Bill.period == period)
+                             .order_by(BillLine.id)).all():
+        lines.setdefault(line.bill_id, []).append(line)
+    return bills, lines
+
+
+def _bill_of(session: Session, budget: Budget, period: str, known: tuple[dict, dict] | None) -> Bill | None:
+    if known is not None:
+        return known[0].get(budget.tenant_id)
+    return session.exec(select(Bill).where(Bill.tenant_id == budget.tenant_id, Bill.period == period)).first()
+
+
+def spend(session: Session, budget: Budget, period: str, carbon: CarbonContext | None = None,
+          bills: tuple[dict, dict] | None = None) -> Decimal:
     """What the budget's tenant spent in the period: the bill total, or its rated usage in the VDC;
-    for an emissions budget, its kg CO2e (metered energy and embodied)."""
+    for an emissions budget, its kg CO2e (metered energy and embodied). `bills`: `period_bills`
+    of the period, when already read."""
     if budget.unit == "kg-co2e":
         carbon = carbon or CarbonContext()
         # as the tenant sees it: its own rows only, no idle energy
@@ -235,8 +254,8 @@ def spend(session: Session, budget: Budget, period: str, carbon: CarbonContext |
         report = emissions(session, tenant, period, carbon.default_zone, carbon.embodied)
         return sum((r.kg_co2e + r.embodied_kg_co2e for r in report.tenants), Decimal(0))
     if budget.vdc_id is None:
-        total = session.exec(select(Bill.total).where(Bill.tenant_id == budget.tenant_id, Bill.period == period)).first()
-        return Decimal(total or 0)
+        bill = _bill_of(session, budget, period, bills)
+        return Decimal(bill.total if bill is not None and bill.total else 0)
     start, end = period_bounds(period)
     cards = card_views(cards_overlapping(session, start, end))
     usage = usage_by_segment(session, segments(cards, start, end), tenant_id=budget.tenant_id, vdc_id=budget.vdc_id)
@@ -244,15 +263,18 @@ def spend(session: Session, budget: Budget, period: str, carbon: CarbonContext |
     return sum((c.contracted_cost for c in charges), Decimal(0))
 
 
-def forecast(session: Session, budget: Budget, period: str, spent: Decimal) -> Decimal:
+def forecast(session: Session, budget: Budget, period: str, spent: Decimal, bills: tuple[dict, dict] | None = None) -> Decimal:
     """What the budget will have spent at the period's end if its tenant goes on at the rate seen up
     to the last bills run (`metering.views`): the bill's own forecast for a tenant-wide money
-    budget, `spent` extrapolated from the same instant otherwise; `spent` without a draft bill."""
-    bill = session.exec(select(Bill).where(Bill.tenant_id == budget.tenant_id, Bill.period == period)).first()
+    budget, `spent` extrapolated from the same instant otherwise; `spent` without a draft bill.
+    `bills` as for `spend`."""
+    bill = _bill_of(session, budget, period, bills)
     if bill is None or bill.status != DRAFT:
         return spent
     if budget.unit == "money" and budget.vdc_id is None:
-        return forecast_total(bill, list(session.exec(select(BillLine).where(BillLine.bill_id == bill.id)).all()))
+        lines = bills[1].get(bill.id, []) if bills is not None else list(
+            session.exec(select(BillLine).where(BillLine.bill_id == bill.id)).all())
+        return forecast_total(bill, lines)
     return extrapolate(spent, period, usage_through(bill)).quantize(Decimal("0.001"))
 
 

@@ -208,6 +208,24 @@ def test_keyboard_reaches_every_control_with_a_visible_focus_ring(console: A11yC
     assert errors.messages == []
 
 
+def test_usage_detail_tabs_are_reached_and_chosen_by_keyboard(console: A11yConsole) -> None:
+    page, errors = console.page_of("alice")
+    open_settled(page, f"{console.base_url}/usage")
+    assert page.get_attribute("#usage-details-lease", "aria-selected") == "true"
+    assert page.get_attribute("#details [role=tablist]", "aria-label") == "Usage details"
+    page.focus("#usage-details-lease")
+    page.keyboard.press("Tab")  # each tab is a button: one Tab stop each, in order
+    focused = page.evaluate(FOCUSED_JS)
+    assert focused["id"] == "usage-details-namespace" and focused["outline"] != "none" and focused["width"] >= 2, focused
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => document.querySelector('#usage-details-namespace').getAttribute('aria-selected') === 'true'")
+    page.wait_for_selector("#usage-namespace-table")
+    assert page.get_attribute("#usage-details-lease", "aria-selected") == "false"
+    assert page.query_selector("#usage-allocation-table") is None  # only the chosen tab's table is drawn
+    assert axe_violations(page) == []
+    assert errors.messages == []
+
+
 DARK = "() => getComputedStyle(document.body).backgroundColor"
 SURFACE = "s => getComputedStyle(document.querySelector(s)).backgroundColor"
 TICK_FILL = "() => getComputedStyle(document.querySelector('.js-plotly-plot .xtick text')).fill"

@@ -121,15 +121,23 @@ def _b_words(content: str) -> list[str]:
 def test_tenant_pages_never_show_another_tenants_names(console: Console) -> None:
     page, errors = console.page_as("alice", "/usage")
     wait_for_charts(page, 3)
-    page.wait_for_selector("#running-nodes .ag-cell")
     page.wait_for_selector("#usage-allocation-table .ag-cell")
     screenshot(page, "tenant-a-usage")
     allocation = page.inner_text("#usage-allocation-table")
     assert "Cost of idle" in allocation and all(node in allocation for node in TENANT_A_NODES)
     assert re.match(r"^\d+ %$", page.inner_text("#stat-efficiency")) and re.match(r"^\d+ %$", page.inner_text("#stat-coverage"))
-    text = page.inner_text("body")
-    assert all(node in text for node in TENANT_A_NODES)
     assert _b_words(page.content()) == []
+    for tab, ready in (("running", "#running-nodes .ag-cell"), ("quotas", "#quota-table"),
+                       ("namespace", "#usage-namespace-table")):
+        page.click(f"#usage-details-{tab}")  # only the chosen tab's table is drawn, filled by a callback
+        page.wait_for_selector(ready)
+        assert page.get_attribute(f"#usage-details-{tab}", "aria-selected") == "true"
+        assert page.get_attribute("#usage-details-lease", "aria-selected") == "false"
+        assert page.query_selector("#usage-allocation-table") is None
+        if tab == "running":
+            text = page.inner_text("body")
+            assert all(node in text for node in TENANT_A_NODES)
+        assert _b_words(page.content()) == []
     page.click("#usage-tenant")
     assert _b_words(page.content()) == []  # not even among the tenant choices
     for node in TENANT_A_NODES:  # gpu-a02 was tenant B's before: its history must not say so
@@ -310,11 +318,13 @@ def test_usage_page_shows_each_tenant_the_efficiency_of_its_own_namespaces(conso
         session.commit()
     cells = "() => Array.from(document.querySelectorAll('#usage-namespace-table .ag-row')).map(r => [r.querySelector('[col-id=namespace]').innerText, r.querySelector('[col-id=efficiency]').innerText])"
     page, errors = console.page_as("alice", "/usage")
+    page.click("#usage-details-namespace")
     page.wait_for_selector("#usage-namespace-table .ag-cell")
     assert page.evaluate(cells) == [["alpha-live", "30.0"]]
     assert "bravo-live" not in page.content() and _b_words(page.content()) == []
     page.context.close()
     page, admin_errors = console.page_as("ops-admin", "/usage")
+    page.click("#usage-details-namespace")
     page.wait_for_selector("#usage-namespace-table .ag-cell")
     assert sorted(page.evaluate(cells)) == [["alpha-live", "30.0"], ["bravo-live", "90.0"]]
     screenshot(page, "admin-usage-namespaces")

@@ -190,8 +190,9 @@ def test_budgets_show_their_forecast(world: World) -> None:
     assert budget_state(Decimal("85"), Decimal("90"), [50, 80, 100]) == "spent past 80 %"
     assert budget_state(Decimal("10"), Decimal("40"), [50, 80, 100]) == "on track"
     assert budget_state(Decimal("100"), Decimal("100"), [50, 80, 100]) == "over budget"
-    cells = [td.children for td in budget_table([row]).children.children[1].children[0].children]
-    assert cells[3:6] == ["€480.00", "€1,488.00", "148.8 %"]
+    (cells,) = budget_table([row]).children.rowData
+    assert (cells["spent"], cells["forecast"], cells["forecast_percent"], cells["state"]) == (
+        "€480.00", "€1,488.00", "148.8", "forecast to cross 100 %")
 
 
 def test_finance_charges_idle_and_scoping(world: World) -> None:

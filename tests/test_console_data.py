@@ -23,7 +23,7 @@ from dashboards.tenancy_data import (
     stacked_by_day,
     total_by,
 )
-from dashboards.pages.usage import efficiency_stats
+from dashboards.pages.usage import efficiency_stats, on_demand
 import metering.efficiency as efficiency_module
 from metering.efficiency import combined, efficiency_between
 from fleet.models import Gpu, Node
@@ -263,3 +263,8 @@ def test_sensor_readings_in_bytes_read_in_binary_units() -> None:
     assert [_value(v, u) for v, u in ((42949672960.0, "bytes"), (3 * 1024 ** 2, "bytes"), (512.0, "bytes"),
                                       (86.0, "celsius"), (None, "watts"))] == [
         "40.0 GiB", "3.0 MiB", "512 bytes", "86 celsius", "no reading"]
+
+
+def test_usage_details_say_how_to_open_a_per_lease_table_too_long_for_the_page() -> None:
+    hint = on_demand(1063)
+    assert hint.id == "usage-details-hint" and hint.children.startswith("1,063 leases in this range: choose a table above")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from plotly.offline import get_plotlyjs_version
 
-from dashboards.figures import BASIC_TRACES, bars, share_bars, time_markers, trace
+from dashboards.figures import BASIC_TRACES, bars, share_bars, stacked_bars, time_markers, trace
 
 DASHBOARDS = Path(__file__).parents[1] / "dashboards"
 BUNDLE = DASHBOARDS / "assets" / "vendor" / "plotly-basic.min.js"
@@ -51,6 +51,18 @@ def test_share_bars_draw_the_largest_shares_coloured_by_threshold() -> None:
     assert [shape["x0"] for shape in figure["layout"]["shapes"]] == [80, 100]
     few = share_bars("Budgets", "spent (%)", ["a", "b"], [10.0, 20.0], ["a", "b"], (50,), warn_at=[50, 50])
     assert few["layout"]["title"]["text"] == "Budgets" and few["data"][0]["y"] == ["b", "a"]
+
+
+def test_stacked_bars_fold_the_smallest_series_into_one_keeping_each_stack_exact() -> None:
+    stacks = {f"vdc-{n:02}": {"12-01": Decimal(n), "12-02": Decimal(2 * n)} for n in range(1, 11)}
+    figure = stacked_bars("GPU-hours per day", "day", "GPU-hours", stacks, empty_reason="none", most=4)
+    names = [t["name"] for t in figure["data"]]
+    assert names == ["other 7", "vdc-08", "vdc-09", "vdc-10"]  # the 3 largest, the other 7 summed
+    assert figure["data"][0]["y"] == [28.0, 56.0]  # 1 + ... + 7 and twice that
+    assert [sum(t["y"][day] for t in figure["data"]) for day in (0, 1)] == [55.0, 110.0]  # every stack as tall as before
+    assert figure["layout"]["title"]["text"] == "GPU-hours per day: the 3 largest of 10"
+    few = stacked_bars("GPU-hours per day", "day", "GPU-hours", dict(list(stacks.items())[:4]), empty_reason="none", most=4)
+    assert [t["name"] for t in few["data"]] == ["vdc-01", "vdc-02", "vdc-03", "vdc-04"]
 
 
 def test_hottest_nodes_put_nodes_on_the_y_axis_and_degrees_on_the_x_axis() -> None:

@@ -154,7 +154,7 @@ def test_console_sign_in_through_the_providers_form_with_pkce(sso: SSO) -> None:
     query = parse_qs(urlsplit(authorize_urls[0]).query)
     assert query["client_id"] == [CLIENT_ID] and query["code_challenge_method"] == ["S256"]
     assert len(query["code_challenge"][0]) == 43  # base64url(SHA-256(verifier)), no padding
-    page.wait_for_selector("#running-nodes .ag-cell", state="attached")  # the grid draws its rows once scrolled to
+    page.wait_for_selector("#usage-allocation-table .ag-cell", state="attached")  # the grid draws its rows once scrolled to
     assert page.inner_text("#current-user") == "oidc:rtyler" and "tenant-member" in page.inner_text("#topbar")
     text = page.inner_text("body")
     assert all(node in text for node in TENANT_A_NODES)

@@ -9,7 +9,7 @@ from decimal import Decimal
 import dash
 from dash import Input, Output, dcc, html
 
-from dashboards.components import data_grid, prefilled, section, stat, table, when
+from dashboards.components import data_grid, prefilled, section, stat, when
 from dashboards.context import console_context, current_principal, db_session
 from dashboards.cost_data import (
     bill_periods,
@@ -107,17 +107,25 @@ def budget_state(spent_percent: Decimal, forecast_percent: Decimal, thresholds: 
     return f"spent past {max(passed)} %" if passed else "on track"
 
 
+BUDGET_COLUMNS = (
+    {"field": "tenant", "headerName": "Tenant", "maxWidth": 160}, {"field": "budget", "headerName": "Budget"},
+    {"field": "amount", "headerName": "Amount"}, {"field": "spent", "headerName": "Spent"},
+    {"field": "forecast", "headerName": "Forecast at period end"},
+    {"field": "forecast_percent", "headerName": "Forecast (% of budget)", "numeric": True},
+    {"field": "state", "headerName": "State", "cellClassRules": {"warning": "params.data.state !== 'on track'"}},
+)
+
+
 def budget_table(rows: list[dict]) -> html.Div:
-    """Each budget's spend and forecast against its amount; a forecast that will cross the first
-    threshold is flagged before the spend does."""
-    body = []
-    for r in rows:
-        state = budget_state(r["percent"], r["forecast_percent"], r["thresholds"])
-        body.append((r["tenant"], r["name"], _amount(r["amount"], r["currency"]), _amount(r["spent"], r["currency"]),
-                     _amount(r["forecast"], r["currency"]), percent(r["forecast_percent"]),
-                     html.Span(state, className="warning" if state != "on track" else "")))
-    return table(("tenant", "budget", "amount", "spent", "forecast at period end", "forecast (% of budget)", ""), body,
-                 empty="No budget is set for these tenants.", element_id="budget-table")
+    """Each budget's spend and forecast against its amount, as a sortable grid (a virtualised grid:
+    200 budgets as an HTML table were ~1,600 elements to draw); a forecast that will cross the
+    first threshold is flagged before the spend does."""
+    return data_grid("budget-table", BUDGET_COLUMNS, [
+        {"tenant": r["tenant"], "budget": r["name"], "amount": _amount(r["amount"], r["currency"]),
+         "spent": _amount(r["spent"], r["currency"]), "forecast": _amount(r["forecast"], r["currency"]),
+         "forecast_percent": str(r["forecast_percent"]),
+         "state": budget_state(r["percent"], r["forecast_percent"], r["thresholds"])} for r in rows],
+        empty="No budget is set for these tenants.", max_height=300)
 
 
 ALERT_COLUMNS = (

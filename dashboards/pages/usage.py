@@ -9,12 +9,24 @@ from datetime import datetime
 from decimal import Decimal
 
 import dash
-from dash import Input, Output, dcc, html
+from dash import Input, Output, State, dcc, html
 from sqlmodel import Session
 
-from dashboards.components import data_grid, prefilled, range_bounds, range_picker, section, stat, table, when
+from dashboards.components import (
+    chosen_tab,
+    data_grid,
+    prefilled,
+    range_bounds,
+    range_picker,
+    stat,
+    tab_bar,
+    tab_inputs,
+    tab_outputs,
+    table,
+    when,
+)
 from dashboards.context import current_principal, db_session
-from dashboards.figures import Figure, bars, empty_figure, grouped_bars, stacked_bars
+from dashboards.figures import STACKS_SHOWN, Figure, bars, empty_figure, grouped_bars, stacked_bars
 from dashboards.numbers import money
 from dashboards.tenancy_data import (
     gpu_hours,
@@ -25,10 +37,11 @@ from dashboards.tenancy_data import (
     total_by,
     visible_tenants,
 )
+from fleet.leases import list_leases
 from kiln.auth import Principal
 from metering import skus
 from metering.allocation import AllocationRow, IdleFigures, allocation_rows, daily_gpu_hours
-from metering.efficiency import EfficiencyRow, combined, lease_figures, per_tenant
+from metering.efficiency import EfficiencyRow, LeaseFigures, combined, lease_figures, per_tenant
 from metering.namespace_efficiency import NamespaceEfficiencyRow, namespace_efficiency
 from metering.sku_labels import label
 from metering.usage import usage_totals
@@ -36,13 +49,20 @@ from metering.usage import usage_totals
 PATH = "/usage"
 ALL = "all"
 DEFAULT_RANGE = "7d"
+DEFAULT_TAB = "lease"
+# More leases than this (all tenants of a large fleet): the per-lease grid is drawn when its tab is chosen, not
+# with the page (a 1,000-row grid was ~0.5 s of a page over its 1.5 s target at 1,000 nodes).
+LEASES_WITH_THE_PAGE = 200
 COVERAGE_WARNING = Decimal("0.8")  # less of the allocation measured: the efficiency is a partial view
 OUTPUTS = (
     Output("usage-stats", "children"), Output("usage-by-day", "figure"), Output("usage-by-vdc", "figure"),
-    Output("usage-by-model", "figure"), Output("usage-quotas", "children"), Output("usage-nodes", "children"),
-    Output("usage-namespaces", "children"), Output("usage-alloc-vs-used", "figure"), Output("usage-allocation", "children"),
-    Output("usage-namespace-allocation", "children"),
+    Output("usage-by-model", "figure"), Output("usage-alloc-vs-used", "figure"),
 )
+DETAILS = "usage-details"
+# The detail tables, one drawn at a time (all four at once: ~1,000-row grids, a third of the page's time at 1,000 nodes).
+DETAIL_TABS = {"lease": "Per lease", "namespace": "Per Kubernetes namespace", "quotas": "Quotas this month",
+               "running": "Running now"}
+DETAIL_OUTPUTS = tab_outputs(DETAILS, DETAIL_TABS)
 
 
 def layout(**_: str) -> html.Div:
@@ -59,24 +79,14 @@ def layout(**_: str) -> html.Div:
             range_picker("usage-range", default=DEFAULT_RANGE),
         ], className="page-head"),
         html.Div(id="usage-stats", className="stats"),
-        dcc.Graph(id="usage-by-day"),
         dcc.Graph(id="usage-alloc-vs-used"),
-        section("Allocation: GPU-hours used of those allocated, per lease",
-                html.P("Efficiency is used ÷ measured GPU-hours; coverage is the share of the allocation with utilisation "
-                       "data. Idle GPU-hours were measured but unused; their cost is at the tenant's contracted GPU-hour "
-                       "price. Rows under 50 % efficient are highlighted as waste.", className="hint"),
-               html.Div(id="usage-allocation"), element_id="allocation"),
-        section("Allocation per Kubernetes namespace",
-                html.P("Allocated: the namespace's pods' GPU requests (a MIG instance counts its share of the GPU's "
-                       "compute). Measured and used: the utilisation of the GPUs its pods held, as the GPU exporter "
-                       "labels them.", className="hint"),
-                html.Div(id="usage-namespace-allocation"), element_id="namespace-allocation"),
+        dcc.Graph(id="usage-by-day"),
         html.Div([dcc.Graph(id="usage-by-vdc"), dcc.Graph(id="usage-by-model")], className="grid-2"),
-        section("Quotas this month", html.Div(id="usage-quotas")),
-        html.Div([section("Running nodes", html.Div(id="usage-nodes")),
-                  section("Kubernetes namespaces with GPUs", html.Div(id="usage-namespaces"))], className="grid-2"),
+        html.Section([html.H2("Details", id="usage-details-title"),
+                      tab_bar(DETAILS, DETAIL_TABS, DEFAULT_TAB, "Usage details")], className="card", id="details"),
     ])
-    return prefilled(page, OUTPUTS, update(ALL, DEFAULT_RANGE))
+    overview, details = first_paint(ALL, DEFAULT_RANGE)
+    return prefilled(page, (*OUTPUTS, *DETAIL_OUTPUTS), (*overview, *details))
 
 
 def _hours(value: Decimal | None) -> str:
@@ -102,41 +112,98 @@ def efficiency_stats(gpu_use: EfficiencyRow) -> list[html.Div]:
                  "warning" if gpu_use.coverage is not None and gpu_use.coverage < COVERAGE_WARNING else "")]
 
 
-def update(tenant_slug: str | None, choice: str | None) -> tuple:
-    """Every block of the page for the chosen tenant (within the caller's) and range."""
+def _scope(session: Session, principal: Principal, tenant_slug: str | None) -> tuple[int | None, str | None]:
+    """The tenant id to filter by (None: all the caller's; -1: a slug not among the caller's, so
+    nothing rather than everything) and its slug."""
+    tenant = {t.slug: t for t in visible_tenants(session, principal)}.get(tenant_slug or "")
+    if tenant is not None:
+        return tenant.id, tenant.slug
+    return (None if tenant_slug in (None, ALL) else -1), None
+
+
+def first_paint(tenant_slug: str | None, choice: str | None) -> tuple[tuple, tuple]:
+    """The overview and the default detail tab, sharing one read of the leases' utilisation."""
     principal = current_principal()
     start, end = range_bounds(choice)
     with db_session() as session:
-        tenants = {t.slug: t for t in visible_tenants(session, principal)}
-        tenant = tenants.get(tenant_slug or "")
-        tenant_id = tenant.id if tenant else None
-        if tenant_slug not in (None, ALL) and tenant is None:
-            tenant_id = -1  # not one of the caller's tenants: show nothing rather than everything
-        slices = gpu_hours(session, principal, start, end, tenant_id)
-        figures = lease_figures(session, principal, start, end, tenant_id=tenant_id)  # one pass over utilisation
-        gpu_use = combined(per_tenant(session, figures))
-        per_lease = allocation_rows(session, principal, start, end, tenant_id=tenant_id, figures=figures)
-        per_day = daily_gpu_hours(session, principal, start, end, tenant_id=tenant_id, figures=figures)
-        per_namespace = namespace_efficiency(session, principal, start, end, tenant_id=tenant_id)
-        quotas = [q for q in quota_rows(session, principal) if tenant is None or q["tenant"] == tenant.slug]
-        nodes = running_nodes(session, principal, tenant_id)
-        namespaces = running_namespaces(session, principal, tenant_id)
-        sku_totals = gpu_hours_by_sku(session, principal, start, end, tenant_id)
+        tenant_id, _ = _scope(session, principal, tenant_slug)
+        figures = lease_figures(session, principal, start, end, tenant_id=tenant_id)
+        overview = _overview(session, principal, start, end, tenant_id, figures)
+        if len(figures) > LEASES_WITH_THE_PAGE:
+            return overview, (on_demand(len(figures)), None, *(["false"] * len(DETAIL_TABS)))
+        panel = allocation_table(allocation_rows(session, principal, start, end, tenant_id=tenant_id, figures=figures))
+    _, selected = chosen_tab(DETAILS, DETAIL_TABS, DEFAULT_TAB)
+    return overview, (panel, DEFAULT_TAB, *selected)
+
+
+def on_demand(leases: int) -> html.P:
+    """What the details panel says when the per-lease table is too long to come with the page."""
+    return html.P(f"{leases:,} leases in this range: choose a table above (each is read when chosen; the per-lease "
+                  "table lists every lease with its efficiency and the cost of its idle GPU-hours).",
+                  className="hint", id="usage-details-hint")
+
+
+def update(tenant_slug: str | None, choice: str | None) -> tuple:
+    """The stats and charts for the chosen tenant (within the caller's) and range."""
+    principal = current_principal()
+    start, end = range_bounds(choice)
+    with db_session() as session:
+        tenant_id, _ = _scope(session, principal, tenant_slug)
+        return _overview(session, principal, start, end, tenant_id,
+                         lease_figures(session, principal, start, end, tenant_id=tenant_id))
+
+
+def _overview(session: Session, principal: Principal, start: datetime, end: datetime, tenant_id: int | None,
+              figures: list[LeaseFigures]) -> tuple:
+    slices = gpu_hours(session, principal, start, end, tenant_id)
+    gpu_use = combined(per_tenant(session, figures))
+    per_day = daily_gpu_hours(session, principal, start, end, tenant_id=tenant_id, figures=figures)
+    running = len(list_leases(session, principal, tenant_id=tenant_id, active=True)) if tenant_id != -1 else 0
+    sku_totals = gpu_hours_by_sku(session, principal, start, end, tenant_id)
     allocated = sum((s.gpu_hours for s in slices), Decimal(0))
     stats = [stat("GPU-hours allocated", _hours(allocated), "stat-allocated"), *efficiency_stats(gpu_use),
-             stat("nodes running", len(nodes), "stat-running")]
+             stat("nodes running", running, "stat-running")]
     why = "No leases in this range: nothing was allocated to these tenants."
     by_day = stacked_bars("GPU-hours allocated per day, by VDC", "day (UTC)", "GPU-hours", stacked_by_day(slices, "vdc"),
-                          empty_reason=why)
+                          empty_reason=why, most=STACKS_SHOWN)
     vdc_totals = total_by(slices, "vdc")
     by_vdc = bars("GPU-hours by VDC", "VDC", "GPU-hours", list(vdc_totals), list(vdc_totals.values()), empty_reason=why)
     by_model = bars("GPU-hours by GPU model and MIG profile (leases and Kubernetes pods)", "GPU model · MIG profile",
                     "GPU-hours", list(sku_totals), list(sku_totals.values()),
                     empty_reason="No metered GPU-hours in this range (usage is recorded by the hourly bills run).")
-    quota_table = data_grid("quota-table", QUOTA_COLUMNS, [
+    return stats, by_day, by_vdc, by_model, allocated_vs_used(per_day)
+
+
+def details(*args: object) -> tuple:
+    """The chosen detail tab's table for the chosen tenant (within the caller's) and range: only
+    that tab's data is read."""
+    *_, tenant_slug, choice, chosen = args
+    tab, selected = chosen_tab(DETAILS, DETAIL_TABS, chosen, dash.ctx.triggered_id)  # type: ignore[arg-type]
+    principal = current_principal()
+    start, end = range_bounds(choice)  # type: ignore[arg-type]
+    with db_session() as session:
+        tenant_id, slug = _scope(session, principal, tenant_slug)  # type: ignore[arg-type]
+        if tab == "lease":
+            panel = allocation_table(allocation_rows(session, principal, start, end, tenant_id=tenant_id))
+        elif tab == "namespace":
+            panel = namespace_allocation_table(namespace_efficiency(session, principal, start, end, tenant_id=tenant_id))
+        elif tab == "quotas":
+            panel = quota_table([q for q in quota_rows(session, principal) if tenant_id is None or q["tenant"] == slug])
+        else:
+            panel = running_tables(running_nodes(session, principal, tenant_id), running_namespaces(session, principal, tenant_id))
+    return (panel, tab, *selected)
+
+
+def quota_table(quotas: list[dict]) -> html.Div:
+    """Each VDC grant's use this month against its limits."""
+    return data_grid("quota-table", QUOTA_COLUMNS, [
         {"vdc": q["vdc"], "tenant": q["tenant"], "nodes": _limit(q["nodes"], q["max_nodes"]),
          "gpus": _limit(q["gpus"], q["max_gpus"]), "gpu_hours": _limit(q["gpu_hours"], q["max_gpu_hours"])} for q in quotas],
         empty="No VDC is granted to these tenants.")
+
+
+def running_tables(nodes: list[dict], namespaces: list[dict]) -> html.Div:
+    """The nodes leased now and the Kubernetes namespaces holding GPUs now."""
     node_table = data_grid("running-nodes", RUNNING_NODE_COLUMNS, [
         {"link": f"[{n['node']}](/nodes/{n['node']})", "tenant": n["tenant"], "vdc": n["vdc"], "gpus": n["gpus"],
          "state": n["state"], "since": when(n["since"])} for n in nodes], empty="No node is leased to these tenants now.")
@@ -144,8 +211,8 @@ def update(tenant_slug: str | None, choice: str | None) -> tuple:
                             [(n["namespace"], n["tenant"], f"{n['gpus'].normalize():f}", n["pods"]) for n in namespaces],
                             empty="No pod of these tenants requests GPUs now (or the Kubernetes collector is off).",
                             element_id="running-namespaces")
-    return (stats, by_day, by_vdc, by_model, quota_table, node_table, namespace_table, allocated_vs_used(per_day),
-            allocation_table(per_lease), namespace_allocation_table(per_namespace))
+    return html.Div([html.Div([html.H3("Nodes"), node_table]), html.Div([html.H3("Kubernetes namespaces with GPUs"),
+                                                                         namespace_table])], className="grid-2")
 
 
 def gpu_hours_by_sku(session: Session, principal: Principal, start: datetime, end: datetime,
@@ -213,21 +280,31 @@ def _efficiency_cells(r: IdleFigures) -> dict[str, object]:
             "idle_cost_text": "no price card" if r.idle_cost is None else money(r.idle_cost, r.currency), "waste": r.waste}
 
 
+ALLOCATION_HINT = ("Efficiency is used ÷ measured GPU-hours; coverage is the share of the allocation with utilisation data. "
+                   "Idle GPU-hours were measured but unused; their cost is at the tenant's contracted GPU-hour price. Rows "
+                   "under 50 % efficient are highlighted as waste.")
+NAMESPACE_HINT = ("Allocated: the namespace's pods' GPU requests (a MIG instance counts its share of the GPU's compute). "
+                  "Measured and used: the utilisation of the GPUs its pods held, as the GPU exporter labels them.")
+
+
 def allocation_table(rows: list[AllocationRow]) -> html.Div:
     """The allocation rows as a sortable grid (most idle cost first); waste rows highlighted."""
-    return data_grid("usage-allocation-table", ALLOCATION_COLUMNS, [
+    return html.Div([html.P(ALLOCATION_HINT, className="hint"), data_grid("usage-allocation-table", ALLOCATION_COLUMNS, [
         {"tenant": r.tenant, "node": r.node, "gpu_model": r.gpu_model, "gpus": str(r.gpus), **_efficiency_cells(r)}
-        for r in rows], empty="No leases in this range: nothing was allocated to these tenants.")
+        for r in rows], empty="No leases in this range: nothing was allocated to these tenants.")], id="allocation")
 
 
 def namespace_allocation_table(rows: list[NamespaceEfficiencyRow]) -> html.Div:
     """The per-namespace rows as a sortable grid (most idle cost first); waste rows highlighted."""
-    return data_grid("usage-namespace-table", NAMESPACE_COLUMNS, [
+    return html.Div([html.P(NAMESPACE_HINT, className="hint"), data_grid("usage-namespace-table", NAMESPACE_COLUMNS, [
         {"tenant": r.tenant or "(no tenant)", "namespace": r.namespace, **_efficiency_cells(r)} for r in rows],
-        empty="No pod of these tenants requested GPUs in this range (or the Kubernetes collector is off).")
+        empty="No pod of these tenants requested GPUs in this range (or the Kubernetes collector is off).")],
+        id="namespace-allocation")
 
 
 def register(app: dash.Dash) -> None:
     """Register the page and its callback on the console app."""
     dash.register_page(__name__, path=PATH, name="Usage", title="Usage — Kiln", layout=layout, order=3)
     app.callback(*OUTPUTS, Input("usage-tenant", "value"), Input("usage-range", "value"), prevent_initial_call=True)(update)
+    app.callback(*DETAIL_OUTPUTS, *tab_inputs(DETAILS, DETAIL_TABS), Input("usage-tenant", "value"),
+                 Input("usage-range", "value"), State(f"{DETAILS}-chosen", "data"), prevent_initial_call=True)(details)
