@@ -71,7 +71,8 @@ def sensor_events(session: Session, rows: Mapping[tuple[str, str, str], dict]) -
     stated = {key: row for key, row in rows.items() if row["state"] is not None and row["node_id"] is not None}
     if not stated:
         return
-    before = {(s.entity, s.metric, s.labels_key): s.state for s in session.exec(select(HealthSnapshot).where(
+    stored = select(HealthSnapshot.entity, HealthSnapshot.metric, HealthSnapshot.labels_key, HealthSnapshot.state)
+    before = {(s.entity, s.metric, s.labels_key): s.state for s in session.exec(stored.where(
         col(HealthSnapshot.entity).in_({e for e, _, _ in stated}), col(HealthSnapshot.metric).in_({m for _, m, _ in stated})))}
     for key, row in stated.items():
         known = key in before

@@ -119,29 +119,28 @@ def record_target_states(session: Session, collector: str, results: Sequence[Tar
     if not results:
         return []
     names = [r.target for r in results]
-    before = {row.target: row for row in session.exec(
-        select(CollectorTargetState).where(CollectorTargetState.collector == collector,
-                                           CollectorTargetState.target.in_(names)))}
-    transitions, changes = [], []
+    columns = (CollectorTargetState.target, CollectorTargetState.up, CollectorTargetState.last_attempt_at,
+               CollectorTargetState.last_success_at, CollectorTargetState.consecutive_failures)
+    before = {row.target: row for row in session.exec(select(*columns).where(
+        CollectorTargetState.collector == collector, col(CollectorTargetState.target).in_(names)))}
+    transitions, changes, rows = [], [], {}
     for result in results:
         if not result.polled:  # nothing learnt about it this cycle: no state change, no event
             continue
-        row = before.get(result.target) or CollectorTargetState(collector=collector, target=result.target)
-        was_up = row.up if row.last_attempt_at is not None else True  # a new target that fails is news
-        if was_up != result.ok and row.last_success_at is not None:  # news on the node only once it had answered
-            changes.append((result.target, result.ok, row.consecutive_failures))
-        row.up = result.ok
-        row.last_attempt_at = now
-        row.last_error = (result.error or None) and result.error[:ERROR_LIMIT]
-        row.skipped = dict(result.skipped)
-        if result.ok:
-            row.last_success_at = now
-            row.consecutive_failures = 0
-        else:
-            row.consecutive_failures += 1
+        row = before.get(result.target)
+        was_up = row.up if row is not None and row.last_attempt_at is not None else True  # a new target that fails is news
+        failures = row.consecutive_failures if row is not None else 0
+        success = row.last_success_at if row is not None else None
+        if was_up != result.ok and success is not None:  # news on the node only once it had answered
+            changes.append((result.target, result.ok, failures))
+        rows[result.target] = {
+            "collector": collector, "target": result.target, "up": result.ok, "last_attempt_at": now,
+            "last_error": (result.error or None) and result.error[:ERROR_LIMIT], "skipped": dict(result.skipped),
+            "last_success_at": now if result.ok else success, "consecutive_failures": 0 if result.ok else failures + 1}
         if was_up != result.ok:
             transitions.append(Transition(collector, result.target, result.ok, result.error))
-        session.add(row)
+    upsert(session, CollectorTargetState, list(rows.values()), ("collector", "target"),
+           ("up", "last_attempt_at", "last_error", "skipped", "last_success_at", "consecutive_failures"))
     bmc_events(session, collector, changes, now)
     session.flush()
     return transitions
@@ -244,7 +243,8 @@ def integrate_energy(session: Session, power: Sequence[Sample], node_ids: Mappin
             for (n, h), (kwh, secs) in by_counter.items()]
     if previous is None:
         known = {(row.entity, row.labels_key): (row.observed_at, row.value) for row in session.exec(
-            select(HealthSnapshot).where(HealthSnapshot.metric == POWER_METRIC,
+            select(HealthSnapshot.entity, HealthSnapshot.labels_key, HealthSnapshot.observed_at,
+                   HealthSnapshot.value).where(HealthSnapshot.metric == POWER_METRIC,
                                          col(HealthSnapshot.entity).in_([s.entity for s in power])))
             if row.value is not None} if power else {}
     else:
