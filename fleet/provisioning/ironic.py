@@ -3,13 +3,15 @@
 Every call makes one or two short HTTP requests and returns: state changes are started
 (`wait=False`) and Kiln polls `get`. The SDK's wait helpers (2 s polling) and its built-in
 409 retries (~16 s) are not used; a locked node (409 NodeLocked) is retried here for about
-3 s. A request whose connection was refused (nothing reached Ironic) is sent again up to
-twice, 0.2 s and 0.6 s later; so is one whose connection broke (reset by a saturated API
-server, a keep-alive connection closed under it) when sending it twice does no harm: reads,
-power on/off, maintenance, delete. Creating nodes and ports, provision-state changes,
-reboots and instance_info patches are not resent after a broken connection, since Ironic may
-have acted on them; their error says Ironic is unreachable. Errors become `DriverError`
-carrying Ironic's own message (see `ironic_errors`).
+3 s. The SDK is used without what a bulk action does not need (`ironic_proxy`): Ironic's API
+versions are asked once, a state change does not read the whole node back, and `get` reads
+Ironic's JSON without building SDK resources. A request whose connection was refused
+(nothing reached Ironic) is sent again up to twice, 0.2 s and 0.6 s later; so is one whose
+connection broke (reset by a saturated API server, a keep-alive connection closed under it)
+when sending it twice does no harm: reads, power on/off, maintenance, delete. Creating nodes
+and ports, provision-state changes, reboots and instance_info patches are not resent after a
+broken connection, since Ironic may have acted on them; their error says Ironic is
+unreachable. Errors become `DriverError` carrying Ironic's own message (see `ironic_errors`).
 
 Needs the `ironic` extra (openstacksdk).
 """
@@ -27,6 +29,7 @@ from fleet.bmc import IPMI_DEFAULT_PORT, BmcAddress, discover_redfish_system, pa
 from fleet.provisioning.actions import TRANSITIONS
 from fleet.provisioning.base import BackendNode, DriverError, Image, NodeTarget
 from fleet.provisioning.ironic_errors import SDK_ERRORS, is_conflict, may_resend, translate
+from fleet.provisioning.ironic_proxy import Baremetal, NotReadBack, get_fields
 from fleet.provisioning.states import PowerRequest, PowerState, ProvisionState
 
 T = TypeVar("T")
@@ -101,6 +104,7 @@ class IronicDriver:
             # keystoneauth takes one float; requests also takes (connect, read).
             connection.session.timeout = (min(5.0, timeout), timeout)
         self._conn = connection
+        self._baremetal = Baremetal(connection)
         self._redfish_verify_tls = redfish_verify_tls
         self._where = endpoint or _configured_endpoint(connection)
 
@@ -138,7 +142,7 @@ class IronicDriver:
 
     def get(self, node: NodeTarget) -> BackendNode:
         """The node's current state (one GET of the fields Kiln reads)."""
-        found = self._call(node, lambda bm: bm.get_node(_ident(node), fields=NODE_FIELDS), idempotent=True)
+        found = self._call(node, lambda bm: get_fields(bm, _ident(node), NODE_FIELDS), idempotent=True)
         return _backend_node(node.name, found)
 
     def list_all(self) -> list[BackendNode]:
@@ -158,7 +162,7 @@ class IronicDriver:
             self._set_instance_info(node, image)
         config_drive = config_drive_value(image.config_drive) if image is not None else None
         self._call_retrying_locked(
-            node, lambda bm: bm.set_node_provision_state(_ident(node), verb, config_drive=config_drive, wait=False)
+            node, lambda bm: NotReadBack.new(id=_ident(node)).set_provision_state(bm, verb, config_drive=config_drive)
         )
 
     def set_power(self, node: NodeTarget, state: str) -> None:
@@ -171,23 +175,25 @@ class IronicDriver:
     def set_maintenance(self, node: NodeTarget, on: bool, reason: str | None = None) -> None:
         """Put the node in maintenance (with `reason`) or take it out."""
         if on:
-            self._call_retrying_locked(node, lambda bm: bm.set_node_maintenance(_ident(node), reason=reason),
+            self._call_retrying_locked(node, lambda bm: NotReadBack.new(id=_ident(node)).set_maintenance(bm, reason),
                                        idempotent=True)
         else:
-            self._call_retrying_locked(node, lambda bm: bm.unset_node_maintenance(_ident(node)), idempotent=True)
+            self._call_retrying_locked(node, lambda bm: NotReadBack.new(id=_ident(node)).unset_maintenance(bm),
+                                       idempotent=True)
 
     # -- helpers --------------------------------------------------------------------------
 
     def _set_instance_info(self, node: NodeTarget, image: Image) -> None:
-        """PATCH instance_info with the image, removing checksum keys of a previous image."""
+        """PATCH instance_info with the image; checksum keys of a previous image that the
+        answer (the patched node) still shows are removed by a second PATCH."""
         wanted = {"image_source": image.url, **image_checksum_fields(image.checksum)}
-        current = self._call(node, lambda bm: bm.get_node(_ident(node), fields=["uuid", "instance_info"]),
-                             idempotent=True)
-        existing = current.instance_info or {}
         patch = [{"op": "add", "path": f"/instance_info/{key}", "value": value} for key, value in wanted.items()]
-        patch += [{"op": "remove", "path": f"/instance_info/{key}"}
-                  for key in CHECKSUM_KEYS if key in existing and key not in wanted]
-        self._call_retrying_locked(node, lambda bm: bm.patch_node(_ident(node), patch), uuid=current.id)
+        patched = self._call_retrying_locked(node, lambda bm: bm.patch_node(_ident(node), patch))
+        existing = patched.instance_info or {}
+        stale = [{"op": "remove", "path": f"/instance_info/{key}"}
+                 for key in CHECKSUM_KEYS if key in existing and key not in wanted]
+        if stale:
+            self._call_retrying_locked(node, lambda bm: bm.patch_node(_ident(node), stale), uuid=patched.id)
 
     def _call(self, node: NodeTarget | None, call: Callable[[Any], T], uuid: str | None = None, *,
               idempotent: bool = False) -> T:
@@ -195,7 +201,7 @@ class IronicDriver:
         is tried again after each of `RESEND_DELAYS` when `may_resend` allows it."""
         for attempt in range(len(RESEND_DELAYS) + 1):
             try:
-                return call(self._conn.baremetal)
+                return call(self._baremetal.get())
             except SDK_ERRORS as exc:
                 if attempt < len(RESEND_DELAYS) and may_resend(exc, idempotent):
                     time.sleep(RESEND_DELAYS[attempt])
@@ -231,7 +237,7 @@ class IronicDriver:
     def _delete_orphan(self, node: NodeTarget, uuid: str) -> str | None:
         """Delete a node whose enrollment failed half-way; what went wrong if that failed too."""
         try:
-            self._conn.baremetal.delete_node(uuid, ignore_missing=True)
+            self._baremetal.get().delete_node(uuid, ignore_missing=True)
         except SDK_ERRORS as exc:
             failure = translate(exc, where=self._where, uuid=uuid, name=node.name)
             return f"removing the half-enrolled Ironic node {uuid} also failed: {failure}"
