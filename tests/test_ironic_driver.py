@@ -221,7 +221,11 @@ def test_broken_connections_are_resent_only_when_that_is_harmless(driver: Ironic
         with pytest.raises(DriverError) as still_broken:
             flaky.list_all()
         assert still_broken.value.status == 502 and proxy.broken == 7
+        proxy.breaks = 1  # a node created over a broken connection: Ironic has none of that name, so sent again
+        made = flaky.enroll(fake_node("kiln-flaky-new"))
+        assert proxy.broken == 8 and [n.name for n in driver.list_all()].count("kiln-flaky-new") == 1
     driver.remove(node)
+    driver.remove(dataclasses.replace(fake_node("kiln-flaky-new"), external_id=made.external_id))
 
 
 def test_each_call_makes_only_the_requests_it_needs(driver: IronicDriver, ironic_url: str) -> None:

@@ -8,10 +8,10 @@ versions are asked once, a state change does not read the whole node back, and `
 Ironic's JSON without building SDK resources. A request whose connection was refused
 (nothing reached Ironic) is sent again up to twice, 0.2 s and 0.6 s later; so is one whose
 connection broke (reset by a saturated API server, a keep-alive connection closed under it)
-when sending it twice does no harm: reads, power on/off, maintenance, delete. Creating nodes
-and ports, provision-state changes, reboots and instance_info patches are not resent after a
-broken connection, since Ironic may have acted on them; their error says Ironic is
-unreachable. Errors become `DriverError` carrying Ironic's own message (see `ironic_errors`).
+when sending it twice does no harm: reads, power on/off, maintenance, delete, and creating a
+node that Ironic does not have by its name. Creating ports, provision-state changes, reboots
+and instance_info patches are not resent after a broken connection, since Ironic may have
+acted on them; their error says Ironic is unreachable. Errors become `DriverError` carrying Ironic's own message (see `ironic_errors`).
 
 Needs the `ironic` extra (openstacksdk).
 """
@@ -121,7 +121,7 @@ class IronicDriver:
         info = attrs["driver_info"]
         if "redfish_address" in info and not info["redfish_system_id"]:
             info["redfish_system_id"] = self._discover_system(node)
-        created = self._call(node, lambda bm: bm.create_node(**attrs))
+        created = self._create_node(node, attrs)
         if node.boot_mac:
             try:
                 self._call(node, lambda bm: bm.create_port(node_uuid=created.id, address=node.boot_mac),
@@ -194,6 +194,29 @@ class IronicDriver:
                  for key in CHECKSUM_KEYS if key in existing and key not in wanted]
         if stale:
             self._call_retrying_locked(node, lambda bm: bm.patch_node(_ident(node), stale), uuid=patched.id)
+
+    def _create_node(self, node: NodeTarget, attrs: dict[str, Any]) -> Any:
+        """POST /v1/nodes. After a broken connection it is sent again (after each of
+        `RESEND_DELAYS`) only when Ironic has no node of that name, i.e. never received it: a
+        saturated API server resets some of the new connections of a bulk import's first burst."""
+        for delay in (*RESEND_DELAYS, None):
+            try:
+                return self._call(node, lambda bm: bm.create_node(**attrs))
+            except DriverError as exc:
+                # broken, not refused (which `_call` already resent): did the request reach Ironic?
+                broken = may_resend(exc.__cause__, True) and not may_resend(exc.__cause__, False)
+                if delay is None or not broken or self._name_taken(node):
+                    raise
+            time.sleep(delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _name_taken(self, node: NodeTarget) -> bool:
+        """Whether Ironic has a node called `node.name` (or cannot say)."""
+        try:
+            self._call(node, lambda bm: get_fields(bm, node.name, ["uuid"]), idempotent=True)
+        except DriverError as exc:
+            return exc.status != 404
+        return True
 
     def _call(self, node: NodeTarget | None, call: Callable[[Any], T], uuid: str | None = None, *,
               idempotent: bool = False) -> T:
