@@ -3,9 +3,9 @@
 Every call makes one or two short HTTP requests and returns: state changes are started
 (`wait=False`) and Kiln polls `get`. The SDK's wait helpers (2 s polling) and its built-in
 409 retries (~16 s) are not used; a locked node (409 NodeLocked) is retried here for about
-3 s. The SDK is used without what a bulk action does not need (`ironic_proxy`): Ironic's API
-versions are asked once, a state change does not read the whole node back, and `get` reads
-Ironic's JSON without building SDK resources. A request whose connection was refused
+3 s. The SDK is used without what a bulk action does not need (`ironic_proxy`): a state
+change does not read the whole node back, and `get` reads Ironic's JSON without building SDK
+resources. A request whose connection was refused
 (nothing reached Ironic) is sent again up to twice, 0.2 s and 0.6 s later; so is one whose
 connection broke (reset by a saturated API server, a keep-alive connection closed under it)
 when sending it twice does no harm: reads, power on/off, maintenance, delete, and creating a
@@ -29,7 +29,7 @@ from fleet.bmc import IPMI_DEFAULT_PORT, BmcAddress, discover_redfish_system, pa
 from fleet.provisioning.actions import TRANSITIONS
 from fleet.provisioning.base import BackendNode, DriverError, Image, NodeTarget
 from fleet.provisioning.ironic_errors import SDK_ERRORS, is_conflict, may_resend, translate
-from fleet.provisioning.ironic_proxy import Baremetal, NotReadBack, get_fields
+from fleet.provisioning.ironic_proxy import NotReadBack, get_fields
 from fleet.provisioning.states import PowerRequest, PowerState, ProvisionState
 
 T = TypeVar("T")
@@ -104,7 +104,6 @@ class IronicDriver:
             # keystoneauth takes one float; requests also takes (connect, read).
             connection.session.timeout = (min(5.0, timeout), timeout)
         self._conn = connection
-        self._baremetal = Baremetal(connection)
         self._redfish_verify_tls = redfish_verify_tls
         self._where = endpoint or _configured_endpoint(connection)
 
@@ -224,7 +223,7 @@ class IronicDriver:
         is tried again after each of `RESEND_DELAYS` when `may_resend` allows it."""
         for attempt in range(len(RESEND_DELAYS) + 1):
             try:
-                return call(self._baremetal.get())
+                return call(self._conn.baremetal)
             except SDK_ERRORS as exc:
                 if attempt < len(RESEND_DELAYS) and may_resend(exc, idempotent):
                     time.sleep(RESEND_DELAYS[attempt])
@@ -260,7 +259,7 @@ class IronicDriver:
     def _delete_orphan(self, node: NodeTarget, uuid: str) -> str | None:
         """Delete a node whose enrollment failed half-way; what went wrong if that failed too."""
         try:
-            self._baremetal.get().delete_node(uuid, ignore_missing=True)
+            self._conn.baremetal.delete_node(uuid, ignore_missing=True)
         except SDK_ERRORS as exc:
             failure = translate(exc, where=self._where, uuid=uuid, name=node.name)
             return f"removing the half-enrolled Ironic node {uuid} also failed: {failure}"

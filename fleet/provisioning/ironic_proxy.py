@@ -4,8 +4,6 @@ A bulk action over hundreds of nodes polls every node many times while Ironic, o
 is the bottleneck (and the client shares the machine's CPUs with it). Per call the SDK does
 more than Kiln uses:
 
-- the first calls of many threads at once each ask Ironic for its API versions (GET / and
-  GET /v1/): `Baremetal` makes the proxy once, versions asked, under a lock;
 - after a provision-state or maintenance change it reads the whole node back (a GET of every
   field, which Kiln's next poll makes needless): `NotReadBack` does not;
 - a `get_node` builds SDK `Node` resources (about a hundred attributes each), twice the CPU of
@@ -15,36 +13,11 @@ more than Kiln uses:
 
 from __future__ import annotations
 
-import threading
 from types import SimpleNamespace
 from typing import Any
 
-import openstack.connection
 from openstack import exceptions, resource, utils
 from openstack.baremetal.v1.node import Node
-
-
-class Baremetal:
-    """A connection's baremetal proxy, made on first use by one thread, which asks Ironic for its
-    API versions before others use it. Until Ironic has answered that, the next use asks again
-    (an unreachable Ironic is reported by the request that needed the proxy)."""
-
-    def __init__(self, connection: openstack.connection.Connection) -> None:
-        self._conn = connection
-        self._lock = threading.Lock()
-        self._ready: Any = None
-
-    def get(self) -> Any:
-        """The proxy (an openstacksdk `baremetal.v1._proxy.Proxy`)."""
-        if self._ready is not None:
-            return self._ready
-        with self._lock:
-            if self._ready is None:
-                proxy = self._conn.baremetal
-                if Node._get_microversion(proxy) is not None:  # the version discovery
-                    self._ready = proxy
-                return proxy
-            return self._ready
 
 
 class NotReadBack(Node):
