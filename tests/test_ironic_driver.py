@@ -9,6 +9,7 @@ import socket
 import time
 import urllib.request
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import pytest
@@ -220,6 +221,42 @@ def test_broken_connections_are_resent_only_when_that_is_harmless(driver: Ironic
         with pytest.raises(DriverError) as still_broken:
             flaky.list_all()
         assert still_broken.value.status == 502 and proxy.broken == 7
+        proxy.breaks = 1  # a node created over a broken connection: Ironic has none of that name, so sent again
+        made = flaky.enroll(fake_node("kiln-flaky-new"))
+        assert proxy.broken == 8 and [n.name for n in driver.list_all()].count("kiln-flaky-new") == 1
+    driver.remove(node)
+    driver.remove(dataclasses.replace(fake_node("kiln-flaky-new"), external_id=made.external_id))
+
+
+def test_each_call_makes_only_the_requests_it_needs(driver: IronicDriver, ironic_url: str) -> None:
+    """Counted at a loopback proxy: a state change is one PUT (no read-back of the whole node),
+    a deploy adds one PATCH, and a poll is one GET."""
+    node = enrolled(driver, fake_node("kiln-count"))
+    with flaky_proxy(ironic_url) as proxy:
+        counted = IronicDriver(f"http://127.0.0.1:{proxy.port}")
+        with ThreadPoolExecutor(max_workers=20) as pool:  # twenty first calls at once, as a bulk action makes them
+            assert set(pool.map(lambda _: counted.get(node).provision_state, range(20))) == {S.ENROLL}
+
+        def requests_of(call: Callable[[], object]) -> int:
+            before = proxy.requests
+            call()
+            return proxy.requests - before
+
+        assert requests_of(lambda: counted.get(node)) == 1
+        assert requests_of(lambda: counted.set_provision_state(node, "manage")) == 1
+        wait_for(driver, node, settled)
+        assert requests_of(lambda: counted.set_provision_state(node, "provide")) == 1
+        wait_for(driver, node, settled)
+        assert requests_of(lambda: counted.set_provision_state(node, "active", Image("http://images.example/a.qcow2",
+                                                                                       SHA256))) == 2
+        assert wait_for(driver, node, settled).provision_state is S.ACTIVE
+        # a new kind of checksum: the previous one's keys, which the PATCH's answer shows, go in a second PATCH
+        assert requests_of(lambda: counted.set_provision_state(node, "rebuild", Image("http://images.example/b.qcow2",
+                                                                                        MD5))) == 3
+        assert wait_for(driver, node, settled).provision_state is S.ACTIVE
+        assert requests_of(lambda: counted.set_maintenance(node, True, "counted")) == 1
+        assert requests_of(lambda: counted.set_maintenance(node, False)) == 1
+    assert act(driver, node, "deleted").provision_state is S.AVAILABLE
     driver.remove(node)
 
 

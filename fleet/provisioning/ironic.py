@@ -3,13 +3,15 @@
 Every call makes one or two short HTTP requests and returns: state changes are started
 (`wait=False`) and Kiln polls `get`. The SDK's wait helpers (2 s polling) and its built-in
 409 retries (~16 s) are not used; a locked node (409 NodeLocked) is retried here for about
-3 s. A request whose connection was refused (nothing reached Ironic) is sent again up to
-twice, 0.2 s and 0.6 s later; so is one whose connection broke (reset by a saturated API
-server, a keep-alive connection closed under it) when sending it twice does no harm: reads,
-power on/off, maintenance, delete. Creating nodes and ports, provision-state changes,
-reboots and instance_info patches are not resent after a broken connection, since Ironic may
-have acted on them; their error says Ironic is unreachable. Errors become `DriverError`
-carrying Ironic's own message (see `ironic_errors`).
+3 s. The SDK is used without what a bulk action does not need (`ironic_proxy`): a state
+change does not read the whole node back, and `get` reads Ironic's JSON without building SDK
+resources. A request whose connection was refused
+(nothing reached Ironic) is sent again up to twice, 0.2 s and 0.6 s later; so is one whose
+connection broke (reset by a saturated API server, a keep-alive connection closed under it)
+when sending it twice does no harm: reads, power on/off, maintenance, delete, and creating a
+node that Ironic does not have by its name. Creating ports, provision-state changes, reboots
+and instance_info patches are not resent after a broken connection, since Ironic may have
+acted on them; their error says Ironic is unreachable. Errors become `DriverError` carrying Ironic's own message (see `ironic_errors`).
 
 Needs the `ironic` extra (openstacksdk).
 """
@@ -27,6 +29,7 @@ from fleet.bmc import IPMI_DEFAULT_PORT, BmcAddress, discover_redfish_system, pa
 from fleet.provisioning.actions import TRANSITIONS
 from fleet.provisioning.base import BackendNode, DriverError, Image, NodeTarget
 from fleet.provisioning.ironic_errors import SDK_ERRORS, is_conflict, may_resend, translate
+from fleet.provisioning.ironic_proxy import NotReadBack, get_fields
 from fleet.provisioning.states import PowerRequest, PowerState, ProvisionState
 
 T = TypeVar("T")
@@ -117,7 +120,7 @@ class IronicDriver:
         info = attrs["driver_info"]
         if "redfish_address" in info and not info["redfish_system_id"]:
             info["redfish_system_id"] = self._discover_system(node)
-        created = self._call(node, lambda bm: bm.create_node(**attrs))
+        created = self._create_node(node, attrs)
         if node.boot_mac:
             try:
                 self._call(node, lambda bm: bm.create_port(node_uuid=created.id, address=node.boot_mac),
@@ -138,7 +141,7 @@ class IronicDriver:
 
     def get(self, node: NodeTarget) -> BackendNode:
         """The node's current state (one GET of the fields Kiln reads)."""
-        found = self._call(node, lambda bm: bm.get_node(_ident(node), fields=NODE_FIELDS), idempotent=True)
+        found = self._call(node, lambda bm: get_fields(bm, _ident(node), NODE_FIELDS), idempotent=True)
         return _backend_node(node.name, found)
 
     def list_all(self) -> list[BackendNode]:
@@ -158,7 +161,7 @@ class IronicDriver:
             self._set_instance_info(node, image)
         config_drive = config_drive_value(image.config_drive) if image is not None else None
         self._call_retrying_locked(
-            node, lambda bm: bm.set_node_provision_state(_ident(node), verb, config_drive=config_drive, wait=False)
+            node, lambda bm: NotReadBack.new(id=_ident(node)).set_provision_state(bm, verb, config_drive=config_drive)
         )
 
     def set_power(self, node: NodeTarget, state: str) -> None:
@@ -171,23 +174,48 @@ class IronicDriver:
     def set_maintenance(self, node: NodeTarget, on: bool, reason: str | None = None) -> None:
         """Put the node in maintenance (with `reason`) or take it out."""
         if on:
-            self._call_retrying_locked(node, lambda bm: bm.set_node_maintenance(_ident(node), reason=reason),
+            self._call_retrying_locked(node, lambda bm: NotReadBack.new(id=_ident(node)).set_maintenance(bm, reason),
                                        idempotent=True)
         else:
-            self._call_retrying_locked(node, lambda bm: bm.unset_node_maintenance(_ident(node)), idempotent=True)
+            self._call_retrying_locked(node, lambda bm: NotReadBack.new(id=_ident(node)).unset_maintenance(bm),
+                                       idempotent=True)
 
     # -- helpers --------------------------------------------------------------------------
 
     def _set_instance_info(self, node: NodeTarget, image: Image) -> None:
-        """PATCH instance_info with the image, removing checksum keys of a previous image."""
+        """PATCH instance_info with the image; checksum keys of a previous image that the
+        answer (the patched node) still shows are removed by a second PATCH."""
         wanted = {"image_source": image.url, **image_checksum_fields(image.checksum)}
-        current = self._call(node, lambda bm: bm.get_node(_ident(node), fields=["uuid", "instance_info"]),
-                             idempotent=True)
-        existing = current.instance_info or {}
         patch = [{"op": "add", "path": f"/instance_info/{key}", "value": value} for key, value in wanted.items()]
-        patch += [{"op": "remove", "path": f"/instance_info/{key}"}
-                  for key in CHECKSUM_KEYS if key in existing and key not in wanted]
-        self._call_retrying_locked(node, lambda bm: bm.patch_node(_ident(node), patch), uuid=current.id)
+        patched = self._call_retrying_locked(node, lambda bm: bm.patch_node(_ident(node), patch))
+        existing = patched.instance_info or {}
+        stale = [{"op": "remove", "path": f"/instance_info/{key}"}
+                 for key in CHECKSUM_KEYS if key in existing and key not in wanted]
+        if stale:
+            self._call_retrying_locked(node, lambda bm: bm.patch_node(_ident(node), stale), uuid=patched.id)
+
+    def _create_node(self, node: NodeTarget, attrs: dict[str, Any]) -> Any:
+        """POST /v1/nodes. After a broken connection it is sent again (after each of
+        `RESEND_DELAYS`) only when Ironic has no node of that name, i.e. never received it: a
+        saturated API server resets some of the new connections of a bulk import's first burst."""
+        for delay in (*RESEND_DELAYS, None):
+            try:
+                return self._call(node, lambda bm: bm.create_node(**attrs))
+            except DriverError as exc:
+                # broken, not refused (which `_call` already resent): did the request reach Ironic?
+                broken = may_resend(exc.__cause__, True) and not may_resend(exc.__cause__, False)
+                if delay is None or not broken or self._name_taken(node):
+                    raise
+            time.sleep(delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _name_taken(self, node: NodeTarget) -> bool:
+        """Whether Ironic has a node called `node.name` (or cannot say)."""
+        try:
+            self._call(node, lambda bm: get_fields(bm, node.name, ["uuid"]), idempotent=True)
+        except DriverError as exc:
+            return exc.status != 404
+        return True
 
     def _call(self, node: NodeTarget | None, call: Callable[[Any], T], uuid: str | None = None, *,
               idempotent: bool = False) -> T:

@@ -69,12 +69,15 @@ def db_session() -> Iterator[Session]:
 
 
 def progress_bar() -> Progress:
-    """A transient progress bar (description, bar, done/total, elapsed) for long CLI work."""
+    """A transient progress bar (description, bar, done/total, elapsed) for long CLI work.
+
+    Off when output goes to a file or pipe: a transient bar shows nothing there, and its
+    refresh thread would still redraw it ten times a second."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # only long work pays for it
 
     return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True,
+        console=console, transient=True, disable=not console.is_terminal,
     )
 
 
