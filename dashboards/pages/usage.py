@@ -20,6 +20,7 @@ from dashboards.tenancy_data import (
     gpu_hours,
     quota_rows,
     running_namespaces,
+    running_instances,
     running_nodes,
     stacked_by_day,
     total_by,
@@ -120,6 +121,7 @@ def update(tenant_slug: str | None, choice: str | None) -> tuple:
         per_namespace = namespace_efficiency(session, principal, start, end, tenant_id=tenant_id)
         quotas = [q for q in quota_rows(session, principal) if tenant is None or q["tenant"] == tenant.slug]
         nodes = running_nodes(session, principal, tenant_id)
+        instances = running_instances(session, principal, tenant_id)
         namespaces = running_namespaces(session, principal, tenant_id)
         sku_totals = gpu_hours_by_sku(session, principal, start, end, tenant_id)
     allocated = sum((s.gpu_hours for s in slices), Decimal(0))
@@ -139,7 +141,10 @@ def update(tenant_slug: str | None, choice: str | None) -> tuple:
         empty="No VDC is granted to these tenants.")
     node_table = data_grid("running-nodes", RUNNING_NODE_COLUMNS, [
         {"link": f"[{n['node']}](/nodes/{n['node']})", "tenant": n["tenant"], "vdc": n["vdc"], "gpus": n["gpus"],
-         "state": n["state"], "since": when(n["since"])} for n in nodes], empty="No node is leased to these tenants now.")
+         "state": n["state"], "since": when(n["since"])} for n in nodes] + [
+        {"link": f"[{i['node']}](/nodes/{i['node']})", "tenant": i["tenant"], "vdc": i["vdc"], "gpus": i["gpus"],
+         "state": "GPU instance", "since": when(i["since"])} for i in instances],
+        empty="No node or GPU instance is leased to these tenants now.")
     namespace_table = table(("namespace", "tenant", "GPUs requested", "pods"),
                             [(n["namespace"], n["tenant"], f"{n['gpus'].normalize():f}", n["pods"]) for n in namespaces],
                             empty="No pod of these tenants requests GPUs now (or the Kubernetes collector is off).",
@@ -189,7 +194,7 @@ EFFICIENCY_COLUMNS = (
 )
 ALLOCATION_COLUMNS = (
     {"field": "tenant", "headerName": "Tenant", "maxWidth": 140}, {"field": "node", "headerName": "Node"},
-    {"field": "gpu_model", "headerName": "GPU model"}, {"field": "gpus", "headerName": "GPUs", "numeric": True, "maxWidth": 90},
+    {"field": "gpu_model", "headerName": "GPU model"}, {"field": "gpus", "headerName": "GPUs", "maxWidth": 150},
     *EFFICIENCY_COLUMNS,
 )
 NAMESPACE_COLUMNS = (
@@ -216,7 +221,8 @@ def _efficiency_cells(r: IdleFigures) -> dict[str, object]:
 def allocation_table(rows: list[AllocationRow]) -> html.Div:
     """The allocation rows as a sortable grid (most idle cost first); waste rows highlighted."""
     return data_grid("usage-allocation-table", ALLOCATION_COLUMNS, [
-        {"tenant": r.tenant, "node": r.node, "gpu_model": r.gpu_model, "gpus": str(r.gpus), **_efficiency_cells(r)}
+        {"tenant": r.tenant, "node": r.node, "gpu_model": r.gpu_model,
+         "gpus": str(r.gpus) if r.profile is None else f"GPU {r.gpu_index} · {r.profile}", **_efficiency_cells(r)}
         for r in rows], empty="No leases in this range: nothing was allocated to these tenants.")
 
 
