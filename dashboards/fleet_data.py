@@ -19,7 +19,7 @@ from collectors.models import CollectorTargetState, HealthSnapshot, Rollup5m
 from collectors.store import POWER_METRIC, TEMPERATURE_METRIC
 from fleet.models import Gpu, Node
 from fleet.nodes import list_nodes, visible
-from fleet.tenancy_models import Lease, Vdc
+from fleet.tenancy_models import GpuInstanceLease, Lease, Vdc
 from fleet.usage import in_force
 from fleet.vdcs import member_node_ids
 from kiln.auth import Principal
@@ -53,6 +53,14 @@ def node_rows(session: Session, principal: Principal) -> list[dict[str, Any]]:
         select(Lease.node_id, Tenant.slug).join(Tenant, Tenant.id == Lease.tenant_id)
         .where(in_force(utcnow()), col(Lease.node_id).in_(ids))
     ).all())
+    if principal.sees_all_tenants:  # the column is admins' only: a GPU instance lease names its GPU and profile
+        for node_id, slug, index, profile in session.exec(
+                select(GpuInstanceLease.node_id, Tenant.slug, GpuInstanceLease.gpu_index, GpuInstanceLease.profile)
+                .join(Tenant, Tenant.id == GpuInstanceLease.tenant_id)
+                .where(in_force(utcnow(), GpuInstanceLease), col(GpuInstanceLease.node_id).in_(ids))
+                .order_by(GpuInstanceLease.gpu_index, Tenant.slug)).all():
+            held = f"{slug} (GPU {index} · {profile})"
+            holders[node_id] = f"{holders[node_id]}, {held}" if node_id in holders else held
     vdcs = vdc_names_by_node(session) if principal.sees_all_tenants else {}
     return [
         {

@@ -26,6 +26,7 @@ from collectors.store import (
     TEMPERATURE_MAX_ROLLUP,
 )
 from dashboards.fleet_data import Point
+from dashboards.tenancy_data import running_instances
 from fleet.health import bmc_status
 from fleet.node_history import current_lease, history_window, visible_events
 from fleet.nodes import get_node_by_name, to_public
@@ -49,6 +50,7 @@ class NodeDetail:
     sensors: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     bmc: str = "not polled yet"  # how the IPMI collector's polls of the BMC go (`bmc_text`)
+    instances: list[dict[str, Any]] = field(default_factory=list)  # GPU instance leases in force (the caller's)
 
 
 def node_detail(session: Session, principal: Principal, name: str, event_limit: int = 50) -> NodeDetail:
@@ -57,7 +59,8 @@ def node_detail(session: Session, principal: Principal, name: str, event_limit: 
     public = to_public(session, principal, [node])[0]
     lease = current_lease(session, principal, node.id)
     return NodeDetail(public, lease, sensors(session, node.id, public), events(session, principal, node.id, lease, event_limit),
-                      bmc_text(*bmc_status(session, principal, node.name, node.bmc_driver)))
+                      bmc_text(*bmc_status(session, principal, node.name, node.bmc_driver)),
+                      running_instances(session, principal, node_id=node.id))
 
 
 def bmc_text(up: bool | None, last_success: datetime | None, error: str | None) -> str:

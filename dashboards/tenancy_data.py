@@ -1,5 +1,5 @@
-"""Data for the usage and VDC pages: GPU-hours from leases, quotas, running nodes (efficiency is
-`metering.efficiency`).
+"""Data for the usage and VDC pages: GPU-hours from leases (whole nodes, and GPU instances by their
+compute fraction), quotas, running nodes and instances (efficiency is `metering.efficiency`).
 
 Leases are read through `Principal.scope` (a tenant sees only its own), VDCs through
 `fleet.vdcs.list_vdcs`/`to_public` (grants of other tenants are left out for tenant roles),
@@ -18,9 +18,12 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from collectors.models import K8sAllocation
+from collectors.mig_profiles import compute_fraction
 from fleet import leases as lease_service
+from fleet.instance_leases import list_instance_leases
+from fleet.instance_leases import to_public as instance_public
 from fleet.models import Gpu, Node
-from fleet.tenancy_models import Lease, Vdc
+from fleet.tenancy_models import GpuInstanceLease, Lease, Vdc
 from fleet.tenancy_schemas import VdcPublic
 from fleet.usage import HOURS_QUANTUM, overlapping
 from fleet.vdcs import list_vdcs, to_public
@@ -47,11 +50,17 @@ def visible_tenants(session: Session, principal: Principal) -> list[Tenant]:
     return list(session.exec(principal.scope(select(Tenant).order_by(Tenant.slug), Tenant.id)).all())
 
 
-def _leases(session: Session, principal: Principal, start: datetime, end: datetime, tenant_id: int | None) -> list[Lease]:
-    statement = principal.scope(select(Lease).where(overlapping(start, end)), Lease.tenant_id)
+def _leases(session: Session, principal: Principal, start: datetime, end: datetime, tenant_id: int | None,
+            model: type[Lease] | type[GpuInstanceLease] = Lease) -> list:
+    statement = principal.scope(select(model).where(overlapping(start, end, model)), model.tenant_id)
     if tenant_id is not None:
-        statement = statement.where(Lease.tenant_id == tenant_id)
-    return list(session.exec(statement.order_by(Lease.id)).all())
+        statement = statement.where(model.tenant_id == tenant_id)
+    return list(session.exec(statement.order_by(model.id)).all())
+
+
+def _instance_weight(model: str, profile: str) -> dict[str, Decimal]:
+    fraction = compute_fraction(model, profile)
+    return {model: Decimal(fraction.numerator) / fraction.denominator}
 
 
 def _day_segments(start: datetime, end: datetime) -> list[tuple[date, Decimal]]:
@@ -74,17 +83,23 @@ def gpu_hours(
     """GPU-hours allocated by lease over [start, end) (open leases count up to now), per day/VDC/model."""
     now = now or utcnow()
     leases = _leases(session, principal, start, end, tenant_id)
+    instances = _leases(session, principal, start, end, tenant_id, GpuInstanceLease)
     models: dict[int, Counter[str]] = defaultdict(Counter)
-    node_ids = sorted({lease.node_id for lease in leases})
-    for node_id, model in session.exec(select(Gpu.node_id, Gpu.model).where(col(Gpu.node_id).in_(node_ids))):
+    gpu_models: dict[tuple[int, int], str] = {}
+    node_ids = sorted({lease.node_id for lease in leases + instances})
+    for node_id, index, model in session.exec(select(Gpu.node_id, Gpu.index, Gpu.model).where(col(Gpu.node_id).in_(node_ids))):
         models[node_id][model] += 1
+        gpu_models[(node_id, index)] = model
+    # a GPU instance lease: its GPU's model, weighted by the profile's compute fraction
+    weights = {lease.id: models[lease.node_id] for lease in leases}
+    parts = {i.id: _instance_weight(gpu_models.get((i.node_id, i.gpu_index), "?"), i.profile) for i in instances}
     slugs = dict(session.exec(select(Tenant.id, Tenant.slug)).all())
     vdcs = dict(session.exec(select(Vdc.id, Vdc.name)).all())
     totals: dict[tuple[date, str, str, str], Decimal] = defaultdict(Decimal)
-    for lease in leases:
+    for lease, counts in [(lease, weights[lease.id]) for lease in leases] + [(i, parts[i.id]) for i in instances]:
         held_from, held_to = max(lease.starts_at, start), min(lease.ends_at or now, end, now)
         for day, hours in _day_segments(held_from, held_to):
-            for model, count in models[lease.node_id].items():
+            for model, count in counts.items():
                 key = (day, slugs.get(lease.tenant_id, "?"), vdcs.get(lease.vdc_id, "no VDC"), model)
                 totals[key] += hours * count
     return [UsageSlice(*key, value.quantize(HOURS_QUANTUM)) for key, value in sorted(totals.items()) if value > 0]
@@ -104,6 +119,16 @@ def stacked_by_day(slices: list[UsageSlice], attribute: str) -> dict[str, dict[s
     for s in slices:
         out[str(getattr(s, attribute))][s.day.isoformat()] += s.gpu_hours
     return {k: dict(v) for k, v in out.items()}
+
+
+def running_instances(session: Session, principal: Principal, tenant_id: int | None = None, node_id: int | None = None
+                      ) -> list[dict[str, Any]]:
+    """GPU instance leases in force now (the caller's tenants only; of one node with `node_id`), with
+    node, GPU index, model, profile (and the part of the GPU it is), VDC and start; newest first."""
+    instances = list_instance_leases(session, principal, tenant_id=tenant_id, node_id=node_id, active=True)
+    return [{"node": p.node, "tenant": p.tenant, "vdc": p.vdc or "—", "since": p.starts_at, "gpu_index": p.gpu_index,
+             "profile": p.profile, "gpus": f"GPU {p.gpu_index} · {p.profile} ({p.compute_fraction} of a {p.gpu_model})"}
+            for p in instance_public(session, instances)]
 
 
 def running_nodes(session: Session, principal: Principal, tenant_id: int | None = None) -> list[dict[str, Any]]:

@@ -6,7 +6,8 @@ weighted by their real interval). *Idle* GPU-hours are measured but unused (meas
 time without utilisation data is not called idle, it lowers the coverage instead. Their cost is
 priced like the bill prices GPU-hours: the node's GPU model's price card in force at the window's
 last hour (`metering.rating.card_at`), less the tenant's contract discount (`discounted`), rounded
-at the currency's minor unit; None without a card. A row is *waste* when its efficiency is under
+at the currency's minor unit; None without a card. A GPU instance lease's row is its GPU's model
+and profile, priced as the bill prices the instance (the profile's card, else the GPU's). A row is *waste* when its efficiency is under
 `WASTE_BELOW` with enough coverage to say so (`MIN_COVERAGE`).
 """
 
@@ -15,12 +16,12 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from datetime import datetime, timedelta
 from decimal import Decimal
+from fractions import Fraction
 
 from pydantic import BaseModel
 from sqlmodel import Session, col, select
 
 from fleet.models import Gpu, Node
-from fleet.usage import MICROS_PER_HOUR, lease_gpu_micros
 from kiln.auth import Principal
 from kiln.db import utcnow
 from kiln.models import Tenant
@@ -50,21 +51,31 @@ class IdleFigures(BaseModel):
 
 
 class AllocationRow(IdleFigures):
-    """One lease in the window: whose, which node, and its `IdleFigures`."""
+    """One lease in the window: whose, which node (and for a GPU instance lease which GPU and
+    profile), and its `IdleFigures`."""
 
     lease_id: int
+    kind: str = "node"  # "node": a whole-node lease; "instance": a GPU instance lease (ids are per kind)
     tenant: str
     node: str
     gpu_model: str
     gpus: int
+    gpu_index: int | None = None
+    profile: str | None = None
     starts_at: datetime
     ends_at: datetime | None
 
 
-def idle_cost(cards: list[CardView], model: str, at: datetime, idle: Decimal, percent: Decimal, currency: str) -> Decimal | None:
+def idle_cost(cards: list[CardView], model: str, at: datetime, idle: Decimal, percent: Decimal, currency: str,
+              profile: str | None = None, fraction: Fraction = Fraction(1)) -> Decimal | None:
     """`idle` GPU-hours of `model` priced by its card in force at `at`'s hour, less `percent`
-    discount, rounded at the currency's minor unit; None without a card."""
-    card = card_at(cards, skus.gpu_hour(model), at.replace(minute=0, second=0, microsecond=0))
+    discount, rounded at the currency's minor unit; None without a card. For a MIG `profile`
+    (`fraction` of a GPU) its own card prices the idle instance-hours (idle ÷ fraction) where
+    there is one, as the bill does (`metering.instance_usage`)."""
+    hour = at.replace(minute=0, second=0, microsecond=0)
+    card = card_at(cards, skus.gpu_hour(model, profile if fraction else None), hour)  # the profile's, else the GPU's
+    if card is not None and card.sku != skus.gpu_hour(model):
+        return round_amount(idle * fraction.denominator / fraction.numerator * discounted(card.unit_price, percent), currency)
     return None if card is None else round_amount(idle * discounted(card.unit_price, percent), currency)
 
 
@@ -82,12 +93,14 @@ def allocation_rows(
     node_ids = {f.lease.node_id for f in figures}
     names = dict(session.exec(select(Node.id, Node.name).where(col(Node.id).in_(node_ids))).all())
     models: dict[int, Counter[str]] = defaultdict(Counter)
-    for node_id, model in session.exec(select(Gpu.node_id, Gpu.model).where(col(Gpu.node_id).in_(node_ids))).all():
+    instance_models: dict[tuple[int, int], str] = {}
+    for node_id, index, model in session.exec(select(Gpu.node_id, Gpu.index, Gpu.model).where(col(Gpu.node_id).in_(node_ids))).all():
         models[node_id][model] += 1
+        instance_models[(node_id, index)] = model
     slugs = dict(session.exec(select(Tenant.id, Tenant.slug)).all())
     cards = card_views(cards_overlapping(session, start, stop)) if stop > start else []
     currency, discounts = billing_currency(session, cards), current_discounts(session)
-    rows = [_row(f, names, models, slugs, cards, currency, discounts.get(f.lease.tenant_id, ZERO), stop) for f in figures]
+    rows = [_row(f, names, models, instance_models, slugs, cards, currency, discounts.get(f.lease.tenant_id, ZERO), stop) for f in figures]
     return sorted(rows, key=lambda r: (-(r.idle_cost or ZERO), -r.idle_gpu_hours, r.tenant, r.node))
 
 
@@ -107,24 +120,31 @@ def daily_gpu_hours(
         window = (max(day, start), min(day + timedelta(days=1), stop))
         held = [f for f in figures if f.lease.starts_at < window[1] and (f.lease.ends_at is None or f.lease.ends_at > window[0])]
         if held:
-            allocated = sum((Decimal(lease_gpu_micros(f.lease, f.gpus, *window)) for f in held), ZERO) / MICROS_PER_HOUR
+            allocated = sum((f.allocated_between(*window) for f in held), ZERO)
             used = sum((f.days.get(day.date(), (ZERO, ZERO))[1] for f in held), ZERO)
             out[day.date().isoformat()] = (allocated.quantize(PLACES), used.quantize(PLACES))
         day += timedelta(days=1)
     return out
 
 
-def _row(f: LeaseFigures, names: dict, models: dict, slugs: dict, cards: list[CardView], currency: str, percent: Decimal,
-         stop: datetime) -> AllocationRow:
-    model = models[f.lease.node_id].most_common(1)[0][0] if models[f.lease.node_id] else "none"
+def _row(f: LeaseFigures, names: dict, models: dict, instance_models: dict, slugs: dict, cards: list[CardView],
+         currency: str, percent: Decimal, stop: datetime) -> AllocationRow:
+    instance = f.instance
+    if instance is not None:
+        model = instance_models.get((instance.node_id, instance.gpu_index), "none")
+    else:
+        model = models[f.lease.node_id].most_common(1)[0][0] if models[f.lease.node_id] else "none"
     idle = max(f.measured - f.used, ZERO)
     last_hour = min(f.lease.ends_at or stop, stop) - timedelta(microseconds=1)
     efficiency = (f.used / f.measured).quantize(PLACES) if f.measured else None
     coverage = (f.measured / f.allocated).quantize(PLACES) if f.allocated else None
     return AllocationRow(
-        lease_id=f.lease.id, tenant=slugs.get(f.lease.tenant_id, "?"), node=names.get(f.lease.node_id, "?"), gpu_model=model,
-        gpus=f.gpus, starts_at=f.lease.starts_at, ends_at=f.lease.ends_at,
+        lease_id=f.lease.id, kind="node" if instance is None else "instance", tenant=slugs.get(f.lease.tenant_id, "?"),
+        node=names.get(f.lease.node_id, "?"), gpu_model=model, gpus=f.gpus,
+        gpu_index=None if instance is None else instance.gpu_index, profile=None if instance is None else instance.profile,
+        starts_at=f.lease.starts_at, ends_at=f.lease.ends_at,
         allocated_gpu_hours=f.allocated.quantize(PLACES), measured_gpu_hours=f.measured.quantize(PLACES),
         used_gpu_hours=f.used.quantize(PLACES), idle_gpu_hours=idle.quantize(PLACES), efficiency=efficiency, coverage=coverage,
-        idle_cost=idle_cost(cards, model, last_hour, idle, percent, currency), currency=currency,
+        idle_cost=idle_cost(cards, model, last_hour, idle, percent, currency, instance and instance.profile, f.fraction),
+        currency=currency,
         waste=efficiency is not None and efficiency < WASTE_BELOW and coverage is not None and coverage >= MIN_COVERAGE)

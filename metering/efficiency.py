@@ -12,8 +12,10 @@ inside the lease and the range give:
 - *used* GPU-hours: Σ mean utilisation × that interval.
 
 *Allocated* GPU-hours are GPUs × leased time in the range (`fleet.usage.lease_gpu_micros`, what
-the lease usage records bill). Efficiency = used ÷ measured (None without measurements);
-coverage = measured ÷ allocated (how much of the allocation had utilisation data). Utilisation
+the lease usage records bill). A GPU instance lease counts alike, its one GPU weighted by its
+profile's compute fraction (allocated, measured and used), measured by its MIG instance's series
+(`metering.instance_efficiency`; not measured where that instance cannot be told). Efficiency =
+used ÷ measured (None without measurements); coverage = measured ÷ allocated (how much of the allocation had utilisation data). Utilisation
 is a measurement, not money: it is reported to 4 decimal places.
 """
 
@@ -24,18 +26,21 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from fractions import Fraction
 
 from pydantic import BaseModel
 from sqlmodel import Session, col, or_, select
 
+from collectors.mig_profiles import compute_fraction
 from collectors.models import Rollup5m
 from collectors.store import BUCKET, GPU_UTIL_ROLLUP
 from fleet.models import Gpu
-from fleet.tenancy_models import Lease
+from fleet.tenancy_models import GpuInstanceLease, Lease
 from fleet.usage import MICROS_PER_HOUR, lease_gpu_micros, overlapping
 from kiln.auth import Principal
 from kiln.db import utcnow
 from kiln.models import Tenant
+from metering.instance_efficiency import instance_series
 from metering.periods import period_bounds
 
 MAX_SAMPLE_INTERVAL = timedelta(hours=1)
@@ -105,12 +110,18 @@ def lease_utilisation(session: Session, leases: list[Lease], start: datetime, st
         for lease_id, entity, bucket, mean in rows:
             series[(lease_id, entity)].append((bucket, mean))
         for (lease_id, _), points in series.items():
-            days = out[lease_id]
-            for hours, (bucket, mean) in zip(sample_hours([bucket for bucket, _ in points], ends[lease_id]), points,
-                                             strict=True):
-                measured, used = days.get(bucket.date(), (ZERO, ZERO))
-                days[bucket.date()] = (measured + hours, used + hours * Decimal(str(mean)) / 100)
+            add_samples(out[lease_id], points, ends[lease_id])
     return dict(out)
+
+
+def add_samples(days: dict[date, tuple[Decimal, Decimal]], points: list[tuple[datetime, float]], clip_end: datetime,
+                weight: Decimal = Decimal(1)) -> None:
+    """Add one series' (bucket, mean utilisation %) samples, ascending, to `days` (UTC day →
+    measured and used GPU-hours), each standing for its `sample_hours` × `weight` GPUs."""
+    for hours, (bucket, mean) in zip(sample_hours([bucket for bucket, _ in points], clip_end), points, strict=True):
+        measured, used = days.get(bucket.date(), (ZERO, ZERO))
+        hours *= weight
+        days[bucket.date()] = (measured + hours, used + hours * Decimal(str(mean)) / 100)
 
 
 def _row(tenant: str, allocated: Decimal, measured: Decimal, used: Decimal) -> EfficiencyRow:
@@ -125,12 +136,27 @@ class LeaseFigures:
     """One lease's GPU-hours within a window: allocated, measured and used (and the measured and
     used GPU-hours per UTC day of their samples)."""
 
-    lease: Lease
+    lease: Lease | GpuInstanceLease
     gpus: int
     allocated: Decimal
     measured: Decimal
     used: Decimal
     days: dict[date, tuple[Decimal, Decimal]] = field(default_factory=dict)
+    fraction: Fraction = Fraction(1)  # of each GPU: an instance lease's compute fraction
+
+    @property
+    def instance(self) -> GpuInstanceLease | None:
+        """The GPU instance lease these figures are of (None: a whole-node lease)."""
+        return self.lease if isinstance(self.lease, GpuInstanceLease) else None
+
+    def allocated_between(self, start: datetime, end: datetime) -> Decimal:
+        """GPU-hours the lease held within [start, end): its GPUs × hours × the fraction of each."""
+        return gpu_hours(lease_gpu_micros(self.lease, self.gpus, start, end), self.fraction)
+
+
+def gpu_hours(gpu_micros: int, fraction: Fraction = Fraction(1)) -> Decimal:
+    """GPU-microseconds × `fraction` as GPU-hours."""
+    return Decimal(gpu_micros * fraction.numerator) / (MICROS_PER_HOUR * fraction.denominator)
 
 
 def lease_figures(
@@ -138,7 +164,8 @@ def lease_figures(
     now: datetime | None = None,
 ) -> list[LeaseFigures]:
     """Every lease of the caller's tenants (or only `tenant_id`) overlapping [start, end) up to now,
-    with its allocated, measured and used GPU-hours there."""
+    with its allocated, measured and used GPU-hours there: whole-node leases, then GPU instance
+    leases (`instance_figures`)."""
     stop = min(end, now or utcnow())
     statement = principal.scope(select(Lease).where(overlapping(start, stop)), Lease.tenant_id)
     if tenant_id is not None:
@@ -146,11 +173,38 @@ def lease_figures(
     leases = list(session.exec(statement.order_by(Lease.id)).all()) if stop > start else []
     gpus = Counter(session.exec(select(Gpu.node_id).where(col(Gpu.node_id).in_({l.node_id for l in leases}))).all())
     measured = lease_utilisation(session, leases, start, stop)
-    return [LeaseFigures(lease, gpus[lease.node_id],
-                         Decimal(lease_gpu_micros(lease, gpus[lease.node_id], start, stop)) / MICROS_PER_HOUR,
-                         sum((m for m, _ in measured.get(lease.id, {}).values()), ZERO),
-                         sum((u for _, u in measured.get(lease.id, {}).values()), ZERO), measured.get(lease.id, {}))
-            for lease in leases]
+    return [LeaseFigures(lease, gpus[lease.node_id], gpu_hours(lease_gpu_micros(lease, gpus[lease.node_id], start, stop)),
+                         *_totals(measured.get(lease.id, {})))
+            for lease in leases] + instance_figures(session, principal, start, stop, tenant_id=tenant_id)
+
+
+def _totals(days: dict[date, tuple[Decimal, Decimal]]) -> tuple[Decimal, Decimal, dict[date, tuple[Decimal, Decimal]]]:
+    return sum((m for m, _ in days.values()), ZERO), sum((u for _, u in days.values()), ZERO), days
+
+
+def instance_figures(session: Session, principal: Principal, start: datetime, stop: datetime, *,
+                     tenant_id: int | None = None) -> list[LeaseFigures]:
+    """Every GPU instance lease of the caller's tenants (or only `tenant_id`) overlapping
+    [start, stop): allocated = instance-hours × the profile's compute fraction; measured and used
+    from its MIG instance's utilisation series (`metering.instance_efficiency`), weighted alike."""
+    statement = principal.scope(select(GpuInstanceLease).where(overlapping(start, stop, GpuInstanceLease)),
+                                GpuInstanceLease.tenant_id)
+    if tenant_id is not None:
+        statement = statement.where(GpuInstanceLease.tenant_id == tenant_id)
+    instances = list(session.exec(statement.order_by(GpuInstanceLease.id)).all()) if stop > start else []
+    models = dict(((node_id, index), model) for node_id, index, model in session.exec(
+        select(Gpu.node_id, Gpu.index, Gpu.model).where(col(Gpu.node_id).in_({i.node_id for i in instances}))).all())
+    series = instance_series(session, instances, start, stop)
+    out = []
+    for instance in instances:
+        model = models.get((instance.node_id, instance.gpu_index))
+        fraction = compute_fraction(model or "", instance.profile)  # as the bill counts it (`metering.instance_usage`)
+        days: dict[date, tuple[Decimal, Decimal]] = {}
+        weight = Decimal(fraction.numerator) / fraction.denominator
+        add_samples(days, series.get(instance.id, []), min(instance.ends_at or stop, stop), weight)
+        out.append(LeaseFigures(instance, 1, gpu_hours(lease_gpu_micros(instance, 1, start, stop), fraction),
+                                *_totals(days), fraction=fraction))
+    return out
 
 
 def efficiency_between(

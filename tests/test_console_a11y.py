@@ -33,7 +33,8 @@ PAGE_SETTLED_JS = """() => {
   const content = document.getElementById('_pages_content');
   const graphs = Array.from(document.querySelectorAll('.dash-graph'));
   return content && content.children.length > 0 && !document.querySelector('[data-dash-is-loading="true"]')
-    && graphs.every(g => g.querySelector('.main-svg'));
+    && graphs.every(g => g.querySelector('.main-svg'))
+    && !document.querySelector('.ag-delay-render');  // a grid still drawing its rows is not the page yet
 }"""
 
 

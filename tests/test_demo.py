@@ -111,7 +111,7 @@ def test_banner_names_logins_and_tenants(demo: Demo) -> None:
 
 def test_tokens_work_for_every_demo_user_and_tenancy_holds(demo: Demo, tmp_path: Path) -> None:
     env = base_env(tmp_path)
-    tokens = {user: demo.token(user, env) for user in ("admin", "finance", "alice", "bob")}
+    tokens = {user: demo.token(user, env) for user in ("admin", "finance", "alice", "bob", "initech-admin")}
     status, body = demo.get("/api/v1/nodes", tokens["admin"])
     nodes = json.loads(body)
     assert status == 200 and len(nodes) == 48
@@ -134,6 +134,12 @@ def test_tokens_work_for_every_demo_user_and_tenancy_holds(demo: Demo, tmp_path:
     acme = next(row for row in everyone["tenants"] if row["tenant"] == "acme")
     assert Decimal(acme["kg_co2e"]) > 0 and Decimal(acme["kwh_without_intensity"]) == 0 and acme == mine["tenants"][0]
     assert Decimal(everyone["idle_kwh"]) > 0 and Decimal(everyone["idle_kg_co2e"]) > 0
+    # the GPU instance lease of the MIG node: its tenant's, and invisible to another tenant
+    instance = ("r3-n08", "initech", 7, "3g.40gb", "3/7")
+    for user, expected in (("admin", [instance]), ("initech-admin", [instance]), ("alice", [])):
+        status, body = demo.get("/api/v1/gpu-instance-leases", tokens[user])
+        assert status == 200 and [(i["node"], i["tenant"], i["gpu_index"], i["profile"], i["compute_fraction"])
+                                  for i in json.loads(body)] == expected, user
 
 
 def test_collectors_read_the_simulators_for_real(demo: Demo, tmp_path: Path) -> None:

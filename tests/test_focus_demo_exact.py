@@ -2,7 +2,8 @@
 
 The demo's data (its fleet, tenants, a month of leases, some starting at :17, effective-dated
 price cards with a mid-period change and a 12.5 % discount) is rebuilt on SQLite and
-PostgreSQL and billed through Kiln. The expected quantities come from the lease rows alone —
+PostgreSQL and billed through Kiln. The expected quantities come from the lease rows alone (whole
+nodes, GPU instances, and the pods on unleased nodes) —
 start/end times and GPU counts, with `Fraction` arithmetic — not from Kiln's functions; the
 FOCUS products and the cent totals are checked with plain `Decimal`.
 """
@@ -22,7 +23,7 @@ from sqlmodel import Session, select
 
 from collectors.models import K8sAllocation
 from fleet.models import Gpu, Node
-from fleet.tenancy_models import Lease
+from fleet.tenancy_models import GpuInstanceLease, Lease
 from kiln.auth import Principal
 from kiln.models import Tenant
 from metering.exports import export_chargeback, export_focus
@@ -69,8 +70,25 @@ def expected_quantities(session: Session, lines: list[tuple[BillLine, str]]) -> 
             low, high = max(starts_at, line.window_start), min(ends_at or NOW, line.window_end, NOW)
             if count and high > low:
                 total += (high - low) // timedelta(microseconds=1) * count
-        quantities[line.id] = Fraction(total, MICROSECONDS_PER_HOUR) + pod_gpu_hours(session, slug, line)
+        quantities[line.id] = (Fraction(total, MICROSECONDS_PER_HOUR) + pod_gpu_hours(session, slug, line)
+                               + instance_gpu_hours(session, slug, line))
     return quantities
+
+
+def instance_gpu_hours(session: Session, slug: str, line: BillLine) -> Fraction:
+    """The tenant's GPU-hours of the line's SKU from the demo's GPU instance leases: hours held
+    inside the window (and before NOW) × the profile's slices of the A100's 7 (NVIDIA's table; the
+    MIG node's pool never fills, so no pro rata)."""
+    total = Fraction(0)
+    for tenant, profile, model, starts_at, ends_at in session.exec(
+            select(Tenant.slug, GpuInstanceLease.profile, Gpu.model, GpuInstanceLease.starts_at, GpuInstanceLease.ends_at)
+            .join(Tenant, Tenant.id == GpuInstanceLease.tenant_id)
+            .join(Gpu, (Gpu.node_id == GpuInstanceLease.node_id) & (Gpu.index == GpuInstanceLease.gpu_index))).all():
+        low, high = max(starts_at, line.window_start), min(ends_at or NOW, line.window_end, NOW)
+        if tenant == slug and line.sku == f"gpu-hour:{model}:{profile}" and high > low:
+            total += Fraction(int(profile.split("g.")[0]), 7) * Fraction((high - low) // timedelta(microseconds=1),
+                                                                          MICROSECONDS_PER_HOUR)
+    return total
 
 
 def pod_gpu_hours(session: Session, slug: str, line: BillLine) -> Fraction:

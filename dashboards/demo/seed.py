@@ -2,10 +2,11 @@
 own services (the same validation, audit log and quota checks as the API).
 
 3 racks × 16 nodes × 8 GPUs (H100 in racks r1-r2, A100 in r3), enrolled 30 days ago (when the
-history starts; `kiln demo` then provisions them through the fake driver), 6 tenants, two VDCs, a month
-of leases (some starting mid-hour, some handed from one tenant to another, a few nodes idle so
-idle cost shows), Kubernetes pods on a MIG-partitioned node and on a time-sliced one-GPU node, effective-dated price cards with a mid-period price change, one contract
-discount, and budgets. Seeding is idempotent: a second run only refreshes the BMC addresses
+history starts; `kiln demo` then provisions them through the fake driver), 6 tenants, three VDCs, a
+month of leases (some starting mid-hour, some handed from one tenant to another, a few nodes idle
+so idle cost shows), Kubernetes pods on a MIG-partitioned node and on a time-sliced one-GPU node,
+one GPU instance lease of a MIG instance of that node, effective-dated price cards with a
+mid-period price change, one contract discount, and budgets. Seeding is idempotent: a second run only refreshes the BMC addresses
 (the simulators get new ports on every start).
 """
 
@@ -20,12 +21,13 @@ from pydantic import SecretStr
 from sqlmodel import Session, select
 
 from collectors.models import K8sAllocation
+from fleet.instance_leases import create_instance_lease
 from fleet.leases import create_lease
 from fleet.models import Node
 from fleet.nodes import create_node
 from fleet.runtime import FleetRuntime
 from fleet.schemas import NodeCreate
-from fleet.tenancy_schemas import LeaseCreate, VdcCreate
+from fleet.tenancy_schemas import GpuInstanceLeaseCreate, LeaseCreate, VdcCreate
 from fleet.vdcs import create_vdc
 from kiln.auth import Principal
 from kiln.models import Tenant
@@ -57,6 +59,9 @@ MEMBERS = {"alice": "acme", "bob": "globex"}  # tenant members named in the bann
 # Two unleased inference nodes run Kubernetes pods: r3-n08's A100s are MIG-partitioned (mixed
 # strategy) and serve two tenants' pods; r3-n16 is a one-GPU box time-sliced by three notebooks.
 MIG_NODE, TIME_SLICED_NODE = "r3-n08", "r3-n16"
+# One MIG instance of r3-n08 leased bare-metal (a GPU instance lease) to a tenant with no pod
+# there, through a VDC of that node alone: (tenant, VDC, GPU index, profile, days after enrolment)
+INSTANCE_LEASE = ("initech", "mig-lab", 7, "3g.40gb", 9)
 # daily pods: (tenant, namespace, pod, resource, count, start hour, hours)
 SHARED_GPU_PODS = {
     MIG_NODE: (("hooli", "hooli-serving", "ranker", "nvidia.com/mig-3g.40gb", 2, 8, 10),
@@ -132,6 +137,7 @@ def seed(session: Session, runtime: FleetRuntime, bmcs: dict[str, dict], now: da
             name=vdc, description=f"racks {', '.join(racks)}", selectors=[{"kind": "rack", "value": r} for r in racks],
             tenants=[{"tenant": t, "max_nodes": 12, "max_gpus": 96} for t in tenants]))
     _lease_month(session, system, now)
+    _instance_lease(session, system, now)
     _shared_gpu_pods(session, now)
     _price_cards(session, system, now)
     _carbon_intensity(session, now)
@@ -185,6 +191,16 @@ def _lease_month(session: Session, system: Principal, now: datetime) -> None:
                                                           ends_at=handover, note="demo"))
                 tenant, start = tenants[(k + 1) % len(tenants)], handover + timedelta(hours=5)
             create_lease(session, system, LeaseCreate(node=node, tenant=tenant, vdc=vdc, starts_at=start, note="demo"))
+
+
+def _instance_lease(session: Session, system: Principal, now: datetime) -> None:
+    """`INSTANCE_LEASE`: its VDC (the MIG node, granted to its tenant only) and the open lease."""
+    tenant, vdc, gpu_index, profile, days = INSTANCE_LEASE
+    create_vdc(session, system, VdcCreate(name=vdc, description=f"MIG instances of {MIG_NODE}", nodes=[MIG_NODE],
+                                          tenants=[{"tenant": tenant, "max_gpus": 1}]))
+    create_instance_lease(session, system, GpuInstanceLeaseCreate(
+        node=MIG_NODE, tenant=tenant, vdc=vdc, gpu_index=gpu_index, profile=profile,
+        starts_at=history_start(now) + timedelta(days=days, minutes=17), note="demo"))
 
 
 def _shared_gpu_pods(session: Session, now: datetime) -> None:

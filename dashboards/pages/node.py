@@ -77,6 +77,10 @@ def layout(name: str | None = None, **_: str) -> html.Div:
         dcc.Store(id="node-name", data=node.name),
         html.Div([html.H1(node.name, id="node-title"), time_controls.time_controls("node", DEFAULT_RANGE)], className="page-head"),
         html.P(lease_text, id="node-lease", className="lead"),
+        *([section("GPU instances leased", table(
+            ("GPU", "profile", "tenant", "VDC", "since"),
+            [(str(i["gpu_index"]), i["profile"], i["tenant"], i["vdc"], when(i["since"])) for i in detail.instances],
+            empty="", element_id="node-instance-leases"))] if detail.instances else []),
         html.Div([
             section("Hardware", _facts(node, detail.bmc)),
             section("GPUs", table(("#", "model", "vendor", "UUID", "memory"), gpus, empty="This node has no GPUs recorded.",

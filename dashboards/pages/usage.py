@@ -32,6 +32,7 @@ from dashboards.tenancy_data import (
     gpu_hours,
     quota_rows,
     running_namespaces,
+    running_instances,
     running_nodes,
     stacked_by_day,
     total_by,
@@ -190,7 +191,8 @@ def details(*args: object) -> tuple:
         elif tab == "quotas":
             panel = quota_table([q for q in quota_rows(session, principal) if tenant_id is None or q["tenant"] == slug])
         else:
-            panel = running_tables(running_nodes(session, principal, tenant_id), running_namespaces(session, principal, tenant_id))
+            panel = running_tables(running_nodes(session, principal, tenant_id), running_instances(session, principal, tenant_id),
+                                   running_namespaces(session, principal, tenant_id))
     return (panel, tab, *selected)
 
 
@@ -202,11 +204,14 @@ def quota_table(quotas: list[dict]) -> html.Div:
         empty="No VDC is granted to these tenants.")
 
 
-def running_tables(nodes: list[dict], namespaces: list[dict]) -> html.Div:
-    """The nodes leased now and the Kubernetes namespaces holding GPUs now."""
+def running_tables(nodes: list[dict], instances: list[dict], namespaces: list[dict]) -> html.Div:
+    """The nodes and GPU instances leased now and the Kubernetes namespaces holding GPUs now."""
     node_table = data_grid("running-nodes", RUNNING_NODE_COLUMNS, [
         {"link": f"[{n['node']}](/nodes/{n['node']})", "tenant": n["tenant"], "vdc": n["vdc"], "gpus": n["gpus"],
-         "state": n["state"], "since": when(n["since"])} for n in nodes], empty="No node is leased to these tenants now.")
+         "state": n["state"], "since": when(n["since"])} for n in nodes] + [
+        {"link": f"[{i['node']}](/nodes/{i['node']})", "tenant": i["tenant"], "vdc": i["vdc"], "gpus": i["gpus"],
+         "state": "GPU instance", "since": when(i["since"])} for i in instances],
+        empty="No node or GPU instance is leased to these tenants now.")
     namespace_table = table(("namespace", "tenant", "GPUs requested", "pods"),
                             [(n["namespace"], n["tenant"], f"{n['gpus'].normalize():f}", n["pods"]) for n in namespaces],
                             empty="No pod of these tenants requests GPUs now (or the Kubernetes collector is off).",
@@ -256,7 +261,7 @@ EFFICIENCY_COLUMNS = (
 )
 ALLOCATION_COLUMNS = (
     {"field": "tenant", "headerName": "Tenant", "maxWidth": 140}, {"field": "node", "headerName": "Node"},
-    {"field": "gpu_model", "headerName": "GPU model"}, {"field": "gpus", "headerName": "GPUs", "numeric": True, "maxWidth": 90},
+    {"field": "gpu_model", "headerName": "GPU model"}, {"field": "gpus", "headerName": "GPUs", "maxWidth": 150},
     *EFFICIENCY_COLUMNS,
 )
 NAMESPACE_COLUMNS = (
@@ -290,7 +295,8 @@ NAMESPACE_HINT = ("Allocated: the namespace's pods' GPU requests (a MIG instance
 def allocation_table(rows: list[AllocationRow]) -> html.Div:
     """The allocation rows as a sortable grid (most idle cost first); waste rows highlighted."""
     return html.Div([html.P(ALLOCATION_HINT, className="hint"), data_grid("usage-allocation-table", ALLOCATION_COLUMNS, [
-        {"tenant": r.tenant, "node": r.node, "gpu_model": r.gpu_model, "gpus": str(r.gpus), **_efficiency_cells(r)}
+        {"tenant": r.tenant, "node": r.node, "gpu_model": r.gpu_model,
+         "gpus": str(r.gpus) if r.profile is None else f"GPU {r.gpu_index} · {r.profile}", **_efficiency_cells(r)}
         for r in rows], empty="No leases in this range: nothing was allocated to these tenants.")], id="allocation")
 
 
