@@ -66,10 +66,12 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 def _usage(console: Any, username: str) -> tuple[Any, list[list[str]], str]:
     page, errors = signed_in_page(console, username, "/usage")
     page.wait_for_selector("#usage-allocation-table .ag-cell")
+    rows = page.evaluate(ALLOCATION_ROWS_JS)
+    page.click("#usage-details-running")  # the running table is on its own tab, drawn when chosen
     page.wait_for_selector("#running-nodes .ag-cell")
     page.wait_for_function("() => document.querySelectorAll('#running-nodes .ag-center-cols-container .ag-row').length > 0")
     assert errors.messages == []
-    return page, page.evaluate(ALLOCATION_ROWS_JS), page.evaluate(GRID_TEXT_JS, "running-nodes")
+    return page, rows, page.evaluate(GRID_TEXT_JS, "running-nodes")
 
 
 def test_each_tenant_sees_its_own_instance_lease_on_the_usage_page_and_never_the_others(console: Any) -> None:
