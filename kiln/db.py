@@ -104,8 +104,8 @@ def upsert(
     statement = insert(table)
     names = list(rows[0])
     arrays = _arrays(session, table, rows, names, keys) if postgres and len(rows) > 1 else None
-    defaults = _scalar_defaults(table, names)
-    unnest = arrays is not None and defaults is not None
+    defaults = _scalar_defaults(table, names) if arrays is not None else None
+    unnest = defaults is not None
     if unnest:
         statement = statement.from_select([*names, *defaults], _unnest_select(table, names, defaults),
                                           include_defaults=False)

@@ -70,8 +70,8 @@ def split_node_energy(total: int, gpu_parts: int | None, claims: NodeHourClaims,
                       placed: Sequence[GpuHeld] = ()) -> dict[Hashable, int]:
     """Parts of `total` (the node-hour's kWh in parts) per key; `gpu_parts`: its GPUs' own energy
     in parts (None where the node has no GPU energy counter); `placed`: each GPU's energy and
-    holders, used instead of the GPU-time shares when given for an hour without a lease (their
-    parts add up to `gpu_parts`). The rest is idle."""
+    holders, given only for an hour without a lease (`metering.gpu_placement.placed_gpus`) and
+    then used instead of the GPU-time shares (their parts add up to `gpu_parts`). The rest is idle."""
     shares = ExactShares()
     for key, micros in claims.leased.items():
         shares.add(key, total * micros, MICROS_PER_HOUR)
@@ -84,7 +84,7 @@ def split_node_energy(total: int, gpu_parts: int | None, claims: NodeHourClaims,
     else:
         gpu_energy = min(gpu_parts * free, unleased)
     gpu_weights = claims.requests.get(GPU, {})
-    if placed and rest and not claims.leased and gpu_parts:
+    if placed and rest and gpu_parts:
         for gpu in placed:  # gpu_energy × this GPU's part of the GPUs' energy × the holder's weight
             denominator = max(gpu.capacity, sum(gpu.weights.values()) + gpu.unbilled)
             for key, weight in gpu.weights.items():
