@@ -27,9 +27,9 @@ from collectors import mig_profiles
 from collectors.models import Rollup5m
 from fleet.models import Gpu
 from metering.energy_shares import GPU, GpuHeld, NodeHourClaims
+from metering.usage_io import STREAM_ROWS
 
 BUCKETS_PER_HOUR = 12
-STREAM_ROWS = 5_000
 
 
 @dataclass(frozen=True)
