@@ -85,14 +85,12 @@ def gpu_hours(
     leases = _leases(session, principal, start, end, tenant_id)
     instances = _leases(session, principal, start, end, tenant_id, GpuInstanceLease)
     models: dict[int, Counter[str]] = defaultdict(Counter)
-    gpu_models: dict[tuple[int, int], str] = {}
     node_ids = sorted({lease.node_id for lease in leases + instances})
-    for node_id, index, model in session.exec(select(Gpu.node_id, Gpu.index, Gpu.model).where(col(Gpu.node_id).in_(node_ids))):
+    for node_id, model in session.exec(select(Gpu.node_id, Gpu.model).where(col(Gpu.node_id).in_(node_ids))):
         models[node_id][model] += 1
-        gpu_models[(node_id, index)] = model
-    # a GPU instance lease: its GPU's model, weighted by the profile's compute fraction
+    # a GPU instance lease: its GPU's model (as the lease recorded it), weighted by the profile's compute fraction
     weights = {lease.id: models[lease.node_id] for lease in leases}
-    parts = {i.id: _instance_weight(gpu_models.get((i.node_id, i.gpu_index), "?"), i.profile) for i in instances}
+    parts = {i.id: _instance_weight(i.gpu_model or "?", i.profile) for i in instances}
     slugs = dict(session.exec(select(Tenant.id, Tenant.slug)).all())
     vdcs = dict(session.exec(select(Vdc.id, Vdc.name)).all())
     totals: dict[tuple[date, str, str, str], Decimal] = defaultdict(Decimal)

@@ -14,13 +14,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, or_, select
 
 from collectors.mig_profiles import compute_fraction, family_of, profile_slices
 from fleet import leases as lease_service
 from fleet.leases import holder_name, span
 from fleet.models import Gpu, Node
 from fleet.nodes import add_event
+from fleet.schemas import GpuSpec
 from fleet.tenancy_models import GpuInstanceLease, Lease
 from fleet.tenancy_schemas import GpuInstanceLeaseCreate, GpuInstanceLeasePublic, LeasePublic, LeaseUpdate
 from fleet.usage import FAR_FUTURE, in_force, overlapping
@@ -34,13 +35,11 @@ NOUN = "GPU instance lease"
 
 
 def to_public(session: Session, instances: list[GpuInstanceLease]) -> list[LeasePublic]:
-    """GPU instance leases with node, tenant, VDC and GPU model names and compute fractions."""
-    models = dict(((node_id, index), model) for node_id, index, model in session.exec(
-        select(Gpu.node_id, Gpu.index, Gpu.model).where(col(Gpu.node_id).in_({i.node_id for i in instances}))).all())
+    """GPU instance leases with node, tenant, VDC and GPU model names and compute fractions (the
+    GPU's as the lease recorded it, whatever became of its row since)."""
 
     def extra(instance: GpuInstanceLease) -> dict[str, Any]:
-        model = models.get((instance.node_id, instance.gpu_index), "?")
-        return {"gpu_model": model, "compute_fraction": str(compute_fraction(model, instance.profile))}
+        return {"compute_fraction": str(compute_fraction(instance.gpu_model, instance.profile))}
 
     return lease_service.to_public(session, instances, GpuInstanceLeasePublic, extra)
 
@@ -65,7 +64,8 @@ def get_instance_lease(session: Session, principal: Principal, lease_id: int) ->
     return get_tenant_owned(session, principal, GpuInstanceLease, lease_id, NOUN)
 
 
-def _gpu(session: Session, node: Node, gpu_index: int, profile: str) -> Gpu:
+def _gpu(session: Session, node: Node, gpu_index: int, profile: str) -> tuple[Gpu, int]:
+    """The node's GPU `gpu_index` if `profile` is one of its MIG profiles, and the node's number of GPUs."""
     gpus = session.exec(select(Gpu).where(Gpu.node_id == node.id).order_by(Gpu.index)).all()
     gpu = next((g for g in gpus if g.index == gpu_index), None)
     if gpu is None:
@@ -78,7 +78,7 @@ def _gpu(session: Session, node: Node, gpu_index: int, profile: str) -> Gpu:
     if profile not in family.profiles:
         raise ValidationFailed("profile", f"{profile} is not a MIG profile of the {family.name} (GPU {gpu_index} of node "
                                           f"'{node.name}'); its profiles: {', '.join(family.profiles)}")
-    return gpu
+    return gpu, len(gpus)
 
 
 def _check_whole_node(session: Session, principal: Principal, node: Node, start: datetime, end: datetime | None) -> None:
@@ -119,12 +119,29 @@ def _named(session: Session, principal: Principal, instance: GpuInstanceLease) -
     return f"an instance lease of another tenant ({instance.profile}, {span(instance.starts_at, instance.ends_at)})"
 
 
+def check_gpus_kept(session: Session, principal: Principal, node: Node, gpus: list[GpuSpec]) -> None:
+    """Conflict if replacing the node's GPUs by `gpus` would take away (or turn into another MIG
+    family) a GPU that an instance lease holds now or later, naming those leases: they must end
+    first. Ended leases do not stand in the way: billing reads what they recorded, not the GPU row."""
+    lease_service.lock_node(session, node.id)  # instance leases are made under it: none slips in meanwhile
+    now = utcnow()
+    families = {spec.index: family_of(spec.model) for spec in gpus}
+    held = session.exec(select(GpuInstanceLease).where(
+        GpuInstanceLease.node_id == node.id, or_(col(GpuInstanceLease.ends_at).is_(None), col(GpuInstanceLease.ends_at) > now))
+        .order_by(GpuInstanceLease.gpu_index, GpuInstanceLease.id)).all()
+    lost = [i for i in held if i.gpu_index not in families or families[i.gpu_index] != family_of(i.gpu_model)]
+    if lost:
+        named = "; ".join(f"GPU {i.gpu_index}: {_named(session, principal, i)}" for i in lost)
+        raise Conflict(f"node '{node.name}': GPU instance leases hold GPUs this change removes or replaces ({named}): "
+                       "end those leases first")
+
+
 def create_instance_lease(session: Session, principal: Principal, data: GpuInstanceLeaseCreate) -> GpuInstanceLease:
     """Lease a MIG instance of a node's GPU to a tenant through a VDC granted to it, within every quota."""
     principal.require_role(*lease_service.WRITE_ROLES, action="lease GPU instances")
     tenant = visible_tenant(session, principal, data.tenant)
     node, vdc = lease_service.resolve_vdc(session, principal, tenant, data.node, data.vdc)
-    gpu = _gpu(session, node, data.gpu_index, data.profile)
+    gpu, node_gpus = _gpu(session, node, data.gpu_index, data.profile)
     starts_at = data.starts_at or utcnow()
     lease_service.check_interval(starts_at, data.ends_at)
     grant = lease_service.lock_for_lease(session, vdc, tenant, node)
@@ -134,7 +151,7 @@ def create_instance_lease(session: Session, principal: Principal, data: GpuInsta
     lease_service.check_quotas(session, vdc, grant, tenant, starts_at, data.ends_at, fraction, 0)
     instance = GpuInstanceLease(
         tenant_id=tenant.id, node_id=node.id, vdc_id=vdc.id, gpu_index=gpu.index, profile=data.profile,
-        starts_at=starts_at, ends_at=data.ends_at, created_by=principal.username, note=data.note,
+        gpu_model=gpu.model, gpu_uuid=gpu.uuid, node_gpus=node_gpus, starts_at=starts_at, ends_at=data.ends_at, created_by=principal.username, note=data.note,
     )
     session.add(instance)
     session.flush()

@@ -247,6 +247,9 @@ def update_node(session: Session, principal: Principal, node_id: int, data: Node
             setattr(node, key, changes[key])
     if data.facts is not None:
         node.facts = data.facts.model_dump(exclude_defaults=True)
+    if data.gpus is not None:
+        from fleet.instance_leases import check_gpus_kept  # it imports this module (add_event)
+        check_gpus_kept(session, principal, node, data.gpus)
     _set_gpus_and_tags(session, node, data.gpus, data.tags)
     node.updated_at = utcnow()
     session.add(node)

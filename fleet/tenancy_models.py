@@ -93,7 +93,12 @@ class GpuInstanceLease(SQLModel, table=True):
     through VDC `vdc_id` over [starts_at, ends_at) (`ends_at` None: open).
 
     The instances on one GPU fit its compute slices at every instant and never overlap a whole-node
-    lease of the node: checked by `fleet.instance_leases` under the node row's lock."""
+    lease of the node: checked by `fleet.instance_leases` under the node row's lock.
+
+    `gpu_model`, `gpu_uuid` and `node_gpus` are the GPU's model and UUID and the node's number of
+    GPUs when the lease was made: metering, carbon and efficiency read them from here, so a GPU row
+    removed or replaced later (an inventory re-sync, an admin's edit) never changes what the lease
+    was billed for."""
 
     __tablename__ = "gpu_instance_lease"
     __table_args__ = (
@@ -107,6 +112,9 @@ class GpuInstanceLease(SQLModel, table=True):
     vdc_id: int | None = Field(sa_column=Column(Integer, ForeignKey("vdc.id", ondelete="SET NULL"), nullable=True))
     gpu_index: int = Field(ge=0)
     profile: str = Field(max_length=32)
+    gpu_model: str = Field(max_length=128)
+    gpu_uuid: str | None = Field(default=None, max_length=64)
+    node_gpus: int = Field(ge=1)
     starts_at: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
     ends_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_by: str = Field(max_length=200)

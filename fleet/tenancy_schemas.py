@@ -158,6 +158,6 @@ class GpuInstanceLeasePublic(LeasePublic):
     """A GPU instance lease as the API returns it: `compute_fraction` is the part of its GPU it holds."""
 
     gpu_index: int
-    gpu_model: str
+    gpu_model: str = Field(description="The GPU's model when the lease was made (what it is billed as).")
     profile: str
     compute_fraction: str = Field(description="Compute slices ÷ the GPU's slices, e.g. 3/7.")

@@ -84,14 +84,13 @@ def instance_fractions(
     session: Session, condition: ColumnElement[bool], vdc_id: int | None = None, tenant_id: int | None = None
 ) -> list[tuple[GpuInstanceLease, Fraction]]:
     """GPU instance leases meeting `condition` (optionally of one VDC and/or tenant), each with the
-    part of its GPU it holds."""
-    statement = select(GpuInstanceLease, Gpu.model).join(
-        Gpu, (Gpu.node_id == GpuInstanceLease.node_id) & (Gpu.index == GpuInstanceLease.gpu_index)).where(condition)
+    part of its GPU it holds (of the GPU model the lease recorded)."""
+    statement = select(GpuInstanceLease).where(condition)
     if vdc_id is not None:
         statement = statement.where(GpuInstanceLease.vdc_id == vdc_id)
     if tenant_id is not None:
         statement = statement.where(GpuInstanceLease.tenant_id == tenant_id)
-    return [(instance, compute_fraction(model, instance.profile)) for instance, model in session.exec(statement).all()]
+    return [(instance, compute_fraction(instance.gpu_model, instance.profile)) for instance in session.exec(statement).all()]
 
 
 def hours_of(micros: Fraction) -> Decimal:

@@ -93,14 +93,12 @@ def allocation_rows(
     node_ids = {f.lease.node_id for f in figures}
     names = dict(session.exec(select(Node.id, Node.name).where(col(Node.id).in_(node_ids))).all())
     models: dict[int, Counter[str]] = defaultdict(Counter)
-    instance_models: dict[tuple[int, int], str] = {}
-    for node_id, index, model in session.exec(select(Gpu.node_id, Gpu.index, Gpu.model).where(col(Gpu.node_id).in_(node_ids))).all():
+    for node_id, model in session.exec(select(Gpu.node_id, Gpu.model).where(col(Gpu.node_id).in_(node_ids))).all():
         models[node_id][model] += 1
-        instance_models[(node_id, index)] = model
     slugs = dict(session.exec(select(Tenant.id, Tenant.slug)).all())
     cards = card_views(cards_overlapping(session, start, stop)) if stop > start else []
     currency, discounts = billing_currency(session, cards), current_discounts(session)
-    rows = [_row(f, names, models, instance_models, slugs, cards, currency, discounts.get(f.lease.tenant_id, ZERO), stop) for f in figures]
+    rows = [_row(f, names, models, slugs, cards, currency, discounts.get(f.lease.tenant_id, ZERO), stop) for f in figures]
     return sorted(rows, key=lambda r: (-(r.idle_cost or ZERO), -r.idle_gpu_hours, r.tenant, r.node))
 
 
@@ -127,11 +125,11 @@ def daily_gpu_hours(
     return out
 
 
-def _row(f: LeaseFigures, names: dict, models: dict, instance_models: dict, slugs: dict, cards: list[CardView],
+def _row(f: LeaseFigures, names: dict, models: dict, slugs: dict, cards: list[CardView],
          currency: str, percent: Decimal, stop: datetime) -> AllocationRow:
     instance = f.instance
     if instance is not None:
-        model = instance_models.get((instance.node_id, instance.gpu_index), "none")
+        model = instance.gpu_model or "none"  # as the lease recorded it
     else:
         model = models[f.lease.node_id].most_common(1)[0][0] if models[f.lease.node_id] else "none"
     idle = max(f.measured - f.used, ZERO)

@@ -20,13 +20,14 @@ from sqlmodel import Session, col, func, or_, select
 
 from collectors.models import NodeEnergyHour
 from fleet.models import Gpu, Node
-from fleet.tenancy_models import Vdc
+from fleet.tenancy_models import GpuInstanceLease, Vdc
+from fleet.usage import overlapping
 from kiln.auth import Principal
 from kiln.models import Tenant
 from metering import skus
 from metering.models import CarbonIntensity, UsageRecord
 from metering.money import PARTS_PER_UNIT, quantity_from_parts
-from metering.periods import period_bounds
+from metering.periods import HOUR, period_bounds
 from metering.usage import SOURCE_ENERGY, SOURCE_LEASE, energy_place
 
 GRAM = Decimal("0.001")
@@ -178,14 +179,15 @@ def _embodied(session: Session, start: datetime, end: datetime,
               per_class: dict[str, Decimal]) -> dict[tuple[int, str, int | None], Decimal]:
     """Per (tenant, node, VDC): Σ leased node-hour parts × kg CO2e per node-hour of the node's
     class; a GPU instance lease (`gpu-hour:<model>:<profile>` lease rows) holds its GPU-hours ÷
-    the node's GPUs of the node-hour."""
+    the node's GPUs of the node-hour (as many as the lease recorded, `_instance_gpus`)."""
     out: dict[tuple[int, str, int | None], Decimal] = defaultdict(Decimal)
     if not per_class:
         return out
     nodes: dict[str, tuple[str | None, int]] | None = None
-    for tenant_id, node, vdc_id, sku, parts in session.exec(
+    recorded: dict[tuple, list[tuple[datetime, datetime | None, int]]] = {}
+    for tenant_id, node, vdc_id, sku, hour, parts in session.exec(
             select(UsageRecord.tenant_id, UsageRecord.resource_id, UsageRecord.vdc_id, UsageRecord.sku,
-                   UsageRecord.quantity_parts)
+                   UsageRecord.hour, UsageRecord.quantity_parts)
             .where(UsageRecord.source == SOURCE_LEASE, or_(col(UsageRecord.sku).startswith(f"{skus.NODE_HOUR}:"),
                                                            col(UsageRecord.sku).startswith(f"{skus.GPU_HOUR}:")),
                    col(UsageRecord.hour) >= start, col(UsageRecord.hour) < end)).all():
@@ -194,13 +196,27 @@ def _embodied(session: Session, start: datetime, end: datetime,
             kg = per_class.get(rest)
         elif ":" in rest:  # a MIG profile's GPU-hours: an instance lease, not a whole node's GPUs
             if nodes is None:
-                nodes = _classes_and_gpus(session)
+                nodes, recorded = _classes_and_gpus(session), _instance_gpus(session, start, end)
             resource_class, gpus = nodes.get(node, (None, 0))
+            gpus = next((n for a, b, n in recorded.get((tenant_id, node, vdc_id, sku), [])
+                         if a < hour + HOUR and (b is None or b > hour)), gpus)
             kg = per_class[resource_class] / gpus if resource_class in per_class and gpus else None
         else:
             kg = None  # a whole-node lease's GPUs: its node-hours carry the node's embodied emissions
         if kg is not None:
             out[(tenant_id, node, vdc_id)] += parts * kg
+    return out
+
+
+def _instance_gpus(session: Session, start: datetime, end: datetime
+                   ) -> dict[tuple[int, str, int | None, str], list[tuple[datetime, datetime | None, int]]]:
+    """(tenant, node name, VDC, SKU) of GPU instance leases within [start, end) → their (start, end,
+    the node's GPUs when the lease was made): a GPU row removed since does not change the share."""
+    out: dict[tuple[int, str, int | None, str], list[tuple[datetime, datetime | None, int]]] = defaultdict(list)
+    for lease, node in session.exec(select(GpuInstanceLease, Node.name).join(Node, col(Node.id) == GpuInstanceLease.node_id)
+                                    .where(overlapping(start, end, GpuInstanceLease))).all():
+        key = (lease.tenant_id, node, lease.vdc_id, skus.gpu_hour(lease.gpu_model, lease.profile))
+        out[key].append((lease.starts_at, lease.ends_at, lease.node_gpus))
     return out
 
 

@@ -192,13 +192,10 @@ def instance_figures(session: Session, principal: Principal, start: datetime, st
     if tenant_id is not None:
         statement = statement.where(GpuInstanceLease.tenant_id == tenant_id)
     instances = list(session.exec(statement.order_by(GpuInstanceLease.id)).all()) if stop > start else []
-    models = dict(((node_id, index), model) for node_id, index, model in session.exec(
-        select(Gpu.node_id, Gpu.index, Gpu.model).where(col(Gpu.node_id).in_({i.node_id for i in instances}))).all())
     series = instance_series(session, instances, start, stop)
     out = []
     for instance in instances:
-        model = models.get((instance.node_id, instance.gpu_index))
-        fraction = compute_fraction(model or "", instance.profile)  # as the bill counts it (`metering.instance_usage`)
+        fraction = compute_fraction(instance.gpu_model, instance.profile)  # as the bill counts it (`metering.instance_usage`)
         days: dict[date, tuple[Decimal, Decimal]] = {}
         weight = Decimal(fraction.numerator) / fraction.denominator
         add_samples(days, series.get(instance.id, []), min(instance.ends_at or stop, stop), weight)

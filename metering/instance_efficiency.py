@@ -3,7 +3,8 @@
 A MIG instance's utilisation is the store's rollup of entity `UUID/GPU_I_ID` (`collectors.dcgm`:
 dcgm-exporter's `DCGM_FI_PROF_GR_ENGINE_ACTIVE` per instance, kept as `gpu_util`). An instance
 lease names its node, GPU index and profile, not the instance's `GPU_I_ID` (the driver picks it
-when the instance is created). The lease's GPU (by node and index) gives the UUID; the instances
+when the instance is created). The lease's GPU gives the UUID (the one the lease recorded, else
+its GPU row's by node and index); the instances
 of the lease's profile the exporters reported on that GPU (the collectors' latest series of it,
 `health_snapshot` with its `GPU_I_PROFILE` label, seen since the window began) give the id: one
 such instance is the lease's; several cannot be told apart, and none was seen, so the lease is
@@ -44,14 +45,15 @@ def reported_instances(session: Session, uuids: set[str], since: datetime) -> di
 def instance_entities(session: Session, instances: list[GpuInstanceLease], since: datetime) -> dict[int, str]:
     """Instance lease id → its MIG instance's entity, for the leases whose GPU reported exactly
     one instance of their profile (`reported_instances`); the others are left out."""
-    keys = {(i.node_id, i.gpu_index) for i in instances}
-    uuids = {(node_id, index): uuid for node_id, index, uuid in session.exec(
+    keys = {(i.node_id, i.gpu_index) for i in instances if not i.gpu_uuid}
+    rows = {(node_id, index): uuid for node_id, index, uuid in session.exec(
         select(Gpu.node_id, Gpu.index, Gpu.uuid).where(col(Gpu.node_id).in_({k[0] for k in keys}),
                                                       col(Gpu.uuid).is_not(None))).all() if (node_id, index) in keys}
-    reported = reported_instances(session, set(uuids.values()), since)
+    uuids = {i.id: i.gpu_uuid or rows.get((i.node_id, i.gpu_index), "") for i in instances}
+    reported = reported_instances(session, set(uuids.values()) - {""}, since)
     out: dict[int, str] = {}
     for instance in instances:
-        seen = reported.get((uuids.get((instance.node_id, instance.gpu_index), ""), instance.profile), set())
+        seen = reported.get((uuids[instance.id], instance.profile), set())
         if len(seen) == 1:
             out[instance.id] = next(iter(seen))
     return out

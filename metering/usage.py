@@ -28,7 +28,7 @@ hours adds up to the exact total instead of drifting by 0.000001 per rounded hou
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -159,6 +159,14 @@ def _pool(models: dict[str, int]) -> Pool:
     return Pool(sum(models.values()) or None, mig_profiles.total_slices(model) if model else mig_profiles.DEFAULT_TOTAL_SLICES)
 
 
+def _instance_pool(models: dict[str, int], claims: list[InstanceClaim]) -> Pool:
+    """The pool of a node where GPU instance leases claim: its GPUs now, each of the slices of the
+    GPU model the leases recorded, so a GPU row removed or replaced since leaves their compute
+    fractions (and bills) as they were."""
+    leased = Counter(claim.gpu_model for claim in claims).most_common(1)[0][0]
+    return Pool(sum(models.values()) or None, mig_profiles.total_slices(leased))
+
+
 def _claim_slices(resource: str, quantity: Decimal, pool: Pool) -> int:
     if mig_profiles.is_mig_resource(resource):
         return int(quantity) * min(mig_profiles.profile_slices(mig_profiles.profile_of(resource)), pool.slices)
@@ -167,10 +175,11 @@ def _claim_slices(resource: str, quantity: Decimal, pool: Pool) -> int:
 
 def _node_by_node(rows: Iterable[tuple], node_ids: dict[str, int], gpus: dict[int, dict[str, int]],
                   pools: dict[int, Pool]) -> Iterator[tuple]:
-    """The rows (ordered by node name) again, each node's after its shared pool, if any, is added to `pools`."""
+    """The rows (ordered by node name) again, each node's after its shared pool, if any, is added to `pools`
+    (where its GPU instance leases already made one, that one is kept)."""
     for _, group in groupby(rows, key=lambda row: row[2]):
         node_rows = list(group)
-        pools.update(_shared_pools(node_rows, node_ids, gpus))
+        pools.update({n: pool for n, pool in _shared_pools(node_rows, node_ids, gpus).items() if n not in pools})
         yield from node_rows
 
 
@@ -195,7 +204,8 @@ def k8s_usage(
     # streamed node by node (a server-side cursor on PostgreSQL): memory holds one node's pods,
     # not the month's millions of rows; whether a node's GPUs are shared depends on its pods only
     rows = (row for row in stream_rows(session.connection(), statement) if row[4] > 0 and tenants.get(row[1] or "") is not None)
-    pools: dict[int, Pool] = {node_id: _pool(gpus.get(node_id, {})) for node_id in instances}
+    pools: dict[int, Pool] = {node_id: _instance_pool(gpus.get(node_id, {}), node_claims)
+                              for node_id, node_claims in instances.items()}
     shared = SharedGpuHours(pools)
     for node_id, node_claims in instances.items():
         for claim in node_claims:  # claimed exactly as a pod requesting the same MIG profile would
