@@ -1,8 +1,8 @@
 """A GPU instance lease keeps being billed for its hours, to the cent, after its GPU's row is removed
 or replaced (an admin's edit of the node's GPUs, an inventory re-sync); quotas, embodied emissions
 and the lease listings (API, `kiln leases list`) still count and show it; a GPU that an instance
-lease holds now or later cannot be removed or swapped for another MIG family. On SQLite and
-PostgreSQL."""
+lease holds now or later cannot be removed or swapped for another MIG family; efficiency still
+finds the instance's series. On SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -23,12 +23,15 @@ from fleet.schemas import GpuSpec, NodeUpdate
 from fleet.tenancy_schemas import GpuInstanceLeaseCreate
 from fleet.usage import gpu_hours_in_period
 from kiln.db import utcnow
+from metering.allocation import allocation_rows
 from metering.carbon import emissions
+from metering.efficiency import efficiency_between
 from tests.api_base import assert_problem
 from tests.cli_helpers import base_env, run as run_cli
 from tests.factories import World
 from tests.fleet_helpers import make_node_row, make_vdc
 from tests.metering_helpers import GPU_SKU, SYSTEM, at, bill_of, card, lines_of, money, node, run
+from tests.test_instance_lease_efficiency import END, START, _fleet, _principal
 
 D = Decimal
 H100 = "NVIDIA H100 80GB HBM3"
@@ -117,3 +120,19 @@ def test_cli_lists_an_instance_lease_whose_gpu_is_gone(engine, tmp_path: Path) -
         connection.execute(delete(Gpu))
     listed = json.loads(run_cli(env, "leases", "list", "--output", "json").stdout)
     assert [(l["node"], l["gpu_model"], l["compute_fraction"]) for l in listed] == [("gone1", H100, "2/7")]
+
+
+def test_efficiency_and_allocation_are_the_same_after_the_gpu_row_goes(world: World) -> None:
+    _fleet(world)  # the lease recorded its GPU's UUID: its MIG instance's series is still found
+    admin = _principal(world, "admin")
+
+    def figures() -> tuple:
+        return (sorted(efficiency_between(world.session, admin, START, END, now=END), key=lambda r: r.tenant),
+                sorted(allocation_rows(world.session, admin, START, END, now=END), key=lambda r: r.tenant))
+
+    before = figures()
+    assert [r.used_gpu_hours for r in before[0]] == [D("0.2571"), D("0.0000")]  # as measured with the GPU row
+    world.session.execute(delete(Gpu))
+    world.session.commit()
+    world.session.expire_all()
+    assert figures() == before
