@@ -151,7 +151,8 @@ def create_instance_lease(session: Session, principal: Principal, data: GpuInsta
     lease_service.check_quotas(session, vdc, grant, tenant, starts_at, data.ends_at, fraction, 0)
     instance = GpuInstanceLease(
         tenant_id=tenant.id, node_id=node.id, vdc_id=vdc.id, gpu_index=gpu.index, profile=data.profile,
-        gpu_model=gpu.model, gpu_uuid=gpu.uuid, node_gpus=node_gpus, starts_at=starts_at, ends_at=data.ends_at, created_by=principal.username, note=data.note,
+        gpu_model=gpu.model, gpu_uuid=gpu.uuid, node_gpus=node_gpus,  # what billing needs, whatever becomes of the row
+        starts_at=starts_at, ends_at=data.ends_at, created_by=principal.username, note=data.note,
     )
     session.add(instance)
     session.flush()

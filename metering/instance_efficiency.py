@@ -4,11 +4,10 @@ A MIG instance's utilisation is the store's rollup of entity `UUID/GPU_I_ID` (`c
 dcgm-exporter's `DCGM_FI_PROF_GR_ENGINE_ACTIVE` per instance, kept as `gpu_util`). An instance
 lease names its node, GPU index and profile, not the instance's `GPU_I_ID` (the driver picks it
 when the instance is created). The lease's GPU gives the UUID (the one the lease recorded, else
-its GPU row's by node and index); the instances
-of the lease's profile the exporters reported on that GPU (the collectors' latest series of it,
-`health_snapshot` with its `GPU_I_PROFILE` label, seen since the window began) give the id: one
-such instance is the lease's; several cannot be told apart, and none was seen, so the lease is
-not measured (coverage 0) rather than given a guess.
+its GPU row's by node and index); the instances of the lease's profile the exporters reported on
+that GPU (the collectors' latest series of it, `health_snapshot` with its `GPU_I_PROFILE` label,
+seen since the window began) give the id: one such instance is the lease's; several cannot be
+told apart, and none was seen, so the lease is not measured (coverage 0) rather than given a guess.
 """
 
 from __future__ import annotations
