@@ -97,7 +97,7 @@ def attribution_checks(url: str, period: str) -> dict[str, object]:
     from metering.models import UsageRecord
     from metering.money import PARTS_PER_UNIT
     from metering.periods import period_bounds
-    from metering.usage import energy_place
+    from metering.energy_usage import energy_place
 
     engine = create_db_engine(url)
     with Session(engine) as session:

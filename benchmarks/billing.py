@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="share of nodes given MIG/time-sliced pods and metered energy in a second Kiln run (0: none)")
     parser.add_argument("--database-url", help="a PostgreSQL server to create the run's database on (default: the peer)")
     parser.add_argument("--out-dir", type=Path, help="leave the FOCUS CSV/Parquet, chargeback CSV and floor's CSV here")
-    parser.add_argument("--profile", help="cProfile one more Kiln run (not counted) into this file")
+    parser.add_argument("--profile", help="cProfile one more Kiln run (not counted) into this file (the attributed one into FILE.attributed)")
     parser.add_argument("--kiln-worker", nargs=4, metavar=("URL", "PERIOD", "OUT_DIR", "PROFILE"), help=argparse.SUPPRESS)
     parser.add_argument("--floor-worker", nargs=3, metavar=("URL", "PERIOD", "OUT_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -247,6 +247,10 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"attribution copy ready: {attribution}")
                 for _ in range(args.repeat):
                     attributed_runs.append(run_side("--kiln-worker", attributed_url, period, str(out_dir / "attributed"), ""))
+                if args.profile:  # and the attributed run, into FILE.attributed
+                    profiled = run_side("--kiln-worker", attributed_url, period, str(out_dir / "attributed"),
+                                        f"{args.profile}.attributed")
+                    log(f"profiled attributed run (not counted): {profiled['kiln_s']:.2f} s")
                 attribution.update(attribution_checks(attributed_url, period))
     kiln_s, floor_s = statistics.median(r["kiln_s"] for r in kiln_runs), statistics.median(r["floor_s"] for r in floor_runs)
     last, floor_last = kiln_runs[-1], floor_runs[-1]

@@ -12,10 +12,13 @@ are reported as `kwh_without_intensity`, never counted as zero.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
+from functools import cache
 
 from pydantic import BaseModel
+from sqlalchemy import Select, and_, case
 from sqlmodel import Session, col, func, or_, select
 
 from collectors.models import NodeEnergyHour
@@ -28,7 +31,9 @@ from metering import skus
 from metering.models import CarbonIntensity, UsageRecord
 from metering.money import PARTS_PER_UNIT, quantity_from_parts
 from metering.periods import HOUR, period_bounds
-from metering.usage import SOURCE_ENERGY, SOURCE_LEASE, energy_place
+from metering.energy_usage import energy_place
+from metering.usage import SOURCE_ENERGY, SOURCE_LEASE
+from metering.usage_io import copies, stream_rows
 
 GRAM = Decimal("0.001")
 GROUPINGS = ("tenant", "node", "vdc", "namespace")
@@ -58,9 +63,19 @@ class EmissionsReport(BaseModel):
     idle_kwh_without_intensity: Decimal | None = None
 
 
+def _node_of_resource(resource_id, dialect: str):
+    """SQL: the node of an energy row's resource (`energy_place`'s first part)."""
+    if dialect == "postgresql":
+        return func.split_part(resource_id, "/k8s:", 1)
+    cut = func.instr(resource_id, "/k8s:")
+    return case((cut > 0, func.substr(resource_id, 1, cut - 1)), else_=resource_id)
+
+
 class EnergyLedger:
     """Tenants' metered energy per hour (exact kWh parts), the emissions of each hour's kWh in
-    its node's zone, and what was attributed per node-hour; built once per period."""
+    its node's zone, and what was attributed per node-hour (`attributed`, read when first asked:
+    only the idle figures need it); built once per period. The energy rows are streamed, not
+    held: a month of a large fleet is millions of them."""
 
     def __init__(self, session: Session, start: datetime, end: datetime, default_zone: str | None,
                  tenant_ids: frozenset[int] | None = None) -> None:
@@ -72,17 +87,13 @@ class EnergyLedger:
         # tenant → hour → [kWh parts, Σ parts × g, parts without intensity]; and per (tenant, node, VDC, namespace)
         self.hours: dict[int, dict[datetime, list]] = defaultdict(lambda: defaultdict(lambda: [0, Decimal(0), 0]))
         self.places: dict[tuple[int, str, int | None, str | None], list] = defaultdict(lambda: [0, Decimal(0), 0])
-        self.attributed: dict[tuple[str, datetime], int] = defaultdict(int)
-        statement = (select(UsageRecord.tenant_id, UsageRecord.resource_id, UsageRecord.vdc_id, UsageRecord.hour,
-                            UsageRecord.quantity_parts)
-                     .where(UsageRecord.source == SOURCE_ENERGY, UsageRecord.sku == skus.KWH,
-                            col(UsageRecord.hour) >= start, col(UsageRecord.hour) < end))
-        if tenant_ids is not None:
-            statement = statement.where(col(UsageRecord.tenant_id).in_(sorted(tenant_ids)))
-        for tenant_id, resource_id, vdc_id, hour, parts in session.exec(statement).all():
-            hour = hour.astimezone(UTC)
-            node, namespace = energy_place(resource_id)
-            self.attributed[(node, hour)] += parts
+        self._session, self._start, self._end, self._tenant_ids = session, start, end, tenant_ids
+        self._attributed: dict[tuple[str, datetime], int] | None = None
+        self._default_zone = default_zone
+        if copies(session.connection()):  # PostgreSQL: summed in SQL, exactly (numeric), from millions of rows
+            self._sum_in_sql()
+            return
+        for tenant_id, node, namespace, vdc_id, hour, parts in self._rows():
             g = self.intensity_at(node, hour)
             for slot in (self.hours[tenant_id][hour], self.places[(tenant_id, node, vdc_id, namespace)]):
                 slot[0] += parts
@@ -90,6 +101,62 @@ class EnergyLedger:
                     slot[2] += parts
                 else:
                     slot[1] += parts * g
+
+    def _energy_rows(self, *columns) -> Select:
+        """The energy rows in scope, each joined to its node's zone's intensity in its hour (none
+        for a node Kiln does not know, as `intensity_at`)."""
+        node = _node_of_resource(UsageRecord.resource_id, self._session.connection().dialect.name)
+        zone = case((col(Node.id).is_(None), None), else_=func.coalesce(Node.zone, self._default_zone))
+        statement = (select(*columns).select_from(UsageRecord)
+                     .join(Node, col(Node.name) == node, isouter=True)
+                     .join(CarbonIntensity, and_(col(CarbonIntensity.zone) == zone, col(CarbonIntensity.hour) == UsageRecord.hour),
+                           isouter=True)
+                     .where(UsageRecord.source == SOURCE_ENERGY, UsageRecord.sku == skus.KWH,
+                            col(UsageRecord.hour) >= self._start, col(UsageRecord.hour) < self._end))
+        if self._tenant_ids is not None:
+            statement = statement.where(col(UsageRecord.tenant_id).in_(sorted(self._tenant_ids)))
+        return statement
+
+    def _sum_in_sql(self) -> None:
+        g, parts = CarbonIntensity.g_co2e_per_kwh, UsageRecord.quantity_parts
+        sums = (func.sum(parts), func.coalesce(func.sum(parts * g), 0), func.coalesce(func.sum(case((col(g).is_(None), parts), else_=0)), 0))
+        connection = self._session.connection()
+        by_hour = self._energy_rows(UsageRecord.tenant_id, UsageRecord.hour, *sums).group_by(UsageRecord.tenant_id, UsageRecord.hour)
+        for tenant_id, hour, total, weighted, unpriced in stream_rows(connection, by_hour):
+            self.hours[tenant_id][hour.astimezone(UTC)] = [int(total), Decimal(weighted), int(unpriced)]
+        by_place = self._energy_rows(UsageRecord.tenant_id, UsageRecord.resource_id, UsageRecord.vdc_id, *sums).group_by(
+            UsageRecord.tenant_id, UsageRecord.resource_id, UsageRecord.vdc_id)
+        for tenant_id, resource_id, vdc_id, total, weighted, unpriced in stream_rows(connection, by_place):
+            node, namespace = energy_place(resource_id)
+            slot = self.places[(tenant_id, node, vdc_id, namespace)]
+            slot[0], slot[1], slot[2] = slot[0] + int(total), slot[1] + Decimal(weighted), slot[2] + int(unpriced)
+
+    def _rows(self) -> Iterator[tuple[int, str, str | None, int | None, datetime, int]]:
+        """(tenant id, node, namespace, VDC id, hour in UTC, kWh parts) of every energy row in scope."""
+        statement = (select(UsageRecord.tenant_id, UsageRecord.resource_id, UsageRecord.vdc_id, UsageRecord.hour,
+                            UsageRecord.quantity_parts)
+                     .where(UsageRecord.source == SOURCE_ENERGY, UsageRecord.sku == skus.KWH,
+                            col(UsageRecord.hour) >= self._start, col(UsageRecord.hour) < self._end))
+        if self._tenant_ids is not None:
+            statement = statement.where(col(UsageRecord.tenant_id).in_(sorted(self._tenant_ids)))
+        place = cache(energy_place)  # a node's or namespace's rows repeat their resource every hour
+        for tenant_id, resource_id, vdc_id, hour, parts in stream_rows(self._session.connection(), statement):
+            yield (tenant_id, *place(resource_id), vdc_id, hour.astimezone(UTC), parts)
+
+    @property
+    def attributed(self) -> dict[tuple[str, datetime], int]:
+        """kWh parts attributed to tenants per (node, hour)."""
+        if self._attributed is None:
+            self._attributed = defaultdict(int)
+            if copies(self._session.connection()):
+                node = _node_of_resource(UsageRecord.resource_id, "postgresql")
+                statement = self._energy_rows(node, UsageRecord.hour, func.sum(UsageRecord.quantity_parts)).group_by(node, UsageRecord.hour)
+                for name, hour, parts in stream_rows(self._session.connection(), statement):
+                    self._attributed[(name, hour.astimezone(UTC))] += int(parts)
+                return self._attributed
+            for _, node, _, _, hour, parts in self._rows():
+                self._attributed[(node, hour)] += parts
+        return self._attributed
 
     def intensity_at(self, node: str, hour: datetime) -> Decimal | None:
         """gCO2e/kWh of the node's zone in that hour, or None when unknown."""
@@ -160,11 +227,11 @@ def _key(by: str, tenant_id: int, node: str, vdc_id: int | None, namespace: str 
 
 def _add_idle(session: Session, report: EmissionsReport, start: datetime, end: datetime, ledger: EnergyLedger) -> None:
     names = dict(session.exec(select(Node.id, Node.name)).all())
-    idle_parts, weighted, unpriced = 0, Decimal(0), 0
-    for node_id, hour, kwh in session.exec(select(NodeEnergyHour.node_id, NodeEnergyHour.hour, NodeEnergyHour.kwh).where(
-            col(NodeEnergyHour.hour) >= start, col(NodeEnergyHour.hour) < end)).all():
+    idle_parts, weighted, unpriced, attributed = 0, Decimal(0), 0, ledger.attributed
+    for node_id, hour, kwh in stream_rows(session.connection(), select(NodeEnergyHour.node_id, NodeEnergyHour.hour, NodeEnergyHour.kwh).where(
+            col(NodeEnergyHour.hour) >= start, col(NodeEnergyHour.hour) < end)):
         name, hour = names[node_id], hour.astimezone(UTC)
-        idle = max(0, int(Decimal(kwh) * PARTS_PER_UNIT) - ledger.attributed.get((name, hour), 0))
+        idle = max(0, int(Decimal(kwh) * PARTS_PER_UNIT) - attributed.get((name, hour), 0))
         idle_parts += idle
         g = ledger.intensity_at(name, hour)
         if g is None:
@@ -185,12 +252,12 @@ def _embodied(session: Session, start: datetime, end: datetime,
         return out
     nodes: dict[str, tuple[str | None, int]] | None = None
     recorded: dict[tuple, list[tuple[datetime, datetime | None, int]]] = {}
-    for tenant_id, node, vdc_id, sku, hour, parts in session.exec(
-            select(UsageRecord.tenant_id, UsageRecord.resource_id, UsageRecord.vdc_id, UsageRecord.sku,
+    for tenant_id, node, vdc_id, sku, hour, parts in stream_rows(
+            session.connection(), select(UsageRecord.tenant_id, UsageRecord.resource_id, UsageRecord.vdc_id, UsageRecord.sku,
                    UsageRecord.hour, UsageRecord.quantity_parts)
             .where(UsageRecord.source == SOURCE_LEASE, or_(col(UsageRecord.sku).startswith(f"{skus.NODE_HOUR}:"),
                                                            col(UsageRecord.sku).startswith(f"{skus.GPU_HOUR}:")),
-                   col(UsageRecord.hour) >= start, col(UsageRecord.hour) < end)).all():
+                   col(UsageRecord.hour) >= start, col(UsageRecord.hour) < end)):
         kind, _, rest = sku.partition(":")
         if kind == skus.NODE_HOUR:
             kg = per_class.get(rest)

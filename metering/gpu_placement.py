@@ -20,7 +20,9 @@ from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import groupby
+from typing import Any
 
+from sqlalchemy import String, func
 from sqlmodel import Session, col, select
 
 from collectors import mig_profiles
@@ -41,50 +43,68 @@ class GpuHolders:
     capacity: int
 
 
-class HourCursor:
-    """Values of a stream ordered by hour, read forward one hour at a time (`at`), so a month of
-    them is never held at once."""
+class KeyCursor:
+    """Values of a stream ordered by an increasing key (node id), read forward one key at a time
+    (`at`), so the whole stream is never held at once."""
 
-    def __init__(self, stream: Iterator[tuple[datetime, dict]]) -> None:
-        self._stream = stream
-        self._hour: datetime | None = None
-        self._value: dict = {}
+    def __init__(self, stream: Iterator[tuple[Any, Any]], empty: Callable[[], Any] = dict) -> None:
+        self._stream, self._empty = stream, empty
+        self._key: Any = None
+        self._value: Any = None
         self._done = False
 
-    def at(self, hour: datetime) -> dict:
-        """The stream's value for `hour` ({} if none); hours must be asked in increasing order."""
-        while not self._done and (self._hour is None or self._hour < hour):
+    def at(self, key: Any) -> Any:
+        """The stream's value for `key` (`empty()` if none); keys must be asked in increasing order."""
+        while not self._done and (self._key is None or self._key < key):
             next_item = next(self._stream, None)
             if next_item is None:
-                self._done, self._value = True, {}
+                self._done = True
             else:
-                self._hour, self._value = next_item
-        return self._value if self._hour == hour and not self._done else {}
+                self._key, self._value = next_item
+        return self._value if self._key == key and not self._done else self._empty()
+
+    def drain(self) -> None:
+        """Read the rest of the stream (a generator with work to finish)."""
+        for _ in self._stream:
+            pass
+        self._done = True
 
 
-def gpu_holders(session: Session, start: datetime, end: datetime) -> Iterator[tuple[datetime, dict[str, GpuHolders]]]:
-    """(hour, GPU UUID → its holders) for every hour in [start, end) in which the exporters saw a
-    namespace on a GPU, in hour order. A MIG instance's namespace holds its profile's slices of
-    the parent GPU."""
+def _gpu_of_entity(entity: Any, dialect: str) -> Any:
+    """SQL: the GPU UUID of a `namespace|UUID[/instance][|profile]` entity."""
+    if dialect == "postgresql":
+        return func.split_part(func.split_part(entity, "|", 2), "/", 1)
+    after = func.substr(entity, func.instr(entity, "|") + 1, type_=String)
+    return func.substr(after, 1, func.min(func.instr(after.concat("|"), "|"), func.instr(after.concat("/"), "/")) - 1)
+
+
+def gpu_holders(session: Session, start: datetime, end: datetime
+                ) -> Iterator[tuple[int, dict[datetime, dict[str, GpuHolders]]]]:
+    """(node id, hour → GPU UUID → its holders) for every node on whose GPUs the exporters saw a
+    namespace in [start, end), in node id order (one node's month at a time). A MIG instance's
+    namespace holds its profile's slices of the parent GPU."""
     from collectors.store import NAMESPACE_GPU_UTIL_ROLLUP, split_namespace_entity  # the store pulls in HTTP clients: not for `kiln bills list`
 
-    models = dict(session.exec(select(Gpu.uuid, Gpu.model).where(col(Gpu.uuid).is_not(None))).all())
-    statement = select(Rollup5m.entity, Rollup5m.bucket).where(
+    uuid = _gpu_of_entity(Rollup5m.entity, session.connection().dialect.name)
+    statement = select(Gpu.node_id, Gpu.model, Rollup5m.entity, Rollup5m.bucket).join(Gpu, col(Gpu.uuid) == uuid).where(
         Rollup5m.metric == NAMESPACE_GPU_UTIL_ROLLUP, col(Rollup5m.bucket) >= start, col(Rollup5m.bucket) < end
-    ).order_by(Rollup5m.bucket)
-    slices: dict[str, int] = {}
+    ).order_by(Gpu.node_id, Rollup5m.bucket)
     rows = session.connection().execute(statement.execution_options(yield_per=STREAM_ROWS))
-    for hour, hour_rows in groupby(rows, key=lambda row: row[1].replace(minute=0, second=0, microsecond=0)):
-        weights: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        for entity, _ in hour_rows:
-            namespace, gpu, profile = split_namespace_entity(entity)
-            if profile and not mig_profiles.PROFILE_PATTERN.match(profile):
-                continue  # not a profile NVIDIA names: how much of the GPU it held is unknown
-            uuid = gpu.partition("/")[0]
-            if uuid not in slices:
-                slices[uuid] = mig_profiles.total_slices(models.get(uuid, ""))
-            weights[uuid][namespace] += min(mig_profiles.profile_slices(profile), slices[uuid]) if profile else slices[uuid]
-        yield hour, {uuid: GpuHolders(dict(held), slices[uuid] * BUCKETS_PER_HOUR) for uuid, held in weights.items()}
+    for node_id, node_rows in groupby(rows, key=lambda row: row[0]):
+        hours: dict[datetime, dict[str, GpuHolders]] = {}
+        for hour, hour_rows in groupby(node_rows, key=lambda row: row[3].replace(minute=0, second=0, microsecond=0)):
+            weights: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+            slices: dict[str, int] = {}
+            for _, model, entity, _ in hour_rows:
+                namespace, gpu, profile = split_namespace_entity(entity)
+                if profile and not mig_profiles.PROFILE_PATTERN.match(profile):
+                    continue  # not a profile NVIDIA names: how much of the GPU it held is unknown
+                gpu_uuid = gpu.partition("/")[0]
+                total = slices.setdefault(gpu_uuid, mig_profiles.total_slices(model or ""))
+                weights[gpu_uuid][namespace] += min(mig_profiles.profile_slices(profile), total) if profile else total
+            hours[hour] = {gpu_uuid: GpuHolders(dict(held), slices[gpu_uuid] * BUCKETS_PER_HOUR)
+                           for gpu_uuid, held in weights.items()}
+        yield node_id, hours
 
 
 def placed_gpus(per_gpu: Mapping[str, int], holders: Mapping[str, GpuHolders], claims: NodeHourClaims,

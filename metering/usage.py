@@ -14,11 +14,10 @@ Sources:
   label: GPU-hours by the node's GPU model, CPU core-hours, RAM GiB-hours (resource id =
   `k8s:<namespace>`). Time a pod spends on a node that is leased whole is not counted again:
   the lease holder already pays for the node.
-- `energy`: a node's metered kWh per hour (`node_energy_hour`) goes to the tenant leasing it,
-  pro rata to the part of the hour leased (resource id = node name); on a shared Kubernetes node
-  the rest goes by each namespace's share of the node's GPUs (their own energy, where GPU
-  counters measure it) and of its CPUs and memory (`metering.energy_shares`; resource id =
-  `<node>/k8s:<namespace>`). What nobody held stays unattributed (idle).
+- `energy`: a node's metered kWh per hour goes to the tenant leasing it and, on a shared
+  Kubernetes node, to the namespaces by their share of its GPUs, CPUs and memory
+  (`metering.energy_usage`, node by node beside the Kubernetes counts). What nobody held stays
+  unattributed (idle).
 
 Every row keeps its amount exactly, as `quantity_parts` (an integer: quantity × 3,600,000,000,
 i.e. GPU-microseconds for GPU-hours), beside `quantity` (the same to 6 decimal places, for
@@ -30,7 +29,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from itertools import groupby
@@ -38,7 +37,7 @@ from itertools import groupby
 from sqlalchemy import delete, func
 from sqlmodel import Session, col, or_, select
 
-from collectors.models import GpuEnergyHour, K8sAllocation, NodeEnergyHour
+from collectors.models import K8sAllocation, NodeEnergyHour
 from fleet.models import Gpu, Node
 from fleet.tenancy_models import Lease
 from kiln.auth import Principal
@@ -48,15 +47,15 @@ from kiln.partitions import stage_month, swap_month
 from kiln.types import exact_sum, sum_value
 from collectors import mig_profiles
 from metering import skus
-from metering.energy_shares import CPU, GPU, MEMORY, NodeCapacity, NodeHourClaims, split_node_energy
-from metering.gpu_placement import HourCursor, gpu_holders, placed_gpus
+from metering.energy_shares import CPU, GPU, MEMORY, NodeHourClaims
+from metering.energy_usage import energy_usage
 from metering.gpu_shares import Pool, SharedGpuHours, oversubscribed
 from metering.instance_usage import InstanceClaim, InstanceKey, instance_claims
 from metering.models import UsageRecord
-from metering.usage_io import STREAM_ROWS, copies, stream_rows, write_rows
+from metering.usage_io import copies, stream_rows, write_rows
 from metering.intervals import HourlyTotals, Number, exact
-from metering.money import PARTS_PER_UNIT, quantity_from_parts
-from metering.periods import HOUR, split_by_hour
+from metering.money import quantity_from_parts
+from metering.periods import split_by_hour
 
 SOURCE_LEASE, SOURCE_K8S, SOURCE_ENERGY = "lease", "k8s", "energy"
 SOURCES = (SOURCE_LEASE, SOURCE_K8S, SOURCE_ENERGY)
@@ -137,21 +136,21 @@ def _is_gpu(resource: str) -> bool:
     return resource in GPU_RESOURCES or mig_profiles.is_mig_resource(resource)
 
 
-def _shared_pools(rows: list[tuple], node_ids: dict[str, int], gpus: dict[int, dict[str, int]]) -> dict[int, Pool]:
-    """Nodes whose GPUs are shared (any MIG request, or whole-GPU requests beyond the node's GPUs
-    at some instant: time-slicing) → their pool; the others keep the per-interval fast path."""
-    mig_nodes: set[int] = set()
-    whole: dict[int, list[tuple[datetime, datetime, int]]] = defaultdict(list)
-    for _, _, node_name, resource, quantity, starts_at, ends_at in rows:
-        node_id = node_ids.get(node_name or "")
-        if node_id is None:
-            continue
+def _shared_pool(node_id: int | None, rows: list[tuple], gpus: dict[int, dict[str, int]]) -> Pool | None:
+    """The node's GPU pool if its GPUs are shared (any MIG request, or whole-GPU requests beyond
+    its GPUs at some instant: time-slicing); None keeps the per-interval fast path."""
+    if node_id is None:
+        return None
+    whole: list[tuple[datetime, datetime, int]] = []
+    mig = False
+    for _, _, _, resource, quantity, starts_at, ends_at in rows:
         if mig_profiles.is_mig_resource(resource):
-            mig_nodes.add(node_id)
+            mig = True
         elif resource in GPU_RESOURCES and gpus.get(node_id):
-            whole[node_id].append((starts_at, ends_at or datetime.max.replace(tzinfo=starts_at.tzinfo), int(quantity)))
-    shared = mig_nodes | {n for n, spans in whole.items() if oversubscribed(spans, sum(gpus[n].values()))}
-    return {node_id: _pool(gpus.get(node_id, {})) for node_id in shared}
+            whole.append((starts_at, ends_at, int(quantity)))
+    if mig or oversubscribed(whole, sum(gpus.get(node_id, {}).values())):
+        return _pool(gpus.get(node_id, {}))
+    return None
 
 
 def _pool(models: dict[str, int]) -> Pool:
@@ -173,143 +172,96 @@ def _claim_slices(resource: str, quantity: Decimal, pool: Pool) -> int:
     return int(quantity) * pool.slices
 
 
-def _node_by_node(rows: Iterable[tuple], node_ids: dict[str, int], gpus: dict[int, dict[str, int]],
-                  pools: dict[int, Pool]) -> Iterator[tuple]:
-    """The rows (ordered by node name) again, each node's after its shared pool, if any, is added to `pools`
-    (where its GPU instance leases already made one, that one is kept)."""
-    for _, group in groupby(rows, key=lambda row: row[2]):
-        node_rows = list(group)
-        pools.update({n: pool for n, pool in _shared_pools(node_rows, node_ids, gpus).items() if n not in pools})
-        yield from node_rows
+@dataclass
+class _NodeRequests:
+    """Adds one node's pods (and GPU instance leases) to the period's totals (`node`)."""
+
+    start: datetime
+    held: dict[int, list[_Held]]
+    gpus: dict[int, dict[str, int]]
+    metered: set[int]
+    instances: dict[int, list[InstanceClaim]]
+    leased: HourlyTotals
+    totals: HourlyTotals
+    tenants: dict[str, int]
+    priced: dict[tuple, tuple[str | None, Number]] = field(default_factory=dict)  # (resource, node, quantity) → SKU, exact quantity
+
+    def node(self, node_id: int | None, rows: list[tuple]) -> dict[datetime, NodeHourClaims]:
+        """Count the node's rows; returns what each tenant requested of it per hour if it is metered."""
+        claims: dict[datetime, NodeHourClaims] = defaultdict(NodeHourClaims)
+        pool = (_instance_pool(self.gpus.get(node_id, {}), self.instances[node_id]) if node_id in self.instances
+                else _shared_pool(node_id, rows, self.gpus))
+        shared = SharedGpuHours({node_id: pool}) if pool else None
+        for claim in self.instances.get(node_id, ()):  # claimed exactly as a pod requesting the same MIG profile would
+            shared.add(node_id, claim.key, claim.start, claim.end, _claim_slices(claim.resource, Decimal(1), pool))
+        metered = node_id in self.metered
+        for namespace, slug, _, resource, quantity, starts_at, ends_at in rows:
+            known = self.priced.get((resource, node_id, quantity))
+            if known is None:
+                sku, amount = _k8s_sku(resource, _main_model(self.gpus.get(node_id, {})), quantity)
+                known = self.priced[(resource, node_id, quantity)] = (sku, exact(amount) if sku else amount)
+            sku, per_micro = known
+            if sku is None:
+                continue
+            tenant_id = self.tenants[slug]
+            key = (tenant_id, f"k8s:{namespace}", sku)
+            for a, b in _subtract(starts_at, ends_at, self.held[node_id]) if node_id in self.held else [(starts_at, ends_at)]:
+                if shared and _is_gpu(resource):
+                    shared.add(node_id, key, a, b, _claim_slices(resource, quantity, pool))
+                    continue
+                self.totals.add(key, a, b, per_micro)
+                kind = GPU if resource in GPU_RESOURCES else resource
+                if metered and kind in (GPU, CPU, MEMORY):
+                    for hour, micros in split_by_hour(a, b):
+                        claims[hour].requests[kind][(tenant_id, namespace, None)] += int(quantity * micros)
+        for _, hour, key, parts in shared.split() if shared else ():
+            if isinstance(key, InstanceKey):
+                self.leased.add_weight((key.tenant_id, key.resource_id, key.sku), hour, parts, key.vdc_id)
+                energy_key = (key.tenant_id, None, key.vdc_id)
+            else:
+                self.totals.add_weight(key, hour, parts)
+                energy_key = (key[0], key[1].removeprefix("k8s:"), None)
+            if metered:
+                claims[hour].requests[GPU][energy_key] += parts
+        return claims if metered else {}
 
 
 def k8s_usage(
-    session: Session, start: datetime, end: datetime, held: dict[int, list[_Held]], node_ids: dict[str, int],
-    gpus: dict[int, dict[str, int]], metered: set[int], instances: dict[int, list[InstanceClaim]],
-    leased: HourlyTotals,
-) -> tuple[HourlyTotals, dict[tuple[int, datetime], NodeHourClaims]]:
-    """Request-hours per namespace → tenant, outside leased time; what each tenant requested of each
-    metered node per hour (for `energy_usage`).
+    session: Session, start: datetime, end: datetime, held: dict[int, list[_Held]], gpus: dict[int, dict[str, int]],
+    metered: set[int], instances: dict[int, list[InstanceClaim]], leased: HourlyTotals, totals: HourlyTotals,
+) -> Iterator[tuple[int, dict[datetime, NodeHourClaims]]]:
+    """Request-hours per namespace → tenant, outside leased time, added to `totals` node by node as
+    this is read; yields (node id, what each tenant requested of it per hour) in node id order, for
+    `metering.energy_usage` ({} for a node without metered energy). Pods on nodes Kiln does not
+    know are counted last, without a node.
 
     GPUs of nodes with MIG requests, time-sliced GPUs or GPU instance leases (`instances`) are split
     per hour by `metering.gpu_shares`; a MIG instance is `gpu-hour:<model>:<profile>`, counted in
     GPU-hours (its compute fraction). Instance leases' shares are added to `leased`."""
-    totals = HourlyTotals(start)
-    claims: dict[tuple[int, datetime], NodeHourClaims] = defaultdict(NodeHourClaims)
     tenants = dict(session.exec(select(Tenant.slug, Tenant.id)).all())
-    statement = select(K8sAllocation.namespace, K8sAllocation.tenant_slug, K8sAllocation.node_name, K8sAllocation.resource,
-                       K8sAllocation.quantity, K8sAllocation.starts_at, K8sAllocation.ends_at).where(
+    statement = select(K8sAllocation.namespace, K8sAllocation.tenant_slug, Node.id, K8sAllocation.resource,
+                       K8sAllocation.quantity, K8sAllocation.starts_at, K8sAllocation.ends_at).join(
+        Node, col(Node.name) == K8sAllocation.node_name, isouter=True).where(
         col(K8sAllocation.starts_at) < end, or_(col(K8sAllocation.ends_at).is_(None), col(K8sAllocation.ends_at) > start)
-    ).order_by(K8sAllocation.node_name)
-    # streamed node by node (a server-side cursor on PostgreSQL): memory holds one node's pods,
-    # not the month's millions of rows; whether a node's GPUs are shared depends on its pods only
-    rows = (row for row in stream_rows(session.connection(), statement) if row[4] > 0 and tenants.get(row[1] or "") is not None)
-    pools: dict[int, Pool] = {node_id: _instance_pool(gpus.get(node_id, {}), node_claims)
-                              for node_id, node_claims in instances.items()}
-    shared = SharedGpuHours(pools)
-    for node_id, node_claims in instances.items():
-        for claim in node_claims:  # claimed exactly as a pod requesting the same MIG profile would
-            shared.add(node_id, claim.key, claim.start, claim.end, _claim_slices(claim.resource, Decimal(1), pools[node_id]))
-    priced: dict[tuple, tuple[str | None, Number]] = {}  # (resource, node, quantity) → SKU, exact quantity
-    for namespace, slug, node_name, resource, quantity, starts_at, ends_at in _node_by_node(rows, node_ids, gpus, pools):
-        clipped = _clip(starts_at, ends_at, start, end)
-        if clipped is None:
-            continue
-        tenant_id, node_id = tenants[slug], node_ids.get(node_name or "")
-        known = priced.get((resource, node_id, quantity))
-        if known is None:
-            sku, amount = _k8s_sku(resource, _main_model(gpus.get(node_id, {})), quantity)
-            known = priced[(resource, node_id, quantity)] = (sku, exact(amount) if sku else amount)
-        sku, per_micro = known
-        if sku is None:
-            continue
-        key = (tenant_id, f"k8s:{namespace}", sku)
-        for a, b in _subtract(*clipped, held.get(node_id, [])) if node_id in held else [clipped]:
-            if node_id in pools and _is_gpu(resource):
-                shared.add(node_id, key, a, b, _claim_slices(resource, quantity, pools[node_id]))
-                continue
-            totals.add(key, a, b, per_micro)
-            kind = GPU if resource in GPU_RESOURCES else resource
-            if node_id in metered and kind in (GPU, CPU, MEMORY):
-                for hour, micros in split_by_hour(a, b):
-                    claims[(node_id, hour)].requests[kind][(tenant_id, namespace, None)] += int(quantity * micros)
-    for node_id, hour, key, parts in shared.split():
-        if isinstance(key, InstanceKey):
-            leased.add_weight((key.tenant_id, key.resource_id, key.sku), hour, parts, key.vdc_id)
-            energy_key = (key.tenant_id, None, key.vdc_id)
-        else:
-            totals.add_weight(key, hour, parts)
-            energy_key = (key[0], key[1].removeprefix("k8s:"), None)
-        if node_id in metered:
-            claims[(node_id, hour)].requests[GPU][energy_key] += parts
-    return totals, claims
-
-
-def energy_resource_id(node: str, namespace: str | None = None) -> str:
-    """An energy row's resource: the node, or for a Kubernetes namespace's share `<node>/k8s:<namespace>`."""
-    return f"{node}/k8s:{namespace}" if namespace else node
-
-
-def energy_place(resource_id: str) -> tuple[str, str | None]:
-    """(node, namespace or None) of an energy row's resource (`energy_resource_id` reversed)."""
-    node, _, namespace = resource_id.partition("/k8s:")
-    return node, namespace or None
-
-
-def _gpu_energy(session: Session, start: datetime, end: datetime) -> Iterator[tuple[datetime, dict[int, dict[str, int]]]]:
-    """(hour, node → GPU → parts of kWh its own energy counter measured), in hour order."""
-    statement = select(GpuEnergyHour.hour, GpuEnergyHour.node_id, GpuEnergyHour.entity, GpuEnergyHour.kwh).where(
-        col(GpuEnergyHour.node_id).is_not(None), col(GpuEnergyHour.hour) >= start, col(GpuEnergyHour.hour) < end
-    ).order_by(GpuEnergyHour.hour)
-    for hour, rows in groupby(session.connection().execute(statement.execution_options(yield_per=STREAM_ROWS)),
-                              key=lambda row: row[0]):
-        out: dict[int, dict[str, int]] = defaultdict(dict)
-        for _, node_id, entity, kwh in rows:
-            out[node_id][entity] = int(Decimal(kwh) * PARTS_PER_UNIT)
-        yield hour, out
-
-
-def _capacities(session: Session, gpus: dict[int, dict[str, int]]) -> dict[int, NodeCapacity]:
-    """Each node's GPUs, and its CPU cores and memory where its facts say (`cpu_cores`, `ram_mib`)."""
-    out = {}
-    for node_id, facts in session.exec(select(Node.id, Node.facts)).all():
-        cores, ram_mib = (facts or {}).get("cpu_cores"), (facts or {}).get("ram_mib")
-        out[node_id] = NodeCapacity(sum(gpus.get(node_id, {}).values()),
-                                    int(cores) if isinstance(cores, int | float) and cores > 0 else None,
-                                    int(ram_mib) * 2**20 if isinstance(ram_mib, int | float) and ram_mib > 0 else None)
-    return out
-
-
-def energy_usage(
-    session: Session, start: datetime, end: datetime, held: dict[int, list[_Held]], nodes: dict[int, tuple[str, str | None]],
-    gpus: dict[int, dict[str, int]], claims: dict[tuple[int, datetime], NodeHourClaims],
-) -> HourlyTotals:
-    """kWh per node-hour to the lease holders (pro rata), else to Kubernetes tenants by their GPU,
-    CPU and memory shares (`metering.energy_shares`; each GPU's own energy to the namespaces the
-    exporters saw on it, `metering.gpu_placement`), exactly: the rest is idle energy."""
-    totals = HourlyTotals(start)
-    capacities = _capacities(session, gpus)
-    gpu_kwh, holders = HourCursor(_gpu_energy(session, start, end)), HourCursor(gpu_holders(session, start, end))
-    statement = select(NodeEnergyHour.node_id, NodeEnergyHour.hour, NodeEnergyHour.kwh).where(
-        col(NodeEnergyHour.hour) >= start, col(NodeEnergyHour.hour) < end).order_by(NodeEnergyHour.hour)
-    for node_id, hour, kwh in session.exec(statement).all():
-        name = nodes[node_id][0]
-        hour_claims = claims.get((node_id, hour)) or NodeHourClaims()
-        for h in held.get(node_id, []):
-            for _, micros in split_by_hour(max(h.start, hour), min(h.end, hour + HOUR)):
-                hour_claims.leased[(h.tenant_id, name, h.vdc_id)] += micros
-        per_gpu = gpu_kwh.at(hour).get(node_id)
-        placed = placed_gpus(per_gpu, holders.at(hour), hour_claims,
-                             lambda tenant_id, ns: (tenant_id, energy_resource_id(name, ns), None)) if per_gpu else []
-        requests = {kind: {(tenant_id, energy_resource_id(name, namespace), vdc_id): w
-                           for (tenant_id, namespace, vdc_id), w in weights.items()}
-                    for kind, weights in hour_claims.requests.items()}
-        split = split_node_energy(int(Decimal(kwh) * PARTS_PER_UNIT), sum(per_gpu.values()) if per_gpu else None,
-                                  NodeHourClaims(hour_claims.leased, requests), capacities[node_id], placed)
-        for (tenant_id, resource_id, vdc_id), parts in split.items():
-            if parts:
-                totals.add_weight((tenant_id, resource_id, skus.KWH), hour, parts, vdc_id)
-    return totals
+    ).order_by(col(Node.id).nulls_last())
+    # streamed node by node (a server-side cursor on PostgreSQL): memory holds one node's pods and
+    # claims, not the month's millions of rows; whether a node's GPUs are shared depends on its pods only
+    rows = ((namespace, slug, node_id, resource, quantity, *clipped)
+            for namespace, slug, node_id, resource, quantity, starts_at, ends_at in stream_rows(session.connection(), statement)
+            if quantity > 0 and tenants.get(slug or "") is not None and (clipped := _clip(starts_at, ends_at, start, end)))
+    count = _NodeRequests(start, held, gpus, metered, instances, leased, totals, tenants)
+    waiting = sorted(instances)  # nodes with GPU instance leases, some perhaps without pods
+    for node_id, group in groupby(rows, key=lambda row: row[2]):
+        while waiting and (node_id is None or waiting[0] < node_id):
+            only_leased = waiting.pop(0)
+            yield only_leased, count.node(only_leased, [])
+        if waiting and waiting[0] == node_id:
+            waiting.pop(0)
+        claims = count.node(node_id, list(group))
+        if node_id is not None:
+            yield node_id, claims
+    for only_leased in waiting:
+        yield only_leased, count.node(only_leased, [])
 
 
 def build_usage(session: Session, start: datetime, end: datetime, now: datetime | None = None) -> dict[str, int]:
@@ -331,13 +283,14 @@ def build_usage(session: Session, start: datetime, end: datetime, now: datetime 
         gpus = _gpu_models(session)
         metered = set(session.exec(select(NodeEnergyHour.node_id).where(
             col(NodeEnergyHour.hour) >= start, col(NodeEnergyHour.hour) < stop).distinct()).all())
-        leased = lease_usage(held, nodes, gpus, start)
-        k8s, claims = k8s_usage(session, start, stop, held, {name: i for i, (name, _) in nodes.items()}, gpus, metered,
-                                instance_claims(session, start, stop), leased)  # adds instance leases' shares to `leased`
+        leased, k8s = lease_usage(held, nodes, gpus, start), HourlyTotals(start)
+        # node by node: the Kubernetes counts (and instance leases' shares, added to `leased`) as
+        # the energy split reads each node's claims; the energy rows written as they are made
+        claims = k8s_usage(session, start, stop, held, gpus, metered, instance_claims(session, start, stop), leased, k8s)
+        written[SOURCE_ENERGY] = energy_usage(session, start, stop, held, nodes, gpus, claims,
+                                              lambda rows: write_rows(session, SOURCE_ENERGY, rows, into=staged))
         written[SOURCE_LEASE] = write_rows(session, SOURCE_LEASE, leased, into=staged)
         written[SOURCE_K8S] = write_rows(session, SOURCE_K8S, k8s, into=staged)
-        energy = energy_usage(session, start, stop, held, nodes, gpus, claims)
-        written[SOURCE_ENERGY] = write_rows(session, SOURCE_ENERGY, energy, into=staged)
     if staged is not None:
         swap_month(connection, UsageRecord.__tablename__, start, staged)
     return written

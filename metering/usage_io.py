@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from functools import cache
+from itertools import count
 
 from sqlalchemy import Connection, Select, insert
 from sqlmodel import Session
@@ -19,6 +20,7 @@ from metering.models import UsageRecord
 
 INSERT_CHUNK = 20_000
 STREAM_ROWS = 5_000  # rows fetched at a time
+_CURSORS = count()
 USAGE_COLUMNS = ("tenant_id", "vdc_id", "resource_id", "sku", "quantity", "quantity_parts", "unit", "source", "hour")
 
 
@@ -34,10 +36,11 @@ def stream_rows(connection: Connection, statement: Select) -> Iterator[tuple]:
     if not copies(connection):
         yield from connection.execute(statement.execution_options(yield_per=STREAM_ROWS))
         return
-    compiled, driver = statement.compile(dialect=connection.dialect), connection.connection.driver_connection
+    compiled = statement.compile(dialect=connection.dialect, compile_kwargs={"render_postcompile": True})  # IN (…) lists
+    driver = connection.connection.driver_connection
     zone = driver.info.parameter_status("TimeZone")
     driver.execute("SET LOCAL TimeZone = 'UTC'")  # timestamps then load as datetime.UTC ones
-    with driver.cursor(name="kiln_stream") as cursor:
+    with driver.cursor(name=f"kiln_stream_{next(_CURSORS)}") as cursor:  # streams may be open at once
         cursor.itersize = STREAM_ROWS
         cursor.execute(str(compiled), compiled.params)
         yield from cursor
