@@ -6,7 +6,8 @@ import math
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import Engine
+import pytest
+from sqlalchemy import Engine, create_engine, update
 from sqlmodel import Session, select
 
 from collectors.base import Sample, TargetResult
@@ -153,6 +154,27 @@ def test_replicas_split_targets_and_take_over_a_dead_ones(engine: Engine) -> Non
     retire_worker(engine, "worker-b")
     with Session(engine) as session:
         assert {r.lease_owner for r in session.exec(select(CollectorTargetState))} == {None}
+
+
+@pytest.mark.postgresql_only  # row locks of concurrent transactions
+def test_a_claim_does_not_wait_for_another_replicas_open_cycle(engine: Engine) -> None:
+    """A replica storing its cycle holds its target states' rows until it commits; another
+    replica claiming meanwhile must not wait for that (its cycle would start late)."""
+    targets = [f"gpu-{i:03d}" for i in range(10)]
+    lease, now = timedelta(seconds=75), datetime(2026, 11, 1, 12, tzinfo=UTC)
+    assert claim_targets(engine, "ipmi", targets, "worker-a", lease=lease, now=now) == targets
+    # a lock wait fails this claim after 2 s instead of hanging until worker-a commits
+    impatient = create_engine(engine.url, connect_args={"options": "-c lock_timeout=2000"})
+    try:
+        with Session(engine) as cycle, cycle.begin():  # worker-a's cycle: its target states, not committed
+            cycle.execute(update(CollectorTargetState).where(CollectorTargetState.lease_owner == "worker-a")
+                          .values(last_attempt_at=now, up=True))
+            later = now + timedelta(seconds=60)
+            assert claim_targets(impatient, "ipmi", targets, "worker-b", lease=lease, now=later) == []
+            assert claim_targets(impatient, "ipmi", [*targets, "gpu-new"], "worker-b", lease=lease,
+                                 now=later) == ["gpu-new"]
+    finally:
+        impatient.dispose()
 
 
 def test_gpu_series_without_a_node_name_are_placed_by_gpu_target_or_kubernetes_ip(engine: Engine, world: World) -> None:
