@@ -12,16 +12,25 @@ Peers on 127.0.0.1, started here: a private PostgreSQL cluster and the BMC simul
 
 - `collector_target_state`: every poll sets the target's `last_attempt_at` to the time its
   cycle's results were stored, so each distinct value is one cycle of one worker, and each
-  target's successive values are its polls; `polled_once_per_cycle` is true when, after the
-  warm-up, every gap between two polls of a BMC lies within 0.5-1.5 intervals (no BMC
-  polled twice in a cycle, none skipped);
+  target's successive values are its polls; the time of each poll itself is the
+  `observed_at` of the BMC's `ipmi_up{collector="chassis"}` snapshot (the sample's time, taken
+  when the BMC answered). `polled_once_per_cycle` is true when, after the warm-up, every gap
+  between two polls of a BMC lies within 0.5-1.5 intervals (no BMC polled twice in a cycle,
+  none skipped); `min_gap_s`/`max_gap_s` are poll-to-poll, `stored_gap_s` store-to-store;
 - each worker's `kiln_collector_cycle_duration_seconds{collector="ipmi"}`: a new observation
-  is one cycle's duration; its CPU from /proc.
+  is one cycle's duration (its start: the tick's time less the duration, so ± one tick);
+  `cycle_start_gap_s` the start-to-start spacing of each worker's cycles; its CPU from /proc.
 
-After `--cycles` steady cycles the last worker is SIGKILLed. Its BMCs stay leased until their
-leases lapse (one interval + 25 %), then a survivor claims them: `takeover` is the survivor's
-first cycle that polls them (cold: new sessions and SDR reads for those, its own BMCs stay
-warm), `fits_cycle` whether it took at most one interval. One JSON line on stdout.
+The warm-up lasts until every BMC was polled three times: the cold poll, the one that reads
+the device id and FRU (slower), and a first steady one, which still finds part of the
+sessions open (idle under 50 s since the slower poll before) and so is shorter than the
+steady cycles after it, where every session has idled out and is opened again.
+
+Once every BMC was polled `--cycles` times more (`--cycles` - 1 steady gaps each), the last
+worker is SIGKILLed. Its BMCs stay leased until their leases lapse (one interval + 25 %), then
+a survivor claims them: `takeover` is the survivor's first cycle that polls them (cold: new
+sessions and SDR reads for those, its own BMCs stay warm), `fits_cycle` whether it took at
+most one interval. One JSON line on stdout.
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ from pathlib import Path
 from benchmarks.ipmi_poll import log, proc_cpu_s
 from benchmarks.soak import SECRET_KEY, PrivatePostgres, bmc_simulator, free_port, seed, start_kiln
 
+WARM_UP_POLLS = 3  # cold, device id + FRU, first steady (see the module docstring)
 CYCLE_METRIC = re.compile(r'^kiln_collector_cycle_duration_seconds_(sum|count)\{collector="ipmi"\} (\S+)$', re.M)
 
 
@@ -55,7 +65,8 @@ class Watch:
 
         self.engine = create_db_engine(url)
         self.workers = workers  # name -> (pid, metrics port)
-        self.polls: dict[str, list[tuple[datetime, str | None, bool]]] = {}
+        # target -> its polls: (stored at, owner, up, polled at)
+        self.polls: dict[str, list[tuple[datetime, str | None, bool, datetime | None]]] = {}
         self.cycles: list[dict] = []
         self.cpu: dict[str, list[tuple[float, float]]] = {w: [] for w in workers}
         self._last: dict[str, tuple[float, float]] = {}
@@ -67,17 +78,22 @@ class Watch:
         from sqlalchemy import text
 
         with self.engine.connect() as conn:
-            rows = conn.execute(text("SELECT target, lease_owner, last_attempt_at, up FROM collector_target_state "
-                                     "WHERE collector = 'ipmi' AND last_attempt_at IS NOT NULL")).all()
-        for target, owner, at, up in rows:
+            rows = conn.execute(text(
+                "SELECT t.target, t.lease_owner, t.last_attempt_at, t.up, h.observed_at FROM collector_target_state t "
+                "LEFT JOIN health_snapshot h ON h.entity = t.target AND h.metric = 'ipmi_up' "
+                "AND h.labels_key = 'collector=chassis' "
+                "WHERE t.collector = 'ipmi' AND t.last_attempt_at IS NOT NULL")).all()
+        for target, owner, at, up, polled in rows:
             seen = self.polls.setdefault(target, [])
             if not seen or seen[-1][0] != at:
-                seen.append((at, owner, up))
+                seen.append((at, owner, up, polled))
         now = time.monotonic()
         for name, (pid, port) in self.workers.items():
             if name in self.dead:
                 continue
-            self.cpu[name].append((now, proc_cpu_s(pid)))
+            cpu = live_cpu_s(pid)
+            if cpu is not None:  # gone (killed meanwhile): its last sample stands
+                self.cpu[name].append((now, cpu))
             with contextlib.suppress(OSError):
                 text_ = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
                 values = {k: float(v) for k, v in CYCLE_METRIC.findall(text_)}
@@ -103,14 +119,46 @@ class Watch:
         return round(after[1] - before[1], 2)
 
 
+def live_cpu_s(pid: int) -> float | None:
+    """CPU seconds of a running process; None once it is gone or a zombie (its /proc reads 0)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+    return None if state in ("Z", "X") else proc_cpu_s(pid)
+
+
 def gaps_summary(polls: dict[str, list], since: datetime, until: datetime, interval: float) -> dict:
-    """Gaps between successive polls of each BMC within [since, until]."""
-    gaps = [(b[0] - a[0]).total_seconds() for seen in polls.values() for a, b in zip(seen, seen[1:])
-            if a[0] >= since and b[0] <= until]
+    """Gaps between successive polls of each BMC stored within [since, until]: poll to poll
+    (the BMC's answers), and store to store (`stored_gap_s`, the cycles' commits)."""
+    pairs = [(a, b) for seen in polls.values() for a, b in zip(seen, seen[1:]) if a[0] >= since and b[0] <= until]
+    gaps = [((b[3] or b[0]) - (a[3] or a[0])).total_seconds() for a, b in pairs]
+    stored = [(b[0] - a[0]).total_seconds() for a, b in pairs]
     return {"gaps": len(gaps), "min_gap_s": round(min(gaps), 2) if gaps else None,
             "max_gap_s": round(max(gaps), 2) if gaps else None,
+            "stored_gap_s": [round(min(stored), 2), round(max(stored), 2)] if stored else None,
             "polled_twice": sum(1 for g in gaps if g < 0.5 * interval),
             "skipped": sum(1 for g in gaps if g > 1.5 * interval)}
+
+
+def gaps_by_poll(polls: dict[str, list], until: datetime) -> list[list[float]]:
+    """[min, max] poll-to-poll gap between each BMC's 1st and 2nd poll, 2nd and 3rd, ... (before `until`)."""
+    by_index: dict[int, list[float]] = {}
+    for seen in polls.values():
+        for i, (a, b) in enumerate(zip(seen, seen[1:])):
+            if b[0] <= until:
+                by_index.setdefault(i, []).append(((b[3] or b[0]) - (a[3] or a[0])).total_seconds())
+    return [[round(min(g), 2), round(max(g), 2)] for _, g in sorted(by_index.items())]
+
+
+def cycle_start_gaps(cycles: list[dict], since: float, until: float) -> dict[str, list[float]]:
+    """Per worker, the spacing of its successive cycles' starts (ended - duration, ± one tick)."""
+    out: dict[str, list[float]] = {}
+    for worker in sorted({c["worker"] for c in cycles}):
+        starts = [c["ended"] - c["seconds"] for c in cycles if c["worker"] == worker and c["cycles"] == 1
+                  and since <= c["ended"] <= until]
+        out[worker] = [round(b - a, 1) for a, b in zip(starts, starts[1:])]
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -150,22 +198,26 @@ def main(argv: list[str] | None = None) -> None:
             watch = Watch(pg.url, {n: (procs[n].pid, ports[n]) for n in names})  # type: ignore[attr-defined]
             thread = threading.Thread(target=watch.run, args=(args.tick,), daemon=True)
             thread.start()
-            log(f"{len(names)} workers started; warming up (every BMC polled twice)")
-            deadline = time.monotonic() + 6 * args.interval + 120
-            while not (len(watch.polls) == len(bmcs) and all(len(p) >= 2 for p in watch.polls.values())):
+            log(f"{len(names)} workers started; warming up (every BMC polled three times)")
+            deadline = time.monotonic() + 7 * args.interval + 120
+            while not (len(watch.polls) == len(bmcs) and all(len(p) >= WARM_UP_POLLS for p in watch.polls.values())):
                 if time.monotonic() > deadline:
-                    raise SystemExit(f"ipmi_fleet: the BMCs were not all polled twice; see {work}/w*.log")
+                    raise SystemExit(f"ipmi_fleet: the BMCs were not all polled {WARM_UP_POLLS} times; see {work}/w*.log")
                 time.sleep(args.tick)
             steady_from = datetime.now(UTC)
             steady_mono = time.monotonic()
             log(f"steady: measuring {args.cycles} cycles")
-            time.sleep(args.cycles * args.interval)
+            polls = WARM_UP_POLLS + args.cycles
+            deadline = time.monotonic() + (args.cycles + 2) * args.interval
+            while not all(len(p) >= polls for p in watch.polls.values()) and time.monotonic() < deadline:
+                time.sleep(args.tick)
+            time.sleep(2 * args.tick)  # the last cycles' durations, observed just after their commit
             victim, survivors = names[-1], names[:-1]
             watch.tick()
             orphans = {t for t, seen in watch.polls.items() if seen[-1][1] == victim}
+            watch.dead.add(victim)  # no CPU sample of it from now on
             os.killpg(procs[victim].pid, signal.SIGKILL)  # type: ignore[attr-defined]
             procs[victim].wait()  # type: ignore[attr-defined]
-            watch.dead.add(victim)
             killed_at, killed_mono = datetime.now(UTC), time.monotonic()
             log(f"{victim} killed (SIGKILL), {len(orphans)} BMCs orphaned; waiting for the takeover")
             deadline = time.monotonic() + 4 * args.interval + 60
@@ -211,7 +263,7 @@ def summarize(args: argparse.Namespace, watch: Watch, bmcs: list, orphans: set[s
     owner_of: dict[datetime, str | None] = {}
     ok_of: dict[datetime, int] = {}
     for target, seen in watch.polls.items():
-        for at, owner, up in seen:
+        for at, owner, up, _polled in seen:
             cycles_by_time.setdefault(at, []).append(target)
             owner_of.setdefault(at, owner)
             ok_of[at] = ok_of.get(at, 0) + bool(up)
@@ -251,7 +303,9 @@ def summarize(args: argparse.Namespace, watch: Watch, bmcs: list, orphans: set[s
                    "cpu_s_per_cycle": {w: round(watch.cpu_between(w, steady_mono, killed_mono)
                                                / max(1, sum(1 for c in steady_cycles if c["worker"] == w)), 2)
                                        for w in watch.workers},
-                   "ok_share_min": round(min(steady_ok), 4) if steady_ok else None, **steady},
+                   "ok_share_min": round(min(steady_ok), 4) if steady_ok else None, **steady,
+                   "cycle_start_gap_s": cycle_start_gaps(watch.cycles, steady_mono - args.interval, killed_mono)},
+        "gaps_by_poll": gaps_by_poll(watch.polls, killed_at),
         "killed": victim,
         "takeover": takeover,
         "cycles_after_kill_s": [(c["worker"], c["seconds"]) for c in after],

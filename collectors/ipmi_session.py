@@ -9,6 +9,7 @@ plain readings (`PollResult`); `collectors/ipmi.py` makes samples of them.
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 import threading
@@ -34,6 +35,8 @@ SESSION_IDLE_LIMIT_S = 50.0
 # swap: read in the poll after first contact (which stays as short as a cold start needs) and
 # then once a day, not every cycle
 FACTS_REFRESH_S = 86400.0
+# distinct full sensor records kept for sharing between BMCs (a few hundred per BMC model)
+SHARED_RECORDS = 16384
 # full sensor record bytes 3 (record type) and 5 (sensor owner id)
 RECORD_TYPE, SENSOR_OWNER = 3, 5
 NETFN_CHASSIS, NETFN_APP, NETFN_SENSOR, NETFN_DCMI = 0x00, 0x06, 0x04, 0x2C
@@ -112,6 +115,14 @@ def sensor_record(sdr: Any) -> SensorRecord:
         sensor_type=sdr.sensor_type_code, unit=sdr.units_2, percentage=bool(sdr.percentage),
         threshold_based=sdr.event_reading_type_code == EVENT_READING_THRESHOLD, convert=convert,
     )
+
+
+@functools.lru_cache(maxsize=SHARED_RECORDS)
+def shared_sensor_record(data: bytes) -> SensorRecord:
+    """The SensorRecord of a full sensor record's bytes, one object for every BMC that serves
+    the same bytes: a fleet's BMCs of one model do, and each record keeps python-ipmi's parsed
+    record (~2.7 KB with its conversion) for its readings."""
+    return sensor_record(SdrCommon.from_data(data))
 
 
 def device_facts(data: bytes) -> dict[str, str]:
@@ -310,7 +321,7 @@ class BmcConnection:
     def _read_sdr(self, result: PollResult) -> None:
         records = read_records(self._raw)
         self.sdr_reads += 1
-        self._sensors = [sensor_record(SdrCommon.from_data(r)) for r in records if len(r) > SENSOR_OWNER
+        self._sensors = [shared_sensor_record(bytes(r)) for r in records if len(r) > SENSOR_OWNER
                          and r[RECORD_TYPE] == SDR_TYPE_FULL_SENSOR_RECORD and r[SENSOR_OWNER] == BMC_ADDRESS]
 
     def _read_sensors(self, result: PollResult) -> None:

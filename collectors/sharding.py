@@ -4,8 +4,9 @@ Each cycle a replica (1) records a heartbeat, (2) counts the live replicas (seen
 lease), (3) keeps up to its fair share (ceil(targets / replicas)) of the leases it holds and
 releases the rest, and (4) claims free or expired targets up to that share. Rows are taken with
 `SELECT ... FOR UPDATE SKIP LOCKED` on PostgreSQL, so two replicas claiming at once never get
-the same target; a lease lasts a little more than one interval, so a killed replica's targets
-are free again by the others' next cycle. On SQLite (one machine) the database lock
+the same target, and no replica's claim waits for another's cycle to commit; a lease lasts a
+little more than one interval, so a killed replica's targets are free again by the others'
+next cycle. On SQLite (one machine) the database lock
 serialises the claims instead.
 """
 
@@ -42,9 +43,12 @@ def claim_targets(engine: Engine, collector: str, targets: Sequence[str], owner:
     with Session(engine) as session, session.begin():
         upsert(session, CollectorWorker, [{"owner": owner, "started_at": now, "last_seen_at": now}], ("owner",),
                ("last_seen_at",))
+        # only the targets without a row: an upsert of every target would wait for another
+        # replica's open cycle transaction on each row it updates (its target states)
+        known = set(session.exec(select(CollectorTargetState.target).where(CollectorTargetState.collector == collector)))
         upsert(session, CollectorTargetState,
-               [{"collector": collector, "target": t, "up": False, "consecutive_failures": 0} for t in wanted],
-               ("collector", "target"), None)
+               [{"collector": collector, "target": t, "up": False, "consecutive_failures": 0}
+                for t in wanted if t not in known], ("collector", "target"), None)
         live = session.exec(select(CollectorWorker.owner).where(CollectorWorker.last_seen_at > now - lease)).all()
         share = math.ceil(len(wanted) / max(1, len(live)))
         rows = select(CollectorTargetState).where(CollectorTargetState.collector == collector,

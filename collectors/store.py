@@ -73,6 +73,7 @@ MAX_ROLLUPS = {TEMPERATURE_METRIC: TEMPERATURE_MAX_ROLLUP}
 NODE_INFO_METRIC = "kube_node_info"  # its internal_ip places exporters known only by address
 FACT_METRICS = {"ipmi_bmc_info": "bmc", "ipmi_fru_info": "fru"}
 ERROR_LIMIT = 2000
+SNAPSHOT_BATCH = 5000  # snapshot rows a statement writes (whole entities)
 GPU_SOURCES = frozenset({"dcgm", "rocm", "dcgm-exporter"})
 # samples that are records, not health: stored by their own source's persistence (cluster_store)
 NOT_HEALTH = ("kiln_k8s_pod_allocation", "opencost_allocation_", "redfish_log_entry", "redfish_gpu_info")
@@ -147,7 +148,20 @@ def record_target_states(session: Session, collector: str, results: Sequence[Tar
 
 
 def write_snapshots(session: Session, samples: Iterable[Sample], node_ids: Mapping[str, int]) -> None:
-    """Upsert the newest value of every series; sensor `*_state` samples fill `state`."""
+    """Upsert the newest value of every series; sensor `*_state` samples fill `state`. Whole entities
+    in batches of ~SNAPSHOT_BATCH rows (~1 KB each to write): memory does not grow with the fleet."""
+    by_entity: dict[str, list[Sample]] = {}
+    for s in samples:
+        by_entity.setdefault(s.entity, []).append(s)
+    batch: list[Sample] = []
+    for i, entity_samples in enumerate(by_entity.values(), 1):
+        batch += entity_samples
+        if len(batch) >= SNAPSHOT_BATCH or i == len(by_entity):
+            _write_snapshot_batch(session, batch, node_ids)
+            batch = []
+
+
+def _write_snapshot_batch(session: Session, samples: Iterable[Sample], node_ids: Mapping[str, int]) -> None:
     rows: dict[tuple[str, str, str], dict] = {}
     states: dict[tuple[str, str, str], int | None] = {}
     for s in samples:

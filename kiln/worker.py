@@ -1,17 +1,20 @@
-"""`kiln worker`: the scheduler that runs Kiln's periodic jobs (APScheduler).
+"""`kiln worker`: the scheduler that runs Kiln's periodic jobs.
 
-Jobs are declared here once with their purpose and spacing; each runs at most once at a
-time, missed runs coalesce, and a failing run is logged with its traceback and retried on
-the next tick without stopping the others.
+Jobs are declared here once with their purpose and spacing; each runs on its own thread,
+start to start every `seconds` (`run_paced`): never two runs of one job at once, a run that
+outlasts its interval is followed at once by the next (not one interval later), and a
+failing run is logged with its traceback and retried on the next tick without stopping the
+others.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from apscheduler.schedulers.blocking import BlockingScheduler
 from prometheus_client import CollectorRegistry, start_http_server
 from sqlalchemy import Engine
 
@@ -99,19 +102,32 @@ def _collect(engine: Engine, source: Source, owner: str, metrics: WorkerMetrics)
 
 def run_forever(settings: Settings, engine: Engine) -> None:
     """Run every job on its interval until interrupted; serve their durations on /metrics."""
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it logs every run at INFO
     registry = CollectorRegistry()
     if settings.worker_metrics_port:
         _serve_metrics(settings, registry)
-    scheduler = BlockingScheduler(timezone="UTC")
+    stop = threading.Event()
     for job in jobs_for(settings, engine, metrics=WorkerMetrics(registry)):
-        scheduler.add_job(_guarded(job), "interval", seconds=job.seconds, id=job.name, name=job.name, max_instances=1, coalesce=True,
-                          next_run_time=utcnow())
+        threading.Thread(target=run_paced, args=(job, stop), name=f"kiln-{job.name}").start()
         log.info("scheduled %s every %d s", job.name, job.seconds)
     try:
-        scheduler.start()
+        while not stop.wait(1.0):  # a timed wait: Ctrl-C reaches the main thread
+            pass
     finally:
+        stop.set()  # each job's thread ends after its current run
         retire_worker(engine, settings.worker_name or default_worker_name())
+
+
+def run_paced(job: Job, stop: threading.Event, clock: Callable[[], float] = time.monotonic,
+              wait: Callable[[float], object] | None = None) -> None:
+    """Run `job` now and then every `seconds`, start to start (a run's length does not move the
+    next: a BMC is polled every interval, not every interval + cycle), until `stop` is set. A
+    run that outlasts its interval is followed at once by the next, never overlapped by it."""
+    wait = wait or stop.wait
+    run, next_start = _guarded(job), clock()
+    while not stop.is_set():
+        run()
+        next_start = max(next_start + job.seconds, clock())
+        wait(max(0.0, next_start - clock()))
 
 
 def _serve_metrics(settings: Settings, registry: CollectorRegistry) -> None:

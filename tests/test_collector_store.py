@@ -6,7 +6,8 @@ import math
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import Engine
+import pytest
+from sqlalchemy import Engine, create_engine, update
 from sqlmodel import Session, select
 
 from collectors.base import Sample, TargetResult
@@ -17,9 +18,11 @@ from collectors.models import (
     Rollup5m,
 )
 from collectors.sharding import claim_targets, retire_worker
+from collectors import store
 from collectors.energy import energy_by_hour
+from collectors.health_events import SENSOR_EVENT_KIND
 from collectors.store import persist_results
-from fleet.models import Gpu, Node
+from fleet.models import Gpu, Node, NodeEvent
 from tests.factories import World
 from tests.fleet_helpers import make_node_row
 
@@ -82,6 +85,44 @@ def test_snapshots_keep_the_newest_value_with_sensor_state(engine: Engine, world
     assert (hot.value, hot.state, hot.observed_at, hot.node_id) == (93.0, 2, later, node.id)
     assert rows[("ipmi_sensor_value", "VBAT")].value is None  # NaN is stored as NULL
     assert node.facts["fru"] == {"product_serial": "KSN000002"}
+
+
+def test_snapshots_go_in_batches_of_whole_nodes(engine: Engine, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches of 2, 2 and 1 nodes: each sensor's state still lands on its value's row and
+    changes once into a node event, as in one statement."""
+    monkeypatch.setattr(store, "SNAPSHOT_BATCH", 4)
+    batches: list[int] = []
+
+    def upsert(session: Session, model: object, rows: list[dict], *args: object) -> None:
+        if model is HealthSnapshot:
+            batches.append(len({r["entity"] for r in rows}))
+        real_upsert(session, model, rows, *args)
+
+    real_upsert = store.upsert
+    monkeypatch.setattr(store, "upsert", upsert)
+    nodes = [make_node_row(world, gpus=0, name=f"gpu-1{i:02d}") for i in range(5)]
+    temp = {"id": "3", "name": "GPU2 Temp"}
+
+    def cycle(at: datetime, state: float) -> list[TargetResult]:
+        return [TargetResult(n.name, ok=True, samples=[
+            ipmi(n.name, "ipmi_dcmi_power_consumption_watts", 900.0 + i, at),
+            ipmi(n.name, "ipmi_temperature_celsius", 60.0 + i, at, "celsius", **temp),
+            ipmi(n.name, "ipmi_temperature_state", state, at, "state", **temp)]) for i, n in enumerate(nodes)]
+
+    later = T0 + timedelta(minutes=1)
+    for at, state in ((T0, 0.0), (later, 2.0)):
+        with Session(engine) as session, session.begin():
+            persist_results(session, "ipmi", cycle(at, state))
+    with Session(engine) as session:
+        rows = {(r.entity, r.metric): r for r in session.exec(select(HealthSnapshot))}
+        events = session.exec(select(NodeEvent.node_id, NodeEvent.message).where(NodeEvent.kind == SENSOR_EVENT_KIND)).all()
+    assert batches == [2, 2, 1, 2, 2, 1] and len(rows) == 15
+    for i, node in enumerate(nodes):
+        hot = rows[(node.name, "ipmi_temperature_celsius")]
+        assert (hot.value, hot.state, hot.observed_at) == (60.0 + i, 2, later)
+        assert rows[(node.name, "ipmi_dcmi_power_consumption_watts")].value == 900.0 + i
+    assert sorted(node_id for node_id, _ in events) == sorted(n.id for n in nodes)
+    assert all("GPU2 Temp went from" in message for _, message in events), events
 
 
 def test_target_state_reports_failing_and_recovered_once(engine: Engine) -> None:
@@ -153,6 +194,27 @@ def test_replicas_split_targets_and_take_over_a_dead_ones(engine: Engine) -> Non
     retire_worker(engine, "worker-b")
     with Session(engine) as session:
         assert {r.lease_owner for r in session.exec(select(CollectorTargetState))} == {None}
+
+
+@pytest.mark.postgresql_only  # row locks of concurrent transactions
+def test_a_claim_does_not_wait_for_another_replicas_open_cycle(engine: Engine) -> None:
+    """A replica storing its cycle holds its target states' rows until it commits; another
+    replica claiming meanwhile must not wait for that (its cycle would start late)."""
+    targets = [f"gpu-{i:03d}" for i in range(10)]
+    lease, now = timedelta(seconds=75), datetime(2026, 11, 1, 12, tzinfo=UTC)
+    assert claim_targets(engine, "ipmi", targets, "worker-a", lease=lease, now=now) == targets
+    # a lock wait fails this claim after 2 s instead of hanging until worker-a commits
+    impatient = create_engine(engine.url, connect_args={"options": "-c lock_timeout=2000"})
+    try:
+        with Session(engine) as cycle, cycle.begin():  # worker-a's cycle: its target states, not committed
+            cycle.execute(update(CollectorTargetState).where(CollectorTargetState.lease_owner == "worker-a")
+                          .values(last_attempt_at=now, up=True))
+            later = now + timedelta(seconds=60)
+            assert claim_targets(impatient, "ipmi", targets, "worker-b", lease=lease, now=later) == []
+            assert claim_targets(impatient, "ipmi", [*targets, "gpu-new"], "worker-b", lease=lease,
+                                 now=later) == ["gpu-new"]
+    finally:
+        impatient.dispose()
 
 
 def test_gpu_series_without_a_node_name_are_placed_by_gpu_target_or_kubernetes_ip(engine: Engine, world: World) -> None:

@@ -425,6 +425,19 @@ def test_firmware_revision_prints_the_bcd_minor_as_ipmitool_and_freeipmi_do(raw:
     assert device_facts(answer)["firmware_revision"] == text
 
 
+def test_bmcs_serving_the_same_sdr_share_its_records(sim: Sim) -> None:
+    """A worker holds one parsed sensor record per distinct SDR record, not one per BMC: BMCs of
+    one model (the simulator's) share them, with the same readings as before."""
+    a, b = sim.targets()[:2]
+    with IpmiCollector([a, b], workers=2) as collector:
+        results = collector.collect()
+        assert all(r.ok for r in results), results
+        first, second = (collector._conns[t.node]._sensors for t in (a, b))
+    assert first and len(first) == len(second) and all(x is y for x, y in zip(first, second))
+    readings = [{(s.metric, s.labels.get("name")) for s in r.samples if s.metric != "ipmi_up"} for r in results]
+    assert readings[0] == readings[1] and len(readings[0]) >= 2 * len(first)
+
+
 def test_retarget_keeps_the_sessions_of_the_targets_kept(sim: Sim) -> None:
     """A worker that takes over another's BMCs (collectors/sharding.py) keeps its own warm."""
     a, b, c = sim.targets()[:3]

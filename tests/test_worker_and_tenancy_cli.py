@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 from sqlmodel import Session, select
@@ -13,7 +14,7 @@ from fleet.provisioning.registry import Drivers
 from fleet.runtime import FleetRuntime
 from fleet.schemas import NodeCreate
 from kiln.auth import Principal
-from kiln.worker import jobs_for
+from kiln.worker import Job, jobs_for, run_paced
 from tests.cli_helpers import base_env, run
 from tests.fleet_helpers import node_payload
 
@@ -40,6 +41,25 @@ def test_sync_job_records_changes_made_behind_kilns_back(settings, engine) -> No
     job.run()  # nothing changed since: no new event
     with Session(engine) as session:
         assert len(session.exec(select(NodeEvent).where(NodeEvent.kind == "state")).all()) == 1
+
+
+def test_jobs_run_start_to_start_and_an_overrun_is_followed_at_once() -> None:
+    """A 60 s collector cycle starts 60 s after the last one started, whatever that one took; one
+    that takes longer than 60 s is followed at once (not overlapped, no interval skipped)."""
+    now, starts, lengths = [0.0], [], [45.0, 70.0, 10.0, 59.0, 0.5]
+    stop = threading.Event()
+
+    def cycle() -> None:
+        starts.append(now[0])
+        now[0] += lengths[len(starts) - 1]
+        if len(starts) == len(lengths):
+            stop.set()
+
+    def wait(seconds: float) -> None:
+        now[0] += seconds
+
+    run_paced(Job("collect-ipmi", 60, cycle), stop, clock=lambda: now[0], wait=wait)
+    assert starts == [0.0, 60.0, 130.0, 190.0, 250.0]
 
 
 def test_vdc_and_lease_commands(engine, tmp_path: Path) -> None:
