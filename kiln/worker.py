@@ -1,20 +1,22 @@
-"""`kiln worker`: the scheduler that runs Kiln's periodic jobs.
+"""`kiln worker`: the scheduler that runs Kiln's periodic jobs (APScheduler).
 
-Jobs are declared here once with their purpose and spacing; each runs on its own thread,
-start to start every `seconds` (`run_paced`): never two runs of one job at once, a run that
-outlasts its interval is followed at once by the next (not one interval later), and a
-failing run is logged with its traceback and retried on the next tick without stopping the
-others.
+Jobs are declared here once with their purpose and spacing; each runs start to start every
+`seconds` (`next_start`): when a run ends, the next is scheduled one interval after it began,
+or at once if it outlasted its interval — never two runs of one job at once, and never an
+interval skipped (an interval trigger with `max_instances=1` drops the start that falls inside
+a long run, so a 61 s cycle meant 120 s between polls). A failing run is logged with its
+traceback and retried on the next tick without stopping the others.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
+from apscheduler.schedulers.base import BaseScheduler
+from apscheduler.schedulers.blocking import BlockingScheduler
 from prometheus_client import CollectorRegistry, start_http_server
 from sqlalchemy import Engine
 
@@ -102,32 +104,38 @@ def _collect(engine: Engine, source: Source, owner: str, metrics: WorkerMetrics)
 
 def run_forever(settings: Settings, engine: Engine) -> None:
     """Run every job on its interval until interrupted; serve their durations on /metrics."""
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it logs every run at INFO
     registry = CollectorRegistry()
     if settings.worker_metrics_port:
         _serve_metrics(settings, registry)
-    stop = threading.Event()
+    scheduler = BlockingScheduler(timezone="UTC")
     for job in jobs_for(settings, engine, metrics=WorkerMetrics(registry)):
-        threading.Thread(target=run_paced, args=(job, stop), name=f"kiln-{job.name}").start()
+        pace(scheduler, job, utcnow())
         log.info("scheduled %s every %d s", job.name, job.seconds)
     try:
-        while not stop.wait(1.0):  # a timed wait: Ctrl-C reaches the main thread
-            pass
+        scheduler.start()
     finally:
-        stop.set()  # each job's thread ends after its current run
         retire_worker(engine, settings.worker_name or default_worker_name())
 
 
-def run_paced(job: Job, stop: threading.Event, clock: Callable[[], float] = time.monotonic,
-              wait: Callable[[float], object] | None = None) -> None:
-    """Run `job` now and then every `seconds`, start to start (a run's length does not move the
-    next: a BMC is polled every interval, not every interval + cycle), until `stop` is set. A
-    run that outlasts its interval is followed at once by the next, never overlapped by it."""
-    wait = wait or stop.wait
-    run, next_start = _guarded(job), clock()
-    while not stop.is_set():
+def pace(scheduler: BaseScheduler, job: Job, start: datetime, clock: Callable[[], datetime] = utcnow) -> None:
+    """Schedule one run of `job` at `start`; as it ends, it schedules the next (`next_start`)."""
+    run = _guarded(job)
+
+    def paced() -> None:
         run()
-        next_start = max(next_start + job.seconds, clock())
-        wait(max(0.0, next_start - clock()))
+        pace(scheduler, job, next_start(start, job.seconds, clock()), clock)
+
+    # one date job per run (its own id: the instance still finishing never blocks the next),
+    # run however late the scheduler wakes
+    scheduler.add_job(paced, "date", run_date=start, name=job.name, misfire_grace_time=None)
+
+
+def next_start(started: datetime, seconds: int, now: datetime) -> datetime:
+    """When the run after one that began at `started` starts: `seconds` later, start to start
+    (a run's length does not move it: a BMC is polled every interval, not every interval +
+    cycle), or `now` if the run outlasted its interval."""
+    return max(started + timedelta(seconds=seconds), now)
 
 
 def _serve_metrics(settings: Settings, registry: CollectorRegistry) -> None:

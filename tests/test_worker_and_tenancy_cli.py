@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlmodel import Session, select
@@ -14,7 +15,7 @@ from fleet.provisioning.registry import Drivers
 from fleet.runtime import FleetRuntime
 from fleet.schemas import NodeCreate
 from kiln.auth import Principal
-from kiln.worker import Job, jobs_for, run_paced
+from kiln.worker import Job, jobs_for, pace
 from tests.cli_helpers import base_env, run
 from tests.fleet_helpers import node_payload
 
@@ -43,22 +44,35 @@ def test_sync_job_records_changes_made_behind_kilns_back(settings, engine) -> No
         assert len(session.exec(select(NodeEvent).where(NodeEvent.kind == "state")).all()) == 1
 
 
+class _ManualScheduler:
+    """APScheduler's `add_job` for date jobs, fired by hand on a fake clock."""
+
+    def __init__(self) -> None:
+        self.due: list[tuple[datetime, Callable[[], None]]] = []
+
+    def add_job(self, func, trigger, *, run_date, name, misfire_grace_time) -> None:
+        assert trigger == "date" and misfire_grace_time is None  # a late wake-up still runs it
+        self.due.append((run_date, func))
+
+
 def test_jobs_run_start_to_start_and_an_overrun_is_followed_at_once() -> None:
     """A 60 s collector cycle starts 60 s after the last one started, whatever that one took; one
     that takes longer than 60 s is followed at once (not overlapped, no interval skipped)."""
-    now, starts, lengths = [0.0], [], [45.0, 70.0, 10.0, 59.0, 0.5]
-    stop = threading.Event()
+    origin = datetime(2026, 12, 6, tzinfo=UTC)
+    now, starts, lengths = [origin], [], [45.0, 70.0, 10.0, 59.0, 0.5]
+    scheduler = _ManualScheduler()
 
     def cycle() -> None:
-        starts.append(now[0])
-        now[0] += lengths[len(starts) - 1]
-        if len(starts) == len(lengths):
-            stop.set()
+        assert not scheduler.due, "the next run is scheduled only once this one has ended"
+        starts.append((now[0] - origin).total_seconds())
+        now[0] += timedelta(seconds=lengths[len(starts) - 1])
 
-    def wait(seconds: float) -> None:
-        now[0] += seconds
-
-    run_paced(Job("collect-ipmi", 60, cycle), stop, clock=lambda: now[0], wait=wait)
+    pace(scheduler, Job("collect-ipmi", 60, cycle), origin, clock=lambda: now[0])
+    while len(starts) < len(lengths):
+        (run_date, run), = scheduler.due
+        scheduler.due.clear()
+        now[0] = max(now[0], run_date)  # the scheduler wakes at the run date
+        run()
     assert starts == [0.0, 60.0, 130.0, 190.0, 250.0]
 
 
