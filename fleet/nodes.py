@@ -19,8 +19,6 @@ from fleet.models import Gpu, Node, NodeEvent, NodeTag
 from fleet.provisioning.base import BackendNode, DriverError, NodeTarget
 from fleet.provisioning.states import PowerState, ProvisionState
 from fleet.schemas import GpuSpec, NodeCreate, NodePublic, NodeUpdate
-from fleet.tenancy_models import GpuInstanceLease, Lease
-from fleet.usage import in_force
 from kiln import audit
 from kiln.auth import Principal
 from kiln.db import first_or_not_found, utcnow
@@ -39,6 +37,9 @@ def visible(statement, principal: Principal):
     which is leased, to one of its tenants)."""
     if principal.sees_all_tenants:
         return statement
+    from fleet.tenancy_models import GpuInstanceLease, Lease  # leases only matter to tenant roles
+    from fleet.usage import in_force
+
     now = utcnow()
     leased = principal.scope(select(Lease.node_id).where(in_force(now)), Lease.tenant_id)
     instances = principal.scope(select(GpuInstanceLease.node_id).where(in_force(now, GpuInstanceLease)),
@@ -260,6 +261,8 @@ def delete_node(session: Session, principal: Principal, node_id: int, drivers: D
     """Remove a node from its backend and from Kiln; refused while it has lease history."""
     node = get_node(session, principal, node_id)
     principal.require_role(Role.INFRA_ADMIN, action="delete nodes")
+    from fleet.tenancy_models import GpuInstanceLease, Lease
+
     if (session.exec(select(Lease.id).where(Lease.node_id == node.id)).first()
             or session.exec(select(GpuInstanceLease.id).where(GpuInstanceLease.node_id == node.id)).first()):
         raise Conflict(f"node '{node.name}' has lease history that billing needs: it cannot be deleted")
