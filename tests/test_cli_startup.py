@@ -30,7 +30,7 @@ NOT_FOR_VERSION = NOT_FOR_LISTS | HASHING | {"sqlalchemy", "sqlmodel", "pydantic
 # it never reads. A module counts with its sub-modules.
 NOT_FOR_COMMAND = {
     ("nodes", "list"): {"kiln.models", "fleet.tenancy_models", "fleet.usage", "collectors", "fleet.importer",
-                        "fleet.runtime", "fleet.operations", "fleet.node_history"},
+                        "fleet.runtime", "fleet.operations", "fleet.node_history", "fleet.provisioning.base"},
     ("tenants", "list"): {"kiln.users", "kiln.tokens", "kiln.sessions", "kiln.throttle", "kiln.security", "fleet",
                           "metering"},
     ("vdcs", "list"): {"fleet.leases", "fleet.instance_leases", "fleet.nodes", "metering"},
