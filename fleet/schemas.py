@@ -20,14 +20,10 @@ Provisioner = Literal["ironic", "metal3", "fake"]
 HardwareType = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$", description="Ironic hardware type, e.g. ipmi, redfish, fake-hardware.")]
 
 
-# What callers send (facts, NodeCreate, NodeUpdate) is validated by a schema built at its first
-# use (defer_build): commands that only read nodes never build it.
-
-
 class DiskFact(BaseModel):
     """A disk of a node."""
 
-    model_config = ConfigDict(extra="forbid", defer_build=True)
+    model_config = ConfigDict(extra="forbid")
     name: str = Field(max_length=64)
     size_gb: int = Field(ge=0)
 
@@ -35,7 +31,7 @@ class DiskFact(BaseModel):
 class NicFact(BaseModel):
     """A network interface of a node."""
 
-    model_config = ConfigDict(extra="forbid", defer_build=True)
+    model_config = ConfigDict(extra="forbid")
     name: str = Field(max_length=64)
     mac: MacAddress | None = None
     speed_gbps: int | None = Field(default=None, ge=0)
@@ -44,7 +40,7 @@ class NicFact(BaseModel):
 class HardwareFacts(BaseModel):
     """What the node is made of (set by hand, by import, by inspection or by the IPMI collector)."""
 
-    model_config = ConfigDict(extra="forbid", defer_build=True)
+    model_config = ConfigDict(extra="forbid")
     cpu_model: str | None = Field(default=None, max_length=128)
     cpu_cores: int | None = Field(default=None, ge=1)
     ram_mib: int | None = Field(default=None, ge=1)
@@ -94,7 +90,7 @@ def _unique_gpu_indexes(gpus: list[GpuSpec] | None) -> list[GpuSpec] | None:
 class NodeCreate(BaseModel):
     """Enroll a node: its BMC, its backend and what it is made of."""
 
-    model_config = ConfigDict(extra="forbid", defer_build=True)
+    model_config = ConfigDict(extra="forbid")
 
     name: NodeName
     provisioner: Provisioner
@@ -151,7 +147,7 @@ class NodeUpdate(BaseModel):
     """Fields of a node that Kiln owns (BMC and backend identity change by re-enrolling); the
     second, collection-only `redfish_address` (null: none)."""
 
-    model_config = ConfigDict(extra="forbid", defer_build=True)
+    model_config = ConfigDict(extra="forbid")
 
     redfish_address: RedfishAddress | None = None
     resource_class: str | None = Field(default=None, max_length=64)
