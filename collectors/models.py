@@ -27,6 +27,8 @@ from typing import Any
 from sqlalchemy import JSON, Column, ForeignKey, Index, Integer, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+# Loads the tables this module's foreign keys name: a flush sorts tables by those keys.
+import fleet.models  # noqa: F401
 from kiln.db import UTCDateTime
 from kiln.types import ExactNumeric
 

@@ -14,13 +14,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from fleet.bmc import parse_bmc_address
-from fleet.errors import backend_error
 from fleet.models import Gpu, Node, NodeEvent, NodeTag
-from fleet.provisioning.base import BackendNode, DriverError, NodeTarget
 from fleet.provisioning.states import PowerState, ProvisionState
 from fleet.schemas import GpuSpec, NodeCreate, NodePublic, NodeUpdate
-from fleet.tenancy_models import GpuInstanceLease, Lease
-from fleet.usage import in_force
 from kiln import audit
 from kiln.auth import Principal
 from kiln.db import first_or_not_found, utcnow
@@ -28,6 +24,7 @@ from kiln.errors import Conflict, ValidationFailed
 from kiln.roles import Role
 
 if TYPE_CHECKING:  # only annotations here: listing nodes need not load the drivers
+    from fleet.provisioning.base import BackendNode, NodeTarget
     from fleet.provisioning.registry import Drivers
     from kiln.security import SecretBox
 
@@ -39,6 +36,9 @@ def visible(statement, principal: Principal):
     which is leased, to one of its tenants)."""
     if principal.sees_all_tenants:
         return statement
+    from fleet.tenancy_models import GpuInstanceLease, Lease  # leases only matter to tenant roles
+    from fleet.usage import in_force
+
     now = utcnow()
     leased = principal.scope(select(Lease.node_id).where(in_force(now)), Lease.tenant_id)
     instances = principal.scope(select(GpuInstanceLease.node_id).where(in_force(now, GpuInstanceLease)),
@@ -115,6 +115,8 @@ def to_public(session: Session, principal: Principal, nodes: list[Node]) -> list
 
 def node_target(node: Node, box: SecretBox, tags: list[str]) -> NodeTarget:
     """What a driver needs to act on `node`, with its BMC password decrypted."""
+    from fleet.provisioning.base import BackendNode, NodeTarget  # driver-facing: not for reading nodes
+
     password = box.decrypt(node.bmc_password_encrypted) if node.bmc_password_encrypted else None
     known = BackendNode(
         external_id=node.external_id or "",
@@ -191,6 +193,9 @@ def _set_gpus_and_tags(session: Session, node: Node, gpus: list[GpuSpec] | None,
 
 def create_node(session: Session, principal: Principal, data: NodeCreate, drivers: Drivers, box: SecretBox) -> Node:
     """Enroll a node with its backend and record it; on any failure neither side keeps it."""
+    from fleet.errors import backend_error
+    from fleet.provisioning.base import DriverError
+
     principal.require_role(Role.INFRA_ADMIN, action="enroll nodes")
     _check_unique(session, data)
     address = parse_bmc_address(data.bmc_address)
@@ -263,6 +268,10 @@ def delete_node(session: Session, principal: Principal, node_id: int, drivers: D
     """Remove a node from its backend and from Kiln; refused while it has lease history."""
     node = get_node(session, principal, node_id)
     principal.require_role(Role.INFRA_ADMIN, action="delete nodes")
+    from fleet.errors import backend_error
+    from fleet.provisioning.base import DriverError
+    from fleet.tenancy_models import GpuInstanceLease, Lease
+
     if (session.exec(select(Lease.id).where(Lease.node_id == node.id)).first()
             or session.exec(select(GpuInstanceLease.id).where(GpuInstanceLease.node_id == node.id)).first()):
         raise Conflict(f"node '{node.name}' has lease history that billing needs: it cannot be deleted")

@@ -6,17 +6,13 @@ from datetime import datetime
 
 import typer
 
-from fleet import instance_leases as instance_service
-from fleet import leases as lease_service
-from fleet import vdcs as vdc_service
-from fleet.nodes import get_node_by_name
-from fleet.tenancy_schemas import Grant, GpuInstanceLeaseCreate, LeaseCreate, LeaseUpdate, VdcCreate, VdcUpdate
 from kiln.auth import Principal
 from kiln.cli.common import OutputFormat, OutputOption, db_session, print_rows
 from kiln.db import utcnow
 from kiln.errors import ValidationFailed
-from kiln.tenants import tenants_by_slug
 from kiln.validation import parse_model
+
+# Each command imports the services it uses: `kiln vdcs list` loads no lease code.
 
 vdcs_app = typer.Typer(help="Slices of the fleet (VDCs) granted to tenants, with quotas.", no_args_is_help=True)
 leases_app = typer.Typer(help="Lease nodes (or MIG instances of their GPUs) to tenants; the timeline billing uses.",
@@ -47,6 +43,9 @@ def vdcs_create(
     max_nodes: int = MaxNodes, max_gpus: int = MaxGpus, max_gpu_hours: int = MaxGpuHours, budget: str = Budget,
 ) -> None:
     """Create a VDC with VDC-wide quotas."""
+    from fleet import vdcs as vdc_service
+    from fleet.tenancy_schemas import VdcCreate
+
     data = parse_model(VdcCreate, {
         "name": name, "description": description, "nodes": node, "selectors": _selectors(selector),
         "max_nodes": max_nodes, "max_gpus": max_gpus, "max_gpu_hours": max_gpu_hours, "budget": budget,
@@ -64,6 +63,10 @@ def vdcs_grant(
     max_nodes: int = MaxNodes, max_gpus: int = MaxGpus, max_gpu_hours: int = MaxGpuHours, budget: str = Budget,
 ) -> None:
     """Grant a VDC to a tenant with that tenant's quotas (re-granting updates them)."""
+    from fleet import vdcs as vdc_service
+    from fleet.tenancy_schemas import Grant, VdcUpdate
+    from kiln.tenants import tenants_by_slug
+
     grant = parse_model(Grant, {"tenant": tenant, "max_nodes": max_nodes, "max_gpus": max_gpus,
                                 "max_gpu_hours": max_gpu_hours, "budget": budget})
     with db_session() as session:
@@ -79,6 +82,8 @@ def vdcs_grant(
 @vdcs_app.command("list")
 def vdcs_list(output: OutputFormat = OutputOption) -> None:
     """List VDCs with their tenants and quota use."""
+    from fleet import vdcs as vdc_service
+
     with db_session() as session:
         principal = Principal.system()
         rows = vdc_service.to_public(session, principal, vdc_service.list_vdcs(session, principal))
@@ -112,6 +117,10 @@ def leases_create(
 ) -> None:
     """Lease a node (or, with --gpu and --profile, one MIG instance of its GPU) to a tenant; refused
     beyond quota, when the node is taken, or when the instance does not fit its GPU."""
+    from fleet import instance_leases as instance_service
+    from fleet import leases as lease_service
+    from fleet.tenancy_schemas import GpuInstanceLeaseCreate, LeaseCreate
+
     if (gpu is None) != (profile is None):
         raise ValidationFailed("gpu" if gpu is None else "profile", "--gpu and --profile go together: both lease a MIG instance")
     fields = {"node": node, "tenant": tenant, "vdc": vdc, "note": note,
@@ -135,6 +144,10 @@ def leases_end(
     instance: bool = typer.Option(False, "--instance", help="The id is a GPU instance lease's (gpu column set in the list)."),
 ) -> None:
     """End a lease (with --instance: a GPU instance lease)."""
+    from fleet import instance_leases as instance_service
+    from fleet import leases as lease_service
+    from fleet.tenancy_schemas import LeaseUpdate
+
     data = LeaseUpdate(ends_at=_when(at, "at"))
     with db_session() as session:
         if instance:
@@ -152,6 +165,11 @@ def leases_list(
     output: OutputFormat = OutputOption,
 ) -> None:
     """List leases and GPU instance leases, newest first."""
+    from fleet import instance_leases as instance_service
+    from fleet import leases as lease_service
+    from fleet.nodes import get_node_by_name
+    from kiln.tenants import tenants_by_slug
+
     with db_session() as session:
         principal = Principal.system()
         node_id = get_node_by_name(session, principal, node).id if node else None

@@ -14,6 +14,9 @@ from decimal import Decimal
 from sqlalchemy import CheckConstraint, Column, ForeignKey, Integer, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+# Loads the tables this module's foreign keys name: a flush sorts tables by those keys.
+import fleet.models  # noqa: F401
+import kiln.models  # noqa: F401
 from kiln.db import UTCDateTime, utcnow
 from kiln.types import ExactNumeric
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 from sqlmodel import Session, col, select
 
 from kiln.auth import Principal
-from kiln.models import AuditEvent
+
+if TYPE_CHECKING:  # kiln.models is loaded by the functions below: importing this module is cheap
+    from kiln.models import AuditEvent
 
 
 def record(
@@ -26,6 +28,8 @@ def record(
 
     `detail` must never carry secrets; callers pass field names, not values, for those.
     """
+    from kiln.models import AuditEvent
+
     session.add(
         AuditEvent(
             actor=principal.username,
@@ -57,6 +61,8 @@ def list_events(
     session: Session, principal: Principal, *, object_type: str | None = None, limit: int = 100, before_id: int | None = None
 ) -> list[AuditEvent]:
     """Newest-first audit events visible to the caller (tenant events to that tenant's admins)."""
+    from kiln.models import AuditEvent
+
     statement = select(AuditEvent).order_by(col(AuditEvent.id).desc()).limit(limit)
     statement = principal.scope(statement, AuditEvent.tenant_id)
     if object_type:

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import getpass
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import ColumnElement
 from sqlmodel import Session, select
 
 from kiln.errors import Forbidden, NotFound
-from kiln.models import Membership, User
 from kiln.roles import GLOBAL_ROLES, Role
+
+if TYPE_CHECKING:  # kiln.models is loaded where it is used: `kiln nodes list` needs no user table
+    from kiln.models import User
 
 Statement = TypeVar("Statement")
 
@@ -65,6 +67,8 @@ class Principal:
 
 def principal_for_user(session: Session, user: User, source: str = "") -> Principal:
     """The principal of a local user, with the tenants of their memberships."""
+    from kiln.models import Membership
+
     tenant_ids = session.exec(select(Membership.tenant_id).where(Membership.user_id == user.id)).all()
     return Principal(
         username=user.username, role=Role(user.role), tenant_ids=frozenset(tenant_ids), user_id=user.id, source=source

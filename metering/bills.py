@@ -29,13 +29,12 @@ from kiln.roles import Role
 from kiln.telemetry import span
 from kiln.tenants import get_tenant_owned, tenants_by_slug
 from metering.idle import idle_usage
-from metering.models import Bill, BillLine, IdleCharge, PriceCard, TenantDiscount, UsageRecord
+from metering.models import DRAFT, FINALISED, Bill, BillLine, IdleCharge, PriceCard, TenantDiscount, UsageRecord
 from metering.periods import has_ended, next_period, parse_period, period_bounds
 from metering.price_cards import cards_overlapping
 from metering.rating import KIND_CORRECTION, CardView, Charge, UsageTotal, rate, segments, share_idle
 from metering.usage import build_usage, parts_of, parts_sum
 
-DRAFT, FINALISED = "draft", "finalised"
 WRITE_ROLES = (Role.INFRA_ADMIN, Role.FINANCE)
 DEFAULT_CURRENCY = "EUR"
 CORRECTION_CLASS = "Correction"

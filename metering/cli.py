@@ -10,12 +10,9 @@ import typer
 from kiln.auth import Principal
 from kiln.cli.common import OutputFormat, OutputOption, db_session, print_rows, settings
 from kiln.errors import ValidationFailed
-from kiln.tenants import tenants_by_slug
-from metering import budgets as budget_service
-from metering import exports, views
-from metering.bills import finalise_period, run_period
 from metering.periods import parse_period
-from metering.price_cards import PriceCardPublic, import_cards, list_cards
+
+# Each command imports the services it uses, so that a list command loads only its own.
 
 bills_app = typer.Typer(help="Bills per tenant and period: run (draft), finalise, list.", no_args_is_help=True)
 price_cards_app = typer.Typer(help="Effective-dated list prices per SKU.", no_args_is_help=True)
@@ -35,6 +32,9 @@ class ExportFormat(StrEnum):
 @bills_app.command("run")
 def bills_run(period: str = PeriodOption) -> None:
     """Build the period's usage and (re)write its draft bills; finalised bills get corrections instead."""
+    from metering import budgets as budget_service
+    from metering.bills import run_period
+
     config = settings()
     with db_session() as session:
         principal = Principal.system()
@@ -52,6 +52,9 @@ def bills_finalize(
     period: str = PeriodOption, tenant: str = typer.Option(None, "--tenant", help="Only this tenant's bill."),
 ) -> None:
     """Bring the period's drafts up to date and freeze them; an already finalised bill is an error."""
+    from metering import views
+    from metering.bills import finalise_period
+
     with db_session() as session:
         done = finalise_period(session, Principal.system(), period, policy=settings().idle_cost_policy, tenant=tenant)
         rows = views.bill_public(session, done)
@@ -66,6 +69,9 @@ def bills_list(
     output: OutputFormat = OutputOption,
 ) -> None:
     """Bills with tenant, total, currency and status (JSON: every field)."""
+    from kiln.tenants import tenants_by_slug
+    from metering import views
+
     if period is not None:
         parse_period(period, allow_future=True)
     with db_session() as session:
@@ -79,6 +85,9 @@ def bills_show(
     tenant: str = typer.Argument(..., help="Tenant slug."), period: str = PeriodOption, output: OutputFormat = OutputOption,
 ) -> None:
     """One tenant's bill for a period, line by line."""
+    from kiln.tenants import tenants_by_slug
+    from metering import views
+
     with db_session() as session:
         tenant_id = tenants_by_slug(session, [tenant])[0].id
         found = views.list_bills(session, Principal.system(), period=parse_period(period, allow_future=True), tenant_id=tenant_id)
@@ -92,6 +101,8 @@ def bills_show(
 @bills_app.command("idle")
 def bills_idle(period: str = PeriodOption, output: OutputFormat = OutputOption) -> None:
     """The period's idle capacity, priced at list (as of its last run)."""
+    from metering import views
+
     with db_session() as session:
         rows = [views.IdleChargePublic(**c.model_dump()) for c in views.idle_charges(session, parse_period(period))]
     print_rows(rows, ["sku", "quantity", "unit", "unit_price", "cost", "currency", "policy"], output, f"Idle capacity {period}")
@@ -102,6 +113,8 @@ def price_cards_import(
     file: Path = typer.Argument(..., help="CSV: sku,unit,unit_price,currency,effective_from[,effective_to]"),
 ) -> None:
     """Import price cards: every row is checked first; one bad row and nothing is stored."""
+    from metering.price_cards import import_cards
+
     try:
         text = file.read_text()
     except OSError as exc:
@@ -114,6 +127,8 @@ def price_cards_import(
 @price_cards_app.command("list")
 def price_cards_list(sku: str = typer.Option(None, help="Only this SKU."), output: OutputFormat = OutputOption) -> None:
     """Price cards by SKU and start."""
+    from metering.price_cards import PriceCardPublic, list_cards
+
     with db_session() as session:
         rows = [PriceCardPublic(**c.model_dump()) for c in list_cards(session, sku=sku)]
     print_rows(rows, ["id", "sku", "unit", "unit_price", "currency", "effective_from", "effective_to"], output, "Price cards")
@@ -122,6 +137,8 @@ def price_cards_list(sku: str = typer.Option(None, help="Only this SKU."), outpu
 @budgets_app.command("check")
 def budgets_check(period: str = PeriodOption) -> None:
     """Raise newly crossed budget and GPU-hours quota thresholds and deliver pending alerts to the webhook."""
+    from metering import budgets as budget_service
+
     config = settings()
     with db_session() as session:
         raised = budget_service.check_alerts(session, Principal.system(), period,
@@ -133,6 +150,8 @@ def budgets_check(period: str = PeriodOption) -> None:
 @budgets_app.command("alerts")
 def budgets_alerts(period: str = typer.Option(None, "--period"), output: OutputFormat = OutputOption) -> None:
     """Raised alerts, newest first, with delivery status."""
+    from metering import budgets as budget_service
+
     with db_session() as session:
         rows = budget_service.alerts_public(session, budget_service.list_alerts(session, Principal.system(), period))
     print_rows(rows, ["id", "kind", "tenant", "period", "threshold", "message", "delivered_at"], output, "Alerts")
@@ -145,6 +164,8 @@ def export_focus(
     out: Path = typer.Option(..., "--out", help="File to write (replaced)."),
 ) -> None:
     """FOCUS 1.2 export of a period's bills; the file is written only when the period has bills."""
+    from metering import exports
+
     config = settings()
     with db_session() as session:
         exports.check_exportable(session, Principal.system(), period)
@@ -160,6 +181,8 @@ def export_chargeback(
     period: str = PeriodOption, out: Path = typer.Option(..., "--out", help="CSV file to write (replaced)."),
 ) -> None:
     """Chargeback CSV: lines per cost centre, tenant and SKU, subtotals per cost centre, a grand total."""
+    from metering import exports
+
     config = settings()
     with db_session() as session:
         partial = out.with_name(out.name + ".partial")

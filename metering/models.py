@@ -16,6 +16,9 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, CheckConstraint, Column, ForeignKey, Index, Integer, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+# Loads the tables this module's foreign keys name: a flush sorts tables by those keys.
+import fleet.tenancy_models  # noqa: F401
+import kiln.models  # noqa: F401
 from kiln.db import UTCDateTime, utcnow
 from kiln.types import ExactNumeric
 
@@ -89,6 +92,9 @@ class UsageRecord(SQLModel, table=True):
     hour: datetime = Field(sa_type=UTCDateTime, nullable=False)
 
 
+DRAFT, FINALISED = "draft", "finalised"  # the two values of Bill.status
+
+
 class Bill(SQLModel, table=True):
     """A tenant's bill for one period: draft (rebuilt as usage arrives) until finalised (immutable)."""
 
@@ -98,7 +104,7 @@ class Bill(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     tenant_id: int = Field(sa_column=Column(Integer, ForeignKey("tenant.id", ondelete="RESTRICT"), nullable=False))
     period: str = Field(max_length=7, index=True)
-    status: str = Field(max_length=16)  # draft | finalised
+    status: str = Field(max_length=16)  # DRAFT | FINALISED
     currency: str = Field(max_length=3)
     list_total: Decimal = Field(sa_column=Column(AMOUNT, nullable=False))
     total: Decimal = Field(sa_column=Column(AMOUNT, nullable=False))

@@ -15,8 +15,7 @@ from sqlmodel import Session, col, select
 from kiln.auth import Principal
 from kiln.errors import NotFound
 from kiln.models import Tenant
-from metering.bills import DRAFT, get_bill_for
-from metering.models import Bill, BillLine, IdleCharge, UsageRecord
+from metering.models import DRAFT, Bill, BillLine, IdleCharge, UsageRecord
 from metering.money import plain, round_amount
 from metering.periods import period_bounds
 from metering.rating import KIND_CORRECTION, KIND_IDLE_SHARE
@@ -176,6 +175,8 @@ def list_bills(
 
 def get_line(session: Session, principal: Principal, bill_id: int, line_id: int) -> tuple[Bill, BillLine]:
     """A bill line of the caller's tenants; NotFound otherwise."""
+    from metering.bills import get_bill_for  # rating and usage code: `kiln bills list` does without it
+
     bill = get_bill_for(session, principal, bill_id)
     line = session.get(BillLine, line_id)
     if line is None or line.bill_id != bill.id:

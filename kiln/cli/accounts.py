@@ -11,17 +11,13 @@ from enum import Enum
 
 import typer
 
-from kiln import audit
 from kiln.auth import Principal
 from kiln.cli.common import OutputFormat, OutputOption, db_session, print_rows, settings
 from kiln.errors import BadRequest
 from kiln.roles import Role
-from kiln.sessions import end_everything
-from kiln.tenants import TenantCreate, TenantPublic, create_tenant, delete_tenant, list_tenants, tenants_by_slug
-from kiln.throttle import clear_user
-from kiln.tokens import find_token_id, issue_token, list_tokens, revoke_token
-from kiln.users import UserCreate, create_user, delete_user, get_user_by_username, list_users, to_public
 from kiln.validation import parse_model
+
+# Each command imports the services it uses, so that a list command loads only its own.
 
 tenants_app = typer.Typer(help="Create and list tenants.", no_args_is_help=True)
 users_app = typer.Typer(help="Create, list, delete and unlock local users; end their sessions.", no_args_is_help=True)
@@ -35,6 +31,8 @@ def tenants_create(
     cost_centre: str = typer.Option(None, "--cost-centre", help="Finance cost centre for chargeback."),
 ) -> None:
     """Create a tenant."""
+    from kiln.tenants import TenantCreate, create_tenant
+
     data = parse_model(TenantCreate, {"slug": slug, "name": name, "cost_centre": cost_centre})
     with db_session() as session:
         tenant = create_tenant(session, Principal.system(), data)
@@ -44,6 +42,8 @@ def tenants_create(
 @tenants_app.command("list")
 def tenants_list(output: OutputFormat = OutputOption) -> None:
     """List tenants."""
+    from kiln.tenants import TenantPublic, list_tenants
+
     with db_session() as session:
         rows = [TenantPublic.model_validate(t.model_dump()) for t in list_tenants(session, Principal.system())]
     print_rows(rows, ["id", "slug", "name", "cost_centre", "created_at"], output, "Tenants")
@@ -52,6 +52,8 @@ def tenants_list(output: OutputFormat = OutputOption) -> None:
 @tenants_app.command("delete")
 def tenants_delete(slug: str = typer.Argument(..., help="The tenant's slug.")) -> None:
     """Delete a tenant that has no members."""
+    from kiln.tenants import delete_tenant, tenants_by_slug
+
     with db_session() as session:
         (tenant,) = tenants_by_slug(session, [slug])
         delete_tenant(session, Principal.system(), tenant.id)
@@ -68,6 +70,8 @@ def users_create(
     email: str = typer.Option(None, help="E-mail address."),
 ) -> None:
     """Create a user (without --password-stdin the user signs in with tokens only)."""
+    from kiln.users import UserCreate, create_user
+
     password = None
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
@@ -83,6 +87,8 @@ def users_create(
 @users_app.command("list")
 def users_list(output: OutputFormat = OutputOption) -> None:
     """List users with their roles and tenants."""
+    from kiln.users import list_users, to_public
+
     with db_session() as session:
         principal = Principal.system()
         rows = to_public(session, principal, list_users(session, principal))
@@ -92,6 +98,8 @@ def users_list(output: OutputFormat = OutputOption) -> None:
 @users_app.command("delete")
 def users_delete(username: str = typer.Argument(..., help="Login name.")) -> None:
     """Delete a user and their tokens."""
+    from kiln.users import delete_user, get_user_by_username
+
     with db_session() as session:
         user = get_user_by_username(session, username)
         delete_user(session, Principal.system(), user.id)
@@ -101,6 +109,9 @@ def users_delete(username: str = typer.Argument(..., help="Login name.")) -> Non
 @users_app.command("unlock")
 def users_unlock(username: str = typer.Argument(..., help="Login name.")) -> None:
     """Lift a sign-in lock (too many failed passwords) and forget the user's failures."""
+    from kiln import audit
+    from kiln.throttle import clear_user
+
     with db_session() as session:
         removed = clear_user(session, username)
         if removed:
@@ -111,6 +122,9 @@ def users_unlock(username: str = typer.Argument(..., help="Login name.")) -> Non
 @users_app.command("end-sessions")
 def users_end_sessions(username: str = typer.Argument(..., help="Login name.")) -> None:
     """End all of a user's console sessions and revoke all their API tokens (e.g. when they leave)."""
+    from kiln.sessions import end_everything
+    from kiln.users import get_user_by_username
+
     with db_session() as session:
         ended, revoked = end_everything(session, Principal.system(), get_user_by_username(session, username))
     typer.echo(f"ended {ended} console sessions and revoked {revoked} API tokens of {username}")
@@ -132,6 +146,9 @@ def tokens_create(
     tenant: str = typer.Option(None, "--tenant", help="Limit the token to this one of the user's tenants."),
 ) -> None:
     """Create an API token and print it alone on stdout (it is not shown again)."""
+    from kiln.tokens import issue_token
+    from kiln.users import get_user_by_username
+
     days = expires_in or settings().token_default_days
     with db_session() as session:
         user = get_user_by_username(session, username)
@@ -145,6 +162,8 @@ def tokens_list(
     output: OutputFormat = OutputOption,
 ) -> None:
     """List tokens (never the tokens themselves)."""
+    from kiln.tokens import list_tokens
+
     with db_session() as session:
         rows = list_tokens(session, Principal.system(), username)
     print_rows(rows, ["id", "username", "name", "prefix", "scope", "tenant", "expires_at", "revoked_at", "last_used_at",
@@ -154,6 +173,8 @@ def tokens_list(
 @tokens_app.command("revoke")
 def tokens_revoke(token: str = typer.Argument(..., help="Token id or prefix (as `kiln tokens list` shows), or the token itself.")) -> None:
     """Revoke a token; requests with it are refused from now on."""
+    from kiln.tokens import find_token_id, revoke_token
+
     with db_session() as session:
         revoked = revoke_token(session, Principal.system(), find_token_id(session, token))
     typer.echo(f"revoked token {revoked.id} ({revoked.prefix}…) of {revoked.username}")
