@@ -176,7 +176,6 @@ def _claim_slices(resource: str, quantity: Decimal, pool: Pool) -> int:
 class _NodeRequests:
     """Adds one node's pods (and GPU instance leases) to the period's totals (`node`)."""
 
-    start: datetime
     held: dict[int, list[_Held]]
     gpus: dict[int, dict[str, int]]
     metered: set[int]
@@ -249,7 +248,7 @@ def k8s_usage(
     rows = ((namespace, slug, node_id, resource, quantity, *clipped)
             for namespace, slug, node_id, resource, quantity, starts_at, ends_at in stream_rows(session.connection(), statement)
             if quantity > 0 and tenants.get(slug or "") is not None and (clipped := _clip(starts_at, ends_at, start, end)))
-    count = _NodeRequests(start, held, gpus, metered, instances, leased, totals, tenants)
+    count = _NodeRequests(held, gpus, metered, instances, leased, totals, tenants)
     waiting = sorted(instances)  # nodes with GPU instance leases, some perhaps without pods
     for node_id, group in groupby(rows, key=lambda row: row[2]):
         while waiting and (node_id is None or waiting[0] < node_id):
