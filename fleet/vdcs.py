@@ -37,7 +37,7 @@ from fleet.usage import (
 )
 from kiln import audit
 from kiln.auth import Principal
-from kiln.db import first_or_not_found, utcnow
+from kiln.db import among, first_or_not_found, utcnow
 from kiln.errors import Conflict, NotFound
 from kiln.models import Tenant
 from kiln.roles import Role
@@ -52,20 +52,25 @@ def member_node_ids(session: Session, vdc_ids: list[int]) -> dict[int, set[int]]
     members: dict[int, set[int]] = defaultdict(set)
     for vdc_id, node_id in session.exec(select(VdcNode.vdc_id, VdcNode.node_id).where(col(VdcNode.vdc_id).in_(vdc_ids))):
         members[vdc_id].add(node_id)
+    by_kind: dict[str, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))  # kind → value → VDC ids
     for selector in session.exec(select(VdcSelector).where(col(VdcSelector.vdc_id).in_(vdc_ids))).all():
-        if selector.kind == "tag":
-            query = select(NodeTag.node_id).where(NodeTag.tag == selector.value)
-        elif selector.kind == "gpu_model":
-            query = select(Gpu.node_id).where(Gpu.model == selector.value).distinct()
+        by_kind[selector.kind][selector.value].add(selector.vdc_id)
+    for kind, vdcs_of in by_kind.items():  # one query per kind of selector, not per selector (200 racks: 200 queries)
+        if kind == "tag":
+            query = select(NodeTag.tag, NodeTag.node_id).where(col(NodeTag.tag).in_(vdcs_of))
+        elif kind == "gpu_model":
+            query = select(Gpu.model, Gpu.node_id).where(col(Gpu.model).in_(vdcs_of)).distinct()
         else:
-            query = select(Node.id).where(_SELECTOR_COLUMNS[selector.kind] == selector.value)
-        members[selector.vdc_id].update(session.exec(query).all())
+            query = select(_SELECTOR_COLUMNS[kind], Node.id).where(col(_SELECTOR_COLUMNS[kind]).in_(vdcs_of))
+        for value, node_id in session.exec(query).all():
+            for vdc_id in vdcs_of[value]:
+                members[vdc_id].add(node_id)
     return members
 
 
 def gpu_counts(session: Session, node_ids: list[int]) -> dict[int, int]:
-    """Number of GPUs per node."""
-    rows = session.exec(select(Gpu.node_id, func.count()).where(col(Gpu.node_id).in_(node_ids)).group_by(Gpu.node_id))
+    """Number of GPUs per node (of those nodes; of every node when they are many)."""
+    rows = session.exec(select(Gpu.node_id, func.count()).where(among(Gpu.node_id, node_ids)).group_by(Gpu.node_id))
     return dict(rows.all())
 
 
@@ -133,7 +138,7 @@ def to_public(session: Session, principal: Principal, vdcs: list[Vdc]) -> list[V
     ids = [v.id for v in vdcs]
     members = member_node_ids(session, ids)
     every_node = sorted(set().union(*members.values())) if members else []
-    names = dict(session.exec(select(Node.id, Node.name).where(col(Node.id).in_(every_node))).all())
+    names = dict(session.exec(select(Node.id, Node.name).where(among(Node.id, every_node))).all())
     explicit: dict[int, list[str]] = defaultdict(list)
     for vdc_id, node_id in session.exec(select(VdcNode.vdc_id, VdcNode.node_id).where(col(VdcNode.vdc_id).in_(ids))):
         explicit[vdc_id].append(names.get(node_id, "?"))
