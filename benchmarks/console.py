@@ -1,11 +1,14 @@
 """The console at fleet scale: time from navigation to charts drawn, page by page, in headless Chromium.
 
     python -m benchmarks.console [--nodes 1000 --tenants 200 --months 12 | --quick] [--repeat N]
+                                 [--database sqlite|postgresql] [--database-url URL]
 
-Set-up (not timed): a fresh SQLite data dir gets a year of a fleet (`benchmarks.console_seed`:
-bulk inserts into Kiln's tables, then metering's own bills run for every period), cached under
-`~/.cache/kiln/console-bench/` by the parameters, the month and the seeding code (a re-run in
-the same month starts in seconds). `kiln serve --dev` serves it on a loopback port.
+Set-up (not timed): a fresh database gets a year of a fleet (`benchmarks.console_seed`: bulk
+inserts into Kiln's tables, then metering's own bills run for every period), cached by the
+parameters, the month and the seeding code (`benchmarks.console_db`: a SQLite data dir under
+`~/.cache/kiln/console-bench/`, or with `--database postgresql` a database kept on the
+PostgreSQL peer's server, or `--database-url`'s, named by a `seeded.json` there); a re-run in
+the same month starts from a copy of it. `kiln serve --dev` serves the copy on a loopback port.
 
 Timed: for each page, in Debian's Chromium through Playwright (signed in once per persona),
 a fresh tab's `goto(url)` until every chart of the page is drawn (a Plotly SVG with marks or
