@@ -84,13 +84,15 @@ def quota_uses(session: Session, vdc_ids: list[int], at: datetime | None = None)
     tenants. GPU instance leases count by compute fraction (`instance_gpus`, and in `gpu_hours`)."""
     at = at or utcnow()
     start, _ = period_of(at)
-    held = session.exec(select(Lease).where(in_force(at), col(Lease.vdc_id).in_(vdc_ids))).all()
-    period = session.exec(select(Lease).where(overlapping(start, at), col(Lease.vdc_id).in_(vdc_ids))).all()
+    columns = (Lease.node_id, Lease.vdc_id, Lease.tenant_id, Lease.starts_at, Lease.ends_at)  # rows, not Lease objects
+    held = session.exec(select(*columns).where(in_force(at), col(Lease.vdc_id).in_(vdc_ids))).all()
+    period = session.exec(select(*columns).where(overlapping(start, at), col(Lease.vdc_id).in_(vdc_ids))).all()
     gpus = gpu_counts(session, sorted({lease.node_id for lease in (*held, *period)}))
     nodes: dict[tuple[int, int | None], int] = defaultdict(int)
     gpus_held: dict[tuple[int, int | None], int] = defaultdict(int)
     instances_held: dict[tuple[int, int | None], Fraction] = defaultdict(Fraction)
-    micros: dict[tuple[int, int | None], Fraction] = defaultdict(Fraction)  # GPU-microseconds: exact sums
+    whole: dict[tuple[int, int | None], int] = defaultdict(int)  # GPU-microseconds of whole nodes: integers
+    micros: dict[tuple[int, int | None], Fraction] = defaultdict(Fraction)  # with GPU instances: exact fractions
     for lease in held:
         for key in ((lease.vdc_id, lease.tenant_id), (lease.vdc_id, None)):
             nodes[key] += 1
@@ -98,7 +100,9 @@ def quota_uses(session: Session, vdc_ids: list[int], at: datetime | None = None)
     for lease in period:
         used = lease_gpu_micros(lease, gpus.get(lease.node_id, 0), start, at)
         for key in ((lease.vdc_id, lease.tenant_id), (lease.vdc_id, None)):
-            micros[key] += used
+            whole[key] += used
+    for key, used in whole.items():
+        micros[key] += used
     in_vdcs = col(GpuInstanceLease.vdc_id).in_(vdc_ids)
     for instance, fraction in instance_fractions(session, in_force(at, GpuInstanceLease) & in_vdcs):
         for key in ((instance.vdc_id, instance.tenant_id), (instance.vdc_id, None)):
