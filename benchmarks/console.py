@@ -1,11 +1,14 @@
 """The console at fleet scale: time from navigation to charts drawn, page by page, in headless Chromium.
 
     python -m benchmarks.console [--nodes 1000 --tenants 200 --months 12 | --quick] [--repeat N]
+                                 [--database sqlite|postgresql] [--database-url URL]
 
-Set-up (not timed): a fresh SQLite data dir gets a year of a fleet (`benchmarks.console_seed`:
-bulk inserts into Kiln's tables, then metering's own bills run for every period), cached under
-`~/.cache/kiln/console-bench/` by the parameters, the month and the seeding code (a re-run in
-the same month starts in seconds). `kiln serve --dev` serves it on a loopback port.
+Set-up (not timed): a fresh database gets a year of a fleet (`benchmarks.console_seed`: bulk
+inserts into Kiln's tables, then metering's own bills run for every period), cached by the
+parameters, the month and the seeding code (`benchmarks.console_db`: a SQLite data dir under
+`~/.cache/kiln/console-bench/`, or with `--database postgresql` a database kept on the
+PostgreSQL peer's server, or `--database-url`'s, named by a `seeded.json` there); a re-run in
+the same month starts from a copy of it. `kiln serve --dev` serves the copy on a loopback port.
 
 Timed: for each page, in Debian's Chromium through Playwright (signed in once per persona),
 a fresh tab's `goto(url)` until every chart of the page is drawn (a Plotly SVG with marks or
@@ -35,20 +38,19 @@ slowest of those, and `pages` every page's figures; progress goes to stderr.
 from __future__ import annotations
 
 import argparse
-import hashlib
+import contextlib
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kiln" / "console-bench"
 TARGET_S = 1.5
 # Time the server took for the page's Dash requests (page layout and callbacks): request start to response end.
 SERVER_JS = """() => performance.getEntriesByType('resource')
@@ -104,66 +106,25 @@ def pages(seeded: dict) -> list[dict[str, Any]]:
     ]
 
 
-def prepare(nodes: int, tenants: int, months: int) -> tuple[Path, dict]:
-    """A seeded data dir from the cache, or a new one (seeded and billed, then cached)."""
-    from kiln.db import utcnow
-
-    now = utcnow().replace(minute=0, second=0, microsecond=0)
-    code = hashlib.sha256((REPO / "benchmarks" / "console_seed.py").read_bytes()).hexdigest()[:12]
-    key = f"{nodes}n-{tenants}t-{months}m-{now:%Y-%m}-{code}"
-    cached = CACHE / key
-    from kiln.db import create_db_engine
-    from kiln.schema import upgrade
-
-    if (cached / "seeded.json").exists():
-        log(f"using the cached data set {cached} (migrating it to this code's schema)")
-        engine = create_db_engine(f"sqlite:///{cached / 'kiln.db'}")
-        upgrade(engine)  # a no-op at head; builds new indexes once when migrations were added since seeding
-        engine.dispose()
-        return cached, json.loads((cached / "seeded.json").read_text())
-    from dataclasses import asdict
-
-    from benchmarks.console_seed import run_bills, seed
-
-    building = CACHE / f"{key}.partial"
-    shutil.rmtree(building, ignore_errors=True)
-    building.mkdir(parents=True)
-    engine = create_db_engine(f"sqlite:///{building / 'kiln.db'}")
-    upgrade(engine)
-    began = time.monotonic()
-    data = seed(engine, nodes=nodes, tenants=tenants, months=months, now=now)
-    log(f"seeded in {time.monotonic() - began:.0f} s: {data.rows}")
-    began = time.monotonic()
-    run_bills(engine, data, now, log)
-    engine.dispose()
-    seeded = {**asdict(data), "seed_s": round(time.monotonic() - began, 1)}
-    (building / "seeded.json").write_text(json.dumps(seeded))
-    for stale in CACHE.glob(f"{nodes}n-{tenants}t-{months}m-*"):
-        if stale != building:  # older months or seeding code
-            shutil.rmtree(stale, ignore_errors=True)
-    building.rename(cached)
-    return cached, seeded
-
-
-def _kiln_env(data_dir: Path) -> dict[str, str]:
-    env = {**os.environ, "KILN_DATA_DIR": str(data_dir), "KILN_LOG_LEVEL": "WARNING"}
+def _kiln_env(database: dict[str, str]) -> dict[str, str]:
+    env = {**os.environ, "KILN_LOG_LEVEL": "WARNING"}
     env.pop("KILN_DATABASE_URL", None)
-    return env
+    return {**env, **database}
 
 
-def run_bills_now(data_dir: Path, period: str) -> float:
+def run_bills_now(database: dict[str, str], period: str) -> float:
     """`kiln bills run --period PERIOD` in its own process, as the worker's hourly job runs it; seconds."""
     began = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "kiln.cli.main", "bills", "run", "--period", period], cwd=REPO,
-                          env=_kiln_env(data_dir), capture_output=True, text=True, timeout=1800)
+                          env=_kiln_env(database), capture_output=True, text=True, timeout=1800)
     if done.returncode:
         raise RuntimeError(f"kiln bills run failed: {done.stderr[-2000:]}")
     return round(time.monotonic() - began, 1)
 
 
-def start_server(data_dir: Path, port: int) -> subprocess.Popen:
-    """`kiln serve --dev` on the data dir (its own process, so its memory is Kiln's alone)."""
-    env = _kiln_env(data_dir)
+def start_server(database: dict[str, str], port: int) -> subprocess.Popen:
+    """`kiln serve --dev` on the database (its own process, so its memory is Kiln's alone)."""
+    env = _kiln_env(database)
     process = subprocess.Popen([sys.executable, "-m", "kiln.cli.main", "serve", "--dev", "--port", str(port)], cwd=REPO,
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     import httpx
@@ -286,6 +247,24 @@ def time_api(base: str, plan: list[dict], repeat: int, tokens: dict[str, str], *
     return times
 
 
+@contextlib.contextmanager
+def served_database(args: argparse.Namespace, nodes: int, tenants: int, months: int, tmp: Path
+                    ) -> Iterator[tuple[dict[str, str], dict]]:
+    """(the server's environment, seeded): a copy of the cached data set on SQLite or PostgreSQL."""
+    from benchmarks.billing import postgres
+    from benchmarks.console_db import postgresql_database, sqlite_database
+    from kiln.db import utcnow
+
+    now = utcnow().replace(minute=0, second=0, microsecond=0)
+    if args.database == "sqlite":
+        with sqlite_database(nodes, tenants, months, now, log) as served:
+            yield served
+        return
+    with postgres(args.database_url, tmp / "postgres") as server, \
+            postgresql_database(nodes, tenants, months, now, log, server) as served:
+        yield served
+
+
 def _median(values: list[float]) -> float:
     return round(statistics.median(values), 3)
 
@@ -298,27 +277,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--months", type=int, default=12, help="ended months before the running one")
     parser.add_argument("--quick", action="store_true", help="50 nodes, 20 tenants, 2 months, one timed round")
     parser.add_argument("--repeat", type=int, help="timed rounds after the warm-up (default 3; 1 with --quick)")
+    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite",
+                        help="where the data set lives (postgresql: the PostgreSQL peer, or --database-url's server)")
+    parser.add_argument("--database-url", help="a PostgreSQL server to keep the data set on (its role creates databases)")
     args = parser.parse_args(argv)
     from benchmarks.console_seed import GPUS_PER_NODE, PASSWORD
     from tests.browser import free_port
 
     nodes, tenants, months = (50, 20, 2) if args.quick else (args.nodes, args.tenants, args.months)
     args.repeat = args.repeat or (1 if args.quick else 3)
-    scale = f"{nodes} nodes x {GPUS_PER_NODE} GPUs, {tenants} tenants, {months} months + the running one"
+    scale = f"{nodes} nodes x {GPUS_PER_NODE} GPUs, {tenants} tenants, {months} months + the running one, {args.database}"
     log(scale)
-    cached, seeded = prepare(nodes, tenants, months)
-    with tempfile.TemporaryDirectory(prefix="kiln-console-bench-") as tmp:
-        data_dir = Path(tmp)
-        shutil.copy(cached / "kiln.db", data_dir / "kiln.db")  # the server may write (sessions, audit): never to the cache
+    with tempfile.TemporaryDirectory(prefix="kiln-console-peer-") as tmp, \
+            served_database(args, nodes, tenants, months, Path(tmp)) as (database, seeded):
         port = free_port()
-        server = start_server(data_dir, port)
+        server = start_server(database, port)
         base = f"http://127.0.0.1:{port}"
         try:
             plan = pages(seeded)
             period, bills_s = seeded["periods"][-1], []
 
             def bills_run() -> None:
-                bills_s.append(run_bills_now(data_dir, period))
+                bills_s.append(run_bills_now(database, period))
                 log(f"kiln bills run --period {period}: {bills_s[-1]} s")
 
             measured = time_pages(base, plan, args.repeat, PASSWORD, bills_run)
@@ -366,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         "seed_rows": seeded["rows"],
         "bills_run_s": seeded.get("seed_s"),
         "repeat": args.repeat,
+        "database": args.database,
+        "setup_s": seeded.get("setup_s"),
         "load_avg_1m": round(os.getloadavg()[0], 1),
     }))
     return 0 if report else 1

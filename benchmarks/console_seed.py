@@ -10,9 +10,11 @@ a GPU price change half-way, a 10 % discount for one tenant in ten, a budget per
 last 24 h of power and temperature rollups and health snapshots for every node, and a week of
 GPU utilisation for the benchmark tenant's nodes.
 
-Everything above is bulk-inserted (executemany). Then metering's own `run_period` builds the
-usage records and bills of every period (and `check_alerts` the budget alerts), exactly as
-`kiln bills run` does.
+Everything above is bulk-inserted (executemany; the rollups by COPY on PostgreSQL, into the
+history's month partitions, created first as production would have). Then metering's own
+`run_period` builds the usage records and bills of every period (and `check_alerts` the budget
+alerts), exactly as `kiln bills run` does; on PostgreSQL a VACUUM ANALYZE follows, as autovacuum
+would.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import Engine, insert, select
+from collections.abc import Iterable, Iterator
+
+from sqlalchemy import Engine, insert, select, text
 from sqlmodel import Session
 
 from collectors.models import HealthSnapshot, K8sAllocation, OpenCostAllocation, Rollup5m
@@ -30,6 +34,7 @@ from fleet.models import Gpu, Node
 from fleet.tenancy_models import Lease, Vdc, VdcSelector, VdcTenant
 from kiln.auth import Principal
 from kiln.models import Tenant
+from kiln.partitions import ensure_partitions
 from kiln.roles import Role
 from kiln.tokens import issue_token
 from kiln.users import UserCreate, create_user
@@ -38,6 +43,7 @@ from metering.budgets import check_alerts
 from metering.models import Budget, TenantDiscount
 from metering.periods import next_period, period_bounds, period_of
 from metering.price_cards import PriceCardCreate, create_card
+from metering.usage_io import copies
 
 MODEL = "NVIDIA H100 80GB HBM3"
 GPUS_PER_NODE = 8
@@ -62,10 +68,37 @@ class Seeded:
     rows: dict[str, int] = field(default_factory=dict)
 
 
-def _bulk(connection, table, rows: list[dict]) -> int:
-    for start in range(0, len(rows), CHUNK):
-        connection.execute(insert(table), rows[start:start + CHUNK])
-    return len(rows)
+def _bulk(connection, table, rows: Iterable[dict]) -> int:
+    """Insert the rows, CHUNK at a time (executemany); by COPY where the connection can (the rollups:
+    millions of rows at 10,000 nodes, plain columns only)."""
+    if copies(connection) and table.name == Rollup5m.__tablename__:
+        return _copy(connection, table.name, rows)
+    count, chunk = 0, []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) >= CHUNK:
+            connection.execute(insert(table), chunk)
+            count, chunk = count + len(chunk), []
+    if chunk:
+        connection.execute(insert(table), chunk)
+        count += len(chunk)
+    return count
+
+
+def _copy(connection, table: str, rows: Iterable[dict]) -> int:
+    rows = iter(rows)
+    first = next(rows, None)
+    if first is None:
+        return 0
+    columns = tuple(first)
+    with connection.connection.driver_connection.cursor() as cursor, \
+            cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+        copy.write_row(tuple(first.values()))
+        count = 1
+        for row in rows:
+            copy.write_row(tuple(row[c] for c in columns))
+            count += 1
+    return count
 
 
 def _leases(rng: random.Random, node_ids: list[int], racks: list[int], tenants_of: dict[int, list[int]],
@@ -103,20 +136,18 @@ def _kubernetes(rng: random.Random, slugs: list[str], k8s_nodes: list[str], peri
     return pods, opencost
 
 
-def _rollups(names: list[str], now: datetime, rng: random.Random) -> list[dict]:
-    rows = []
+def _rollups(names: list[str], now: datetime, rng: random.Random) -> Iterator[dict]:
     end = now.replace(second=0, microsecond=0, minute=now.minute - now.minute % 5)
     for name in names:
         base = 2200 + rng.randrange(800)
         for step in range(288):
             bucket = end - step * STEP
             watts = base + 150 * ((step + len(name)) % 7)
-            rows.append({"entity": name, "metric": "ipmi_dcmi_power_consumption_watts", "bucket": bucket, "count": 5,
-                         "sum": 5.0 * watts, "min": watts - 40.0, "max": watts + 40.0})
+            yield {"entity": name, "metric": "ipmi_dcmi_power_consumption_watts", "bucket": bucket, "count": 5,
+                   "sum": 5.0 * watts, "min": watts - 40.0, "max": watts + 40.0}
             temp = 48.0 + (step % 12) + rng.random()
-            rows.append({"entity": name, "metric": "ipmi_temperature_celsius_max", "bucket": bucket, "count": 5,
-                         "sum": 5 * temp, "min": temp - 1, "max": temp})
-    return rows
+            yield {"entity": name, "metric": "ipmi_temperature_celsius_max", "bucket": bucket, "count": 5,
+                   "sum": 5 * temp, "min": temp - 1, "max": temp}
 
 
 def seed(engine: Engine, *, nodes: int, tenants: int, months: int, now: datetime, seed_value: int = 7) -> Seeded:
@@ -131,6 +162,8 @@ def seed(engine: Engine, *, nodes: int, tenants: int, months: int, now: datetime
     rack_count = racks[-1] + 1
     slugs = [f"tenant-{t:03d}" for t in range(tenants)]
     seeded = Seeded(periods=periods, member_tenant=slugs[7 % tenants], node_name="gpu-0000")
+    with engine.begin() as connection:  # the history's months get their partitions (PostgreSQL), as in production
+        ensure_partitions(connection, now, since=start)
     with engine.begin() as connection:
         seeded.rows["tenant"] = _bulk(connection, Tenant.__table__, [
             {"slug": s, "name": f"Tenant {s[-3:]}", "cost_centre": f"cc-{t % 12:02d}", "description": "", "created_at": start}
@@ -176,9 +209,9 @@ def seed(engine: Engine, *, nodes: int, tenants: int, months: int, now: datetime
         held = connection.execute(select(Lease.node_id).where(Lease.tenant_id == member_id, Lease.ends_at.is_(None))).scalars().all()
         uuids = connection.execute(select(Gpu.uuid).where(Gpu.node_id.in_(held))).scalars().all()
         week = [now.replace(second=0, microsecond=0, minute=now.minute - now.minute % 5) - s * STEP for s in range(2016)]
-        seeded.rows["rollup_5m"] += _bulk(connection, Rollup5m.__table__, [
+        seeded.rows["rollup_5m"] += _bulk(connection, Rollup5m.__table__, (
             {"entity": u, "metric": "gpu_util_percent", "bucket": b, "count": 5, "sum": 5.0 * (60 + i % 35), "min": 50.0,
-             "max": 99.0} for u in uuids for i, b in enumerate(week)])
+             "max": 99.0} for u in uuids for i, b in enumerate(week)))
     system = Principal.system("benchmark")
     with Session(engine, expire_on_commit=False) as session:
         for sku, price, begins, ends in (("node-hour:gpu.h100", "1.20", start - timedelta(days=30), None),
@@ -211,4 +244,7 @@ def run_bills(engine: Engine, seeded: Seeded, now: datetime, log) -> None:
 
         member = session.exec(select(Tenant.id).where(Tenant.slug == seeded.member_tenant)).scalar_one()
         seeded.bill_id = session.exec(select(Bill.id).where(Bill.tenant_id == member, Bill.period == previous)).scalar_one()
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.execute(text("VACUUM ANALYZE"))  # what autovacuum does for a production database
     assert next_period(previous) == seeded.periods[-1]

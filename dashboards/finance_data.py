@@ -124,7 +124,7 @@ def reconciliation(session: Session, principal: Principal, period: str) -> tuple
     window = (col(OpenCostAllocation.window_start) >= start, col(OpenCostAllocation.window_end) <= end)
     opencost = tuple(session.exec(select(func.count(), func.max(OpenCostAllocation.id), func.sum(OpenCostAllocation.total_cost),
                                          func.sum(OpenCostAllocation.gpu_hours)).where(*window)).one())
-    return remembered(session, "reconciliation", (caller_scope(principal), period, cards, opencost),
+    return remembered(session, "reconciliation", period, (caller_scope(principal), cards, opencost),
                       lambda: _reconcile(session, principal, period))
 
 

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import Float, Select, cast
 from sqlmodel import Session, col, func, select
 
 from collectors.models import CollectorTargetState, HealthSnapshot, Rollup5m
 from collectors.store import POWER_METRIC, TEMPERATURE_METRIC
 from fleet.models import Gpu, Node
-from fleet.nodes import list_nodes, visible
+from fleet.nodes import visible
 from fleet.tenancy_models import GpuInstanceLease, Lease, Vdc
 from fleet.usage import in_force
 from fleet.vdcs import member_node_ids
@@ -41,8 +42,12 @@ class Point:
 
 def node_rows(session: Session, principal: Principal) -> list[dict[str, Any]]:
     """One row per visible node for the node table: state, power, health, GPUs, lease holder."""
-    nodes = list_nodes(session, principal)
-    ids = [n.id for n in nodes]
+    nodes = session.exec(visible(select(  # the table's columns only: 10,000 whole Node objects (facts JSON) cost seconds
+        Node.id, Node.name, Node.provision_state, Node.power_state, Node.maintenance, Node.rack, Node.resource_class,
+        Node.last_error).order_by(Node.name), principal)).all()
+    # the visible nodes as a subquery, not a list: 10,000 bound ids cost seconds per query to
+    # compile and send, where PostgreSQL joins the subquery in milliseconds
+    ids = visible(select(Node.id), principal)
     gpus: dict[int, list[str]] = defaultdict(list)
     for node_id, model in session.exec(select(Gpu.node_id, Gpu.model).where(col(Gpu.node_id).in_(ids))):
         gpus[node_id].append(model)
@@ -93,7 +98,7 @@ def vdc_names_by_node(session: Session) -> dict[int, list[str]]:
     return {node_id: sorted(vdc_names) for node_id, vdc_names in by_node.items()}
 
 
-def latest_values(session: Session, node_ids: list[int], metric: str) -> dict[int, float]:
+def latest_values(session: Session, node_ids: Select | list[int], metric: str) -> dict[int, float]:
     """The newest value of an unlabelled node metric (e.g. DCMI watts) per node."""
     rows = session.exec(
         select(HealthSnapshot.node_id, HealthSnapshot.value)
@@ -102,7 +107,7 @@ def latest_values(session: Session, node_ids: list[int], metric: str) -> dict[in
     return {node_id: value for node_id, value in rows if value is not None}
 
 
-def hottest_by_node(session: Session, node_ids: list[int]) -> dict[int, float]:
+def hottest_by_node(session: Session, node_ids: Select | list[int]) -> dict[int, float]:
     """The hottest temperature sensor reading per node (°C)."""
     rows = session.exec(
         select(HealthSnapshot.node_id, func.max(HealthSnapshot.value))
@@ -112,7 +117,7 @@ def hottest_by_node(session: Session, node_ids: list[int]) -> dict[int, float]:
     return {node_id: value for node_id, value in rows if value is not None}
 
 
-def worst_state_by_node(session: Session, node_ids: list[int]) -> dict[int, int]:
+def worst_state_by_node(session: Session, node_ids: Select | list[int]) -> dict[int, int]:
     """The worst sensor state per node (0 ok, 1 warning, 2 critical); nodes without readings are absent."""
     rows = session.exec(
         select(HealthSnapshot.node_id, func.max(HealthSnapshot.state))
@@ -129,10 +134,9 @@ def counts(rows: list[dict[str, Any]], key: str) -> dict[str, int]:
 
 def fleet_power(session: Session, principal: Principal, start: datetime, end: datetime) -> list[Point]:
     """Total DCMI power of the visible nodes per 5-minute bucket (sum of each node's bucket mean)."""
-    names = session.exec(visible(select(Node.name), principal)).all()
     rows = session.exec(
-        select(Rollup5m.bucket, func.sum(Rollup5m.sum / Rollup5m.count))
-        .where(Rollup5m.metric == POWER_METRIC, col(Rollup5m.entity).in_(names),
+        select(Rollup5m.bucket, func.sum(Rollup5m.sum / cast(Rollup5m.count, Float)))  # not NUMERIC: 2.9 M rows for 10,000 nodes
+        .where(Rollup5m.metric == POWER_METRIC, col(Rollup5m.entity).in_(visible(select(Node.name), principal)),
                Rollup5m.bucket >= start, Rollup5m.bucket < end, Rollup5m.count > 0)
         .group_by(Rollup5m.bucket).order_by(Rollup5m.bucket)
     ).all()
@@ -164,7 +168,7 @@ def gpus_with_xid(session: Session, principal: Principal) -> list[dict[str, Any]
         select(HealthSnapshot, Gpu.index, Gpu.model)
         .join(Gpu, Gpu.uuid == HealthSnapshot.entity, isouter=True)
         .where(HealthSnapshot.metric == XID_METRIC, HealthSnapshot.value > 0,
-               col(HealthSnapshot.node_id).in_(list(node_names)))
+               col(HealthSnapshot.node_id).in_(visible(select(Node.id), principal)))
         .order_by(col(HealthSnapshot.observed_at).desc())
     ).all()
     return [

@@ -28,7 +28,7 @@ from fleet.tenancy_schemas import VdcPublic
 from fleet.usage import HOURS_QUANTUM, overlapping
 from fleet.vdcs import list_vdcs, to_public
 from kiln.auth import Principal
-from kiln.db import utcnow
+from kiln.db import among, utcnow
 from kiln.models import Tenant
 
 GPU_RESOURCES = ("nvidia.com/gpu", "amd.com/gpu")
@@ -86,7 +86,7 @@ def gpu_hours(
     instances = _leases(session, principal, start, end, tenant_id, GpuInstanceLease)
     models: dict[int, Counter[str]] = defaultdict(Counter)
     node_ids = sorted({lease.node_id for lease in leases + instances})
-    for node_id, model in session.exec(select(Gpu.node_id, Gpu.model).where(col(Gpu.node_id).in_(node_ids))):
+    for node_id, model in session.exec(select(Gpu.node_id, Gpu.model).where(among(Gpu.node_id, node_ids))):
         models[node_id][model] += 1
     # a GPU instance lease: its GPU's model (as the lease recorded it), weighted by the profile's compute fraction
     weights = {lease.id: models[lease.node_id] for lease in leases}
@@ -135,9 +135,9 @@ def running_nodes(session: Session, principal: Principal, tenant_id: int | None 
     public = lease_service.to_public(session, leases)
     node_ids = [l.node_id for l in leases]
     gpus: dict[int, Counter[str]] = defaultdict(Counter)
-    for node_id, model in session.exec(select(Gpu.node_id, Gpu.model).where(col(Gpu.node_id).in_(node_ids))):
+    for node_id, model in session.exec(select(Gpu.node_id, Gpu.model).where(among(Gpu.node_id, node_ids))):
         gpus[node_id][model] += 1
-    states = dict(session.exec(select(Node.id, Node.provision_state).where(col(Node.id).in_(node_ids))).all())
+    states = dict(session.exec(select(Node.id, Node.provision_state).where(among(Node.id, node_ids))).all())
     return [
         {"node": p.node, "tenant": p.tenant, "vdc": p.vdc or "—", "since": p.starts_at, "state": states.get(lease.node_id),
          "gpus": ", ".join(f"{n} × {m}" for m, n in sorted(gpus[lease.node_id].items())) or "none"}

@@ -36,7 +36,7 @@ from fleet.usage import (
 from fleet.vdcs import gpu_counts, vdcs_of_tenant_with_node
 from kiln import audit
 from kiln.auth import Principal
-from kiln.db import utcnow
+from kiln.db import among, utcnow
 from kiln.errors import BadRequest, Conflict, NotFound, ValidationFailed
 from kiln.models import Tenant
 from kiln.roles import Role
@@ -52,8 +52,8 @@ class QuotaExceeded(Conflict):
 def to_public(session: Session, leases: list[Lease], public: type[LeasePublic] = LeasePublic,
               extra: Callable[[Any], dict[str, Any]] = lambda lease: {}) -> list[LeasePublic]:
     """Leases with node, tenant and VDC names (as `public`, with `extra(lease)`'s fields: GPU instance leases)."""
-    node_names = dict(session.exec(select(Node.id, Node.name).where(col(Node.id).in_({l.node_id for l in leases}))).all())
-    tenant_slugs = dict(session.exec(select(Tenant.id, Tenant.slug).where(col(Tenant.id).in_({l.tenant_id for l in leases}))).all())
+    node_names = dict(session.exec(select(Node.id, Node.name).where(among(Node.id, {l.node_id for l in leases}))).all())
+    tenant_slugs = dict(session.exec(select(Tenant.id, Tenant.slug).where(among(Tenant.id, {l.tenant_id for l in leases}))).all())
     vdc_names = dict(session.exec(select(Vdc.id, Vdc.name).where(col(Vdc.id).in_({l.vdc_id for l in leases if l.vdc_id}))).all())
     return [
         public(

@@ -37,7 +37,7 @@ from fleet.usage import (
 )
 from kiln import audit
 from kiln.auth import Principal
-from kiln.db import first_or_not_found, utcnow
+from kiln.db import among, first_or_not_found, utcnow
 from kiln.errors import Conflict, NotFound
 from kiln.models import Tenant
 from kiln.roles import Role
@@ -52,20 +52,25 @@ def member_node_ids(session: Session, vdc_ids: list[int]) -> dict[int, set[int]]
     members: dict[int, set[int]] = defaultdict(set)
     for vdc_id, node_id in session.exec(select(VdcNode.vdc_id, VdcNode.node_id).where(col(VdcNode.vdc_id).in_(vdc_ids))):
         members[vdc_id].add(node_id)
+    by_kind: dict[str, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))  # kind → value → VDC ids
     for selector in session.exec(select(VdcSelector).where(col(VdcSelector.vdc_id).in_(vdc_ids))).all():
-        if selector.kind == "tag":
-            query = select(NodeTag.node_id).where(NodeTag.tag == selector.value)
-        elif selector.kind == "gpu_model":
-            query = select(Gpu.node_id).where(Gpu.model == selector.value).distinct()
+        by_kind[selector.kind][selector.value].add(selector.vdc_id)
+    for kind, vdcs_of in by_kind.items():  # one query per kind of selector, not per selector (200 racks: 200 queries)
+        if kind == "tag":
+            query = select(NodeTag.tag, NodeTag.node_id).where(col(NodeTag.tag).in_(vdcs_of))
+        elif kind == "gpu_model":
+            query = select(Gpu.model, Gpu.node_id).where(col(Gpu.model).in_(vdcs_of)).distinct()
         else:
-            query = select(Node.id).where(_SELECTOR_COLUMNS[selector.kind] == selector.value)
-        members[selector.vdc_id].update(session.exec(query).all())
+            query = select(_SELECTOR_COLUMNS[kind], Node.id).where(col(_SELECTOR_COLUMNS[kind]).in_(vdcs_of))
+        for value, node_id in session.exec(query).all():
+            for vdc_id in vdcs_of[value]:
+                members[vdc_id].add(node_id)
     return members
 
 
 def gpu_counts(session: Session, node_ids: list[int]) -> dict[int, int]:
-    """Number of GPUs per node."""
-    rows = session.exec(select(Gpu.node_id, func.count()).where(col(Gpu.node_id).in_(node_ids)).group_by(Gpu.node_id))
+    """Number of GPUs per node (of those nodes; of every node when they are many)."""
+    rows = session.exec(select(Gpu.node_id, func.count()).where(among(Gpu.node_id, node_ids)).group_by(Gpu.node_id))
     return dict(rows.all())
 
 
@@ -79,13 +84,15 @@ def quota_uses(session: Session, vdc_ids: list[int], at: datetime | None = None)
     tenants. GPU instance leases count by compute fraction (`instance_gpus`, and in `gpu_hours`)."""
     at = at or utcnow()
     start, _ = period_of(at)
-    held = session.exec(select(Lease).where(in_force(at), col(Lease.vdc_id).in_(vdc_ids))).all()
-    period = session.exec(select(Lease).where(overlapping(start, at), col(Lease.vdc_id).in_(vdc_ids))).all()
+    columns = (Lease.node_id, Lease.vdc_id, Lease.tenant_id, Lease.starts_at, Lease.ends_at)  # rows, not Lease objects
+    held = session.exec(select(*columns).where(in_force(at), col(Lease.vdc_id).in_(vdc_ids))).all()
+    period = session.exec(select(*columns).where(overlapping(start, at), col(Lease.vdc_id).in_(vdc_ids))).all()
     gpus = gpu_counts(session, sorted({lease.node_id for lease in (*held, *period)}))
     nodes: dict[tuple[int, int | None], int] = defaultdict(int)
     gpus_held: dict[tuple[int, int | None], int] = defaultdict(int)
     instances_held: dict[tuple[int, int | None], Fraction] = defaultdict(Fraction)
-    micros: dict[tuple[int, int | None], Fraction] = defaultdict(Fraction)  # GPU-microseconds: exact sums
+    whole: dict[tuple[int, int | None], int] = defaultdict(int)  # GPU-microseconds of whole nodes: integers
+    micros: dict[tuple[int, int | None], Fraction] = defaultdict(Fraction)  # with GPU instances: exact fractions
     for lease in held:
         for key in ((lease.vdc_id, lease.tenant_id), (lease.vdc_id, None)):
             nodes[key] += 1
@@ -93,7 +100,9 @@ def quota_uses(session: Session, vdc_ids: list[int], at: datetime | None = None)
     for lease in period:
         used = lease_gpu_micros(lease, gpus.get(lease.node_id, 0), start, at)
         for key in ((lease.vdc_id, lease.tenant_id), (lease.vdc_id, None)):
-            micros[key] += used
+            whole[key] += used
+    for key, used in whole.items():
+        micros[key] += used
     in_vdcs = col(GpuInstanceLease.vdc_id).in_(vdc_ids)
     for instance, fraction in instance_fractions(session, in_force(at, GpuInstanceLease) & in_vdcs):
         for key in ((instance.vdc_id, instance.tenant_id), (instance.vdc_id, None)):
@@ -133,7 +142,7 @@ def to_public(session: Session, principal: Principal, vdcs: list[Vdc]) -> list[V
     ids = [v.id for v in vdcs]
     members = member_node_ids(session, ids)
     every_node = sorted(set().union(*members.values())) if members else []
-    names = dict(session.exec(select(Node.id, Node.name).where(col(Node.id).in_(every_node))).all())
+    names = dict(session.exec(select(Node.id, Node.name).where(among(Node.id, every_node))).all())
     explicit: dict[int, list[str]] = defaultdict(list)
     for vdc_id, node_id in session.exec(select(VdcNode.vdc_id, VdcNode.node_id).where(col(VdcNode.vdc_id).in_(ids))):
         explicit[vdc_id].append(names.get(node_id, "?"))

@@ -187,3 +187,16 @@ def _execute_unnested(session: Session, statement: Any, arrays: Mapping[str, lis
         params[f"unnest_{name}"] = values
         sql = sql.replace(f"%(unnest_{name})s", f"%(unnest_{name})b")
     session.connection().exec_driver_sql(sql, params)
+
+
+MANY_IDS = 1_000
+
+
+def among(column: Any, values: Sequence[Any]) -> Any:
+    """`column IN values` for a short list; for a long one (the ids of 10,000 nodes) a condition that
+    is always true, so the caller reads the whole (small) table and picks its rows by key in Python:
+    thousands of bound values cost seconds per query to compile, send and plan."""
+    from sqlalchemy import true
+    from sqlmodel import col
+
+    return col(column).in_(values) if len(values) <= MANY_IDS else true()

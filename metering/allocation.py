@@ -19,11 +19,11 @@ from decimal import Decimal
 from fractions import Fraction
 
 from pydantic import BaseModel
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from fleet.models import Gpu, Node
 from kiln.auth import Principal
-from kiln.db import utcnow
+from kiln.db import among, utcnow
 from kiln.models import Tenant
 from metering import skus
 from metering.bills import billing_currency, card_views, current_discounts
@@ -91,9 +91,9 @@ def allocation_rows(
     if figures is None:
         figures = lease_figures(session, principal, start, end, tenant_id=tenant_id, now=now)
     node_ids = {f.lease.node_id for f in figures}
-    names = dict(session.exec(select(Node.id, Node.name).where(col(Node.id).in_(node_ids))).all())
+    names = dict(session.exec(select(Node.id, Node.name).where(among(Node.id, node_ids))).all())
     models: dict[int, Counter[str]] = defaultdict(Counter)
-    for node_id, model in session.exec(select(Gpu.node_id, Gpu.model).where(col(Gpu.node_id).in_(node_ids))).all():
+    for node_id, model in session.exec(select(Gpu.node_id, Gpu.model).where(among(Gpu.node_id, node_ids))).all():
         models[node_id][model] += 1
     slugs = dict(session.exec(select(Tenant.id, Tenant.slug)).all())
     cards = card_views(cards_overlapping(session, start, stop)) if stop > start else []

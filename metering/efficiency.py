@@ -38,7 +38,7 @@ from fleet.models import Gpu
 from fleet.tenancy_models import GpuInstanceLease, Lease
 from fleet.usage import MICROS_PER_HOUR, lease_gpu_micros, overlapping
 from kiln.auth import Principal
-from kiln.db import utcnow
+from kiln.db import among, utcnow
 from kiln.models import Tenant
 from metering.instance_efficiency import instance_series
 from metering.periods import period_bounds
@@ -171,7 +171,7 @@ def lease_figures(
     if tenant_id is not None:
         statement = statement.where(Lease.tenant_id == tenant_id)
     leases = list(session.exec(statement.order_by(Lease.id)).all()) if stop > start else []
-    gpus = Counter(session.exec(select(Gpu.node_id).where(col(Gpu.node_id).in_({l.node_id for l in leases}))).all())
+    gpus = Counter(session.exec(select(Gpu.node_id).where(among(Gpu.node_id, {l.node_id for l in leases}))).all())
     measured = lease_utilisation(session, leases, start, stop)
     return [LeaseFigures(lease, gpus[lease.node_id], gpu_hours(lease_gpu_micros(lease, gpus[lease.node_id], start, stop)),
                          *_totals(measured.get(lease.id, {})))

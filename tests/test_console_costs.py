@@ -10,6 +10,7 @@ from decimal import Decimal
 import pytest
 
 from collectors.models import K8sAllocation, OpenCostAllocation
+from dashboards import cost_data
 from dashboards.cost_data import (
     USAGE_PREVIEW_ROWS,
     bill_csv,
@@ -91,6 +92,22 @@ def test_spend_by_day_follows_a_new_bills_run(world: World) -> None:
     run(world, PERIOD, now="2026-11-05T00:00")
     after = spend_by_day(world.session, member_a, PERIOD)
     assert (after[GPU_SKU]["2026-10-20"], after[NODE_SKU]["2026-10-20"]) == (Decimal("48.00"), Decimal("24.00"))
+
+
+def test_a_bills_run_of_another_period_keeps_a_periods_sums(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    october(world)
+    admin = principal(world, "admin")
+    computed: list[str] = []
+    rate_days = cost_data._rate_days
+    monkeypatch.setattr(cost_data, "_rate_days", lambda session, principal, period, *rest: (
+        computed.append(period), rate_days(session, principal, period, *rest))[1])
+    before = spend_by_day(world.session, admin, PERIOD)
+    lease(world, node(world, gpus=1, name="node-d"), "a", "2026-11-02T00:00", "2026-11-03T00:00")
+    run(world, "2026-11", now="2026-11-05T00:00")  # the hourly run of the next (running) month
+    assert spend_by_day(world.session, admin, PERIOD) == before and computed == [PERIOD]  # October's sums kept
+    assert spend_by_day(world.session, admin, "2026-11")[GPU_SKU] == {"2026-11-02": Decimal("48.00")}
+    run(world, PERIOD, now="2026-11-05T00:00")  # October's own run: its sums are computed again
+    assert spend_by_day(world.session, admin, PERIOD) == before and computed == [PERIOD, "2026-11", PERIOD]
 
 
 def test_summary_forecast_budgets_and_alerts(world: World) -> None:

@@ -29,6 +29,7 @@ from metering.efficiency import combined, efficiency_between
 from fleet.models import Gpu, Node
 from fleet.nodes import add_event
 from fleet.tenancy_models import Lease, Vdc
+from fleet.vdcs import quota_uses
 from kiln.auth import Principal, principal_for_user
 from tests.factories import World
 from tests.fleet_helpers import make_node_row, make_vdc
@@ -255,6 +256,26 @@ def test_quota_rows_and_running_nodes_are_scoped(world: World) -> None:
     running = running_nodes(world.session, member)
     assert [(r["node"], r["tenant"], r["gpus"]) for r in running] == [("node-a", "tenant-a", "8 × NVIDIA H100 80GB HBM3")]
     assert {r["node"] for r in running_nodes(world.session, principal(world, "admin"))} == {"node-a", "node-b"}
+
+
+def test_long_id_lists_read_whole_tables_with_the_same_results(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    node_a, _ = two_tenants(world)
+    world.session.add(Lease(tenant_id=world.a.id, node_id=node_a.id, vdc_id=world.session.exec(select(Vdc.id)).one(),
+                            starts_at=NOW, created_by="t"))
+    world.session.commit()
+    member, admin = principal(world, "a_member"), principal(world, "admin")
+    window = (T0, NOW)
+
+    def views() -> list:
+        return [running_nodes(world.session, member), running_nodes(world.session, admin),
+                quota_uses(world.session, list(world.session.exec(select(Vdc.id)).all()), at=NOW),
+                gpu_hours(world.session, member, *window, now=NOW), gpu_hours(world.session, admin, *window, now=NOW),
+                node_rows(world.session, member)]
+
+    short = views()
+    monkeypatch.setattr("kiln.db.MANY_IDS", 0)  # every id list counts as long: whole tables, rows picked by key
+    assert views() == short
+    assert [r["node"] for r in short[0]] == ["node-a"]  # and the member still sees its own node only
 
 
 def test_sensor_readings_in_bytes_read_in_binary_units() -> None:
