@@ -50,7 +50,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 IRONIC_SH = REPO / "tests" / "peers" / "ironic.sh"
 PHASES = ("enroll", "manage", "provide", "deploy")
-TARGET_RATIO = 1.15
+TARGET_RATIO = 1.05  # issue 19: Kiln within 5 % of openstacksdk doing the same work
 IMAGE_URL = "http://images.example/ubuntu-22.04-gpu.qcow2"
 IMAGE_CHECKSUM = "sha256:" + "5" * 64
 RESOURCE_CLASS = "gpu.h100"
