@@ -47,21 +47,21 @@ class KeyCursor:
     """Values of a stream ordered by an increasing key (node id), read forward one key at a time
     (`at`), so the whole stream is never held at once."""
 
-    def __init__(self, stream: Iterator[tuple[Any, Any]], empty: Callable[[], Any] = dict) -> None:
-        self._stream, self._empty = stream, empty
+    def __init__(self, stream: Iterator[tuple[Any, dict]]) -> None:
+        self._stream = stream
         self._key: Any = None
-        self._value: Any = None
+        self._value: dict = {}
         self._done = False
 
-    def at(self, key: Any) -> Any:
-        """The stream's value for `key` (`empty()` if none); keys must be asked in increasing order."""
+    def at(self, key: Any) -> dict:
+        """The stream's value for `key` ({} if none); keys must be asked in increasing order."""
         while not self._done and (self._key is None or self._key < key):
             next_item = next(self._stream, None)
             if next_item is None:
                 self._done = True
             else:
                 self._key, self._value = next_item
-        return self._value if self._key == key and not self._done else self._empty()
+        return self._value if self._key == key and not self._done else {}
 
     def drain(self) -> None:
         """Read the rest of the stream (a generator with work to finish)."""
