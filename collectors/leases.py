@@ -89,6 +89,6 @@ class LeaseKeeper:
         if lost:
             self._lost |= lost
             self._held = frozenset(kept)
-            log.warning("%s: another worker took %d target(s) whose leases lapsed mid-cycle (%s): "
-                        "not polling or storing them here", self.collector, len(lost),
+            log.warning("%s: lost the leases of %d target(s) mid-cycle (lapsed and taken by another worker, "
+                        "or released at shutdown: %s): not polling or storing them here", self.collector, len(lost),
                         ", ".join(sorted(lost)[:5]) + (" …" if len(lost) > 5 else ""))
