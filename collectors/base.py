@@ -56,6 +56,14 @@ class TargetResult:
 
 
 Progress = Callable[[TargetResult], None]  # told each target's result as it arrives (CLI progress bars)
+# whether a target may still be polled in this cycle (False: another replica took its lease)
+Held = Callable[[str], bool]
+LEASE_LOST = "not polled: another worker took its lease mid-cycle"
+
+
+def not_held(target: str) -> TargetResult:
+    """The result of a target skipped because this replica lost its lease (nothing is stored)."""
+    return TargetResult(target, ok=False, error=LEASE_LOST, polled=False)
 
 
 def skipped_summary(skipped: Mapping[str, int]) -> str | None:

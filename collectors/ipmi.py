@@ -62,7 +62,7 @@ from pyipmi.errors import (
     RetryError,
 )
 
-from collectors.base import NO_LABELS, Sample, TargetResult
+from collectors.base import NO_LABELS, Held, Sample, TargetResult, not_held
 from collectors.ipmi_session import (
     DEFAULT_CIPHER_SUITES,
     PARTS,
@@ -265,12 +265,14 @@ class IpmiCollector:
                              cipher_suites=(t.cipher_suite,) if t.cipher_suite is not None else self._default_suites,
                              privilege=t.privilege or self._privilege)
 
-    def collect(self, progress: Callable[[TargetResult], None] | None = None) -> list[TargetResult]:
+    def collect(self, progress: Callable[[TargetResult], None] | None = None,
+                held: Held | None = None) -> list[TargetResult]:
         """Poll every target concurrently; one result per target, in target order. Never raises.
-        `progress` is called with each result as it arrives (from the pool's threads)."""
+        `progress` is called with each result as it arrives (from the pool's threads); a target
+        that `held` says was lost by the time its turn comes is not polled (`polled` False)."""
         if self._closed:
             return [TargetResult(t.node, ok=False, error="the IPMI collector is closed", polled=False) for t in self.targets]
-        futures = [self._pool.submit(self._collect_one, t) for t in self.targets]
+        futures = [self._pool.submit(self._collect_one, t, held) for t in self.targets]
         if progress is not None:
             for future in futures:
                 future.add_done_callback(lambda done: progress(done.result()))
@@ -303,7 +305,9 @@ class IpmiCollector:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _collect_one(self, target: IpmiTarget) -> TargetResult:
+    def _collect_one(self, target: IpmiTarget, held: Held | None = None) -> TargetResult:
+        if held is not None and not held(target.node):
+            return not_held(target.node)
         with log_context(node=target.node):  # every line logged while polling names the node
             conn = self._conns[target.node]
             started = time.monotonic()

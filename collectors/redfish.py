@@ -58,7 +58,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, Self
 
-from collectors.base import NO_LABELS, Progress, Sample, TargetResult, skipped_summary
+from collectors.base import NO_LABELS, Held, Progress, Sample, TargetResult, not_held, skipped_summary
 from collectors.redfish_firmware import firmware_samples
 from collectors.redfish_http import SERVICE_ROOT, RedfishClient, RedfishError, collection_ids, collection_pages
 from collectors.redfish_readers import (
@@ -148,13 +148,16 @@ class RedfishCollector:
         self._closed = False
 
     def collect(self, progress: Progress | None = None, *,
-                log_cursors: Mapping[str, Mapping[str, LogCursor]] | None = None) -> list[TargetResult]:
+                log_cursors: Mapping[str, Mapping[str, LogCursor]] | None = None,
+                held: Held | None = None) -> list[TargetResult]:
         """Read every target concurrently; one result per target, in target order. Never raises.
-        `log_cursors`: per node, per LogService path, the newest entry already stored."""
+        `log_cursors`: per node, per LogService path, the newest entry already stored; a target
+        that `held` says was lost by the time its turn comes is not read (`polled` False)."""
         cursors = log_cursors or {}
 
         def one(target: RedfishTarget) -> TargetResult:
-            result = self._collect_one(target, cursors.get(target.node, {}))
+            lost = held is not None and not held(target.node)
+            result = not_held(target.node) if lost else self._collect_one(target, cursors.get(target.node, {}))
             if progress:
                 progress(result)
             return result

@@ -7,7 +7,9 @@ releases the rest, and (4) claims free or expired targets up to that share. Rows
 the same target, and no replica's claim waits for another's cycle to commit; a lease lasts a
 little more than one interval, so a killed replica's targets are free again by the others'
 next cycle. On SQLite (one machine) the database lock
-serialises the claims instead.
+serialises the claims instead. A cycle that runs longer than that keeps its leases by renewing
+them while it runs (`renew_leases`, driven by collectors/leases.py), so no other replica takes
+its targets while it is alive.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import math
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, or_, update
@@ -74,6 +76,26 @@ def claim_targets(engine: Engine, collector: str, targets: Sequence[str], owner:
                                    CollectorTargetState.target.in_([row.target for row in release]))
                             .values(lease_owner=None, lease_expires_at=None))
     return sorted(claimed)
+
+
+def renew_leases(session: Session, collector: str, targets: Collection[str], owner: str, *,
+                 lease: timedelta, now: datetime) -> set[str]:
+    """Extend this replica's leases of `targets` to `now + lease` and record its heartbeat, in
+    the caller's transaction; returns the targets it still holds (the others were claimed by
+    another replica after a lease of this one lapsed)."""
+    if not targets:
+        return set()
+    upsert(session, CollectorWorker, [{"owner": owner, "started_at": now, "last_seen_at": now}], ("owner",),
+           ("last_seen_at",))
+    # only rows this owner still holds, expired or not: one another replica claimed has its owner
+    # (PostgreSQL re-checks the owner of a row another claim had locked once that claim commits)
+    renewed = session.execute(update(CollectorTargetState)
+                              .where(CollectorTargetState.collector == collector,
+                                     CollectorTargetState.lease_owner == owner,
+                                     CollectorTargetState.target.in_(list(targets)))
+                              .values(lease_expires_at=now + lease)
+                              .returning(CollectorTargetState.target))
+    return set(renewed.scalars())
 
 
 def retire_worker(engine: Engine, owner: str) -> None:

@@ -1,8 +1,8 @@
 """The configured collectors of this Kiln, each with its targets, as the worker runs them.
 
 A `Source` names what one collector polls (`targets`, read from the database or the settings)
-and runs the collector on a subset of them (`collect`, the targets this replica claimed), so
-replicas can share the work (collectors/sharding.py). `extra_persist` stores what only that
+and runs the collector on a subset of them (`collect`, the targets this replica claimed, told
+which it still holds as it goes), so replicas can share the work (collectors/sharding.py). `extra_persist` stores what only that
 source produces (Kubernetes allocations, OpenCost figures) beside the common persistence in
 collectors/store.py. Sources are long-lived: IPMI sessions survive between cycles.
 """
@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, or_, select
 
 from collectors import kubernetes, opencost
-from collectors.base import SECOND_BMC_LABEL, Collector, Progress, Sample, TargetResult
+from collectors.base import SECOND_BMC_LABEL, Collector, Held, Progress, Sample, TargetResult
 from collectors.cluster_store import persist_kubernetes, persist_opencost
 from collectors.dcgm import DCGM
 from collectors.exporter_scrape import ExporterScrapeCollector
@@ -35,6 +35,7 @@ from kiln.settings import Settings
 
 log = logging.getLogger(__name__)
 Persist = Callable[[Session, Sequence[TargetResult]], object]
+Collect = Callable[[Sequence[str], Progress | None, Held | None], list[TargetResult]]
 
 
 @dataclass
@@ -44,7 +45,7 @@ class Source:
     name: str
     interval: int
     targets: Callable[[Session], list[str]]
-    collect: Callable[[Sequence[str], Progress | None], list[TargetResult]]
+    collect: Collect  # the BMC sources skip a target once it is not `Held`; the others poll all
     extra_persist: Persist | None = None
     close: Callable[[], None] = field(default=lambda: None)
     persisted: Callable[[], None] = field(default=lambda: None)  # told after a cycle's results are committed
@@ -67,8 +68,9 @@ class BmcSource:
         return list(session.exec(select(Node.name).where(Node.bmc_driver == self.driver).order_by(Node.name)))
 
     def collect(self, names: Sequence[str], progress: Progress | None = None, *,
-                session: Session) -> list[TargetResult]:
-        """Poll the named nodes' BMCs; a node whose credentials cannot be read fails alone."""
+                session: Session, held: Held | None = None) -> list[TargetResult]:
+        """Poll the named nodes' BMCs (those still `held` as their turn comes); a node whose
+        credentials cannot be read fails alone."""
         nodes = session.exec(select(Node).where(Node.name.in_(list(names))).order_by(Node.name)).all()
         targets, failed = [], []
         for node in nodes:
@@ -76,7 +78,7 @@ class BmcSource:
                 targets.append(self._target(node))
             except ValueError as exc:
                 failed.append(TargetResult(node.name, ok=False, error=str(exc)))
-        results = self._run(self._collector_for(tuple(targets)), progress, session, nodes) if targets else []
+        results = self._run(self._collector_for(tuple(targets)), progress, session, nodes, held) if targets else []
         for result in failed:
             if progress:
                 progress(result)
@@ -88,9 +90,9 @@ class BmcSource:
     def _new_collector(self, targets: tuple) -> Any:
         raise NotImplementedError
 
-    def _run(self, collector: Any, progress: Progress | None, session: Session, nodes: Sequence[Node]
-             ) -> list[TargetResult]:
-        return collector.collect(progress)
+    def _run(self, collector: Any, progress: Progress | None, session: Session, nodes: Sequence[Node],
+             held: Held | None) -> list[TargetResult]:
+        return collector.collect(progress, held)
 
     def _collector_for(self, targets: tuple) -> Any:
         if self._collector is not None and targets != self._key and hasattr(self._collector, "retarget"):
@@ -146,8 +148,8 @@ class RedfishSource(BmcSource):
                                 workers=s.redfish_workers)
 
     def _run(self, collector: RedfishCollector, progress: Progress | None, session: Session,
-             nodes: Sequence[Node]) -> list[TargetResult]:
-        results = collector.collect(progress, log_cursors=log_cursors(session, nodes))
+             nodes: Sequence[Node], held: Held | None) -> list[TargetResult]:
+        results = collector.collect(progress, log_cursors=log_cursors(session, nodes), held=held)
         second = {n.name for n in nodes if n.bmc_driver != self.driver}
         return [second_bmc(r) if r.target in second else r for r in results]
 
@@ -188,10 +190,10 @@ def redfish_target(node: Node, box: SecretBox | None, *, verify: bool = True) ->
                          verify=verify, system=address.path.rstrip("/"))
 
 
-def _reporting(collect: Callable[[Sequence[str]], list[TargetResult]]
-               ) -> Callable[[Sequence[str], Progress | None], list[TargetResult]]:
-    """`collect(names)` that also reports each result to the progress callback."""
-    def run(names: Sequence[str], progress: Progress | None) -> list[TargetResult]:
+def _reporting(collect: Callable[[Sequence[str]], list[TargetResult]]) -> Collect:
+    """`collect(names)` that also reports each result to the progress callback (one call
+    polls every target: a lost lease drops its results before storing instead)."""
+    def run(names: Sequence[str], progress: Progress | None, _held: Held | None = None) -> list[TargetResult]:
         results = collect(names)
         for result in results:
             if progress:
@@ -216,9 +218,10 @@ def build_sources(settings: Settings, engine: Engine, box: SecretBox, *, one_sho
     for bmc, interval, persist in ((IpmiSource(settings, box, one_shot=one_shot), settings.ipmi_interval, None),
                                    (RedfishSource(settings, box, one_shot=one_shot), settings.redfish_interval,
                                     persist_redfish)):
-        def bmc_collect(names: Sequence[str], progress: Progress | None, bmc: BmcSource = bmc) -> list[TargetResult]:
+        def bmc_collect(names: Sequence[str], progress: Progress | None, held: Held | None = None,
+                        bmc: BmcSource = bmc) -> list[TargetResult]:
             with Session(engine) as session:
-                return bmc.collect(names, progress, session=session)
+                return bmc.collect(names, progress, session=session, held=held)
 
         sources[bmc.name] = Source(bmc.name, interval, bmc.targets, bmc_collect, persist, close=bmc.close)
     for module, persist, interval in ((kubernetes, persist_kubernetes, settings.kube_interval),

@@ -5,7 +5,10 @@ Jobs are declared here once with their purpose and spacing; each runs start to s
 or at once if it outlasted its interval — never two runs of one job at once, and never an
 interval skipped (an interval trigger with `max_instances=1` drops the start that falls inside
 a long run, so a 61 s cycle meant 120 s between polls). A failing run is logged with its
-traceback and retried on the next tick without stopping the others.
+traceback and retried on the next tick without stopping the others. Each collector has a second
+job beside its cycles, `renew-leases-…`, that keeps a running cycle's target leases (so a cycle
+longer than its lease keeps its targets: collectors/leases.py); the executor has a thread per
+job, so that renewal never waits for a thread behind long runs.
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 from prometheus_client import CollectorRegistry, start_http_server
 from sqlalchemy import Engine
 
 from collectors.cycle import run_cycle
+from collectors.leases import LeaseKeeper, renew_every
 from collectors.sharding import default_worker_name, lease_length, retire_worker
 from collectors.sources import Source, build_sources
 from fleet.runtime import FleetRuntime
@@ -75,7 +80,7 @@ def jobs_for(settings: Settings, engine: Engine, fleet: FleetRuntime | None = No
         jobs.append(Job("carbon-fetch", 3600, carbon_fetch_job(settings, engine)))
     owner = settings.worker_name or default_worker_name()
     for source in build_sources(settings, engine, fleet.box).values():
-        jobs.append(Job(f"collect-{source.name}", source.interval, _collect(engine, source, owner, metrics)))
+        jobs.extend(collector_jobs(engine, source, owner, metrics))
     return jobs
 
 
@@ -91,15 +96,19 @@ def _log_removed(removed: list[Removed]) -> None:
                      f" and partitions {', '.join(table.partitions)}" if table.partitions else "")
 
 
-def _collect(engine: Engine, source: Source, owner: str, metrics: WorkerMetrics) -> Callable[[], None]:
+def collector_jobs(engine: Engine, source: Source, owner: str, metrics: WorkerMetrics) -> list[Job]:
+    """A collector's cycles, every interval, and the renewal of a running cycle's leases, every
+    third of a lease (one `LeaseKeeper` shared by the two)."""
     lease = lease_length(source.interval)
+    keeper = LeaseKeeper(engine, source.name, owner, lease)
 
     def run() -> None:
         with metrics.cycle.labels(source.name).time():
-            report = run_cycle(engine, source, owner=owner, lease=lease)
+            report = run_cycle(engine, source, keeper=keeper)
         log.debug("%s: %s of %d targets polled here", source.name, report.counts(), report.total_targets)
 
-    return run
+    return [Job(f"collect-{source.name}", source.interval, run),
+            Job(f"renew-leases-{source.name}", renew_every(lease), keeper.renew)]
 
 
 def run_forever(settings: Settings, engine: Engine) -> None:
@@ -108,8 +117,10 @@ def run_forever(settings: Settings, engine: Engine) -> None:
     registry = CollectorRegistry()
     if settings.worker_metrics_port:
         _serve_metrics(settings, registry)
-    scheduler = BlockingScheduler(timezone="UTC")
-    for job in jobs_for(settings, engine, metrics=WorkerMetrics(registry)):
+    jobs = jobs_for(settings, engine, metrics=WorkerMetrics(registry))
+    # a thread per job: each runs once at a time (`pace`), so none waits for a free thread
+    scheduler = BlockingScheduler(timezone="UTC", executors={"default": ThreadPoolExecutor(len(jobs))})
+    for job in jobs:
         pace(scheduler, job, utcnow())
         log.info("scheduled %s every %d s", job.name, job.seconds)
     try:

@@ -30,8 +30,10 @@ def test_sync_job_records_changes_made_behind_kilns_back(settings, engine) -> No
     fake.set_power(node_target(node, fleet.box, []), "power on")
     jobs = {job.name: job for job in jobs_for(settings, engine, fleet)}
     partitioned = ["partitions-ahead"] if engine.dialect.name == "postgresql" else []
-    # no Prometheus configured: no GPU collectors; IPMI and Redfish BMCs are always polled
-    assert sorted(jobs) == ["collect-ipmi", "collect-redfish", "draft-bills", "node-state-sync", *partitioned, "retention"]
+    # no Prometheus configured: no GPU collectors; IPMI and Redfish BMCs are always polled, each
+    # with the renewal of its running cycle's leases
+    assert sorted(jobs) == ["collect-ipmi", "collect-redfish", "draft-bills", "node-state-sync", *partitioned,
+                            "renew-leases-ipmi", "renew-leases-redfish", "retention"]
     job = jobs["node-state-sync"]
     job.run()
     with Session(engine) as session:
