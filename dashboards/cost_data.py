@@ -23,6 +23,7 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from kiln.auth import Principal
+from kiln.db import MANY_IDS
 from kiln.models import Tenant
 from metering import budgets as budget_service
 from metering import views
@@ -33,6 +34,7 @@ from metering.money import plain, round_amount
 from metering.periods import period_bounds
 from metering.rating import KIND_IDLE_SHARE
 from metering.usage import parts_sum, summed
+from metering.usage_days import metered_tenants
 
 ZERO = Decimal(0)
 USAGE_PREVIEW_ROWS = 48
@@ -272,8 +274,14 @@ def bill_csv(detail: views.BillDetail) -> bytes:
 def emissions_summary(session: Session, principal: Principal, period: str, tenant_id: int | None,
                       carbon: budget_service.CarbonContext) -> dict[str, Any]:
     """The caller's (or one tenant's) kWh and kg CO2e of the period, per day too; idle energy for
-    global roles looking at all tenants (`metering.carbon`, as the API reports it)."""
-    ledger = EnergyLedger(session, *period_bounds(period), carbon.default_zone)
+    global roles looking at all tenants (`metering.carbon`, as the API reports it).
+
+    The energy rows are read for the caller's tenants that have any (`metering.usage_days.metered_tenants`):
+    without that, the period's whole index of usage was scanned for them, even for one tenant's member."""
+    scope = None if principal.sees_all_tenants else frozenset(principal.tenant_ids)
+    metered = metered_tenants(session, period, scope)
+    wanted = metered if metered is not None and len(metered) <= MANY_IDS else scope
+    ledger = EnergyLedger(session, *period_bounds(period), carbon.default_zone, wanted)
     report = emissions(session, principal, period, carbon.default_zone, carbon.embodied, ledger=ledger)
     slugs = dict(session.exec(select(Tenant.id, Tenant.slug)).all())
     rows = [r for r in report.tenants if tenant_id is None or r.tenant == slugs.get(tenant_id)]

@@ -26,6 +26,7 @@ from sqlalchemy import Date, case, cast, delete, func, literal
 from sqlmodel import Session, col, select
 
 from kiln.db import upsert
+from metering import skus
 from metering.models import FINALISED, Bill, BillLine, UsageDay, UsageRecord
 from metering.money import allocate
 from metering.rating import KIND_USAGE, CardView, Charge, UsageTotal, card_at
@@ -158,3 +159,19 @@ def backfill(session: Session) -> int:
         upsert(session, UsageDay, rows, KEY, update=None)
         written += len(rows)
     return written
+
+
+def metered_tenants(session: Session, period: str, tenant_ids: frozenset[int] | None = None) -> frozenset[int] | None:
+    """The tenants (of `tenant_ids`, or all) that may have metered energy (`kwh` usage) in the period:
+    those the last bills run found some for, and those whose bill is finalised (their days are kept
+    as they were, so later energy would not show here). None where no bills run kept the period's
+    days (usage built outside one): then any tenant may have some.
+
+    Only the bills run writes usage records (`metering.usage.build_usage`), in the transaction that
+    writes these rows, so a tenant without a `kwh` row here has no energy row there."""
+    if session.exec(select(UsageDay.id).where(UsageDay.period == period).limit(1)).first() is None:
+        return tenant_ids
+    statement = select(UsageDay.tenant_id).distinct().where(UsageDay.period == period, UsageDay.sku == skus.KWH)
+    finalised = select(Bill.tenant_id).where(Bill.period == period, Bill.status == FINALISED)
+    found = set(session.exec(statement).all()) | set(session.exec(finalised).all())
+    return frozenset(found if tenant_ids is None else found & tenant_ids)

@@ -10,14 +10,15 @@ from decimal import Decimal
 from sqlalchemy import delete
 from sqlmodel import col, select
 
-from collectors.models import K8sAllocation
-from dashboards.cost_data import spend_by_day, spend_by_sku
+from collectors.models import K8sAllocation, NodeEnergyHour
+from dashboards.cost_data import emissions_summary, spend_by_day, spend_by_sku
 from dashboards.finance_data import reconciliation
 from kiln.auth import Principal, principal_for_user
 from metering.bills import finalise_period
-from metering.models import Bill, BillLine, UsageDay
+from metering.budgets import CarbonContext
+from metering.models import Bill, BillLine, CarbonIntensity, UsageDay
 from metering.rating import KIND_USAGE
-from metering.usage_days import backfill
+from metering.usage_days import backfill, metered_tenants
 from tests.factories import World
 from tests.metering_helpers import GPU_SKU, NODE_SKU, SYSTEM, at, card, discount, lease, node, run
 
@@ -130,3 +131,26 @@ def test_the_migrations_fill_gives_the_bills_runs_rows(world: World) -> None:
     assert backfill(world.session) == sum(map(len, written.values()))
     world.session.commit()
     assert {period: [r[1:] for r in rows_of(world, period)] for period in written} == written
+
+
+def test_energy_is_read_for_the_tenants_the_bills_run_metered(world: World) -> None:
+    leased = node(world, name="gpu-de-1", zone="DE")
+    lease(world, leased, "a", "2026-11-02T22:00", "2026-11-03T01:00")
+    lease(world, node(world, name="gpu-de-2", zone="DE"), "b", "2026-11-02T22:00", "2026-11-03T01:00")  # no energy readings
+    for hour, kwh, g in (("2026-11-02T22:00", "2", "300"), ("2026-11-02T23:00", "2", "200"), ("2026-11-03T00:00", "1", "100"),
+                         ("2026-11-03T01:00", "0.5", "100")):
+        world.session.add(NodeEnergyHour(node_id=leased.id, hour=at(hour), kwh=Decimal(kwh), covered_seconds=3600))
+        world.session.add(CarbonIntensity(zone="DE", hour=at(hour), g_co2e_per_kwh=Decimal(g)))
+    world.session.commit()
+    assert metered_tenants(world.session, "2026-11") is None  # no bills run yet: anyone may have energy
+    run(world, "2026-11", now="2026-11-05T00:00")
+    assert metered_tenants(world.session, "2026-11") == {world.a.id}
+    assert metered_tenants(world.session, "2026-11", frozenset({world.b.id})) == frozenset()
+    carbon = CarbonContext()
+    mine = emissions_summary(world.session, principal(world, "a_member"), "2026-11", None, carbon)
+    assert (mine["kwh"], mine["kg_co2e"], mine["idle_kwh"]) == (Decimal(5), Decimal("1.1"), None)
+    assert mine["per_day"] == {"2026-11-02": (Decimal(4), Decimal("1.0")), "2026-11-03": (Decimal(1), Decimal("0.1"))}
+    theirs = emissions_summary(world.session, principal(world, "b_member"), "2026-11", None, carbon)
+    assert (theirs["kwh"], theirs["per_day"]) == (Decimal(0), {})
+    everyone = emissions_summary(world.session, principal(world, "finance"), "2026-11", None, carbon)
+    assert (everyone["kwh"], everyone["idle_kwh"], everyone["idle_kg_co2e"]) == (Decimal(5), Decimal("0.5"), Decimal("0.05"))
