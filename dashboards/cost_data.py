@@ -73,7 +73,12 @@ def spend_summary(session: Session, principal: Principal, period: str, tenant_id
     bills = _bills(session, principal, period, tenant_id)
     lines: dict[int, list[BillLine]] = defaultdict(list)
     if bills:
-        for line in session.exec(select(BillLine).where(col(BillLine.bill_id).in_([b.id for b in bills]))).all():
+        # what `forecast_total` reads, of the same bills (a join, not a list of 2,000 bill ids)
+        statement = (select(BillLine.bill_id, BillLine.kind, BillLine.contracted_cost)
+                     .join(Bill, col(Bill.id) == BillLine.bill_id).where(Bill.period == period))
+        if tenant_id is not None:
+            statement = statement.where(Bill.tenant_id == tenant_id)
+        for line in session.exec(principal.scope(statement, Bill.tenant_id)).all():
             lines[line.bill_id].append(line)
     slugs = views.tenant_slugs(session, {b.tenant_id for b in bills})
     summary = SpendSummary(period=period, currency=bills[0].currency if bills else billing_currency(session, []))
