@@ -19,10 +19,10 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import Date, case, cast, delete, func, literal
+from sqlalchemy import BigInteger, cast, delete, func, literal_column
 from sqlmodel import Session, col, select
 
 from kiln.db import upsert
@@ -33,6 +33,7 @@ from metering.rating import KIND_USAGE, CardView, Charge, UsageTotal, card_at
 from metering.usage import SOURCE_K8S, parts_of, parts_sum
 
 K8S_PREFIX = "k8s:"
+SECONDS_PER_DAY = 86_400
 KEY = ("period", "tenant_id", "day", "sku", "namespace")
 
 
@@ -62,27 +63,44 @@ class Billed:
     contracted_cost: Decimal
 
 
+EPOCH = date(1970, 1, 1)
+
+
 def _utc_day(session: Session) -> object:
-    """SQL for the UTC day of `usage_record.hour` (a date on PostgreSQL, ISO text on SQLite)."""
+    """SQL for the UTC day of `usage_record.hour`: days since 1970-01-01 on PostgreSQL (an integer
+    key the planner hash-aggregates; a date cast made it sort a month of rows on disk), ISO text on SQLite."""
     if session.get_bind().dialect.name == "postgresql":
-        return cast(func.timezone("UTC", UsageRecord.hour), Date)
+        return cast(func.extract("epoch", UsageRecord.hour), BigInteger).op("/")(literal_column(str(SECONDS_PER_DAY)))
     return func.substr(UsageRecord.hour, 1, 10)  # SQLite keeps UTC timestamps as ISO text
 
 
+def _day(value: int | str) -> date:
+    return EPOCH + timedelta(days=value) if isinstance(value, int) else date.fromisoformat(value)
+
+
 def day_pieces(session: Session, window_segments: Sequence[tuple[datetime, datetime]]) -> list[DayPiece]:
-    """The period's usage summed exactly in SQL per tenant, SKU, UTC day and namespace, segment by segment."""
+    """The period's usage summed exactly in SQL per tenant, SKU, UTC day and namespace, segment by segment.
+
+    Two sums a segment: every source per tenant, SKU and day (Kubernetes rows then dropped), and,
+    only where there are any, the Kubernetes rows per namespace too: grouping every row by its
+    resource as well made PostgreSQL sort the month's rows instead of hashing them."""
     day = _utc_day(session)
-    namespace = case((UsageRecord.source == SOURCE_K8S, UsageRecord.resource_id), else_=literal(""))
     pieces = []
     for start, end in window_segments:
-        statement = (
-            select(UsageRecord.tenant_id, UsageRecord.sku, UsageRecord.unit, namespace, day, parts_sum())
-            .where(col(UsageRecord.hour) >= start, col(UsageRecord.hour) < end)
-            .group_by(UsageRecord.tenant_id, UsageRecord.sku, UsageRecord.unit, namespace, day)
-        )
-        for tenant_id, sku, unit, resource, iso_day, parts in session.exec(statement).all():
-            on = iso_day if isinstance(iso_day, date) else date.fromisoformat(iso_day)
-            pieces.append(DayPiece(tenant_id, sku, unit, resource.removeprefix(K8S_PREFIX), on, (start, end), parts_of(parts)))
+        hours = (col(UsageRecord.hour) >= start, col(UsageRecord.hour) < end)
+        keys = (UsageRecord.tenant_id, UsageRecord.sku, UsageRecord.unit, UsageRecord.source, day)
+        k8s = False
+        for tenant_id, sku, unit, source, on, parts in session.exec(select(*keys, parts_sum()).where(*hours).group_by(*keys)).all():
+            if source == SOURCE_K8S:
+                k8s = True
+            else:
+                pieces.append(DayPiece(tenant_id, sku, unit, "", _day(on), (start, end), parts_of(parts)))
+        if k8s:
+            keys = (UsageRecord.tenant_id, UsageRecord.sku, UsageRecord.unit, UsageRecord.resource_id, day)
+            statement = select(*keys, parts_sum()).where(*hours, UsageRecord.source == SOURCE_K8S).group_by(*keys)
+            for tenant_id, sku, unit, resource, on, parts in session.exec(statement).all():
+                pieces.append(DayPiece(tenant_id, sku, unit, resource.removeprefix(K8S_PREFIX), _day(on), (start, end),
+                                       parts_of(parts)))
     return pieces
 
 
