@@ -3,9 +3,9 @@ usage behind a bill line.
 
 Everything goes through metering's own functions, scoped to the caller (`Principal.scope`,
 `metering.bills.get_bill_for`): bills and forecasts (`metering.views`), budgets and what they
-have spent (`metering.budgets.spend`), and the daily figures are priced by `metering.rating.rate`
-with the period's price cards and discounts, one day at a time. Heavy sums run in SQL (one row
-per tenant, SKU and day), never per usage record in Python. Money stays Decimal.
+have spent (`metering.budgets.spend`), and the daily figures are the days the bills run keeps beside the
+bills (`metering.usage_days`). Heavy sums run in SQL, never per usage record in Python. Money
+stays Decimal.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import io
 import threading
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -24,20 +23,20 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from kiln.auth import Principal
+from kiln.db import MANY_IDS
 from kiln.models import Tenant
 from metering import budgets as budget_service
 from metering import views
-from metering.bills import billing_currency, card_views, get_bill_for
+from metering.bills import billing_currency, get_bill_for
 from metering.carbon import EnergyLedger, emissions
-from metering.models import Bill, BillLine, UsageRecord
+from metering.models import Bill, BillLine, UsageDay, UsageRecord
 from metering.money import plain, round_amount
 from metering.periods import period_bounds
-from metering.price_cards import cards_overlapping
-from metering.rating import KIND_IDLE_SHARE, CardView, UsageTotal, rate, segments
-from metering.usage import parts_of, parts_sum, summed
+from metering.rating import KIND_IDLE_SHARE
+from metering.usage import parts_sum, summed
+from metering.usage_days import metered_tenants
 
 ZERO = Decimal(0)
-DAY = timedelta(days=1)
 USAGE_PREVIEW_ROWS = 48
 CACHE_ENTRIES = 64
 _CACHE: OrderedDict[tuple, Any] = OrderedDict()
@@ -57,13 +56,6 @@ class SpendSummary:
     bills: list[views.BillPublic] = field(default_factory=list)
 
 
-def day_of(session: Session, column: Any) -> Any:
-    """SQL for the UTC day (`YYYY-MM-DD`) of a timestamp column, on SQLite and PostgreSQL."""
-    if session.get_bind().dialect.name == "postgresql":
-        return func.to_char(func.timezone("UTC", column), "YYYY-MM-DD")
-    return func.substr(column, 1, 10)  # SQLite keeps UTC timestamps as ISO text
-
-
 def bill_periods(session: Session, principal: Principal) -> list[str]:
     """Periods in which the caller's tenants have bills, newest first."""
     statement = principal.scope(select(Bill.period).distinct(), Bill.tenant_id)
@@ -81,7 +73,12 @@ def spend_summary(session: Session, principal: Principal, period: str, tenant_id
     bills = _bills(session, principal, period, tenant_id)
     lines: dict[int, list[BillLine]] = defaultdict(list)
     if bills:
-        for line in session.exec(select(BillLine).where(col(BillLine.bill_id).in_([b.id for b in bills]))).all():
+        # what `forecast_total` reads, of the same bills (a join, not a list of 2,000 bill ids)
+        statement = (select(BillLine.bill_id, BillLine.kind, BillLine.contracted_cost)
+                     .join(Bill, col(Bill.id) == BillLine.bill_id).where(Bill.period == period))
+        if tenant_id is not None:
+            statement = statement.where(Bill.tenant_id == tenant_id)
+        for line in session.exec(principal.scope(statement, Bill.tenant_id)).all():
             lines[line.bill_id].append(line)
     slugs = views.tenant_slugs(session, {b.tenant_id for b in bills})
     summary = SpendSummary(period=period, currency=bills[0].currency if bills else billing_currency(session, []))
@@ -155,43 +152,22 @@ def remembered(session: Session, name: str, period: str, parts: tuple, compute: 
 def spend_by_day(
     session: Session, principal: Principal, period: str, tenant_id: int | None = None
 ) -> dict[str, dict[str, Decimal]]:
-    """`{SKU: {YYYY-MM-DD: amount}}`: each day's usage rated on its own by `metering.rating.rate`.
+    """`{SKU: {YYYY-MM-DD: amount}}`: the period's usage lines (after discounts) per UTC day.
 
-    The day's quantities are summed in SQL per tenant and SKU; each day is priced with the price
-    card in force and the tenant's discount on its bill. Idle shares and corrections are not usage
-    of a day, so they are left out; each day is rounded on its own. Remembered until the next
-    bills run (`remembered`)."""
-    start, end = period_bounds(period)
-    cards = card_views(cards_overlapping(session, start, end))
-    return remembered(session, "spend_by_day", period, (caller_scope(principal), tenant_id, tuple(cards)),
-                      lambda: _rate_days(session, principal, period, tenant_id, cards))
-
-
-def _rate_days(session: Session, principal: Principal, period: str, tenant_id: int | None, cards: list[CardView]
-               ) -> dict[str, dict[str, Decimal]]:
-    start, end = period_bounds(period)
-    currency = billing_currency(session, cards)
-    discounts = bill_discounts(session, period)
-    day = day_of(session, UsageRecord.hour)
-    by_day: dict[str, list[UsageTotal]] = defaultdict(list)
-    for seg_start, seg_end in segments(cards, start, end):
-        statement = (
-            select(UsageRecord.tenant_id, UsageRecord.sku, UsageRecord.unit, day, parts_sum())
-            .where(col(UsageRecord.hour) >= seg_start, col(UsageRecord.hour) < seg_end)
-            .group_by(UsageRecord.tenant_id, UsageRecord.sku, UsageRecord.unit, day)
-        )
-        statement = principal.scope(statement, UsageRecord.tenant_id)
-        if tenant_id is not None:
-            statement = statement.where(UsageRecord.tenant_id == tenant_id)
-        for tenant, sku, unit, iso_day, parts in session.exec(statement).all():
-            day_start = datetime.fromisoformat(iso_day).replace(tzinfo=UTC)
-            window = (max(day_start, seg_start), min(day_start + DAY, seg_end))
-            by_day[iso_day].append(UsageTotal(tenant, sku, unit, *window, parts_of(parts)))
-    out: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
-    for iso_day, totals in sorted(by_day.items()):
-        for charge in rate(totals, cards, discounts, currency):
-            out[charge.sku][iso_day] += charge.contracted_cost
-    return {sku: dict(days) for sku, days in sorted(out.items())}
+    Read from the days the last bills run kept (`metering.usage_days`: each day's share of the
+    line that charged it, so the days add up to the bills' usage lines to the cent), summed in
+    SQL per SKU and day: a few thousand rows a month, never the hourly usage. Idle shares and
+    corrections are not usage of a day, so they are left out."""
+    day = col(UsageDay.day)
+    statement = (select(UsageDay.sku, day, func.sum(UsageDay.contracted_cost))
+                 .where(UsageDay.period == period).group_by(UsageDay.sku, day).order_by(UsageDay.sku, day))
+    statement = principal.scope(statement, UsageDay.tenant_id)
+    if tenant_id is not None:
+        statement = statement.where(UsageDay.tenant_id == tenant_id)
+    out: dict[str, dict[str, Decimal]] = defaultdict(dict)
+    for sku, on, amount in session.exec(statement).all():
+        out[sku][on.isoformat()] = Decimal(amount)
+    return dict(out)
 
 
 def budget_rows(session: Session, principal: Principal, period: str, tenant_id: int | None = None,
@@ -303,8 +279,14 @@ def bill_csv(detail: views.BillDetail) -> bytes:
 def emissions_summary(session: Session, principal: Principal, period: str, tenant_id: int | None,
                       carbon: budget_service.CarbonContext) -> dict[str, Any]:
     """The caller's (or one tenant's) kWh and kg CO2e of the period, per day too; idle energy for
-    global roles looking at all tenants (`metering.carbon`, as the API reports it)."""
-    ledger = EnergyLedger(session, *period_bounds(period), carbon.default_zone)
+    global roles looking at all tenants (`metering.carbon`, as the API reports it).
+
+    The energy rows are read for the caller's tenants that have any (`metering.usage_days.metered_tenants`):
+    without that, the period's whole index of usage was scanned for them, even for one tenant's member."""
+    scope = None if principal.sees_all_tenants else frozenset(principal.tenant_ids)
+    metered = metered_tenants(session, period, scope)
+    wanted = metered if metered is not None and len(metered) <= MANY_IDS else scope
+    ledger = EnergyLedger(session, *period_bounds(period), carbon.default_zone, wanted)
     report = emissions(session, principal, period, carbon.default_zone, carbon.embodied, ledger=ledger)
     slugs = dict(session.exec(select(Tenant.id, Tenant.slug)).all())
     rows = [r for r in report.tenants if tenant_id is None or r.tenant == slugs.get(tenant_id)]

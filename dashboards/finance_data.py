@@ -19,19 +19,17 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from collectors.models import K8sAllocation, OpenCostAllocation
-from dashboards.cost_data import bill_discounts, caller_scope, remembered
+from dashboards.cost_data import caller_scope, remembered
 from kiln.auth import Principal
 from kiln.models import Tenant
 from kiln.roles import Role
 from metering import views
 from metering.bills import DRAFT, FINALISED, billing_currency, card_views, finalise_period
-from metering.models import Bill, UsageRecord
+from metering.models import Bill, UsageDay
 from metering.money import round_amount
 from metering.periods import has_ended, period_bounds
 from metering.price_cards import cards_overlapping
-from metering.rating import UsageTotal, rate, segments
 from metering.reconcile import reconcile
-from metering.usage import SOURCE_K8S, parts_of, parts_sum
 
 FINANCE_ROLES = (Role.INFRA_ADMIN, Role.FINANCE)
 ZERO = Decimal(0)
@@ -94,31 +92,22 @@ class Reconciliation:
 
 
 def _kiln_costs(session: Session, principal: Principal, period: str) -> tuple[dict[str, Decimal], str]:
-    """Kiln's billed cost of each namespace's Kubernetes usage in the period, rated per namespace."""
+    """Kiln's billed cost of each namespace's Kubernetes usage in the period: the namespace's share of
+    its tenant's usage lines, as the last bills run kept it per day (`metering.usage_days`)."""
     start, end = period_bounds(period)
-    cards = card_views(cards_overlapping(session, start, end))
-    currency = billing_currency(session, cards)
-    discounts = bill_discounts(session, period)
-    usage: dict[str, list[UsageTotal]] = defaultdict(list)
-    for seg_start, seg_end in segments(cards, start, end):
-        statement = (
-            select(UsageRecord.resource_id, UsageRecord.tenant_id, UsageRecord.sku, UsageRecord.unit,
-                   parts_sum())
-            .where(UsageRecord.source == SOURCE_K8S, col(UsageRecord.hour) >= seg_start, col(UsageRecord.hour) < seg_end)
-            .group_by(UsageRecord.resource_id, UsageRecord.tenant_id, UsageRecord.sku, UsageRecord.unit)
-        )
-        for resource_id, tenant_id, sku, unit, parts in session.exec(principal.scope(statement, UsageRecord.tenant_id)).all():
-            namespace = resource_id.removeprefix("k8s:")
-            usage[namespace].append(UsageTotal(tenant_id, sku, unit, seg_start, seg_end, parts_of(parts)))
-    costs = {ns: sum((c.contracted_cost for c in rate(totals, cards, discounts, currency)), ZERO) for ns, totals in usage.items()}
-    return costs, currency
+    currency = billing_currency(session, card_views(cards_overlapping(session, start, end)))
+    statement = (select(UsageDay.namespace, func.sum(UsageDay.contracted_cost))
+                 .where(UsageDay.period == period, UsageDay.namespace != "").group_by(UsageDay.namespace))
+    rows = session.exec(principal.scope(statement, UsageDay.tenant_id)).all()
+    return {namespace: Decimal(cost) for namespace, cost in rows}, currency
 
 
 def reconciliation(session: Session, principal: Principal, period: str) -> tuple[list[Reconciliation], str]:
     """Per namespace: Kiln's cost and GPU-hours beside OpenCost's (None where OpenCost has no row); the currency.
 
-    Both of Kiln's figures sum the period's Kubernetes usage records, so the result is remembered
-    until the next bills run, a price card change, or new OpenCost figures for the period."""
+    Kiln's figures are the days the last bills run kept (`metering.usage_days`); the namespaces'
+    owners come from the Kubernetes allocations, so the result is remembered until the next bills
+    run, a price card change, or new OpenCost figures for the period."""
     start, end = period_bounds(period)
     cards = tuple(card_views(cards_overlapping(session, start, end)))
     window = (col(OpenCostAllocation.window_start) >= start, col(OpenCostAllocation.window_end) <= end)

@@ -1,7 +1,8 @@
 """Bills per tenant per period: draft (rebuilt as usage arrives) → finalised (immutable).
 
 `run_period` rebuilds the period's usage, rates it (`metering.rating`) and writes each
-tenant's draft bill; it never touches a finalised bill. When a finalised period is run again
+tenant's draft bill and its usage per day (`metering.usage_days`); it never touches a finalised
+bill. When a finalised period is run again
 and its charges have changed (late usage, a corrected lease), the differences become
 `correction` lines (FOCUS ChargeClass "Correction") on the tenant's next open bill, with the
 corrected period and window; repeating the run changes nothing more. A finalised bill keeps
@@ -34,6 +35,7 @@ from metering.periods import has_ended, next_period, parse_period, period_bounds
 from metering.price_cards import cards_overlapping
 from metering.rating import KIND_CORRECTION, CardView, Charge, UsageTotal, rate, segments, share_idle
 from metering.usage import build_usage, parts_of, parts_sum
+from metering.usage_days import billed_charges, day_pieces, segment_totals, write_days
 
 WRITE_ROLES = (Role.INFRA_ADMIN, Role.FINANCE)
 DEFAULT_CURRENCY = "EUR"
@@ -99,15 +101,18 @@ def current_discounts(session: Session) -> dict[int, Decimal]:
 
 
 def rate_period(
-    session: Session, period: str, *, policy: str, now: datetime, frozen: dict[int, Decimal] | None = None
+    session: Session, period: str, *, policy: str, now: datetime, frozen: dict[int, Decimal] | None = None,
+    usage: list[UsageTotal] | None = None,
 ) -> PeriodRating:
-    """Rate a period's stored usage: tenants' charges, idle capacity, and idle shares under `policy`."""
+    """Rate a period's stored usage (or its `usage` totals per segment, already summed): tenants'
+    charges, idle capacity, and idle shares under `policy`."""
     start, end = period_bounds(period)
     cards = card_views(cards_overlapping(session, start, end))
     currency = billing_currency(session, cards)
     window_segments = segments(cards, start, end)
     discounts = {**current_discounts(session), **(frozen or {})}
-    charges = rate(usage_by_segment(session, window_segments), cards, discounts, currency)
+    usage = usage_by_segment(session, window_segments) if usage is None else usage
+    charges = rate(usage, cards, discounts, currency)
     idle = rate(idle_usage(session, window_segments, min(end, now)), cards, {}, currency)
     if policy == "share":
         charges += share_idle(idle, charges, currency, (start, end))
@@ -263,7 +268,9 @@ def _run_period(session: Session, principal: Principal, period: str, *, policy: 
     summary = RunSummary(period, build_usage(session, start, end, now))
     existing = {b.tenant_id: b for b in session.exec(select(Bill).where(Bill.period == period)).all()}
     frozen = {t: Decimal(b.discount_percent) for t, b in existing.items() if b.status == FINALISED}
-    rating = rate_period(session, period, policy=policy, now=now, frozen=frozen)
+    cards = card_views(cards_overlapping(session, start, end))
+    pieces = day_pieces(session, segments(cards, start, end))  # one pass over the usage: the bills and the days
+    rating = rate_period(session, period, policy=policy, now=now, frozen=frozen, usage=segment_totals(pieces))
     discounts = current_discounts(session)
     by_tenant: dict[int, list[Charge]] = defaultdict(list)
     for charge in rating.charges:
@@ -277,6 +284,7 @@ def _run_period(session: Session, principal: Principal, period: str, *, policy: 
         else:
             drafts.append((tenant_id, by_tenant.get(tenant_id, []), bill))
     summary.drafts = _write_drafts(session, period, drafts, rating.currency, discounts, min(now, end))
+    write_days(session, period, pieces, billed_charges(rating.charges), cards, keep=frozen)
     session.execute(delete(IdleCharge).where(IdleCharge.period == period))
     session.add_all([
         IdleCharge(period=period, sku=c.sku, unit=c.unit, quantity=c.quantity, unit_price=c.list_unit_price, cost=c.list_cost,

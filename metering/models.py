@@ -9,11 +9,11 @@ start of `[hour, hour + 1h)`; a billing period is a calendar month in UTC, writt
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, CheckConstraint, Column, ForeignKey, Index, Integer, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, CheckConstraint, Column, Date, ForeignKey, Index, Integer, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 # Loads the tables this module's foreign keys name: a flush sorts tables by those keys.
@@ -160,6 +160,27 @@ class IdleCharge(SQLModel, table=True):
     window_start: datetime = Field(sa_type=UTCDateTime, nullable=False)
     window_end: datetime = Field(sa_type=UTCDateTime, nullable=False)
     policy: str = Field(max_length=16)  # platform | share
+
+
+class UsageDay(SQLModel, table=True):
+    """One tenant's usage of one SKU on one UTC day (per Kubernetes namespace; '' for other usage),
+    with its share of the bill line that charged it: written by the bills run beside the bills
+    (`metering.usage_days`), so the console's and reconciliation's sums of a month read these rows
+    instead of the month's hourly usage. A period's shares add up exactly to its usage lines."""
+
+    __tablename__ = "usage_day"
+    __table_args__ = (UniqueConstraint("period", "tenant_id", "day", "sku", "namespace", name="uq_usage_day_key"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    period: str = Field(max_length=7)
+    tenant_id: int = Field(sa_column=Column(Integer, ForeignKey("tenant.id", ondelete="RESTRICT"), nullable=False))
+    day: date = Field(sa_column=Column(Date, nullable=False))
+    sku: str = Field(max_length=128)
+    unit: str = Field(max_length=32)
+    namespace: str = Field(default="", max_length=128)  # Kubernetes usage: the namespace; '' for leases, energy
+    quantity_parts: int = Field(sa_column=Column(BigInteger, nullable=False))  # exact, as `UsageRecord.quantity_parts`
+    list_cost: Decimal = Field(sa_column=Column(AMOUNT, nullable=False))
+    contracted_cost: Decimal = Field(sa_column=Column(AMOUNT, nullable=False))
 
 
 class Budget(SQLModel, table=True):

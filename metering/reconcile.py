@@ -1,6 +1,7 @@
 """Kiln's Kubernetes usage beside OpenCost's, per namespace, with the difference.
 
-Kiln owns the numbers it bills (`usage_record`, source `k8s`); OpenCost's own figures, imported
+Kiln owns the numbers it bills (`usage_record`, source `k8s`, as the last bills run summed them
+per namespace and day: `metering.usage_days`); OpenCost's own figures, imported
 by the `opencost` collector (`opencost_allocation`), are shown next to them so a difference is
 visible and explainable (OpenCost samples usage; Kiln integrates request intervals exactly).
 Tenants see their namespaces only; OpenCost's `__idle__` / `__unallocated__` rows and
@@ -20,9 +21,10 @@ from collectors.models import K8sAllocation, OpenCostAllocation
 from kiln.auth import Principal
 from kiln.models import Tenant
 from metering import skus
-from metering.models import UsageRecord
+from kiln.types import exact_sum
+from metering.models import UsageDay
 from metering.periods import period_bounds
-from metering.usage import BYTES_PER_GIB, SOURCE_K8S, parts_sum, summed
+from metering.usage import BYTES_PER_GIB, summed
 
 MEASURES = {skus.GPU_HOUR: "gpu-hours", skus.CPU_CORE_HOUR: "cpu-core-hours", skus.RAM_GIB_HOUR: "ram-gib-hours"}
 ZERO = Decimal(0)
@@ -47,14 +49,14 @@ def reconcile(session: Session, principal: Principal, period: str) -> list[Recon
               if slug in tenants}
     kiln: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
     statement = (
-        select(UsageRecord.resource_id, UsageRecord.sku, parts_sum())
-        .where(UsageRecord.source == SOURCE_K8S, col(UsageRecord.hour) >= start, col(UsageRecord.hour) < end)
-        .group_by(UsageRecord.resource_id, UsageRecord.sku)
+        select(UsageDay.namespace, UsageDay.sku, exact_sum(UsageDay.quantity_parts))
+        .where(UsageDay.period == period, UsageDay.namespace != "")
+        .group_by(UsageDay.namespace, UsageDay.sku)
     )
-    for resource_id, sku, parts in session.exec(principal.scope(statement, UsageRecord.tenant_id)).all():
+    for namespace, sku, parts in session.exec(principal.scope(statement, UsageDay.tenant_id)).all():
         measure = MEASURES.get(skus.family(sku))
         if measure:
-            kiln[(resource_id.removeprefix("k8s:"), measure)] += summed(parts)
+            kiln[(namespace, measure)] += summed(parts)
     opencost: dict[tuple[str, str], Decimal] = {}
     oc = session.exec(
         select(OpenCostAllocation.namespace, func.sum(OpenCostAllocation.gpu_hours), func.sum(OpenCostAllocation.cpu_core_hours),

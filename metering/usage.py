@@ -267,7 +267,8 @@ def build_usage(session: Session, start: datetime, end: datetime, now: datetime 
     """Rebuild every usage record with an hour in [start, end) from all sources; rows written per source.
 
     Time after `now` is not counted (an open lease counts up to now); re-running replaces the
-    same rows, so it is safe to run as often as usage arrives.
+    same rows, so it is safe to run as often as usage arrives. The bills run is its one caller in
+    the appliance: it keeps the per-day sums (`metering.usage_days`) in the same transaction.
     """
     stop = min(end, now or utcnow())
     connection = session.connection()
