@@ -10,7 +10,7 @@ from decimal import Decimal
 
 import dash
 from dash import Input, Output, State, dcc, html
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from dashboards.components import (
     chosen_tab,
@@ -38,8 +38,11 @@ from dashboards.tenancy_data import (
     total_by,
     visible_tenants,
 )
-from fleet.leases import list_leases
+from fleet.daily_hours import daily_lease_micros
+from fleet.leases import count_leases
 from kiln.auth import Principal
+from kiln.db import utcnow
+from kiln.models import Tenant
 from metering import skus
 from metering.allocation import AllocationRow, IdleFigures, allocation_rows, daily_gpu_hours
 from metering.efficiency import EfficiencyRow, LeaseFigures, combined, lease_figures, per_tenant
@@ -116,10 +119,10 @@ def efficiency_stats(gpu_use: EfficiencyRow) -> list[html.Div]:
 def _scope(session: Session, principal: Principal, tenant_slug: str | None) -> tuple[int | None, str | None]:
     """The tenant id to filter by (None: all the caller's; -1: a slug not among the caller's, so
     nothing rather than everything) and its slug."""
-    tenant = {t.slug: t for t in visible_tenants(session, principal)}.get(tenant_slug or "")
-    if tenant is not None:
-        return tenant.id, tenant.slug
-    return (None if tenant_slug in (None, ALL) else -1), None
+    if tenant_slug in (None, ALL):
+        return None, None
+    tenant = session.exec(principal.scope(select(Tenant).where(Tenant.slug == tenant_slug), Tenant.id)).first()
+    return (tenant.id, tenant.slug) if tenant is not None else (-1, None)
 
 
 def first_paint(tenant_slug: str | None, choice: str | None) -> tuple[tuple, tuple]:
@@ -156,10 +159,12 @@ def update(tenant_slug: str | None, choice: str | None) -> tuple:
 
 def _overview(session: Session, principal: Principal, start: datetime, end: datetime, tenant_id: int | None,
               figures: list[LeaseFigures]) -> tuple:
-    slices = gpu_hours(session, principal, start, end, tenant_id)
+    now = utcnow()
+    held = daily_lease_micros(session, principal, start, min(end, now), tenant_id)
+    slices = gpu_hours(session, principal, start, end, tenant_id, now=now, held=held)
     gpu_use = combined(per_tenant(session, figures))
-    per_day = daily_gpu_hours(session, principal, start, end, tenant_id=tenant_id, figures=figures)
-    running = len(list_leases(session, principal, tenant_id=tenant_id, active=True)) if tenant_id != -1 else 0
+    per_day = daily_gpu_hours(session, principal, start, end, tenant_id=tenant_id, now=now, figures=figures, held=held)
+    running = count_leases(session, principal, tenant_id=tenant_id, active=True) if tenant_id != -1 else 0
     sku_totals = gpu_hours_by_sku(session, principal, start, end, tenant_id)
     allocated = sum((s.gpu_hours for s in slices), Decimal(0))
     stats = [stat("GPU-hours allocated", _hours(allocated), "stat-allocated"), *efficiency_stats(gpu_use),
@@ -225,9 +230,8 @@ def gpu_hours_by_sku(session: Session, principal: Principal, start: datetime, en
     """Metered GPU-hours (usage records: leases and pods, MIG instances by profile) of the caller's
     tenants — or of one — by SKU name, e.g. "GPU-hour · NVIDIA A100-SXM4-80GB · 3g.40gb"."""
     out: dict[str, Decimal] = defaultdict(Decimal)
-    for owner, sku, _, _, total in usage_totals(session, principal, start, end, family=skus.GPU_HOUR):
-        if tenant_id in (None, owner):
-            out[label(sku)] += total
+    for _, sku, _, _, total in usage_totals(session, principal, start, end, family=skus.GPU_HOUR, tenant_id=tenant_id):
+        out[label(sku)] += total
     return dict(sorted(out.items()))
 
 
