@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from fractions import Fraction
 
 from sqlmodel import select
 
@@ -16,7 +17,9 @@ from fleet.daily_hours import daily_lease_micros, days_between
 from fleet.leases import count_leases, list_leases
 from fleet.models import Gpu
 from fleet.tenancy_models import GpuInstanceLease, Lease, Vdc
-from fleet.usage import HOURS_QUANTUM, lease_gpu_micros
+from fleet.tenancy_schemas import QuotaUse
+from fleet.usage import HOURS_QUANTUM, hours_of, lease_gpu_micros
+from fleet.vdcs import quota_uses
 from kiln.auth import Principal, principal_for_user
 from metering.allocation import daily_gpu_hours
 from metering.efficiency import PLACES, lease_figures
@@ -146,3 +149,18 @@ def test_running_leases_are_counted_in_the_callers_scope(world: World) -> None:
         assert count_leases(world.session, principal, active=True) == len(list_leases(world.session, principal, active=True))
         assert count_leases(world.session, principal) == len(list_leases(world.session, principal))
     assert count_leases(world.session, _principal(world, "a_member"), tenant_id=world.tenant("b").id) == 0
+
+
+def test_quota_use_sums_period_gpu_time_in_sql_exactly(world: World) -> None:
+    _fleet(world)
+    vdc = world.session.exec(select(Vdc.id).where(Vdc.name == "train")).one()
+    a, b = world.tenant("a").id, world.tenant("b").id
+    uses = quota_uses(world.session, [vdc], at=NOW)
+    march = datetime(2026, 3, 1, tzinfo=UTC)
+    # a: the 8-GPU lease's 2 h + 1 µs of March, the open mixed node (3 GPUs) since 1 March, a 3/7 instance for 2 h less 500 µs
+    a_micros = (Fraction((2 * 3_600_000_000 + 1) * 8 + (NOW - march) // US * 3)
+                + Fraction(2 * 3_600_000_000 - 500) * Fraction(3, 7))
+    b_micros = Fraction((90 * 60_000_000 - 1) * 8 + 8)
+    assert uses[(vdc, a)] == QuotaUse(nodes=1, gpus=3, gpu_hours=hours_of(a_micros))
+    assert uses[(vdc, b)] == QuotaUse(nodes=0, gpus=0, gpu_hours=hours_of(b_micros))
+    assert uses[(vdc, None)] == QuotaUse(nodes=1, gpus=3, gpu_hours=hours_of(a_micros + b_micros))
