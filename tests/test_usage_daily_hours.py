@@ -20,9 +20,13 @@ from fleet.tenancy_models import GpuInstanceLease, Lease, Vdc
 from fleet.tenancy_schemas import QuotaUse
 from fleet.usage import HOURS_QUANTUM, hours_of, lease_gpu_micros
 from fleet.vdcs import quota_uses
+from dashboards.pages.usage import gpu_hours_by_sku
 from kiln.auth import Principal, principal_for_user
+from metering import skus
 from metering.allocation import daily_gpu_hours
 from metering.efficiency import PLACES, lease_figures
+from metering.models import Bill, UsageRecord
+from metering.sku_labels import label
 from tests.factories import World
 from tests.fleet_helpers import make_node_row, make_vdc
 
@@ -164,3 +168,34 @@ def test_quota_use_sums_period_gpu_time_in_sql_exactly(world: World) -> None:
     assert uses[(vdc, a)] == QuotaUse(nodes=1, gpus=3, gpu_hours=hours_of(a_micros))
     assert uses[(vdc, b)] == QuotaUse(nodes=0, gpus=0, gpu_hours=hours_of(b_micros))
     assert uses[(vdc, None)] == QuotaUse(nodes=1, gpus=3, gpu_hours=hours_of(a_micros + b_micros))
+
+
+def test_gpu_hours_by_sku_are_remembered_until_a_touched_periods_bills_change(world: World) -> None:
+    sku = skus.gpu_hour("NVIDIA H100 80GB HBM3")
+    shown = label(sku)
+
+    def record(resource: str, hour: datetime) -> None:
+        world.session.add(UsageRecord(tenant_id=world.a.id, resource_id=resource, sku=sku, quantity=Decimal(1),
+                                      quantity_parts=3_600_000_000, unit="GPU-hour", source="lease", hour=hour))
+        world.session.commit()
+
+    def bill(period: str) -> None:
+        world.session.add(Bill(tenant_id=world.a.id, period=period, status="draft", currency="EUR", list_total=Decimal(0),
+                               total=Decimal(0)))
+        world.session.commit()
+
+    record("n1", datetime(2026, 2, 28, 23, tzinfo=UTC))
+    record("n1", datetime(2026, 3, 1, 1, tzinfo=UTC))
+    admin = _principal(world, "admin")
+    start, end = datetime(2026, 2, 28, 22, 30, 0, 1, tzinfo=UTC), datetime(2026, 3, 1, 1, 30, tzinfo=UTC)
+    assert gpu_hours_by_sku(world.session, admin, start, end, None) == {shown: Decimal("2.000000")}
+    record("n2", datetime(2026, 2, 28, 23, tzinfo=UTC))  # no bills run yet: the same hours give the same sums
+    assert gpu_hours_by_sku(world.session, admin, start + timedelta(minutes=20), end, None) == {shown: Decimal("2.000000")}
+    bill("2026-02")  # a bills run of February, the range's earlier period
+    assert gpu_hours_by_sku(world.session, admin, start, end, None) == {shown: Decimal("3.000000")}
+    assert gpu_hours_by_sku(world.session, admin, start, end, world.b.id) == {}
+    assert gpu_hours_by_sku(world.session, _principal(world, "b_member"), start, end, None) == {}
+    record("n2", datetime(2026, 3, 1, 0, tzinfo=UTC))
+    bill("2026-03")
+    assert gpu_hours_by_sku(world.session, _principal(world, "a_member"), start, end, None) == {shown: Decimal("4.000000")}
+    assert gpu_hours_by_sku(world.session, admin, start, end - timedelta(minutes=31), None) == {shown: Decimal("3.000000")}
