@@ -9,9 +9,8 @@ GPU-microseconds: exact, as `fleet.usage.lease_gpu_micros` counts them, with no 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import BigInteger, Integer, case, cast, func, literal, union_all
 from sqlmodel import Session, col, select
@@ -23,8 +22,7 @@ from kiln.auth import Principal
 from kiln.db import UTCDateTime
 
 
-@dataclass(frozen=True)
-class DayMicros:
+class DayMicros(NamedTuple):  # a tuple: tens of thousands of rows for all tenants of a large fleet
     """GPU-microseconds a tenant's whole-node leases held on one UTC day, through one VDC (None:
     none), on one GPU model (None: nodes without GPUs, which hold 0)."""
 
