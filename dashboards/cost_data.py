@@ -15,6 +15,7 @@ import io
 import threading
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from decimal import Decimal
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -31,7 +32,7 @@ from metering.bills import billing_currency, get_bill_for
 from metering.carbon import EnergyLedger, emissions
 from metering.models import Bill, BillLine, UsageDay, UsageRecord
 from metering.money import plain, round_amount
-from metering.periods import period_bounds
+from metering.periods import floor_hour, next_period, period_bounds, period_of
 from metering.rating import KIND_IDLE_SHARE
 from metering.usage import parts_sum, summed
 from metering.usage_days import metered_tenants
@@ -147,6 +148,25 @@ def remembered(session: Session, name: str, period: str, parts: tuple, compute: 
         while len(_CACHE) > CACHE_ENTRIES:
             _CACHE.popitem(last=False)
     return result
+
+
+def remembered_between(session: Session, name: str, start: datetime, end: datetime, parts: tuple,
+                       compute: Callable[[], T]) -> T:
+    """`remembered` for a sum over the hourly usage records of [start, end), which may span periods:
+    the key holds the range's whole hours (records are stamped at whole hours, so a range ending
+    now holds the same records all hour long) and the bills version of every period it touches."""
+    first, last = _next_hour(start), _next_hour(end)
+    periods = [period_of(first)]
+    while last > first and period_bounds(periods[-1])[1] < last:
+        periods.append(next_period(periods[-1]))
+    versions = tuple(_bills_version(session, period) for period in periods[:-1])
+    return remembered(session, name, periods[-1], (*parts, first, last, versions), compute)
+
+
+def _next_hour(at: datetime) -> datetime:
+    """The first whole hour at or after `at`."""
+    hour = floor_hour(at)
+    return hour if hour == at else hour + timedelta(hours=1)
 
 
 def spend_by_day(

@@ -25,7 +25,8 @@ from fleet.instance_leases import to_public as instance_public
 from fleet.models import Gpu, Node
 from fleet.tenancy_models import GpuInstanceLease, Lease, Vdc
 from fleet.tenancy_schemas import VdcPublic
-from fleet.usage import HOURS_QUANTUM, overlapping
+from fleet.daily_hours import DayMicros, daily_lease_micros
+from fleet.usage import HOURS_QUANTUM, MICROS_PER_HOUR, overlapping
 from fleet.vdcs import list_vdcs, to_public
 from kiln.auth import Principal
 from kiln.db import among, utcnow
@@ -78,28 +79,23 @@ def _day_segments(start: datetime, end: datetime) -> list[tuple[date, Decimal]]:
 
 def gpu_hours(
     session: Session, principal: Principal, start: datetime, end: datetime, tenant_id: int | None = None,
-    now: datetime | None = None,
+    now: datetime | None = None, held: list[DayMicros] | None = None,
 ) -> list[UsageSlice]:
-    """GPU-hours allocated by lease over [start, end) (open leases count up to now), per day/VDC/model."""
-    now = now or utcnow()
-    leases = _leases(session, principal, start, end, tenant_id)
-    instances = _leases(session, principal, start, end, tenant_id, GpuInstanceLease)
-    models: dict[int, Counter[str]] = defaultdict(Counter)
-    node_ids = sorted({lease.node_id for lease in leases + instances})
-    for node_id, model in session.exec(select(Gpu.node_id, Gpu.model).where(among(Gpu.node_id, node_ids))):
-        models[node_id][model] += 1
-    # a GPU instance lease: its GPU's model (as the lease recorded it), weighted by the profile's compute fraction
-    weights = {lease.id: models[lease.node_id] for lease in leases}
-    parts = {i.id: _instance_weight(i.gpu_model or "?", i.profile) for i in instances}
+    """GPU-hours allocated by lease over [start, end) (open leases count up to now), per day/VDC/model
+    (`held`: `daily_lease_micros` of the same window, when already read)."""
+    stop = min(end, now or utcnow())
     slugs = dict(session.exec(select(Tenant.id, Tenant.slug)).all())
     vdcs = dict(session.exec(select(Vdc.id, Vdc.name)).all())
     totals: dict[tuple[date, str, str, str], Decimal] = defaultdict(Decimal)
-    for lease, counts in [(lease, weights[lease.id]) for lease in leases] + [(i, parts[i.id]) for i in instances]:
-        held_from, held_to = max(lease.starts_at, start), min(lease.ends_at or now, end, now)
-        for day, hours in _day_segments(held_from, held_to):
-            for model, count in counts.items():
-                key = (day, slugs.get(lease.tenant_id, "?"), vdcs.get(lease.vdc_id, "no VDC"), model)
-                totals[key] += hours * count
+    for row in held if held is not None else daily_lease_micros(session, principal, start, stop, tenant_id):
+        if row.gpu_micros:
+            key = (row.day, slugs.get(row.tenant_id, "?"), vdcs.get(row.vdc_id, "no VDC"), row.gpu_model)
+            totals[key] += Decimal(row.gpu_micros) / MICROS_PER_HOUR
+    # a GPU instance lease: its GPU's model (as the lease recorded it), weighted by the profile's compute fraction
+    for i in _leases(session, principal, start, stop, tenant_id, GpuInstanceLease):
+        for day, hours in _day_segments(max(i.starts_at, start), min(i.ends_at or stop, stop)):
+            for model, weight in _instance_weight(i.gpu_model or "?", i.profile).items():
+                totals[(day, slugs.get(i.tenant_id, "?"), vdcs.get(i.vdc_id, "no VDC"), model)] += hours * weight
     return [UsageSlice(*key, value.quantize(HOURS_QUANTUM)) for key, value in sorted(totals.items()) if value > 0]
 
 

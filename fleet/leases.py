@@ -17,7 +17,7 @@ from fractions import Fraction
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from fleet.models import Node
 from fleet.nodes import add_event
@@ -79,6 +79,16 @@ def list_leases(
     if active:
         statement = statement.where(in_force(utcnow()))
     return list(session.exec(statement).all())
+
+
+def count_leases(session: Session, principal: Principal, *, tenant_id: int | None = None, active: bool = False) -> int:
+    """How many leases `list_leases` would return (counted by the database, no rows loaded)."""
+    statement = principal.scope(select(func.count()).select_from(Lease), Lease.tenant_id)
+    if tenant_id is not None:
+        statement = statement.where(Lease.tenant_id == tenant_id)
+    if active:
+        statement = statement.where(in_force(utcnow()))
+    return session.exec(statement).one()
 
 
 def get_lease(session: Session, principal: Principal, lease_id: int) -> Lease:

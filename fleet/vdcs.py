@@ -12,7 +12,10 @@ from datetime import datetime
 from decimal import Decimal
 from fractions import Fraction
 
+from sqlalchemy import case, literal
 from sqlmodel import Session, col, func, select
+
+from fleet.daily_hours import micros_between
 
 from fleet.models import Gpu, Node, NodeTag
 from fleet.tenancy_models import GpuInstanceLease, Lease, Vdc, VdcNode, VdcSelector, VdcTenant
@@ -37,7 +40,7 @@ from fleet.usage import (
 )
 from kiln import audit
 from kiln.auth import Principal
-from kiln.db import among, first_or_not_found, utcnow
+from kiln.db import UTCDateTime, among, first_or_not_found, utcnow
 from kiln.errors import Conflict, NotFound
 from kiln.models import Tenant
 from kiln.roles import Role
@@ -80,29 +83,33 @@ def quota_use(session: Session, vdc_id: int, tenant_id: int | None, at: datetime
 
 
 def quota_uses(session: Session, vdc_ids: list[int], at: datetime | None = None) -> dict[tuple[int, int | None], QuotaUse]:
-    """`quota_use` of many VDCs at once (five queries): per (VDC, tenant) and per (VDC, None) for all
+    """`quota_use` of many VDCs at once (four queries): per (VDC, tenant) and per (VDC, None) for all
     tenants. GPU instance leases count by compute fraction (`instance_gpus`, and in `gpu_hours`)."""
     at = at or utcnow()
     start, _ = period_of(at)
-    columns = (Lease.node_id, Lease.vdc_id, Lease.tenant_id, Lease.starts_at, Lease.ends_at)  # rows, not Lease objects
-    held = session.exec(select(*columns).where(in_force(at), col(Lease.vdc_id).in_(vdc_ids))).all()
-    period = session.exec(select(*columns).where(overlapping(start, at), col(Lease.vdc_id).in_(vdc_ids))).all()
-    gpus = gpu_counts(session, sorted({lease.node_id for lease in (*held, *period)}))
+    # summed by the database per (VDC, tenant): integer GPU-microseconds, exact (thousands of leases at fleet scale)
+    node_gpus = select(Gpu.node_id, func.count().label("gpus")).group_by(Gpu.node_id).subquery("node_gpus")
+    gpus = func.coalesce(node_gpus.c.gpus, 0)
+    by_grant = (Lease.vdc_id, Lease.tenant_id)
+    leased = select(*by_grant).select_from(Lease).join(node_gpus, node_gpus.c.node_id == Lease.node_id, isouter=True)
+    held = session.exec(leased.add_columns(func.count(), func.sum(gpus))
+                        .where(in_force(at), col(Lease.vdc_id).in_(vdc_ids)).group_by(*by_grant)).all()
+    held_from = case((col(Lease.starts_at) > start, col(Lease.starts_at)), else_=literal(start, UTCDateTime))
+    ends = func.coalesce(col(Lease.ends_at), literal(at, UTCDateTime))
+    held_to = case((ends < at, ends), else_=literal(at, UTCDateTime))
+    period = session.exec(leased.add_columns(func.sum(micros_between(session, held_from, held_to) * gpus))
+                          .where(overlapping(start, at), col(Lease.vdc_id).in_(vdc_ids)).group_by(*by_grant)).all()
     nodes: dict[tuple[int, int | None], int] = defaultdict(int)
     gpus_held: dict[tuple[int, int | None], int] = defaultdict(int)
     instances_held: dict[tuple[int, int | None], Fraction] = defaultdict(Fraction)
-    whole: dict[tuple[int, int | None], int] = defaultdict(int)  # GPU-microseconds of whole nodes: integers
     micros: dict[tuple[int, int | None], Fraction] = defaultdict(Fraction)  # with GPU instances: exact fractions
-    for lease in held:
-        for key in ((lease.vdc_id, lease.tenant_id), (lease.vdc_id, None)):
-            nodes[key] += 1
-            gpus_held[key] += gpus.get(lease.node_id, 0)
-    for lease in period:
-        used = lease_gpu_micros(lease, gpus.get(lease.node_id, 0), start, at)
-        for key in ((lease.vdc_id, lease.tenant_id), (lease.vdc_id, None)):
-            whole[key] += used
-    for key, used in whole.items():
-        micros[key] += used
+    for vdc_id, tenant_id, count, gpu_total in held:
+        for key in ((vdc_id, tenant_id), (vdc_id, None)):
+            nodes[key] += count
+            gpus_held[key] += int(gpu_total)
+    for vdc_id, tenant_id, used in period:
+        for key in ((vdc_id, tenant_id), (vdc_id, None)):
+            micros[key] += int(used)
     in_vdcs = col(GpuInstanceLease.vdc_id).in_(vdc_ids)
     for instance, fraction in instance_fractions(session, in_force(at, GpuInstanceLease) & in_vdcs):
         for key in ((instance.vdc_id, instance.tenant_id), (instance.vdc_id, None)):

@@ -14,14 +14,16 @@ and profile, priced as the bill prices the instance (the profile's card, else th
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 
 from pydantic import BaseModel
 from sqlmodel import Session, select
 
+from fleet.daily_hours import DayMicros, daily_lease_micros, days_between
 from fleet.models import Gpu, Node
+from fleet.usage import MICROS_PER_HOUR
 from kiln.auth import Principal
 from kiln.db import among, utcnow
 from kiln.models import Tenant
@@ -104,25 +106,28 @@ def allocation_rows(
 
 def daily_gpu_hours(
     session: Session, principal: Principal, start: datetime, end: datetime, *, tenant_id: int | None = None,
-    now: datetime | None = None, figures: list[LeaseFigures] | None = None,
+    now: datetime | None = None, figures: list[LeaseFigures] | None = None, held: list[DayMicros] | None = None,
 ) -> dict[str, tuple[Decimal, Decimal]]:
     """`{YYYY-MM-DD: (allocated, used)}` GPU-hours per UTC day of [start, end) up to now (days
-    some lease overlaps); `figures` as for `allocation_rows`. A sample's use counts on its day."""
+    some lease overlaps); `figures` as for `allocation_rows`, `held` the whole-node leases'
+    `daily_lease_micros` of the same window when already read. A sample's use counts on its day."""
     now = now or utcnow()
     stop = min(end, now)
     if figures is None:
         figures = lease_figures(session, principal, start, end, tenant_id=tenant_id, now=now)
-    out: dict[str, tuple[Decimal, Decimal]] = {}
-    day = start.replace(hour=0, minute=0, second=0, microsecond=0)
-    while day < stop:
-        window = (max(day, start), min(day + timedelta(days=1), stop))
-        held = [f for f in figures if f.lease.starts_at < window[1] and (f.lease.ends_at is None or f.lease.ends_at > window[0])]
-        if held:
-            allocated = sum((f.allocated_between(*window) for f in held), ZERO)
-            used = sum((f.days.get(day.date(), (ZERO, ZERO))[1] for f in held), ZERO)
-            out[day.date().isoformat()] = (allocated.quantize(PLACES), used.quantize(PLACES))
-        day += timedelta(days=1)
-    return out
+    micros: dict[date, int] = {}
+    for row in held if held is not None else daily_lease_micros(session, principal, start, stop, tenant_id):
+        micros[row.day] = micros.get(row.day, 0) + row.gpu_micros
+    allocated = {day: Decimal(total) / MICROS_PER_HOUR for day, total in micros.items()}
+    used: dict[date, Decimal] = {}
+    for f in figures:
+        if f.instance is not None:  # GPU instance leases (few) by their compute fraction, as `allocated_between`
+            for window in days_between(max(f.lease.starts_at, start), min(f.lease.ends_at or stop, stop)):
+                allocated[window[0].date()] = allocated.get(window[0].date(), ZERO) + f.allocated_between(*window)
+        for day, (_, day_used) in f.days.items():
+            used[day] = used.get(day, ZERO) + day_used
+    return {day.isoformat(): (allocated[day].quantize(PLACES), used.get(day, ZERO).quantize(PLACES))
+            for day in sorted(allocated)}
 
 
 def _row(f: LeaseFigures, names: dict, models: dict, slugs: dict, cards: list[CardView],

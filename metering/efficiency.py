@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
+from typing import Any
 
 from pydantic import BaseModel
-from sqlmodel import Session, col, or_, select
+from sqlmodel import Session, col, func, or_, select
 
 from collectors.mig_profiles import compute_fraction
 from collectors.models import Rollup5m
@@ -48,6 +49,9 @@ PLACES = Decimal("0.0001")
 LEASES_PER_QUERY = 500  # more leases than this: one pass over the range's buckets
 ZERO = Decimal(0)
 ALL_TENANTS = "all"
+
+
+LEASE_COLUMNS = (Lease.id, Lease.tenant_id, Lease.node_id, Lease.vdc_id, Lease.starts_at, Lease.ends_at)
 
 
 class EfficiencyRow(BaseModel):
@@ -77,11 +81,12 @@ def sample_hours(buckets: list[datetime], clip_end: datetime) -> list[Decimal]:
     return out
 
 
-def lease_utilisation(session: Session, leases: list[Lease], start: datetime, stop: datetime
+def lease_utilisation(session: Session, leases: list[Any], start: datetime, stop: datetime
                       ) -> dict[int, dict[date, tuple[Decimal, Decimal]]]:
     """Per lease with data, per UTC day of the samples: (GPU-hours measured, GPU-hours used) of its
     node's GPUs inside both the lease and [start, stop), each sample weighted by its real
-    interval (`sample_hours`); a sample counts on the day its bucket starts."""
+    interval (`sample_hours`); a sample counts on the day its bucket starts. `leases`: Lease
+    objects or rows with their `id`, `node_id` and `ends_at`."""
     out: dict[int, dict[date, tuple[Decimal, Decimal]]] = defaultdict(dict)
     ends = {lease.id: min(lease.ends_at or stop, stop) for lease in leases}
     few = len(leases) <= LEASES_PER_QUERY
@@ -136,7 +141,7 @@ class LeaseFigures:
     """One lease's GPU-hours within a window: allocated, measured and used (and the measured and
     used GPU-hours per UTC day of their samples)."""
 
-    lease: Lease | GpuInstanceLease
+    lease: Any  # a whole-node lease's `LEASE_COLUMNS` row, or a GpuInstanceLease
     gpus: int
     allocated: Decimal
     measured: Decimal
@@ -167,11 +172,13 @@ def lease_figures(
     with its allocated, measured and used GPU-hours there: whole-node leases, then GPU instance
     leases (`instance_figures`)."""
     stop = min(end, now or utcnow())
-    statement = principal.scope(select(Lease).where(overlapping(start, stop)), Lease.tenant_id)
+    # columns, not Lease objects: thousands of leases at fleet scale, and only these are read
+    statement = principal.scope(select(*LEASE_COLUMNS).where(overlapping(start, stop)), Lease.tenant_id)
     if tenant_id is not None:
         statement = statement.where(Lease.tenant_id == tenant_id)
     leases = list(session.exec(statement.order_by(Lease.id)).all()) if stop > start else []
-    gpus = Counter(session.exec(select(Gpu.node_id).where(among(Gpu.node_id, {l.node_id for l in leases}))).all())
+    gpus: Counter[int] = Counter(dict(session.exec(  # type: ignore[arg-type]
+        select(Gpu.node_id, func.count()).where(among(Gpu.node_id, {l.node_id for l in leases})).group_by(Gpu.node_id)).all()))
     measured = lease_utilisation(session, leases, start, stop)
     return [LeaseFigures(lease, gpus[lease.node_id], gpu_hours(lease_gpu_micros(lease, gpus[lease.node_id], start, stop)),
                          *_totals(measured.get(lease.id, {})))

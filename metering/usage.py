@@ -312,11 +312,13 @@ def list_usage(
 
 
 def usage_totals(session: Session, principal: Principal, start: datetime, end: datetime, *,
-                 family: str | None = None) -> list[tuple[int, str, str, str, Decimal]]:
-    """(tenant_id, sku, unit, source, total quantity) of the caller's tenants over [start, end)
-    (only SKUs of `family`, e.g. `skus.GPU_HOUR`, when given)."""
+                 family: str | None = None, tenant_id: int | None = None) -> list[tuple[int, str, str, str, Decimal]]:
+    """(tenant_id, sku, unit, source, total quantity) of the caller's tenants (or only `tenant_id`)
+    over [start, end) (only SKUs of `family`, e.g. `skus.GPU_HOUR`, when given)."""
     statement = select(UsageRecord.tenant_id, UsageRecord.sku, UsageRecord.unit, UsageRecord.source, parts_sum())
     statement = principal.scope(statement.where(col(UsageRecord.hour) >= start, col(UsageRecord.hour) < end), UsageRecord.tenant_id)
+    if tenant_id is not None:
+        statement = statement.where(UsageRecord.tenant_id == tenant_id)
     if family is not None:
         statement = statement.where(col(UsageRecord.sku).startswith(f"{family}:"))
     statement = statement.group_by(UsageRecord.tenant_id, UsageRecord.sku, UsageRecord.unit, UsageRecord.source)

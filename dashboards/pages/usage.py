@@ -10,7 +10,7 @@ from decimal import Decimal
 
 import dash
 from dash import Input, Output, State, dcc, html
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from dashboards.components import (
     chosen_tab,
@@ -26,6 +26,7 @@ from dashboards.components import (
     when,
 )
 from dashboards.context import current_principal, db_session
+from dashboards.cost_data import caller_scope, remembered_between
 from dashboards.figures import STACKS_SHOWN, Figure, bars, empty_figure, grouped_bars, stacked_bars
 from dashboards.numbers import money
 from dashboards.tenancy_data import (
@@ -36,10 +37,12 @@ from dashboards.tenancy_data import (
     running_nodes,
     stacked_by_day,
     total_by,
-    visible_tenants,
 )
-from fleet.leases import list_leases
+from fleet.daily_hours import daily_lease_micros
+from fleet.leases import count_leases
 from kiln.auth import Principal
+from kiln.db import utcnow
+from kiln.models import Tenant
 from metering import skus
 from metering.allocation import AllocationRow, IdleFigures, allocation_rows, daily_gpu_hours
 from metering.efficiency import EfficiencyRow, LeaseFigures, combined, lease_figures, per_tenant
@@ -69,10 +72,10 @@ DETAIL_OUTPUTS = tab_outputs(DETAILS, DETAIL_TABS)
 def layout(**_: str) -> html.Div:
     """Filters (tenant, range) and every block, filled for all the caller's tenants over the default range."""
     principal = current_principal()
-    with db_session() as session:
-        tenants = visible_tenants(session, principal)
+    with db_session() as session:  # names and slugs, not Tenant objects: 2,000 of them at fleet scale
+        tenants = session.exec(principal.scope(select(Tenant.name, Tenant.slug).order_by(Tenant.slug), Tenant.id)).all()
     options = [{"label": "All tenants" if principal.sees_all_tenants else "All my tenants", "value": ALL}]
-    options += [{"label": f"{t.name} ({t.slug})", "value": t.slug} for t in tenants]
+    options += [{"label": f"{name} ({slug})", "value": slug} for name, slug in tenants]
     page = html.Div([
         html.Div([
             html.H1("GPU usage"),
@@ -116,10 +119,10 @@ def efficiency_stats(gpu_use: EfficiencyRow) -> list[html.Div]:
 def _scope(session: Session, principal: Principal, tenant_slug: str | None) -> tuple[int | None, str | None]:
     """The tenant id to filter by (None: all the caller's; -1: a slug not among the caller's, so
     nothing rather than everything) and its slug."""
-    tenant = {t.slug: t for t in visible_tenants(session, principal)}.get(tenant_slug or "")
-    if tenant is not None:
-        return tenant.id, tenant.slug
-    return (None if tenant_slug in (None, ALL) else -1), None
+    if tenant_slug in (None, ALL):
+        return None, None
+    tenant = session.exec(principal.scope(select(Tenant).where(Tenant.slug == tenant_slug), Tenant.id)).first()
+    return (tenant.id, tenant.slug) if tenant is not None else (-1, None)
 
 
 def first_paint(tenant_slug: str | None, choice: str | None) -> tuple[tuple, tuple]:
@@ -156,10 +159,12 @@ def update(tenant_slug: str | None, choice: str | None) -> tuple:
 
 def _overview(session: Session, principal: Principal, start: datetime, end: datetime, tenant_id: int | None,
               figures: list[LeaseFigures]) -> tuple:
-    slices = gpu_hours(session, principal, start, end, tenant_id)
+    now = utcnow()
+    held = daily_lease_micros(session, principal, start, min(end, now), tenant_id)
+    slices = gpu_hours(session, principal, start, end, tenant_id, now=now, held=held)
     gpu_use = combined(per_tenant(session, figures))
-    per_day = daily_gpu_hours(session, principal, start, end, tenant_id=tenant_id, figures=figures)
-    running = len(list_leases(session, principal, tenant_id=tenant_id, active=True)) if tenant_id != -1 else 0
+    per_day = daily_gpu_hours(session, principal, start, end, tenant_id=tenant_id, now=now, figures=figures, held=held)
+    running = count_leases(session, principal, tenant_id=tenant_id, active=True) if tenant_id != -1 else 0
     sku_totals = gpu_hours_by_sku(session, principal, start, end, tenant_id)
     allocated = sum((s.gpu_hours for s in slices), Decimal(0))
     stats = [stat("GPU-hours allocated", _hours(allocated), "stat-allocated"), *efficiency_stats(gpu_use),
@@ -223,12 +228,15 @@ def running_tables(nodes: list[dict], instances: list[dict], namespaces: list[di
 def gpu_hours_by_sku(session: Session, principal: Principal, start: datetime, end: datetime,
                      tenant_id: int | None) -> dict[str, Decimal]:
     """Metered GPU-hours (usage records: leases and pods, MIG instances by profile) of the caller's
-    tenants — or of one — by SKU name, e.g. "GPU-hour · NVIDIA A100-SXM4-80GB · 3g.40gb"."""
-    out: dict[str, Decimal] = defaultdict(Decimal)
-    for owner, sku, _, _, total in usage_totals(session, principal, start, end, family=skus.GPU_HOUR):
-        if tenant_id in (None, owner):
+    tenants — or of one — by SKU name, e.g. "GPU-hour · NVIDIA A100-SXM4-80GB · 3g.40gb".
+    Remembered until the hour or the range's bills change (`remembered_between`): a week of all
+    tenants' records is 1.5 M rows at 10,000 nodes."""
+    def compute() -> dict[str, Decimal]:
+        out: dict[str, Decimal] = defaultdict(Decimal)
+        for _, sku, _, _, total in usage_totals(session, principal, start, end, family=skus.GPU_HOUR, tenant_id=tenant_id):
             out[label(sku)] += total
-    return dict(sorted(out.items()))
+        return dict(sorted(out.items()))
+    return remembered_between(session, "gpu_hours_by_sku", start, end, (caller_scope(principal), tenant_id), compute)
 
 
 def allocated_vs_used(per_day: dict[str, tuple[Decimal, Decimal]]) -> Figure:
