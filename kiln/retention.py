@@ -51,11 +51,11 @@ class Retained:
 
 RETAINED = (
     Retained("rollup_5m", "bucket", "rollup_retention_days"),
-    Retained("fleet_power_5m", "bucket", "rollup_retention_days", key="bucket"),  # sums of rollup_5m
     Retained("node_event", "at", "health_history_retention_days",
              "kind IN ({})".format(", ".join(f"'{k}'" for k in (LOG_EVENT_KIND, *HEALTH_EVENT_KINDS)))),
     Retained("gpu_xid_event", "at", "health_history_retention_days"),
     Retained("health_snapshot", "observed_at", "health_history_retention_days"),
+    Retained("fleet_power_5m", "bucket", "rollup_retention_days", key="bucket"),  # sums of rollup_5m
 )
 
 
