@@ -243,7 +243,7 @@ def poll_bulk(_: int, store: dict | None) -> tuple:
 def register(app: dash.Dash) -> None:
     """Register the node table's search and the bulk-action callbacks on the console app."""
     app.callback(Output("node-grid", "getRowsResponse"), Input("node-grid", "getRowsRequest"),
-                 State("node-search", "value"))(node_rows_block)
+                 State("node-search", "value"), prevent_initial_call=True)(node_rows_block)
     app.clientside_callback(ClientsideFunction("kilnNodeTable", "search"), Output("node-grid-asked", "data"),
                             Input("node-search", "value"), prevent_initial_call=True)
     app.clientside_callback(ClientsideFunction("kilnNodeTable", "refresh"), Output("node-grid-asked", "data", allow_duplicate=True),
