@@ -3,7 +3,10 @@
 Every query over nodes goes through `fleet.nodes.visible()` (tenants see only the nodes
 they lease), so these functions are safe for any caller; the page itself is infra-admin.
 Health comes from the collectors' tables: `health_snapshot` (latest reading per series),
-`rollup_5m` (5-minute aggregates for charts) and `collector_target_state` (BMC reachability).
+`rollup_5m` (5-minute aggregates for charts; the whole fleet's power from the sums kept of them,
+collectors.fleet_power) and `collector_target_state` (BMC reachability). The page's counts,
+power now and hottest nodes are aggregates (`fleet_summary`); the node table asks for its rows
+a page at a time (`node_rows` with `only`, dashboards.node_grid).
 """
 
 from __future__ import annotations

@@ -71,3 +71,35 @@ def test_a_tenant_pages_only_through_their_nodes(world: World, callers) -> None:
         block = rows_block(world.session, member, request, search)
         assert block["rowCount"] == 1 and _names(block) in (["n-05"], []), (request, search)
         assert all(row["tenant"] == "" and row["vdc"] == "" for row in block["rowData"])
+
+
+def test_the_summary_above_the_table_counts_what_the_rows_say(world: World, callers) -> None:
+    from collections import Counter
+
+    from collectors.models import HealthSnapshot
+    from dashboards.fleet_data import fleet_summary, node_rows
+    from fleet.models import Node
+    from sqlmodel import select
+
+    ids = dict(world.session.exec(select(Node.name, Node.id)).all())
+    now = datetime(2026, 3, 1, tzinfo=UTC)
+    watts, celsius = "ipmi_dcmi_power_consumption_watts", "ipmi_temperature_celsius"
+    readings = [("n-01", watts, "", 810.5, None), ("n-05", watts, "", 990.0, None),
+                ("n-05", celsius, "sensor=cpu0", 71.0, 1), ("n-05", celsius, "sensor=cpu1", 64.0, 0),
+                ("n-02", celsius, "sensor=cpu0", 88.0, 2), ("n-03", celsius, "sensor=cpu0", 40.0, 0)]
+    for name, metric, labels, value, state in readings:
+        world.session.add(HealthSnapshot(entity=name, node_id=ids[name], source="ipmi", metric=metric, labels_key=labels,
+                                         value=value, unit="x", state=state, observed_at=now))
+    world.session.commit()
+    for principal in callers:
+        rows, summary = node_rows(world.session, principal), fleet_summary(world.session, principal)
+        drawn = [r["power_watts"] for r in rows if r["power_watts"] is not None]
+        hot = sorted((r for r in rows if r["max_temp_c"] is not None), key=lambda r: (-r["max_temp_c"], r["name"]))
+        assert summary == {"nodes": len(rows), "states": dict(Counter(r["provision_state"] for r in rows)),
+                           "health": dict(Counter(r["health"] for r in rows).most_common()),
+                           "watts": sum(drawn) if drawn else None,
+                           "hottest": [{"name": r["name"], "max_temp_c": r["max_temp_c"]} for r in hot]}
+    admin, member = (fleet_summary(world.session, p) for p in callers)
+    assert admin["health"] == {"unknown": 3, "ok": 1, "warning": 1, "critical": 1} and admin["watts"] == 1800.5
+    assert member == {"nodes": 1, "states": {"active": 1}, "health": {"warning": 1}, "watts": 990.0,
+                      "hottest": [{"name": "n-05", "max_temp_c": 71.0}]}  # their node only
