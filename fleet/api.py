@@ -18,6 +18,7 @@ from fleet.provisioning.actions import Action
 from fleet.runtime import FleetRuntime, runtime_of
 from fleet.schemas import NodeCreate, NodeName, NodePublic, NodeUpdate, Tag
 from kiln.api.deps import CurrentPrincipal, RowId, SessionDep
+from kiln.db import MAX_INTEGER
 from kiln.errors import NotFound, ValidationFailed
 from kiln.telemetry import in_this_context
 
@@ -75,7 +76,7 @@ def list_endpoint(
     state: str | None = None,
     provisioner: str | None = None,
     limit: Annotated[int | None, Query(ge=1, le=10000, description="At most this many nodes (by name); all by default.")] = None,
-    offset: Annotated[int, Query(ge=0, description="Skip this many nodes first (by name).")] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_INTEGER, description="Skip this many nodes first (by name).")] = 0,
 ) -> Response:
     """All nodes for global roles; the nodes leased to your tenants otherwise, by name. With `limit`
     or `offset`, one page of them, and `X-Total-Count` says how many match in all."""

@@ -169,6 +169,7 @@ def test_list_pages_by_name_with_the_total_and_says_what_is_wrong(client: TestCl
     leased = sorted((made[1]["name"], made[3]["name"]))
     assert [n["name"] for n in mine.json()] == leased[1:] and mine.headers["x-total-count"] == "2"  # their nodes only
     assert mine.json()[0]["bmc_address"] is None
-    for query, field in (("limit=0", "limit"), ("limit=10001", "limit"), ("offset=-1", "offset"), ("limit=many", "limit")):
+    for query, field in (("limit=0", "limit"), ("limit=10001", "limit"), ("offset=-1", "offset"), ("limit=many", "limit"),
+                         ("offset=2147483648", "offset")):
         body = assert_problem(client.get(f"/api/v1/nodes?{query}", headers=admin), 422)
         assert [e["field"] for e in body["errors"]] == [field], body
