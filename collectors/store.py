@@ -19,8 +19,7 @@ Collectors themselves never touch the database (collectors/base.py).
   how much of the hour the readings cover. Each collector's figure is kept apart
   (`node_energy_source_hour`); `node_energy_hour` holds one per node-hour, so a node whose BMC
   both the IPMI and the Redfish collector read is counted once (`choose_energy_source`).
-- A node's second BMC address (series labelled `bmc="redfish"`, collectors/sources.py) keeps
-  its own snapshots and watts chain, and stays out of the rollups (charts: the primary's).
+- A node's second BMC address (`bmc="redfish"` series) keeps its own snapshots and watts chain, out of the rollups.
 """
 
 from __future__ import annotations
