@@ -7,6 +7,8 @@
 - `health_snapshot`: the latest reading per (entity, metric, labels) — what the console and
   the API show as a node's or GPU's health now.
 - `rollup_5m`: 5-minute aggregates of a few chart series, for when no Prometheus is configured.
+- `fleet_power_5m`: the whole fleet's power per closed 5-minute bucket, kept from `rollup_5m`
+  (collectors.fleet_power: the admin's fleet chart reads 288 rows, not 2.9 M).
 - `node_energy_hour`: kWh per node-hour (metering's energy input), from the BMC's energy
   counter where it has one (Redfish `EnergykWh`), else integrated from its watts; `method` says
   which, `source` which collector's figure it is (one per node-hour, from `node_energy_source_hour`).
@@ -99,6 +101,17 @@ class Rollup5m(SQLModel, table=True):
     sum: float = Field(default=0.0)
     min: float = Field(default=0.0)
     max: float = Field(default=0.0)
+
+
+class FleetPower5m(SQLModel, table=True):
+    """The sum over every enrolled node of its mean DCMI power in one closed 5-minute bucket
+    (collectors.fleet_power); `nodes` counts the node series summed, 0 for a bucket without any."""
+
+    __tablename__ = "fleet_power_5m"
+
+    bucket: datetime = Field(sa_type=UTCDateTime, primary_key=True)
+    watts: float = Field(default=0.0)
+    nodes: int = Field(default=0)
 
 
 ENERGY_METHODS = ("watts", "counter", "mixed")  # node_energy_hour.method

@@ -9,7 +9,7 @@ Collectors themselves never touch the database (collectors/base.py).
   changing, a BMC that answered before stopping (and answering again), a GPU's new XID error.
 - Health snapshot: the newest value per (entity, metric, labels); NaN is stored as NULL.
   `*_state` samples of IPMI sensors also set `state` on their value's row.
-- Rollups: a few chart series, aggregated per 5-minute bucket (count/sum/min/max).
+- Rollups: a few chart series per 5-minute bucket (count/sum/min/max); collectors.fleet_power.
 - Energy: a node's BMC energy counter (Redfish `EnergykWh`, `redfish_energy_kwh`) where it has
   one: the increase between consecutive polls, spread evenly, split at hour boundaries into
   `node_energy_hour` with `method` "counter". Otherwise (no counter, its first reading, a reset,
@@ -19,8 +19,7 @@ Collectors themselves never touch the database (collectors/base.py).
   how much of the hour the readings cover. Each collector's figure is kept apart
   (`node_energy_source_hour`); `node_energy_hour` holds one per node-hour, so a node whose BMC
   both the IPMI and the Redfish collector read is counted once (`choose_energy_source`).
-- A node's second BMC address (series labelled `bmc="redfish"`, collectors/sources.py) keeps
-  its own snapshots and watts chain, and stays out of the rollups (charts: the primary's).
+- A node's second BMC address (`bmc="redfish"` series) keeps its own snapshots and watts chain, out of the rollups.
 """
 
 from __future__ import annotations
@@ -43,6 +42,7 @@ from collectors.energy import (
     integrate_gpu_energy,
     node_counter_energy,
 )
+from collectors.fleet_power import POWER_METRIC, rollups_written
 from collectors.health_events import bmc_events, sensor_events, xid_events
 from collectors.models import (
     CollectorTargetState,
@@ -57,7 +57,6 @@ from kiln.db import upsert
 from kiln.validation import is_ip_address
 
 BUCKET = timedelta(minutes=5)
-POWER_METRIC = "ipmi_dcmi_power_consumption_watts"
 TEMPERATURE_METRIC = "ipmi_temperature_celsius"
 # The rollup series the console and metering read (rollup_5m.metric).
 GPU_UTIL_ROLLUP = "gpu_util_percent"
@@ -215,6 +214,7 @@ def add_rollups(session: Session, samples: Iterable[Sample]) -> None:
                 "min": _least(current.min, new.min), "max": _greatest(current.max, new.max)}
 
     upsert(session, Rollup5m, rows, ("entity", "metric", "bucket"), fold)
+    rollups_written(session, rows)
 
 
 def namespace_entity(namespace: str, gpu: str, mig_profile: str | None = None) -> str:

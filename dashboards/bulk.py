@@ -1,9 +1,12 @@
 """The node table (AG Grid) and its bulk actions, with live per-node progress.
 
 The table fills the window and pages (page size chosen under it), one search box filters every
-column at once (AG Grid's quick filter), states are coloured chips that keep their words, rows
-group by rack, VDC or lease holder (row spanning, AG Grid Community has no row grouping), and
-the action bar stays on screen (sticky) while the operator scrolls.
+column at once, states are coloured chips that keep their words, rows group by rack, VDC or
+lease holder (row spanning, AG Grid Community has no row grouping), and the action bar stays on
+screen (sticky) while the operator scrolls. Its rows come from the server one page at a time
+(AG Grid's infinite row model: `dashboards.node_grid` pages, sorts, filters and searches), so a
+fleet of 10,000 nodes is not sent with the page; the search box and a finished bulk action
+make the grid ask again (dashboards/assets/node_table.js).
 
 Starting an action is what `POST /api/v1/nodes/actions` does: `fleet.operations.plan_action`
 records one operation per selected node in the caller's transaction (infra admins only;
@@ -15,16 +18,17 @@ does) until every node has finished, and refreshes the table.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import dash
 import dash_ag_grid as dag
-from dash import Input, Output, Patch, State, dcc, html, no_update
+from dash import ClientsideFunction, Input, Output, State, dcc, html, no_update
 from sqlmodel import col, select
 
 from dashboards.components import GRID_COLUMN_DEFAULTS
 from dashboards.context import console_context, current_principal, db_session
-from dashboards.fleet_data import node_rows
+from dashboards.node_grid import forget, rows_block
 from fleet.models import Node, Operation
 from fleet.nodes import list_nodes, visible
 from fleet.operations import ActionParams, OpStatus, plan_action
@@ -85,19 +89,21 @@ def grid_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{**row, "link": f"[{row['name']}](/nodes/{row['name']})", "tones": chip_tones(row)} for row in rows]
 
 
-def node_grid(rows: list[dict[str, Any]]) -> html.Div:
-    """The search box and the sortable, filterable, paged node table with multi-row selection."""
+def node_grid() -> html.Div:
+    """The search box and the sortable, filterable, paged node table with multi-row selection (its
+    rows come from `node_rows_block`)."""
     grid = dag.AgGrid(
         id="node-grid",
-        rowData=grid_rows(rows),
+        rowModelType="infinite",
         columnDefs=COLUMNS,
         defaultColDef={**GRID_COLUMN_DEFAULTS, "floatingFilter": True, "minWidth": 100, "wrapHeaderText": True,
                        "autoHeaderHeight": True},
         getRowId="params.data.name",
-        dashGridOptions={
-            "rowSelection": {"mode": "multiRow", "checkboxes": True, "headerCheckbox": True, "enableClickSelection": False},
+        dashGridOptions={  # no select-all box: the infinite row model holds only the pages seen
+            "rowSelection": {"mode": "multiRow", "checkboxes": True, "headerCheckbox": False, "enableClickSelection": False},
             "pagination": True, "paginationPageSize": 50, "paginationPageSizeSelector": PAGE_SIZES, "animateRows": False,
-            "enableCellSpan": True,  # set once at creation: grouped_columns turns spanning on for the group's column
+            "cacheBlockSize": 50, "maxBlocksInCache": 20, "infiniteInitialRowCount": 1,
+            "suppressRowTransform": True,  # rows placed by `top`: a grouped column's cell spans rows (grouped_columns)
         },
         style={"height": "max(460px, calc(100vh - 240px))"},
         className="ag-theme-quartz",
@@ -112,29 +118,36 @@ def node_grid(rows: list[dict[str, Any]]) -> html.Div:
         dcc.Dropdown(id="node-group-by", options=[{"label": label, "value": value} for value, label in GROUPS.items()],
                      value="", clearable=False, searchable=False),
     ], className="field node-group-by")
-    return html.Div([html.Div([search, group_by], className="node-tools"), html.Div(grid, className="grid-wrap")])
+    return html.Div([html.Div([search, group_by], className="node-tools"), html.Div(grid, className="grid-wrap"),
+                     dcc.Store(id="node-grid-changed"), dcc.Store(id="node-grid-asked")])
+
+
+def node_rows_block(request: dict | None, search: str | None) -> dict:
+    """One block of the table's rows for AG Grid's infinite row model (`getRowsRequest` → `getRowsResponse`)."""
+    if not request:
+        return no_update
+    with db_session() as session:
+        block = rows_block(session, current_principal(), request, search)
+    return {"rowData": grid_rows(block["rowData"]), "rowCount": block["rowCount"]}
 
 
 def grouped_columns(group: str | None) -> list[dict[str, Any]]:
     """The table's columns grouped by `group` (rack, vdc or tenant): that column pinned beside the name and
-    sorted, a run of equal values drawn as one cell (AG Grid's row spanning); ungrouped for any other choice.
-    The other group columns are unpinned and unsorted explicitly: AG Grid keeps a column's pin and sort otherwise."""
+    sorted, a run of equal values on a page drawn as one cell (AG Grid's rowSpan, dashboards/assets/node_table.js:
+    the infinite row model has no spanRows); ungrouped for any other choice. The other group columns are unpinned
+    and unsorted explicitly: AG Grid keeps a column's pin and sort otherwise."""
     columns = []
     for column in COLUMNS:
         if column["field"] == group:
-            columns.append({**column, "pinned": "left", "spanRows": True, "sort": "asc", "sortIndex": 0})
+            columns.append({**column, "pinned": "left", "sort": "asc", "sortIndex": 0, "cellClass": "run-cell",
+                            "rowSpan": {"function": "kilnRunLength(params)"},
+                            "valueFormatter": {"function": "kilnRunHead(params)"}})
         elif column["field"] in GROUPS:
-            columns.append({**column, "pinned": None, "sort": None, "sortIndex": None})
+            columns.append({**column, "pinned": None, "sort": None, "sortIndex": None, "rowSpan": None,
+                            "valueFormatter": None, "cellClass": None})
         else:
             columns.append(column)
     return columns
-
-
-def search_nodes(text: str | None) -> Patch:
-    """The table's quick filter: rows with the words in any column."""
-    options = Patch()
-    options["quickFilterText"] = text or ""
-    return options
 
 
 def action_panel() -> html.Div:
@@ -222,14 +235,19 @@ def poll_bulk(_: int, store: dict | None) -> tuple:
         statement = statement.where(col(Operation.node_id).in_(visible(select(Node.id), principal)))
         operations = operations_public(session, session.exec(statement).all())
         finished = all(o.status in FINISHED for o in operations)
-        rows = grid_rows(node_rows(session, principal)) if finished else no_update
-    return _progress(operations), finished, rows
+    if finished:
+        forget()  # the nodes' states changed: the table asks for its rows again
+    return _progress(operations), finished, time.time() if finished else no_update
 
 
 def register(app: dash.Dash) -> None:
     """Register the node table's search and the bulk-action callbacks on the console app."""
-    app.callback(Output("node-grid", "dashGridOptions"), Input("node-search", "value"),
-                 prevent_initial_call=True)(search_nodes)
+    app.callback(Output("node-grid", "getRowsResponse"), Input("node-grid", "getRowsRequest"),
+                 State("node-search", "value"), prevent_initial_call=True)(node_rows_block)
+    app.clientside_callback(ClientsideFunction("kilnNodeTable", "search"), Output("node-grid-asked", "data"),
+                            Input("node-search", "value"), prevent_initial_call=True)
+    app.clientside_callback(ClientsideFunction("kilnNodeTable", "refresh"), Output("node-grid-asked", "data", allow_duplicate=True),
+                            Input("node-grid-changed", "data"), prevent_initial_call=True)
     app.callback(Output("node-grid", "columnDefs"), Input("node-group-by", "value"),
                  prevent_initial_call=True)(grouped_columns)
     app.callback(
@@ -241,7 +259,7 @@ def register(app: dash.Dash) -> None:
         prevent_initial_call=True,
     )(start_bulk)
     app.callback(
-        Output("bulk-progress", "children"), Output("bulk-poll", "disabled"), Output("node-grid", "rowData"),
+        Output("bulk-progress", "children"), Output("bulk-poll", "disabled"), Output("node-grid-changed", "data"),
         Input("bulk-poll", "n_intervals"), State("bulk-operations", "data"),
         prevent_initial_call=True,
     )(poll_bulk)

@@ -8,18 +8,20 @@ except inside a `NodeTarget` handed to a driver.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from pydantic_core import to_json
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
+from collectors.fleet_power import forget_entity
 from fleet.bmc import parse_bmc_address
 from fleet.models import Gpu, Node, NodeEvent, NodeTag
 from fleet.provisioning.states import PowerState, ProvisionState
 from fleet.schemas import GpuSpec, NodeCreate, NodePublic, NodeUpdate
 from kiln import audit
 from kiln.auth import Principal
-from kiln.db import first_or_not_found, utcnow
+from kiln.db import among, first_or_not_found, utcnow
 from kiln.errors import Conflict, ValidationFailed
 from kiln.roles import Role
 
@@ -29,6 +31,10 @@ if TYPE_CHECKING:  # only annotations here: listing nodes need not load the driv
     from kiln.security import SecretBox
 
 INFRA_ONLY_FIELDS = {"bmc_address", "redfish_address", "bmc_username", "external_id", "last_error"}
+PUBLIC_FIELDS = tuple(NodePublic.model_fields)  # in the API's order
+NODE_FIELDS = tuple(name for name in PUBLIC_FIELDS if name not in ("bmc_password_set", "tags", "gpus"))
+GPU_FIELDS = tuple(GpuSpec.model_fields)
+GPU_COLUMNS = tuple(getattr(Gpu, name) for name in GPU_FIELDS)
 
 
 def visible(statement, principal: Principal):
@@ -55,9 +61,23 @@ def list_nodes(
     rack: str | None = None,
     state: str | None = None,
     provisioner: str | None = None,
+    limit: int | None = None,
+    offset: int = 0,
 ) -> list[Node]:
-    """Nodes the caller may see, by name, optionally filtered."""
-    statement = visible(select(Node).order_by(Node.name), principal)
+    """Nodes the caller may see, by name, optionally filtered; `limit` of them after the first `offset`."""
+    statement = _filtered(visible(select(Node).order_by(Node.name), principal), names, tag, rack, state, provisioner)
+    return list(session.exec(statement.offset(offset or None).limit(limit)).all())
+
+
+def count_nodes(session: Session, principal: Principal, *, tag: str | None = None, rack: str | None = None,
+                state: str | None = None, provisioner: str | None = None) -> int:
+    """How many nodes `list_nodes` gives with the same filters and no limit."""
+    statement = visible(select(func.count()).select_from(Node), principal)
+    return session.exec(_filtered(statement, (), tag, rack, state, provisioner)).one()
+
+
+def _filtered(statement, names: Iterable[str] = (), tag: str | None = None, rack: str | None = None,
+              state: str | None = None, provisioner: str | None = None):
     names = list(names)
     if names:
         statement = statement.where(col(Node.name).in_(names))
@@ -69,7 +89,7 @@ def list_nodes(
         statement = statement.where(Node.provision_state == state)
     if provisioner:
         statement = statement.where(Node.provisioner == provisioner)
-    return list(session.exec(statement).all())
+    return statement
 
 
 def get_node(session: Session, principal: Principal, node_id: int) -> Node:
@@ -85,9 +105,11 @@ def get_node_by_name(session: Session, principal: Principal, name: str) -> Node:
 def tags_of(session: Session, node_ids: list[int]) -> dict[int, list[str]]:
     """Tags per node id."""
     tags: dict[int, list[str]] = {}
-    rows = session.exec(select(NodeTag).where(col(NodeTag.node_id).in_(node_ids)).order_by(NodeTag.tag)).all()
-    for row in rows:
-        tags.setdefault(row.node_id, []).append(row.tag)
+    wanted = set(node_ids)
+    rows = session.exec(select(NodeTag.node_id, NodeTag.tag).where(among(NodeTag.node_id, node_ids)).order_by(NodeTag.tag))
+    for node_id, tag in rows.all():
+        if node_id in wanted:
+            tags.setdefault(node_id, []).append(tag)
     return tags
 
 
@@ -96,21 +118,39 @@ def to_public(session: Session, principal: Principal, nodes: list[Node]) -> list
 
     Tenants see the nodes they lease but not how they are managed: BMC address and user,
     backend id and last backend error are blank for tenant roles."""
-    ids = [n.id for n in nodes]
-    gpus: dict[int, list[GpuSpec]] = {}
-    for gpu in session.exec(select(Gpu).where(col(Gpu.node_id).in_(ids)).order_by(Gpu.node_id, Gpu.index)).all():
-        gpus.setdefault(gpu.node_id, []).append(GpuSpec.model_validate(gpu))
+    rows = [{**{name: getattr(node, name) for name in NODE_FIELDS},
+             "bmc_password_set": node.bmc_password_encrypted is not None} for node in nodes]
+    return [NodePublic.model_validate(public) for public in _public(session, principal, rows)]
+
+
+def public_json(session: Session, principal: Principal, *, limit: int | None = None, offset: int = 0,
+                **filters: str | None) -> bytes:
+    """`list_nodes` → `to_public` as the API's JSON, the same bytes, made from the node table's columns
+    and no model objects: for 10,000 nodes, objects and their validation cost seconds."""
+    columns = [getattr(Node, name) for name in NODE_FIELDS]
+    statement = select(*columns, col(Node.bmc_password_encrypted).is_not(None).label("bmc_password_set"))
+    statement = _filtered(visible(statement.order_by(Node.name), principal), (), **filters)
+    rows = [row._asdict() for row in session.connection().execute(statement.offset(offset or None).limit(limit)).all()]
+    return to_json(_public(session, principal, rows))
+
+
+def _public(session: Session, principal: Principal, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    ids = [row["id"] for row in rows]
+    wanted = set(ids)
+    gpus: dict[int, list[dict]] = {}
+    # columns, not Gpu objects, and no list of 10,000 bound ids: 80,000 GPUs cost seconds as objects
+    for node_id, *values in session.connection().execute(  # Core rows: the ORM's row handling doubles the cost
+            select(Gpu.node_id, *GPU_COLUMNS).where(among(Gpu.node_id, ids)).order_by(Gpu.node_id, Gpu.index)).all():
+        if node_id in wanted:
+            gpus.setdefault(node_id, []).append(dict(zip(GPU_FIELDS, values, strict=True)))
     tags = tags_of(session, ids)
     hidden = set() if principal.sees_all_tenants else INFRA_ONLY_FIELDS
-    return [
-        NodePublic(
-            **node.model_dump(exclude={"bmc_password_encrypted"} | hidden),
-            bmc_password_set=node.bmc_password_encrypted is not None,
-            tags=tags.get(node.id, []),
-            gpus=gpus.get(node.id, []),
-        )
-        for node in nodes
-    ]
+    shown = [(name, name in hidden) for name in PUBLIC_FIELDS]
+    public = []
+    for row in rows:
+        row["tags"], row["gpus"] = tags.get(row["id"], []), gpus.get(row["id"], [])
+        public.append({name: None if blank else row[name] for name, blank in shown})  # the API's field order
+    return public
 
 
 def node_target(node: Node, box: SecretBox, tags: list[str]) -> NodeTarget:
@@ -233,6 +273,7 @@ def create_node(session: Session, principal: Principal, data: NodeCreate, driver
         session.rollback()
         driver.remove(node_target(node, box, data.tags))
         raise Conflict(f"node '{data.name}' conflicts with an existing node (name or boot MAC)") from None
+    forget_entity(session, node.name)  # the fleet's stored power sums are over enrolled nodes
     add_event(session, node, "enrolled", f"enrolled with {data.provisioner} as {backend.external_id}", principal.username)
     audit.record(session, principal, "create", "node", node.id, detail={"name": node.name, "provisioner": node.provisioner})
     return node
@@ -281,5 +322,6 @@ def delete_node(session: Session, principal: Principal, node_id: int, drivers: D
         except DriverError as exc:
             raise backend_error(node.name, "delete", exc) from None
     audit.record(session, principal, "delete", "node", node.id, detail={"name": node.name})
+    forget_entity(session, node.name)
     session.delete(node)
     session.flush()

@@ -37,6 +37,7 @@ class Retained:
     column: str  # the row's time
     setting: str  # a Settings field holding days; 0 keeps rows forever
     condition: str = "TRUE"  # which rows of the table it covers
+    key: str = "id"  # a unique column: deletes go in chunks of it
 
     def days(self, settings: Settings) -> int:
         """The configured retention in days (0: forever)."""
@@ -54,6 +55,7 @@ RETAINED = (
              "kind IN ({})".format(", ".join(f"'{k}'" for k in (LOG_EVENT_KIND, *HEALTH_EVENT_KINDS)))),
     Retained("gpu_xid_event", "at", "health_history_retention_days"),
     Retained("health_snapshot", "observed_at", "health_history_retention_days"),
+    Retained("fleet_power_5m", "bucket", "rollup_retention_days", key="bucket"),  # sums of rollup_5m
 )
 
 
@@ -81,8 +83,8 @@ def enforce_retention(engine: Engine, settings: Settings, now: datetime, chunk: 
         while True:
             with engine.begin() as connection:
                 deleted = connection.execute(text(
-                    f"DELETE FROM {retained.table} WHERE {expired} AND id IN "
-                    f"(SELECT id FROM {retained.table} WHERE {expired} LIMIT :chunk)"
+                    f"DELETE FROM {retained.table} WHERE {expired} AND {retained.key} IN "
+                    f"(SELECT {retained.key} FROM {retained.table} WHERE {expired} LIMIT :chunk)"
                 ).bindparams(bindparam("cutoff", type_=UTCDateTime)), {"cutoff": cutoff, "chunk": chunk}).rowcount
             rows += deleted
             if deleted < chunk:

@@ -4,6 +4,7 @@ column, readable headers, the action bar that stays on screen; and tenants never
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -161,5 +162,39 @@ def test_group_by_rack_merges_each_racks_run_of_rows(console: Any) -> None:
     assert by_rack["r1"] >= 5 * row_height and by_rack["r9"] >= 5 * row_height, (cells, row_height)
     _choose(page, "No grouping")
     page.wait_for_function(f"() => !({PINNED_JS})().includes('rack')")
+    assert errors.messages == []
+    page.context.close()
+
+
+# The names on the grid's current page, in its order, loaded or not (the DOM holds only the rows in view).
+PAGE_ROWS_JS = """() => { const api = dash_ag_grid.getApi('node-grid'), size = api.paginationGetPageSize();
+  const first = api.paginationGetCurrentPage() * size, out = [];
+  for (let i = first; i < Math.min(first + size, api.getDisplayedRowCount()); i++) {
+    const node = api.getDisplayedRowAtIndex(i); out.push(node && node.data ? node.data.name : null); }
+  return out; }"""
+
+
+def test_rows_come_from_the_server_a_page_at_a_time(console: Any) -> None:
+    every = sorted((*TENANT_A_NODES, *TENANT_B_NODES, "gpu-free1", "gpu-free2", "gpu-free3", *SPARES), reverse=True)
+    page, errors = _page_as(console, "ops-admin", "/fleet")
+    bodies: list[str] = []
+    page.on("response", lambda r: bodies.append(r.text()) if "_dash-update-component" in r.url and r.ok else None)
+    page.reload()
+    page.wait_for_selector("#node-grid .ag-row[row-id='gpu-a01']")
+    page.click("#node-grid .ag-paging-page-size .ag-picker-field-wrapper")
+    page.click(".ag-select-list .ag-list-item:has-text('25')")
+    _summary(page, f"1 to 25 of {len(every)}")
+    header = "#node-grid .ag-header-cell[col-id='link'] .ag-header-cell-label"
+    page.click(header)  # by name, then by name descending: the server sorts all the nodes, not the page
+    page.click(header)
+    page.wait_for_function("() => (document.querySelector(\"#node-grid .ag-row[row-index='0']\") || {}).getAttribute"
+                           "&& document.querySelector(\"#node-grid .ag-row[row-index='0']\").getAttribute('row-id') === 'spare-30'")
+    assert page.evaluate(PAGE_ROWS_JS) == every[:25]
+    page.click("#node-grid .ag-paging-button[aria-label='Next Page']")
+    _summary(page, f"26 to {len(every)} of {len(every)}")
+    page.wait_for_function(f"() => ({PAGE_ROWS_JS})().join() === {json.dumps(','.join(every[25:]))}")
+    blocks = [json.loads(b)["response"]["node-grid"]["getRowsResponse"] for b in bodies if '"getRowsResponse"' in b]
+    assert len(blocks) >= 3 and all(len(b["rowData"]) <= 50 and b["rowCount"] == len(every) for b in blocks)
+    assert not [b for b in bodies if '"getRowsResponse"' not in b and "spare-" in b]  # no rows with the page itself
     assert errors.messages == []
     page.context.close()

@@ -130,7 +130,7 @@ def test_unconfigured_peers_do_not_fail(settings: Settings, engine: Engine) -> N
     assert [(c.peer, c.status) for c in checks] == [
         ("database", STATUS_OK), ("prometheus", STATUS_UNCONFIGURED), ("ironic", STATUS_UNCONFIGURED),
         ("kubernetes", STATUS_UNCONFIGURED), ("opencost", STATUS_UNCONFIGURED), ("oidc", STATUS_UNCONFIGURED),
-        ("retention", STATUS_OK), ("retention", STATUS_OK), ("retention", STATUS_OK), ("retention", STATUS_OK),
+        ("retention", STATUS_OK), ("retention", STATUS_OK), ("retention", STATUS_OK), ("retention", STATUS_OK), ("retention", STATUS_OK),
         ("bmc", STATUS_UNCONFIGURED)]
 
 

@@ -140,3 +140,36 @@ def test_tenants_do_not_see_how_their_nodes_are_managed(client: TestClient, worl
     assert seen["name"] == node["name"] and seen["gpus"] == node["gpus"]
     assert seen["bmc_address"] is None and seen["bmc_username"] is None and seen["external_id"] is None
     assert node["bmc_address"].startswith("ipmi://") and node["external_id"]
+
+
+def test_list_pages_by_name_with_the_total_and_says_what_is_wrong(client: TestClient, world: World) -> None:
+    from pydantic import TypeAdapter
+
+    from fleet.nodes import list_nodes, to_public
+    from fleet.schemas import NodePublic
+    from kiln.auth import principal_for_user
+
+    admin = world.headers("admin")
+    made = [client.post("/api/v1/nodes", json=node_payload(tags=["paged"]), headers=admin).json() for _ in range(5)]
+    names = sorted(n["name"] for n in made)
+    lease_node(world, made[1]["id"], "a")
+    lease_node(world, made[3]["id"], "a")
+    everything = client.get("/api/v1/nodes", headers=admin)
+    assert "x-total-count" not in everything.headers and [n["name"] for n in everything.json()] == names  # as before
+    session = world.session
+    for caller in ("admin", "a_member"):  # the same JSON as the node models gave, field for field
+        principal = principal_for_user(session, world.callers[caller].user)
+        models = TypeAdapter(list[NodePublic]).dump_python(to_public(session, principal, list_nodes(session, principal)),
+                                                           mode="json")
+        assert client.get("/api/v1/nodes", headers=world.headers(caller)).json() == models
+    page = client.get("/api/v1/nodes?tag=paged&limit=2&offset=1", headers=admin)
+    assert [n["name"] for n in page.json()] == names[1:3] and page.headers["x-total-count"] == "5"
+    assert [n["name"] for n in client.get("/api/v1/nodes?offset=4", headers=admin).json()] == names[4:]
+    mine = client.get("/api/v1/nodes?limit=1&offset=1", headers=world.headers("a_member"))
+    leased = sorted((made[1]["name"], made[3]["name"]))
+    assert [n["name"] for n in mine.json()] == leased[1:] and mine.headers["x-total-count"] == "2"  # their nodes only
+    assert mine.json()[0]["bmc_address"] is None
+    for query, field in (("limit=0", "limit"), ("limit=10001", "limit"), ("offset=-1", "offset"), ("limit=many", "limit"),
+                         ("offset=2147483648", "offset")):
+        body = assert_problem(client.get(f"/api/v1/nodes?{query}", headers=admin), 422)
+        assert [e["field"] for e in body["errors"]] == [field], body

@@ -70,7 +70,7 @@ def test_retention_job_removes_only_expired_rows_and_doctor_warns_until_it_runs(
     warnings = {c.target: c for c in check_retention(settings, now)}
     assert {t: c.status for t, c in warnings.items()} == {
         "rollup_5m": STATUS_WARNING, "node_event": STATUS_WARNING, "gpu_xid_event": STATUS_WARNING,
-        "health_snapshot": STATUS_WARNING}
+        "health_snapshot": STATUS_WARNING, "fleet_power_5m": STATUS_OK}  # no fleet sums kept here
     oldest = f"{now - timedelta(days=500):%Y-%m-%d}"
     assert warnings["rollup_5m"].detail == (f"holds rows from {oldest}, older than its 400-day retention "
                                             "(KILN_ROLLUP_RETENTION_DAYS): is `kiln worker` running its retention job?")

@@ -12,14 +12,7 @@ from dashboards import bulk, time_controls
 from dashboards.components import allowed, forbidden, section, stat, table, when
 from dashboards.context import current_principal, db_session
 from dashboards.figures import Figure, bars, time_series
-from dashboards.fleet_data import (
-    counts,
-    fleet_power,
-    gpus_with_xid,
-    hottest_nodes,
-    node_rows,
-    unreachable_bmcs,
-)
+from dashboards.fleet_data import fleet_power, fleet_summary, gpus_with_xid, unreachable_bmcs
 from kiln.auth import Principal
 from kiln.roles import Role
 
@@ -29,10 +22,10 @@ DEFAULT_RANGE = "24h"
 HEALTH_COLORS = {"ok": "#6a994e", "warning": "#e09f3e", "critical": "#9e2a2b", "unknown": "#999999"}
 
 
-def _fleet_now(principal: Principal) -> tuple[list[dict], list, list]:
-    """The node rows, unreachable BMCs and GPUs with XID errors, as of now."""
+def _fleet_now(principal: Principal) -> tuple[dict, list, list]:
+    """The nodes' summary (dashboards.fleet_data.fleet_summary), unreachable BMCs and GPUs with XID errors, as of now."""
     with db_session() as session:
-        return node_rows(session, principal), unreachable_bmcs(session, principal), gpus_with_xid(session, principal)
+        return fleet_summary(session, principal), unreachable_bmcs(session, principal), gpus_with_xid(session, principal)
 
 
 def layout(**_: str) -> html.Div:
@@ -40,11 +33,11 @@ def layout(**_: str) -> html.Div:
     principal = current_principal()
     if not allowed(principal, ROLES):
         return forbidden(principal, "The fleet overview")
-    rows, bmcs, xids = _fleet_now(principal)
-    states, health = counts(rows, "provision_state"), counts(rows, "health")
+    summary, bmcs, xids = _fleet_now(principal)
+    states, health = summary["states"], summary["health"]
     return html.Div([
         html.Div([html.H1("Fleet overview"), time_controls.time_controls("fleet", DEFAULT_RANGE)], className="page-head"),
-        html.Div(fleet_stats(rows, bmcs, xids), id="fleet-stats", className="stats"),
+        html.Div(fleet_stats(summary, bmcs, xids), id="fleet-stats", className="stats"),
         html.Div([
             dcc.Graph(id="fleet-states", figure=bars(
                 "Nodes by provision state", "provision state", "nodes", list(states), list(states.values()),
@@ -56,7 +49,7 @@ def layout(**_: str) -> html.Div:
         ], className="grid-2"),
         html.Div([
             dcc.Graph(id="fleet-power", figure=power_figure(DEFAULT_RANGE)),
-            dcc.Graph(id="fleet-hottest", figure=hottest_figure(hottest_nodes(rows))),
+            dcc.Graph(id="fleet-hottest", figure=hottest_figure(summary["hottest"])),
         ], className="grid-2"),
         html.Div([
             section("BMCs unreachable", table(
@@ -70,17 +63,17 @@ def layout(**_: str) -> html.Div:
                 empty="No GPU has reported an XID error.", element_id="xid-table")),
         ], className="grid-2"),
         section("Nodes", html.P("Select nodes, choose an action, run it: each node's result appears below.",
-                                className="hint"), bulk.node_grid(rows), bulk.action_panel(), element_id="nodes"),
+                                className="hint"), bulk.node_grid(), bulk.action_panel(), element_id="nodes"),
     ])
 
 
-def fleet_stats(rows: list[dict], bmcs: list, xids: list) -> list[html.Div]:
+def fleet_stats(summary: dict, bmcs: list, xids: list) -> list[html.Div]:
     """Nodes, active nodes, power now, unreachable BMCs, GPUs with XID errors."""
-    watts = [r["power_watts"] for r in rows if r["power_watts"] is not None]
+    watts = summary["watts"]
     return [
-        stat("nodes", len(rows), "stat-nodes"),
-        stat("active", counts(rows, "provision_state").get("active", 0), "stat-active"),
-        stat("power now", f"{sum(watts) / 1000:,.1f} kW" if watts else "no reading", "stat-power"),
+        stat("nodes", summary["nodes"], "stat-nodes"),
+        stat("active", summary["states"].get("active", 0), "stat-active"),
+        stat("power now", f"{watts / 1000:,.1f} kW" if watts is not None else "no reading", "stat-power"),
         stat("BMCs unreachable", len(bmcs), "stat-bmcs", "bad" if bmcs else ""),
         stat("GPUs with XID errors", len(xids), "stat-xid", "bad" if xids else ""),
     ]
@@ -109,8 +102,8 @@ def refresh(choice: str | None, start_date: str | None, end_date: str | None, _t
     principal = current_principal()
     if not allowed(principal, ROLES):  # anyone else gets empty parts: nothing of the fleet
         return power_figure(choice, start_date, end_date), hottest_figure([]), [], time_controls.updated()
-    rows, bmcs, xids = _fleet_now(principal)
-    return (power_figure(choice, start_date, end_date), hottest_figure(hottest_nodes(rows)), fleet_stats(rows, bmcs, xids),
+    summary, bmcs, xids = _fleet_now(principal)
+    return (power_figure(choice, start_date, end_date), hottest_figure(summary["hottest"]), fleet_stats(summary, bmcs, xids),
             time_controls.updated())
 
 
