@@ -14,7 +14,6 @@ from pydantic_core import to_json
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
-from collectors.fleet_power import forget_entity
 from fleet.bmc import parse_bmc_address
 from fleet.models import Gpu, Node, NodeEvent, NodeTag
 from fleet.provisioning.states import PowerState, ProvisionState
@@ -273,6 +272,8 @@ def create_node(session: Session, principal: Principal, data: NodeCreate, driver
         session.rollback()
         driver.remove(node_target(node, box, data.tags))
         raise Conflict(f"node '{data.name}' conflicts with an existing node (name or boot MAC)") from None
+    from collectors.fleet_power import forget_entity  # enrolling and deleting only: `kiln nodes list` does not load collectors
+
     forget_entity(session, node.name)  # the fleet's stored power sums are over enrolled nodes
     add_event(session, node, "enrolled", f"enrolled with {data.provisioner} as {backend.external_id}", principal.username)
     audit.record(session, principal, "create", "node", node.id, detail={"name": node.name, "provisioner": node.provisioner})
@@ -322,6 +323,8 @@ def delete_node(session: Session, principal: Principal, node_id: int, drivers: D
         except DriverError as exc:
             raise backend_error(node.name, "delete", exc) from None
     audit.record(session, principal, "delete", "node", node.id, detail={"name": node.name})
+    from collectors.fleet_power import forget_entity
+
     forget_entity(session, node.name)
     session.delete(node)
     session.flush()
