@@ -2,13 +2,14 @@
 
 The grid holds only the pages it has seen (AG Grid's infinite row model), so it has no select-all box.
 Each block of rows it is sent leaves the query that chose them (the search words and column filters)
-and how many rows match in `node-grid-query`, and the box beside the Run button names that count
-(a button with the switch role, drawn as a checkbox: Dash 4's Checklist is a listbox of options
-wrapping inputs, which axe fails as nested-interactive, and it has no html.Input; each press flips
-it, `bulk-all-on` keeps whether it is on, dashboards/assets/node_table.js). Ticked, a bulk action is for the nodes that query matches, resolved on the server when the action
-starts by `dashboards.node_grid.matching_names` (the code that answers the grid, so the same set as
-the table's pages) among the nodes the caller may see. From `CONFIRM_FROM` nodes it first asks the
-operator to confirm the action and the count, and starts only if the count is still the one confirmed.
+and how many rows match in `node-grid-query`, and the switch beside the Run button names that count.
+It is a button with the switch role drawn as a checkbox (Dash 4 has no html.Input, and its Checklist,
+a listbox of options wrapping inputs, fails axe's nested-interactive); each press flips it and
+`bulk-all-on` keeps whether it is on (dashboards/assets/node_table.js). On, a bulk action is for the
+nodes that query matches, resolved on the server when the action starts by
+`dashboards.node_grid.matching_names` (the code that answers the grid, so the same set as the table's
+pages) among the nodes the caller may see. From `CONFIRM_FROM` nodes it first asks the operator to
+confirm the action and the count, and starts only if the count is still the one confirmed.
 """
 
 from __future__ import annotations
