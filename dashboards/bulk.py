@@ -9,7 +9,8 @@ fleet of 10,000 nodes is not sent with the page; the search box and a finished b
 make the grid ask again (dashboards/assets/node_table.js).
 
 Starting an action is what `POST /api/v1/nodes/actions` does: `fleet.operations.plan_action`
-records one operation per selected node in the caller's transaction (infra admins only;
+records one operation per selected node (the ticked rows, or every node the table's search and
+filters match: `dashboards.bulk_all`, confirmed first when they are many) in the caller's transaction (infra admins only;
 bad parameters are explained next to their field), then each operation is handed to the
 process's `FleetRuntime` pool to run through its driver. A polling interval then reads
 the operations back (only on nodes the caller may see, as `GET /api/v1/operations`
@@ -26,11 +27,12 @@ import dash_ag_grid as dag
 from dash import ClientsideFunction, Input, Output, State, dcc, html, no_update
 from sqlmodel import col, select
 
+from dashboards import bulk_all
 from dashboards.components import GRID_COLUMN_DEFAULTS
 from dashboards.context import console_context, current_principal, db_session
 from dashboards.node_grid import forget, rows_block
 from fleet.models import Node, Operation
-from fleet.nodes import list_nodes, visible
+from fleet.nodes import visible
 from fleet.operations import ActionParams, OpStatus, plan_action
 from fleet.operations import to_public as operations_public
 from fleet.provisioning.actions import Action
@@ -99,7 +101,7 @@ def node_grid() -> html.Div:
         defaultColDef={**GRID_COLUMN_DEFAULTS, "floatingFilter": True, "minWidth": 100, "wrapHeaderText": True,
                        "autoHeaderHeight": True},
         getRowId="params.data.name",
-        dashGridOptions={  # no select-all box: the infinite row model holds only the pages seen
+        dashGridOptions={  # no select-all box: the infinite row model holds only the pages seen (bulk_all instead)
             "rowSelection": {"mode": "multiRow", "checkboxes": True, "headerCheckbox": False, "enableClickSelection": False},
             "pagination": True, "paginationPageSize": 50, "paginationPageSizeSelector": PAGE_SIZES, "animateRows": False,
             "cacheBlockSize": 50, "maxBlocksInCache": 20, "infiniteInitialRowCount": 1,
@@ -122,13 +124,15 @@ def node_grid() -> html.Div:
                      dcc.Store(id="node-grid-changed"), dcc.Store(id="node-grid-asked")])
 
 
-def node_rows_block(request: dict | None, search: str | None) -> dict:
-    """One block of the table's rows for AG Grid's infinite row model (`getRowsRequest` → `getRowsResponse`)."""
+def node_rows_block(request: dict | None, search: str | None) -> tuple:
+    """One block of the table's rows for AG Grid's infinite row model (`getRowsRequest` → `getRowsResponse`),
+    and the query that chose them with its count (`bulk_all.query_of`: what "apply to all" acts on)."""
     if not request:
-        return no_update
+        return no_update, no_update, no_update
     with db_session() as session:
         block = rows_block(session, current_principal(), request, search)
-    return {"rowData": grid_rows(block["rowData"]), "rowCount": block["rowCount"]}
+    return ({"rowData": grid_rows(block["rowData"]), "rowCount": block["rowCount"]},
+            *bulk_all.query_of(request, search, block["rowCount"]))
 
 
 def grouped_columns(group: str | None) -> list[dict[str, Any]]:
@@ -168,7 +172,8 @@ def action_panel() -> html.Div:
         field("Image URL (deploy)", "image_url", "http://images/ubuntu-22.04.qcow2"),
         field("Image checksum (deploy)", "image_checksum", "sha256:…"),
         field("Reason (maintenance)", "reason", "fan replacement"),
-        html.Button("Run on selected nodes", id="bulk-run", n_clicks=0, className="button"),
+        html.Div([bulk_all.control(), html.Button("Run on selected nodes", id="bulk-run", n_clicks=0, className="button")],
+                 className="bulk-run"),
         html.Div(id="bulk-message", className="message", role="status"),
         dcc.Store(id="bulk-operations"),
         dcc.Interval(id="bulk-poll", interval=POLL_MS, disabled=True),
@@ -176,36 +181,53 @@ def action_panel() -> html.Div:
     ], className="bulk-panel")
 
 
-def start_bulk(n_clicks: int, selected: list[dict] | None, action: str | None, image_url: str | None,
+def start_bulk(n_clicks: int, confirmed: int | None, selected: list[dict] | None, every: bool | None,
+               query: dict | None, search: str | None, pending: dict | None, action: str | None, image_url: str | None,
                checksum: str | None, reason: str | None) -> tuple:
-    """Plan the action on the selected nodes and start it; explain bad input next to its field."""
-    no_errors = ("", "", "")
+    """Plan the action on the ticked rows, or on every node the table matches (`bulk_all`, confirmed first
+    when they are many), and start it; explain bad input next to its field."""
+    no_errors, no_dialog = ("", "", ""), (no_update, no_update, no_update)
     if not n_clicks:
-        return no_update, no_update, no_update, *no_errors
-    names = sorted(row["name"] for row in selected or [])
-    if not names:
-        return no_update, no_update, "Select at least one node in the table.", *no_errors
+        return no_update, no_update, no_update, *no_errors, *no_dialog
+
+    def told(message: str) -> tuple:
+        return no_update, no_update, message, *no_errors, *no_dialog
+
+    if not selected and not every:
+        return told("Select at least one node in the table, or apply to all matching nodes.")
     if not action:
-        return no_update, no_update, "Choose an action.", *no_errors
+        return told("Choose an action.")
+    if every and bulk_all.stale(query, search):
+        return told("The table is still finding the nodes for this search: run again in a moment.")
     principal = current_principal()
     params = ActionParams(image_url=image_url or None, image_checksum=checksum or None, reason=reason or None)
     try:
         with db_session() as session:
-            nodes = list_nodes(session, principal, names=names)
+            plan_action(session, principal, [], Action(action), params)  # the caller's role and the parameters, no rows
+            nodes = bulk_all.target_nodes(session, principal, selected, every, query)
+            if not nodes:
+                return told("No node matches the table's search and filters." if every
+                            else "The selected nodes are gone: search the table again.")
+            question = bulk_all.confirmation(every, len(nodes), action, BULK_ACTIONS[Action(action)],
+                                             dash.ctx.triggered_id == "bulk-confirm" and bool(confirmed), pending)
+            if question:
+                return (no_update, no_update, f"Confirm to start on {len(nodes):,} nodes.", *no_errors,
+                        True, question, {"action": action, "count": len(nodes)})
             operations = plan_action(session, principal, nodes, Action(action), params)
             ids = [o.id for o in operations]
     except ValidationFailed as exc:
         problem = exc.extensions["errors"][0]
         hint = "Required to deploy: enter the image's URL and its checksum." if problem["field"].startswith("image") else problem["message"]
         errors = {f: hint if f == problem["field"] else "" for f in FIELD_IDS}
-        return no_update, no_update, "Fix the field marked below.", errors["image_url"], errors["image_checksum"], errors["reason"]
+        return (no_update, no_update, "Fix the field marked below.", errors["image_url"], errors["image_checksum"],
+                errors["reason"], *no_dialog)
     except KilnError as exc:
-        return no_update, no_update, exc.detail, *no_errors
+        return told(exc.detail)
     runtime = runtime_of(console_context().state)
     for operation_id in ids:
         runtime.pool.submit(runtime.runner.run, operation_id)
     message = f"{BULK_ACTIONS[Action(action)]}: started on {len(ids)} node(s)."
-    return {"ids": ids}, False, message, *no_errors
+    return {"ids": ids}, False, message, *no_errors, False, no_update, None
 
 
 def _progress(operations: list) -> html.Div:
@@ -242,22 +264,31 @@ def poll_bulk(_: int, store: dict | None) -> tuple:
 
 def register(app: dash.Dash) -> None:
     """Register the node table's search and the bulk-action callbacks on the console app."""
-    app.callback(Output("node-grid", "getRowsResponse"), Input("node-grid", "getRowsRequest"),
-                 State("node-search", "value"), prevent_initial_call=True)(node_rows_block)
+    app.callback(Output("node-grid", "getRowsResponse"), Output("node-grid-query", "data"), Output("bulk-all", "children"),
+                 Input("node-grid", "getRowsRequest"), State("node-search", "value"), prevent_initial_call=True)(node_rows_block)
     app.clientside_callback(ClientsideFunction("kilnNodeTable", "search"), Output("node-grid-asked", "data"),
                             Input("node-search", "value"), prevent_initial_call=True)
     app.clientside_callback(ClientsideFunction("kilnNodeTable", "refresh"), Output("node-grid-asked", "data", allow_duplicate=True),
                             Input("node-grid-changed", "data"), prevent_initial_call=True)
+    app.clientside_callback(ClientsideFunction("kilnNodeTable", "flip"), Output("bulk-all-on", "data"),
+                            Output("bulk-all", "aria-checked"), Input("bulk-all", "n_clicks"), prevent_initial_call=True)
+    app.clientside_callback(ClientsideFunction("kilnNodeTable", "runLabel"), Output("bulk-run", "children"),
+                            Input("bulk-all-on", "data"), Input("bulk-all", "children"), prevent_initial_call=True)
     app.callback(Output("node-grid", "columnDefs"), Input("node-group-by", "value"),
                  prevent_initial_call=True)(grouped_columns)
     app.callback(
         Output("bulk-operations", "data"), Output("bulk-poll", "disabled", allow_duplicate=True),
         Output("bulk-message", "children"), Output("bulk-image-url-error", "children"),
         Output("bulk-image-checksum-error", "children"), Output("bulk-reason-error", "children"),
-        Input("bulk-run", "n_clicks"), State("node-grid", "selectedRows"), State("bulk-action", "value"),
+        Output("bulk-confirm", "displayed"), Output("bulk-confirm", "message"), Output("bulk-pending", "data"),
+        Input("bulk-run", "n_clicks"), Input("bulk-confirm", "submit_n_clicks"), State("node-grid", "selectedRows"),
+        State("bulk-all-on", "data"), State("node-grid-query", "data"), State("node-search", "value"),
+        State("bulk-pending", "data"), State("bulk-action", "value"),
         State("bulk-image-url", "value"), State("bulk-image-checksum", "value"), State("bulk-reason", "value"),
         prevent_initial_call=True,
     )(start_bulk)
+    app.callback(Output("bulk-message", "children", allow_duplicate=True), Input("bulk-confirm", "cancel_n_clicks"),
+                 prevent_initial_call=True)(bulk_all.cancelled)
     app.callback(
         Output("bulk-progress", "children"), Output("bulk-poll", "disabled"), Output("node-grid-changed", "data"),
         Input("bulk-poll", "n_intervals"), State("bulk-operations", "data"),

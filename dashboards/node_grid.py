@@ -52,6 +52,15 @@ def rows_block(session: Session, principal: Principal, request: dict[str, Any], 
     return {"rowData": rows[start:end], "rowCount": len(rows)}
 
 
+def matching_names(session: Session, principal: Principal, search: str | None, filter_model: dict | None) -> list[str]:
+    """The names of every node the table shows for `search` and `filter_model` (all its pages, not one), in name
+    order: what "apply to all matching nodes" acts on, matched by the code that answers the grid."""
+    words, filter_model = (search or "").lower().split(), filter_model or {}
+    if not words and not filter_model:  # rows_block's unfiltered case: every visible node
+        return list(session.exec(visible(select(Node.name), principal).order_by(Node.name)))
+    return sorted(row["name"] for row in _matching(session, principal, words, filter_model, []))
+
+
 def forget() -> None:
     """Drop every kept query result (the nodes changed)."""
     with _lock:

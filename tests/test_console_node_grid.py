@@ -103,3 +103,50 @@ def test_the_summary_above_the_table_counts_what_the_rows_say(world: World, call
     assert admin["health"] == {"unknown": 3, "ok": 1, "warning": 1, "critical": 1} and admin["watts"] == 1800.5
     assert member == {"nodes": 1, "states": {"active": 1}, "health": {"warning": 1}, "watts": 990.0,
                       "hottest": [{"name": "n-05", "max_temp_c": 71.0}]}  # their node only
+
+
+def _all_pages(session, principal, filter_model: dict, search: str | None, size: int = 2) -> tuple[list[str], int]:
+    """Every row the grid shows for a query, page by page as it asks, and the count it is told."""
+    names, start, count = [], 0, None
+    while count is None or start < count:
+        block = rows_block(session, principal, {"startRow": start, "endRow": start + size, "filterModel": filter_model,
+                                                "sortModel": [{"colId": "rack", "sort": "desc"}]}, search)
+        names, start, count = names + _names(block), start + size, block["rowCount"]
+    return names, count
+
+
+def test_all_matching_nodes_are_the_rows_the_grid_pages_through(world: World, callers) -> None:
+    from dashboards.bulk_all import target_nodes
+
+    admin, member = callers
+    some_gpus = {"gpus": {"filterType": "number", "type": "greaterThanOrEqual", "filter": 1}}
+    for filter_model, search, expected in (({}, None, list(RACKS)), ({}, "r2", ["n-01", "n-03"]),
+                                           (some_gpus, None, ["n-02", "n-03", "n-05", "n-06"]),
+                                           (some_gpus, "r1", ["n-02", "n-05"]), (some_gpus, "nowhere", [])):
+        shown, count = _all_pages(world.session, admin, filter_model, search)
+        matching = node_grid.matching_names(world.session, admin, search, filter_model)
+        assert matching == sorted(shown) == expected and count == len(matching), (filter_model, search)
+        query = {"search": search or "", "filterModel": filter_model, "count": count}
+        assert [n.name for n in target_nodes(world.session, admin, [], True, query)] == expected
+    ticked = [{"name": "n-06"}, {"name": "n-01"}]  # the box not ticked: the rows ticked, whatever the query
+    assert [n.name for n in target_nodes(world.session, admin, ticked, False, {"search": "r2", "filterModel": {}})] == ["n-01", "n-06"]
+    for search in (None, "n-0", "r1"):  # a tenant's "all" is their own node, never the fleet
+        assert node_grid.matching_names(world.session, member, search, {}) == ["n-05"]
+        assert [n.name for n in target_nodes(world.session, member, [], True, {"search": search})] == ["n-05"]
+    assert node_grid.matching_names(world.session, member, None, {"rack": {"filterType": "text", "type": "equals",
+                                                                           "filter": "r2"}}) == []
+
+
+def test_all_matching_asks_first_from_many_nodes_and_again_if_they_changed() -> None:
+    from dashboards.bulk_all import CONFIRM_FROM, confirmation, label
+
+    many = CONFIRM_FROM
+    assert confirmation(True, many - 1, "power_off", "Power off", False, None) is None
+    assert confirmation(False, 500, "power_off", "Power off", False, None) is None  # rows ticked one by one
+    assert confirmation(True, 1234, "power_off", "Power off", False, None) == \
+        "Power off on all 1,234 nodes matching the table's search and filters?"
+    assert confirmation(True, many, "power_off", "Power off", True, {"action": "power_off", "count": many}) is None
+    assert confirmation(True, many + 1, "power_off", "Power off", True, {"action": "power_off", "count": many}) \
+        .startswith("The matching nodes changed since you confirmed.")
+    assert label({"search": "", "filterModel": {}, "count": 10000}) == "Apply to all 10,000 nodes"
+    assert label({"search": "r1", "filterModel": {}, "count": 1}) == "Apply to all 1 matching node"

@@ -1,6 +1,7 @@
 """The fleet page's node table in a real browser (Debian Chromium through Playwright) against the
 real app: paging with a page-size choice, one search over every column, status chips, the VDC
-column, readable headers, the action bar that stays on screen; and tenants never reach it."""
+column, readable headers, the action bar that stays on screen, an action on every node the search
+and filters match; and tenants never reach it."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from tests.browser import (
     TENANT_B_NODES,
     ConsoleErrors,
     running_console,
+    choose,
+    post_callback,
     screenshot,
     seed_fleet,
     signed_in_page,
@@ -197,4 +200,72 @@ def test_rows_come_from_the_server_a_page_at_a_time(console: Any) -> None:
     assert len(blocks) >= 3 and all(len(b["rowData"]) <= 50 and b["rowCount"] == len(every) for b in blocks)
     assert not [b for b in bodies if '"getRowsResponse"' not in b and "spare-" in b]  # no rows with the page itself
     assert errors.messages == []
+    page.context.close()
+
+
+def _operations(console: Any) -> list[tuple[str, str]]:
+    from sqlmodel import select
+
+    from fleet.models import Node, Operation
+
+    with Session(console.engine) as session:
+        return sorted(session.exec(select(Node.name, Operation.action).join(Operation, Operation.node_id == Node.id)).all())
+
+
+def _run(page: Any, action: str, finished: str) -> None:
+    choose(page, "bulk-action", action)
+    page.click("#bulk-run")
+    page.wait_for_selector(f"#bulk-summary:has-text('{finished}')", timeout=30000)
+
+
+def test_an_action_on_all_matching_nodes_runs_once_on_each(console: Any) -> None:
+    page, errors = _page_as(console, "ops-admin", "/fleet")
+    page.wait_for_selector("#node-grid .ag-row[row-id='gpu-a01']")
+    before = _operations(console)
+    page.get_by_role("switch", name="Apply to all 36 nodes", exact=True).wait_for()  # no search yet: the whole fleet
+    page.fill("#node-search", "r9")
+    page.get_by_label("Node Filter Input").fill("spare-0")  # and a column filter: spare-01 … spare-09
+    _summary(page, "1 to 9 of 9")
+    box = page.get_by_role("switch", name="Apply to all 9 matching nodes", exact=True)
+    box.click()
+    assert box.get_attribute("aria-checked") == "true"
+    page.wait_for_selector("#bulk-run:has-text('Run on all 9 matching nodes')")  # the button says so too
+    page.fill("#bulk-reason", "fan replacement")
+    _run(page, "Maintenance on", "9 of 9 finished")  # fewer than 25 nodes: no question asked
+    assert page.inner_text("#bulk-summary") == "9 of 9 finished: 9 succeeded, 0 failed"
+    added = [o for o in _operations(console) if o not in before]
+    assert added == [(name, "maintenance-on") for name in SPARES[:9]]  # one operation per matching node, no other
+
+    page.get_by_label("Node Filter Input").fill("")  # every spare in rack r9: 30, enough to be asked first
+    page.get_by_role("switch", name="Apply to all 30 matching nodes", exact=True).wait_for()
+    asked: list[str] = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+    choose(page, "bulk-action", "Maintenance off")
+    page.click("#bulk-run")
+    page.wait_for_selector("#bulk-message:has-text('Cancelled: nothing was started.')")
+    assert asked == ["Maintenance off on all 30 nodes matching the table's search and filters?"]
+    assert [o for o in _operations(console) if o not in before] == added  # declined: nothing started
+    page.once("dialog", lambda dialog: dialog.accept())
+    _run(page, "Maintenance off", "30 of 30 finished")
+    assert [o for o in _operations(console) if o not in before + added] == [(name, "maintenance-off") for name in SPARES]
+    screenshot(page, "admin-fleet-all-matching")
+    assert errors.messages == []
+    page.context.close()
+
+
+def test_a_tenant_cannot_act_on_all_matching_nodes(console: Any) -> None:
+    page, _ = _page_as(console, "alice", "/usage")
+    before = _operations(console)
+    state = [{"id": "node-grid", "property": "selectedRows", "value": []},
+             {"id": "bulk-all-on", "property": "data", "value": True},
+             {"id": "node-grid-query", "property": "data", "value": {"search": "", "filterModel": {}, "count": 36}},
+             {"id": "node-search", "property": "value", "value": ""},
+             {"id": "bulk-pending", "property": "data", "value": None},
+             {"id": "bulk-action", "property": "value", "value": "power-off"},
+             *({"id": i, "property": "value", "value": None} for i in ("bulk-image-url", "bulk-image-checksum", "bulk-reason"))]
+    answer = post_callback(page, console.base_url, "bulk-run", [{"id": "bulk-run", "property": "n_clicks", "value": 1},
+                                                                {"id": "bulk-confirm", "property": "submit_n_clicks",
+                                                                 "value": None}], state)
+    assert "bulk-operations" not in answer.text() and "may not power-off nodes" in answer.text(), answer.text()
+    assert _operations(console) == before  # nothing recorded, on their nodes or anyone's
     page.context.close()

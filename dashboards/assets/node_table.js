@@ -30,7 +30,16 @@
   }
   clientside.kilnNodeTable = {
     search: function () { return ask(true); },
-    refresh: function () { return ask(false); }
+    refresh: function () { return ask(false); },
+    // "apply to all matching nodes" (dashboards/bulk_all.py): a switch each press turns on or off
+    flip: function (presses) {
+      var on = (presses || 0) % 2 === 1;
+      return [on, on ? "true" : "false"];
+    },
+    // the Run button says what it acts on: the ticked rows, or all N matching nodes
+    runLabel: function (all, label) {
+      return all && label ? String(label).replace("Apply to", "Run on") : "Run on selected nodes";
+    }
   };
 })();
 

@@ -62,7 +62,8 @@ def layout(**_: str) -> html.Div:
                   when(x["observed_at"])) for x in xids],
                 empty="No GPU has reported an XID error.", element_id="xid-table")),
         ], className="grid-2"),
-        section("Nodes", html.P("Select nodes, choose an action, run it: each node's result appears below.",
+        section("Nodes", html.P("Select nodes (or apply to all the search and filters match), choose an action, run it: "
+                                "each node's result appears below.",
                                 className="hint"), bulk.node_grid(), bulk.action_panel(), element_id="nodes"),
     ])
 
