@@ -213,6 +213,8 @@ def lease_figures(
 
 
 def _totals(days: dict[date, tuple[Decimal, Decimal]]) -> tuple[Decimal, Decimal, dict[date, tuple[Decimal, Decimal]]]:
+    if not days:  # most leases of a large fleet: no samples
+        return ZERO, ZERO, days
     return sum((m for m, _ in days.values()), ZERO), sum((u for _, u in days.values()), ZERO), days
 
 
