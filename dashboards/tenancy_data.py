@@ -10,10 +10,9 @@ GPU-hours are exact Decimals: GPUs × leased seconds / 3600, split at UTC midnig
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlmodel import Session, col, select
 
@@ -35,8 +34,7 @@ from kiln.models import Tenant
 GPU_RESOURCES = ("nvidia.com/gpu", "amd.com/gpu")
 
 
-@dataclass(frozen=True)
-class UsageSlice:
+class UsageSlice(NamedTuple):  # a tuple, not a frozen dataclass: 30,000 a week for all tenants at 10,000 nodes
     """GPU-hours a tenant held on one day, through one VDC, on one GPU model."""
 
     day: date

@@ -92,5 +92,5 @@ def daily_lease_micros(session: Session, principal: Principal, start: datetime, 
     if tenant_id is not None:
         statement = statement.where(Lease.tenant_id == tenant_id)
     return [DayMicros(day.date(), tenant, vdc, model, int(total))
-            for day, tenant, vdc, model, total in session.exec(statement).all()]  # type: ignore[call-overload]
+            for day, tenant, vdc, model, total in session.connection().execute(statement).all()]  # Core rows: 30,000 at 10,000 nodes
 

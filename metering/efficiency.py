@@ -24,27 +24,33 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
 from pydantic import BaseModel
+from sqlalchemy import literal
 from sqlmodel import Session, col, func, or_, select
 
 from collectors.mig_profiles import compute_fraction
 from collectors.models import Rollup5m
 from collectors.store import BUCKET, GPU_UTIL_ROLLUP
+from fleet.daily_hours import micros_between
 from fleet.models import Gpu
 from fleet.tenancy_models import GpuInstanceLease, Lease
 from fleet.usage import MICROS_PER_HOUR, lease_gpu_micros, overlapping
 from kiln.auth import Principal
-from kiln.db import among, utcnow
+from kiln.db import UTCDateTime, among, utcnow
 from kiln.models import Tenant
 from metering.instance_efficiency import instance_series
 from metering.periods import period_bounds
 
 MAX_SAMPLE_INTERVAL = timedelta(hours=1)
+MICROSECOND = timedelta(microseconds=1)
+MAX_SAMPLE_MICROS = MAX_SAMPLE_INTERVAL // MICROSECOND
+BUCKET_MICROS = BUCKET // MICROSECOND
+DAY_MICROS = timedelta(days=1) // MICROSECOND
 PLACES = Decimal("0.0001")
 LEASES_PER_QUERY = 500  # more leases than this: one pass over the range's buckets
 ZERO = Decimal(0)
@@ -69,14 +75,23 @@ def sample_hours(buckets: list[datetime], clip_end: datetime) -> list[Decimal]:
     """The hours each sample of one GPU (bucket starts, ascending) stands for: until the next
     sample, or the interval before it where the next is missing or over `MAX_SAMPLE_INTERVAL`
     away (one bucket when alone); never past `clip_end`."""
-    out: list[Decimal] = []
-    previous = BUCKET
-    for i, bucket in enumerate(buckets):
-        gap = buckets[i + 1] - bucket if i + 1 < len(buckets) else None
-        interval = gap if gap is not None and gap <= MAX_SAMPLE_INTERVAL else previous
-        interval = max(min(interval, clip_end - bucket), timedelta(0))
-        out.append(Decimal(interval // timedelta(microseconds=1)) / MICROS_PER_HOUR)
-        if gap is not None and gap <= MAX_SAMPLE_INTERVAL:
+    if not buckets:
+        return []
+    first = buckets[0]
+    return [Decimal(micros) / MICROS_PER_HOUR for micros in sample_micros(
+        [(bucket - first) // MICROSECOND for bucket in buckets], (clip_end - first) // MICROSECOND)]
+
+
+def sample_micros(offsets: list[int], clip_end: int) -> list[int]:
+    """`sample_hours` in whole microseconds, of samples given as microseconds from any origin
+    (ascending) with `clip_end` from the same origin."""
+    out: list[int] = []
+    previous = BUCKET_MICROS
+    for i, at in enumerate(offsets):
+        gap = offsets[i + 1] - at if i + 1 < len(offsets) else None
+        interval = gap if gap is not None and gap <= MAX_SAMPLE_MICROS else previous
+        out.append(max(min(interval, clip_end - at), 0))
+        if gap is not None and gap <= MAX_SAMPLE_MICROS:
             previous = gap
     return out
 
@@ -88,18 +103,22 @@ def lease_utilisation(session: Session, leases: list[Any], start: datetime, stop
     interval (`sample_hours`); a sample counts on the day its bucket starts. `leases`: Lease
     objects or rows with their `id`, `node_id` and `ends_at`."""
     out: dict[int, dict[date, tuple[Decimal, Decimal]]] = defaultdict(dict)
-    ends = {lease.id: min(lease.ends_at or stop, stop) for lease in leases}
+    # Buckets are read as integer microseconds from the first range day's midnight, not as
+    # datetimes: converting 30,000 timestamps a week (10,000 nodes) was a third of the time.
+    origin = datetime.combine(start.date(), time(), tzinfo=UTC)
+    ends = {lease.id: (min(lease.ends_at or stop, stop) - origin) // MICROSECOND for lease in leases}
     few = len(leases) <= LEASES_PER_QUERY
     uuids: dict[int, list[str]] = defaultdict(list)
     for node_id, uuid in session.exec(select(Gpu.node_id, Gpu.uuid).where(
             col(Gpu.node_id).in_({lease.node_id for lease in leases}), col(Gpu.uuid).is_not(None))).all() if few else ():
         uuids[node_id].append(uuid)
+    offset = micros_between(session, literal(origin, UTCDateTime), col(Rollup5m.bucket))
     # A few leases: name them and their GPUs, so the database reads each GPU's buckets by its
     # (entity, metric, bucket) key. Many: one pass over the range's buckets of every GPU (what the
     # database does anyway), the leases not asked for dropped here.
     for part in [leases] if few else [None]:
         statement = (
-            select(Lease.id, Rollup5m.entity, Rollup5m.bucket, Rollup5m.sum / Rollup5m.count)
+            select(Lease.id, Rollup5m.entity, offset, Rollup5m.sum / Rollup5m.count)
             .join(Gpu, col(Gpu.uuid) == Rollup5m.entity).join(Lease, col(Lease.node_id) == Gpu.node_id)
             .where(Rollup5m.metric == GPU_UTIL_ROLLUP, Rollup5m.count > 0)
             .where(col(Rollup5m.bucket) >= start, col(Rollup5m.bucket) < stop, col(Rollup5m.bucket) >= Lease.starts_at)
@@ -110,12 +129,20 @@ def lease_utilisation(session: Session, leases: list[Any], start: datetime, stop
             if not entities:
                 continue
             statement = statement.where(col(Lease.id).in_([lease.id for lease in part]), col(Rollup5m.entity).in_(entities))
-        rows = [row for row in session.exec(statement).all() if row[0] in ends]
-        series: dict[tuple[int, str], list[tuple[datetime, float]]] = defaultdict(list)
-        for lease_id, entity, bucket, mean in rows:
-            series[(lease_id, entity)].append((bucket, mean))
+        # Core rows, not ORM rows: the ORM's per-row work was most of the rest
+        series: dict[tuple[int, str], list[tuple[int, float]]] = defaultdict(list)
+        for lease_id, entity, at, mean in session.connection().execute(statement).all():
+            if lease_id in ends:
+                series[(lease_id, entity)].append((int(at), mean))
+        hours: dict[int, Decimal] = {}  # by interval in microseconds: a handful of distinct ones
         for (lease_id, _), points in series.items():
-            add_samples(out[lease_id], points, ends[lease_id])
+            days = out[lease_id]
+            for micros, (at, mean) in zip(sample_micros([at for at, _ in points], ends[lease_id]), points, strict=True):
+                day = origin.date() + timedelta(days=at // DAY_MICROS)
+                if micros not in hours:
+                    hours[micros] = Decimal(micros) / MICROS_PER_HOUR
+                measured, used = days.get(day, (ZERO, ZERO))
+                days[day] = (measured + hours[micros], used + hours[micros] * Decimal(str(mean)) / 100)
     return dict(out)
 
 
@@ -176,7 +203,7 @@ def lease_figures(
     statement = principal.scope(select(*LEASE_COLUMNS).where(overlapping(start, stop)), Lease.tenant_id)
     if tenant_id is not None:
         statement = statement.where(Lease.tenant_id == tenant_id)
-    leases = list(session.exec(statement.order_by(Lease.id)).all()) if stop > start else []
+    leases = list(session.connection().execute(statement.order_by(Lease.id)).all()) if stop > start else []
     gpus: Counter[int] = Counter(dict(session.exec(  # type: ignore[arg-type]
         select(Gpu.node_id, func.count()).where(among(Gpu.node_id, {l.node_id for l in leases})).group_by(Gpu.node_id)).all()))
     measured = lease_utilisation(session, leases, start, stop)
@@ -186,6 +213,8 @@ def lease_figures(
 
 
 def _totals(days: dict[date, tuple[Decimal, Decimal]]) -> tuple[Decimal, Decimal, dict[date, tuple[Decimal, Decimal]]]:
+    if not days:  # most leases of a large fleet: no samples
+        return ZERO, ZERO, days
     return sum((m for m, _ in days.values()), ZERO), sum((u for _, u in days.values()), ZERO), days
 
 

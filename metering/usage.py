@@ -34,7 +34,7 @@ from datetime import datetime
 from decimal import Decimal
 from itertools import groupby
 
-from sqlalchemy import delete, func
+from sqlalchemy import delete, func, text
 from sqlmodel import Session, col, or_, select
 
 from collectors.models import K8sAllocation, NodeEnergyHour
@@ -51,7 +51,7 @@ from metering.energy_shares import CPU, GPU, MEMORY, NodeHourClaims
 from metering.energy_usage import energy_usage
 from metering.gpu_shares import Pool, SharedGpuHours, oversubscribed
 from metering.instance_usage import InstanceClaim, InstanceKey, instance_claims
-from metering.models import UsageRecord
+from metering.models import NOT_WHOLE_NODE_GPUS, UsageRecord
 from metering.usage_io import copies, stream_rows, write_rows
 from metering.intervals import HourlyTotals, Number, exact
 from metering.money import quantity_from_parts
@@ -312,11 +312,15 @@ def list_usage(
 
 
 def usage_totals(session: Session, principal: Principal, start: datetime, end: datetime, *,
-                 family: str | None = None, tenant_id: int | None = None) -> list[tuple[int, str, str, str, Decimal]]:
+                 family: str | None = None, tenant_id: int | None = None,
+                 whole_node_leases: bool = True) -> list[tuple[int, str, str, str, Decimal]]:
     """(tenant_id, sku, unit, source, total quantity) of the caller's tenants (or only `tenant_id`)
-    over [start, end) (only SKUs of `family`, e.g. `skus.GPU_HOUR`, when given)."""
+    over [start, end) (only SKUs of `family`, e.g. `skus.GPU_HOUR`, when given; without whole-node
+    leases' records when `whole_node_leases` is false: read from their own small index)."""
     statement = select(UsageRecord.tenant_id, UsageRecord.sku, UsageRecord.unit, UsageRecord.source, parts_sum())
     statement = principal.scope(statement.where(col(UsageRecord.hour) >= start, col(UsageRecord.hour) < end), UsageRecord.tenant_id)
+    if not whole_node_leases:  # the index's own text, constants and all, so that PostgreSQL matches it
+        statement = statement.where(text(NOT_WHOLE_NODE_GPUS))
     if tenant_id is not None:
         statement = statement.where(UsageRecord.tenant_id == tenant_id)
     if family is not None:

@@ -170,13 +170,13 @@ def test_quota_use_sums_period_gpu_time_in_sql_exactly(world: World) -> None:
     assert uses[(vdc, None)] == QuotaUse(nodes=1, gpus=3, gpu_hours=hours_of(a_micros + b_micros))
 
 
-def test_gpu_hours_by_sku_are_remembered_until_a_touched_periods_bills_change(world: World) -> None:
+def test_metered_gpu_hours_by_sku_are_remembered_until_a_touched_periods_bills_change(world: World) -> None:
     sku = skus.gpu_hour("NVIDIA H100 80GB HBM3")
     shown = label(sku)
 
     def record(resource: str, hour: datetime) -> None:
         world.session.add(UsageRecord(tenant_id=world.a.id, resource_id=resource, sku=sku, quantity=Decimal(1),
-                                      quantity_parts=3_600_000_000, unit="GPU-hour", source="lease", hour=hour))
+                                      quantity_parts=3_600_000_000, unit="GPU-hour", source="k8s", hour=hour))
         world.session.commit()
 
     def bill(period: str) -> None:

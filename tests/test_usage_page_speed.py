@@ -1,0 +1,162 @@
+"""The usage page's faster reads, exact against what they replaced: per-lease utilisation from
+integer offsets (gaps over an hour, lease-end clipping, the last sample, midnight), GPU-hours by
+model with whole-node leases summed from the leases and only the rest metered, and the tenant
+picker searched on the server in the caller's scope; on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+import flask
+import pytest
+
+import metering.efficiency as efficiency_module
+from collectors.models import Rollup5m
+from dashboards.context import ConsoleContext
+from dashboards.pages import usage
+from dashboards.pages.usage import gpu_hours_by_sku, tenant_options
+from fleet.models import Gpu
+from fleet.tenancy_models import Lease
+from kiln.auth import Principal, principal_for_user
+from kiln.models import Tenant
+from metering import skus
+from metering.efficiency import lease_figures
+from metering.models import Bill, UsageRecord
+from metering.sku_labels import label
+from tests.factories import World
+from tests.fleet_helpers import make_node_row
+
+T0 = datetime(2026, 3, 1, 21, 17, 3, 250_001, tzinfo=UTC)  # ragged
+NOW = datetime(2026, 3, 3, 9, tzinfo=UTC)
+US = timedelta(microseconds=1)
+MAX = timedelta(hours=1)
+
+
+def _principal(world: World, name: str) -> Principal:
+    return principal_for_user(world.session, world.callers[name].user)
+
+
+def _reference(days: dict[date, tuple[Decimal, Decimal]], buckets: list[datetime], means: list[float],
+               clip_end: datetime) -> None:
+    """The per-sample Decimal walk `lease_utilisation` did before (datetimes, one sample at a time),
+    one GPU's series added to `days`."""
+    previous = timedelta(minutes=5)
+    for i, bucket in enumerate(buckets):
+        gap = buckets[i + 1] - bucket if i + 1 < len(buckets) else None
+        interval = gap if gap is not None and gap <= MAX else previous
+        interval = max(min(interval, clip_end - bucket), timedelta(0))
+        if gap is not None and gap <= MAX:
+            previous = gap
+        hours = Decimal(interval // US) / 3_600_000_000
+        measured, used = days.get(bucket.date(), (Decimal(0), Decimal(0)))
+        days[bucket.date()] = (measured + hours, used + hours * Decimal(str(means[i])) / 100)
+
+
+def _sampled_leases(world: World) -> dict[int, dict[date, tuple[Decimal, Decimal]]]:
+    """Two nodes, three leases (one ending a ragged microsecond into a sample, one open, one on the
+    second node across midnight), samples 5 minutes apart, exactly 1 h apart, 1 h + 1 µs apart (a
+    gap), and alone; returns what each lease's days must be."""
+    nodes = [make_node_row(world, name=f"n{k}", gpus=0) for k in range(2)]
+    for k, node in enumerate(nodes):
+        for index in range(2):
+            world.session.add(Gpu(node_id=node.id, index=index, model="NVIDIA H100 80GB HBM3", uuid=f"GPU-{k}-{index}"))
+    base = datetime(2026, 3, 1, 21, 30, tzinfo=UTC)
+    offsets = [timedelta(minutes=m) for m in (0, 5, 10, 70, 130)] + [timedelta(minutes=130) + MAX + US,
+                                                                     timedelta(hours=5, minutes=1), timedelta(hours=9)]
+    means = [100.0, 37.5, 12.345678901234567, 0.0, 66.66666666666667, 99.9, 3.0, 50.0]
+    for k in range(2):
+        for index in range(2):
+            for step, (offset, mean) in enumerate(zip(offsets, means, strict=True)):
+                world.session.add(Rollup5m(entity=f"GPU-{k}-{index}", metric="gpu_util_percent", bucket=base + offset,
+                                           count=3, sum=mean * 3, min=mean, max=mean))
+    a, b = world.tenant("a").id, world.tenant("b").id
+    spans = [(a, nodes[0], base - timedelta(hours=1), base + timedelta(hours=2, minutes=12, microseconds=7)),
+             (b, nodes[0], base + timedelta(hours=2, minutes=12, microseconds=7), None),
+             (a, nodes[1], base + timedelta(minutes=3), base + timedelta(hours=5, minutes=3))]
+    leases = []
+    for tenant, node, start, end in spans:
+        leases.append(Lease(tenant_id=tenant, node_id=node.id, starts_at=start, ends_at=end, created_by="t"))
+        world.session.add(leases[-1])
+    world.session.commit()
+    expected: dict[int, dict[date, tuple[Decimal, Decimal]]] = {}
+    for lease, (_, node, start, end) in zip(leases, spans, strict=True):
+        clip = min(end or NOW, NOW)
+        # the mean as the database divides the rollup's sum by its count
+        inside = [(base + o, m * 3 / 3) for o, m in zip(offsets, means, strict=True) if max(start, T0) <= base + o < clip]
+        days: dict[date, tuple[Decimal, Decimal]] = {}
+        for _ in range(2):  # the node's two GPUs, the same samples each, one series after the other
+            _reference(days, [b for b, _ in inside], [m for _, m in inside], clip)
+        expected[lease.id] = days
+    return expected
+
+
+@pytest.mark.parametrize("per_query", [500, 0])  # a few leases named in the query, or one pass over the range
+def test_lease_utilisation_is_exactly_the_per_sample_walk(world: World, monkeypatch, per_query: int) -> None:
+    expected = _sampled_leases(world)
+    monkeypatch.setattr(efficiency_module, "LEASES_PER_QUERY", per_query)
+    figures = {f.lease.id: f for f in lease_figures(world.session, _principal(world, "admin"), T0, NOW, now=NOW)}
+    assert {lease_id: f.days for lease_id, f in figures.items() if f.days} == {k: v for k, v in expected.items() if v}
+    assert all(f.measured == sum((m for m, _ in f.days.values()), Decimal(0)) for f in figures.values())
+    assert sum(len(days) for days in expected.values()) >= 4  # across midnight, and every lease measured
+    mine = lease_figures(world.session, _principal(world, "b_member"), T0, NOW, now=NOW)
+    assert [f.lease.tenant_id for f in mine] == [world.tenant("b").id]
+
+
+def test_gpu_hours_by_model_sum_leases_from_leases_and_meter_the_rest_until_bills_change(world: World) -> None:
+    node = make_node_row(world, name="whole", gpus=2)  # two H100s (make_node_row's model)
+    model = "NVIDIA H100 80GB HBM3"
+    world.session.add(Lease(tenant_id=world.a.id, node_id=node.id, starts_at=datetime(2026, 3, 1, 0, 30, 0, 1, tzinfo=UTC),
+                            ends_at=datetime(2026, 3, 1, 2, tzinfo=UTC), created_by="t"))
+    mig = skus.gpu_hour(model, "3g.40gb")
+
+    def record(resource: str, sku: str, source: str, hour: datetime, tenant: int | None = None) -> None:
+        world.session.add(UsageRecord(tenant_id=tenant or world.a.id, resource_id=resource, sku=sku, quantity=Decimal(1),
+                                      quantity_parts=3_600_000_000, unit="GPU-hour", source=source, hour=hour))
+        world.session.commit()
+
+    hour = datetime(2026, 3, 1, 1, tzinfo=UTC)
+    record("whole", skus.gpu_hour(model), "lease", hour)  # the lease's own record: from the lease, not counted twice
+    record("ns/pod", skus.gpu_hour(model), "k8s", hour)
+    record("whole/0", mig, "lease", hour)  # a GPU instance lease
+    record("other", skus.gpu_hour(model), "k8s", hour, world.b.id)
+    start, end = datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 1, 6, tzinfo=UTC)
+    admin, a_member = _principal(world, "admin"), _principal(world, "a_member")
+    whole = (Decimal(3 * 60 * 60_000_000 - 2) / 3_600_000_000).quantize(Decimal("0.000001"))  # 1.5 h less 1 µs × 2 GPUs
+    assert gpu_hours_by_sku(world.session, a_member, start, end, None) == {
+        label(skus.gpu_hour(model)): whole + 1, label(mig): Decimal("1.000000")}
+    assert gpu_hours_by_sku(world.session, admin, start, end, None)[label(skus.gpu_hour(model))] == whole + 2
+    assert gpu_hours_by_sku(world.session, admin, start, end, world.b.id) == {label(skus.gpu_hour(model)): Decimal("1.000000")}
+    assert gpu_hours_by_sku(world.session, _principal(world, "b_member"), start, end, world.a.id) == {}
+    record("ns/pod", skus.gpu_hour(model), "k8s", hour + timedelta(hours=1))  # no bills run: still remembered
+    assert gpu_hours_by_sku(world.session, a_member, start, end, None)[label(skus.gpu_hour(model))] == whole + 1
+    world.session.add(Bill(tenant_id=world.a.id, period="2026-03", status="draft", currency="EUR", list_total=Decimal(0),
+                           total=Decimal(0)))
+    world.session.commit()
+    assert gpu_hours_by_sku(world.session, a_member, start, end, None)[label(skus.gpu_hour(model))] == whole + 2
+
+
+def _options(world: World, name: str, search: str | None, chosen: str | None) -> list[str]:
+    app = flask.Flask(__name__)
+    app.config["KILN_CONSOLE"] = ConsoleContext(settings=None, engine=world.session.get_bind(), state=None, codec=None)
+    with app.test_request_context("/"):
+        flask.g.principal = _principal(world, name)
+        return [o["value"] for o in tenant_options(search, chosen)]
+
+
+def test_the_tenant_picker_searches_the_callers_tenants_on_the_server(world: World, monkeypatch) -> None:
+    for k in range(5):
+        world.session.add(Tenant(name=f"Zeta {k} 100%_off", slug=f"zeta-{k}"))
+    world.session.commit()
+    monkeypatch.setattr(usage, "TENANT_CHOICES", 3)
+    slugs = sorted(world.session.exec(Tenant.__table__.select()).all(), key=lambda t: t.slug)
+    assert _options(world, "admin", None, usage.ALL) == [usage.ALL, *[t.slug for t in slugs[:3]]]
+    assert _options(world, "admin", "ZETA", usage.ALL) == [usage.ALL, "zeta-0", "zeta-1", "zeta-2"]
+    assert _options(world, "admin", "zeta 4", usage.ALL) == [usage.ALL, "zeta-4"]  # by name, case-insensitive
+    assert _options(world, "admin", "0%_", usage.ALL) == [usage.ALL, "zeta-0", "zeta-1", "zeta-2"]  # % and _ are text
+    assert _options(world, "admin", "1%_", usage.ALL) == [usage.ALL]
+    assert _options(world, "admin", "", "zeta-4") == [usage.ALL, *[t.slug for t in slugs[:3]], "zeta-4"]  # the choice kept
+    member = _options(world, "a_member", None, usage.ALL)
+    assert member == [usage.ALL, world.a.slug]
+    assert _options(world, "a_member", "tenant", world.b.slug) == [usage.ALL, world.a.slug]  # never another's
+    assert _options(world, "a_member", "zeta", usage.ALL) == [usage.ALL]
