@@ -30,7 +30,7 @@ from metering import budgets as budget_service
 from metering import views
 from metering.bills import billing_currency, get_bill_for
 from metering.carbon import EnergyLedger, emissions
-from metering.models import Bill, BillLine, UsageDay, UsageRecord
+from metering.models import Bill, BillLine, BudgetAlert, UsageDay, UsageRecord
 from metering.money import plain, round_amount
 from metering.periods import floor_hour, next_period, period_bounds, period_of
 from metering.rating import KIND_IDLE_SHARE
@@ -216,6 +216,27 @@ def budget_alerts(
     """Budget and quota alerts of the caller's tenants raised in the period, newest first."""
     alerts = [a for a in budget_service.list_alerts(session, principal, period) if tenant_id is None or a.tenant_id == tenant_id]
     return budget_service.alerts_public(session, alerts)
+
+
+def _alerts_of(statement: Any, principal: Principal, period: str, tenant_id: int | None) -> Any:
+    """`statement` over the period's alerts of the caller's tenants (VDC-wide ones to global roles only)."""
+    statement = principal.scope(statement.where(BudgetAlert.period == period), BudgetAlert.tenant_id)
+    return statement if tenant_id is None else statement.where(BudgetAlert.tenant_id == tenant_id)
+
+
+def alert_count(session: Session, principal: Principal, period: str, tenant_id: int | None = None) -> int:
+    """How many alerts `budget_alerts` lists."""
+    return session.exec(_alerts_of(select(func.count()).select_from(BudgetAlert), principal, period, tenant_id)).one()
+
+
+def alert_rows(session: Session, principal: Principal, period: str, tenant_id: int | None, offset: int,
+               limit: int) -> list[Any]:
+    """`limit` of the alerts `budget_alerts` lists, from `offset`, in its order (newest first): when,
+    tenant slug, threshold and message only, read in SQL."""
+    statement = (select(BudgetAlert.created_at, Tenant.slug.label("tenant"), BudgetAlert.threshold, BudgetAlert.message)
+                 .outerjoin(Tenant, col(Tenant.id) == BudgetAlert.tenant_id))
+    statement = _alerts_of(statement, principal, period, tenant_id).order_by(col(BudgetAlert.id).desc())
+    return list(session.exec(statement.offset(offset).limit(limit)).all())
 
 
 def bill_detail(session: Session, principal: Principal, bill_id: int) -> views.BillDetail:
