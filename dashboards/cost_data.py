@@ -30,7 +30,7 @@ from metering import budgets as budget_service
 from metering import views
 from metering.bills import billing_currency, get_bill_for
 from metering.carbon import EnergyLedger, emissions
-from metering.models import Bill, BillLine, BudgetAlert, UsageDay, UsageRecord
+from metering.models import Bill, BillLine, Budget, BudgetAlert, UsageDay, UsageRecord
 from metering.money import plain, round_amount
 from metering.periods import floor_hour, next_period, period_bounds, period_of
 from metering.rating import KIND_IDLE_SHARE
@@ -195,7 +195,11 @@ def budget_rows(session: Session, principal: Principal, period: str, tenant_id: 
     """The caller's budgets with what each has spent in the period (`metering.budgets.spend`; kg
     CO2e for emissions budgets, with `carbon`), its forecast at period end (`metering.budgets.forecast`)
     and its thresholds."""
-    budgets = [b for b in budget_service.list_budgets(session, principal) if tenant_id is None or b.tenant_id == tenant_id]
+    # `list_budgets`'s rows as plain rows, not objects (2,000 Budget objects were a tenth of a second)
+    statement = principal.scope(select(Budget.__table__).order_by(Budget.id), Budget.tenant_id)
+    if tenant_id is not None:
+        statement = statement.where(Budget.tenant_id == tenant_id)
+    budgets = list(session.connection().execute(statement).all())
     rows = []
     bills = budget_service.period_bills(session, period) if len(budgets) > 1 else None
     for budget, public in zip(budgets, budget_service.to_public(session, budgets), strict=True):
