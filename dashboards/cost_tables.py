@@ -25,7 +25,6 @@ from metering.budgets import CarbonContext
 
 KG = "kg CO2e"
 BUDGETS, ALERTS, BILLS = "budget-table", "costs-alert-table", "costs-bill-table"  # each grid is ID-grid
-GRIDS = [f"{table}-grid" for table in (BUDGETS, ALERTS, BILLS)]
 
 BUDGET_COLUMNS = (
     {"field": "tenant", "headerName": "Tenant", "maxWidth": 160}, {"field": "budget", "headerName": "Budget"},

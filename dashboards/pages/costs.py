@@ -7,7 +7,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import dash
-from dash import ClientsideFunction, Input, Output, State, dcc, html
+from dash import Input, Output, dcc, html
 from sqlmodel import Session, select
 
 from dashboards import cost_tables, server_grid
@@ -31,7 +31,6 @@ from dashboards.cost_tables import (
     BILLS,
     BUDGET_COLUMNS,
     BUDGETS,
-    GRIDS,
     amount,
     bill_cells,
     bill_columns,
@@ -91,7 +90,6 @@ def layout(bill: str | None = None, **_: str) -> html.Div:
                 dcc.Graph(id="costs-emissions-by-day"), element_id="emissions"),
         section("Budget alerts", html.Div(id="costs-alerts")),
         section("Bills", html.Div(id="costs-bills"), element_id="bills"),
-        dcc.Store(id="costs-grids", data=GRIDS), dcc.Store(id="costs-grids-asked"),
     ])
     return prefilled(page, OUTPUTS, update(ALL_TENANTS, period))
 
@@ -178,7 +176,3 @@ def register(app: dash.Dash) -> None:
     dash.register_page(__name__, path=PATH, name="Costs", title="Costs — Kiln", layout=layout, order=4)
     app.callback(*OUTPUTS, Input("costs-tenant", "value"), Input("costs-period", "value"), prevent_initial_call=True)(update)
     cost_tables.register(app)
-    # another tenant or period: the grids that stay ask for their first block again
-    app.clientside_callback(ClientsideFunction("kilnServerGrid", "refresh"), Output("costs-grids-asked", "data"),
-                            Input("costs-budget-table", "children"), Input("costs-alerts", "children"),
-                            Input("costs-bills", "children"), State("costs-grids", "data"), prevent_initial_call=True)
