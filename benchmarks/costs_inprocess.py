@@ -11,7 +11,6 @@ benchmark's baseline makes. Min and median seconds per line, `--repeat` times.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 from collections.abc import Callable

@@ -4,7 +4,6 @@ Tenants see their own tenants only; finance and infra admins all of them."""
 
 from __future__ import annotations
 
-from decimal import Decimal
 
 import dash
 from dash import Input, Output, dcc, html
