@@ -78,13 +78,9 @@ def table(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, empty: str, 
     return html.Div(html.Table([head, body], className="table"), **attrs)
 
 
-def data_grid(element_id: str, columns: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]], *, empty: str,
-              max_height: int = 440) -> html.Div:
-    """A long list as a sortable, filterable, virtualised table (AG Grid: the browser draws only the
-    visible rows, so hundreds of rows stay fast); the empty-state sentence when there are no rows.
-    A column with `"numeric": True` holds decimal strings, sorted and filtered as numbers."""
-    if not rows:
-        return html.Div(empty_state(empty), id=element_id)
+def grid_column_defs(columns: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """AG Grid column definitions of `columns`: one with `"numeric": True` holds decimal strings,
+    sorted and filtered as numbers and shown as the exact string."""
     defs = []
     for column in columns:
         numeric = column.get("numeric", False)
@@ -92,9 +88,20 @@ def data_grid(element_id: str, columns: Sequence[dict[str, Any]], rows: Sequence
         if numeric:  # sorted and filtered by the number, shown as the exact decimal string
             field = column["field"]
             spec.update(type="numericColumn", filter="agNumberColumnFilter",
-                        valueGetter={"function": f"params.data['{field}'] === '' ? null : Number(params.data['{field}'])"},
-                        valueFormatter={"function": f"params.data['{field}']"})
+                        valueGetter={"function": f"!params.data || params.data['{field}'] === '' ? null : Number(params.data['{field}'])"},
+                        valueFormatter={"function": f"params.data ? params.data['{field}'] : ''"})
         defs.append(spec)
+    return defs
+
+
+def data_grid(element_id: str, columns: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]], *, empty: str,
+              max_height: int = 440) -> html.Div:
+    """A long list as a sortable, filterable, virtualised table (AG Grid: the browser draws only the
+    visible rows, so hundreds of rows stay fast); the empty-state sentence when there are no rows.
+    A column with `"numeric": True` holds decimal strings, sorted and filtered as numbers."""
+    if not rows:
+        return html.Div(empty_state(empty), id=element_id)
+    defs = grid_column_defs(columns)
     grid = dag.AgGrid(
         id=f"{element_id}-grid", rowData=list(rows), columnDefs=defs,
         defaultColDef=GRID_COLUMN_DEFAULTS,

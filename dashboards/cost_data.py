@@ -30,7 +30,7 @@ from metering import budgets as budget_service
 from metering import views
 from metering.bills import billing_currency, get_bill_for
 from metering.carbon import EnergyLedger, emissions
-from metering.models import Bill, BillLine, UsageDay, UsageRecord
+from metering.models import Bill, BillLine, Budget, BudgetAlert, UsageDay, UsageRecord
 from metering.money import plain, round_amount
 from metering.periods import floor_hour, next_period, period_bounds, period_of
 from metering.rating import KIND_IDLE_SHARE
@@ -63,8 +63,12 @@ def bill_periods(session: Session, principal: Principal) -> list[str]:
     return sorted(session.exec(statement).all(), reverse=True)
 
 
-def _bills(session: Session, principal: Principal, period: str, tenant_id: int | None) -> list[Bill]:
-    return views.list_bills(session, principal, period=period, tenant_id=tenant_id)
+def _bills(session: Session, principal: Principal, period: str, tenant_id: int | None) -> list[Any]:
+    """`views.list_bills` of the period as plain rows, not Bill objects (2,000 of them cost a tenth of a second)."""
+    statement = principal.scope(select(Bill.__table__).where(Bill.period == period), Bill.tenant_id)
+    if tenant_id is not None:
+        statement = statement.where(Bill.tenant_id == tenant_id)
+    return list(session.connection().execute(statement.order_by(Bill.tenant_id)).all())
 
 
 def spend_summary(session: Session, principal: Principal, period: str, tenant_id: int | None = None) -> SpendSummary:
@@ -85,7 +89,7 @@ def spend_summary(session: Session, principal: Principal, period: str, tenant_id
     summary = SpendSummary(period=period, currency=bills[0].currency if bills else billing_currency(session, []))
     for bill in bills:
         forecast = round_amount(views.forecast_total(bill, lines[bill.id]), bill.currency)
-        fields = bill.model_dump(exclude={"tenant_id", "list_total", "total", "discount_percent"})
+        fields = {k: v for k, v in bill._asdict().items() if k not in ("tenant_id", "list_total", "total", "discount_percent")}
         public = views.BillPublic(**fields, tenant=slugs.get(bill.tenant_id, "?"), forecast_total=forecast,
                                   list_total=round_amount(Decimal(bill.list_total), bill.currency),
                                   total=round_amount(Decimal(bill.total), bill.currency),
@@ -195,7 +199,11 @@ def budget_rows(session: Session, principal: Principal, period: str, tenant_id: 
     """The caller's budgets with what each has spent in the period (`metering.budgets.spend`; kg
     CO2e for emissions budgets, with `carbon`), its forecast at period end (`metering.budgets.forecast`)
     and its thresholds."""
-    budgets = [b for b in budget_service.list_budgets(session, principal) if tenant_id is None or b.tenant_id == tenant_id]
+    # `list_budgets`'s rows as plain rows, not objects (2,000 Budget objects were a tenth of a second)
+    statement = principal.scope(select(Budget.__table__).order_by(Budget.id), Budget.tenant_id)
+    if tenant_id is not None:
+        statement = statement.where(Budget.tenant_id == tenant_id)
+    budgets = list(session.connection().execute(statement).all())
     rows = []
     bills = budget_service.period_bills(session, period) if len(budgets) > 1 else None
     for budget, public in zip(budgets, budget_service.to_public(session, budgets), strict=True):
@@ -216,6 +224,27 @@ def budget_alerts(
     """Budget and quota alerts of the caller's tenants raised in the period, newest first."""
     alerts = [a for a in budget_service.list_alerts(session, principal, period) if tenant_id is None or a.tenant_id == tenant_id]
     return budget_service.alerts_public(session, alerts)
+
+
+def _alerts_of(statement: Any, principal: Principal, period: str, tenant_id: int | None) -> Any:
+    """`statement` over the period's alerts of the caller's tenants (VDC-wide ones to global roles only)."""
+    statement = principal.scope(statement.where(BudgetAlert.period == period), BudgetAlert.tenant_id)
+    return statement if tenant_id is None else statement.where(BudgetAlert.tenant_id == tenant_id)
+
+
+def alert_count(session: Session, principal: Principal, period: str, tenant_id: int | None = None) -> int:
+    """How many alerts `budget_alerts` lists."""
+    return session.exec(_alerts_of(select(func.count()).select_from(BudgetAlert), principal, period, tenant_id)).one()
+
+
+def alert_rows(session: Session, principal: Principal, period: str, tenant_id: int | None, offset: int,
+               limit: int) -> list[Any]:
+    """`limit` of the alerts `budget_alerts` lists, from `offset`, in its order (newest first): when,
+    tenant slug, threshold and message only, read in SQL."""
+    statement = (select(BudgetAlert.created_at, Tenant.slug.label("tenant"), BudgetAlert.threshold, BudgetAlert.message)
+                 .outerjoin(Tenant, col(Tenant.id) == BudgetAlert.tenant_id))
+    statement = _alerts_of(statement, principal, period, tenant_id).order_by(col(BudgetAlert.id).desc())
+    return list(session.exec(statement.offset(offset).limit(limit)).all())
 
 
 def bill_detail(session: Session, principal: Principal, bill_id: int) -> views.BillDetail:

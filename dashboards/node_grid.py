@@ -23,6 +23,7 @@ from typing import Any
 from sqlmodel import Session, func, select
 
 from dashboards.fleet_data import node_rows
+from dashboards.server_grid import matches
 from fleet.models import Node
 from fleet.nodes import visible
 from kiln.auth import Principal
@@ -75,7 +76,7 @@ def _matching(session: Session, principal: Principal, words: list[str], filter_m
         kept = _kept.get(key)
     if kept and now - kept[0] < KEEP_S:
         return kept[1]
-    rows = [row for row in node_rows(session, principal) if _searched(row, words) and _filtered(row, filter_model)]
+    rows = [row for row in node_rows(session, principal) if _searched(row, words) and matches(row, filter_model, {"link": "name"})]
     for item in reversed(sort_model):  # stable sorts, least significant first
         field = "name" if item.get("colId") == "link" else item.get("colId")
         present = [r for r in rows if r.get(field) is not None]
@@ -97,33 +98,3 @@ def _searched(row: dict[str, Any], words: list[str]) -> bool:
         return True
     text = " ".join("" if row.get(field) is None else str(row[field]) for field in SEARCHED).lower()
     return all(word in text for word in words)
-
-
-def _filtered(row: dict[str, Any], filter_model: dict[str, Any]) -> bool:
-    for column, model in filter_model.items():
-        value = row.get("name" if column == "link" else column)
-        if "conditions" in model:
-            results = [_condition(value, c) for c in model["conditions"]]
-            if not (all(results) if model.get("operator", "AND") == "AND" else any(results)):
-                return False
-        elif not _condition(value, model):
-            return False
-    return True
-
-
-def _condition(value: Any, condition: dict[str, Any]) -> bool:
-    """One condition of AG Grid's text or number filter."""
-    kind, wanted = condition.get("type", "contains"), condition.get("filter")
-    blank = value is None or value == ""
-    if kind in ("blank", "notBlank"):
-        return blank == (kind == "blank")
-    if condition.get("filterType") == "number":
-        if blank or wanted is None:
-            return False
-        number, low, high = float(value), float(wanted), condition.get("filterTo")
-        return {"equals": number == low, "notEqual": number != low, "greaterThan": number > low,
-                "greaterThanOrEqual": number >= low, "lessThan": number < low, "lessThanOrEqual": number <= low,
-                "inRange": high is not None and low <= number <= float(high)}.get(kind, True)
-    text, wanted = ("" if value is None else str(value)).lower(), str(wanted or "").lower()
-    return {"contains": wanted in text, "notContains": wanted not in text, "equals": text == wanted,
-            "notEqual": text != wanted, "startsWith": text.startswith(wanted), "endsWith": text.endswith(wanted)}.get(kind, True)

@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict
+from pydantic_core import to_json
 from sqlmodel import select
 
 from kiln.api.deps import CurrentPrincipal, RowId, SessionDep
@@ -224,6 +225,12 @@ def delete_discount_endpoint(discount_id: RowId, session: SessionDep, principal:
     return Response(status_code=204)
 
 
+def _json(models: list[BaseModel]) -> Response:
+    """A list of models (already validated as they were built) as the response's JSON, the same bytes
+    FastAPI would send: its `response_model` validates thousands of rows (2,000 bills, 4,000 alerts) again."""
+    return Response(to_json(models), media_type="application/json")
+
+
 # --- bills ---------------------------------------------------------------------------------------
 
 @router.get("/bills", response_model=list[views.BillPublic], tags=["bills"], summary="List bills")
@@ -235,7 +242,7 @@ def list_bills_endpoint(
     if period is not None:
         parse_period(period, allow_future=True)
     found = views.list_bills(session, principal, period=period, tenant_id=_tenant_id(session, tenant), status=status)
-    return views.bill_public(session, found)
+    return _json(views.bill_public(session, found))
 
 
 @router.post("/bills/run", response_model=RunResult, tags=["bills"], summary="Build usage and draft bills (infra-admin, finance)")
@@ -292,7 +299,7 @@ def line_usage_endpoint(
 @router.get("/budgets", response_model=list[budget_service.BudgetPublic], tags=["budgets"], summary="List budgets")
 def list_budgets_endpoint(session: SessionDep, principal: CurrentPrincipal):
     """Budgets of your tenants (all for global roles)."""
-    return budget_service.to_public(session, budget_service.list_budgets(session, principal))
+    return _json(budget_service.to_public(session, budget_service.list_budgets(session, principal)))
 
 
 @router.post("/budgets", response_model=budget_service.BudgetPublic, status_code=201, tags=["budgets"], summary="Create a budget")
@@ -304,7 +311,7 @@ def create_budget_endpoint(data: budget_service.BudgetCreate, session: SessionDe
 @router.get("/budgets/alerts", response_model=list[budget_service.AlertPublic], tags=["budgets"], summary="Raised alerts")
 def alerts_endpoint(session: SessionDep, principal: CurrentPrincipal, period: str | None = None):
     """Budget and GPU-hours quota alerts of your tenants, newest first, with delivery status."""
-    return budget_service.alerts_public(session, budget_service.list_alerts(session, principal, period))
+    return _json(budget_service.alerts_public(session, budget_service.list_alerts(session, principal, period)))
 
 
 @router.get("/budgets/{budget_id}", response_model=budget_service.BudgetPublic, tags=["budgets"], summary="Read a budget")

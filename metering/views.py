@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from pydantic import BaseModel
 from sqlmodel import Session, col, select
 
 from kiln.auth import Principal
+from kiln.db import among
 from kiln.errors import NotFound
 from kiln.models import Tenant
 from metering.models import DRAFT, Bill, BillLine, IdleCharge, UsageRecord
@@ -98,8 +100,11 @@ class IdleChargePublic(BaseModel):
 
 
 def tenant_slugs(session: Session, ids: set[int]) -> dict[int, str]:
-    """Tenant id → slug for these ids."""
-    return dict(session.exec(select(Tenant.id, Tenant.slug).where(col(Tenant.id).in_(ids))).all()) if ids else {}
+    """Tenant id → slug for these ids (2,000 ids are not bound one by one: `kiln.db.among`)."""
+    if not ids:
+        return {}
+    rows = session.exec(select(Tenant.id, Tenant.slug).where(among(Tenant.id, list(ids)))).all()
+    return {tenant_id: slug for tenant_id, slug in rows if tenant_id in ids}
 
 
 def lines_of(session: Session, bill_id: int) -> list[BillLine]:
@@ -148,9 +153,10 @@ def line_public(line: BillLine) -> BillLinePublic:
 def bill_public(session: Session, bills: list[Bill], *, with_lines: bool = False) -> list[BillPublic]:
     """Bills as the API shows them, with tenant slugs and forecasts."""
     slugs = tenant_slugs(session, {b.tenant_id for b in bills})
+    costs = {} if with_lines else line_costs(session, bills)
     result = []
     for bill in bills:
-        lines = lines_of(session, bill.id)
+        lines = lines_of(session, bill.id) if with_lines else costs.get(bill.id, [])
         fields = bill.model_dump(exclude={"tenant_id"})
         money = {name: round_amount(Decimal(fields[name]), bill.currency) for name in ("list_total", "total")}
         public = dict(fields, **money, discount_percent=plain(bill.discount_percent), tenant=slugs.get(bill.tenant_id, "?"),
@@ -160,6 +166,22 @@ def bill_public(session: Session, bills: list[Bill], *, with_lines: bool = False
         else:
             result.append(BillPublic(**public))
     return result
+
+
+def line_costs(session: Session, bills: list[Bill]) -> dict[int, list[Any]]:
+    """What `forecast_total` reads of the bills' lines (kind, contracted cost), per bill id: one query
+    per period, not one per bill (2,000 bills were 2,000 queries)."""
+    wanted: dict[str, set[int]] = {}
+    for bill in bills:
+        wanted.setdefault(bill.period, set()).add(bill.id)
+    out: dict[int, list[Any]] = {}
+    for period, ids in wanted.items():
+        statement = (select(BillLine.bill_id, BillLine.kind, BillLine.contracted_cost)
+                     .join(Bill, col(Bill.id) == BillLine.bill_id).where(Bill.period == period, among(BillLine.bill_id, list(ids))))
+        for line in session.exec(statement).all():
+            if line.bill_id in ids:
+                out.setdefault(line.bill_id, []).append(line)
+    return out
 
 
 def list_bills(

@@ -212,6 +212,25 @@ def test_a_tenants_cost_page_and_files_never_show_another_tenant(console: CostCo
     page.context.close()
 
 
+def test_an_admin_picking_a_tenant_gets_that_tenants_rows_in_the_server_paged_grids(console: CostConsole) -> None:
+    """The bill and budget grids ask the server for their rows (dashboards.cost_tables): picking one
+    tenant asks again, and only that tenant's rows come back."""
+    a_bill, b_bill = console.bill("tenant-a", console.previous), console.bill("tenant-b", console.previous)
+    page, errors = console.page_as("ops-admin", "/costs")
+    page.wait_for_selector("#budget-table .ag-cell")
+    _choose(page, "costs-period", console.previous)
+    page.wait_for_selector(f"#costs-bill-table a[href='/costs/bills/{b_bill.id}']")
+    assert "tenant-b monthly" in page.inner_text("#budget-table")
+    page.click("#costs-tenant")
+    page.get_by_role("option", name=re.compile(r"\(tenant-a\)$")).click()
+    page.wait_for_selector(f"#costs-bill-table a[href='/costs/bills/{b_bill.id}']", state="detached")
+    page.wait_for_selector(f"#costs-bill-table a[href='/costs/bills/{a_bill.id}']")
+    page.wait_for_function("!document.querySelector('#budget-table').innerText.includes('tenant-b')")
+    assert "tenant-a monthly" in page.inner_text("#budget-table") and "tenant-b" not in page.inner_text("#costs-bill-table")
+    assert errors.messages == []
+    page.context.close()
+
+
 def test_a_downloaded_bill_totals_what_the_api_says_and_drills_down(console: CostConsole) -> None:
     bill = console.bill("tenant-a", console.previous)
     api = console.api("alice", f"/api/v1/bills/{bill.id}")

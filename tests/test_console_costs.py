@@ -204,13 +204,13 @@ def test_budgets_show_their_forecast(world: World) -> None:
     assert (row["spent"], row["percent"], row["forecast"], row["forecast_percent"]) == (
         Decimal("480.00"), Decimal("48.0"), Decimal("1488.00"), Decimal("148.8"))
     assert budget_rows(world.session, principal(world, "b_member"), PERIOD) == []
-    from dashboards.pages.costs import budget_state, budget_table
+    from dashboards.cost_tables import budget_cells, budget_state
 
     assert budget_state(row["percent"], row["forecast_percent"], row["thresholds"]) == "forecast to cross 100 %"
     assert budget_state(Decimal("85"), Decimal("90"), [50, 80, 100]) == "spent past 80 %"
     assert budget_state(Decimal("10"), Decimal("40"), [50, 80, 100]) == "on track"
     assert budget_state(Decimal("100"), Decimal("100"), [50, 80, 100]) == "over budget"
-    (cells,) = budget_table([row]).children.rowData
+    (cells,) = budget_cells([row])
     assert (cells["spent"], cells["forecast"], cells["forecast_percent"], cells["state"]) == (
         "€480.00", "€1,488.00", "148.8", "forecast to cross 100 %")
 

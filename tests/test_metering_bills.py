@@ -188,6 +188,25 @@ def test_the_forecast_does_not_drift_between_bills_runs(world: World) -> None:
     assert (public.total, public.forecast_total, public.usage_through) == (D("960.00"), D("1488.00"), at("2026-10-21T00:00"))
 
 
+def test_a_list_of_bills_of_several_periods_has_each_bills_own_forecast(world: World) -> None:
+    """The bill list reads the lines' costs a period at a time (not a query per bill): each bill's
+    forecast is still its own lines', as its detail has it."""
+    from metering.views import bill_public, list_bills
+
+    card(world, GPU_SKU, "2.00")
+    lease(world, node(world, gpus=1), "a", "2026-09-20T00:00", None)
+    lease(world, node(world, gpus=2), "b", "2026-10-05T00:00", None)
+    run(world, period="2026-09", now="2026-10-01T00:00")
+    run(world, period="2026-10", now="2026-10-11T00:00")
+    bills = list_bills(world.session, SYSTEM)
+    assert len(bills) == 3
+    listed = bill_public(world.session, bills)
+    detailed = [bill_public(world.session, [bill], with_lines=True)[0] for bill in bills]
+    assert [(b.id, b.forecast_total) for b in listed] == [(b.id, b.forecast_total) for b in detailed]
+    assert {(b.tenant, b.period, b.forecast_total) for b in listed} == {
+        ("tenant-a", "2026-10", D("1488.00")), ("tenant-b", "2026-10", D("1785.60")), ("tenant-a", "2026-09", D("528.00"))}
+
+
 def test_the_worker_job_keeps_the_running_periods_draft_current(world: World, settings) -> None:
     from datetime import timedelta
 

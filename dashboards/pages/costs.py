@@ -4,16 +4,17 @@ Tenants see their own tenants only; finance and infra admins all of them."""
 
 from __future__ import annotations
 
-from decimal import Decimal
 
 import dash
 from dash import Input, Output, dcc, html
+from sqlmodel import Session, select
 
-from dashboards.components import data_grid, prefilled, section, stat, when
+from dashboards import cost_tables, server_grid
+from dashboards.components import prefilled, section, stat
 from dashboards.context import console_context, current_principal, db_session
 from dashboards.cost_data import (
+    alert_count,
     bill_periods,
-    budget_alerts,
     budget_rows,
     emissions_summary,
     spend_by_day,
@@ -23,9 +24,23 @@ from dashboards.cost_data import (
 from dashboards.figures import Figure, bars, empty_figure, share_bars, stacked_bars
 from dashboards.hints import for_role
 from dashboards.numbers import money, percent, quantity
+from dashboards.cost_tables import (
+    ALERT_COLUMNS,
+    ALERTS,
+    BILLS,
+    BUDGET_COLUMNS,
+    BUDGETS,
+    amount,
+    bill_cells,
+    bill_columns,
+    budget_cells,
+    list_key,
+)
 from dashboards.pages.bill import bill_url
 from dashboards.tenancy_data import visible_tenants
+from kiln.auth import Principal
 from kiln.db import utcnow
+from kiln.models import Tenant
 from metering.budgets import CarbonContext
 from metering.periods import period_of
 from metering.sku_labels import label
@@ -83,73 +98,20 @@ def budget_figure(rows: list[dict]) -> Figure:
     if not rows:
         return empty_figure("Budgets", "No budget is set for these tenants: `POST /api/v1/budgets` or ask finance.")
     labels = [f"{r['tenant']} · {r['name']}" for r in rows]
-    text = [f"{_amount(r['spent'], r['currency'])} of {_amount(r['amount'], r['currency'])} ({percent(r['percent'])})"
+    text = [f"{amount(r['spent'], r['currency'])} of {amount(r['amount'], r['currency'])} ({percent(r['percent'])})"
             for r in rows]
     return share_bars("Budgets: spend this period (% of budget)", "spent (% of budget)", labels,
                       [float(r["percent"]) for r in rows], text, [t for r in rows for t in r["thresholds"]],
                       warn_at=[min(r["thresholds"]) for r in rows])
 
 
-def _amount(value: Decimal, currency: str) -> str:
-    """Money for a money budget, kg CO2e for an emissions budget (its "currency")."""
-    return quantity(value, KG) if currency == KG else money(value, currency)
-
-
-def budget_state(spent_percent: Decimal, forecast_percent: Decimal, thresholds: list[int]) -> str:
-    """Over budget; the highest threshold the forecast will cross that the spend has not; the
-    highest the spend has crossed; or on track."""
-    if spent_percent >= 100:
-        return "over budget"
-    ahead = [t for t in thresholds if spent_percent < t <= forecast_percent]
-    if ahead:
-        return f"forecast to cross {max(ahead)} %"
-    passed = [t for t in thresholds if t <= spent_percent]
-    return f"spent past {max(passed)} %" if passed else "on track"
-
-
-BUDGET_COLUMNS = (
-    {"field": "tenant", "headerName": "Tenant", "maxWidth": 160}, {"field": "budget", "headerName": "Budget"},
-    {"field": "amount", "headerName": "Amount"}, {"field": "spent", "headerName": "Spent"},
-    {"field": "forecast", "headerName": "Forecast at period end"},
-    {"field": "forecast_percent", "headerName": "Forecast (% of budget)", "numeric": True},
-    {"field": "state", "headerName": "State", "cellClassRules": {"warning": "params.data.state !== 'on track'"}},
-)
-
-
-def budget_table(rows: list[dict]) -> html.Div:
-    """Each budget's spend and forecast against its amount, as a sortable grid (a virtualised grid:
-    200 budgets as an HTML table were ~1,600 elements to draw); a forecast that will cross the
-    first threshold is flagged before the spend does."""
-    return data_grid("budget-table", BUDGET_COLUMNS, [
-        {"tenant": r["tenant"], "budget": r["name"], "amount": _amount(r["amount"], r["currency"]),
-         "spent": _amount(r["spent"], r["currency"]), "forecast": _amount(r["forecast"], r["currency"]),
-         "forecast_percent": str(r["forecast_percent"]),
-         "state": budget_state(r["percent"], r["forecast_percent"], r["thresholds"])} for r in rows],
-        empty="No budget is set for these tenants.", max_height=300)
-
-
-ALERT_COLUMNS = (
-    {"field": "when", "headerName": "When", "minWidth": 190, "maxWidth": 210}, {"field": "tenant", "headerName": "Tenant", "maxWidth": 160},
-    {"field": "threshold", "headerName": "Threshold (%)", "maxWidth": 140, "numeric": True},
-    {"field": "message", "headerName": "Message", "minWidth": 400, "tooltipField": "message"},
-)
-
-
-def bill_columns(currency: str) -> tuple[dict, ...]:
-    """The bill list's columns: a link to each bill's detail, amounts sortable as numbers."""
-    return ({"field": "bill", "headerName": "Bill", "cellRenderer": "markdown", "maxWidth": 110},
-            {"field": "tenant", "headerName": "Tenant"}, {"field": "period", "headerName": "Period", "maxWidth": 120},
-            {"field": "status", "headerName": "Status", "maxWidth": 130},
-            {"field": "billed", "headerName": f"Billed ({currency})", "numeric": True},
-            {"field": "forecast", "headerName": f"Forecast ({currency})", "numeric": True},
-            {"field": "updated", "headerName": "Updated"})
-
-
-def _tenant_id(tenant_slug: str | None, tenants: dict) -> int | None:
+def chosen_tenant(session: Session, principal: Principal, tenant_slug: str | None) -> int | None:
+    """The id of the tenant picked (None: all the caller's); -1, which matches nothing, for a tenant
+    that is not one of the caller's: show nothing rather than everything."""
     if tenant_slug in (None, ALL_TENANTS):
         return None
-    tenant = tenants.get(tenant_slug)
-    return tenant.id if tenant else -1  # not one of the caller's tenants: show nothing rather than everything
+    tenant_id = session.exec(select(Tenant.id).where(Tenant.slug == tenant_slug)).first()
+    return tenant_id if tenant_id is not None and principal.can_see(tenant_id) else -1
 
 
 def update(tenant_slug: str | None, period: str | None) -> tuple:
@@ -157,13 +119,13 @@ def update(tenant_slug: str | None, period: str | None) -> tuple:
     principal = current_principal()
     period = period or period_of(utcnow())
     with db_session() as session:
-        tenant_id = _tenant_id(tenant_slug, {t.slug: t for t in visible_tenants(session, principal)})
+        tenant_id = chosen_tenant(session, principal, tenant_slug)
         summary = spend_summary(session, principal, period, tenant_id)
         by_sku = spend_by_sku(session, principal, period, tenant_id)
         by_day = spend_by_day(session, principal, period, tenant_id)
         carbon = CarbonContext.of(console_context().settings)
         budgets = budget_rows(session, principal, period, tenant_id, carbon)
-        alerts = budget_alerts(session, principal, period, tenant_id)
+        alerts = alert_count(session, principal, period, tenant_id)
         energy = emissions_summary(session, principal, period, tenant_id, carbon)
     currency = summary.currency
     stats = [stat("spent to date", money(summary.to_date, currency), "stat-spent"),
@@ -177,14 +139,16 @@ def update(tenant_slug: str | None, period: str | None) -> tuple:
     by_month_day = {label(sku): {day[5:]: amount for day, amount in days.items()} for sku, days in by_day.items()}  # MM-DD
     day_figure = stacked_bars(f"Usage spend per day, {period}", "day (MM-DD, UTC)", f"rated ({currency})", by_month_day,
                               empty_reason=f"No usage in {period} for these tenants.")
-    alert_table = data_grid("costs-alert-table", ALERT_COLUMNS, [
-        {"when": when(a.created_at), "tenant": a.tenant or "—", "threshold": a.threshold, "message": a.message} for a in alerts],
-        empty=f"No budget or quota threshold crossed in {period}.", max_height=300)
-    bill_table = data_grid("costs-bill-table", bill_columns(currency), [
-        {"bill": f"[#{b.id}]({bill_url(b.id)})", "tenant": b.tenant, "period": b.period, "status": b.status,
-         "billed": str(b.total), "forecast": str(b.forecast_total), "updated": when(b.updated_at)} for b in summary.bills],
-        empty=why)
-    return (stats, sku_figure, day_figure, budget_figure(budgets), budget_table(budgets), alert_table, bill_table,
+    # the grids ask for their rows a block at a time (dashboards.cost_tables): the budgets' and bills' are kept
+    bill_cells_ = bill_cells(summary.bills)
+    server_grid.keep(list_key(BILLS, principal, tenant_slug, period), bill_cells_)
+    server_grid.keep(list_key(BUDGETS, principal, tenant_slug, period), budget_cells(budgets))
+    alert_table = server_grid.paged_grid(ALERTS, ALERT_COLUMNS, alerts, empty=f"No budget or quota threshold crossed in {period}.",
+                                         max_height=300)
+    bill_table = server_grid.paged_grid(BILLS, bill_columns(currency), len(bill_cells_), empty=why)
+    budget_table = server_grid.paged_grid(BUDGETS, BUDGET_COLUMNS, len(budgets), empty="No budget is set for these tenants.",
+                                          max_height=300)
+    return (stats, sku_figure, day_figure, budget_figure(budgets), budget_table, alert_table, bill_table,
             *emissions_parts(energy, period))
 
 
@@ -210,3 +174,4 @@ def register(app: dash.Dash) -> None:
     """Register the page and its callbacks on the console app."""
     dash.register_page(__name__, path=PATH, name="Costs", title="Costs — Kiln", layout=layout, order=4)
     app.callback(*OUTPUTS, Input("costs-tenant", "value"), Input("costs-period", "value"), prevent_initial_call=True)(update)
+    cost_tables.register(app)
