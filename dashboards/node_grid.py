@@ -9,31 +9,27 @@ nodes, as before.
   picks the block's node ids in name order and only those rows are built (milliseconds at
   10,000 nodes).
 - Sorting by, filtering on or searching any other column: every visible row is built (about
-  half a second at 10,000 nodes), filtered and sorted here as AG Grid would, and kept for
-  `KEEP_S` per caller and query so the next pages are instant; a finished bulk action forgets it.
+  half a second at 10,000 nodes), filtered and sorted as AG Grid would (`dashboards.server_grid`), and
+  kept there per caller and query so the next pages are instant; a finished bulk action forgets it.
 """
 
 from __future__ import annotations
 
 import json
-import threading
-import time
 from typing import Any
 
 from sqlmodel import Session, func, select
 
+from dashboards import server_grid
 from dashboards.fleet_data import node_rows
 from dashboards.server_grid import matches
 from fleet.models import Node
 from fleet.nodes import visible
 from kiln.auth import Principal
 
-KEEP_S = 30.0
-KEPT_QUERIES = 16
+LINK = {"link": "name"}  # the link column shows, filters and sorts by the node's name
 SEARCHED = ("name", "provision_state", "power_state", "maintenance", "health", "power_watts", "max_temp_c", "gpus",
             "gpu_model", "rack", "vdc", "tenant", "last_error")
-_kept: dict[tuple, tuple[float, list[dict[str, Any]]]] = {}
-_lock = threading.Lock()
 
 
 def rows_block(session: Session, principal: Principal, request: dict[str, Any], search: str | None = None) -> dict[str, Any]:
@@ -64,32 +60,18 @@ def matching_names(session: Session, principal: Principal, search: str | None, f
 
 def forget() -> None:
     """Drop every kept query result (the nodes changed)."""
-    with _lock:
-        _kept.clear()
+    server_grid.forget()
 
 
 def _matching(session: Session, principal: Principal, words: list[str], filter_model: dict, sort_model: list) -> list[dict]:
-    key = (principal.username, principal.role, principal.tenant_ids, tuple(words),
-           json.dumps(filter_model, sort_keys=True), json.dumps(sort_model, sort_keys=True))
-    now = time.monotonic()
-    with _lock:
-        kept = _kept.get(key)
-    if kept and now - kept[0] < KEEP_S:
-        return kept[1]
-    rows = [row for row in node_rows(session, principal) if _searched(row, words) and matches(row, filter_model, {"link": "name"})]
-    for item in reversed(sort_model):  # stable sorts, least significant first
-        field = "name" if item.get("colId") == "link" else item.get("colId")
-        present = [r for r in rows if r.get(field) is not None]
-        present.sort(key=lambda r: r[field], reverse=item.get("sort") == "desc")
-        missing = [r for r in rows if r.get(field) is None]  # AG Grid puts empty values first ascending
-        rows = missing + present if item.get("sort") != "desc" else present + missing
-    with _lock:
-        for stale in [k for k, (at, _) in _kept.items() if now - at >= KEEP_S]:
-            del _kept[stale]
-        while len(_kept) >= KEPT_QUERIES:
-            del _kept[next(iter(_kept))]  # the oldest
-        _kept[key] = (now, rows)
-    return rows
+    key = ("nodes", server_grid.caller_key(principal), tuple(words), json.dumps(filter_model, sort_keys=True),
+           json.dumps(sort_model, sort_keys=True))
+
+    def build() -> list[dict]:
+        rows = [row for row in node_rows(session, principal) if _searched(row, words) and matches(row, filter_model, LINK)]
+        return server_grid.sort_rows(rows, sort_model, set(), LINK)
+
+    return server_grid.kept(key, build)
 
 
 def _searched(row: dict[str, Any], words: list[str]) -> bool:
