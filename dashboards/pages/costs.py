@@ -21,7 +21,7 @@ from dashboards.cost_data import (
     spend_by_sku,
     spend_summary,
 )
-from dashboards.figures import Figure, bars, empty_figure, share_bars, stacked_bars
+from dashboards.figures import SHARE_BARS_SHOWN, Figure, bars, empty_figure, share_bars, stacked_bars
 from dashboards.hints import for_role
 from dashboards.numbers import money, percent, quantity
 from dashboards.cost_tables import (
@@ -97,12 +97,13 @@ def budget_figure(rows: list[dict]) -> Figure:
     """Each budget's spend as a share of its amount, with a line at every threshold."""
     if not rows:
         return empty_figure("Budgets", "No budget is set for these tenants: `POST /api/v1/budgets` or ask finance.")
-    labels = [f"{r['tenant']} · {r['name']}" for r in rows]
+    shown = sorted(rows, key=lambda r: -r["percent"])[:SHARE_BARS_SHOWN]  # only the drawn bars' labels are formatted
+    labels = [f"{r['tenant']} · {r['name']}" for r in shown]
     text = [f"{amount(r['spent'], r['currency'])} of {amount(r['amount'], r['currency'])} ({percent(r['percent'])})"
-            for r in rows]
+            for r in shown]
     return share_bars("Budgets: spend this period (% of budget)", "spent (% of budget)", labels,
-                      [float(r["percent"]) for r in rows], text, [t for r in rows for t in r["thresholds"]],
-                      warn_at=[min(r["thresholds"]) for r in rows])
+                      [float(r["percent"]) for r in shown], text, [t for r in rows for t in r["thresholds"]],
+                      warn_at=[min(r["thresholds"]) for r in shown], of=len(rows))
 
 
 def chosen_tenant(session: Session, principal: Principal, tenant_slug: str | None) -> int | None:
