@@ -153,14 +153,17 @@ def grouped_bars(title: str, x_title: str, y_title: str, categories: Sequence[st
 
 
 def share_bars(title: str, x_title: str, labels: Sequence[str], shares: Sequence[float], text: Sequence[str],
-               thresholds: Sequence[float], *, warn_at: Sequence[float], limit: int = SHARE_BARS_SHOWN) -> Figure:
+               thresholds: Sequence[float], *, warn_at: Sequence[float], limit: int = SHARE_BARS_SHOWN,
+               of: int | None = None) -> Figure:
     """Horizontal bars of shares in percent (green, amber from each bar's `warn_at`, red from
     100 %), one dashed line per threshold: quota use, budget spend. Only the `limit` largest
-    shares are drawn (the title says so): the full list is in the page's table."""
+    shares are drawn (the title says so): the full list is in the page's table. `of`: how many
+    shares there are in all, when the caller passes only the largest."""
     bars_ = sorted(zip(shares, labels, text, warn_at, strict=True), key=lambda bar: -bar[0])
-    if len(bars_) > limit:
-        title = f"{title}: the {limit} highest of {len(bars_)}"
-        bars_ = bars_[:limit]
+    total = max(len(bars_), of or 0)
+    bars_ = bars_[:limit]
+    if total > len(bars_):
+        title = f"{title}: the {len(bars_)} highest of {total}"
     shares, labels, text, warn_at = (list(column) for column in zip(*bars_, strict=True))
     colors = [LIMIT_COLOR if s >= 100 else WARNING_COLOR if s >= w else OK_COLOR for s, w in zip(shares, warn_at, strict=True)]
     bar = trace("bar", y=labels, x=shares, orientation="h", marker={"color": colors}, text=text, textposition="auto")

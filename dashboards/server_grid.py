@@ -5,8 +5,10 @@ and draw on the costs page).
 
 - `paged_grid`: the grid, with no rows in it; its `getRowsRequest` asks the page's callback for a block.
 - `block`: one block of a list built on the server, filtered and sorted as AG Grid would.
-- `kept`: a built list kept for `KEEP_S` per caller and query, so that the blocks the grid asks for
-  right after the page's callback built the list (and the pages after them) are not built again.
+- `kept`: a list kept for `KEEP_S` per caller and query, so that the blocks the grid asks for
+  right after the page's callback read the list (and the pages after them) are not read again. The
+  callback keeps what builds the rows, not the rows: they are built when the grid first asks
+  (formatting 2,000 budgets' and bills' cells was a tenth of a second of the callback).
 - `matches`: AG Grid's text and number column filters (the node table's too).
 """
 
@@ -27,7 +29,8 @@ from kiln.auth import Principal
 KEEP_S = 60.0
 KEPT_LISTS = 32
 PAGE_SIZE = 50
-_kept: dict[tuple, tuple[float, list[dict[str, Any]]]] = {}
+Rows = list[dict[str, Any]]
+_kept: dict[tuple, tuple[float, Rows | Callable[[], Rows]]] = {}
 _lock = threading.Lock()
 
 
@@ -54,8 +57,9 @@ def caller_key(principal: Principal) -> tuple:
     return principal.username, principal.role, tuple(sorted(principal.tenant_ids))
 
 
-def keep(key: tuple, rows: list[dict[str, Any]]) -> None:
-    """Keep `rows` (a whole list, built for the caller and query in `key`) for `KEEP_S`."""
+def keep(key: tuple, rows: Rows | Callable[[], Rows]) -> None:
+    """Keep `rows` (a whole list for the caller and query in `key`, or what builds it when it is
+    first asked for) for `KEEP_S`."""
     now = time.monotonic()
     with _lock:
         for stale in [k for k, (at, _) in _kept.items() if now - at >= KEEP_S]:
@@ -65,12 +69,18 @@ def keep(key: tuple, rows: list[dict[str, Any]]) -> None:
         _kept[key] = (now, rows)
 
 
-def kept(key: tuple, build: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """The list kept under `key`, or `build()` (then kept)."""
+def kept(key: tuple, build: Callable[[], Rows]) -> Rows:
+    """The list kept under `key` (built now if what was kept builds it), or `build()` (then kept)."""
     with _lock:
         found = _kept.get(key)
     if found and time.monotonic() - found[0] < KEEP_S:
-        return found[1]
+        if not callable(found[1]):
+            return found[1]
+        rows = found[1]()
+        with _lock:
+            if _kept.get(key) is found:  # still the same (neither replaced nor dropped meanwhile)
+                _kept[key] = (found[0], rows)
+        return rows
     rows = build()
     keep(key, rows)
     return rows

@@ -102,3 +102,27 @@ def test_blocks_sort_and_filter_as_the_grid_would_with_exact_amounts(billed: Wor
     over = {"filterModel": {"threshold": {"filterType": "number", "type": "greaterThanOrEqual", "filter": 100}}}
     alerts = as_caller(admin, lambda: rows_block(ALERTS, {**FIRST, **over}, ALL_TENANTS, PERIOD))
     assert alerts["rowCount"] >= 1 and all(r["threshold"] >= 100 for r in alerts["rowData"])
+
+
+def test_the_page_callback_keeps_the_lists_and_a_grid_builds_their_cells_once(billed: World, as_caller,
+                                                                              monkeypatch) -> None:  # noqa: ANN001
+    from dashboards import cost_tables
+    from dashboards.pages import costs
+
+    admin, member_a = principal(billed, "admin"), principal(billed, "a_member")
+    built: list[str] = []
+    for name in ("bill_cells", "budget_cells"):
+        real = getattr(cost_tables, name)
+        monkeypatch.setattr(costs, name, lambda rows, real=real, name=name: built.append(name) or real(rows))
+    as_caller(admin, lambda: update(ALL_TENANTS, PERIOD))
+    assert built == []  # nothing formatted before a grid asks
+    first = as_caller(admin, lambda: rows_block(BILLS, FIRST, ALL_TENANTS, PERIOD))
+    second = as_caller(admin, lambda: rows_block(BILLS, {"startRow": 1, "endRow": 2}, ALL_TENANTS, PERIOD))
+    budgets = as_caller(admin, lambda: rows_block(BUDGETS, FIRST, ALL_TENANTS, PERIOD))
+    assert built == ["bill_cells", "budget_cells"]  # each list once, then kept
+    assert second["rowData"] == first["rowData"][1:2] and first["rowCount"] == 2
+    assert {r["tenant"] for r in budgets["rowData"]} == {"tenant-a", "tenant-b"}
+    assert sum(Decimal(r["billed"]) for r in first["rowData"]) == spend_summary(billed.session, admin, PERIOD).to_date
+    # what the admin's callback kept is never a member's: theirs is built for them
+    mine = as_caller(member_a, lambda: rows_block(BILLS, FIRST, ALL_TENANTS, PERIOD))["rowData"]
+    assert mine and {r["tenant"] for r in mine} == {"tenant-a"}

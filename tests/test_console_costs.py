@@ -270,3 +270,22 @@ def test_setup_hints_are_for_infra_admins_only(world: World) -> None:
     assert "KILN_OPENCOST_URL" in opencost_notice(admin, connected=False)
     assert "kiln_collector_up" not in opencost_notice(finance, connected=True)
     assert "kiln_collector_up" in opencost_notice(admin, connected=True)
+
+
+def test_the_budget_chart_formats_only_the_bars_it_draws(monkeypatch) -> None:  # noqa: ANN001
+    """30 budgets: the 25 most spent (as a share) are drawn, labelled with exact amounts; the rest
+    are counted in the title, not formatted."""
+    from dashboards.pages import costs
+
+    rows = [{"tenant": f"tenant-{i:02d}", "name": "monthly", "currency": "EUR", "amount": Decimal("1000.00"),
+             "spent": Decimal(i * 10) + Decimal("0.01"), "percent": (Decimal(i * 10) + Decimal("0.01")) / 10,
+             "thresholds": [80, 100]} for i in range(30)]
+    formatted: list[Decimal] = []
+    real = costs.amount
+    monkeypatch.setattr(costs, "amount", lambda value, currency: formatted.append(value) or real(value, currency))
+    figure = costs.budget_figure(rows)
+    bar = figure["data"][0]
+    assert figure["layout"]["title"]["text"] == "Budgets: spend this period (% of budget): the 25 highest of 30"
+    assert bar["y"] == [f"tenant-{i:02d} · monthly" for i in range(29, 4, -1)]
+    assert bar["text"][0] == "€290.01 of €1,000.00 (29.0 %)"
+    assert len(formatted) == 2 * 25

@@ -21,7 +21,7 @@ from dashboards.cost_data import (
     spend_by_sku,
     spend_summary,
 )
-from dashboards.figures import Figure, bars, empty_figure, share_bars, stacked_bars
+from dashboards.figures import SHARE_BARS_SHOWN, Figure, bars, empty_figure, share_bars, stacked_bars
 from dashboards.hints import for_role
 from dashboards.numbers import money, percent, quantity
 from dashboards.cost_tables import (
@@ -97,12 +97,13 @@ def budget_figure(rows: list[dict]) -> Figure:
     """Each budget's spend as a share of its amount, with a line at every threshold."""
     if not rows:
         return empty_figure("Budgets", "No budget is set for these tenants: `POST /api/v1/budgets` or ask finance.")
-    labels = [f"{r['tenant']} · {r['name']}" for r in rows]
+    shown = sorted(rows, key=lambda r: -r["percent"])[:SHARE_BARS_SHOWN]  # only the drawn bars' labels are formatted
+    labels = [f"{r['tenant']} · {r['name']}" for r in shown]
     text = [f"{amount(r['spent'], r['currency'])} of {amount(r['amount'], r['currency'])} ({percent(r['percent'])})"
-            for r in rows]
+            for r in shown]
     return share_bars("Budgets: spend this period (% of budget)", "spent (% of budget)", labels,
-                      [float(r["percent"]) for r in rows], text, [t for r in rows for t in r["thresholds"]],
-                      warn_at=[min(r["thresholds"]) for r in rows])
+                      [float(r["percent"]) for r in shown], text, [t for r in rows for t in r["thresholds"]],
+                      warn_at=[min(r["thresholds"]) for r in shown], of=len(rows))
 
 
 def chosen_tenant(session: Session, principal: Principal, tenant_slug: str | None) -> int | None:
@@ -139,13 +140,14 @@ def update(tenant_slug: str | None, period: str | None) -> tuple:
     by_month_day = {label(sku): {day[5:]: amount for day, amount in days.items()} for sku, days in by_day.items()}  # MM-DD
     day_figure = stacked_bars(f"Usage spend per day, {period}", "day (MM-DD, UTC)", f"rated ({currency})", by_month_day,
                               empty_reason=f"No usage in {period} for these tenants.")
-    # the grids ask for their rows a block at a time (dashboards.cost_tables): the budgets' and bills' are kept
-    bill_cells_ = bill_cells(summary.bills)
-    server_grid.keep(list_key(BILLS, principal, tenant_slug, period), bill_cells_)
-    server_grid.keep(list_key(BUDGETS, principal, tenant_slug, period), budget_cells(budgets))
+    # the grids ask for their rows a block at a time (dashboards.cost_tables): the budgets and bills read
+    # here are kept, their cells built when a grid first asks
+    bills = summary.bills
+    server_grid.keep(list_key(BILLS, principal, tenant_slug, period), lambda: bill_cells(bills))
+    server_grid.keep(list_key(BUDGETS, principal, tenant_slug, period), lambda: budget_cells(budgets))
     alert_table = server_grid.paged_grid(ALERTS, ALERT_COLUMNS, alerts, empty=f"No budget or quota threshold crossed in {period}.",
                                          max_height=300)
-    bill_table = server_grid.paged_grid(BILLS, bill_columns(currency), len(bill_cells_), empty=why)
+    bill_table = server_grid.paged_grid(BILLS, bill_columns(currency), len(bills), empty=why)
     budget_table = server_grid.paged_grid(BUDGETS, BUDGET_COLUMNS, len(budgets), empty="No budget is set for these tenants.",
                                           max_height=300)
     return (stats, sku_figure, day_figure, budget_figure(budgets), budget_table, alert_table, bill_table,
