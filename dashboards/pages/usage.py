@@ -56,7 +56,7 @@ ALL = "all"
 DEFAULT_RANGE = "7d"
 DEFAULT_TAB = "lease"
 TENANT_CHOICES = 50  # tenants listed in the picker at a time; typing searches all the caller's tenants
-# More leases than this (all tenants of a large fleet): the per-lease grid is drawn when its tab is chosen, not
+# More whole-node leases than this (all tenants of a large fleet): the per-lease grid is drawn when its tab is chosen, not
 # with the page (a 1,000-row grid was ~0.5 s of a page over its 1.5 s target at 1,000 nodes).
 LEASES_WITH_THE_PAGE = 200
 COVERAGE_WARNING = Decimal("0.8")  # less of the allocation measured: the efficiency is a partial view
