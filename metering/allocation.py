@@ -29,7 +29,7 @@ from kiln.db import among, utcnow
 from kiln.models import Tenant
 from metering import skus
 from metering.bills import billing_currency, card_views, current_discounts
-from metering.efficiency import PLACES, ZERO, LeaseFigures, lease_figures
+from metering.efficiency import PLACES, ZERO, LeaseFigures, LeaseTotals, lease_figures
 from metering.money import round_amount
 from metering.price_cards import cards_overlapping
 from metering.rating import CardView, card_at, discounted
@@ -107,25 +107,30 @@ def allocation_rows(
 def daily_gpu_hours(
     session: Session, principal: Principal, start: datetime, end: datetime, *, tenant_id: int | None = None,
     now: datetime | None = None, figures: list[LeaseFigures] | None = None, held: list[DayMicros] | None = None,
+    totals: LeaseTotals | None = None,
 ) -> dict[str, tuple[Decimal, Decimal]]:
     """`{YYYY-MM-DD: (allocated, used)}` GPU-hours per UTC day of [start, end) up to now (days
-    some lease overlaps); `figures` as for `allocation_rows`, `held` the whole-node leases'
-    `daily_lease_micros` of the same window when already read. A sample's use counts on its day."""
+    some lease overlaps); `figures` as for `allocation_rows` (or their `totals`), `held` the whole-node
+    leases' `daily_lease_micros` of the same window when already read. A sample's use counts on its day."""
     now = now or utcnow()
     stop = min(end, now)
-    if figures is None:
-        figures = lease_figures(session, principal, start, end, tenant_id=tenant_id, now=now)
+    if totals is None:
+        if figures is None:
+            figures = lease_figures(session, principal, start, end, tenant_id=tenant_id, now=now)
+        used: dict[date, Decimal] = {}
+        for f in figures:
+            for day, (_, day_used) in f.days.items():
+                used[day] = used.get(day, ZERO) + day_used
+        instances = [f for f in figures if f.instance is not None]
+    else:
+        used, instances = totals.used_by_day, totals.instances
     micros: dict[date, int] = {}
     for row in held if held is not None else daily_lease_micros(session, principal, start, stop, tenant_id):
         micros[row.day] = micros.get(row.day, 0) + row.gpu_micros
     allocated = {day: Decimal(total) / MICROS_PER_HOUR for day, total in micros.items()}
-    used: dict[date, Decimal] = {}
-    for f in figures:
-        if f.instance is not None:  # GPU instance leases (few) by their compute fraction, as `allocated_between`
-            for window in days_between(max(f.lease.starts_at, start), min(f.lease.ends_at or stop, stop)):
-                allocated[window[0].date()] = allocated.get(window[0].date(), ZERO) + f.allocated_between(*window)
-        for day, (_, day_used) in f.days.items():
-            used[day] = used.get(day, ZERO) + day_used
+    for f in instances:  # GPU instance leases (few) by their compute fraction, as `allocated_between`
+        for window in days_between(max(f.lease.starts_at, start), min(f.lease.ends_at or stop, stop)):
+            allocated[window[0].date()] = allocated.get(window[0].date(), ZERO) + f.allocated_between(*window)
     return {day.isoformat(): (allocated[day].quantize(PLACES), used.get(day, ZERO).quantize(PLACES))
             for day in sorted(allocated)}
 

@@ -65,6 +65,20 @@ def test_stacked_bars_fold_the_smallest_series_into_one_keeping_each_stack_exact
     assert [t["name"] for t in few["data"]] == ["vdc-01", "vdc-02", "vdc-03", "vdc-04"]
 
 
+def test_bars_draw_the_largest_categories_and_one_bar_summing_the_rest() -> None:
+    names = [f"vdc-{n:03}" for n in range(1, 201)]  # 200 VDCs, as at 10,000 nodes
+    values = [Decimal(n) / 4 for n in range(1, 201)]
+    figure = bars("GPU-hours by VDC", "VDC", "GPU-hours", names, values, empty_reason="none", most=15)
+    bar = figure["data"][0]
+    assert figure["layout"]["title"]["text"] == "GPU-hours by VDC: the 14 largest of 200"
+    assert bar["x"] == [f"vdc-{n:03}" for n in range(200, 186, -1)] + ["other 186"]  # largest first, the rest last
+    assert bar["y"][-1] == float(sum(values[:186])) and sum(bar["y"]) == float(sum(values))  # the total stays exact
+    tied = bars("t", "x", "y", ["b", "a", "c"], [1, 1, 1], empty_reason="none", most=2)
+    assert tied["data"][0]["x"] == ["a", "other 2"]  # ties by name
+    few = bars("GPU-hours by VDC", "VDC", "GPU-hours", names[:15], values[:15], empty_reason="none", most=15)
+    assert few["data"][0]["x"] == names[:15] and few["layout"]["title"]["text"] == "GPU-hours by VDC"
+
+
 def test_hottest_nodes_put_nodes_on_the_y_axis_and_degrees_on_the_x_axis() -> None:
     """Issue 18: the axis titles were swapped (°C named the node axis)."""
     from dashboards.pages.fleet import hottest_figure

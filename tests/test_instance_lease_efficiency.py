@@ -16,7 +16,7 @@ from collectors.store import persist_results
 from fleet.models import Gpu
 from kiln.auth import principal_for_user
 from metering.allocation import allocation_rows, daily_gpu_hours
-from metering.efficiency import efficiency_between
+from metering.efficiency import combined, efficiency_between, lease_figures, lease_totals, per_tenant
 from tests.factories import World
 from tests.metering_helpers import GPU_SKU, H100, at, card
 from tests.test_instance_lease_metering import _instance, _mig_node
@@ -68,6 +68,20 @@ def test_hand_computed_instance_lease_efficiency_and_unmeasured_when_the_instanc
     # b: 1/7 GPU x 1 h allocated; two 1g.10gb instances on the GPU: not measured rather than a guess
     assert (b.allocated_gpu_hours, b.measured_gpu_hours, b.used_gpu_hours) == (D("0.1429"), D("0.0000"), D("0.0000"))
     assert (b.efficiency, b.coverage) == (None, D("0.0000"))
+
+
+def test_lease_totals_count_instance_leases_as_their_per_lease_figures_do(world: World) -> None:
+    _fleet(world)
+    for name, tenants in (("admin", {"tenant-a", "tenant-b"}), ("a_member", {"tenant-a"})):
+        caller = _principal(world, name)
+        totals = lease_totals(world.session, caller, START, END, now=END)
+        figures = lease_figures(world.session, caller, START, END, now=END)
+        assert totals.combined() == combined(per_tenant(world.session, figures))
+        assert {f.lease.tenant_id for f in totals.instances} == {world.tenant(t.removeprefix("tenant-")).id for t in tenants}
+        assert daily_gpu_hours(world.session, caller, START, END, now=END, totals=totals) == daily_gpu_hours(
+            world.session, caller, START, END, now=END, figures=figures)
+    a = lease_totals(world.session, _principal(world, "a_member"), START, END, now=END).combined()
+    assert (a.allocated_gpu_hours, a.measured_gpu_hours, a.used_gpu_hours) == (D("0.8571"), D("0.4286"), D("0.2571"))
 
 
 def test_instance_lease_allocation_rows_price_idle_like_the_bill_and_stay_within_the_tenant(world: World) -> None:

@@ -21,7 +21,8 @@ from fleet.tenancy_models import Lease
 from kiln.auth import Principal, principal_for_user
 from kiln.models import Tenant
 from metering import skus
-from metering.efficiency import lease_figures
+from metering.allocation import daily_gpu_hours
+from metering.efficiency import combined, lease_figures, lease_totals, per_tenant, totals_of
 from metering.models import Bill, UsageRecord
 from metering.sku_labels import label
 from tests.factories import World
@@ -101,6 +102,42 @@ def test_lease_utilisation_is_exactly_the_per_sample_walk(world: World, monkeypa
     assert sum(len(days) for days in expected.values()) >= 4  # across midnight, and every lease measured
     mine = lease_figures(world.session, _principal(world, "b_member"), T0, NOW, now=NOW)
     assert [f.lease.tenant_id for f in mine] == [world.tenant("b").id]
+
+
+@pytest.mark.parametrize("name", ["admin", "a_member", "b_member"])
+def test_lease_totals_are_the_per_lease_figures_summed_within_the_callers_tenants(world: World, name: str) -> None:
+    _sampled_leases(world)
+    caller = _principal(world, name)
+    figures = lease_figures(world.session, caller, T0, NOW, now=NOW)
+    totals = lease_totals(world.session, caller, T0, NOW, now=NOW)
+    assert totals.combined() == combined(per_tenant(world.session, figures))
+    assert totals.used_by_day == totals_of(figures).used_by_day and totals.instances == []
+    assert daily_gpu_hours(world.session, caller, T0, NOW, now=NOW, totals=totals) == daily_gpu_hours(
+        world.session, caller, T0, NOW, now=NOW, figures=figures)
+    visible = {"admin": {world.a.id, world.b.id}, "a_member": {world.a.id}, "b_member": {world.b.id}}[name]
+    assert set(totals.by_tenant) == visible and totals.combined().measured_gpu_hours > 0
+
+
+def _page(world: World, name: str, monkeypatch, rows_with_the_page: int) -> tuple:
+    monkeypatch.setattr(usage, "LEASES_WITH_THE_PAGE", rows_with_the_page)
+    monkeypatch.setattr(usage, "utcnow", lambda: NOW)
+    monkeypatch.setattr(usage, "range_bounds", lambda _: (T0, NOW))
+    app = flask.Flask(__name__)
+    app.config["KILN_CONSOLE"] = ConsoleContext(settings=None, engine=world.session.get_bind(), state=None, codec=None)
+    with app.test_request_context("/"):
+        flask.g.principal = _principal(world, name)
+        return usage.first_paint(usage.ALL, "7d")
+
+
+@pytest.mark.parametrize("name", ["admin", "a_member"])
+def test_the_overview_without_lease_rows_is_the_overview_with_them(world: World, monkeypatch, name: str) -> None:
+    _sampled_leases(world)
+    overview, details = _page(world, name, monkeypatch, 200)  # 3 leases: the per-lease grid comes with the page
+    summed, on_demand = _page(world, name, monkeypatch, 0)  # over the limit: sums only, the grid on demand
+    assert repr(summed) == repr(overview) and "usage-details-hint" in repr(on_demand)
+    assert "usage-allocation-table" in repr(details) and "usage-allocation-table" not in repr(on_demand)
+    if name == "a_member":  # tenant a's leases only: b's open lease is not in its allocation
+        assert repr(overview) != repr(_page(world, "admin", monkeypatch, 0)[0])
 
 
 def test_gpu_hours_by_model_sum_leases_from_leases_and_meter_the_rest_until_bills_change(world: World) -> None:
