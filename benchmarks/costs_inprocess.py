@@ -10,79 +10,46 @@ benchmark's baseline makes. Min and median seconds per line, `--repeat` times.
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
-import flask
-import plotly.io
-from sqlalchemy import create_engine
 from sqlmodel import Session, func, select
 
+from benchmarks.inprocess import ADMIN, bench, size
 from dashboards import cost_data, cost_tables
-from dashboards.context import ConsoleContext
 from dashboards.pages import costs as costs_page
-from kiln.auth import Principal
-from kiln.roles import Role
-from kiln.settings import load_settings
 from metering.budgets import CarbonContext
 from metering.models import Bill
 
 
-def _size(value: Any) -> int:
-    """Bytes of `value` as Dash sends it (plotly's JSON encoder knows Dash components and figures)."""
-    return len(plotly.io.json.to_json_plotly(value))
-
-
 def main() -> None:
     """Time each step and print one line per step."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=3)
-    repeat = parser.parse_args().repeat
-    settings = load_settings()
-    engine = create_engine(settings.database_url)
-    app = flask.Flask(__name__)
-    app.config["KILN_CONSOLE"] = ConsoleContext(settings=settings, engine=engine, state=None, codec=None)
-    admin = Principal(username="admin", role=Role.INFRA_ADMIN)
-    carbon = CarbonContext.of(settings)
-    with Session(engine) as session:
+    run = bench(__doc__.splitlines()[0])
+    admin, timed = ADMIN, run.timed
+    carbon = CarbonContext.of(run.settings)
+    with Session(run.engine) as session:
         period = session.exec(select(func.max(Bill.period))).one()
 
-    def timed(label: str, step: Callable[[], Any]) -> Any:
-        seconds, result = [], None
-        for _ in range(repeat):
-            began = time.perf_counter()
-            result = step()
-            seconds.append(time.perf_counter() - began)
-        print(f"{label:48s} min {min(seconds):6.3f} s  median {statistics.median(seconds):6.3f} s", flush=True)
-        return result
-
     def page(step: Callable[[], Any]) -> Callable[[], Any]:
-        def run() -> Any:
-            with app.test_request_context("/"):
-                flask.g.principal = admin
-                return step()
-        return run
+        return run.as_(admin, step)
 
     def data(step: Callable[[Session], Any]) -> Callable[[], Any]:
-        def run() -> Any:
-            with Session(engine) as session:
+        def call() -> Any:
+            with Session(run.engine) as session:
                 return step(session)
-        return run
+        return call
 
     print(f"period {period}")
     timed("costs layout (admin)", page(costs_page.layout))
     outputs = timed("costs update callback (admin, all)", page(lambda: costs_page.update(costs_page.ALL_TENANTS, period)))
     for spec, value in zip(costs_page.OUTPUTS, outputs, strict=True):
-        print(f"  {spec.component_id}.{spec.component_property:10s} {_size(value):>10,} bytes")
+        print(f"  {spec.component_id}.{spec.component_property:10s} {size(value):>10,} bytes")
     first, deep = {"startRow": 0, "endRow": 50}, {"startRow": 1000, "endRow": 1050}
     by_tenant = {**first, "sortModel": [{"colId": "tenant", "sort": "desc"}]}
     for table in (cost_tables.BILLS, cost_tables.BUDGETS, cost_tables.ALERTS):
         for label, request in (("first page", first), ("rows 1000-1050", deep), ("by tenant", by_tenant)):
             block = timed(f"  {table}, {label}", page(lambda: cost_tables.rows_block(table, request, "all", period)))
-            print(f"    {_size(block):>10,} bytes, {block['rowCount']} rows")
+            print(f"    {size(block):>10,} bytes, {block['rowCount']} rows")
     timed("  spend_summary", data(lambda s: cost_data.spend_summary(s, admin, period)))
     timed("  spend_by_sku", data(lambda s: cost_data.spend_by_sku(s, admin, period)))
     timed("  spend_by_day", data(lambda s: cost_data.spend_by_day(s, admin, period)))

@@ -11,20 +11,15 @@ The member is a member of the tenant that holds the most open leases.
 
 from __future__ import annotations
 
-import argparse
-import os
-import statistics
-import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-import flask
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlmodel import Session
 
+from benchmarks.inprocess import ADMIN, bench
 from dashboards import bulk, node_grid
-from dashboards.context import ConsoleContext
 from dashboards.fleet_data import fleet_power
 from dashboards.pages import fleet as fleet_page
 from fleet.api import list_endpoint
@@ -35,48 +30,30 @@ from kiln.roles import Role
 
 def main() -> None:
     """Time each step and print one line per step."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=3)
-    repeat = parser.parse_args().repeat
-    engine = create_engine(os.environ["KILN_DATABASE_URL"])
-    app = flask.Flask(__name__)
-    app.config["KILN_CONSOLE"] = ConsoleContext(settings=None, engine=engine, state=None, codec=None)
-    admin = Principal(username="admin", role=Role.INFRA_ADMIN)
+    run = bench(__doc__.splitlines()[0])
+    engine = run.engine
     with Session(engine) as session:
         tenant = session.exec(text("SELECT tenant_id FROM lease WHERE ends_at IS NULL GROUP BY tenant_id "
                                    "ORDER BY count(*) DESC LIMIT 1")).one()[0]
-    member = Principal(username="member", role=Role.TENANT_MEMBER, tenant_ids=frozenset({tenant}))
-
-    def timed(label: str, step: Callable[[], Any]) -> None:
-        seconds = []
-        for _ in range(repeat):
-            began = time.perf_counter()
-            step()
-            seconds.append(time.perf_counter() - began)
-        print(f"{label:48s} min {min(seconds):6.3f} s  median {statistics.median(seconds):6.3f} s", flush=True)
+    admin, member = ADMIN, Principal(username="member", role=Role.TENANT_MEMBER, tenant_ids=frozenset({tenant}))
+    timed = run.timed
 
     def as_(principal: Principal, step: Callable[[], Any], fresh: bool = False) -> Callable[[], Any]:
-        def run() -> Any:
-            if fresh:
-                node_grid.forget()
-            with app.test_request_context("/"):
-                flask.g.principal = principal
-                return step()
-        return run
+        return run.as_(principal, step, node_grid.forget if fresh else None)
 
     def power(principal: Principal) -> Callable[[], Any]:
-        def run() -> Any:
+        def step() -> Any:
             with Session(engine) as session:
                 end = utcnow()
                 return fleet_power(session, principal, end - timedelta(hours=24), end)
-        return run
+        return step
 
     def nodes(principal: Principal, limit: int | None = None) -> Callable[[], Any]:
-        def run() -> Any:
+        def step() -> Any:
             with Session(engine) as session:
                 return list_endpoint(session=session, principal=principal, tag=None, rack=None, state=None,
                                      provisioner=None, limit=limit, offset=0).body
-        return run
+        return step
 
     first, deep = {"startRow": 0, "endRow": 50}, {"startRow": 5000, "endRow": 5050}
     by_power = {"startRow": 100, "endRow": 150, "sortModel": [{"colId": "power_watts", "sort": "desc"}]}
