@@ -33,7 +33,7 @@ from collectors.models import FleetPower5m, Rollup5m
 from fleet.models import Node
 from kiln.db import upsert
 
-BUCKET = timedelta(minutes=5)
+BUCKET = timedelta(minutes=5)  # the rollups' bucket (collectors.store writes rollup_5m by bucket_start)
 SEAL_AFTER = timedelta(minutes=10)
 POWER_METRIC = "ipmi_dcmi_power_consumption_watts"  # collectors.store.POWER_METRIC (it imports this module)
 LOCK_KEY = 0x6B696C6E66707735  # 'kilnfpw5': pg_advisory_xact_lock key of fleet_power_5m
@@ -83,14 +83,6 @@ def fleet_totals(session: Session, start: datetime, end: datetime, now: datetime
     if stored_end < end:
         totals.update(live_totals(session, stored_end, end))
     return [(bucket, watts) for bucket, (watts, nodes) in sorted(totals.items()) if nodes]
-
-
-def store_totals(session: Session, start: datetime, end: datetime) -> int:
-    """Compute and store the sums of every bucket in [start, end) that has power rollups (the
-    migration's backfill); returns how many buckets it stored."""
-    computed = live_totals(session, start, end)
-    upsert(session, FleetPower5m, [{"bucket": b, "watts": w, "nodes": n} for b, (w, n) in computed.items()], ("bucket",), None)
-    return len(computed)
 
 
 def rollups_written(session: Session, rows: Sequence[Mapping[str, Any]], now: datetime | None = None) -> None:

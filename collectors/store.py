@@ -42,7 +42,7 @@ from collectors.energy import (
     integrate_gpu_energy,
     node_counter_energy,
 )
-from collectors.fleet_power import POWER_METRIC, rollups_written
+from collectors.fleet_power import POWER_METRIC, bucket_start, rollups_written
 from collectors.health_events import bmc_events, sensor_events, xid_events
 from collectors.models import (
     CollectorTargetState,
@@ -56,7 +56,6 @@ from fleet.models import Gpu, Node
 from kiln.db import upsert
 from kiln.validation import is_ip_address
 
-BUCKET = timedelta(minutes=5)
 TEMPERATURE_METRIC = "ipmi_temperature_celsius"
 # The rollup series the console and metering read (rollup_5m.metric).
 GPU_UTIL_ROLLUP = "gpu_util_percent"
@@ -195,7 +194,7 @@ def add_rollups(session: Session, samples: Iterable[Sample]) -> None:
     for s in samples:
         if not math.isfinite(s.value) or is_second_bmc(s):  # charts keep to the primary BMC's series
             continue
-        bucket = bucket_of(s.ts)
+        bucket = bucket_start(s.ts)
         if s.metric in ROLLUPS:
             points.setdefault((s.entity, ROLLUPS[s.metric], bucket), []).append(s.value)
             if ROLLUPS[s.metric] == GPU_UTIL_ROLLUP and s.labels.get("namespace"):
@@ -235,12 +234,6 @@ def _least(a, b):
 
 def _greatest(a, b):
     return case((a > b, a), else_=b)
-
-
-def bucket_of(ts: datetime) -> datetime:
-    """Start of the 5-minute bucket holding `ts` (UTC)."""
-    ts = ts.astimezone(UTC)
-    return ts.replace(minute=ts.minute - ts.minute % 5, second=0, microsecond=0)
 
 
 def integrate_energy(session: Session, power: Sequence[Sample], node_ids: Mapping[str, int],

@@ -10,7 +10,7 @@ GPU-hours are exact Decimals: GPUs × leased seconds / 3600, split at UTC midnig
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, NamedTuple
 
@@ -24,7 +24,7 @@ from fleet.instance_leases import to_public as instance_public
 from fleet.models import Gpu, Node
 from fleet.tenancy_models import GpuInstanceLease, Lease, Vdc
 from fleet.tenancy_schemas import VdcPublic
-from fleet.daily_hours import DayMicros, daily_lease_micros
+from fleet.daily_hours import DayMicros, daily_lease_micros, days_between
 from fleet.usage import HOURS_QUANTUM, MICROS_PER_HOUR, overlapping
 from fleet.vdcs import list_vdcs, to_public
 from kiln.auth import Principal
@@ -64,15 +64,8 @@ def _instance_weight(model: str, profile: str) -> dict[str, Decimal]:
 
 def _day_segments(start: datetime, end: datetime) -> list[tuple[date, Decimal]]:
     """(day, hours) pieces of [start, end) split at UTC midnights."""
-    pieces = []
-    cursor = start
-    while cursor < end:
-        midnight = datetime.combine(cursor.date() + timedelta(days=1), time(), tzinfo=UTC)
-        stop = min(midnight, end)
-        micros = int((stop - cursor) / timedelta(microseconds=1))
-        pieces.append((cursor.date(), Decimal(micros) / Decimal(3_600_000_000)))
-        cursor = stop
-    return pieces
+    return [(a.date(), Decimal((b - a) // timedelta(microseconds=1)) / Decimal(3_600_000_000))
+            for a, b in days_between(start, end)]
 
 
 def gpu_hours(

@@ -35,7 +35,8 @@ from sqlmodel import Session, col, func, or_, select
 
 from collectors.mig_profiles import compute_fraction
 from collectors.models import Rollup5m
-from collectors.store import BUCKET, GPU_UTIL_ROLLUP
+from collectors.fleet_power import BUCKET
+from collectors.store import GPU_UTIL_ROLLUP
 from fleet.daily_hours import micros_between
 from fleet.models import Gpu
 from fleet.tenancy_models import GpuInstanceLease, Lease
