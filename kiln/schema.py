@@ -38,6 +38,9 @@ def target_metadata() -> MetaData:
     """The metadata of every Kiln table (imports each model module once)."""
     for module in MODEL_MODULES:
         importlib.import_module(module)
+    from metering.models import declare_partial_indexes
+
+    declare_partial_indexes()
     return SQLModel.metadata
 
 

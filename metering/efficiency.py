@@ -135,26 +135,42 @@ def lease_utilisation(session: Session, leases: list[Any], start: datetime, stop
         for lease_id, entity, at, mean in session.connection().execute(statement).all():
             if lease_id in ends:
                 series[(lease_id, entity)].append((int(at), mean))
-        hours: dict[int, Decimal] = {}  # by interval in microseconds: a handful of distinct ones
         for (lease_id, _), points in series.items():
-            days = out[lease_id]
-            for micros, (at, mean) in zip(sample_micros([at for at, _ in points], ends[lease_id]), points, strict=True):
-                day = origin.date() + timedelta(days=at // DAY_MICROS)
-                if micros not in hours:
-                    hours[micros] = Decimal(micros) / MICROS_PER_HOUR
-                measured, used = days.get(day, (ZERO, ZERO))
-                days[day] = (measured + hours[micros], used + hours[micros] * Decimal(str(mean)) / 100)
+            add_day_sums(out[lease_id], origin.date(), points, ends[lease_id])
     return dict(out)
+
+
+def add_day_sums(days: dict[date, tuple[Decimal, Decimal]], origin: date, points: list[tuple[int, float]],
+                 clip_end: int, weight: Decimal = Decimal(1)) -> None:
+    """Add one GPU's samples (microseconds from `origin`'s midnight, mean utilisation %), ascending,
+    to `days` (UTC day → GPU-hours measured and used), each weighted by its `sample_micros` × `weight`.
+
+    Per day, measured time adds up in integer microseconds and used time (µs × %) in a float,
+    each made a Decimal once: utilisation is a measurement reported to 4 places, and a Decimal per
+    sample (100,000 a fortnight for one tenant's 24 GPUs) was most of the page's Python time."""
+    measured_micros: dict[int, int] = defaultdict(int)
+    used_micro_percent: dict[int, float] = defaultdict(float)
+    offsets = [at for at, _ in points]
+    for micros, at, (_, mean) in zip(sample_micros(offsets, clip_end), offsets, points, strict=True):
+        day = at // DAY_MICROS
+        measured_micros[day] += micros
+        used_micro_percent[day] += micros * mean
+    for day, micros in measured_micros.items():
+        key = origin + timedelta(days=day)
+        measured, used = days.get(key, (ZERO, ZERO))
+        days[key] = (measured + Decimal(micros) / MICROS_PER_HOUR * weight,
+                     used + Decimal(str(used_micro_percent[day])) / (MICROS_PER_HOUR * 100) * weight)
 
 
 def add_samples(days: dict[date, tuple[Decimal, Decimal]], points: list[tuple[datetime, float]], clip_end: datetime,
                 weight: Decimal = Decimal(1)) -> None:
     """Add one series' (bucket, mean utilisation %) samples, ascending, to `days` (UTC day →
     measured and used GPU-hours), each standing for its `sample_hours` × `weight` GPUs."""
-    for hours, (bucket, mean) in zip(sample_hours([bucket for bucket, _ in points], clip_end), points, strict=True):
-        measured, used = days.get(bucket.date(), (ZERO, ZERO))
-        hours *= weight
-        days[bucket.date()] = (measured + hours, used + hours * Decimal(str(mean)) / 100)
+    if not points:
+        return
+    origin = datetime.combine(points[0][0].astimezone(UTC).date(), time(), tzinfo=UTC)
+    add_day_sums(days, origin.date(), [((bucket - origin) // MICROSECOND, mean) for bucket, mean in points],
+                 (clip_end - origin) // MICROSECOND, weight)
 
 
 def _row(tenant: str, allocated: Decimal, measured: Decimal, used: Decimal) -> EfficiencyRow:

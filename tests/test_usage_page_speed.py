@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from fractions import Fraction
 
 import flask
 import pytest
@@ -22,7 +23,7 @@ from kiln.auth import Principal, principal_for_user
 from kiln.models import Tenant
 from metering import skus
 from metering.allocation import daily_gpu_hours
-from metering.efficiency import combined, lease_figures, lease_totals, per_tenant, totals_of
+from metering.efficiency import PLACES, combined, lease_figures, lease_totals, per_tenant, totals_of
 from metering.models import Bill, UsageRecord
 from metering.sku_labels import label
 from tests.factories import World
@@ -38,10 +39,10 @@ def _principal(world: World, name: str) -> Principal:
     return principal_for_user(world.session, world.callers[name].user)
 
 
-def _reference(days: dict[date, tuple[Decimal, Decimal]], buckets: list[datetime], means: list[float],
+def _reference(days: dict[date, tuple[Fraction, Fraction]], buckets: list[datetime], means: list[float],
                clip_end: datetime) -> None:
-    """The per-sample Decimal walk `lease_utilisation` did before (datetimes, one sample at a time),
-    one GPU's series added to `days`."""
+    """The per-sample walk `lease_utilisation` did first (datetimes, one sample at a time), in exact
+    fractions, one GPU's series added to `days`."""
     previous = timedelta(minutes=5)
     for i, bucket in enumerate(buckets):
         gap = buckets[i + 1] - bucket if i + 1 < len(buckets) else None
@@ -49,12 +50,12 @@ def _reference(days: dict[date, tuple[Decimal, Decimal]], buckets: list[datetime
         interval = max(min(interval, clip_end - bucket), timedelta(0))
         if gap is not None and gap <= MAX:
             previous = gap
-        hours = Decimal(interval // US) / 3_600_000_000
-        measured, used = days.get(bucket.date(), (Decimal(0), Decimal(0)))
-        days[bucket.date()] = (measured + hours, used + hours * Decimal(str(means[i])) / 100)
+        hours = Fraction(interval // US, 3_600_000_000)
+        measured, used = days.get(bucket.date(), (Fraction(0), Fraction(0)))
+        days[bucket.date()] = (measured + hours, used + hours * Fraction(str(means[i])) / 100)
 
 
-def _sampled_leases(world: World) -> dict[int, dict[date, tuple[Decimal, Decimal]]]:
+def _sampled_leases(world: World) -> dict[int, dict[date, tuple[Fraction, Fraction]]]:
     """Two nodes, three leases (one ending a ragged microsecond into a sample, one open, one on the
     second node across midnight), samples 5 minutes apart, exactly 1 h apart, 1 h + 1 µs apart (a
     gap), and alone; returns what each lease's days must be."""
@@ -80,12 +81,12 @@ def _sampled_leases(world: World) -> dict[int, dict[date, tuple[Decimal, Decimal
         leases.append(Lease(tenant_id=tenant, node_id=node.id, starts_at=start, ends_at=end, created_by="t"))
         world.session.add(leases[-1])
     world.session.commit()
-    expected: dict[int, dict[date, tuple[Decimal, Decimal]]] = {}
+    expected: dict[int, dict[date, tuple[Fraction, Fraction]]] = {}
     for lease, (_, node, start, end) in zip(leases, spans, strict=True):
         clip = min(end or NOW, NOW)
         # the mean as the database divides the rollup's sum by its count
         inside = [(base + o, m * 3 / 3) for o, m in zip(offsets, means, strict=True) if max(start, T0) <= base + o < clip]
-        days: dict[date, tuple[Decimal, Decimal]] = {}
+        days: dict[date, tuple[Fraction, Fraction]] = {}
         for _ in range(2):  # the node's two GPUs, the same samples each, one series after the other
             _reference(days, [b for b, _ in inside], [m for _, m in inside], clip)
         expected[lease.id] = days
@@ -97,7 +98,14 @@ def test_lease_utilisation_is_exactly_the_per_sample_walk(world: World, monkeypa
     expected = _sampled_leases(world)
     monkeypatch.setattr(efficiency_module, "LEASES_PER_QUERY", per_query)
     figures = {f.lease.id: f for f in lease_figures(world.session, _principal(world, "admin"), T0, NOW, now=NOW)}
-    assert {lease_id: f.days for lease_id, f in figures.items() if f.days} == {k: v for k, v in expected.items() if v}
+    got = {lease_id: f.days for lease_id, f in figures.items() if f.days}
+    assert {k: sorted(v) for k, v in got.items()} == {k: sorted(v) for k, v in expected.items() if v}
+    for lease_id, days in got.items():  # measured time to the microsecond, used within float noise
+        for day, (measured, used) in days.items():
+            exact_measured, exact_used = expected[lease_id][day]
+            assert abs(Fraction(measured) - exact_measured) < Fraction(1, 10**20), (lease_id, day)
+            assert abs(Fraction(used) - exact_used) < Fraction(1, 10**12), (lease_id, day)
+            assert used.quantize(PLACES) == Decimal(exact_used.numerator / exact_used.denominator).quantize(PLACES)
     assert all(f.measured == sum((m for m, _ in f.days.values()), Decimal(0)) for f in figures.values())
     assert sum(len(days) for days in expected.values()) >= 4  # across midnight, and every lease measured
     mine = lease_figures(world.session, _principal(world, "b_member"), T0, NOW, now=NOW)
