@@ -129,7 +129,10 @@ def lease_utilisation(session: Session, leases: list[Any], start: datetime, stop
             entities = sorted({uuid for lease in part for uuid in uuids[lease.node_id]})
             if not entities:
                 continue
-            statement = statement.where(col(Lease.id).in_([lease.id for lease in part]), col(Rollup5m.entity).in_(entities))
+            # Only the GPUs bound the rows: a node's leases do not overlap, so each sample joins one
+            # lease at most, and those not asked for are dropped below. A list of lease ids as well made
+            # SQLite probe every id for every sample (4× the time for 53 leases).
+            statement = statement.where(col(Rollup5m.entity).in_(entities))
         # Core rows, not ORM rows: the ORM's per-row work was most of the rest
         series: dict[tuple[int, str], list[tuple[int, float]]] = defaultdict(list)
         for lease_id, entity, at, mean in session.connection().execute(statement).all():

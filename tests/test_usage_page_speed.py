@@ -110,6 +110,8 @@ def test_lease_utilisation_is_exactly_the_per_sample_walk(world: World, monkeypa
     assert sum(len(days) for days in expected.values()) >= 4  # across midnight, and every lease measured
     mine = lease_figures(world.session, _principal(world, "b_member"), T0, NOW, now=NOW)
     assert [f.lease.tenant_id for f in mine] == [world.tenant("b").id]
+    # asked alone, b's lease gets its own samples of the node a leased before, not a's
+    assert mine[0].days == got[mine[0].lease.id] and mine[0].days != got[min(got)]
 
 
 @pytest.mark.parametrize("name", ["admin", "a_member", "b_member"])
