@@ -72,20 +72,11 @@ class EfficiencyRow(BaseModel):
     coverage: Decimal | None  # measured ÷ allocated; None without allocation
 
 
-def sample_hours(buckets: list[datetime], clip_end: datetime) -> list[Decimal]:
-    """The hours each sample of one GPU (bucket starts, ascending) stands for: until the next
-    sample, or the interval before it where the next is missing or over `MAX_SAMPLE_INTERVAL`
-    away (one bucket when alone); never past `clip_end`."""
-    if not buckets:
-        return []
-    first = buckets[0]
-    return [Decimal(micros) / MICROS_PER_HOUR for micros in sample_micros(
-        [(bucket - first) // MICROSECOND for bucket in buckets], (clip_end - first) // MICROSECOND)]
-
-
 def sample_micros(offsets: list[int], clip_end: int) -> list[int]:
-    """`sample_hours` in whole microseconds, of samples given as microseconds from any origin
-    (ascending) with `clip_end` from the same origin."""
+    """The microseconds each sample of one GPU stands for (samples as microseconds from any
+    origin, ascending; `clip_end` from the same origin): until the next sample, or the interval
+    before it where the next is missing or over `MAX_SAMPLE_INTERVAL` away (one bucket when
+    alone); never past `clip_end`."""
     out: list[int] = []
     previous = BUCKET_MICROS
     for i, at in enumerate(offsets):
@@ -101,7 +92,7 @@ def lease_utilisation(session: Session, leases: list[Any], start: datetime, stop
                       ) -> dict[int, dict[date, tuple[Decimal, Decimal]]]:
     """Per lease with data, per UTC day of the samples: (GPU-hours measured, GPU-hours used) of its
     node's GPUs inside both the lease and [start, stop), each sample weighted by its real
-    interval (`sample_hours`); a sample counts on the day its bucket starts. `leases`: Lease
+    interval (`sample_micros`); a sample counts on the day its bucket starts. `leases`: Lease
     objects or rows with their `id`, `node_id` and `ends_at`."""
     out: dict[int, dict[date, tuple[Decimal, Decimal]]] = defaultdict(dict)
     # Buckets are read as integer microseconds from the first range day's midnight, not as
@@ -168,7 +159,7 @@ def add_day_sums(days: dict[date, tuple[Decimal, Decimal]], origin: date, points
 def add_samples(days: dict[date, tuple[Decimal, Decimal]], points: list[tuple[datetime, float]], clip_end: datetime,
                 weight: Decimal = Decimal(1)) -> None:
     """Add one series' (bucket, mean utilisation %) samples, ascending, to `days` (UTC day →
-    measured and used GPU-hours), each standing for its `sample_hours` × `weight` GPUs."""
+    measured and used GPU-hours), each standing for its `sample_micros` × `weight` GPUs."""
     if not points:
         return
     origin = datetime.combine(points[0][0].astimezone(UTC).date(), time(), tzinfo=UTC)

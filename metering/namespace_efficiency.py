@@ -1,7 +1,7 @@
 """GPU efficiency per Kubernetes namespace (Kubecost's allocation view, by namespace).
 
 The same definition as `metering.efficiency` (used ÷ measured, coverage = measured ÷ allocated,
-each sample weighted by its real interval: `sample_hours`), with the namespace's own figures:
+each sample weighted by its real interval: `metering.efficiency.sample_micros`), with the namespace's own figures:
 
 - *allocated* GPU-hours: its pods' GPU requests (`k8s_allocation`) × the time they ran in the
   window; a MIG instance counts its GPU's compute fraction (a `3g.40gb` of an H100 is 3/7 GPU);
@@ -22,7 +22,7 @@ mapped to no tenant are shown only to callers who see every tenant.
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 
@@ -38,7 +38,7 @@ from kiln.db import utcnow
 from kiln.models import Tenant
 from metering.allocation import MIN_COVERAGE, WASTE_BELOW, IdleFigures, idle_cost
 from metering.bills import billing_currency, card_views, current_discounts
-from metering.efficiency import PLACES, ZERO, sample_hours
+from metering.efficiency import PLACES, ZERO, add_samples
 from metering.price_cards import cards_overlapping
 from metering.usage import GPU_RESOURCES
 
@@ -120,9 +120,10 @@ def _measured(session: Session, namespaces: set[str], start: datetime, stop: dat
         model = uuid_models.get(gpu.split("/", 1)[0], "")
         weight = _weight(model, profile)
         share = Decimal(weight.numerator) / Decimal(weight.denominator)
-        hours = sample_hours([bucket for bucket, _ in points], stop)
-        measured = sum(hours, ZERO) * share
-        used = sum((h * Decimal(str(mean)) / 100 for h, (_, mean) in zip(hours, points, strict=True)), ZERO) * share
+        days: dict[date, tuple[Decimal, Decimal]] = {}
+        add_samples(days, points, stop, share)
+        measured = sum((m for m, _ in days.values()), ZERO)
+        used = sum((u for _, u in days.values()), ZERO)
         before = out[namespace].get(model, (ZERO, ZERO))
         out[namespace][model] = (before[0] + measured, before[1] + used)
     return out
