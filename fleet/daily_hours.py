@@ -70,9 +70,11 @@ def daily_lease_micros(session: Session, principal: Principal, start: datetime, 
     days = days_between(start, stop)
     if not days:
         return []
-    # a UNION of one-row SELECTs, not VALUES: SQLite cannot name the columns of a VALUES list
-    window = union_all(*(select(literal(a, UTCDateTime).label("day_start"), literal(b, UTCDateTime).label("day_end"))
-                         for a, b in days)).subquery("days")
+    # a UNION of one-row SELECTs, not VALUES: SQLite cannot name the columns of a VALUES list. Rows
+    # name their day by its index: a timestamp per row was a third of the Python time (30,000 rows).
+    window = union_all(*(select(literal(i, Integer).label("day"), literal(a, UTCDateTime).label("day_start"),
+                                literal(b, UTCDateTime).label("day_end"))
+                         for i, (a, b) in enumerate(days))).subquery("days")
     gpus = (select(Gpu.node_id, Gpu.model, func.count().label("gpus"))
             .group_by(Gpu.node_id, Gpu.model).subquery("node_gpus"))
     held_from = case((col(Lease.starts_at) > window.c.day_start, col(Lease.starts_at)), else_=window.c.day_start)
@@ -80,17 +82,18 @@ def daily_lease_micros(session: Session, principal: Principal, start: datetime, 
     held_to = case((ends < window.c.day_end, ends), else_=window.c.day_end)
     micros = micros_between(session, held_from, held_to) * func.coalesce(gpus.c.gpus, 0)
     statement = (
-        select(window.c.day_start, Lease.tenant_id, Lease.vdc_id, gpus.c.model, func.sum(micros))
+        select(window.c.day, Lease.tenant_id, Lease.vdc_id, gpus.c.model, func.sum(micros))
         .select_from(Lease)
         .join(window, (col(Lease.starts_at) < window.c.day_end)
               & ((col(Lease.ends_at).is_(None)) | (col(Lease.ends_at) > window.c.day_start)))
         .join(gpus, gpus.c.node_id == Lease.node_id, isouter=True)
         .where(overlapping(start, stop))
-        .group_by(window.c.day_start, Lease.tenant_id, Lease.vdc_id, gpus.c.model)
+        .group_by(window.c.day, Lease.tenant_id, Lease.vdc_id, gpus.c.model)
     )
     statement = principal.scope(statement, Lease.tenant_id)
     if tenant_id is not None:
         statement = statement.where(Lease.tenant_id == tenant_id)
-    return [DayMicros(day.date(), tenant, vdc, model, int(total))
+    dates = [a.date() for a, _ in days]
+    return [DayMicros(dates[day], tenant, vdc, model, int(total))
             for day, tenant, vdc, model, total in session.connection().execute(statement).all()]  # Core rows: 30,000 at 10,000 nodes
 

@@ -104,26 +104,33 @@ def lease_utilisation(session: Session, leases: list[Any], start: datetime, stop
     for node_id, uuid in session.exec(select(Gpu.node_id, Gpu.uuid).where(
             col(Gpu.node_id).in_({lease.node_id for lease in leases}), col(Gpu.uuid).is_not(None))).all() if few else ():
         uuids[node_id].append(uuid)
-    offset = micros_between(session, literal(origin, UTCDateTime), col(Rollup5m.bucket))
-    # A few leases: name them and their GPUs, so the database reads each GPU's buckets by its
-    # (entity, metric, bucket) key. Many: one pass over the range's buckets of every GPU (what the
-    # database does anyway), the leases not asked for dropped here.
+    # A few leases: name their GPUs, so the database reads each GPU's buckets by its (entity,
+    # metric, bucket) key. Many: one pass over the range's utilisation buckets of every GPU (what
+    # the database does anyway), the leases not asked for dropped here.
     for part in [leases] if few else [None]:
-        statement = (
-            select(Lease.id, Rollup5m.entity, offset, Rollup5m.sum / Rollup5m.count)
-            .join(Gpu, col(Gpu.uuid) == Rollup5m.entity).join(Lease, col(Lease.node_id) == Gpu.node_id)
-            .where(Rollup5m.metric == GPU_UTIL_ROLLUP, Rollup5m.count > 0)
-            .where(col(Rollup5m.bucket) >= start, col(Rollup5m.bucket) < stop, col(Rollup5m.bucket) >= Lease.starts_at)
-            .where(or_(col(Lease.ends_at).is_(None), col(Rollup5m.bucket) < Lease.ends_at))
-            .order_by(Lease.id, Rollup5m.entity, Rollup5m.bucket))
+        samples = select(Rollup5m.entity, Rollup5m.bucket, (Rollup5m.sum / Rollup5m.count).label("mean")).where(
+            Rollup5m.metric == GPU_UTIL_ROLLUP, Rollup5m.count > 0, col(Rollup5m.bucket) >= start,
+            col(Rollup5m.bucket) < stop)
         if part is not None:
             entities = sorted({uuid for lease in part for uuid in uuids[lease.node_id]})
             if not entities:
                 continue
-            # Only the GPUs bound the rows: a node's leases do not overlap, so each sample joins one
-            # lease at most, and those not asked for are dropped below. A list of lease ids as well made
-            # SQLite probe every id for every sample (4× the time for 53 leases).
-            statement = statement.where(col(Rollup5m.entity).in_(entities))
+            samples = samples.where(col(Rollup5m.entity).in_(entities))
+        # Many leases on PostgreSQL: the samples are read first, by the (metric, bucket, …) index.
+        # Joined in one statement, the planner merged them with the GPUs in entity order, walking
+        # the whole (entity, metric, bucket) index of every metric (0.47 s → 0.16 s at 10,000 nodes).
+        sample = samples.cte("sample")
+        if part is None:
+            sample = sample.prefix_with("MATERIALIZED", dialect="postgresql")
+        # Only the GPUs bound the rows: a node's leases do not overlap, so each sample joins one lease
+        # at most, and those not asked for are dropped below. A list of lease ids as well made SQLite
+        # probe every id for every sample (4× the time for 53 leases).
+        statement = (
+            select(Lease.id, sample.c.entity, micros_between(session, literal(origin, UTCDateTime), sample.c.bucket),
+                   sample.c.mean)
+            .join(Gpu, col(Gpu.uuid) == sample.c.entity).join(Lease, col(Lease.node_id) == Gpu.node_id)
+            .where(sample.c.bucket >= Lease.starts_at, or_(col(Lease.ends_at).is_(None), sample.c.bucket < Lease.ends_at))
+            .order_by(Lease.id, sample.c.entity, sample.c.bucket))
         # Core rows, not ORM rows: the ORM's per-row work was most of the rest
         series: dict[tuple[int, str], list[tuple[int, float]]] = defaultdict(list)
         for lease_id, entity, at, mean in session.connection().execute(statement).all():
