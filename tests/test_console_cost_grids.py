@@ -16,7 +16,8 @@ from dashboards import server_grid
 from dashboards.context import ConsoleContext
 from dashboards.cost_data import alert_count, alert_rows, budget_alerts, spend_summary
 from dashboards.cost_tables import ALERTS, BILLS, BUDGETS, rows_block
-from dashboards.pages.costs import ALL_TENANTS, update
+from dashboards.pages.costs import update
+from dashboards.tenant_picker import ALL
 from kiln.auth import Principal
 from metering.budgets import BudgetCreate, check_alerts, create_budget
 from tests.factories import World
@@ -74,14 +75,14 @@ def test_alert_pages_read_in_sql_follow_the_alert_list_and_its_scope(billed: Wor
 
 def test_grid_blocks_are_the_callers_tenants_only(billed: World, as_caller) -> None:  # noqa: ANN001
     member_a, admin = principal(billed, "a_member"), principal(billed, "admin")
-    as_caller(admin, lambda: update(ALL_TENANTS, PERIOD))  # keeps the admin's bills and budgets
+    as_caller(admin, lambda: update(ALL, PERIOD))  # keeps the admin's bills and budgets
     for table in (BILLS, BUDGETS, ALERTS):
         for request in (FIRST, {**FIRST, "sortModel": [{"colId": "tenant", "sort": "desc"}]}):
-            rows = as_caller(member_a, lambda: rows_block(table, request, ALL_TENANTS, PERIOD))["rowData"]
+            rows = as_caller(member_a, lambda: rows_block(table, request, ALL, PERIOD))["rowData"]
             assert rows and {r["tenant"] for r in rows} == {"tenant-a"}, table
             other = as_caller(member_a, lambda: rows_block(table, request, "tenant-b", PERIOD))
             assert other == {"rowData": [], "rowCount": 0}, table
-        everyone = as_caller(admin, lambda: rows_block(table, FIRST, ALL_TENANTS, PERIOD))["rowData"]
+        everyone = as_caller(admin, lambda: rows_block(table, FIRST, ALL, PERIOD))["rowData"]
         assert {r["tenant"] for r in everyone} == {"tenant-a", "tenant-b"}, table
 
 
@@ -89,18 +90,18 @@ def test_blocks_sort_and_filter_as_the_grid_would_with_exact_amounts(billed: Wor
     admin = principal(billed, "admin")
     bills = spend_summary(billed.session, admin, PERIOD).bills
     by_billed = as_caller(admin, lambda: rows_block(BILLS, {**FIRST, "sortModel": [{"colId": "billed", "sort": "desc"}]},
-                                                     ALL_TENANTS, PERIOD))
+                                                     ALL, PERIOD))
     assert [r["billed"] for r in by_billed["rowData"]] == [str(b.total) for b in sorted(bills, key=lambda b: -b.total)]
     assert sum(Decimal(r["billed"]) for r in by_billed["rowData"]) == sum(b.total for b in bills)
     small = {"filterModel": {"amount": {"filterType": "text", "type": "startsWith", "filter": "€1"}},
              "sortModel": [{"colId": "amount", "sort": "asc"}]}
-    budgets = as_caller(admin, lambda: rows_block(BUDGETS, {**FIRST, **small}, ALL_TENANTS, PERIOD))
+    budgets = as_caller(admin, lambda: rows_block(BUDGETS, {**FIRST, **small}, ALL, PERIOD))
     assert [r["budget"] for r in budgets["rowData"]] == ["tenant-b 10", "tenant-a 100", "tenant-a 1000"]  # by value, not text
     page = as_caller(admin, lambda: rows_block(BUDGETS, {"startRow": 1, "endRow": 2, "sortModel": [
-        {"colId": "amount", "sort": "desc"}]}, ALL_TENANTS, PERIOD))
+        {"colId": "amount", "sort": "desc"}]}, ALL, PERIOD))
     assert page["rowCount"] == 4 and [r["budget"] for r in page["rowData"]] == ["tenant-b 500"]
     over = {"filterModel": {"threshold": {"filterType": "number", "type": "greaterThanOrEqual", "filter": 100}}}
-    alerts = as_caller(admin, lambda: rows_block(ALERTS, {**FIRST, **over}, ALL_TENANTS, PERIOD))
+    alerts = as_caller(admin, lambda: rows_block(ALERTS, {**FIRST, **over}, ALL, PERIOD))
     assert alerts["rowCount"] >= 1 and all(r["threshold"] >= 100 for r in alerts["rowData"])
 
 
@@ -114,15 +115,15 @@ def test_the_page_callback_keeps_the_lists_and_a_grid_builds_their_cells_once(bi
     for name in ("bill_cells", "budget_cells"):
         real = getattr(cost_tables, name)
         monkeypatch.setattr(costs, name, lambda rows, real=real, name=name: built.append(name) or real(rows))
-    as_caller(admin, lambda: update(ALL_TENANTS, PERIOD))
+    as_caller(admin, lambda: update(ALL, PERIOD))
     assert built == []  # nothing formatted before a grid asks
-    first = as_caller(admin, lambda: rows_block(BILLS, FIRST, ALL_TENANTS, PERIOD))
-    second = as_caller(admin, lambda: rows_block(BILLS, {"startRow": 1, "endRow": 2}, ALL_TENANTS, PERIOD))
-    budgets = as_caller(admin, lambda: rows_block(BUDGETS, FIRST, ALL_TENANTS, PERIOD))
+    first = as_caller(admin, lambda: rows_block(BILLS, FIRST, ALL, PERIOD))
+    second = as_caller(admin, lambda: rows_block(BILLS, {"startRow": 1, "endRow": 2}, ALL, PERIOD))
+    budgets = as_caller(admin, lambda: rows_block(BUDGETS, FIRST, ALL, PERIOD))
     assert built == ["bill_cells", "budget_cells"]  # each list once, then kept
     assert second["rowData"] == first["rowData"][1:2] and first["rowCount"] == 2
     assert {r["tenant"] for r in budgets["rowData"]} == {"tenant-a", "tenant-b"}
     assert sum(Decimal(r["billed"]) for r in first["rowData"]) == spend_summary(billed.session, admin, PERIOD).to_date
     # what the admin's callback kept is never a member's: theirs is built for them
-    mine = as_caller(member_a, lambda: rows_block(BILLS, FIRST, ALL_TENANTS, PERIOD))["rowData"]
+    mine = as_caller(member_a, lambda: rows_block(BILLS, FIRST, ALL, PERIOD))["rowData"]
     assert mine and {r["tenant"] for r in mine} == {"tenant-a"}

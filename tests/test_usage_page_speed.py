@@ -14,9 +14,11 @@ import pytest
 
 import metering.efficiency as efficiency_module
 from collectors.models import Rollup5m
+from dashboards import tenant_picker
 from dashboards.context import ConsoleContext
 from dashboards.pages import usage
-from dashboards.pages.usage import gpu_hours_by_sku, tenant_options
+from dashboards.pages.usage import gpu_hours_by_sku
+from dashboards.tenant_picker import ALL, tenant_options
 from fleet.models import Gpu
 from fleet.tenancy_models import Lease
 from kiln.auth import Principal, principal_for_user
@@ -136,7 +138,7 @@ def _page(world: World, name: str, monkeypatch, rows_with_the_page: int) -> tupl
     app.config["KILN_CONSOLE"] = ConsoleContext(settings=None, engine=world.session.get_bind(), state=None, codec=None)
     with app.test_request_context("/"):
         flask.g.principal = _principal(world, name)
-        return usage.first_paint(usage.ALL, "7d")
+        return usage.first_paint(ALL, "7d")
 
 
 @pytest.mark.parametrize("name", ["admin", "a_member"])
@@ -195,15 +197,15 @@ def test_the_tenant_picker_searches_the_callers_tenants_on_the_server(world: Wor
     for k in range(5):
         world.session.add(Tenant(name=f"Zeta {k} 100%_off", slug=f"zeta-{k}"))
     world.session.commit()
-    monkeypatch.setattr(usage, "TENANT_CHOICES", 3)
+    monkeypatch.setattr(tenant_picker, "TENANT_CHOICES", 3)
     slugs = sorted(world.session.exec(Tenant.__table__.select()).all(), key=lambda t: t.slug)
-    assert _options(world, "admin", None, usage.ALL) == [usage.ALL, *[t.slug for t in slugs[:3]]]
-    assert _options(world, "admin", "ZETA", usage.ALL) == [usage.ALL, "zeta-0", "zeta-1", "zeta-2"]
-    assert _options(world, "admin", "zeta 4", usage.ALL) == [usage.ALL, "zeta-4"]  # by name, case-insensitive
-    assert _options(world, "admin", "0%_", usage.ALL) == [usage.ALL, "zeta-0", "zeta-1", "zeta-2"]  # % and _ are text
-    assert _options(world, "admin", "1%_", usage.ALL) == [usage.ALL]
-    assert _options(world, "admin", "", "zeta-4") == [usage.ALL, *[t.slug for t in slugs[:3]], "zeta-4"]  # the choice kept
-    member = _options(world, "a_member", None, usage.ALL)
-    assert member == [usage.ALL, world.a.slug]
-    assert _options(world, "a_member", "tenant", world.b.slug) == [usage.ALL, world.a.slug]  # never another's
-    assert _options(world, "a_member", "zeta", usage.ALL) == [usage.ALL]
+    assert _options(world, "admin", None, ALL) == [ALL, *[t.slug for t in slugs[:3]]]
+    assert _options(world, "admin", "ZETA", ALL) == [ALL, "zeta-0", "zeta-1", "zeta-2"]
+    assert _options(world, "admin", "zeta 4", ALL) == [ALL, "zeta-4"]  # by name, case-insensitive
+    assert _options(world, "admin", "0%_", ALL) == [ALL, "zeta-0", "zeta-1", "zeta-2"]  # % and _ are text
+    assert _options(world, "admin", "1%_", ALL) == [ALL]
+    assert _options(world, "admin", "", "zeta-4") == [ALL, *[t.slug for t in slugs[:3]], "zeta-4"]  # the choice kept
+    member = _options(world, "a_member", None, ALL)
+    assert member == [ALL, world.a.slug]
+    assert _options(world, "a_member", "tenant", world.b.slug) == [ALL, world.a.slug]  # never another's
+    assert _options(world, "a_member", "zeta", ALL) == [ALL]

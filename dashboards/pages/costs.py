@@ -37,7 +37,7 @@ from dashboards.cost_tables import (
     list_key,
 )
 from dashboards.pages.bill import bill_url
-from dashboards.tenancy_data import visible_tenants
+from dashboards.tenant_picker import ALL, register_search, tenant_picker
 from kiln.auth import Principal
 from kiln.db import utcnow
 from kiln.models import Tenant
@@ -46,7 +46,6 @@ from metering.periods import period_of
 from metering.sku_labels import label
 
 PATH = "/costs"
-ALL_TENANTS = "all"
 KWH, KG = "kWh", "kg CO2e"
 OUTPUTS = (
     Output("costs-stats", "children"), Output("costs-by-sku", "figure"), Output("costs-by-day", "figure"),
@@ -66,18 +65,15 @@ def layout(bill: str | None = None, **_: str) -> html.Div:
     link to the bill's own page for old `?bill=ID` links."""
     principal = current_principal()
     with db_session() as session:
-        tenants = visible_tenants(session, principal)
         periods = bill_periods(session, principal)
     moved = html.P(["Bills have a page of their own: ", dcc.Link(f"bill {bill}", href=bill_url(bill), id="bill-moved")],
                    className="hint") if bill else html.Div()
-    options = [{"label": "All tenants" if principal.sees_all_tenants else "All my tenants", "value": ALL_TENANTS}]
-    options += [{"label": f"{t.name} ({t.slug})", "value": t.slug} for t in tenants]
     period = period_of(utcnow())
     page = html.Div([
         moved,
         html.Div([
             html.H1("Costs and bills"),
-            dcc.Dropdown(id="costs-tenant", options=options, value=ALL_TENANTS, clearable=False, className="tenant-picker"),
+            tenant_picker("costs-tenant"),
             dcc.Dropdown(id="costs-period", options=_period_options(periods), value=period, clearable=False,
                          className="range-picker"),
         ], className="page-head"),
@@ -90,7 +86,7 @@ def layout(bill: str | None = None, **_: str) -> html.Div:
         section("Budget alerts", html.Div(id="costs-alerts")),
         section("Bills", html.Div(id="costs-bills"), element_id="bills"),
     ])
-    return prefilled(page, OUTPUTS, update(ALL_TENANTS, period))
+    return prefilled(page, OUTPUTS, update(ALL, period))
 
 
 def budget_figure(rows: list[dict]) -> Figure:
@@ -109,7 +105,7 @@ def budget_figure(rows: list[dict]) -> Figure:
 def chosen_tenant(session: Session, principal: Principal, tenant_slug: str | None) -> int | None:
     """The id of the tenant picked (None: all the caller's); -1, which matches nothing, for a tenant
     that is not one of the caller's: show nothing rather than everything."""
-    if tenant_slug in (None, ALL_TENANTS):
+    if tenant_slug in (None, ALL):
         return None
     tenant_id = session.exec(select(Tenant.id).where(Tenant.slug == tenant_slug)).first()
     return tenant_id if tenant_id is not None and principal.can_see(tenant_id) else -1
@@ -175,5 +171,6 @@ def emissions_parts(energy: dict, period: str) -> tuple[list[html.Div], Figure]:
 def register(app: dash.Dash) -> None:
     """Register the page and its callbacks on the console app."""
     dash.register_page(__name__, path=PATH, name="Costs", title="Costs — Kiln", layout=layout, order=4)
+    register_search(app, "costs-tenant")
     app.callback(*OUTPUTS, Input("costs-tenant", "value"), Input("costs-period", "value"), prevent_initial_call=True)(update)
     cost_tables.register(app)

@@ -4,7 +4,7 @@ with a "behind only" filter and the same rows as a CSV download (fleet/firmware_
 from __future__ import annotations
 
 import dash
-from dash import Input, Output, dcc, html
+from dash import Input, Output, html
 
 from dashboards.components import allowed, data_grid, forbidden, pressed, section, stat, toggle_button
 from dashboards.context import current_principal, db_session

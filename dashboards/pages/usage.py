@@ -10,7 +10,7 @@ from decimal import Decimal
 
 import dash
 from dash import Input, Output, State, dcc, html
-from sqlmodel import Session, col, or_, select
+from sqlmodel import Session, select
 
 from dashboards.components import (
     chosen_tab,
@@ -38,6 +38,7 @@ from dashboards.tenancy_data import (
     stacked_by_day,
     total_by,
 )
+from dashboards.tenant_picker import ALL, register_search, tenant_picker
 from fleet.daily_hours import DayMicros, daily_lease_micros
 from fleet.leases import count_leases
 from fleet.usage import HOURS_QUANTUM, MICROS_PER_HOUR
@@ -52,10 +53,8 @@ from metering.sku_labels import label
 from metering.usage import usage_totals
 
 PATH = "/usage"
-ALL = "all"
 DEFAULT_RANGE = "7d"
 DEFAULT_TAB = "lease"
-TENANT_CHOICES = 50  # tenants listed in the picker at a time; typing searches all the caller's tenants
 # More whole-node leases than this (all tenants of a large fleet): the per-lease grid is drawn when its tab is chosen, not
 # with the page (a 1,000-row grid was ~0.5 s of a page over its 1.5 s target at 1,000 nodes).
 LEASES_WITH_THE_PAGE = 200
@@ -76,8 +75,7 @@ def layout(**_: str) -> html.Div:
     page = html.Div([
         html.Div([
             html.H1("GPU usage"),
-            dcc.Dropdown(id="usage-tenant", options=tenant_options(None, ALL), value=ALL, clearable=False,
-                         placeholder="Type to find a tenant", className="tenant-picker"),
+            tenant_picker("usage-tenant"),
             range_picker("usage-range", default=DEFAULT_RANGE),
         ], className="page-head"),
         html.Div(id="usage-stats", className="stats"),
@@ -89,24 +87,6 @@ def layout(**_: str) -> html.Div:
     ])
     overview, details = first_paint(ALL, DEFAULT_RANGE)
     return prefilled(page, (*OUTPUTS, *DETAIL_OUTPUTS), (*overview, *details))
-
-
-def tenant_options(search: str | None, chosen: str | None) -> list[dict[str, str]]:
-    """The tenant picker's choices: "all", the chosen tenant, and the first `TENANT_CHOICES` of the
-    caller's tenants whose name or slug holds `search` (case-insensitive) — searched here, not in
-    the browser: 2,000 tenants were 124 KB of a 155 KB page."""
-    principal = current_principal()
-    statement = principal.scope(select(Tenant.name, Tenant.slug), Tenant.id)
-    if search:
-        statement = statement.where(or_(col(Tenant.name).icontains(search, autoescape=True),
-                                        col(Tenant.slug).icontains(search, autoescape=True)))
-    with db_session() as session:  # names and slugs, not Tenant objects
-        found = session.exec(statement.order_by(Tenant.slug).limit(TENANT_CHOICES)).all()
-        if chosen not in (None, ALL) and all(slug != chosen for _, slug in found):
-            found += session.exec(principal.scope(select(Tenant.name, Tenant.slug).where(Tenant.slug == chosen),
-                                                  Tenant.id)).all()
-    options = [{"label": "All tenants" if principal.sees_all_tenants else "All my tenants", "value": ALL}]
-    return options + [{"label": f"{name} ({slug})", "value": slug} for name, slug in found]
 
 
 def _hours(value: Decimal | None) -> str:
@@ -356,8 +336,7 @@ def namespace_allocation_table(rows: list[NamespaceEfficiencyRow]) -> html.Div:
 def register(app: dash.Dash) -> None:
     """Register the page and its callback on the console app."""
     dash.register_page(__name__, path=PATH, name="Usage", title="Usage — Kiln", layout=layout, order=3)
-    app.callback(Output("usage-tenant", "options"), Input("usage-tenant", "search_value"), State("usage-tenant", "value"),
-                 prevent_initial_call=True)(tenant_options)
+    register_search(app, "usage-tenant")
     app.callback(*OUTPUTS, Input("usage-tenant", "value"), Input("usage-range", "value"), prevent_initial_call=True)(update)
     app.callback(*DETAIL_OUTPUTS, *tab_inputs(DETAILS, DETAIL_TABS), Input("usage-tenant", "value"),
                  Input("usage-range", "value"), State(f"{DETAILS}-chosen", "data"), prevent_initial_call=True)(details)
