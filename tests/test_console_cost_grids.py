@@ -127,3 +127,27 @@ def test_the_page_callback_keeps_the_lists_and_a_grid_builds_their_cells_once(bi
     # what the admin's callback kept is never a member's: theirs is built for them
     mine = as_caller(member_a, lambda: rows_block(BILLS, FIRST, ALL, PERIOD))["rowData"]
     assert mine and {r["tenant"] for r in mine} == {"tenant-a"}
+
+
+def test_finance_grids_come_a_block_at_a_time_for_finance_roles_only(billed: World, as_caller, monkeypatch) -> None:  # noqa: ANN001
+    from dash import no_update
+
+    from dashboards.finance_data import tenant_charges
+    from dashboards.pages import finance
+
+    monkeypatch.setattr(finance, "console_context", lambda: SimpleNamespace(settings=SimpleNamespace(opencost_url=None)))
+    finance_caller, member_a = principal(billed, "finance"), principal(billed, "a_member")
+    charges = tenant_charges(billed.session, finance_caller, PERIOD)
+    assert {c.tenant for c in charges} == {"tenant-a", "tenant-b"}
+    outputs = as_caller(finance_caller, lambda: finance.update(PERIOD))
+    grid = outputs[8].children  # the charges-by-tenant grid: no rows in the page itself
+    assert grid.rowModelType == "infinite" and not getattr(grid, "rowData", None)
+    by_billed = {**FIRST, "sortModel": [{"colId": "billed", "sort": "desc"}]}
+    block = as_caller(finance_caller, lambda: finance.rows_block(finance.TENANTS, by_billed, PERIOD))
+    assert block["rowCount"] == 2
+    assert [r["billed"] for r in block["rowData"]] == [str(c.total) for c in sorted(charges, key=lambda c: -c.total)]
+    assert sum(Decimal(r["billed"]) for r in block["rowData"]) == sum(c.total for c in charges)
+    second = as_caller(finance_caller, lambda: finance.rows_block(finance.TENANTS, {**by_billed, "startRow": 1}, PERIOD))
+    assert second["rowData"] == block["rowData"][1:]
+    for table in (finance.TENANTS, finance.RECONCILIATION):  # a tenant role gets nothing, kept or not
+        assert as_caller(member_a, lambda: finance.rows_block(table, FIRST, PERIOD)) is no_update

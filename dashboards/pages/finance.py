@@ -9,8 +9,8 @@ from decimal import Decimal
 import dash
 from dash import Input, Output, State, dcc, html, no_update
 
-from dashboards import downloads
-from dashboards.components import allowed, data_grid, empty_state, forbid_page_load, forbidden, prefilled, section, stat
+from dashboards import downloads, server_grid
+from dashboards.components import allowed, empty_state, forbid_page_load, forbidden, prefilled, section, stat
 from dashboards.context import console_context, current_principal, db_session
 from dashboards.cost_data import bill_periods, spend_by_sku
 from dashboards.figures import Figure, bars, empty_figure, grouped_bars
@@ -35,6 +35,9 @@ from metering.sku_labels import label
 PATH = "/finance"
 TOP_TENANTS = 25
 TOP_NAMESPACES = 20
+TENANTS, RECONCILIATION = "finance-tenant-table", "finance-reconciliation-rows"  # each grid is ID-grid
+NUMERIC = {TENANTS: ("list", "billed", "bill_id"),
+           RECONCILIATION: ("kiln", "opencost", "difference", "kiln_gpu_hours", "opencost_gpu_hours")}
 
 OUTPUTS = (
     Output("finance-stats", "children"), Output("finance-by-tenant", "figure"), Output("finance-by-sku", "figure"),
@@ -137,27 +140,65 @@ def update(period: str | None) -> tuple:
         " ", html.A("Chargeback CSV", href=downloads.export_url("chargeback", period), id="export-chargeback",
                     className="button secondary", download=""),
     ]) if charges else empty_state(why)
-    tenants = data_grid("finance-tenant-table", (
-        {"field": "tenant", "headerName": "Tenant"}, {"field": "name", "headerName": "Name"},
-        {"field": "cost_centre", "headerName": "Cost centre"}, {"field": "status", "headerName": "Status", "maxWidth": 130},
-        {"field": "list", "headerName": f"List ({currency})", "numeric": True},
-        {"field": "billed", "headerName": f"Billed ({currency})", "numeric": True, "sort": "desc"},
-        {"field": "bill", "headerName": "Bill", "cellRenderer": "markdown", "maxWidth": 110},
-    ), [{"tenant": c.tenant, "name": c.tenant_name, "cost_centre": c.cost_centre, "status": c.status, "list": str(c.list_total),
-         "billed": str(c.total), "bill": f"[#{c.bill_id}]({bill_url(c.bill_id)})"} for c in charges], empty=why)
-    recon_table = data_grid("finance-reconciliation-rows", (
-        {"field": "namespace", "headerName": "Namespace"}, {"field": "tenant", "headerName": "Tenant"},
-        {"field": "kiln", "headerName": f"Kiln ({currency})", "numeric": True},
-        {"field": "opencost", "headerName": "OpenCost", "numeric": True},
-        {"field": "difference", "headerName": "Difference", "numeric": True},
-        {"field": "kiln_gpu_hours", "headerName": "GPU-hours Kiln", "numeric": True},
-        {"field": "opencost_gpu_hours", "headerName": "GPU-hours OpenCost", "numeric": True},
-    ), [{"namespace": r.namespace, "tenant": r.tenant or "—", "kiln": str(r.kiln_cost), "opencost": _plain(r.opencost_cost),
-         "difference": _plain(r.difference), "kiln_gpu_hours": _plain(r.kiln_gpu_hours, quantity=True),
-         "opencost_gpu_hours": _plain(r.opencost_gpu_hours, quantity=True)} for r in recon],
-        empty=f"No Kubernetes usage in this period. {notice}")
+    # the two long lists (a row per tenant and per namespace) come a block at a time (dashboards.server_grid)
+    key = server_grid.caller_key(principal), period
+    server_grid.keep((TENANTS, *key), lambda: tenant_cells(charges))
+    server_grid.keep((RECONCILIATION, *key), lambda: reconciliation_cells(recon))
+    tenants = server_grid.paged_grid(TENANTS, tenant_columns(currency), len(charges), empty=why)
+    recon_table = server_grid.paged_grid(RECONCILIATION, reconciliation_columns(currency), len(recon),
+                                         empty=f"No Kubernetes usage in this period. {notice}")
     return (stats, by_tenant, sku_figure, idle_figure, _reconciliation_figure(recon, currency, notice), hint, not can_close,
             exports, tenants, recon_table, f"Finalise every draft bill of {period}? Finalised bills never change.")
+
+
+def tenant_columns(currency: str) -> tuple[dict, ...]:
+    """The charges-by-tenant grid's columns, largest bill first."""
+    return ({"field": "tenant", "headerName": "Tenant"}, {"field": "name", "headerName": "Name"},
+            {"field": "cost_centre", "headerName": "Cost centre"}, {"field": "status", "headerName": "Status", "maxWidth": 130},
+            {"field": "list", "headerName": f"List ({currency})", "numeric": True},
+            {"field": "billed", "headerName": f"Billed ({currency})", "numeric": True, "sort": "desc"},
+            {"field": "bill", "headerName": "Bill", "cellRenderer": "markdown", "maxWidth": 110})
+
+
+def tenant_cells(charges: list) -> list[dict]:
+    """A row per tenant's bill (`finance_data.TenantCharge`s), with a link to the bill."""
+    return [{"tenant": c.tenant, "name": c.tenant_name, "cost_centre": c.cost_centre, "status": c.status,
+             "list": str(c.list_total), "billed": str(c.total), "bill": f"[#{c.bill_id}]({bill_url(c.bill_id)})",
+             "bill_id": c.bill_id} for c in charges]
+
+
+def reconciliation_columns(currency: str) -> tuple[dict, ...]:
+    """The reconciliation grid's columns: Kiln's and OpenCost's cost and GPU-hours per namespace."""
+    return ({"field": "namespace", "headerName": "Namespace"}, {"field": "tenant", "headerName": "Tenant"},
+            {"field": "kiln", "headerName": f"Kiln ({currency})", "numeric": True},
+            {"field": "opencost", "headerName": "OpenCost", "numeric": True},
+            {"field": "difference", "headerName": "Difference", "numeric": True},
+            {"field": "kiln_gpu_hours", "headerName": "GPU-hours Kiln", "numeric": True},
+            {"field": "opencost_gpu_hours", "headerName": "GPU-hours OpenCost", "numeric": True})
+
+
+def reconciliation_cells(recon: list) -> list[dict]:
+    """A row per namespace compared (`finance_data.reconciliation`)."""
+    return [{"namespace": r.namespace, "tenant": r.tenant or "—", "kiln": str(r.kiln_cost), "opencost": _plain(r.opencost_cost),
+             "difference": _plain(r.difference), "kiln_gpu_hours": _plain(r.kiln_gpu_hours, quantity=True),
+             "opencost_gpu_hours": _plain(r.opencost_gpu_hours, quantity=True)} for r in recon]
+
+
+def rows_block(table: str, request: dict | None, period: str | None) -> dict:
+    """One block of `table`'s rows that `request` (AG Grid's getRowsRequest) asks for, in `period`,
+    and how many rows match (nothing for tenant roles)."""
+    principal = current_principal()
+    if not request or not period or not allowed(principal, FINANCE_ROLES):
+        return no_update
+
+    def build() -> list[dict]:
+        with db_session() as session:
+            if table == TENANTS:
+                return tenant_cells(tenant_charges(session, principal, period))
+            return reconciliation_cells(reconciliation(session, principal, period)[0])
+
+    rows = server_grid.kept((table, server_grid.caller_key(principal), period), build)
+    return server_grid.block(rows, request, NUMERIC[table], {"bill": "bill_id"})
 
 
 def _plain(value: Decimal | None, quantity: bool = False) -> str:
@@ -196,5 +237,11 @@ def register(app: dash.Dash) -> None:
     app.callback(Output("finance-close-message", "children"), Output("finance-period", "value"),
                  Input("finance-close-confirm", "submit_n_clicks"), State("finance-period", "value"),
                  prevent_initial_call=True)(confirm_close)
+    for table in (TENANTS, RECONCILIATION):
+        def answer(request: dict | None, period: str | None, table: str = table) -> dict:
+            return rows_block(table, request, period)
+        answer.__doc__ = f"One block of the {table} grid's rows."
+        app.callback(Output(f"{table}-grid", "getRowsResponse"), Input(f"{table}-grid", "getRowsRequest"),
+                     State("finance-period", "value"), prevent_initial_call=True)(answer)
     app.server.after_request(forbid_page_load(PATH, FINANCE_ROLES))
 
