@@ -28,11 +28,10 @@ from dashboards.context import current_principal, db_session
 from dashboards.forms import (
     NEW, attempt, blank_to_none, count_input, done, field, message, refused, save_and_delete, split_list, text_input,
 )
+from dashboards.tenant_picker import register_slug_search, slug_options
 from fleet import vdcs as vdc_service
 from fleet.tenancy_schemas import VdcCreate, VdcPublic, VdcUpdate
-from kiln.auth import Principal
 from kiln.roles import Role
-from kiln.tenants import list_tenants
 from kiln.validation import parse_model
 from metering.money import plain
 
@@ -73,9 +72,9 @@ def grant_row(slug: str, grant: Any = None) -> html.Tr:
     return html.Tr(cells, id={"type": "vdc-grant-row", "tenant": slug})
 
 
-def editor(session: Session, principal: Principal, vdcs: list[VdcPublic]) -> html.Section:
+def editor(vdcs: list[VdcPublic]) -> html.Section:
     """The form: VDC picker, name, description, selectors, explicit nodes, quotas, grants, save/delete."""
-    tenants = [{"label": t.slug, "value": t.slug} for t in list_tenants(session, principal)]
+    tenants = slug_options(None)  # the first few; typing searches the rest on the server (2,000 tenants: 96 KiB)
     selectors = [field(label, text_input(f"vdc-{kind}", placeholder), f"vdc-{kind}", "comma-separated")
                  for kind, label, placeholder in SELECTOR_FIELDS]
     quotas = [field(label, _quota_input(f"vdc-{quota}", quota), f"vdc-{quota}") for quota, label in QUOTAS]
@@ -223,6 +222,7 @@ def register(app: dash.Dash, overview: Callable[[], Any]) -> None:
         *[Output(i, "value") for i in FORM_FIELDS], Output("vdc-name", "disabled"), Output("vdc-delete", "disabled"),
         Output("vdc-grant-rows", "children"), Input("vdc-pick", "value"), prevent_initial_call=True,
     )(load)
+    register_slug_search(app, "vdc-grant-add")
     app.callback(Output("vdc-grant-rows", "children", allow_duplicate=True), Output("vdc-grant-add", "value"),
                  Input("vdc-grant-add", "value"), State({"type": "vdc-grant-row", "tenant": ALL}, "id"),
                  prevent_initial_call=True)(add_grant)

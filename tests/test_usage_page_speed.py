@@ -18,7 +18,7 @@ from dashboards import tenant_picker
 from dashboards.context import ConsoleContext
 from dashboards.pages import usage
 from dashboards.pages.usage import gpu_hours_by_sku
-from dashboards.tenant_picker import ALL, tenant_options
+from dashboards.tenant_picker import ALL, slug_options, tenant_options
 from fleet.models import Gpu
 from fleet.tenancy_models import Lease
 from kiln.auth import Principal, principal_for_user
@@ -185,12 +185,12 @@ def test_gpu_hours_by_model_sum_leases_from_leases_and_meter_the_rest_until_bill
     assert gpu_hours_by_sku(world.session, a_member, start, end, None)[label(skus.gpu_hour(model))] == whole + 2
 
 
-def _options(world: World, name: str, search: str | None, chosen: str | None) -> list[str]:
+def _options(world: World, name: str, search: str | None, chosen: str | None, *, slugs: bool = False) -> list[str]:
     app = flask.Flask(__name__)
     app.config["KILN_CONSOLE"] = ConsoleContext(settings=None, engine=world.session.get_bind(), state=None, codec=None)
     with app.test_request_context("/"):
         flask.g.principal = _principal(world, name)
-        return [o["value"] for o in tenant_options(search, chosen)]
+        return [o["value"] for o in (slug_options(search) if slugs else tenant_options(search, chosen))]
 
 
 def test_the_tenant_picker_searches_the_callers_tenants_on_the_server(world: World, monkeypatch) -> None:
@@ -209,3 +209,6 @@ def test_the_tenant_picker_searches_the_callers_tenants_on_the_server(world: Wor
     assert member == [ALL, world.a.slug]
     assert _options(world, "a_member", "tenant", world.b.slug) == [ALL, world.a.slug]  # never another's
     assert _options(world, "a_member", "zeta", ALL) == [ALL]
+    # the VDC editor's "grant to": the same search, slugs only, no "all"
+    assert _options(world, "admin", "ZETA", None, slugs=True) == ["zeta-0", "zeta-1", "zeta-2"]
+    assert _options(world, "a_member", None, None, slugs=True) == [world.a.slug]

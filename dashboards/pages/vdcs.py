@@ -78,7 +78,7 @@ def layout(**_: str) -> html.Div:
         return forbidden(principal, "The VDC and quota page")
     with db_session() as session:
         loaded = visible_vdcs(session, principal)
-        form = vdc_forms.editor(session, principal, loaded)
+    form = vdc_forms.editor(loaded)
     return html.Div([html.Div(html.H1("VDCs and quotas"), className="page-head"), overview(loaded), form])
 
 
