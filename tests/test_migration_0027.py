@@ -4,30 +4,18 @@ a downgrade takes the room away again."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from sqlalchemy import Engine, text
 from sqlmodel import Session
 
 from collectors.base import Sample
 from collectors.store import write_snapshots
-from kiln.db import create_db_engine
 from kiln.schema import head_revision, migrate_to
-from tests.conftest import new_postgres_database
+from tests.test_partitions import pg_engine  # noqa: F401 (a fixture)
 
 T0 = datetime(2026, 12, 7, 7, tzinfo=UTC)
 ENTITIES, SENSORS = 100, 30  # 3,000 rows: dozens of pages
-
-
-@pytest.fixture
-def pg_engine(postgres_server: str) -> Iterator[Engine]:
-    """An empty PostgreSQL database of this test's own."""
-    with new_postgres_database(postgres_server) as url:
-        engine = create_db_engine(url)
-        yield engine
-        engine.dispose()
 
 
 def _cycle(engine: Engine, at: datetime) -> dict[int, int]:
@@ -49,7 +37,7 @@ def _fillfactors(engine: Engine) -> dict[str, list[str] | None]:
             "SELECT relname, reloptions FROM pg_class WHERE relname IN ('health_snapshot', 'collector_target_state')")).all())
 
 
-def test_a_cycle_rewrites_snapshot_rows_on_their_own_pages_and_a_downgrade_undoes_it(pg_engine: Engine) -> None:
+def test_a_cycle_rewrites_snapshot_rows_on_their_own_pages_and_a_downgrade_undoes_it(pg_engine: Engine) -> None:  # noqa: F811
     assert migrate_to(pg_engine, head_revision()) == head_revision()
     assert _fillfactors(pg_engine) == {"health_snapshot": ["fillfactor=50"], "collector_target_state": ["fillfactor=50"]}
     first = _cycle(pg_engine, T0)
