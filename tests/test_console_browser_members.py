@@ -77,6 +77,7 @@ def test_a_tenant_admin_sees_adds_deactivates_and_reactivates_members(console: A
     page.wait_for_selector("#nav-members", state="attached")  # the nav is drawn after the page's own content
     assert page.locator("#nav-members").count() == 1
     page.click("#members-tenant")
+    page.get_by_role("option").first.wait_for()  # the menu draws its options after the click (all_inner_texts does not wait)
     assert page.get_by_role("option").all_inner_texts() == ["tenant-a"]  # tara's tenants only
     page.keyboard.press("Escape")
     listed = page.inner_text("#members-list")
