@@ -141,9 +141,8 @@ def update(period: str | None) -> tuple:
                     className="button secondary", download=""),
     ]) if charges else empty_state(why)
     # the two long lists (a row per tenant and per namespace) come a block at a time (dashboards.server_grid)
-    key = server_grid.caller_key(principal), period
-    server_grid.keep((TENANTS, *key), lambda: tenant_cells(charges))
-    server_grid.keep((RECONCILIATION, *key), lambda: reconciliation_cells(recon))
+    server_grid.keep(_list_key(TENANTS, principal, period), lambda: tenant_cells(charges))
+    server_grid.keep(_list_key(RECONCILIATION, principal, period), lambda: reconciliation_cells(recon))
     tenants = server_grid.paged_grid(TENANTS, tenant_columns(currency), len(charges), empty=why)
     recon_table = server_grid.paged_grid(RECONCILIATION, reconciliation_columns(currency), len(recon),
                                          empty=f"No Kubernetes usage in this period. {notice}")
@@ -184,6 +183,11 @@ def reconciliation_cells(recon: list) -> list[dict]:
              "opencost_gpu_hours": _plain(r.opencost_gpu_hours, quantity=True)} for r in recon]
 
 
+def _list_key(table: str, principal: Principal, period: str) -> tuple:
+    """Where a grid's rows are kept: per table, caller and period."""
+    return table, server_grid.caller_key(principal), period
+
+
 def rows_block(table: str, request: dict | None, period: str | None) -> dict:
     """One block of `table`'s rows that `request` (AG Grid's getRowsRequest) asks for, in `period`,
     and how many rows match (nothing for tenant roles)."""
@@ -197,7 +201,7 @@ def rows_block(table: str, request: dict | None, period: str | None) -> dict:
                 return tenant_cells(tenant_charges(session, principal, period))
             return reconciliation_cells(reconciliation(session, principal, period)[0])
 
-    rows = server_grid.kept((table, server_grid.caller_key(principal), period), build)
+    rows = server_grid.kept(_list_key(table, principal, period), build)
     return server_grid.block(rows, request, NUMERIC[table], {"bill": "bill_id"})
 
 
