@@ -7,8 +7,10 @@ tenant of the rack, gaps of 0–3 days, the last one open); one node in 20 is a 
 never leased, on which every tenant's namespace runs a pod with one GPU for 2–8 days a month,
 and OpenCost's view of each namespace-month (its GPU-hours off by up to ±3 %); price cards with
 a GPU price change half-way, a 10 % discount for one tenant in ten, a budget per tenant; the
-last 24 h of power and temperature rollups and health snapshots for every node, and a week of
-GPU utilisation for the benchmark tenant's nodes.
+last 24 h of power and temperature rollups and health snapshots for every node; GPU utilisation
+for every GPU: the last 30 minutes as 5-minute samples, everything before summed per lease and day
+(`lease_utilisation_day`, 40-94 % busy) as the worker's `utilisation-days` job keeps it, and
+today's sums then extended over the samples by that job's own `seal`.
 
 Everything above is bulk-inserted (executemany; the rollups by COPY on PostgreSQL, into the
 history's month partitions, created first as production would have). Then metering's own
@@ -20,6 +22,7 @@ would.
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -29,7 +32,9 @@ from collections.abc import Iterable, Iterator
 from sqlalchemy import Engine, insert, select, text
 from sqlmodel import Session
 
-from collectors.models import HealthSnapshot, K8sAllocation, OpenCostAllocation, Rollup5m
+from collectors.models import HealthSnapshot, K8sAllocation, LeaseUtilisationDay, OpenCostAllocation, Rollup5m, UtilisationSealed
+from collectors.utilisation_days import midnight, seal
+from fleet.daily_hours import days_between
 from fleet.models import Gpu, Node
 from fleet.tenancy_models import Lease, Vdc, VdcSelector, VdcTenant
 from kiln.auth import Principal
@@ -51,6 +56,7 @@ RACK_SIZE = 50
 PASSWORD = "benchmark-console-password"
 CHUNK = 20_000
 STEP = timedelta(minutes=5)
+UTILISATION_TAIL = timedelta(minutes=30)  # raw GPU utilisation samples kept before now (older: summed per lease-day)
 OPENCOST_ZEROS = {name: Decimal(0) for name in ("cpu_core_hours", "ram_byte_hours", "cpu_cost", "ram_cost", "pv_cost",
                                                 "network_cost", "shared_cost")}
 
@@ -136,8 +142,28 @@ def _kubernetes(rng: random.Random, slugs: list[str], k8s_nodes: list[str], peri
     return pods, opencost
 
 
+def _bucket(moment: datetime) -> datetime:
+    return moment.replace(second=0, microsecond=0, minute=moment.minute - moment.minute % 5)
+
+
+def _buckets(first: datetime, now: datetime) -> list[datetime]:
+    return [first + k * STEP for k in range((_bucket(now) - first) // STEP + 1)]
+
+
+def _kept_days(leases: list, start: datetime, tail: datetime) -> Iterator[dict]:
+    """Each lease's utilisation summed per day before `tail`, as `collectors.utilisation_days.seal`
+    would have kept it from 5-minute samples covering every GPU: 8 GPUs × the lease's time that day,
+    at 40-94 % (by lease and day)."""
+    for lease_id, starts_at, ends_at in leases:
+        for day_start, day_end in days_between(max(starts_at, start), min(ends_at or tail, tail)):
+            micros = GPUS_PER_NODE * ((day_end - day_start) // timedelta(microseconds=1))
+            percent = 40 + (lease_id * 13 + day_start.toordinal() * 7) % 55
+            yield {"day": day_start.date(), "lease_id": lease_id, "measured_micros": micros,
+                   "used_micro_percent": float(micros * percent)}
+
+
 def _rollups(names: list[str], now: datetime, rng: random.Random) -> Iterator[dict]:
-    end = now.replace(second=0, microsecond=0, minute=now.minute - now.minute % 5)
+    end = _bucket(now)
     for name in names:
         base = 2200 + rng.randrange(800)
         for step in range(288):
@@ -205,13 +231,21 @@ def seed(engine: Engine, *, nodes: int, tenants: int, months: int, now: datetime
              "value": value, "unit": unit, "state": 0, "observed_at": now}
             for n in names for metric, value, unit in (("ipmi_dcmi_power_consumption_watts", 2400.0, "watts"),
                                                        ("ipmi_temperature_celsius", 55.0, "celsius"))])
-        member_id = tenant_ids[seeded.member_tenant]
-        held = connection.execute(select(Lease.node_id).where(Lease.tenant_id == member_id, Lease.ends_at.is_(None))).scalars().all()
-        uuids = connection.execute(select(Gpu.uuid).where(Gpu.node_id.in_(held))).scalars().all()
-        week = [now.replace(second=0, microsecond=0, minute=now.minute - now.minute % 5) - s * STEP for s in range(2016)]
+        tail = _bucket(now) - UTILISATION_TAIL
+        gpus = [f"GPU-{n}-{g}" for n in names for g in range(GPUS_PER_NODE)]
         seeded.rows["rollup_5m"] += _bulk(connection, Rollup5m.__table__, (
-            {"entity": u, "metric": "gpu_util_percent", "bucket": b, "count": 5, "sum": 5.0 * (60 + i % 35), "min": 50.0,
-             "max": 99.0} for u in uuids for i, b in enumerate(week)))
+            {"entity": u, "metric": "gpu_util_percent", "bucket": b, "count": 5, "sum": 5.0 * (40 + (i * 7 + k) % 55),
+             "min": 30.0, "max": 99.0} for i, u in enumerate(gpus) for k, b in enumerate(_buckets(tail, now))))
+        leases = connection.execute(select(Lease.id, Lease.starts_at, Lease.ends_at)).all()
+        seeded.rows["lease_utilisation_day"] = _bulk(connection, LeaseUtilisationDay.__table__, _kept_days(leases, start, tail))
+        _bulk(connection, UtilisationSealed.__table__, [
+            {"day": day, "through": min(midnight(day) + timedelta(days=1), tail)}
+            for day in (start.date() + timedelta(days=d) for d in range((tail - start).days + 1))])
+    with Session(engine) as session:  # today's sums from the tail's samples, as the worker's job adds them
+        began = time.perf_counter()
+        seal(session, now)
+        session.commit()
+        seeded.rows["seal_tail_ms"] = round((time.perf_counter() - began) * 1000)
     system = Principal.system("benchmark")
     with Session(engine, expire_on_commit=False) as session:
         for sku, price, begins, ends in (("node-hour:gpu.h100", "1.20", start - timedelta(days=30), None),

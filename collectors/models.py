@@ -9,6 +9,8 @@
 - `rollup_5m`: 5-minute aggregates of a few chart series, for when no Prometheus is configured.
 - `fleet_power_5m`: the whole fleet's power per closed 5-minute bucket, kept from `rollup_5m`
   (collectors.fleet_power: the admin's fleet chart reads 288 rows, not 2.9 M).
+- `lease_utilisation_day`, `utilisation_sealed`: GPU utilisation summed per whole-node lease and
+  UTC day, and how far into each day those sums reach (collectors.utilisation_days).
 - `node_energy_hour`: kWh per node-hour (metering's energy input), from the BMC's energy
   counter where it has one (Redfish `EnergykWh`), else integrated from its watts; `method` says
   which, `source` which collector's figure it is (one per node-hour, from `node_energy_source_hour`).
@@ -22,11 +24,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, Column, ForeignKey, Index, Integer, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, ForeignKey, Index, Integer, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 # Loads the tables this module's foreign keys name: a flush sorts tables by those keys.
@@ -112,6 +114,29 @@ class FleetPower5m(SQLModel, table=True):
     bucket: datetime = Field(sa_type=UTCDateTime, primary_key=True)
     watts: float = Field(default=0.0)
     nodes: int = Field(default=0)
+
+
+class LeaseUtilisationDay(SQLModel, table=True):
+    """One whole-node lease's GPU utilisation samples of one UTC day, summed: the microseconds they
+    stand for (GPU-microseconds measured) and those × mean utilisation % (used), over the samples
+    before the day's `utilisation_sealed.through` (collectors.utilisation_days)."""
+
+    __tablename__ = "lease_utilisation_day"
+
+    day: date = Field(primary_key=True)
+    lease_id: int = Field(primary_key=True)
+    measured_micros: int = Field(default=0, sa_type=BigInteger)
+    used_micro_percent: float = Field(default=0.0)
+
+
+class UtilisationSealed(SQLModel, table=True):
+    """How far one UTC day's `lease_utilisation_day` rows reach: every lease's samples in
+    [day, through) are summed there (`through` is at most the next midnight)."""
+
+    __tablename__ = "utilisation_sealed"
+
+    day: date = Field(primary_key=True)
+    through: datetime = Field(sa_type=UTCDateTime)
 
 
 ENERGY_METHODS = ("watts", "counter", "mixed")  # node_energy_hour.method

@@ -52,13 +52,14 @@ from collectors.models import (
     Rollup5m,
 )
 from collectors.redfish_firmware import FIRMWARE_METRIC
+from collectors.utilisation_days import GPU_UTIL_ROLLUP, utilisation_written
 from fleet.models import Gpu, Node
-from kiln.db import upsert
+from kiln.db import greatest, least, upsert
 from kiln.validation import is_ip_address
 
 TEMPERATURE_METRIC = "ipmi_temperature_celsius"
-# The rollup series the console and metering read (rollup_5m.metric).
-GPU_UTIL_ROLLUP = "gpu_util_percent"
+# The rollup series the console and metering read (rollup_5m.metric); GPU_UTIL_ROLLUP is
+# collectors.utilisation_days'.
 # GPU utilisation again per Kubernetes namespace holding the GPU (entity: `namespace_entity`)
 NAMESPACE_GPU_UTIL_ROLLUP = "gpu_util_namespace_percent"
 TEMPERATURE_MAX_ROLLUP = "ipmi_temperature_celsius_max"
@@ -210,10 +211,11 @@ def add_rollups(session: Session, samples: Iterable[Sample]) -> None:
 
     def fold(current, new):
         return {"count": current.count + new.count, "sum": current.sum + new.sum,
-                "min": _least(current.min, new.min), "max": _greatest(current.max, new.max)}
+                "min": least(current.min, new.min), "max": greatest(current.max, new.max)}
 
     upsert(session, Rollup5m, rows, ("entity", "metric", "bucket"), fold)
     rollups_written(session, rows)
+    utilisation_written(session, rows)
 
 
 def namespace_entity(namespace: str, gpu: str, mig_profile: str | None = None) -> str:
@@ -226,14 +228,6 @@ def split_namespace_entity(entity: str) -> tuple[str, str, str | None]:
     """`namespace_entity`'s parts: namespace, GPU (UUID or UUID/instance), MIG profile or None."""
     namespace, gpu, *profile = entity.split("|", 2)
     return namespace, gpu, profile[0] if profile else None
-
-
-def _least(a, b):
-    return case((a < b, a), else_=b)
-
-
-def _greatest(a, b):
-    return case((a > b, a), else_=b)
 
 
 def integrate_energy(session: Session, power: Sequence[Sample], node_ids: Mapping[str, int],

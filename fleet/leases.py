@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
+from collectors.utilisation_days import forget_since
 from fleet.models import Node
 from fleet.nodes import add_event
 from fleet.tenancy_models import GpuInstanceLease, Lease, Vdc, VdcTenant
@@ -233,6 +234,7 @@ def create_lease(session: Session, principal: Principal, data: LeaseCreate) -> L
     except IntegrityError:  # the database's overlap guard: a concurrent request won
         session.rollback()
         raise Conflict(f"node '{node.name}' was leased by a concurrent request for an overlapping interval") from None
+    forget_since(session, lease.starts_at)  # a lease back-dated into utilisation already summed
     add_event(session, node, "lease", f"leased to {tenant.slug} via VDC {vdc.name}", principal.username)
     audit.record(session, principal, "create", "lease", lease.id, tenant_id=tenant.id,
                  detail={"node": node.name, "tenant": tenant.slug, "vdc": vdc.name})
@@ -249,6 +251,7 @@ def update_lease(session: Session, principal: Principal, lease_id: int, data: Le
     node = session.get(Node, lease.node_id)
     if instance_holder_message(session, principal, node, lease.starts_at, data.ends_at):
         raise Conflict(f"lease {lease_id} cannot end then: a GPU instance of the node is leased before that")
+    moved_from = min(lease.ends_at or data.ends_at, data.ends_at)
     lease.ends_at = data.ends_at
     if data.note is not None:
         lease.note = data.note
@@ -258,6 +261,7 @@ def update_lease(session: Session, principal: Principal, lease_id: int, data: Le
     except IntegrityError:
         session.rollback()
         raise Conflict(f"lease {lease_id} cannot end then: the node is leased again before that") from None
+    forget_since(session, moved_from)  # utilisation already summed for the lease, or for none, from there
     add_event(session, node, "lease", f"lease {lease.id} ends {data.ends_at:%Y-%m-%d %H:%M}Z", principal.username)
     audit.record(session, principal, "update", "lease", lease.id, tenant_id=lease.tenant_id, detail={"ends_at": str(data.ends_at)})
     return lease

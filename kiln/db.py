@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, create_engine, event
+from sqlalchemy import DateTime, Engine, case, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Session
@@ -200,3 +200,13 @@ def among(column: Any, values: Sequence[Any]) -> Any:
     from sqlmodel import col
 
     return col(column).in_(values) if len(values) <= MANY_IDS else true()
+
+
+def least(a: Any, b: Any) -> Any:
+    """SQL: the smaller of `a` and `b` (a CASE: SQLite has no LEAST)."""
+    return case((a < b, a), else_=b)
+
+
+def greatest(a: Any, b: Any) -> Any:
+    """SQL: the larger of `a` and `b` (a CASE: SQLite has no GREATEST)."""
+    return case((a > b, a), else_=b)

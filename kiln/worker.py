@@ -28,6 +28,7 @@ from collectors.cycle import run_cycle
 from collectors.leases import LeaseKeeper, renew_every
 from collectors.sharding import default_worker_name, lease_length, retire_worker
 from collectors.sources import Source, build_sources
+from collectors.utilisation_days import SEAL_EVERY, seal_job
 from fleet.runtime import FleetRuntime
 from fleet.sync import sync_nodes
 from kiln.db import utcnow
@@ -75,6 +76,7 @@ def jobs_for(settings: Settings, engine: Engine, fleet: FleetRuntime | None = No
     jobs = [Job("node-state-sync", settings.sync_interval, sync), Job("draft-bills", settings.billing_interval, bills)]
     if engine.dialect.name == "postgresql":
         jobs.append(Job("partitions-ahead", INTERVAL, lambda: _log_created(ensure_partitions_now(engine, utcnow()))))
+    jobs.append(Job("utilisation-days", SEAL_EVERY, seal_job(engine)))
     jobs.append(Job("retention", INTERVAL, lambda: _log_removed(enforce_retention(engine, settings, utcnow()))))
     if settings.carbon_url:
         jobs.append(Job("carbon-fetch", 3600, carbon_fetch_job(settings, engine)))

@@ -4,11 +4,12 @@ The one definition every view uses (the usage API, the usage page). For each lea
 node's GPUs' utilisation rollups (`rollup_5m`, metric `gpu_util_percent`, entity = GPU UUID)
 inside the lease and the range give:
 
-- *measured* GPU-hours: each sample stands for the time until the GPU's next sample (its real
-  interval: 5 minutes for a 5-minute scrape, an hour for hourly samples); a gap longer than
-  `MAX_SAMPLE_INTERVAL` is missing data, not a longer sample, so the sample before it (and the
-  last one) stands for the interval before it (one bucket when alone), clipped at the lease end
-  and the range end;
+- *measured* GPU-hours: each sample stands for the GPU's sampling interval from its bucket's start
+  (the time since its previous sample: 5 minutes for a 5-minute scrape, an hour for hourly
+  samples; one bucket when there is none within `MAX_SAMPLE_INTERVAL`, as a longer gap is missing
+  data, not a long sample), never past the end of its UTC day or of the lease. The rule and the
+  per-day sums kept for a large fleet are `collectors.utilisation_days`'; `sample_micros` is the
+  same rule for the series read here (GPU instances, namespaces);
 - *used* GPU-hours: Σ mean utilisation × that interval.
 
 *Allocated* GPU-hours are GPUs × leased time in the range (`fleet.usage.lease_gpu_micros`, what
@@ -30,28 +31,19 @@ from fractions import Fraction
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import literal
-from sqlmodel import Session, col, func, or_, select
+from sqlmodel import Session, col, func, select
 
 from collectors.mig_profiles import compute_fraction
-from collectors.models import Rollup5m
-from collectors.fleet_power import BUCKET
-from collectors.store import GPU_UTIL_ROLLUP
-from fleet.daily_hours import micros_between
+from collectors.utilisation_days import BUCKET_MICROS, DAY_MICROS, MAX_SAMPLE_MICROS, MICROSECOND, lease_day_sums
 from fleet.models import Gpu
 from fleet.tenancy_models import GpuInstanceLease, Lease
 from fleet.usage import MICROS_PER_HOUR, lease_gpu_micros, overlapping
 from kiln.auth import Principal
-from kiln.db import UTCDateTime, among, utcnow
+from kiln.db import among, utcnow
 from kiln.models import Tenant
 from metering.instance_efficiency import instance_series
 from metering.periods import period_bounds
 
-MAX_SAMPLE_INTERVAL = timedelta(hours=1)
-MICROSECOND = timedelta(microseconds=1)
-MAX_SAMPLE_MICROS = MAX_SAMPLE_INTERVAL // MICROSECOND
-BUCKET_MICROS = BUCKET // MICROSECOND
-DAY_MICROS = timedelta(days=1) // MICROSECOND
 PLACES = Decimal("0.0001")
 LEASES_PER_QUERY = 500  # more leases than this: one pass over the range's buckets
 ZERO = Decimal(0)
@@ -72,77 +64,47 @@ class EfficiencyRow(BaseModel):
     coverage: Decimal | None  # measured ÷ allocated; None without allocation
 
 
-def sample_micros(offsets: list[int], clip_end: int) -> list[int]:
-    """The microseconds each sample of one GPU stands for (samples as microseconds from any
-    origin, ascending; `clip_end` from the same origin): until the next sample, or the interval
-    before it where the next is missing or over `MAX_SAMPLE_INTERVAL` away (one bucket when
-    alone); never past `clip_end`."""
+def sample_micros(offsets: list[int], clip_end: int | None = None) -> list[int]:
+    """The microseconds each sample of one GPU stands for (samples as microseconds from a UTC
+    midnight, ascending; `clip_end`, a lease's end, from the same midnight): the time since the
+    previous sample, or one bucket where there is none within `MAX_SAMPLE_MICROS`; never past the
+    end of its UTC day or `clip_end` (`collectors.utilisation_days`' rule, for one series)."""
     out: list[int] = []
-    previous = BUCKET_MICROS
-    for i, at in enumerate(offsets):
-        gap = offsets[i + 1] - at if i + 1 < len(offsets) else None
-        interval = gap if gap is not None and gap <= MAX_SAMPLE_MICROS else previous
-        out.append(max(min(interval, clip_end - at), 0))
-        if gap is not None and gap <= MAX_SAMPLE_MICROS:
-            previous = gap
+    previous: int | None = None
+    for at in offsets:
+        gap = at - previous if previous is not None else None
+        interval = gap if gap is not None and gap <= MAX_SAMPLE_MICROS else BUCKET_MICROS
+        end = (at // DAY_MICROS + 1) * DAY_MICROS
+        if clip_end is not None:
+            end = min(end, clip_end)
+        out.append(max(min(interval, end - at), 0))
+        previous = at
     return out
 
 
 def lease_utilisation(session: Session, leases: list[Any], start: datetime, stop: datetime
                       ) -> dict[int, dict[date, tuple[Decimal, Decimal]]]:
     """Per lease with data, per UTC day of the samples: (GPU-hours measured, GPU-hours used) of its
-    node's GPUs inside both the lease and [start, stop), each sample weighted by its real
-    interval (`sample_micros`); a sample counts on the day its bucket starts. `leases`: Lease
-    objects or rows with their `id`, `node_id` and `ends_at`."""
-    out: dict[int, dict[date, tuple[Decimal, Decimal]]] = defaultdict(dict)
-    # Buckets are read as integer microseconds from the first range day's midnight, not as
-    # datetimes: converting 30,000 timestamps a week (10,000 nodes) was a third of the time.
-    origin = datetime.combine(start.date(), time(), tzinfo=UTC)
-    ends = {lease.id: (min(lease.ends_at or stop, stop) - origin) // MICROSECOND for lease in leases}
-    few = len(leases) <= LEASES_PER_QUERY
-    uuids: dict[int, list[str]] = defaultdict(list)
-    for node_id, uuid in session.exec(select(Gpu.node_id, Gpu.uuid).where(
-            col(Gpu.node_id).in_({lease.node_id for lease in leases}), col(Gpu.uuid).is_not(None))).all() if few else ():
-        uuids[node_id].append(uuid)
-    # A few leases: name their GPUs, so the database reads each GPU's buckets by its (entity,
-    # metric, bucket) key. Many: one pass over the range's utilisation buckets of every GPU (what
-    # the database does anyway), the leases not asked for dropped here.
-    for part in [leases] if few else [None]:
-        samples = select(Rollup5m.entity, Rollup5m.bucket, (Rollup5m.sum / Rollup5m.count).label("mean")).where(
-            Rollup5m.metric == GPU_UTIL_ROLLUP, Rollup5m.count > 0, col(Rollup5m.bucket) >= start,
-            col(Rollup5m.bucket) < stop)
-        if part is not None:
-            entities = sorted({uuid for lease in part for uuid in uuids[lease.node_id]})
-            if not entities:
-                continue
-            samples = samples.where(col(Rollup5m.entity).in_(entities))
-        # Many leases on PostgreSQL: the samples are read first, by the (metric, bucket, …) index.
-        # Joined in one statement, the planner merged them with the GPUs in entity order, walking
-        # the whole (entity, metric, bucket) index of every metric (0.47 s → 0.16 s at 10,000 nodes).
-        sample = samples.cte("sample")
-        if part is None:
-            sample = sample.prefix_with("MATERIALIZED", dialect="postgresql")
-        # Only the GPUs bound the rows: a node's leases do not overlap, so each sample joins one lease
-        # at most, and those not asked for are dropped below. A list of lease ids as well made SQLite
-        # probe every id for every sample (4× the time for 53 leases).
-        statement = (
-            select(Lease.id, sample.c.entity, micros_between(session, literal(origin, UTCDateTime), sample.c.bucket),
-                   sample.c.mean)
-            .join(Gpu, col(Gpu.uuid) == sample.c.entity).join(Lease, col(Lease.node_id) == Gpu.node_id)
-            .where(sample.c.bucket >= Lease.starts_at, or_(col(Lease.ends_at).is_(None), sample.c.bucket < Lease.ends_at))
-            .order_by(Lease.id, sample.c.entity, sample.c.bucket))
-        # Core rows, not ORM rows: the ORM's per-row work was most of the rest
-        series: dict[tuple[int, str], list[tuple[int, float]]] = defaultdict(list)
-        for lease_id, entity, at, mean in session.connection().execute(statement).all():
-            if lease_id in ends:
-                series[(lease_id, entity)].append((int(at), mean))
-        for (lease_id, _), points in series.items():
-            add_day_sums(out[lease_id], origin.date(), points, ends[lease_id])
-    return dict(out)
+    node's GPUs' samples inside both the lease and [start, stop) (`collectors.utilisation_days.
+    lease_day_sums`: kept per day where it can). `leases`: Lease objects or rows with their `id`
+    and `node_id`."""
+    wanted = {lease.id for lease in leases}
+    if len(leases) <= LEASES_PER_QUERY:
+        # a few leases: their ids, and their GPUs, so the samples are read by their (entity, …) key
+        uuids = sorted(session.exec(select(Gpu.uuid).where(
+            col(Gpu.node_id).in_({lease.node_id for lease in leases}), col(Gpu.uuid).is_not(None))).all())
+        if not uuids:
+            return {}
+        sums = lease_day_sums(session, start, stop, lease_ids=sorted(wanted), entities=uuids)
+    else:  # many: one pass over the range's samples (what the database does anyway)
+        sums = lease_day_sums(session, start, stop)
+    return {lease_id: {day: (Decimal(measured) / MICROS_PER_HOUR, Decimal(str(used)) / (MICROS_PER_HOUR * 100))
+                       for day, (measured, used) in days.items()}
+            for lease_id, days in sums.items() if lease_id in wanted}
 
 
 def add_day_sums(days: dict[date, tuple[Decimal, Decimal]], origin: date, points: list[tuple[int, float]],
-                 clip_end: int, weight: Decimal = Decimal(1)) -> None:
+                 clip_end: int | None, weight: Decimal = Decimal(1)) -> None:
     """Add one GPU's samples (microseconds from `origin`'s midnight, mean utilisation %), ascending,
     to `days` (UTC day → GPU-hours measured and used), each weighted by its `sample_micros` × `weight`.
 
@@ -163,15 +125,16 @@ def add_day_sums(days: dict[date, tuple[Decimal, Decimal]], origin: date, points
                      used + Decimal(str(used_micro_percent[day])) / (MICROS_PER_HOUR * 100) * weight)
 
 
-def add_samples(days: dict[date, tuple[Decimal, Decimal]], points: list[tuple[datetime, float]], clip_end: datetime,
-                weight: Decimal = Decimal(1)) -> None:
+def add_samples(days: dict[date, tuple[Decimal, Decimal]], points: list[tuple[datetime, float]],
+                clip_end: datetime | None, weight: Decimal = Decimal(1)) -> None:
     """Add one series' (bucket, mean utilisation %) samples, ascending, to `days` (UTC day →
-    measured and used GPU-hours), each standing for its `sample_micros` × `weight` GPUs."""
+    measured and used GPU-hours), each standing for its `sample_micros` (clipped at `clip_end`,
+    a lease's end, if any) × `weight` GPUs."""
     if not points:
         return
     origin = datetime.combine(points[0][0].astimezone(UTC).date(), time(), tzinfo=UTC)
     add_day_sums(days, origin.date(), [((bucket - origin) // MICROSECOND, mean) for bucket, mean in points],
-                 (clip_end - origin) // MICROSECOND, weight)
+                 None if clip_end is None else (clip_end - origin) // MICROSECOND, weight)
 
 
 def _row(tenant: str, allocated: Decimal, measured: Decimal, used: Decimal) -> EfficiencyRow:
@@ -322,7 +285,7 @@ def instance_figures(session: Session, principal: Principal, start: datetime, st
         fraction = compute_fraction(instance.gpu_model, instance.profile)  # as the bill counts it (`metering.instance_usage`)
         days: dict[date, tuple[Decimal, Decimal]] = {}
         weight = Decimal(fraction.numerator) / fraction.denominator
-        add_samples(days, series.get(instance.id, []), min(instance.ends_at or stop, stop), weight)
+        add_samples(days, series.get(instance.id, []), instance.ends_at, weight)
         out.append(LeaseFigures(instance, 1, gpu_hours(lease_gpu_micros(instance, 1, start, stop), fraction),
                                 *_totals(days), fraction=fraction))
     return out

@@ -121,7 +121,7 @@ def _measured(session: Session, namespaces: set[str], start: datetime, stop: dat
         weight = _weight(model, profile)
         share = Decimal(weight.numerator) / Decimal(weight.denominator)
         days: dict[date, tuple[Decimal, Decimal]] = {}
-        add_samples(days, points, stop, share)
+        add_samples(days, points, None, share)
         measured = sum((m for m, _ in days.values()), ZERO)
         used = sum((u for _, u in days.values()), ZERO)
         before = out[namespace].get(model, (ZERO, ZERO))

@@ -106,22 +106,25 @@ def test_efficiency_weighs_5_minute_samples_inside_leases_only(world: World) -> 
 def test_hourly_samples_count_for_their_hour_and_match_the_utilisation_charts(world: World, monkeypatch,
                                                                                leases_per_query: int) -> None:
     """Issue 18: hourly samples were counted as one 5-minute bucket each, so a tenant whose GPUs
-    ran at 61 % read 5 % efficient (used ÷ allocated with 1/12 of the hours used)."""
+    ran at 61 % read 5 % efficient (used ÷ allocated with 1/12 of the hours used). Each sample
+    stands for the hour since the GPU's previous one; the first, with none before it, for one
+    5-minute bucket (`collectors.utilisation_days`)."""
     monkeypatch.setattr(efficiency_module, "LEASES_PER_QUERY", leases_per_query)
     two_tenants(world)
     for index in range(4):  # node B's 4 GPUs at 61 %, sampled hourly over the whole lease up to now
         _utilisation(world, f"GPU-B-{index}", T0 + timedelta(hours=10), timedelta(hours=1), 26, 61.0)
     everyone = efficiency_between(world.session, principal(world, "admin"), T0, T0 + timedelta(days=2), now=NOW)
     row = next(r for r in everyone if r.tenant == "tenant-b")
+    # 4 GPUs × (25 h + 5 min) measured, 61 % of it used
     assert (row.allocated_gpu_hours, row.measured_gpu_hours, row.used_gpu_hours) == (
-        Decimal("104.0000"), Decimal("104.0000"), Decimal("63.4400"))
-    assert (row.efficiency, row.coverage) == (Decimal("0.6100"), Decimal("1.0000"))
+        Decimal("104.0000"), Decimal("100.3333"), Decimal("61.2033"))
+    assert (row.efficiency, row.coverage) == (Decimal("0.6100"), Decimal("0.9647"))
     total = combined(everyone)  # tenant A: 40 GPU-hours allocated, none measured
     assert (total.allocated_gpu_hours, total.measured_gpu_hours, total.efficiency) == (
-        Decimal("144.0000"), Decimal("104.0000"), Decimal("0.6100"))
-    assert total.coverage == Decimal("0.7222")
+        Decimal("144.0000"), Decimal("100.3333"), Decimal("0.6100"))
+    assert total.coverage == Decimal("0.6968")
     texts = {s.children[0].id: s.children[0].children for s in efficiency_stats(total)}
-    assert texts == {"stat-used": "63.4", "stat-efficiency": "61 %", "stat-coverage": "72 %"}
+    assert texts == {"stat-used": "61.2", "stat-efficiency": "61 %", "stat-coverage": "70 %"}
 
 
 def test_the_allocation_view_prices_idle_gpu_hours_and_flags_waste(world: World) -> None:
@@ -131,25 +134,25 @@ def test_the_allocation_view_prices_idle_gpu_hours_and_flags_waste(world: World)
     node_a, _ = two_tenants(world)
     card(world, "gpu-hour:NVIDIA B200", "4.00")  # node A's H100s have no card: their idle cost is unknown
     discount(world, "b", "25")
-    for index in range(4):  # node B's GPUs at 30 % for 10:00-22:00 of day 1 only (12 of its 26 leased hours)
+    for index in range(4):  # node B's GPUs at 30 %, 12 hourly samples from 10:00 of day 1: 11 h 5 min measured each
         _utilisation(world, f"GPU-B-{index}", T0 + timedelta(hours=10), timedelta(hours=1), 12, 30.0)
     one_of_a = world.session.exec(select(Gpu).where(Gpu.node_id == node_a.id, Gpu.index == 0)).one()
     one_of_a.uuid = "GPU-A-0"
     world.session.add(one_of_a)
-    _utilisation(world, "GPU-A-0", T0 + timedelta(hours=22), timedelta(hours=1), 5, 90.0)  # one of node A's 8 GPUs, 5 h
+    _utilisation(world, "GPU-A-0", T0 + timedelta(hours=22), timedelta(hours=1), 5, 90.0)  # one of node A's 8 GPUs, 4 h 5 min
     admin = principal(world, "admin")
     rows = allocation_rows(world.session, admin, T0, T0 + timedelta(days=2), now=NOW)
     b, a = rows  # most idle cost first
     assert (b.tenant, b.node, b.gpu_model, b.gpus) == ("tenant-b", "node-b", "NVIDIA B200", 4)
     assert (b.allocated_gpu_hours, b.measured_gpu_hours, b.used_gpu_hours, b.idle_gpu_hours) == (
-        Decimal("104.0000"), Decimal("48.0000"), Decimal("14.4000"), Decimal("33.6000"))
-    assert (b.efficiency, b.coverage, b.waste) == (Decimal("0.3000"), Decimal("0.4615"), False)  # too little measured to judge
-    assert (b.idle_cost, b.currency) == (Decimal("100.80"), "EUR")  # 33.6 idle GPU-hours × 4.00 less 25 %
-    assert (a.tenant, a.idle_cost, a.efficiency, a.measured_gpu_hours) == ("tenant-a", None, Decimal("0.9000"), Decimal("5.0000"))
+        Decimal("104.0000"), Decimal("44.3333"), Decimal("13.3000"), Decimal("31.0333"))
+    assert (b.efficiency, b.coverage, b.waste) == (Decimal("0.3000"), Decimal("0.4263"), False)  # too little measured to judge
+    assert (b.idle_cost, b.currency) == (Decimal("93.10"), "EUR")  # 31.0333… idle GPU-hours × 4.00 less 25 %
+    assert (a.tenant, a.idle_cost, a.efficiency, a.measured_gpu_hours) == ("tenant-a", None, Decimal("0.9000"), Decimal("4.0833"))
     assert [r.tenant for r in allocation_rows(world.session, principal(world, "a_member"), T0, T0 + timedelta(days=2),
                                               now=NOW)] == ["tenant-a"]
     days = daily_gpu_hours(world.session, principal(world, "b_member"), T0, T0 + timedelta(days=2), now=NOW)
-    assert days == {"2026-03-01": (Decimal("56.0000"), Decimal("14.4000")), "2026-03-02": (Decimal("48.0000"), Decimal("0.0000"))}
+    assert days == {"2026-03-01": (Decimal("56.0000"), Decimal("13.3000")), "2026-03-02": (Decimal("48.0000"), Decimal("0.0000"))}
 
 
 def test_a_wasteful_lease_is_flagged_when_enough_of_it_was_measured(world: World) -> None:
@@ -159,7 +162,7 @@ def test_a_wasteful_lease_is_flagged_when_enough_of_it_was_measured(world: World
     for index in range(4):
         _utilisation(world, f"GPU-B-{index}", T0 + timedelta(hours=10), timedelta(hours=1), 26, 20.0)
     (row,) = allocation_rows(world.session, principal(world, "b_member"), T0, T0 + timedelta(days=2), now=NOW)
-    assert (row.efficiency, row.coverage, row.waste, row.idle_cost) == (Decimal("0.2000"), Decimal("1.0000"), True, None)
+    assert (row.efficiency, row.coverage, row.waste, row.idle_cost) == (Decimal("0.2000"), Decimal("0.9647"), True, None)
 
 
 def test_a_gap_in_the_samples_is_missing_data_not_a_long_sample(world: World) -> None:

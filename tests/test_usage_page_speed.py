@@ -1,5 +1,5 @@
-"""The usage page's faster reads, exact against what they replaced: per-lease utilisation from
-integer offsets (gaps over an hour, lease-end clipping, the last sample, midnight), GPU-hours by
+"""The usage page's faster reads, exact against what they replaced: per-lease utilisation in SQL
+against the rule walked in exact fractions (gaps over an hour, lease-end clipping, midnight), GPU-hours by
 model with whole-node leases summed from the leases and only the rest metered, and the tenant
 picker searched on the server in the caller's scope; on SQLite and PostgreSQL."""
 
@@ -41,20 +41,24 @@ def _principal(world: World, name: str) -> Principal:
     return principal_for_user(world.session, world.callers[name].user)
 
 
-def _reference(days: dict[date, tuple[Fraction, Fraction]], buckets: list[datetime], means: list[float],
-               clip_end: datetime) -> None:
-    """The per-sample walk `lease_utilisation` did first (datetimes, one sample at a time), in exact
-    fractions, one GPU's series added to `days`."""
-    previous = timedelta(minutes=5)
-    for i, bucket in enumerate(buckets):
-        gap = buckets[i + 1] - bucket if i + 1 < len(buckets) else None
-        interval = gap if gap is not None and gap <= MAX else previous
-        interval = max(min(interval, clip_end - bucket), timedelta(0))
-        if gap is not None and gap <= MAX:
-            previous = gap
+def _reference(days: dict[date, tuple[Fraction, Fraction]], series: list[tuple[datetime, float]],
+               counted: tuple[datetime, datetime], lease_end: datetime | None) -> None:
+    """The rule, one sample at a time in datetimes and exact fractions: each of one GPU's samples
+    (its whole series, ascending) with its bucket in `counted` stands for the time since the
+    previous sample (5 minutes when none is within an hour), never past its UTC midnight or
+    `lease_end`; added to `days`."""
+    previous = None
+    for bucket, mean in series:
+        gap = bucket - previous if previous is not None else None
+        previous = bucket
+        if not counted[0] <= bucket < counted[1]:
+            continue
+        interval = gap if gap is not None and gap <= MAX else timedelta(minutes=5)
+        ends = [datetime.combine(bucket.date() + timedelta(days=1), datetime.min.time(), tzinfo=UTC)]
+        interval = min(interval, *(end - bucket for end in ends + ([lease_end] if lease_end else [])))
         hours = Fraction(interval // US, 3_600_000_000)
         measured, used = days.get(bucket.date(), (Fraction(0), Fraction(0)))
-        days[bucket.date()] = (measured + hours, used + hours * Fraction(str(means[i])) / 100)
+        days[bucket.date()] = (measured + hours, used + hours * Fraction(str(mean)) / 100)
 
 
 def _sampled_leases(world: World) -> dict[int, dict[date, tuple[Fraction, Fraction]]]:
@@ -84,13 +88,11 @@ def _sampled_leases(world: World) -> dict[int, dict[date, tuple[Fraction, Fracti
         world.session.add(leases[-1])
     world.session.commit()
     expected: dict[int, dict[date, tuple[Fraction, Fraction]]] = {}
+    series = [(base + o, m * 3 / 3) for o, m in zip(offsets, means, strict=True)]  # the mean as the database divides it
     for lease, (_, node, start, end) in zip(leases, spans, strict=True):
-        clip = min(end or NOW, NOW)
-        # the mean as the database divides the rollup's sum by its count
-        inside = [(base + o, m * 3 / 3) for o, m in zip(offsets, means, strict=True) if max(start, T0) <= base + o < clip]
         days: dict[date, tuple[Fraction, Fraction]] = {}
-        for _ in range(2):  # the node's two GPUs, the same samples each, one series after the other
-            _reference(days, [b for b, _ in inside], [m for _, m in inside], clip)
+        for _ in range(2):  # the node's two GPUs, the same samples each
+            _reference(days, series, (max(start, T0), min(end or NOW, NOW)), end)
         expected[lease.id] = days
     return expected
 

@@ -33,7 +33,7 @@ def test_sync_job_records_changes_made_behind_kilns_back(settings, engine) -> No
     # no Prometheus configured: no GPU collectors; IPMI and Redfish BMCs are always polled, each
     # with the renewal of its running cycle's leases
     assert sorted(jobs) == ["collect-ipmi", "collect-redfish", "draft-bills", "node-state-sync", *partitioned,
-                            "renew-leases-ipmi", "renew-leases-redfish", "retention"]
+                            "renew-leases-ipmi", "renew-leases-redfish", "retention", "utilisation-days"]
     job = jobs["node-state-sync"]
     job.run()
     with Session(engine) as session:
