@@ -159,7 +159,7 @@ def _kept_days(leases: list, start: datetime, tail: datetime) -> Iterator[dict]:
             micros = GPUS_PER_NODE * ((day_end - day_start) // timedelta(microseconds=1))
             percent = 40 + (lease_id * 13 + day_start.toordinal() * 7) % 55
             yield {"day": day_start.date(), "lease_id": lease_id, "measured_micros": micros,
-                   "used_micro_percent": float(micros * percent)}
+                   "used_micro_percent": micros * percent}
 
 
 def _rollups(names: list[str], now: datetime, rng: random.Random) -> Iterator[dict]:

@@ -15,7 +15,7 @@ from sqlmodel import Session
 
 from benchmarks.inprocess import ADMIN, bench, size
 from dashboards import cost_data
-from dashboards.components import range_bounds
+from dashboards.components import day_range_bounds
 from dashboards.pages import usage
 from dashboards.tenant_picker import ALL, tenant_options
 from metering.efficiency import lease_figures
@@ -24,7 +24,7 @@ from metering.efficiency import lease_figures
 def main() -> None:
     """Time each step and print one line per step."""
     run = bench(__doc__.splitlines()[0])
-    start, end = range_bounds(usage.DEFAULT_RANGE)
+    start, end = day_range_bounds(usage.DEFAULT_RANGE)
 
     def kib(value: Any) -> str:
         return f"{size(value) / 1024:7.1f} KiB"

@@ -118,7 +118,7 @@ class FleetPower5m(SQLModel, table=True):
 
 class LeaseUtilisationDay(SQLModel, table=True):
     """One whole-node lease's GPU utilisation samples of one UTC day, summed: the microseconds they
-    stand for (GPU-microseconds measured) and those × mean utilisation % (used), over the samples
+    stand for (GPU-microseconds measured) and those × mean utilisation % (used, rounded per sample), over the samples
     before the day's `utilisation_sealed.through` (collectors.utilisation_days)."""
 
     __tablename__ = "lease_utilisation_day"
@@ -126,7 +126,7 @@ class LeaseUtilisationDay(SQLModel, table=True):
     day: date = Field(primary_key=True)
     lease_id: int = Field(primary_key=True)
     measured_micros: int = Field(default=0, sa_type=BigInteger)
-    used_micro_percent: float = Field(default=0.0)
+    used_micro_percent: int = Field(default=0, sa_type=BigInteger)
 
 
 class UtilisationSealed(SQLModel, table=True):

@@ -15,8 +15,9 @@ from sqlmodel import Session, select
 from dashboards.components import (
     chosen_tab,
     data_grid,
+    DAY_RANGE_LABELS,
+    day_range_bounds,
     prefilled,
-    range_bounds,
     range_picker,
     stat,
     tab_bar,
@@ -76,7 +77,7 @@ def layout(**_: str) -> html.Div:
         html.Div([
             html.H1("GPU usage"),
             tenant_picker("usage-tenant"),
-            range_picker("usage-range", default=DEFAULT_RANGE),
+            range_picker("usage-range", default=DEFAULT_RANGE, labels=DAY_RANGE_LABELS),
         ], className="page-head"),
         html.Div(id="usage-stats", className="stats"),
         dcc.Graph(id="usage-alloc-vs-used"),
@@ -124,7 +125,7 @@ def _scope(session: Session, principal: Principal, tenant_slug: str | None) -> t
 def first_paint(tenant_slug: str | None, choice: str | None) -> tuple[tuple, tuple]:
     """The overview and the default detail tab, sharing one read of the leases' utilisation."""
     principal = current_principal()
-    start, end = range_bounds(choice)
+    start, end = day_range_bounds(choice)
     with db_session() as session:
         tenant_id, _ = _scope(session, principal, tenant_slug)
         now = utcnow()
@@ -151,7 +152,7 @@ def on_demand(leases: int) -> html.P:
 def update(tenant_slug: str | None, choice: str | None) -> tuple:
     """The stats and charts for the chosen tenant (within the caller's) and range."""
     principal = current_principal()
-    start, end = range_bounds(choice)
+    start, end = day_range_bounds(choice)
     with db_session() as session:
         tenant_id, _ = _scope(session, principal, tenant_slug)
         return _overview(session, principal, start, end, tenant_id,
@@ -188,7 +189,7 @@ def details(*args: object) -> tuple:
     *_, tenant_slug, choice, chosen = args
     tab, selected = chosen_tab(DETAILS, DETAIL_TABS, chosen, dash.ctx.triggered_id)  # type: ignore[arg-type]
     principal = current_principal()
-    start, end = range_bounds(choice)  # type: ignore[arg-type]
+    start, end = day_range_bounds(choice)  # type: ignore[arg-type]
     with db_session() as session:
         tenant_id, slug = _scope(session, principal, tenant_slug)  # type: ignore[arg-type]
         if tab == "lease":

@@ -25,7 +25,7 @@ def upgrade() -> None:
     sa.Column('day', sa.Date(), nullable=False),
     sa.Column('lease_id', sa.Integer(), nullable=False),
     sa.Column('measured_micros', sa.BigInteger(), nullable=False),
-    sa.Column('used_micro_percent', sa.Float(), nullable=False),
+    sa.Column('used_micro_percent', sa.BigInteger(), nullable=False),
     sa.PrimaryKeyConstraint('day', 'lease_id')
     )
     op.create_table('utilisation_sealed',
