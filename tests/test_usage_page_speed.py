@@ -14,6 +14,7 @@ import pytest
 
 import metering.efficiency as efficiency_module
 from collectors.models import Rollup5m
+from collectors.utilisation_days import seal
 from dashboards import tenant_picker
 from dashboards.context import ConsoleContext
 from dashboards.pages import usage
@@ -118,9 +119,15 @@ def test_lease_utilisation_is_exactly_the_per_sample_walk(world: World, monkeypa
     assert mine[0].days == got[mine[0].lease.id] and mine[0].days != got[min(got)]
 
 
+@pytest.mark.parametrize(("per_query", "sealed"), [(500, False), (0, False), (0, True)])  # kept sums summed per tenant
 @pytest.mark.parametrize("name", ["admin", "a_member", "b_member"])
-def test_lease_totals_are_the_per_lease_figures_summed_within_the_callers_tenants(world: World, name: str) -> None:
+def test_lease_totals_are_the_per_lease_figures_summed_within_the_callers_tenants(world: World, name: str, monkeypatch,
+                                                                                  per_query: int, sealed: bool) -> None:
     _sampled_leases(world)
+    monkeypatch.setattr(efficiency_module, "LEASES_PER_QUERY", per_query)
+    if sealed:  # the utilisation-days job has kept the days
+        assert seal(world.session, NOW) == [date(2026, 3, 3), date(2026, 3, 2), date(2026, 3, 1)]
+        world.session.commit()
     caller = _principal(world, name)
     figures = lease_figures(world.session, caller, T0, NOW, now=NOW)
     totals = lease_totals(world.session, caller, T0, NOW, now=NOW)
