@@ -244,6 +244,17 @@ def seal(session: Session, now: datetime, max_days: int = DAYS_PER_RUN) -> list[
     return extended
 
 
+def summed_status(session: Session) -> tuple[datetime | None, datetime | None]:
+    """(the newest utilisation sample's bucket, how far that day's kept sums reach): None, None
+    without samples; a None reach where the day is not summed at all."""
+    newest = session.exec(select(func.max(Rollup5m.bucket)).where(Rollup5m.metric == GPU_UTIL_ROLLUP)).one()
+    if newest is None:
+        return None, None
+    newest = newest.astimezone(UTC)
+    mark = session.get(UtilisationSealed, newest.date())
+    return newest, mark.through.astimezone(UTC) if mark else None
+
+
 def seal_job(engine: Engine) -> Callable[[], None]:
     """The worker's `utilisation-days` job: `seal` in a transaction of its own, at the time it runs;
     a run that extends more than today's sums (catching up after an upgrade or a late write) says

@@ -186,6 +186,29 @@ def check_retention(settings: Settings, now: datetime) -> list[Check]:
     return checks
 
 
+def check_utilisation_sums(settings: Settings) -> Check:
+    """Warn when GPU utilisation samples are newer than the worker's `utilisation-days` job has
+    summed (by more than it lags while it runs): the usage pages then read the samples instead."""
+    from collectors.utilisation_days import NOT_YET_SUMMED, summed_status
+
+    engine = create_db_engine(settings.resolved_database_url)
+    try:
+        with Session(engine) as session:
+            newest, through = summed_status(session)
+    except SQLAlchemyError:
+        return Check("utilisation", "", STATUS_FAILED, "cannot read the tables (see the database check)")
+    finally:
+        engine.dispose()
+    if newest is None:
+        return Check("utilisation", "", STATUS_UNCONFIGURED, "no GPU utilisation samples")
+    if through is None or newest - through >= NOT_YET_SUMMED:
+        summed = f"summed per lease only up to {through:%H:%M} UTC" if through else "that day not summed per lease"
+        return Check("utilisation", "lease_utilisation_day", STATUS_WARNING,
+                     f"GPU utilisation samples up to {newest:%Y-%m-%d %H:%M} UTC, {summed}: is `kiln worker` running "
+                     "its utilisation-days job? Until it catches up, usage pages read the samples (slow for a large fleet)")
+    return Check("utilisation", "lease_utilisation_day", STATUS_OK, f"summed up to {through:%Y-%m-%d %H:%M} UTC")
+
+
 def check_bmcs(settings: Settings, timeout: float, sample: int = BMC_SAMPLE) -> list[Check]:
     """Poll up to `sample` enrolled IPMI nodes' BMCs through the IPMI collector."""
     from collectors.ipmi import IpmiCollector
@@ -245,6 +268,7 @@ def run_checks(settings: Settings, *, timeout: float = 5.0) -> list[Check]:
             checks.append(_unconfigured(peer) if not url else _timed(peer, url, lambda p=probe, u=url: p(client, u)))
     if checks[0].status == STATUS_OK:
         checks.extend(check_retention(settings, utcnow()))
+        checks.append(check_utilisation_sums(settings))
         checks.extend(check_bmcs(settings, timeout=min(timeout, 2.0)))
     else:
         checks.append(Check("bmc", "", STATUS_FAILED, "skipped: the database is unusable"))

@@ -89,9 +89,10 @@ def by_peer(checks: list[Check]) -> dict[str, list[Check]]:
 
 def test_every_configured_peer_answers(settings: Settings, fleet: World, peers: Peers) -> None:
     checks = by_peer(run_checks(configured(settings, peers)))
-    assert list(checks) == ["database", "prometheus", "ironic", "kubernetes", "opencost", "oidc", "retention", "bmc"]
+    assert list(checks) == ["database", "prometheus", "ironic", "kubernetes", "opencost", "oidc", "retention", "utilisation",
+                            "bmc"]
     failing = [c for group in checks.values() for c in group if c.status != STATUS_OK]
-    assert failing == []
+    assert [(c.peer, c.status) for c in failing] == [("utilisation", STATUS_UNCONFIGURED)]  # no GPU samples in this fleet
     assert "schema" in checks["database"][0].detail and "(current)" in checks["database"][0].detail
     assert checks["ironic"][0].detail.startswith("Ironic API 1.")
     assert checks["kubernetes"][0].detail == "Kubernetes v1.20.2"
@@ -131,7 +132,7 @@ def test_unconfigured_peers_do_not_fail(settings: Settings, engine: Engine) -> N
         ("database", STATUS_OK), ("prometheus", STATUS_UNCONFIGURED), ("ironic", STATUS_UNCONFIGURED),
         ("kubernetes", STATUS_UNCONFIGURED), ("opencost", STATUS_UNCONFIGURED), ("oidc", STATUS_UNCONFIGURED),
         ("retention", STATUS_OK), ("retention", STATUS_OK), ("retention", STATUS_OK), ("retention", STATUS_OK), ("retention", STATUS_OK),
-        ("bmc", STATUS_UNCONFIGURED)]
+        ("utilisation", STATUS_UNCONFIGURED), ("bmc", STATUS_UNCONFIGURED)]
 
 
 def test_an_unmigrated_database_fails(tmp_path: Path) -> None:

@@ -179,3 +179,24 @@ def test_the_one_series_walk_weighs_samples_as_the_sql_does(world: World, seed: 
     for day, (measured, used) in got.items():
         # used: rounded to whole µs·% per sample in SQL
         assert measured == walked[day][0] and abs(used - walked[day][1]) <= walked[day][2] / 2
+
+
+def test_kiln_doctor_warns_while_the_samples_are_not_summed(world: World, settings, monkeypatch) -> None:
+    import collectors.utilisation_days as days_module
+    from kiln.doctor import STATUS_OK, STATUS_UNCONFIGURED, STATUS_WARNING, check_utilisation_sums
+
+    assert check_utilisation_sums(settings).status == STATUS_UNCONFIGURED  # no samples at all
+    _fleet(world)
+    check = check_utilisation_sums(settings)
+    assert check.status == STATUS_WARNING and "2026-03-04 07:30 UTC, that day not summed per lease" in check.detail
+    seal(world.session, NOW - timedelta(minutes=40), max_days=9)  # the job stopped 40 minutes ago
+    world.session.commit()
+    check = check_utilisation_sums(settings)
+    assert check.status == STATUS_WARNING and "summed per lease only up to 06:40 UTC" in check.detail
+    assert "utilisation-days job" in check.detail
+    seal(world.session, NOW, max_days=9)
+    world.session.commit()
+    check = check_utilisation_sums(settings)
+    assert (check.status, check.detail) == (STATUS_OK, "summed up to 2026-03-04 07:20 UTC")
+    monkeypatch.setattr(days_module, "NOT_YET_SUMMED", timedelta(minutes=5))  # the newest sample is 10 minutes past
+    assert check_utilisation_sums(settings).status == STATUS_WARNING
