@@ -203,8 +203,9 @@ def tenant_day_sums(session: Session, start: datetime, stop: datetime, narrow: C
 
     if kept:
         statement = narrow(
-            select(Lease.tenant_id, LeaseUtilisationDay.day, func.sum(LeaseUtilisationDay.measured_micros),
-                   func.sum(LeaseUtilisationDay.used_micro_percent))
+            # sums as BIGINT: PostgreSQL's sum of a bigint is numeric, a Decimal to parse per row
+            select(Lease.tenant_id, LeaseUtilisationDay.day, cast(func.sum(LeaseUtilisationDay.measured_micros), BigInteger),
+                   cast(func.sum(LeaseUtilisationDay.used_micro_percent), BigInteger))
             .join(Lease, col(Lease.id) == LeaseUtilisationDay.lease_id)
             .where(col(LeaseUtilisationDay.day).in_(kept)).group_by(Lease.tenant_id, LeaseUtilisationDay.day))
         for tenant_id, day, measured, used in session.connection().execute(statement).all():  # one row per (tenant, day)

@@ -34,7 +34,9 @@ from pydantic import BaseModel
 from sqlmodel import Session, col, func, select
 
 from collectors.mig_profiles import compute_fraction
-from collectors.utilisation_days import BUCKET_MICROS, DAY_MICROS, MAX_SAMPLE_MICROS, MICROSECOND, DaySums, lease_day_sums, tenant_day_sums
+from collectors.utilisation_days import (
+    BUCKET_MICROS, DAY_MICROS, MAX_SAMPLE_MICROS, MICROSECOND, DaySums, lease_day_sums, tenant_day_sums,
+)
 from fleet.models import Gpu
 from fleet.tenancy_models import GpuInstanceLease, Lease
 from fleet.usage import MICROS_PER_HOUR, lease_gpu_micros, overlapping
@@ -45,7 +47,7 @@ from metering.instance_efficiency import instance_series
 from metering.periods import period_bounds
 
 PLACES = Decimal("0.0001")
-LEASES_PER_QUERY = 500  # more leases than this: one pass over the range's buckets
+LEASES_PER_QUERY = 500  # more leases than this: every lease's sums at once, not by lease id and GPU
 ZERO = Decimal(0)
 ALL_TENANTS = "all"
 
@@ -95,7 +97,7 @@ def lease_sums(session: Session, leases: list[Any], start: datetime, stop: datet
         if not uuids:
             return {}
         sums = lease_day_sums(session, start, stop, lease_ids=sorted(wanted), entities=uuids)
-    else:  # many: one pass over the range's samples (what the database does anyway)
+    else:  # many: every lease's kept sums, and one pass over the samples not kept, the others dropped here
         sums = lease_day_sums(session, start, stop)
     return {lease_id: days for lease_id, days in sums.items() if lease_id in wanted}
 

@@ -64,10 +64,6 @@ def _ranges() -> list[tuple[datetime, datetime]]:
             (DAY0, DAY0 + timedelta(days=3))]
 
 
-def _rounded(sums: DaySums) -> dict:
-    return {lease: {day: (measured, used) for day, (measured, used) in days.items()} for lease, days in sums.items()}
-
-
 def _kept(session: Session) -> dict:
     return {(row.lease_id, row.day): (row.measured_micros, row.used_micro_percent)
             for row in session.exec(select(LeaseUtilisationDay)).all()}
@@ -76,10 +72,10 @@ def _kept(session: Session) -> dict:
 SUMMED = NOW.replace(hour=7, minute=20)  # the last day's kept sums reach this far once sealed at NOW
 
 
-def _answer(session: Session, start: datetime, stop: datetime) -> dict:
+def _answer(session: Session, start: datetime, stop: datetime) -> DaySums:
     """What the kept sums must answer for [start, stop): the samples' sums, but for the 11 minutes
     after SUMMED, not counted yet when the range ends in them."""
-    return _rounded(live_sums(session, start, SUMMED if SUMMED < stop <= NOW else stop))
+    return (live_sums(session, start, SUMMED if SUMMED < stop <= NOW else stop))
 
 
 def test_kept_sums_answer_every_range_as_the_samples_do_and_outlive_the_samples(world: World) -> None:
@@ -92,23 +88,23 @@ def test_kept_sums_answer_every_range_as_the_samples_do_and_outlive_the_samples(
     marks = dict(world.session.exec(select(UtilisationSealed.day, UtilisationSealed.through)).all())
     assert marks[date(2026, 3, 4)] == SUMMED and marks[date(2026, 3, 2)] == midnight(date(2026, 3, 3))
     for r, want in expected.items():
-        assert _rounded(lease_day_sums(world.session, *r)) == want, r
+        assert (lease_day_sums(world.session, *r)) == want, r
     assert sum(len(days) for days in expected[(DAY0, NOW)].values()) >= 6
     # the sample at 07:30 is not counted yet; were the job 25 minutes behind, it would be, from the samples
-    assert expected[(DAY0, NOW)] != _rounded(live_sums(world.session, DAY0, NOW))
+    assert expected[(DAY0, NOW)] != (live_sums(world.session, DAY0, NOW))
     later = NOW + timedelta(minutes=15)
-    assert _rounded(lease_day_sums(world.session, DAY0, later)) == _rounded(live_sums(world.session, DAY0, later))
+    assert (lease_day_sums(world.session, DAY0, later)) == (live_sums(world.session, DAY0, later))
     # the sealed days' samples gone (retention): their kept sums still answer
     world.session.exec(delete(Rollup5m).where(col(Rollup5m.bucket) < DAY0 + timedelta(days=3)))
     world.session.commit()
-    assert _rounded(lease_day_sums(world.session, DAY0, DAY0 + timedelta(days=3))) == expected[(DAY0, DAY0 + timedelta(days=3))]
+    assert (lease_day_sums(world.session, DAY0, DAY0 + timedelta(days=3))) == expected[(DAY0, DAY0 + timedelta(days=3))]
     assert live_sums(world.session, DAY0, DAY0 + timedelta(days=3)) == {}
     # nor are they forgotten (they could not be summed again), nor the first day left: a lease
     # back-dated to day 0 leaves them as they are
     forget_since(world.session, DAY0, now=NOW)
     world.session.commit()
     assert len(world.session.exec(select(UtilisationSealed)).all()) == 4
-    assert _rounded(lease_day_sums(world.session, DAY0, DAY0 + timedelta(days=3))) == expected[(DAY0, DAY0 + timedelta(days=3))]
+    assert (lease_day_sums(world.session, DAY0, DAY0 + timedelta(days=3))) == expected[(DAY0, DAY0 + timedelta(days=3))]
 
 
 def test_sums_extended_as_buckets_seal_equal_one_pass(world: World) -> None:
@@ -132,18 +128,18 @@ def test_a_late_sample_and_a_back_dated_lease_end_make_the_days_be_summed_again(
     add_rollups(world.session, [Sample("dcgm", "GPU-U10", "gpu_util", 100.0, "percent", {}, late + timedelta(seconds=9))])
     world.session.commit()
     assert set(world.session.exec(select(UtilisationSealed.day)).all()) == {date(2026, 3, 1), date(2026, 3, 4)}
-    assert _rounded(lease_day_sums(world.session, DAY0, NOW)) == _answer(world.session, DAY0, NOW)
+    assert (lease_day_sums(world.session, DAY0, NOW)) == _answer(world.session, DAY0, NOW)
     seal(world.session, NOW, max_days=9)
     world.session.commit()
     assert len(world.session.exec(select(UtilisationSealed)).all()) == 4
-    assert _rounded(lease_day_sums(world.session, DAY0, NOW)) == _answer(world.session, DAY0, NOW)
+    assert (lease_day_sums(world.session, DAY0, NOW)) == _answer(world.session, DAY0, NOW)
     # node 1's open lease ended back at noon of day 2: every day from then is summed again
     admin = principal_for_user(world.session, world.callers["admin"].user)
     update_lease(world.session, admin, leases[2].id, LeaseUpdate(ends_at=DAY0 + timedelta(days=2, hours=12)))
     world.session.commit()
     assert set(world.session.exec(select(UtilisationSealed.day)).all()) == {date(2026, 3, 1), date(2026, 3, 2)}
     after = lease_day_sums(world.session, DAY0, NOW)  # the days not kept from the samples, up to now
-    assert _rounded(after) == _rounded(live_sums(world.session, DAY0, NOW))
+    assert (after) == (live_sums(world.session, DAY0, NOW))
     assert max(after[leases[2].id]) == date(2026, 3, 3)
     forget_since(world.session, NOW)  # not sealed yet: nothing to forget
     world.session.commit()
