@@ -33,6 +33,7 @@ from sqlalchemy import Engine, insert, select, text
 from sqlmodel import Session
 
 from collectors.models import HealthSnapshot, K8sAllocation, LeaseUtilisationDay, OpenCostAllocation, Rollup5m, UtilisationSealed
+from collectors.fleet_power import bucket_start
 from collectors.utilisation_days import midnight, seal
 from fleet.daily_hours import days_between
 from fleet.models import Gpu, Node
@@ -142,12 +143,8 @@ def _kubernetes(rng: random.Random, slugs: list[str], k8s_nodes: list[str], peri
     return pods, opencost
 
 
-def _bucket(moment: datetime) -> datetime:
-    return moment.replace(second=0, microsecond=0, minute=moment.minute - moment.minute % 5)
-
-
 def _buckets(first: datetime, now: datetime) -> list[datetime]:
-    return [first + k * STEP for k in range((_bucket(now) - first) // STEP + 1)]
+    return [first + k * STEP for k in range((bucket_start(now) - first) // STEP + 1)]
 
 
 def _kept_days(leases: list, start: datetime, tail: datetime) -> Iterator[dict]:
@@ -163,7 +160,7 @@ def _kept_days(leases: list, start: datetime, tail: datetime) -> Iterator[dict]:
 
 
 def _rollups(names: list[str], now: datetime, rng: random.Random) -> Iterator[dict]:
-    end = _bucket(now)
+    end = bucket_start(now)
     for name in names:
         base = 2200 + rng.randrange(800)
         for step in range(288):
@@ -231,7 +228,7 @@ def seed(engine: Engine, *, nodes: int, tenants: int, months: int, now: datetime
              "value": value, "unit": unit, "state": 0, "observed_at": now}
             for n in names for metric, value, unit in (("ipmi_dcmi_power_consumption_watts", 2400.0, "watts"),
                                                        ("ipmi_temperature_celsius", 55.0, "celsius"))])
-        tail = _bucket(now) - UTILISATION_TAIL
+        tail = bucket_start(now) - UTILISATION_TAIL
         gpus = [f"GPU-{n}-{g}" for n in names for g in range(GPUS_PER_NODE)]
         seeded.rows["rollup_5m"] += _bulk(connection, Rollup5m.__table__, (
             {"entity": u, "metric": "gpu_util_percent", "bucket": b, "count": 5, "sum": 5.0 * (40 + (i * 7 + k) % 55),

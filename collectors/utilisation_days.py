@@ -221,12 +221,11 @@ def tenant_day_sums(session: Session, start: datetime, stop: datetime, narrow: C
 def seal(session: Session, now: datetime, max_days: int = DAYS_PER_RUN) -> list[date]:
     """Extend the kept sums of up to `max_days` days, the newest first, over every bucket sealed at
     `now`; returns the days extended (none: all kept sums are up to date)."""
-    whole = _first_whole_day(session)
-    if whole is None:
+    first_day = _first_sample_day(session)
+    if first_day is None:
         return []
     horizon = sealed_before(now)
     _lock(session)
-    first_day = whole - DAY
     marks = dict(session.exec(select(UtilisationSealed.day, UtilisationSealed.through).where(
         col(UtilisationSealed.day) >= first_day)).all())
     extended: list[date] = []
@@ -278,7 +277,7 @@ def utilisation_written(session: Session, rows: Sequence[Mapping[str, Any]], now
     """After `rollup_5m` rows were written: forget the kept sums of the days of the utilisation
     buckets among them that may be sealed (older than half the sealing delay, for clock skew), and of
     the days an hour on (the next sample's weight counts from this one)."""
-    horizon = sealed_before((now or datetime.now(UTC)) + SEAL_AFTER / 2)
+    horizon = _may_be_sealed_before(now)
     late = {row["bucket"] for row in rows if row["metric"] == GPU_UTIL_ROLLUP and row["bucket"] < horizon}
     if late:
         forget_days(session, {moment.astimezone(UTC).date() for bucket in late
@@ -289,8 +288,8 @@ def forget_days(session: Session, days: Iterable[date]) -> None:
     """Delete the kept sums of `days` (the worker's job sums them again; readers compute them live
     meanwhile), but of no day that could not be summed again: the first day with samples left and
     any before it (retention removed their samples; the first may have lost its early hours)."""
-    first = _first_whole_day(session)
-    days = sorted(day for day in days if first is not None and day >= first)
+    first = _first_sample_day(session)
+    days = sorted(day for day in days if first is not None and day > first)
     if not days:
         return
     _lock(session)
@@ -301,19 +300,27 @@ def forget_days(session: Session, days: Iterable[date]) -> None:
 def forget_since(session: Session, moment: datetime, now: datetime | None = None) -> None:
     """A whole-node lease now starts or ends at `moment`: forget the kept sums of every day from
     `moment`'s on, if it may be sealed."""
-    first = _first_whole_day(session)
-    if first is None or moment >= sealed_before((now or datetime.now(UTC)) + SEAL_AFTER / 2):
+    if moment >= _may_be_sealed_before(now):
         return
-    day = max(moment.astimezone(UTC).date(), first)  # as `forget_days`: only what can be summed again
+    first = _first_sample_day(session)
+    if first is None:
+        return
+    day = max(moment.astimezone(UTC).date(), first + DAY)  # as `forget_days`: only what can be summed again
     _lock(session)
     session.exec(delete(LeaseUtilisationDay).where(col(LeaseUtilisationDay.day) >= day))
     session.exec(delete(UtilisationSealed).where(col(UtilisationSealed.day) >= day))
 
 
-def _first_whole_day(session: Session) -> date | None:
-    """The day after the first with utilisation samples left (None: no samples)."""
+def _may_be_sealed_before(now: datetime | None) -> datetime:
+    # buckets before this may already be summed (half the sealing delay early, for clock skew)
+    return sealed_before((now or datetime.now(UTC)) + SEAL_AFTER / 2)
+
+
+def _first_sample_day(session: Session) -> date | None:
+    """The first day with utilisation samples left (None: no samples); it may have lost its early
+    hours to retention, so only the days after it can be summed again."""
     first = session.exec(select(func.min(Rollup5m.bucket)).where(Rollup5m.metric == GPU_UTIL_ROLLUP)).one()
-    return None if first is None else first.astimezone(UTC).date() + DAY
+    return None if first is None else first.astimezone(UTC).date()
 
 
 def _lock(session: Session) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dash_ag_grid as dag
@@ -11,6 +11,7 @@ import flask
 from dash import Input, Output, dcc, html
 from dash.development.base_component import Component
 
+from collectors.utilisation_days import midnight
 from kiln.auth import Principal
 from kiln.db import utcnow
 from kiln.roles import Role
@@ -181,8 +182,7 @@ def day_range_bounds(choice: str | None, now: datetime | None = None) -> tuple[d
     """[start, end) of a DAY_RANGES preset: from the UTC midnight that many days before today's,
     to now (7 days for an unknown choice)."""
     end = now or utcnow()
-    first = end.astimezone(UTC).date() - timedelta(days=DAY_RANGES.get(choice or "", DAY_RANGES["7d"]))
-    return datetime.combine(first, time(), tzinfo=UTC), end
+    return midnight(end.astimezone(UTC).date() - timedelta(days=DAY_RANGES.get(choice or "", DAY_RANGES["7d"]))), end
 
 
 def when(at: datetime | None) -> str:

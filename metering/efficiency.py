@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -35,7 +35,7 @@ from sqlmodel import Session, col, func, select
 
 from collectors.mig_profiles import compute_fraction
 from collectors.utilisation_days import (
-    BUCKET_MICROS, DAY_MICROS, MAX_SAMPLE_MICROS, MICROSECOND, DaySums, lease_day_sums, tenant_day_sums,
+    BUCKET_MICROS, DAY_MICROS, MAX_SAMPLE_MICROS, MICROSECOND, DaySums, lease_day_sums, midnight, tenant_day_sums,
 )
 from fleet.models import Gpu
 from fleet.tenancy_models import GpuInstanceLease, Lease
@@ -148,7 +148,7 @@ def add_samples(days: dict[date, tuple[Decimal, Decimal]], points: list[tuple[da
     a lease's end, if any) × `weight` GPUs."""
     if not points:
         return
-    origin = datetime.combine(points[0][0].astimezone(UTC).date(), time(), tzinfo=UTC)
+    origin = midnight(points[0][0].astimezone(UTC).date())
     add_day_sums(days, origin.date(), [((bucket - origin) // MICROSECOND, mean) for bucket, mean in points],
                  None if clip_end is None else (clip_end - origin) // MICROSECOND, weight)
 
