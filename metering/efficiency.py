@@ -22,6 +22,7 @@ is a measurement, not money: it is reported to 4 decimal places.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -66,13 +67,13 @@ class EfficiencyRow(BaseModel):
     coverage: Decimal | None  # measured ÷ allocated; None without allocation
 
 
-def sample_micros(offsets: list[int], clip_end: int | None = None) -> list[int]:
+def sample_micros(offsets: list[int], clip_end: int | None = None, previous: int | None = None) -> list[int]:
     """The microseconds each sample of one GPU stands for (samples as microseconds from a UTC
-    midnight, ascending; `clip_end`, a lease's end, from the same midnight): the time since the
-    previous sample, or one bucket where there is none within `MAX_SAMPLE_MICROS`; never past the
-    end of its UTC day or `clip_end` (`collectors.utilisation_days`' rule, for one series)."""
+    midnight, ascending; `clip_end`, a lease's end, from the same midnight; `previous`, the GPU's
+    sample before the first, if any): the time since the previous sample, or one bucket where
+    there is none within `MAX_SAMPLE_MICROS`; never past the end of its UTC day or `clip_end`
+    (`collectors.utilisation_days`' rule, for one series)."""
     out: list[int] = []
-    previous: int | None = None
     for at in offsets:
         gap = at - previous if previous is not None else None
         interval = gap if gap is not None and gap <= MAX_SAMPLE_MICROS else BUCKET_MICROS
@@ -120,9 +121,10 @@ def lease_utilisation(session: Session, leases: list[Any], start: datetime, stop
 
 
 def add_day_sums(days: dict[date, tuple[Decimal, Decimal]], origin: date, points: list[tuple[int, float]],
-                 clip_end: int | None, weight: Decimal = Decimal(1)) -> None:
+                 clip_end: int | None, weight: Decimal = Decimal(1), previous: int | None = None) -> None:
     """Add one GPU's samples (microseconds from `origin`'s midnight, mean utilisation %), ascending,
-    to `days` (UTC day → GPU-hours measured and used), each weighted by its `sample_micros` × `weight`.
+    to `days` (UTC day → GPU-hours measured and used), each weighted by its `sample_micros` × `weight`
+    (`previous`: the GPU's sample before the first, if any, counted for nothing).
 
     Per day, measured time adds up in integer microseconds and used time (µs × %) in a float,
     each made a Decimal once: utilisation is a measurement reported to 4 places, and a Decimal per
@@ -130,7 +132,7 @@ def add_day_sums(days: dict[date, tuple[Decimal, Decimal]], origin: date, points
     measured_micros: dict[int, int] = defaultdict(int)
     used_micro_percent: dict[int, float] = defaultdict(float)
     offsets = [at for at, _ in points]
-    for micros, at, (_, mean) in zip(sample_micros(offsets, clip_end), offsets, points, strict=True):
+    for micros, at, (_, mean) in zip(sample_micros(offsets, clip_end, previous), offsets, points, strict=True):
         day = at // DAY_MICROS
         measured_micros[day] += micros
         used_micro_percent[day] += micros * mean
@@ -142,15 +144,20 @@ def add_day_sums(days: dict[date, tuple[Decimal, Decimal]], origin: date, points
 
 
 def add_samples(days: dict[date, tuple[Decimal, Decimal]], points: list[tuple[datetime, float]],
-                clip_end: datetime | None, weight: Decimal = Decimal(1)) -> None:
+                clip_end: datetime | None, weight: Decimal = Decimal(1), *, counted_from: datetime | None = None) -> None:
     """Add one series' (bucket, mean utilisation %) samples, ascending, to `days` (UTC day →
     measured and used GPU-hours), each standing for its `sample_micros` (clipped at `clip_end`,
-    a lease's end, if any) × `weight` GPUs."""
-    if not points:
+    a lease's end, if any) × `weight` GPUs. Samples before `counted_from` (read from up to
+    `MAX_SAMPLE_INTERVAL` earlier) count for nothing: the last of them is the previous sample of the
+    first counted one, as in `collectors.utilisation_days`, so a range's sums do not depend on
+    where it starts."""
+    first = 0 if counted_from is None else bisect_left(points, counted_from, key=lambda point: point[0])
+    if first == len(points):
         return
-    origin = midnight(points[0][0].astimezone(UTC).date())
-    add_day_sums(days, origin.date(), [((bucket - origin) // MICROSECOND, mean) for bucket, mean in points],
-                 None if clip_end is None else (clip_end - origin) // MICROSECOND, weight)
+    origin = midnight(points[first][0].astimezone(UTC).date())
+    previous = (points[first - 1][0] - origin) // MICROSECOND if first else None
+    add_day_sums(days, origin.date(), [((bucket - origin) // MICROSECOND, mean) for bucket, mean in points[first:]],
+                 None if clip_end is None else (clip_end - origin) // MICROSECOND, weight, previous)
 
 
 def _row(tenant: str, allocated: Decimal, measured: Decimal, used: Decimal) -> EfficiencyRow:
@@ -316,7 +323,8 @@ def instance_figures(session: Session, principal: Principal, start: datetime, st
         fraction = compute_fraction(instance.gpu_model, instance.profile)  # as the bill counts it (`metering.instance_usage`)
         days: dict[date, tuple[Decimal, Decimal]] = {}
         weight = Decimal(fraction.numerator) / fraction.denominator
-        add_samples(days, series.get(instance.id, []), instance.ends_at, weight)
+        add_samples(days, series.get(instance.id, []), instance.ends_at, weight,
+                    counted_from=max(start, instance.starts_at))
         out.append(LeaseFigures(instance, 1, gpu_hours(lease_gpu_micros(instance, 1, start, stop), fraction),
                                 *_totals(days), fraction=fraction))
     return out

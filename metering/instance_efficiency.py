@@ -19,6 +19,7 @@ from sqlmodel import Session, col, or_, select
 
 from collectors.models import HealthSnapshot, Rollup5m
 from collectors.store import GPU_UTIL_ROLLUP
+from collectors.utilisation_days import MAX_SAMPLE_INTERVAL
 from fleet.models import Gpu
 from fleet.tenancy_models import GpuInstanceLease
 
@@ -60,22 +61,21 @@ def instance_entities(session: Session, instances: list[GpuInstanceLease], since
 
 def instance_series(session: Session, instances: list[GpuInstanceLease], start: datetime, stop: datetime
                     ) -> dict[int, list[tuple[datetime, float]]]:
-    """Instance lease id → its instance's (bucket, mean utilisation %) inside both the lease and
-    [start, stop), ascending; leases whose instance is not known (`instance_entities`) are absent."""
+    """Instance lease id → its instance's (bucket, mean utilisation %) before `stop` and the lease's
+    end, ascending, from `MAX_SAMPLE_INTERVAL` before `start` (the samples before the lease's start
+    and `start` are only the previous sample of the first inside: `metering.efficiency.add_samples`'
+    `counted_from`); leases whose instance is not known (`instance_entities`) are absent."""
     entities = instance_entities(session, instances, start)
     if not entities:
         return {}
     rows = session.exec(
         select(Rollup5m.entity, Rollup5m.bucket, Rollup5m.sum / Rollup5m.count)
         .where(Rollup5m.metric == GPU_UTIL_ROLLUP, Rollup5m.count > 0, col(Rollup5m.entity).in_(set(entities.values())),
-               col(Rollup5m.bucket) >= start, col(Rollup5m.bucket) < stop)
+               col(Rollup5m.bucket) >= start - MAX_SAMPLE_INTERVAL, col(Rollup5m.bucket) < stop)
         .order_by(Rollup5m.entity, Rollup5m.bucket)).all()
     by_entity: dict[str, list[tuple[datetime, float]]] = defaultdict(list)
     for entity, bucket, mean in rows:
         by_entity[entity].append((bucket, mean))
-    out: dict[int, list[tuple[datetime, float]]] = {}
-    for instance in instances:
-        if instance.id in entities:
-            out[instance.id] = [(b, m) for b, m in by_entity[entities[instance.id]]
-                                if b >= instance.starts_at and (instance.ends_at is None or b < instance.ends_at)]
-    return out
+    return {instance.id: [(b, m) for b, m in by_entity[entities[instance.id]]
+                          if instance.ends_at is None or b < instance.ends_at]
+            for instance in instances if instance.id in entities}

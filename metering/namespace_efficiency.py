@@ -31,6 +31,7 @@ from sqlmodel import Session, col, or_, select
 from collectors import mig_profiles
 from collectors.models import K8sAllocation, Rollup5m
 from collectors.store import NAMESPACE_GPU_UTIL_ROLLUP, split_namespace_entity
+from collectors.utilisation_days import MAX_SAMPLE_INTERVAL
 from fleet.models import Gpu, Node
 from fleet.usage import MICROS_PER_HOUR
 from kiln.auth import Principal
@@ -105,7 +106,7 @@ def _measured(session: Session, namespaces: set[str], start: datetime, stop: dat
         return {}
     statement = (select(Rollup5m.entity, Rollup5m.bucket, Rollup5m.sum / Rollup5m.count)
                  .where(Rollup5m.metric == NAMESPACE_GPU_UTIL_ROLLUP, Rollup5m.count > 0,
-                        col(Rollup5m.bucket) >= start, col(Rollup5m.bucket) < stop)
+                        col(Rollup5m.bucket) >= start - MAX_SAMPLE_INTERVAL, col(Rollup5m.bucket) < stop)
                  .order_by(Rollup5m.entity, Rollup5m.bucket))
     if len(namespaces) <= PREFIXES_PER_QUERY:
         statement = statement.where(or_(*(col(Rollup5m.entity).startswith(f"{ns}|") for ns in sorted(namespaces))))
@@ -121,7 +122,7 @@ def _measured(session: Session, namespaces: set[str], start: datetime, stop: dat
         weight = _weight(model, profile)
         share = Decimal(weight.numerator) / Decimal(weight.denominator)
         days: dict[date, tuple[Decimal, Decimal]] = {}
-        add_samples(days, points, None, share)
+        add_samples(days, points, None, share, counted_from=start)  # those before `start`: previous samples only
         measured = sum((m for m, _ in days.values()), ZERO)
         used = sum((u for _, u in days.values()), ZERO)
         before = out[namespace].get(model, (ZERO, ZERO))

@@ -26,14 +26,14 @@ UUID = "GPU-5f6e7d8c-0000-4000-8000-000000000001"
 START, END = at("2026-10-01T10:00"), at("2026-10-01T12:00")
 
 
-def _engine_active(world: World, gpu_i_id: str, profile: str, ratio: float, minutes: int) -> None:
-    """dcgm-exporter's `DCGM_FI_PROF_GR_ENGINE_ACTIVE` for one MIG instance every 5 minutes from
+def _engine_active(world: World, gpu_i_id: str, profile: str, ratio: float, minutes: int, step: int = 5) -> None:
+    """dcgm-exporter's `DCGM_FI_PROF_GR_ENGINE_ACTIVE` for one MIG instance every `step` minutes from
     10:00, labelled as it labels MIG series, through the DCGM collector's reading and the store."""
     spec = DCGM.table()["DCGM_FI_PROF_GR_ENGINE_ACTIVE"]
     labels = {"gpu": "0", "UUID": UUID, "device": "nvidia0", "modelName": H100, "Hostname": "mig-node",
               "GPU_I_PROFILE": profile, "GPU_I_ID": gpu_i_id}
-    for k in range(minutes // 5):
-        ts = START + timedelta(minutes=5 * k)
+    for k in range(minutes // step):
+        ts = START + timedelta(minutes=step * k)
         sample = DCGM.sample(spec, labels, ratio, ts)
         persist_results(world.session, "dcgm", [TargetResult("prometheus", ok=True, samples=[sample])], now=ts)
     world.session.commit()
@@ -68,6 +68,30 @@ def test_hand_computed_instance_lease_efficiency_and_unmeasured_when_the_instanc
     # b: 1/7 GPU x 1 h allocated; two 1g.10gb instances on the GPU: not measured rather than a guess
     assert (b.allocated_gpu_hours, b.measured_gpu_hours, b.used_gpu_hours) == (D("0.1429"), D("0.0000"), D("0.0000"))
     assert (b.efficiency, b.coverage) == (None, D("0.0000"))
+
+
+def test_an_hourly_instance_series_counts_the_same_however_the_range_is_cut(world: World) -> None:
+    """The first sample inside a range stands for the time since the instance's previous sample,
+    also when that one is before the range (as the whole-node sums look back)."""
+    gpu_node = _mig_node(world, created_at=at("2026-10-01T09:00"))
+    gpu = world.session.exec(select(Gpu).where(Gpu.node_id == gpu_node.id)).one()
+    gpu.uuid = UUID
+    world.session.commit()
+    _instance(world, gpu_node.name, "a", "3g.40gb", "2026-10-01T10:00", "2026-10-01T12:00")
+    _engine_active(world, "1", "3g.40gb", 0.2, 120, step=60)  # 10:00 and 11:00 at 20 %
+    admin = _principal(world, "admin")
+
+    def measured(start, end):
+        (a,) = lease_figures(world.session, admin, start, end, now=END)
+        return a.measured, a.used
+
+    half = at("2026-10-01T10:30")
+    # from 10:30: the 11:00 sample stands for the hour since 10:00's (3/7 GPU), not one 5-minute bucket
+    # (Decimal division carries 28 digits: sevenths compared to 20 places)
+    assert [x.quantize(D("1e-20")) for x in measured(half, END)] == [
+        (D(3) / 7).quantize(D("1e-20")), (D(3) / 7 * D("0.2")).quantize(D("1e-20"))]  # 3/7 GPU-hour at 20 %
+    assert [(first + second).quantize(D("1e-20")) for first, second in zip(measured(START, half), measured(half, END))] == [
+        whole.quantize(D("1e-20")) for whole in measured(START, END)]
 
 
 def test_lease_totals_count_instance_leases_as_their_per_lease_figures_do(world: World) -> None:

@@ -48,10 +48,12 @@ def request(world: World, tenant: str | None, namespace: str, node: str, resourc
     world.session.commit()
 
 
-def utilisation(world: World, entity: str, namespace: str, percent: float, minutes: int, **labels: str) -> None:
-    """5-minute DCGM utilisation samples of one GPU (or MIG instance) held by `namespace`, through the store."""
-    for k in range(minutes // 5):
-        ts = T0 + timedelta(minutes=5 * k)
+def utilisation(world: World, entity: str, namespace: str, percent: float, minutes: int, step: int = 5,
+                **labels: str) -> None:
+    """DCGM utilisation samples every `step` minutes from T0 of one GPU (or MIG instance) held by
+    `namespace`, through the store."""
+    for k in range(minutes // step):
+        ts = T0 + timedelta(minutes=step * k)
         sample = Sample("dcgm", entity, "gpu_util", percent, "percent", {"namespace": namespace, "pod": "p", **labels}, ts)
         persist_results(world.session, "dcgm", [TargetResult("prometheus", ok=True, samples=[sample])], now=ts)
     world.session.commit()
@@ -88,6 +90,23 @@ def test_hand_computed_namespace_figures_with_a_mig_instance_weighted_by_its_com
     assert (infer.efficiency, infer.coverage) == (Decimal("0.4000"), Decimal("1.0000"))
     assert infer.idle_cost == Decimal("0.72") and infer.waste  # 3/7 × 0.6 × 2.80 = 0.72; under 50 % efficient
     assert [r.namespace for r in rows.values()] == ["train", "infer"]  # most idle cost first
+
+
+def test_an_hourly_series_counts_the_same_however_the_window_is_cut(world: World) -> None:
+    """A window's first sample stands for the time since the namespace's previous sample on that GPU,
+    also when that one is before the window."""
+    node = make_node_row(world, gpus=1, name="n1")
+    gpus_of(world, node, "GPU-1")
+    request(world, "a", "train", "n1", "nvidia.com/gpu", 1, T0, None)
+    utilisation(world, "GPU-1", "train", 50.0, 180, step=60)  # 10:00, 11:00, 12:00
+
+    def figures(start: datetime) -> tuple[Decimal, Decimal]:
+        (row,) = namespace_efficiency(world.session, principal(world, "admin"), start, NOW, now=NOW)
+        return row.measured_gpu_hours, row.used_gpu_hours
+
+    # from 10:30: 11:00 and 12:00 each stand for the hour since the sample before (not the first for 5 minutes)
+    assert figures(T0 + timedelta(minutes=30)) == (Decimal("2.0000"), Decimal("1.0000"))
+    assert figures(T0) == (Decimal("2.0833"), Decimal("1.0417"))  # 10:00 has none before it: one 5-minute bucket
 
 
 def test_a_tenant_sees_only_its_own_namespaces_and_none_unmapped(world: World) -> None:
