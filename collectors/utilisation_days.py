@@ -187,20 +187,14 @@ def lease_day_sums(session: Session, start: datetime, stop: datetime, *, lease_i
     return out
 
 
-def tenant_day_sums(session: Session, start: datetime, stop: datetime, narrow: Callable[[Any], Any],
-                    tenant_of: Mapping[int, int]) -> dict[int, dict[date, list[int]]]:
-    """`lease_day_sums` of many leases, summed per tenant and day: the kept sums in the database
-    (`narrow` keeps the leases asked for: a filter on `Lease`), the rest live, each lease's put to
-    its tenant by `tenant_of` (lease id → tenant id; others are left out). A row per lease-day
-    read and summed here was most of the all-tenant usage page's time (80,000 a week)."""
+def tenant_day_sums(session: Session, start: datetime, stop: datetime, narrow: Callable[[Any], Any]
+                    ) -> dict[int, dict[date, list[int]]]:
+    """`lease_day_sums` of many leases, summed per tenant and day: the kept sums in the database,
+    the rest live; `narrow` keeps the leases asked for (a filter on a statement over `Lease`). A
+    row per lease-day read and summed here was most of the all-tenant usage page's time (80,000 a
+    week)."""
     kept, live = kept_plan(session, start, stop)
     out: dict[int, dict[date, list[int]]] = {}
-
-    def add(tenant_id: int, day: date, measured: int, used: int) -> None:
-        sums = out.setdefault(tenant_id, {}).setdefault(day, [0, 0])
-        sums[0] += int(measured)
-        sums[1] += int(used)
-
     if kept:
         statement = narrow(
             # sums as BIGINT: PostgreSQL's sum of a bigint is numeric, a Decimal to parse per row
@@ -210,11 +204,16 @@ def tenant_day_sums(session: Session, start: datetime, stop: datetime, narrow: C
             .where(col(LeaseUtilisationDay.day).in_(kept)).group_by(Lease.tenant_id, LeaseUtilisationDay.day))
         for tenant_id, day, measured, used in session.connection().execute(statement).all():  # one row per (tenant, day)
             out.setdefault(tenant_id, {})[day] = [int(measured), int(used)]
-    for window_start, window_end in live:
-        for lease_id, days in live_sums(session, window_start, window_end).items():
+    for window_start, window_end in live:  # usually none: only while the job is behind, or for a ragged range
+        sums = live_sums(session, window_start, window_end)
+        tenant_of = dict(session.connection().execute(narrow(
+            select(Lease.id, Lease.tenant_id).where(among(Lease.id, list(sums))))).all()) if sums else {}
+        for lease_id, days in sums.items():
             if lease_id in tenant_of:
                 for day, (measured, used) in days.items():
-                    add(tenant_of[lease_id], day, measured, used)
+                    day_sums = out.setdefault(tenant_of[lease_id], {}).setdefault(day, [0, 0])
+                    day_sums[0] += int(measured)
+                    day_sums[1] += int(used)
     return out
 
 

@@ -48,7 +48,7 @@ from kiln.db import utcnow
 from kiln.models import Tenant
 from metering import skus
 from metering.allocation import AllocationRow, IdleFigures, allocation_rows, daily_gpu_hours
-from metering.efficiency import EfficiencyRow, LeaseTotals, lease_figures, lease_rows, lease_totals, totals_of
+from metering.efficiency import EfficiencyRow, LeaseTotals, lease_count, lease_figures, lease_totals, totals_of
 from metering.namespace_efficiency import NamespaceEfficiencyRow, namespace_efficiency
 from metering.sku_labels import label
 from metering.usage import usage_totals
@@ -129,12 +129,12 @@ def first_paint(tenant_slug: str | None, choice: str | None) -> tuple[tuple, tup
     with db_session() as session:
         tenant_id, _ = _scope(session, principal, tenant_slug)
         now = utcnow()
-        leases = lease_rows(session, principal, start, min(end, now), tenant_id=tenant_id)
-        if len(leases) > LEASES_WITH_THE_PAGE:  # the overview's sums only: no row per lease
-            totals = lease_totals(session, principal, start, end, tenant_id=tenant_id, now=now, leases=leases)
-            count = len(leases) + len(totals.instances)
-            return _overview(session, principal, start, end, tenant_id, totals), (
-                on_demand(count), None, *(["false"] * len(DETAIL_TABS)))
+        count = lease_count(session, principal, start, min(end, now), tenant_id=tenant_id)
+        if count > LEASES_WITH_THE_PAGE:  # the overview's sums only: no row per lease
+            held = daily_lease_micros(session, principal, start, min(end, now), tenant_id)
+            totals = lease_totals(session, principal, start, end, tenant_id=tenant_id, now=now, held=held)
+            return _overview(session, principal, start, end, tenant_id, totals, held), (
+                on_demand(count + len(totals.instances)), None, *(["false"] * len(DETAIL_TABS)))
         figures = lease_figures(session, principal, start, end, tenant_id=tenant_id, now=now)
         overview = _overview(session, principal, start, end, tenant_id, totals_of(figures))
         panel = allocation_table(allocation_rows(session, principal, start, end, tenant_id=tenant_id, figures=figures))
@@ -155,14 +155,18 @@ def update(tenant_slug: str | None, choice: str | None) -> tuple:
     start, end = day_range_bounds(choice)
     with db_session() as session:
         tenant_id, _ = _scope(session, principal, tenant_slug)
+        now = utcnow()
+        held = daily_lease_micros(session, principal, start, min(end, now), tenant_id)
         return _overview(session, principal, start, end, tenant_id,
-                         lease_totals(session, principal, start, end, tenant_id=tenant_id))
+                         lease_totals(session, principal, start, end, tenant_id=tenant_id, now=now, held=held), held)
 
 
 def _overview(session: Session, principal: Principal, start: datetime, end: datetime, tenant_id: int | None,
-              totals: LeaseTotals) -> tuple:
+              totals: LeaseTotals, held: list[DayMicros] | None = None) -> tuple:
+    """The stats and charts: `totals` of the range's leases, `held` their `daily_lease_micros` when already read."""
     now = utcnow()
-    held = daily_lease_micros(session, principal, start, min(end, now), tenant_id)
+    if held is None:
+        held = daily_lease_micros(session, principal, start, min(end, now), tenant_id)
     slices = gpu_hours(session, principal, start, end, tenant_id, now=now, held=held)
     gpu_use = totals.combined()
     per_day = daily_gpu_hours(session, principal, start, end, tenant_id=tenant_id, now=now, totals=totals, held=held)
