@@ -108,8 +108,8 @@ def test_every_page_renders_with_drawn_charts_and_no_console_errors(console: Con
     scripts = page.evaluate("() => performance.getEntriesByType('resource').map(e => e.name)")
     assert not [url for url in scripts if "plotly.min.js" in url]  # the vendored basic bundle drew every chart
     # the page's layout arrived with its charts filled (dashboards.components.prefilled): no second round trip,
-    # but for the fleet's node table, whose rows come a page at a time (dashboards.node_grid)
-    assert len([url for url in scripts if "/_dash-update-component" in url]) == (2 if name == "fleet" else 1)
+    # but for the fleet's node table and the VDCs' grants, whose rows come a page at a time (dashboards.server_grid)
+    assert len([url for url in scripts if "/_dash-update-component" in url]) == (2 if name in ("fleet", "vdcs") else 1)
     assert page.evaluate("() => window.Plotly.version") == get_plotlyjs_version()
     page.context.close()
 

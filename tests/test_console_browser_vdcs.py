@@ -109,6 +109,9 @@ def test_an_admin_creates_changes_and_deletes_a_vdc(console: Any) -> None:
         ("tenant-a", None, 4, 700), ("tenant-b", 1, None, None)]
     page.wait_for_function("() => document.querySelector('#vdc-table').innerText.includes('infer')")
     assert "tenant-a, tenant-b" in page.inner_text("#vdc-table")
+    # the grants grid (paged on the server) asks again for its rows when the overview is redrawn
+    page.wait_for_function("() => document.querySelector('#grant-table').innerText.includes('infer')")
+    assert "0 of 4" in page.inner_text("#grant-table")  # tenant-a: no GPU leased in it yet, 4 at most
     # the saved VDC is now picked: its name is permanent, its fields are what was stored
     assert page.is_disabled("#vdc-name") and page.input_value("#vdc-name") == "infer"
     assert page.input_value("#vdc-budget") == "1200.5" and grant_box(page, "max_gpu_hours", "tenant-a").input_value() == "700"
@@ -143,6 +146,7 @@ def test_an_admin_creates_changes_and_deletes_a_vdc(console: Any) -> None:
     page.wait_for_function("() => document.querySelector('#vdc-form-message').innerText === 'VDC infer deleted.'")
     assert "infer" not in stored(console)
     page.wait_for_function("() => !document.querySelector('#vdc-table').innerText.includes('infer')")
+    page.wait_for_function("() => !document.querySelector('#grant-table').innerText.includes('infer')")
     page.wait_for_function("() => document.querySelector('#vdc-name').value === ''")  # back on "New VDC"
     assert not page.is_disabled("#vdc-name") and page.is_disabled("#vdc-delete")
     assert errors.messages == []
@@ -208,4 +212,8 @@ def test_tenants_get_403_and_their_crafted_callbacks_change_and_reveal_nothing(c
     loaded = post_callback(page, console.base_url, "vdc-pick", [{"id": "vdc-pick", "property": "value",
                                                                           "value": "train"}], [], outputs)
     assert loaded.status == 204 and "tenant-b" not in loaded.text()
+    # asking for a block of the grants grid as a tenant: nothing comes back either
+    block = post_callback(page, console.base_url, "grant-table-grid", [{"id": "grant-table-grid", "property": "getRowsRequest",
+                                                                        "value": {"startRow": 0, "endRow": 50}}], [])
+    assert block.status == 200 and block.json()["response"] == {}, block.text()  # no output updated
     page.context.close()
