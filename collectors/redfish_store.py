@@ -29,6 +29,7 @@ from collectors.base import Sample, TargetResult
 from collectors.models import BmcLogCursor
 from collectors.redfish import LogCursor
 from collectors.redfish_readers import GPU_INFO, LOG_ENTRY, entry_key
+from collectors.utilisation_days import gpus_learned
 from fleet.models import Gpu, Node, NodeEvent
 
 LOG_EVENT_KIND, LOG_ACTOR = "bmc_log", "redfish"
@@ -73,6 +74,7 @@ def sync_gpus(session: Session, node_id: int, gpus: Sequence[Sample]) -> None:
     by_key = {_uuid_key(r.uuid): r for r in rows if r.uuid}
     by_index = {r.index: r for r in rows}
     claimed: set[int] = set()  # id() of the rows already given a GPU this poll
+    learned: list[str] = []
     ordered = sorted(gpus, key=lambda s: entry_key({"Id": s.labels.get("id", "")})[1])
     for index, gpu in enumerate(ordered):
         labels = gpu.labels
@@ -93,11 +95,13 @@ def sync_gpus(session: Session, node_id: int, gpus: Sequence[Sample]) -> None:
                 select(Gpu.id).where(Gpu.uuid == uuid, Gpu.node_id != node_id)).first():
             row.uuid = uuid  # never one another GPU has (a BMC's error): Gpu.uuid is unique
             by_key[_uuid_key(uuid)] = row
+            learned.append(uuid)
         row.model = (labels.get("model") or row.model)[:128]
         row.vendor = vendor_of(labels["vendor"]) if labels.get("vendor") else row.vendor
         row.memory_mib = int(labels["memory_mib"]) if labels.get("memory_mib", "").isdigit() else row.memory_mib
         session.add(row)
     session.flush()
+    gpus_learned(session, learned)  # its utilisation samples already summed without it
 
 
 def _created(text: str, fallback: datetime) -> datetime:

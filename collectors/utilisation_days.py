@@ -296,9 +296,23 @@ def forget_days(session: Session, days: Iterable[date]) -> None:
     session.exec(delete(UtilisationSealed).where(col(UtilisationSealed.day).in_(days)))
 
 
+def gpus_learned(session: Session, uuids: Iterable[str], now: datetime | None = None) -> None:
+    """Kiln has just learned these GPU UUIDs (a node's GPUs enrolled or read from its BMC after
+    their exporters' samples came): the days already summed left those samples out (a sample
+    counts through its GPU's row), so forget them from the first such sample on."""
+    wanted = sorted(set(uuids))
+    if not wanted:
+        return
+    first = session.exec(select(func.min(Rollup5m.bucket)).where(
+        Rollup5m.metric == GPU_UTIL_ROLLUP, col(Rollup5m.entity).in_(wanted))).one()
+    if first is not None:
+        forget_since(session, first, now)
+
+
 def forget_since(session: Session, moment: datetime, now: datetime | None = None) -> None:
-    """A whole-node lease now starts or ends at `moment`: forget the kept sums of every day from
-    `moment`'s on, if it may be sealed."""
+    """What counts changed from `moment` on (a whole-node lease now starts or ends then, or a GPU's
+    samples from then on can now be counted): forget the kept sums of every day from `moment`'s
+    on, if it may be sealed."""
     if moment >= _may_be_sealed_before(now):
         return
     first = _first_sample_day(session)

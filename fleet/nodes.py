@@ -217,11 +217,19 @@ def _check_unique(session: Session, data: NodeCreate) -> None:
 
 def _set_gpus_and_tags(session: Session, node: Node, gpus: list[GpuSpec] | None, tags: list[str] | None) -> None:
     if gpus is not None:
+        known = set()
         for gpu in session.exec(select(Gpu).where(Gpu.node_id == node.id)).all():
+            known.add(gpu.uuid)
             session.delete(gpu)
         session.flush()
         for spec in gpus:
             session.add(Gpu(node_id=node.id, **spec.model_dump()))
+        learned = {spec.uuid for spec in gpus if spec.uuid} - known
+        if learned:  # their utilisation samples may have been summed without them
+            from collectors.utilisation_days import gpus_learned  # noqa: PLC0415 - not for `kiln nodes list`
+
+            session.flush()
+            gpus_learned(session, learned)
     if tags is not None:
         for tag in session.exec(select(NodeTag).where(NodeTag.node_id == node.id)).all():
             session.delete(tag)

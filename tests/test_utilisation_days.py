@@ -13,12 +13,15 @@ from sqlmodel import Session, col, delete, select
 
 from collectors.base import Sample
 from collectors.models import LeaseUtilisationDay, Rollup5m, UtilisationSealed
+from collectors.redfish_store import sync_gpus
 from collectors.store import add_rollups
 from collectors.utilisation_days import (
     DaySums, forget_since, lease_day_sums, live_sums, midnight, seal,
 )
 from fleet.leases import update_lease
 from fleet.models import Gpu
+from fleet.nodes import update_node
+from fleet.schemas import GpuSpec, NodeUpdate
 from fleet.tenancy_models import Lease
 from fleet.tenancy_schemas import LeaseUpdate
 from kiln.auth import principal_for_user
@@ -196,3 +199,35 @@ def test_kiln_doctor_warns_while_the_samples_are_not_summed(world: World, settin
     assert (check.status, check.detail) == (STATUS_OK, "summed up to 2026-03-04 07:20 UTC")
     monkeypatch.setattr(days_module, "NOT_YET_SUMMED", timedelta(minutes=5))  # the newest sample is 10 minutes past
     assert check_utilisation_sums(settings).status == STATUS_WARNING
+
+
+@pytest.mark.parametrize("learned_from", ["redfish", "node update"])
+def test_a_gpu_learned_after_its_samples_were_summed_has_its_days_summed_again(world: World, learned_from: str) -> None:
+    """A GPU whose UUID Kiln learns late (read from the BMC, or given to the node by an admin)
+    counts in the days the job had summed without it, once they are summed again."""
+    leases = _fleet(world)
+    expected = _answer(world.session, DAY0, NOW)  # every GPU known
+    node = world.session.exec(select(Gpu).where(Gpu.uuid == "GPU-U10")).one().node_id
+    for gpu in world.session.exec(select(Gpu).where(Gpu.node_id == node)).all():
+        gpu.uuid = None  # node u1's GPUs: not known when the job summed the days
+    world.session.commit()
+    seal(world.session, NOW, max_days=9)
+    world.session.commit()
+    assert lease_day_sums(world.session, DAY0, NOW) != expected  # lease 3 (node u1) measured nothing
+    if learned_from == "redfish":
+        labels = [{"id": f"GPU_{i}", "uuid": f"GPU-U1{i}", "model": "NVIDIA H100 80GB HBM3"} for i in range(2)]
+        sync_gpus(world.session, node, [Sample("redfish", "u1", "redfish_gpu_info", 1.0, "info", l, NOW) for l in labels])
+    else:
+        admin = principal_for_user(world.session, world.callers["admin"].user)
+        update_node(world.session, admin, node, NodeUpdate(gpus=[
+            GpuSpec(index=i, model="NVIDIA H100 80GB HBM3", uuid=f"GPU-U1{i}") for i in range(2)]))
+    world.session.commit()
+    assert len(world.session.exec(select(UtilisationSealed)).all()) == 1  # the first sample day is never forgotten
+    seal(world.session, NOW, max_days=9)
+    world.session.commit()
+    # every day but the first day with samples (retention may have cut into it: it is never summed again)
+    first = DAY0.date()
+    later = {lease: {day: sums for day, sums in days.items() if day > first} for lease, days in expected.items()}
+    assert {lease: {day: sums for day, sums in days.items() if day > first}
+            for lease, days in lease_day_sums(world.session, DAY0, NOW).items()} == later
+    assert len(later[leases[2].id]) == 2  # node u1's lease: days 2 and 3 measured again
