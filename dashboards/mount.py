@@ -46,6 +46,10 @@ class LazyConsole:
                 from dashboards.console import create_console
 
                 self._app = WSGIMiddleware(create_console(self._state), workers=16)
+                if getattr(self._state, "freeze_long_lived", False):  # `kiln serve`: see kiln.long_lived
+                    from kiln.long_lived import freeze_long_lived
+
+                    freeze_long_lived()
             return self._app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -32,6 +32,7 @@ from collectors.utilisation_days import SEAL_EVERY, seal_job
 from fleet.runtime import FleetRuntime
 from fleet.sync import sync_nodes
 from kiln.db import utcnow
+from kiln.long_lived import freeze_long_lived
 from kiln.metrics import WorkerMetrics
 from kiln.partitions import ensure_partitions_now
 from kiln.retention import INTERVAL, Removed, enforce_retention
@@ -125,6 +126,7 @@ def run_forever(settings: Settings, engine: Engine) -> None:
     for job in jobs:
         pace(scheduler, job, utcnow())
         log.info("scheduled %s every %d s", job.name, job.seconds)
+    freeze_long_lived()  # the jobs and what they hold live as long as the process
     try:
         scheduler.start()
     finally:
