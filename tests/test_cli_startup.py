@@ -100,6 +100,23 @@ def test_nodes_list_still_lists_what_was_imported(small_db: dict[str, str]) -> N
     assert sorted(packages & HASHING) == []
 
 
+GC_AT_EXIT = """
+import atexit, gc, sys
+from kiln.cli.main import main
+atexit.register(lambda: sys.stderr.write(f"\\ngc {gc.isenabled()} {gc.get_freeze_count()}\\n"))
+sys.argv = ["kiln", *sys.argv[1:]]
+main()
+"""
+
+
+def test_start_up_objects_are_frozen_and_the_collector_is_back_on_for_the_command(small_db: dict[str, str]) -> None:
+    result = subprocess.run([sys.executable, "-c", GC_AT_EXIT, "nodes", "list", "-o", "json"], env=small_db,
+                            capture_output=True, text=True, timeout=60)
+    assert [node["name"] for node in json.loads(result.stdout)] == ["gpu-1", "gpu-2"]
+    _, enabled, frozen = result.stderr.strip().splitlines()[-1].split()
+    assert enabled == "True" and int(frozen) > 20_000  # the command's modules, frozen once loaded
+
+
 def test_every_subcommand_loads_and_help_lists_each_once() -> None:
     import typer
 

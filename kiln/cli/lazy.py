@@ -31,16 +31,21 @@ def load_command(name: str, target: str) -> Command:
 
 
 class LazyCommands(MutableMapping[str, Command]):
-    """A group's commands by name, in the order given; each imported on first access."""
+    """A group's commands by name, in the order given; each imported on first access (then
+    `on_load()`, if given)."""
 
-    def __init__(self, targets: Mapping[str, str], loaded: Mapping[str, Command] | None = None):
+    def __init__(self, targets: Mapping[str, str], loaded: Mapping[str, Command] | None = None,
+                 on_load: Callable[[], None] | None = None):
         self._targets = dict(targets)
         self._loaded = dict(loaded or {})
         self._targets.update({name: "" for name in self._loaded if name not in self._targets})
+        self._on_load = on_load
 
     def __getitem__(self, name: str) -> Command:
         if name not in self._loaded:
             self._loaded[name] = load_command(name, self._targets[name])
+            if self._on_load is not None:
+                self._on_load()
         return self._loaded[name]
 
     def get(self, name: str, default: Any = None) -> Any:
@@ -67,12 +72,13 @@ class LazyCommands(MutableMapping[str, Command]):
         return len(self._targets)
 
 
-def lazy_group(targets: Mapping[str, str]) -> type[TyperGroup]:
-    """A TyperGroup class (for `typer.Typer(cls=...)`) whose commands are `targets`, loaded lazily."""
+def lazy_group(targets: Mapping[str, str], on_load: Callable[[], None] | None = None) -> type[TyperGroup]:
+    """A TyperGroup class (for `typer.Typer(cls=...)`) whose commands are `targets`, loaded lazily
+    (`on_load()` after each)."""
 
     class LazyGroup(TyperGroup):
         def __init__(self, **attrs: Any):
             super().__init__(**attrs)
-            self.commands = LazyCommands(targets, loaded=self.commands)
+            self.commands = LazyCommands(targets, loaded=self.commands, on_load=on_load)
 
     return LazyGroup
