@@ -8,9 +8,9 @@ enough to trigger a pass: measured in process, 70–125 ms of the 0.36–0.40 s 
 moves the objects that exist now into the permanent generation that collections skip; what
 requests and jobs allocate afterwards is collected as before.
 
-Called by the long-running processes only (`kiln serve` once its app is built and again after
-the console's first build, `kiln worker` once its jobs are set up), never by tests or short
-commands: frozen objects are never freed, so garbage frozen with them would stay.
+Called by the long-running processes only (`kiln serve` and `kiln demo` once their app is built
+and again after the console's first build, `kiln worker` once its jobs are set up), never by
+tests or short commands: frozen objects are never freed, so garbage frozen with them would stay.
 """
 
 from __future__ import annotations
