@@ -7,6 +7,7 @@
     return match ? decodeURIComponent(match[1]) : "";
   }
   var originalFetch = window.fetch.bind(window);
+  var leaving = false;  // several callbacks may get 401 at once: one navigation, not one aborting the other
   window.fetch = function (input, init) {
     init = init || {};
     var url = new URL(typeof input === "string" ? input : input.url, window.location.href);
@@ -17,7 +18,9 @@
       init.headers = headers;
     }
     return originalFetch(input, init).then(function (response) {
-      if (response.status === 401 && url.origin === window.location.origin && url.pathname.indexOf("/_dash-") === 0) {
+      if (response.status === 401 && url.origin === window.location.origin && url.pathname.indexOf("/_dash-") === 0 &&
+          !leaving) {
+        leaving = true;
         return response.clone().json().catch(function () { return {}; }).then(function (body) {
           var next = window.location.pathname + window.location.search;
           window.location.assign("/signin?reason=" + encodeURIComponent(body.reason || "expired") +
