@@ -157,7 +157,9 @@ def test_group_by_rack_merges_each_racks_run_of_rows(console: Any) -> None:
     assert "rack" not in page.evaluate(PINNED_JS)
     _choose(page, "Group by rack")
     page.wait_for_function(f"() => ({PINNED_JS})().includes('rack')")  # kept in view beside the node's name
-    page.wait_for_timeout(300)
+    # the grid draws the rows again once grouped (a fixed pause was too short on a loaded machine)
+    page.wait_for_function(f"() => {{ const racks = ({RACK_CELLS_JS})().map(c => c[0]); "
+                           "return racks.includes('r1') && racks.includes('r9'); }")
     cells = page.evaluate(RACK_CELLS_JS)
     screenshot(page, "admin-fleet-node-table-by-rack")
     by_rack = {text: height for text, height in cells}
