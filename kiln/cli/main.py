@@ -48,7 +48,6 @@ SUBCOMMANDS = {
 }
 
 
-
 def _start_up_done() -> None:
     """A command's modules are loaded: freeze them out of the collector's passes and turn it back
     on (only where `main` turned it off: a process that imports `app`, such as the tests, is left alone)."""
