@@ -271,13 +271,14 @@ def totals_of(figures: list[LeaseFigures]) -> LeaseTotals:
 
 def lease_totals(
     session: Session, principal: Principal, start: datetime, end: datetime, *, tenant_id: int | None = None,
-    now: datetime | None = None, held: list[DayMicros] | None = None,
+    now: datetime | None = None, held: list[DayMicros] | None = None, count: int | None = None,
 ) -> LeaseTotals:
     """`totals_of(lease_figures(...))` without a `LeaseFigures` per whole-node lease (10,800 of them
     for all tenants of a 10,000-node fleet over a week): allocated GPU-hours per tenant from the
     leases' GPU-microseconds per day (`held`: `fleet.daily_hours.daily_lease_micros` of the window,
     when already read), measured and used GPU-hours summed per tenant as they are read (for many
-    leases, in the database: the leases themselves are not read)."""
+    leases, in the database: the leases themselves are not read; `count`: their `lease_count`,
+    when already counted)."""
     stop = min(end, now or utcnow())
     if held is None:
         held = daily_lease_micros(session, principal, start, stop, tenant_id)
@@ -290,7 +291,9 @@ def lease_totals(
     # whole numbers summed per tenant and day first, each made GPU-hours once: a Decimal per
     # lease-day (80,000 of them a week at 10,000 nodes) was most of this function's time
     by_tenant: dict[int, dict[date, list[int]]] = defaultdict(dict)
-    if lease_count(session, principal, start, stop, tenant_id=tenant_id) <= LEASES_PER_QUERY:
+    if count is None:
+        count = lease_count(session, principal, start, stop, tenant_id=tenant_id)
+    if count <= LEASES_PER_QUERY:
         leases = lease_rows(session, principal, start, stop, tenant_id=tenant_id)
         tenant_of = {lease.id: lease.tenant_id for lease in leases}
         for lease_id, days in lease_sums(session, leases, start, stop).items():

@@ -24,8 +24,10 @@ ARTIFACTS = Path(__file__).parents[1] / "test-artifacts" / "console"  # git-igno
 AXE_VERSION = "4.14.1"  # tests/peers/chromium.sh installs this axe-core from npm
 AXE_FAILING_IMPACTS = ("serious", "critical")
 # axe.run's violations, reduced to what a failure message needs: rule, impact, help, the nodes' selectors.
-AXE_RUN_JS = """async (impacts) => {
-  const result = await window.axe.run(document, {resultTypes: ['violations']});
+AXE_RUN_JS = """async ([impacts, rules]) => {
+  const options = {resultTypes: ['violations']};
+  if (rules) options.runOnly = {type: 'rule', values: rules};
+  const result = await window.axe.run(document, options);
   return result.violations.filter(v => impacts.includes(v.impact)).map(v => ({
     id: v.id, impact: v.impact, help: v.help, targets: v.nodes.map(n => n.target.join(' ')).slice(0, 8)}));
 }"""
@@ -80,14 +82,16 @@ def axe_script() -> Path:
     return path
 
 
-def axe_violations(page: Any, impacts: tuple[str, ...] = AXE_FAILING_IMPACTS) -> list[dict[str, Any]]:
-    """Inject axe-core into `page` (once) and run every rule on it; the violations of `impacts`,
-    each as {id, impact, help, targets (CSS selectors of up to 8 offending nodes)}."""
+def axe_violations(page: Any, impacts: tuple[str, ...] = AXE_FAILING_IMPACTS, rules: tuple[str, ...] | None = None
+                   ) -> list[dict[str, Any]]:
+    """Inject axe-core into `page` (once) and run every rule on it (or only `rules`, axe rule ids);
+    the violations of `impacts`, each as {id, impact, help, targets (CSS selectors of up to 8
+    offending nodes)}."""
     if not page.evaluate("() => typeof window.axe === 'object'"):
         page.add_script_tag(path=str(axe_script()))
         version = page.evaluate("() => window.axe.version")
         assert version == AXE_VERSION, f"axe-core {version} is installed, the tests pin {AXE_VERSION}"
-    return page.evaluate(AXE_RUN_JS, list(impacts))
+    return page.evaluate(AXE_RUN_JS, [list(impacts), list(rules) if rules else None])
 
 
 def free_port() -> int:

@@ -23,9 +23,8 @@ from kiln.settings import load_settings
 
 app = create_app(load_settings())
 if sys.argv[1] == "serve":  # what `kiln serve` does before serving
-    from kiln.long_lived import freeze_long_lived
-    app.state.freeze_long_lived = True
-    freeze_long_lived()
+    from kiln.long_lived import serve_long_lived
+    serve_long_lived(app)
 frozen_at_start = gc.get_freeze_count()
 with TestClient(app) as client:
     page = client.get("/signin")  # the console's first request builds it

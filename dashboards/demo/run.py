@@ -44,7 +44,7 @@ from fleet.usage import in_force
 from kiln.app import create_app
 from kiln.auth import Principal
 from kiln.db import create_db_engine
-from kiln.long_lived import freeze_long_lived
+from kiln.long_lived import serve_long_lived
 from kiln.schema import upgrade
 from kiln.settings import Settings, load_settings
 from kiln.worker import jobs_for
@@ -194,8 +194,7 @@ def _serve(settings: Settings, engine: Engine, runtime: FleetRuntime, host: str,
            exporter_url: str, say: Say, stop: threading.Event | None) -> None:
     app = create_app(settings, engine=engine)
     app.state.fleet = runtime  # the API's actions go through the same fake driver as the worker's sync
-    app.state.freeze_long_lived = True  # a long-running server, as `kiln serve` (kiln.long_lived)
-    freeze_long_lived()
+    serve_long_lived(app)  # a long-running server, as `kiln serve`
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
     url = f"http://{host}:{port}/"
 

@@ -132,7 +132,7 @@ def first_paint(tenant_slug: str | None, choice: str | None) -> tuple[tuple, tup
         count = lease_count(session, principal, start, min(end, now), tenant_id=tenant_id)
         if count > LEASES_WITH_THE_PAGE:  # the overview's sums only: no row per lease
             held = daily_lease_micros(session, principal, start, min(end, now), tenant_id)
-            totals = lease_totals(session, principal, start, end, tenant_id=tenant_id, now=now, held=held)
+            totals = lease_totals(session, principal, start, end, tenant_id=tenant_id, now=now, held=held, count=count)
             return _overview(session, principal, start, end, tenant_id, totals, held), (
                 on_demand(count + len(totals.instances)), None, *(["false"] * len(DETAIL_TABS)))
         figures = lease_figures(session, principal, start, end, tenant_id=tenant_id, now=now)

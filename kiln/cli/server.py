@@ -27,12 +27,10 @@ def serve(
     import uvicorn  # imported here so other commands start quickly
 
     from kiln.app import create_app
-
-    from kiln.long_lived import freeze_long_lived
+    from kiln.long_lived import serve_long_lived
 
     app = create_app(config, engine=engine)
-    app.state.freeze_long_lived = True  # again once the console is built (dashboards.mount)
-    freeze_long_lived()
+    serve_long_lived(app)
     typer.echo(f"Kiln {__version__} serving on http://{host}:{port} (API docs: /api/v1/docs)")
     # log_config=None: uvicorn's own records go through Kiln's handler (format, redaction, request id)
     uvicorn.run(app, host=host, port=port, log_level=config.log_level.lower(), log_config=None)
