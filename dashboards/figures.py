@@ -22,7 +22,18 @@ HEIGHT = 320
 PALETTE = ("#b4441c", "#2a6f97", "#6a994e", "#7b2cbf", "#e09f3e", "#335c67", "#9e2a2b", "#588157")
 # The trace types of dashboards/assets/vendor/plotly-basic.min.js (scripts/vendor_plotly.py).
 BASIC_TRACES = frozenset({"scatter", "bar", "pie"})
-MARGIN = {"l": 60, "r": 20, "t": 50, "b": 50}
+# Wide enough for plotly's own tick labels (SI-suffixed numbers, "150k") and the axes' titles, so
+# that automargin has nothing to widen on a first draw (see fitted_frame).
+MARGIN = {"l": 72, "r": 30, "t": 50, "b": 58}
+DATE_AXIS_BOTTOM = 78  # a time axis's labels take two lines ("21:00" over "Dec 6, 2026")
+DATE_TICKS = 6  # at most: seven or more rotate their labels in a half-width chart, and rotated labels need more room
+MAX_LEFT = 340  # category labels longer than this leave the rest to automargin
+MAX_SLANTED = 160  # the most room under a plot for slanted category labels (automargin takes longer ones)
+CHAR_PX = 8  # a generous mean width of one character of 12-px axis or legend text in the browser's sans font
+CHART_WIDTH = 640  # the width of a half-width chart (grid-2) at the console's usual window width
+# A legend row's height, the legend's own padding and gap under the axis title, an entry's width besides its text
+# (symbol, gaps), all in pixels as Chromium draws them.
+LEGEND_ROW, LEGEND_PAD, LEGEND_SYMBOL = 20, 30, 46
 # The page's surface shows through, light or dark (console.css recolours axis text and grid for dark mode).
 TRANSPARENT = "rgba(0,0,0,0)"
 WARNING_COLOR, LIMIT_COLOR, OK_COLOR = "#e09f3e", "#9e2a2b", "#6a994e"
@@ -51,16 +62,59 @@ def trace(kind: str, **properties: Any) -> dict[str, Any]:
 
 def chart(title: str, data: list[dict[str, Any]], *, x_title: str = "", y_title: str = "", xaxis: dict | None = None,
           yaxis: dict | None = None, **layout: Any) -> Figure:
-    """A figure with the console's look: title, fixed height, palette, titled axes starting at zero,
-    transparent backgrounds (readable in the console's light and dark schemes)."""
+    """A figure with the console's look: title, fixed plot height, palette, titled axes starting at
+    zero, transparent backgrounds (readable in the console's light and dark schemes), and margins
+    and a legend laid out for what it draws (`fitted_frame`) unless `margin` is given."""
+    xaxis = {"title": {"text": x_title}, **(xaxis or {})}
+    yaxis = {"title": {"text": y_title}, "rangemode": "tozero", **(yaxis or {})}
+    frame = {} if "margin" in layout else fitted_frame(data, xaxis, yaxis, layout.get("showlegend", len(data) > 1),
+                                                        layout.get("height", HEIGHT))
     return {"data": data, "layout": {
         "template": template(), "title": {"text": title, "x": 0.01, "font": {"size": 15}}, "height": HEIGHT,
         "paper_bgcolor": TRANSPARENT, "plot_bgcolor": TRANSPARENT,
-        "margin": MARGIN, "legend": {"orientation": "h", "y": -0.25}, "colorway": list(PALETTE),
-        "xaxis": {"title": {"text": x_title}, **(xaxis or {})},
-        "yaxis": {"title": {"text": y_title}, "rangemode": "tozero", **(yaxis or {})},
-        **layout,
+        "margin": MARGIN, "colorway": list(PALETTE), "xaxis": xaxis, "yaxis": yaxis, **layout, **frame,
     }}
+
+
+def fitted_frame(data: list[dict[str, Any]], xaxis: dict, yaxis: dict, legend: bool, height: int) -> dict[str, Any]:
+    """Margins wide enough for the tick labels, axis titles and legend the chart draws, with the
+    legend's rows added to the figure's height under the plot (a legend of eight GPUs had squeezed
+    the plot to a third of its height and covered the axis title). Plotly's automargin (in the
+    template) widens a margin that is too narrow only after a first full draw, then draws the chart
+    again: with the old fixed margins every chart but the empty ones was drawn twice."""
+    left = MARGIN["l"]
+    categories = [str(label) for trace_ in data if trace_.get("orientation") == "h" for label in trace_.get("y", [])]
+    if categories:  # horizontal bars: the category labels stand left of the plot
+        left = min(max(left, round(CHAR_PX * max(map(len, categories))) + (48 if yaxis["title"]["text"] else 20)), MAX_LEFT)
+    bottom = (DATE_AXIS_BOTTOM if xaxis.get("type") == "date" else MARGIN["b"]) if xaxis.get("visible", True) else 20
+    labels = {str(label) for trace_ in data if trace_.get("orientation") != "h" and trace_.get("type") == "bar"
+              for label in trace_.get("x", [])}
+    if labels and len(labels) * (CHAR_PX * max(map(len, labels)) + 8) > 2 * CHART_WIDTH - left - MARGIN["r"]:
+        # category labels too many to stand side by side even in a full-width chart: plotly slants or stands
+        # them up; room for them upright (a half-width chart slanting fewer still widens on its first draw)
+        bottom += min(round(CHAR_PX * max(map(len, labels))), MAX_SLANTED)
+    frame: dict[str, Any] = {"margin": {**MARGIN, "l": left, "b": bottom}}
+    names = [str(trace_["name"]) for trace_ in data if trace_.get("name") and trace_.get("showlegend", True)]
+    if legend and names:
+        rows = legend_rows(names, CHART_WIDTH - left - MARGIN["r"])
+        extra = rows * LEGEND_ROW + LEGEND_PAD
+        frame["margin"]["b"] = bottom + extra
+        frame["height"] = height + extra
+        plot_height = height - MARGIN["t"] - bottom
+        # the legend's top just under the x axis's title, in plot heights below the plot
+        frame["legend"] = {"orientation": "h", "yanchor": "top", "y": -(bottom - 4) / plot_height, "x": 0}
+    return frame
+
+
+def legend_rows(names: Sequence[str], width: int) -> int:
+    """Rows a horizontal legend of these entries takes in `width` pixels, as plotly.js lays it out:
+    one row when every entry fits side by side, else a grid whose columns are as wide as the widest
+    entry (widths estimated generously from the names' lengths)."""
+    entries = [LEGEND_SYMBOL + CHAR_PX * len(name) for name in names]
+    if sum(entries) <= width:
+        return 1
+    per_row = max(1, int(width // max(entries)))
+    return -(-len(entries) // per_row)
 
 
 def empty_figure(title: str, reason: str) -> Figure:
@@ -79,9 +133,8 @@ def time_series(
         return empty_figure(title, empty_reason)
     lines = [trace("scatter", x=[x for x, _ in points], y=[float(y) for _, y in points], mode="lines", name=name)
              for name, points in series.items() if points]
-    # a legend of several rows grows down from under the axis title, never up over it
-    return chart(title, lines, x_title="time (UTC)", y_title=y_title, showlegend=len(series) > 1, hovermode="x unified",
-                 legend={"orientation": "h", "y": -0.3, "yanchor": "top"})
+    return chart(title, lines, x_title="time (UTC)", y_title=y_title, xaxis={"type": "date", "nticks": DATE_TICKS},
+                 showlegend=len(series) > 1, hovermode="x unified")
 
 
 def time_markers(
@@ -97,7 +150,8 @@ def time_markers(
                    marker={"size": 11, "symbol": "diamond"}, name=name)
              for name, points in series.items() if points]
     top = max(float(y) for points in series.values() for _, y, _ in points)
-    return chart(title, marks, x_title="time (UTC)", y_title=y_title, xaxis={"range": [t.isoformat() for t in window]},
+    return chart(title, marks, x_title="time (UTC)", y_title=y_title,
+                 xaxis={"type": "date", "nticks": DATE_TICKS, "range": [t.isoformat() for t in window]},
                  yaxis={"range": [0, top * 1.25 + 1]},
                  showlegend=True, hovermode="closest")
 
@@ -134,10 +188,11 @@ def bars(
         look["marker"] = {"color": list(colors)}
     if horizontal:
         return chart(title, [trace("bar", y=list(categories), x=numbers, orientation="h", **look)],
-                     x_title=y_title, y_title=x_title, yaxis={"autorange": "reversed", "rangemode": "normal"},
-                     showlegend=False)
+                     x_title=y_title, y_title=x_title,
+                     yaxis={"type": "category", "autorange": "reversed", "rangemode": "normal"}, showlegend=False)
+    # type=category: plotly would read day labels ("06-30") as dates and draw a time axis of one instant
     return chart(title, [trace("bar", x=list(categories), y=numbers, **look)], x_title=x_title, y_title=y_title,
-                 showlegend=False)
+                 xaxis={"type": "category"}, showlegend=False)
 
 
 def stacked_bars(
@@ -195,5 +250,6 @@ def share_bars(title: str, x_title: str, labels: Sequence[str], shares: Sequence
         notes.append({"text": f"{at:g} %", "x": at, "xref": "x", "y": 1, "yref": "y domain", "showarrow": False,
                       "xanchor": "left", "yanchor": "bottom", "font": {"color": color}})
     return chart(title, [bar], x_title=x_title, xaxis={"range": [0, max(110.0, *shares) * 1.05]},
-                 yaxis={"autorange": "reversed", "rangemode": "normal"}, height=max(HEIGHT - 80, 40 * len(labels) + 110),
-                 margin={**MARGIN, "l": 220}, showlegend=False, shapes=shapes, annotations=notes)
+                 yaxis={"type": "category", "autorange": "reversed", "rangemode": "normal"},
+                 height=max(HEIGHT - 80, 40 * len(labels) + 110),
+                 showlegend=False, shapes=shapes, annotations=notes)

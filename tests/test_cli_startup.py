@@ -22,7 +22,7 @@ NOT_FOR_LISTS = {"pandas", "pyarrow", "numpy", "dash", "plotly", "openstack", "k
                  "uvicorn", "apscheduler", "httpx", "prometheus_api_client", "alembic", "yaml",
                  "opentelemetry"}  # tracing off (no KILN_OTLP_ENDPOINT): not even imported
 HASHING = {"argon2", "cryptography"}  # password hashing, secrets at rest: not for listing nodes
-NOT_FOR_VERSION = NOT_FOR_LISTS | HASHING | {"sqlalchemy", "sqlmodel", "pydantic_settings"}
+NOT_FOR_VERSION = NOT_FOR_LISTS | HASHING | {"sqlalchemy", "sqlmodel", "pydantic", "pydantic_settings"}
 
 
 # Kiln's own modules a list command must not load: its siblings' services (users and tokens

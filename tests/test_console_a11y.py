@@ -111,6 +111,9 @@ CHARTS_DESCRIBED_JS = """() => Array.from(document.querySelectorAll('.dash-graph
     header: table ? Array.from(table.tHead.rows[0].cells).map(c => c.textContent) : [],
     rows: table ? Array.from(table.tBodies[0].rows).map(r => Array.from(r.cells).map(c => c.textContent)) : [],
     drawn: wrap ? wrap.getBoundingClientRect().width : 0,
+    grew: ['l', 'r', 't', 'b'].filter(side => Math.round(plot._fullLayout._size[side]) > ((plot.layout.margin || {})[side] || 0))
+      .map(side => `${side} ${(plot.layout.margin || {})[side]} -> ${Math.round(plot._fullLayout._size[side])}`),
+    ticks: Array.from(plot.querySelectorAll('.xtick text')).slice(0, 3).map(t => t.getAttribute('transform') + ' ' + t.textContent),
     traces: plot.data.map(t => ({x: t.x || [], y: t.y || [], horizontal: t.orientation === 'h'}))};
 })"""
 
@@ -142,6 +145,8 @@ def test_every_chart_has_a_text_alternative_made_from_its_data(console: A11yCons
     page.wait_for_function("() => Array.from(document.querySelectorAll('.dash-graph')).every(g => g.getAttribute('role'))")
     charts = page.evaluate(CHARTS_DESCRIBED_JS)
     assert charts
+    # the figure's margins had room for its labels and legend: plotly's automargin drew no chart twice
+    assert {chart["id"]: (chart["grew"], chart["ticks"]) for chart in charts if chart["grew"]} == {}
     for chart in charts:
         if chart["caption"] is None:  # an empty chart says why in its label, and has no table
             assert chart["label"].startswith(f"{chart['title']}: ") and not any(t["x"] or t["y"] for t in chart["traces"])

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from plotly.offline import get_plotlyjs_version
 
-from dashboards.figures import BASIC_TRACES, bars, share_bars, stacked_bars, time_markers, trace
+from dashboards.figures import (BASIC_TRACES, LEGEND_PAD, LEGEND_ROW, MAX_LEFT, bars, legend_rows, share_bars, stacked_bars,
+                                 time_markers, time_series, trace)
 
 DASHBOARDS = Path(__file__).parents[1] / "dashboards"
 BUNDLE = DASHBOARDS / "assets" / "vendor" / "plotly-basic.min.js"
@@ -102,3 +103,46 @@ def test_time_markers_span_the_window_with_one_labelled_trace_per_series() -> No
     assert figure["layout"]["yaxis"]["range"][1] > 79 * 1.2
     empty = time_markers("XID errors", "XID code", {"GPU 0": []}, window=window, empty_reason="No XID errors.")
     assert empty["data"] == [] and empty["layout"]["annotations"][0]["text"] == "No XID errors."
+
+
+def test_a_legend_fits_on_one_row_or_takes_a_grid_of_the_widest_entrys_columns() -> None:
+    assert legend_rows(["allocated", "used"], 540) == 1
+    # entries of 46 + 8 px a character: 302 px wide each, one per row in 540 px; three short ones beside one long
+    assert legend_rows([f"GPU {n} · NVIDIA H100 80GB HBM3 · …" for n in range(8)], 540) == 8
+    assert legend_rows(["a" * 10, "b" * 10, "c" * 10, "d" * 40], 540) == 4
+    assert legend_rows(["a" * 10] * 7, 540) == 2  # 126 px: all seven do not fit in 540, four columns do
+
+
+def test_the_legend_adds_its_rows_under_the_plot_and_the_plot_keeps_its_height() -> None:
+    start = datetime(2026, 12, 6, tzinfo=UTC)
+    one = time_series("GPU utilisation", "%", {"GPU 0": [(start, 1.0)]}, empty_reason="none")["layout"]
+    eight = time_series("GPU utilisation", "%", {f"GPU {n} · NVIDIA H100 80GB HBM3 · …-n01-{n}": [(start, 1.0)]
+                                                 for n in range(8)}, empty_reason="none")["layout"]
+    assert "legend" not in one and one["showlegend"] is False and one["xaxis"]["type"] == "date"
+    plot = one["height"] - one["margin"]["t"] - one["margin"]["b"]
+    assert eight["height"] - eight["margin"]["t"] - eight["margin"]["b"] == plot
+    assert eight["height"] == one["height"] + 8 * LEGEND_ROW + LEGEND_PAD
+    assert eight["legend"]["yanchor"] == "top" and eight["legend"]["y"] < 0
+
+
+def test_horizontal_bars_leave_room_for_their_labels_up_to_a_limit() -> None:
+    short = bars("t", "node", "°C", ["gpu-a01"], [1], empty_reason="none", horizontal=True)["layout"]["margin"]["l"]
+    long = bars("t", "SKU", "EUR", ["GPU-hour · NVIDIA A100-SXM4-80GB"], [1], empty_reason="none",
+                horizontal=True)["layout"]["margin"]["l"]
+    huge = bars("t", "SKU", "EUR", ["x" * 200], [1], empty_reason="none", horizontal=True)["layout"]["margin"]["l"]
+    assert short < long < huge == MAX_LEFT
+    assert long >= 32 * 7  # 32 characters at no less than 7 px each
+
+
+def test_a_month_of_day_bars_leaves_room_under_the_plot_for_slanted_labels() -> None:
+    days = [f"12-{d:02}" for d in range(1, 32)]
+    week = bars("Emissions per day", "day", "kg", days[:7], [1] * 7, empty_reason="none")["layout"]["margin"]["b"]
+    month = bars("Emissions per day", "day", "kg", days, [1] * 31, empty_reason="none")["layout"]["margin"]["b"]
+    assert month - week == 5 * 8  # five characters upright
+
+
+def test_bar_categories_stay_categories_even_when_they_read_like_dates() -> None:
+    one_day = bars("Emissions per day", "day (MM-DD, UTC)", "kg CO2e", ["06-30"], [1.5], empty_reason="none")["layout"]
+    assert one_day["xaxis"]["type"] == "category"  # not a time axis around one instant in 2012
+    across = bars("t", "day", "kg", ["06-30"], [1.5], empty_reason="none", horizontal=True)["layout"]
+    assert across["yaxis"]["type"] == "category"

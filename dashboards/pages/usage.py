@@ -183,7 +183,8 @@ def _overview(session: Session, principal: Principal, start: datetime, end: date
                   most=BARS_SHOWN)
     by_model = bars("GPU-hours by GPU model and MIG profile (leases and Kubernetes pods)", "GPU model · MIG profile",
                     "GPU-hours", list(sku_totals), list(sku_totals.values()),
-                    empty_reason="No GPU-hours in this range: no lease, and no pod metered by the hourly bills run.")
+                    empty_reason="No GPU-hours in this range: no lease, and no pod metered by the hourly bills run.",
+                    horizontal=True)  # model and profile names are long: read across, not slanted under the bars
     return stats, by_day, by_vdc, by_model, allocated_vs_used(per_day)
 
 
