@@ -237,7 +237,8 @@ def integrate_energy(session: Session, power: Sequence[Sample], node_ids: Mappin
     energy counter's increase where `counters` cover it (collectors.energy.node_counter_energy),
     else the watts between its previous reading of the same series (from its snapshot, or
     `previous`: node → (time, watts)) and this one; then `node_energy_hour` holds one collector's
-    figure per node-hour (`choose_energy_source`)."""
+    figure per node-hour (`choose_energy_source`). Several readings of one series, in time order,
+    each count from the one before (a backfill's day of hourly readings in one call)."""
     by_counter, counted = node_counter_energy(session, counters, node_ids, max_gap)
     power = [s for s in power if s.entity not in counted]
     rows = [{"node_id": n, "hour": h, "kwh": kwh, "covered_seconds": secs, "method": "counter"}
@@ -252,7 +253,10 @@ def integrate_energy(session: Session, power: Sequence[Sample], node_ids: Mappin
         known = {(entity, ""): reading for entity, reading in previous.items()}
     totals: dict[tuple[int, datetime], list] = {}
     for s in power:  # each series after its own previous reading: a second BMC's (bmc=redfish) apart
-        node_id, before = node_ids.get(s.entity), known.get((s.entity, labels_key(s.labels)))
+        series = (s.entity, labels_key(s.labels))
+        node_id, before = node_ids.get(s.entity), known.get(series)
+        if math.isfinite(s.value):
+            known[series] = (s.ts, s.value)
         if node_id is None or before is None or not math.isfinite(s.value):
             continue
         for hour, kwh, seconds in energy_by_hour(before[0], before[1], s.ts, s.value, max_gap):

@@ -63,17 +63,20 @@ def backfill(engine: Engine, fleet: list[DemoNode], since: datetime, until: date
     steps = int((until - since) / step)
     previous: dict[str, tuple[datetime, float]] = {}
     samples: list[Sample] = []
+    unrolled: list[Sample] = []  # a day of steps' samples, stored in one call each (energy, rollups)
     with Session(engine) as session:
         node_ids = node_ids_of(session, [Sample("ipmi", n, POWER_METRIC, 0.0, "watts", {}, since) for n in nodes])
         for i in range(steps + 1):
             at = since + i * step
             busy_now = {name: busy(name, at) for name in nodes}
             samples = _readings(fleet, busy_now, at)
-            power = [s for s in samples if s.metric == POWER_METRIC]
-            integrate_energy(session, power, node_ids, step + timedelta(minutes=1), previous)
-            previous = {s.entity: (s.ts, s.value) for s in power}
-            add_rollups(session, samples)
-            if i % 24 == 0:
+            unrolled += samples
+            if i % 24 == 23 or i == steps:
+                power = [s for s in unrolled if s.metric == POWER_METRIC]
+                integrate_energy(session, power, node_ids, step + timedelta(minutes=1), previous)
+                previous = {s.entity: (s.ts, s.value) for s in power}  # the day's last reading of each node
+                add_rollups(session, unrolled)
+                unrolled = []
                 session.commit()
                 if progress:
                     progress(i, steps)
