@@ -61,6 +61,27 @@ def test_power_polls_add_up_to_kwh_per_node_hour(engine: Engine, world: World) -
         9: (Decimal("0.120000"), 120), 10: (Decimal("0.060000"), 60)}
 
 
+def test_several_readings_of_a_node_in_one_call_count_each_from_the_one_before(engine: Engine, world: World) -> None:
+    """What the demo's backfill does with a day of hourly readings: the same kWh as one call per reading."""
+    readings = [(0, 1000.0), (30, 2000.0), (75, 2000.0), (140, 500.0), (150, 800.0)]  # 75 -> 140: a gap too long
+    kwh: dict[str, dict] = {}
+    for name, together in (("gpu-one-call", True), ("gpu-per-call", False)):
+        node = make_node_row(world, gpus=0, name=name)
+        samples = [ipmi(name, store.POWER_METRIC, watts, T0 + timedelta(minutes=m)) for m, watts in readings]
+        with Session(engine) as session, session.begin():
+            previous = {name: (T0 - timedelta(minutes=10), 1000.0)}
+            for batch in ([samples] if together else [[s] for s in samples]):
+                store.integrate_energy(session, batch, {name: node.id}, timedelta(minutes=50), previous)
+                previous = {name: (batch[-1].ts, batch[-1].value)}
+        with Session(engine) as session:
+            kwh[name] = {r.hour: (r.kwh, r.covered_seconds) for r in session.exec(
+                select(NodeEnergyHour).where(NodeEnergyHour.node_id == node.id))}
+    assert kwh["gpu-one-call"] == kwh["gpu-per-call"]
+    # 09:48-09:58 at 1,000 W, 09:58-10:28 rising to 2,000 W, 10:28-11:13 at 2,000 W; 11:13 -> 12:18 not guessed
+    assert sum(k for k, _ in kwh["gpu-one-call"].values()) == Decimal("0.166667") + Decimal("0.75") + Decimal("1.5") + \
+        Decimal("0.108333")
+
+
 def test_snapshots_keep_the_newest_value_with_sensor_state(engine: Engine, world: World) -> None:
     make_node_row(world, gpus=0, name="gpu-002")
     temp = {"id": "3", "name": "GPU2 Temp"}
