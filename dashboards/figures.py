@@ -10,7 +10,7 @@ browser from the figure as drawn (`dashboards/assets/a11y.js`), so it follows ev
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from decimal import Decimal
 from functools import cache
@@ -85,14 +85,14 @@ def fitted_frame(data: list[dict[str, Any]], xaxis: dict, yaxis: dict, legend: b
     left = MARGIN["l"]
     categories = [str(label) for trace_ in data if trace_.get("orientation") == "h" for label in trace_.get("y", [])]
     if categories:  # horizontal bars: the category labels stand left of the plot
-        left = min(max(left, round(CHAR_PX * max(map(len, categories))) + (48 if yaxis["title"]["text"] else 20)), MAX_LEFT)
+        left = min(max(left, text_px(categories) + (48 if yaxis["title"]["text"] else 20)), MAX_LEFT)
     bottom = (DATE_AXIS_BOTTOM if xaxis.get("type") == "date" else MARGIN["b"]) if xaxis.get("visible", True) else 20
     labels = {str(label) for trace_ in data if trace_.get("orientation") != "h" and trace_.get("type") == "bar"
               for label in trace_.get("x", [])}
-    if labels and len(labels) * (CHAR_PX * max(map(len, labels)) + 8) > 2 * CHART_WIDTH - left - MARGIN["r"]:
+    if labels and len(labels) * (text_px(labels) + 8) > 2 * CHART_WIDTH - left - MARGIN["r"]:
         # category labels too many to stand side by side even in a full-width chart: plotly slants or stands
         # them up; room for them upright (a half-width chart slanting fewer still widens on its first draw)
-        bottom += min(round(CHAR_PX * max(map(len, labels))), MAX_SLANTED)
+        bottom += min(text_px(labels), MAX_SLANTED)
     frame: dict[str, Any] = {"margin": {**MARGIN, "l": left, "b": bottom}}
     names = [str(trace_["name"]) for trace_ in data if trace_.get("name") and trace_.get("showlegend", True)]
     if legend and names:
@@ -104,6 +104,11 @@ def fitted_frame(data: list[dict[str, Any]], xaxis: dict, yaxis: dict, legend: b
         # the legend's top just under the x axis's title, in plot heights below the plot
         frame["legend"] = {"orientation": "h", "yanchor": "top", "y": -(bottom - 4) / plot_height, "x": 0}
     return frame
+
+
+def text_px(labels: Iterable[str]) -> int:
+    """The estimated width in pixels of the longest of these labels (`CHAR_PX` a character)."""
+    return round(CHAR_PX * max(map(len, labels)))
 
 
 def legend_rows(names: Sequence[str], width: int) -> int:

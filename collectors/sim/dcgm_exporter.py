@@ -37,13 +37,9 @@ class SimGpu:
     xid: int = 0  # last XID error (0: none)
 
 
-def _phase(gpu: SimGpu, salt: str) -> float:
-    return _phase_of(gpu.uuid, salt)
-
-
 @cache  # the demo's month of history asks for each GPU's two phases ~1.4 M times
-def _phase_of(uuid: str, salt: str) -> float:
-    digest = hashlib.sha256(f"{salt}:{uuid}".encode()).digest()
+def _phase(gpu: SimGpu, salt: str) -> float:
+    digest = hashlib.sha256(f"{salt}:{gpu.uuid}".encode()).digest()
     return int.from_bytes(digest[:4], "big") / 2**32 * 2 * math.pi
 
 
