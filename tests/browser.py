@@ -160,12 +160,40 @@ def running_console(data_dir: Path, driver: Any, seed: Callable[[Any, Any, Any],
     try:
         with serving(app, port) as base_url, playwright_session() as playwright:
             browser = launch_browser(playwright)
+            CONSOLE_BROWSERS.append(browser)
             try:
                 yield RunningConsole(base_url, browser, engine, settings, seeded)
             finally:
+                CONSOLE_BROWSERS.remove(browser)
+                SHARED_CONTEXTS[:] = [c for c in SHARED_CONTEXTS if c.browser is not browser]
                 browser.close()
     finally:
         engine.dispose()
+
+
+CONSOLE_BROWSERS: list[Any] = []  # the browsers of the consoles running now (`running_console`)
+SHARED_CONTEXTS: list[Any] = []  # contexts a module's tests share (`shared_context`), left open between tests
+
+
+def shared_context(context: Any) -> Any:
+    """Mark `context` as one the module's later tests use too: `tabs_opened_inside_closed` leaves it open."""
+    SHARED_CONTEXTS.append(context)
+    return context
+
+
+@contextmanager
+def tabs_opened_inside_closed() -> Iterator[None]:
+    """Close, on leaving, the browser contexts (private windows with their tabs) opened inside on
+    the running consoles' browsers, unless shared: a tab left open goes on running its scripts,
+    taking CPU from every later test."""
+    before = [context for browser in CONSOLE_BROWSERS for context in browser.contexts]
+    try:
+        yield
+    finally:
+        for browser in CONSOLE_BROWSERS:
+            for context in browser.contexts:
+                if not any(context is kept for kept in (*before, *SHARED_CONTEXTS)):
+                    context.close()
 
 
 class ConsoleErrors:

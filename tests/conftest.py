@@ -18,6 +18,7 @@ from kiln.app import create_app
 from kiln.db import create_db_engine
 from kiln.schema import target_metadata, upgrade
 from kiln.settings import Settings
+from tests.browser import tabs_opened_inside_closed
 from tests.factories import World
 from tests.peers.harness import peers_required, running_peer
 
@@ -46,6 +47,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
     report = yield
     _forbid_skip(report)
     return report
+
+
+@pytest.fixture(autouse=True)
+def _browser_tabs_closed_after_each_test() -> Iterator[None]:
+    """The browser tabs a test opened on a module's console are closed when it ends."""
+    with tabs_opened_inside_closed():
+        yield
 
 
 @pytest.hookimpl(wrapper=True)

@@ -20,7 +20,8 @@ from kiln.auth import Principal
 from kiln.db import utcnow
 from kiln.roles import Role
 from kiln.users import UserCreate, create_user
-from tests.browser import PASSWORD, ConsoleErrors, axe_violations, running_console, screenshot, seed_fleet, sign_in
+from tests.browser import (PASSWORD, ConsoleErrors, axe_violations, running_console, screenshot, seed_fleet,
+                           shared_context, sign_in)
 from tests.test_console_browser_costs import seed_costs
 
 PERSONAS = {  # username → role; seed_fleet makes ops-admin and alice, seed_costs fiona, the seed below tara
@@ -50,7 +51,7 @@ class A11yConsole:
     def page_of(self, username: str) -> tuple[Any, ConsoleErrors]:
         """The persona's page, signed in once, with the console errors of earlier tests forgotten."""
         if username not in self.pages:
-            page = self.browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+            page = shared_context(self.browser.new_context(viewport={"width": 1400, "height": 1000})).new_page()
             errors = ConsoleErrors(page)
             sign_in(page, self.base_url, username, PASSWORD, "/account")
             page.wait_for_url(f"{self.base_url}/account")
@@ -127,6 +128,17 @@ CHARTS_DESCRIBED_JS = """() => Array.from(document.querySelectorAll('.dash-graph
 })"""
 
 
+# Each chart's height now, and a count of its draws (plotly's `plotly_afterplot`) from now on.
+CHARTS_WATCHED_JS = """() => document.querySelectorAll('.js-plotly-plot').forEach(plot => {
+  plot.dataset.watchedHeight = plot.clientHeight; plot.dataset.draws = 0;
+  plot.on('plotly_afterplot', () => { plot.dataset.draws = Number(plot.dataset.draws) + 1; });
+})"""
+# The charts drawn again, or of another height, since CHARTS_WATCHED_JS: {id: [draws, height then, height now]}.
+CHARTS_REDRAWN_JS = """() => Object.fromEntries(Array.from(document.querySelectorAll('.js-plotly-plot'))
+  .filter(plot => Number(plot.dataset.draws) > 0 || Number(plot.dataset.watchedHeight) !== plot.clientHeight)
+  .map(plot => [plot.closest('.dash-graph').id, [Number(plot.dataset.draws), Number(plot.dataset.watchedHeight), plot.clientHeight]]))"""
+
+
 def _cell(value: Any) -> str:
     """A drawn value as the chart's table writes it: numbers to 3 decimals, ISO times to the second."""
     if isinstance(value, (int, float)):  # JavaScript's Math.round takes halves up, Python's round to even
@@ -156,6 +168,13 @@ def test_every_chart_has_a_text_alternative_made_from_its_data(console: A11yCons
     assert charts
     # the figure's margins had room for its labels and legend: plotly's automargin drew no chart twice
     assert {chart["id"]: (chart["grew"], chart["ticks"]) for chart in charts if chart["grew"]} == {}
+    # and once drawn, a chart keeps its height while the page sits idle (a border on plotly's own div had
+    # grown every chart 2 px a resize, each resize a redraw, several a second for ever); a late update
+    # of the page's data may draw it once more
+    page.evaluate(CHARTS_WATCHED_JS)
+    page.wait_for_timeout(1500)
+    redrawn = page.evaluate(CHARTS_REDRAWN_JS)
+    assert {chart: seen for chart, seen in redrawn.items() if seen[0] > 1 or seen[1] != seen[2]} == {}
     for chart in charts:
         if chart["caption"] is None:  # an empty chart says why in its label, and has no table
             assert chart["label"].startswith(f"{chart['title']}: ") and not any(t["x"] or t["y"] for t in chart["traces"])
