@@ -139,6 +139,23 @@ CHARTS_REDRAWN_JS = """() => Object.fromEntries(Array.from(document.querySelecto
   .map(plot => [plot.closest('.dash-graph').id, [Number(plot.dataset.draws), Number(plot.dataset.watchedHeight), plot.clientHeight]]))"""
 
 
+def renderer_busy_seconds(page: Any, seconds: float) -> float:
+    """The seconds the page's renderer spent running tasks (scripts, style, layout, paint) while
+    `seconds` went by (Chromium's `Performance.getMetrics` TaskDuration, through CDP)."""
+    cdp = page.context.new_cdp_session(page)
+    try:
+        cdp.send("Performance.enable")
+        before = _task_duration(cdp)
+        page.wait_for_timeout(seconds * 1000)
+        return _task_duration(cdp) - before
+    finally:
+        cdp.detach()
+
+
+def _task_duration(cdp: Any) -> float:
+    return next(m["value"] for m in cdp.send("Performance.getMetrics")["metrics"] if m["name"] == "TaskDuration")
+
+
 def _cell(value: Any) -> str:
     """A drawn value as the chart's table writes it: numbers to 3 decimals, ISO times to the second."""
     if isinstance(value, (int, float)):  # JavaScript's Math.round takes halves up, Python's round to even
@@ -169,12 +186,15 @@ def test_every_chart_has_a_text_alternative_made_from_its_data(console: A11yCons
     # the figure's margins had room for its labels and legend: plotly's automargin drew no chart twice
     assert {chart["id"]: (chart["grew"], chart["ticks"]) for chart in charts if chart["grew"]} == {}
     # and once drawn, a chart keeps its height while the page sits idle (a border on plotly's own div had
-    # grown every chart 2 px a resize, each resize a redraw, several a second for ever); a late update
-    # of the page's data may draw it once more
+    # grown every chart 2 px a resize, each resize a redraw, several a second for ever); dcc.Graph's one
+    # resize 100 ms after a chart's first draw may still be to come, and draws it once more
     page.evaluate(CHARTS_WATCHED_JS)
     page.wait_for_timeout(1500)
     redrawn = page.evaluate(CHARTS_REDRAWN_JS)
     assert {chart: seen for chart, seen in redrawn.items() if seen[0] > 1 or seen[1] != seen[2]} == {}
+    # nor does anything else keep the idle page busy (the growing charts: ~0.5 s of renderer work a second)
+    busy = renderer_busy_seconds(page, 1.0)
+    assert busy < 0.15, f"{path}, idle, kept the renderer busy {busy:.2f} s of 1 s"
     for chart in charts:
         if chart["caption"] is None:  # an empty chart says why in its label, and has no table
             assert chart["label"].startswith(f"{chart['title']}: ") and not any(t["x"] or t["y"] for t in chart["traces"])
