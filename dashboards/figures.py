@@ -26,6 +26,7 @@ BASIC_TRACES = frozenset({"scatter", "bar", "pie"})
 # that automargin has nothing to widen on a first draw (see fitted_frame).
 MARGIN = {"l": 72, "r": 30, "t": 50, "b": 58}
 DATE_AXIS_BOTTOM = 78  # a time axis's labels take two lines ("21:00" over "Dec 6, 2026")
+DATE_AXIS_RIGHT = 48  # a day's label ("Dec 8, 2026") under a tick at the plot's right edge reaches half its width past it
 DATE_TICKS = 6  # at most: seven or more rotate their labels in a half-width chart, and rotated labels need more room
 MAX_LEFT = 340  # category labels longer than this leave the rest to automargin
 MAX_SLANTED = 160  # the most room under a plot for slanted category labels (automargin takes longer ones)
@@ -86,17 +87,19 @@ def fitted_frame(data: list[dict[str, Any]], xaxis: dict, yaxis: dict, legend: b
     categories = [str(label) for trace_ in data if trace_.get("orientation") == "h" for label in trace_.get("y", [])]
     if categories:  # horizontal bars: the category labels stand left of the plot
         left = min(max(left, text_px(categories) + (48 if yaxis["title"]["text"] else 20)), MAX_LEFT)
-    bottom = (DATE_AXIS_BOTTOM if xaxis.get("type") == "date" else MARGIN["b"]) if xaxis.get("visible", True) else 20
+    dated = xaxis.get("type") == "date" and xaxis.get("visible", True)
+    bottom = (DATE_AXIS_BOTTOM if dated else MARGIN["b"]) if xaxis.get("visible", True) else 20
+    right = DATE_AXIS_RIGHT if dated else MARGIN["r"]
     labels = {str(label) for trace_ in data if trace_.get("orientation") != "h" and trace_.get("type") == "bar"
               for label in trace_.get("x", [])}
-    if labels and len(labels) * (text_px(labels) + 8) > 2 * CHART_WIDTH - left - MARGIN["r"]:
+    if labels and len(labels) * (text_px(labels) + 8) > 2 * CHART_WIDTH - left - right:
         # category labels too many to stand side by side even in a full-width chart: plotly slants or stands
         # them up; room for them upright (a half-width chart slanting fewer still widens on its first draw)
         bottom += min(text_px(labels), MAX_SLANTED)
-    frame: dict[str, Any] = {"margin": {**MARGIN, "l": left, "b": bottom}}
+    frame: dict[str, Any] = {"margin": {**MARGIN, "l": left, "r": right, "b": bottom}}
     names = [str(trace_["name"]) for trace_ in data if trace_.get("name") and trace_.get("showlegend", True)]
     if legend and names:
-        rows = legend_rows(names, CHART_WIDTH - left - MARGIN["r"])
+        rows = legend_rows(names, CHART_WIDTH - left - right)
         extra = rows * LEGEND_ROW + LEGEND_PAD
         frame["margin"]["b"] = bottom + extra
         frame["height"] = height + extra
