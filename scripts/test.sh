@@ -3,7 +3,8 @@
 #   ./scripts/test.sh                  all tests (peers that cannot start are skipped)
 #   KILN_REQUIRE_PEERS=1 ./scripts/test.sh   a missing peer fails its tests (what CI does)
 #   ./scripts/test.sh -k tenants       any pytest arguments
-#   KILN_TEST_WORKERS=1 ./scripts/test.sh    one pytest process (default 2, one module per worker at a time)
+#   KILN_TEST_WORKERS=1 ./scripts/test.sh    one pytest process (default 3, one module per worker at a time,
+#                                            the longest modules first: tests/schedule.py)
 source "$(dirname "$0")/bootstrap.sh"
 cd "$KILN_ROOT"
 
@@ -35,4 +36,4 @@ for peer in "${!installing[@]}"; do
   fi
 done
 [ -z "$failed" ] || { echo "peers not installed:$failed" >&2; exit 1; }
-exec "$KILN_VENV/bin/python" -m pytest -n "${KILN_TEST_WORKERS:-2}" --dist loadfile --durations=15 "$@"
+exec "$KILN_VENV/bin/python" -m pytest -n "${KILN_TEST_WORKERS:-3}" --dist loadfile --no-loadscope-reorder --durations=15 "$@"

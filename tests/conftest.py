@@ -21,12 +21,15 @@ from kiln.settings import Settings
 from tests.browser import tabs_opened_inside_closed
 from tests.factories import World
 from tests.peers.harness import peers_required, running_peer
+from tests.schedule import longest_first
 
 TEST_SECRET_KEY = "test-secret-key-" + "x" * 32
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Deselect (not skip) the SQLite variant of tests marked `postgresql_only`."""
+    """Deselect (not skip) the SQLite variant of tests marked `postgresql_only`; hand the longest
+    modules to the workers first (`tests.schedule`)."""
+    longest_first(items)
     dropped = [item for item in items if item.get_closest_marker("postgresql_only") and "[sqlite" in item.name]
     if dropped:
         config.hook.pytest_deselected(items=dropped)
