@@ -87,8 +87,9 @@ def fitted_frame(data: list[dict[str, Any]], xaxis: dict, yaxis: dict, legend: b
     categories = [str(label) for trace_ in data if trace_.get("orientation") == "h" for label in trace_.get("y", [])]
     if categories:  # horizontal bars: the category labels stand left of the plot
         left = min(max(left, text_px(categories) + (48 if yaxis["title"]["text"] else 20)), MAX_LEFT)
-    dated = xaxis.get("type") == "date" and xaxis.get("visible", True)
-    bottom = (DATE_AXIS_BOTTOM if dated else MARGIN["b"]) if xaxis.get("visible", True) else 20
+    visible = xaxis.get("visible", True)
+    dated = visible and xaxis.get("type") == "date"
+    bottom = DATE_AXIS_BOTTOM if dated else MARGIN["b"] if visible else 20
     right = DATE_AXIS_RIGHT if dated else MARGIN["r"]
     labels = {str(label) for trace_ in data if trace_.get("orientation") != "h" and trace_.get("type") == "bar"
               for label in trace_.get("x", [])}
